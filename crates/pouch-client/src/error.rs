@@ -1,0 +1,54 @@
+//! The client's one error type. Every variant prints as one line that says
+//! what happened and what to do; none carries a secret.
+
+use pouch_proto::api::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no Pouch device at {0}: enroll first with 'pouch enroll INVITE'")]
+    NotEnrolled(String),
+    #[error("a Pouch device is already enrolled at {0}; use another --home to enroll a second one")]
+    AlreadyEnrolled(String),
+    #[error("wrong passphrase for the Pouch device at {0}")]
+    WrongPassphrase(String),
+    #[error("a passphrase is required: set POUCH_PASSPHRASE or run in a terminal")]
+    NoPassphrase,
+    #[error("cannot reach the Pouch server at {0}: is it running? ({1})")]
+    Unreachable(String, String),
+    #[error("the server's TLS certificate does not match the pinned fingerprint; refusing to talk to it")]
+    CertificateMismatch,
+    #[error("server refused: {message}")]
+    Server { status: u16, code: ErrorCode, message: String },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no message {0} on this device; see 'pouch inbox' or 'pouch sent' for ids")]
+    NoSuchMessage(i64),
+    #[error("cryptography: {0}")]
+    Mls(#[from] pouch_mls::MlsError),
+    #[error("local store: {0}")]
+    Local(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ClientError {
+    pub fn is_stale_epoch(&self) -> bool {
+        matches!(self, ClientError::Server { code: ErrorCode::StaleEpoch, .. })
+    }
+}
+
+impl From<rusqlite::Error> for ClientError {
+    fn from(e: rusqlite::Error) -> Self {
+        ClientError::Local(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e.to_string())
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,635 @@
+//! A Pouch device: enrolling, sending, syncing and reading mail.
+//!
+//! This crate is the client core the CLI (and later the IMAP/SMTP bridge)
+//! drives. It prints nothing and asks nothing: passphrases come in as
+//! arguments, results go out as values. Network I/O is blocking HTTPS to one
+//! pinned server; all state lives in the encrypted [`local::LocalStore`].
+#![forbid(unsafe_code)]
+
+pub mod blob;
+pub mod error;
+pub mod local;
+pub mod mail;
+pub mod net;
+
+pub use error::{ClientError, Result};
+
+use local::LocalStore;
+use mail::Parsed;
+use net::Api;
+use pouch_mls::{Ciphersuite, DeviceSigner, MlsGroup, Opened};
+use pouch_proto::api::{self, QueueItem, QueueKind};
+use pouch_proto::envelope::{BLOB_CHUNK_SIZE, BlobRef, Content, Envelope, INLINE_LIMIT};
+use pouch_proto::invite::Invite;
+use pouch_proto::{Address, DeviceId, GroupId};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+
+/// Key packages a device keeps on the server; topped up below half.
+pub const KEY_PACKAGE_POOL: u32 = 100;
+/// How often a send retries after losing a race for the conversation's epoch.
+const EPOCH_RETRIES: usize = 5;
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+/// What `pouch enroll` reports.
+#[derive(Debug, Serialize)]
+pub struct Enrolled {
+    pub address: Address,
+    pub device_id: DeviceId,
+    pub ciphersuite: u16,
+}
+
+/// A mail to compose and send.
+#[derive(Debug, Default)]
+pub struct Compose {
+    pub to: Vec<Address>,
+    pub cc: Vec<Address>,
+    pub subject: String,
+    pub body: String,
+    /// (file name, path) of each attachment.
+    pub attachments: Vec<(String, std::path::PathBuf)>,
+    /// Local id of the message this one answers: the reply joins its conversation.
+    pub reply_to: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sent {
+    pub id: i64,
+    pub message_id: String,
+    pub conversation: String,
+    pub recipient_devices: u32,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct MessageSummary {
+    pub id: i64,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: String,
+    pub date: i64,
+    pub size: u64,
+    pub attachments: Vec<String>,
+    pub conversation: String,
+}
+
+/// What one `sync` did.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub new_messages: Vec<i64>,
+    pub joined_conversations: u32,
+    pub commits: u32,
+    /// Items that could not be opened or failed a check: (server seq, reason).
+    pub rejected: Vec<(u64, String)>,
+    pub key_packages_uploaded: u32,
+}
+
+pub struct Device {
+    local: LocalStore,
+    api: Api,
+    address: Address,
+    device_id: DeviceId,
+    suite: Ciphersuite,
+    signer: DeviceSigner,
+    signed_in: bool,
+}
+
+impl Device {
+    /// Creates this device's keys and registers it with the invite's server.
+    pub fn enroll(home: &Path, passphrase: &str, invite: &Invite, device_name: &str) -> Result<Enrolled> {
+        let api = Api::new(&invite.server, &invite.fingerprint)?;
+        let info: api::ServerInfo = api.get_json("/v1/info")?;
+        let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
+        let local = LocalStore::create(home, passphrase)?;
+        let result = (|| {
+            let p = &local.provider;
+            let signer = pouch_mls::new_device_signer(p)?;
+            let key_packages = pouch_mls::key_packages(p, suite, &signer, &invite.address, KEY_PACKAGE_POOL as usize, false)?;
+            let last_resort = pouch_mls::key_packages(p, suite, &signer, &invite.address, 1, true)?.remove(0);
+            let resp: api::EnrollResponse = api.post_json(
+                "/v1/enroll",
+                &api::EnrollRequest {
+                    address: invite.address.clone(),
+                    invite_secret: invite.secret_bytes().map_err(|e| ClientError::Invalid(e.to_string()))?,
+                    device_name: device_name.to_string(),
+                    signature_key: signer.to_public_vec(),
+                    key_packages,
+                    last_resort_key_package: last_resort,
+                },
+            )?;
+            local.set_meta("server", api.base())?;
+            local.set_meta("fingerprint", &invite.fingerprint)?;
+            local.set_meta("address", invite.address.as_str())?;
+            local.set_meta("device_id", &resp.device_id.0)?;
+            local.set_meta("signature_key", &hex::encode(signer.public()))?;
+            local.set_meta("ciphersuite", &resp.ciphersuite.to_string())?;
+            local.set_meta("queue_cursor", "0")?;
+            local.set_meta("domain", &info.domain)?;
+            Ok(Enrolled { address: invite.address.clone(), device_id: resp.device_id, ciphersuite: resp.ciphersuite })
+        })();
+        if result.is_err() {
+            // Leave nothing half-enrolled behind: the user retries with a fresh invite.
+            drop(local);
+            for f in [local::DB_FILE, local::KDF_FILE, "device.db-wal", "device.db-shm"] {
+                let _ = std::fs::remove_file(home.join(f));
+            }
+        }
+        result
+    }
+
+    /// Opens the device's encrypted state. No network traffic until needed.
+    pub fn open(home: &Path, passphrase: &str) -> Result<Self> {
+        let local = LocalStore::open(home, passphrase)?;
+        let api = Api::new(&local.require_meta("server")?, &local.require_meta("fingerprint")?)?;
+        let address = Address::parse(&local.require_meta("address")?).map_err(|e| ClientError::Local(e.to_string()))?;
+        let device_id = DeviceId(local.require_meta("device_id")?);
+        let suite_code: u16 = local.require_meta("ciphersuite")?.parse().map_err(|_| ClientError::Local("damaged ciphersuite".into()))?;
+        let suite = pouch_mls::ciphersuite(suite_code)?;
+        let public = hex::decode(local.require_meta("signature_key")?).map_err(|_| ClientError::Local("damaged key id".into()))?;
+        let signer = pouch_mls::load_device_signer(&local.provider, &public)?;
+        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false })
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    pub fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    fn sign_in(&mut self) -> Result<()> {
+        if !self.signed_in {
+            let signer = &self.signer;
+            self.api.sign_in(&self.device_id, |payload| Ok(pouch_mls::sign_raw(signer, payload)?))?;
+            self.signed_in = true;
+        }
+        Ok(())
+    }
+
+    // ---------- sending ----------
+
+    /// Composes an RFC 5322 message and sends it.
+    pub fn send(&mut self, compose: Compose) -> Result<Sent> {
+        if compose.to.is_empty() && compose.cc.is_empty() {
+            return Err(ClientError::Invalid("name at least one recipient with --to".into()));
+        }
+        let domain = self.local.meta("domain")?.unwrap_or_else(|| self.address.domain().to_string());
+        let reply = match compose.reply_to {
+            Some(id) => Some(self.reply_context(id)?),
+            None => None,
+        };
+        let mut attachments = Vec::new();
+        for (name, path) in &compose.attachments {
+            let bytes = std::fs::read(path).map_err(|e| ClientError::Io(format!("cannot read attachment {}: {e}", path.display())))?;
+            attachments.push((name.clone(), bytes));
+        }
+        let raw = mail::compose(&self.address, &compose, reply.as_ref().map(|r| &r.1), &attachments, &domain)?;
+        let group = reply.map(|r| r.0);
+        self.deliver(raw, group)
+    }
+
+    /// Sends a complete RFC 5322 message as it is, byte for byte.
+    pub fn send_eml(&mut self, raw: Vec<u8>) -> Result<Sent> {
+        let parsed = mail::parse(&raw)?;
+        if parsed.from.as_ref() != Some(&self.address) {
+            return Err(ClientError::Invalid(format!(
+                "the message's From must be this device's address {}",
+                self.address
+            )));
+        }
+        if parsed.has_bcc {
+            return Err(ClientError::Invalid("Bcc is not supported by 'pouch send --eml' yet; remove the Bcc header".into()));
+        }
+        // A reply to a known message stays in that message's conversation.
+        let group = match &parsed.in_reply_to {
+            Some(mid) => self
+                .local
+                .conn
+                .query_row("SELECT group_id FROM messages WHERE message_id = ?1 LIMIT 1", [mid], |r| r.get::<_, String>(0))
+                .optional()?,
+            None => None,
+        };
+        self.deliver(raw, group.map(GroupId))
+    }
+
+    fn reply_context(&self, id: i64) -> Result<(GroupId, mail::ReplyTo)> {
+        let row: Option<(String, Option<String>, String)> = self
+            .local
+            .conn
+            .query_row("SELECT group_id, message_id, subject FROM messages WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let (group, message_id, subject) = row.ok_or(ClientError::NoSuchMessage(id))?;
+        Ok((GroupId(group), mail::ReplyTo { message_id, subject }))
+    }
+
+    fn deliver(&mut self, raw: Vec<u8>, group: Option<GroupId>) -> Result<Sent> {
+        let parsed = mail::parse(&raw)?;
+        let mut wanted: Vec<Address> = parsed.to.iter().chain(parsed.cc.iter()).cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Err(ClientError::Invalid("the message has no recipients (To or Cc)".into()));
+        }
+        self.sign_in()?;
+        let envelope = self.envelope_for(&raw)?;
+        let mut attempt = 0;
+        let (group_id, recipient_devices) = loop {
+            attempt += 1;
+            let outcome: Result<(GroupId, u32)> = (|| {
+                let mut group = match &group {
+                    Some(g) => self.load_group(g)?,
+                    None => self.create_conversation(&wanted)?,
+                };
+                self.add_missing(&mut group, &wanted)?;
+                let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
+                let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+                let resp: api::SendResponse = self.api.post(
+                    &format!("/v1/groups/{gid}/messages"),
+                    &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed },
+                )?;
+                Ok((gid, resp.recipients))
+            })();
+            match outcome {
+                Err(e) if e.is_stale_epoch() && attempt < EPOCH_RETRIES && group.is_some() => {
+                    // Someone else committed first: catch up, then try again.
+                    self.sync()?;
+                }
+                other => break other?,
+            }
+        };
+        let id = self.local.atomically(|l| {
+            l.conn.execute(
+                "INSERT OR IGNORE INTO conversations (group_id, created_at) VALUES (?1, ?2)",
+                params![group_id.0, now()],
+            )?;
+            store_message(l, &group_id, None, true, &parsed, &raw)
+        })?;
+        Ok(Sent { id, message_id: parsed.message_id.unwrap_or_default(), conversation: group_id.0, recipient_devices })
+    }
+
+    fn envelope_for(&mut self, raw: &[u8]) -> Result<Envelope> {
+        if raw.len() <= INLINE_LIMIT {
+            return Ok(Envelope::new(Content::Inline { rfc5322: raw.to_vec() }));
+        }
+        Ok(Envelope::new(Content::Blob(self.upload_blob(&mut &raw[..], raw.len() as u64)?)))
+    }
+
+    /// Encrypts and uploads `size` bytes from `reader` chunk by chunk.
+    pub fn upload_blob(&mut self, reader: &mut dyn Read, size: u64) -> Result<BlobRef> {
+        self.sign_in()?;
+        let created: api::BlobCreated = self.api.post("/v1/blobs", &serde_json::json!({}))?;
+        let key: [u8; 32] = rand::random();
+        let key = zeroize::Zeroizing::new(key);
+        let cipher = blob::ChunkCipher::new(key.as_ref(), &created.blob_id)?;
+        let chunks = (size.div_ceil(BLOB_CHUNK_SIZE as u64)).max(1) as u32;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; BLOB_CHUNK_SIZE];
+        let mut total = 0u64;
+        for index in 0..chunks {
+            let want = (size - total).min(BLOB_CHUNK_SIZE as u64) as usize;
+            reader.read_exact(&mut buf[..want]).map_err(|e| ClientError::Io(format!("reading attachment: {e}")))?;
+            hasher.update(&buf[..want]);
+            total += want as u64;
+            let sealed = cipher.seal(index, index + 1 == chunks, &buf[..want]);
+            self.api.put_bytes(&format!("/v1/blobs/{}/{index}", created.blob_id), sealed)?;
+        }
+        self.api.post_empty(&format!("/v1/blobs/{}/finish", created.blob_id), &api::BlobFinish { chunks, size })?;
+        Ok(BlobRef {
+            blob_id: created.blob_id,
+            key: key.to_vec(),
+            sha256: hex::encode(hasher.finalize()),
+            size,
+            chunk_size: BLOB_CHUNK_SIZE as u32,
+        })
+    }
+
+    /// Downloads, decrypts and verifies a blob into `out`.
+    pub fn download_blob(&mut self, r: &BlobRef, out: &mut dyn std::io::Write) -> Result<()> {
+        self.sign_in()?;
+        let cipher = blob::ChunkCipher::new(&r.key, &r.blob_id)?;
+        let chunk = r.chunk_size.max(1) as u64;
+        let chunks = (r.size.div_ceil(chunk)).max(1) as u32;
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        for index in 0..chunks {
+            let sealed = self.api.get_bytes(&format!("/v1/blobs/{}/{index}", r.blob_id))?;
+            let plain = cipher.open(index, index + 1 == chunks, &sealed)?;
+            hasher.update(&plain);
+            total += plain.len() as u64;
+            out.write_all(&plain)?;
+        }
+        if total != r.size || hex::encode(hasher.finalize()) != r.sha256 {
+            return Err(ClientError::Invalid("attachment data does not match its hash".into()));
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, addresses: &[Address]) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
+        let resp: api::ClaimResponse = self.api.post("/v1/key-packages/claim", &api::ClaimRequest { addresses: addresses.to_vec() })?;
+        for address in addresses.iter().filter(|a| **a != self.address) {
+            if !resp.devices.iter().any(|d| &d.address == address) {
+                return Err(ClientError::Invalid(format!(
+                    "{address} has no enrolled device yet, so nothing can be encrypted to them; ask them to enroll"
+                )));
+            }
+        }
+        let mut packages = Vec::new();
+        let mut devices = Vec::new();
+        for d in &resp.devices {
+            let claimed = pouch_mls::ClaimedPackage { bytes: &d.key_package, address: &d.address, signature_key: &d.signature_key };
+            packages.push(pouch_mls::validate_key_package(&self.local.provider, self.suite, &claimed)?);
+            devices.push(d.device_id.clone());
+        }
+        Ok((packages, devices))
+    }
+
+    fn create_conversation(&mut self, recipients: &[Address]) -> Result<MlsGroup> {
+        let mut addresses: Vec<Address> = recipients.to_vec();
+        if !addresses.contains(&self.address) {
+            addresses.push(self.address.clone()); // the sender's own other devices
+        }
+        let (packages, devices) = self.claim(&addresses)?;
+        let (mut group, out) = pouch_mls::create_conversation(&self.local.provider, self.suite, &self.signer, &self.address, &packages)?;
+        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+        let submitted: Result<api::CommitResponse> = self.api.post(
+            &format!("/v1/groups/{gid}/commits"),
+            &api::CommitRequest { base_epoch: 0, commit: None, welcome: out.welcome, added: devices, removed: vec![] },
+        );
+        match submitted {
+            Ok(_) => {
+                pouch_mls::merge_pending(&self.local.provider, &mut group)?;
+                Ok(group)
+            }
+            Err(e) => {
+                let _ = pouch_mls::delete_group(&self.local.provider, &mut group);
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds the devices of recipients who are not yet in the conversation.
+    fn add_missing(&mut self, group: &mut MlsGroup, wanted: &[Address]) -> Result<()> {
+        let present = pouch_mls::member_addresses(group);
+        let missing: Vec<Address> = wanted.iter().filter(|a| !present.contains(a)).cloned().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (packages, devices) = self.claim(&missing)?;
+        let base_epoch = pouch_mls::epoch(group);
+        let out = pouch_mls::add_members(&self.local.provider, &self.signer, group, &packages)?;
+        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(group));
+        let submitted: Result<api::CommitResponse> = self.api.post(
+            &format!("/v1/groups/{gid}/commits"),
+            &api::CommitRequest { base_epoch, commit: Some(out.commit), welcome: out.welcome, added: devices, removed: vec![] },
+        );
+        match submitted {
+            Ok(_) => Ok(pouch_mls::merge_pending(&self.local.provider, group)?),
+            Err(e) => {
+                pouch_mls::discard_pending(&self.local.provider, group)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn load_group(&self, g: &GroupId) -> Result<MlsGroup> {
+        let bytes = g.to_bytes().ok_or_else(|| ClientError::Local("damaged conversation id".into()))?;
+        Ok(pouch_mls::load_group(&self.local.provider, &bytes)?)
+    }
+
+    // ---------- receiving ----------
+
+    /// Fetches and processes everything queued for this device, then tops up key packages.
+    pub fn sync(&mut self) -> Result<SyncReport> {
+        self.sign_in()?;
+        let mut report = SyncReport::default();
+        loop {
+            let cursor: u64 = self.local.require_meta("queue_cursor")?.parse().unwrap_or(0);
+            let batch: api::QueueResponse = self.api.get(&format!("/v1/queue?after={cursor}&limit=100"))?;
+            if batch.items.is_empty() {
+                break;
+            }
+            let mut last = cursor;
+            for item in batch.items {
+                self.process(&item, &mut report)?;
+                last = item.seq;
+            }
+            // Only what is durably stored is acknowledged.
+            self.api.post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
+        }
+        report.key_packages_uploaded = self.top_up_key_packages()?;
+        Ok(report)
+    }
+
+    fn process(&mut self, item: &QueueItem, report: &mut SyncReport) -> Result<()> {
+        // A message whose body is a blob is opened twice: the first attempt
+        // learns the blob reference and is rolled back, so that no transaction
+        // waits on the network; the second stores the mail.
+        let first = self.local.atomically_unless(
+            |l| {
+                let step = open_item(l, item)?;
+                if !matches!(step, Step::NeedsBlob { .. }) {
+                    l.set_meta("queue_cursor", &item.seq.to_string())?;
+                }
+                Ok(step)
+            },
+            |step| matches!(step, Step::NeedsBlob { .. }),
+        );
+        let outcome = match first {
+            Ok(Step::NeedsBlob { blob }) => {
+                let mut raw = Vec::with_capacity(blob.size.min(1 << 30) as usize);
+                match self.download_blob(&blob, &mut raw) {
+                    Ok(()) => self.local.atomically(|l| {
+                        let step = finish_application(l, item, Some(raw))?;
+                        l.set_meta("queue_cursor", &item.seq.to_string())?;
+                        Ok(step)
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(Step::Joined) => report.joined_conversations += 1,
+            Ok(Step::Committed) => report.commits += 1,
+            Ok(Step::Stored(id)) => report.new_messages.push(id),
+            Ok(Step::Ignored) | Ok(Step::NeedsBlob { .. }) => {}
+            // The server or network failed: stop here; the item is retried next sync.
+            Err(e @ (ClientError::Unreachable(..) | ClientError::Server { .. } | ClientError::Local(_) | ClientError::Io(_))) => {
+                return Err(e);
+            }
+            Err(e) => return self.reject(item, e, report),
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, item: &QueueItem, e: ClientError, report: &mut SyncReport) -> Result<()> {
+        let reason = format!("{} in conversation {}: {e}", item.kind.as_str(), item.group_id);
+        self.local.atomically(|l| {
+            l.conn.execute(
+                "INSERT OR IGNORE INTO rejected (server_seq, group_id, reason, at) VALUES (?1, ?2, ?3, ?4)",
+                params![item.seq as i64, item.group_id.0, reason, now()],
+            )?;
+            l.set_meta("queue_cursor", &item.seq.to_string())
+        })?;
+        report.rejected.push((item.seq, reason));
+        Ok(())
+    }
+
+    fn top_up_key_packages(&mut self) -> Result<u32> {
+        let count: api::KeyPackageCount = self.api.get("/v1/key-packages/count")?;
+        if count.available >= KEY_PACKAGE_POOL / 2 {
+            return Ok(0);
+        }
+        let n = KEY_PACKAGE_POOL - count.available;
+        let kps = pouch_mls::key_packages(&self.local.provider, self.suite, &self.signer, &self.address, n as usize, false)?;
+        let _: api::KeyPackageCount = self.api.post("/v1/key-packages", &api::UploadKeyPackages { key_packages: kps, last_resort: None })?;
+        Ok(n)
+    }
+
+    // ---------- reading ----------
+
+    pub fn inbox(&self) -> Result<Vec<MessageSummary>> {
+        self.list("outgoing = 0 AND sender <> ?1")
+    }
+
+    pub fn sent(&self) -> Result<Vec<MessageSummary>> {
+        self.list("(outgoing = 1 OR sender = ?1)")
+    }
+
+    fn list(&self, filter: &str) -> Result<Vec<MessageSummary>> {
+        let mut stmt = self.local.conn.prepare(&format!(
+            "SELECT id, sender, recipients, cc, subject, date, size, attachments, group_id FROM messages WHERE {filter} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([self.address.as_str()], |r| {
+            Ok(MessageSummary {
+                id: r.get(0)?,
+                from: r.get(1)?,
+                to: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                cc: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                subject: r.get(4)?,
+                date: r.get(5)?,
+                size: r.get::<_, i64>(6)? as u64,
+                attachments: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+                conversation: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The exact RFC 5322 bytes of a stored message.
+    pub fn raw(&self, id: i64) -> Result<Vec<u8>> {
+        self.local
+            .conn
+            .query_row("SELECT raw FROM messages WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .ok_or(ClientError::NoSuchMessage(id))
+    }
+
+    pub fn summary(&self, id: i64) -> Result<MessageSummary> {
+        self.list(&format!("id = {id} AND ?1 = ?1"))?.pop().ok_or(ClientError::NoSuchMessage(id))
+    }
+
+    /// Problems found during earlier syncs, newest last.
+    pub fn rejected(&self) -> Result<Vec<(i64, String)>> {
+        let mut stmt = self.local.conn.prepare("SELECT at, reason FROM rejected ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Result of applying one queue item to local state.
+enum Step {
+    Joined,
+    Committed,
+    Stored(i64),
+    Ignored,
+    NeedsBlob { blob: BlobRef },
+}
+
+fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
+    match item.kind {
+        QueueKind::Welcome => {
+            let group = pouch_mls::join(&l.provider, &item.payload)?;
+            let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+            l.conn.execute("INSERT OR IGNORE INTO conversations (group_id, created_at) VALUES (?1, ?2)", params![gid.0, now()])?;
+            Ok(Step::Joined)
+        }
+        QueueKind::Commit => {
+            let mut group = load(l, &item.group_id)?;
+            match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
+                Opened::Commit | Opened::Proposal => Ok(Step::Committed),
+                Opened::Application { .. } => Err(ClientError::Invalid("expected a commit, got an application message".into())),
+            }
+        }
+        QueueKind::Application => finish_application(l, item, None),
+    }
+}
+
+fn load(l: &LocalStore, g: &GroupId) -> Result<MlsGroup> {
+    let bytes = g.to_bytes().ok_or_else(|| ClientError::Invalid("malformed conversation id".into()))?;
+    Ok(pouch_mls::load_group(&l.provider, &bytes)?)
+}
+
+/// Decrypts an application message and stores the mail. With `blob_body`
+/// the message's blob was already downloaded (the MLS decryption is redone
+/// in this transaction; the earlier attempt was rolled back).
+fn finish_application(l: &LocalStore, item: &QueueItem, blob_body: Option<Vec<u8>>) -> Result<Step> {
+    let mut group = load(l, &item.group_id)?;
+    let (sender, payload) = match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
+        Opened::Application { sender, payload, .. } => (sender, payload),
+        _ => return Ok(Step::Committed),
+    };
+    let envelope = Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let raw = match (envelope.content, blob_body) {
+        (Content::Inline { rfc5322 }, _) => rfc5322,
+        (Content::Blob(_), Some(raw)) => raw,
+        (Content::Blob(blob), None) => return Ok(Step::NeedsBlob { blob }),
+    };
+    let parsed = mail::parse(&raw)?;
+    if parsed.from.as_ref() != Some(&sender) {
+        return Err(ClientError::Invalid(format!(
+            "forged sender: the From header says {} but the message was signed by {sender}",
+            parsed.from.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "nobody".into())
+        )));
+    }
+    let exists: Option<i64> = l
+        .conn
+        .query_row("SELECT id FROM messages WHERE server_seq = ?1", [item.seq as i64], |r| r.get(0))
+        .optional()?;
+    if exists.is_some() {
+        return Ok(Step::Ignored);
+    }
+    Ok(Step::Stored(store_message(l, &item.group_id, Some(item.seq), false, &parsed, &raw)?))
+}
+
+fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, raw: &[u8]) -> Result<i64> {
+    let list = |v: &[Address]| serde_json::to_string(&v.iter().map(|a| a.as_str()).collect::<Vec<_>>()).expect("serialises");
+    l.conn.execute(
+        "INSERT INTO messages (group_id, server_seq, outgoing, sender, recipients, cc, subject, message_id, date, stored_at, size, attachments, raw) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            group.0,
+            seq.map(|s| s as i64),
+            outgoing,
+            p.from.as_ref().map(|a| a.as_str()).unwrap_or_default(),
+            list(&p.to),
+            list(&p.cc),
+            p.subject,
+            p.message_id,
+            p.date,
+            now(),
+            raw.len() as i64,
+            serde_json::to_string(&p.attachments).expect("serialises"),
+            raw,
+        ],
+    )?;
+    Ok(l.conn.last_insert_rowid())
+}
+

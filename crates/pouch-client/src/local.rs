@@ -1,0 +1,230 @@
+//! The device's local state: one SQLCipher database holding the OpenMLS
+//! state (through `openmls_sqlite_storage`), the mail store and settings.
+//!
+//! The whole file is encrypted with a 256-bit key derived from the user's
+//! passphrase with Argon2id; the only other file, `kdf.json`, holds the salt
+//! and parameters. A copy of the directory reveals no mail and no key.
+//! Every sync step is one SQL transaction, so a crash loses nothing and shows
+//! nothing twice.
+
+use crate::error::{ClientError, Result};
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::OpenMlsProvider;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use zeroize::Zeroizing;
+
+pub const DB_FILE: &str = "device.db";
+pub const KDF_FILE: &str = "kdf.json";
+
+/// Argon2id parameters, stored beside the database so they can be raised later.
+#[derive(Serialize, Deserialize)]
+struct KdfParams {
+    algorithm: String,
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+    salt: String,
+}
+
+impl KdfParams {
+    fn fresh() -> Self {
+        let salt: [u8; 16] = rand::random();
+        KdfParams { algorithm: "argon2id".into(), memory_kib: 64 * 1024, iterations: 3, parallelism: 1, salt: hex::encode(salt) }
+    }
+
+    fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>> {
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| ClientError::Local(format!("bad key-derivation parameters: {e}")))?;
+        let salt = hex::decode(&self.salt).map_err(|_| ClientError::Local("damaged kdf.json".into()))?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
+            .map_err(|e| ClientError::Local(format!("key derivation failed: {e}")))?;
+        Ok(key)
+    }
+}
+
+/// OpenMLS state is stored as JSON: a self-describing format survives
+/// OpenMLS upgrades that add or reorder fields.
+#[derive(Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+    fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// OpenMLS's view of the device: libcrux cryptography, storage in our database.
+pub struct Provider {
+    crypto: openmls_libcrux_crypto::CryptoProvider,
+    storage: SqliteStorageProvider<JsonCodec, Rc<Connection>>,
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
+    type RandProvider = openmls_libcrux_crypto::CryptoProvider;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, Rc<Connection>>;
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+pub struct LocalStore {
+    pub conn: Rc<Connection>,
+    pub provider: Provider,
+    pub home: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS conversations (
+    group_id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL,
+    server_seq INTEGER UNIQUE,
+    outgoing INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    cc TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    message_id TEXT,
+    date INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    attachments TEXT NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages(message_id);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_seq INTEGER UNIQUE,
+    group_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+";
+
+fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    // A raw key (x'..') skips SQLCipher's own PBKDF2: Argon2id already did that work.
+    let hex_key = Zeroizing::new(format!("x'{}'", hex::encode(key)));
+    conn.pragma_update(None, "key", hex_key.as_str())?;
+    Ok(conn)
+}
+
+impl LocalStore {
+    pub fn exists(home: &Path) -> bool {
+        home.join(DB_FILE).exists()
+    }
+
+    /// Creates a new, empty encrypted store.
+    pub fn create(home: &Path, passphrase: &str) -> Result<Self> {
+        if Self::exists(home) {
+            return Err(ClientError::AlreadyEnrolled(home.display().to_string()));
+        }
+        std::fs::create_dir_all(home)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let params = KdfParams::fresh();
+        std::fs::write(home.join(KDF_FILE), serde_json::to_vec_pretty(&params).expect("serialises"))?;
+        let key = params.derive(passphrase)?;
+        Self::finish_open(home, &key)
+    }
+
+    /// Opens an existing store; a wrong passphrase is reported as such.
+    pub fn open(home: &Path, passphrase: &str) -> Result<Self> {
+        if !Self::exists(home) {
+            return Err(ClientError::NotEnrolled(home.display().to_string()));
+        }
+        let params: KdfParams = serde_json::from_slice(&std::fs::read(home.join(KDF_FILE))?)
+            .map_err(|_| ClientError::Local(format!("{} is damaged", home.join(KDF_FILE).display())))?;
+        let key = params.derive(passphrase)?;
+        Self::finish_open(home, &key)
+    }
+
+    fn finish_open(home: &Path, key: &[u8; 32]) -> Result<Self> {
+        let conn = open_connection(&home.join(DB_FILE), key)?;
+        // The first read is where SQLCipher finds out whether the key is right.
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::NotADatabase => {
+                return Err(ClientError::WrongPassphrase(home.display().to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(SCHEMA)?;
+        let conn = Rc::new(conn);
+        let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
+        // run_migrations needs the connection mutably; do it on a short-lived second handle.
+        {
+            let mut migrations_conn = open_connection(&home.join(DB_FILE), key)?;
+            let mut migrator = SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut migrations_conn);
+            migrator.run_migrations().map_err(|e| ClientError::Local(format!("OpenMLS storage migration failed: {e}")))?;
+        }
+        let crypto = openmls_libcrux_crypto::CryptoProvider::new()
+            .map_err(|e| ClientError::Local(format!("crypto provider unavailable: {e:?}")))?;
+        Ok(LocalStore { conn, provider: Provider { crypto, storage }, home: home.to_path_buf() })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn require_meta(&self, key: &str) -> Result<String> {
+        self.meta(key)?.ok_or_else(|| ClientError::Local(format!("device state lacks '{key}'; re-enroll this device")))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Runs `f` in one transaction: all of it is stored, or none of it.
+    pub fn atomically<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        self.atomically_unless(f, |_| false)
+    }
+
+    /// As [`Self::atomically`], but rolls back a successful `f` whose result
+    /// satisfies `discard` (a look that must leave no trace).
+    pub fn atomically_unless<T>(&self, f: impl FnOnce(&Self) -> Result<T>, discard: impl FnOnce(&T) -> bool) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(v) if discard(&v) => {
+                self.conn.execute_batch("ROLLBACK")?;
+                Ok(v)
+            }
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}

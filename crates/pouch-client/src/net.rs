@@ -1,0 +1,177 @@
+//! HTTPS to the Pouch server, pinned to the certificate fingerprint from the
+//! invite. The usual web PKI plays no part: a ministry's server is trusted
+//! because its fingerprint came with the invite, not because a CA says so.
+
+use crate::error::{ClientError, Result};
+use pouch_proto::api::{self, ErrorBody, ErrorCode};
+use pouch_proto::DeviceId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: Vec<u8>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if bool::from(Sha256::digest(end_entity.as_ref()).as_slice().ct_eq(&self.fingerprint)) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("certificate fingerprint mismatch".into()))
+        }
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A connection to one server, with the device's session token once signed in.
+pub struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+    token: RefCell<Option<String>>,
+}
+
+impl Api {
+    pub fn new(server: &str, fingerprint_hex: &str) -> Result<Self> {
+        let fingerprint = hex::decode(fingerprint_hex)
+            .ok()
+            .filter(|f| f.len() == 32)
+            .ok_or_else(|| ClientError::Invalid("the certificate fingerprint must be 64 hex digits".into()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { fingerprint, provider }))
+            .with_no_client_auth();
+        let http = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let base = server.trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            return Err(ClientError::Invalid(format!("the server URL must start with https:// (got {base})")));
+        }
+        Ok(Api { base, http, token: RefCell::new(None) })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+        let resp = req.send().map_err(|e| self.transport_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body: Option<ErrorBody> = resp.json().ok();
+        Err(match body {
+            Some(b) => ClientError::Server { status, code: b.error, message: b.message },
+            None => ClientError::Server { status, code: ErrorCode::Internal, message: format!("HTTP {status}") },
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.to_string().contains("fingerprint mismatch") {
+                return ClientError::CertificateMismatch;
+            }
+            source = s.source();
+        }
+        let reason = if e.is_connect() { "connection refused or unreachable".to_string() } else if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+        ClientError::Unreachable(self.base.clone(), reason)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn authed(&self, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::RequestBuilder> {
+        let token = self.token.borrow().clone().ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
+        Ok(req.bearer_auth(token))
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.send(self.http.get(self.url(path)))?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self.send(self.http.post(self.url(path)).json(body))?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn admin_post<B: Serialize, T: DeserializeOwned>(&self, path: &str, token: &str, body: &B) -> Result<T> {
+        let resp = self.send(self.http.post(self.url(path)).bearer_auth(token).json(body))?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn admin_get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T> {
+        let resp = self.send(self.http.get(self.url(path)).bearer_auth(token))?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Signs in with the device key: challenge, signature, token.
+    pub fn sign_in(&self, device_id: &DeviceId, sign: impl Fn(&[u8]) -> Result<Vec<u8>>) -> Result<()> {
+        let ch: api::ChallengeResponse =
+            self.post_json("/v1/auth/challenge", &api::ChallengeRequest { device_id: device_id.clone() })?;
+        let signature = sign(&api::auth_signing_payload(device_id, &ch.challenge))?;
+        let tok: api::TokenResponse = self.post_json(
+            "/v1/auth/token",
+            &api::TokenRequest { device_id: device_id.clone(), challenge: ch.challenge, signature },
+        )?;
+        *self.token.borrow_mut() = Some(tok.token);
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let resp = self.send(self.authed(self.http.post(self.url(path)).json(body))?)?;
+        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
+        self.send(self.authed(self.http.post(self.url(path)).json(body))?)?;
+        Ok(())
+    }
+
+    pub fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.send(self.authed(self.http.put(self.url(path)).body(bytes))?)?;
+        Ok(())
+    }
+
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
+        Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
+    }
+}

@@ -1,0 +1,377 @@
+//! Pouch's MLS layer (RFC 9420, through OpenMLS): device identities, key
+//! packages, one group per conversation, and sealing/opening envelopes.
+//!
+//! Like OpenMLS itself this crate does no I/O: every function takes an
+//! [`OpenMlsProvider`], whose storage the caller chooses (the client keeps it
+//! in its encrypted database; tests use memory). It also owns the checks
+//! that bind MLS to mail: a key package must carry the address and signature
+//! key the directory announced, and a message's sender is the address in its
+//! MLS credential — the client compares that against the From header.
+#![forbid(unsafe_code)]
+
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use pouch_proto::Address;
+
+pub use openmls::prelude::{Ciphersuite, GroupId as MlsGroupId, KeyPackage, MlsGroup};
+pub use openmls_basic_credential::SignatureKeyPair as DeviceSigner;
+
+/// How many past epochs a member keeps secrets for, so that a message sent
+/// just before a commit it has already processed still opens.
+const MAX_PAST_EPOCHS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MlsError {
+    #[error("ciphersuite 0x{0:04x} is not supported by this Pouch")]
+    UnsupportedCiphersuite(u16),
+    #[error("malformed MLS data: {0}")]
+    Malformed(String),
+    #[error("key package rejected: {0}")]
+    BadKeyPackage(String),
+    #[error("the message could not be opened: {0}")]
+    Rejected(String),
+    #[error("the sender's credential is not a valid address")]
+    BadCredential,
+    #[error("no such conversation in local state")]
+    UnknownGroup,
+    #[error("MLS operation failed: {0}")]
+    Operation(String),
+    #[error("local MLS storage failed: {0}")]
+    Storage(String),
+}
+
+fn op<E: std::fmt::Display>(e: E) -> MlsError {
+    MlsError::Operation(e.to_string())
+}
+
+/// The ciphersuites Pouch accepts, by their IANA code points.
+pub fn ciphersuite(code: u16) -> Result<Ciphersuite, MlsError> {
+    match code {
+        0x004D => Ok(Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519),
+        0x004F => Ok(Ciphersuite::MLS_128_MLKEM768X25519_AES128GCM_SHA256_Ed25519),
+        // Classical suite, for interoperability tests only.
+        0x0001 => Ok(Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519),
+        other => Err(MlsError::UnsupportedCiphersuite(other)),
+    }
+}
+
+/// Creates a device's Ed25519 signature key and keeps it in `provider`'s storage.
+pub fn new_device_signer<P: OpenMlsProvider>(provider: &P) -> Result<SignatureKeyPair, MlsError> {
+    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(op)?;
+    signer.store(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))?;
+    Ok(signer)
+}
+
+/// Loads the device's signature key from storage.
+pub fn load_device_signer<P: OpenMlsProvider>(provider: &P, public_key: &[u8]) -> Result<SignatureKeyPair, MlsError> {
+    SignatureKeyPair::read(provider.storage(), public_key, SignatureScheme::ED25519)
+        .ok_or_else(|| MlsError::Storage("the device signature key is missing".into()))
+}
+
+/// Signs a non-MLS payload (the login challenge) with the device key.
+pub fn sign_raw(signer: &SignatureKeyPair, payload: &[u8]) -> Result<Vec<u8>, MlsError> {
+    openmls_traits::signatures::Signer::sign(signer, payload).map_err(|e| MlsError::Operation(format!("{e:?}")))
+}
+
+fn credential(address: &Address, signer: &SignatureKeyPair) -> CredentialWithKey {
+    CredentialWithKey {
+        credential: BasicCredential::new(address.as_str().as_bytes().to_vec()).into(),
+        signature_key: signer.to_public_vec().into(),
+    }
+}
+
+/// The address an MLS credential names.
+pub fn credential_address(credential: &Credential) -> Result<Address, MlsError> {
+    let basic = BasicCredential::try_from(credential.clone()).map_err(|_| MlsError::BadCredential)?;
+    let text = std::str::from_utf8(basic.identity()).map_err(|_| MlsError::BadCredential)?;
+    Address::parse(text).map_err(|_| MlsError::BadCredential)
+}
+
+/// Creates `count` fresh key packages (private parts go into storage), serialised for upload.
+pub fn key_packages<P: OpenMlsProvider>(
+    provider: &P,
+    suite: Ciphersuite,
+    signer: &SignatureKeyPair,
+    address: &Address,
+    count: usize,
+    last_resort: bool,
+) -> Result<Vec<Vec<u8>>, MlsError> {
+    let cred = credential(address, signer);
+    (0..count)
+        .map(|_| {
+            let mut builder = KeyPackage::builder();
+            if last_resort {
+                builder = builder.mark_as_last_resort();
+            }
+            let bundle = builder.build(suite, provider, signer, cred.clone()).map_err(op)?;
+            MlsMessageOut::from(bundle.key_package().clone()).to_bytes().map_err(op)
+        })
+        .collect()
+}
+
+/// A key package handed out by the directory, with what the directory claims about it.
+pub struct ClaimedPackage<'a> {
+    pub bytes: &'a [u8],
+    pub address: &'a Address,
+    pub signature_key: &'a [u8],
+}
+
+/// Parses and verifies a key package, and checks it belongs to the address
+/// and signature key the directory announced — a server that swaps in its
+/// own key package for someone else's is caught here.
+pub fn validate_key_package<P: OpenMlsProvider>(
+    provider: &P,
+    suite: Ciphersuite,
+    claimed: &ClaimedPackage<'_>,
+) -> Result<KeyPackage, MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(claimed.bytes)
+        .map_err(|e| MlsError::BadKeyPackage(e.to_string()))?;
+    let kp_in = match msg.extract() {
+        MlsMessageBodyIn::KeyPackage(kp) => kp,
+        _ => return Err(MlsError::BadKeyPackage("not a key package".into())),
+    };
+    let kp = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|e| MlsError::BadKeyPackage(e.to_string()))?;
+    if kp.ciphersuite() != suite {
+        return Err(MlsError::BadKeyPackage(format!("wrong ciphersuite {:?}", kp.ciphersuite())));
+    }
+    let leaf = kp.leaf_node();
+    if credential_address(leaf.credential())? != *claimed.address {
+        return Err(MlsError::BadKeyPackage(format!("credential is not {}", claimed.address)));
+    }
+    if leaf.signature_key().as_slice() != claimed.signature_key {
+        return Err(MlsError::BadKeyPackage("signature key differs from the directory's".into()));
+    }
+    Ok(kp)
+}
+
+fn create_config(suite: Ciphersuite) -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        // Hide the exact length of short messages from the delivery service.
+        .padding_size(256)
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .padding_size(256)
+        .build()
+}
+
+/// The result of a commit this device made: bytes for the delivery service.
+pub struct CommitOut {
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// Creates a conversation with the given members. Returns the group (at
+/// epoch 1 after merging) and the Welcome for the added devices.
+pub fn create_conversation<P: OpenMlsProvider>(
+    provider: &P,
+    suite: Ciphersuite,
+    signer: &SignatureKeyPair,
+    address: &Address,
+    members: &[KeyPackage],
+) -> Result<(MlsGroup, CommitOut), MlsError> {
+    let mut group = MlsGroup::new(provider, signer, &create_config(suite), credential(address, signer)).map_err(op)?;
+    let out = add_members(provider, signer, &mut group, members)?;
+    Ok((group, out))
+}
+
+/// Adds devices to a conversation. The commit is left pending: merge it with
+/// [`merge_pending`] once the delivery service accepted it, or discard it
+/// with [`discard_pending`].
+pub fn add_members<P: OpenMlsProvider>(
+    provider: &P,
+    signer: &SignatureKeyPair,
+    group: &mut MlsGroup,
+    members: &[KeyPackage],
+) -> Result<CommitOut, MlsError> {
+    let (commit, welcome, _group_info) = group.add_members(provider, signer, members).map_err(op)?;
+    Ok(CommitOut {
+        commit: commit.to_bytes().map_err(op)?,
+        welcome: Some(welcome.to_bytes().map_err(op)?),
+    })
+}
+
+/// A fresh leaf key for this device (post-compromise security), left pending.
+pub fn self_update<P: OpenMlsProvider>(
+    provider: &P,
+    signer: &SignatureKeyPair,
+    group: &mut MlsGroup,
+) -> Result<CommitOut, MlsError> {
+    let bundle = group.self_update(provider, signer, LeafNodeParameters::default()).map_err(op)?;
+    let (commit, _welcome, _gi) = bundle.into_contents();
+    Ok(CommitOut { commit: commit.to_bytes().map_err(op)?, welcome: None })
+}
+
+pub fn merge_pending<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
+    group.merge_pending_commit(provider).map_err(op)
+}
+
+pub fn discard_pending<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
+    group.clear_pending_commit(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))
+}
+
+/// Encrypts an application payload for the group's current epoch.
+pub fn seal<P: OpenMlsProvider>(
+    provider: &P,
+    signer: &SignatureKeyPair,
+    group: &mut MlsGroup,
+    payload: &[u8],
+) -> Result<Vec<u8>, MlsError> {
+    group.create_message(provider, signer, payload).map_err(op)?.to_bytes().map_err(op)
+}
+
+/// Joins a conversation from a Welcome.
+pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let welcome = match msg.extract() {
+        MlsMessageBodyIn::Welcome(w) => w,
+        _ => return Err(MlsError::Malformed("not a Welcome".into())),
+    };
+    StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        .map_err(|e| MlsError::Rejected(e.to_string()))?
+        .into_group(provider)
+        .map_err(|e| MlsError::Rejected(e.to_string()))
+}
+
+/// Forgets a conversation this device created but the server refused.
+pub fn delete_group<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
+    group.delete(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))
+}
+
+pub fn load_group<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<MlsGroup, MlsError> {
+    MlsGroup::load(provider.storage(), &GroupId::from_slice(group_id))
+        .map_err(|e| MlsError::Storage(format!("{e:?}")))?
+        .ok_or(MlsError::UnknownGroup)
+}
+
+/// What an incoming group message turned out to be.
+pub enum Opened {
+    /// An application message and the address in its sender's credential.
+    Application { sender: Address, sender_key: Vec<u8>, payload: Vec<u8> },
+    /// A commit, verified and merged: the group moved to a new epoch.
+    Commit,
+    /// A proposal, stored for the next commit.
+    Proposal,
+}
+
+/// Verifies, decrypts and applies one message of the group.
+pub fn open<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup, message: &[u8]) -> Result<Opened, MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(message).map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let protocol = msg.try_into_protocol_message().map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let processed = group.process_message(provider, protocol).map_err(|e| MlsError::Rejected(e.to_string()))?;
+    let sender_address = credential_address(processed.credential());
+    let sender_key = match processed.sender() {
+        Sender::Member(index) => group.member_at(*index).map(|m| m.signature_key),
+        _ => None,
+    };
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(app) => Ok(Opened::Application {
+            sender: sender_address?,
+            sender_key: sender_key.ok_or(MlsError::BadCredential)?,
+            payload: app.into_bytes(),
+        }),
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            group.merge_staged_commit(provider, *staged).map_err(op)?;
+            Ok(Opened::Commit)
+        }
+        ProcessedMessageContent::ProposalMessage(proposal) => {
+            group.store_pending_proposal(provider.storage(), *proposal).map_err(|e| MlsError::Storage(format!("{e:?}")))?;
+            Ok(Opened::Proposal)
+        }
+        _ => Err(MlsError::Rejected("unsupported message type".into())),
+    }
+}
+
+/// The addresses of everyone in the group (each once).
+pub fn member_addresses(group: &MlsGroup) -> Vec<Address> {
+    let mut out: Vec<Address> = group.members().filter_map(|m| credential_address(&m.credential).ok()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The signature keys of every member device.
+pub fn member_keys(group: &MlsGroup) -> Vec<Vec<u8>> {
+    group.members().map(|m| m.signature_key).collect()
+}
+
+pub fn epoch(group: &MlsGroup) -> u64 {
+    group.epoch().as_u64()
+}
+
+pub fn group_id_bytes(group: &MlsGroup) -> Vec<u8> {
+    group.group_id().as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openmls_libcrux_crypto::Provider;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn conversation_round_trip_on_xwing_and_sender_is_bound_to_credential() {
+        let suite = ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
+        let (alice_p, bob_p) = (Provider::default(), Provider::default());
+        let alice = new_device_signer(&alice_p).unwrap();
+        let bob = new_device_signer(&bob_p).unwrap();
+        let (a, b) = (addr("alice@pouch.local"), addr("bob@pouch.local"));
+        let kp = key_packages(&bob_p, suite, &bob, &b, 1, false).unwrap().remove(0);
+
+        // The directory lying about whose package this is gets caught.
+        let lie = ClaimedPackage { bytes: &kp, address: &a, signature_key: bob.public() };
+        assert!(matches!(validate_key_package(&alice_p, suite, &lie), Err(MlsError::BadKeyPackage(_))));
+        let wrong_key = ClaimedPackage { bytes: &kp, address: &b, signature_key: alice.public() };
+        assert!(validate_key_package(&alice_p, suite, &wrong_key).is_err());
+
+        let claimed = ClaimedPackage { bytes: &kp, address: &b, signature_key: bob.public() };
+        let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
+        let (mut group, out) = create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
+        merge_pending(&alice_p, &mut group).unwrap();
+        assert_eq!(epoch(&group), 1);
+        let mut bob_group = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
+        assert_eq!(member_addresses(&bob_group), vec![a.clone(), b.clone()]);
+
+        let sealed = seal(&alice_p, &alice, &mut group, b"Subject: secret\r\n\r\nbody").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "plaintext visible in ciphertext");
+        match open(&bob_p, &mut bob_group, &sealed).unwrap() {
+            Opened::Application { sender, sender_key, payload } => {
+                assert_eq!(sender, a);
+                assert_eq!(sender_key, alice.public());
+                assert_eq!(payload, b"Subject: secret\r\n\r\nbody");
+            }
+            _ => panic!("expected an application message"),
+        }
+        // Tampering is rejected, not mis-decrypted.
+        let mut bad = seal(&alice_p, &alice, &mut group, b"more").unwrap();
+        let last = bad.len() - 3;
+        bad[last] ^= 0x55;
+        assert!(open(&bob_p, &mut bob_group, &bad).is_err());
+
+        // A self-update moves both to a new epoch.
+        let upd = self_update(&bob_p, &bob, &mut bob_group).unwrap();
+        merge_pending(&bob_p, &mut bob_group).unwrap();
+        assert!(matches!(open(&alice_p, &mut group, &upd.commit).unwrap(), Opened::Commit));
+        assert_eq!(epoch(&group), 2);
+        assert_eq!(epoch(&bob_group), 2);
+    }
+
+    #[test]
+    fn unsupported_suites_are_refused() {
+        assert!(matches!(ciphersuite(0x0002), Err(MlsError::UnsupportedCiphersuite(2))));
+    }
+}

@@ -1,0 +1,285 @@
+//! Bodies of the HTTPS API (JSON). Everything here is visible to the server:
+//! addresses, device ids, group ids, epochs, sizes and opaque MLS bytes. No
+//! subject, body, attachment or Cc list ever appears in these types.
+
+use crate::{Address, DeviceId, GroupId, b64};
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/info` (unauthenticated).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub domain: String,
+    /// The MLS ciphersuite every client of this server must use.
+    pub ciphersuite: u16,
+    pub version: String,
+}
+
+/// Every error the server returns has this body, with an HTTP status to match.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    /// One line a person can act on.
+    pub message: String,
+    /// For [`ErrorCode::StaleEpoch`]: the group's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    InviteInvalid,
+    InviteUsed,
+    InviteExpired,
+    UnknownRecipient,
+    Conflict,
+    StaleEpoch,
+    NotMember,
+    TooLarge,
+    Internal,
+}
+
+// ----- administration (bearer: the admin token) -----
+
+/// `POST /v1/admin/users`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddUserRequest {
+    pub address: Address,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Invite lifetime; the server's default (72 h) when absent.
+    #[serde(default)]
+    pub invite_ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddUserResponse {
+    pub address: Address,
+    /// The invite secret, shown once; the server keeps only its hash.
+    #[serde(with = "b64")]
+    pub invite_secret: Vec<u8>,
+    pub expires_at: i64,
+}
+
+/// `GET /v1/admin/users`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub address: Address,
+    pub name: Option<String>,
+    pub created_at: i64,
+    pub devices: u32,
+}
+
+// ----- enrollment and authentication -----
+
+/// `POST /v1/enroll`: the invite secret buys one device registration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub address: Address,
+    #[serde(with = "b64")]
+    pub invite_secret: Vec<u8>,
+    pub device_name: String,
+    /// The device's Ed25519 public key: its MLS signature key and its login.
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+    #[serde(with = "b64")]
+    pub last_resort_key_package: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: DeviceId,
+    pub ciphersuite: u16,
+}
+
+/// `POST /v1/auth/challenge`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    pub device_id: DeviceId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    #[serde(with = "b64")]
+    pub challenge: Vec<u8>,
+}
+
+/// `POST /v1/auth/token`: the challenge signed with the device key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub device_id: DeviceId,
+    #[serde(with = "b64")]
+    pub challenge: Vec<u8>,
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_in_secs: u64,
+}
+
+/// What a device signs to log in. Domain-separated so that the signature can
+/// never be replayed as an MLS signature or anything else.
+pub fn auth_signing_payload(device_id: &DeviceId, challenge: &[u8]) -> Vec<u8> {
+    let mut out = b"pouch-auth-v1\0".to_vec();
+    out.extend_from_slice(device_id.0.as_bytes());
+    out.push(0);
+    out.extend_from_slice(challenge);
+    out
+}
+
+// ----- key packages -----
+
+/// `POST /v1/key-packages`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UploadKeyPackages {
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<Vec<u8>>,
+}
+
+/// `GET /v1/key-packages/count`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyPackageCount {
+    pub available: u32,
+}
+
+/// `POST /v1/key-packages/claim`: one key package for every device of every address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub addresses: Vec<Address>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub devices: Vec<ClaimedDevice>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClaimedDevice {
+    pub address: Address,
+    pub device_id: DeviceId,
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+    #[serde(with = "b64")]
+    pub key_package: Vec<u8>,
+    pub last_resort: bool,
+}
+
+// ----- groups -----
+
+/// `POST /v1/groups/{group}/commits`. The server accepts exactly one commit per
+/// epoch: `base_epoch` must be the group's current epoch (0 creates the group).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub base_epoch: u64,
+    /// The MLS commit, fanned out to the group's current members. Absent when
+    /// a creator's commit concerns nobody else yet.
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub commit: Option<Vec<u8>>,
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<Vec<u8>>,
+    #[serde(default)]
+    pub added: Vec<DeviceId>,
+    #[serde(default)]
+    pub removed: Vec<DeviceId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitResponse {
+    pub epoch: u64,
+}
+
+/// `POST /v1/groups/{group}/messages`: an MLS application message for the
+/// group's other members, sent in the group's current epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendRequest {
+    pub epoch: u64,
+    #[serde(with = "b64")]
+    pub message: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub recipients: u32,
+}
+
+// ----- the device queue -----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Welcome,
+    Commit,
+    Application,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Welcome => "welcome",
+            QueueKind::Commit => "commit",
+            QueueKind::Application => "application",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "welcome" => Some(QueueKind::Welcome),
+            "commit" => Some(QueueKind::Commit),
+            "application" => Some(QueueKind::Application),
+            _ => None,
+        }
+    }
+}
+
+/// `GET /v1/queue?after=SEQ&limit=N`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueItem {
+    /// Monotonic per device, with no gaps the device has not acknowledged.
+    pub seq: u64,
+    pub kind: QueueKind,
+    pub group_id: GroupId,
+    pub sender_device: DeviceId,
+    pub epoch: u64,
+    #[serde(with = "b64")]
+    pub payload: Vec<u8>,
+    pub received_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueResponse {
+    pub items: Vec<QueueItem>,
+}
+
+/// `POST /v1/queue/ack`: everything up to and including `up_to` is durably stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AckRequest {
+    pub up_to: u64,
+}
+
+// ----- blobs -----
+
+/// `POST /v1/blobs` answers with a fresh blob id; chunks follow with
+/// `PUT /v1/blobs/{id}/{index}` and `POST /v1/blobs/{id}/finish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlobCreated {
+    pub blob_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlobFinish {
+    pub chunks: u32,
+    pub size: u64,
+}
+
+/// The largest chunk the server accepts (ciphertext), a little over 1 MiB.
+pub const MAX_BLOB_CHUNK: usize = (1 << 20) + 1024;

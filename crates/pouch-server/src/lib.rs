@@ -1,0 +1,172 @@
+//! The Pouch delivery server: an HTTPS API (axum on rustls) over a
+//! [`pouch_store::Store`].
+//!
+//! The server holds no key that opens mail. It authenticates devices by
+//! their Ed25519 keys (signed challenge → short-lived bearer token), hands
+//! out key packages once each, orders commits (one per epoch per group), and
+//! keeps a queue per device. Everything it stores about a mail is an MLS
+//! ciphertext or an encrypted blob chunk; see ARCHITECTURE.md for what it sees.
+//!
+//! It keeps no state of its own beyond the database, so several processes on
+//! one PostgreSQL database act as one server.
+#![forbid(unsafe_code)]
+
+mod api;
+mod error;
+pub mod tls;
+
+use pouch_store::Store;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use api::router;
+pub use error::ApiError;
+
+/// Lifetime of a device's bearer token.
+pub const TOKEN_TTL_SECS: u64 = 3600;
+/// Default lifetime of an invite.
+pub const INVITE_TTL_SECS: u64 = 72 * 3600;
+
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub domain: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Used only when the database has no ciphersuite yet.
+    pub ciphersuite: u16,
+}
+
+/// Shared state of the request handlers.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub domain: String,
+    pub ciphersuite: u16,
+    admin_token_sha256: [u8; 32],
+}
+
+/// What start-up prepared, for the caller to print.
+pub struct Prepared {
+    pub state: Arc<AppState>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub fingerprint: String,
+    /// Where the admin token was written, if this start created it.
+    pub admin_token_created: Option<PathBuf>,
+    pub admin_token_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(String),
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+    #[error("database: {0}")]
+    Store(#[from] pouch_store::StoreError),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut out);
+    out
+}
+
+/// Writes `contents` to `path` readable by the owner only, atomically.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Prepares the data directory, TLS identity, settings and admin token.
+pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Prepared, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Io(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
+    let (tls, fingerprint) = tls::server_config(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+
+    let domain = store.init_setting("domain", &config.domain.to_ascii_lowercase()).await?;
+    if domain != config.domain.to_ascii_lowercase() {
+        return Err(StartError::Config(format!(
+            "this database serves the domain '{domain}', not '{}': start with --domain {domain}",
+            config.domain
+        )));
+    }
+    let suite: u16 = store
+        .init_setting("ciphersuite", &config.ciphersuite.to_string())
+        .await?
+        .parse()
+        .map_err(|_| StartError::Config("the stored ciphersuite setting is damaged".into()))?;
+
+    // The admin token: the database keeps only its hash, shared by all nodes;
+    // the node that creates it writes it to its data directory.
+    let admin_token_path = config.data_dir.join("admin.token");
+    let mut admin_token_created = None;
+    let admin_hash_hex = match store.get_setting("admin_token_sha256").await? {
+        Some(h) => h,
+        None => {
+            let token = hex::encode(random_bytes::<32>());
+            let hash = hex::encode(sha256(token.as_bytes()));
+            let stored = store.init_setting("admin_token_sha256", &hash).await?;
+            if stored == hash {
+                write_private_file(&admin_token_path, format!("{token}\n").as_bytes())
+                    .map_err(|e| StartError::Io(format!("cannot write {}: {e}", admin_token_path.display())))?;
+                admin_token_created = Some(admin_token_path.clone());
+            }
+            stored
+        }
+    };
+    let admin_token_sha256: [u8; 32] = hex::decode(&admin_hash_hex)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| StartError::Config("the stored admin token hash is damaged".into()))?;
+
+    let state = Arc::new(AppState { store, domain, ciphersuite: suite, admin_token_sha256 });
+    Ok(Prepared { state, tls, fingerprint, admin_token_created, admin_token_path })
+}
+
+/// Serves HTTPS on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    prepared: &Prepared,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    listener.set_nonblocking(true).map_err(|e| StartError::Io(e.to_string()))?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());
+    let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle)
+        .serve(app)
+        .await
+        .map_err(|e| StartError::Io(format!("server stopped: {e}")))
+}

@@ -1,0 +1,190 @@
+//! [`pouch_store::Store`] on SQL databases: the embedded SQLite default and
+//! PostgreSQL for deployments that run several stateless server nodes.
+//!
+//! One implementation serves both, through sqlx's `Any` driver: every query is
+//! written in the SQL both databases share (`$n` parameters, `RETURNING`,
+//! compare-and-set updates), so there is a single commit path to review and
+//! the conformance story proves it on both. What differs is confined to
+//! [`Dialect`]: the schema files, connection set-up, and how the database is
+//! kept consistent under concurrency (SQLite: one writer connection;
+//! PostgreSQL: row locks taken by `UPDATE ... RETURNING`).
+#![forbid(unsafe_code)]
+
+mod queries;
+
+use pouch_store::{Result, StoreError};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The server's store on SQLite or PostgreSQL.
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Schema migrations, in order. Each is applied once, in a transaction.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    include_str!("../migrations/sqlite_0001_initial.sql"),
+    include_str!("../migrations/postgres_0001_initial.sql"),
+)];
+
+/// An arbitrary constant: the advisory lock that serialises migrations when
+/// several PostgreSQL nodes start at once.
+const MIGRATION_LOCK: i64 = 0x706f_7563_68;
+
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the embedded SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::connect(&url).await
+    }
+
+    /// Connects to `sqlite://…` or `postgres://…` and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Backend(
+                "unsupported database URL: use sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
+            ));
+        };
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let pool = match dialect {
+            // One connection: SQLite has one writer anyway, and a single
+            // connection makes every transaction serial without lock upgrades.
+            Dialect::Sqlite => options
+                .max_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await,
+            Dialect::Postgres => options.max_connections(16).connect(url).await,
+        }
+        .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
+        let store = SqlStore { pool, dialect };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        let result = async {
+            conn.execute("CREATE TABLE IF NOT EXISTS pouch_schema (version BIGINT PRIMARY KEY)")
+                .await
+                .map_err(backend)?;
+            for (version, sqlite, postgres) in MIGRATIONS {
+                let applied: Option<(i64,)> =
+                    sqlx::query_as("SELECT version FROM pouch_schema WHERE version = $1")
+                        .bind(*version)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                if applied.is_some() {
+                    continue;
+                }
+                let ddl = match self.dialect {
+                    Dialect::Sqlite => *sqlite,
+                    Dialect::Postgres => *postgres,
+                };
+                conn.execute("BEGIN").await.map_err(backend)?;
+                let step = async {
+                    conn.execute(sqlx::raw_sql(ddl)).await?;
+                    sqlx::query("INSERT INTO pouch_schema (version) VALUES ($1)")
+                        .bind(*version)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                match step {
+                    Ok(()) => conn.execute("COMMIT").await.map_err(backend)?,
+                    Err(e) => {
+                        let _ = conn.execute("ROLLBACK").await;
+                        return Err(StoreError::Backend(format!("migration {version} failed: {e}")));
+                    }
+                };
+            }
+            Ok(())
+        }
+        .await;
+        if self.dialect == Dialect::Postgres {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await;
+        }
+        result
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+/// Helpers for tests that need a scratch PostgreSQL database of their own.
+pub mod testing {
+    use sqlx::{AnyConnection, Connection, Executor};
+    use std::future::Future;
+
+    /// Creates an empty database beside `base_url`'s and returns its URL and a
+    /// future that drops it. Fails (never skips) when PostgreSQL is unreachable.
+    pub async fn fresh_postgres_database(
+        base_url: &str,
+        tag: &str,
+    ) -> Result<(String, impl Future<Output = ()> + use<>), sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!("pouch_{tag}_{}_{nanos}", std::process::id());
+        let mut admin = AnyConnection::connect(base_url).await?;
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
+        let (prefix, _) = base_url.rsplit_once('/').unwrap_or((base_url, ""));
+        let url = format!("{prefix}/{name}");
+        let base = base_url.to_string();
+        let drop = async move {
+            if let Ok(mut admin) = AnyConnection::connect(&base).await {
+                let _ = admin
+                    .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .await;
+            }
+        };
+        Ok((url, drop))
+    }
+}

@@ -1,0 +1,659 @@
+//! The [`Store`] implementation. Every query here runs unchanged on SQLite and
+//! PostgreSQL; multi-row changes are single transactions.
+
+use crate::{SqlStore, backend};
+use async_trait::async_trait;
+use pouch_proto::{
+    Address, DeviceId, GroupId,
+    api::{QueueItem, QueueKind, UserSummary},
+};
+use pouch_store::{
+    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
+    NewDevice, Result, Store, StoreError, UnixTime, rules,
+};
+use sqlx::{Any, AnyConnection, Row, any::AnyRow};
+
+/// `SELECT` of every device column, followed by the rest of the query.
+macro_rules! select_devices {
+    ($rest:literal) => {
+        concat!("SELECT device_id, address, name, signature_key, created_at, revoked_at FROM devices ", $rest)
+    };
+}
+
+fn device_from_row(row: &AnyRow) -> Result<Device> {
+    let address: String = row.try_get("address").map_err(backend)?;
+    Ok(Device {
+        device_id: DeviceId(row.try_get("device_id").map_err(backend)?),
+        address: Address::parse(&address).map_err(|e| StoreError::Backend(e.to_string()))?,
+        name: row.try_get("name").map_err(backend)?,
+        signature_key: row.try_get("signature_key").map_err(backend)?,
+        created_at: row.try_get("created_at").map_err(backend)?,
+        revoked_at: row.try_get("revoked_at").map_err(backend)?,
+    })
+}
+
+/// Appends one item to a device's queue. The `UPDATE ... RETURNING` takes the
+/// device row's lock until the transaction ends, so concurrent writers to one
+/// device commit in sequence order and a reader never skips a number.
+#[allow(clippy::too_many_arguments)]
+async fn enqueue(
+    conn: &mut AnyConnection,
+    device: &DeviceId,
+    kind: QueueKind,
+    group: &GroupId,
+    sender: &DeviceId,
+    epoch: u64,
+    payload: &[u8],
+    now: UnixTime,
+) -> Result<()> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE devices SET next_seq = next_seq + 1 WHERE device_id = $1 RETURNING next_seq",
+    )
+    .bind(&device.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(backend)?;
+    sqlx::query(
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&device.0)
+    .bind(seq)
+    .bind(kind.as_str())
+    .bind(&group.0)
+    .bind(&sender.0)
+    .bind(epoch as i64)
+    .bind(payload)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+async fn members(conn: &mut AnyConnection, group: &GroupId) -> Result<Vec<DeviceId>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT device_id FROM group_members WHERE group_id = $1 ORDER BY device_id")
+            .bind(&group.0)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+    Ok(rows.into_iter().map(|(d,)| DeviceId(d)).collect())
+}
+
+async fn is_active_device(conn: &mut AnyConnection, device: &DeviceId) -> Result<bool> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT device_id FROM devices WHERE device_id = $1 AND revoked_at IS NULL")
+            .bind(&device.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+    Ok(row.is_some())
+}
+
+async fn group_epoch(conn: &mut AnyConnection, group: &GroupId) -> Result<Option<u64>> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT epoch FROM mls_groups WHERE group_id = $1")
+        .bind(&group.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|(e,)| e as u64))
+}
+
+impl SqlStore {
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        self.pool.begin().await.map_err(backend)
+    }
+
+    async fn commit_inner(
+        &self,
+        tx: &mut AnyConnection,
+        s: &CommitSubmission,
+    ) -> std::result::Result<u64, GroupError> {
+        let recipients = match group_epoch(tx, &s.group_id).await? {
+            None => {
+                if s.base_epoch != 0 {
+                    return Err(GroupRejection::UnknownGroup.into());
+                }
+                sqlx::query("INSERT INTO mls_groups (group_id, epoch, created_at) VALUES ($1, 1, $2)")
+                    .bind(&s.group_id.0)
+                    .bind(s.now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES ($1, $2)")
+                    .bind(&s.group_id.0)
+                    .bind(&s.sender.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                Vec::new()
+            }
+            Some(current) => {
+                // Compare-and-set: exactly one commit wins each epoch, even
+                // across server nodes; the row lock holds until commit.
+                let updated = sqlx::query(
+                    "UPDATE mls_groups SET epoch = epoch + 1 WHERE group_id = $1 AND epoch = $2",
+                )
+                .bind(&s.group_id.0)
+                .bind(s.base_epoch as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                if updated.rows_affected() != 1 {
+                    return Err(GroupRejection::StaleEpoch { current }.into());
+                }
+                let members = members(tx, &s.group_id).await?;
+                if !members.contains(&s.sender) {
+                    return Err(GroupRejection::NotMember.into());
+                }
+                members.into_iter().filter(|d| d != &s.sender).collect()
+            }
+        };
+        let new_epoch = s.base_epoch + 1;
+        for removed in &s.removed {
+            sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = $2")
+                .bind(&s.group_id.0)
+                .bind(&removed.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for added in &s.added {
+            if !is_active_device(tx, added).await? {
+                return Err(GroupRejection::UnknownDevice.into());
+            }
+            sqlx::query(
+                "INSERT INTO group_members (group_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&s.group_id.0)
+            .bind(&added.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        if let Some(commit) = &s.commit {
+            for device in &recipients {
+                enqueue(tx, device, QueueKind::Commit, &s.group_id, &s.sender, s.base_epoch, commit, s.now)
+                    .await?;
+            }
+        }
+        if let Some(welcome) = &s.welcome {
+            for device in &s.added {
+                enqueue(tx, device, QueueKind::Welcome, &s.group_id, &s.sender, new_epoch, welcome, s.now)
+                    .await?;
+            }
+        }
+        Ok(new_epoch)
+    }
+
+    async fn message_inner(
+        &self,
+        tx: &mut AnyConnection,
+        group: &GroupId,
+        sender: &DeviceId,
+        epoch: u64,
+        payload: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<u32, GroupError> {
+        let current = group_epoch(tx, group).await?.ok_or(GroupRejection::UnknownGroup)?;
+        if current != epoch {
+            return Err(GroupRejection::StaleEpoch { current }.into());
+        }
+        let members = members(tx, group).await?;
+        if !members.contains(sender) {
+            return Err(GroupRejection::NotMember.into());
+        }
+        let mut count = 0;
+        for device in members.iter().filter(|d| *d != sender) {
+            enqueue(tx, device, QueueKind::Application, group, sender, epoch, payload, now).await?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        self.get_setting(key).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO users (address, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(address.as_str())
+        .bind(name)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 { Err(StoreError::Conflict) } else { Ok(()) }
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserSummary>> {
+        let rows = sqlx::query(
+            "SELECT u.address, u.name, u.created_at, \
+               (SELECT COUNT(*) FROM devices d WHERE d.address = u.address AND d.revoked_at IS NULL) AS devices \
+             FROM users u ORDER BY u.address",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let address: String = row.try_get("address").map_err(backend)?;
+                let devices: i64 = row.try_get("devices").map_err(backend)?;
+                Ok(UserSummary {
+                    address: Address::parse(&address).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    name: row.try_get("name").map_err(backend)?,
+                    created_at: row.try_get("created_at").map_err(backend)?,
+                    devices: devices as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn user_exists(&self, address: &Address) -> Result<bool> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT address FROM users WHERE address = $1")
+            .bind(address.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
+    }
+
+    async fn create_invite(&self, address: &Address, secret_hash: &[u8], expires_at: UnixTime) -> Result<()> {
+        sqlx::query("INSERT INTO invites (secret_hash, address, expires_at) VALUES ($1, $2, $3)")
+            .bind(secret_hash)
+            .bind(address.as_str())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn enroll(
+        &self,
+        secret_hash: &[u8],
+        device: NewDevice,
+        now: UnixTime,
+    ) -> std::result::Result<Device, EnrollError> {
+        let mut tx = self.begin().await?;
+        // Claim the invite first: the conditional UPDATE lets exactly one
+        // enrollment win a race for the same invite.
+        let claimed = sqlx::query(
+            "UPDATE invites SET used_at = $1 WHERE secret_hash = $2 AND address = $3 \
+             AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(secret_hash)
+        .bind(device.address.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if claimed.rows_affected() != 1 {
+            let row: Option<(Option<i64>, i64)> = sqlx::query_as(
+                "SELECT used_at, expires_at FROM invites WHERE secret_hash = $1 AND address = $2",
+            )
+            .bind(secret_hash)
+            .bind(device.address.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            return Err(match row {
+                None => InviteRejection::Unknown,
+                Some((Some(_), _)) => InviteRejection::Used,
+                Some((None, _)) => InviteRejection::Expired,
+            }
+            .into());
+        }
+        sqlx::query(
+            "INSERT INTO devices (device_id, address, name, signature_key, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&device.device_id.0)
+        .bind(device.address.as_str())
+        .bind(&device.name)
+        .bind(&device.signature_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            _ => backend(e),
+        })?;
+        insert_key_packages(&mut *tx, &device.device_id, &device.key_packages, Some(&device.last_resort)).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Device {
+            device_id: device.device_id,
+            address: device.address,
+            name: device.name,
+            signature_key: device.signature_key,
+            created_at: now,
+            revoked_at: None,
+        })
+    }
+
+    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
+        let row = sqlx::query(select_devices!("WHERE device_id = $1"))
+            .bind(&device_id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>> {
+        let rows = sqlx::query(select_devices!("WHERE address = $1 ORDER BY created_at, device_id"))
+        .bind(address.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn put_challenge(&self, challenge: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()> {
+        sqlx::query("INSERT INTO auth_challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(challenge)
+            .bind(&device_id.0)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "DELETE FROM auth_challenges WHERE challenge = $1 RETURNING device_id, expires_at",
+        )
+        .bind(challenge)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        // Expired challenges of any device are swept on the way.
+        sqlx::query("DELETE FROM auth_challenges WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.filter(|(_, exp)| *exp > now).map(|(d, _)| DeviceId(d)))
+    }
+
+    async fn put_token(&self, token_hash: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()> {
+        sqlx::query("INSERT INTO auth_tokens (token_hash, device_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(&device_id.0)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT t.device_id FROM auth_tokens t JOIN devices d ON d.device_id = t.device_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND d.revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.map(|(d,)| DeviceId(d)))
+    }
+
+    async fn add_key_packages(&self, device_id: &DeviceId, packages: &[Vec<u8>], last_resort: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_key_packages(&mut *tx, device_id, packages, last_resort).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND last_resort = $2",
+        )
+        .bind(&device_id.0)
+        .bind(false)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n as u32)
+    }
+
+    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId) -> Result<Vec<Claimed>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(select_devices!(
+            "WHERE address = $1 AND revoked_at IS NULL AND device_id <> $2 ORDER BY created_at, device_id"
+        ))
+        .bind(address.as_str())
+        .bind(&exclude.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let device = device_from_row(row)?;
+            // Handing out and deleting is one statement, so two claimers can
+            // never receive the same ordinary package.
+            let ordinary: Option<Vec<u8>> = sqlx::query_scalar(
+                "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                 WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data",
+            )
+            .bind(&device.device_id.0)
+            .bind(false)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let (key_package, last_resort) = match ordinary {
+                Some(kp) => (kp, false),
+                None => {
+                    let lr: Option<Vec<u8>> = sqlx::query_scalar(
+                        "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = $2 \
+                         ORDER BY id DESC LIMIT 1",
+                    )
+                    .bind(&device.device_id.0)
+                    .bind(true)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                    match lr {
+                        Some(kp) => (kp, true),
+                        None => continue,
+                    }
+                }
+            };
+            claimed.push(Claimed { device, key_package, last_resort });
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(claimed)
+    }
+
+    async fn submit_commit(&self, s: CommitSubmission) -> std::result::Result<u64, GroupError> {
+        let mut tx = self.begin().await?;
+        let epoch = self.commit_inner(&mut *tx, &s).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(epoch)
+    }
+
+    async fn submit_message(
+        &self,
+        group_id: &GroupId,
+        sender: &DeviceId,
+        epoch: u64,
+        payload: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<u32, GroupError> {
+        let mut tx = self.begin().await?;
+        let n = self.message_inner(&mut *tx, group_id, sender, epoch, payload, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(n)
+    }
+
+    async fn fetch_queue(&self, device_id: &DeviceId, after: u64, limit: u32) -> Result<Vec<QueueItem>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, group_id, sender_device, epoch, payload, received_at FROM queue \
+             WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(&device_id.0)
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind").map_err(backend)?;
+                let seq: i64 = row.try_get("seq").map_err(backend)?;
+                let epoch: i64 = row.try_get("epoch").map_err(backend)?;
+                Ok(QueueItem {
+                    seq: seq as u64,
+                    kind: rules::queue_kind(&kind)?,
+                    group_id: GroupId(row.try_get("group_id").map_err(backend)?),
+                    sender_device: DeviceId(row.try_get("sender_device").map_err(backend)?),
+                    epoch: epoch as u64,
+                    payload: row.try_get("payload").map_err(backend)?,
+                    received_at: row.try_get("received_at").map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM queue WHERE device_id = $1 AND seq <= $2")
+            .bind(&device_id.0)
+            .bind(up_to as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()> {
+        sqlx::query("INSERT INTO blobs (blob_id, owner, created_at) VALUES ($1, $2, $3)")
+            .bind(blob_id)
+            .bind(&owner.0)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn put_blob_chunk(&self, blob_id: &str, owner: &DeviceId, index: u32, data: &[u8]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let open: Option<(String,)> = sqlx::query_as(
+            "SELECT blob_id FROM blobs WHERE blob_id = $1 AND owner = $2 AND chunks IS NULL",
+        )
+        .bind(blob_id)
+        .bind(&owner.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if open.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        // A retried upload of the same chunk replaces it.
+        sqlx::query(
+            "INSERT INTO blob_chunks (blob_id, idx, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (blob_id, idx) DO UPDATE SET data = excluded.data",
+        )
+        .bind(blob_id)
+        .bind(index as i64)
+        .bind(data)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn finish_blob(&self, blob_id: &str, owner: &DeviceId, chunks: u32, size: u64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_chunks WHERE blob_id = $1 AND idx < $2")
+            .bind(blob_id)
+            .bind(chunks as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if stored != chunks as i64 {
+            return Err(StoreError::NotFound);
+        }
+        let done = sqlx::query(
+            "UPDATE blobs SET chunks = $1, size = $2 WHERE blob_id = $3 AND owner = $4 AND chunks IS NULL",
+        )
+        .bind(chunks as i64)
+        .bind(size as i64)
+        .bind(blob_id)
+        .bind(&owner.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn blob_chunk(&self, blob_id: &str, index: u32) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            "SELECT c.data FROM blob_chunks c JOIN blobs b ON b.blob_id = c.blob_id \
+             WHERE c.blob_id = $1 AND c.idx = $2 AND b.chunks IS NOT NULL",
+        )
+        .bind(blob_id)
+        .bind(index as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)
+    }
+}
+
+async fn insert_key_packages(
+    tx: &mut AnyConnection,
+    device_id: &DeviceId,
+    packages: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+) -> Result<()> {
+    for kp in packages {
+        sqlx::query("INSERT INTO key_packages (device_id, data, last_resort) VALUES ($1, $2, $3)")
+            .bind(&device_id.0)
+            .bind(kp.as_slice())
+            .bind(false)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    if let Some(lr) = last_resort {
+        // The newest last-resort package replaces the previous one.
+        sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = $2")
+            .bind(&device_id.0)
+            .bind(true)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO key_packages (device_id, data, last_resort) VALUES ($1, $2, $3)")
+            .bind(&device_id.0)
+            .bind(lr)
+            .bind(true)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! One storage story, written once against [`Store`] and run on every backend
+//! (see `pouch-store-sql/tests/story.rs`). A backend that passes it keeps the
+//! promises the server relies on: single-use invites, single-use key
+//! packages with a last-resort fallback, one commit per epoch, gap-free
+//! per-device queues, and blobs readable only once finished.
+
+use crate::*;
+use pouch_proto::api::QueueKind;
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).expect("test address")
+}
+
+fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
+    NewDevice {
+        device_id: DeviceId(id.to_string()),
+        address: address.clone(),
+        name: format!("{id}-laptop"),
+        signature_key: id.as_bytes().repeat(2),
+        key_packages: (0..kps).map(|i| format!("{id}-kp-{i}").into_bytes()).collect(),
+        last_resort: format!("{id}-last-resort").into_bytes(),
+    }
+}
+
+/// Runs the whole story against an empty store. Panics on the first broken promise.
+pub async fn run(store: &dyn Store) {
+    let now = 1_700_000_000;
+    let alice = addr("alice@mfa.example");
+    let bob = addr("bob@embassy.example");
+
+    // Settings: first writer wins.
+    assert_eq!(store.init_setting("suite", "77").await.unwrap(), "77");
+    assert_eq!(store.init_setting("suite", "1").await.unwrap(), "77");
+
+    // Users and invites.
+    store.create_user(&alice, Some("Alice"), now).await.unwrap();
+    store.create_user(&bob, None, now).await.unwrap();
+    assert!(matches!(store.create_user(&alice, None, now).await, Err(StoreError::Conflict)));
+    assert!(store.user_exists(&bob).await.unwrap());
+    assert!(!store.user_exists(&addr("eve@x.example")).await.unwrap());
+    store.create_invite(&alice, b"alice-invite", now + 60).await.unwrap();
+    store.create_invite(&bob, b"bob-invite", now + 60).await.unwrap();
+    store.create_invite(&bob, b"old-invite", now - 1).await.unwrap();
+
+    let a1 = store.enroll(b"alice-invite", new_device("a1", &alice, 2), now).await.unwrap();
+    assert_eq!(a1.address, alice);
+    let reuse = store.enroll(b"alice-invite", new_device("a2", &alice, 1), now).await;
+    assert!(matches!(reuse, Err(EnrollError::Invite(InviteRejection::Used))), "{reuse:?}");
+    let expired = store.enroll(b"old-invite", new_device("b9", &bob, 1), now).await;
+    assert!(matches!(expired, Err(EnrollError::Invite(InviteRejection::Expired))), "{expired:?}");
+    let unknown = store.enroll(b"nope", new_device("b8", &bob, 1), now).await;
+    assert!(matches!(unknown, Err(EnrollError::Invite(InviteRejection::Unknown))), "{unknown:?}");
+    let wrong_user = store.enroll(b"bob-invite", new_device("x1", &alice, 1), now).await;
+    assert!(matches!(wrong_user, Err(EnrollError::Invite(InviteRejection::Unknown))));
+    store.enroll(b"bob-invite", new_device("b1", &bob, 1), now).await.unwrap();
+    assert!(store.device(&DeviceId("b9".into())).await.unwrap().is_none(), "a refused enrollment left a device");
+
+    let users = store.list_users().await.unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(users[0].address, alice);
+    assert_eq!(users[0].devices, 1);
+
+    // Authentication material: challenges are single use and expire.
+    let a1_id = a1.device_id.clone();
+    store.put_challenge(b"c1", &a1_id, now + 30).await.unwrap();
+    assert_eq!(store.take_challenge(b"c1", now).await.unwrap(), Some(a1_id.clone()));
+    assert_eq!(store.take_challenge(b"c1", now).await.unwrap(), None);
+    store.put_challenge(b"c2", &a1_id, now + 30).await.unwrap();
+    assert_eq!(store.take_challenge(b"c2", now + 31).await.unwrap(), None);
+    store.put_token(b"t1", &a1_id, now + 100).await.unwrap();
+    assert_eq!(store.token_device(b"t1", now).await.unwrap(), Some(a1_id.clone()));
+    assert_eq!(store.token_device(b"t1", now + 100).await.unwrap(), None);
+
+    // Key packages: each ordinary one once, then the last resort, repeatedly.
+    let b1_id = DeviceId("b1".into());
+    assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
+    let first = store.claim_key_packages(&bob, &a1_id).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].key_package, b"b1-kp-0");
+    assert!(!first[0].last_resort);
+    for _ in 0..2 {
+        let again = store.claim_key_packages(&bob, &a1_id).await.unwrap();
+        assert_eq!(again[0].key_package, b"b1-last-resort");
+        assert!(again[0].last_resort);
+    }
+    assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 0);
+    store.add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2")).await.unwrap();
+    assert_eq!(store.claim_key_packages(&bob, &a1_id).await.unwrap()[0].key_package, b"b1-kp-new");
+    assert_eq!(store.claim_key_packages(&bob, &a1_id).await.unwrap()[0].key_package, b"b1-lr-2");
+    // The claimer's own device is never handed out to itself.
+    assert!(store.claim_key_packages(&alice, &a1_id).await.unwrap().is_empty());
+
+    // Groups: creation, one commit per epoch, fan-out, membership.
+    let g = GroupId("ab".repeat(16));
+    let create = CommitSubmission {
+        group_id: g.clone(),
+        sender: a1_id.clone(),
+        base_epoch: 0,
+        commit: None,
+        welcome: Some(b"welcome-1".to_vec()),
+        added: vec![b1_id.clone()],
+        removed: vec![],
+        now,
+    };
+    assert_eq!(store.submit_commit(create).await.unwrap(), 1);
+    let stale = store.submit_message(&g, &a1_id, 0, b"m0", now).await;
+    assert!(matches!(stale, Err(GroupError::Rejected(GroupRejection::StaleEpoch { current: 1 }))));
+    assert_eq!(store.submit_message(&g, &a1_id, 1, b"m1", now).await.unwrap(), 1);
+    assert_eq!(store.submit_message(&g, &b1_id, 1, b"m2", now).await.unwrap(), 1);
+    let outsider = store.submit_message(&g, &DeviceId("zz".into()), 1, b"m", now).await;
+    assert!(matches!(outsider, Err(GroupError::Rejected(GroupRejection::NotMember))));
+
+    let commit = |base: u64, by: &DeviceId, body: &[u8]| CommitSubmission {
+        group_id: g.clone(),
+        sender: by.clone(),
+        base_epoch: base,
+        commit: Some(body.to_vec()),
+        welcome: None,
+        added: vec![],
+        removed: vec![],
+        now,
+    };
+    assert_eq!(store.submit_commit(commit(1, &b1_id, b"c-b")).await.unwrap(), 2);
+    let lost = store.submit_commit(commit(1, &a1_id, b"c-a")).await;
+    assert!(matches!(lost, Err(GroupError::Rejected(GroupRejection::StaleEpoch { current: 2 }))), "{lost:?}");
+
+    // Bob's queue: welcome, Alice's message, in order; Bob's own is not echoed.
+    let q = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
+    let kinds: Vec<_> = q.iter().map(|i| i.kind).collect();
+    assert_eq!(kinds, vec![QueueKind::Welcome, QueueKind::Application]);
+    assert_eq!(q[1].payload, b"m1");
+    assert!(q.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Alice's queue: Bob's message and Bob's commit.
+    let qa = store.fetch_queue(&a1_id, 0, 100).await.unwrap();
+    assert_eq!(qa.iter().map(|i| i.payload.as_slice()).collect::<Vec<_>>(), vec![&b"m2"[..], b"c-b"]);
+    assert_eq!(qa[1].epoch, 1);
+
+    // Acknowledgement removes exactly what was acknowledged.
+    assert_eq!(store.ack_queue(&b1_id, q[0].seq).await.unwrap(), 1);
+    let rest = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].seq, q[1].seq);
+    assert_eq!(store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap().len(), 0);
+
+    // Removing a member: it still receives the commit, then nothing more.
+    let mut remove = commit(2, &a1_id, b"c-remove");
+    remove.removed = vec![b1_id.clone()];
+    assert_eq!(store.submit_commit(remove).await.unwrap(), 3);
+    assert_eq!(store.submit_message(&g, &a1_id, 3, b"after", now).await.unwrap(), 0);
+    let last = store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].payload, b"c-remove");
+
+    // Blobs: invisible until finished, owner-only writes.
+    store.create_blob("blob1", &a1_id, now).await.unwrap();
+    store.put_blob_chunk("blob1", &a1_id, 0, b"chunk0").await.unwrap();
+    assert!(store.put_blob_chunk("blob1", &b1_id, 1, b"evil").await.is_err());
+    assert_eq!(store.blob_chunk("blob1", 0).await.unwrap(), None);
+    assert!(store.finish_blob("blob1", &a1_id, 2, 12).await.is_err(), "finished with a chunk missing");
+    store.put_blob_chunk("blob1", &a1_id, 1, b"chunk1").await.unwrap();
+    store.finish_blob("blob1", &a1_id, 2, 12).await.unwrap();
+    assert_eq!(store.blob_chunk("blob1", 1).await.unwrap().as_deref(), Some(&b"chunk1"[..]));
+    assert!(store.put_blob_chunk("blob1", &a1_id, 0, b"late").await.is_err(), "a finished blob changed");
+}

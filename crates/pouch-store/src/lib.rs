@@ -1,0 +1,177 @@
+//! The server's storage contract, with no database driver in it.
+//!
+//! The server is generic over [`Store`]; `pouch-store-sqlite` and
+//! `pouch-store-postgres` implement it, each with its own migrations, and
+//! `pouch-store`'s conformance story (the `conformance` module) runs the
+//! same checks against both. Every method that changes more than one row is
+//! one transaction in the backend: an acknowledged write is durable and whole.
+//!
+//! Ordering guarantees the server relies on:
+//! - queue sequence numbers are per device, strictly increasing, and become
+//!   visible in order (a device never sees seq N+1 before seq N is committed);
+//! - a group accepts exactly one commit per epoch.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+
+use async_trait::async_trait;
+use pouch_proto::{
+    Address, DeviceId, GroupId,
+    api::{QueueItem, QueueKind, UserSummary},
+};
+
+/// Seconds since the Unix epoch.
+pub type UnixTime = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub device_id: DeviceId,
+    pub address: Address,
+    pub name: String,
+    pub signature_key: Vec<u8>,
+    pub created_at: UnixTime,
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// Why an invite could not be redeemed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InviteRejection {
+    #[error("unknown invite")]
+    Unknown,
+    #[error("invite already used")]
+    Used,
+    #[error("invite expired")]
+    Expired,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Invite(#[from] InviteRejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct NewDevice {
+    pub device_id: DeviceId,
+    pub address: Address,
+    pub name: String,
+    pub signature_key: Vec<u8>,
+    pub key_packages: Vec<Vec<u8>>,
+    pub last_resort: Vec<u8>,
+}
+
+/// A key package handed out by [`Store::claim_key_packages`].
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub device: Device,
+    pub key_package: Vec<u8>,
+    pub last_resort: bool,
+}
+
+/// A commit for the delivery service to order and fan out.
+pub struct CommitSubmission {
+    pub group_id: GroupId,
+    pub sender: DeviceId,
+    pub base_epoch: u64,
+    pub commit: Option<Vec<u8>>,
+    pub welcome: Option<Vec<u8>>,
+    pub added: Vec<DeviceId>,
+    pub removed: Vec<DeviceId>,
+    pub now: UnixTime,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupRejection {
+    #[error("stale epoch; the group is at epoch {current}")]
+    StaleEpoch { current: u64 },
+    #[error("the sending device is not a member of this group")]
+    NotMember,
+    #[error("no such group")]
+    UnknownGroup,
+    #[error("a device named in the commit does not exist or is revoked")]
+    UnknownDevice,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Rejected(#[from] GroupRejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The server's whole persistent state. Implementations must be safe to use
+/// from several server processes at once (PostgreSQL) or one (SQLite).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- settings ---
+    async fn get_setting(&self, key: &str) -> Result<Option<String>>;
+    /// Sets the value only if the key is not set yet; returns the stored value.
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String>;
+
+    // --- users and invites ---
+    async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime) -> Result<()>;
+    async fn list_users(&self) -> Result<Vec<UserSummary>>;
+    async fn user_exists(&self, address: &Address) -> Result<bool>;
+    async fn create_invite(&self, address: &Address, secret_hash: &[u8], expires_at: UnixTime) -> Result<()>;
+    /// Redeems the invite and registers the device in one transaction.
+    async fn enroll(&self, secret_hash: &[u8], device: NewDevice, now: UnixTime)
+    -> std::result::Result<Device, EnrollError>;
+
+    // --- devices and authentication ---
+    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
+    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>>;
+    async fn put_challenge(&self, challenge: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()>;
+    /// Removes the challenge and returns its device if it was issued and has not expired.
+    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
+    async fn put_token(&self, token_hash: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()>;
+    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
+
+    // --- key packages ---
+    async fn add_key_packages(&self, device_id: &DeviceId, packages: &[Vec<u8>], last_resort: Option<&[u8]>) -> Result<()>;
+    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
+    /// One package for every active device of `address` except `exclude`: an
+    /// ordinary one, removed as it is handed out, or else the last-resort one.
+    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId) -> Result<Vec<Claimed>>;
+
+    // --- groups and delivery ---
+    /// Accepts the commit if `base_epoch` is the group's epoch (0 creates the
+    /// group), then queues the commit for the other current members and the
+    /// welcome for the added devices, all in one transaction.
+    async fn submit_commit(&self, submission: CommitSubmission) -> std::result::Result<u64, GroupError>;
+    /// Queues an application message for every member but the sender.
+    async fn submit_message(&self, group_id: &GroupId, sender: &DeviceId, epoch: u64, payload: &[u8], now: UnixTime)
+    -> std::result::Result<u32, GroupError>;
+    async fn fetch_queue(&self, device_id: &DeviceId, after: u64, limit: u32) -> Result<Vec<QueueItem>>;
+    /// Deletes every item up to and including `up_to`; returns how many.
+    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
+
+    // --- blobs (opaque encrypted chunks) ---
+    async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;
+    async fn put_blob_chunk(&self, blob_id: &str, owner: &DeviceId, index: u32, data: &[u8]) -> Result<()>;
+    async fn finish_blob(&self, blob_id: &str, owner: &DeviceId, chunks: u32, size: u64) -> Result<()>;
+    /// A chunk of a finished blob.
+    async fn blob_chunk(&self, blob_id: &str, index: u32) -> Result<Option<Vec<u8>>>;
+}
+
+/// Helpers shared by the backends so that both apply the same rules.
+pub mod rules {
+    use super::QueueKind;
+    /// Parses a stored queue kind; storage only ever writes the three names.
+    pub fn queue_kind(s: &str) -> super::Result<QueueKind> {
+        QueueKind::parse(s).ok_or_else(|| super::StoreError::Backend(format!("unknown queue kind {s}")))
+    }
+}
