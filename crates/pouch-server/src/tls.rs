@@ -57,3 +57,10 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<(), StartError> {
         .map_err(|e| StartError::Io(format!("cannot write {}: {e}", cert_path.display())))?;
     Ok(())
 }
+
+/// The SHA-256 fingerprint of the first certificate in a PEM file.
+pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, StartError> {
+    let cert = CertificateDer::from_pem_file(path)
+        .map_err(|e| StartError::Tls(format!("cannot read certificate {}: {e}", path.display())))?;
+    Ok(fingerprint(cert.as_ref()))
+}

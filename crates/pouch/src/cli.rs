@@ -1,0 +1,412 @@
+//! Command-line definitions and dispatch.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use pouch_client::{Compose, Device, MessageSummary};
+use pouch_proto::Address;
+use pouch_proto::invite::Invite;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "pouch", version, about = "Pouch: end-to-end encrypted mail for diplomatic networks")]
+pub struct Cli {
+    /// Where this device's encrypted state lives.
+    #[arg(long, global = true, env = "POUCH_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Pouch server (HTTPS).
+    Server(ServerArgs),
+    /// Administer users on a running server.
+    Admin(AdminArgs),
+    /// Enroll this device with a one-time invite.
+    Enroll {
+        invite: String,
+        #[arg(long, default_value = "device")]
+        device_name: String,
+    },
+    /// Send an encrypted mail.
+    Send(SendArgs),
+    /// Fetch and decrypt new mail.
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List received mail.
+    Inbox {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sent mail.
+    Sent {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one mail.
+    Read {
+        id: i64,
+        /// Print the exact RFC 5322 bytes as sent.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    #[arg(long, default_value = "./pouch-data")]
+    data_dir: PathBuf,
+    /// postgres://… to run on PostgreSQL; the embedded SQLite database otherwise.
+    #[arg(long, env = "POUCH_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, default_value = "pouch.local")]
+    domain: String,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// MLS ciphersuite for a new deployment (hex code point): 004D X-Wing, 004F ML-KEM768+X25519.
+    #[arg(long, default_value = "004D")]
+    ciphersuite: String,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    server: String,
+    /// The admin token file the server wrote (token also from POUCH_ADMIN_TOKEN).
+    #[arg(long, default_value = "./pouch-data/admin.token")]
+    token_file: PathBuf,
+    /// The server certificate's SHA-256; read from tls-cert.pem beside the token file when absent.
+    #[arg(long)]
+    fingerprint: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (or re-invite one) and print a one-time invite.
+    Add {
+        address: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Invite lifetime in hours.
+        #[arg(long, default_value_t = 72)]
+        expires_hours: u64,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Recipients, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    to: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    cc: Vec<String>,
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    attach: Vec<PathBuf>,
+    /// The body; read from standard input when absent.
+    #[arg(long)]
+    body: Option<String>,
+    /// Send this complete RFC 5322 message as it is.
+    #[arg(long, conflicts_with_all = ["to", "cc", "subject", "attach", "body", "reply_to"])]
+    eml: Option<PathBuf>,
+    /// Answer message ID in its conversation.
+    #[arg(long)]
+    reply_to: Option<i64>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => server(args),
+        Command::Admin(args) => admin(args),
+        Command::Enroll { invite, device_name } => {
+            let home = home(cli.home)?;
+            let invite = Invite::decode(&invite)?;
+            let passphrase = new_passphrase()?;
+            let done = Device::enroll(&home, &passphrase, &invite, &device_name)?;
+            println!("enrolled {} as device {} (ciphersuite 0x{:04x})", done.address, done.device_id, done.ciphersuite);
+            println!("state: {}", home.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send(args) => send(cli.home, args),
+        Command::Sync { json } => {
+            let mut device = open(cli.home)?;
+            let report = device.sync()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} new message(s), {} conversation(s) joined, {} key change(s)",
+                    report.new_messages.len(),
+                    report.joined_conversations,
+                    report.commits
+                );
+            }
+            for (seq, reason) in &report.rejected {
+                eprintln!("warning: rejected queue item {seq}: {reason}");
+            }
+            // A rejected item is a security signal: scripts see it in the exit status.
+            Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+        Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
+        Command::Sent { json } => list(open(cli.home)?.sent()?, json),
+        Command::Read { id, raw, json } => {
+            let device = open(cli.home)?;
+            let bytes = device.raw(id)?;
+            let mut out = std::io::stdout().lock();
+            if raw {
+                out.write_all(&bytes)?;
+            } else if json {
+                let s = device.summary(id)?;
+                let body = body_text(&bytes);
+                writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "message": s, "body": body }))?)?;
+            } else {
+                let s = device.summary(id)?;
+                writeln!(out, "From:    {}", s.from)?;
+                writeln!(out, "To:      {}", s.to.join(", "))?;
+                if !s.cc.is_empty() {
+                    writeln!(out, "Cc:      {}", s.cc.join(", "))?;
+                }
+                writeln!(out, "Subject: {}", s.subject)?;
+                writeln!(out, "Date:    {}", format_date(s.date))?;
+                for a in &s.attachments {
+                    writeln!(out, "Attachment: {a}")?;
+                }
+                writeln!(out)?;
+                writeln!(out, "{}", body_text(&bytes))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The first text part; `--raw` gives everything.
+fn body_text(raw: &[u8]) -> String {
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .unwrap_or_default()
+}
+
+fn format_date(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ts.to_string())
+}
+
+fn list(messages: Vec<MessageSummary>, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&messages)?);
+    } else if messages.is_empty() {
+        println!("(no messages)");
+    } else {
+        for m in messages {
+            let clip = if m.attachments.is_empty() { " " } else { "@" };
+            println!("{:>5} {} {} {:<28} {}", m.id, format_date(m.date), clip, m.from, m.subject);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
+    let mut device = open(home_arg)?;
+    let sent = if let Some(path) = args.eml {
+        let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        device.send_eml(raw)?
+    } else {
+        let parse_all = |list: &[String]| -> Result<Vec<Address>> {
+            list.iter().filter(|s| !s.trim().is_empty()).map(|s| Address::parse(s).map_err(|e| anyhow!(e))).collect()
+        };
+        let to = parse_all(&args.to)?;
+        let cc = parse_all(&args.cc)?;
+        if to.is_empty() && cc.is_empty() {
+            bail!("name at least one recipient with --to ADDRESS");
+        }
+        if args.subject.is_none() && args.reply_to.is_none() {
+            bail!("give a --subject (or --reply-to ID to answer a message)");
+        }
+        let body = match args.body {
+            Some(b) => b,
+            None => {
+                let mut b = String::new();
+                std::io::stdin().read_to_string(&mut b).context("cannot read the body from standard input")?;
+                b
+            }
+        };
+        let attachments = args
+            .attach
+            .iter()
+            .map(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attachment".into());
+                if !p.is_file() {
+                    bail!("attachment {} does not exist or is not a file", p.display());
+                }
+                Ok((name, p.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        device.send(Compose { to, cc, subject: args.subject.unwrap_or_default(), body, attachments, reply_to: args.reply_to })?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&sent)?);
+    } else {
+        println!("sent message {} ({}) to {} device(s)", sent.id, sent.message_id, sent.recipient_devices);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn home(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(h) = arg {
+        return Ok(h);
+    }
+    directories::ProjectDirs::from("", "", "pouch")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| anyhow!("cannot find a data directory: pass --home DIR or set POUCH_HOME"))
+}
+
+fn passphrase(prompt: &str) -> Result<String> {
+    if let Ok(p) = std::env::var("POUCH_PASSPHRASE") {
+        return Ok(p);
+    }
+    rpassword::prompt_password(prompt).map_err(|_| anyhow!(pouch_client::ClientError::NoPassphrase))
+}
+
+fn new_passphrase() -> Result<String> {
+    let first = passphrase("New passphrase for this device: ")?;
+    if first.len() < 8 {
+        bail!("the passphrase must have at least 8 characters");
+    }
+    if std::env::var("POUCH_PASSPHRASE").is_err() && passphrase("Repeat it: ")? != first {
+        bail!("the passphrases differ; nothing was created");
+    }
+    Ok(first)
+}
+
+fn open(home_arg: Option<PathBuf>) -> Result<Device> {
+    let home = home(home_arg)?;
+    if !pouch_client::local::LocalStore::exists(&home) {
+        return Err(pouch_client::ClientError::NotEnrolled(home.display().to_string()).into());
+    }
+    Ok(Device::open(&home, &passphrase("Passphrase: ")?)?)
+}
+
+// ---------- server ----------
+
+fn server(args: ServerArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let suite = u16::from_str_radix(args.ciphersuite.trim_start_matches("0x"), 16)
+        .map_err(|_| anyhow!("--ciphersuite takes a hex code point such as 004D"))?;
+    if !matches!(suite, 0x004D | 0x004F) {
+        bail!("ciphersuite {:#06x} is not offered: use 004D (X-Wing) or 004F (ML-KEM768+X25519)", suite);
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+        let store: Arc<dyn pouch_store::Store> = match &args.database_url {
+            Some(url) => Arc::new(pouch_store_sql::SqlStore::connect(url).await?),
+            None => Arc::new(pouch_store_sql::SqlStore::open_sqlite(&args.data_dir.join("pouch.db")).await?),
+        };
+        let config = pouch_server::ServerConfig {
+            data_dir: args.data_dir.clone(),
+            domain: args.domain.clone(),
+            tls_cert: args.tls_cert.clone(),
+            tls_key: args.tls_key.clone(),
+            ciphersuite: suite,
+        };
+        let prepared = pouch_server::prepare(&config, store).await?;
+        let listener = std::net::TcpListener::bind(&args.listen)
+            .with_context(|| format!("cannot listen on {}: is another server running there?", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("Pouch server for @{} listening on https://{addr}", prepared.state.domain);
+        println!("certificate SHA-256 fingerprint: {}", prepared.fingerprint);
+        match &prepared.admin_token_created {
+            Some(p) => println!("admin token written to {} (keep it secret)", p.display()),
+            None => println!("admin token: see {} on the node that first started", prepared.admin_token_path.display()),
+        }
+        println!("storage: {}", if args.database_url.is_some() { "PostgreSQL" } else { "SQLite (embedded)" });
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        pouch_server::serve(&prepared, listener, shutdown).await?;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+// ---------- admin ----------
+
+fn admin(args: AdminArgs) -> Result<ExitCode> {
+    let token = match std::env::var("POUCH_ADMIN_TOKEN") {
+        Ok(t) => t,
+        Err(_) => std::fs::read_to_string(&args.token_file)
+            .with_context(|| format!("cannot read the admin token at {}: pass --token-file or set POUCH_ADMIN_TOKEN", args.token_file.display()))?,
+    };
+    let token = token.trim().to_string();
+    let fingerprint = match args.fingerprint {
+        Some(f) => f.to_ascii_lowercase(),
+        None => {
+            let cert = args.token_file.parent().unwrap_or(Path::new(".")).join("tls-cert.pem");
+            pouch_server::tls::fingerprint_of_pem_file(&cert)
+                .map_err(|e| anyhow!("{e}; pass the server's --fingerprint"))?
+        }
+    };
+    let api = pouch_client::net::Api::new(&args.server, &fingerprint)?;
+    match args.command {
+        AdminCommand::User { command: UserCommand::Add { address, name, expires_hours } } => {
+            let address = Address::parse(&address)?;
+            let resp: pouch_proto::api::AddUserResponse = api.admin_post(
+                "/v1/admin/users",
+                &token,
+                &pouch_proto::api::AddUserRequest { address, name, invite_ttl_secs: Some(expires_hours * 3600) },
+            )?;
+            let invite = Invite::new(api.base(), &fingerprint, resp.address.clone(), &resp.invite_secret);
+            eprintln!("invite for {} (single use, expires {}):", resp.address, format_date(resp.expires_at));
+            println!("{}", invite.encode());
+        }
+        AdminCommand::User { command: UserCommand::List { json } } => {
+            let users: Vec<pouch_proto::api::UserSummary> = api.admin_get("/v1/admin/users", &token)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                for u in users {
+                    println!("{:<32} {:>2} device(s)  {}", u.address, u.devices, u.name.unwrap_or_default());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
