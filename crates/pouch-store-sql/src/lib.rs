@@ -158,8 +158,43 @@ impl SqlStore {
 
 /// Helpers for tests that need a scratch PostgreSQL database of their own.
 pub mod testing {
-    use sqlx::{AnyConnection, Connection, Executor};
+    use sqlx::{AnyConnection, Connection, Executor, Row};
     use std::future::Future;
+
+    /// Every value of every row of every table in the PostgreSQL database at
+    /// `url`, concatenated: what an intruder with the database would read.
+    pub async fn dump_postgres(url: &str) -> Result<Vec<u8>, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url).await?;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let mut out = Vec::new();
+        for table in tables {
+            let columns: Vec<String> = sqlx::query_scalar(
+                "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1",
+            )
+            .bind(&table)
+            .fetch_all(&mut conn)
+            .await?;
+            // Every column as bytes: text and bytea both convert losslessly.
+            let select = columns.iter().map(|c| format!("CAST(\"{c}\" AS TEXT)::bytea AS \"{c}\"")).collect::<Vec<_>>().join(", ");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {select} FROM \"{table}\"")))
+                .fetch_all(&mut conn)
+                .await?;
+            for row in rows {
+                for i in 0..columns.len() {
+                    if let Ok(Some(v)) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                        out.extend_from_slice(&v);
+                        out.push(b'\n');
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 
     /// Creates an empty database beside `base_url`'s and returns its URL and a
     /// future that drops it. Fails (never skips) when PostgreSQL is unreachable.

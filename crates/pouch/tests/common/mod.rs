@@ -1,0 +1,253 @@
+//! Test harness: real `pouch server` processes on loopback and real `pouch`
+//! client invocations, each test in its own scratch directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+pub fn pouch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pouch"))
+}
+
+/// A scratch directory removed at the end of the test (kept on failure for inspection).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pouch-it-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.0.join(sub)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn pg_base() -> String {
+    std::env::var("POUCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database for one test; dropped at the end.
+pub struct PgDatabase {
+    pub url: String,
+    drop: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl PgDatabase {
+    pub fn new(tag: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (url, drop) = rt
+            .block_on(pouch_store_sql::testing::fresh_postgres_database(&pg_base(), tag))
+            .expect("PostgreSQL is required at POUCH_TEST_PG (default postgres://postgres@127.0.0.1:5432/test)");
+        PgDatabase { url, drop: Some(Box::pin(drop)) }
+    }
+    pub fn dump(&self) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(pouch_store_sql::testing::dump_postgres(&self.url)).unwrap()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Some(d) = self.drop.take() {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(d);
+        }
+    }
+}
+
+/// A running `pouch server` process.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub fingerprint: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, database_url: Option<&str>) -> Self {
+        Self::start_on(data_dir, database_url, "127.0.0.1:0")
+    }
+
+    pub fn start_on(data_dir: &Path, database_url: Option<&str>, listen: &str) -> Self {
+        let mut cmd = pouch();
+        cmd.args(["server", "--listen", listen, "--data-dir"]).arg(data_dir);
+        if let Some(db) = database_url {
+            cmd.args(["--database-url", db]);
+        }
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start pouch server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut fingerprint = None;
+        while url.is_none() || fingerprint.is_none() {
+            let line = lines.next().expect("server exited before it was ready").unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("certificate SHA-256 fingerprint: ") {
+                fingerprint = Some(rest.trim().to_string());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: url.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            database_url: database_url.map(str::to_string),
+        }
+    }
+
+    /// Admin command against this server, with the token file of `token_dir`.
+    pub fn admin(&self, token_dir: &Path, args: &[&str]) -> Output {
+        pouch()
+            .args(["admin", "--server", &self.url, "--fingerprint", &self.fingerprint, "--token-file"])
+            .arg(token_dir.join("admin.token"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A fresh invite for `address`, issued with this server's own token.
+    pub fn invite(&self, address: &str) -> String {
+        self.invite_with(&self.data_dir, address, &[])
+    }
+
+    pub fn invite_with(&self, token_dir: &Path, address: &str, extra: &[&str]) -> String {
+        let mut args = vec!["user", "add", address];
+        args.extend_from_slice(extra);
+        let out = self.admin(token_dir, &args);
+        assert!(out.status.success(), "admin user add failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One enrolled device, driven through the `pouch` command.
+pub struct Client {
+    pub home: PathBuf,
+    pub address: String,
+}
+
+impl Client {
+    pub fn enroll(home: PathBuf, invite: &str, address: &str) -> Self {
+        let c = Client { home, address: address.to_string() };
+        let out = c.run(&["enroll", invite, "--device-name", "test-laptop"]);
+        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        c
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = pouch();
+        cmd.arg("--home").arg(&self.home).env("POUCH_PASSPHRASE", PASSPHRASE);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().unwrap();
+        assert_no_panic(&out);
+        out
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Vec<u8> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`pouch {}` failed for {}: {}",
+            args.join(" "),
+            self.address,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_slice(&self.ok(args)).unwrap()
+    }
+
+    pub fn sync(&self) -> serde_json::Value {
+        self.json(&["sync", "--json"])
+    }
+
+    pub fn inbox(&self) -> Vec<serde_json::Value> {
+        self.json(&["inbox", "--json"]).as_array().unwrap().clone()
+    }
+
+    pub fn sent(&self) -> Vec<serde_json::Value> {
+        self.json(&["sent", "--json"]).as_array().unwrap().clone()
+    }
+
+    pub fn raw(&self, id: i64) -> Vec<u8> {
+        self.ok(&["read", &id.to_string(), "--raw"])
+    }
+}
+
+pub fn assert_no_panic(out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "pouch panicked: {err}");
+}
+
+/// A failed command: exit status 1 and exactly one line on stderr, which must contain `needle`.
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    assert_no_panic(out);
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line of error, got: {err}");
+    assert!(lines[0].starts_with("error: "), "error line lacks the prefix: {err}");
+    assert!(lines[0].to_lowercase().contains(&needle.to_lowercase()), "error {err:?} does not mention {needle:?}");
+}
+
+/// Every file under `dir`, concatenated.
+pub fn read_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.extend(std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
