@@ -126,6 +126,9 @@ fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     // A raw key (x'..') skips SQLCipher's own PBKDF2: Argon2id already did that work.
     let hex_key = Zeroizing::new(format!("x'{}'", hex::encode(key)));
     conn.pragma_update(None, "key", hex_key.as_str())?;
+    // SQLCipher would report a wrong key on stderr by itself (its logging
+    // starts with the key); Pouch says it once, in its own words.
+    let _ = conn.pragma_update(None, "cipher_log_level", "NONE");
     Ok(conn)
 }
 
