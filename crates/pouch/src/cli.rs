@@ -49,6 +49,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure mails per second through the whole path (server, MLS, storage).
+    Bench {
+        /// Run on a scratch database created beside this PostgreSQL URL (SQLite otherwise).
+        #[arg(long)]
+        postgres: Option<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        recipients: Vec<usize>,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+    },
     /// Show one mail.
     Read {
         id: i64,
@@ -177,6 +189,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             // A rejected item is a security signal: scripts see it in the exit status.
             Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+        }
+        Command::Bench { postgres, recipients, messages, size } => {
+            crate::bench::run(crate::bench::BenchArgs { postgres, recipients, messages, size })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
         Command::Sent { json } => list(open(cli.home)?.sent()?, json),

@@ -3,6 +3,7 @@
 //! passphrases and prints; the work happens in the library crates.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cli;
 
 use clap::Parser;
