@@ -15,7 +15,7 @@ pub mod net;
 pub use error::{ClientError, Result};
 
 use local::LocalStore;
-use mail::Parsed;
+use mail::{Outgoing, Parsed};
 use net::Api;
 use pouch_mls::{Ciphersuite, DeviceSigner, MlsGroup, Opened};
 use pouch_proto::api::{self, QueueItem, QueueKind};
@@ -25,7 +25,7 @@ use pouch_proto::{Address, DeviceId, GroupId};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Key packages a device keeps on the server; topped up below half.
@@ -175,7 +175,8 @@ impl Device {
 
     // ---------- sending ----------
 
-    /// Composes an RFC 5322 message and sends it.
+    /// Composes an RFC 5322 message and sends it. Attachments are streamed
+    /// from disk, never held in memory whole.
     pub fn send(&mut self, compose: Compose) -> Result<Sent> {
         if compose.to.is_empty() && compose.cc.is_empty() {
             return Err(ClientError::Invalid("name at least one recipient with --to".into()));
@@ -185,19 +186,14 @@ impl Device {
             Some(id) => Some(self.reply_context(id)?),
             None => None,
         };
-        let mut attachments = Vec::new();
-        for (name, path) in &compose.attachments {
-            let bytes = std::fs::read(path).map_err(|e| ClientError::Io(format!("cannot read attachment {}: {e}", path.display())))?;
-            attachments.push((name.clone(), bytes));
-        }
-        let raw = mail::compose(&self.address, &compose, reply.as_ref().map(|r| &r.1), &attachments, &domain)?;
-        let group = reply.map(|r| r.0);
-        self.deliver(raw, group)
+        let out = mail::compose(&self.address, &compose, reply.as_ref().map(|r| &r.1), &domain)?;
+        self.deliver(out, reply.map(|r| r.0))
     }
 
-    /// Sends a complete RFC 5322 message as it is, byte for byte.
-    pub fn send_eml(&mut self, raw: Vec<u8>) -> Result<Sent> {
-        let parsed = mail::parse(&raw)?;
+    /// Sends a complete RFC 5322 message from a file, byte for byte.
+    pub fn send_eml(&mut self, path: &Path) -> Result<Sent> {
+        let out = Outgoing::from_file(path.to_path_buf())?;
+        let parsed = &out.parsed;
         if parsed.from.as_ref() != Some(&self.address) {
             return Err(ClientError::Invalid(format!(
                 "the message's From must be this device's address {}",
@@ -216,7 +212,7 @@ impl Device {
                 .optional()?,
             None => None,
         };
-        self.deliver(raw, group.map(GroupId))
+        self.deliver(out, group.map(GroupId))
     }
 
     fn reply_context(&self, id: i64) -> Result<(GroupId, mail::ReplyTo)> {
@@ -229,16 +225,19 @@ impl Device {
         Ok((GroupId(group), mail::ReplyTo { message_id, subject }))
     }
 
-    fn deliver(&mut self, raw: Vec<u8>, group: Option<GroupId>) -> Result<Sent> {
-        let parsed = mail::parse(&raw)?;
-        let mut wanted: Vec<Address> = parsed.to.iter().chain(parsed.cc.iter()).cloned().collect();
+    fn deliver(&mut self, out: Outgoing, group: Option<GroupId>) -> Result<Sent> {
+        let mut wanted: Vec<Address> = out.parsed.to.iter().chain(out.parsed.cc.iter()).cloned().collect();
         wanted.sort();
         wanted.dedup();
         if wanted.is_empty() {
             return Err(ClientError::Invalid("the message has no recipients (To or Cc)".into()));
         }
         self.sign_in()?;
-        let envelope = self.envelope_for(&raw)?;
+        let envelope = if out.size <= INLINE_LIMIT as u64 {
+            Envelope::new(Content::Inline { rfc5322: out.to_vec()? })
+        } else {
+            Envelope::new(Content::Blob(self.upload_blob(&mut out.reader()?, out.size)?))
+        };
         let mut attempt = 0;
         let (group_id, recipient_devices) = loop {
             attempt += 1;
@@ -264,21 +263,26 @@ impl Device {
                 other => break other?,
             }
         };
+        // Only now, with the server's acceptance, is the mail recorded as sent.
+        let body = self.keep_body(&out)?;
         let id = self.local.atomically(|l| {
             l.conn.execute(
                 "INSERT OR IGNORE INTO conversations (group_id, created_at) VALUES (?1, ?2)",
                 params![group_id.0, now()],
             )?;
-            store_message(l, &group_id, None, true, &parsed, &raw)
+            store_message(l, &group_id, None, true, &out.parsed, &body)
         })?;
-        Ok(Sent { id, message_id: parsed.message_id.unwrap_or_default(), conversation: group_id.0, recipient_devices })
+        Ok(Sent { id, message_id: out.parsed.message_id.clone().unwrap_or_default(), conversation: group_id.0, recipient_devices })
     }
 
-    fn envelope_for(&mut self, raw: &[u8]) -> Result<Envelope> {
-        if raw.len() <= INLINE_LIMIT {
-            return Ok(Envelope::new(Content::Inline { rfc5322: raw.to_vec() }));
+    /// The local copy of a message: in the database when small, else an encrypted file.
+    fn keep_body(&self, out: &Outgoing) -> Result<Body> {
+        if out.size <= INLINE_LIMIT as u64 {
+            return Ok(Body::Inline(out.to_vec()?));
         }
-        Ok(Envelope::new(Content::Blob(self.upload_blob(&mut &raw[..], raw.len() as u64)?)))
+        let mut w = self.local.new_mail_file(out.size)?;
+        std::io::copy(&mut out.reader()?, &mut w)?;
+        Ok(Body::File(w.finish()?))
     }
 
     /// Encrypts and uploads `size` bytes from `reader` chunk by chunk.
@@ -442,17 +446,7 @@ impl Device {
             |step| matches!(step, Step::NeedsBlob { .. }),
         );
         let outcome = match first {
-            Ok(Step::NeedsBlob { blob }) => {
-                let mut raw = Vec::with_capacity(blob.size.min(1 << 30) as usize);
-                match self.download_blob(&blob, &mut raw) {
-                    Ok(()) => self.local.atomically(|l| {
-                        let step = finish_application(l, item, Some(raw))?;
-                        l.set_meta("queue_cursor", &item.seq.to_string())?;
-                        Ok(step)
-                    }),
-                    Err(e) => Err(e),
-                }
-            }
+            Ok(Step::NeedsBlob { blob }) => self.receive_blob(item, &blob),
             other => other,
         };
         match outcome {
@@ -467,6 +461,28 @@ impl Device {
             Err(e) => return self.reject(item, e, report),
         }
         Ok(())
+    }
+
+    /// Downloads a blob into an encrypted mail file (constant memory),
+    /// keeping the head for indexing, then stores the mail.
+    fn receive_blob(&mut self, item: &QueueItem, blob: &BlobRef) -> Result<Step> {
+        let mut file = self.local.new_mail_file(blob.size)?;
+        let name = file.name().to_string();
+        let mut tee = HeadTee { head: Vec::new(), inner: &mut file };
+        let downloaded = self.download_blob(blob, &mut tee);
+        let head = std::mem::take(&mut tee.head);
+        let stored = downloaded.and_then(|()| file.finish()).and_then(|f| {
+            let body = Body::File(f);
+            self.local.atomically(|l| {
+                let step = finish_application(l, item, Some((head, &body)))?;
+                l.set_meta("queue_cursor", &item.seq.to_string())?;
+                Ok(step)
+            })
+        });
+        if !matches!(stored, Ok(Step::Stored(_))) {
+            self.local.remove_mail_file(&name);
+        }
+        stored
     }
 
     fn reject(&mut self, item: &QueueItem, e: ClientError, report: &mut SyncReport) -> Result<()> {
@@ -523,13 +539,43 @@ impl Device {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The exact RFC 5322 bytes of a stored message.
-    pub fn raw(&self, id: i64) -> Result<Vec<u8>> {
-        self.local
+    /// Writes the exact RFC 5322 bytes of a stored message to `out`, or
+    /// its first `limit` bytes; large mail is decrypted chunk by chunk.
+    pub fn write_raw(&self, id: i64, out: &mut dyn Write, limit: Option<u64>) -> Result<()> {
+        type Row = (Option<Vec<u8>>, Option<String>, Option<Vec<u8>>, i64);
+        let row: Option<Row> = self
+            .local
             .conn
-            .query_row("SELECT raw FROM messages WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?
-            .ok_or(ClientError::NoSuchMessage(id))
+            .query_row("SELECT raw, raw_file, raw_key, size FROM messages WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        match row.ok_or(ClientError::NoSuchMessage(id))? {
+            (Some(raw), _, _, _) => {
+                let end = limit.map(|l| (l as usize).min(raw.len())).unwrap_or(raw.len());
+                out.write_all(&raw[..end])?;
+            }
+            (None, Some(name), Some(key), size) => {
+                let f = local::MailFile { name, key: zeroize::Zeroizing::new(key), size: size as u64 };
+                self.local.read_mail_file(&f, out, limit)?;
+            }
+            _ => return Err(ClientError::Local(format!("message {id} has no stored body"))),
+        }
+        Ok(())
+    }
+
+    /// The exact RFC 5322 bytes of a stored message, in memory.
+    pub fn raw(&self, id: i64) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.write_raw(id, &mut v, None)?;
+        Ok(v)
+    }
+
+    /// The first bytes of a message: enough to show its text part.
+    pub fn head(&self, id: i64) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.write_raw(id, &mut v, Some(mail::HEAD_LIMIT as u64))?;
+        Ok(v)
     }
 
     pub fn summary(&self, id: i64) -> Result<MessageSummary> {
@@ -541,6 +587,24 @@ impl Device {
         let mut stmt = self.local.conn.prepare("SELECT at, reason FROM rejected ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Passes everything through to `inner`, keeping a copy of the first bytes.
+struct HeadTee<'a, W: Write> {
+    head: Vec<u8>,
+    inner: &'a mut W,
+}
+
+impl<W: Write> Write for HeadTee<'_, W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        let room = mail::HEAD_LIMIT.saturating_sub(self.head.len()).min(n);
+        self.head.extend_from_slice(&data[..room]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -577,22 +641,35 @@ fn load(l: &LocalStore, g: &GroupId) -> Result<MlsGroup> {
     Ok(pouch_mls::load_group(&l.provider, &bytes)?)
 }
 
-/// Decrypts an application message and stores the mail. With `blob_body`
-/// the message's blob was already downloaded (the MLS decryption is redone
-/// in this transaction; the earlier attempt was rolled back).
-fn finish_application(l: &LocalStore, item: &QueueItem, blob_body: Option<Vec<u8>>) -> Result<Step> {
+/// A mail's bytes as stored locally.
+enum Body {
+    Inline(Vec<u8>),
+    File(local::MailFile),
+}
+
+/// Decrypts an application message and stores the mail. With `downloaded`
+/// the message's blob is already in a local file (the MLS decryption is
+/// redone in this transaction; the earlier attempt was rolled back).
+fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<u8>, &Body)>) -> Result<Step> {
     let mut group = load(l, &item.group_id)?;
     let (sender, payload) = match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
         Opened::Application { sender, payload, .. } => (sender, payload),
         _ => return Ok(Step::Committed),
     };
     let envelope = Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
-    let raw = match (envelope.content, blob_body) {
-        (Content::Inline { rfc5322 }, _) => rfc5322,
-        (Content::Blob(_), Some(raw)) => raw,
+    let inline;
+    let (head, body): (&[u8], &Body) = match (envelope.content, &downloaded) {
+        (Content::Inline { rfc5322 }, _) => {
+            inline = Body::Inline(rfc5322);
+            match &inline {
+                Body::Inline(raw) => (raw.as_slice(), &inline),
+                Body::File(_) => unreachable!(),
+            }
+        }
+        (Content::Blob(_), Some((head, body))) => (head.as_slice(), *body),
         (Content::Blob(blob), None) => return Ok(Step::NeedsBlob { blob }),
     };
-    let parsed = mail::parse(&raw)?;
+    let parsed = mail::parse(head)?;
     if parsed.from.as_ref() != Some(&sender) {
         return Err(ClientError::Invalid(format!(
             "forged sender: the From header says {} but the message was signed by {sender}",
@@ -606,14 +683,18 @@ fn finish_application(l: &LocalStore, item: &QueueItem, blob_body: Option<Vec<u8
     if exists.is_some() {
         return Ok(Step::Ignored);
     }
-    Ok(Step::Stored(store_message(l, &item.group_id, Some(item.seq), false, &parsed, &raw)?))
+    Ok(Step::Stored(store_message(l, &item.group_id, Some(item.seq), false, &parsed, body)?))
 }
 
-fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, raw: &[u8]) -> Result<i64> {
+fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, body: &Body) -> Result<i64> {
+    let (raw, file, key, size): (Option<&[u8]>, Option<&str>, Option<&[u8]>, u64) = match body {
+        Body::Inline(raw) => (Some(raw), None, None, raw.len() as u64),
+        Body::File(f) => (None, Some(&f.name), Some(&f.key), f.size),
+    };
     let list = |v: &[Address]| serde_json::to_string(&v.iter().map(|a| a.as_str()).collect::<Vec<_>>()).expect("serialises");
     l.conn.execute(
-        "INSERT INTO messages (group_id, server_seq, outgoing, sender, recipients, cc, subject, message_id, date, stored_at, size, attachments, raw) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO messages (group_id, server_seq, outgoing, sender, recipients, cc, subject, message_id, date, stored_at, size, attachments, raw, raw_file, raw_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             group.0,
             seq.map(|s| s as i64),
@@ -625,9 +706,11 @@ fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bo
             p.message_id,
             p.date,
             now(),
-            raw.len() as i64,
+            size as i64,
             serde_json::to_string(&p.attachments).expect("serialises"),
             raw,
+            file,
+            key,
         ],
     )?;
     Ok(l.conn.last_insert_rowid())

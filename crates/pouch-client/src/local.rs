@@ -109,7 +109,10 @@ CREATE TABLE IF NOT EXISTS messages (
     stored_at INTEGER NOT NULL,
     size INTEGER NOT NULL,
     attachments TEXT NOT NULL,
-    raw BLOB NOT NULL
+    -- The exact RFC 5322 bytes: in the row when small, else in an encrypted file.
+    raw BLOB,
+    raw_file TEXT,
+    raw_key BLOB
 );
 CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages(message_id);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -229,5 +232,128 @@ impl LocalStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// A large mail kept as an encrypted file under `HOME/mail/`, with its own
+/// random key (stored in the encrypted database, never beside the file).
+#[derive(Clone, Debug)]
+pub struct MailFile {
+    pub name: String,
+    pub key: Zeroizing<Vec<u8>>,
+    pub size: u64,
+}
+
+/// Writes a mail file chunk by chunk: memory use is one chunk.
+pub struct MailFileWriter {
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    cipher: crate::blob::ChunkCipher,
+    meta: MailFile,
+    buf: Vec<u8>,
+    index: u32,
+    emitted: u64,
+}
+
+const FILE_CHUNK: usize = pouch_proto::envelope::BLOB_CHUNK_SIZE;
+
+impl MailFileWriter {
+    fn emit(&mut self) -> std::io::Result<()> {
+        let last = self.emitted + self.buf.len() as u64 >= self.meta.size;
+        let sealed = self.cipher.seal(self.index, last, &self.buf);
+        use std::io::Write;
+        self.file.write_all(&(sealed.len() as u32).to_be_bytes())?;
+        self.file.write_all(&sealed)?;
+        self.emitted += self.buf.len() as u64;
+        self.index += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Flushes the last chunk and makes the file durable.
+    pub fn finish(mut self) -> Result<MailFile> {
+        if self.emitted + self.buf.len() as u64 != self.meta.size {
+            let _ = std::fs::remove_file(&self.path);
+            return Err(ClientError::Invalid("mail size differs from what was announced".into()));
+        }
+        if !self.buf.is_empty() || self.index == 0 {
+            self.emit()?;
+        }
+        use std::io::Write;
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        Ok(self.meta)
+    }
+}
+
+impl std::io::Write for MailFileWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(FILE_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == FILE_CHUNK {
+            self.emit()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LocalStore {
+    fn mail_dir(&self) -> PathBuf {
+        self.home.join("mail")
+    }
+
+    /// Starts a new encrypted mail file for `size` plaintext bytes.
+    pub fn new_mail_file(&self, size: u64) -> Result<MailFileWriter> {
+        std::fs::create_dir_all(self.mail_dir())?;
+        let name = format!("{}.msg", hex::encode(rand::random::<[u8; 16]>()));
+        let key = Zeroizing::new(rand::random::<[u8; 32]>().to_vec());
+        let path = self.mail_dir().join(&name);
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        Ok(MailFileWriter {
+            file,
+            path,
+            cipher: crate::blob::ChunkCipher::new(&key, &name)?,
+            meta: MailFile { name, key, size },
+            buf: Vec::with_capacity(FILE_CHUNK),
+            index: 0,
+            emitted: 0,
+        })
+    }
+
+    pub fn remove_mail_file(&self, name: &str) {
+        let _ = std::fs::remove_file(self.mail_dir().join(name));
+    }
+
+    /// Decrypts a mail file into `out`, stopping after `limit` bytes if given.
+    pub fn read_mail_file(&self, f: &MailFile, out: &mut dyn std::io::Write, limit: Option<u64>) -> Result<()> {
+        use std::io::Read;
+        let cipher = crate::blob::ChunkCipher::new(&f.key, &f.name)?;
+        let mut file = std::io::BufReader::new(std::fs::File::open(self.mail_dir().join(&f.name))?);
+        let chunks = f.size.div_ceil(FILE_CHUNK as u64).max(1) as u32;
+        let mut written = 0u64;
+        for index in 0..chunks {
+            let mut len = [0u8; 4];
+            file.read_exact(&mut len)?;
+            let mut sealed = vec![0u8; u32::from_be_bytes(len) as usize];
+            file.read_exact(&mut sealed)?;
+            let plain = cipher.open(index, index + 1 == chunks, &sealed)?;
+            let take = match limit {
+                Some(l) => (l - written).min(plain.len() as u64) as usize,
+                None => plain.len(),
+            };
+            out.write_all(&plain[..take])?;
+            written += take as u64;
+            if limit.is_some_and(|l| written >= l) {
+                break;
+            }
+        }
+        Ok(())
     }
 }

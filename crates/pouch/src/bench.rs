@@ -18,6 +18,67 @@ pub struct BenchArgs {
     pub recipients: Vec<usize>,
     pub messages: usize,
     pub size: usize,
+    /// Instead of throughput: send one attachment of this many MiB and report peak memory.
+    pub attachment_mib: Option<u64>,
+}
+
+/// Resident memory of this process (Linux), in MiB: `VmRSS` now or `VmHWM`, the peak.
+fn rss_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Sends one large attachment through the server and reads it back,
+/// reporting time and peak memory: memory must not grow with the size.
+fn attachment_round(server: &Running, scratch: &Path, mib: u64) -> Result<()> {
+    let path = scratch.join("attachment.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..mib {
+            block.iter_mut().enumerate().for_each(|(j, b)| *b = (j as u64 ^ i).wrapping_mul(2654435761) as u8);
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
+    let mut sender = enroll(server, &scratch.join("sender"), "sender@pouch.local")?;
+    let mut reader = enroll(server, &scratch.join("reader"), "reader@pouch.local")?;
+    // Start the peak from here: enrollment's Argon2id (64 MiB) must not mask the transfer.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss_mib("VmRSS:").unwrap_or(0.0);
+    let t = Instant::now();
+    sender.send(Compose {
+        to: vec![Address::parse("reader@pouch.local")?],
+        subject: "large attachment".into(),
+        body: "see attached".into(),
+        attachments: vec![("large.bin".into(), path.clone())],
+        ..Default::default()
+    })?;
+    let send_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let report = reader.sync()?;
+    let id = *report.new_messages.first().ok_or_else(|| anyhow!("the attachment did not arrive"))?;
+    let fetch_s = t.elapsed().as_secs_f64();
+    let mut counted = CountingSink(0);
+    reader.write_raw(id, &mut counted, None)?;
+    let after = rss_mib("VmHWM:").unwrap_or(0.0);
+    println!("| {mib} MiB | {:.1} | {:.1} | {} | {before:.0} | {after:.0} |", send_s, fetch_s, counted.0);
+    Ok(())
+}
+
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Running {
@@ -82,6 +143,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let backend = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     let result = (|| {
         let server = start_server(&scratch.join("server"), pg.as_ref().map(|(u, _)| u.as_str()))?;
+        if let Some(mib) = args.attachment_mib {
+            println!("backend: {backend}; one mail with an attachment, sender and reader in this process, server in this process");
+            println!("| attachment | send+upload (s) | sync+download (s) | message bytes read back | RSS before (MiB) | peak RSS during (MiB) |");
+            println!("|---:|---:|---:|---:|---:|---:|");
+            return attachment_round(&server, &scratch, mib);
+        }
         let max = *args.recipients.iter().max().ok_or_else(|| anyhow!("give at least one --recipients count"))?;
         eprintln!("enrolling 1 sender and {max} recipient devices ({backend})...");
         let mut sender = enroll(&server, &scratch.join("sender"), "sender@pouch.local")?;

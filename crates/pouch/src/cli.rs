@@ -60,6 +60,9 @@ enum Command {
         messages: usize,
         #[arg(long, default_value_t = 4096)]
         size: usize,
+        /// Send one attachment of this many MiB and report peak memory instead.
+        #[arg(long)]
+        attachment_mib: Option<u64>,
     },
     /// Show one mail.
     Read {
@@ -190,19 +193,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             // A rejected item is a security signal: scripts see it in the exit status.
             Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
-        Command::Bench { postgres, recipients, messages, size } => {
-            crate::bench::run(crate::bench::BenchArgs { postgres, recipients, messages, size })?;
+        Command::Bench { postgres, recipients, messages, size, attachment_mib } => {
+            crate::bench::run(crate::bench::BenchArgs { postgres, recipients, messages, size, attachment_mib })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
         Command::Sent { json } => list(open(cli.home)?.sent()?, json),
         Command::Read { id, raw, json } => {
             let device = open(cli.home)?;
-            let bytes = device.raw(id)?;
             let mut out = std::io::stdout().lock();
             if raw {
-                out.write_all(&bytes)?;
-            } else if json {
+                device.write_raw(id, &mut out, None)?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bytes = device.head(id)?;
+            if json {
                 let s = device.summary(id)?;
                 let body = body_text(&bytes);
                 writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "message": s, "body": body }))?)?;
@@ -258,8 +264,10 @@ fn list(messages: Vec<MessageSummary>, json: bool) -> Result<ExitCode> {
 fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
     let mut device = open(home_arg)?;
     let sent = if let Some(path) = args.eml {
-        let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        device.send_eml(raw)?
+        if !path.is_file() {
+            bail!("{} does not exist or is not a file", path.display());
+        }
+        device.send_eml(&path)?
     } else {
         let parse_all = |list: &[String]| -> Result<Vec<Address>> {
             list.iter().filter(|s| !s.trim().is_empty()).map(|s| Address::parse(s).map_err(|e| anyhow!(e))).collect()
