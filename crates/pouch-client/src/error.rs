@@ -25,6 +25,10 @@ pub enum ClientError {
     Invalid(String),
     #[error("no message {0} on this device; see 'pouch inbox' or 'pouch sent' for ids")]
     NoSuchMessage(i64),
+    #[error("SECURITY: {0}")]
+    Security(String),
+    #[error("the account key of {0} has changed (a reset, or an attack): compare with 'pouch verify {0}', then accept with 'pouch verify {0} --accept'")]
+    AccountKeyChanged(String),
     #[error("cryptography: {0}")]
     Mls(#[from] pouch_mls::MlsError),
     #[error("local store: {0}")]

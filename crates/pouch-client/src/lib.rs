@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod devices;
 pub mod error;
 pub mod local;
 pub mod mail;
@@ -21,6 +22,7 @@ use pouch_mls::{Ciphersuite, DeviceSigner, MlsGroup, Opened};
 use pouch_proto::api::{self, QueueItem, QueueKind};
 use pouch_proto::envelope::{BLOB_CHUNK_SIZE, BlobRef, Content, Envelope, INLINE_LIMIT};
 use pouch_proto::invite::Invite;
+use pouch_proto::devices::{DeviceListBody, ListedDevice};
 use pouch_proto::{Address, DeviceId, GroupId};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -33,8 +35,29 @@ pub const KEY_PACKAGE_POOL: u32 = 100;
 /// How often a send retries after losing a race for the conversation's epoch.
 const EPOCH_RETRIES: usize = 5;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+/// A link request waiting for approval.
+#[derive(Debug, Serialize)]
+pub struct LinkPending {
+    pub code: String,
+    pub expires_at: i64,
+    pub device_id: DeviceId,
+    pub key_fingerprint: String,
+}
+
+fn suite_code(info: &api::ServerInfo) -> u16 {
+    info.ciphersuite
+}
+
+/// RFC 3339 in UTC, for notices.
+pub fn format_time(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ts.to_string())
 }
 
 /// What `pouch enroll` reports.
@@ -64,6 +87,8 @@ pub struct Sent {
     pub message_id: String,
     pub conversation: String,
     pub recipient_devices: u32,
+    /// Security findings made while sending (e.g. a device refused).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -88,6 +113,8 @@ pub struct SyncReport {
     /// Items that could not be opened or failed a check: (server seq, reason).
     pub rejected: Vec<(u64, String)>,
     pub key_packages_uploaded: u32,
+    /// Security alerts about this account (e.g. a device the account never approved).
+    pub alerts: Vec<String>,
 }
 
 pub struct Device {
@@ -98,24 +125,49 @@ pub struct Device {
     suite: Ciphersuite,
     signer: DeviceSigner,
     signed_in: bool,
+    /// Security findings to report with the current operation's result.
+    warnings: Vec<String>,
 }
 
 impl Device {
-    /// Creates this device's keys and registers it with the invite's server.
+    /// Creates this device's keys and registers it with the invite's server
+    /// as the account's first device: it creates the account key and signs
+    /// the first device list (or, after an administrator reset, the next one).
     pub fn enroll(home: &Path, passphrase: &str, invite: &Invite, device_name: &str) -> Result<Enrolled> {
         let api = Api::new(&invite.server, &invite.fingerprint)?;
         let info: api::ServerInfo = api.get_json("/v1/info")?;
         let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
+        let history: api::DeviceListHistory = api.get_json(&format!("/v1/device-lists/{}", invite.address))?;
         let local = LocalStore::create(home, passphrase)?;
         let result = (|| {
             let p = &local.provider;
             let signer = pouch_mls::new_device_signer(p)?;
+            let device_id = DeviceId(hex::encode(rand::random::<[u8; 16]>()));
+            let account = devices::AccountKey::generate();
+            let previous = history.lists.last();
+            let body = DeviceListBody {
+                address: invite.address.clone(),
+                version: previous.and_then(|l| l.body_unverified().ok()).map(|b| b.version + 1).unwrap_or(1),
+                previous: previous.map(|l| l.hash()),
+                account_key: account.public(),
+                devices: vec![ListedDevice {
+                    device_id: device_id.clone(),
+                    signature_key: signer.to_public_vec(),
+                    name: device_name.to_string(),
+                    added_at: now(),
+                    added_from: None,
+                }],
+                issued_at: now(),
+                reason: if previous.is_some() { "reset" } else { "enrolled" }.into(),
+            };
             let key_packages = pouch_mls::key_packages(p, suite, &signer, &invite.address, KEY_PACKAGE_POOL as usize, false)?;
             let last_resort = pouch_mls::key_packages(p, suite, &signer, &invite.address, 1, true)?.remove(0);
             let resp: api::EnrollResponse = api.post_json(
                 "/v1/enroll",
                 &api::EnrollRequest {
                     address: invite.address.clone(),
+                    device_id: device_id.clone(),
+                    device_list: account.sign(&body),
                     invite_secret: invite.secret_bytes().map_err(|e| ClientError::Invalid(e.to_string()))?,
                     device_name: device_name.to_string(),
                     signature_key: signer.to_public_vec(),
@@ -123,24 +175,127 @@ impl Device {
                     last_resort_key_package: last_resort,
                 },
             )?;
-            local.set_meta("server", api.base())?;
-            local.set_meta("fingerprint", &invite.fingerprint)?;
-            local.set_meta("address", invite.address.as_str())?;
-            local.set_meta("device_id", &resp.device_id.0)?;
-            local.set_meta("signature_key", &hex::encode(signer.public()))?;
-            local.set_meta("ciphersuite", &resp.ciphersuite.to_string())?;
-            local.set_meta("queue_cursor", "0")?;
-            local.set_meta("domain", &info.domain)?;
+            local.set_account_key(&account)?;
+            local.set_meta("own_list_version", &body.version.to_string())?;
+            Self::remember_server(&local, &api, &invite.fingerprint, &invite.address, &resp.device_id, &signer, resp.ciphersuite, &info.domain)?;
             Ok(Enrolled { address: invite.address.clone(), device_id: resp.device_id, ciphersuite: resp.ciphersuite })
         })();
         if result.is_err() {
-            // Leave nothing half-enrolled behind: the user retries with a fresh invite.
-            drop(local);
-            for f in [local::DB_FILE, local::KDF_FILE, "device.db-wal", "device.db-shm"] {
-                let _ = std::fs::remove_file(home.join(f));
-            }
+            Self::discard(local, home);
         }
         result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn remember_server(
+        local: &LocalStore,
+        api: &Api,
+        fingerprint: &str,
+        address: &Address,
+        device_id: &DeviceId,
+        signer: &DeviceSigner,
+        suite: u16,
+        domain: &str,
+    ) -> Result<()> {
+        local.set_meta("server", api.base())?;
+        local.set_meta("fingerprint", fingerprint)?;
+        local.set_meta("address", address.as_str())?;
+        local.set_meta("device_id", &device_id.0)?;
+        local.set_meta("signature_key", &hex::encode(signer.public()))?;
+        local.set_meta("ciphersuite", &suite.to_string())?;
+        local.set_meta("queue_cursor", "0")?;
+        local.set_meta("domain", domain)
+    }
+
+    /// Leaves nothing half-made behind: the user starts again from scratch.
+    fn discard(local: LocalStore, home: &Path) {
+        drop(local);
+        for f in [local::DB_FILE, local::KDF_FILE, "device.db-wal", "device.db-shm"] {
+            let _ = std::fs::remove_file(home.join(f));
+        }
+        let _ = std::fs::remove_dir_all(home.join("mail"));
+    }
+
+    /// A new device asks to join an account; an existing device must approve
+    /// it with the returned code. Nothing is usable until then.
+    pub fn link_start(home: &Path, passphrase: &str, server: &str, fingerprint: &str, address: &Address, device_name: &str) -> Result<LinkPending> {
+        let api = Api::new(server, fingerprint)?;
+        let info: api::ServerInfo = api.get_json("/v1/info")?;
+        let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
+        let local = LocalStore::create(home, passphrase)?;
+        let result = (|| {
+            let p = &local.provider;
+            let signer = pouch_mls::new_device_signer(p)?;
+            let device_id = DeviceId(hex::encode(rand::random::<[u8; 16]>()));
+            let nonce = rand::random::<[u8; 16]>().to_vec();
+            let poll_secret = rand::random::<[u8; 32]>().to_vec();
+            let key_packages = pouch_mls::key_packages(p, suite, &signer, address, KEY_PACKAGE_POOL as usize, false)?;
+            let last_resort = pouch_mls::key_packages(p, suite, &signer, address, 1, true)?.remove(0);
+            let created: api::LinkCreated = api.post_json(
+                "/v1/link",
+                &api::LinkRequestBody {
+                    address: address.clone(),
+                    device_id: device_id.clone(),
+                    device_name: device_name.to_string(),
+                    signature_key: signer.to_public_vec(),
+                    nonce,
+                    poll_secret: poll_secret.clone(),
+                    key_packages,
+                    last_resort_key_package: last_resort,
+                },
+            )?;
+            Self::remember_server(&local, &api, fingerprint, address, &device_id, &signer, suite_code(&info), &info.domain)?;
+            local.set_meta("link_poll_secret", &hex::encode(&poll_secret))?;
+            Ok(LinkPending {
+                code: created.code,
+                expires_at: created.expires_at,
+                device_id,
+                key_fingerprint: pouch_proto::devices::fingerprint(signer.public()),
+            })
+        })();
+        if result.is_err() {
+            Self::discard(local, home);
+        }
+        result
+    }
+
+    /// Waits for the approval of a link started with [`Device::link_start`]:
+    /// `Ok(true)` once approved and the account key has arrived.
+    pub fn link_wait(home: &Path, passphrase: &str, timeout: std::time::Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            let local = LocalStore::open(home, passphrase)?;
+            let api = Api::new(&local.require_meta("server")?, &local.require_meta("fingerprint")?)?;
+            let secret = hex::decode(local.require_meta("link_poll_secret")?).map_err(|_| ClientError::Local("damaged link state".into()))?;
+            let info: api::LinkInfo = api.post_json("/v1/link/status", &api::LinkPoll { poll_secret: secret })?;
+            if info.status != "pending" || std::time::Instant::now() >= deadline {
+                break info.status;
+            }
+            drop(local);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        };
+        match status.as_str() {
+            "approved" => {
+                let mut device = Device::open(home, passphrase)?;
+                // The account key comes over MLS from the approving device.
+                for _ in 0..20 {
+                    device.sync()?;
+                    if device.local.account_key()?.is_some() {
+                        device.local.set_meta("link_poll_secret", "")?;
+                        return Ok(true);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(ClientError::Protocol("approved, but the account key did not arrive; run 'pouch sync' later".into()))
+            }
+            "pending" => Err(ClientError::Invalid("no device approved this one in time; start 'pouch link' again".into())),
+            other => {
+                if let Ok(local) = LocalStore::open(home, passphrase) {
+                    Self::discard(local, home);
+                }
+                Err(ClientError::Invalid(format!("the link request was {other}; this device was not added")))
+            }
+        }
     }
 
     /// Opens the device's encrypted state. No network traffic until needed.
@@ -153,7 +308,7 @@ impl Device {
         let suite = pouch_mls::ciphersuite(suite_code)?;
         let public = hex::decode(local.require_meta("signature_key")?).map_err(|_| ClientError::Local("damaged key id".into()))?;
         let signer = pouch_mls::load_device_signer(&local.provider, &public)?;
-        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false })
+        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false, warnings: Vec::new() })
     }
 
     pub fn address(&self) -> &Address {
@@ -164,7 +319,7 @@ impl Device {
         &self.device_id
     }
 
-    fn sign_in(&mut self) -> Result<()> {
+    pub(crate) fn sign_in(&mut self) -> Result<()> {
         if !self.signed_in {
             let signer = &self.signer;
             self.api.sign_in(&self.device_id, |payload| Ok(pouch_mls::sign_raw(signer, payload)?))?;
@@ -244,9 +399,9 @@ impl Device {
             let outcome: Result<(GroupId, u32)> = (|| {
                 let mut group = match &group {
                     Some(g) => self.load_group(g)?,
-                    None => self.create_conversation(&wanted)?,
+                    None => self.create_conversation(&wanted, &[], "mail")?,
                 };
-                self.add_missing(&mut group, &wanted)?;
+                self.reconcile(&mut group, &wanted)?;
                 let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
                 let resp: api::SendResponse = self.api.post(
@@ -265,14 +420,14 @@ impl Device {
         };
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(&out)?;
-        let id = self.local.atomically(|l| {
-            l.conn.execute(
-                "INSERT OR IGNORE INTO conversations (group_id, created_at) VALUES (?1, ?2)",
-                params![group_id.0, now()],
-            )?;
-            store_message(l, &group_id, None, true, &out.parsed, &body)
-        })?;
-        Ok(Sent { id, message_id: out.parsed.message_id.clone().unwrap_or_default(), conversation: group_id.0, recipient_devices })
+        let id = self.local.atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
+        Ok(Sent {
+            id,
+            message_id: out.parsed.message_id.clone().unwrap_or_default(),
+            conversation: group_id.0,
+            recipient_devices,
+            warnings: std::mem::take(&mut self.warnings),
+        })
     }
 
     /// The local copy of a message: in the database when small, else an encrypted file.
@@ -335,31 +490,48 @@ impl Device {
         Ok(())
     }
 
-    fn claim(&mut self, addresses: &[Address]) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
-        let resp: api::ClaimResponse = self.api.post("/v1/key-packages/claim", &api::ClaimRequest { addresses: addresses.to_vec() })?;
-        for address in addresses.iter().filter(|a| **a != self.address) {
-            if !resp.devices.iter().any(|d| &d.address == address) {
-                return Err(ClientError::Invalid(format!(
-                    "{address} has no enrolled device yet, so nothing can be encrypted to them; ask them to enroll"
-                )));
-            }
+    /// Key packages for the devices on these accounts' signed device lists
+    /// (only `only`, when given). A device the server offers that its
+    /// account never signed for is refused and reported, never encrypted to.
+    fn claim(&mut self, addresses: &[Address], only: &[DeviceId]) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
+        let mut lists = std::collections::BTreeMap::new();
+        for a in addresses {
+            lists.insert(a.clone(), self.trusted_list(a)?);
         }
+        let resp: api::ClaimResponse =
+            self.api.post("/v1/key-packages/claim", &api::ClaimRequest { addresses: addresses.to_vec(), only: only.to_vec() })?;
         let mut packages = Vec::new();
         let mut devices = Vec::new();
         for d in &resp.devices {
+            if !lists.get(&d.address).is_some_and(|l| l.lists(&d.device_id, &d.signature_key)) {
+                self.warnings.push(format!(
+                    "SECURITY: the server offered a device {} for {} that is not on {}'s signed device list; nothing was encrypted to it",
+                    d.device_id, d.address, d.address
+                ));
+                continue;
+            }
             let claimed = pouch_mls::ClaimedPackage { bytes: &d.key_package, address: &d.address, signature_key: &d.signature_key };
             packages.push(pouch_mls::validate_key_package(&self.local.provider, self.suite, &claimed)?);
             devices.push(d.device_id.clone());
         }
+        if only.is_empty() {
+            for address in addresses.iter().filter(|a| **a != self.address) {
+                if !resp.devices.iter().any(|d| &d.address == address && devices.contains(&d.device_id)) {
+                    return Err(ClientError::Invalid(format!(
+                        "{address} has no enrolled device yet, so nothing can be encrypted to them; ask them to enroll"
+                    )));
+                }
+            }
+        }
         Ok((packages, devices))
     }
 
-    fn create_conversation(&mut self, recipients: &[Address]) -> Result<MlsGroup> {
+    fn create_conversation(&mut self, recipients: &[Address], only: &[DeviceId], kind: &str) -> Result<MlsGroup> {
         let mut addresses: Vec<Address> = recipients.to_vec();
         if !addresses.contains(&self.address) {
             addresses.push(self.address.clone()); // the sender's own other devices
         }
-        let (packages, devices) = self.claim(&addresses)?;
+        let (packages, devices) = self.claim(&addresses, only)?;
         let (mut group, out) = pouch_mls::create_conversation(&self.local.provider, self.suite, &self.signer, &self.address, &packages)?;
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
         let submitted: Result<api::CommitResponse> = self.api.post(
@@ -369,6 +541,10 @@ impl Device {
         match submitted {
             Ok(_) => {
                 pouch_mls::merge_pending(&self.local.provider, &mut group)?;
+                self.local.conn.execute(
+                    "INSERT OR IGNORE INTO conversations (group_id, created_at, kind) VALUES (?1, ?2, ?3)",
+                    params![gid.0, now(), kind],
+                )?;
                 Ok(group)
             }
             Err(e) => {
@@ -378,20 +554,12 @@ impl Device {
         }
     }
 
-    /// Adds the devices of recipients who are not yet in the conversation.
-    fn add_missing(&mut self, group: &mut MlsGroup, wanted: &[Address]) -> Result<()> {
-        let present = pouch_mls::member_addresses(group);
-        let missing: Vec<Address> = wanted.iter().filter(|a| !present.contains(a)).cloned().collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let (packages, devices) = self.claim(&missing)?;
-        let base_epoch = pouch_mls::epoch(group);
-        let out = pouch_mls::add_members(&self.local.provider, &self.signer, group, &packages)?;
+    /// Submits a pending commit; merges it if the server accepts, discards it otherwise.
+    fn submit(&mut self, group: &mut MlsGroup, base_epoch: u64, out: pouch_mls::CommitOut, added: Vec<DeviceId>, removed: Vec<DeviceId>) -> Result<()> {
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(group));
         let submitted: Result<api::CommitResponse> = self.api.post(
             &format!("/v1/groups/{gid}/commits"),
-            &api::CommitRequest { base_epoch, commit: Some(out.commit), welcome: out.welcome, added: devices, removed: vec![] },
+            &api::CommitRequest { base_epoch, commit: Some(out.commit), welcome: out.welcome, added, removed },
         );
         match submitted {
             Ok(_) => Ok(pouch_mls::merge_pending(&self.local.provider, group)?),
@@ -400,6 +568,111 @@ impl Device {
                 Err(e)
             }
         }
+    }
+
+    /// Brings a conversation's membership in line with the signed device
+    /// lists: devices no longer listed (revoked) are removed, listed devices
+    /// of the wanted people and of current members are added. Returns the
+    /// number of commits made.
+    fn reconcile(&mut self, group: &mut MlsGroup, wanted: &[Address]) -> Result<u32> {
+        let members = pouch_mls::members(group);
+        let mut addresses: Vec<Address> = wanted.iter().cloned().chain(members.iter().map(|(a, _)| a.clone())).collect();
+        addresses.sort();
+        addresses.dedup();
+        let mut lists = std::collections::BTreeMap::new();
+        for a in &addresses {
+            lists.insert(a.clone(), self.trusted_list(a)?);
+        }
+        let own_key = self.signer.to_public_vec();
+        let stale: Vec<Vec<u8>> = members
+            .iter()
+            .filter(|(a, key)| *key != own_key && !lists[a].devices.iter().any(|d| &d.signature_key == key))
+            .map(|(_, key)| key.clone())
+            .collect();
+        let mut commits = 0;
+        if !stale.is_empty() {
+            let removed = self.device_ids_for(&stale)?;
+            let base = pouch_mls::epoch(group);
+            let out = pouch_mls::remove_members(&self.local.provider, &self.signer, group, &stale)?;
+            self.submit(group, base, out, vec![], removed)?;
+            commits += 1;
+        }
+        let missing: Vec<(Address, DeviceId)> = lists
+            .iter()
+            .flat_map(|(a, l)| l.devices.iter().map(move |d| (a, d)))
+            .filter(|(_, d)| d.signature_key != own_key && !members.iter().any(|(_, k)| k == &d.signature_key))
+            .map(|(a, d)| (a.clone(), d.device_id.clone()))
+            .collect();
+        if !missing.is_empty() {
+            let mut who: Vec<Address> = missing.iter().map(|(a, _)| a.clone()).collect();
+            who.dedup();
+            let ids: Vec<DeviceId> = missing.into_iter().map(|(_, d)| d).collect();
+            let (packages, devices) = self.claim(&who, &ids)?;
+            if !packages.is_empty() {
+                let base = pouch_mls::epoch(group);
+                let out = pouch_mls::add_members(&self.local.provider, &self.signer, group, &packages)?;
+                self.submit(group, base, out, devices, vec![])?;
+                commits += 1;
+            }
+        }
+        Ok(commits)
+    }
+
+    /// Reconciles every mail conversation (after a link or a revocation).
+    pub(crate) fn reconcile_all(&mut self) -> Result<u32> {
+        let groups: Vec<String> = {
+            let mut stmt = self.local.conn.prepare("SELECT group_id FROM conversations WHERE kind = 'mail' ORDER BY created_at")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut commits = 0;
+        for g in groups {
+            let gid = GroupId(g);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut group = self.load_group(&gid)?;
+                let members = pouch_mls::member_addresses(&group);
+                match self.reconcile(&mut group, &members) {
+                    Ok(n) => {
+                        commits += n;
+                        break;
+                    }
+                    Err(e) if e.is_stale_epoch() && attempt < EPOCH_RETRIES => {
+                        self.sync()?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(commits)
+    }
+
+    /// Device ids of member keys, from every device list this device has seen.
+    fn device_ids_for(&self, keys: &[Vec<u8>]) -> Result<Vec<DeviceId>> {
+        let mut ids = Vec::new();
+        for k in keys {
+            let id: Option<String> = self
+                .local
+                .conn
+                .query_row("SELECT device_id FROM device_keys WHERE signature_key = ?1", [k], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = id {
+                ids.push(DeviceId(id));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Starts a conversation with exactly these devices and sends one
+    /// non-mail envelope (the account key for a newly linked device).
+    pub(crate) fn send_system(&mut self, addresses: &[Address], only: &[DeviceId], envelope: Envelope) -> Result<()> {
+        let mut group = self.create_conversation(addresses, only, "system")?;
+        let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
+        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+        let _: api::SendResponse =
+            self.api.post(&format!("/v1/groups/{gid}/messages"), &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed })?;
+        Ok(())
     }
 
     fn load_group(&self, g: &GroupId) -> Result<MlsGroup> {
@@ -428,6 +701,8 @@ impl Device {
             self.api.post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }
         report.key_packages_uploaded = self.top_up_key_packages()?;
+        report.alerts = self.audit_own_account()?;
+        report.alerts.append(&mut self.warnings);
         Ok(report)
     }
 
@@ -657,8 +932,23 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
         _ => return Ok(Step::Committed),
     };
     let envelope = Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let own = l.require_meta("address")?;
+    let content = match envelope.content {
+        // Only the account's own devices may hand over the account key, and only once.
+        Content::AccountKey { secret } => {
+            if sender.as_str() != own {
+                return Err(ClientError::Security(format!("{sender} tried to hand this device an account key")));
+            }
+            if l.account_key()?.is_none() {
+                l.set_account_key(&devices::AccountKey::from_secret(&secret)?)?;
+            }
+            l.conn.execute("UPDATE conversations SET kind = 'system' WHERE group_id = ?1", [&item.group_id.0])?;
+            return Ok(Step::Committed);
+        }
+        other => other,
+    };
     let inline;
-    let (head, body): (&[u8], &Body) = match (envelope.content, &downloaded) {
+    let (head, body): (&[u8], &Body) = match (content, &downloaded) {
         (Content::Inline { rfc5322 }, _) => {
             inline = Body::Inline(rfc5322);
             match &inline {
@@ -668,6 +958,8 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
         }
         (Content::Blob(_), Some((head, body))) => (head.as_slice(), *body),
         (Content::Blob(blob), None) => return Ok(Step::NeedsBlob { blob }),
+        (Content::History(_), _) => return Err(ClientError::Invalid("history transfer is not supported by this version".into())),
+        (Content::AccountKey { .. }, _) => return Err(ClientError::Invalid("an account key out of place".into())),
     };
     let parsed = mail::parse(head)?;
     if parsed.from.as_ref() != Some(&sender) {

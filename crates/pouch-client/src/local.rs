@@ -93,7 +93,15 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (
     group_id TEXT PRIMARY KEY,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    -- 'mail', or 'system' for a channel between the account's own devices.
+    kind TEXT NOT NULL DEFAULT 'mail'
+);
+-- Every device key seen on any version of any device list, to name removed members.
+CREATE TABLE IF NOT EXISTS device_keys (
+    signature_key BLOB PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    address TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,7 +120,16 @@ CREATE TABLE IF NOT EXISTS messages (
     -- The exact RFC 5322 bytes: in the row when small, else in an encrypted file.
     raw BLOB,
     raw_file TEXT,
-    raw_key BLOB
+    raw_key BLOB,
+    -- 1 for Pouch's own notices (links, revocations, alerts).
+    system INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    address TEXT PRIMARY KEY,
+    account_key BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    list_hash TEXT NOT NULL,
+    first_seen INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages(message_id);
 CREATE TABLE IF NOT EXISTS rejected (

@@ -202,6 +202,27 @@ pub fn add_members<P: OpenMlsProvider>(
     })
 }
 
+/// Removes the member devices with these signature keys. Left pending, as [`add_members`].
+pub fn remove_members<P: OpenMlsProvider>(
+    provider: &P,
+    signer: &SignatureKeyPair,
+    group: &mut MlsGroup,
+    signature_keys: &[Vec<u8>],
+) -> Result<CommitOut, MlsError> {
+    let leaves: Vec<LeafNodeIndex> =
+        group.members().filter(|m| signature_keys.contains(&m.signature_key)).map(|m| m.index).collect();
+    let (commit, _welcome, _gi) = group.remove_members(provider, signer, &leaves).map_err(op)?;
+    Ok(CommitOut { commit: commit.to_bytes().map_err(op)?, welcome: None })
+}
+
+/// Every member device: its address and signature key.
+pub fn members(group: &MlsGroup) -> Vec<(Address, Vec<u8>)> {
+    group
+        .members()
+        .filter_map(|m| credential_address(&m.credential).ok().map(|a| (a, m.signature_key)))
+        .collect()
+}
+
 /// A fresh leaf key for this device (post-compromise security), left pending.
 pub fn self_update<P: OpenMlsProvider>(
     provider: &P,

@@ -2,6 +2,7 @@
 //! addresses, device ids, group ids, epochs, sizes and opaque MLS bytes. No
 //! subject, body, attachment or Cc list ever appears in these types.
 
+use crate::devices::SignedDeviceList;
 use crate::{Address, DeviceId, GroupId, b64};
 use serde::{Deserialize, Serialize};
 
@@ -76,10 +77,16 @@ pub struct UserSummary {
 
 // ----- enrollment and authentication -----
 
-/// `POST /v1/enroll`: the invite secret buys one device registration.
+/// `POST /v1/enroll`: the invite secret buys one device registration, the
+/// account's first device (or its first after an administrator reset).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnrollRequest {
     pub address: Address,
+    /// Chosen by the device (16 random bytes, hex): the signed list names it.
+    pub device_id: DeviceId,
+    /// Version 1 of the account's device list (or the next version after a
+    /// reset), listing this device alone, signed by the new account key.
+    pub device_list: SignedDeviceList,
     #[serde(with = "b64")]
     pub invite_secret: Vec<u8>,
     pub device_name: String,
@@ -157,6 +164,9 @@ pub struct KeyPackageCount {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClaimRequest {
     pub addresses: Vec<Address>,
+    /// When not empty, only these devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<DeviceId>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -283,3 +293,117 @@ pub struct BlobFinish {
 
 /// The largest chunk the server accepts (ciphertext), a little over 1 MiB.
 pub const MAX_BLOB_CHUNK: usize = (1 << 20) + 1024;
+
+// ----- devices: lists, linking, revocation -----
+
+/// `GET /v1/device-lists/{address}` (public): every version, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceListHistory {
+    pub address: Address,
+    pub lists: Vec<SignedDeviceList>,
+}
+
+/// `POST /v1/device-lists`: publish the next version, signed by the account key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishDeviceList {
+    pub list: SignedDeviceList,
+}
+
+/// `GET /v1/devices` (own account): every device the server has, in any state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisteredDevice {
+    pub device_id: DeviceId,
+    pub name: String,
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+    pub created_at: i64,
+    pub approved_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+}
+
+/// `POST /v1/link` (unauthenticated): a new device asks to join an account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkRequestBody {
+    pub address: Address,
+    pub device_id: DeviceId,
+    pub device_name: String,
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+    /// Random; with the signature key it determines the link code.
+    #[serde(with = "b64")]
+    pub nonce: Vec<u8>,
+    /// The new device polls its request's status with this secret (the server keeps its hash).
+    #[serde(with = "b64")]
+    pub poll_secret: Vec<u8>,
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+    #[serde(with = "b64")]
+    pub last_resort_key_package: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkCreated {
+    pub code: String,
+    pub expires_at: i64,
+}
+
+/// `POST /v1/link/status` (poll secret in the body).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkPoll {
+    #[serde(with = "b64")]
+    pub poll_secret: Vec<u8>,
+}
+
+/// A link request as an existing device of the account sees it (`GET /v1/link/{code}`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub code: String,
+    pub address: Address,
+    pub device_id: DeviceId,
+    pub device_name: String,
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+    #[serde(with = "b64")]
+    pub nonce: Vec<u8>,
+    /// The network address the request came from.
+    pub source: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// "pending", "approved", "denied" or "expired".
+    pub status: String,
+}
+
+/// The link code for a device key and nonce: 60 bits of SHA-256 as
+/// base32 in three groups of four (e.g. `K7QM-3XPA-9D2F`). Because it is
+/// derived from the key, a server cannot slip its own key under a code the
+/// user typed.
+pub fn link_code(signature_key: &[u8], nonce: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHJKMNPQRSTVWXYZ0123456789";
+    let mut h = Sha256::new();
+    h.update(b"pouch-link-code-v1\0");
+    h.update(signature_key);
+    h.update(nonce);
+    let digest = h.finalize();
+    let mut bits: u64 = 0;
+    for b in &digest[..8] {
+        bits = (bits << 8) | *b as u64;
+    }
+    let chars: Vec<u8> = (0..12).map(|i| ALPHABET[((bits >> (59 - 5 * i)) & 31) as usize]).collect();
+    let s = String::from_utf8(chars).expect("ASCII alphabet");
+    format!("{}-{}-{}", &s[..4], &s[4..8], &s[8..])
+}
+
+/// Normalises a code as typed: upper case, dashes optional, spaces ignored.
+pub fn normalise_link_code(typed: &str) -> Option<String> {
+    let clean: String = typed.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
+    (clean.len() == 12).then(|| format!("{}-{}-{}", &clean[..4], &clean[4..8], &clean[8..]))
+}
+
+/// `POST /v1/admin/devices/{device}/revoke` and `POST /v1/admin/users/{address}/reset` answer with this.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminActionDone {
+    pub address: Address,
+    pub detail: String,
+}

@@ -41,6 +41,13 @@ pub enum Content {
     },
     /// The RFC 5322 message, encrypted in chunks under `key` and stored as a blob.
     Blob(BlobRef),
+    /// From one device of an account to a newly approved one: the account signing key.
+    AccountKey {
+        #[serde(with = "b64")]
+        secret: Vec<u8>,
+    },
+    /// From one device of an account to a newly approved one: its mail store, as a blob.
+    History(BlobRef),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod devices;
 pub mod envelope;
 pub mod ids;
 pub mod invite;

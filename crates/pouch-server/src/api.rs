@@ -41,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/blobs", post(create_blob))
         .route("/v1/blobs/{blob}/finish", post(finish_blob))
         .route("/v1/blobs/{blob}/{index}", put(put_blob_chunk).get(get_blob_chunk))
+        .merge(crate::devices::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -93,17 +94,35 @@ async fn add_user(State(s): St, _: Admin, Json(req): Json<AddUserRequest>) -> Ap
         )));
     }
     let now = now();
-    // Adding an existing user issues a fresh invite (another device, or a lost one).
     match s.store.create_user(&req.address, req.name.as_deref(), now).await {
-        Ok(()) | Err(pouch_store::StoreError::Conflict) => {}
+        Ok(()) => {}
+        // An account with a device grows only by approval from that device:
+        // the administrator cannot slip a device in with an invite.
+        Err(pouch_store::StoreError::Conflict) => {
+            if s.store.devices_of(&req.address).await?.iter().any(|d| d.is_active()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} already has a device: add another with 'pouch link' approved from an existing device, \
+                         or, if every device is lost, 'pouch admin user reset {}'",
+                        req.address, req.address
+                    ),
+                ));
+            }
+        }
         Err(e) => return Err(e.into()),
     }
+    Ok(Json(issue_invite(&s, req.address, req.invite_ttl_secs).await?))
+}
+
+/// A fresh single-use invite; the store keeps only the secret's hash.
+pub(crate) async fn issue_invite(s: &AppState, address: pouch_proto::Address, ttl: Option<u64>) -> Result<AddUserResponse, ApiError> {
     let secret = random_bytes::<32>();
-    let ttl = req.invite_ttl_secs.unwrap_or(INVITE_TTL_SECS).min(30 * 24 * 3600) as i64;
-    let expires_at = now + ttl;
-    s.store.create_invite(&req.address, &sha256(&secret), expires_at).await?;
-    tracing::info!(address = %req.address, "invite issued");
-    Ok(Json(AddUserResponse { address: req.address, invite_secret: secret.to_vec(), expires_at }))
+    let expires_at = now() + ttl.unwrap_or(INVITE_TTL_SECS).min(30 * 24 * 3600) as i64;
+    s.store.create_invite(&address, &sha256(&secret), expires_at).await?;
+    tracing::info!(%address, "invite issued");
+    Ok(AddUserResponse { address, invite_secret: secret.to_vec(), expires_at })
 }
 
 async fn list_users(State(s): St, _: Admin) -> ApiResult<Vec<UserSummary>> {
@@ -125,13 +144,15 @@ async fn enroll(
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::bad_request("the device name must be 1 to 100 characters"));
     }
+    let list = crate::devices::check_first_list(&s, &req.address, &req.device_id, &req.signature_key, &req.device_list).await?;
     let device = NewDevice {
-        device_id: DeviceId(hex::encode(random_bytes::<16>())),
+        device_id: req.device_id,
         address: req.address.clone(),
         name: name.to_string(),
         signature_key: req.signature_key,
         key_packages: req.key_packages,
         last_resort: req.last_resort_key_package,
+        device_list: Some(list),
     };
     let result = s.store.enroll(&sha256(&req.invite_secret), device, now()).await;
     match &result {
@@ -160,8 +181,8 @@ async fn token(
         return Err(refused());
     }
     let device = s.store.device(&req.device_id).await?.ok_or_else(refused)?;
-    if device.revoked_at.is_some() {
-        tracing::warn!(device = %device.device_id, %peer, "revoked device tried to sign in");
+    if !device.is_active() {
+        tracing::warn!(device = %device.device_id, %peer, revoked_by = ?device.revoked_by, "inactive device tried to sign in");
         return Err(refused());
     }
     let key = VerifyingKey::try_from(device.signature_key.as_slice()).map_err(|_| refused())?;
@@ -200,7 +221,7 @@ async fn claim_key_packages(State(s): St, AuthDevice(d): AuthDevice, Json(req): 
                 format!("{address} is not a Pouch user on this server; check the address"),
             ));
         }
-        for c in s.store.claim_key_packages(address, &d).await? {
+        for c in s.store.claim_key_packages(address, &d, &req.only).await? {
             devices.push(ClaimedDevice {
                 address: c.device.address,
                 device_id: c.device.device_id,

@@ -65,9 +65,11 @@ impl From<EnrollError> for ApiError {
                 ErrorCode::InviteExpired,
                 "this invite has expired; ask your administrator for a new one",
             ),
-            EnrollError::Store(StoreError::Conflict) => {
-                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, "this device key is already enrolled")
-            }
+            EnrollError::Store(StoreError::Conflict) => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "this account already has devices: add this one with 'pouch link', approved from an existing device",
+            ),
             EnrollError::Store(s) => s.into(),
         }
     }

@@ -31,11 +31,10 @@ pub struct SqlStore {
 }
 
 /// Schema migrations, in order. Each is applied once, in a transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    include_str!("../migrations/sqlite_0001_initial.sql"),
-    include_str!("../migrations/postgres_0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, include_str!("../migrations/sqlite_0001_initial.sql"), include_str!("../migrations/postgres_0001_initial.sql")),
+    (2, include_str!("../migrations/sqlite_0002_devices.sql"), include_str!("../migrations/postgres_0002_devices.sql")),
+];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when
 /// several PostgreSQL nodes start at once.

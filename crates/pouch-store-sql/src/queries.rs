@@ -8,15 +8,18 @@ use pouch_proto::{
     api::{QueueItem, QueueKind, UserSummary},
 };
 use pouch_store::{
-    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
-    NewDevice, Result, Store, StoreError, UnixTime, rules,
+    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection, LinkRequest,
+    NewDevice, NewLinkRequest, Result, Store, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
 /// `SELECT` of every device column, followed by the rest of the query.
 macro_rules! select_devices {
     ($rest:literal) => {
-        concat!("SELECT device_id, address, name, signature_key, created_at, revoked_at FROM devices ", $rest)
+        concat!(
+            "SELECT device_id, address, name, signature_key, created_at, approved_at, revoked_at, revoked_by FROM devices ",
+            $rest
+        )
     };
 }
 
@@ -28,7 +31,9 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         name: row.try_get("name").map_err(backend)?,
         signature_key: row.try_get("signature_key").map_err(backend)?,
         created_at: row.try_get("created_at").map_err(backend)?,
+        approved_at: row.try_get("approved_at").map_err(backend)?,
         revoked_at: row.try_get("revoked_at").map_err(backend)?,
+        revoked_by: row.try_get("revoked_by").map_err(backend)?,
     })
 }
 
@@ -83,7 +88,7 @@ async fn members(conn: &mut AnyConnection, group: &GroupId) -> Result<Vec<Device
 
 async fn is_active_device(conn: &mut AnyConnection, device: &DeviceId) -> Result<bool> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT device_id FROM devices WHERE device_id = $1 AND revoked_at IS NULL")
+        sqlx::query_as("SELECT device_id FROM devices WHERE device_id = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL")
             .bind(&device.0)
             .fetch_optional(&mut *conn)
             .await
@@ -100,7 +105,43 @@ async fn group_epoch(conn: &mut AnyConnection, group: &GroupId) -> Result<Option
     Ok(row.map(|(e,)| e as u64))
 }
 
+/// How a link request is looked up: by the code people type, or by the new device's poll secret.
+enum LinkKey<'a> {
+    Code(&'a str),
+    Poll(&'a [u8]),
+    Device(&'a DeviceId),
+}
+
 impl SqlStore {
+    async fn find_link_request(&self, key: LinkKey<'_>) -> Result<Option<LinkRequest>> {
+        let query = match key {
+            LinkKey::Code(code) => sqlx::query(
+                "SELECT code, device_id, nonce, source, created_at, expires_at, status FROM link_requests WHERE code = $1",
+            )
+            .bind(code.to_string()),
+            LinkKey::Poll(hash) => sqlx::query(
+                "SELECT code, device_id, nonce, source, created_at, expires_at, status FROM link_requests WHERE poll_hash = $1",
+            )
+            .bind(hash.to_vec()),
+            LinkKey::Device(d) => sqlx::query(
+                "SELECT code, device_id, nonce, source, created_at, expires_at, status FROM link_requests WHERE device_id = $1",
+            )
+            .bind(d.0.clone()),
+        };
+        let Some(row) = query.fetch_optional(&self.pool).await.map_err(backend)? else { return Ok(None) };
+        let device_id = DeviceId(row.try_get("device_id").map_err(backend)?);
+        let device = self.device(&device_id).await?.ok_or(StoreError::NotFound)?;
+        Ok(Some(LinkRequest {
+            code: row.try_get("code").map_err(backend)?,
+            device,
+            nonce: row.try_get("nonce").map_err(backend)?,
+            source: row.try_get("source").map_err(backend)?,
+            created_at: row.try_get("created_at").map_err(backend)?,
+            expires_at: row.try_get("expires_at").map_err(backend)?,
+            status: row.try_get("status").map_err(backend)?,
+        }))
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>> {
         self.pool.begin().await.map_err(backend)
     }
@@ -324,21 +365,10 @@ impl Store for SqlStore {
             }
             .into());
         }
-        sqlx::query(
-            "INSERT INTO devices (device_id, address, name, signature_key, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&device.device_id.0)
-        .bind(device.address.as_str())
-        .bind(&device.name)
-        .bind(&device.signature_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-            _ => backend(e),
-        })?;
-        insert_key_packages(&mut *tx, &device.device_id, &device.key_packages, Some(&device.last_resort)).await?;
+        insert_device(&mut tx, &device, Some(now), now).await?;
+        if let Some(list) = &device.device_list {
+            insert_list(&mut tx, &device.address, list, now).await?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(Device {
             device_id: device.device_id,
@@ -346,8 +376,144 @@ impl Store for SqlStore {
             name: device.name,
             signature_key: device.signature_key,
             created_at: now,
+            approved_at: Some(now),
             revoked_at: None,
+            revoked_by: None,
         })
+    }
+
+    async fn latest_device_list(&self, address: &Address) -> Result<Option<StoredList>> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, body, signature FROM device_lists WHERE address = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(address.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.map(|(v, body, signature)| StoredList { version: v as u64, body, signature }))
+    }
+
+    async fn device_list_history(&self, address: &Address) -> Result<Vec<StoredList>> {
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT version, body, signature FROM device_lists WHERE address = $1 ORDER BY version")
+                .bind(address.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(rows.into_iter().map(|(v, body, signature)| StoredList { version: v as u64, body, signature }).collect())
+    }
+
+    async fn publish_device_list(
+        &self,
+        address: &Address,
+        list: &StoredList,
+        activate: &[DeviceId],
+        revoke: &[DeviceId],
+        now: UnixTime,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_list(&mut tx, address, list, now).await?;
+        for d in activate {
+            sqlx::query("UPDATE devices SET approved_at = $1 WHERE device_id = $2 AND address = $3 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(&d.0)
+                .bind(address.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for d in revoke {
+            revoke_in(&mut tx, d, "account", now).await?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_link_request(&self, r: NewLinkRequest, now: UnixTime) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_device(&mut tx, &r.device, None, now).await?;
+        sqlx::query(
+            "INSERT INTO link_requests (code, poll_hash, device_id, nonce, source, created_at, expires_at, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+        )
+        .bind(&r.code)
+        .bind(&r.poll_hash)
+        .bind(&r.device.device_id.0)
+        .bind(&r.nonce)
+        .bind(&r.source)
+        .bind(now)
+        .bind(r.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique_is_conflict)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn link_request(&self, code: &str) -> Result<Option<LinkRequest>> {
+        self.find_link_request(LinkKey::Code(code)).await
+    }
+
+    async fn link_request_by_poll(&self, poll_hash: &[u8]) -> Result<Option<LinkRequest>> {
+        self.find_link_request(LinkKey::Poll(poll_hash)).await
+    }
+
+    async fn link_request_for_device(&self, device_id: &DeviceId) -> Result<Option<LinkRequest>> {
+        self.find_link_request(LinkKey::Device(device_id)).await
+    }
+
+    async fn finish_link_request(&self, code: &str, status: &str, now: UnixTime) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let device: Option<String> = sqlx::query_scalar(
+            "UPDATE link_requests SET status = $1 WHERE code = $2 AND status = 'pending' RETURNING device_id",
+        )
+        .bind(status)
+        .bind(code)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(device) = device else { return Ok(false) };
+        if status != "approved" {
+            revoke_in(&mut tx, &DeviceId(device), status, now).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn revoke_device(&self, device_id: &DeviceId, by: &str, now: UnixTime) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let done = revoke_in(&mut tx, device_id, by, now).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(done)
+    }
+
+    async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE address = $1 AND revoked_at IS NULL")
+            .bind(address.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for (id,) in ids {
+            revoke_in(&mut tx, &DeviceId(id), "reset", now).await?;
+        }
+        let done = sqlx::query("UPDATE users SET reset_at = $1 WHERE address = $2")
+            .bind(now)
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as("SELECT reset_at FROM users WHERE address = $1")
+            .bind(address.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.and_then(|(r,)| r))
     }
 
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
@@ -410,7 +576,7 @@ impl Store for SqlStore {
     async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
         let row: Option<(String,)> = sqlx::query_as(
             "SELECT t.device_id FROM auth_tokens t JOIN devices d ON d.device_id = t.device_id \
-             WHERE t.token_hash = $1 AND t.expires_at > $2 AND d.revoked_at IS NULL",
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND d.revoked_at IS NULL AND d.approved_at IS NOT NULL",
         )
         .bind(token_hash)
         .bind(now)
@@ -438,10 +604,11 @@ impl Store for SqlStore {
         Ok(n as u32)
     }
 
-    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId) -> Result<Vec<Claimed>> {
+    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId, only: &[DeviceId]) -> Result<Vec<Claimed>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(select_devices!(
-            "WHERE address = $1 AND revoked_at IS NULL AND device_id <> $2 ORDER BY created_at, device_id"
+            "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
+             ORDER BY created_at, device_id"
         ))
         .bind(address.as_str())
         .bind(&exclude.0)
@@ -451,6 +618,9 @@ impl Store for SqlStore {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let device = device_from_row(row)?;
+            if !only.is_empty() && !only.contains(&device.device_id) {
+                continue;
+            }
             // Handing out and deleting is one statement, so two claimers can
             // never receive the same ordinary package.
             let ordinary: Option<Vec<u8>> = sqlx::query_scalar(
@@ -622,6 +792,61 @@ impl Store for SqlStore {
         .await
         .map_err(backend)
     }
+}
+
+fn unique_is_conflict(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => backend(e),
+    }
+}
+
+async fn insert_device(tx: &mut AnyConnection, device: &NewDevice, approved_at: Option<UnixTime>, now: UnixTime) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&device.device_id.0)
+    .bind(device.address.as_str())
+    .bind(&device.name)
+    .bind(&device.signature_key)
+    .bind(now)
+    .bind(approved_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(unique_is_conflict)?;
+    insert_key_packages(tx, &device.device_id, &device.key_packages, Some(&device.last_resort)).await
+}
+
+async fn insert_list(tx: &mut AnyConnection, address: &Address, list: &StoredList, now: UnixTime) -> Result<()> {
+    sqlx::query("INSERT INTO device_lists (address, version, body, signature, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(address.as_str())
+        .bind(list.version as i64)
+        .bind(&list.body)
+        .bind(&list.signature)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique_is_conflict)?;
+    Ok(())
+}
+
+/// Revokes a device and drops what it could still use: tokens, key packages, queue.
+async fn revoke_in(tx: &mut AnyConnection, device: &DeviceId, by: &str, now: UnixTime) -> Result<bool> {
+    let done = sqlx::query("UPDATE devices SET revoked_at = $1, revoked_by = $2 WHERE device_id = $3 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(by)
+        .bind(&device.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    for sql in [
+        "DELETE FROM auth_tokens WHERE device_id = $1",
+        "DELETE FROM key_packages WHERE device_id = $1",
+        "DELETE FROM queue WHERE device_id = $1",
+    ] {
+        sqlx::query(sql).bind(&device.0).execute(&mut *tx).await.map_err(backend)?;
+    }
+    Ok(done.rows_affected() == 1)
 }
 
 async fn insert_key_packages(

@@ -19,6 +19,7 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
         signature_key: id.as_bytes().repeat(2),
         key_packages: (0..kps).map(|i| format!("{id}-kp-{i}").into_bytes()).collect(),
         last_resort: format!("{id}-last-resort").into_bytes(),
+        device_list: Some(StoredList { version: 1, body: format!("{id}-list-1").into_bytes(), signature: b"sig".to_vec() }),
     }
 }
 
@@ -74,21 +75,21 @@ pub async fn run(store: &dyn Store) {
     // Key packages: each ordinary one once, then the last resort, repeatedly.
     let b1_id = DeviceId("b1".into());
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
-    let first = store.claim_key_packages(&bob, &a1_id).await.unwrap();
+    let first = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].key_package, b"b1-kp-0");
     assert!(!first[0].last_resort);
     for _ in 0..2 {
-        let again = store.claim_key_packages(&bob, &a1_id).await.unwrap();
+        let again = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
         assert_eq!(again[0].key_package, b"b1-last-resort");
         assert!(again[0].last_resort);
     }
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 0);
     store.add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2")).await.unwrap();
-    assert_eq!(store.claim_key_packages(&bob, &a1_id).await.unwrap()[0].key_package, b"b1-kp-new");
-    assert_eq!(store.claim_key_packages(&bob, &a1_id).await.unwrap()[0].key_package, b"b1-lr-2");
+    assert_eq!(store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package, b"b1-kp-new");
+    assert_eq!(store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package, b"b1-lr-2");
     // The claimer's own device is never handed out to itself.
-    assert!(store.claim_key_packages(&alice, &a1_id).await.unwrap().is_empty());
+    assert!(store.claim_key_packages(&alice, &a1_id, &[]).await.unwrap().is_empty());
 
     // Groups: creation, one commit per epoch, fan-out, membership.
     let g = GroupId("ab".repeat(16));
@@ -150,6 +151,75 @@ pub async fn run(store: &dyn Store) {
     let last = store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].payload, b"c-remove");
+
+    // Device lists: versions are taken once; publishing approves and revokes.
+    let first_list = store.latest_device_list(&alice).await.unwrap().unwrap();
+    assert_eq!(first_list.version, 1);
+    assert_eq!(first_list.body, b"a1-list-1");
+    let mut pending = new_device("a2", &alice, 3);
+    pending.device_list = None;
+    store
+        .create_link_request(
+            NewLinkRequest {
+                code: "CODE-1".into(),
+                poll_hash: b"poll-1".to_vec(),
+                nonce: b"n".to_vec(),
+                source: "127.0.0.1".into(),
+                expires_at: now + 600,
+                device: pending,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let a2_id = DeviceId("a2".into());
+    let req = store.link_request("CODE-1").await.unwrap().unwrap();
+    assert_eq!(req.status, "pending");
+    assert!(!req.device.is_active(), "a device waiting for approval is not active");
+    assert_eq!(store.link_request_by_poll(b"poll-1").await.unwrap().unwrap().code, "CODE-1");
+    assert_eq!(store.link_request_for_device(&DeviceId("a2".into())).await.unwrap().unwrap().code, "CODE-1");
+    assert_eq!(store.count_key_packages(&a2_id).await.unwrap(), 3);
+    // A pending device gets no mail: it is never handed out.
+    assert!(store.claim_key_packages(&alice, &b1_id, &[]).await.unwrap().iter().all(|c| c.device.device_id != a2_id));
+    let v2 = StoredList { version: 2, body: b"list-2".to_vec(), signature: b"sig".to_vec() };
+    store.publish_device_list(&alice, &v2, &[a2_id.clone()], &[], now).await.unwrap();
+    assert!(store.finish_link_request("CODE-1", "approved", now).await.unwrap());
+    assert!(!store.finish_link_request("CODE-1", "denied", now).await.unwrap(), "a finished request changed");
+    assert!(store.device(&a2_id).await.unwrap().unwrap().is_active());
+    let again = store.publish_device_list(&alice, &StoredList { version: 2, ..v2.clone() }, &[], &[], now).await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "a list version was taken twice");
+    // Claims can be restricted to named devices.
+    let only = store.claim_key_packages(&alice, &b1_id, &[a2_id.clone()]).await.unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].device.device_id, a2_id);
+    // Revocation by a new list: the device is out and its tokens are dead.
+    store.put_token(b"t-a2", &a2_id, now + 100).await.unwrap();
+    assert!(store.token_device(b"t-a2", now).await.unwrap().is_some());
+    let v3 = StoredList { version: 3, body: b"list-3".to_vec(), signature: b"sig".to_vec() };
+    store.publish_device_list(&alice, &v3, &[], &[a2_id.clone()], now).await.unwrap();
+    assert_eq!(store.token_device(b"t-a2", now).await.unwrap(), None);
+    let revoked = store.device(&a2_id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_by.as_deref(), Some("account"));
+    assert_eq!(store.device_list_history(&alice).await.unwrap().len(), 3);
+    // A denied link revokes its device.
+    let mut denied = new_device("a3", &alice, 1);
+    denied.device_list = None;
+    store
+        .create_link_request(
+            NewLinkRequest { code: "CODE-2".into(), poll_hash: b"poll-2".to_vec(), nonce: vec![], source: "x".into(), expires_at: now + 600, device: denied },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(store.finish_link_request("CODE-2", "denied", now).await.unwrap());
+    assert_eq!(store.device(&DeviceId("a3".into())).await.unwrap().unwrap().revoked_by.as_deref(), Some("denied"));
+    // Administrator reset: every device out, the reset time recorded.
+    assert_eq!(store.reset_at(&bob).await.unwrap(), None);
+    store.reset_user(&bob, now + 5).await.unwrap();
+    assert_eq!(store.reset_at(&bob).await.unwrap(), Some(now + 5));
+    assert!(store.devices_of(&bob).await.unwrap().iter().all(|d| !d.is_active()));
+    assert!(store.revoke_device(&a1_id, "admin", now).await.unwrap());
+    assert!(!store.revoke_device(&a1_id, "admin", now).await.unwrap(), "revoked twice");
 
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();

@@ -42,7 +42,47 @@ pub struct Device {
     pub name: String,
     pub signature_key: Vec<u8>,
     pub created_at: UnixTime,
+    /// When the device was allowed in: at enrollment, or when a link was approved.
+    pub approved_at: Option<UnixTime>,
     pub revoked_at: Option<UnixTime>,
+    /// Who revoked it: "account" (a signed device list), "admin", "denied", "expired", "reset".
+    pub revoked_by: Option<String>,
+}
+
+impl Device {
+    pub fn is_active(&self) -> bool {
+        self.approved_at.is_some() && self.revoked_at.is_none()
+    }
+}
+
+/// One version of an account's signed device list, as stored (opaque to the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredList {
+    pub version: u64,
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A device waiting for an existing device's approval.
+pub struct NewLinkRequest {
+    pub code: String,
+    pub poll_hash: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub source: String,
+    pub expires_at: UnixTime,
+    pub device: NewDevice,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkRequest {
+    pub code: String,
+    pub device: Device,
+    pub nonce: Vec<u8>,
+    pub source: String,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+    /// "pending", "approved", "denied" or "expired".
+    pub status: String,
 }
 
 /// Why an invite could not be redeemed.
@@ -71,6 +111,8 @@ pub struct NewDevice {
     pub signature_key: Vec<u8>,
     pub key_packages: Vec<Vec<u8>>,
     pub last_resort: Vec<u8>,
+    /// For an enrollment: the account's first (or post-reset) signed device list.
+    pub device_list: Option<StoredList>,
 }
 
 /// A key package handed out by [`Store::claim_key_packages`].
@@ -131,8 +173,35 @@ pub trait Store: Send + Sync + 'static {
     async fn enroll(&self, secret_hash: &[u8], device: NewDevice, now: UnixTime)
     -> std::result::Result<Device, EnrollError>;
 
+    // --- device lists, linking, revocation ---
+    async fn latest_device_list(&self, address: &Address) -> Result<Option<StoredList>>;
+    async fn device_list_history(&self, address: &Address) -> Result<Vec<StoredList>>;
+    /// Stores `list` (whose version must be the next one: a taken version is
+    /// a `Conflict`), approves the `activate` devices and revokes the
+    /// `revoke` ones, in one transaction. Signature checks are the caller's.
+    async fn publish_device_list(
+        &self,
+        address: &Address,
+        list: &StoredList,
+        activate: &[DeviceId],
+        revoke: &[DeviceId],
+        now: UnixTime,
+    ) -> Result<()>;
+    async fn create_link_request(&self, request: NewLinkRequest, now: UnixTime) -> Result<()>;
+    async fn link_request(&self, code: &str) -> Result<Option<LinkRequest>>;
+    async fn link_request_by_poll(&self, poll_hash: &[u8]) -> Result<Option<LinkRequest>>;
+    async fn link_request_for_device(&self, device_id: &DeviceId) -> Result<Option<LinkRequest>>;
+    /// Moves a pending request to `status`; a refused or expired one also revokes its device.
+    /// Returns false when the request was no longer pending.
+    async fn finish_link_request(&self, code: &str, status: &str, now: UnixTime) -> Result<bool>;
+    async fn revoke_device(&self, device_id: &DeviceId, by: &str, now: UnixTime) -> Result<bool>;
+    /// Administrator reset: revokes every device; the next enrollment may start a new account key.
+    async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()>;
+    async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>>;
+
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
+    /// Every device the server has for the address, in any state.
     async fn devices_of(&self, address: &Address) -> Result<Vec<Device>>;
     async fn put_challenge(&self, challenge: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()>;
     /// Removes the challenge and returns its device if it was issued and has not expired.
@@ -143,9 +212,10 @@ pub trait Store: Send + Sync + 'static {
     // --- key packages ---
     async fn add_key_packages(&self, device_id: &DeviceId, packages: &[Vec<u8>], last_resort: Option<&[u8]>) -> Result<()>;
     async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
-    /// One package for every active device of `address` except `exclude`: an
-    /// ordinary one, removed as it is handed out, or else the last-resort one.
-    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId) -> Result<Vec<Claimed>>;
+    /// One package for every active device of `address` except `exclude`
+    /// (restricted to `only` when it is not empty): an ordinary one, removed
+    /// as it is handed out, or else the last-resort one.
+    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId, only: &[DeviceId]) -> Result<Vec<Claimed>>;
 
     // --- groups and delivery ---
     /// Accepts the commit if `base_epoch` is the group's epoch (0 creates the

@@ -32,6 +32,33 @@ enum Command {
         #[arg(long, default_value = "device")]
         device_name: String,
     },
+    /// Ask to add this new device to an existing account (an existing device approves it).
+    Link {
+        address: String,
+        #[arg(long)]
+        server: String,
+        /// The server certificate's SHA-256 fingerprint (as printed by the server).
+        #[arg(long)]
+        fingerprint: String,
+        #[arg(long, default_value = "device")]
+        device_name: String,
+        /// How long to wait for approval.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// This account's devices: list, approve or deny a new one, revoke one.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Show an account's key fingerprint, device list and history; --accept a changed key.
+    Verify {
+        address: String,
+        #[arg(long)]
+        accept: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send an encrypted mail.
     Send(SendArgs),
     /// Fetch and decrypt new mail.
@@ -75,6 +102,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// The signed device list beside what the server has registered.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a new device by the code it shows.
+    Approve {
+        code: String,
+        /// Also send this device's mail store to the new device.
+        #[arg(long)]
+        with_history: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Refuse a new device's request.
+    Deny { code: String },
+    /// Remove a device from the account and from every conversation.
+    Revoke { device_id: String },
+}
+
 #[derive(Args)]
 struct ServerArgs {
     #[arg(long, default_value = "127.0.0.1:8443")]
@@ -116,6 +166,17 @@ enum AdminCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage devices (recorded as administrator actions).
+    Device {
+        #[command(subcommand)]
+        command: AdminDeviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminDeviceCommand {
+    /// Revoke a device of a user; the user's devices are told and remove it.
+    Revoke { address: String, device_id: String },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +195,9 @@ enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+    /// All the user's devices are lost: revoke them all and issue a new invite
+    /// (the account key changes; contacts are warned).
+    Reset { address: String },
 }
 
 #[derive(Args)]
@@ -173,6 +237,52 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("state: {}", home.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Link { address, server, fingerprint, device_name, timeout_secs } => {
+            let home = home(cli.home)?;
+            let address = Address::parse(&address)?;
+            let passphrase = new_passphrase()?;
+            let pending = Device::link_start(&home, &passphrase, &server, &fingerprint, &address, &device_name)?;
+            println!("link code: {}", pending.code);
+            println!("this device's key fingerprint: {}", pending.key_fingerprint);
+            println!("On a device already on {address}, run:  pouch device approve {}", pending.code);
+            if let Ok(qr) = qrcode::QrCode::new(pending.code.as_bytes()) {
+                println!("{}", qr.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build());
+            }
+            println!("waiting for approval (expires {})...", format_date(pending.expires_at));
+            std::io::stdout().flush()?;
+            Device::link_wait(&home, &passphrase, std::time::Duration::from_secs(timeout_secs))?;
+            println!("approved: this device is now part of {address}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Device { command } => device_command(cli.home, command),
+        Command::Verify { address, accept, json } => {
+            let mut device = open(cli.home)?;
+            let address = Address::parse(&address)?;
+            let report = if accept { device.accept_account_key(&address)? } else { device.verify(&address)? };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.address);
+                println!("account key:      {}", report.account_key_fingerprint);
+                if report.key_changed && !accept {
+                    println!("WARNING: the account key CHANGED; you had {}", report.pinned_fingerprint.clone().unwrap_or_default());
+                    println!("         confirm with the person (compare the code below), then: pouch verify {} --accept", report.address);
+                }
+                if accept {
+                    println!("accepted: mail to {} will be encrypted to this account key", report.address);
+                }
+                println!("comparison code:  {}", report.comparison_code);
+                println!("device list version {}:", report.version);
+                for d in &report.devices {
+                    println!("  {}  {}  added {}", d.device_id, d.name, format_date(d.added_at));
+                }
+                println!("history:");
+                for h in &report.history {
+                    println!("  v{} {} {} device(s) key {}", h.version, h.reason, h.devices, h.account_key_fingerprint);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send(args) => send(cli.home, args),
         Command::Sync { json } => {
             let mut device = open(cli.home)?;
@@ -190,8 +300,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for (seq, reason) in &report.rejected {
                 eprintln!("warning: rejected queue item {seq}: {reason}");
             }
-            // A rejected item is a security signal: scripts see it in the exit status.
-            Ok(if report.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            for alert in &report.alerts {
+                eprintln!("ALERT: {alert}");
+            }
+            // A rejected item or an alert is a security signal: scripts see it in the exit status.
+            Ok(if report.rejected.is_empty() && report.alerts.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
         Command::Bench { postgres, recipients, messages, size, attachment_mib } => {
             crate::bench::run(crate::bench::BenchArgs { postgres, recipients, messages, size, attachment_mib })?;
@@ -301,10 +414,60 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
             .collect::<Result<Vec<_>>>()?;
         device.send(Compose { to, cc, subject: args.subject.unwrap_or_default(), body, attachments, reply_to: args.reply_to })?
     };
+    for w in &sent.warnings {
+        eprintln!("{w}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&sent)?);
     } else {
         println!("sent message {} ({}) to {} device(s)", sent.id, sent.message_id, sent.recipient_devices);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<ExitCode> {
+    let mut device = open(home_arg)?;
+    match command {
+        DeviceCommand::List { json } => {
+            let list = device.device_list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for d in list {
+                    let me = if d.this_device { " (this device)" } else { "" };
+                    println!("{}  {:<20} {:<24} {}{me}", d.device_id, d.name, d.state, d.fingerprint);
+                }
+            }
+        }
+        DeviceCommand::Approve { code, with_history, yes } => {
+            if with_history {
+                bail!("--with-history is not available yet; approve without it (new mail still reaches the new device)");
+            }
+            let info = device.link_request(&code)?;
+            eprintln!("New device asking to join {}:", info.address);
+            eprintln!("  name:        {}", info.device_name);
+            eprintln!("  key:         {}", pouch_proto::devices::fingerprint(&info.signature_key));
+            eprintln!("  from:        {}", info.source);
+            eprintln!("  asked at:    {}", format_date(info.created_at));
+            if !yes {
+                eprint!("Approve it? Type 'yes': ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    bail!("not approved; nothing changed (use 'pouch device deny {}' to refuse it)", info.code);
+                }
+            }
+            let commits = device.approve(&info)?;
+            println!("approved '{}'; added to {commits} conversation change(s)", info.device_name);
+        }
+        DeviceCommand::Deny { code } => {
+            let info = device.deny(&code)?;
+            println!("denied '{}' ({})", info.device_name, info.device_id);
+        }
+        DeviceCommand::Revoke { device_id } => {
+            let commits = device.revoke(&pouch_proto::DeviceId(device_id.clone()))?;
+            println!("revoked {device_id}; removed from conversations in {commits} commit(s)");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -420,6 +583,20 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             let invite = Invite::new(api.base(), &fingerprint, resp.address.clone(), &resp.invite_secret);
             eprintln!("invite for {} (single use, expires {}):", resp.address, format_date(resp.expires_at));
             println!("{}", invite.encode());
+        }
+        AdminCommand::User { command: UserCommand::Reset { address } } => {
+            let address = Address::parse(&address)?;
+            let resp: pouch_proto::api::AddUserResponse =
+                api.admin_post(&format!("/v1/admin/users/{address}/reset"), &token, &serde_json::json!({}))?;
+            let invite = Invite::new(api.base(), &fingerprint, resp.address.clone(), &resp.invite_secret);
+            eprintln!("every device of {} is revoked; new invite (single use, expires {}):", resp.address, format_date(resp.expires_at));
+            println!("{}", invite.encode());
+        }
+        AdminCommand::Device { command: AdminDeviceCommand::Revoke { address, device_id } } => {
+            let address = Address::parse(&address)?;
+            let done: pouch_proto::api::AdminActionDone =
+                api.admin_post(&format!("/v1/admin/devices/{address}/{device_id}/revoke"), &token, &serde_json::json!({}))?;
+            println!("{}: {}", done.address, done.detail);
         }
         AdminCommand::User { command: UserCommand::List { json } } => {
             let users: Vec<pouch_proto::api::UserSummary> = api.admin_get("/v1/admin/users", &token)?;

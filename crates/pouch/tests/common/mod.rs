@@ -251,3 +251,57 @@ pub fn read_tree(dir: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A `pouch link` process waiting for approval, and the code it shows.
+pub struct PendingLink {
+    pub child: Child,
+    pub code: String,
+    pub client: Client,
+}
+
+impl PendingLink {
+    /// Waits for the link process and returns its exit status and stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String, Client) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            e.read_to_string(&mut err).unwrap();
+        }
+        assert!(!err.contains("panicked"), "pouch link panicked: {err}");
+        (status, err, self.client)
+    }
+}
+
+/// Starts `pouch link` for a new device of `address` and reads its code.
+pub fn start_link(home: PathBuf, server: &Server, address: &str, extra: &[&str]) -> PendingLink {
+    let mut child = pouch()
+        .arg("--home")
+        .arg(&home)
+        .env("POUCH_PASSPHRASE", PASSPHRASE)
+        .args(["link", address, "--server", &server.url, "--fingerprint", &server.fingerprint, "--device-name", "new-laptop"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let code = loop {
+        let line = lines.next().expect("pouch link exited before showing a code").unwrap();
+        if let Some(code) = line.strip_prefix("link code: ") {
+            break code.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    PendingLink { child, code, client: Client { home, address: address.to_string() } }
+}
+
+/// Links a new device of `approver`'s account, approved by `approver`.
+pub fn link(home: PathBuf, server: &Server, approver: &Client) -> Client {
+    let pending = start_link(home, server, &approver.address, &[]);
+    approver.ok(&["device", "approve", &pending.code, "--yes"]);
+    let (status, err, client) = pending.finish();
+    assert!(status.success(), "pouch link failed: {err}");
+    client
+}

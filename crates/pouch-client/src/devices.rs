@@ -1,0 +1,450 @@
+//! The account and its devices, as one device sees them: the account key,
+//! signed device lists (checked before anything is encrypted to anyone),
+//! pinned account keys of contacts, linking with approval, revocation, and
+//! the audit that catches a device the server added on its own.
+
+use crate::error::{ClientError, Result};
+use crate::local::LocalStore;
+use crate::{Device, now};
+use ed25519_dalek::{Signer, SigningKey};
+use pouch_proto::api;
+use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList, comparison_code, fingerprint};
+use pouch_proto::{Address, DeviceId};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+/// The account signing key. Only the account's devices hold it.
+pub struct AccountKey(SigningKey);
+
+impl AccountKey {
+    pub fn generate() -> Self {
+        AccountKey(SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+    pub fn from_secret(secret: &[u8]) -> Result<Self> {
+        let bytes: [u8; 32] = secret.try_into().map_err(|_| ClientError::Local("damaged account key".into()))?;
+        Ok(AccountKey(SigningKey::from_bytes(&bytes)))
+    }
+    pub fn secret(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.to_bytes().to_vec())
+    }
+    pub fn public(&self) -> Vec<u8> {
+        self.0.verifying_key().to_bytes().to_vec()
+    }
+    pub fn sign(&self, body: &DeviceListBody) -> SignedDeviceList {
+        let bytes = serde_json::to_vec(body).expect("a device list serialises");
+        let signature = self.0.sign(&SignedDeviceList::signing_payload(&bytes)).to_bytes().to_vec();
+        SignedDeviceList { body: bytes, signature }
+    }
+}
+
+/// Checks a whole history: every version signed by the key it names, each
+/// naming its predecessor's hash with the next version number, and the key
+/// changing only at a reset. Returns the latest body.
+pub fn verify_history(address: &Address, lists: &[SignedDeviceList]) -> Result<DeviceListBody> {
+    let bad = |why: String| ClientError::Security(format!("the device list of {address} is not trustworthy: {why}"));
+    let mut previous: Option<(DeviceListBody, String)> = None;
+    for list in lists {
+        let body = list.verify().map_err(|e| bad(e.to_string()))?;
+        if &body.address != address {
+            return Err(bad("a version names another address".into()));
+        }
+        if let Some((prev, prev_hash)) = &previous {
+            if body.version != prev.version + 1 || body.previous.as_deref() != Some(prev_hash.as_str()) {
+                return Err(bad(format!("version {} does not continue version {}", body.version, prev.version)));
+            }
+            if body.account_key != prev.account_key && body.reason != "reset" {
+                return Err(bad(format!("version {} changes the account key without a reset", body.version)));
+            }
+        } else if body.version != 1 {
+            return Err(bad("the history does not start at version 1".into()));
+        }
+        previous = Some((body, list.hash()));
+    }
+    previous.map(|(b, _)| b).ok_or_else(|| ClientError::Invalid(format!("{address} has no enrolled device yet, so nothing can be encrypted to them; ask them to enroll")))
+}
+
+/// What `pouch verify` shows.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub address: Address,
+    pub account_key_fingerprint: String,
+    pub pinned_fingerprint: Option<String>,
+    pub key_changed: bool,
+    pub version: u64,
+    pub devices: Vec<ListedDevice>,
+    pub history: Vec<HistoryEntry>,
+    /// Read this aloud to the other person; they see the same digits.
+    pub comparison_code: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub reason: String,
+    pub issued_at: i64,
+    pub devices: usize,
+    pub account_key_fingerprint: String,
+}
+
+/// A device of the account as `pouch device list` shows it.
+#[derive(Debug, Serialize)]
+pub struct DeviceEntry {
+    pub device_id: DeviceId,
+    pub name: String,
+    pub fingerprint: String,
+    pub on_signed_list: bool,
+    pub state: String,
+    pub this_device: bool,
+}
+
+impl LocalStore {
+    pub(crate) fn account_key(&self) -> Result<Option<AccountKey>> {
+        match self.meta("account_key")? {
+            Some(hex_secret) => {
+                let secret = Zeroizing::new(hex::decode(hex_secret).map_err(|_| ClientError::Local("damaged account key".into()))?);
+                Ok(Some(AccountKey::from_secret(&secret)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn set_account_key(&self, key: &AccountKey) -> Result<()> {
+        self.set_meta("account_key", &hex::encode(key.secret().as_slice()))
+    }
+
+    /// Adds a system entry to the inbox (link, revocation, reset, alerts).
+    pub(crate) fn notice(&self, subject: &str, text: &str) -> Result<i64> {
+        let raw = format!(
+            "From: Pouch <system@pouch.invalid>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        );
+        self.conn.execute(
+            "INSERT INTO messages (group_id, outgoing, sender, recipients, cc, subject, date, stored_at, size, attachments, raw, system) \
+             VALUES ('', 0, 'pouch-system', '[]', '[]', ?1, ?2, ?2, ?3, '[]', ?4, 1)",
+            params![subject, now(), raw.len() as i64, raw.as_bytes()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+}
+
+impl Device {
+    /// The verified, current device list of `address`, with the account key
+    /// checked against the one pinned for that contact (or this account's own).
+    pub(crate) fn trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let body = verify_history(address, &history.lists)?;
+        let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
+        for version in history.lists.iter().filter_map(|l| l.body_unverified().ok()) {
+            for d in &version.devices {
+                self.local.conn.execute(
+                    "INSERT OR IGNORE INTO device_keys (signature_key, device_id, address) VALUES (?1, ?2, ?3)",
+                    params![d.signature_key, d.device_id.0, address.as_str()],
+                )?;
+            }
+        }
+        if address == &self.address {
+            let mine = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key yet; wait for the approving device".into()))?;
+            if body.account_key != mine.public() {
+                return Err(ClientError::Security(format!(
+                    "the server shows a device list for {address} that this account did not sign"
+                )));
+            }
+            return Ok(body);
+        }
+        let pinned: Option<(Vec<u8>, i64)> = self
+            .local
+            .conn
+            .query_row("SELECT account_key, version FROM contacts WHERE address = ?1", [address.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match pinned {
+            None => {
+                self.local.conn.execute(
+                    "INSERT INTO contacts (address, account_key, version, list_hash, first_seen) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![address.as_str(), body.account_key, body.version as i64, latest_hash, now()],
+                )?;
+            }
+            Some((key, _)) if key != body.account_key => {
+                return Err(ClientError::AccountKeyChanged(address.to_string()));
+            }
+            Some((_, version)) if (body.version as i64) < version => {
+                return Err(ClientError::Security(format!(
+                    "the server shows an older device list for {address} (version {} after {version}): refusing",
+                    body.version
+                )));
+            }
+            Some(_) => {
+                self.local.conn.execute(
+                    "UPDATE contacts SET version = ?2, list_hash = ?3 WHERE address = ?1",
+                    params![address.as_str(), body.version as i64, latest_hash],
+                )?;
+            }
+        }
+        Ok(body)
+    }
+
+    /// `pouch verify ADDRESS`: the account key, device list and its history.
+    pub fn verify(&mut self, address: &Address) -> Result<VerifyReport> {
+        self.sign_in()?;
+        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let body = verify_history(address, &history.lists)?;
+        let pinned: Option<Vec<u8>> = if address == &self.address {
+            self.local.account_key()?.map(|k| k.public())
+        } else {
+            self.local
+                .conn
+                .query_row("SELECT account_key FROM contacts WHERE address = ?1", [address.as_str()], |r| r.get(0))
+                .optional()?
+        };
+        let mine = self.local.account_key()?.map(|k| k.public()).unwrap_or_default();
+        let entries = history
+            .lists
+            .iter()
+            .filter_map(|l| l.body_unverified().ok())
+            .map(|b| HistoryEntry {
+                version: b.version,
+                reason: b.reason.clone(),
+                issued_at: b.issued_at,
+                devices: b.devices.len(),
+                account_key_fingerprint: fingerprint(&b.account_key),
+            })
+            .collect();
+        Ok(VerifyReport {
+            address: address.clone(),
+            account_key_fingerprint: fingerprint(&body.account_key),
+            pinned_fingerprint: pinned.as_ref().map(|k| fingerprint(k)),
+            key_changed: pinned.as_ref().is_some_and(|k| k != &body.account_key),
+            version: body.version,
+            devices: body.devices.clone(),
+            history: entries,
+            comparison_code: comparison_code(&mine, &body.account_key),
+        })
+    }
+
+    /// `pouch verify ADDRESS --accept`: trust the account key the server now shows.
+    pub fn accept_account_key(&mut self, address: &Address) -> Result<VerifyReport> {
+        let report = self.verify(address)?;
+        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let body = verify_history(address, &history.lists)?;
+        let hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
+        self.local.conn.execute(
+            "INSERT INTO contacts (address, account_key, version, list_hash, first_seen) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (address) DO UPDATE SET account_key = excluded.account_key, version = excluded.version, list_hash = excluded.list_hash",
+            params![address.as_str(), body.account_key, body.version as i64, hash, now()],
+        )?;
+        Ok(report)
+    }
+
+    fn publish_list(&mut self, devices: Vec<ListedDevice>, reason: &str) -> Result<DeviceListBody> {
+        let key = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
+        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{}", self.address))?;
+        let current = self.trusted_list(&self.address.clone())?;
+        let body = DeviceListBody {
+            address: self.address.clone(),
+            version: current.version + 1,
+            previous: history.lists.last().map(|l| l.hash()),
+            account_key: key.public(),
+            devices,
+            issued_at: now(),
+            reason: reason.to_string(),
+        };
+        let signed = key.sign(&body);
+        self.api.post_empty("/v1/device-lists", &api::PublishDeviceList { list: signed })?;
+        self.local.set_meta("own_list_version", &body.version.to_string())?;
+        Ok(body)
+    }
+
+    /// `pouch device list`: the signed list beside what the server has registered.
+    pub fn device_list(&mut self) -> Result<Vec<DeviceEntry>> {
+        self.sign_in()?;
+        let me = self.address.clone();
+        let list = self.trusted_list(&me)?;
+        let registered: Vec<api::RegisteredDevice> = self.api.get("/v1/devices")?;
+        Ok(registered
+            .into_iter()
+            .map(|r| {
+                let on_list = list.lists(&r.device_id, &r.signature_key);
+                let state = match (&r.revoked_by, r.approved_at) {
+                    (Some(by), _) => format!("revoked ({by})"),
+                    (None, None) => "waiting for approval".into(),
+                    (None, Some(_)) if on_list => "active".into(),
+                    (None, Some(_)) => "NOT ON THE SIGNED LIST".into(),
+                };
+                DeviceEntry {
+                    this_device: r.device_id == self.device_id,
+                    fingerprint: fingerprint(&r.signature_key),
+                    device_id: r.device_id,
+                    name: r.name,
+                    on_signed_list: on_list,
+                    state,
+                }
+            })
+            .collect())
+    }
+
+    /// Looks up a link request by the code the new device shows, and checks
+    /// that the code really belongs to the key the server presents.
+    pub fn link_request(&mut self, code: &str) -> Result<api::LinkInfo> {
+        self.sign_in()?;
+        let code = api::normalise_link_code(code)
+            .ok_or_else(|| ClientError::Invalid("a link code has 12 letters and digits, like K7QM-3XPA-9D2F".into()))?;
+        let info: api::LinkInfo = self.api.get(&format!("/v1/link/{code}"))?;
+        if api::link_code(&info.signature_key, &info.nonce) != code {
+            return Err(ClientError::Security(
+                "the server presented a device whose key does not match the code: refusing (report this to your security team)".into(),
+            ));
+        }
+        if info.status != "pending" {
+            return Err(ClientError::Invalid(format!("this link request is {}; start again on the new device", info.status)));
+        }
+        Ok(info)
+    }
+
+    /// Approves a link: signs the new device list, hands the account key to
+    /// the new device over MLS, and adds it to every conversation.
+    pub fn approve(&mut self, info: &api::LinkInfo) -> Result<u32> {
+        let me = self.address.clone();
+        let mut devices = self.trusted_list(&me)?.devices;
+        devices.push(ListedDevice {
+            device_id: info.device_id.clone(),
+            signature_key: info.signature_key.clone(),
+            name: info.device_name.clone(),
+            added_at: now(),
+            added_from: Some(info.source.clone()),
+        });
+        self.publish_list(devices, "linked")?;
+        // The account key travels inside a conversation of our own with the new device.
+        let key = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
+        let grant = pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::AccountKey {
+            secret: key.secret().to_vec(),
+        });
+        self.send_system(&[me.clone()], &[info.device_id.clone()], grant)?;
+        self.local.notice(
+            &format!("New device '{}' was added", info.device_name),
+            &format!(
+                "You approved the device '{}' ({}) from {} at {}.",
+                info.device_name,
+                info.device_id,
+                info.source,
+                crate::format_time(now())
+            ),
+        )?;
+        self.reconcile_all()
+    }
+
+    pub fn deny(&mut self, code: &str) -> Result<api::LinkInfo> {
+        let info = self.link_request(code)?;
+        let denied: api::LinkInfo = self.api.post(&format!("/v1/link/{}/deny", info.code), &serde_json::json!({}))?;
+        Ok(denied)
+    }
+
+    /// Revokes a device of this account: a new signed list without it, and
+    /// MLS commits removing it from every conversation.
+    pub fn revoke(&mut self, device_id: &DeviceId) -> Result<u32> {
+        self.sign_in()?;
+        if device_id == &self.device_id {
+            return Err(ClientError::Invalid("a device cannot revoke itself; revoke it from another device of the account".into()));
+        }
+        let me = self.address.clone();
+        let current = self.trusted_list(&me)?;
+        if !current.devices.iter().any(|d| &d.device_id == device_id) {
+            return Err(ClientError::Invalid(format!("{device_id} is not on this account's device list; see 'pouch device list'")));
+        }
+        let remaining = current.devices.into_iter().filter(|d| &d.device_id != device_id).collect();
+        self.publish_list(remaining, "revoked")?;
+        self.reconcile_all()
+    }
+
+    /// Compares what the server has registered for this account with the
+    /// signed list, and what the list says with what this device last saw.
+    /// Returns alerts; also writes inbox notices for every change.
+    pub(crate) fn audit_own_account(&mut self) -> Result<Vec<String>> {
+        let me = self.address.clone();
+        if self.local.account_key()?.is_none() {
+            return Ok(Vec::new());
+        }
+        let list = self.trusted_list(&me)?;
+        let mut alerts = Vec::new();
+        let registered: Vec<api::RegisteredDevice> = self.api.get("/v1/devices")?;
+        for r in &registered {
+            let active = r.approved_at.is_some() && r.revoked_at.is_none();
+            if active && !list.lists(&r.device_id, &r.signature_key) {
+                let text = format!(
+                    "The server has an active device '{}' ({}) for your account that your devices never signed for. \
+                     Nothing is encrypted to it. Report this to your security team.",
+                    r.name, r.device_id
+                );
+                if self.first_time(&format!("rogue:{}", r.device_id))? {
+                    self.local.notice("ALERT: unknown device on your account", &text)?;
+                }
+                alerts.push(text);
+            }
+            if r.revoked_by.as_deref() == Some("denied") && self.first_time(&format!("denied:{}", r.device_id))? {
+                self.local.notice(
+                    &format!("A request to add device '{}' was denied", r.name),
+                    &format!("A link request for a device named '{}' ({}) was denied at {}.", r.name, r.device_id, crate::format_time(r.revoked_at.unwrap_or_default())),
+                )?;
+            }
+        }
+        // Changes to the signed list since this device last looked.
+        let seen: u64 = self.local.meta("own_list_version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if list.version > seen {
+            let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{me}"))?;
+            let mut previous: Option<DeviceListBody> = None;
+            for body in history.lists.iter().filter_map(|l| l.body_unverified().ok()) {
+                if body.version > seen && seen > 0 {
+                    if let Some(prev) = &previous {
+                        for added in body.devices.iter().filter(|d| !prev.devices.iter().any(|p| p.device_id == d.device_id)) {
+                            if added.device_id != self.device_id {
+                                self.local.notice(
+                                    &format!("New device '{}' was added", added.name),
+                                    &format!(
+                                        "New device '{}' was added from {} at {}. If this wasn't you: pouch device revoke {}",
+                                        added.name,
+                                        added.added_from.as_deref().unwrap_or("an unknown address"),
+                                        crate::format_time(added.added_at),
+                                        added.device_id
+                                    ),
+                                )?;
+                            }
+                        }
+                        for gone in prev.devices.iter().filter(|p| !body.devices.iter().any(|d| d.device_id == p.device_id)) {
+                            self.local.notice(
+                                &format!("Device '{}' was revoked", gone.name),
+                                &format!("The device '{}' ({}) was removed from your account at {}.", gone.name, gone.device_id, crate::format_time(body.issued_at)),
+                            )?;
+                        }
+                    }
+                }
+                previous = Some(body);
+            }
+            self.local.set_meta("own_list_version", &list.version.to_string())?;
+        }
+        // A device the administrator revoked is still on the signed list: take it off.
+        let admin_revoked: Vec<DeviceId> = registered
+            .iter()
+            .filter(|r| r.revoked_by.as_deref() == Some("admin") && list.devices.iter().any(|d| d.device_id == r.device_id))
+            .map(|r| r.device_id.clone())
+            .collect();
+        if !admin_revoked.is_empty() {
+            for id in &admin_revoked {
+                self.local.notice(
+                    "Your administrator revoked a device",
+                    &format!("The administrator revoked device {id}. It is being removed from your conversations."),
+                )?;
+            }
+            let remaining = list.devices.into_iter().filter(|d| !admin_revoked.contains(&d.device_id)).collect();
+            self.publish_list(remaining, "revoked")?;
+            self.reconcile_all()?;
+        }
+        Ok(alerts)
+    }
+
+    fn first_time(&self, key: &str) -> Result<bool> {
+        let k = format!("seen:{key}");
+        if self.local.meta(&k)?.is_some() {
+            return Ok(false);
+        }
+        self.local.set_meta(&k, "1")?;
+        Ok(true)
+    }
+}

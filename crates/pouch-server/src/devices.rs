@@ -1,0 +1,333 @@
+//! Device lists, linking and revocation on the server side.
+//!
+//! The server keeps and serves each account's signed device lists, and it
+//! refuses a list that does not continue the chain (next version, previous
+//! hash, same account key, valid signature) — but its checks are only a
+//! convenience: every client verifies the lists itself, so a server that
+//! skipped them would be caught. What the server alone decides is who may
+//! *talk* to it: a device is active only once a validly signed list names it,
+//! or an invite enrolled it as an account's first device.
+
+use crate::api::{Admin, AuthDevice, issue_invite};
+use crate::{AppState, error::ApiError, now, sha256};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pouch_proto::api::*;
+use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
+use pouch_proto::{Address, DeviceId};
+use pouch_store::{NewDevice, NewLinkRequest, StoredList};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+/// How long a new device waits for approval.
+pub const LINK_TTL_SECS: i64 = 600;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/device-lists/{address}", get(device_lists))
+        .route("/v1/device-lists", post(publish))
+        .route("/v1/devices", get(own_devices))
+        .route("/v1/link", post(create_link))
+        .route("/v1/link/status", post(link_status))
+        .route("/v1/link/{code}", get(link_info))
+        .route("/v1/link/{code}/deny", post(deny_link))
+        .route("/v1/admin/users/{address}/reset", post(admin_reset))
+        .route("/v1/admin/devices/{address}/{device}/revoke", post(admin_revoke))
+}
+
+fn bad_list(msg: &str) -> ApiError {
+    ApiError::bad_request(format!("device list refused: {msg}"))
+}
+
+fn verify(list: &SignedDeviceList, address: &Address) -> Result<DeviceListBody, ApiError> {
+    let body = list.verify().map_err(|e| bad_list(&e.to_string()))?;
+    if &body.address != address {
+        return Err(bad_list("it is for another address"));
+    }
+    Ok(body)
+}
+
+/// The list an invite enrollment brings: the account's first, or the first
+/// after an administrator reset, naming only the enrolling device.
+pub(crate) async fn check_first_list(
+    s: &AppState,
+    address: &Address,
+    device_id: &DeviceId,
+    signature_key: &[u8],
+    list: &SignedDeviceList,
+) -> Result<StoredList, ApiError> {
+    if device_id.0.len() != 32 || !device_id.0.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("the device id must be 16 random bytes in hex"));
+    }
+    let body = verify(list, address)?;
+    if body.devices.len() != 1 || !body.lists(device_id, signature_key) {
+        return Err(bad_list("it must list exactly the enrolling device"));
+    }
+    let latest = s.store.latest_device_list(address).await?;
+    match latest {
+        None if body.version == 1 && body.previous.is_none() => {}
+        None => return Err(bad_list("an account's first list is version 1")),
+        Some(prev) => {
+            // Only after a reset may an invite start a new account key. Otherwise
+            // the store refuses the taken version, after checking the invite
+            // itself, so a reused invite is reported as such.
+            let active = s.store.devices_of(address).await?.iter().any(|d| d.is_active());
+            if active || s.store.reset_at(address).await?.is_none() {
+                return Ok(StoredList { version: body.version, body: list.body.clone(), signature: list.signature.clone() });
+            }
+            let prev_hash = pouch_proto::sha256_hex(&prev.body);
+            if body.version != prev.version + 1 || body.previous.as_deref() != Some(prev_hash.as_str()) {
+                return Err(bad_list("after a reset the list must continue the account's chain"));
+            }
+        }
+    }
+    Ok(StoredList { version: body.version, body: list.body.clone(), signature: list.signature.clone() })
+}
+
+async fn device_lists(State(s): St, Path(address): Path<String>) -> Result<Json<DeviceListHistory>, ApiError> {
+    let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !s.store.user_exists(&address).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownRecipient,
+            format!("{address} is not a Pouch user on this server; check the address"),
+        ));
+    }
+    let lists = s
+        .store
+        .device_list_history(&address)
+        .await?
+        .into_iter()
+        .map(|l| SignedDeviceList { body: l.body, signature: l.signature })
+        .collect();
+    Ok(Json(DeviceListHistory { address, lists }))
+}
+
+async fn caller(s: &AppState, d: &DeviceId) -> Result<pouch_store::Device, ApiError> {
+    s.store.device(d).await?.ok_or_else(|| ApiError::unauthorized("unknown device"))
+}
+
+async fn own_devices(State(s): St, AuthDevice(d): AuthDevice) -> Result<Json<Vec<RegisteredDevice>>, ApiError> {
+    let me = caller(&s, &d).await?;
+    let devices = s
+        .store
+        .devices_of(&me.address)
+        .await?
+        .into_iter()
+        .map(|d| RegisteredDevice {
+            device_id: d.device_id,
+            name: d.name,
+            signature_key: d.signature_key,
+            created_at: d.created_at,
+            approved_at: d.approved_at,
+            revoked_at: d.revoked_at,
+            revoked_by: d.revoked_by,
+        })
+        .collect();
+    Ok(Json(devices))
+}
+
+/// A new version of the caller's own device list: approves listed pending
+/// devices and revokes active ones it leaves out.
+async fn publish(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<PublishDeviceList>) -> Result<StatusCode, ApiError> {
+    let me = caller(&s, &d).await?;
+    let body = verify(&req.list, &me.address)?;
+    let prev = s.store.latest_device_list(&me.address).await?.ok_or_else(|| bad_list("the account has no list yet"))?;
+    let prev_body = SignedDeviceList { body: prev.body.clone(), signature: prev.signature.clone() }
+        .body_unverified()
+        .map_err(|_| ApiError::bad_request("the stored device list is damaged"))?;
+    if body.version != prev.version + 1 || body.previous.as_deref() != Some(pouch_proto::sha256_hex(&prev.body).as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!("the device list moved on to version {}; sync and retry", prev.version),
+        ));
+    }
+    if body.account_key != prev_body.account_key {
+        return Err(bad_list("it is signed by a different account key"));
+    }
+    if !prev_body.lists(&me.device_id, &me.signature_key) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this device is not on its account's device list"));
+    }
+    let now = now();
+    let registered = s.store.devices_of(&me.address).await?;
+    let mut activate = Vec::new();
+    let mut pending_codes = Vec::new();
+    for listed in &body.devices {
+        let known = registered
+            .iter()
+            .find(|r| r.device_id == listed.device_id && r.signature_key == listed.signature_key)
+            .ok_or_else(|| bad_list("it names a device the server does not know"))?;
+        if known.revoked_at.is_some() {
+            return Err(bad_list("it names a revoked device"));
+        }
+        if known.approved_at.is_none() {
+            activate.push(known.device_id.clone());
+        }
+    }
+    for id in &activate {
+        match pending_link_of(&s, id).await? {
+            Some(req) if req.expires_at > now => pending_codes.push(req.code),
+            _ => return Err(bad_list("a device it adds has no pending link request (expired or refused?)")),
+        }
+    }
+    let revoke: Vec<DeviceId> = registered
+        .iter()
+        .filter(|r| r.is_active() && !body.devices.iter().any(|l| l.device_id == r.device_id))
+        .map(|r| r.device_id.clone())
+        .collect();
+    let stored = StoredList { version: body.version, body: req.list.body, signature: req.list.signature };
+    s.store.publish_device_list(&me.address, &stored, &activate, &revoke, now).await.map_err(|e| match e {
+        pouch_store::StoreError::Conflict => {
+            ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "the device list moved on; sync and retry")
+        }
+        other => other.into(),
+    })?;
+    for code in pending_codes {
+        s.store.finish_link_request(&code, "approved", now).await?;
+    }
+    tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pending_link_of(s: &AppState, device: &DeviceId) -> Result<Option<pouch_store::LinkRequest>, ApiError> {
+    Ok(s.store.link_request_for_device(device).await?.filter(|r| r.status == "pending"))
+}
+
+async fn create_link(
+    State(s): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<LinkRequestBody>,
+) -> Result<Json<LinkCreated>, ApiError> {
+    if ed25519_dalek::VerifyingKey::try_from(req.signature_key.as_slice()).is_err() {
+        return Err(ApiError::bad_request("the device key is not an Ed25519 public key"));
+    }
+    if req.device_id.0.len() != 32 || !req.device_id.0.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("the device id must be 16 random bytes in hex"));
+    }
+    if req.nonce.len() < 16 || req.poll_secret.len() < 16 {
+        return Err(ApiError::bad_request("nonce and poll secret must be at least 16 random bytes"));
+    }
+    let name = req.device_name.trim();
+    if name.is_empty() || name.len() > 100 || req.key_packages.is_empty() || req.key_packages.len() > 500 {
+        return Err(ApiError::bad_request("give a device name (1 to 100 characters) and 1 to 500 key packages"));
+    }
+    if s.store.latest_device_list(&req.address).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("{} has no device yet to approve this one; enroll the first device with an invite", req.address),
+        ));
+    }
+    let code = link_code(&req.signature_key, &req.nonce);
+    let now = now();
+    let expires_at = now + LINK_TTL_SECS;
+    s.store
+        .create_link_request(
+            NewLinkRequest {
+                code: code.clone(),
+                poll_hash: sha256(&req.poll_secret).to_vec(),
+                nonce: req.nonce,
+                source: peer.ip().to_string(),
+                expires_at,
+                device: NewDevice {
+                    device_id: req.device_id,
+                    address: req.address.clone(),
+                    name: name.to_string(),
+                    signature_key: req.signature_key,
+                    key_packages: req.key_packages,
+                    last_resort: req.last_resort_key_package,
+                    device_list: None,
+                },
+            },
+            now,
+        )
+        .await?;
+    tracing::info!(address = %req.address, %peer, "link request created");
+    Ok(Json(LinkCreated { code, expires_at }))
+}
+
+/// Expires a pending request past its time; returns the request as it now stands.
+async fn settle(s: &AppState, mut r: pouch_store::LinkRequest) -> Result<pouch_store::LinkRequest, ApiError> {
+    if r.status == "pending" && r.expires_at <= now() && s.store.finish_link_request(&r.code, "expired", now()).await? {
+        r.status = "expired".into();
+        tracing::warn!(address = %r.device.address, "link request expired unapproved");
+    }
+    Ok(r)
+}
+
+async fn link_status(State(s): St, Json(req): Json<LinkPoll>) -> Result<Json<LinkInfo>, ApiError> {
+    let r = s
+        .store
+        .link_request_by_poll(&sha256(&req.poll_secret))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such link request"))?;
+    Ok(Json(info(settle(&s, r).await?)))
+}
+
+fn info(r: pouch_store::LinkRequest) -> LinkInfo {
+    LinkInfo {
+        code: r.code,
+        address: r.device.address,
+        device_id: r.device.device_id,
+        device_name: r.device.name,
+        signature_key: r.device.signature_key,
+        nonce: r.nonce,
+        source: r.source,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        status: r.status,
+    }
+}
+
+async fn own_link(s: &AppState, d: &DeviceId, code: &str) -> Result<pouch_store::LinkRequest, ApiError> {
+    let me = caller(s, d).await?;
+    let code = normalise_link_code(code).ok_or_else(|| ApiError::bad_request("a link code has 12 letters and digits, like K7QM-3XPA-9D2F"))?;
+    match s.store.link_request(&code).await? {
+        // Another account's request is as good as absent.
+        Some(r) if r.device.address == me.address => settle(s, r).await,
+        _ => Err(ApiError::not_found("no link request with that code for this account; check the code on the new device")),
+    }
+}
+
+async fn link_info(State(s): St, AuthDevice(d): AuthDevice, Path(code): Path<String>) -> Result<Json<LinkInfo>, ApiError> {
+    Ok(Json(info(own_link(&s, &d, &code).await?)))
+}
+
+async fn deny_link(State(s): St, AuthDevice(d): AuthDevice, Path(code): Path<String>) -> Result<Json<LinkInfo>, ApiError> {
+    let r = own_link(&s, &d, &code).await?;
+    if !s.store.finish_link_request(&r.code, "denied", now()).await? {
+        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, format!("the request is already {}", r.status)));
+    }
+    tracing::warn!(address = %r.device.address, by = %d, "link request denied");
+    let r = s.store.link_request(&r.code).await?.ok_or_else(|| ApiError::not_found("no such link request"))?;
+    Ok(Json(info(r)))
+}
+
+async fn admin_reset(State(s): St, _: Admin, Path(address): Path<String>) -> Result<Json<AddUserResponse>, ApiError> {
+    let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    s.store.reset_user(&address, now()).await.map_err(|e| match e {
+        pouch_store::StoreError::NotFound => ApiError::not_found(format!("no user {address}")),
+        other => other.into(),
+    })?;
+    tracing::warn!(%address, "ADMIN reset the account: every device revoked");
+    Ok(Json(issue_invite(&s, address, None).await?))
+}
+
+async fn admin_revoke(State(s): St, _: Admin, Path((address, device)): Path<(String, String)>) -> Result<Json<AdminActionDone>, ApiError> {
+    let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let device = DeviceId(device);
+    match s.store.device(&device).await? {
+        Some(d) if d.address == address => {}
+        _ => return Err(ApiError::not_found(format!("{address} has no device {device}"))),
+    }
+    if !s.store.revoke_device(&device, "admin", now()).await? {
+        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "that device is already revoked"));
+    }
+    tracing::warn!(%address, %device, "ADMIN revoked a device");
+    Ok(Json(AdminActionDone { address, detail: format!("device {device} revoked by the administrator") }))
+}
