@@ -113,6 +113,8 @@ pub struct SyncReport {
     /// Items that could not be opened or failed a check: (server seq, reason).
     pub rejected: Vec<(u64, String)>,
     pub key_packages_uploaded: u32,
+    /// Conversations in which this device made a rotation (self-update) commit.
+    pub rotated: u32,
     /// Security alerts about this account (e.g. a device the account never approved).
     pub alerts: Vec<String>,
 }
@@ -263,16 +265,18 @@ impl Device {
     /// `Ok(true)` once approved and the account key has arrived.
     pub fn link_wait(home: &Path, passphrase: &str, timeout: std::time::Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
+        let (api, secret) = {
             let local = LocalStore::open(home, passphrase)?;
             let api = Api::new(&local.require_meta("server")?, &local.require_meta("fingerprint")?)?;
             let secret = hex::decode(local.require_meta("link_poll_secret")?).map_err(|_| ClientError::Local("damaged link state".into()))?;
-            let info: api::LinkInfo = api.post_json("/v1/link/status", &api::LinkPoll { poll_secret: secret })?;
+            (api, secret)
+        };
+        let status = loop {
+            let info: api::LinkInfo = api.post_json("/v1/link/status", &api::LinkPoll { poll_secret: secret.clone() })?;
             if info.status != "pending" || std::time::Instant::now() >= deadline {
                 break info.status;
             }
-            drop(local);
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::thread::sleep(std::time::Duration::from_millis(300));
         };
         match status.as_str() {
             "approved" => {
@@ -288,12 +292,15 @@ impl Device {
                 }
                 Err(ClientError::Protocol("approved, but the account key did not arrive; run 'pouch sync' later".into()))
             }
-            "pending" => Err(ClientError::Invalid("no device approved this one in time; start 'pouch link' again".into())),
             other => {
                 if let Ok(local) = LocalStore::open(home, passphrase) {
                     Self::discard(local, home);
                 }
-                Err(ClientError::Invalid(format!("the link request was {other}; this device was not added")))
+                Err(ClientError::Invalid(if other == "pending" {
+                    "no device approved this one in time; start 'pouch link' again".to_string()
+                } else {
+                    format!("the link request was {other}; this device was not added")
+                }))
             }
         }
     }
@@ -542,7 +549,7 @@ impl Device {
             Ok(_) => {
                 pouch_mls::merge_pending(&self.local.provider, &mut group)?;
                 self.local.conn.execute(
-                    "INSERT OR IGNORE INTO conversations (group_id, created_at, kind) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO conversations (group_id, created_at, kind, last_update) VALUES (?1, ?2, ?3, ?2)",
                     params![gid.0, now(), kind],
                 )?;
                 Ok(group)
@@ -562,12 +569,44 @@ impl Device {
             &api::CommitRequest { base_epoch, commit: Some(out.commit), welcome: out.welcome, added, removed },
         );
         match submitted {
-            Ok(_) => Ok(pouch_mls::merge_pending(&self.local.provider, group)?),
+            Ok(_) => {
+                pouch_mls::merge_pending(&self.local.provider, group)?;
+                // Every commit of ours carries a fresh leaf key: it counts as a rotation.
+                self.local.conn.execute("UPDATE conversations SET last_update = ?1 WHERE group_id = ?2", params![now(), gid.0])?;
+                Ok(())
+            }
             Err(e) => {
                 pouch_mls::discard_pending(&self.local.provider, group)?;
                 Err(e)
             }
         }
+    }
+
+    /// Enforced rotation: a self-update in every conversation whose key
+    /// material from this device is older than the server's window, so a
+    /// copy of this device's state taken before goes dark.
+    fn rotate(&mut self) -> Result<u32> {
+        let info: api::ServerInfo = self.api.get_json("/v1/info")?;
+        let due_before = now() - info.rotation_secs as i64;
+        let due: Vec<String> = {
+            let mut stmt = self.local.conn.prepare("SELECT group_id FROM conversations WHERE kind = 'mail' AND last_update <= ?1")?;
+            let rows = stmt.query_map([due_before], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut rotated = 0;
+        for g in due {
+            let gid = GroupId(g);
+            let mut group = self.load_group(&gid)?;
+            let base = pouch_mls::epoch(&group);
+            let out = pouch_mls::self_update(&self.local.provider, &self.signer, &mut group)?;
+            match self.submit(&mut group, base, out, vec![], vec![]) {
+                Ok(()) => rotated += 1,
+                // Someone else committed first; the next sync rotates.
+                Err(e) if e.is_stale_epoch() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(rotated)
     }
 
     /// Brings a conversation's membership in line with the signed device
@@ -701,6 +740,7 @@ impl Device {
             self.api.post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }
         report.key_packages_uploaded = self.top_up_key_packages()?;
+        report.rotated = self.rotate()?;
         report.alerts = self.audit_own_account()?;
         report.alerts.append(&mut self.warnings);
         Ok(report)
@@ -897,7 +937,10 @@ fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
         QueueKind::Welcome => {
             let group = pouch_mls::join(&l.provider, &item.payload)?;
             let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
-            l.conn.execute("INSERT OR IGNORE INTO conversations (group_id, created_at) VALUES (?1, ?2)", params![gid.0, now()])?;
+            l.conn.execute(
+                "INSERT OR IGNORE INTO conversations (group_id, created_at, last_update) VALUES (?1, ?2, ?2)",
+                params![gid.0, now()],
+            )?;
             Ok(Step::Joined)
         }
         QueueKind::Commit => {

@@ -95,7 +95,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     group_id TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL,
     -- 'mail', or 'system' for a channel between the account's own devices.
-    kind TEXT NOT NULL DEFAULT 'mail'
+    kind TEXT NOT NULL DEFAULT 'mail',
+    -- When this device last put fresh key material into the group.
+    last_update INTEGER NOT NULL DEFAULT 0
 );
 -- Every device key seen on any version of any device list, to name removed members.
 CREATE TABLE IF NOT EXISTS device_keys (

@@ -13,6 +13,23 @@ pub struct ServerInfo {
     /// The MLS ciphersuite every client of this server must use.
     pub ciphersuite: u16,
     pub version: String,
+    /// Every device must put fresh key material into each conversation it is
+    /// active in at least this often (post-compromise security).
+    #[serde(default = "default_rotation")]
+    pub rotation_secs: u64,
+}
+
+fn default_rotation() -> u64 {
+    24 * 3600
+}
+
+/// `GET /v1/admin/devices/stale`: devices past the rotation window, per conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StaleDevice {
+    pub address: Address,
+    pub device_id: DeviceId,
+    pub group_id: GroupId,
+    pub last_update: i64,
 }
 
 /// Every error the server returns has this body, with an HTTP status to match.

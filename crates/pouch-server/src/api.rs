@@ -83,7 +83,12 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 }
 
 async fn info(State(s): St) -> Json<ServerInfo> {
-    Json(ServerInfo { domain: s.domain.clone(), ciphersuite: s.ciphersuite, version: env!("CARGO_PKG_VERSION").into() })
+    Json(ServerInfo {
+        domain: s.domain.clone(),
+        ciphersuite: s.ciphersuite,
+        version: env!("CARGO_PKG_VERSION").into(),
+        rotation_secs: s.rotation_secs,
+    })
 }
 
 async fn add_user(State(s): St, _: Admin, Json(req): Json<AddUserRequest>) -> ApiResult<AddUserResponse> {

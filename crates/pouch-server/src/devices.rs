@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
 
-/// How long a new device waits for approval.
-pub const LINK_TTL_SECS: i64 = 600;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -37,6 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/link/{code}/deny", post(deny_link))
         .route("/v1/admin/users/{address}/reset", post(admin_reset))
         .route("/v1/admin/devices/{address}/{device}/revoke", post(admin_revoke))
+        .route("/v1/admin/devices/stale", get(admin_stale))
 }
 
 fn bad_list(msg: &str) -> ApiError {
@@ -225,7 +224,7 @@ async fn create_link(
     }
     let code = link_code(&req.signature_key, &req.nonce);
     let now = now();
-    let expires_at = now + LINK_TTL_SECS;
+    let expires_at = now + s.link_ttl_secs as i64;
     s.store
         .create_link_request(
             NewLinkRequest {
@@ -330,4 +329,16 @@ async fn admin_revoke(State(s): St, _: Admin, Path((address, device)): Path<(Str
     }
     tracing::warn!(%address, %device, "ADMIN revoked a device");
     Ok(Json(AdminActionDone { address, detail: format!("device {device} revoked by the administrator") }))
+}
+
+async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, ApiError> {
+    let older_than = now() - s.rotation_secs as i64;
+    let stale = s
+        .store
+        .stale_members(older_than)
+        .await?
+        .into_iter()
+        .map(|m| StaleDevice { address: m.address, device_id: m.device_id, group_id: m.group_id, last_update: m.updated_at })
+        .collect();
+    Ok(Json(stale))
 }

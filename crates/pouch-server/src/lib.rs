@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Used only when the database has no ciphersuite yet.
     pub ciphersuite: u16,
+    /// The enforced key-rotation window.
+    pub rotation_secs: u64,
+    /// How long a link request waits for approval.
+    pub link_ttl_secs: u64,
 }
 
 /// Shared state of the request handlers.
@@ -45,6 +49,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub domain: String,
     pub ciphersuite: u16,
+    pub rotation_secs: u64,
+    pub link_ttl_secs: u64,
     admin_token_sha256: [u8; 32],
 }
 
@@ -146,7 +152,14 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| StartError::Config("the stored admin token hash is damaged".into()))?;
 
-    let state = Arc::new(AppState { store, domain, ciphersuite: suite, admin_token_sha256 });
+    let state = Arc::new(AppState {
+        store,
+        domain,
+        ciphersuite: suite,
+        rotation_secs: config.rotation_secs.max(1),
+        link_ttl_secs: config.link_ttl_secs.max(1),
+        admin_token_sha256,
+    });
     Ok(Prepared { state, tls, fingerprint, admin_token_created, admin_token_path })
 }
 

@@ -34,6 +34,7 @@ pub struct SqlStore {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, include_str!("../migrations/sqlite_0001_initial.sql"), include_str!("../migrations/postgres_0001_initial.sql")),
     (2, include_str!("../migrations/sqlite_0002_devices.sql"), include_str!("../migrations/postgres_0002_devices.sql")),
+    (3, include_str!("../migrations/sqlite_0003_rotation.sql"), include_str!("../migrations/postgres_0003_rotation.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

@@ -9,7 +9,7 @@ use pouch_proto::{
 };
 use pouch_store::{
     Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection, LinkRequest,
-    NewDevice, NewLinkRequest, Result, Store, StoreError, StoredList, UnixTime, rules,
+    NewDevice, NewLinkRequest, Result, StaleMember, Store, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -162,9 +162,10 @@ impl SqlStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-                sqlx::query("INSERT INTO group_members (group_id, device_id) VALUES ($1, $2)")
+                sqlx::query("INSERT INTO group_members (group_id, device_id, updated_at) VALUES ($1, $2, $3)")
                     .bind(&s.group_id.0)
                     .bind(&s.sender.0)
+                    .bind(s.now)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
@@ -192,6 +193,14 @@ impl SqlStore {
             }
         };
         let new_epoch = s.base_epoch + 1;
+        // A commit carries fresh key material for its sender (an update path).
+        sqlx::query("UPDATE group_members SET updated_at = $1 WHERE group_id = $2 AND device_id = $3")
+            .bind(s.now)
+            .bind(&s.group_id.0)
+            .bind(&s.sender.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         for removed in &s.removed {
             sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = $2")
                 .bind(&s.group_id.0)
@@ -205,10 +214,11 @@ impl SqlStore {
                 return Err(GroupRejection::UnknownDevice.into());
             }
             sqlx::query(
-                "INSERT INTO group_members (group_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "INSERT INTO group_members (group_id, device_id, updated_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             )
             .bind(&s.group_id.0)
             .bind(&added.0)
+            .bind(s.now)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -514,6 +524,28 @@ impl Store for SqlStore {
             .await
             .map_err(backend)?;
         Ok(row.and_then(|(r,)| r))
+    }
+
+    async fn stale_members(&self, older_than: UnixTime) -> Result<Vec<StaleMember>> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT d.address, m.device_id, m.group_id, m.updated_at FROM group_members m \
+             JOIN devices d ON d.device_id = m.device_id \
+             WHERE m.updated_at <= $1 AND d.revoked_at IS NULL ORDER BY d.address, m.device_id, m.group_id",
+        )
+        .bind(older_than)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(a, d, g, at)| {
+                Ok(StaleMember {
+                    address: Address::parse(&a).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    device_id: DeviceId(d),
+                    group_id: GroupId(g),
+                    updated_at: at,
+                })
+            })
+            .collect()
     }
 
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {

@@ -136,6 +136,11 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(qa.iter().map(|i| i.payload.as_slice()).collect::<Vec<_>>(), vec![&b"m2"[..], b"c-b"]);
     assert_eq!(qa[1].epoch, 1);
 
+    // Rotation bookkeeping: Bob committed at `now`; nobody is stale before it, both at or after.
+    assert!(store.stale_members(now - 1).await.unwrap().is_empty());
+    let stale = store.stale_members(now).await.unwrap();
+    assert_eq!(stale.len(), 2, "{stale:?}");
+
     // Acknowledgement removes exactly what was acknowledged.
     assert_eq!(store.ack_queue(&b1_id, q[0].seq).await.unwrap(), 1);
     let rest = store.fetch_queue(&b1_id, 0, 100).await.unwrap();

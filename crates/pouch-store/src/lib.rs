@@ -63,6 +63,15 @@ pub struct StoredList {
     pub signature: Vec<u8>,
 }
 
+/// A device that has not refreshed its key material in a group in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleMember {
+    pub address: Address,
+    pub device_id: DeviceId,
+    pub group_id: GroupId,
+    pub updated_at: UnixTime,
+}
+
 /// A device waiting for an existing device's approval.
 pub struct NewLinkRequest {
     pub code: String,
@@ -198,6 +207,9 @@ pub trait Store: Send + Sync + 'static {
     /// Administrator reset: revokes every device; the next enrollment may start a new account key.
     async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()>;
     async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>>;
+
+    /// Member devices (not revoked) whose last fresh key material in a group dates from `older_than` or before.
+    async fn stale_members(&self, older_than: UnixTime) -> Result<Vec<StaleMember>>;
 
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;

@@ -102,6 +102,8 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
             tls_cert: None,
             tls_key: None,
             ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
+            rotation_secs: 24 * 3600,
+            link_ttl_secs: 600,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let token = std::fs::read_to_string(&prepared.admin_token_path)?.trim().to_string();

@@ -143,6 +143,12 @@ struct ServerArgs {
     /// MLS ciphersuite for a new deployment (hex code point): 004D X-Wing, 004F ML-KEM768+X25519.
     #[arg(long, default_value = "004D")]
     ciphersuite: String,
+    /// Every device refreshes its keys in each conversation at least this often (hours).
+    #[arg(long, default_value_t = 24.0)]
+    rotation_hours: f64,
+    /// How long a new device's link request waits for approval (seconds).
+    #[arg(long, default_value_t = 600)]
+    link_ttl_secs: u64,
 }
 
 #[derive(Args)]
@@ -170,6 +176,13 @@ enum AdminCommand {
     Device {
         #[command(subcommand)]
         command: AdminDeviceCommand,
+    },
+    /// Devices past the key-rotation window.
+    Devices {
+        #[arg(long, required = true)]
+        stale: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -533,6 +546,8 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             tls_cert: args.tls_cert.clone(),
             tls_key: args.tls_key.clone(),
             ciphersuite: suite,
+            rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
+            link_ttl_secs: args.link_ttl_secs,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let listener = std::net::TcpListener::bind(&args.listen)
@@ -597,6 +612,18 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             let done: pouch_proto::api::AdminActionDone =
                 api.admin_post(&format!("/v1/admin/devices/{address}/{device_id}/revoke"), &token, &serde_json::json!({}))?;
             println!("{}: {}", done.address, done.detail);
+        }
+        AdminCommand::Devices { stale: _, json } => {
+            let stale: Vec<pouch_proto::api::StaleDevice> = api.admin_get("/v1/admin/devices/stale", &token)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stale)?);
+            } else if stale.is_empty() {
+                println!("no device is past the rotation window");
+            } else {
+                for d in stale {
+                    println!("{:<32} {} conversation {} last key update {}", d.address, d.device_id, d.group_id, format_date(d.last_update));
+                }
+            }
         }
         AdminCommand::User { command: UserCommand::List { json } } => {
             let users: Vec<pouch_proto::api::UserSummary> = api.admin_get("/v1/admin/users", &token)?;

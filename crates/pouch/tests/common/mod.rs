@@ -89,8 +89,12 @@ impl Server {
     }
 
     pub fn start_on(data_dir: &Path, database_url: Option<&str>, listen: &str) -> Self {
+        Self::start_with(data_dir, database_url, listen, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, database_url: Option<&str>, listen: &str, extra: &[&str]) -> Self {
         let mut cmd = pouch();
-        cmd.args(["server", "--listen", listen, "--data-dir"]).arg(data_dir);
+        cmd.args(["server", "--listen", listen, "--data-dir"]).arg(data_dir).args(extra);
         if let Some(db) = database_url {
             cmd.args(["--database-url", db]);
         }
@@ -141,6 +145,13 @@ impl Server {
         let out = self.admin(token_dir, &args);
         assert!(out.status.success(), "admin user add failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The server's SQLite database, opened beside the running server (an intruder's view).
+    pub fn db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.data_dir.join("pouch.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        db
     }
 
     pub fn stop(&mut self) {
