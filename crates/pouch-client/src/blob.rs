@@ -6,6 +6,11 @@
 //! STREAM construction). Memory use is one chunk, whatever the size.
 
 use crate::error::{ClientError, Result};
+use crate::net::Api;
+use pouch_proto::api;
+use pouch_proto::envelope::{BLOB_CHUNK_SIZE, BlobRef};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
@@ -40,6 +45,56 @@ impl ChunkCipher {
             .decrypt(&nonce(index, last), Payload { msg: ciphertext, aad: &self.blob_id })
             .map_err(|_| ClientError::Invalid(format!("attachment data was tampered with (chunk {index})")))
     }
+}
+
+/// Encrypts `size` bytes from `reader` under a fresh key and uploads them
+/// chunk by chunk; `progress(done, total)` after each chunk.
+pub fn upload(api: &Api, reader: &mut dyn Read, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<BlobRef> {
+    let created: api::BlobCreated = api.post("/v1/blobs", &serde_json::json!({}))?;
+    let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+    let cipher = ChunkCipher::new(key.as_ref(), &created.blob_id)?;
+    let chunks = size.div_ceil(BLOB_CHUNK_SIZE as u64).max(1) as u32;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BLOB_CHUNK_SIZE];
+    let mut total = 0u64;
+    for index in 0..chunks {
+        let want = (size - total).min(BLOB_CHUNK_SIZE as u64) as usize;
+        reader.read_exact(&mut buf[..want]).map_err(|e| ClientError::Io(format!("reading data to upload: {e}")))?;
+        hasher.update(&buf[..want]);
+        total += want as u64;
+        let sealed = cipher.seal(index, index + 1 == chunks, &buf[..want]);
+        api.put_bytes(&format!("/v1/blobs/{}/{index}", created.blob_id), sealed)?;
+        progress(total, size);
+    }
+    api.post_empty(&format!("/v1/blobs/{}/finish", created.blob_id), &api::BlobFinish { chunks, size })?;
+    Ok(BlobRef {
+        blob_id: created.blob_id,
+        key: key.to_vec(),
+        sha256: hex::encode(hasher.finalize()),
+        size,
+        chunk_size: BLOB_CHUNK_SIZE as u32,
+    })
+}
+
+/// Downloads, decrypts and verifies a blob into `out`, chunk by chunk.
+pub fn download(api: &Api, r: &BlobRef, out: &mut dyn Write, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    let cipher = ChunkCipher::new(&r.key, &r.blob_id)?;
+    let chunk = r.chunk_size.max(1) as u64;
+    let chunks = r.size.div_ceil(chunk).max(1) as u32;
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    for index in 0..chunks {
+        let sealed = api.get_bytes(&format!("/v1/blobs/{}/{index}", r.blob_id))?;
+        let plain = cipher.open(index, index + 1 == chunks, &sealed)?;
+        hasher.update(&plain);
+        total += plain.len() as u64;
+        out.write_all(&plain)?;
+        progress(total, r.size);
+    }
+    if total != r.size || hex::encode(hasher.finalize()) != r.sha256 {
+        return Err(ClientError::Invalid("transferred data does not match its hash".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

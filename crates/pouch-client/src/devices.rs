@@ -300,8 +300,9 @@ impl Device {
     }
 
     /// Approves a link: signs the new device list, hands the account key to
-    /// the new device over MLS, and adds it to every conversation.
-    pub fn approve(&mut self, info: &api::LinkInfo) -> Result<u32> {
+    /// the new device over MLS (and, `with_history`, this device's mail
+    /// store), and adds it to every conversation.
+    pub fn approve(&mut self, info: &api::LinkInfo, with_history: bool) -> Result<u32> {
         let me = self.address.clone();
         let mut devices = self.trusted_list(&me)?.devices;
         devices.push(ListedDevice {
@@ -314,10 +315,14 @@ impl Device {
         self.publish_list(devices, "linked")?;
         // The account key travels inside a conversation of our own with the new device.
         let key = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
-        let grant = pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::AccountKey {
+        let mut envelopes = vec![pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::AccountKey {
             secret: key.secret().to_vec(),
-        });
-        self.send_system(&[me.clone()], &[info.device_id.clone()], grant)?;
+        })];
+        if with_history {
+            let history = self.export_history()?;
+            envelopes.push(pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::History(history)));
+        }
+        self.send_system(&[me.clone()], &[info.device_id.clone()], envelopes)?;
         self.local.notice(
             &format!("New device '{}' was added", info.device_name),
             &format!(

@@ -9,6 +9,7 @@
 pub mod blob;
 pub mod devices;
 pub mod error;
+mod history;
 pub mod local;
 pub mod mail;
 pub mod net;
@@ -20,13 +21,12 @@ use mail::{Outgoing, Parsed};
 use net::Api;
 use pouch_mls::{Ciphersuite, DeviceSigner, MlsGroup, Opened};
 use pouch_proto::api::{self, QueueItem, QueueKind};
-use pouch_proto::envelope::{BLOB_CHUNK_SIZE, BlobRef, Content, Envelope, INLINE_LIMIT};
+use pouch_proto::envelope::{BlobRef, Content, Envelope, INLINE_LIMIT};
 use pouch_proto::invite::Invite;
 use pouch_proto::devices::{DeviceListBody, ListedDevice};
 use pouch_proto::{Address, DeviceId, GroupId};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -50,6 +50,17 @@ pub struct LinkPending {
 
 fn suite_code(info: &api::ServerInfo) -> u16 {
     info.ciphersuite
+}
+
+pub type ProgressHook = Option<Box<dyn FnMut(&str, u64, u64)>>;
+
+/// Adapts the device's progress hook (if any) to one transfer.
+fn progress_hook<'a>(hook: &'a mut ProgressHook, what: &'a str) -> impl FnMut(u64, u64) + 'a {
+    move |done, total| {
+        if let Some(p) = hook.as_mut() {
+            p(what, done, total);
+        }
+    }
 }
 
 /// RFC 3339 in UTC, for notices.
@@ -113,6 +124,8 @@ pub struct SyncReport {
     /// Items that could not be opened or failed a check: (server seq, reason).
     pub rejected: Vec<(u64, String)>,
     pub key_packages_uploaded: u32,
+    /// Messages imported from another device's history.
+    pub history_imported: u32,
     /// Conversations in which this device made a rotation (self-update) commit.
     pub rotated: u32,
     /// Security alerts about this account (e.g. a device the account never approved).
@@ -129,6 +142,7 @@ pub struct Device {
     signed_in: bool,
     /// Security findings to report with the current operation's result.
     warnings: Vec<String>,
+    progress: ProgressHook,
 }
 
 impl Device {
@@ -263,7 +277,7 @@ impl Device {
 
     /// Waits for the approval of a link started with [`Device::link_start`]:
     /// `Ok(true)` once approved and the account key has arrived.
-    pub fn link_wait(home: &Path, passphrase: &str, timeout: std::time::Duration) -> Result<bool> {
+    pub fn link_wait(home: &Path, passphrase: &str, timeout: std::time::Duration, progress: ProgressHook) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
         let (api, secret) = {
             let local = LocalStore::open(home, passphrase)?;
@@ -281,8 +295,10 @@ impl Device {
         match status.as_str() {
             "approved" => {
                 let mut device = Device::open(home, passphrase)?;
-                // The account key comes over MLS from the approving device.
-                for _ in 0..20 {
+                device.progress = progress;
+                // The account key (and any history) comes over MLS from the approving device.
+                let key_deadline = deadline.max(std::time::Instant::now() + std::time::Duration::from_secs(60));
+                while std::time::Instant::now() < key_deadline {
                     device.sync()?;
                     if device.local.account_key()?.is_some() {
                         device.local.set_meta("link_poll_secret", "")?;
@@ -315,7 +331,7 @@ impl Device {
         let suite = pouch_mls::ciphersuite(suite_code)?;
         let public = hex::decode(local.require_meta("signature_key")?).map_err(|_| ClientError::Local("damaged key id".into()))?;
         let signer = pouch_mls::load_device_signer(&local.provider, &public)?;
-        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false, warnings: Vec::new() })
+        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false, warnings: Vec::new(), progress: None })
     }
 
     pub fn address(&self) -> &Address {
@@ -450,51 +466,18 @@ impl Device {
     /// Encrypts and uploads `size` bytes from `reader` chunk by chunk.
     pub fn upload_blob(&mut self, reader: &mut dyn Read, size: u64) -> Result<BlobRef> {
         self.sign_in()?;
-        let created: api::BlobCreated = self.api.post("/v1/blobs", &serde_json::json!({}))?;
-        let key: [u8; 32] = rand::random();
-        let key = zeroize::Zeroizing::new(key);
-        let cipher = blob::ChunkCipher::new(key.as_ref(), &created.blob_id)?;
-        let chunks = (size.div_ceil(BLOB_CHUNK_SIZE as u64)).max(1) as u32;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; BLOB_CHUNK_SIZE];
-        let mut total = 0u64;
-        for index in 0..chunks {
-            let want = (size - total).min(BLOB_CHUNK_SIZE as u64) as usize;
-            reader.read_exact(&mut buf[..want]).map_err(|e| ClientError::Io(format!("reading attachment: {e}")))?;
-            hasher.update(&buf[..want]);
-            total += want as u64;
-            let sealed = cipher.seal(index, index + 1 == chunks, &buf[..want]);
-            self.api.put_bytes(&format!("/v1/blobs/{}/{index}", created.blob_id), sealed)?;
-        }
-        self.api.post_empty(&format!("/v1/blobs/{}/finish", created.blob_id), &api::BlobFinish { chunks, size })?;
-        Ok(BlobRef {
-            blob_id: created.blob_id,
-            key: key.to_vec(),
-            sha256: hex::encode(hasher.finalize()),
-            size,
-            chunk_size: BLOB_CHUNK_SIZE as u32,
-        })
+        blob::upload(&self.api, reader, size, &mut progress_hook(&mut self.progress, "upload"))
     }
 
     /// Downloads, decrypts and verifies a blob into `out`.
     pub fn download_blob(&mut self, r: &BlobRef, out: &mut dyn std::io::Write) -> Result<()> {
         self.sign_in()?;
-        let cipher = blob::ChunkCipher::new(&r.key, &r.blob_id)?;
-        let chunk = r.chunk_size.max(1) as u64;
-        let chunks = (r.size.div_ceil(chunk)).max(1) as u32;
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        for index in 0..chunks {
-            let sealed = self.api.get_bytes(&format!("/v1/blobs/{}/{index}", r.blob_id))?;
-            let plain = cipher.open(index, index + 1 == chunks, &sealed)?;
-            hasher.update(&plain);
-            total += plain.len() as u64;
-            out.write_all(&plain)?;
-        }
-        if total != r.size || hex::encode(hasher.finalize()) != r.sha256 {
-            return Err(ClientError::Invalid("attachment data does not match its hash".into()));
-        }
-        Ok(())
+        blob::download(&self.api, r, out, &mut progress_hook(&mut self.progress, "download"))
+    }
+
+    /// Reports long transfers (history, large mail) to whoever set a progress hook.
+    pub fn set_progress(&mut self, hook: Box<dyn FnMut(&str, u64, u64)>) {
+        self.progress = Some(hook);
     }
 
     /// Key packages for the devices on these accounts' signed device lists
@@ -705,12 +688,15 @@ impl Device {
 
     /// Starts a conversation with exactly these devices and sends one
     /// non-mail envelope (the account key for a newly linked device).
-    pub(crate) fn send_system(&mut self, addresses: &[Address], only: &[DeviceId], envelope: Envelope) -> Result<()> {
+    pub(crate) fn send_system(&mut self, addresses: &[Address], only: &[DeviceId], envelopes: Vec<Envelope>) -> Result<()> {
         let mut group = self.create_conversation(addresses, only, "system")?;
-        let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
-        let _: api::SendResponse =
-            self.api.post(&format!("/v1/groups/{gid}/messages"), &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed })?;
+        for envelope in envelopes {
+            let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
+            let _: api::SendResponse = self
+                .api
+                .post(&format!("/v1/groups/{gid}/messages"), &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed })?;
+        }
         Ok(())
     }
 
@@ -753,22 +739,24 @@ impl Device {
         let first = self.local.atomically_unless(
             |l| {
                 let step = open_item(l, item)?;
-                if !matches!(step, Step::NeedsBlob { .. }) {
+                if !matches!(step, Step::NeedsBlob { .. } | Step::NeedsHistory { .. }) {
                     l.set_meta("queue_cursor", &item.seq.to_string())?;
                 }
                 Ok(step)
             },
-            |step| matches!(step, Step::NeedsBlob { .. }),
+            |step| matches!(step, Step::NeedsBlob { .. } | Step::NeedsHistory { .. }),
         );
         let outcome = match first {
             Ok(Step::NeedsBlob { blob }) => self.receive_blob(item, &blob),
+            Ok(Step::NeedsHistory { blob }) => self.receive_history(item, &blob),
             other => other,
         };
         match outcome {
             Ok(Step::Joined) => report.joined_conversations += 1,
             Ok(Step::Committed) => report.commits += 1,
             Ok(Step::Stored(id)) => report.new_messages.push(id),
-            Ok(Step::Ignored) | Ok(Step::NeedsBlob { .. }) => {}
+            Ok(Step::Imported(n)) => report.history_imported += n,
+            Ok(Step::Ignored) | Ok(Step::NeedsBlob { .. }) | Ok(Step::NeedsHistory { .. }) => {}
             // The server or network failed: stop here; the item is retried next sync.
             Err(e @ (ClientError::Unreachable(..) | ClientError::Server { .. } | ClientError::Local(_) | ClientError::Io(_))) => {
                 return Err(e);
@@ -798,6 +786,30 @@ impl Device {
             self.local.remove_mail_file(&name);
         }
         stored
+    }
+
+    /// Imports a mail history in one transaction with the MLS message that
+    /// announced it: all of it is stored, or none of it.
+    fn receive_history(&mut self, item: &QueueItem, blob: &BlobRef) -> Result<Step> {
+        let (local, api) = (&self.local, &self.api);
+        let mut hook = progress_hook(&mut self.progress, "receiving history");
+        let result = local.atomically(|l| {
+            let mut importer = history::Importer::new(l);
+            blob::download(api, blob, &mut importer, &mut hook)?;
+            let imported = importer.finish()?;
+            finish_application(l, item, Some((Vec::new(), &Body::Inline(Vec::new()))))?;
+            l.set_meta("queue_cursor", &item.seq.to_string())?;
+            Ok(Step::Imported(imported))
+        });
+        if result.is_err() {
+            // Files of a rolled-back import are orphans: remove them.
+            let mut stmt = local.conn.prepare("SELECT raw_file FROM messages WHERE raw_file IS NOT NULL")?;
+            let kept: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            for f in local.orphan_mail_files(&kept)? {
+                local.remove_mail_file(&f);
+            }
+        }
+        result
     }
 
     fn reject(&mut self, item: &QueueItem, e: ClientError, report: &mut SyncReport) -> Result<()> {
@@ -930,6 +942,9 @@ enum Step {
     Stored(i64),
     Ignored,
     NeedsBlob { blob: BlobRef },
+    /// A mail history from another device of the account, to download and import.
+    NeedsHistory { blob: BlobRef },
+    Imported(u32),
 }
 
 fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
@@ -960,7 +975,7 @@ fn load(l: &LocalStore, g: &GroupId) -> Result<MlsGroup> {
 }
 
 /// A mail's bytes as stored locally.
-enum Body {
+pub(crate) enum Body {
     Inline(Vec<u8>),
     File(local::MailFile),
 }
@@ -988,6 +1003,15 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
             l.conn.execute("UPDATE conversations SET kind = 'system' WHERE group_id = ?1", [&item.group_id.0])?;
             return Ok(Step::Committed);
         }
+        Content::History(blob) => {
+            if sender.as_str() != own {
+                return Err(ClientError::Security(format!("{sender} tried to send this device a mail history")));
+            }
+            return Ok(match downloaded {
+                Some(_) => Step::Committed,
+                None => Step::NeedsHistory { blob },
+            });
+        }
         other => other,
     };
     let inline;
@@ -1001,8 +1025,7 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
         }
         (Content::Blob(_), Some((head, body))) => (head.as_slice(), *body),
         (Content::Blob(blob), None) => return Ok(Step::NeedsBlob { blob }),
-        (Content::History(_), _) => return Err(ClientError::Invalid("history transfer is not supported by this version".into())),
-        (Content::AccountKey { .. }, _) => return Err(ClientError::Invalid("an account key out of place".into())),
+        (Content::History(_) | Content::AccountKey { .. }, _) => unreachable!("handled above"),
     };
     let parsed = mail::parse(head)?;
     if parsed.from.as_ref() != Some(&sender) {
@@ -1021,7 +1044,7 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
     Ok(Step::Stored(store_message(l, &item.group_id, Some(item.seq), false, &parsed, body)?))
 }
 
-fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, body: &Body) -> Result<i64> {
+pub(crate) fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, body: &Body) -> Result<i64> {
     let (raw, file, key, size): (Option<&[u8]>, Option<&str>, Option<&[u8]>, u64) = match body {
         Body::Inline(raw) => (Some(raw), None, None, raw.len() as u64),
         Body::File(f) => (None, Some(&f.name), Some(&f.key), f.size),

@@ -346,6 +346,15 @@ impl LocalStore {
         })
     }
 
+    /// Mail files on disk that no stored message refers to.
+    pub fn orphan_mail_files(&self, kept: &[String]) -> Result<Vec<String>> {
+        let Ok(entries) = std::fs::read_dir(self.mail_dir()) else { return Ok(Vec::new()) };
+        Ok(entries
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| !kept.contains(n))
+            .collect())
+    }
+
     pub fn remove_mail_file(&self, name: &str) {
         let _ = std::fs::remove_file(self.mail_dir().join(name));
     }

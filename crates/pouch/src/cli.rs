@@ -263,7 +263,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!("waiting for approval (expires {})...", format_date(pending.expires_at));
             std::io::stdout().flush()?;
-            Device::link_wait(&home, &passphrase, std::time::Duration::from_secs(timeout_secs))?;
+            Device::link_wait(&home, &passphrase, std::time::Duration::from_secs(timeout_secs), Some(progress_bar()))?;
             println!("approved: this device is now part of {address}");
             Ok(ExitCode::SUCCESS)
         }
@@ -453,9 +453,6 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
             }
         }
         DeviceCommand::Approve { code, with_history, yes } => {
-            if with_history {
-                bail!("--with-history is not available yet; approve without it (new mail still reaches the new device)");
-            }
             let info = device.link_request(&code)?;
             eprintln!("New device asking to join {}:", info.address);
             eprintln!("  name:        {}", info.device_name);
@@ -470,7 +467,10 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
                     bail!("not approved; nothing changed (use 'pouch device deny {}' to refuse it)", info.code);
                 }
             }
-            let commits = device.approve(&info)?;
+            if with_history {
+                device.set_progress(progress_bar());
+            }
+            let commits = device.approve(&info, with_history)?;
             println!("approved '{}'; added to {commits} conversation change(s)", info.device_name);
         }
         DeviceCommand::Deny { code } => {
@@ -483,6 +483,23 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr for long transfers (history, large mail).
+fn progress_bar() -> Box<dyn FnMut(&str, u64, u64)> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{msg:>18} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    Box::new(move |what: &str, done: u64, total: u64| {
+        bar.set_message(what.to_string());
+        bar.set_length(total);
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
+        }
+    })
 }
 
 fn home(arg: Option<PathBuf>) -> Result<PathBuf> {

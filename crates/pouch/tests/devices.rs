@@ -49,6 +49,36 @@ fn a_linked_device_receives_new_mail_in_existing_conversations() {
     assert!(subjects(&bob).contains(&"From the new laptop".to_string()));
     alice.sync();
     assert!(alice.sent().iter().any(|m| m["subject"] == "From the new laptop"));
+
+    // A third device linked --with-history shows the old mail too, byte-exact,
+    // including a large message kept as a file.
+    let big = dir.path("big.bin");
+    std::fs::write(&big, vec![0x5au8; 600 * 1024]).unwrap();
+    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Large", "--body", "4", "--attach", big.to_str().unwrap()]);
+    alice.sync();
+    let alice3 = link_with(dir.path("alice3"), &server, &alice, &["--with-history"]);
+    let mut expected: Vec<(String, Vec<u8>)> = alice
+        .inbox()
+        .iter()
+        .chain(alice.sent().iter())
+        .filter(|m| m["from"] != "pouch-system")
+        .map(|m| (m["subject"].as_str().unwrap().to_string(), alice.raw(m["id"].as_i64().unwrap())))
+        .collect();
+    let mut got: Vec<(String, Vec<u8>)> = alice3
+        .inbox()
+        .iter()
+        .chain(alice3.sent().iter())
+        .filter(|m| m["from"] != "pouch-system")
+        .map(|m| (m["subject"].as_str().unwrap().to_string(), alice3.raw(m["id"].as_i64().unwrap())))
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(expected.len(), 5, "{:?}", expected.iter().map(|e| &e.0).collect::<Vec<_>>());
+    assert!(got == expected, "history differs: {:?} vs {:?}", got.iter().map(|e| &e.0).collect::<Vec<_>>(), expected.iter().map(|e| &e.0).collect::<Vec<_>>());
+    // And the history device takes part in the conversations from now on.
+    bob.ok(&["send", "--reply-to", &first, "--to", "alice@pouch.local", "--body", "to all three"]);
+    alice3.sync();
+    assert_eq!(alice3.inbox().iter().filter(|m| m["subject"] == "Re: Before the link").count(), 2);
 }
 
 #[test]

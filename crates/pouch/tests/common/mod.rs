@@ -310,8 +310,15 @@ pub fn start_link(home: PathBuf, server: &Server, address: &str, extra: &[&str])
 
 /// Links a new device of `approver`'s account, approved by `approver`.
 pub fn link(home: PathBuf, server: &Server, approver: &Client) -> Client {
+    link_with(home, server, approver, &[])
+}
+
+/// As [`link`], with more arguments to `pouch device approve`.
+pub fn link_with(home: PathBuf, server: &Server, approver: &Client, approve_args: &[&str]) -> Client {
     let pending = start_link(home, server, &approver.address, &[]);
-    approver.ok(&["device", "approve", &pending.code, "--yes"]);
+    let mut args = vec!["device", "approve", pending.code.as_str(), "--yes"];
+    args.extend_from_slice(approve_args);
+    approver.ok(&args);
     let (status, err, client) = pending.finish();
     assert!(status.success(), "pouch link failed: {err}");
     client
