@@ -7,12 +7,12 @@
 
 use crate::error::{ClientError, Result};
 use crate::net::Api;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use pouch_proto::api;
 use pouch_proto::envelope::{BLOB_CHUNK_SIZE, BlobRef};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
 fn nonce(index: u32, last: bool) -> Nonce {
     let mut n = [0u8; 12];
@@ -31,25 +31,47 @@ impl ChunkCipher {
         if key.len() != 32 {
             return Err(ClientError::Invalid("blob key has the wrong length".into()));
         }
-        Ok(ChunkCipher { aead: ChaCha20Poly1305::new(Key::from_slice(key)), blob_id: blob_id.as_bytes().to_vec() })
+        Ok(ChunkCipher {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            blob_id: blob_id.as_bytes().to_vec(),
+        })
     }
 
     pub fn seal(&self, index: u32, last: bool, plaintext: &[u8]) -> Vec<u8> {
         self.aead
-            .encrypt(&nonce(index, last), Payload { msg: plaintext, aad: &self.blob_id })
+            .encrypt(
+                &nonce(index, last),
+                Payload {
+                    msg: plaintext,
+                    aad: &self.blob_id,
+                },
+            )
             .expect("ChaCha20-Poly1305 encryption cannot fail for chunk-sized input")
     }
 
     pub fn open(&self, index: u32, last: bool, ciphertext: &[u8]) -> Result<Vec<u8>> {
         self.aead
-            .decrypt(&nonce(index, last), Payload { msg: ciphertext, aad: &self.blob_id })
-            .map_err(|_| ClientError::Invalid(format!("attachment data was tampered with (chunk {index})")))
+            .decrypt(
+                &nonce(index, last),
+                Payload {
+                    msg: ciphertext,
+                    aad: &self.blob_id,
+                },
+            )
+            .map_err(|_| {
+                ClientError::Invalid(format!("attachment data was tampered with (chunk {index})"))
+            })
     }
 }
 
 /// Encrypts `size` bytes from `reader` under a fresh key and uploads them
 /// chunk by chunk; `progress(done, total)` after each chunk.
-pub fn upload(api: &Api, reader: &mut dyn Read, size: u64, progress: &mut dyn FnMut(u64, u64)) -> Result<BlobRef> {
+pub fn upload(
+    api: &Api,
+    reader: &mut dyn Read,
+    size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BlobRef> {
     let created: api::BlobCreated = api.post("/v1/blobs", &serde_json::json!({}))?;
     let key = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
     let cipher = ChunkCipher::new(key.as_ref(), &created.blob_id)?;
@@ -59,14 +81,19 @@ pub fn upload(api: &Api, reader: &mut dyn Read, size: u64, progress: &mut dyn Fn
     let mut total = 0u64;
     for index in 0..chunks {
         let want = (size - total).min(BLOB_CHUNK_SIZE as u64) as usize;
-        reader.read_exact(&mut buf[..want]).map_err(|e| ClientError::Io(format!("reading data to upload: {e}")))?;
+        reader
+            .read_exact(&mut buf[..want])
+            .map_err(|e| ClientError::Io(format!("reading data to upload: {e}")))?;
         hasher.update(&buf[..want]);
         total += want as u64;
         let sealed = cipher.seal(index, index + 1 == chunks, &buf[..want]);
         api.put_bytes(&format!("/v1/blobs/{}/{index}", created.blob_id), sealed)?;
         progress(total, size);
     }
-    api.post_empty(&format!("/v1/blobs/{}/finish", created.blob_id), &api::BlobFinish { chunks, size })?;
+    api.post_empty(
+        &format!("/v1/blobs/{}/finish", created.blob_id),
+        &api::BlobFinish { chunks, size },
+    )?;
     Ok(BlobRef {
         blob_id: created.blob_id,
         key: key.to_vec(),
@@ -77,7 +104,12 @@ pub fn upload(api: &Api, reader: &mut dyn Read, size: u64, progress: &mut dyn Fn
 }
 
 /// Downloads, decrypts and verifies a blob into `out`, chunk by chunk.
-pub fn download(api: &Api, r: &BlobRef, out: &mut dyn Write, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+pub fn download(
+    api: &Api,
+    r: &BlobRef,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     let cipher = ChunkCipher::new(&r.key, &r.blob_id)?;
     let chunk = r.chunk_size.max(1) as u64;
     let chunks = r.size.div_ceil(chunk).max(1) as u32;
@@ -92,7 +124,9 @@ pub fn download(api: &Api, r: &BlobRef, out: &mut dyn Write, progress: &mut dyn 
         progress(total, r.size);
     }
     if total != r.size || hex::encode(hasher.finalize()) != r.sha256 {
-        return Err(ClientError::Invalid("transferred data does not match its hash".into()));
+        return Err(ClientError::Invalid(
+            "transferred data does not match its hash".into(),
+        ));
     }
     Ok(())
 }
@@ -106,9 +140,15 @@ mod tests {
         let c = ChunkCipher::new(&[9u8; 32], "b1").unwrap();
         let sealed = c.seal(0, false, b"hello");
         assert_eq!(c.open(0, false, &sealed).unwrap(), b"hello");
-        assert!(c.open(1, false, &sealed).is_err(), "reordered chunk accepted");
+        assert!(
+            c.open(1, false, &sealed).is_err(),
+            "reordered chunk accepted"
+        );
         assert!(c.open(0, true, &sealed).is_err(), "truncation not detected");
         let other = ChunkCipher::new(&[9u8; 32], "b2").unwrap();
-        assert!(other.open(0, false, &sealed).is_err(), "chunk moved between blobs");
+        assert!(
+            other.open(0, false, &sealed).is_err(),
+            "chunk moved between blobs"
+        );
     }
 }

@@ -8,7 +8,9 @@ use crate::local::LocalStore;
 use crate::{Device, now};
 use ed25519_dalek::{Signer, SigningKey};
 use pouch_proto::api;
-use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList, comparison_code, fingerprint};
+use pouch_proto::devices::{
+    DeviceListBody, ListedDevice, SignedDeviceList, comparison_code, fingerprint,
+};
 use pouch_proto::{Address, DeviceId};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -22,7 +24,9 @@ impl AccountKey {
         AccountKey(SigningKey::generate(&mut rand::rngs::OsRng))
     }
     pub fn from_secret(secret: &[u8]) -> Result<Self> {
-        let bytes: [u8; 32] = secret.try_into().map_err(|_| ClientError::Local("damaged account key".into()))?;
+        let bytes: [u8; 32] = secret
+            .try_into()
+            .map_err(|_| ClientError::Local("damaged account key".into()))?;
         Ok(AccountKey(SigningKey::from_bytes(&bytes)))
     }
     pub fn secret(&self) -> Zeroizing<Vec<u8>> {
@@ -33,8 +37,15 @@ impl AccountKey {
     }
     pub fn sign(&self, body: &DeviceListBody) -> SignedDeviceList {
         let bytes = serde_json::to_vec(body).expect("a device list serialises");
-        let signature = self.0.sign(&SignedDeviceList::signing_payload(&bytes)).to_bytes().to_vec();
-        SignedDeviceList { body: bytes, signature }
+        let signature = self
+            .0
+            .sign(&SignedDeviceList::signing_payload(&bytes))
+            .to_bytes()
+            .to_vec();
+        SignedDeviceList {
+            body: bytes,
+            signature,
+        }
     }
 }
 
@@ -42,7 +53,11 @@ impl AccountKey {
 /// naming its predecessor's hash with the next version number, and the key
 /// changing only at a reset. Returns the latest body.
 pub fn verify_history(address: &Address, lists: &[SignedDeviceList]) -> Result<DeviceListBody> {
-    let bad = |why: String| ClientError::Security(format!("the device list of {address} is not trustworthy: {why}"));
+    let bad = |why: String| {
+        ClientError::Security(format!(
+            "the device list of {address} is not trustworthy: {why}"
+        ))
+    };
     let mut previous: Option<(DeviceListBody, String)> = None;
     for list in lists {
         let body = list.verify().map_err(|e| bad(e.to_string()))?;
@@ -50,11 +65,19 @@ pub fn verify_history(address: &Address, lists: &[SignedDeviceList]) -> Result<D
             return Err(bad("a version names another address".into()));
         }
         if let Some((prev, prev_hash)) = &previous {
-            if body.version != prev.version + 1 || body.previous.as_deref() != Some(prev_hash.as_str()) {
-                return Err(bad(format!("version {} does not continue version {}", body.version, prev.version)));
+            if body.version != prev.version + 1
+                || body.previous.as_deref() != Some(prev_hash.as_str())
+            {
+                return Err(bad(format!(
+                    "version {} does not continue version {}",
+                    body.version, prev.version
+                )));
             }
             if body.account_key != prev.account_key && body.reason != "reset" {
-                return Err(bad(format!("version {} changes the account key without a reset", body.version)));
+                return Err(bad(format!(
+                    "version {} changes the account key without a reset",
+                    body.version
+                )));
             }
         } else if body.version != 1 {
             return Err(bad("the history does not start at version 1".into()));
@@ -102,7 +125,10 @@ impl LocalStore {
     pub(crate) fn account_key(&self) -> Result<Option<AccountKey>> {
         match self.meta("account_key")? {
             Some(hex_secret) => {
-                let secret = Zeroizing::new(hex::decode(hex_secret).map_err(|_| ClientError::Local("damaged account key".into()))?);
+                let secret = Zeroizing::new(
+                    hex::decode(hex_secret)
+                        .map_err(|_| ClientError::Local("damaged account key".into()))?,
+                );
                 Ok(Some(AccountKey::from_secret(&secret)?))
             }
             None => Ok(None),
@@ -131,10 +157,15 @@ impl Device {
     /// The verified, current device list of `address`, with the account key
     /// checked against the one pinned for that contact (or this account's own).
     pub(crate) fn trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
-        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let history: api::DeviceListHistory =
+            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
-        for version in history.lists.iter().filter_map(|l| l.body_unverified().ok()) {
+        for version in history
+            .lists
+            .iter()
+            .filter_map(|l| l.body_unverified().ok())
+        {
             for d in &version.devices {
                 self.local.conn.execute(
                     "INSERT OR IGNORE INTO device_keys (signature_key, device_id, address) VALUES (?1, ?2, ?3)",
@@ -143,7 +174,11 @@ impl Device {
             }
         }
         if address == &self.address {
-            let mine = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key yet; wait for the approving device".into()))?;
+            let mine = self.local.account_key()?.ok_or_else(|| {
+                ClientError::Local(
+                    "this device has no account key yet; wait for the approving device".into(),
+                )
+            })?;
             if body.account_key != mine.public() {
                 return Err(ClientError::Security(format!(
                     "the server shows a device list for {address} that this account did not sign"
@@ -154,7 +189,11 @@ impl Device {
         let pinned: Option<(Vec<u8>, i64)> = self
             .local
             .conn
-            .query_row("SELECT account_key, version FROM contacts WHERE address = ?1", [address.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT account_key, version FROM contacts WHERE address = ?1",
+                [address.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         match pinned {
             None => {
@@ -185,17 +224,26 @@ impl Device {
     /// `pouch verify ADDRESS`: the account key, device list and its history.
     pub fn verify(&mut self, address: &Address) -> Result<VerifyReport> {
         self.sign_in()?;
-        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let history: api::DeviceListHistory =
+            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let pinned: Option<Vec<u8>> = if address == &self.address {
             self.local.account_key()?.map(|k| k.public())
         } else {
             self.local
                 .conn
-                .query_row("SELECT account_key FROM contacts WHERE address = ?1", [address.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT account_key FROM contacts WHERE address = ?1",
+                    [address.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()?
         };
-        let mine = self.local.account_key()?.map(|k| k.public()).unwrap_or_default();
+        let mine = self
+            .local
+            .account_key()?
+            .map(|k| k.public())
+            .unwrap_or_default();
         let entries = history
             .lists
             .iter()
@@ -223,7 +271,8 @@ impl Device {
     /// `pouch verify ADDRESS --accept`: trust the account key the server now shows.
     pub fn accept_account_key(&mut self, address: &Address) -> Result<VerifyReport> {
         let report = self.verify(address)?;
-        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+        let history: api::DeviceListHistory =
+            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         self.local.conn.execute(
@@ -235,8 +284,13 @@ impl Device {
     }
 
     fn publish_list(&mut self, devices: Vec<ListedDevice>, reason: &str) -> Result<DeviceListBody> {
-        let key = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
-        let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{}", self.address))?;
+        let key = self
+            .local
+            .account_key()?
+            .ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
+        let history: api::DeviceListHistory = self
+            .api
+            .get_json(&format!("/v1/device-lists/{}", self.address))?;
         let current = self.trusted_list(&self.address.clone())?;
         let body = DeviceListBody {
             address: self.address.clone(),
@@ -248,8 +302,10 @@ impl Device {
             reason: reason.to_string(),
         };
         let signed = key.sign(&body);
-        self.api.post_empty("/v1/device-lists", &api::PublishDeviceList { list: signed })?;
-        self.local.set_meta("own_list_version", &body.version.to_string())?;
+        self.api
+            .post_empty("/v1/device-lists", &api::PublishDeviceList { list: signed })?;
+        self.local
+            .set_meta("own_list_version", &body.version.to_string())?;
         Ok(body)
     }
 
@@ -285,8 +341,11 @@ impl Device {
     /// that the code really belongs to the key the server presents.
     pub fn link_request(&mut self, code: &str) -> Result<api::LinkInfo> {
         self.sign_in()?;
-        let code = api::normalise_link_code(code)
-            .ok_or_else(|| ClientError::Invalid("a link code has 12 letters and digits, like K7QM-3XPA-9D2F".into()))?;
+        let code = api::normalise_link_code(code).ok_or_else(|| {
+            ClientError::Invalid(
+                "a link code has 12 letters and digits, like K7QM-3XPA-9D2F".into(),
+            )
+        })?;
         let info: api::LinkInfo = self.api.get(&format!("/v1/link/{code}"))?;
         if api::link_code(&info.signature_key, &info.nonce) != code {
             return Err(ClientError::Security(
@@ -294,7 +353,10 @@ impl Device {
             ));
         }
         if info.status != "pending" {
-            return Err(ClientError::Invalid(format!("this link request is {}; start again on the new device", info.status)));
+            return Err(ClientError::Invalid(format!(
+                "this link request is {}; start again on the new device",
+                info.status
+            )));
         }
         Ok(info)
     }
@@ -314,15 +376,26 @@ impl Device {
         });
         self.publish_list(devices, "linked")?;
         // The account key travels inside a conversation of our own with the new device.
-        let key = self.local.account_key()?.ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
-        let mut envelopes = vec![pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::AccountKey {
-            secret: key.secret().to_vec(),
-        })];
+        let key = self
+            .local
+            .account_key()?
+            .ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
+        let mut envelopes = vec![pouch_proto::envelope::Envelope::new(
+            pouch_proto::envelope::Content::AccountKey {
+                secret: key.secret().to_vec(),
+            },
+        )];
         if with_history {
             let history = self.export_history()?;
-            envelopes.push(pouch_proto::envelope::Envelope::new(pouch_proto::envelope::Content::History(history)));
+            envelopes.push(pouch_proto::envelope::Envelope::new(
+                pouch_proto::envelope::Content::History(history),
+            ));
         }
-        self.send_system(&[me.clone()], &[info.device_id.clone()], envelopes)?;
+        self.send_system(
+            std::slice::from_ref(&me),
+            std::slice::from_ref(&info.device_id),
+            envelopes,
+        )?;
         self.local.notice(
             &format!("New device '{}' was added", info.device_name),
             &format!(
@@ -338,7 +411,10 @@ impl Device {
 
     pub fn deny(&mut self, code: &str) -> Result<api::LinkInfo> {
         let info = self.link_request(code)?;
-        let denied: api::LinkInfo = self.api.post(&format!("/v1/link/{}/deny", info.code), &serde_json::json!({}))?;
+        let denied: api::LinkInfo = self.api.post(
+            &format!("/v1/link/{}/deny", info.code),
+            &serde_json::json!({}),
+        )?;
         Ok(denied)
     }
 
@@ -347,14 +423,23 @@ impl Device {
     pub fn revoke(&mut self, device_id: &DeviceId) -> Result<u32> {
         self.sign_in()?;
         if device_id == &self.device_id {
-            return Err(ClientError::Invalid("a device cannot revoke itself; revoke it from another device of the account".into()));
+            return Err(ClientError::Invalid(
+                "a device cannot revoke itself; revoke it from another device of the account"
+                    .into(),
+            ));
         }
         let me = self.address.clone();
         let current = self.trusted_list(&me)?;
         if !current.devices.iter().any(|d| &d.device_id == device_id) {
-            return Err(ClientError::Invalid(format!("{device_id} is not on this account's device list; see 'pouch device list'")));
+            return Err(ClientError::Invalid(format!(
+                "{device_id} is not on this account's device list; see 'pouch device list'"
+            )));
         }
-        let remaining = current.devices.into_iter().filter(|d| &d.device_id != device_id).collect();
+        let remaining = current
+            .devices
+            .into_iter()
+            .filter(|d| &d.device_id != device_id)
+            .collect();
         self.publish_list(remaining, "revoked")?;
         self.reconcile_all()
     }
@@ -379,28 +464,51 @@ impl Device {
                     r.name, r.device_id
                 );
                 if self.first_time(&format!("rogue:{}", r.device_id))? {
-                    self.local.notice("ALERT: unknown device on your account", &text)?;
+                    self.local
+                        .notice("ALERT: unknown device on your account", &text)?;
                 }
                 alerts.push(text);
             }
-            if r.revoked_by.as_deref() == Some("denied") && self.first_time(&format!("denied:{}", r.device_id))? {
+            if r.revoked_by.as_deref() == Some("denied")
+                && self.first_time(&format!("denied:{}", r.device_id))?
+            {
                 self.local.notice(
                     &format!("A request to add device '{}' was denied", r.name),
-                    &format!("A link request for a device named '{}' ({}) was denied at {}.", r.name, r.device_id, crate::format_time(r.revoked_at.unwrap_or_default())),
+                    &format!(
+                        "A link request for a device named '{}' ({}) was denied at {}.",
+                        r.name,
+                        r.device_id,
+                        crate::format_time(r.revoked_at.unwrap_or_default())
+                    ),
                 )?;
             }
         }
         // Changes to the signed list since this device last looked.
-        let seen: u64 = self.local.meta("own_list_version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let seen: u64 = self
+            .local
+            .meta("own_list_version")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if list.version > seen {
-            let history: api::DeviceListHistory = self.api.get_json(&format!("/v1/device-lists/{me}"))?;
+            let history: api::DeviceListHistory =
+                self.api.get_json(&format!("/v1/device-lists/{me}"))?;
             let mut previous: Option<DeviceListBody> = None;
-            for body in history.lists.iter().filter_map(|l| l.body_unverified().ok()) {
-                if body.version > seen && seen > 0 {
-                    if let Some(prev) = &previous {
-                        for added in body.devices.iter().filter(|d| !prev.devices.iter().any(|p| p.device_id == d.device_id)) {
-                            if added.device_id != self.device_id {
-                                self.local.notice(
+            for body in history
+                .lists
+                .iter()
+                .filter_map(|l| l.body_unverified().ok())
+            {
+                if body.version > seen
+                    && seen > 0
+                    && let Some(prev) = &previous
+                {
+                    for added in body
+                        .devices
+                        .iter()
+                        .filter(|d| !prev.devices.iter().any(|p| p.device_id == d.device_id))
+                    {
+                        if added.device_id != self.device_id {
+                            self.local.notice(
                                     &format!("New device '{}' was added", added.name),
                                     &format!(
                                         "New device '{}' was added from {} at {}. If this wasn't you: pouch device revoke {}",
@@ -410,24 +518,36 @@ impl Device {
                                         added.device_id
                                     ),
                                 )?;
-                            }
                         }
-                        for gone in prev.devices.iter().filter(|p| !body.devices.iter().any(|d| d.device_id == p.device_id)) {
-                            self.local.notice(
-                                &format!("Device '{}' was revoked", gone.name),
-                                &format!("The device '{}' ({}) was removed from your account at {}.", gone.name, gone.device_id, crate::format_time(body.issued_at)),
-                            )?;
-                        }
+                    }
+                    for gone in prev
+                        .devices
+                        .iter()
+                        .filter(|p| !body.devices.iter().any(|d| d.device_id == p.device_id))
+                    {
+                        self.local.notice(
+                            &format!("Device '{}' was revoked", gone.name),
+                            &format!(
+                                "The device '{}' ({}) was removed from your account at {}.",
+                                gone.name,
+                                gone.device_id,
+                                crate::format_time(body.issued_at)
+                            ),
+                        )?;
                     }
                 }
                 previous = Some(body);
             }
-            self.local.set_meta("own_list_version", &list.version.to_string())?;
+            self.local
+                .set_meta("own_list_version", &list.version.to_string())?;
         }
         // A device the administrator revoked is still on the signed list: take it off.
         let admin_revoked: Vec<DeviceId> = registered
             .iter()
-            .filter(|r| r.revoked_by.as_deref() == Some("admin") && list.devices.iter().any(|d| d.device_id == r.device_id))
+            .filter(|r| {
+                r.revoked_by.as_deref() == Some("admin")
+                    && list.devices.iter().any(|d| d.device_id == r.device_id)
+            })
             .map(|r| r.device_id.clone())
             .collect();
         if !admin_revoked.is_empty() {
@@ -437,7 +557,11 @@ impl Device {
                     &format!("The administrator revoked device {id}. It is being removed from your conversations."),
                 )?;
             }
-            let remaining = list.devices.into_iter().filter(|d| !admin_revoked.contains(&d.device_id)).collect();
+            let remaining = list
+                .devices
+                .into_iter()
+                .filter(|d| !admin_revoked.contains(&d.device_id))
+                .collect();
             self.publish_list(remaining, "revoked")?;
             self.reconcile_all()?;
         }

@@ -15,10 +15,16 @@ pub enum ClientError {
     NoPassphrase,
     #[error("cannot reach the Pouch server at {0}: is it running? ({1})")]
     Unreachable(String, String),
-    #[error("the server's TLS certificate does not match the pinned fingerprint; refusing to talk to it")]
+    #[error(
+        "the server's TLS certificate does not match the pinned fingerprint; refusing to talk to it"
+    )]
     CertificateMismatch,
     #[error("server refused: {message}")]
-    Server { status: u16, code: ErrorCode, message: String },
+    Server {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -27,7 +33,9 @@ pub enum ClientError {
     NoSuchMessage(i64),
     #[error("SECURITY: {0}")]
     Security(String),
-    #[error("the account key of {0} has changed (a reset, or an attack): compare with 'pouch verify {0}', then accept with 'pouch verify {0} --accept'")]
+    #[error(
+        "the account key of {0} has changed (a reset, or an attack): compare with 'pouch verify {0}', then accept with 'pouch verify {0} --accept'"
+    )]
     AccountKeyChanged(String),
     #[error("cryptography: {0}")]
     Mls(#[from] pouch_mls::MlsError),
@@ -39,7 +47,13 @@ pub enum ClientError {
 
 impl ClientError {
     pub fn is_stale_epoch(&self) -> bool {
-        matches!(self, ClientError::Server { code: ErrorCode::StaleEpoch, .. })
+        matches!(
+            self,
+            ClientError::Server {
+                code: ErrorCode::StaleEpoch,
+                ..
+            }
+        )
     }
 }
 

@@ -49,7 +49,11 @@ fn records(local: &LocalStore) -> Result<Vec<(i64, Vec<u8>, u64)>> {
             attachments: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
             size: size as u64,
         };
-        Ok((r.get::<_, i64>(0)?, serde_json::to_vec(&rec).expect("a record serialises"), size as u64))
+        Ok((
+            r.get::<_, i64>(0)?,
+            serde_json::to_vec(&rec).expect("a record serialises"),
+            size as u64,
+        ))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -65,13 +69,18 @@ struct HistoryReader<'a> {
 impl Read for HistoryReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            let Some((id, header, size)) = self.pending.pop_front() else { return Ok(0) };
+            let Some((id, header, size)) = self.pending.pop_front() else {
+                return Ok(0);
+            };
             self.buf.clear();
             self.pos = 0;
-            self.buf.extend_from_slice(&(header.len() as u32).to_be_bytes());
+            self.buf
+                .extend_from_slice(&(header.len() as u32).to_be_bytes());
             self.buf.extend_from_slice(&header);
             self.buf.extend_from_slice(&size.to_be_bytes());
-            self.device.write_raw(id, &mut self.buf, None).map_err(std::io::Error::other)?;
+            self.device
+                .write_raw(id, &mut self.buf, None)
+                .map_err(std::io::Error::other)?;
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
@@ -85,10 +94,18 @@ impl Device {
     pub(crate) fn export_history(&mut self) -> Result<pouch_proto::envelope::BlobRef> {
         self.sign_in()?;
         let pending: VecDeque<_> = records(&self.local)?.into();
-        let total: u64 = pending.iter().map(|(_, h, size)| 4 + h.len() as u64 + 8 + size).sum();
+        let total: u64 = pending
+            .iter()
+            .map(|(_, h, size)| 4 + h.len() as u64 + 8 + size)
+            .sum();
         let mut progress = self.progress.take();
         let result = {
-            let mut reader = HistoryReader { device: self, pending, buf: Vec::new(), pos: 0 };
+            let mut reader = HistoryReader {
+                device: self,
+                pending,
+                buf: Vec::new(),
+                pos: 0,
+            };
             let mut report = |done: u64, all: u64| {
                 if let Some(p) = progress.as_mut() {
                     p("sending history", done, all);
@@ -117,7 +134,13 @@ enum Sink {
 
 impl<'a> Importer<'a> {
     pub(crate) fn new(local: &'a LocalStore) -> Self {
-        Importer { local, head: Vec::new(), current: None, remaining: 0, imported: 0 }
+        Importer {
+            local,
+            head: Vec::new(),
+            current: None,
+            remaining: 0,
+            imported: 0,
+        }
     }
 
     /// Parses a record header at `head[pos..]` if it is complete.
@@ -130,8 +153,8 @@ impl<'a> Importer<'a> {
         if buf.len() < 4 + hlen + 8 {
             return Ok(false);
         }
-        let record: Record =
-            serde_json::from_slice(&buf[4..4 + hlen]).map_err(|_| ClientError::Invalid("damaged history stream".into()))?;
+        let record: Record = serde_json::from_slice(&buf[4..4 + hlen])
+            .map_err(|_| ClientError::Invalid("damaged history stream".into()))?;
         let size = u64::from_be_bytes(buf[4 + hlen..4 + hlen + 8].try_into().expect("8 bytes"));
         if size != record.size {
             return Err(ClientError::Invalid("damaged history stream".into()));
@@ -153,7 +176,11 @@ impl<'a> Importer<'a> {
             Sink::Inline(v) => Body::Inline(v),
             Sink::File(w) => Body::File(w.finish()?),
         };
-        let parse = |v: &[String]| v.iter().filter_map(|a| Address::parse(a).ok()).collect::<Vec<_>>();
+        let parse = |v: &[String]| {
+            v.iter()
+                .filter_map(|a| Address::parse(a).ok())
+                .collect::<Vec<_>>()
+        };
         let parsed = Parsed {
             from: Address::parse(&record.sender).ok(),
             to: parse(&record.recipients),
@@ -165,7 +192,14 @@ impl<'a> Importer<'a> {
             date: record.date,
             attachments: record.attachments,
         };
-        crate::store_message(self.local, &GroupId(record.group_id), None, record.outgoing, &parsed, &body)?;
+        crate::store_message(
+            self.local,
+            &GroupId(record.group_id),
+            None,
+            record.outgoing,
+            &parsed,
+            &body,
+        )?;
         self.imported += 1;
         Ok(())
     }
@@ -195,7 +229,9 @@ impl<'a> Importer<'a> {
 
     pub(crate) fn finish(self) -> Result<u32> {
         if self.current.is_some() || !self.head.is_empty() {
-            return Err(ClientError::Invalid("the history stream ended in the middle of a message".into()));
+            return Err(ClientError::Invalid(
+                "the history stream ended in the middle of a message".into(),
+            ));
         }
         Ok(self.imported)
     }

@@ -21,9 +21,9 @@ use mail::{Outgoing, Parsed};
 use net::Api;
 use pouch_mls::{Ciphersuite, DeviceSigner, MlsGroup, Opened};
 use pouch_proto::api::{self, QueueItem, QueueKind};
+use pouch_proto::devices::{DeviceListBody, ListedDevice};
 use pouch_proto::envelope::{BlobRef, Content, Envelope, INLINE_LIMIT};
 use pouch_proto::invite::Invite;
-use pouch_proto::devices::{DeviceListBody, ListedDevice};
 use pouch_proto::{Address, DeviceId, GroupId};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -36,7 +36,10 @@ pub const KEY_PACKAGE_POOL: u32 = 100;
 const EPOCH_RETRIES: usize = 5;
 
 pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// A link request waiting for approval.
@@ -52,7 +55,9 @@ fn suite_code(info: &api::ServerInfo) -> u16 {
     info.ciphersuite
 }
 
-pub type ProgressHook = Option<Box<dyn FnMut(&str, u64, u64)>>;
+/// Called with (what, bytes done, bytes in all) during long transfers.
+pub type Progress = Box<dyn FnMut(&str, u64, u64)>;
+pub type ProgressHook = Option<Progress>;
 
 /// Adapts the device's progress hook (if any) to one transfer.
 fn progress_hook<'a>(hook: &'a mut ProgressHook, what: &'a str) -> impl FnMut(u64, u64) + 'a {
@@ -67,7 +72,10 @@ fn progress_hook<'a>(hook: &'a mut ProgressHook, what: &'a str) -> impl FnMut(u6
 pub fn format_time(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ts.to_string())
 }
 
@@ -149,11 +157,17 @@ impl Device {
     /// Creates this device's keys and registers it with the invite's server
     /// as the account's first device: it creates the account key and signs
     /// the first device list (or, after an administrator reset, the next one).
-    pub fn enroll(home: &Path, passphrase: &str, invite: &Invite, device_name: &str) -> Result<Enrolled> {
+    pub fn enroll(
+        home: &Path,
+        passphrase: &str,
+        invite: &Invite,
+        device_name: &str,
+    ) -> Result<Enrolled> {
         let api = Api::new(&invite.server, &invite.fingerprint)?;
         let info: api::ServerInfo = api.get_json("/v1/info")?;
         let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
-        let history: api::DeviceListHistory = api.get_json(&format!("/v1/device-lists/{}", invite.address))?;
+        let history: api::DeviceListHistory =
+            api.get_json(&format!("/v1/device-lists/{}", invite.address))?;
         let local = LocalStore::create(home, passphrase)?;
         let result = (|| {
             let p = &local.provider;
@@ -163,7 +177,10 @@ impl Device {
             let previous = history.lists.last();
             let body = DeviceListBody {
                 address: invite.address.clone(),
-                version: previous.and_then(|l| l.body_unverified().ok()).map(|b| b.version + 1).unwrap_or(1),
+                version: previous
+                    .and_then(|l| l.body_unverified().ok())
+                    .map(|b| b.version + 1)
+                    .unwrap_or(1),
                 previous: previous.map(|l| l.hash()),
                 account_key: account.public(),
                 devices: vec![ListedDevice {
@@ -174,17 +191,32 @@ impl Device {
                     added_from: None,
                 }],
                 issued_at: now(),
-                reason: if previous.is_some() { "reset" } else { "enrolled" }.into(),
+                reason: if previous.is_some() {
+                    "reset"
+                } else {
+                    "enrolled"
+                }
+                .into(),
             };
-            let key_packages = pouch_mls::key_packages(p, suite, &signer, &invite.address, KEY_PACKAGE_POOL as usize, false)?;
-            let last_resort = pouch_mls::key_packages(p, suite, &signer, &invite.address, 1, true)?.remove(0);
+            let key_packages = pouch_mls::key_packages(
+                p,
+                suite,
+                &signer,
+                &invite.address,
+                KEY_PACKAGE_POOL as usize,
+                false,
+            )?;
+            let last_resort =
+                pouch_mls::key_packages(p, suite, &signer, &invite.address, 1, true)?.remove(0);
             let resp: api::EnrollResponse = api.post_json(
                 "/v1/enroll",
                 &api::EnrollRequest {
                     address: invite.address.clone(),
                     device_id: device_id.clone(),
                     device_list: account.sign(&body),
-                    invite_secret: invite.secret_bytes().map_err(|e| ClientError::Invalid(e.to_string()))?,
+                    invite_secret: invite
+                        .secret_bytes()
+                        .map_err(|e| ClientError::Invalid(e.to_string()))?,
                     device_name: device_name.to_string(),
                     signature_key: signer.to_public_vec(),
                     key_packages,
@@ -193,8 +225,21 @@ impl Device {
             )?;
             local.set_account_key(&account)?;
             local.set_meta("own_list_version", &body.version.to_string())?;
-            Self::remember_server(&local, &api, &invite.fingerprint, &invite.address, &resp.device_id, &signer, resp.ciphersuite, &info.domain)?;
-            Ok(Enrolled { address: invite.address.clone(), device_id: resp.device_id, ciphersuite: resp.ciphersuite })
+            Self::remember_server(
+                &local,
+                &api,
+                &invite.fingerprint,
+                &invite.address,
+                &resp.device_id,
+                &signer,
+                resp.ciphersuite,
+                &info.domain,
+            )?;
+            Ok(Enrolled {
+                address: invite.address.clone(),
+                device_id: resp.device_id,
+                ciphersuite: resp.ciphersuite,
+            })
         })();
         if result.is_err() {
             Self::discard(local, home);
@@ -226,7 +271,12 @@ impl Device {
     /// Leaves nothing half-made behind: the user starts again from scratch.
     fn discard(local: LocalStore, home: &Path) {
         drop(local);
-        for f in [local::DB_FILE, local::KDF_FILE, "device.db-wal", "device.db-shm"] {
+        for f in [
+            local::DB_FILE,
+            local::KDF_FILE,
+            "device.db-wal",
+            "device.db-shm",
+        ] {
             let _ = std::fs::remove_file(home.join(f));
         }
         let _ = std::fs::remove_dir_all(home.join("mail"));
@@ -234,7 +284,14 @@ impl Device {
 
     /// A new device asks to join an account; an existing device must approve
     /// it with the returned code. Nothing is usable until then.
-    pub fn link_start(home: &Path, passphrase: &str, server: &str, fingerprint: &str, address: &Address, device_name: &str) -> Result<LinkPending> {
+    pub fn link_start(
+        home: &Path,
+        passphrase: &str,
+        server: &str,
+        fingerprint: &str,
+        address: &Address,
+        device_name: &str,
+    ) -> Result<LinkPending> {
         let api = Api::new(server, fingerprint)?;
         let info: api::ServerInfo = api.get_json("/v1/info")?;
         let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
@@ -245,8 +302,16 @@ impl Device {
             let device_id = DeviceId(hex::encode(rand::random::<[u8; 16]>()));
             let nonce = rand::random::<[u8; 16]>().to_vec();
             let poll_secret = rand::random::<[u8; 32]>().to_vec();
-            let key_packages = pouch_mls::key_packages(p, suite, &signer, address, KEY_PACKAGE_POOL as usize, false)?;
-            let last_resort = pouch_mls::key_packages(p, suite, &signer, address, 1, true)?.remove(0);
+            let key_packages = pouch_mls::key_packages(
+                p,
+                suite,
+                &signer,
+                address,
+                KEY_PACKAGE_POOL as usize,
+                false,
+            )?;
+            let last_resort =
+                pouch_mls::key_packages(p, suite, &signer, address, 1, true)?.remove(0);
             let created: api::LinkCreated = api.post_json(
                 "/v1/link",
                 &api::LinkRequestBody {
@@ -260,7 +325,16 @@ impl Device {
                     last_resort_key_package: last_resort,
                 },
             )?;
-            Self::remember_server(&local, &api, fingerprint, address, &device_id, &signer, suite_code(&info), &info.domain)?;
+            Self::remember_server(
+                &local,
+                &api,
+                fingerprint,
+                address,
+                &device_id,
+                &signer,
+                suite_code(&info),
+                &info.domain,
+            )?;
             local.set_meta("link_poll_secret", &hex::encode(&poll_secret))?;
             Ok(LinkPending {
                 code: created.code,
@@ -277,16 +351,30 @@ impl Device {
 
     /// Waits for the approval of a link started with [`Device::link_start`]:
     /// `Ok(true)` once approved and the account key has arrived.
-    pub fn link_wait(home: &Path, passphrase: &str, timeout: std::time::Duration, progress: ProgressHook) -> Result<bool> {
+    pub fn link_wait(
+        home: &Path,
+        passphrase: &str,
+        timeout: std::time::Duration,
+        progress: ProgressHook,
+    ) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
         let (api, secret) = {
             let local = LocalStore::open(home, passphrase)?;
-            let api = Api::new(&local.require_meta("server")?, &local.require_meta("fingerprint")?)?;
-            let secret = hex::decode(local.require_meta("link_poll_secret")?).map_err(|_| ClientError::Local("damaged link state".into()))?;
+            let api = Api::new(
+                &local.require_meta("server")?,
+                &local.require_meta("fingerprint")?,
+            )?;
+            let secret = hex::decode(local.require_meta("link_poll_secret")?)
+                .map_err(|_| ClientError::Local("damaged link state".into()))?;
             (api, secret)
         };
         let status = loop {
-            let info: api::LinkInfo = api.post_json("/v1/link/status", &api::LinkPoll { poll_secret: secret.clone() })?;
+            let info: api::LinkInfo = api.post_json(
+                "/v1/link/status",
+                &api::LinkPoll {
+                    poll_secret: secret.clone(),
+                },
+            )?;
             if info.status != "pending" || std::time::Instant::now() >= deadline {
                 break info.status;
             }
@@ -297,7 +385,8 @@ impl Device {
                 let mut device = Device::open(home, passphrase)?;
                 device.progress = progress;
                 // The account key (and any history) comes over MLS from the approving device.
-                let key_deadline = deadline.max(std::time::Instant::now() + std::time::Duration::from_secs(60));
+                let key_deadline =
+                    deadline.max(std::time::Instant::now() + std::time::Duration::from_secs(60));
                 while std::time::Instant::now() < key_deadline {
                     device.sync()?;
                     if device.local.account_key()?.is_some() {
@@ -306,7 +395,9 @@ impl Device {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
-                Err(ClientError::Protocol("approved, but the account key did not arrive; run 'pouch sync' later".into()))
+                Err(ClientError::Protocol(
+                    "approved, but the account key did not arrive; run 'pouch sync' later".into(),
+                ))
             }
             other => {
                 if let Ok(local) = LocalStore::open(home, passphrase) {
@@ -324,14 +415,32 @@ impl Device {
     /// Opens the device's encrypted state. No network traffic until needed.
     pub fn open(home: &Path, passphrase: &str) -> Result<Self> {
         let local = LocalStore::open(home, passphrase)?;
-        let api = Api::new(&local.require_meta("server")?, &local.require_meta("fingerprint")?)?;
-        let address = Address::parse(&local.require_meta("address")?).map_err(|e| ClientError::Local(e.to_string()))?;
+        let api = Api::new(
+            &local.require_meta("server")?,
+            &local.require_meta("fingerprint")?,
+        )?;
+        let address = Address::parse(&local.require_meta("address")?)
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         let device_id = DeviceId(local.require_meta("device_id")?);
-        let suite_code: u16 = local.require_meta("ciphersuite")?.parse().map_err(|_| ClientError::Local("damaged ciphersuite".into()))?;
+        let suite_code: u16 = local
+            .require_meta("ciphersuite")?
+            .parse()
+            .map_err(|_| ClientError::Local("damaged ciphersuite".into()))?;
         let suite = pouch_mls::ciphersuite(suite_code)?;
-        let public = hex::decode(local.require_meta("signature_key")?).map_err(|_| ClientError::Local("damaged key id".into()))?;
+        let public = hex::decode(local.require_meta("signature_key")?)
+            .map_err(|_| ClientError::Local("damaged key id".into()))?;
         let signer = pouch_mls::load_device_signer(&local.provider, &public)?;
-        Ok(Device { local, api, address, device_id, suite, signer, signed_in: false, warnings: Vec::new(), progress: None })
+        Ok(Device {
+            local,
+            api,
+            address,
+            device_id,
+            suite,
+            signer,
+            signed_in: false,
+            warnings: Vec::new(),
+            progress: None,
+        })
     }
 
     pub fn address(&self) -> &Address {
@@ -345,7 +454,9 @@ impl Device {
     pub(crate) fn sign_in(&mut self) -> Result<()> {
         if !self.signed_in {
             let signer = &self.signer;
-            self.api.sign_in(&self.device_id, |payload| Ok(pouch_mls::sign_raw(signer, payload)?))?;
+            self.api.sign_in(&self.device_id, |payload| {
+                Ok(pouch_mls::sign_raw(signer, payload)?)
+            })?;
             self.signed_in = true;
         }
         Ok(())
@@ -357,14 +468,24 @@ impl Device {
     /// from disk, never held in memory whole.
     pub fn send(&mut self, compose: Compose) -> Result<Sent> {
         if compose.to.is_empty() && compose.cc.is_empty() {
-            return Err(ClientError::Invalid("name at least one recipient with --to".into()));
+            return Err(ClientError::Invalid(
+                "name at least one recipient with --to".into(),
+            ));
         }
-        let domain = self.local.meta("domain")?.unwrap_or_else(|| self.address.domain().to_string());
+        let domain = self
+            .local
+            .meta("domain")?
+            .unwrap_or_else(|| self.address.domain().to_string());
         let reply = match compose.reply_to {
             Some(id) => Some(self.reply_context(id)?),
             None => None,
         };
-        let out = mail::compose(&self.address, &compose, reply.as_ref().map(|r| &r.1), &domain)?;
+        let out = mail::compose(
+            &self.address,
+            &compose,
+            reply.as_ref().map(|r| &r.1),
+            &domain,
+        )?;
         self.deliver(out, reply.map(|r| r.0))
     }
 
@@ -379,14 +500,20 @@ impl Device {
             )));
         }
         if parsed.has_bcc {
-            return Err(ClientError::Invalid("Bcc is not supported by 'pouch send --eml' yet; remove the Bcc header".into()));
+            return Err(ClientError::Invalid(
+                "Bcc is not supported by 'pouch send --eml' yet; remove the Bcc header".into(),
+            ));
         }
         // A reply to a known message stays in that message's conversation.
         let group = match &parsed.in_reply_to {
             Some(mid) => self
                 .local
                 .conn
-                .query_row("SELECT group_id FROM messages WHERE message_id = ?1 LIMIT 1", [mid], |r| r.get::<_, String>(0))
+                .query_row(
+                    "SELECT group_id FROM messages WHERE message_id = ?1 LIMIT 1",
+                    [mid],
+                    |r| r.get::<_, String>(0),
+                )
                 .optional()?,
             None => None,
         };
@@ -397,24 +524,46 @@ impl Device {
         let row: Option<(String, Option<String>, String)> = self
             .local
             .conn
-            .query_row("SELECT group_id, message_id, subject FROM messages WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT group_id, message_id, subject FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
         let (group, message_id, subject) = row.ok_or(ClientError::NoSuchMessage(id))?;
-        Ok((GroupId(group), mail::ReplyTo { message_id, subject }))
+        Ok((
+            GroupId(group),
+            mail::ReplyTo {
+                message_id,
+                subject,
+            },
+        ))
     }
 
     fn deliver(&mut self, out: Outgoing, group: Option<GroupId>) -> Result<Sent> {
-        let mut wanted: Vec<Address> = out.parsed.to.iter().chain(out.parsed.cc.iter()).cloned().collect();
+        let mut wanted: Vec<Address> = out
+            .parsed
+            .to
+            .iter()
+            .chain(out.parsed.cc.iter())
+            .cloned()
+            .collect();
         wanted.sort();
         wanted.dedup();
         if wanted.is_empty() {
-            return Err(ClientError::Invalid("the message has no recipients (To or Cc)".into()));
+            return Err(ClientError::Invalid(
+                "the message has no recipients (To or Cc)".into(),
+            ));
         }
         self.sign_in()?;
         let envelope = if out.size <= INLINE_LIMIT as u64 {
-            Envelope::new(Content::Inline { rfc5322: out.to_vec()? })
+            Envelope::new(Content::Inline {
+                rfc5322: out.to_vec()?,
+            })
         } else {
-            Envelope::new(Content::Blob(self.upload_blob(&mut out.reader()?, out.size)?))
+            Envelope::new(Content::Blob(
+                self.upload_blob(&mut out.reader()?, out.size)?,
+            ))
         };
         let mut attempt = 0;
         let (group_id, recipient_devices) = loop {
@@ -425,11 +574,19 @@ impl Device {
                     None => self.create_conversation(&wanted, &[], "mail")?,
                 };
                 self.reconcile(&mut group, &wanted)?;
-                let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
+                let sealed = pouch_mls::seal(
+                    &self.local.provider,
+                    &self.signer,
+                    &mut group,
+                    &envelope.to_bytes(),
+                )?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
                 let resp: api::SendResponse = self.api.post(
                     &format!("/v1/groups/{gid}/messages"),
-                    &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed },
+                    &api::SendRequest {
+                        epoch: pouch_mls::epoch(&group),
+                        message: sealed,
+                    },
                 )?;
                 Ok((gid, resp.recipients))
             })();
@@ -443,7 +600,9 @@ impl Device {
         };
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(&out)?;
-        let id = self.local.atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
+        let id = self
+            .local
+            .atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
         Ok(Sent {
             id,
             message_id: out.parsed.message_id.clone().unwrap_or_default(),
@@ -466,47 +625,81 @@ impl Device {
     /// Encrypts and uploads `size` bytes from `reader` chunk by chunk.
     pub fn upload_blob(&mut self, reader: &mut dyn Read, size: u64) -> Result<BlobRef> {
         self.sign_in()?;
-        blob::upload(&self.api, reader, size, &mut progress_hook(&mut self.progress, "upload"))
+        blob::upload(
+            &self.api,
+            reader,
+            size,
+            &mut progress_hook(&mut self.progress, "upload"),
+        )
     }
 
     /// Downloads, decrypts and verifies a blob into `out`.
     pub fn download_blob(&mut self, r: &BlobRef, out: &mut dyn std::io::Write) -> Result<()> {
         self.sign_in()?;
-        blob::download(&self.api, r, out, &mut progress_hook(&mut self.progress, "download"))
+        blob::download(
+            &self.api,
+            r,
+            out,
+            &mut progress_hook(&mut self.progress, "download"),
+        )
     }
 
     /// Reports long transfers (history, large mail) to whoever set a progress hook.
-    pub fn set_progress(&mut self, hook: Box<dyn FnMut(&str, u64, u64)>) {
+    pub fn set_progress(&mut self, hook: Progress) {
         self.progress = Some(hook);
     }
 
     /// Key packages for the devices on these accounts' signed device lists
     /// (only `only`, when given). A device the server offers that its
     /// account never signed for is refused and reported, never encrypted to.
-    fn claim(&mut self, addresses: &[Address], only: &[DeviceId]) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
+    fn claim(
+        &mut self,
+        addresses: &[Address],
+        only: &[DeviceId],
+    ) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
         let mut lists = std::collections::BTreeMap::new();
         for a in addresses {
             lists.insert(a.clone(), self.trusted_list(a)?);
         }
-        let resp: api::ClaimResponse =
-            self.api.post("/v1/key-packages/claim", &api::ClaimRequest { addresses: addresses.to_vec(), only: only.to_vec() })?;
+        let resp: api::ClaimResponse = self.api.post(
+            "/v1/key-packages/claim",
+            &api::ClaimRequest {
+                addresses: addresses.to_vec(),
+                only: only.to_vec(),
+            },
+        )?;
         let mut packages = Vec::new();
         let mut devices = Vec::new();
         for d in &resp.devices {
-            if !lists.get(&d.address).is_some_and(|l| l.lists(&d.device_id, &d.signature_key)) {
+            if !lists
+                .get(&d.address)
+                .is_some_and(|l| l.lists(&d.device_id, &d.signature_key))
+            {
                 self.warnings.push(format!(
                     "SECURITY: the server offered a device {} for {} that is not on {}'s signed device list; nothing was encrypted to it",
                     d.device_id, d.address, d.address
                 ));
                 continue;
             }
-            let claimed = pouch_mls::ClaimedPackage { bytes: &d.key_package, address: &d.address, signature_key: &d.signature_key };
-            packages.push(pouch_mls::validate_key_package(&self.local.provider, self.suite, &claimed)?);
+            let claimed = pouch_mls::ClaimedPackage {
+                bytes: &d.key_package,
+                address: &d.address,
+                signature_key: &d.signature_key,
+            };
+            packages.push(pouch_mls::validate_key_package(
+                &self.local.provider,
+                self.suite,
+                &claimed,
+            )?);
             devices.push(d.device_id.clone());
         }
         if only.is_empty() {
             for address in addresses.iter().filter(|a| **a != self.address) {
-                if !resp.devices.iter().any(|d| &d.address == address && devices.contains(&d.device_id)) {
+                if !resp
+                    .devices
+                    .iter()
+                    .any(|d| &d.address == address && devices.contains(&d.device_id))
+                {
                     return Err(ClientError::Invalid(format!(
                         "{address} has no enrolled device yet, so nothing can be encrypted to them; ask them to enroll"
                     )));
@@ -516,17 +709,34 @@ impl Device {
         Ok((packages, devices))
     }
 
-    fn create_conversation(&mut self, recipients: &[Address], only: &[DeviceId], kind: &str) -> Result<MlsGroup> {
+    fn create_conversation(
+        &mut self,
+        recipients: &[Address],
+        only: &[DeviceId],
+        kind: &str,
+    ) -> Result<MlsGroup> {
         let mut addresses: Vec<Address> = recipients.to_vec();
         if !addresses.contains(&self.address) {
             addresses.push(self.address.clone()); // the sender's own other devices
         }
         let (packages, devices) = self.claim(&addresses, only)?;
-        let (mut group, out) = pouch_mls::create_conversation(&self.local.provider, self.suite, &self.signer, &self.address, &packages)?;
+        let (mut group, out) = pouch_mls::create_conversation(
+            &self.local.provider,
+            self.suite,
+            &self.signer,
+            &self.address,
+            &packages,
+        )?;
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
         let submitted: Result<api::CommitResponse> = self.api.post(
             &format!("/v1/groups/{gid}/commits"),
-            &api::CommitRequest { base_epoch: 0, commit: None, welcome: out.welcome, added: devices, removed: vec![] },
+            &api::CommitRequest {
+                base_epoch: 0,
+                commit: None,
+                welcome: out.welcome,
+                added: devices,
+                removed: vec![],
+            },
         );
         match submitted {
             Ok(_) => {
@@ -545,17 +755,33 @@ impl Device {
     }
 
     /// Submits a pending commit; merges it if the server accepts, discards it otherwise.
-    fn submit(&mut self, group: &mut MlsGroup, base_epoch: u64, out: pouch_mls::CommitOut, added: Vec<DeviceId>, removed: Vec<DeviceId>) -> Result<()> {
+    fn submit(
+        &mut self,
+        group: &mut MlsGroup,
+        base_epoch: u64,
+        out: pouch_mls::CommitOut,
+        added: Vec<DeviceId>,
+        removed: Vec<DeviceId>,
+    ) -> Result<()> {
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(group));
         let submitted: Result<api::CommitResponse> = self.api.post(
             &format!("/v1/groups/{gid}/commits"),
-            &api::CommitRequest { base_epoch, commit: Some(out.commit), welcome: out.welcome, added, removed },
+            &api::CommitRequest {
+                base_epoch,
+                commit: Some(out.commit),
+                welcome: out.welcome,
+                added,
+                removed,
+            },
         );
         match submitted {
             Ok(_) => {
                 pouch_mls::merge_pending(&self.local.provider, group)?;
                 // Every commit of ours carries a fresh leaf key: it counts as a rotation.
-                self.local.conn.execute("UPDATE conversations SET last_update = ?1 WHERE group_id = ?2", params![now(), gid.0])?;
+                self.local.conn.execute(
+                    "UPDATE conversations SET last_update = ?1 WHERE group_id = ?2",
+                    params![now(), gid.0],
+                )?;
                 Ok(())
             }
             Err(e) => {
@@ -572,7 +798,9 @@ impl Device {
         let info: api::ServerInfo = self.api.get_json("/v1/info")?;
         let due_before = now() - info.rotation_secs as i64;
         let due: Vec<String> = {
-            let mut stmt = self.local.conn.prepare("SELECT group_id FROM conversations WHERE kind = 'mail' AND last_update <= ?1")?;
+            let mut stmt = self.local.conn.prepare(
+                "SELECT group_id FROM conversations WHERE kind = 'mail' AND last_update <= ?1",
+            )?;
             let rows = stmt.query_map([due_before], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -598,7 +826,11 @@ impl Device {
     /// number of commits made.
     fn reconcile(&mut self, group: &mut MlsGroup, wanted: &[Address]) -> Result<u32> {
         let members = pouch_mls::members(group);
-        let mut addresses: Vec<Address> = wanted.iter().cloned().chain(members.iter().map(|(a, _)| a.clone())).collect();
+        let mut addresses: Vec<Address> = wanted
+            .iter()
+            .cloned()
+            .chain(members.iter().map(|(a, _)| a.clone()))
+            .collect();
         addresses.sort();
         addresses.dedup();
         let mut lists = std::collections::BTreeMap::new();
@@ -608,7 +840,9 @@ impl Device {
         let own_key = self.signer.to_public_vec();
         let stale: Vec<Vec<u8>> = members
             .iter()
-            .filter(|(a, key)| *key != own_key && !lists[a].devices.iter().any(|d| &d.signature_key == key))
+            .filter(|(a, key)| {
+                *key != own_key && !lists[a].devices.iter().any(|d| &d.signature_key == key)
+            })
             .map(|(_, key)| key.clone())
             .collect();
         let mut commits = 0;
@@ -622,7 +856,9 @@ impl Device {
         let missing: Vec<(Address, DeviceId)> = lists
             .iter()
             .flat_map(|(a, l)| l.devices.iter().map(move |d| (a, d)))
-            .filter(|(_, d)| d.signature_key != own_key && !members.iter().any(|(_, k)| k == &d.signature_key))
+            .filter(|(_, d)| {
+                d.signature_key != own_key && !members.iter().any(|(_, k)| k == &d.signature_key)
+            })
             .map(|(a, d)| (a.clone(), d.device_id.clone()))
             .collect();
         if !missing.is_empty() {
@@ -632,7 +868,8 @@ impl Device {
             let (packages, devices) = self.claim(&who, &ids)?;
             if !packages.is_empty() {
                 let base = pouch_mls::epoch(group);
-                let out = pouch_mls::add_members(&self.local.provider, &self.signer, group, &packages)?;
+                let out =
+                    pouch_mls::add_members(&self.local.provider, &self.signer, group, &packages)?;
                 self.submit(group, base, out, devices, vec![])?;
                 commits += 1;
             }
@@ -643,7 +880,9 @@ impl Device {
     /// Reconciles every mail conversation (after a link or a revocation).
     pub(crate) fn reconcile_all(&mut self) -> Result<u32> {
         let groups: Vec<String> = {
-            let mut stmt = self.local.conn.prepare("SELECT group_id FROM conversations WHERE kind = 'mail' ORDER BY created_at")?;
+            let mut stmt = self.local.conn.prepare(
+                "SELECT group_id FROM conversations WHERE kind = 'mail' ORDER BY created_at",
+            )?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -677,7 +916,11 @@ impl Device {
             let id: Option<String> = self
                 .local
                 .conn
-                .query_row("SELECT device_id FROM device_keys WHERE signature_key = ?1", [k], |r| r.get(0))
+                .query_row(
+                    "SELECT device_id FROM device_keys WHERE signature_key = ?1",
+                    [k],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if let Some(id) = id {
                 ids.push(DeviceId(id));
@@ -688,20 +931,36 @@ impl Device {
 
     /// Starts a conversation with exactly these devices and sends one
     /// non-mail envelope (the account key for a newly linked device).
-    pub(crate) fn send_system(&mut self, addresses: &[Address], only: &[DeviceId], envelopes: Vec<Envelope>) -> Result<()> {
+    pub(crate) fn send_system(
+        &mut self,
+        addresses: &[Address],
+        only: &[DeviceId],
+        envelopes: Vec<Envelope>,
+    ) -> Result<()> {
         let mut group = self.create_conversation(addresses, only, "system")?;
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
         for envelope in envelopes {
-            let sealed = pouch_mls::seal(&self.local.provider, &self.signer, &mut group, &envelope.to_bytes())?;
-            let _: api::SendResponse = self
-                .api
-                .post(&format!("/v1/groups/{gid}/messages"), &api::SendRequest { epoch: pouch_mls::epoch(&group), message: sealed })?;
+            let sealed = pouch_mls::seal(
+                &self.local.provider,
+                &self.signer,
+                &mut group,
+                &envelope.to_bytes(),
+            )?;
+            let _: api::SendResponse = self.api.post(
+                &format!("/v1/groups/{gid}/messages"),
+                &api::SendRequest {
+                    epoch: pouch_mls::epoch(&group),
+                    message: sealed,
+                },
+            )?;
         }
         Ok(())
     }
 
     fn load_group(&self, g: &GroupId) -> Result<MlsGroup> {
-        let bytes = g.to_bytes().ok_or_else(|| ClientError::Local("damaged conversation id".into()))?;
+        let bytes = g
+            .to_bytes()
+            .ok_or_else(|| ClientError::Local("damaged conversation id".into()))?;
         Ok(pouch_mls::load_group(&self.local.provider, &bytes)?)
     }
 
@@ -712,8 +971,14 @@ impl Device {
         self.sign_in()?;
         let mut report = SyncReport::default();
         loop {
-            let cursor: u64 = self.local.require_meta("queue_cursor")?.parse().unwrap_or(0);
-            let batch: api::QueueResponse = self.api.get(&format!("/v1/queue?after={cursor}&limit=100"))?;
+            let cursor: u64 = self
+                .local
+                .require_meta("queue_cursor")?
+                .parse()
+                .unwrap_or(0);
+            let batch: api::QueueResponse = self
+                .api
+                .get(&format!("/v1/queue?after={cursor}&limit=100"))?;
             if batch.items.is_empty() {
                 break;
             }
@@ -723,7 +988,8 @@ impl Device {
                 last = item.seq;
             }
             // Only what is durably stored is acknowledged.
-            self.api.post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
+            self.api
+                .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
@@ -758,7 +1024,12 @@ impl Device {
             Ok(Step::Imported(n)) => report.history_imported += n,
             Ok(Step::Ignored) | Ok(Step::NeedsBlob { .. }) | Ok(Step::NeedsHistory { .. }) => {}
             // The server or network failed: stop here; the item is retried next sync.
-            Err(e @ (ClientError::Unreachable(..) | ClientError::Server { .. } | ClientError::Local(_) | ClientError::Io(_))) => {
+            Err(
+                e @ (ClientError::Unreachable(..)
+                | ClientError::Server { .. }
+                | ClientError::Local(_)
+                | ClientError::Io(_)),
+            ) => {
                 return Err(e);
             }
             Err(e) => return self.reject(item, e, report),
@@ -771,7 +1042,10 @@ impl Device {
     fn receive_blob(&mut self, item: &QueueItem, blob: &BlobRef) -> Result<Step> {
         let mut file = self.local.new_mail_file(blob.size)?;
         let name = file.name().to_string();
-        let mut tee = HeadTee { head: Vec::new(), inner: &mut file };
+        let mut tee = HeadTee {
+            head: Vec::new(),
+            inner: &mut file,
+        };
         let downloaded = self.download_blob(blob, &mut tee);
         let head = std::mem::take(&mut tee.head);
         let stored = downloaded.and_then(|()| file.finish()).and_then(|f| {
@@ -803,8 +1077,12 @@ impl Device {
         });
         if result.is_err() {
             // Files of a rolled-back import are orphans: remove them.
-            let mut stmt = local.conn.prepare("SELECT raw_file FROM messages WHERE raw_file IS NOT NULL")?;
-            let kept: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut stmt = local
+                .conn
+                .prepare("SELECT raw_file FROM messages WHERE raw_file IS NOT NULL")?;
+            let kept: Vec<String> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             for f in local.orphan_mail_files(&kept)? {
                 local.remove_mail_file(&f);
             }
@@ -813,7 +1091,11 @@ impl Device {
     }
 
     fn reject(&mut self, item: &QueueItem, e: ClientError, report: &mut SyncReport) -> Result<()> {
-        let reason = format!("{} in conversation {}: {e}", item.kind.as_str(), item.group_id);
+        let reason = format!(
+            "{} in conversation {}: {e}",
+            item.kind.as_str(),
+            item.group_id
+        );
         self.local.atomically(|l| {
             l.conn.execute(
                 "INSERT OR IGNORE INTO rejected (server_seq, group_id, reason, at) VALUES (?1, ?2, ?3, ?4)",
@@ -831,8 +1113,21 @@ impl Device {
             return Ok(0);
         }
         let n = KEY_PACKAGE_POOL - count.available;
-        let kps = pouch_mls::key_packages(&self.local.provider, self.suite, &self.signer, &self.address, n as usize, false)?;
-        let _: api::KeyPackageCount = self.api.post("/v1/key-packages", &api::UploadKeyPackages { key_packages: kps, last_resort: None })?;
+        let kps = pouch_mls::key_packages(
+            &self.local.provider,
+            self.suite,
+            &self.signer,
+            &self.address,
+            n as usize,
+            false,
+        )?;
+        let _: api::KeyPackageCount = self.api.post(
+            "/v1/key-packages",
+            &api::UploadKeyPackages {
+                key_packages: kps,
+                last_resort: None,
+            },
+        )?;
         Ok(n)
     }
 
@@ -873,20 +1168,32 @@ impl Device {
         let row: Option<Row> = self
             .local
             .conn
-            .query_row("SELECT raw, raw_file, raw_key, size FROM messages WHERE id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT raw, raw_file, raw_key, size FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?;
         match row.ok_or(ClientError::NoSuchMessage(id))? {
             (Some(raw), _, _, _) => {
-                let end = limit.map(|l| (l as usize).min(raw.len())).unwrap_or(raw.len());
+                let end = limit
+                    .map(|l| (l as usize).min(raw.len()))
+                    .unwrap_or(raw.len());
                 out.write_all(&raw[..end])?;
             }
             (None, Some(name), Some(key), size) => {
-                let f = local::MailFile { name, key: zeroize::Zeroizing::new(key), size: size as u64 };
+                let f = local::MailFile {
+                    name,
+                    key: zeroize::Zeroizing::new(key),
+                    size: size as u64,
+                };
                 self.local.read_mail_file(&f, out, limit)?;
             }
-            _ => return Err(ClientError::Local(format!("message {id} has no stored body"))),
+            _ => {
+                return Err(ClientError::Local(format!(
+                    "message {id} has no stored body"
+                )));
+            }
         }
         Ok(())
     }
@@ -906,12 +1213,17 @@ impl Device {
     }
 
     pub fn summary(&self, id: i64) -> Result<MessageSummary> {
-        self.list(&format!("id = {id} AND ?1 = ?1"))?.pop().ok_or(ClientError::NoSuchMessage(id))
+        self.list(&format!("id = {id} AND ?1 = ?1"))?
+            .pop()
+            .ok_or(ClientError::NoSuchMessage(id))
     }
 
     /// Problems found during earlier syncs, newest last.
     pub fn rejected(&self) -> Result<Vec<(i64, String)>> {
-        let mut stmt = self.local.conn.prepare("SELECT at, reason FROM rejected ORDER BY id")?;
+        let mut stmt = self
+            .local
+            .conn
+            .prepare("SELECT at, reason FROM rejected ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -941,9 +1253,13 @@ enum Step {
     Committed,
     Stored(i64),
     Ignored,
-    NeedsBlob { blob: BlobRef },
+    NeedsBlob {
+        blob: BlobRef,
+    },
     /// A mail history from another device of the account, to download and import.
-    NeedsHistory { blob: BlobRef },
+    NeedsHistory {
+        blob: BlobRef,
+    },
     Imported(u32),
 }
 
@@ -962,7 +1278,9 @@ fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
             let mut group = load(l, &item.group_id)?;
             match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
                 Opened::Commit | Opened::Proposal => Ok(Step::Committed),
-                Opened::Application { .. } => Err(ClientError::Invalid("expected a commit, got an application message".into())),
+                Opened::Application { .. } => Err(ClientError::Invalid(
+                    "expected a commit, got an application message".into(),
+                )),
             }
         }
         QueueKind::Application => finish_application(l, item, None),
@@ -970,7 +1288,9 @@ fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
 }
 
 fn load(l: &LocalStore, g: &GroupId) -> Result<MlsGroup> {
-    let bytes = g.to_bytes().ok_or_else(|| ClientError::Invalid("malformed conversation id".into()))?;
+    let bytes = g
+        .to_bytes()
+        .ok_or_else(|| ClientError::Invalid("malformed conversation id".into()))?;
     Ok(pouch_mls::load_group(&l.provider, &bytes)?)
 }
 
@@ -983,29 +1303,43 @@ pub(crate) enum Body {
 /// Decrypts an application message and stores the mail. With `downloaded`
 /// the message's blob is already in a local file (the MLS decryption is
 /// redone in this transaction; the earlier attempt was rolled back).
-fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<u8>, &Body)>) -> Result<Step> {
+fn finish_application(
+    l: &LocalStore,
+    item: &QueueItem,
+    downloaded: Option<(Vec<u8>, &Body)>,
+) -> Result<Step> {
     let mut group = load(l, &item.group_id)?;
     let (sender, payload) = match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
-        Opened::Application { sender, payload, .. } => (sender, payload),
+        Opened::Application {
+            sender, payload, ..
+        } => (sender, payload),
         _ => return Ok(Step::Committed),
     };
-    let envelope = Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let envelope =
+        Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
     let own = l.require_meta("address")?;
     let content = match envelope.content {
         // Only the account's own devices may hand over the account key, and only once.
         Content::AccountKey { secret } => {
             if sender.as_str() != own {
-                return Err(ClientError::Security(format!("{sender} tried to hand this device an account key")));
+                return Err(ClientError::Security(format!(
+                    "{sender} tried to hand this device an account key"
+                )));
             }
             if l.account_key()?.is_none() {
                 l.set_account_key(&devices::AccountKey::from_secret(&secret)?)?;
             }
-            l.conn.execute("UPDATE conversations SET kind = 'system' WHERE group_id = ?1", [&item.group_id.0])?;
+            l.conn.execute(
+                "UPDATE conversations SET kind = 'system' WHERE group_id = ?1",
+                [&item.group_id.0],
+            )?;
             return Ok(Step::Committed);
         }
         Content::History(blob) => {
             if sender.as_str() != own {
-                return Err(ClientError::Security(format!("{sender} tried to send this device a mail history")));
+                return Err(ClientError::Security(format!(
+                    "{sender} tried to send this device a mail history"
+                )));
             }
             return Ok(match downloaded {
                 Some(_) => Step::Committed,
@@ -1031,25 +1365,50 @@ fn finish_application(l: &LocalStore, item: &QueueItem, downloaded: Option<(Vec<
     if parsed.from.as_ref() != Some(&sender) {
         return Err(ClientError::Invalid(format!(
             "forged sender: the From header says {} but the message was signed by {sender}",
-            parsed.from.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "nobody".into())
+            parsed
+                .from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "nobody".into())
         )));
     }
     let exists: Option<i64> = l
         .conn
-        .query_row("SELECT id FROM messages WHERE server_seq = ?1", [item.seq as i64], |r| r.get(0))
+        .query_row(
+            "SELECT id FROM messages WHERE server_seq = ?1",
+            [item.seq as i64],
+            |r| r.get(0),
+        )
         .optional()?;
     if exists.is_some() {
         return Ok(Step::Ignored);
     }
-    Ok(Step::Stored(store_message(l, &item.group_id, Some(item.seq), false, &parsed, body)?))
+    Ok(Step::Stored(store_message(
+        l,
+        &item.group_id,
+        Some(item.seq),
+        false,
+        &parsed,
+        body,
+    )?))
 }
 
-pub(crate) fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, outgoing: bool, p: &Parsed, body: &Body) -> Result<i64> {
-    let (raw, file, key, size): (Option<&[u8]>, Option<&str>, Option<&[u8]>, u64) = match body {
-        Body::Inline(raw) => (Some(raw), None, None, raw.len() as u64),
-        Body::File(f) => (None, Some(&f.name), Some(&f.key), f.size),
+pub(crate) fn store_message(
+    l: &LocalStore,
+    group: &GroupId,
+    seq: Option<u64>,
+    outgoing: bool,
+    p: &Parsed,
+    body: &Body,
+) -> Result<i64> {
+    let (raw, file, key, size) = match body {
+        Body::Inline(raw) => (Some(raw.as_slice()), None, None, raw.len() as u64),
+        Body::File(f) => (None, Some(f.name.as_str()), Some(f.key.as_slice()), f.size),
     };
-    let list = |v: &[Address]| serde_json::to_string(&v.iter().map(|a| a.as_str()).collect::<Vec<_>>()).expect("serialises");
+    let list = |v: &[Address]| {
+        serde_json::to_string(&v.iter().map(|a| a.as_str()).collect::<Vec<_>>())
+            .expect("serialises")
+    };
     l.conn.execute(
         "INSERT INTO messages (group_id, server_seq, outgoing, sender, recipients, cc, subject, message_id, date, stored_at, size, attachments, raw, raw_file, raw_key) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -1073,4 +1432,3 @@ pub(crate) fn store_message(l: &LocalStore, group: &GroupId, seq: Option<u64>, o
     )?;
     Ok(l.conn.last_insert_rowid())
 }
-

@@ -32,13 +32,21 @@ struct KdfParams {
 impl KdfParams {
     fn fresh() -> Self {
         let salt: [u8; 16] = rand::random();
-        KdfParams { algorithm: "argon2id".into(), memory_kib: 64 * 1024, iterations: 3, parallelism: 1, salt: hex::encode(salt) }
+        KdfParams {
+            algorithm: "argon2id".into(),
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+            salt: hex::encode(salt),
+        }
     }
 
     fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>> {
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| ClientError::Local(format!("bad key-derivation parameters: {e}")))?;
-        let salt = hex::decode(&self.salt).map_err(|_| ClientError::Local("damaged kdf.json".into()))?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| ClientError::Local(format!("bad key-derivation parameters: {e}")))?;
+        let salt =
+            hex::decode(&self.salt).map_err(|_| ClientError::Local("damaged kdf.json".into()))?;
         let mut key = Zeroizing::new([0u8; 32]);
         argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
             .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
@@ -171,7 +179,10 @@ impl LocalStore {
             std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
         }
         let params = KdfParams::fresh();
-        std::fs::write(home.join(KDF_FILE), serde_json::to_vec_pretty(&params).expect("serialises"))?;
+        std::fs::write(
+            home.join(KDF_FILE),
+            serde_json::to_vec_pretty(&params).expect("serialises"),
+        )?;
         let key = params.derive(passphrase)?;
         Self::finish_open(home, &key)
     }
@@ -182,7 +193,9 @@ impl LocalStore {
             return Err(ClientError::NotEnrolled(home.display().to_string()));
         }
         let params: KdfParams = serde_json::from_slice(&std::fs::read(home.join(KDF_FILE))?)
-            .map_err(|_| ClientError::Local(format!("{} is damaged", home.join(KDF_FILE).display())))?;
+            .map_err(|_| {
+                ClientError::Local(format!("{} is damaged", home.join(KDF_FILE).display()))
+            })?;
         let key = params.derive(passphrase)?;
         Self::finish_open(home, &key)
     }
@@ -190,34 +203,52 @@ impl LocalStore {
     fn finish_open(home: &Path, key: &[u8; 32]) -> Result<Self> {
         let conn = open_connection(&home.join(DB_FILE), key)?;
         // The first read is where SQLCipher finds out whether the key is right.
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
             Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::NotADatabase => {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::NotADatabase =>
+            {
                 return Err(ClientError::WrongPassphrase(home.display().to_string()));
             }
             Err(e) => return Err(e.into()),
         }
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )?;
         conn.execute_batch(SCHEMA)?;
         let conn = Rc::new(conn);
         let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.
         {
             let mut migrations_conn = open_connection(&home.join(DB_FILE), key)?;
-            let mut migrator = SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut migrations_conn);
-            migrator.run_migrations().map_err(|e| ClientError::Local(format!("OpenMLS storage migration failed: {e}")))?;
+            let mut migrator =
+                SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut migrations_conn);
+            migrator.run_migrations().map_err(|e| {
+                ClientError::Local(format!("OpenMLS storage migration failed: {e}"))
+            })?;
         }
         let crypto = openmls_libcrux_crypto::CryptoProvider::new()
             .map_err(|e| ClientError::Local(format!("crypto provider unavailable: {e:?}")))?;
-        Ok(LocalStore { conn, provider: Provider { crypto, storage }, home: home.to_path_buf() })
+        Ok(LocalStore {
+            conn,
+            provider: Provider { crypto, storage },
+            home: home.to_path_buf(),
+        })
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn require_meta(&self, key: &str) -> Result<String> {
-        self.meta(key)?.ok_or_else(|| ClientError::Local(format!("device state lacks '{key}'; re-enroll this device")))
+        self.meta(key)?.ok_or_else(|| {
+            ClientError::Local(format!("device state lacks '{key}'; re-enroll this device"))
+        })
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -235,7 +266,11 @@ impl LocalStore {
 
     /// As [`Self::atomically`], but rolls back a successful `f` whose result
     /// satisfies `discard` (a look that must leave no trace).
-    pub fn atomically_unless<T>(&self, f: impl FnOnce(&Self) -> Result<T>, discard: impl FnOnce(&T) -> bool) -> Result<T> {
+    pub fn atomically_unless<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T>,
+        discard: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         match f(self) {
             Ok(v) if discard(&v) => {
@@ -297,7 +332,9 @@ impl MailFileWriter {
     pub fn finish(mut self) -> Result<MailFile> {
         if self.emitted + self.buf.len() as u64 != self.meta.size {
             let _ = std::fs::remove_file(&self.path);
-            return Err(ClientError::Invalid("mail size differs from what was announced".into()));
+            return Err(ClientError::Invalid(
+                "mail size differs from what was announced".into(),
+            ));
         }
         if !self.buf.is_empty() || self.index == 0 {
             self.emit()?;
@@ -348,7 +385,9 @@ impl LocalStore {
 
     /// Mail files on disk that no stored message refers to.
     pub fn orphan_mail_files(&self, kept: &[String]) -> Result<Vec<String>> {
-        let Ok(entries) = std::fs::read_dir(self.mail_dir()) else { return Ok(Vec::new()) };
+        let Ok(entries) = std::fs::read_dir(self.mail_dir()) else {
+            return Ok(Vec::new());
+        };
         Ok(entries
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .filter(|n| !kept.contains(n))
@@ -360,7 +399,12 @@ impl LocalStore {
     }
 
     /// Decrypts a mail file into `out`, stopping after `limit` bytes if given.
-    pub fn read_mail_file(&self, f: &MailFile, out: &mut dyn std::io::Write, limit: Option<u64>) -> Result<()> {
+    pub fn read_mail_file(
+        &self,
+        f: &MailFile,
+        out: &mut dyn std::io::Write,
+        limit: Option<u64>,
+    ) -> Result<()> {
         use std::io::Read;
         let cipher = crate::blob::ChunkCipher::new(&f.key, &f.name)?;
         let mut file = std::io::BufReader::new(std::fs::File::open(self.mail_dir().join(&f.name))?);

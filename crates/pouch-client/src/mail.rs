@@ -7,8 +7,8 @@
 //! Parsing (mail-parser) only ever reads the head of a message: the headers
 //! and the first parts, enough to index it.
 
-use crate::error::{ClientError, Result};
 use crate::Compose;
+use crate::error::{ClientError, Result};
 use base64::Engine;
 use mail_parser::{Address as MpAddress, MessageParser, MimeHeaders};
 use pouch_proto::Address;
@@ -43,9 +43,15 @@ pub struct Parsed {
 enum Piece {
     Bytes(Vec<u8>),
     /// A file of `len` bytes, emitted as base64 lines.
-    Base64File { path: PathBuf, len: u64 },
+    Base64File {
+        path: PathBuf,
+        len: u64,
+    },
     /// A file emitted as it is.
-    RawFile { path: PathBuf, len: u64 },
+    RawFile {
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 impl Piece {
@@ -56,7 +62,12 @@ impl Piece {
             Piece::Base64File { len, .. } => {
                 let full = len / B64_LINE_IN as u64;
                 let rest = len % B64_LINE_IN as u64;
-                full * 78 + if rest > 0 { rest.div_ceil(3) * 4 + 2 } else { 0 }
+                full * 78
+                    + if rest > 0 {
+                        rest.div_ceil(3) * 4 + 2
+                    } else {
+                        0
+                    }
             }
         }
     }
@@ -72,9 +83,15 @@ pub struct Outgoing {
 impl Outgoing {
     fn new(pieces: Vec<Piece>) -> Result<Self> {
         let size = pieces.iter().map(Piece::size).sum();
-        let mut out = Outgoing { pieces, size, parsed: Parsed::default() };
+        let mut out = Outgoing {
+            pieces,
+            size,
+            parsed: Parsed::default(),
+        };
         let mut head = Vec::new();
-        out.reader()?.take(HEAD_LIMIT as u64).read_to_end(&mut head)?;
+        out.reader()?
+            .take(HEAD_LIMIT as u64)
+            .read_to_end(&mut head)?;
         out.parsed = parse(&head)?;
         Ok(out)
     }
@@ -86,7 +103,9 @@ impl Outgoing {
 
     /// A complete message in a file, sent byte for byte.
     pub fn from_file(path: PathBuf) -> Result<Self> {
-        let len = std::fs::metadata(&path).map_err(|e| ClientError::Io(format!("cannot read {}: {e}", path.display())))?.len();
+        let len = std::fs::metadata(&path)
+            .map_err(|e| ClientError::Io(format!("cannot read {}: {e}", path.display())))?
+            .len();
         Self::new(vec![Piece::RawFile { path, len }])
     }
 
@@ -113,7 +132,8 @@ impl Outgoing {
 }
 
 fn open(path: &PathBuf) -> Result<std::fs::File> {
-    std::fs::File::open(path).map_err(|e| ClientError::Io(format!("cannot read {}: {e}", path.display())))
+    std::fs::File::open(path)
+        .map_err(|e| ClientError::Io(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Encodes a reader as base64 in 76-character CRLF-terminated lines.
@@ -126,7 +146,12 @@ struct Base64Lines<R> {
 
 impl<R: Read> Base64Lines<R> {
     fn new(inner: R) -> Self {
-        Base64Lines { inner, out: Vec::new(), pos: 0, done: false }
+        Base64Lines {
+            inner,
+            out: Vec::new(),
+            pos: 0,
+            done: false,
+        }
     }
     fn refill(&mut self) -> std::io::Result<()> {
         // 1024 lines at a time: 57 KiB in, 78 KiB out.
@@ -186,47 +211,85 @@ fn encode_header_text(text: &str) -> String {
     words.push(current);
     words
         .iter()
-        .map(|w| format!("=?utf-8?b?{}?=", base64::engine::general_purpose::STANDARD.encode(w)))
+        .map(|w| {
+            format!(
+                "=?utf-8?b?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w)
+            )
+        })
         .collect::<Vec<_>>()
         .join("\r\n ")
 }
 
 fn filename_param(name: &str) -> String {
     let clean: String = name.chars().filter(|c| !c.is_control()).collect();
-    if clean.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !clean.contains('"') && !clean.contains('\\') {
+    if clean.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        && !clean.contains('"')
+        && !clean.contains('\\')
+    {
         format!("filename=\"{clean}\"")
     } else {
         let encoded: String = clean
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         format!("filename*=utf-8''{encoded}")
     }
 }
 
 fn rfc5322_date(ts: i64) -> String {
-    let Ok(d) = time::OffsetDateTime::from_unix_timestamp(ts) else { return String::new() };
+    let Ok(d) = time::OffsetDateTime::from_unix_timestamp(ts) else {
+        return String::new();
+    };
     let weekday = &d.weekday().to_string()[..3];
     let month = &d.month().to_string()[..3];
-    format!("{weekday}, {:02} {month} {} {:02}:{:02}:{:02} +0000", d.day(), d.year(), d.hour(), d.minute(), d.second())
+    format!(
+        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} +0000",
+        d.day(),
+        d.year(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
 }
 
 fn address_list(list: &[Address]) -> String {
-    list.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(|a| format!("<{a}>"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Composes a message from `pouch send` arguments. Attachments stay on disk
 /// and are streamed as base64 when the message is read.
-pub fn compose(from: &Address, c: &Compose, reply: Option<&ReplyTo>, domain: &str) -> Result<Outgoing> {
+pub fn compose(
+    from: &Address,
+    c: &Compose,
+    reply: Option<&ReplyTo>,
+    domain: &str,
+) -> Result<Outgoing> {
     let id: [u8; 16] = rand::random();
     let boundary = format!("pouch-{}", hex::encode(rand::random::<[u8; 12]>()));
     let subject = match reply {
         Some(r) if c.subject.is_empty() => {
-            if r.subject.to_ascii_lowercase().starts_with("re:") { r.subject.clone() } else { format!("Re: {}", r.subject) }
+            if r.subject.to_ascii_lowercase().starts_with("re:") {
+                r.subject.clone()
+            } else {
+                format!("Re: {}", r.subject)
+            }
         }
         _ => c.subject.clone(),
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
     let mut head = String::new();
     head += &format!("From: <{from}>\r\n");
     if !c.to.is_empty() {
@@ -237,14 +300,19 @@ pub fn compose(from: &Address, c: &Compose, reply: Option<&ReplyTo>, domain: &st
     }
     head += &format!("Subject: {}\r\n", encode_header_text(&subject));
     head += &format!("Message-ID: <{}@{domain}>\r\n", hex::encode(id));
-    if let Some(ReplyTo { message_id: Some(parent), .. }) = reply {
+    if let Some(ReplyTo {
+        message_id: Some(parent),
+        ..
+    }) = reply
+    {
         head += &format!("In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\n");
     }
     head += &format!("Date: {}\r\nMIME-Version: 1.0\r\n", rfc5322_date(now));
 
     let body = c.body.replace("\r\n", "\n").replace('\n', "\r\n");
     let text_part = |h: &mut String| {
-        *h += "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n";
+        *h +=
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n";
         for line in body.as_bytes().chunks(B64_LINE_IN) {
             *h += &base64::engine::general_purpose::STANDARD.encode(line);
             *h += "\r\n";
@@ -255,12 +323,16 @@ pub fn compose(from: &Address, c: &Compose, reply: Option<&ReplyTo>, domain: &st
         text_part(&mut head);
         pieces.push(Piece::Bytes(head.into_bytes()));
     } else {
-        head += &format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\n");
+        head += &format!(
+            "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\n"
+        );
         text_part(&mut head);
         pieces.push(Piece::Bytes(head.into_bytes()));
         for (name, path) in &c.attachments {
             let len = std::fs::metadata(path)
-                .map_err(|e| ClientError::Io(format!("cannot read attachment {}: {e}", path.display())))?
+                .map_err(|e| {
+                    ClientError::Io(format!("cannot read attachment {}: {e}", path.display()))
+                })?
                 .len();
             pieces.push(Piece::Bytes(
                 format!(
@@ -269,7 +341,10 @@ pub fn compose(from: &Address, c: &Compose, reply: Option<&ReplyTo>, domain: &st
                 )
                 .into_bytes(),
             ));
-            pieces.push(Piece::Base64File { path: path.clone(), len });
+            pieces.push(Piece::Base64File {
+                path: path.clone(),
+                len,
+            });
         }
         pieces.push(Piece::Bytes(format!("--{boundary}--\r\n").into_bytes()));
     }
@@ -277,7 +352,9 @@ pub fn compose(from: &Address, c: &Compose, reply: Option<&ReplyTo>, domain: &st
 }
 
 fn addresses(list: Option<&MpAddress<'_>>) -> Result<Vec<Address>> {
-    let Some(list) = list else { return Ok(Vec::new()) };
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
     list.iter()
         .filter_map(|a| a.address())
         .map(|a| Address::parse(a).map_err(|e| ClientError::Invalid(e.to_string())))
@@ -290,7 +367,10 @@ pub fn parse(head: &[u8]) -> Result<Parsed> {
         .parse(head)
         .ok_or_else(|| ClientError::Invalid("not an RFC 5322 message".into()))?;
     let from = addresses(msg.from())?.into_iter().next();
-    let attachments = msg.attachments().map(|a| a.attachment_name().unwrap_or("unnamed").to_string()).collect();
+    let attachments = msg
+        .attachments()
+        .map(|a| a.attachment_name().unwrap_or("unnamed").to_string())
+        .collect();
     Ok(Parsed {
         from,
         to: addresses(msg.to())?,
@@ -316,7 +396,18 @@ mod tests {
     fn composed_messages_parse_back_with_attachments_streamed() {
         let dir = std::env::temp_dir().join(format!("pouch-mail-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut sizes = vec![0usize, 1, 56, 57, 58, 114, 1000, 57 * 1024, 57 * 1024 + 1, 200_000];
+        let mut sizes = vec![
+            0usize,
+            1,
+            56,
+            57,
+            58,
+            114,
+            1000,
+            57 * 1024,
+            57 * 1024 + 1,
+            200_000,
+        ];
         sizes.push(3 * 57 * 1024 + 5);
         for (i, size) in sizes.into_iter().enumerate() {
             let data: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
@@ -332,13 +423,23 @@ mod tests {
             };
             let out = compose(&addr("alice@pouch.local"), &c, None, "pouch.local").unwrap();
             let raw = out.to_vec().unwrap();
-            assert_eq!(raw.len() as u64, out.size, "announced size is exact for {size} bytes");
+            assert_eq!(
+                raw.len() as u64,
+                out.size,
+                "announced size is exact for {size} bytes"
+            );
             let msg = MessageParser::default().parse(&raw).unwrap();
             assert_eq!(msg.subject().unwrap(), c.subject);
-            assert_eq!(msg.body_text(0).unwrap().trim_end(), "Texte\r\nsur deux lignes");
+            assert_eq!(
+                msg.body_text(0).unwrap().trim_end(),
+                "Texte\r\nsur deux lignes"
+            );
             let att = msg.attachments().next().unwrap();
             assert_eq!(att.attachment_name(), Some("plan été.pdf"));
-            assert!(att.contents() == data.as_slice(), "attachment of {size} bytes differs");
+            assert!(
+                att.contents() == data.as_slice(),
+                "attachment of {size} bytes differs"
+            );
             assert_eq!(out.parsed.cc, vec![addr("carol@pouch.local")]);
             assert_eq!(out.parsed.attachments, vec!["plan été.pdf".to_string()]);
             // A second read gives the same bytes.
@@ -349,12 +450,28 @@ mod tests {
 
     #[test]
     fn replies_thread_and_prefix_the_subject_once() {
-        let c = Compose { to: vec![addr("alice@pouch.local")], body: "ok".into(), ..Default::default() };
-        let parent = ReplyTo { message_id: Some("x1@pouch.local".into()), subject: "Démarche".into() };
+        let c = Compose {
+            to: vec![addr("alice@pouch.local")],
+            body: "ok".into(),
+            ..Default::default()
+        };
+        let parent = ReplyTo {
+            message_id: Some("x1@pouch.local".into()),
+            subject: "Démarche".into(),
+        };
         let r = compose(&addr("bob@pouch.local"), &c, Some(&parent), "pouch.local").unwrap();
         assert_eq!(r.parsed.subject, "Re: Démarche");
         assert_eq!(r.parsed.in_reply_to.as_deref(), Some("x1@pouch.local"));
-        let again = ReplyTo { message_id: None, subject: "Re: Démarche".into() };
-        assert_eq!(compose(&addr("bob@pouch.local"), &c, Some(&again), "pouch.local").unwrap().parsed.subject, "Re: Démarche");
+        let again = ReplyTo {
+            message_id: None,
+            subject: "Re: Démarche".into(),
+        };
+        assert_eq!(
+            compose(&addr("bob@pouch.local"), &c, Some(&again), "pouch.local")
+                .unwrap()
+                .parsed
+                .subject,
+            "Re: Démarche"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! because its fingerprint came with the invite, not because a CA says so.
 
 use crate::error::{ClientError, Result};
-use pouch_proto::api::{self, ErrorBody, ErrorCode};
 use pouch_proto::DeviceId;
+use pouch_proto::api::{self, ErrorBody, ErrorCode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -29,20 +29,48 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if bool::from(Sha256::digest(end_entity.as_ref()).as_slice().ct_eq(&self.fingerprint)) {
+        if bool::from(
+            Sha256::digest(end_entity.as_ref())
+                .as_slice()
+                .ct_eq(&self.fingerprint),
+        ) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("certificate fingerprint mismatch".into()))
+            Err(rustls::Error::General(
+                "certificate fingerprint mismatch".into(),
+            ))
         }
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -58,13 +86,18 @@ impl Api {
         let fingerprint = hex::decode(fingerprint_hex)
             .ok()
             .filter(|f| f.len() == 32)
-            .ok_or_else(|| ClientError::Invalid("the certificate fingerprint must be 64 hex digits".into()))?;
+            .ok_or_else(|| {
+                ClientError::Invalid("the certificate fingerprint must be 64 hex digits".into())
+            })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { fingerprint, provider }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                fingerprint,
+                provider,
+            }))
             .with_no_client_auth();
         let http = reqwest::blocking::Client::builder()
             .use_preconfigured_tls(tls)
@@ -74,9 +107,15 @@ impl Api {
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let base = server.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
-            return Err(ClientError::Invalid(format!("the server URL must start with https:// (got {base})")));
+            return Err(ClientError::Invalid(format!(
+                "the server URL must start with https:// (got {base})"
+            )));
         }
-        Ok(Api { base, http, token: RefCell::new(None) })
+        Ok(Api {
+            base,
+            http,
+            token: RefCell::new(None),
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -91,8 +130,16 @@ impl Api {
         let status = resp.status().as_u16();
         let body: Option<ErrorBody> = resp.json().ok();
         Err(match body {
-            Some(b) => ClientError::Server { status, code: b.error, message: b.message },
-            None => ClientError::Server { status, code: ErrorCode::Internal, message: format!("HTTP {status}") },
+            Some(b) => ClientError::Server {
+                status,
+                code: b.error,
+                message: b.message,
+            },
+            None => ClientError::Server {
+                status,
+                code: ErrorCode::Internal,
+                message: format!("HTTP {status}"),
+            },
         })
     }
 
@@ -104,7 +151,13 @@ impl Api {
             }
             source = s.source();
         }
-        let reason = if e.is_connect() { "connection refused or unreachable".to_string() } else if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+        let reason = if e.is_connect() {
+            "connection refused or unreachable".to_string()
+        } else if e.is_timeout() {
+            "timed out".to_string()
+        } else {
+            e.to_string()
+        };
         ClientError::Unreachable(self.base.clone(), reason)
     }
 
@@ -112,39 +165,67 @@ impl Api {
         format!("{}{}", self.base, path)
     }
 
-    fn authed(&self, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::RequestBuilder> {
-        let token = self.token.borrow().clone().ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
+    fn authed(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::RequestBuilder> {
+        let token = self
+            .token
+            .borrow()
+            .clone()
+            .ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
         Ok(req.bearer_auth(token))
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.http.get(self.url(path)))?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).json(body))?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    pub fn admin_post<B: Serialize, T: DeserializeOwned>(&self, path: &str, token: &str, body: &B) -> Result<T> {
+    pub fn admin_post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+    ) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).bearer_auth(token).json(body))?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn admin_get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T> {
         let resp = self.send(self.http.get(self.url(path)).bearer_auth(token))?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Signs in with the device key: challenge, signature, token.
-    pub fn sign_in(&self, device_id: &DeviceId, sign: impl Fn(&[u8]) -> Result<Vec<u8>>) -> Result<()> {
-        let ch: api::ChallengeResponse =
-            self.post_json("/v1/auth/challenge", &api::ChallengeRequest { device_id: device_id.clone() })?;
+    pub fn sign_in(
+        &self,
+        device_id: &DeviceId,
+        sign: impl Fn(&[u8]) -> Result<Vec<u8>>,
+    ) -> Result<()> {
+        let ch: api::ChallengeResponse = self.post_json(
+            "/v1/auth/challenge",
+            &api::ChallengeRequest {
+                device_id: device_id.clone(),
+            },
+        )?;
         let signature = sign(&api::auth_signing_payload(device_id, &ch.challenge))?;
         let tok: api::TokenResponse = self.post_json(
             "/v1/auth/token",
-            &api::TokenRequest { device_id: device_id.clone(), challenge: ch.challenge, signature },
+            &api::TokenRequest {
+                device_id: device_id.clone(),
+                challenge: ch.challenge,
+                signature,
+            },
         )?;
         *self.token.borrow_mut() = Some(tok.token);
         Ok(())
@@ -152,12 +233,14 @@ impl Api {
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send(self.authed(self.http.post(self.url(path)).json(body))?)?;
-        resp.json().map_err(|e| ClientError::Protocol(e.to_string()))
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {

@@ -60,19 +60,25 @@ pub fn ciphersuite(code: u16) -> Result<Ciphersuite, MlsError> {
 /// Creates a device's Ed25519 signature key and keeps it in `provider`'s storage.
 pub fn new_device_signer<P: OpenMlsProvider>(provider: &P) -> Result<SignatureKeyPair, MlsError> {
     let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(op)?;
-    signer.store(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))?;
+    signer
+        .store(provider.storage())
+        .map_err(|e| MlsError::Storage(format!("{e:?}")))?;
     Ok(signer)
 }
 
 /// Loads the device's signature key from storage.
-pub fn load_device_signer<P: OpenMlsProvider>(provider: &P, public_key: &[u8]) -> Result<SignatureKeyPair, MlsError> {
+pub fn load_device_signer<P: OpenMlsProvider>(
+    provider: &P,
+    public_key: &[u8],
+) -> Result<SignatureKeyPair, MlsError> {
     SignatureKeyPair::read(provider.storage(), public_key, SignatureScheme::ED25519)
         .ok_or_else(|| MlsError::Storage("the device signature key is missing".into()))
 }
 
 /// Signs a non-MLS payload (the login challenge) with the device key.
 pub fn sign_raw(signer: &SignatureKeyPair, payload: &[u8]) -> Result<Vec<u8>, MlsError> {
-    openmls_traits::signatures::Signer::sign(signer, payload).map_err(|e| MlsError::Operation(format!("{e:?}")))
+    openmls_traits::signatures::Signer::sign(signer, payload)
+        .map_err(|e| MlsError::Operation(format!("{e:?}")))
 }
 
 fn credential(address: &Address, signer: &SignatureKeyPair) -> CredentialWithKey {
@@ -84,7 +90,8 @@ fn credential(address: &Address, signer: &SignatureKeyPair) -> CredentialWithKey
 
 /// The address an MLS credential names.
 pub fn credential_address(credential: &Credential) -> Result<Address, MlsError> {
-    let basic = BasicCredential::try_from(credential.clone()).map_err(|_| MlsError::BadCredential)?;
+    let basic =
+        BasicCredential::try_from(credential.clone()).map_err(|_| MlsError::BadCredential)?;
     let text = std::str::from_utf8(basic.identity()).map_err(|_| MlsError::BadCredential)?;
     Address::parse(text).map_err(|_| MlsError::BadCredential)
 }
@@ -105,8 +112,12 @@ pub fn key_packages<P: OpenMlsProvider>(
             if last_resort {
                 builder = builder.mark_as_last_resort();
             }
-            let bundle = builder.build(suite, provider, signer, cred.clone()).map_err(op)?;
-            MlsMessageOut::from(bundle.key_package().clone()).to_bytes().map_err(op)
+            let bundle = builder
+                .build(suite, provider, signer, cred.clone())
+                .map_err(op)?;
+            MlsMessageOut::from(bundle.key_package().clone())
+                .to_bytes()
+                .map_err(op)
         })
         .collect()
 }
@@ -136,14 +147,22 @@ pub fn validate_key_package<P: OpenMlsProvider>(
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|e| MlsError::BadKeyPackage(e.to_string()))?;
     if kp.ciphersuite() != suite {
-        return Err(MlsError::BadKeyPackage(format!("wrong ciphersuite {:?}", kp.ciphersuite())));
+        return Err(MlsError::BadKeyPackage(format!(
+            "wrong ciphersuite {:?}",
+            kp.ciphersuite()
+        )));
     }
     let leaf = kp.leaf_node();
     if credential_address(leaf.credential())? != *claimed.address {
-        return Err(MlsError::BadKeyPackage(format!("credential is not {}", claimed.address)));
+        return Err(MlsError::BadKeyPackage(format!(
+            "credential is not {}",
+            claimed.address
+        )));
     }
     if leaf.signature_key().as_slice() != claimed.signature_key {
-        return Err(MlsError::BadKeyPackage("signature key differs from the directory's".into()));
+        return Err(MlsError::BadKeyPackage(
+            "signature key differs from the directory's".into(),
+        ));
     }
     Ok(kp)
 }
@@ -181,7 +200,13 @@ pub fn create_conversation<P: OpenMlsProvider>(
     address: &Address,
     members: &[KeyPackage],
 ) -> Result<(MlsGroup, CommitOut), MlsError> {
-    let mut group = MlsGroup::new(provider, signer, &create_config(suite), credential(address, signer)).map_err(op)?;
+    let mut group = MlsGroup::new(
+        provider,
+        signer,
+        &create_config(suite),
+        credential(address, signer),
+    )
+    .map_err(op)?;
     let out = add_members(provider, signer, &mut group, members)?;
     Ok((group, out))
 }
@@ -195,7 +220,8 @@ pub fn add_members<P: OpenMlsProvider>(
     group: &mut MlsGroup,
     members: &[KeyPackage],
 ) -> Result<CommitOut, MlsError> {
-    let (commit, welcome, _group_info) = group.add_members(provider, signer, members).map_err(op)?;
+    let (commit, welcome, _group_info) =
+        group.add_members(provider, signer, members).map_err(op)?;
     Ok(CommitOut {
         commit: commit.to_bytes().map_err(op)?,
         welcome: Some(welcome.to_bytes().map_err(op)?),
@@ -209,17 +235,29 @@ pub fn remove_members<P: OpenMlsProvider>(
     group: &mut MlsGroup,
     signature_keys: &[Vec<u8>],
 ) -> Result<CommitOut, MlsError> {
-    let leaves: Vec<LeafNodeIndex> =
-        group.members().filter(|m| signature_keys.contains(&m.signature_key)).map(|m| m.index).collect();
-    let (commit, _welcome, _gi) = group.remove_members(provider, signer, &leaves).map_err(op)?;
-    Ok(CommitOut { commit: commit.to_bytes().map_err(op)?, welcome: None })
+    let leaves: Vec<LeafNodeIndex> = group
+        .members()
+        .filter(|m| signature_keys.contains(&m.signature_key))
+        .map(|m| m.index)
+        .collect();
+    let (commit, _welcome, _gi) = group
+        .remove_members(provider, signer, &leaves)
+        .map_err(op)?;
+    Ok(CommitOut {
+        commit: commit.to_bytes().map_err(op)?,
+        welcome: None,
+    })
 }
 
 /// Every member device: its address and signature key.
 pub fn members(group: &MlsGroup) -> Vec<(Address, Vec<u8>)> {
     group
         .members()
-        .filter_map(|m| credential_address(&m.credential).ok().map(|a| (a, m.signature_key)))
+        .filter_map(|m| {
+            credential_address(&m.credential)
+                .ok()
+                .map(|a| (a, m.signature_key))
+        })
         .collect()
 }
 
@@ -229,17 +267,30 @@ pub fn self_update<P: OpenMlsProvider>(
     signer: &SignatureKeyPair,
     group: &mut MlsGroup,
 ) -> Result<CommitOut, MlsError> {
-    let bundle = group.self_update(provider, signer, LeafNodeParameters::default()).map_err(op)?;
+    let bundle = group
+        .self_update(provider, signer, LeafNodeParameters::default())
+        .map_err(op)?;
     let (commit, _welcome, _gi) = bundle.into_contents();
-    Ok(CommitOut { commit: commit.to_bytes().map_err(op)?, welcome: None })
+    Ok(CommitOut {
+        commit: commit.to_bytes().map_err(op)?,
+        welcome: None,
+    })
 }
 
-pub fn merge_pending<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
+pub fn merge_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<(), MlsError> {
     group.merge_pending_commit(provider).map_err(op)
 }
 
-pub fn discard_pending<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
-    group.clear_pending_commit(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))
+pub fn discard_pending<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<(), MlsError> {
+    group
+        .clear_pending_commit(provider.storage())
+        .map_err(|e| MlsError::Storage(format!("{e:?}")))
 }
 
 /// Encrypts an application payload for the group's current epoch.
@@ -249,12 +300,17 @@ pub fn seal<P: OpenMlsProvider>(
     group: &mut MlsGroup,
     payload: &[u8],
 ) -> Result<Vec<u8>, MlsError> {
-    group.create_message(provider, signer, payload).map_err(op)?.to_bytes().map_err(op)
+    group
+        .create_message(provider, signer, payload)
+        .map_err(op)?
+        .to_bytes()
+        .map_err(op)
 }
 
 /// Joins a conversation from a Welcome.
 pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, MlsError> {
-    let msg = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let msg = MlsMessageIn::tls_deserialize_exact(welcome)
+        .map_err(|e| MlsError::Malformed(e.to_string()))?;
     let welcome = match msg.extract() {
         MlsMessageBodyIn::Welcome(w) => w,
         _ => return Err(MlsError::Malformed("not a Welcome".into())),
@@ -266,8 +322,13 @@ pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup
 }
 
 /// Forgets a conversation this device created but the server refused.
-pub fn delete_group<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup) -> Result<(), MlsError> {
-    group.delete(provider.storage()).map_err(|e| MlsError::Storage(format!("{e:?}")))
+pub fn delete_group<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+) -> Result<(), MlsError> {
+    group
+        .delete(provider.storage())
+        .map_err(|e| MlsError::Storage(format!("{e:?}")))
 }
 
 pub fn load_group<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<MlsGroup, MlsError> {
@@ -279,7 +340,11 @@ pub fn load_group<P: OpenMlsProvider>(provider: &P, group_id: &[u8]) -> Result<M
 /// What an incoming group message turned out to be.
 pub enum Opened {
     /// An application message and the address in its sender's credential.
-    Application { sender: Address, sender_key: Vec<u8>, payload: Vec<u8> },
+    Application {
+        sender: Address,
+        sender_key: Vec<u8>,
+        payload: Vec<u8>,
+    },
     /// A commit, verified and merged: the group moved to a new epoch.
     Commit,
     /// A proposal, stored for the next commit.
@@ -287,10 +352,19 @@ pub enum Opened {
 }
 
 /// Verifies, decrypts and applies one message of the group.
-pub fn open<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup, message: &[u8]) -> Result<Opened, MlsError> {
-    let msg = MlsMessageIn::tls_deserialize_exact(message).map_err(|e| MlsError::Malformed(e.to_string()))?;
-    let protocol = msg.try_into_protocol_message().map_err(|e| MlsError::Malformed(e.to_string()))?;
-    let processed = group.process_message(provider, protocol).map_err(|e| MlsError::Rejected(e.to_string()))?;
+pub fn open<P: OpenMlsProvider>(
+    provider: &P,
+    group: &mut MlsGroup,
+    message: &[u8],
+) -> Result<Opened, MlsError> {
+    let msg = MlsMessageIn::tls_deserialize_exact(message)
+        .map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let protocol = msg
+        .try_into_protocol_message()
+        .map_err(|e| MlsError::Malformed(e.to_string()))?;
+    let processed = group
+        .process_message(provider, protocol)
+        .map_err(|e| MlsError::Rejected(e.to_string()))?;
     let sender_address = credential_address(processed.credential());
     let sender_key = match processed.sender() {
         Sender::Member(index) => group.member_at(*index).map(|m| m.signature_key),
@@ -307,7 +381,9 @@ pub fn open<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup, message: &[u
             Ok(Opened::Commit)
         }
         ProcessedMessageContent::ProposalMessage(proposal) => {
-            group.store_pending_proposal(provider.storage(), *proposal).map_err(|e| MlsError::Storage(format!("{e:?}")))?;
+            group
+                .store_pending_proposal(provider.storage(), *proposal)
+                .map_err(|e| MlsError::Storage(format!("{e:?}")))?;
             Ok(Opened::Proposal)
         }
         _ => Err(MlsError::Rejected("unsupported message type".into())),
@@ -316,7 +392,10 @@ pub fn open<P: OpenMlsProvider>(provider: &P, group: &mut MlsGroup, message: &[u
 
 /// The addresses of everyone in the group (each once).
 pub fn member_addresses(group: &MlsGroup) -> Vec<Address> {
-    let mut out: Vec<Address> = group.members().filter_map(|m| credential_address(&m.credential).ok()).collect();
+    let mut out: Vec<Address> = group
+        .members()
+        .filter_map(|m| credential_address(&m.credential).ok())
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -351,15 +430,32 @@ mod tests {
         let alice = new_device_signer(&alice_p).unwrap();
         let bob = new_device_signer(&bob_p).unwrap();
         let (a, b) = (addr("alice@pouch.local"), addr("bob@pouch.local"));
-        let kp = key_packages(&bob_p, suite, &bob, &b, 1, false).unwrap().remove(0);
+        let kp = key_packages(&bob_p, suite, &bob, &b, 1, false)
+            .unwrap()
+            .remove(0);
 
         // The directory lying about whose package this is gets caught.
-        let lie = ClaimedPackage { bytes: &kp, address: &a, signature_key: bob.public() };
-        assert!(matches!(validate_key_package(&alice_p, suite, &lie), Err(MlsError::BadKeyPackage(_))));
-        let wrong_key = ClaimedPackage { bytes: &kp, address: &b, signature_key: alice.public() };
+        let lie = ClaimedPackage {
+            bytes: &kp,
+            address: &a,
+            signature_key: bob.public(),
+        };
+        assert!(matches!(
+            validate_key_package(&alice_p, suite, &lie),
+            Err(MlsError::BadKeyPackage(_))
+        ));
+        let wrong_key = ClaimedPackage {
+            bytes: &kp,
+            address: &b,
+            signature_key: alice.public(),
+        };
         assert!(validate_key_package(&alice_p, suite, &wrong_key).is_err());
 
-        let claimed = ClaimedPackage { bytes: &kp, address: &b, signature_key: bob.public() };
+        let claimed = ClaimedPackage {
+            bytes: &kp,
+            address: &b,
+            signature_key: bob.public(),
+        };
         let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
         let (mut group, out) = create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
         merge_pending(&alice_p, &mut group).unwrap();
@@ -368,9 +464,16 @@ mod tests {
         assert_eq!(member_addresses(&bob_group), vec![a.clone(), b.clone()]);
 
         let sealed = seal(&alice_p, &alice, &mut group, b"Subject: secret\r\n\r\nbody").unwrap();
-        assert!(!sealed.windows(6).any(|w| w == b"secret"), "plaintext visible in ciphertext");
+        assert!(
+            !sealed.windows(6).any(|w| w == b"secret"),
+            "plaintext visible in ciphertext"
+        );
         match open(&bob_p, &mut bob_group, &sealed).unwrap() {
-            Opened::Application { sender, sender_key, payload } => {
+            Opened::Application {
+                sender,
+                sender_key,
+                payload,
+            } => {
                 assert_eq!(sender, a);
                 assert_eq!(sender_key, alice.public());
                 assert_eq!(payload, b"Subject: secret\r\n\r\nbody");
@@ -386,13 +489,19 @@ mod tests {
         // A self-update moves both to a new epoch.
         let upd = self_update(&bob_p, &bob, &mut bob_group).unwrap();
         merge_pending(&bob_p, &mut bob_group).unwrap();
-        assert!(matches!(open(&alice_p, &mut group, &upd.commit).unwrap(), Opened::Commit));
+        assert!(matches!(
+            open(&alice_p, &mut group, &upd.commit).unwrap(),
+            Opened::Commit
+        ));
         assert_eq!(epoch(&group), 2);
         assert_eq!(epoch(&bob_group), 2);
     }
 
     #[test]
     fn unsupported_suites_are_refused() {
-        assert!(matches!(ciphersuite(0x0002), Err(MlsError::UnsupportedCiphersuite(2))));
+        assert!(matches!(
+            ciphersuite(0x0002),
+            Err(MlsError::UnsupportedCiphersuite(2))
+        ));
     }
 }

@@ -407,14 +407,20 @@ pub fn link_code(signature_key: &[u8], nonce: &[u8]) -> String {
     for b in &digest[..8] {
         bits = (bits << 8) | *b as u64;
     }
-    let chars: Vec<u8> = (0..12).map(|i| ALPHABET[((bits >> (59 - 5 * i)) & 31) as usize]).collect();
+    let chars: Vec<u8> = (0..12)
+        .map(|i| ALPHABET[((bits >> (59 - 5 * i)) & 31) as usize])
+        .collect();
     let s = String::from_utf8(chars).expect("ASCII alphabet");
     format!("{}-{}-{}", &s[..4], &s[4..8], &s[8..])
 }
 
 /// Normalises a code as typed: upper case, dashes optional, spaces ignored.
 pub fn normalise_link_code(typed: &str) -> Option<String> {
-    let clean: String = typed.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
+    let clean: String = typed
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase();
     (clean.len() == 12).then(|| format!("{}-{}-{}", &clean[..4], &clean[4..8], &clean[8..]))
 }
 

@@ -89,23 +89,32 @@ impl SignedDeviceList {
     pub fn verify(&self) -> Result<DeviceListBody, DeviceListError> {
         use ed25519_dalek::{Signature, Verifier, VerifyingKey};
         let body = self.body_unverified()?;
-        let key = VerifyingKey::try_from(body.account_key.as_slice()).map_err(|_| DeviceListError::Malformed)?;
-        let sig = Signature::from_slice(&self.signature).map_err(|_| DeviceListError::BadSignature)?;
-        key.verify(&Self::signing_payload(&self.body), &sig).map_err(|_| DeviceListError::BadSignature)?;
+        let key = VerifyingKey::try_from(body.account_key.as_slice())
+            .map_err(|_| DeviceListError::Malformed)?;
+        let sig =
+            Signature::from_slice(&self.signature).map_err(|_| DeviceListError::BadSignature)?;
+        key.verify(&Self::signing_payload(&self.body), &sig)
+            .map_err(|_| DeviceListError::BadSignature)?;
         Ok(body)
     }
 }
 
 impl DeviceListBody {
     pub fn lists(&self, device_id: &DeviceId, signature_key: &[u8]) -> bool {
-        self.devices.iter().any(|d| &d.device_id == device_id && d.signature_key == signature_key)
+        self.devices
+            .iter()
+            .any(|d| &d.device_id == device_id && d.signature_key == signature_key)
     }
 }
 
 /// A short fingerprint of a key for people to compare: 8 groups of 4 hex digits.
 pub fn fingerprint(key: &[u8]) -> String {
     let h = crate::sha256_hex(key);
-    h.as_bytes()[..32].chunks(4).map(|c| std::str::from_utf8(c).unwrap_or("")).collect::<Vec<_>>().join(" ")
+    h.as_bytes()[..32]
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A code two people read to each other to confirm they see the same

@@ -74,7 +74,11 @@ impl Envelope {
     pub const VERSION: u8 = 1;
 
     pub fn new(content: Content) -> Self {
-        Envelope { version: Self::VERSION, label: None, content }
+        Envelope {
+            version: Self::VERSION,
+            label: None,
+            content,
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -97,9 +101,14 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_and_rejects_garbage() {
-        let env = Envelope::new(Content::Inline { rfc5322: b"Subject: x\r\n\r\nhi".to_vec() });
+        let env = Envelope::new(Content::Inline {
+            rfc5322: b"Subject: x\r\n\r\nhi".to_vec(),
+        });
         assert_eq!(Envelope::from_bytes(&env.to_bytes()).unwrap(), env);
-        assert!(matches!(Envelope::from_bytes(b"{}"), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            Envelope::from_bytes(b"{}"),
+            Err(EnvelopeError::Malformed(_))
+        ));
         let mut future = env.clone();
         future.version = 9;
         assert!(matches!(

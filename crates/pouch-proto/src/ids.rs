@@ -20,7 +20,9 @@ impl Address {
         let (local, domain) = text.split_once('@').ok_or_else(bad)?;
         let local_ok = !local.is_empty()
             && local.len() <= 64
-            && local.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+            && local
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
         let domain_ok = !domain.is_empty()
             && domain.len() <= 253
             && !domain.starts_with('.')
@@ -99,9 +101,17 @@ mod tests {
 
     #[test]
     fn addresses_are_normalised_and_validated() {
-        assert_eq!(Address::parse(" Alice@Pouch.Local ").unwrap().as_str(), "alice@pouch.local");
-        assert_eq!(Address::parse("a.b+c@mfa.example.org").unwrap().domain(), "mfa.example.org");
-        for bad in ["", "alice", "@x", "alice@", "al ice@x", "a@.x", "a@x.", "a@x..y", "a@b@c"] {
+        assert_eq!(
+            Address::parse(" Alice@Pouch.Local ").unwrap().as_str(),
+            "alice@pouch.local"
+        );
+        assert_eq!(
+            Address::parse("a.b+c@mfa.example.org").unwrap().domain(),
+            "mfa.example.org"
+        );
+        for bad in [
+            "", "alice", "@x", "alice@", "al ice@x", "a@.x", "a@x.", "a@x..y", "a@b@c",
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad} accepted");
         }
     }

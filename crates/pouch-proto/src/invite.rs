@@ -22,7 +22,9 @@ pub struct Invite {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("this is not a valid Pouch invite ({0}); copy the whole line starting with 'pouch-invite:' that your administrator sent")]
+#[error(
+    "this is not a valid Pouch invite ({0}); copy the whole line starting with 'pouch-invite:' that your administrator sent"
+)]
 pub struct InviteError(&'static str);
 
 impl Invite {
@@ -42,8 +44,13 @@ impl Invite {
     }
 
     pub fn decode(text: &str) -> Result<Self, InviteError> {
-        let body = text.trim().strip_prefix(PREFIX).ok_or(InviteError("missing prefix"))?;
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| InviteError("damaged encoding"))?;
+        let body = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(InviteError("missing prefix"))?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| InviteError("damaged encoding"))?;
         let invite: Invite =
             serde_json::from_slice(&json).map_err(|_| InviteError("damaged contents"))?;
         if invite.version != 1 {
@@ -57,7 +64,9 @@ impl Invite {
     }
 
     pub fn secret_bytes(&self) -> Result<Vec<u8>, InviteError> {
-        URL_SAFE_NO_PAD.decode(&self.secret).map_err(|_| InviteError("damaged secret"))
+        URL_SAFE_NO_PAD
+            .decode(&self.secret)
+            .map_err(|_| InviteError("damaged secret"))
     }
 }
 

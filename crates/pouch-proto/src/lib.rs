@@ -52,7 +52,10 @@ pub mod b64 {
         }
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
             let texts = Vec::<String>::deserialize(d)?;
-            texts.iter().map(|t| super::decode(t).map_err(D::Error::custom)).collect()
+            texts
+                .iter()
+                .map(|t| super::decode(t).map_err(D::Error::custom))
+                .collect()
         }
     }
 
@@ -67,7 +70,8 @@ pub mod b64 {
         }
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
             let text = Option::<String>::deserialize(d)?;
-            text.map(|t| super::decode(&t).map_err(D::Error::custom)).transpose()
+            text.map(|t| super::decode(&t).map_err(D::Error::custom))
+                .transpose()
         }
     }
 }

@@ -1,7 +1,9 @@
 //! HTTP routes. Each handler validates its input at the edge, calls the store
 //! once, and maps the outcome to a status and a JSON body.
 
-use crate::{AppState, INVITE_TTL_SECS, TOKEN_TTL_SECS, error::ApiError, now, random_bytes, sha256};
+use crate::{
+    AppState, INVITE_TTL_SECS, TOKEN_TTL_SECS, error::ApiError, now, random_bytes, sha256,
+};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{StatusCode, header, request::Parts};
@@ -40,14 +42,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/queue/ack", post(ack_queue))
         .route("/v1/blobs", post(create_blob))
         .route("/v1/blobs/{blob}/finish", post(finish_blob))
-        .route("/v1/blobs/{blob}/{index}", put(put_blob_chunk).get(get_blob_chunk))
+        .route(
+            "/v1/blobs/{blob}/{index}",
+            put(put_blob_chunk).get(get_blob_chunk),
+        )
         .merge(crate::devices::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 /// A request made by an enrolled, unrevoked device with a valid token.
@@ -55,13 +65,19 @@ pub struct AuthDevice(pub DeviceId);
 
 impl FromRequestParts<Arc<AppState>> for AuthDevice {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("sign in first (missing device token)"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("sign in first (missing device token)"))?;
         let device = state
             .store
             .token_device(&sha256(token.as_bytes()), now())
             .await?
-            .ok_or_else(|| ApiError::unauthorized("device token unknown, expired or revoked; sign in again"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("device token unknown, expired or revoked; sign in again")
+            })?;
         Ok(AuthDevice(device))
     }
 }
@@ -71,8 +87,12 @@ pub struct Admin;
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("administrator token required"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("administrator token required"))?;
         let presented = sha256(token.trim().as_bytes());
         if bool::from(presented.ct_eq(&state.admin_token_sha256)) {
             Ok(Admin)
@@ -91,7 +111,11 @@ async fn info(State(s): St) -> Json<ServerInfo> {
     })
 }
 
-async fn add_user(State(s): St, _: Admin, Json(req): Json<AddUserRequest>) -> ApiResult<AddUserResponse> {
+async fn add_user(
+    State(s): St,
+    _: Admin,
+    Json(req): Json<AddUserRequest>,
+) -> ApiResult<AddUserResponse> {
     if req.address.domain() != s.domain {
         return Err(ApiError::bad_request(format!(
             "this server serves @{}; {} belongs to another domain",
@@ -99,12 +123,21 @@ async fn add_user(State(s): St, _: Admin, Json(req): Json<AddUserRequest>) -> Ap
         )));
     }
     let now = now();
-    match s.store.create_user(&req.address, req.name.as_deref(), now).await {
+    match s
+        .store
+        .create_user(&req.address, req.name.as_deref(), now)
+        .await
+    {
         Ok(()) => {}
         // An account with a device grows only by approval from that device:
         // the administrator cannot slip a device in with an invite.
         Err(pouch_store::StoreError::Conflict) => {
-            if s.store.devices_of(&req.address).await?.iter().any(|d| d.is_active()) {
+            if s.store
+                .devices_of(&req.address)
+                .await?
+                .iter()
+                .any(|d| d.is_active())
+            {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     ErrorCode::Conflict,
@@ -118,16 +151,28 @@ async fn add_user(State(s): St, _: Admin, Json(req): Json<AddUserRequest>) -> Ap
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(Json(issue_invite(&s, req.address, req.invite_ttl_secs).await?))
+    Ok(Json(
+        issue_invite(&s, req.address, req.invite_ttl_secs).await?,
+    ))
 }
 
 /// A fresh single-use invite; the store keeps only the secret's hash.
-pub(crate) async fn issue_invite(s: &AppState, address: pouch_proto::Address, ttl: Option<u64>) -> Result<AddUserResponse, ApiError> {
+pub(crate) async fn issue_invite(
+    s: &AppState,
+    address: pouch_proto::Address,
+    ttl: Option<u64>,
+) -> Result<AddUserResponse, ApiError> {
     let secret = random_bytes::<32>();
     let expires_at = now() + ttl.unwrap_or(INVITE_TTL_SECS).min(30 * 24 * 3600) as i64;
-    s.store.create_invite(&address, &sha256(&secret), expires_at).await?;
+    s.store
+        .create_invite(&address, &sha256(&secret), expires_at)
+        .await?;
     tracing::info!(%address, "invite issued");
-    Ok(AddUserResponse { address, invite_secret: secret.to_vec(), expires_at })
+    Ok(AddUserResponse {
+        address,
+        invite_secret: secret.to_vec(),
+        expires_at,
+    })
 }
 
 async fn list_users(State(s): St, _: Admin) -> ApiResult<Vec<UserSummary>> {
@@ -140,16 +185,27 @@ async fn enroll(
     Json(req): Json<EnrollRequest>,
 ) -> ApiResult<EnrollResponse> {
     if VerifyingKey::try_from(req.signature_key.as_slice()).is_err() {
-        return Err(ApiError::bad_request("the device key is not an Ed25519 public key"));
+        return Err(ApiError::bad_request(
+            "the device key is not an Ed25519 public key",
+        ));
     }
     if req.key_packages.is_empty() || req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
         return Err(ApiError::bad_request("enroll with 1 to 500 key packages"));
     }
     let name = req.device_name.trim();
     if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::bad_request("the device name must be 1 to 100 characters"));
+        return Err(ApiError::bad_request(
+            "the device name must be 1 to 100 characters",
+        ));
     }
-    let list = crate::devices::check_first_list(&s, &req.address, &req.device_id, &req.signature_key, &req.device_list).await?;
+    let list = crate::devices::check_first_list(
+        &s,
+        &req.address,
+        &req.device_id,
+        &req.signature_key,
+        &req.device_list,
+    )
+    .await?;
     let device = NewDevice {
         device_id: req.device_id,
         address: req.address.clone(),
@@ -159,20 +215,35 @@ async fn enroll(
         last_resort: req.last_resort_key_package,
         device_list: Some(list),
     };
-    let result = s.store.enroll(&sha256(&req.invite_secret), device, now()).await;
+    let result = s
+        .store
+        .enroll(&sha256(&req.invite_secret), device, now())
+        .await;
     match &result {
-        Ok(d) => tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled"),
+        Ok(d) => {
+            tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled")
+        }
         Err(e) => tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused"),
     }
     let device = result?;
-    Ok(Json(EnrollResponse { device_id: device.device_id, ciphersuite: s.ciphersuite }))
+    Ok(Json(EnrollResponse {
+        device_id: device.device_id,
+        ciphersuite: s.ciphersuite,
+    }))
 }
 
-async fn challenge(State(s): St, Json(req): Json<ChallengeRequest>) -> ApiResult<ChallengeResponse> {
+async fn challenge(
+    State(s): St,
+    Json(req): Json<ChallengeRequest>,
+) -> ApiResult<ChallengeResponse> {
     // Unknown devices get a challenge too, so the answer does not reveal which ids exist.
     let challenge = random_bytes::<32>();
-    s.store.put_challenge(&challenge, &req.device_id, now() + CHALLENGE_TTL_SECS).await?;
-    Ok(Json(ChallengeResponse { challenge: challenge.to_vec() }))
+    s.store
+        .put_challenge(&challenge, &req.device_id, now() + CHALLENGE_TTL_SECS)
+        .await?;
+    Ok(Json(ChallengeResponse {
+        challenge: challenge.to_vec(),
+    }))
 }
 
 async fn token(
@@ -180,7 +251,11 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<TokenResponse> {
-    let refused = || ApiError::unauthorized("device sign-in failed: unknown or revoked device, or a bad signature");
+    let refused = || {
+        ApiError::unauthorized(
+            "device sign-in failed: unknown or revoked device, or a bad signature",
+        )
+    };
     let issued_to = s.store.take_challenge(&req.challenge, now()).await?;
     if issued_to.as_ref() != Some(&req.device_id) {
         return Err(refused());
@@ -192,30 +267,58 @@ async fn token(
     }
     let key = VerifyingKey::try_from(device.signature_key.as_slice()).map_err(|_| refused())?;
     let sig = Signature::from_slice(&req.signature).map_err(|_| refused())?;
-    key.verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig).map_err(|_| {
-        tracing::warn!(device = %device.device_id, %peer, "bad sign-in signature");
-        refused()
-    })?;
+    key.verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig)
+        .map_err(|_| {
+            tracing::warn!(device = %device.device_id, %peer, "bad sign-in signature");
+            refused()
+        })?;
     let token = hex::encode(random_bytes::<32>());
-    s.store.put_token(&sha256(token.as_bytes()), &device.device_id, now() + TOKEN_TTL_SECS as i64).await?;
-    Ok(Json(TokenResponse { token, expires_in_secs: TOKEN_TTL_SECS }))
+    s.store
+        .put_token(
+            &sha256(token.as_bytes()),
+            &device.device_id,
+            now() + TOKEN_TTL_SECS as i64,
+        )
+        .await?;
+    Ok(Json(TokenResponse {
+        token,
+        expires_in_secs: TOKEN_TTL_SECS,
+    }))
 }
 
-async fn upload_key_packages(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<UploadKeyPackages>) -> ApiResult<KeyPackageCount> {
+async fn upload_key_packages(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Json(req): Json<UploadKeyPackages>,
+) -> ApiResult<KeyPackageCount> {
     if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiError::bad_request("upload at most 500 key packages at once"));
+        return Err(ApiError::bad_request(
+            "upload at most 500 key packages at once",
+        ));
     }
-    s.store.add_key_packages(&d, &req.key_packages, req.last_resort.as_deref()).await?;
-    Ok(Json(KeyPackageCount { available: s.store.count_key_packages(&d).await? }))
+    s.store
+        .add_key_packages(&d, &req.key_packages, req.last_resort.as_deref())
+        .await?;
+    Ok(Json(KeyPackageCount {
+        available: s.store.count_key_packages(&d).await?,
+    }))
 }
 
 async fn count_key_packages(State(s): St, AuthDevice(d): AuthDevice) -> ApiResult<KeyPackageCount> {
-    Ok(Json(KeyPackageCount { available: s.store.count_key_packages(&d).await? }))
+    Ok(Json(KeyPackageCount {
+        available: s.store.count_key_packages(&d).await?,
+    }))
 }
 
-async fn claim_key_packages(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<ClaimRequest>) -> ApiResult<ClaimResponse> {
+async fn claim_key_packages(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Json(req): Json<ClaimRequest>,
+) -> ApiResult<ClaimResponse> {
     if req.addresses.len() > 1000 {
-        return Err(ApiError::bad_request("claim for at most 1000 addresses at once"));
+        return Err(ApiError::bad_request(
+            "claim for at most 1000 addresses at once",
+        ));
     }
     let mut devices = Vec::new();
     for address in &req.addresses {
@@ -241,7 +344,11 @@ async fn claim_key_packages(State(s): St, AuthDevice(d): AuthDevice, Json(req): 
 
 fn group_id(raw: String) -> Result<GroupId, ApiError> {
     let g = GroupId(raw);
-    if g.is_well_formed() { Ok(g) } else { Err(ApiError::bad_request("malformed conversation id")) }
+    if g.is_well_formed() {
+        Ok(g)
+    } else {
+        Err(ApiError::bad_request("malformed conversation id"))
+    }
 }
 
 async fn commit(
@@ -252,7 +359,9 @@ async fn commit(
 ) -> ApiResult<CommitResponse> {
     let group_id = group_id(group)?;
     if req.welcome.is_some() == req.added.is_empty() {
-        return Err(ApiError::bad_request("a commit carries a Welcome exactly when it adds devices"));
+        return Err(ApiError::bad_request(
+            "a commit carries a Welcome exactly when it adds devices",
+        ));
     }
     let epoch = s
         .store
@@ -277,7 +386,10 @@ async fn send_message(
     Json(req): Json<SendRequest>,
 ) -> ApiResult<SendResponse> {
     let group_id = group_id(group)?;
-    let recipients = s.store.submit_message(&group_id, &d, req.epoch, &req.message, now()).await?;
+    let recipients = s
+        .store
+        .submit_message(&group_id, &d, req.epoch, &req.message, now())
+        .await?;
     Ok(Json(SendResponse { recipients }))
 }
 
@@ -288,18 +400,32 @@ struct QueueQuery {
     limit: Option<u32>,
 }
 
-async fn fetch_queue(State(s): St, AuthDevice(d): AuthDevice, Query(q): Query<QueueQuery>) -> ApiResult<QueueResponse> {
+async fn fetch_queue(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Query(q): Query<QueueQuery>,
+) -> ApiResult<QueueResponse> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    Ok(Json(QueueResponse { items: s.store.fetch_queue(&d, q.after, limit).await? }))
+    Ok(Json(QueueResponse {
+        items: s.store.fetch_queue(&d, q.after, limit).await?,
+    }))
 }
 
-async fn ack_queue(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<AckRequest>) -> ApiResult<serde_json::Value> {
+async fn ack_queue(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Json(req): Json<AckRequest>,
+) -> ApiResult<serde_json::Value> {
     let removed = s.store.ack_queue(&d, req.up_to).await?;
     Ok(Json(serde_json::json!({ "removed": removed })))
 }
 
 fn blob_id(raw: &str) -> Result<&str, ApiError> {
-    if raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit()) { Ok(raw) } else { Err(ApiError::bad_request("malformed blob id")) }
+    if raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(raw)
+    } else {
+        Err(ApiError::bad_request("malformed blob id"))
+    }
 }
 
 async fn create_blob(State(s): St, AuthDevice(d): AuthDevice) -> ApiResult<BlobCreated> {
@@ -315,28 +441,51 @@ async fn put_blob_chunk(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     if body.len() > MAX_BLOB_CHUNK {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, "blob chunk too large"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            "blob chunk too large",
+        ));
     }
     s.store
         .put_blob_chunk(blob_id(&blob)?, &d, index, &body)
         .await
         .map_err(|e| match e {
-            pouch_store::StoreError::NotFound => ApiError::not_found("no open blob with that id belongs to this device"),
+            pouch_store::StoreError::NotFound => {
+                ApiError::not_found("no open blob with that id belongs to this device")
+            }
             other => other.into(),
         })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn finish_blob(State(s): St, AuthDevice(d): AuthDevice, Path(blob): Path<String>, Json(req): Json<BlobFinish>) -> Result<StatusCode, ApiError> {
-    s.store.finish_blob(blob_id(&blob)?, &d, req.chunks, req.size).await.map_err(|e| match e {
-        pouch_store::StoreError::NotFound => ApiError::bad_request("the blob is not complete: upload every chunk, then finish"),
-        other => other.into(),
-    })?;
+async fn finish_blob(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Path(blob): Path<String>,
+    Json(req): Json<BlobFinish>,
+) -> Result<StatusCode, ApiError> {
+    s.store
+        .finish_blob(blob_id(&blob)?, &d, req.chunks, req.size)
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::NotFound => {
+                ApiError::bad_request("the blob is not complete: upload every chunk, then finish")
+            }
+            other => other.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_blob_chunk(State(s): St, _: AuthDevice, Path((blob, index)): Path<(String, u32)>) -> Result<Bytes, ApiError> {
-    let data = s.store.blob_chunk(blob_id(&blob)?, index).await?.ok_or_else(|| ApiError::not_found("no such blob chunk"))?;
+async fn get_blob_chunk(
+    State(s): St,
+    _: AuthDevice,
+    Path((blob, index)): Path<(String, u32)>,
+) -> Result<Bytes, ApiError> {
+    let data = s
+        .store
+        .blob_chunk(blob_id(&blob)?, index)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such blob chunk"))?;
     Ok(Bytes::from(data))
 }
-

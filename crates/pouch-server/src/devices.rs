@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
 
-
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/device-lists/{address}", get(device_lists))
@@ -34,7 +33,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/link/{code}", get(link_info))
         .route("/v1/link/{code}/deny", post(deny_link))
         .route("/v1/admin/users/{address}/reset", post(admin_reset))
-        .route("/v1/admin/devices/{address}/{device}/revoke", post(admin_revoke))
+        .route(
+            "/v1/admin/devices/{address}/{device}/revoke",
+            post(admin_revoke),
+        )
         .route("/v1/admin/devices/stale", get(admin_stale))
 }
 
@@ -60,7 +62,9 @@ pub(crate) async fn check_first_list(
     list: &SignedDeviceList,
 ) -> Result<StoredList, ApiError> {
     if device_id.0.len() != 32 || !device_id.0.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request("the device id must be 16 random bytes in hex"));
+        return Err(ApiError::bad_request(
+            "the device id must be 16 random bytes in hex",
+        ));
     }
     let body = verify(list, address)?;
     if body.devices.len() != 1 || !body.lists(device_id, signature_key) {
@@ -74,20 +78,40 @@ pub(crate) async fn check_first_list(
             // Only after a reset may an invite start a new account key. Otherwise
             // the store refuses the taken version, after checking the invite
             // itself, so a reused invite is reported as such.
-            let active = s.store.devices_of(address).await?.iter().any(|d| d.is_active());
+            let active = s
+                .store
+                .devices_of(address)
+                .await?
+                .iter()
+                .any(|d| d.is_active());
             if active || s.store.reset_at(address).await?.is_none() {
-                return Ok(StoredList { version: body.version, body: list.body.clone(), signature: list.signature.clone() });
+                return Ok(StoredList {
+                    version: body.version,
+                    body: list.body.clone(),
+                    signature: list.signature.clone(),
+                });
             }
             let prev_hash = pouch_proto::sha256_hex(&prev.body);
-            if body.version != prev.version + 1 || body.previous.as_deref() != Some(prev_hash.as_str()) {
-                return Err(bad_list("after a reset the list must continue the account's chain"));
+            if body.version != prev.version + 1
+                || body.previous.as_deref() != Some(prev_hash.as_str())
+            {
+                return Err(bad_list(
+                    "after a reset the list must continue the account's chain",
+                ));
             }
         }
     }
-    Ok(StoredList { version: body.version, body: list.body.clone(), signature: list.signature.clone() })
+    Ok(StoredList {
+        version: body.version,
+        body: list.body.clone(),
+        signature: list.signature.clone(),
+    })
 }
 
-async fn device_lists(State(s): St, Path(address): Path<String>) -> Result<Json<DeviceListHistory>, ApiError> {
+async fn device_lists(
+    State(s): St,
+    Path(address): Path<String>,
+) -> Result<Json<DeviceListHistory>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !s.store.user_exists(&address).await? {
         return Err(ApiError::new(
@@ -101,16 +125,25 @@ async fn device_lists(State(s): St, Path(address): Path<String>) -> Result<Json<
         .device_list_history(&address)
         .await?
         .into_iter()
-        .map(|l| SignedDeviceList { body: l.body, signature: l.signature })
+        .map(|l| SignedDeviceList {
+            body: l.body,
+            signature: l.signature,
+        })
         .collect();
     Ok(Json(DeviceListHistory { address, lists }))
 }
 
 async fn caller(s: &AppState, d: &DeviceId) -> Result<pouch_store::Device, ApiError> {
-    s.store.device(d).await?.ok_or_else(|| ApiError::unauthorized("unknown device"))
+    s.store
+        .device(d)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown device"))
 }
 
-async fn own_devices(State(s): St, AuthDevice(d): AuthDevice) -> Result<Json<Vec<RegisteredDevice>>, ApiError> {
+async fn own_devices(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+) -> Result<Json<Vec<RegisteredDevice>>, ApiError> {
     let me = caller(&s, &d).await?;
     let devices = s
         .store
@@ -132,25 +165,45 @@ async fn own_devices(State(s): St, AuthDevice(d): AuthDevice) -> Result<Json<Vec
 
 /// A new version of the caller's own device list: approves listed pending
 /// devices and revokes active ones it leaves out.
-async fn publish(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<PublishDeviceList>) -> Result<StatusCode, ApiError> {
+async fn publish(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Json(req): Json<PublishDeviceList>,
+) -> Result<StatusCode, ApiError> {
     let me = caller(&s, &d).await?;
     let body = verify(&req.list, &me.address)?;
-    let prev = s.store.latest_device_list(&me.address).await?.ok_or_else(|| bad_list("the account has no list yet"))?;
-    let prev_body = SignedDeviceList { body: prev.body.clone(), signature: prev.signature.clone() }
-        .body_unverified()
-        .map_err(|_| ApiError::bad_request("the stored device list is damaged"))?;
-    if body.version != prev.version + 1 || body.previous.as_deref() != Some(pouch_proto::sha256_hex(&prev.body).as_str()) {
+    let prev = s
+        .store
+        .latest_device_list(&me.address)
+        .await?
+        .ok_or_else(|| bad_list("the account has no list yet"))?;
+    let prev_body = SignedDeviceList {
+        body: prev.body.clone(),
+        signature: prev.signature.clone(),
+    }
+    .body_unverified()
+    .map_err(|_| ApiError::bad_request("the stored device list is damaged"))?;
+    if body.version != prev.version + 1
+        || body.previous.as_deref() != Some(pouch_proto::sha256_hex(&prev.body).as_str())
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
-            format!("the device list moved on to version {}; sync and retry", prev.version),
+            format!(
+                "the device list moved on to version {}; sync and retry",
+                prev.version
+            ),
         ));
     }
     if body.account_key != prev_body.account_key {
         return Err(bad_list("it is signed by a different account key"));
     }
     if !prev_body.lists(&me.device_id, &me.signature_key) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "this device is not on its account's device list"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this device is not on its account's device list",
+        ));
     }
     let now = now();
     let registered = s.store.devices_of(&me.address).await?;
@@ -171,7 +224,11 @@ async fn publish(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<Publis
     for id in &activate {
         match pending_link_of(&s, id).await? {
             Some(req) if req.expires_at > now => pending_codes.push(req.code),
-            _ => return Err(bad_list("a device it adds has no pending link request (expired or refused?)")),
+            _ => {
+                return Err(bad_list(
+                    "a device it adds has no pending link request (expired or refused?)",
+                ));
+            }
         }
     }
     let revoke: Vec<DeviceId> = registered
@@ -179,13 +236,22 @@ async fn publish(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<Publis
         .filter(|r| r.is_active() && !body.devices.iter().any(|l| l.device_id == r.device_id))
         .map(|r| r.device_id.clone())
         .collect();
-    let stored = StoredList { version: body.version, body: req.list.body, signature: req.list.signature };
-    s.store.publish_device_list(&me.address, &stored, &activate, &revoke, now).await.map_err(|e| match e {
-        pouch_store::StoreError::Conflict => {
-            ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "the device list moved on; sync and retry")
-        }
-        other => other.into(),
-    })?;
+    let stored = StoredList {
+        version: body.version,
+        body: req.list.body,
+        signature: req.list.signature,
+    };
+    s.store
+        .publish_device_list(&me.address, &stored, &activate, &revoke, now)
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "the device list moved on; sync and retry",
+            ),
+            other => other.into(),
+        })?;
     for code in pending_codes {
         s.store.finish_link_request(&code, "approved", now).await?;
     }
@@ -193,8 +259,14 @@ async fn publish(State(s): St, AuthDevice(d): AuthDevice, Json(req): Json<Publis
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pending_link_of(s: &AppState, device: &DeviceId) -> Result<Option<pouch_store::LinkRequest>, ApiError> {
-    Ok(s.store.link_request_for_device(device).await?.filter(|r| r.status == "pending"))
+async fn pending_link_of(
+    s: &AppState,
+    device: &DeviceId,
+) -> Result<Option<pouch_store::LinkRequest>, ApiError> {
+    Ok(s.store
+        .link_request_for_device(device)
+        .await?
+        .filter(|r| r.status == "pending"))
 }
 
 async fn create_link(
@@ -203,23 +275,38 @@ async fn create_link(
     Json(req): Json<LinkRequestBody>,
 ) -> Result<Json<LinkCreated>, ApiError> {
     if ed25519_dalek::VerifyingKey::try_from(req.signature_key.as_slice()).is_err() {
-        return Err(ApiError::bad_request("the device key is not an Ed25519 public key"));
+        return Err(ApiError::bad_request(
+            "the device key is not an Ed25519 public key",
+        ));
     }
     if req.device_id.0.len() != 32 || !req.device_id.0.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request("the device id must be 16 random bytes in hex"));
+        return Err(ApiError::bad_request(
+            "the device id must be 16 random bytes in hex",
+        ));
     }
     if req.nonce.len() < 16 || req.poll_secret.len() < 16 {
-        return Err(ApiError::bad_request("nonce and poll secret must be at least 16 random bytes"));
+        return Err(ApiError::bad_request(
+            "nonce and poll secret must be at least 16 random bytes",
+        ));
     }
     let name = req.device_name.trim();
-    if name.is_empty() || name.len() > 100 || req.key_packages.is_empty() || req.key_packages.len() > 500 {
-        return Err(ApiError::bad_request("give a device name (1 to 100 characters) and 1 to 500 key packages"));
+    if name.is_empty()
+        || name.len() > 100
+        || req.key_packages.is_empty()
+        || req.key_packages.len() > 500
+    {
+        return Err(ApiError::bad_request(
+            "give a device name (1 to 100 characters) and 1 to 500 key packages",
+        ));
     }
     if s.store.latest_device_list(&req.address).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
-            format!("{} has no device yet to approve this one; enroll the first device with an invite", req.address),
+            format!(
+                "{} has no device yet to approve this one; enroll the first device with an invite",
+                req.address
+            ),
         ));
     }
     let code = link_code(&req.signature_key, &req.nonce);
@@ -251,8 +338,16 @@ async fn create_link(
 }
 
 /// Expires a pending request past its time; returns the request as it now stands.
-async fn settle(s: &AppState, mut r: pouch_store::LinkRequest) -> Result<pouch_store::LinkRequest, ApiError> {
-    if r.status == "pending" && r.expires_at <= now() && s.store.finish_link_request(&r.code, "expired", now()).await? {
+async fn settle(
+    s: &AppState,
+    mut r: pouch_store::LinkRequest,
+) -> Result<pouch_store::LinkRequest, ApiError> {
+    if r.status == "pending"
+        && r.expires_at <= now()
+        && s.store
+            .finish_link_request(&r.code, "expired", now())
+            .await?
+    {
         r.status = "expired".into();
         tracing::warn!(address = %r.device.address, "link request expired unapproved");
     }
@@ -283,52 +378,102 @@ fn info(r: pouch_store::LinkRequest) -> LinkInfo {
     }
 }
 
-async fn own_link(s: &AppState, d: &DeviceId, code: &str) -> Result<pouch_store::LinkRequest, ApiError> {
+async fn own_link(
+    s: &AppState,
+    d: &DeviceId,
+    code: &str,
+) -> Result<pouch_store::LinkRequest, ApiError> {
     let me = caller(s, d).await?;
-    let code = normalise_link_code(code).ok_or_else(|| ApiError::bad_request("a link code has 12 letters and digits, like K7QM-3XPA-9D2F"))?;
+    let code = normalise_link_code(code).ok_or_else(|| {
+        ApiError::bad_request("a link code has 12 letters and digits, like K7QM-3XPA-9D2F")
+    })?;
     match s.store.link_request(&code).await? {
         // Another account's request is as good as absent.
         Some(r) if r.device.address == me.address => settle(s, r).await,
-        _ => Err(ApiError::not_found("no link request with that code for this account; check the code on the new device")),
+        _ => Err(ApiError::not_found(
+            "no link request with that code for this account; check the code on the new device",
+        )),
     }
 }
 
-async fn link_info(State(s): St, AuthDevice(d): AuthDevice, Path(code): Path<String>) -> Result<Json<LinkInfo>, ApiError> {
+async fn link_info(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Path(code): Path<String>,
+) -> Result<Json<LinkInfo>, ApiError> {
     Ok(Json(info(own_link(&s, &d, &code).await?)))
 }
 
-async fn deny_link(State(s): St, AuthDevice(d): AuthDevice, Path(code): Path<String>) -> Result<Json<LinkInfo>, ApiError> {
+async fn deny_link(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Path(code): Path<String>,
+) -> Result<Json<LinkInfo>, ApiError> {
     let r = own_link(&s, &d, &code).await?;
-    if !s.store.finish_link_request(&r.code, "denied", now()).await? {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, format!("the request is already {}", r.status)));
+    if !s
+        .store
+        .finish_link_request(&r.code, "denied", now())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!("the request is already {}", r.status),
+        ));
     }
     tracing::warn!(address = %r.device.address, by = %d, "link request denied");
-    let r = s.store.link_request(&r.code).await?.ok_or_else(|| ApiError::not_found("no such link request"))?;
+    let r = s
+        .store
+        .link_request(&r.code)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such link request"))?;
     Ok(Json(info(r)))
 }
 
-async fn admin_reset(State(s): St, _: Admin, Path(address): Path<String>) -> Result<Json<AddUserResponse>, ApiError> {
+async fn admin_reset(
+    State(s): St,
+    _: Admin,
+    Path(address): Path<String>,
+) -> Result<Json<AddUserResponse>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    s.store.reset_user(&address, now()).await.map_err(|e| match e {
-        pouch_store::StoreError::NotFound => ApiError::not_found(format!("no user {address}")),
-        other => other.into(),
-    })?;
+    s.store
+        .reset_user(&address, now())
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::NotFound => ApiError::not_found(format!("no user {address}")),
+            other => other.into(),
+        })?;
     tracing::warn!(%address, "ADMIN reset the account: every device revoked");
     Ok(Json(issue_invite(&s, address, None).await?))
 }
 
-async fn admin_revoke(State(s): St, _: Admin, Path((address, device)): Path<(String, String)>) -> Result<Json<AdminActionDone>, ApiError> {
+async fn admin_revoke(
+    State(s): St,
+    _: Admin,
+    Path((address, device)): Path<(String, String)>,
+) -> Result<Json<AdminActionDone>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let device = DeviceId(device);
     match s.store.device(&device).await? {
         Some(d) if d.address == address => {}
-        _ => return Err(ApiError::not_found(format!("{address} has no device {device}"))),
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "{address} has no device {device}"
+            )));
+        }
     }
     if !s.store.revoke_device(&device, "admin", now()).await? {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "that device is already revoked"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "that device is already revoked",
+        ));
     }
     tracing::warn!(%address, %device, "ADMIN revoked a device");
-    Ok(Json(AdminActionDone { address, detail: format!("device {device} revoked by the administrator") }))
+    Ok(Json(AdminActionDone {
+        address,
+        detail: format!("device {device} revoked by the administrator"),
+    }))
 }
 
 async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, ApiError> {
@@ -338,7 +483,12 @@ async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, A
         .stale_members(older_than)
         .await?
         .into_iter()
-        .map(|m| StaleDevice { address: m.address, device_id: m.device_id, group_id: m.group_id, last_update: m.updated_at })
+        .map(|m| StaleDevice {
+            address: m.address,
+            device_id: m.device_id,
+            group_id: m.group_id,
+            last_update: m.updated_at,
+        })
         .collect();
     Ok(Json(stale))
 }

@@ -14,7 +14,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { error, message: message.into(), current_epoch: None } }
+        ApiError {
+            status,
+            body: ErrorBody {
+                error,
+                message: message.into(),
+                current_epoch: None,
+            },
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
@@ -36,12 +43,18 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, "already exists"),
+            StoreError::Conflict => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, "already exists")
+            }
             StoreError::NotFound => Self::not_found("not found"),
             StoreError::Backend(detail) => {
                 // The detail stays in the server log; the client gets no internals.
                 tracing::error!(%detail, "storage failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, "the server's storage failed; try again shortly")
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Internal,
+                    "the server's storage failed; try again shortly",
+                )
             }
         }
     }
@@ -92,7 +105,9 @@ impl From<GroupError> for ApiError {
                 ErrorCode::NotMember,
                 "this device is not a member of that conversation",
             ),
-            GroupError::Rejected(GroupRejection::UnknownGroup) => Self::not_found("no such conversation on the server"),
+            GroupError::Rejected(GroupRejection::UnknownGroup) => {
+                Self::not_found("no such conversation on the server")
+            }
             GroupError::Rejected(GroupRejection::UnknownDevice) => {
                 Self::bad_request("a device named in the commit does not exist or was revoked")
             }

@@ -112,11 +112,21 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// Prepares the data directory, TLS identity, settings and admin token.
 pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Prepared, StartError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::Io(format!("cannot create data directory {}: {e}", config.data_dir.display())))?;
-    let (tls, fingerprint) = tls::server_config(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        StartError::Io(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let (tls, fingerprint) = tls::server_config(
+        &config.data_dir,
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
 
-    let domain = store.init_setting("domain", &config.domain.to_ascii_lowercase()).await?;
+    let domain = store
+        .init_setting("domain", &config.domain.to_ascii_lowercase())
+        .await?;
     if domain != config.domain.to_ascii_lowercase() {
         return Err(StartError::Config(format!(
             "this database serves the domain '{domain}', not '{}': start with --domain {domain}",
@@ -140,8 +150,9 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
             let hash = hex::encode(sha256(token.as_bytes()));
             let stored = store.init_setting("admin_token_sha256", &hash).await?;
             if stored == hash {
-                write_private_file(&admin_token_path, format!("{token}\n").as_bytes())
-                    .map_err(|e| StartError::Io(format!("cannot write {}: {e}", admin_token_path.display())))?;
+                write_private_file(&admin_token_path, format!("{token}\n").as_bytes()).map_err(
+                    |e| StartError::Io(format!("cannot write {}: {e}", admin_token_path.display())),
+                )?;
                 admin_token_created = Some(admin_token_path.clone());
             }
             stored
@@ -160,7 +171,13 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         link_ttl_secs: config.link_ttl_secs.max(1),
         admin_token_sha256,
     });
-    Ok(Prepared { state, tls, fingerprint, admin_token_created, admin_token_path })
+    Ok(Prepared {
+        state,
+        tls,
+        fingerprint,
+        admin_token_created,
+        admin_token_path,
+    })
 }
 
 /// Serves HTTPS on an already bound listener until `shutdown` resolves.
@@ -169,7 +186,9 @@ pub async fn serve(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    listener.set_nonblocking(true).map_err(|e| StartError::Io(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Io(e.to_string()))?;
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {

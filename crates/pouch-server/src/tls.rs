@@ -26,17 +26,30 @@ pub fn server_config(
             }
             (c, k)
         }
-        _ => return Err(StartError::Config("give both --tls-cert and --tls-key, or neither".into())),
+        _ => {
+            return Err(StartError::Config(
+                "give both --tls-cert and --tls-key, or neither".into(),
+            ));
+        }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect())
-        .map_err(|e| StartError::Tls(format!("cannot read certificate {}: {e}", cert_path.display())))?;
+        .map_err(|e| {
+            StartError::Tls(format!(
+                "cannot read certificate {}: {e}",
+                cert_path.display()
+            ))
+        })?;
     let first = certs
         .first()
         .ok_or_else(|| StartError::Tls(format!("no certificate in {}", cert_path.display())))?;
     let fp = fingerprint(first.as_ref());
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| StartError::Tls(format!("cannot read private key {}: {e}", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+        StartError::Tls(format!(
+            "cannot read private key {}: {e}",
+            key_path.display()
+        ))
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -49,8 +62,13 @@ pub fn server_config(
 }
 
 fn generate(cert_path: &Path, key_path: &Path) -> Result<(), StartError> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| StartError::Tls(e.to_string()))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| StartError::Tls(e.to_string()))?;
     write_private_file(key_path, certified.key_pair.serialize_pem().as_bytes())
         .map_err(|e| StartError::Io(format!("cannot write {}: {e}", key_path.display())))?;
     std::fs::write(cert_path, certified.cert.pem())

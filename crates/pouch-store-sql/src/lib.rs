@@ -32,14 +32,26 @@ pub struct SqlStore {
 
 /// Schema migrations, in order. Each is applied once, in a transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, include_str!("../migrations/sqlite_0001_initial.sql"), include_str!("../migrations/postgres_0001_initial.sql")),
-    (2, include_str!("../migrations/sqlite_0002_devices.sql"), include_str!("../migrations/postgres_0002_devices.sql")),
-    (3, include_str!("../migrations/sqlite_0003_rotation.sql"), include_str!("../migrations/postgres_0003_rotation.sql")),
+    (
+        1,
+        include_str!("../migrations/sqlite_0001_initial.sql"),
+        include_str!("../migrations/postgres_0001_initial.sql"),
+    ),
+    (
+        2,
+        include_str!("../migrations/sqlite_0002_devices.sql"),
+        include_str!("../migrations/postgres_0002_devices.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/sqlite_0003_rotation.sql"),
+        include_str!("../migrations/postgres_0003_rotation.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when
 /// several PostgreSQL nodes start at once.
-const MIGRATION_LOCK: i64 = 0x706f_7563_68;
+const MIGRATION_LOCK: i64 = 0x0070_6f75_6368;
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -61,27 +73,30 @@ impl SqlStore {
             Dialect::Postgres
         } else {
             return Err(StoreError::Backend(
-                "unsupported database URL: use sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
+                "unsupported database URL: use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+                    .into(),
             ));
         };
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         let pool = match dialect {
             // One connection: SQLite has one writer anyway, and a single
             // connection makes every transaction serial without lock upgrades.
-            Dialect::Sqlite => options
-                .max_connections(1)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+            Dialect::Sqlite => {
+                options
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                        Ok(())
+                            )
+                            .await?;
+                            Ok(())
+                        })
                     })
-                })
-                .connect(url)
-                .await,
+                    .connect(url)
+                    .await
+            }
             Dialect::Postgres => options.max_connections(16).connect(url).await,
         }
         .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
@@ -135,7 +150,9 @@ impl SqlStore {
                     Ok(()) => conn.execute("COMMIT").await.map_err(backend)?,
                     Err(e) => {
                         let _ = conn.execute("ROLLBACK").await;
-                        return Err(StoreError::Backend(format!("migration {version} failed: {e}")));
+                        return Err(StoreError::Backend(format!(
+                            "migration {version} failed: {e}"
+                        )));
                     }
                 };
             }
@@ -180,10 +197,16 @@ pub mod testing {
             .fetch_all(&mut conn)
             .await?;
             // Every column as bytes: text and bytea both convert losslessly.
-            let select = columns.iter().map(|c| format!("CAST(\"{c}\" AS TEXT)::bytea AS \"{c}\"")).collect::<Vec<_>>().join(", ");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {select} FROM \"{table}\"")))
-                .fetch_all(&mut conn)
-                .await?;
+            let select = columns
+                .iter()
+                .map(|c| format!("CAST(\"{c}\" AS TEXT)::bytea AS \"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {select} FROM \"{table}\""
+            )))
+            .fetch_all(&mut conn)
+            .await?;
             for row in rows {
                 for i in 0..columns.len() {
                     if let Ok(Some(v)) = row.try_get::<Option<Vec<u8>>, _>(i) {
@@ -209,14 +232,18 @@ pub mod testing {
             .unwrap_or_default();
         let name = format!("pouch_{tag}_{}_{nanos}", std::process::id());
         let mut admin = AnyConnection::connect(base_url).await?;
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
         let (prefix, _) = base_url.rsplit_once('/').unwrap_or((base_url, ""));
         let url = format!("{prefix}/{name}");
         let base = base_url.to_string();
         let drop = async move {
             if let Ok(mut admin) = AnyConnection::connect(&base).await {
                 let _ = admin
-                    .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
                     .await;
             }
         };

@@ -8,8 +8,9 @@ use pouch_proto::{
     api::{QueueItem, QueueKind, UserSummary},
 };
 use pouch_store::{
-    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection, LinkRequest,
-    NewDevice, NewLinkRequest, Result, StaleMember, Store, StoreError, StoredList, UnixTime, rules,
+    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
+    LinkRequest, NewDevice, NewLinkRequest, Result, StaleMember, Store, StoreError, StoredList,
+    UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -77,12 +78,13 @@ async fn enqueue(
 }
 
 async fn members(conn: &mut AnyConnection, group: &GroupId) -> Result<Vec<DeviceId>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT device_id FROM group_members WHERE group_id = $1 ORDER BY device_id")
-            .bind(&group.0)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(backend)?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT device_id FROM group_members WHERE group_id = $1 ORDER BY device_id",
+    )
+    .bind(&group.0)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(backend)?;
     Ok(rows.into_iter().map(|(d,)| DeviceId(d)).collect())
 }
 
@@ -128,7 +130,9 @@ impl SqlStore {
             )
             .bind(d.0.clone()),
         };
-        let Some(row) = query.fetch_optional(&self.pool).await.map_err(backend)? else { return Ok(None) };
+        let Some(row) = query.fetch_optional(&self.pool).await.map_err(backend)? else {
+            return Ok(None);
+        };
         let device_id = DeviceId(row.try_get("device_id").map_err(backend)?);
         let device = self.device(&device_id).await?.ok_or(StoreError::NotFound)?;
         Ok(Some(LinkRequest {
@@ -156,12 +160,14 @@ impl SqlStore {
                 if s.base_epoch != 0 {
                     return Err(GroupRejection::UnknownGroup.into());
                 }
-                sqlx::query("INSERT INTO mls_groups (group_id, epoch, created_at) VALUES ($1, 1, $2)")
-                    .bind(&s.group_id.0)
-                    .bind(s.now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
+                sqlx::query(
+                    "INSERT INTO mls_groups (group_id, epoch, created_at) VALUES ($1, 1, $2)",
+                )
+                .bind(&s.group_id.0)
+                .bind(s.now)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
                 sqlx::query("INSERT INTO group_members (group_id, device_id, updated_at) VALUES ($1, $2, $3)")
                     .bind(&s.group_id.0)
                     .bind(&s.sender.0)
@@ -194,13 +200,15 @@ impl SqlStore {
         };
         let new_epoch = s.base_epoch + 1;
         // A commit carries fresh key material for its sender (an update path).
-        sqlx::query("UPDATE group_members SET updated_at = $1 WHERE group_id = $2 AND device_id = $3")
-            .bind(s.now)
-            .bind(&s.group_id.0)
-            .bind(&s.sender.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "UPDATE group_members SET updated_at = $1 WHERE group_id = $2 AND device_id = $3",
+        )
+        .bind(s.now)
+        .bind(&s.group_id.0)
+        .bind(&s.sender.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         for removed in &s.removed {
             sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND device_id = $2")
                 .bind(&s.group_id.0)
@@ -225,14 +233,32 @@ impl SqlStore {
         }
         if let Some(commit) = &s.commit {
             for device in &recipients {
-                enqueue(tx, device, QueueKind::Commit, &s.group_id, &s.sender, s.base_epoch, commit, s.now)
-                    .await?;
+                enqueue(
+                    tx,
+                    device,
+                    QueueKind::Commit,
+                    &s.group_id,
+                    &s.sender,
+                    s.base_epoch,
+                    commit,
+                    s.now,
+                )
+                .await?;
             }
         }
         if let Some(welcome) = &s.welcome {
             for device in &s.added {
-                enqueue(tx, device, QueueKind::Welcome, &s.group_id, &s.sender, new_epoch, welcome, s.now)
-                    .await?;
+                enqueue(
+                    tx,
+                    device,
+                    QueueKind::Welcome,
+                    &s.group_id,
+                    &s.sender,
+                    new_epoch,
+                    welcome,
+                    s.now,
+                )
+                .await?;
             }
         }
         Ok(new_epoch)
@@ -247,7 +273,9 @@ impl SqlStore {
         payload: &[u8],
         now: UnixTime,
     ) -> std::result::Result<u32, GroupError> {
-        let current = group_epoch(tx, group).await?.ok_or(GroupRejection::UnknownGroup)?;
+        let current = group_epoch(tx, group)
+            .await?
+            .ok_or(GroupRejection::UnknownGroup)?;
         if current != epoch {
             return Err(GroupRejection::StaleEpoch { current }.into());
         }
@@ -257,7 +285,17 @@ impl SqlStore {
         }
         let mut count = 0;
         for device in members.iter().filter(|d| *d != sender) {
-            enqueue(tx, device, QueueKind::Application, group, sender, epoch, payload, now).await?;
+            enqueue(
+                tx,
+                device,
+                QueueKind::Application,
+                group,
+                sender,
+                epoch,
+                payload,
+                now,
+            )
+            .await?;
             count += 1;
         }
         Ok(count)
@@ -275,16 +313,23 @@ impl Store for SqlStore {
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         self.get_setting(key).await?.ok_or(StoreError::NotFound)
     }
 
-    async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime) -> Result<()> {
+    async fn create_user(
+        &self,
+        address: &Address,
+        name: Option<&str>,
+        now: UnixTime,
+    ) -> Result<()> {
         let done = sqlx::query(
             "INSERT INTO users (address, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (address) DO NOTHING",
         )
@@ -294,7 +339,11 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await
         .map_err(backend)?;
-        if done.rows_affected() == 0 { Err(StoreError::Conflict) } else { Ok(()) }
+        if done.rows_affected() == 0 {
+            Err(StoreError::Conflict)
+        } else {
+            Ok(())
+        }
     }
 
     async fn list_users(&self) -> Result<Vec<UserSummary>> {
@@ -311,7 +360,8 @@ impl Store for SqlStore {
                 let address: String = row.try_get("address").map_err(backend)?;
                 let devices: i64 = row.try_get("devices").map_err(backend)?;
                 Ok(UserSummary {
-                    address: Address::parse(&address).map_err(|e| StoreError::Backend(e.to_string()))?,
+                    address: Address::parse(&address)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?,
                     name: row.try_get("name").map_err(backend)?,
                     created_at: row.try_get("created_at").map_err(backend)?,
                     devices: devices as u32,
@@ -329,7 +379,12 @@ impl Store for SqlStore {
         Ok(row.is_some())
     }
 
-    async fn create_invite(&self, address: &Address, secret_hash: &[u8], expires_at: UnixTime) -> Result<()> {
+    async fn create_invite(
+        &self,
+        address: &Address,
+        secret_hash: &[u8],
+        expires_at: UnixTime,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO invites (secret_hash, address, expires_at) VALUES ($1, $2, $3)")
             .bind(secret_hash)
             .bind(address.as_str())
@@ -400,17 +455,29 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.map(|(v, body, signature)| StoredList { version: v as u64, body, signature }))
+        Ok(row.map(|(v, body, signature)| StoredList {
+            version: v as u64,
+            body,
+            signature,
+        }))
     }
 
     async fn device_list_history(&self, address: &Address) -> Result<Vec<StoredList>> {
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT version, body, signature FROM device_lists WHERE address = $1 ORDER BY version")
-                .bind(address.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        Ok(rows.into_iter().map(|(v, body, signature)| StoredList { version: v as u64, body, signature }).collect())
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, body, signature FROM device_lists WHERE address = $1 ORDER BY version",
+        )
+        .bind(address.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(v, body, signature)| StoredList {
+                version: v as u64,
+                body,
+                signature,
+            })
+            .collect())
     }
 
     async fn publish_device_list(
@@ -480,7 +547,9 @@ impl Store for SqlStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        let Some(device) = device else { return Ok(false) };
+        let Some(device) = device else {
+            return Ok(false);
+        };
         if status != "approved" {
             revoke_in(&mut tx, &DeviceId(device), status, now).await?;
         }
@@ -497,11 +566,13 @@ impl Store for SqlStore {
 
     async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()> {
         let mut tx = self.begin().await?;
-        let ids: Vec<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE address = $1 AND revoked_at IS NULL")
-            .bind(address.as_str())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT device_id FROM devices WHERE address = $1 AND revoked_at IS NULL",
+        )
+        .bind(address.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
         for (id,) in ids {
             revoke_in(&mut tx, &DeviceId(id), "reset", now).await?;
         }
@@ -518,11 +589,12 @@ impl Store for SqlStore {
     }
 
     async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>> {
-        let row: Option<(Option<i64>,)> = sqlx::query_as("SELECT reset_at FROM users WHERE address = $1")
-            .bind(address.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT reset_at FROM users WHERE address = $1")
+                .bind(address.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
         Ok(row.and_then(|(r,)| r))
     }
 
@@ -558,7 +630,9 @@ impl Store for SqlStore {
     }
 
     async fn devices_of(&self, address: &Address) -> Result<Vec<Device>> {
-        let rows = sqlx::query(select_devices!("WHERE address = $1 ORDER BY created_at, device_id"))
+        let rows = sqlx::query(select_devices!(
+            "WHERE address = $1 ORDER BY created_at, device_id"
+        ))
         .bind(address.as_str())
         .fetch_all(&self.pool)
         .await
@@ -566,14 +640,21 @@ impl Store for SqlStore {
         rows.iter().map(device_from_row).collect()
     }
 
-    async fn put_challenge(&self, challenge: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()> {
-        sqlx::query("INSERT INTO auth_challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)")
-            .bind(challenge)
-            .bind(&device_id.0)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO auth_challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(challenge)
+        .bind(&device_id.0)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 
@@ -594,14 +675,21 @@ impl Store for SqlStore {
         Ok(row.filter(|(_, exp)| *exp > now).map(|(d, _)| DeviceId(d)))
     }
 
-    async fn put_token(&self, token_hash: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()> {
-        sqlx::query("INSERT INTO auth_tokens (token_hash, device_id, expires_at) VALUES ($1, $2, $3)")
-            .bind(token_hash)
-            .bind(&device_id.0)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+    async fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO auth_tokens (token_hash, device_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash)
+        .bind(&device_id.0)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 
@@ -618,9 +706,14 @@ impl Store for SqlStore {
         Ok(row.map(|(d,)| DeviceId(d)))
     }
 
-    async fn add_key_packages(&self, device_id: &DeviceId, packages: &[Vec<u8>], last_resort: Option<&[u8]>) -> Result<()> {
+    async fn add_key_packages(
+        &self,
+        device_id: &DeviceId,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
-        insert_key_packages(&mut *tx, device_id, packages, last_resort).await?;
+        insert_key_packages(&mut tx, device_id, packages, last_resort).await?;
         tx.commit().await.map_err(backend)
     }
 
@@ -636,7 +729,12 @@ impl Store for SqlStore {
         Ok(n as u32)
     }
 
-    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId, only: &[DeviceId]) -> Result<Vec<Claimed>> {
+    async fn claim_key_packages(
+        &self,
+        address: &Address,
+        exclude: &DeviceId,
+        only: &[DeviceId],
+    ) -> Result<Vec<Claimed>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(select_devices!(
             "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
@@ -682,7 +780,11 @@ impl Store for SqlStore {
                     }
                 }
             };
-            claimed.push(Claimed { device, key_package, last_resort });
+            claimed.push(Claimed {
+                device,
+                key_package,
+                last_resort,
+            });
         }
         tx.commit().await.map_err(backend)?;
         Ok(claimed)
@@ -690,7 +792,7 @@ impl Store for SqlStore {
 
     async fn submit_commit(&self, s: CommitSubmission) -> std::result::Result<u64, GroupError> {
         let mut tx = self.begin().await?;
-        let epoch = self.commit_inner(&mut *tx, &s).await?;
+        let epoch = self.commit_inner(&mut tx, &s).await?;
         tx.commit().await.map_err(backend)?;
         Ok(epoch)
     }
@@ -704,12 +806,19 @@ impl Store for SqlStore {
         now: UnixTime,
     ) -> std::result::Result<u32, GroupError> {
         let mut tx = self.begin().await?;
-        let n = self.message_inner(&mut *tx, group_id, sender, epoch, payload, now).await?;
+        let n = self
+            .message_inner(&mut tx, group_id, sender, epoch, payload, now)
+            .await?;
         tx.commit().await.map_err(backend)?;
         Ok(n)
     }
 
-    async fn fetch_queue(&self, device_id: &DeviceId, after: u64, limit: u32) -> Result<Vec<QueueItem>> {
+    async fn fetch_queue(
+        &self,
+        device_id: &DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<QueueItem>> {
         let rows = sqlx::query(
             "SELECT seq, kind, group_id, sender_device, epoch, payload, received_at FROM queue \
              WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
@@ -759,7 +868,13 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn put_blob_chunk(&self, blob_id: &str, owner: &DeviceId, index: u32, data: &[u8]) -> Result<()> {
+    async fn put_blob_chunk(
+        &self,
+        blob_id: &str,
+        owner: &DeviceId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         let open: Option<(String,)> = sqlx::query_as(
             "SELECT blob_id FROM blobs WHERE blob_id = $1 AND owner = $2 AND chunks IS NULL",
@@ -786,14 +901,21 @@ impl Store for SqlStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn finish_blob(&self, blob_id: &str, owner: &DeviceId, chunks: u32, size: u64) -> Result<()> {
+    async fn finish_blob(
+        &self,
+        blob_id: &str,
+        owner: &DeviceId,
+        chunks: u32,
+        size: u64,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
-        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_chunks WHERE blob_id = $1 AND idx < $2")
-            .bind(blob_id)
-            .bind(chunks as i64)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let stored: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM blob_chunks WHERE blob_id = $1 AND idx < $2")
+                .bind(blob_id)
+                .bind(chunks as i64)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
         if stored != chunks as i64 {
             return Err(StoreError::NotFound);
         }
@@ -833,7 +955,12 @@ fn unique_is_conflict(e: sqlx::Error) -> StoreError {
     }
 }
 
-async fn insert_device(tx: &mut AnyConnection, device: &NewDevice, approved_at: Option<UnixTime>, now: UnixTime) -> Result<()> {
+async fn insert_device(
+    tx: &mut AnyConnection,
+    device: &NewDevice,
+    approved_at: Option<UnixTime>,
+    now: UnixTime,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -846,10 +973,21 @@ async fn insert_device(tx: &mut AnyConnection, device: &NewDevice, approved_at: 
     .execute(&mut *tx)
     .await
     .map_err(unique_is_conflict)?;
-    insert_key_packages(tx, &device.device_id, &device.key_packages, Some(&device.last_resort)).await
+    insert_key_packages(
+        tx,
+        &device.device_id,
+        &device.key_packages,
+        Some(&device.last_resort),
+    )
+    .await
 }
 
-async fn insert_list(tx: &mut AnyConnection, address: &Address, list: &StoredList, now: UnixTime) -> Result<()> {
+async fn insert_list(
+    tx: &mut AnyConnection,
+    address: &Address,
+    list: &StoredList,
+    now: UnixTime,
+) -> Result<()> {
     sqlx::query("INSERT INTO device_lists (address, version, body, signature, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(address.as_str())
         .bind(list.version as i64)
@@ -863,7 +1001,12 @@ async fn insert_list(tx: &mut AnyConnection, address: &Address, list: &StoredLis
 }
 
 /// Revokes a device and drops what it could still use: tokens, key packages, queue.
-async fn revoke_in(tx: &mut AnyConnection, device: &DeviceId, by: &str, now: UnixTime) -> Result<bool> {
+async fn revoke_in(
+    tx: &mut AnyConnection,
+    device: &DeviceId,
+    by: &str,
+    now: UnixTime,
+) -> Result<bool> {
     let done = sqlx::query("UPDATE devices SET revoked_at = $1, revoked_by = $2 WHERE device_id = $3 AND revoked_at IS NULL")
         .bind(now)
         .bind(by)
@@ -876,7 +1019,11 @@ async fn revoke_in(tx: &mut AnyConnection, device: &DeviceId, by: &str, now: Uni
         "DELETE FROM key_packages WHERE device_id = $1",
         "DELETE FROM queue WHERE device_id = $1",
     ] {
-        sqlx::query(sql).bind(&device.0).execute(&mut *tx).await.map_err(backend)?;
+        sqlx::query(sql)
+            .bind(&device.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
     }
     Ok(done.rows_affected() == 1)
 }

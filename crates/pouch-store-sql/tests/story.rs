@@ -6,7 +6,8 @@
 use pouch_store_sql::SqlStore;
 
 fn pg_base() -> String {
-    std::env::var("POUCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("POUCH_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 #[tokio::test]

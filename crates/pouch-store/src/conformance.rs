@@ -17,9 +17,15 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
         address: address.clone(),
         name: format!("{id}-laptop"),
         signature_key: id.as_bytes().repeat(2),
-        key_packages: (0..kps).map(|i| format!("{id}-kp-{i}").into_bytes()).collect(),
+        key_packages: (0..kps)
+            .map(|i| format!("{id}-kp-{i}").into_bytes())
+            .collect(),
         last_resort: format!("{id}-last-resort").into_bytes(),
-        device_list: Some(StoredList { version: 1, body: format!("{id}-list-1").into_bytes(), signature: b"sig".to_vec() }),
+        device_list: Some(StoredList {
+            version: 1,
+            body: format!("{id}-list-1").into_bytes(),
+            signature: b"sig".to_vec(),
+        }),
     }
 }
 
@@ -36,25 +42,68 @@ pub async fn run(store: &dyn Store) {
     // Users and invites.
     store.create_user(&alice, Some("Alice"), now).await.unwrap();
     store.create_user(&bob, None, now).await.unwrap();
-    assert!(matches!(store.create_user(&alice, None, now).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.create_user(&alice, None, now).await,
+        Err(StoreError::Conflict)
+    ));
     assert!(store.user_exists(&bob).await.unwrap());
     assert!(!store.user_exists(&addr("eve@x.example")).await.unwrap());
-    store.create_invite(&alice, b"alice-invite", now + 60).await.unwrap();
-    store.create_invite(&bob, b"bob-invite", now + 60).await.unwrap();
-    store.create_invite(&bob, b"old-invite", now - 1).await.unwrap();
+    store
+        .create_invite(&alice, b"alice-invite", now + 60)
+        .await
+        .unwrap();
+    store
+        .create_invite(&bob, b"bob-invite", now + 60)
+        .await
+        .unwrap();
+    store
+        .create_invite(&bob, b"old-invite", now - 1)
+        .await
+        .unwrap();
 
-    let a1 = store.enroll(b"alice-invite", new_device("a1", &alice, 2), now).await.unwrap();
+    let a1 = store
+        .enroll(b"alice-invite", new_device("a1", &alice, 2), now)
+        .await
+        .unwrap();
     assert_eq!(a1.address, alice);
-    let reuse = store.enroll(b"alice-invite", new_device("a2", &alice, 1), now).await;
-    assert!(matches!(reuse, Err(EnrollError::Invite(InviteRejection::Used))), "{reuse:?}");
-    let expired = store.enroll(b"old-invite", new_device("b9", &bob, 1), now).await;
-    assert!(matches!(expired, Err(EnrollError::Invite(InviteRejection::Expired))), "{expired:?}");
+    let reuse = store
+        .enroll(b"alice-invite", new_device("a2", &alice, 1), now)
+        .await;
+    assert!(
+        matches!(reuse, Err(EnrollError::Invite(InviteRejection::Used))),
+        "{reuse:?}"
+    );
+    let expired = store
+        .enroll(b"old-invite", new_device("b9", &bob, 1), now)
+        .await;
+    assert!(
+        matches!(expired, Err(EnrollError::Invite(InviteRejection::Expired))),
+        "{expired:?}"
+    );
     let unknown = store.enroll(b"nope", new_device("b8", &bob, 1), now).await;
-    assert!(matches!(unknown, Err(EnrollError::Invite(InviteRejection::Unknown))), "{unknown:?}");
-    let wrong_user = store.enroll(b"bob-invite", new_device("x1", &alice, 1), now).await;
-    assert!(matches!(wrong_user, Err(EnrollError::Invite(InviteRejection::Unknown))));
-    store.enroll(b"bob-invite", new_device("b1", &bob, 1), now).await.unwrap();
-    assert!(store.device(&DeviceId("b9".into())).await.unwrap().is_none(), "a refused enrollment left a device");
+    assert!(
+        matches!(unknown, Err(EnrollError::Invite(InviteRejection::Unknown))),
+        "{unknown:?}"
+    );
+    let wrong_user = store
+        .enroll(b"bob-invite", new_device("x1", &alice, 1), now)
+        .await;
+    assert!(matches!(
+        wrong_user,
+        Err(EnrollError::Invite(InviteRejection::Unknown))
+    ));
+    store
+        .enroll(b"bob-invite", new_device("b1", &bob, 1), now)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .device(&DeviceId("b9".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused enrollment left a device"
+    );
 
     let users = store.list_users().await.unwrap();
     assert_eq!(users.len(), 2);
@@ -64,12 +113,18 @@ pub async fn run(store: &dyn Store) {
     // Authentication material: challenges are single use and expire.
     let a1_id = a1.device_id.clone();
     store.put_challenge(b"c1", &a1_id, now + 30).await.unwrap();
-    assert_eq!(store.take_challenge(b"c1", now).await.unwrap(), Some(a1_id.clone()));
+    assert_eq!(
+        store.take_challenge(b"c1", now).await.unwrap(),
+        Some(a1_id.clone())
+    );
     assert_eq!(store.take_challenge(b"c1", now).await.unwrap(), None);
     store.put_challenge(b"c2", &a1_id, now + 30).await.unwrap();
     assert_eq!(store.take_challenge(b"c2", now + 31).await.unwrap(), None);
     store.put_token(b"t1", &a1_id, now + 100).await.unwrap();
-    assert_eq!(store.token_device(b"t1", now).await.unwrap(), Some(a1_id.clone()));
+    assert_eq!(
+        store.token_device(b"t1", now).await.unwrap(),
+        Some(a1_id.clone())
+    );
     assert_eq!(store.token_device(b"t1", now + 100).await.unwrap(), None);
 
     // Key packages: each ordinary one once, then the last resort, repeatedly.
@@ -85,11 +140,26 @@ pub async fn run(store: &dyn Store) {
         assert!(again[0].last_resort);
     }
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 0);
-    store.add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2")).await.unwrap();
-    assert_eq!(store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package, b"b1-kp-new");
-    assert_eq!(store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package, b"b1-lr-2");
+    store
+        .add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package,
+        b"b1-kp-new"
+    );
+    assert_eq!(
+        store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package,
+        b"b1-lr-2"
+    );
     // The claimer's own device is never handed out to itself.
-    assert!(store.claim_key_packages(&alice, &a1_id, &[]).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_key_packages(&alice, &a1_id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Groups: creation, one commit per epoch, fan-out, membership.
     let g = GroupId("ab".repeat(16));
@@ -105,11 +175,33 @@ pub async fn run(store: &dyn Store) {
     };
     assert_eq!(store.submit_commit(create).await.unwrap(), 1);
     let stale = store.submit_message(&g, &a1_id, 0, b"m0", now).await;
-    assert!(matches!(stale, Err(GroupError::Rejected(GroupRejection::StaleEpoch { current: 1 }))));
-    assert_eq!(store.submit_message(&g, &a1_id, 1, b"m1", now).await.unwrap(), 1);
-    assert_eq!(store.submit_message(&g, &b1_id, 1, b"m2", now).await.unwrap(), 1);
-    let outsider = store.submit_message(&g, &DeviceId("zz".into()), 1, b"m", now).await;
-    assert!(matches!(outsider, Err(GroupError::Rejected(GroupRejection::NotMember))));
+    assert!(matches!(
+        stale,
+        Err(GroupError::Rejected(GroupRejection::StaleEpoch {
+            current: 1
+        }))
+    ));
+    assert_eq!(
+        store
+            .submit_message(&g, &a1_id, 1, b"m1", now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .submit_message(&g, &b1_id, 1, b"m2", now)
+            .await
+            .unwrap(),
+        1
+    );
+    let outsider = store
+        .submit_message(&g, &DeviceId("zz".into()), 1, b"m", now)
+        .await;
+    assert!(matches!(
+        outsider,
+        Err(GroupError::Rejected(GroupRejection::NotMember))
+    ));
 
     let commit = |base: u64, by: &DeviceId, body: &[u8]| CommitSubmission {
         group_id: g.clone(),
@@ -121,9 +213,23 @@ pub async fn run(store: &dyn Store) {
         removed: vec![],
         now,
     };
-    assert_eq!(store.submit_commit(commit(1, &b1_id, b"c-b")).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .submit_commit(commit(1, &b1_id, b"c-b"))
+            .await
+            .unwrap(),
+        2
+    );
     let lost = store.submit_commit(commit(1, &a1_id, b"c-a")).await;
-    assert!(matches!(lost, Err(GroupError::Rejected(GroupRejection::StaleEpoch { current: 2 }))), "{lost:?}");
+    assert!(
+        matches!(
+            lost,
+            Err(GroupError::Rejected(GroupRejection::StaleEpoch {
+                current: 2
+            }))
+        ),
+        "{lost:?}"
+    );
 
     // Bob's queue: welcome, Alice's message, in order; Bob's own is not echoed.
     let q = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
@@ -133,7 +239,10 @@ pub async fn run(store: &dyn Store) {
     assert!(q.windows(2).all(|w| w[0].seq < w[1].seq));
     // Alice's queue: Bob's message and Bob's commit.
     let qa = store.fetch_queue(&a1_id, 0, 100).await.unwrap();
-    assert_eq!(qa.iter().map(|i| i.payload.as_slice()).collect::<Vec<_>>(), vec![&b"m2"[..], b"c-b"]);
+    assert_eq!(
+        qa.iter().map(|i| i.payload.as_slice()).collect::<Vec<_>>(),
+        vec![&b"m2"[..], b"c-b"]
+    );
     assert_eq!(qa[1].epoch, 1);
 
     // Rotation bookkeeping: Bob committed at `now`; nobody is stale before it, both at or after.
@@ -146,13 +255,26 @@ pub async fn run(store: &dyn Store) {
     let rest = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].seq, q[1].seq);
-    assert_eq!(store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap().len(), 0);
+    assert_eq!(
+        store
+            .fetch_queue(&b1_id, q[1].seq, 100)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 
     // Removing a member: it still receives the commit, then nothing more.
     let mut remove = commit(2, &a1_id, b"c-remove");
     remove.removed = vec![b1_id.clone()];
     assert_eq!(store.submit_commit(remove).await.unwrap(), 3);
-    assert_eq!(store.submit_message(&g, &a1_id, 3, b"after", now).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .submit_message(&g, &a1_id, 3, b"after", now)
+            .await
+            .unwrap(),
+        0
+    );
     let last = store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].payload, b"c-remove");
@@ -180,28 +302,96 @@ pub async fn run(store: &dyn Store) {
     let a2_id = DeviceId("a2".into());
     let req = store.link_request("CODE-1").await.unwrap().unwrap();
     assert_eq!(req.status, "pending");
-    assert!(!req.device.is_active(), "a device waiting for approval is not active");
-    assert_eq!(store.link_request_by_poll(b"poll-1").await.unwrap().unwrap().code, "CODE-1");
-    assert_eq!(store.link_request_for_device(&DeviceId("a2".into())).await.unwrap().unwrap().code, "CODE-1");
+    assert!(
+        !req.device.is_active(),
+        "a device waiting for approval is not active"
+    );
+    assert_eq!(
+        store
+            .link_request_by_poll(b"poll-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .code,
+        "CODE-1"
+    );
+    assert_eq!(
+        store
+            .link_request_for_device(&DeviceId("a2".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .code,
+        "CODE-1"
+    );
     assert_eq!(store.count_key_packages(&a2_id).await.unwrap(), 3);
     // A pending device gets no mail: it is never handed out.
-    assert!(store.claim_key_packages(&alice, &b1_id, &[]).await.unwrap().iter().all(|c| c.device.device_id != a2_id));
-    let v2 = StoredList { version: 2, body: b"list-2".to_vec(), signature: b"sig".to_vec() };
-    store.publish_device_list(&alice, &v2, &[a2_id.clone()], &[], now).await.unwrap();
-    assert!(store.finish_link_request("CODE-1", "approved", now).await.unwrap());
-    assert!(!store.finish_link_request("CODE-1", "denied", now).await.unwrap(), "a finished request changed");
+    assert!(
+        store
+            .claim_key_packages(&alice, &b1_id, &[])
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.device.device_id != a2_id)
+    );
+    let v2 = StoredList {
+        version: 2,
+        body: b"list-2".to_vec(),
+        signature: b"sig".to_vec(),
+    };
+    store
+        .publish_device_list(&alice, &v2, std::slice::from_ref(&a2_id), &[], now)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .finish_link_request("CODE-1", "approved", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_link_request("CODE-1", "denied", now)
+            .await
+            .unwrap(),
+        "a finished request changed"
+    );
     assert!(store.device(&a2_id).await.unwrap().unwrap().is_active());
-    let again = store.publish_device_list(&alice, &StoredList { version: 2, ..v2.clone() }, &[], &[], now).await;
-    assert!(matches!(again, Err(StoreError::Conflict)), "a list version was taken twice");
+    let again = store
+        .publish_device_list(
+            &alice,
+            &StoredList {
+                version: 2,
+                ..v2.clone()
+            },
+            &[],
+            &[],
+            now,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "a list version was taken twice"
+    );
     // Claims can be restricted to named devices.
-    let only = store.claim_key_packages(&alice, &b1_id, &[a2_id.clone()]).await.unwrap();
+    let only = store
+        .claim_key_packages(&alice, &b1_id, std::slice::from_ref(&a2_id))
+        .await
+        .unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].device.device_id, a2_id);
     // Revocation by a new list: the device is out and its tokens are dead.
     store.put_token(b"t-a2", &a2_id, now + 100).await.unwrap();
     assert!(store.token_device(b"t-a2", now).await.unwrap().is_some());
-    let v3 = StoredList { version: 3, body: b"list-3".to_vec(), signature: b"sig".to_vec() };
-    store.publish_device_list(&alice, &v3, &[], &[a2_id.clone()], now).await.unwrap();
+    let v3 = StoredList {
+        version: 3,
+        body: b"list-3".to_vec(),
+        signature: b"sig".to_vec(),
+    };
+    store
+        .publish_device_list(&alice, &v3, &[], std::slice::from_ref(&a2_id), now)
+        .await
+        .unwrap();
     assert_eq!(store.token_device(b"t-a2", now).await.unwrap(), None);
     let revoked = store.device(&a2_id).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_by.as_deref(), Some("account"));
@@ -211,29 +401,83 @@ pub async fn run(store: &dyn Store) {
     denied.device_list = None;
     store
         .create_link_request(
-            NewLinkRequest { code: "CODE-2".into(), poll_hash: b"poll-2".to_vec(), nonce: vec![], source: "x".into(), expires_at: now + 600, device: denied },
+            NewLinkRequest {
+                code: "CODE-2".into(),
+                poll_hash: b"poll-2".to_vec(),
+                nonce: vec![],
+                source: "x".into(),
+                expires_at: now + 600,
+                device: denied,
+            },
             now,
         )
         .await
         .unwrap();
-    assert!(store.finish_link_request("CODE-2", "denied", now).await.unwrap());
-    assert_eq!(store.device(&DeviceId("a3".into())).await.unwrap().unwrap().revoked_by.as_deref(), Some("denied"));
+    assert!(
+        store
+            .finish_link_request("CODE-2", "denied", now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .device(&DeviceId("a3".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_by
+            .as_deref(),
+        Some("denied")
+    );
     // Administrator reset: every device out, the reset time recorded.
     assert_eq!(store.reset_at(&bob).await.unwrap(), None);
     store.reset_user(&bob, now + 5).await.unwrap();
     assert_eq!(store.reset_at(&bob).await.unwrap(), Some(now + 5));
-    assert!(store.devices_of(&bob).await.unwrap().iter().all(|d| !d.is_active()));
+    assert!(
+        store
+            .devices_of(&bob)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| !d.is_active())
+    );
     assert!(store.revoke_device(&a1_id, "admin", now).await.unwrap());
-    assert!(!store.revoke_device(&a1_id, "admin", now).await.unwrap(), "revoked twice");
+    assert!(
+        !store.revoke_device(&a1_id, "admin", now).await.unwrap(),
+        "revoked twice"
+    );
 
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();
-    store.put_blob_chunk("blob1", &a1_id, 0, b"chunk0").await.unwrap();
-    assert!(store.put_blob_chunk("blob1", &b1_id, 1, b"evil").await.is_err());
+    store
+        .put_blob_chunk("blob1", &a1_id, 0, b"chunk0")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .put_blob_chunk("blob1", &b1_id, 1, b"evil")
+            .await
+            .is_err()
+    );
     assert_eq!(store.blob_chunk("blob1", 0).await.unwrap(), None);
-    assert!(store.finish_blob("blob1", &a1_id, 2, 12).await.is_err(), "finished with a chunk missing");
-    store.put_blob_chunk("blob1", &a1_id, 1, b"chunk1").await.unwrap();
+    assert!(
+        store.finish_blob("blob1", &a1_id, 2, 12).await.is_err(),
+        "finished with a chunk missing"
+    );
+    store
+        .put_blob_chunk("blob1", &a1_id, 1, b"chunk1")
+        .await
+        .unwrap();
     store.finish_blob("blob1", &a1_id, 2, 12).await.unwrap();
-    assert_eq!(store.blob_chunk("blob1", 1).await.unwrap().as_deref(), Some(&b"chunk1"[..]));
-    assert!(store.put_blob_chunk("blob1", &a1_id, 0, b"late").await.is_err(), "a finished blob changed");
+    assert_eq!(
+        store.blob_chunk("blob1", 1).await.unwrap().as_deref(),
+        Some(&b"chunk1"[..])
+    );
+    assert!(
+        store
+            .put_blob_chunk("blob1", &a1_id, 0, b"late")
+            .await
+            .is_err(),
+        "a finished blob changed"
+    );
 }

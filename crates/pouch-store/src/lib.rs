@@ -174,13 +174,23 @@ pub trait Store: Send + Sync + 'static {
     async fn init_setting(&self, key: &str, value: &str) -> Result<String>;
 
     // --- users and invites ---
-    async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime) -> Result<()>;
+    async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime)
+    -> Result<()>;
     async fn list_users(&self) -> Result<Vec<UserSummary>>;
     async fn user_exists(&self, address: &Address) -> Result<bool>;
-    async fn create_invite(&self, address: &Address, secret_hash: &[u8], expires_at: UnixTime) -> Result<()>;
+    async fn create_invite(
+        &self,
+        address: &Address,
+        secret_hash: &[u8],
+        expires_at: UnixTime,
+    ) -> Result<()>;
     /// Redeems the invite and registers the device in one transaction.
-    async fn enroll(&self, secret_hash: &[u8], device: NewDevice, now: UnixTime)
-    -> std::result::Result<Device, EnrollError>;
+    async fn enroll(
+        &self,
+        secret_hash: &[u8],
+        device: NewDevice,
+        now: UnixTime,
+    ) -> std::result::Result<Device, EnrollError>;
 
     // --- device lists, linking, revocation ---
     async fn latest_device_list(&self, address: &Address) -> Result<Option<StoredList>>;
@@ -215,36 +225,82 @@ pub trait Store: Send + Sync + 'static {
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
     /// Every device the server has for the address, in any state.
     async fn devices_of(&self, address: &Address) -> Result<Vec<Device>>;
-    async fn put_challenge(&self, challenge: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()>;
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()>;
     /// Removes the challenge and returns its device if it was issued and has not expired.
     async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
-    async fn put_token(&self, token_hash: &[u8], device_id: &DeviceId, expires_at: UnixTime) -> Result<()>;
+    async fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()>;
     async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
 
     // --- key packages ---
-    async fn add_key_packages(&self, device_id: &DeviceId, packages: &[Vec<u8>], last_resort: Option<&[u8]>) -> Result<()>;
+    async fn add_key_packages(
+        &self,
+        device_id: &DeviceId,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<()>;
     async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
     /// One package for every active device of `address` except `exclude`
     /// (restricted to `only` when it is not empty): an ordinary one, removed
     /// as it is handed out, or else the last-resort one.
-    async fn claim_key_packages(&self, address: &Address, exclude: &DeviceId, only: &[DeviceId]) -> Result<Vec<Claimed>>;
+    async fn claim_key_packages(
+        &self,
+        address: &Address,
+        exclude: &DeviceId,
+        only: &[DeviceId],
+    ) -> Result<Vec<Claimed>>;
 
     // --- groups and delivery ---
     /// Accepts the commit if `base_epoch` is the group's epoch (0 creates the
     /// group), then queues the commit for the other current members and the
     /// welcome for the added devices, all in one transaction.
-    async fn submit_commit(&self, submission: CommitSubmission) -> std::result::Result<u64, GroupError>;
+    async fn submit_commit(
+        &self,
+        submission: CommitSubmission,
+    ) -> std::result::Result<u64, GroupError>;
     /// Queues an application message for every member but the sender.
-    async fn submit_message(&self, group_id: &GroupId, sender: &DeviceId, epoch: u64, payload: &[u8], now: UnixTime)
-    -> std::result::Result<u32, GroupError>;
-    async fn fetch_queue(&self, device_id: &DeviceId, after: u64, limit: u32) -> Result<Vec<QueueItem>>;
+    async fn submit_message(
+        &self,
+        group_id: &GroupId,
+        sender: &DeviceId,
+        epoch: u64,
+        payload: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<u32, GroupError>;
+    async fn fetch_queue(
+        &self,
+        device_id: &DeviceId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<QueueItem>>;
     /// Deletes every item up to and including `up_to`; returns how many.
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
 
     // --- blobs (opaque encrypted chunks) ---
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;
-    async fn put_blob_chunk(&self, blob_id: &str, owner: &DeviceId, index: u32, data: &[u8]) -> Result<()>;
-    async fn finish_blob(&self, blob_id: &str, owner: &DeviceId, chunks: u32, size: u64) -> Result<()>;
+    async fn put_blob_chunk(
+        &self,
+        blob_id: &str,
+        owner: &DeviceId,
+        index: u32,
+        data: &[u8],
+    ) -> Result<()>;
+    async fn finish_blob(
+        &self,
+        blob_id: &str,
+        owner: &DeviceId,
+        chunks: u32,
+        size: u64,
+    ) -> Result<()>;
     /// A chunk of a finished blob.
     async fn blob_chunk(&self, blob_id: &str, index: u32) -> Result<Option<Vec<u8>>>;
 }
@@ -254,6 +310,7 @@ pub mod rules {
     use super::QueueKind;
     /// Parses a stored queue kind; storage only ever writes the three names.
     pub fn queue_kind(s: &str) -> super::Result<QueueKind> {
-        QueueKind::parse(s).ok_or_else(|| super::StoreError::Backend(format!("unknown queue kind {s}")))
+        QueueKind::parse(s)
+            .ok_or_else(|| super::StoreError::Backend(format!("unknown queue kind {s}")))
     }
 }

@@ -39,7 +39,10 @@ fn attachment_round(server: &Running, scratch: &Path, mib: u64) -> Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
         let mut block = vec![0u8; 1 << 20];
         for i in 0..mib {
-            block.iter_mut().enumerate().for_each(|(j, b)| *b = (j as u64 ^ i).wrapping_mul(2654435761) as u8);
+            block
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (j as u64 ^ i).wrapping_mul(2654435761) as u8);
             f.write_all(&block)?;
         }
         f.flush()?;
@@ -60,12 +63,18 @@ fn attachment_round(server: &Running, scratch: &Path, mib: u64) -> Result<()> {
     let send_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let report = reader.sync()?;
-    let id = *report.new_messages.first().ok_or_else(|| anyhow!("the attachment did not arrive"))?;
+    let id = *report
+        .new_messages
+        .first()
+        .ok_or_else(|| anyhow!("the attachment did not arrive"))?;
     let fetch_s = t.elapsed().as_secs_f64();
     let mut counted = CountingSink(0);
     reader.write_raw(id, &mut counted, None)?;
     let after = rss_mib("VmHWM:").unwrap_or(0.0);
-    println!("| {mib} MiB | {:.1} | {:.1} | {} | {before:.0} | {after:.0} |", send_s, fetch_s, counted.0);
+    println!(
+        "| {mib} MiB | {:.1} | {:.1} | {} | {before:.0} | {after:.0} |",
+        send_s, fetch_s, counted.0
+    );
     Ok(())
 }
 
@@ -94,7 +103,9 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
     let (url, fingerprint, token) = rt.block_on(async {
         let store: Arc<dyn pouch_store::Store> = match database_url {
             Some(u) => Arc::new(pouch_store_sql::SqlStore::connect(u).await?),
-            None => Arc::new(pouch_store_sql::SqlStore::open_sqlite(&data_dir.join("pouch.db")).await?),
+            None => {
+                Arc::new(pouch_store_sql::SqlStore::open_sqlite(&data_dir.join("pouch.db")).await?)
+            }
         };
         let config = pouch_server::ServerConfig {
             data_dir: data_dir.to_path_buf(),
@@ -106,7 +117,9 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
             link_ttl_secs: 600,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
-        let token = std::fs::read_to_string(&prepared.admin_token_path)?.trim().to_string();
+        let token = std::fs::read_to_string(&prepared.admin_token_path)?
+            .trim()
+            .to_string();
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let url = format!("https://{}", listener.local_addr()?);
         let fingerprint = prepared.fingerprint.clone();
@@ -115,7 +128,12 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
         });
         Ok::<_, anyhow::Error>((url, fingerprint, token))
     })?;
-    Ok(Running { url, fingerprint, token, _rt: rt })
+    Ok(Running {
+        url,
+        fingerprint,
+        token,
+        _rt: rt,
+    })
 }
 
 fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
@@ -124,9 +142,18 @@ fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
     let resp: pouch_proto::api::AddUserResponse = api.admin_post(
         "/v1/admin/users",
         &server.token,
-        &pouch_proto::api::AddUserRequest { address: address.clone(), name: None, invite_ttl_secs: None },
+        &pouch_proto::api::AddUserRequest {
+            address: address.clone(),
+            name: None,
+            invite_ttl_secs: None,
+        },
     )?;
-    let invite = Invite::new(&server.url, &server.fingerprint, address, &resp.invite_secret);
+    let invite = Invite::new(
+        &server.url,
+        &server.fingerprint,
+        address,
+        &resp.invite_secret,
+    );
     Device::enroll(home, PASSPHRASE, &invite, "bench")?;
     Ok(Device::open(home, PASSPHRASE)?)
 }
@@ -134,52 +161,99 @@ fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
 pub fn run(args: BenchArgs) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("pouch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let pg = match &args.postgres {
         Some(base) => Some(
-            rt.block_on(pouch_store_sql::testing::fresh_postgres_database(base, "bench"))
-                .with_context(|| format!("cannot create a scratch database beside {base}"))?,
+            rt.block_on(pouch_store_sql::testing::fresh_postgres_database(
+                base, "bench",
+            ))
+            .with_context(|| format!("cannot create a scratch database beside {base}"))?,
         ),
         None => None,
     };
     let backend = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     let result = (|| {
-        let server = start_server(&scratch.join("server"), pg.as_ref().map(|(u, _)| u.as_str()))?;
+        let server = start_server(
+            &scratch.join("server"),
+            pg.as_ref().map(|(u, _)| u.as_str()),
+        )?;
         if let Some(mib) = args.attachment_mib {
-            println!("backend: {backend}; one mail with an attachment, sender and reader in this process, server in this process");
-            println!("| attachment | send+upload (s) | sync+download (s) | message bytes read back | RSS before (MiB) | peak RSS during (MiB) |");
+            println!(
+                "backend: {backend}; one mail with an attachment, sender and reader in this process, server in this process"
+            );
+            println!(
+                "| attachment | send+upload (s) | sync+download (s) | message bytes read back | RSS before (MiB) | peak RSS during (MiB) |"
+            );
             println!("|---:|---:|---:|---:|---:|---:|");
             return attachment_round(&server, &scratch, mib);
         }
-        let max = *args.recipients.iter().max().ok_or_else(|| anyhow!("give at least one --recipients count"))?;
+        let max = *args
+            .recipients
+            .iter()
+            .max()
+            .ok_or_else(|| anyhow!("give at least one --recipients count"))?;
         eprintln!("enrolling 1 sender and {max} recipient devices ({backend})...");
         let mut sender = enroll(&server, &scratch.join("sender"), "sender@pouch.local")?;
         let mut recipients = Vec::with_capacity(max);
         for i in 0..max {
-            recipients.push(enroll(&server, &scratch.join(format!("r{i}")), &format!("r{i}@pouch.local"))?);
+            recipients.push(enroll(
+                &server,
+                &scratch.join(format!("r{i}")),
+                &format!("r{i}@pouch.local"),
+            )?);
         }
-        let body: String = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".chars().cycle().take(args.size).collect();
-        println!("backend: {backend}; ciphersuite 0x{:04x}; {} mails of {} bytes per round", pouch_proto::DEFAULT_CIPHERSUITE, args.messages, args.size);
-        println!("| recipients | new conversation (ms) | send (mails/s) | fetch+decrypt (deliveries/s) | end to end (mails/s) |");
+        let body: String = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+            .chars()
+            .cycle()
+            .take(args.size)
+            .collect();
+        println!(
+            "backend: {backend}; ciphersuite 0x{:04x}; {} mails of {} bytes per round",
+            pouch_proto::DEFAULT_CIPHERSUITE,
+            args.messages,
+            args.size
+        );
+        println!(
+            "| recipients | new conversation (ms) | send (mails/s) | fetch+decrypt (deliveries/s) | end to end (mails/s) |"
+        );
         println!("|---:|---:|---:|---:|---:|");
         for &r in &args.recipients {
-            let to: Vec<Address> = (0..r).map(|i| Address::parse(&format!("r{i}@pouch.local")).unwrap()).collect();
+            let to: Vec<Address> = (0..r)
+                .map(|i| Address::parse(&format!("r{i}@pouch.local")).unwrap())
+                .collect();
             let t0 = Instant::now();
-            let first = sender.send(Compose { to: to.clone(), subject: format!("bench {r}"), body: body.clone(), ..Default::default() })?;
+            let first = sender.send(Compose {
+                to: to.clone(),
+                subject: format!("bench {r}"),
+                body: body.clone(),
+                ..Default::default()
+            })?;
             let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
             for d in recipients.iter_mut().take(r) {
                 d.sync()?;
             }
             let t_send = Instant::now();
             for i in 0..args.messages {
-                sender.send(Compose { to: to.clone(), subject: format!("bench {r} #{i}"), body: body.clone(), reply_to: Some(first.id), ..Default::default() })?;
+                sender.send(Compose {
+                    to: to.clone(),
+                    subject: format!("bench {r} #{i}"),
+                    body: body.clone(),
+                    reply_to: Some(first.id),
+                    ..Default::default()
+                })?;
             }
             let send_s = t_send.elapsed().as_secs_f64();
             let t_fetch = Instant::now();
             for d in recipients.iter_mut().take(r) {
                 let report = d.sync()?;
                 if report.new_messages.len() != args.messages {
-                    return Err(anyhow!("a recipient received {} of {} mails", report.new_messages.len(), args.messages));
+                    return Err(anyhow!(
+                        "a recipient received {} of {} mails",
+                        report.new_messages.len(),
+                        args.messages
+                    ));
                 }
             }
             let fetch_s = t_fetch.elapsed().as_secs_f64();

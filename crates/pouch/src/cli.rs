@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "pouch", version, about = "Pouch: end-to-end encrypted mail for diplomatic networks")]
+#[command(
+    name = "pouch",
+    version,
+    about = "Pouch: end-to-end encrypted mail for diplomatic networks"
+)]
 pub struct Cli {
     /// Where this device's encrypted state lives.
     #[arg(long, global = true, env = "POUCH_HOME")]
@@ -241,57 +245,117 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server(args),
         Command::Admin(args) => admin(args),
-        Command::Enroll { invite, device_name } => {
+        Command::Enroll {
+            invite,
+            device_name,
+        } => {
             let home = home(cli.home)?;
             let invite = Invite::decode(&invite)?;
             let passphrase = new_passphrase()?;
             let done = Device::enroll(&home, &passphrase, &invite, &device_name)?;
-            println!("enrolled {} as device {} (ciphersuite 0x{:04x})", done.address, done.device_id, done.ciphersuite);
+            println!(
+                "enrolled {} as device {} (ciphersuite 0x{:04x})",
+                done.address, done.device_id, done.ciphersuite
+            );
             println!("state: {}", home.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Link { address, server, fingerprint, device_name, timeout_secs } => {
+        Command::Link {
+            address,
+            server,
+            fingerprint,
+            device_name,
+            timeout_secs,
+        } => {
             let home = home(cli.home)?;
             let address = Address::parse(&address)?;
             let passphrase = new_passphrase()?;
-            let pending = Device::link_start(&home, &passphrase, &server, &fingerprint, &address, &device_name)?;
+            let pending = Device::link_start(
+                &home,
+                &passphrase,
+                &server,
+                &fingerprint,
+                &address,
+                &device_name,
+            )?;
             println!("link code: {}", pending.code);
             println!("this device's key fingerprint: {}", pending.key_fingerprint);
-            println!("On a device already on {address}, run:  pouch device approve {}", pending.code);
+            println!(
+                "On a device already on {address}, run:  pouch device approve {}",
+                pending.code
+            );
             if let Ok(qr) = qrcode::QrCode::new(pending.code.as_bytes()) {
-                println!("{}", qr.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build());
+                println!(
+                    "{}",
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                );
             }
-            println!("waiting for approval (expires {})...", format_date(pending.expires_at));
+            println!(
+                "waiting for approval (expires {})...",
+                format_date(pending.expires_at)
+            );
             std::io::stdout().flush()?;
-            Device::link_wait(&home, &passphrase, std::time::Duration::from_secs(timeout_secs), Some(progress_bar()))?;
+            Device::link_wait(
+                &home,
+                &passphrase,
+                std::time::Duration::from_secs(timeout_secs),
+                Some(progress_bar()),
+            )?;
             println!("approved: this device is now part of {address}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Device { command } => device_command(cli.home, command),
-        Command::Verify { address, accept, json } => {
+        Command::Verify {
+            address,
+            accept,
+            json,
+        } => {
             let mut device = open(cli.home)?;
             let address = Address::parse(&address)?;
-            let report = if accept { device.accept_account_key(&address)? } else { device.verify(&address)? };
+            let report = if accept {
+                device.accept_account_key(&address)?
+            } else {
+                device.verify(&address)?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", report.address);
                 println!("account key:      {}", report.account_key_fingerprint);
                 if report.key_changed && !accept {
-                    println!("WARNING: the account key CHANGED; you had {}", report.pinned_fingerprint.clone().unwrap_or_default());
-                    println!("         confirm with the person (compare the code below), then: pouch verify {} --accept", report.address);
+                    println!(
+                        "WARNING: the account key CHANGED; you had {}",
+                        report.pinned_fingerprint.clone().unwrap_or_default()
+                    );
+                    println!(
+                        "         confirm with the person (compare the code below), then: pouch verify {} --accept",
+                        report.address
+                    );
                 }
                 if accept {
-                    println!("accepted: mail to {} will be encrypted to this account key", report.address);
+                    println!(
+                        "accepted: mail to {} will be encrypted to this account key",
+                        report.address
+                    );
                 }
                 println!("comparison code:  {}", report.comparison_code);
                 println!("device list version {}:", report.version);
                 for d in &report.devices {
-                    println!("  {}  {}  added {}", d.device_id, d.name, format_date(d.added_at));
+                    println!(
+                        "  {}  {}  added {}",
+                        d.device_id,
+                        d.name,
+                        format_date(d.added_at)
+                    );
                 }
                 println!("history:");
                 for h in &report.history {
-                    println!("  v{} {} {} device(s) key {}", h.version, h.reason, h.devices, h.account_key_fingerprint);
+                    println!(
+                        "  v{} {} {} device(s) key {}",
+                        h.version, h.reason, h.devices, h.account_key_fingerprint
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -317,10 +381,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("ALERT: {alert}");
             }
             // A rejected item or an alert is a security signal: scripts see it in the exit status.
-            Ok(if report.rejected.is_empty() && report.alerts.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+            Ok(if report.rejected.is_empty() && report.alerts.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
-        Command::Bench { postgres, recipients, messages, size, attachment_mib } => {
-            crate::bench::run(crate::bench::BenchArgs { postgres, recipients, messages, size, attachment_mib })?;
+        Command::Bench {
+            postgres,
+            recipients,
+            messages,
+            size,
+            attachment_mib,
+        } => {
+            crate::bench::run(crate::bench::BenchArgs {
+                postgres,
+                recipients,
+                messages,
+                size,
+                attachment_mib,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
@@ -337,7 +417,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 let s = device.summary(id)?;
                 let body = body_text(&bytes);
-                writeln!(out, "{}", serde_json::to_string_pretty(&serde_json::json!({ "message": s, "body": body }))?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "message": s, "body": body })
+                    )?
+                )?;
             } else {
                 let s = device.summary(id)?;
                 writeln!(out, "From:    {}", s.from)?;
@@ -369,7 +455,10 @@ fn body_text(raw: &[u8]) -> String {
 fn format_date(ts: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ts)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ts.to_string())
 }
 
@@ -381,7 +470,14 @@ fn list(messages: Vec<MessageSummary>, json: bool) -> Result<ExitCode> {
     } else {
         for m in messages {
             let clip = if m.attachments.is_empty() { " " } else { "@" };
-            println!("{:>5} {} {} {:<28} {}", m.id, format_date(m.date), clip, m.from, m.subject);
+            println!(
+                "{:>5} {} {} {:<28} {}",
+                m.id,
+                format_date(m.date),
+                clip,
+                m.from,
+                m.subject
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -396,7 +492,10 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
         device.send_eml(&path)?
     } else {
         let parse_all = |list: &[String]| -> Result<Vec<Address>> {
-            list.iter().filter(|s| !s.trim().is_empty()).map(|s| Address::parse(s).map_err(|e| anyhow!(e))).collect()
+            list.iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| Address::parse(s).map_err(|e| anyhow!(e)))
+                .collect()
         };
         let to = parse_all(&args.to)?;
         let cc = parse_all(&args.cc)?;
@@ -410,7 +509,9 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
             Some(b) => b,
             None => {
                 let mut b = String::new();
-                std::io::stdin().read_to_string(&mut b).context("cannot read the body from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut b)
+                    .context("cannot read the body from standard input")?;
                 b
             }
         };
@@ -418,14 +519,24 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
             .attach
             .iter()
             .map(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attachment".into());
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "attachment".into());
                 if !p.is_file() {
                     bail!("attachment {} does not exist or is not a file", p.display());
                 }
                 Ok((name, p.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
-        device.send(Compose { to, cc, subject: args.subject.unwrap_or_default(), body, attachments, reply_to: args.reply_to })?
+        device.send(Compose {
+            to,
+            cc,
+            subject: args.subject.unwrap_or_default(),
+            body,
+            attachments,
+            reply_to: args.reply_to,
+        })?
     };
     for w in &sent.warnings {
         eprintln!("{w}");
@@ -433,7 +544,10 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&sent)?);
     } else {
-        println!("sent message {} ({}) to {} device(s)", sent.id, sent.message_id, sent.recipient_devices);
+        println!(
+            "sent message {} ({}) to {} device(s)",
+            sent.id, sent.message_id, sent.recipient_devices
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -448,15 +562,25 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
             } else {
                 for d in list {
                     let me = if d.this_device { " (this device)" } else { "" };
-                    println!("{}  {:<20} {:<24} {}{me}", d.device_id, d.name, d.state, d.fingerprint);
+                    println!(
+                        "{}  {:<20} {:<24} {}{me}",
+                        d.device_id, d.name, d.state, d.fingerprint
+                    );
                 }
             }
         }
-        DeviceCommand::Approve { code, with_history, yes } => {
+        DeviceCommand::Approve {
+            code,
+            with_history,
+            yes,
+        } => {
             let info = device.link_request(&code)?;
             eprintln!("New device asking to join {}:", info.address);
             eprintln!("  name:        {}", info.device_name);
-            eprintln!("  key:         {}", pouch_proto::devices::fingerprint(&info.signature_key));
+            eprintln!(
+                "  key:         {}",
+                pouch_proto::devices::fingerprint(&info.signature_key)
+            );
             eprintln!("  from:        {}", info.source);
             eprintln!("  asked at:    {}", format_date(info.created_at));
             if !yes {
@@ -464,14 +588,20 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
                 let mut answer = String::new();
                 std::io::stdin().read_line(&mut answer)?;
                 if answer.trim() != "yes" {
-                    bail!("not approved; nothing changed (use 'pouch device deny {}' to refuse it)", info.code);
+                    bail!(
+                        "not approved; nothing changed (use 'pouch device deny {}' to refuse it)",
+                        info.code
+                    );
                 }
             }
             if with_history {
                 device.set_progress(progress_bar());
             }
             let commits = device.approve(&info, with_history)?;
-            println!("approved '{}'; added to {commits} conversation change(s)", info.device_name);
+            println!(
+                "approved '{}'; added to {commits} conversation change(s)",
+                info.device_name
+            );
         }
         DeviceCommand::Deny { code } => {
             let info = device.deny(&code)?;
@@ -486,11 +616,13 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
 }
 
 /// A progress bar on stderr for long transfers (history, large mail).
-fn progress_bar() -> Box<dyn FnMut(&str, u64, u64)> {
+fn progress_bar() -> pouch_client::Progress {
     let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{msg:>18} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>18} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     Box::new(move |what: &str, done: u64, total: u64| {
         bar.set_message(what.to_string());
@@ -541,13 +673,18 @@ fn open(home_arg: Option<PathBuf>) -> Result<Device> {
 
 fn server(args: ServerArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let suite = u16::from_str_radix(args.ciphersuite.trim_start_matches("0x"), 16)
         .map_err(|_| anyhow!("--ciphersuite takes a hex code point such as 004D"))?;
     if !matches!(suite, 0x004D | 0x004F) {
-        bail!("ciphersuite {:#06x} is not offered: use 004D (X-Wing) or 004F (ML-KEM768+X25519)", suite);
+        bail!(
+            "ciphersuite {:#06x} is not offered: use 004D (X-Wing) or 004F (ML-KEM768+X25519)",
+            suite
+        );
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -555,7 +692,9 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
         let store: Arc<dyn pouch_store::Store> = match &args.database_url {
             Some(url) => Arc::new(pouch_store_sql::SqlStore::connect(url).await?),
-            None => Arc::new(pouch_store_sql::SqlStore::open_sqlite(&args.data_dir.join("pouch.db")).await?),
+            None => Arc::new(
+                pouch_store_sql::SqlStore::open_sqlite(&args.data_dir.join("pouch.db")).await?,
+            ),
         };
         let config = pouch_server::ServerConfig {
             data_dir: args.data_dir.clone(),
@@ -567,16 +706,33 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             link_ttl_secs: args.link_ttl_secs,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
-        let listener = std::net::TcpListener::bind(&args.listen)
-            .with_context(|| format!("cannot listen on {}: is another server running there?", args.listen))?;
+        let listener = std::net::TcpListener::bind(&args.listen).with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running there?",
+                args.listen
+            )
+        })?;
         let addr = listener.local_addr()?;
-        println!("Pouch server for @{} listening on https://{addr}", prepared.state.domain);
+        println!(
+            "Pouch server for @{} listening on https://{addr}",
+            prepared.state.domain
+        );
         println!("certificate SHA-256 fingerprint: {}", prepared.fingerprint);
         match &prepared.admin_token_created {
             Some(p) => println!("admin token written to {} (keep it secret)", p.display()),
-            None => println!("admin token: see {} on the node that first started", prepared.admin_token_path.display()),
+            None => println!(
+                "admin token: see {} on the node that first started",
+                prepared.admin_token_path.display()
+            ),
         }
-        println!("storage: {}", if args.database_url.is_some() { "PostgreSQL" } else { "SQLite (embedded)" });
+        println!(
+            "storage: {}",
+            if args.database_url.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite (embedded)"
+            }
+        );
         std::io::stdout().flush()?;
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -591,64 +747,126 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
 fn admin(args: AdminArgs) -> Result<ExitCode> {
     let token = match std::env::var("POUCH_ADMIN_TOKEN") {
         Ok(t) => t,
-        Err(_) => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("cannot read the admin token at {}: pass --token-file or set POUCH_ADMIN_TOKEN", args.token_file.display()))?,
+        Err(_) => std::fs::read_to_string(&args.token_file).with_context(|| {
+            format!(
+                "cannot read the admin token at {}: pass --token-file or set POUCH_ADMIN_TOKEN",
+                args.token_file.display()
+            )
+        })?,
     };
     let token = token.trim().to_string();
     let fingerprint = match args.fingerprint {
         Some(f) => f.to_ascii_lowercase(),
         None => {
-            let cert = args.token_file.parent().unwrap_or(Path::new(".")).join("tls-cert.pem");
+            let cert = args
+                .token_file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tls-cert.pem");
             pouch_server::tls::fingerprint_of_pem_file(&cert)
                 .map_err(|e| anyhow!("{e}; pass the server's --fingerprint"))?
         }
     };
     let api = pouch_client::net::Api::new(&args.server, &fingerprint)?;
     match args.command {
-        AdminCommand::User { command: UserCommand::Add { address, name, expires_hours } } => {
+        AdminCommand::User {
+            command:
+                UserCommand::Add {
+                    address,
+                    name,
+                    expires_hours,
+                },
+        } => {
             let address = Address::parse(&address)?;
             let resp: pouch_proto::api::AddUserResponse = api.admin_post(
                 "/v1/admin/users",
                 &token,
-                &pouch_proto::api::AddUserRequest { address, name, invite_ttl_secs: Some(expires_hours * 3600) },
+                &pouch_proto::api::AddUserRequest {
+                    address,
+                    name,
+                    invite_ttl_secs: Some(expires_hours * 3600),
+                },
             )?;
-            let invite = Invite::new(api.base(), &fingerprint, resp.address.clone(), &resp.invite_secret);
-            eprintln!("invite for {} (single use, expires {}):", resp.address, format_date(resp.expires_at));
+            let invite = Invite::new(
+                api.base(),
+                &fingerprint,
+                resp.address.clone(),
+                &resp.invite_secret,
+            );
+            eprintln!(
+                "invite for {} (single use, expires {}):",
+                resp.address,
+                format_date(resp.expires_at)
+            );
             println!("{}", invite.encode());
         }
-        AdminCommand::User { command: UserCommand::Reset { address } } => {
+        AdminCommand::User {
+            command: UserCommand::Reset { address },
+        } => {
             let address = Address::parse(&address)?;
-            let resp: pouch_proto::api::AddUserResponse =
-                api.admin_post(&format!("/v1/admin/users/{address}/reset"), &token, &serde_json::json!({}))?;
-            let invite = Invite::new(api.base(), &fingerprint, resp.address.clone(), &resp.invite_secret);
-            eprintln!("every device of {} is revoked; new invite (single use, expires {}):", resp.address, format_date(resp.expires_at));
+            let resp: pouch_proto::api::AddUserResponse = api.admin_post(
+                &format!("/v1/admin/users/{address}/reset"),
+                &token,
+                &serde_json::json!({}),
+            )?;
+            let invite = Invite::new(
+                api.base(),
+                &fingerprint,
+                resp.address.clone(),
+                &resp.invite_secret,
+            );
+            eprintln!(
+                "every device of {} is revoked; new invite (single use, expires {}):",
+                resp.address,
+                format_date(resp.expires_at)
+            );
             println!("{}", invite.encode());
         }
-        AdminCommand::Device { command: AdminDeviceCommand::Revoke { address, device_id } } => {
+        AdminCommand::Device {
+            command: AdminDeviceCommand::Revoke { address, device_id },
+        } => {
             let address = Address::parse(&address)?;
-            let done: pouch_proto::api::AdminActionDone =
-                api.admin_post(&format!("/v1/admin/devices/{address}/{device_id}/revoke"), &token, &serde_json::json!({}))?;
+            let done: pouch_proto::api::AdminActionDone = api.admin_post(
+                &format!("/v1/admin/devices/{address}/{device_id}/revoke"),
+                &token,
+                &serde_json::json!({}),
+            )?;
             println!("{}: {}", done.address, done.detail);
         }
         AdminCommand::Devices { stale: _, json } => {
-            let stale: Vec<pouch_proto::api::StaleDevice> = api.admin_get("/v1/admin/devices/stale", &token)?;
+            let stale: Vec<pouch_proto::api::StaleDevice> =
+                api.admin_get("/v1/admin/devices/stale", &token)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stale)?);
             } else if stale.is_empty() {
                 println!("no device is past the rotation window");
             } else {
                 for d in stale {
-                    println!("{:<32} {} conversation {} last key update {}", d.address, d.device_id, d.group_id, format_date(d.last_update));
+                    println!(
+                        "{:<32} {} conversation {} last key update {}",
+                        d.address,
+                        d.device_id,
+                        d.group_id,
+                        format_date(d.last_update)
+                    );
                 }
             }
         }
-        AdminCommand::User { command: UserCommand::List { json } } => {
-            let users: Vec<pouch_proto::api::UserSummary> = api.admin_get("/v1/admin/users", &token)?;
+        AdminCommand::User {
+            command: UserCommand::List { json },
+        } => {
+            let users: Vec<pouch_proto::api::UserSummary> =
+                api.admin_get("/v1/admin/users", &token)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 for u in users {
-                    println!("{:<32} {:>2} device(s)  {}", u.address, u.devices, u.name.unwrap_or_default());
+                    println!(
+                        "{:<32} {:>2} device(s)  {}",
+                        u.address,
+                        u.devices,
+                        u.name.unwrap_or_default()
+                    );
                 }
             }
         }

@@ -10,55 +10,119 @@ use common::*;
 fn invites_wrong_reused_or_expired_are_refused_clearly() {
     let dir = Scratch::new("invites");
     let server = Server::start(&dir.path("server"), None);
-    let fresh = |name: &str| Client { home: dir.path(name), address: String::new() };
+    let fresh = |name: &str| Client {
+        home: dir.path(name),
+        address: String::new(),
+    };
 
-    assert_one_line_error(&fresh("garbage").run(&["enroll", "not-an-invite"]), "not a valid Pouch invite");
+    assert_one_line_error(
+        &fresh("garbage").run(&["enroll", "not-an-invite"]),
+        "not a valid Pouch invite",
+    );
     let invite = server.invite("dan@pouch.local");
-    assert_one_line_error(&fresh("truncated").run(&["enroll", &invite[..invite.len() - 6]]), "not a valid Pouch invite");
+    assert_one_line_error(
+        &fresh("truncated").run(&["enroll", &invite[..invite.len() - 6]]),
+        "not a valid Pouch invite",
+    );
 
     Client::enroll(dir.path("dan1"), &invite, "dan@pouch.local");
     let reused = fresh("dan2").run(&["enroll", &invite]);
     assert_one_line_error(&reused, "already been used");
-    assert!(!dir.path("dan2").join("device.db").exists(), "a refused enrollment left device state behind");
+    assert!(
+        !dir.path("dan2").join("device.db").exists(),
+        "a refused enrollment left device state behind"
+    );
 
-    let expired = server.invite_with(&server.data_dir, "erin@pouch.local", &["--expires-hours", "0"]);
+    let expired = server.invite_with(
+        &server.data_dir,
+        "erin@pouch.local",
+        &["--expires-hours", "0"],
+    );
     assert_one_line_error(&fresh("erin").run(&["enroll", &expired]), "expired");
 
     // An invite whose secret was altered is not valid.
-    let mut forged: pouch_proto::invite::Invite = pouch_proto::invite::Invite::decode(&server.invite("fay@pouch.local")).unwrap();
+    let mut forged: pouch_proto::invite::Invite =
+        pouch_proto::invite::Invite::decode(&server.invite("fay@pouch.local")).unwrap();
     forged.secret = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
-    assert_one_line_error(&fresh("fay").run(&["enroll", &forged.encode()]), "not valid");
+    assert_one_line_error(
+        &fresh("fay").run(&["enroll", &forged.encode()]),
+        "not valid",
+    );
 
     // A wrong certificate fingerprint is refused before anything is sent.
-    let mut pinned_wrong = pouch_proto::invite::Invite::decode(&server.invite("gus@pouch.local")).unwrap();
+    let mut pinned_wrong =
+        pouch_proto::invite::Invite::decode(&server.invite("gus@pouch.local")).unwrap();
     pinned_wrong.fingerprint = "00".repeat(32);
-    assert_one_line_error(&fresh("gus").run(&["enroll", &pinned_wrong.encode()]), "fingerprint");
+    assert_one_line_error(
+        &fresh("gus").run(&["enroll", &pinned_wrong.encode()]),
+        "fingerprint",
+    );
 
     // An administrator with the wrong token gets nowhere.
     let bad_token_dir = dir.path("badtoken");
     std::fs::create_dir_all(&bad_token_dir).unwrap();
     std::fs::write(bad_token_dir.join("admin.token"), "0123").unwrap();
-    assert_one_line_error(&server.admin(&bad_token_dir, &["user", "add", "x@pouch.local"]), "wrong administrator token");
+    assert_one_line_error(
+        &server.admin(&bad_token_dir, &["user", "add", "x@pouch.local"]),
+        "wrong administrator token",
+    );
 }
 
 #[test]
 fn unknown_recipients_and_wrong_passphrase_are_reported() {
     let dir = Scratch::new("recipients");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let out = alice.run(&["send", "--to", "nobody@pouch.local", "--subject", "s", "--body", "b"]);
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let out = alice.run(&[
+        "send",
+        "--to",
+        "nobody@pouch.local",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
     assert_one_line_error(&out, "nobody@pouch.local is not a Pouch user");
-    let out = alice.run(&["send", "--to", "not an address", "--subject", "s", "--body", "b"]);
+    let out = alice.run(&[
+        "send",
+        "--to",
+        "not an address",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
     assert_one_line_error(&out, "not a valid address");
     // Invited but never enrolled: nothing can be encrypted to them yet.
     server.invite("later@pouch.local");
-    let out = alice.run(&["send", "--to", "later@pouch.local", "--subject", "s", "--body", "b"]);
+    let out = alice.run(&[
+        "send",
+        "--to",
+        "later@pouch.local",
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
     assert_one_line_error(&out, "no enrolled device");
     assert!(alice.sent().is_empty(), "a failed send was listed as sent");
 
-    let wrong = alice.cmd().env("POUCH_PASSPHRASE", "not the passphrase").args(["inbox"]).output().unwrap();
+    let wrong = alice
+        .cmd()
+        .env("POUCH_PASSPHRASE", "not the passphrase")
+        .args(["inbox"])
+        .output()
+        .unwrap();
     assert_one_line_error(&wrong, "wrong passphrase");
-    let missing = Client { home: dir.path("nobody"), address: String::new() }.run(&["inbox"]);
+    let missing = Client {
+        home: dir.path("nobody"),
+        address: String::new(),
+    }
+    .run(&["inbox"]);
     assert_one_line_error(&missing, "enroll first");
     assert_one_line_error(&alice.run(&["read", "42"]), "no message 42");
 }
@@ -67,10 +131,34 @@ fn unknown_recipients_and_wrong_passphrase_are_reported() {
 fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
     let dir = Scratch::new("tamper");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "first", "--body", "one"]);
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "second", "--body", "two"]);
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "first",
+        "--body",
+        "one",
+    ]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "second",
+        "--body",
+        "two",
+    ]);
 
     // An intruder with the server's database flips one byte of the first message.
     let db = rusqlite::Connection::open(server.data_dir.join("pouch.db")).unwrap();
@@ -82,14 +170,24 @@ fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
         .unwrap();
     let at = payload.len() - 20;
     payload[at] ^= 0x40;
-    db.execute("UPDATE queue SET payload = ?1 WHERE device_id = ?2 AND seq = ?3", rusqlite::params![payload, device, seq])
-        .unwrap();
+    db.execute(
+        "UPDATE queue SET payload = ?1 WHERE device_id = ?2 AND seq = ?3",
+        rusqlite::params![payload, device, seq],
+    )
+    .unwrap();
     drop(db);
 
     let out = bob.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(3), "a rejected item must show in the exit status");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a rejected item must show in the exit status"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rejected") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("rejected") && err.lines().count() == 1,
+        "{err}"
+    );
     let inbox = bob.inbox();
     assert_eq!(inbox.len(), 1, "the untampered message still arrives");
     assert_eq!(inbox[0]["subject"], "second");
@@ -101,13 +199,41 @@ fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
 fn a_server_that_is_down_fails_loudly_and_nothing_is_listed_as_sent() {
     let dir = Scratch::new("down");
     let mut server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "before", "--body", "x"]);
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "before",
+        "--body",
+        "x",
+    ]);
     server.stop();
-    let out = alice.run(&["send", "--to", "bob@pouch.local", "--subject", "during", "--body", "y"]);
+    let out = alice.run(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "during",
+        "--body",
+        "y",
+    ]);
     assert_one_line_error(&out, "cannot reach the Pouch server");
-    assert_eq!(alice.sent().len(), 1, "the failed send is not listed as sent");
+    assert_eq!(
+        alice.sent().len(),
+        1,
+        "the failed send is not listed as sent"
+    );
     assert_one_line_error(&bob.run(&["sync"]), "cannot reach the Pouch server");
     assert!(bob.inbox().is_empty());
 

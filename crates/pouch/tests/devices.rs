@@ -7,33 +7,89 @@ mod common;
 use common::*;
 
 fn subjects(c: &Client) -> Vec<String> {
-    c.inbox().iter().map(|m| m["subject"].as_str().unwrap().to_string()).collect()
+    c.inbox()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn device_id_of(c: &Client) -> String {
     let list = c.json(&["device", "list", "--json"]);
-    list.as_array().unwrap().iter().find(|d| d["this_device"] == true).unwrap()["device_id"].as_str().unwrap().to_string()
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["this_device"] == true)
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
 fn a_linked_device_receives_new_mail_in_existing_conversations() {
     let dir = Scratch::new("link");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Before the link", "--body", "1"]);
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Before the link",
+        "--body",
+        "1",
+    ]);
     alice.sync();
 
     let alice2 = link(dir.path("alice2"), &server, &alice);
     // The approving device records what it did.
-    assert!(subjects(&alice).iter().any(|s| s.contains("New device 'new-laptop' was added")), "{:?}", subjects(&alice));
+    assert!(
+        subjects(&alice)
+            .iter()
+            .any(|s| s.contains("New device 'new-laptop' was added")),
+        "{:?}",
+        subjects(&alice)
+    );
     let list = alice.json(&["device", "list", "--json"]);
-    assert_eq!(list.as_array().unwrap().iter().filter(|d| d["state"] == "active").count(), 2, "{list}");
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["state"] == "active")
+            .count(),
+        2,
+        "{list}"
+    );
 
     // Bob answers in the existing conversation: both of Alice's devices read it.
     let first = bob.sent()[0]["id"].to_string();
-    bob.ok(&["send", "--reply-to", &first, "--to", "alice@pouch.local", "--body", "after the link"]);
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "A new thread", "--body", "2"]);
+    bob.ok(&[
+        "send",
+        "--reply-to",
+        &first,
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "after the link",
+    ]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "A new thread",
+        "--body",
+        "2",
+    ]);
     for device in [&alice, &alice2] {
         let r = device.sync();
         assert!(r["rejected"].as_array().unwrap().is_empty(), "{r}");
@@ -44,17 +100,40 @@ fn a_linked_device_receives_new_mail_in_existing_conversations() {
     // New devices get no history by default.
     assert!(!subjects(&alice2).contains(&"Before the link".to_string()));
     // Mail Alice sends from the new device reaches Bob and her first device.
-    alice2.ok(&["send", "--to", "bob@pouch.local", "--subject", "From the new laptop", "--body", "3"]);
+    alice2.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "From the new laptop",
+        "--body",
+        "3",
+    ]);
     bob.sync();
     assert!(subjects(&bob).contains(&"From the new laptop".to_string()));
     alice.sync();
-    assert!(alice.sent().iter().any(|m| m["subject"] == "From the new laptop"));
+    assert!(
+        alice
+            .sent()
+            .iter()
+            .any(|m| m["subject"] == "From the new laptop")
+    );
 
     // A third device linked --with-history shows the old mail too, byte-exact,
     // including a large message kept as a file.
     let big = dir.path("big.bin");
     std::fs::write(&big, vec![0x5au8; 600 * 1024]).unwrap();
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Large", "--body", "4", "--attach", big.to_str().unwrap()]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Large",
+        "--body",
+        "4",
+        "--attach",
+        big.to_str().unwrap(),
+    ]);
     alice.sync();
     let alice3 = link_with(dir.path("alice3"), &server, &alice, &["--with-history"]);
     let mut expected: Vec<(String, Vec<u8>)> = alice
@@ -62,72 +141,161 @@ fn a_linked_device_receives_new_mail_in_existing_conversations() {
         .iter()
         .chain(alice.sent().iter())
         .filter(|m| m["from"] != "pouch-system")
-        .map(|m| (m["subject"].as_str().unwrap().to_string(), alice.raw(m["id"].as_i64().unwrap())))
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                alice.raw(m["id"].as_i64().unwrap()),
+            )
+        })
         .collect();
     let mut got: Vec<(String, Vec<u8>)> = alice3
         .inbox()
         .iter()
         .chain(alice3.sent().iter())
         .filter(|m| m["from"] != "pouch-system")
-        .map(|m| (m["subject"].as_str().unwrap().to_string(), alice3.raw(m["id"].as_i64().unwrap())))
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                alice3.raw(m["id"].as_i64().unwrap()),
+            )
+        })
         .collect();
     expected.sort();
     got.sort();
-    assert_eq!(expected.len(), 5, "{:?}", expected.iter().map(|e| &e.0).collect::<Vec<_>>());
-    assert!(got == expected, "history differs: {:?} vs {:?}", got.iter().map(|e| &e.0).collect::<Vec<_>>(), expected.iter().map(|e| &e.0).collect::<Vec<_>>());
+    assert_eq!(
+        expected.len(),
+        5,
+        "{:?}",
+        expected.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert!(
+        got == expected,
+        "history differs: {:?} vs {:?}",
+        got.iter().map(|e| &e.0).collect::<Vec<_>>(),
+        expected.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
     // And the history device takes part in the conversations from now on.
-    bob.ok(&["send", "--reply-to", &first, "--to", "alice@pouch.local", "--body", "to all three"]);
+    bob.ok(&[
+        "send",
+        "--reply-to",
+        &first,
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "to all three",
+    ]);
     alice3.sync();
-    assert_eq!(alice3.inbox().iter().filter(|m| m["subject"] == "Re: Before the link").count(), 2);
+    assert_eq!(
+        alice3
+            .inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Re: Before the link")
+            .count(),
+        2
+    );
 }
 
 #[test]
 fn without_approval_a_device_gets_nothing() {
     let dir = Scratch::new("noapproval");
-    let server = Server::start_with(&dir.path("server"), None, "127.0.0.1:0", &["--link-ttl-secs", "2"]);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
+    let server = Server::start_with(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--link-ttl-secs", "2"],
+    );
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
 
     // Denied.
     let denied = start_link(dir.path("denied"), &server, "alice@pouch.local", &[]);
     alice.ok(&["device", "deny", &denied.code]);
     let (status, err, _) = denied.finish();
     assert!(!status.success() && err.contains("denied"), "{err}");
-    assert!(!dir.path("denied").join("device.db").exists(), "a denied device kept state");
+    assert!(
+        !dir.path("denied").join("device.db").exists(),
+        "a denied device kept state"
+    );
 
     // Expired (the server's window is 2 s here).
     let expired = start_link(dir.path("expired"), &server, "alice@pouch.local", &[]);
     let code = expired.code.clone();
     let (status, err, _) = expired.finish();
     assert!(!status.success() && err.contains("expired"), "{err}");
-    assert_one_line_error(&alice.run(&["device", "approve", &code, "--yes"]), "expired");
+    assert_one_line_error(
+        &alice.run(&["device", "approve", &code, "--yes"]),
+        "expired",
+    );
 
     // Approved by nobody: the new device gives up; the server never activated it.
-    let ignored = start_link(dir.path("ignored"), &server, "alice@pouch.local", &["--timeout-secs", "1"]);
+    let ignored = start_link(
+        dir.path("ignored"),
+        &server,
+        "alice@pouch.local",
+        &["--timeout-secs", "1"],
+    );
     let (status, err, _) = ignored.finish();
-    assert!(!status.success() && err.contains("no device approved"), "{err}");
+    assert!(
+        !status.success() && err.contains("no device approved"),
+        "{err}"
+    );
 
     // Mail to Alice reaches her one device only, and none of those three.
-    let sent = bob.json(&["send", "--to", "alice@pouch.local", "--subject", "Only Alice", "--body", "x", "--json"]);
+    let sent = bob.json(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Only Alice",
+        "--body",
+        "x",
+        "--json",
+    ]);
     assert_eq!(sent["recipient_devices"], 1);
 
     // A wrong code is refused clearly.
-    assert_one_line_error(&alice.run(&["device", "approve", "AAAA-BBBB-CCCC", "--yes"]), "no link request");
+    assert_one_line_error(
+        &alice.run(&["device", "approve", "AAAA-BBBB-CCCC", "--yes"]),
+        "no link request",
+    );
     // Alice's devices were told about the denial.
     alice.sync();
-    assert!(subjects(&alice).iter().any(|s| s.contains("was denied")), "{:?}", subjects(&alice));
+    assert!(
+        subjects(&alice).iter().any(|s| s.contains("was denied")),
+        "{:?}",
+        subjects(&alice)
+    );
 }
 
 #[test]
 fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
     let dir = Scratch::new("rogue");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
 
     // An intruder with the database writes a device for Alice, active, with a key package.
     let db = server.db();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     db.execute(
         "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at) \
          VALUES ('00112233445566778899aabbccddeeff', 'alice@pouch.local', 'rogue', ?1, ?2, ?2)",
@@ -142,28 +310,74 @@ fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
     drop(db);
 
     // Bob's client refuses to encrypt to it, says so, and still reaches Alice.
-    let out = bob.run(&["send", "--to", "alice@pouch.local", "--subject", "Hello", "--body", "x", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bob.run(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Hello",
+        "--body",
+        "x",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sent["recipient_devices"], 1, "only Alice's real device");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not on alice@pouch.local's signed device list"), "{err}");
+    assert!(
+        err.contains("not on alice@pouch.local's signed device list"),
+        "{err}"
+    );
 
     // Alice's device reports the unknown device: exit status 3, an alert, an inbox entry.
     let out = alice.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ALERT"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(subjects(&alice).iter().any(|s| s.contains("ALERT: unknown device")));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ALERT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        subjects(&alice)
+            .iter()
+            .any(|s| s.contains("ALERT: unknown device"))
+    );
     assert!(subjects(&alice).contains(&"Hello".to_string()));
     let list = alice.json(&["device", "list", "--json"]);
-    assert!(list.as_array().unwrap().iter().any(|d| d["name"] == "rogue" && d["on_signed_list"] == false), "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "rogue" && d["on_signed_list"] == false),
+        "{list}"
+    );
 
     // A list the account never signed is caught too: swap in a forged signature.
     let db = server.db();
-    db.execute("UPDATE device_lists SET signature = ?1 WHERE address = 'alice@pouch.local'", rusqlite::params![vec![0u8; 64]])
-        .unwrap();
+    db.execute(
+        "UPDATE device_lists SET signature = ?1 WHERE address = 'alice@pouch.local'",
+        rusqlite::params![vec![0u8; 64]],
+    )
+    .unwrap();
     drop(db);
-    let out = bob.run(&["send", "--to", "alice@pouch.local", "--subject", "Again", "--body", "y"]);
+    let out = bob.run(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Again",
+        "--body",
+        "y",
+    ]);
     assert_one_line_error(&out, "not trustworthy");
 }
 
@@ -171,10 +385,26 @@ fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
 fn a_revoked_device_reads_nothing_sent_afterwards() {
     let dir = Scratch::new("revoke");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
     let alice2 = link(dir.path("alice2"), &server, &alice);
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Before", "--body", "1"]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Before",
+        "--body",
+        "1",
+    ]);
     alice2.sync();
     assert_eq!(subjects(&alice2), vec!["Before"]);
     let stolen = dir.path("alice2-stolen");
@@ -189,8 +419,20 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
     // server's database copies the ciphertext before Alice fetches it.
     bob.sync();
     let first = bob.sent()[0]["id"].to_string();
-    let after = bob.json(&["send", "--reply-to", &first, "--to", "alice@pouch.local", "--body", "after", "--json"]);
-    assert_eq!(after["recipient_devices"], 1, "only Alice's remaining device");
+    let after = bob.json(&[
+        "send",
+        "--reply-to",
+        &first,
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "after",
+        "--json",
+    ]);
+    assert_eq!(
+        after["recipient_devices"], 1,
+        "only Alice's remaining device"
+    );
     let db = server.db();
     let (payload, group, epoch): (Vec<u8>, String, i64) = db
         .query_row("SELECT payload, group_id, epoch FROM queue WHERE kind = 'application' ORDER BY seq DESC LIMIT 1", [], |r| {
@@ -199,7 +441,11 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
         .unwrap();
     // Even a server that helps the stolen copy — re-activating the device and
     // handing it the new ciphertext — does not make it readable.
-    db.execute("UPDATE devices SET revoked_at = NULL, revoked_by = NULL WHERE device_id = ?1", [&alice2_id]).unwrap();
+    db.execute(
+        "UPDATE devices SET revoked_at = NULL, revoked_by = NULL WHERE device_id = ?1",
+        [&alice2_id],
+    )
+    .unwrap();
     db.execute(
         "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
          VALUES (?1, 1000, 'application', ?2, 'x', ?3, ?4, 0)",
@@ -207,11 +453,22 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
     )
     .unwrap();
     drop(db);
-    let stolen_client = Client { home: stolen, address: "alice@pouch.local".into() };
+    let stolen_client = Client {
+        home: stolen,
+        address: "alice@pouch.local".into(),
+    };
     let out = stolen_client.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(3), "the undecryptable item is reported: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the undecryptable item is reported: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let inbox = subjects(&stolen_client);
-    assert!(!inbox.contains(&"Re: Before".to_string()), "the stolen state read new mail: {inbox:?}");
+    assert!(
+        !inbox.contains(&"Re: Before".to_string()),
+        "the stolen state read new mail: {inbox:?}"
+    );
     // Alice's remaining device reads it — and reports the device the server re-activated.
     let out = alice.run(&["sync"]);
     assert_eq!(out.status.code(), Some(3));
@@ -223,10 +480,31 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
 fn rotation_makes_an_old_copy_of_a_device_go_dark() {
     let dir = Scratch::new("rotation");
     // A 2-second rotation window stands in for the default 24 hours.
-    let server = Server::start_with(&dir.path("server"), None, "127.0.0.1:0", &["--rotation-hours", "0.0005"]);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "One", "--body", "1"]);
+    let server = Server::start_with(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--rotation-hours", "0.0005"],
+    );
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "One",
+        "--body",
+        "1",
+    ]);
     bob.sync();
     let old = dir.path("bob-old");
     copy_dir(&bob.home, &old);
@@ -235,27 +513,72 @@ fn rotation_makes_an_old_copy_of_a_device_go_dark() {
     // The administrator sees devices past the window.
     let stale = server.admin(&server.data_dir, &["devices", "--stale", "--json"]);
     let stale: serde_json::Value = serde_json::from_slice(&stale.stdout).unwrap();
-    assert!(stale.as_array().unwrap().iter().any(|d| d["address"] == "bob@pouch.local"), "{stale}");
+    assert!(
+        stale
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["address"] == "bob@pouch.local"),
+        "{stale}"
+    );
     let r = bob.sync();
-    assert!(r["rotated"].as_u64().unwrap() >= 1, "Bob's device rotated: {r}");
+    assert!(
+        r["rotated"].as_u64().unwrap() >= 1,
+        "Bob's device rotated: {r}"
+    );
     alice.sync();
-    alice.ok(&["send", "--reply-to", &alice.sent()[0]["id"].to_string(), "--to", "bob@pouch.local", "--body", "two"]);
+    alice.ok(&[
+        "send",
+        "--reply-to",
+        &alice.sent()[0]["id"].to_string(),
+        "--to",
+        "bob@pouch.local",
+        "--body",
+        "two",
+    ]);
 
     // The copy taken before the rotation fetches the new mail (same device,
     // same credentials) and cannot decrypt it.
-    let old_client = Client { home: old, address: "bob@pouch.local".into() };
+    let old_client = Client {
+        home: old,
+        address: "bob@pouch.local".into(),
+    };
     let out = old_client.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!subjects(&old_client).contains(&"Re: One".to_string()), "the old copy read new mail");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !subjects(&old_client).contains(&"Re: One".to_string()),
+        "the old copy read new mail"
+    );
 }
 
 #[test]
 fn contacts_of_a_reset_account_must_confirm_the_new_key() {
     let dir = Scratch::new("reset");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "Before", "--body", "1"]);
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Before",
+        "--body",
+        "1",
+    ]);
 
     // A second invite for an account with a device is refused: only approval adds devices.
     let out = server.admin(&server.data_dir, &["user", "add", "bob@pouch.local"]);
@@ -263,22 +586,48 @@ fn contacts_of_a_reset_account_must_confirm_the_new_key() {
 
     // Bob lost every device; the administrator resets the account.
     let out = server.admin(&server.data_dir, &["user", "reset", "bob@pouch.local"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let invite = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let bob_new = Client::enroll(dir.path("bob-new"), &invite, "bob@pouch.local");
     assert_one_line_error(&bob.run(&["sync"]), "sign-in failed");
 
     // Alice is stopped with a clear warning until she confirms the new key.
-    let out = alice.run(&["send", "--to", "bob@pouch.local", "--subject", "After", "--body", "2"]);
+    let out = alice.run(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "After",
+        "--body",
+        "2",
+    ]);
     assert_one_line_error(&out, "account key of bob@pouch.local has changed");
     let shown = String::from_utf8(alice.ok(&["verify", "bob@pouch.local"])).unwrap();
-    assert!(shown.contains("CHANGED") && shown.contains("comparison code"), "{shown}");
+    assert!(
+        shown.contains("CHANGED") && shown.contains("comparison code"),
+        "{shown}"
+    );
     // Both sides compute the same comparison code.
-    let code_alice = alice.json(&["verify", "bob@pouch.local", "--json"])["comparison_code"].clone();
-    let code_bob = bob_new.json(&["verify", "alice@pouch.local", "--json"])["comparison_code"].clone();
+    let code_alice =
+        alice.json(&["verify", "bob@pouch.local", "--json"])["comparison_code"].clone();
+    let code_bob =
+        bob_new.json(&["verify", "alice@pouch.local", "--json"])["comparison_code"].clone();
     assert_eq!(code_alice, code_bob);
     alice.ok(&["verify", "bob@pouch.local", "--accept"]);
-    let sent = alice.json(&["send", "--to", "bob@pouch.local", "--subject", "After", "--body", "2", "--json"]);
+    let sent = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "After",
+        "--body",
+        "2",
+        "--json",
+    ]);
     assert_eq!(sent["recipient_devices"], 1);
     bob_new.sync();
     assert_eq!(subjects(&bob_new), vec!["After"]);

@@ -17,9 +17,21 @@ const ATTACHMENT_MARKER: &[u8] = b"MARKER-ATTACHMENT-77aa";
 fn scenario(backend: &str, database: Option<&PgDatabase>) {
     let dir = Scratch::new(backend);
     let server = Server::start(&dir.path("server"), database.map(|d| d.url.as_str()));
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    let carol = Client::enroll(dir.path("carol"), &server.invite("carol@pouch.local"), "carol@pouch.local");
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    let carol = Client::enroll(
+        dir.path("carol"),
+        &server.invite("carol@pouch.local"),
+        "carol@pouch.local",
+    );
 
     // A 20 MB attachment, starting with a marker, otherwise random.
     let mut attachment = vec![0u8; 20 * 1024 * 1024];
@@ -44,11 +56,18 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
     ]);
     assert_eq!(sent["recipient_devices"], 2, "Bob's and Carol's devices");
     let alice_raw = alice.raw(sent["id"].as_i64().unwrap());
-    assert!(alice_raw.len() > attachment.len(), "the sent copy holds the whole attachment");
+    assert!(
+        alice_raw.len() > attachment.len(),
+        "the sent copy holds the whole attachment"
+    );
 
     for reader in [&bob, &carol] {
         let report = reader.sync();
-        assert_eq!(report["new_messages"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(
+            report["new_messages"].as_array().unwrap().len(),
+            1,
+            "{report}"
+        );
         assert_eq!(report["rejected"].as_array().unwrap().len(), 0, "{report}");
         let inbox = reader.inbox();
         assert_eq!(inbox.len(), 1);
@@ -60,13 +79,23 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
         assert_eq!(m["attachments"], serde_json::json!(["report-2026.bin"]));
         assert_eq!(m["conversation"], sent["conversation"]);
         let raw = reader.raw(m["id"].as_i64().unwrap());
-        assert!(raw == alice_raw, "{} did not receive the message byte-exact", reader.address);
+        assert!(
+            raw == alice_raw,
+            "{} did not receive the message byte-exact",
+            reader.address
+        );
         // The attachment decodes back to the original bytes.
         let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
         let att = parsed.attachments().next().unwrap();
-        assert!(att.contents() == attachment.as_slice(), "attachment differs");
+        assert!(
+            att.contents() == attachment.as_slice(),
+            "attachment differs"
+        );
         let shown = String::from_utf8(reader.ok(&["read", &m["id"].to_string()])).unwrap();
-        assert!(shown.contains(BODY_MARKER) && shown.contains("Attachment: report-2026.bin"), "{shown}");
+        assert!(
+            shown.contains(BODY_MARKER) && shown.contains("Attachment: report-2026.bin"),
+            "{shown}"
+        );
     }
 
     // Bob replies to all in the same thread.
@@ -83,15 +112,24 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
         REPLY_MARKER,
         "--json",
     ]);
-    assert_eq!(reply["conversation"], sent["conversation"], "a reply stays in its conversation");
+    assert_eq!(
+        reply["conversation"], sent["conversation"],
+        "a reply stays in its conversation"
+    );
     let bob_reply_raw = bob.raw(reply["id"].as_i64().unwrap());
     for reader in [&alice, &carol] {
         reader.sync();
         let inbox = reader.inbox();
-        let got = inbox.iter().find(|m| m["from"] == "bob@pouch.local").expect("reply arrived");
+        let got = inbox
+            .iter()
+            .find(|m| m["from"] == "bob@pouch.local")
+            .expect("reply arrived");
         assert_eq!(got["subject"], format!("Re: {SUBJECT_MARKER}"));
         assert_eq!(got["conversation"], sent["conversation"]);
-        assert!(reader.raw(got["id"].as_i64().unwrap()) == bob_reply_raw, "reply not byte-exact");
+        assert!(
+            reader.raw(got["id"].as_i64().unwrap()) == bob_reply_raw,
+            "reply not byte-exact"
+        );
     }
     let alice_sent = alice.sent();
     assert_eq!(alice_sent.len(), 1);
@@ -102,9 +140,15 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
     if let Some(db) = database {
         server_bytes.extend(db.dump());
     }
-    assert!(server_bytes.len() > attachment.len(), "the scan saw the stored (encrypted) attachment");
+    assert!(
+        server_bytes.len() > attachment.len(),
+        "the scan saw the stored (encrypted) attachment"
+    );
     // Control: the scan does read the database — what the server must know is there.
-    assert!(contains(&server_bytes, b"carol@pouch.local"), "the scan missed the database rows ({backend})");
+    assert!(
+        contains(&server_bytes, b"carol@pouch.local"),
+        "the scan missed the database rows ({backend})"
+    );
     let b64_line = base64::engine::general_purpose::STANDARD.encode(&attachment[..57]);
     let needles: Vec<(&str, Vec<u8>)> = vec![
         ("subject", SUBJECT_MARKER.as_bytes().to_vec()),
@@ -116,12 +160,22 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
         ("attachment name", b"report-2026.bin".to_vec()),
     ];
     for (what, needle) in needles {
-        assert!(!contains(&server_bytes, &needle), "the server holds the {what} in the clear ({backend})");
+        assert!(
+            !contains(&server_bytes, &needle),
+            "the server holds the {what} in the clear ({backend})"
+        );
     }
     // The client's directory is encrypted at rest too.
     let alice_bytes = read_tree(&alice.home);
-    for needle in [SUBJECT_MARKER.as_bytes(), BODY_MARKER.as_bytes(), ATTACHMENT_MARKER] {
-        assert!(!contains(&alice_bytes, needle), "the device directory holds plaintext");
+    for needle in [
+        SUBJECT_MARKER.as_bytes(),
+        BODY_MARKER.as_bytes(),
+        ATTACHMENT_MARKER,
+    ] {
+        assert!(
+            !contains(&alice_bytes, needle),
+            "the device directory holds plaintext"
+        );
     }
 }
 
@@ -144,15 +198,38 @@ fn two_server_nodes_share_one_postgres_database() {
     let node2 = Server::start(&dir.path("node2"), Some(&db.url));
     assert_ne!(node1.url, node2.url);
     // The admin token created by node 1 is valid on node 2: the database holds its hash.
-    let alice = Client::enroll(dir.path("alice"), &node1.invite("alice@pouch.local"), "alice@pouch.local");
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &node1.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
     let bob_invite = node2.invite_with(&node1.data_dir, "bob@pouch.local", &[]);
     let bob = Client::enroll(dir.path("bob"), &bob_invite, "bob@pouch.local");
-    let sent = alice.json(&["send", "--to", "bob@pouch.local", "--subject", "via node 1", "--body", "hello", "--json"]);
+    let sent = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "via node 1",
+        "--body",
+        "hello",
+        "--json",
+    ]);
     let report = bob.sync();
     assert_eq!(report["new_messages"].as_array().unwrap().len(), 1);
-    assert!(bob.raw(bob.inbox()[0]["id"].as_i64().unwrap()) == alice.raw(sent["id"].as_i64().unwrap()));
+    assert!(
+        bob.raw(bob.inbox()[0]["id"].as_i64().unwrap()) == alice.raw(sent["id"].as_i64().unwrap())
+    );
     // And back the other way.
-    bob.ok(&["send", "--reply-to", &bob.inbox()[0]["id"].to_string(), "--to", "alice@pouch.local", "--body", "hi"]);
+    bob.ok(&[
+        "send",
+        "--reply-to",
+        &bob.inbox()[0]["id"].to_string(),
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "hi",
+    ]);
     alice.sync();
     assert_eq!(alice.inbox().len(), 1);
     assert_eq!(alice.inbox()[0]["subject"], "Re: via node 1");

@@ -11,41 +11,100 @@ use common::*;
 fn adding_recipients_and_racing_commits_keep_one_conversation() {
     let dir = Scratch::new("threads");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(dir.path("alice"), &server.invite("alice@pouch.local"), "alice@pouch.local");
+    let alice = Client::enroll(
+        dir.path("alice"),
+        &server.invite("alice@pouch.local"),
+        "alice@pouch.local",
+    );
     // Alice's second device, linked with the first one's approval.
     let alice2 = link(dir.path("alice2"), &server, &alice);
-    let bob = Client::enroll(dir.path("bob"), &server.invite("bob@pouch.local"), "bob@pouch.local");
-    let dave = Client::enroll(dir.path("dave"), &server.invite("dave@pouch.local"), "dave@pouch.local");
-    let erin = Client::enroll(dir.path("erin"), &server.invite("erin@pouch.local"), "erin@pouch.local");
+    let bob = Client::enroll(
+        dir.path("bob"),
+        &server.invite("bob@pouch.local"),
+        "bob@pouch.local",
+    );
+    let dave = Client::enroll(
+        dir.path("dave"),
+        &server.invite("dave@pouch.local"),
+        "dave@pouch.local",
+    );
+    let erin = Client::enroll(
+        dir.path("erin"),
+        &server.invite("erin@pouch.local"),
+        "erin@pouch.local",
+    );
 
-    let first = alice.json(&["send", "--to", "bob@pouch.local", "--subject", "Thread", "--body", "one", "--json"]);
-    assert_eq!(first["recipient_devices"], 2, "Bob's device and Alice's other device");
+    let first = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Thread",
+        "--body",
+        "one",
+        "--json",
+    ]);
+    assert_eq!(
+        first["recipient_devices"], 2,
+        "Bob's device and Alice's other device"
+    );
     let conversation = first["conversation"].clone();
 
     // Alice's other device shows the mail as sent, byte-exact.
     alice2.sync();
     let sent2 = alice2.sent();
     assert_eq!(sent2.len(), 1);
-    assert!(alice2.raw(sent2[0]["id"].as_i64().unwrap()) == alice.raw(first["id"].as_i64().unwrap()));
-    assert!(alice2.inbox().is_empty(), "one's own mail is not in one's inbox");
+    assert!(
+        alice2.raw(sent2[0]["id"].as_i64().unwrap()) == alice.raw(first["id"].as_i64().unwrap())
+    );
+    assert!(
+        alice2.inbox().is_empty(),
+        "one's own mail is not in one's inbox"
+    );
 
     // Bob replies and adds Dave; Alice, not yet synced, replies and adds Erin
     // on the same epoch. The server takes Bob's commit and refuses Alice's;
     // her client catches up and retries.
     bob.sync();
     let bob_first = bob.inbox()[0]["id"].to_string();
-    let r1 = bob.json(&["send", "--reply-to", &bob_first, "--to", "alice@pouch.local", "--cc", "dave@pouch.local", "--body", "adding Dave", "--json"]);
+    let r1 = bob.json(&[
+        "send",
+        "--reply-to",
+        &bob_first,
+        "--to",
+        "alice@pouch.local",
+        "--cc",
+        "dave@pouch.local",
+        "--body",
+        "adding Dave",
+        "--json",
+    ]);
     assert_eq!(r1["conversation"], conversation);
     let alice_first = first["id"].to_string();
     let r2 = alice.json(&[
-        "send", "--reply-to", &alice_first, "--to", "bob@pouch.local", "--cc", "dave@pouch.local,erin@pouch.local",
-        "--body", "adding Erin", "--json",
+        "send",
+        "--reply-to",
+        &alice_first,
+        "--to",
+        "bob@pouch.local",
+        "--cc",
+        "dave@pouch.local,erin@pouch.local",
+        "--body",
+        "adding Erin",
+        "--json",
     ]);
-    assert_eq!(r2["conversation"], conversation, "the retry stayed in the conversation");
+    assert_eq!(
+        r2["conversation"], conversation,
+        "the retry stayed in the conversation"
+    );
 
     // Dave joined with Bob's commit: he sees Bob's and Alice's replies, not the first mail.
     dave.sync();
-    let dave_subjects: Vec<String> = dave.inbox().iter().map(|m| m["from"].as_str().unwrap().to_string()).collect();
+    let dave_subjects: Vec<String> = dave
+        .inbox()
+        .iter()
+        .map(|m| m["from"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(dave_subjects, vec!["bob@pouch.local", "alice@pouch.local"]);
     // Erin joined last and sees only Alice's reply.
     erin.sync();
@@ -58,11 +117,28 @@ fn adding_recipients_and_racing_commits_keep_one_conversation() {
     assert_eq!(bob.inbox().len(), 2);
     assert!(alice.inbox().iter().any(|m| m["from"] == "bob@pouch.local"));
     // Everyone's state agrees: another round goes through without errors.
-    let last = erin.json(&["send", "--reply-to", &erin_inbox[0]["id"].to_string(), "--to", "alice@pouch.local,bob@pouch.local,dave@pouch.local", "--body", "thanks", "--json"]);
+    let last = erin.json(&[
+        "send",
+        "--reply-to",
+        &erin_inbox[0]["id"].to_string(),
+        "--to",
+        "alice@pouch.local,bob@pouch.local,dave@pouch.local",
+        "--body",
+        "thanks",
+        "--json",
+    ]);
     assert_eq!(last["conversation"], conversation);
     for c in [&alice, &alice2, &bob, &dave] {
         let r = c.sync();
-        assert!(r["rejected"].as_array().unwrap().is_empty(), "{}: {r}", c.address);
-        assert!(c.inbox().iter().any(|m| m["from"] == "erin@pouch.local"), "{} missed Erin's mail", c.address);
+        assert!(
+            r["rejected"].as_array().unwrap().is_empty(),
+            "{}: {r}",
+            c.address
+        );
+        assert!(
+            c.inbox().iter().any(|m| m["from"] == "erin@pouch.local"),
+            "{} missed Erin's mail",
+            c.address
+        );
     }
 }

@@ -42,7 +42,8 @@ impl Drop for Scratch {
 }
 
 pub fn pg_base() -> String {
-    std::env::var("POUCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("POUCH_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh PostgreSQL database for one test; dropped at the end.
@@ -53,22 +54,35 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn new(tag: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let (url, drop) = rt
             .block_on(pouch_store_sql::testing::fresh_postgres_database(&pg_base(), tag))
             .expect("PostgreSQL is required at POUCH_TEST_PG (default postgres://postgres@127.0.0.1:5432/test)");
-        PgDatabase { url, drop: Some(Box::pin(drop)) }
+        PgDatabase {
+            url,
+            drop: Some(Box::pin(drop)),
+        }
     }
     pub fn dump(&self) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(pouch_store_sql::testing::dump_postgres(&self.url)).unwrap()
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(pouch_store_sql::testing::dump_postgres(&self.url))
+            .unwrap()
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         if let Some(d) = self.drop.take() {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(d);
         }
     }
@@ -92,20 +106,32 @@ impl Server {
         Self::start_with(data_dir, database_url, listen, &[])
     }
 
-    pub fn start_with(data_dir: &Path, database_url: Option<&str>, listen: &str, extra: &[&str]) -> Self {
+    pub fn start_with(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut cmd = pouch();
-        cmd.args(["server", "--listen", listen, "--data-dir"]).arg(data_dir).args(extra);
+        cmd.args(["server", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra);
         if let Some(db) = database_url {
             cmd.args(["--database-url", db]);
         }
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start pouch server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
         let mut fingerprint = None;
         while url.is_none() || fingerprint.is_none() {
-            let line = lines.next().expect("server exited before it was ready").unwrap();
+            let line = lines
+                .next()
+                .expect("server exited before it was ready")
+                .unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
                 url = Some(rest.trim().to_string());
             }
@@ -127,7 +153,14 @@ impl Server {
     /// Admin command against this server, with the token file of `token_dir`.
     pub fn admin(&self, token_dir: &Path, args: &[&str]) -> Output {
         pouch()
-            .args(["admin", "--server", &self.url, "--fingerprint", &self.fingerprint, "--token-file"])
+            .args([
+                "admin",
+                "--server",
+                &self.url,
+                "--fingerprint",
+                &self.fingerprint,
+                "--token-file",
+            ])
             .arg(token_dir.join("admin.token"))
             .args(args)
             .output()
@@ -143,7 +176,11 @@ impl Server {
         let mut args = vec!["user", "add", address];
         args.extend_from_slice(extra);
         let out = self.admin(token_dir, &args);
-        assert!(out.status.success(), "admin user add failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "admin user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
@@ -174,15 +211,24 @@ pub struct Client {
 
 impl Client {
     pub fn enroll(home: PathBuf, invite: &str, address: &str) -> Self {
-        let c = Client { home, address: address.to_string() };
+        let c = Client {
+            home,
+            address: address.to_string(),
+        };
         let out = c.run(&["enroll", invite, "--device-name", "test-laptop"]);
-        assert!(out.status.success(), "enroll failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "enroll failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         c
     }
 
     pub fn cmd(&self) -> Command {
         let mut cmd = pouch();
-        cmd.arg("--home").arg(&self.home).env("POUCH_PASSPHRASE", PASSPHRASE);
+        cmd.arg("--home")
+            .arg(&self.home)
+            .env("POUCH_PASSPHRASE", PASSPHRASE);
         cmd
     }
 
@@ -234,12 +280,22 @@ pub fn assert_no_panic(out: &Output) {
 /// A failed command: exit status 1 and exactly one line on stderr, which must contain `needle`.
 pub fn assert_one_line_error(out: &Output, needle: &str) {
     assert_no_panic(out);
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line of error, got: {err}");
-    assert!(lines[0].starts_with("error: "), "error line lacks the prefix: {err}");
-    assert!(lines[0].to_lowercase().contains(&needle.to_lowercase()), "error {err:?} does not mention {needle:?}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "error line lacks the prefix: {err}"
+    );
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error {err:?} does not mention {needle:?}"
+    );
 }
 
 /// Every file under `dir`, concatenated.
@@ -290,7 +346,16 @@ pub fn start_link(home: PathBuf, server: &Server, address: &str, extra: &[&str])
         .arg("--home")
         .arg(&home)
         .env("POUCH_PASSPHRASE", PASSPHRASE)
-        .args(["link", address, "--server", &server.url, "--fingerprint", &server.fingerprint, "--device-name", "new-laptop"])
+        .args([
+            "link",
+            address,
+            "--server",
+            &server.url,
+            "--fingerprint",
+            &server.fingerprint,
+            "--device-name",
+            "new-laptop",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -299,13 +364,23 @@ pub fn start_link(home: PathBuf, server: &Server, address: &str, extra: &[&str])
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let code = loop {
-        let line = lines.next().expect("pouch link exited before showing a code").unwrap();
+        let line = lines
+            .next()
+            .expect("pouch link exited before showing a code")
+            .unwrap();
         if let Some(code) = line.strip_prefix("link code: ") {
             break code.trim().to_string();
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    PendingLink { child, code, client: Client { home, address: address.to_string() } }
+    PendingLink {
+        child,
+        code,
+        client: Client {
+            home,
+            address: address.to_string(),
+        },
+    }
 }
 
 /// Links a new device of `approver`'s account, approved by `approver`.
@@ -314,7 +389,12 @@ pub fn link(home: PathBuf, server: &Server, approver: &Client) -> Client {
 }
 
 /// As [`link`], with more arguments to `pouch device approve`.
-pub fn link_with(home: PathBuf, server: &Server, approver: &Client, approve_args: &[&str]) -> Client {
+pub fn link_with(
+    home: PathBuf,
+    server: &Server,
+    approver: &Client,
+    approve_args: &[&str],
+) -> Client {
     let pending = start_link(home, server, &approver.address, &[]);
     let mut args = vec!["device", "approve", pending.code.as_str(), "--yes"];
     args.extend_from_slice(approve_args);
