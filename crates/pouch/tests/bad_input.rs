@@ -72,11 +72,7 @@ fn invites_wrong_reused_or_expired_are_refused_clearly() {
 fn unknown_recipients_and_wrong_passphrase_are_reported() {
     let dir = Scratch::new("recipients");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
     let out = alice.run(&[
         "send",
         "--to",
@@ -131,16 +127,8 @@ fn unknown_recipients_and_wrong_passphrase_are_reported() {
 fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
     let dir = Scratch::new("tamper");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     alice.ok(&[
         "send",
         "--to",
@@ -199,16 +187,8 @@ fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
 fn a_server_that_is_down_fails_loudly_and_nothing_is_listed_as_sent() {
     let dir = Scratch::new("down");
     let mut server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     alice.ok(&[
         "send",
         "--to",

@@ -29,16 +29,8 @@ fn device_id_of(c: &Client) -> String {
 fn a_linked_device_receives_new_mail_in_existing_conversations() {
     let dir = Scratch::new("link");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     bob.ok(&[
         "send",
         "--to",
@@ -204,16 +196,8 @@ fn without_approval_a_device_gets_nothing() {
         "127.0.0.1:0",
         &["--link-ttl-secs", "2"],
     );
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
 
     // Denied.
     let denied = start_link(dir.path("denied"), &server, "alice@pouch.local", &[]);
@@ -279,16 +263,8 @@ fn without_approval_a_device_gets_nothing() {
 fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
     let dir = Scratch::new("rogue");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
 
     // An intruder with the database writes a device for Alice, active, with a key package.
     let db = server.db();
@@ -385,16 +361,8 @@ fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
 fn a_revoked_device_reads_nothing_sent_afterwards() {
     let dir = Scratch::new("revoke");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     let alice2 = link(dir.path("alice2"), &server, &alice);
     bob.ok(&[
         "send",
@@ -486,16 +454,8 @@ fn rotation_makes_an_old_copy_of_a_device_go_dark() {
         "127.0.0.1:0",
         &["--rotation-hours", "0.0005"],
     );
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     alice.ok(&[
         "send",
         "--to",
@@ -560,16 +520,8 @@ fn rotation_makes_an_old_copy_of_a_device_go_dark() {
 fn contacts_of_a_reset_account_must_confirm_the_new_key() {
     let dir = Scratch::new("reset");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
     alice.ok(&[
         "send",
         "--to",

@@ -17,21 +17,9 @@ const ATTACHMENT_MARKER: &[u8] = b"MARKER-ATTACHMENT-77aa";
 fn scenario(backend: &str, database: Option<&PgDatabase>) {
     let dir = Scratch::new(backend);
     let server = Server::start(&dir.path("server"), database.map(|d| d.url.as_str()));
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
-    let carol = Client::enroll(
-        dir.path("carol"),
-        &server.invite("carol@pouch.local"),
-        "carol@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let carol = user(&dir, &server, "carol");
 
     // A 20 MB attachment, starting with a marker, otherwise random.
     let mut attachment = vec![0u8; 20 * 1024 * 1024];

@@ -11,28 +11,12 @@ use common::*;
 fn adding_recipients_and_racing_commits_keep_one_conversation() {
     let dir = Scratch::new("threads");
     let server = Server::start(&dir.path("server"), None);
-    let alice = Client::enroll(
-        dir.path("alice"),
-        &server.invite("alice@pouch.local"),
-        "alice@pouch.local",
-    );
+    let alice = user(&dir, &server, "alice");
     // Alice's second device, linked with the first one's approval.
     let alice2 = link(dir.path("alice2"), &server, &alice);
-    let bob = Client::enroll(
-        dir.path("bob"),
-        &server.invite("bob@pouch.local"),
-        "bob@pouch.local",
-    );
-    let dave = Client::enroll(
-        dir.path("dave"),
-        &server.invite("dave@pouch.local"),
-        "dave@pouch.local",
-    );
-    let erin = Client::enroll(
-        dir.path("erin"),
-        &server.invite("erin@pouch.local"),
-        "erin@pouch.local",
-    );
+    let bob = user(&dir, &server, "bob");
+    let dave = user(&dir, &server, "dave");
+    let erin = user(&dir, &server, "erin");
 
     let first = alice.json(&[
         "send",

@@ -403,3 +403,9 @@ pub fn link_with(
     assert!(status.success(), "pouch link failed: {err}");
     client
 }
+
+/// Enrolls `name@pouch.local` with a fresh invite, its state in `dir/name`.
+pub fn user(dir: &Scratch, server: &Server, name: &str) -> Client {
+    let address = format!("{name}@pouch.local");
+    Client::enroll(dir.path(name), &server.invite(&address), &address)
+}
