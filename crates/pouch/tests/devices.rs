@@ -166,6 +166,23 @@ fn a_linked_device_receives_new_mail_in_existing_conversations() {
         got.iter().map(|e| &e.0).collect::<Vec<_>>(),
         expected.iter().map(|e| &e.0).collect::<Vec<_>>()
     );
+    // Alice's other device is told about the new one, with where it came from.
+    alice2.sync();
+    let notices: Vec<String> = subjects(&alice2)
+        .into_iter()
+        .filter(|s| s.contains("was added"))
+        .collect();
+    assert!(!notices.is_empty(), "{:?}", subjects(&alice2));
+    let notice = alice2
+        .inbox()
+        .into_iter()
+        .find(|m| m["subject"].as_str().unwrap().contains("was added"))
+        .unwrap();
+    let text = String::from_utf8(alice2.ok(&["read", &notice["id"].to_string()])).unwrap();
+    assert!(
+        text.contains("127.0.0.1") && text.contains("pouch device revoke"),
+        "{text}"
+    );
     // And the history device takes part in the conversations from now on.
     bob.ok(&[
         "send",
@@ -596,4 +613,67 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
+    let dir = Scratch::new("adminrevoke");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let alice2 = link(dir.path("alice2"), &server, &alice);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Before",
+        "--body",
+        "1",
+    ]);
+    let alice2_id = device_id_of(&alice2);
+
+    let out = server.admin(
+        &server.data_dir,
+        &["device", "revoke", "alice@pouch.local", &alice2_id],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked by the administrator"));
+    assert_one_line_error(&alice2.run(&["sync"]), "sign-in failed");
+
+    // Alice's remaining device is told, takes the device off the signed list
+    // and out of the conversation.
+    alice.sync();
+    assert!(
+        subjects(&alice)
+            .iter()
+            .any(|s| s.contains("administrator revoked a device")),
+        "{:?}",
+        subjects(&alice)
+    );
+    let list = alice.json(&["device", "list", "--json"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == alice2_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["on_signed_list"], false, "{list}");
+    let first = bob.sent()[0]["id"].to_string();
+    let reply = bob.json(&[
+        "send",
+        "--reply-to",
+        &first,
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(reply["recipient_devices"], 1);
 }
