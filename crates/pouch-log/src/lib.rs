@@ -1,0 +1,246 @@
+//! The key-transparency log, without I/O.
+//!
+//! Every version of every account's device list is an entry of one
+//! append-only Merkle tree (RFC 6962 hashing). The server publishes signed
+//! checkpoints in the C2SP `tlog-checkpoint` / `signed-note` formats and the
+//! C2SP `tlog-tiles` read API, so generic transparency tools can audit it.
+//! Clients keep the newest checkpoint they verified, check that each new one
+//! is consistent with it, and check that every device list they rely on is
+//! included — so a server cannot show different lists to different people
+//! without it showing in the tree (and, with witnesses, in their cosignatures).
+//!
+//! The Merkle and format work is done by Cloudflare's `tlog_tiles` and
+//! `signed_note` (ports of Go's `sumdb`); this crate fixes Pouch's entry
+//! format and the checks clients apply.
+#![forbid(unsafe_code)]
+
+use pouch_proto::Address;
+use pouch_proto::devices::SignedDeviceList;
+use serde::{Deserialize, Serialize};
+use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
+
+pub use tlog_tiles::{
+    Checkpoint, Hash, HashReader, RecordProof, Tile, TreeProof, check_record, check_tree, prove_record, prove_tree,
+    record_hash, stored_hash_count, stored_hash_index, stored_hashes, tree_hash,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("malformed log data: {0}")]
+    Malformed(String),
+    #[error("the checkpoint's signature does not verify with the log's key")]
+    BadSignature,
+    #[error("the checkpoint is for another log ({0})")]
+    WrongOrigin(String),
+    #[error("proof does not verify: {0}")]
+    BadProof(String),
+    #[error("log storage: {0}")]
+    Storage(String),
+}
+
+/// What a log entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A device-list version published by the account (enrollment, link, revocation).
+    DeviceList,
+    /// The first list after an administrator reset (a new account key).
+    Reset,
+}
+
+/// One log entry: a device-list version, exactly as published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub kind: EntryKind,
+    pub address: Address,
+    pub version: u64,
+    /// SHA-256 (hex) of the signed list body.
+    pub list_hash: String,
+    pub list: SignedDeviceList,
+}
+
+impl LogEntry {
+    pub fn for_list(list: &SignedDeviceList) -> Result<Self, LogError> {
+        let body = list.body_unverified().map_err(|e| LogError::Malformed(e.to_string()))?;
+        Ok(LogEntry {
+            kind: if body.reason == "reset" { EntryKind::Reset } else { EntryKind::DeviceList },
+            address: body.address,
+            version: body.version,
+            list_hash: list.hash(),
+            list: list.clone(),
+        })
+    }
+
+    /// The exact bytes that are hashed into the tree.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a log entry serialises")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LogError> {
+        serde_json::from_slice(bytes).map_err(|e| LogError::Malformed(e.to_string()))
+    }
+}
+
+/// The indexes of the stored hashes [`stored_hashes`] will read to append record `n`.
+pub fn hashes_needed_to_append(n: u64) -> Vec<u64> {
+    struct Recorder(std::cell::RefCell<Vec<u64>>);
+    impl HashReader for Recorder {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+            self.0.borrow_mut().extend_from_slice(indexes);
+            Ok(vec![Hash([0; 32]); indexes.len()])
+        }
+    }
+    let r = Recorder(Default::default());
+    let _ = stored_hashes(n, b"", &r);
+    r.0.into_inner()
+}
+
+/// The indexes [`tree_hash`] reads for a tree of size `n`.
+pub fn hashes_needed_for_root(n: u64) -> Vec<u64> {
+    struct Recorder(std::cell::RefCell<Vec<u64>>);
+    impl HashReader for Recorder {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+            self.0.borrow_mut().extend_from_slice(indexes);
+            Ok(vec![Hash([0; 32]); indexes.len()])
+        }
+    }
+    let r = Recorder(Default::default());
+    let _ = tree_hash(n, &r);
+    r.0.into_inner()
+}
+
+/// A [`HashReader`] over hashes already fetched (index → hash).
+pub struct FetchedHashes(pub std::collections::HashMap<u64, Hash>);
+
+impl HashReader for FetchedHashes {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| self.0.get(i).copied().ok_or(tlog_tiles::Error::IndexesNotInTree))
+            .collect()
+    }
+}
+
+/// The log's checkpoint signing key, as a signed-note key pair.
+pub struct LogKey {
+    signer: StandardSigner,
+    pub verifier_key: String,
+}
+
+impl LogKey {
+    /// A fresh key pair; returns the private key string to keep and the key.
+    pub fn generate(origin: &str) -> (String, LogKey) {
+        let (skey, vkey) = signed_note::generate_key(&mut rand::rngs::OsRng, origin);
+        let key = LogKey::from_private(&skey, &vkey).expect("a fresh key parses");
+        (skey, key)
+    }
+
+    pub fn from_private(skey: &str, vkey: &str) -> Result<LogKey, LogError> {
+        let signer = StandardSigner::new(skey).map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
+        Ok(LogKey { signer, verifier_key: vkey.to_string() })
+    }
+
+    /// A signed checkpoint (C2SP tlog-checkpoint in a signed note).
+    pub fn sign_checkpoint(&self, origin: &str, size: u64, root: Hash) -> Result<Vec<u8>, LogError> {
+        let cp = Checkpoint::new(origin, size, root, "").map_err(|e| LogError::Malformed(e.to_string()))?;
+        let mut note = Note::new(&cp.to_bytes(), &[]).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+        note.add_sigs(&[&self.signer]).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+        Ok(note.to_bytes())
+    }
+}
+
+/// Verifies a signed checkpoint from the log with verifier key `vkey`.
+pub fn open_checkpoint(note: &[u8], vkey: &str, origin: &str) -> Result<Checkpoint, LogError> {
+    let verifier = StandardVerifier::new(vkey).map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
+    let parsed = Note::from_bytes(note).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+    let (verified, _unverified) = parsed
+        .verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|_| LogError::BadSignature)?;
+    if verified.is_empty() {
+        return Err(LogError::BadSignature);
+    }
+    let cp = Checkpoint::from_bytes(parsed.text()).map_err(|e| LogError::Malformed(e.to_string()))?;
+    if cp.origin() != origin {
+        return Err(LogError::WrongOrigin(cp.origin().to_string()));
+    }
+    Ok(cp)
+}
+
+/// Checks that `entry` is record `index` of the tree (`size`, `root`).
+pub fn verify_inclusion(proof: &[Hash], size: u64, root: Hash, index: u64, entry: &[u8]) -> Result<(), LogError> {
+    check_record(&proof.to_vec(), size, root, index, record_hash(entry)).map_err(|e| LogError::BadProof(e.to_string()))
+}
+
+/// Checks that the tree (`new_size`, `new_root`) extends (`old_size`, `old_root`).
+pub fn verify_consistency(proof: &[Hash], new_size: u64, new_root: Hash, old_size: u64, old_root: Hash) -> Result<(), LogError> {
+    if old_size == new_size {
+        return if old_root == new_root { Ok(()) } else { Err(LogError::BadProof("same size, different roots".into())) };
+    }
+    check_tree(&proof.to_vec(), new_size, new_root, old_size, old_root).map_err(|e| LogError::BadProof(e.to_string()))
+}
+
+/// Hashes as base64 for JSON.
+pub fn hash_to_b64(h: &Hash) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(h.0)
+}
+
+pub fn hash_from_b64(s: &str) -> Result<Hash, LogError> {
+    use base64::Engine;
+    let v = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| LogError::Malformed("hash".into()))?;
+    Ok(Hash(v.try_into().map_err(|_| LogError::Malformed("hash length".into()))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An in-memory log built with this crate's functions.
+    fn build(n: u64) -> FetchedHashes {
+        let mut store = FetchedHashes(HashMap::new());
+        for i in 0..n {
+            let data = format!("entry {i}");
+            let new = stored_hashes(i, data.as_bytes(), &store).unwrap();
+            let base = stored_hash_index(0, i);
+            for (k, h) in new.into_iter().enumerate() {
+                store.0.insert(base + k as u64, h);
+            }
+        }
+        store
+    }
+
+    #[test]
+    fn needed_indexes_suffice_for_appends_and_roots() {
+        let store = build(300);
+        for n in [1u64, 2, 3, 7, 8, 255, 256, 257, 299] {
+            let idx = hashes_needed_for_root(n);
+            let sub = FetchedHashes(idx.iter().map(|i| (*i, store.0[i])).collect());
+            assert_eq!(tree_hash(n, &sub).unwrap(), tree_hash(n, &store).unwrap());
+        }
+        let idx = hashes_needed_to_append(299);
+        let sub = FetchedHashes(idx.iter().map(|i| (*i, store.0[i])).collect());
+        assert!(stored_hashes(299, b"x", &sub).is_ok());
+    }
+
+    #[test]
+    fn checkpoints_sign_and_verify_and_proofs_check() {
+        let store = build(100);
+        let (_, key) = LogKey::generate("pouch.local/log");
+        let root = tree_hash(100, &store).unwrap();
+        let note = key.sign_checkpoint("pouch.local/log", 100, root).unwrap();
+        let cp = open_checkpoint(&note, &key.verifier_key, "pouch.local/log").unwrap();
+        assert_eq!(cp.size(), 100);
+        assert!(matches!(open_checkpoint(&note, &key.verifier_key, "other/log"), Err(LogError::WrongOrigin(_))));
+        let (_, other) = LogKey::generate("pouch.local/log");
+        assert!(matches!(open_checkpoint(&note, &other.verifier_key, "pouch.local/log"), Err(LogError::BadSignature)));
+
+        let proof = prove_record(100, 42, &store).unwrap();
+        verify_inclusion(&proof, 100, root, 42, b"entry 42").unwrap();
+        assert!(verify_inclusion(&proof, 100, root, 42, b"entry 43").is_err());
+        let old_root = tree_hash(60, &store).unwrap();
+        let cproof = prove_tree(100, 60, &store).unwrap();
+        verify_consistency(&cproof, 100, root, 60, old_root).unwrap();
+        assert!(verify_consistency(&cproof, 100, root, 60, tree_hash(59, &store).unwrap()).is_err());
+    }
+}
