@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
 
 pub use tlog_tiles::{
-    Checkpoint, Hash, HashReader, RecordProof, Tile, TreeProof, check_record, check_tree, prove_record, prove_tree,
-    record_hash, stored_hash_count, stored_hash_index, stored_hashes, tree_hash,
+    Checkpoint, Hash, HashReader, RecordProof, Tile, TreeProof, check_record, check_tree,
+    prove_record, prove_tree, record_hash, stored_hash_count, stored_hash_index, stored_hashes,
+    tree_hash,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +62,15 @@ pub struct LogEntry {
 
 impl LogEntry {
     pub fn for_list(list: &SignedDeviceList) -> Result<Self, LogError> {
-        let body = list.body_unverified().map_err(|e| LogError::Malformed(e.to_string()))?;
+        let body = list
+            .body_unverified()
+            .map_err(|e| LogError::Malformed(e.to_string()))?;
         Ok(LogEntry {
-            kind: if body.reason == "reset" { EntryKind::Reset } else { EntryKind::DeviceList },
+            kind: if body.reason == "reset" {
+                EntryKind::Reset
+            } else {
+                EntryKind::DeviceList
+            },
             address: body.address,
             version: body.version,
             list_hash: list.hash(),
@@ -81,32 +88,112 @@ impl LogEntry {
     }
 }
 
+/// A [`HashReader`] that only records which hashes were asked for: the
+/// tlog functions read synchronously, storage is async, so callers first
+/// learn the indexes, fetch them, then run the function on [`FetchedHashes`].
+#[derive(Default)]
+pub struct IndexRecorder(std::cell::RefCell<Vec<u64>>);
+
+impl IndexRecorder {
+    pub fn into_indexes(self) -> Vec<u64> {
+        self.0.into_inner()
+    }
+}
+
+impl HashReader for IndexRecorder {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        self.0.borrow_mut().extend_from_slice(indexes);
+        Ok(vec![Hash([0; 32]); indexes.len()])
+    }
+}
+
 /// The indexes of the stored hashes [`stored_hashes`] will read to append record `n`.
 pub fn hashes_needed_to_append(n: u64) -> Vec<u64> {
-    struct Recorder(std::cell::RefCell<Vec<u64>>);
-    impl HashReader for Recorder {
-        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-            self.0.borrow_mut().extend_from_slice(indexes);
-            Ok(vec![Hash([0; 32]); indexes.len()])
-        }
-    }
-    let r = Recorder(Default::default());
+    let r = IndexRecorder::default();
     let _ = stored_hashes(n, b"", &r);
-    r.0.into_inner()
+    r.into_indexes()
 }
 
 /// The indexes [`tree_hash`] reads for a tree of size `n`.
 pub fn hashes_needed_for_root(n: u64) -> Vec<u64> {
-    struct Recorder(std::cell::RefCell<Vec<u64>>);
-    impl HashReader for Recorder {
-        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-            self.0.borrow_mut().extend_from_slice(indexes);
-            Ok(vec![Hash([0; 32]); indexes.len()])
+    let r = IndexRecorder::default();
+    let _ = tree_hash(n, &r);
+    r.into_indexes()
+}
+
+/// Tiles have height 8 (256 hashes), as C2SP tlog-tiles fixes.
+pub const TILE_HEIGHT: u8 = 8;
+
+/// A C2SP tlog-tiles path below `tile/`: a hash tile (level, index, width)
+/// or an entry bundle (index, width). Width 256 for full tiles.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TilePath {
+    Hashes { level: u8, index: u64, width: u32 },
+    Entries { index: u64, width: u32 },
+}
+
+impl TilePath {
+    /// Parses `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N written as
+    /// `x001/x234/567`.
+    pub fn parse(path: &str) -> Option<TilePath> {
+        let (level, rest) = path.split_once('/')?;
+        let (n_part, width) = match rest.split_once(".p/") {
+            Some((n, w)) => {
+                let w: u32 = w.parse().ok()?;
+                if w == 0 || w >= 256 {
+                    return None;
+                }
+                (n, w)
+            }
+            None => (rest, 256),
+        };
+        let mut index: u64 = 0;
+        let groups: Vec<&str> = n_part.split('/').collect();
+        for (i, g) in groups.iter().enumerate() {
+            let digits = if i + 1 < groups.len() {
+                g.strip_prefix('x')?
+            } else {
+                g
+            };
+            if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            index = index
+                .checked_mul(1000)?
+                .checked_add(digits.parse::<u64>().ok()?)?;
+        }
+        if level == "entries" {
+            return Some(TilePath::Entries { index, width });
+        }
+        let level: u8 = level.parse().ok()?;
+        (level < 8).then_some(TilePath::Hashes {
+            level,
+            index,
+            width,
+        })
+    }
+
+    /// The tlog tile for a hash tile.
+    pub fn tile(&self) -> Option<Tile> {
+        match self {
+            TilePath::Hashes {
+                level,
+                index,
+                width,
+            } => Some(Tile::new(TILE_HEIGHT, *level, *index, *width, false)),
+            TilePath::Entries { .. } => None,
         }
     }
-    let r = Recorder(Default::default());
-    let _ = tree_hash(n, &r);
-    r.0.into_inner()
+}
+
+/// An entry bundle: each entry as a big-endian u16 length and its bytes.
+pub fn entry_bundle(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        out.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+    out
 }
 
 /// A [`HashReader`] over hashes already fetched (index → hash).
@@ -116,7 +203,12 @@ impl HashReader for FetchedHashes {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
         indexes
             .iter()
-            .map(|i| self.0.get(i).copied().ok_or(tlog_tiles::Error::IndexesNotInTree))
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
             .collect()
     }
 }
@@ -136,22 +228,35 @@ impl LogKey {
     }
 
     pub fn from_private(skey: &str, vkey: &str) -> Result<LogKey, LogError> {
-        let signer = StandardSigner::new(skey).map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
-        Ok(LogKey { signer, verifier_key: vkey.to_string() })
+        let signer = StandardSigner::new(skey)
+            .map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
+        Ok(LogKey {
+            signer,
+            verifier_key: vkey.to_string(),
+        })
     }
 
     /// A signed checkpoint (C2SP tlog-checkpoint in a signed note).
-    pub fn sign_checkpoint(&self, origin: &str, size: u64, root: Hash) -> Result<Vec<u8>, LogError> {
-        let cp = Checkpoint::new(origin, size, root, "").map_err(|e| LogError::Malformed(e.to_string()))?;
-        let mut note = Note::new(&cp.to_bytes(), &[]).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
-        note.add_sigs(&[&self.signer]).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+    pub fn sign_checkpoint(
+        &self,
+        origin: &str,
+        size: u64,
+        root: Hash,
+    ) -> Result<Vec<u8>, LogError> {
+        let cp = Checkpoint::new(origin, size, root, "")
+            .map_err(|e| LogError::Malformed(e.to_string()))?;
+        let mut note =
+            Note::new(&cp.to_bytes(), &[]).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+        note.add_sigs(&[&self.signer])
+            .map_err(|e| LogError::Malformed(format!("{e:?}")))?;
         Ok(note.to_bytes())
     }
 }
 
 /// Verifies a signed checkpoint from the log with verifier key `vkey`.
 pub fn open_checkpoint(note: &[u8], vkey: &str, origin: &str) -> Result<Checkpoint, LogError> {
-    let verifier = StandardVerifier::new(vkey).map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
+    let verifier =
+        StandardVerifier::new(vkey).map_err(|e| LogError::Malformed(format!("log key: {e:?}")))?;
     let parsed = Note::from_bytes(note).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
     let (verified, _unverified) = parsed
         .verify(&VerifierList::new(vec![Box::new(verifier)]))
@@ -159,7 +264,8 @@ pub fn open_checkpoint(note: &[u8], vkey: &str, origin: &str) -> Result<Checkpoi
     if verified.is_empty() {
         return Err(LogError::BadSignature);
     }
-    let cp = Checkpoint::from_bytes(parsed.text()).map_err(|e| LogError::Malformed(e.to_string()))?;
+    let cp =
+        Checkpoint::from_bytes(parsed.text()).map_err(|e| LogError::Malformed(e.to_string()))?;
     if cp.origin() != origin {
         return Err(LogError::WrongOrigin(cp.origin().to_string()));
     }
@@ -167,16 +273,34 @@ pub fn open_checkpoint(note: &[u8], vkey: &str, origin: &str) -> Result<Checkpoi
 }
 
 /// Checks that `entry` is record `index` of the tree (`size`, `root`).
-pub fn verify_inclusion(proof: &[Hash], size: u64, root: Hash, index: u64, entry: &[u8]) -> Result<(), LogError> {
-    check_record(&proof.to_vec(), size, root, index, record_hash(entry)).map_err(|e| LogError::BadProof(e.to_string()))
+pub fn verify_inclusion(
+    proof: &[Hash],
+    size: u64,
+    root: Hash,
+    index: u64,
+    entry: &[u8],
+) -> Result<(), LogError> {
+    check_record(&proof.to_vec(), size, root, index, record_hash(entry))
+        .map_err(|e| LogError::BadProof(e.to_string()))
 }
 
 /// Checks that the tree (`new_size`, `new_root`) extends (`old_size`, `old_root`).
-pub fn verify_consistency(proof: &[Hash], new_size: u64, new_root: Hash, old_size: u64, old_root: Hash) -> Result<(), LogError> {
+pub fn verify_consistency(
+    proof: &[Hash],
+    new_size: u64,
+    new_root: Hash,
+    old_size: u64,
+    old_root: Hash,
+) -> Result<(), LogError> {
     if old_size == new_size {
-        return if old_root == new_root { Ok(()) } else { Err(LogError::BadProof("same size, different roots".into())) };
+        return if old_root == new_root {
+            Ok(())
+        } else {
+            Err(LogError::BadProof("same size, different roots".into()))
+        };
     }
-    check_tree(&proof.to_vec(), new_size, new_root, old_size, old_root).map_err(|e| LogError::BadProof(e.to_string()))
+    check_tree(&proof.to_vec(), new_size, new_root, old_size, old_root)
+        .map_err(|e| LogError::BadProof(e.to_string()))
 }
 
 /// Hashes as base64 for JSON.
@@ -187,8 +311,13 @@ pub fn hash_to_b64(h: &Hash) -> String {
 
 pub fn hash_from_b64(s: &str) -> Result<Hash, LogError> {
     use base64::Engine;
-    let v = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| LogError::Malformed("hash".into()))?;
-    Ok(Hash(v.try_into().map_err(|_| LogError::Malformed("hash length".into()))?))
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| LogError::Malformed("hash".into()))?;
+    Ok(Hash(
+        v.try_into()
+            .map_err(|_| LogError::Malformed("hash length".into()))?,
+    ))
 }
 
 #[cfg(test)]
@@ -224,6 +353,46 @@ mod tests {
     }
 
     #[test]
+    fn tile_paths_parse_as_c2sp_writes_them() {
+        assert_eq!(
+            TilePath::parse("0/000"),
+            Some(TilePath::Hashes {
+                level: 0,
+                index: 0,
+                width: 256
+            })
+        );
+        assert_eq!(
+            TilePath::parse("1/x001/234.p/7"),
+            Some(TilePath::Hashes {
+                level: 1,
+                index: 1234,
+                width: 7
+            })
+        );
+        assert_eq!(
+            TilePath::parse("entries/x002/x000/005"),
+            Some(TilePath::Entries {
+                index: 2_000_005,
+                width: 256
+            })
+        );
+        for bad in [
+            "",
+            "0",
+            "0/12",
+            "0/1234",
+            "9/000",
+            "0/000.p/0",
+            "0/000.p/256",
+            "0/001/002",
+            "entries/x01/000",
+        ] {
+            assert_eq!(TilePath::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn checkpoints_sign_and_verify_and_proofs_check() {
         let store = build(100);
         let (_, key) = LogKey::generate("pouch.local/log");
@@ -231,9 +400,15 @@ mod tests {
         let note = key.sign_checkpoint("pouch.local/log", 100, root).unwrap();
         let cp = open_checkpoint(&note, &key.verifier_key, "pouch.local/log").unwrap();
         assert_eq!(cp.size(), 100);
-        assert!(matches!(open_checkpoint(&note, &key.verifier_key, "other/log"), Err(LogError::WrongOrigin(_))));
+        assert!(matches!(
+            open_checkpoint(&note, &key.verifier_key, "other/log"),
+            Err(LogError::WrongOrigin(_))
+        ));
         let (_, other) = LogKey::generate("pouch.local/log");
-        assert!(matches!(open_checkpoint(&note, &other.verifier_key, "pouch.local/log"), Err(LogError::BadSignature)));
+        assert!(matches!(
+            open_checkpoint(&note, &other.verifier_key, "pouch.local/log"),
+            Err(LogError::BadSignature)
+        ));
 
         let proof = prove_record(100, 42, &store).unwrap();
         verify_inclusion(&proof, 100, root, 42, b"entry 42").unwrap();
@@ -241,6 +416,8 @@ mod tests {
         let old_root = tree_hash(60, &store).unwrap();
         let cproof = prove_tree(100, 60, &store).unwrap();
         verify_consistency(&cproof, 100, root, 60, old_root).unwrap();
-        assert!(verify_consistency(&cproof, 100, root, 60, tree_hash(59, &store).unwrap()).is_err());
+        assert!(
+            verify_consistency(&cproof, 100, root, 60, tree_hash(59, &store).unwrap()).is_err()
+        );
     }
 }

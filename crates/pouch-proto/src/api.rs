@@ -17,6 +17,44 @@ pub struct ServerInfo {
     /// active in at least this often (post-compromise security).
     #[serde(default = "default_rotation")]
     pub rotation_secs: u64,
+    /// The transparency log's origin line and its checkpoint verifier key (C2SP signed-note form).
+    #[serde(default)]
+    pub log_origin: String,
+    #[serde(default)]
+    pub log_key: String,
+}
+
+/// `GET /v1/log/inclusion?address=A&version=V`: where a device-list version
+/// sits in the log, proven against the current checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogInclusion {
+    pub index: u64,
+    /// The entry's exact bytes.
+    #[serde(with = "b64")]
+    pub entry: Vec<u8>,
+    /// The signed checkpoint the proof is for.
+    pub checkpoint: String,
+    /// Base64 hashes.
+    pub proof: Vec<String>,
+}
+
+/// `GET /v1/log/consistency?from=M&to=N`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogConsistency {
+    pub proof: Vec<String>,
+}
+
+/// `GET /v1/log/entries/{address}`: every entry about one account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntries {
+    pub entries: Vec<IndexedEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IndexedEntry {
+    pub index: u64,
+    #[serde(with = "b64")]
+    pub entry: Vec<u8>,
 }
 
 fn default_rotation() -> u64 {

@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(put_blob_chunk).get(get_blob_chunk),
         )
         .merge(crate::devices::routes())
+        .merge(crate::log::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -108,6 +109,8 @@ async fn info(State(s): St) -> Json<ServerInfo> {
         ciphersuite: s.ciphersuite,
         version: env!("CARGO_PKG_VERSION").into(),
         rotation_secs: s.rotation_secs,
+        log_origin: s.log.origin.clone(),
+        log_key: s.log.key.verifier_key.clone(),
     })
 }
 
@@ -213,7 +216,7 @@ async fn enroll(
         signature_key: req.signature_key,
         key_packages: req.key_packages,
         last_resort: req.last_resort_key_package,
-        device_list: Some(list),
+        device_list: Some((list, crate::devices::log_entry(&req.device_list)?)),
     };
     let result = s
         .store
@@ -226,6 +229,7 @@ async fn enroll(
         Err(e) => tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused"),
     }
     let device = result?;
+    crate::log::refresh_checkpoint(&s).await?;
     Ok(Json(EnrollResponse {
         device_id: device.device_id,
         ciphersuite: s.ciphersuite,

@@ -108,6 +108,13 @@ pub(crate) async fn check_first_list(
     })
 }
 
+/// The transparency-log entry recording `list`.
+pub(crate) fn log_entry(list: &SignedDeviceList) -> Result<Vec<u8>, ApiError> {
+    Ok(pouch_log::LogEntry::for_list(list)
+        .map_err(|e| bad_list(&e.to_string()))?
+        .to_bytes())
+}
+
 async fn device_lists(
     State(s): St,
     Path(address): Path<String>,
@@ -236,13 +243,14 @@ async fn publish(
         .filter(|r| r.is_active() && !body.devices.iter().any(|l| l.device_id == r.device_id))
         .map(|r| r.device_id.clone())
         .collect();
+    let entry = log_entry(&req.list)?;
     let stored = StoredList {
         version: body.version,
         body: req.list.body,
         signature: req.list.signature,
     };
     s.store
-        .publish_device_list(&me.address, &stored, &activate, &revoke, now)
+        .publish_device_list(&me.address, &stored, &entry, &activate, &revoke, now)
         .await
         .map_err(|e| match e {
             pouch_store::StoreError::Conflict => ApiError::new(
@@ -255,6 +263,7 @@ async fn publish(
     for code in pending_codes {
         s.store.finish_link_request(&code, "approved", now).await?;
     }
+    crate::log::refresh_checkpoint(&s).await?;
     tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
     Ok(StatusCode::NO_CONTENT)
 }

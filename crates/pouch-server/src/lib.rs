@@ -14,6 +14,7 @@
 mod api;
 mod devices;
 mod error;
+pub mod log;
 pub mod tls;
 
 use pouch_store::Store;
@@ -51,6 +52,7 @@ pub struct AppState {
     pub ciphersuite: u16,
     pub rotation_secs: u64,
     pub link_ttl_secs: u64,
+    pub log: log::LogState,
     admin_token_sha256: [u8; 32],
 }
 
@@ -163,14 +165,35 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| StartError::Config("the stored admin token hash is damaged".into()))?;
 
+    // The log's checkpoint key: created once, shared by every node through the database.
+    let origin = format!("{domain}/log");
+    let (fresh_private, fresh) = pouch_log::LogKey::generate(&origin);
+    let private = store
+        .init_setting("log_private_key", &fresh_private)
+        .await?;
+    let public = if private == fresh_private {
+        store
+            .init_setting("log_public_key", &fresh.verifier_key)
+            .await?
+    } else {
+        store.get_setting("log_public_key").await?.ok_or_else(|| {
+            StartError::Config("the log key is half-stored; restore the database".into())
+        })?
+    };
+    let key = pouch_log::LogKey::from_private(&private, &public)
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let state = Arc::new(AppState {
         store,
         domain,
         ciphersuite: suite,
         rotation_secs: config.rotation_secs.max(1),
         link_ttl_secs: config.link_ttl_secs.max(1),
+        log: log::LogState { origin, key },
         admin_token_sha256,
     });
+    log::refresh_checkpoint(&state)
+        .await
+        .map_err(|e| StartError::Config(e.body.message))?;
     Ok(Prepared {
         state,
         tls,

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0003_rotation.sql"),
         include_str!("../migrations/postgres_0003_rotation.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/sqlite_0004_log.sql"),
+        include_str!("../migrations/postgres_0004_log.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

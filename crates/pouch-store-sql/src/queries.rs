@@ -431,8 +431,9 @@ impl Store for SqlStore {
             .into());
         }
         insert_device(&mut tx, &device, Some(now), now).await?;
-        if let Some(list) = &device.device_list {
+        if let Some((list, entry)) = &device.device_list {
             insert_list(&mut tx, &device.address, list, now).await?;
+            append_log(&mut tx, &device.address, list.version, entry).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(Device {
@@ -484,12 +485,14 @@ impl Store for SqlStore {
         &self,
         address: &Address,
         list: &StoredList,
+        log_entry: &[u8],
         activate: &[DeviceId],
         revoke: &[DeviceId],
         now: UnixTime,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         insert_list(&mut tx, address, list, now).await?;
+        append_log(&mut tx, address, list.version, log_entry).await?;
         for d in activate {
             sqlx::query("UPDATE devices SET approved_at = $1 WHERE device_id = $2 AND address = $3 AND revoked_at IS NULL")
                 .bind(now)
@@ -618,6 +621,70 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn log_size(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT size FROM log_state WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+
+    async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<[u8; 32]>> {
+        let mut out = Vec::with_capacity(indexes.len());
+        for i in indexes {
+            let h: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hash FROM log_hashes WHERE idx = $1")
+                    .bind(*i as i64)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+            out.push(
+                h.ok_or(StoreError::NotFound)?
+                    .try_into()
+                    .map_err(|_| StoreError::Backend("damaged log hash".into()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn log_entries(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>> {
+        sqlx::query_scalar("SELECT data FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx")
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn log_entries_of(&self, address: &Address) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT idx, data FROM log_entries WHERE address = $1 ORDER BY idx")
+                .bind(address.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(rows.into_iter().map(|(i, d)| (i as u64, d)).collect())
+    }
+
+    async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let row: (i64, Option<Vec<u8>>) =
+            sqlx::query_as("SELECT checkpoint_size, checkpoint FROM log_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(row.1.map(|note| (row.0 as u64, note)))
+    }
+
+    async fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool> {
+        let done = sqlx::query("UPDATE log_state SET checkpoint_size = $1, checkpoint = $2 WHERE id = 1 AND checkpoint_size < $1 AND size >= $1")
+            .bind(size as i64)
+            .bind(note)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
@@ -998,6 +1065,60 @@ async fn insert_list(
         .await
         .map_err(unique_is_conflict)?;
     Ok(())
+}
+
+/// Appends one entry to the transparency log in the caller's transaction:
+/// the size counter's row lock serialises appends (across PostgreSQL nodes
+/// too), and the entry and its Merkle hashes commit with the change they
+/// record — an acknowledged entry is never lost, none is stored half.
+async fn append_log(
+    tx: &mut AnyConnection,
+    address: &Address,
+    version: u64,
+    entry: &[u8],
+) -> Result<u64> {
+    let size: i64 =
+        sqlx::query_scalar("UPDATE log_state SET size = size + 1 WHERE id = 1 RETURNING size")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+    let index = (size - 1) as u64;
+    let needed = pouch_log::hashes_needed_to_append(index);
+    let mut fetched = std::collections::HashMap::new();
+    for i in needed {
+        let h: Vec<u8> = sqlx::query_scalar("SELECT hash FROM log_hashes WHERE idx = $1")
+            .bind(i as i64)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        fetched.insert(
+            i,
+            pouch_log::Hash(
+                h.try_into()
+                    .map_err(|_| StoreError::Backend("damaged log hash".into()))?,
+            ),
+        );
+    }
+    let new = pouch_log::stored_hashes(index, entry, &pouch_log::FetchedHashes(fetched))
+        .map_err(|e| StoreError::Backend(format!("log hashing: {e}")))?;
+    let base = pouch_log::stored_hash_index(0, index);
+    for (k, h) in new.iter().enumerate() {
+        sqlx::query("INSERT INTO log_hashes (idx, hash) VALUES ($1, $2)")
+            .bind((base + k as u64) as i64)
+            .bind(h.0.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    sqlx::query("INSERT INTO log_entries (idx, address, version, data) VALUES ($1, $2, $3, $4)")
+        .bind(index as i64)
+        .bind(address.as_str())
+        .bind(version as i64)
+        .bind(entry)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    Ok(index)
 }
 
 /// Revokes a device and drops what it could still use: tokens, key packages, queue.

@@ -21,11 +21,14 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
             .map(|i| format!("{id}-kp-{i}").into_bytes())
             .collect(),
         last_resort: format!("{id}-last-resort").into_bytes(),
-        device_list: Some(StoredList {
-            version: 1,
-            body: format!("{id}-list-1").into_bytes(),
-            signature: b"sig".to_vec(),
-        }),
+        device_list: Some((
+            StoredList {
+                version: 1,
+                body: format!("{id}-list-1").into_bytes(),
+                signature: b"sig".to_vec(),
+            },
+            format!("{id}-log-entry-1").into_bytes(),
+        )),
     }
 }
 
@@ -340,7 +343,14 @@ pub async fn run(store: &dyn Store) {
         signature: b"sig".to_vec(),
     };
     store
-        .publish_device_list(&alice, &v2, std::slice::from_ref(&a2_id), &[], now)
+        .publish_device_list(
+            &alice,
+            &v2,
+            b"entry-v2",
+            std::slice::from_ref(&a2_id),
+            &[],
+            now,
+        )
         .await
         .unwrap();
     assert!(
@@ -364,6 +374,7 @@ pub async fn run(store: &dyn Store) {
                 version: 2,
                 ..v2.clone()
             },
+            b"entry-v2-again",
             &[],
             &[],
             now,
@@ -389,7 +400,14 @@ pub async fn run(store: &dyn Store) {
         signature: b"sig".to_vec(),
     };
     store
-        .publish_device_list(&alice, &v3, &[], std::slice::from_ref(&a2_id), now)
+        .publish_device_list(
+            &alice,
+            &v3,
+            b"entry-v3",
+            &[],
+            std::slice::from_ref(&a2_id),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(store.token_device(b"t-a2", now).await.unwrap(), None);
@@ -445,6 +463,55 @@ pub async fn run(store: &dyn Store) {
     assert!(
         !store.revoke_device(&a1_id, "admin", now).await.unwrap(),
         "revoked twice"
+    );
+
+    // The transparency log: one entry per stored list, none for a refused one,
+    // and the Merkle hashes to match.
+    assert_eq!(
+        store.log_size().await.unwrap(),
+        4,
+        "a1, b1, alice v2, alice v3"
+    );
+    let entries = store.log_entries(0, 10).await.unwrap();
+    assert_eq!(entries[2], b"entry-v2");
+    assert_eq!(entries[3], b"entry-v3");
+    let alice_entries = store.log_entries_of(&alice).await.unwrap();
+    assert_eq!(
+        alice_entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    let needed = pouch_log::hashes_needed_for_root(4);
+    let fetched = store.log_hashes(&needed).await.unwrap();
+    let reader = pouch_log::FetchedHashes(
+        needed
+            .iter()
+            .copied()
+            .zip(fetched.into_iter().map(pouch_log::Hash))
+            .collect(),
+    );
+    let root = pouch_log::tree_hash(4, &reader).unwrap();
+    let mut expected = pouch_log::FetchedHashes(Default::default());
+    for (i, e) in entries.iter().enumerate() {
+        let new = pouch_log::stored_hashes(i as u64, e, &expected).unwrap();
+        let base = pouch_log::stored_hash_index(0, i as u64);
+        for (k, h) in new.into_iter().enumerate() {
+            expected.0.insert(base + k as u64, h);
+        }
+    }
+    assert_eq!(root, pouch_log::tree_hash(4, &expected).unwrap());
+    assert_eq!(store.checkpoint().await.unwrap(), None);
+    assert!(store.save_checkpoint(4, b"cp4").await.unwrap());
+    assert!(
+        !store.save_checkpoint(3, b"cp3").await.unwrap(),
+        "a checkpoint went backwards"
+    );
+    assert!(
+        !store.save_checkpoint(9, b"cp9").await.unwrap(),
+        "a checkpoint over entries not stored"
+    );
+    assert_eq!(
+        store.checkpoint().await.unwrap(),
+        Some((4, b"cp4".to_vec()))
     );
 
     // Blobs: invisible until finished, owner-only writes.

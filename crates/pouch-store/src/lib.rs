@@ -120,8 +120,9 @@ pub struct NewDevice {
     pub signature_key: Vec<u8>,
     pub key_packages: Vec<Vec<u8>>,
     pub last_resort: Vec<u8>,
-    /// For an enrollment: the account's first (or post-reset) signed device list.
-    pub device_list: Option<StoredList>,
+    /// For an enrollment: the account's first (or post-reset) signed device
+    /// list, and its entry for the transparency log.
+    pub device_list: Option<(StoredList, Vec<u8>)>,
 }
 
 /// A key package handed out by [`Store::claim_key_packages`].
@@ -196,12 +197,14 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_device_list(&self, address: &Address) -> Result<Option<StoredList>>;
     async fn device_list_history(&self, address: &Address) -> Result<Vec<StoredList>>;
     /// Stores `list` (whose version must be the next one: a taken version is
-    /// a `Conflict`), approves the `activate` devices and revokes the
-    /// `revoke` ones, in one transaction. Signature checks are the caller's.
+    /// a `Conflict`), appends `log_entry` to the transparency log, approves
+    /// the `activate` devices and revokes the `revoke` ones, in one
+    /// transaction. Signature checks are the caller's.
     async fn publish_device_list(
         &self,
         address: &Address,
         list: &StoredList,
+        log_entry: &[u8],
         activate: &[DeviceId],
         revoke: &[DeviceId],
         now: UnixTime,
@@ -220,6 +223,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Member devices (not revoked) whose last fresh key material in a group dates from `older_than` or before.
     async fn stale_members(&self, older_than: UnixTime) -> Result<Vec<StaleMember>>;
+
+    // --- the transparency log ---
+    /// Number of entries in the log.
+    async fn log_size(&self) -> Result<u64>;
+    /// Stored hashes by tlog index; `NotFound` if one is missing.
+    async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<[u8; 32]>>;
+    /// Entries `from..to` (exact bytes).
+    async fn log_entries(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>>;
+    /// (index, bytes) of every entry about `address`, oldest first.
+    async fn log_entries_of(&self, address: &Address) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// The newest signed checkpoint: (tree size, note).
+    async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>>;
+    /// Stores a checkpoint if it is for a larger tree than the stored one.
+    async fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
 
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;

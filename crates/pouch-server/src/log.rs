@@ -1,0 +1,212 @@
+//! The transparency log over HTTP: C2SP `tlog-tiles` (`/checkpoint`,
+//! `/tile/…`) for any auditor, and Pouch's proof endpoints for clients.
+//!
+//! Entries are appended by the store in the same transaction as the
+//! device-list change they record; this module only reads, and signs a new
+//! checkpoint after each append (a checkpoint never covers entries that are
+//! not stored: the store refuses one larger than the log).
+
+use crate::{AppState, error::ApiError};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use pouch_log::{FetchedHashes, Hash, IndexRecorder, LogKey, TilePath};
+use pouch_proto::Address;
+use pouch_proto::api::*;
+use serde::Deserialize;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+pub struct LogState {
+    pub origin: String,
+    pub key: LogKey,
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/checkpoint", get(checkpoint))
+        .route("/tile/{*path}", get(tile))
+        .route("/v1/log/inclusion", get(inclusion))
+        .route("/v1/log/consistency", get(consistency))
+        .route("/v1/log/entries/{address}", get(entries_of))
+}
+
+async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ApiError> {
+    let hashes = s.store.log_hashes(&indexes).await?;
+    Ok(FetchedHashes(
+        indexes
+            .into_iter()
+            .zip(hashes.into_iter().map(Hash))
+            .collect(),
+    ))
+}
+
+/// The root hash of the first `size` entries.
+pub(crate) async fn root(s: &AppState, size: u64) -> Result<Hash, ApiError> {
+    let reader = fetched(s, pouch_log::hashes_needed_for_root(size)).await?;
+    pouch_log::tree_hash(size, &reader).map_err(|e| log_failure(&e.to_string()))
+}
+
+fn log_failure(detail: &str) -> ApiError {
+    tracing::error!(%detail, "transparency log failure");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal,
+        "the transparency log is unavailable; try again shortly",
+    )
+}
+
+/// Signs a checkpoint for the whole log if the stored one is older.
+pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ApiError> {
+    let size = s.store.log_size().await?;
+    if let Some((cp_size, _)) = s.store.checkpoint().await? {
+        if cp_size >= size {
+            return Ok(());
+        }
+    }
+    if size == 0 {
+        return Ok(());
+    }
+    let root = root(s, size).await?;
+    let note = s
+        .log
+        .key
+        .sign_checkpoint(&s.log.origin, size, root)
+        .map_err(|e| log_failure(&e.to_string()))?;
+    s.store.save_checkpoint(size, &note).await?;
+    Ok(())
+}
+
+async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ApiError> {
+    refresh_checkpoint(s).await?;
+    s.store
+        .checkpoint()
+        .await?
+        .ok_or_else(|| ApiError::not_found("the log is empty"))
+}
+
+async fn checkpoint(State(s): St) -> Result<impl IntoResponse, ApiError> {
+    let (_, note) = current_checkpoint(&s).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note))
+}
+
+async fn tile(State(s): St, Path(path): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let parsed = TilePath::parse(&path).ok_or_else(|| ApiError::not_found("no such tile"))?;
+    let size = s.store.checkpoint().await?.map(|(n, _)| n).unwrap_or(0);
+    let body = match parsed {
+        TilePath::Entries { index, width } => {
+            let from = index * 256;
+            if from + width as u64 > size {
+                return Err(ApiError::not_found("no such tile"));
+            }
+            pouch_log::entry_bundle(&s.store.log_entries(from, from + width as u64).await?)
+        }
+        TilePath::Hashes {
+            level,
+            index,
+            width,
+        } => {
+            // A tile at `level` covers 256^(level+1) entries per full tile.
+            let span = 1u64.checked_shl(8 * (level as u32 + 1)).unwrap_or(u64::MAX);
+            let first = index.saturating_mul(span);
+            let needed = first.saturating_add((width as u64) << (8 * level as u32));
+            if needed > size {
+                return Err(ApiError::not_found("no such tile"));
+            }
+            let t = parsed.tile().expect("a hash tile");
+            let rec = IndexRecorder::default();
+            let _ = t.read_data(&rec);
+            let reader = fetched(&s, rec.into_indexes()).await?;
+            t.read_data(&reader)
+                .map_err(|e| log_failure(&e.to_string()))?
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body))
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    address: String,
+    version: u64,
+}
+
+async fn inclusion(
+    State(s): St,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Json<LogInclusion>, ApiError> {
+    let address = Address::parse(&q.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (size, note) = current_checkpoint(&s).await?;
+    let entries = s.store.log_entries_of(&address).await?;
+    let (index, entry) = entries
+        .into_iter()
+        .find(|(i, data)| {
+            *i < size && pouch_log::LogEntry::from_bytes(data).is_ok_and(|e| e.version == q.version)
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "version {} of {address}'s device list is not in the log",
+                q.version
+            ))
+        })?;
+    let rec = IndexRecorder::default();
+    let _ = pouch_log::prove_record(size, index, &rec);
+    let reader = fetched(&s, rec.into_indexes()).await?;
+    let proof =
+        pouch_log::prove_record(size, index, &reader).map_err(|e| log_failure(&e.to_string()))?;
+    Ok(Json(LogInclusion {
+        index,
+        entry,
+        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+        proof: proof.iter().map(pouch_log::hash_to_b64).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn consistency(
+    State(s): St,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<LogConsistency>, ApiError> {
+    let size = s.store.checkpoint().await?.map(|(n, _)| n).unwrap_or(0);
+    if q.from > q.to || q.to > size || q.from == 0 {
+        return Err(ApiError::bad_request(format!(
+            "no consistency proof from {} to {} (log size {size})",
+            q.from, q.to
+        )));
+    }
+    if q.from == q.to {
+        return Ok(Json(LogConsistency { proof: vec![] }));
+    }
+    let rec = IndexRecorder::default();
+    let _ = pouch_log::prove_tree(q.to, q.from, &rec);
+    let reader = fetched(&s, rec.into_indexes()).await?;
+    let proof =
+        pouch_log::prove_tree(q.to, q.from, &reader).map_err(|e| log_failure(&e.to_string()))?;
+    Ok(Json(LogConsistency {
+        proof: proof.iter().map(pouch_log::hash_to_b64).collect(),
+    }))
+}
+
+async fn entries_of(
+    State(s): St,
+    Path(address): Path<String>,
+) -> Result<Json<LogEntries>, ApiError> {
+    let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let size = s.store.checkpoint().await?.map(|(n, _)| n).unwrap_or(0);
+    let entries = s
+        .store
+        .log_entries_of(&address)
+        .await?
+        .into_iter()
+        .filter(|(i, _)| *i < size)
+        .map(|(index, entry)| IndexedEntry { index, entry })
+        .collect();
+    Ok(Json(LogEntries { entries }))
+}
