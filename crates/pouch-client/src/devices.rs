@@ -161,6 +161,9 @@ impl Device {
             self.api.get_json(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
+        if let Some(latest) = history.lists.last() {
+            self.check_included(address, body.version, latest)?;
+        }
         for version in history
             .lists
             .iter()
@@ -453,7 +456,13 @@ impl Device {
             return Ok(Vec::new());
         }
         let list = self.trusted_list(&me)?;
-        let mut alerts = Vec::new();
+        let mut alerts = self.scan_own_entries(list.version, &list.account_key)?;
+        for a in &alerts {
+            if self.first_time(&format!("log:{a}"))? {
+                self.local
+                    .notice("ALERT: your device list in the transparency log", a)?;
+            }
+        }
         let registered: Vec<api::RegisteredDevice> = self.api.get("/v1/devices")?;
         for r in &registered {
             let active = r.approved_at.is_some() && r.revoked_at.is_none();

@@ -13,6 +13,7 @@ mod history;
 pub mod local;
 pub mod mail;
 pub mod net;
+mod transparency;
 
 pub use error::{ClientError, Result};
 
@@ -224,6 +225,7 @@ impl Device {
                 },
             )?;
             local.set_account_key(&account)?;
+            Self::remember_log(&local, &info)?;
             local.set_meta("own_list_version", &body.version.to_string())?;
             Self::remember_server(
                 &local,
@@ -266,6 +268,17 @@ impl Device {
         local.set_meta("ciphersuite", &suite.to_string())?;
         local.set_meta("queue_cursor", "0")?;
         local.set_meta("domain", domain)
+    }
+
+    /// Pins the transparency log's key and origin, as announced over the pinned TLS connection.
+    fn remember_log(local: &LocalStore, info: &api::ServerInfo) -> Result<()> {
+        if info.log_key.is_empty() {
+            return Err(ClientError::Protocol(
+                "the server announces no transparency log; upgrade the server".into(),
+            ));
+        }
+        local.set_meta("log_key", &info.log_key)?;
+        local.set_meta("log_origin", &info.log_origin)
     }
 
     /// Leaves nothing half-made behind: the user starts again from scratch.
@@ -336,6 +349,7 @@ impl Device {
                 &info.domain,
             )?;
             local.set_meta("link_poll_secret", &hex::encode(&poll_secret))?;
+            Self::remember_log(&local, &info)?;
             Ok(LinkPending {
                 code: created.code,
                 expires_at: created.expires_at,
@@ -969,6 +983,7 @@ impl Device {
     /// Fetches and processes everything queued for this device, then tops up key packages.
     pub fn sync(&mut self) -> Result<SyncReport> {
         self.sign_in()?;
+        self.check_log()?;
         let mut report = SyncReport::default();
         loop {
             let cursor: u64 = self

@@ -253,6 +253,12 @@ impl Api {
         Ok(())
     }
 
+    /// An unauthenticated GET of raw bytes (the log's checkpoint and tiles).
+    pub fn get_bytes_public(&self, path: &str) -> Result<Vec<u8>> {
+        let resp = self.send(self.http.get(self.url(path)))?;
+        Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
+    }
+
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
         let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
         Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())

@@ -1,0 +1,179 @@
+//! The client's side of key transparency: it keeps the newest log
+//! checkpoint it verified, accepts a new one only with a valid signature and
+//! a consistency proof from the old (so the log can only grow), requires an
+//! inclusion proof for every device list it relies on, and scans its own
+//! account's entries for versions it did not sign.
+
+use crate::Device;
+use crate::error::{ClientError, Result};
+use pouch_log::{Checkpoint, Hash, LogEntry};
+use pouch_proto::Address;
+use pouch_proto::api;
+use pouch_proto::devices::SignedDeviceList;
+
+fn security(msg: String) -> ClientError {
+    ClientError::Security(msg)
+}
+
+fn hashes(list: &[String]) -> Result<Vec<Hash>> {
+    list.iter()
+        .map(|h| pouch_log::hash_from_b64(h).map_err(|e| ClientError::Protocol(e.to_string())))
+        .collect()
+}
+
+impl Device {
+    fn log_trust(&self) -> Result<(String, String)> {
+        Ok((
+            self.local.require_meta("log_key")?,
+            self.local.require_meta("log_origin")?,
+        ))
+    }
+
+    fn pinned_checkpoint(&self) -> Result<Option<(u64, Hash)>> {
+        let size: u64 = self
+            .local
+            .meta("log_size")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if size == 0 {
+            return Ok(None);
+        }
+        let root = pouch_log::hash_from_b64(&self.local.require_meta("log_root")?)
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        Ok(Some((size, root)))
+    }
+
+    /// Verifies a signed checkpoint and that it extends the pinned one; pins it.
+    fn accept_checkpoint(&mut self, note: &[u8]) -> Result<Checkpoint> {
+        let (key, origin) = self.log_trust()?;
+        let cp = pouch_log::open_checkpoint(note, &key, &origin).map_err(|e| {
+            security(format!(
+                "the transparency log's checkpoint is not valid: {e}"
+            ))
+        })?;
+        if let Some((size, root)) = self.pinned_checkpoint()? {
+            if cp.size() < size {
+                return Err(security(format!(
+                    "the transparency log went back from {size} to {} entries (a rollback): report this to your security team",
+                    cp.size()
+                )));
+            }
+            if cp.size() > size {
+                let c: api::LogConsistency = self
+                    .api
+                    .get_json(&format!("/v1/log/consistency?from={size}&to={}", cp.size()))?;
+                pouch_log::verify_consistency(&hashes(&c.proof)?, cp.size(), *cp.hash(), size, root).map_err(|e| {
+                    security(format!("the transparency log is not consistent with what this device saw before ({e}): a split view or a rewrite"))
+                })?;
+            } else if *cp.hash() != root {
+                return Err(security(
+                    "the transparency log shows two different trees of the same size".into(),
+                ));
+            }
+        }
+        self.local.set_meta("log_size", &cp.size().to_string())?;
+        self.local
+            .set_meta("log_root", &pouch_log::hash_to_b64(cp.hash()))?;
+        Ok(cp)
+    }
+
+    /// Fetches and accepts the newest checkpoint.
+    pub(crate) fn check_log(&mut self) -> Result<u64> {
+        let note = self.api.get_bytes_public("/checkpoint")?;
+        Ok(self.accept_checkpoint(&note)?.size())
+    }
+
+    /// Requires that `list` is in the log, proven against a checkpoint that
+    /// extends the one this device pinned.
+    pub(crate) fn check_included(
+        &mut self,
+        address: &Address,
+        version: u64,
+        list: &SignedDeviceList,
+    ) -> Result<()> {
+        let inc: api::LogInclusion = match self.api.get_json(&format!(
+            "/v1/log/inclusion?address={address}&version={version}"
+        )) {
+            Ok(i) => i,
+            Err(ClientError::Server { status: 404, .. }) => {
+                return Err(security(format!(
+                    "version {version} of {address}'s device list is not in the transparency log: refusing to use it"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
+        let entry =
+            LogEntry::from_bytes(&inc.entry).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if &entry.address != address || entry.version != version || &entry.list != list {
+            return Err(security(format!(
+                "the log entry for {address} version {version} differs from the list the server served"
+            )));
+        }
+        pouch_log::verify_inclusion(
+            &hashes(&inc.proof)?,
+            cp.size(),
+            *cp.hash(),
+            inc.index,
+            &inc.entry,
+        )
+        .map_err(|e| {
+            security(format!(
+                "{address}'s device list is not provably in the log: {e}"
+            ))
+        })
+    }
+
+    /// Scans this account's entries in the log: every version must be signed
+    /// by this account's key, and none may be newer than what the server
+    /// serves as current. Returns alerts.
+    pub(crate) fn scan_own_entries(
+        &mut self,
+        served_version: u64,
+        account_key: &[u8],
+    ) -> Result<Vec<String>> {
+        let me = self.address.clone();
+        let found: api::LogEntries = self.api.get_json(&format!("/v1/log/entries/{me}"))?;
+        let mut alerts = Vec::new();
+        let mut newest = 0;
+        for e in &found.entries {
+            let Ok(entry) = LogEntry::from_bytes(&e.entry) else {
+                alerts.push(format!(
+                    "log entry {} for your account is malformed",
+                    e.index
+                ));
+                continue;
+            };
+            newest = newest.max(entry.version);
+            let signed_by_me = entry
+                .list
+                .verify()
+                .is_ok_and(|b| b.account_key == account_key);
+            // Versions from before a reset were signed by the old account key.
+            let before_my_key = entry
+                .list
+                .body_unverified()
+                .is_ok_and(|b| b.account_key != account_key)
+                && found.entries.iter().any(|later| {
+                    later.index > e.index
+                        && LogEntry::from_bytes(&later.entry).is_ok_and(|l| {
+                            l.list
+                                .body_unverified()
+                                .is_ok_and(|b| b.reason == "reset" && b.account_key == account_key)
+                        })
+                });
+            if !signed_by_me && !before_my_key {
+                alerts.push(format!(
+                    "the transparency log holds version {} of your device list that your devices did not sign",
+                    entry.version
+                ));
+            }
+        }
+        if newest > served_version {
+            alerts.push(format!(
+                "the server serves version {served_version} of your device list but the log holds version {newest}: something is being hidden (a revocation?)"
+            ));
+        }
+        Ok(alerts)
+    }
+}
