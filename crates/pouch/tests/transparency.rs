@@ -1,0 +1,468 @@
+//! Key transparency: the log's checkpoints and tiles verified by code that
+//! shares nothing with the server's (an independent RFC 6962 and signed-note
+//! implementation written here from the specifications), proofs at 100,000
+//! entries, and the attacks a server could try: rolling the log back, hiding
+//! a revocation, slipping a list past the log.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use sha2::{Digest, Sha256};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+// ---------- an independent RFC 6962 / RFC 9162 implementation ----------
+
+fn leaf(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    h.finalize().into()
+}
+
+fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(l);
+    h.update(r);
+    h.finalize().into()
+}
+
+/// MTH(D[n]) from RFC 6962 §2.1, over leaf hashes.
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => Sha256::digest(b"").into(),
+        1 => leaves[0],
+        n => {
+            let k = (n as u64).next_power_of_two() as usize / 2;
+            let k = if k == n { k / 2 } else { k };
+            node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
+/// RFC 9162 §2.1.3.2: verify an inclusion proof.
+fn verify_inclusion(
+    index: u64,
+    size: u64,
+    leaf_hash: [u8; 32],
+    proof: &[[u8; 32]],
+    root: [u8; 32],
+) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = leaf_hash;
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && r == root
+}
+
+/// RFC 9162 §2.1.4.2: verify a consistency proof.
+fn verify_consistency(
+    size1: u64,
+    size2: u64,
+    root1: [u8; 32],
+    root2: [u8; 32],
+    proof: &[[u8; 32]],
+) -> bool {
+    if size1 == size2 {
+        return proof.is_empty() && root1 == root2;
+    }
+    if size1 == 0 || size1 > size2 || proof.is_empty() {
+        return false;
+    }
+    let mut path = proof.to_vec();
+    if size1.is_power_of_two() {
+        path.insert(0, root1);
+    }
+    let (mut fnode, mut snode) = (size1 - 1, size2 - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (path[0], path[0]);
+    for c in &path[1..] {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node(c, &fr);
+            sr = node(c, &sr);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            sr = node(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && fr == root1 && sr == root2
+}
+
+/// C2SP signed-note + tlog-checkpoint, parsed and verified by hand.
+fn open_note(note: &str, vkey: &str) -> (String, u64, [u8; 32]) {
+    let (text, sigs) = note.split_once("\n\n").expect("note has a blank line");
+    let text = format!("{text}\n");
+    let mut vparts = vkey.splitn(3, '+');
+    let name = vparts.next().unwrap();
+    let _id_hex = vparts.next().unwrap();
+    let key = B64.decode(vparts.next().unwrap()).unwrap();
+    assert_eq!(key[0], 0x01, "an Ed25519 key");
+    let mut idh = Sha256::new();
+    idh.update(name.as_bytes());
+    idh.update(b"\n");
+    idh.update(&key);
+    let key_id: [u8; 4] = idh.finalize()[..4].try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key[1..].try_into().unwrap()).unwrap();
+    let mut verified = false;
+    for line in sigs.lines() {
+        let rest = line
+            .strip_prefix("\u{2014} ")
+            .expect("signature lines start with an em dash");
+        let (sig_name, b) = rest.split_once(' ').unwrap();
+        let raw = B64.decode(b).unwrap();
+        if sig_name == name && raw[..4] == key_id {
+            let sig = ed25519_dalek::Signature::from_slice(&raw[4..]).unwrap();
+            vk.verify_strict(text.as_bytes(), &sig)
+                .expect("the log's signature verifies");
+            verified = true;
+        }
+    }
+    assert!(verified, "no signature by the log's key");
+    let mut lines = text.lines();
+    let origin = lines.next().unwrap().to_string();
+    let size: u64 = lines.next().unwrap().parse().unwrap();
+    let root: [u8; 32] = B64
+        .decode(lines.next().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    (origin, size, root)
+}
+
+fn get(url: &str) -> Vec<u8> {
+    // curl is an independent HTTP client; TLS is checked by fingerprint in the tests that matter.
+    let out = std::process::Command::new("curl")
+        .args(["-sSfk", url])
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
+    let dir = Scratch::new("log-interop");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let _bob = user(&dir, &server, "bob");
+    let _alice2 = link(dir.path("alice2"), &server, &alice);
+
+    let info: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{}/v1/info", server.url))).unwrap();
+    let vkey = info["log_key"].as_str().unwrap();
+    let note = String::from_utf8(get(&format!("{}/checkpoint", server.url))).unwrap();
+    let (origin, size, root) = open_note(&note, vkey);
+    assert_eq!(origin, "pouch.local/log");
+    assert_eq!(size, 3, "alice v1, bob v1, alice v2");
+
+    // The entry bundle (tlog-tiles: u16 length + entry) rebuilds the same root.
+    let bundle = get(&format!("{}/tile/entries/000.p/{size}", server.url));
+    let mut entries = Vec::new();
+    let mut rest = bundle.as_slice();
+    while !rest.is_empty() {
+        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        entries.push(rest[2..2 + len].to_vec());
+        rest = &rest[2 + len..];
+    }
+    assert_eq!(entries.len() as u64, size);
+    let leaves: Vec<[u8; 32]> = entries.iter().map(|e| leaf(e)).collect();
+    assert_eq!(
+        mth(&leaves),
+        root,
+        "the entries hash to the checkpoint's root"
+    );
+    // The level-0 hash tile holds exactly those leaf hashes.
+    let tile = get(&format!("{}/tile/0/000.p/{size}", server.url));
+    assert_eq!(tile, leaves.concat());
+    // Every entry is a signed device list; the second of Alice's names two devices.
+    let last: serde_json::Value = serde_json::from_slice(&entries[2]).unwrap();
+    assert_eq!(last["address"], "alice@pouch.local");
+    assert_eq!(last["version"], 2);
+
+    // The server's inclusion proof checks with the independent verifier.
+    let inc: serde_json::Value = serde_json::from_slice(&get(&format!(
+        "{}/v1/log/inclusion?address=bob@pouch.local&version=1",
+        server.url
+    )))
+    .unwrap();
+    let proof: Vec<[u8; 32]> = inc["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    let entry = B64.decode(inc["entry"].as_str().unwrap()).unwrap();
+    assert!(verify_inclusion(
+        inc["index"].as_u64().unwrap(),
+        size,
+        leaf(&entry),
+        &proof,
+        root
+    ));
+    assert!(!verify_inclusion(
+        inc["index"].as_u64().unwrap(),
+        size,
+        leaf(b"forged"),
+        &proof,
+        root
+    ));
+}
+
+#[test]
+fn proofs_verify_independently_for_a_log_of_100000_entries() {
+    use pouch_log::{FetchedHashes, stored_hash_index, stored_hashes};
+    let n: u64 = 100_000;
+    let mut store = FetchedHashes(Default::default());
+    let mut leaves = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let data = format!("entry {i}");
+        leaves.push(leaf(data.as_bytes()));
+        let new = stored_hashes(i, data.as_bytes(), &store).unwrap();
+        let base = stored_hash_index(0, i);
+        for (k, h) in new.into_iter().enumerate() {
+            store.0.insert(base + k as u64, h);
+        }
+    }
+    let root = pouch_log::tree_hash(n, &store).unwrap();
+    assert_eq!(root.0, mth(&leaves), "the log's root equals RFC 6962 MTH");
+    for index in [0u64, 1, 255, 256, 65_535, 65_536, 99_998, 99_999] {
+        let proof: Vec<[u8; 32]> = pouch_log::prove_record(n, index, &store)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert!(proof.len() <= 17, "proof of {} hashes", proof.len());
+        assert!(
+            verify_inclusion(index, n, leaves[index as usize], &proof, root.0),
+            "inclusion of {index}"
+        );
+    }
+    for old in [1u64, 2, 3, 1000, 65_536, 77_777, 99_999] {
+        let old_root = mth(&leaves[..old as usize]);
+        let proof: Vec<[u8; 32]> = pouch_log::prove_tree(n, old, &store)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.0)
+            .collect();
+        assert!(
+            verify_consistency(old, n, old_root, root.0, &proof),
+            "consistency from {old}"
+        );
+        let mut bad = proof.clone();
+        bad[0][0] ^= 1;
+        assert!(
+            !verify_consistency(old, n, old_root, root.0, &bad),
+            "a damaged proof from {old} passed"
+        );
+    }
+}
+
+#[test]
+fn a_rolled_back_log_and_a_hidden_revocation_are_caught() {
+    let dir = Scratch::new("log-rollback");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let old_note: Vec<u8> = server
+        .db()
+        .query_row("SELECT checkpoint FROM log_state", [], |r| r.get(0))
+        .unwrap();
+    let alice2 = link(dir.path("alice2"), &server, &alice);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "hello",
+        "--body",
+        "x",
+    ]);
+    alice.sync();
+    bob.sync();
+
+    // The server republishes an older checkpoint: every device that saw the newer one objects.
+    let db = server.db();
+    let (size, newest): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT checkpoint_size, checkpoint FROM log_state",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    db.execute("UPDATE log_state SET checkpoint = ?1", [&old_note])
+        .unwrap();
+    drop(db);
+    assert_one_line_error(&bob.run(&["sync"]), "rollback");
+    server
+        .db()
+        .execute(
+            "UPDATE log_state SET checkpoint = ?1, checkpoint_size = ?2",
+            rusqlite::params![newest, size],
+        )
+        .unwrap();
+    bob.sync();
+
+    // Alice revokes her second device; the server then drops the revocation from what it serves.
+    let alice2_id = alice2
+        .json(&["device", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["this_device"] == true)
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.ok(&["device", "revoke", &alice2_id]);
+    let db = server.db();
+    db.execute(
+        "DELETE FROM device_lists WHERE address = 'alice@pouch.local' AND version = 3",
+        [],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE devices SET revoked_at = NULL, revoked_by = NULL WHERE device_id = ?1",
+        [&alice2_id],
+    )
+    .unwrap();
+    drop(db);
+    // Alice's own device sees in the log a newer list than the server serves.
+    let out = alice.run(&["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("being hidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_list_slipped_past_the_log_is_caught() {
+    use ed25519_dalek::Signer;
+    use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList};
+    let dir = Scratch::new("log-behind");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "hello",
+        "--body",
+        "x",
+    ]);
+
+    // An intruder writes straight into the database a new version of Alice's
+    // list, a "reset" to a key of their own naming their own device — without
+    // going through the log.
+    let db = server.db();
+    let (version, body): (i64, Vec<u8>) = db
+        .query_row("SELECT version, body FROM device_lists WHERE address = 'alice@pouch.local' ORDER BY version DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    let prev_hash = hex_sha256(&body);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let forged = DeviceListBody {
+        address: pouch_proto::Address::parse("alice@pouch.local").unwrap(),
+        version: version as u64 + 1,
+        previous: Some(prev_hash),
+        account_key: key.verifying_key().to_bytes().to_vec(),
+        devices: vec![ListedDevice {
+            device_id: pouch_proto::DeviceId("ffeeddccbbaa99887766554433221100".into()),
+            signature_key: vec![9u8; 32],
+            name: "intruder".into(),
+            added_at: 0,
+            added_from: None,
+        }],
+        issued_at: 0,
+        reason: "reset".into(),
+    };
+    let bytes = serde_json::to_vec(&forged).unwrap();
+    let sig = key
+        .sign(&SignedDeviceList::signing_payload(&bytes))
+        .to_bytes()
+        .to_vec();
+    db.execute(
+        "INSERT INTO device_lists (address, version, body, signature, created_at) VALUES ('alice@pouch.local', ?1, ?2, ?3, 0)",
+        rusqlite::params![version + 1, bytes, sig],
+    )
+    .unwrap();
+    drop(db);
+
+    // Alice's device refuses it: not signed by her account, and not in the log.
+    assert_one_line_error(&alice.run(&["sync"]), "SECURITY");
+    // Bob, who pinned Alice's key, is stopped too.
+    let out = bob.run(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "again",
+        "--body",
+        "y",
+    ]);
+    assert_one_line_error(&out, "alice@pouch.local");
+    // Even a contact who never wrote to Alice before refuses a list that is not in the log.
+    let carol = user(&dir, &server, "carol");
+    let out = carol.run(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "first",
+        "--body",
+        "z",
+    ]);
+    assert_one_line_error(&out, "not in the transparency log");
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
