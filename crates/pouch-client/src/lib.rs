@@ -13,7 +13,7 @@ mod history;
 pub mod local;
 pub mod mail;
 pub mod net;
-mod transparency;
+pub mod transparency;
 
 pub use error::{ClientError, Result};
 

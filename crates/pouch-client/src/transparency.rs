@@ -177,3 +177,101 @@ impl Device {
         Ok(alerts)
     }
 }
+
+/// What `pouch log verify` found.
+#[derive(Debug, serde::Serialize)]
+pub struct AuditReport {
+    pub origin: String,
+    pub size: u64,
+    pub accounts: usize,
+    pub problems: Vec<String>,
+}
+
+/// Walks the whole log as an outside auditor (no account needed): checks
+/// the checkpoint's signature, rebuilds the root from every entry, and checks
+/// every entry's device-list signature and each account's chain.
+pub fn audit(
+    server: &str,
+    fingerprint: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AuditReport> {
+    let api = crate::net::Api::new(server, fingerprint)?;
+    let info: api::ServerInfo = api.get_json("/v1/info")?;
+    let note = api.get_bytes_public("/checkpoint")?;
+    let cp = pouch_log::open_checkpoint(&note, &info.log_key, &info.log_origin)
+        .map_err(|e| security(format!("the checkpoint does not verify: {e}")))?;
+    let mut store = pouch_log::FetchedHashes(Default::default());
+    let mut problems = Vec::new();
+    let mut chains: std::collections::BTreeMap<Address, Vec<SignedDeviceList>> = Default::default();
+    let size = cp.size();
+    let mut index = 0u64;
+    while index < size {
+        let tile = index / 256;
+        let width = (size - tile * 256).min(256);
+        let path = if width == 256 {
+            format!("/tile/entries/{}", tile_index(tile))
+        } else {
+            format!("/tile/entries/{}.p/{width}", tile_index(tile))
+        };
+        let bundle = api.get_bytes_public(&path)?;
+        let mut rest = bundle.as_slice();
+        while !rest.is_empty() {
+            if rest.len() < 2 {
+                return Err(security("a malformed entry bundle".into()));
+            }
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let data = rest
+                .get(2..2 + len)
+                .ok_or_else(|| security("a truncated entry bundle".into()))?;
+            rest = &rest[2 + len..];
+            let new = pouch_log::stored_hashes(index, data, &store)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let base = pouch_log::stored_hash_index(0, index);
+            for (k, h) in new.into_iter().enumerate() {
+                store.0.insert(base + k as u64, h);
+            }
+            match LogEntry::from_bytes(data) {
+                Ok(entry) => match entry.list.verify() {
+                    Ok(body) if body.address == entry.address && body.version == entry.version => {
+                        chains
+                            .entry(entry.address.clone())
+                            .or_default()
+                            .push(entry.list.clone());
+                    }
+                    _ => problems.push(format!(
+                        "entry {index}: the device list's signature or fields do not match"
+                    )),
+                },
+                Err(_) => problems.push(format!("entry {index}: malformed")),
+            }
+            index += 1;
+        }
+        progress(index, size);
+    }
+    let root =
+        pouch_log::tree_hash(size, &store).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if root != *cp.hash() {
+        problems.push("the entries do not hash to the checkpoint's root".into());
+    }
+    for (address, lists) in &chains {
+        if let Err(e) = crate::devices::verify_history(address, lists) {
+            problems.push(format!("{address}: {e}"));
+        }
+    }
+    Ok(AuditReport {
+        origin: info.log_origin,
+        size,
+        accounts: chains.len(),
+        problems,
+    })
+}
+
+fn tile_index(n: u64) -> String {
+    let mut s = format!("{:03}", n % 1000);
+    let mut n = n / 1000;
+    while n > 0 {
+        s = format!("x{:03}/{s}", n % 1000);
+        n /= 1000;
+    }
+    s
+}

@@ -13,6 +13,122 @@ use std::time::Instant;
 
 const PASSPHRASE: &str = "benchmark passphrase";
 
+/// The transparency log: appends per second and proof sizes at 10^4..10^6
+/// entries (Merkle work in memory), and appends per second through the real
+/// store, where each append is one transaction with its device list.
+pub fn log(postgres: Option<String>, store_entries: u64) -> Result<()> {
+    use pouch_log::{
+        FetchedHashes, prove_record, prove_tree, stored_hash_index, stored_hashes, tree_hash,
+    };
+    let entry = vec![b'x'; 1500]; // about the size of a signed two-device list entry
+    println!(
+        "| entries | appends/s (hashing, in memory) | inclusion proof | consistency proof (from half) |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let mut store = FetchedHashes(Default::default());
+    let mut done = 0u64;
+    let mut elapsed = 0f64;
+    for target in [10_000u64, 100_000, 1_000_000] {
+        let t = Instant::now();
+        while done < target {
+            let mut e = entry.clone();
+            e[..8].copy_from_slice(&done.to_be_bytes());
+            let new = stored_hashes(done, &e, &store).map_err(|e| anyhow!("{e}"))?;
+            let base = stored_hash_index(0, done);
+            for (k, h) in new.into_iter().enumerate() {
+                store.0.insert(base + k as u64, h);
+            }
+            done += 1;
+        }
+        elapsed += t.elapsed().as_secs_f64();
+        let root = tree_hash(target, &store).map_err(|e| anyhow!("{e}"))?;
+        let inclusion = prove_record(target, target / 3, &store).map_err(|e| anyhow!("{e}"))?;
+        let consistency = prove_tree(target, target / 2, &store).map_err(|e| anyhow!("{e}"))?;
+        let _ = root;
+        println!(
+            "| {target} | {:.0} | {} hashes = {} B | {} hashes = {} B |",
+            target as f64 / elapsed,
+            inclusion.len(),
+            inclusion.len() * 32,
+            consistency.len(),
+            consistency.len() * 32
+        );
+    }
+
+    // Through the store: enrollment of a fresh account = one list + one log entry, one transaction.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let scratch = std::env::temp_dir().join(format!("pouch-logbench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let (store, drop): (Arc<dyn pouch_store::Store>, Option<_>) = rt.block_on(async {
+        match &postgres {
+            Some(base) => {
+                let (url, drop) =
+                    pouch_store_sql::testing::fresh_postgres_database(base, "logbench").await?;
+                Ok::<_, anyhow::Error>((
+                    Arc::new(pouch_store_sql::SqlStore::connect(&url).await?)
+                        as Arc<dyn pouch_store::Store>,
+                    Some(drop),
+                ))
+            }
+            None => Ok((
+                Arc::new(pouch_store_sql::SqlStore::open_sqlite(&scratch.join("log.db")).await?)
+                    as Arc<dyn pouch_store::Store>,
+                None,
+            )),
+        }
+    })?;
+    let backend = if postgres.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let t = Instant::now();
+    rt.block_on(async {
+        for i in 0..store_entries {
+            let address = Address::parse(&format!("u{i}@pouch.local"))?;
+            store.create_user(&address, None, 0).await?;
+            let secret = format!("invite-{i}");
+            store
+                .create_invite(&address, secret.as_bytes(), i64::MAX)
+                .await?;
+            let device = pouch_store::NewDevice {
+                device_id: pouch_proto::DeviceId(format!("{i:032x}")),
+                address: address.clone(),
+                name: "bench".into(),
+                signature_key: i.to_be_bytes().repeat(4),
+                key_packages: vec![vec![0u8; 16]],
+                last_resort: vec![0u8; 16],
+                device_list: Some((
+                    pouch_store::StoredList {
+                        version: 1,
+                        body: entry.clone(),
+                        signature: vec![0u8; 64],
+                    },
+                    entry.clone(),
+                )),
+            };
+            store
+                .enroll(secret.as_bytes(), device, 0)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "{backend}: {store_entries} appends through the store (each its own durable transaction with a device list): {:.0} appends/s",
+        store_entries as f64 / secs
+    );
+    if let Some(d) = drop {
+        rt.block_on(d);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
 pub struct BenchArgs {
     pub postgres: Option<String>,
     pub recipients: Vec<usize>,

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The transparency log: `pouch log verify` audits it (no account needed).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Send an encrypted mail.
     Send(SendArgs),
     /// Fetch and decrypt new mail.
@@ -94,6 +99,12 @@ enum Command {
         /// Send one attachment of this many MiB and report peak memory instead.
         #[arg(long)]
         attachment_mib: Option<u64>,
+        /// Benchmark the transparency log instead (appends/s, proof sizes).
+        #[arg(long)]
+        log: bool,
+        /// With --log: appends to make through the real store.
+        #[arg(long, default_value_t = 2000)]
+        log_store_entries: u64,
     },
     /// Show one mail.
     Read {
@@ -101,6 +112,19 @@ enum Command {
         /// Print the exact RFC 5322 bytes as sent.
         #[arg(long)]
         raw: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Walk the whole log: checkpoint signature, every entry's signature, each account's chain, the tree.
+    Verify {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        fingerprint: String,
         #[arg(long)]
         json: bool,
     },
@@ -307,6 +331,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Device { command } => device_command(cli.home, command),
+        Command::Log {
+            command:
+                LogCommand::Verify {
+                    server,
+                    fingerprint,
+                    json,
+                },
+        } => {
+            let mut bar = progress_bar();
+            let report = pouch_client::transparency::audit(&server, &fingerprint, &mut |d, t| {
+                bar("verifying log", d, t)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "log {}: {} entries, {} accounts",
+                    report.origin, report.size, report.accounts
+                );
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+                if report.problems.is_empty() {
+                    println!(
+                        "ok: checkpoint signed, every entry signed by its account, chains intact, tree matches"
+                    );
+                }
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
         Command::Verify {
             address,
             accept,
@@ -389,10 +447,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             postgres,
+            log: true,
+            log_store_entries,
+            ..
+        } => {
+            crate::bench::log(postgres, log_store_entries)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            postgres,
             recipients,
             messages,
             size,
             attachment_mib,
+            ..
         } => {
             crate::bench::run(crate::bench::BenchArgs {
                 postgres,
