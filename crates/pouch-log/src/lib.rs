@@ -14,6 +14,8 @@
 //! format and the checks clients apply.
 #![forbid(unsafe_code)]
 
+pub mod witness;
+
 use pouch_proto::Address;
 use pouch_proto::devices::SignedDeviceList;
 use serde::{Deserialize, Serialize};
@@ -350,6 +352,117 @@ mod tests {
         let idx = hashes_needed_to_append(299);
         let sub = FetchedHashes(idx.iter().map(|i| (*i, store.0[i])).collect());
         assert!(stored_hashes(299, b"x", &sub).is_ok());
+    }
+
+    #[test]
+    fn witnesses_cosign_only_consistent_checkpoints() {
+        use witness::*;
+        let store = build(50);
+        let (_, log) = LogKey::generate("pouch.local/log");
+        let wkey = WitnessKey::new("witness.example", &[5u8; 32]);
+        let vkey = wkey.verifier_key();
+        let cp20 = log
+            .sign_checkpoint("pouch.local/log", 20, tree_hash(20, &store).unwrap())
+            .unwrap();
+        let cp50 = log
+            .sign_checkpoint("pouch.local/log", 50, tree_hash(50, &store).unwrap())
+            .unwrap();
+
+        // First contact: no proof needed.
+        let first = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            note: cp20.clone(),
+        };
+        let first = AddCheckpoint::decode(&first.encode()).unwrap();
+        let WitnessAnswer::Cosign { size, root, line } = witness_decide(
+            &first,
+            &log.verifier_key,
+            "pouch.local/log",
+            None,
+            &wkey,
+            1000,
+        ) else {
+            panic!("not cosigned")
+        };
+        assert_eq!(size, 20);
+        let cosigned = add_cosignatures(&cp20, &[line]).unwrap();
+        let opened = open_cosigned(
+            &cosigned,
+            &log.verifier_key,
+            "pouch.local/log",
+            std::slice::from_ref(&vkey),
+        )
+        .unwrap();
+        assert_eq!(
+            opened.cosignatures,
+            vec![("witness.example".to_string(), 1000)]
+        );
+        // A stale idea of the witness's state gets 409 with its size.
+        let stale = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            note: cp50.clone(),
+        };
+        assert_eq!(
+            witness_decide(
+                &stale,
+                &log.verifier_key,
+                "pouch.local/log",
+                Some((size, root)),
+                &wkey,
+                1001
+            ),
+            WitnessAnswer::Conflict { current: 20 }
+        );
+        // With a consistency proof it cosigns the larger tree.
+        let proof = prove_tree(50, 20, &store).unwrap();
+        let next = AddCheckpoint {
+            old_size: 20,
+            proof: proof.clone(),
+            note: cp50.clone(),
+        };
+        assert!(matches!(
+            witness_decide(
+                &next,
+                &log.verifier_key,
+                "pouch.local/log",
+                Some((size, root)),
+                &wkey,
+                1002
+            ),
+            WitnessAnswer::Cosign { size: 50, .. }
+        ));
+        // A different view (another tree of 50) is refused.
+        let mut other_root = tree_hash(50, &store).unwrap();
+        other_root.0[0] ^= 1;
+        let fork = log
+            .sign_checkpoint("pouch.local/log", 50, other_root)
+            .unwrap();
+        let forked = AddCheckpoint {
+            old_size: 20,
+            proof,
+            note: fork,
+        };
+        assert!(matches!(
+            witness_decide(
+                &forked,
+                &log.verifier_key,
+                "pouch.local/log",
+                Some((size, root)),
+                &wkey,
+                1003
+            ),
+            WitnessAnswer::Refused(_)
+        ));
+        // Unknown witnesses' cosignatures do not count.
+        let other_w = WitnessKey::new("witness.example", &[6u8; 32]).verifier_key();
+        assert!(
+            open_cosigned(&cosigned, &log.verifier_key, "pouch.local/log", &[other_w])
+                .unwrap()
+                .cosignatures
+                .is_empty()
+        );
     }
 
     #[test]
