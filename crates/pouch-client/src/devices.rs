@@ -159,10 +159,41 @@ impl Device {
     pub(crate) fn trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
         let history: api::DeviceListHistory =
             self.api.get_json(&format!("/v1/device-lists/{address}"))?;
-        let body = verify_history(address, &history.lists)?;
+        let mut body = verify_history(address, &history.lists)?;
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         if let Some(latest) = history.lists.last() {
-            self.check_included(address, body.version, latest)?;
+            if !self.check_included(address, body.version, latest)? {
+                // Not yet cosigned by the witnesses (they may be down, or this
+                // may be a view shown to us alone): rely only on devices that a
+                // witnessed version also lists, so neither an added device nor
+                // one revoked since is trusted until the change is witnessed.
+                let mut witnessed = None;
+                for older in history.lists.iter().rev().skip(1) {
+                    let b = older
+                        .body_unverified()
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    if self.check_included(address, b.version, older)? {
+                        witnessed = Some(b);
+                        break;
+                    }
+                }
+                let kept: Vec<ListedDevice> = body
+                    .devices
+                    .iter()
+                    .filter(|d| {
+                        witnessed
+                            .as_ref()
+                            .is_some_and(|w| w.lists(&d.device_id, &d.signature_key))
+                    })
+                    .cloned()
+                    .collect();
+                self.warnings.push(format!(
+                    "version {} of {address}'s device list is not yet cosigned by the log's witnesses; using only the {} device(s) a witnessed version also lists",
+                    body.version,
+                    kept.len()
+                ));
+                body.devices = kept;
+            }
         }
         for version in history
             .lists

@@ -137,6 +137,8 @@ pub struct SyncReport {
     pub history_imported: u32,
     /// Conversations in which this device made a rotation (self-update) commit.
     pub rotated: u32,
+    /// Seconds since the newest checkpoint the required witnesses cosigned (when the log has witnesses).
+    pub witnessed_age_secs: Option<u64>,
     /// Security alerts about this account (e.g. a device the account never approved).
     pub alerts: Vec<String>,
 }
@@ -278,6 +280,10 @@ impl Device {
             ));
         }
         local.set_meta("log_key", &info.log_key)?;
+        local.set_meta(
+            "log_witnesses",
+            &serde_json::to_string(&info.witnesses).expect("serialises"),
+        )?;
         local.set_meta("log_origin", &info.log_origin)
     }
 
@@ -1009,6 +1015,18 @@ impl Device {
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
         report.alerts = self.audit_own_account()?;
+        report.witnessed_age_secs = self.witnessed_age()?;
+        if let Some(age) = report.witnessed_age_secs {
+            let max: u64 = std::env::var("POUCH_MAX_WITNESS_AGE_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(24 * 3600);
+            if age > max {
+                report.alerts.push(format!(
+                    "the newest log checkpoint cosigned by the witnesses is {age} s old (limit {max} s): the witnesses may be down, or this device is being shown a separate view"
+                ));
+            }
+        }
         report.alerts.append(&mut self.warnings);
         Ok(report)
     }

@@ -43,14 +43,55 @@ impl Device {
         Ok(Some((size, root)))
     }
 
-    /// Verifies a signed checkpoint and that it extends the pinned one; pins it.
+    /// The witnesses whose cosignatures this device requires (all the server announced at enrollment).
+    fn witnesses(&self) -> Result<Vec<String>> {
+        Ok(self
+            .local
+            .meta("log_witnesses")?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default())
+    }
+
+    /// The size of the newest checkpoint every required witness cosigned
+    /// (with witnesses, only entries below it are relied on).
+    fn witnessed_size(&self) -> Result<u64> {
+        let key = if self.witnesses()?.is_empty() {
+            "log_size"
+        } else {
+            "cosigned_size"
+        };
+        Ok(self
+            .local
+            .meta(key)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Seconds since the newest checkpoint every required witness cosigned, if witnesses are required.
+    pub(crate) fn witnessed_age(&self) -> Result<Option<u64>> {
+        if self.witnesses()?.is_empty() {
+            return Ok(None);
+        }
+        let at: u64 = self
+            .local
+            .meta("cosigned_at")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Some((crate::now() as u64).saturating_sub(at)))
+    }
+
+    /// Verifies a signed checkpoint and that it extends the pinned one; pins
+    /// it, and records it as witnessed if every required witness cosigned it.
     fn accept_checkpoint(&mut self, note: &[u8]) -> Result<Checkpoint> {
         let (key, origin) = self.log_trust()?;
-        let cp = pouch_log::open_checkpoint(note, &key, &origin).map_err(|e| {
-            security(format!(
-                "the transparency log's checkpoint is not valid: {e}"
-            ))
-        })?;
+        let witnesses = self.witnesses()?;
+        let opened =
+            pouch_log::witness::open_cosigned(note, &key, &origin, &witnesses).map_err(|e| {
+                security(format!(
+                    "the transparency log's checkpoint is not valid: {e}"
+                ))
+            })?;
+        let cp = opened.checkpoint;
         if let Some((size, root)) = self.pinned_checkpoint()? {
             if cp.size() < size {
                 return Err(security(format!(
@@ -63,7 +104,9 @@ impl Device {
                     .api
                     .get_json(&format!("/v1/log/consistency?from={size}&to={}", cp.size()))?;
                 pouch_log::verify_consistency(&hashes(&c.proof)?, cp.size(), *cp.hash(), size, root).map_err(|e| {
-                    security(format!("the transparency log is not consistent with what this device saw before ({e}): a split view or a rewrite"))
+                    security(format!(
+                        "the transparency log is not consistent with what this device saw before ({e}): a split view or a rewrite"
+                    ))
                 })?;
             } else if *cp.hash() != root {
                 return Err(security(
@@ -74,6 +117,21 @@ impl Device {
         self.local.set_meta("log_size", &cp.size().to_string())?;
         self.local
             .set_meta("log_root", &pouch_log::hash_to_b64(cp.hash()))?;
+        let all_cosigned = witnesses.iter().all(|w| {
+            let name = w.split('+').next().unwrap_or_default();
+            opened.cosignatures.iter().any(|(n, _)| n == name)
+        });
+        if !witnesses.is_empty() && all_cosigned && cp.size() >= self.witnessed_size()? {
+            let oldest = opened
+                .cosignatures
+                .iter()
+                .map(|(_, t)| *t)
+                .min()
+                .unwrap_or(0);
+            self.local
+                .set_meta("cosigned_size", &cp.size().to_string())?;
+            self.local.set_meta("cosigned_at", &oldest.to_string())?;
+        }
         Ok(cp)
     }
 
@@ -84,13 +142,14 @@ impl Device {
     }
 
     /// Requires that `list` is in the log, proven against a checkpoint that
-    /// extends the one this device pinned.
+    /// extends the one this device pinned. Returns whether the entry is also
+    /// covered by a checkpoint every required witness cosigned.
     pub(crate) fn check_included(
         &mut self,
         address: &Address,
         version: u64,
         list: &SignedDeviceList,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let inc: api::LogInclusion = match self.api.get_json(&format!(
             "/v1/log/inclusion?address={address}&version={version}"
         )) {
@@ -121,7 +180,8 @@ impl Device {
             security(format!(
                 "{address}'s device list is not provably in the log: {e}"
             ))
-        })
+        })?;
+        Ok(inc.index < self.witnessed_size()?)
     }
 
     /// Scans this account's entries in the log: every version must be signed

@@ -22,6 +22,9 @@ pub struct ServerInfo {
     pub log_origin: String,
     #[serde(default)]
     pub log_key: String,
+    /// Verifier keys of the witnesses that cosign the log's checkpoints.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
 }
 
 /// `GET /v1/log/inclusion?address=A&version=V`: where a device-list version

@@ -111,6 +111,7 @@ async fn info(State(s): St) -> Json<ServerInfo> {
         rotation_secs: s.rotation_secs,
         log_origin: s.log.origin.clone(),
         log_key: s.log.key.verifier_key.clone(),
+        witnesses: s.log.witness_keys(),
     })
 }
 

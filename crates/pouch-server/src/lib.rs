@@ -16,6 +16,7 @@ mod devices;
 mod error;
 pub mod log;
 pub mod tls;
+pub mod witness;
 
 use pouch_store::Store;
 use rand::RngCore;
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub rotation_secs: u64,
     /// How long a link request waits for approval.
     pub link_ttl_secs: u64,
+    /// Witnesses to send checkpoints to.
+    pub witnesses: Vec<log::WitnessConfig>,
 }
 
 /// Shared state of the request handlers.
@@ -188,7 +191,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         ciphersuite: suite,
         rotation_secs: config.rotation_secs.max(1),
         link_ttl_secs: config.link_ttl_secs.max(1),
-        log: log::LogState { origin, key },
+        log: log::LogState::new(origin, key, config.witnesses.clone()),
         admin_token_sha256,
     });
     log::refresh_checkpoint(&state)

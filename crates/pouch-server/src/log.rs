@@ -23,6 +23,155 @@ type St = State<Arc<AppState>>;
 pub struct LogState {
     pub origin: String,
     pub key: LogKey,
+    pub witnesses: Vec<WitnessConfig>,
+    /// What this node believes each witness has cosigned (URL → tree size); a 409 corrects it.
+    witness_sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// When this node last asked the witnesses, so a down witness is not asked on every request.
+    last_attempt: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    http: reqwest::Client,
+}
+
+/// A witness the log sends its checkpoints to.
+#[derive(Clone, Debug)]
+pub struct WitnessConfig {
+    pub url: String,
+    pub vkey: String,
+}
+
+impl LogState {
+    pub fn new(origin: String, key: LogKey, witnesses: Vec<WitnessConfig>) -> Self {
+        LogState {
+            origin,
+            key,
+            witnesses,
+            witness_sizes: Default::default(),
+            last_attempt: Default::default(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client without TLS settings builds"),
+        }
+    }
+
+    pub fn witness_keys(&self) -> Vec<String> {
+        self.witnesses.iter().map(|w| w.vkey.clone()).collect()
+    }
+}
+
+/// Asks one witness to cosign checkpoint `note` of `size`; returns its cosignature line.
+async fn ask_witness(
+    s: &AppState,
+    w: &WitnessConfig,
+    size: u64,
+    note: &[u8],
+) -> Result<String, String> {
+    for _ in 0..3 {
+        let old = s
+            .log
+            .witness_sizes
+            .lock()
+            .expect("not poisoned")
+            .get(&w.url)
+            .copied()
+            .unwrap_or(0);
+        if old > size {
+            return Err(format!(
+                "the witness has seen a larger tree ({old}) than this log ({size})"
+            ));
+        }
+        let proof = if old > 0 && old < size {
+            let rec = IndexRecorder::default();
+            let _ = pouch_log::prove_tree(size, old, &rec);
+            let reader = fetched(s, rec.into_indexes())
+                .await
+                .map_err(|e| e.body.message)?;
+            pouch_log::prove_tree(size, old, &reader).map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let body = pouch_log::witness::AddCheckpoint {
+            old_size: old,
+            proof,
+            note: note.to_vec(),
+        }
+        .encode();
+        let resp = s
+            .log
+            .http
+            .post(format!("{}/add-checkpoint", w.url.trim_end_matches('/')))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        match status.as_u16() {
+            200 => {
+                s.log
+                    .witness_sizes
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(w.url.clone(), size);
+                return Ok(text);
+            }
+            409 => {
+                let theirs: u64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| "a malformed 409 from the witness".to_string())?;
+                s.log
+                    .witness_sizes
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(w.url.clone(), theirs);
+            }
+            _ => return Err(format!("HTTP {status}: {}", text.trim())),
+        }
+    }
+    Err("the witness kept changing its size".into())
+}
+
+/// Collects missing witness cosignatures for the stored checkpoint.
+async fn cosign(s: &AppState) -> Result<(), ApiError> {
+    if s.log.witnesses.is_empty() {
+        return Ok(());
+    }
+    let Some((size, note)) = s.store.checkpoint().await? else {
+        return Ok(());
+    };
+    {
+        let mut last = s.log.last_attempt.lock().expect("not poisoned");
+        if let Some((at_size, when)) = *last {
+            if at_size == size && when.elapsed() < std::time::Duration::from_secs(5) {
+                return Ok(());
+            }
+        }
+        *last = Some((size, std::time::Instant::now()));
+    }
+    let opened = pouch_log::witness::open_cosigned(
+        &note,
+        &s.log.key.verifier_key,
+        &s.log.origin,
+        &s.log.witness_keys(),
+    )
+    .map_err(|e| log_failure(&e.to_string()))?;
+    let mut lines = Vec::new();
+    for w in &s.log.witnesses {
+        let name = w.vkey.split('+').next().unwrap_or_default();
+        if opened.cosignatures.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        match ask_witness(s, w, size, &note).await {
+            Ok(line) => lines.push(line),
+            Err(e) => tracing::warn!(witness = %w.url, size, error = %e, "witness did not cosign"),
+        }
+    }
+    if !lines.is_empty() {
+        let cosigned = pouch_log::witness::add_cosignatures(&note, &lines)
+            .map_err(|e| log_failure(&e.to_string()))?;
+        s.store.replace_checkpoint(size, &cosigned).await?;
+    }
+    Ok(())
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -62,22 +211,18 @@ fn log_failure(detail: &str) -> ApiError {
 /// Signs a checkpoint for the whole log if the stored one is older.
 pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ApiError> {
     let size = s.store.log_size().await?;
-    if let Some((cp_size, _)) = s.store.checkpoint().await? {
-        if cp_size >= size {
-            return Ok(());
-        }
+    let stored = s.store.checkpoint().await?.map(|(n, _)| n).unwrap_or(0);
+    if size > stored {
+        let root = root(s, size).await?;
+        let note = s
+            .log
+            .key
+            .sign_checkpoint(&s.log.origin, size, root)
+            .map_err(|e| log_failure(&e.to_string()))?;
+        s.store.save_checkpoint(size, &note).await?;
     }
-    if size == 0 {
-        return Ok(());
-    }
-    let root = root(s, size).await?;
-    let note = s
-        .log
-        .key
-        .sign_checkpoint(&s.log.origin, size, root)
-        .map_err(|e| log_failure(&e.to_string()))?;
-    s.store.save_checkpoint(size, &note).await?;
-    Ok(())
+    // Ask the witnesses for what the stored checkpoint still lacks.
+    cosign(s).await
 }
 
 async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ApiError> {

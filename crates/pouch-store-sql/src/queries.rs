@@ -687,6 +687,18 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn replace_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE log_state SET checkpoint = $2 WHERE id = 1 AND checkpoint_size = $1",
+        )
+        .bind(size as i64)
+        .bind(note)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
         let row = sqlx::query(select_devices!("WHERE device_id = $1"))
             .bind(&device_id.0)

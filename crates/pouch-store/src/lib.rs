@@ -237,6 +237,8 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>>;
     /// Stores a checkpoint if it is for a larger tree than the stored one.
     async fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
+    /// Replaces the stored checkpoint of this size (the same checkpoint with more cosignatures).
+    async fn replace_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
 
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;

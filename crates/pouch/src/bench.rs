@@ -231,6 +231,7 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
             ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
             rotation_secs: 24 * 3600,
             link_ttl_secs: 600,
+            witnesses: Vec::new(),
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let token = std::fs::read_to_string(&prepared.admin_token_path)?

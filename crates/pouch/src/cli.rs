@@ -30,6 +30,8 @@ enum Command {
     Server(ServerArgs),
     /// Administer users on a running server.
     Admin(AdminArgs),
+    /// Run a witness that cosigns transparency-log checkpoints (C2SP tlog-witness).
+    Witness(WitnessArgs),
     /// Enroll this device with a one-time invite.
     Enroll {
         invite: String,
@@ -177,6 +179,23 @@ struct ServerArgs {
     /// How long a new device's link request waits for approval (seconds).
     #[arg(long, default_value_t = 600)]
     link_ttl_secs: u64,
+    /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
+    #[arg(long)]
+    witness: Vec<String>,
+}
+
+#[derive(Args)]
+struct WitnessArgs {
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    listen: String,
+    #[arg(long, default_value = "./pouch-witness")]
+    data_dir: PathBuf,
+    /// This witness's name in its cosignatures.
+    #[arg(long, default_value = "witness.pouch.local")]
+    name: String,
+    /// A log to witness, by its checkpoint verifier key (as `pouch server` publishes in /v1/info).
+    #[arg(long = "log", required = true)]
+    logs: Vec<String>,
 }
 
 #[derive(Args)]
@@ -269,6 +288,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Server(args) => server(args),
         Command::Admin(args) => admin(args),
+        Command::Witness(args) => witness(args),
         Command::Enroll {
             invite,
             device_name,
@@ -772,6 +792,21 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             ciphersuite: suite,
             rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
             link_ttl_secs: args.link_ttl_secs,
+            witnesses: args
+                .witness
+                .iter()
+                .map(|w| {
+                    let (url, vkey) = w
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("--witness takes URL=VERIFIER-KEY (got {w})"))?;
+                    pouch_log::witness::WitnessVerifier::parse(vkey)
+                        .map_err(|e| anyhow!("--witness {url}: {e}"))?;
+                    Ok(pouch_server::log::WitnessConfig {
+                        url: url.to_string(),
+                        vkey: vkey.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let listener = std::net::TcpListener::bind(&args.listen).with_context(|| {
@@ -808,6 +843,58 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
         pouch_server::serve(&prepared, listener, shutdown).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+// ---------- witness ----------
+
+fn witness(args: WitnessArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let logs = args
+        .logs
+        .iter()
+        .map(|vkey| {
+            let origin = vkey.split('+').next().unwrap_or_default().to_string();
+            Ok(pouch_server::witness::KnownLog {
+                origin,
+                vkey: vkey.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let w = std::sync::Arc::new(
+        pouch_server::witness::Witness::open(&args.data_dir, &args.name, logs).with_context(
+            || {
+                format!(
+                    "cannot open the witness state in {}",
+                    args.data_dir.display()
+                )
+            },
+        )?,
+    );
+    let listener = std::net::TcpListener::bind(&args.listen).with_context(|| {
+        format!(
+            "cannot listen on {}: is another witness running there?",
+            args.listen
+        )
+    })?;
+    println!(
+        "Pouch witness listening on http://{}",
+        listener.local_addr()?
+    );
+    println!("witness key: {}", w.verifier_key());
+    std::io::stdout().flush()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        pouch_server::witness::serve(w, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 // ---------- admin ----------
