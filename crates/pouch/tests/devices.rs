@@ -601,20 +601,6 @@ fn contacts_of_a_reset_account_must_confirm_the_new_key() {
     bob_new.sync();
     assert_eq!(subjects(&bob_new), vec!["After"]);
 }
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
     let dir = Scratch::new("adminrevoke");

@@ -409,3 +409,86 @@ pub fn user(dir: &Scratch, server: &Server, name: &str) -> Client {
     let address = format!("{name}@pouch.local");
     Client::enroll(dir.path(name), &server.invite(&address), &address)
 }
+
+/// A running `pouch witness` process.
+pub struct WitnessProc {
+    child: Child,
+    pub url: String,
+    pub key: String,
+    pub data_dir: PathBuf,
+}
+
+impl WitnessProc {
+    /// Starts a witness for the log whose verifier key is `log_key`.
+    pub fn start(data_dir: &Path, log_key: &str, listen: &str) -> Self {
+        let mut child = pouch()
+            .args([
+                "witness",
+                "--listen",
+                listen,
+                "--name",
+                "witness.ally.example",
+                "--log",
+                log_key,
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pouch witness");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut url, mut key) = (None, None);
+        while url.is_none() || key.is_none() {
+            let line = lines.next().expect("witness exited early").unwrap();
+            if let Some(u) = line.strip_prefix("Pouch witness listening on ") {
+                url = Some(u.trim().to_string());
+            }
+            if let Some(k) = line.strip_prefix("witness key: ") {
+                key = Some(k.trim().to_string());
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        WitnessProc {
+            child,
+            url: url.unwrap(),
+            key: key.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WitnessProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The log verifier key a server announces.
+pub fn log_key_of(server: &Server) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sSfk", &format!("{}/v1/info", server.url)])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["log_key"].as_str().unwrap().to_string()
+}
+
+/// Copies a directory tree (a server's or a device's state).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
