@@ -845,6 +845,27 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
     })
 }
 
+/// Prints a one-time invite on stdout (for scripts) and what it is on stderr.
+fn print_invite(
+    api: &pouch_client::net::Api,
+    fingerprint: &str,
+    resp: &pouch_proto::api::AddUserResponse,
+    what: &str,
+) {
+    let invite = Invite::new(
+        api.base(),
+        fingerprint,
+        resp.address.clone(),
+        &resp.invite_secret,
+    );
+    eprintln!(
+        "{what} for {} (single use, expires {}):",
+        resp.address,
+        format_date(resp.expires_at)
+    );
+    println!("{}", invite.encode());
+}
+
 // ---------- witness ----------
 
 fn witness(args: WitnessArgs) -> Result<ExitCode> {
@@ -942,18 +963,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     invite_ttl_secs: Some(expires_hours * 3600),
                 },
             )?;
-            let invite = Invite::new(
-                api.base(),
-                &fingerprint,
-                resp.address.clone(),
-                &resp.invite_secret,
-            );
-            eprintln!(
-                "invite for {} (single use, expires {}):",
-                resp.address,
-                format_date(resp.expires_at)
-            );
-            println!("{}", invite.encode());
+            print_invite(&api, &fingerprint, &resp, "invite");
         }
         AdminCommand::User {
             command: UserCommand::Reset { address },
@@ -964,18 +974,12 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 &token,
                 &serde_json::json!({}),
             )?;
-            let invite = Invite::new(
-                api.base(),
+            print_invite(
+                &api,
                 &fingerprint,
-                resp.address.clone(),
-                &resp.invite_secret,
+                &resp,
+                "every device revoked; new invite",
             );
-            eprintln!(
-                "every device of {} is revoked; new invite (single use, expires {}):",
-                resp.address,
-                format_date(resp.expires_at)
-            );
-            println!("{}", invite.encode());
         }
         AdminCommand::Device {
             command: AdminDeviceCommand::Revoke { address, device_id },
