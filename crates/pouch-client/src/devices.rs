@@ -611,7 +611,7 @@ impl Device {
         Ok(alerts)
     }
 
-    fn first_time(&self, key: &str) -> Result<bool> {
+    pub(crate) fn first_time(&self, key: &str) -> Result<bool> {
         let k = format!("seen:{key}");
         if self.local.meta(&k)?.is_some() {
             return Ok(false);

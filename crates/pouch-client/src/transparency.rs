@@ -6,7 +6,7 @@
 
 use crate::Device;
 use crate::error::{ClientError, Result};
-use pouch_log::{Checkpoint, Hash, LogEntry};
+use pouch_log::{AnyEntry, Checkpoint, Hash, LogEntry};
 use pouch_proto::Address;
 use pouch_proto::api;
 use pouch_proto::devices::SignedDeviceList;
@@ -197,12 +197,29 @@ impl Device {
         let mut alerts = Vec::new();
         let mut newest = 0;
         for e in &found.entries {
-            let Ok(entry) = LogEntry::from_bytes(&e.entry) else {
-                alerts.push(format!(
-                    "log entry {} for your account is malformed",
-                    e.index
-                ));
-                continue;
+            let entry = match AnyEntry::from_bytes(&e.entry) {
+                Ok(AnyEntry::List(entry)) => entry,
+                Ok(AnyEntry::AdminRevocation(r)) => {
+                    // Visible to the account whatever the server says later.
+                    if self.first_time(&format!("logged-admin:{}", e.index))? {
+                        self.local.notice(
+                            "Your administrator revoked a device (recorded in the log)",
+                            &format!(
+                                "The transparency log records that the administrator revoked device {} at {}.",
+                                r.device_id,
+                                crate::format_time(r.at)
+                            ),
+                        )?;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    alerts.push(format!(
+                        "log entry {} for your account is malformed",
+                        e.index
+                    ));
+                    continue;
+                }
             };
             newest = newest.max(entry.version);
             let signed_by_me = entry
@@ -290,8 +307,9 @@ pub fn audit(
             for (k, h) in new.into_iter().enumerate() {
                 store.0.insert(base + k as u64, h);
             }
-            match LogEntry::from_bytes(data) {
-                Ok(entry) => match entry.list.verify() {
+            match AnyEntry::from_bytes(data) {
+                Ok(AnyEntry::AdminRevocation(_)) => {}
+                Ok(AnyEntry::List(entry)) => match entry.list.verify() {
                     Ok(body) if body.address == entry.address && body.version == entry.version => {
                         chains
                             .entry(entry.address.clone())

@@ -49,6 +49,55 @@ pub enum EntryKind {
     DeviceList,
     /// The first list after an administrator reset (a new account key).
     Reset,
+    /// An administrator revoked a device (no list: the administrator cannot sign one).
+    AdminRevocation,
+}
+
+/// An administrator's revocation of a device, recorded so it cannot be done quietly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRevocationEntry {
+    pub kind: EntryKind,
+    pub address: Address,
+    pub device_id: pouch_proto::DeviceId,
+    pub at: i64,
+}
+
+impl AdminRevocationEntry {
+    pub fn new(address: Address, device_id: pouch_proto::DeviceId, at: i64) -> Self {
+        AdminRevocationEntry {
+            kind: EntryKind::AdminRevocation,
+            address,
+            device_id,
+            at,
+        }
+    }
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an entry serialises")
+    }
+}
+
+/// Any log entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnyEntry {
+    List(LogEntry),
+    AdminRevocation(AdminRevocationEntry),
+}
+
+impl AnyEntry {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LogError> {
+        #[derive(Deserialize)]
+        struct Kind {
+            kind: EntryKind,
+        }
+        let k: Kind =
+            serde_json::from_slice(bytes).map_err(|e| LogError::Malformed(e.to_string()))?;
+        Ok(match k.kind {
+            EntryKind::AdminRevocation => AnyEntry::AdminRevocation(
+                serde_json::from_slice(bytes).map_err(|e| LogError::Malformed(e.to_string()))?,
+            ),
+            _ => AnyEntry::List(LogEntry::from_bytes(bytes)?),
+        })
+    }
 }
 
 /// One log entry: a device-list version, exactly as published.

@@ -471,13 +471,21 @@ async fn admin_revoke(
             )));
         }
     }
-    if !s.store.revoke_device(&device, "admin", now()).await? {
+    // Recorded in the transparency log: an administrator cannot revoke quietly.
+    let entry =
+        pouch_log::AdminRevocationEntry::new(address.clone(), device.clone(), now()).to_bytes();
+    if !s
+        .store
+        .revoke_device(&device, "admin", Some(&entry), now())
+        .await?
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
             "that device is already revoked",
         ));
     }
+    crate::log::refresh_checkpoint(&s).await?;
     tracing::warn!(%address, %device, "ADMIN revoked a device");
     Ok(Json(AdminActionDone {
         address,

@@ -560,9 +560,26 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn revoke_device(&self, device_id: &DeviceId, by: &str, now: UnixTime) -> Result<bool> {
+    async fn revoke_device(
+        &self,
+        device_id: &DeviceId,
+        by: &str,
+        log_entry: Option<&[u8]>,
+        now: UnixTime,
+    ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let done = revoke_in(&mut tx, device_id, by, now).await?;
+        if let (true, Some(entry)) = (done, log_entry) {
+            let address: String =
+                sqlx::query_scalar("SELECT address FROM devices WHERE device_id = $1")
+                    .bind(&device_id.0)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            let address =
+                Address::parse(&address).map_err(|e| StoreError::Backend(e.to_string()))?;
+            append_log(&mut tx, &address, 0, entry).await?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(done)
     }

@@ -459,9 +459,17 @@ pub async fn run(store: &dyn Store) {
             .iter()
             .all(|d| !d.is_active())
     );
-    assert!(store.revoke_device(&a1_id, "admin", now).await.unwrap());
     assert!(
-        !store.revoke_device(&a1_id, "admin", now).await.unwrap(),
+        store
+            .revoke_device(&a1_id, "admin", None, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_device(&a1_id, "admin", None, now)
+            .await
+            .unwrap(),
         "revoked twice"
     );
 

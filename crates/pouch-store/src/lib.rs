@@ -216,7 +216,15 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a pending request to `status`; a refused or expired one also revokes its device.
     /// Returns false when the request was no longer pending.
     async fn finish_link_request(&self, code: &str, status: &str, now: UnixTime) -> Result<bool>;
-    async fn revoke_device(&self, device_id: &DeviceId, by: &str, now: UnixTime) -> Result<bool>;
+    /// Revokes a device; with `log_entry`, records the revocation in the
+    /// transparency log in the same transaction.
+    async fn revoke_device(
+        &self,
+        device_id: &DeviceId,
+        by: &str,
+        log_entry: Option<&[u8]>,
+        now: UnixTime,
+    ) -> Result<bool>;
     /// Administrator reset: revokes every device; the next enrollment may start a new account key.
     async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()>;
     async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>>;

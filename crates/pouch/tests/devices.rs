@@ -644,6 +644,32 @@ fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
         "{:?}",
         subjects(&alice)
     );
+    // The revocation is on the record in the transparency log, and an
+    // auditor's walk of the log accepts it.
+    assert!(
+        subjects(&alice)
+            .iter()
+            .any(|s| s.contains("recorded in the log")),
+        "{:?}",
+        subjects(&alice)
+    );
+    let audit = pouch()
+        .args([
+            "log",
+            "verify",
+            "--server",
+            &server.url,
+            "--fingerprint",
+            &server.fingerprint,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
     let list = alice.json(&["device", "list", "--json"]);
     let entry = list
         .as_array()
