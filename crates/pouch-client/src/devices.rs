@@ -281,16 +281,32 @@ impl Device {
             .account_key()?
             .map(|k| k.public())
             .unwrap_or_default();
-        let entries = history
-            .lists
+        // The history as the transparency log records it (what everyone sees).
+        let logged: api::LogEntries = self.api.get_json(&format!("/v1/log/entries/{address}"))?;
+        let entries = logged
+            .entries
             .iter()
-            .filter_map(|l| l.body_unverified().ok())
-            .map(|b| HistoryEntry {
-                version: b.version,
-                reason: b.reason.clone(),
-                issued_at: b.issued_at,
-                devices: b.devices.len(),
-                account_key_fingerprint: fingerprint(&b.account_key),
+            .filter_map(|e| pouch_log::AnyEntry::from_bytes(&e.entry).ok())
+            .map(|e| match e {
+                pouch_log::AnyEntry::List(l) => {
+                    let b = l.list.body_unverified().ok();
+                    HistoryEntry {
+                        version: l.version,
+                        reason: b.as_ref().map(|b| b.reason.clone()).unwrap_or_default(),
+                        issued_at: b.as_ref().map(|b| b.issued_at).unwrap_or_default(),
+                        devices: b.as_ref().map(|b| b.devices.len()).unwrap_or_default(),
+                        account_key_fingerprint: b
+                            .map(|b| fingerprint(&b.account_key))
+                            .unwrap_or_default(),
+                    }
+                }
+                pouch_log::AnyEntry::AdminRevocation(r) => HistoryEntry {
+                    version: 0,
+                    reason: format!("administrator revoked {}", r.device_id),
+                    issued_at: r.at,
+                    devices: 0,
+                    account_key_fingerprint: String::new(),
+                },
             })
             .collect();
         Ok(VerifyReport {

@@ -589,6 +589,15 @@ fn contacts_of_a_reset_account_must_confirm_the_new_key() {
     let code_bob =
         bob_new.json(&["verify", "alice@pouch.local", "--json"])["comparison_code"].clone();
     assert_eq!(code_alice, code_bob);
+    // The history comes from the transparency log: the reset is on the record.
+    let history = alice.json(&["verify", "bob@pouch.local", "--json"])["history"].clone();
+    let reasons: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["enrolled", "reset"], "{history}");
     alice.ok(&["verify", "bob@pouch.local", "--accept"]);
     let sent = alice.json(&[
         "send",
