@@ -471,3 +471,80 @@ pub struct AdminActionDone {
     pub address: Address,
     pub detail: String,
 }
+
+// ----- access events (what was tried, for the user and the security team) -----
+
+/// One access event. Never contains mail content: who, from where, what, how
+/// much, with what outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// e.g. "sign_in", "enroll", "link_request", "key_package_claim", "queue_fetch", "admin_revoke".
+    pub action: String,
+    /// "success" or "failure".
+    pub outcome: String,
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// An event as stored: numbered and hash-chained, so a deletion or an edit
+/// anywhere breaks the chain from that point on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// The exact JSON of the [`EventBody`] that was hashed.
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Event {
+    /// SHA-256 over the previous hash, the sequence number and the body.
+    pub fn chain_hash(prev_hash: &str, seq: u64, body: &str) -> String {
+        crate::sha256_hex(format!("{prev_hash}\n{seq}\n{body}").as_bytes())
+    }
+
+    pub fn parsed(&self) -> Option<EventBody> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// The hash before the first event.
+pub const EVENT_CHAIN_START: &str = "pouch-events-v1";
+
+/// Checks a run of events starting at `first_seq` after `prev_hash`: contiguous
+/// numbers and every hash. Returns the first problem found.
+pub fn verify_event_chain(
+    events: &[Event],
+    first_seq: u64,
+    mut prev_hash: String,
+) -> Result<(), String> {
+    let mut expected = first_seq;
+    for e in events {
+        if e.seq != expected {
+            return Err(format!(
+                "event {expected} is missing (next is {}): events were deleted",
+                e.seq
+            ));
+        }
+        if e.prev_hash != prev_hash || e.hash != Event::chain_hash(&prev_hash, e.seq, &e.body) {
+            return Err(format!(
+                "event {} does not match the chain: events were edited",
+                e.seq
+            ));
+        }
+        prev_hash = e.hash.clone();
+        expected += 1;
+    }
+    Ok(())
+}

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0004_log.sql"),
         include_str!("../migrations/postgres_0004_log.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/sqlite_0005_events.sql"),
+        include_str!("../migrations/postgres_0005_events.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

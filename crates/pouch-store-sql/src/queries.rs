@@ -716,6 +716,79 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn append_event(&self, body: &pouch_proto::api::EventBody) -> Result<u64> {
+        let json = serde_json::to_string(body).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut tx = self.begin().await?;
+        // The state row's lock serialises appends, across nodes too.
+        let (seq, prev): (i64, String) = sqlx::query_as(
+            "UPDATE events_state SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq, last_hash",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let hash = pouch_proto::api::Event::chain_hash(&prev, seq as u64, &json);
+        sqlx::query("INSERT INTO events (seq, at, account, action, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(seq)
+            .bind(body.at)
+            .bind(body.account.as_ref().map(|a| a.as_str().to_string()))
+            .bind(&body.action)
+            .bind(&json)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("UPDATE events_state SET last_hash = $1 WHERE id = 1")
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(seq as u64)
+    }
+
+    async fn events(
+        &self,
+        after_seq: u64,
+        account: Option<&Address>,
+        limit: u32,
+    ) -> Result<Vec<pouch_proto::api::Event>> {
+        let rows: Vec<(i64, String, String, String)> = match account {
+            Some(a) => sqlx::query_as(
+                "SELECT seq, body, prev_hash, hash FROM events WHERE seq > $1 AND account = $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(after_seq as i64)
+            .bind(a.as_str().to_string())
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query_as("SELECT seq, body, prev_hash, hash FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(after_seq as i64)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await,
+        }
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, body, prev_hash, hash)| pouch_proto::api::Event {
+                seq: seq as u64,
+                body,
+                prev_hash,
+                hash,
+            })
+            .collect())
+    }
+
+    async fn event_head(&self) -> Result<(u64, String)> {
+        let (seq, hash): (i64, String) =
+            sqlx::query_as("SELECT last_seq, last_hash FROM events_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok((seq as u64, hash))
+    }
+
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
         let row = sqlx::query(select_devices!("WHERE device_id = $1"))
             .bind(&device_id.0)

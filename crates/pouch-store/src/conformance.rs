@@ -522,6 +522,54 @@ pub async fn run(store: &dyn Store) {
         Some((4, b"cp4".to_vec()))
     );
 
+    // Access events: numbered, hash-chained, filterable by account.
+    let ev = |account: Option<&Address>, action: &str| pouch_proto::api::EventBody {
+        at: now,
+        account: account.cloned(),
+        device: None,
+        source: Some("127.0.0.1".into()),
+        action: action.into(),
+        outcome: "success".into(),
+        count: 1,
+        bytes: 10,
+        detail: String::new(),
+    };
+    assert_eq!(
+        store
+            .append_event(&ev(Some(&alice), "sign_in"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .append_event(&ev(Some(&bob), "queue_fetch"))
+            .await
+            .unwrap(),
+        3
+    );
+    let all = store.events(0, None, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    pouch_proto::api::verify_event_chain(&all, 1, pouch_proto::api::EVENT_CHAIN_START.into())
+        .unwrap();
+    assert_eq!(store.event_head().await.unwrap(), (3, all[2].hash.clone()));
+    let bobs = store.events(0, Some(&bob), 100).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].parsed().unwrap().action, "queue_fetch");
+    let without_second = vec![all[0].clone(), all[2].clone()];
+    assert!(
+        pouch_proto::api::verify_event_chain(
+            &without_second,
+            1,
+            pouch_proto::api::EVENT_CHAIN_START.into()
+        )
+        .is_err()
+    );
+
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();
     store

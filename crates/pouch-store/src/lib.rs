@@ -248,6 +248,19 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the stored checkpoint of this size (the same checkpoint with more cosignatures).
     async fn replace_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
 
+    // --- access events ---
+    /// Appends an event to the hash chain; returns its sequence number.
+    async fn append_event(&self, body: &pouch_proto::api::EventBody) -> Result<u64>;
+    /// Events after `after_seq` (all accounts, or one), oldest first.
+    async fn events(
+        &self,
+        after_seq: u64,
+        account: Option<&Address>,
+        limit: u32,
+    ) -> Result<Vec<pouch_proto::api::Event>>;
+    /// The chain's head as recorded: (last sequence number, last hash).
+    async fn event_head(&self) -> Result<(u64, String)>;
+
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
     /// Every device the server has for the address, in any state.
