@@ -636,3 +636,11 @@ impl Device {
         Ok(true)
     }
 }
+
+impl Device {
+    /// `pouch activity`: this account's access events, oldest first.
+    pub fn activity(&mut self) -> Result<Vec<pouch_proto::api::Event>> {
+        self.sign_in()?;
+        self.api.get("/v1/activity")
+    }
+}

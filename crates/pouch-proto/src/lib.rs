@@ -13,6 +13,7 @@ pub mod devices;
 pub mod envelope;
 pub mod ids;
 pub mod invite;
+pub mod ocsf;
 
 pub use ids::{Address, AddressError, DeviceId, GroupId};
 

@@ -1,6 +1,7 @@
 //! HTTP routes. Each handler validates its input at the edge, calls the store
 //! once, and maps the outcome to a status and a JSON body.
 
+use crate::events::{Ev, account_of, record};
 use crate::{
     AppState, INVITE_TTL_SECS, TOKEN_TTL_SECS, error::ApiError, now, random_bytes, sha256,
 };
@@ -48,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(crate::devices::routes())
         .merge(crate::log::routes())
+        .merge(crate::events::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -172,6 +174,7 @@ pub(crate) async fn issue_invite(
         .create_invite(&address, &sha256(&secret), expires_at)
         .await?;
     tracing::info!(%address, "invite issued");
+    record(s, Ev::new("admin_invite").account(&address)).await;
     Ok(AddUserResponse {
         address,
         invite_secret: secret.to_vec(),
@@ -225,9 +228,27 @@ async fn enroll(
         .await;
     match &result {
         Ok(d) => {
-            tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled")
+            tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled");
+            record(
+                &s,
+                Ev::new("enroll")
+                    .account(&d.address)
+                    .device(&d.device_id)
+                    .source(peer.ip()),
+            )
+            .await;
         }
-        Err(e) => tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused"),
+        Err(e) => {
+            tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused");
+            record(
+                &s,
+                Ev::new("enroll")
+                    .account(&req.address)
+                    .source(peer.ip())
+                    .failed(e),
+            )
+            .await;
+        }
     }
     let device = result?;
     crate::log::refresh_checkpoint(&s).await?;
@@ -262,21 +283,41 @@ async fn token(
         )
     };
     let issued_to = s.store.take_challenge(&req.challenge, now()).await?;
+    let failed = |why: &str| {
+        Ev::new("sign_in")
+            .device(&req.device_id)
+            .source(peer.ip())
+            .failed(why)
+    };
     if issued_to.as_ref() != Some(&req.device_id) {
+        record(&s, failed("unknown or expired challenge")).await;
         return Err(refused());
     }
-    let device = s.store.device(&req.device_id).await?.ok_or_else(refused)?;
+    let Some(device) = s.store.device(&req.device_id).await? else {
+        record(&s, failed("unknown device")).await;
+        return Err(refused());
+    };
     if !device.is_active() {
         tracing::warn!(device = %device.device_id, %peer, revoked_by = ?device.revoked_by, "inactive device tried to sign in");
+        record(
+            &s,
+            failed("revoked or unapproved device").account(&device.address),
+        )
+        .await;
         return Err(refused());
     }
     let key = VerifyingKey::try_from(device.signature_key.as_slice()).map_err(|_| refused())?;
     let sig = Signature::from_slice(&req.signature).map_err(|_| refused())?;
-    key.verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig)
+    let key = key
+        .verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig)
         .map_err(|_| {
             tracing::warn!(device = %device.device_id, %peer, "bad sign-in signature");
             refused()
-        })?;
+        });
+    if let Err(e) = key {
+        record(&s, failed("bad signature").account(&device.address)).await;
+        return Err(e);
+    }
     let token = hex::encode(random_bytes::<32>());
     s.store
         .put_token(
@@ -285,6 +326,14 @@ async fn token(
             now() + TOKEN_TTL_SECS as i64,
         )
         .await?;
+    record(
+        &s,
+        Ev::new("sign_in")
+            .account(&device.address)
+            .device(&device.device_id)
+            .source(peer.ip()),
+    )
+    .await;
     Ok(Json(TokenResponse {
         token,
         expires_in_secs: TOKEN_TTL_SECS,
@@ -318,6 +367,7 @@ async fn count_key_packages(State(s): St, AuthDevice(d): AuthDevice) -> ApiResul
 async fn claim_key_packages(
     State(s): St,
     AuthDevice(d): AuthDevice,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<ClaimRequest>,
 ) -> ApiResult<ClaimResponse> {
     if req.addresses.len() > 1000 {
@@ -344,6 +394,15 @@ async fn claim_key_packages(
             });
         }
     }
+    let mut ev = Ev::new("key_package_claim")
+        .device(&d)
+        .source(peer.ip())
+        .amount(devices.len() as u64, 0);
+    if let Some(a) = account_of(&s, &d).await {
+        ev = ev.account(&a);
+    }
+    let who: Vec<&str> = req.addresses.iter().map(|a| a.as_str()).collect();
+    record(&s, ev.detail(format!("for {}", who.join(",")))).await;
     Ok(Json(ClaimResponse { devices }))
 }
 
@@ -408,12 +467,23 @@ struct QueueQuery {
 async fn fetch_queue(
     State(s): St,
     AuthDevice(d): AuthDevice,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<QueueQuery>,
 ) -> ApiResult<QueueResponse> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    Ok(Json(QueueResponse {
-        items: s.store.fetch_queue(&d, q.after, limit).await?,
-    }))
+    let items = s.store.fetch_queue(&d, q.after, limit).await?;
+    if !items.is_empty() {
+        let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
+        let mut ev = Ev::new("queue_fetch")
+            .device(&d)
+            .source(peer.ip())
+            .amount(items.len() as u64, bytes);
+        if let Some(a) = account_of(&s, &d).await {
+            ev = ev.account(&a);
+        }
+        record(&s, ev.detail(format!("after {}", q.after))).await;
+    }
+    Ok(Json(QueueResponse { items }))
 }
 
 async fn ack_queue(

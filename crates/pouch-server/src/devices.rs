@@ -9,6 +9,7 @@
 //! or an invite enrolled it as an account's first device.
 
 use crate::api::{Admin, AuthDevice, issue_invite};
+use crate::events::{Ev, record};
 use crate::{AppState, error::ApiError, now, sha256};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -265,6 +266,26 @@ async fn publish(
     }
     crate::log::refresh_checkpoint(&s).await?;
     tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
+    for id in &activate {
+        record(
+            &s,
+            Ev::new("link_approved")
+                .account(&me.address)
+                .device(id)
+                .detail(format!("approved by {}", me.device_id)),
+        )
+        .await;
+    }
+    for id in &revoke {
+        record(
+            &s,
+            Ev::new("device_revoked")
+                .account(&me.address)
+                .device(id)
+                .detail(format!("revoked by {}", me.device_id)),
+        )
+        .await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -343,6 +364,14 @@ async fn create_link(
         )
         .await?;
     tracing::info!(address = %req.address, %peer, "link request created");
+    record(
+        &s,
+        Ev::new("link_request")
+            .account(&req.address)
+            .source(peer.ip())
+            .detail(format!("device name '{name}'")),
+    )
+    .await;
     Ok(Json(LinkCreated { code, expires_at }))
 }
 
@@ -359,6 +388,14 @@ async fn settle(
     {
         r.status = "expired".into();
         tracing::warn!(address = %r.device.address, "link request expired unapproved");
+        record(
+            s,
+            Ev::new("link_expired")
+                .account(&r.device.address)
+                .device(&r.device.device_id)
+                .source(&r.source),
+        )
+        .await;
     }
     Ok(r)
 }
@@ -431,6 +468,15 @@ async fn deny_link(
         ));
     }
     tracing::warn!(address = %r.device.address, by = %d, "link request denied");
+    record(
+        &s,
+        Ev::new("link_denied")
+            .account(&r.device.address)
+            .device(&r.device.device_id)
+            .source(&r.source)
+            .detail(format!("denied by {d}")),
+    )
+    .await;
     let r = s
         .store
         .link_request(&r.code)
@@ -453,6 +499,7 @@ async fn admin_reset(
             other => other.into(),
         })?;
     tracing::warn!(%address, "ADMIN reset the account: every device revoked");
+    record(&s, Ev::new("admin_reset").account(&address)).await;
     Ok(Json(issue_invite(&s, address, None).await?))
 }
 
@@ -487,6 +534,11 @@ async fn admin_revoke(
     }
     crate::log::refresh_checkpoint(&s).await?;
     tracing::warn!(%address, %device, "ADMIN revoked a device");
+    record(
+        &s,
+        Ev::new("admin_revoke").account(&address).device(&device),
+    )
+    .await;
     Ok(Json(AdminActionDone {
         address,
         detail: format!("device {device} revoked by the administrator"),

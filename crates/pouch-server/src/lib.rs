@@ -14,6 +14,7 @@
 mod api;
 mod devices;
 mod error;
+pub mod events;
 pub mod log;
 pub mod tls;
 pub mod witness;
@@ -197,6 +198,11 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
     log::refresh_checkpoint(&state)
         .await
         .map_err(|e| StartError::Config(e.body.message))?;
+    events::record(
+        &state,
+        events::Ev::new("server_start").detail(format!("version {}", env!("CARGO_PKG_VERSION"))),
+    )
+    .await;
     Ok(Prepared {
         state,
         tls,

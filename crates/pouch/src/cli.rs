@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// This account's devices and recent access events: which device fetched what, when, from where.
+    Activity {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an account's key fingerprint, device list and history; --accept a changed key.
     Verify {
         address: String,
@@ -224,6 +229,11 @@ enum AdminCommand {
         #[command(subcommand)]
         command: AdminDeviceCommand,
     },
+    /// The access-event record: export it for a SIEM, or verify its hash chain.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Devices past the key-rotation window.
     Devices {
         #[arg(long, required = true)]
@@ -231,6 +241,19 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Every event since T (RFC 3339 or Unix seconds), one JSON object per line.
+    Export {
+        #[arg(long, value_parser = ["jsonl", "ocsf"], default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Walk the whole chain: every event present and unedited.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -351,6 +374,43 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Device { command } => device_command(cli.home, command),
+        Command::Activity { json } => {
+            let mut device = open(cli.home)?;
+            let devices = device.device_list()?;
+            let events = device.activity()?;
+            if json {
+                let events: Vec<serde_json::Value> = events
+                    .iter()
+                    .map(|e| serde_json::json!({ "seq": e.seq, "event": e.parsed() }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "devices": devices, "events": events })
+                    )?
+                );
+            } else {
+                println!("devices:");
+                for d in &devices {
+                    println!("  {}  {:<20} {}", d.device_id, d.name, d.state);
+                }
+                println!("events:");
+                for e in events.iter().filter_map(|e| e.parsed()) {
+                    println!(
+                        "  {} {:<18} {:<7} device {:<32} from {:<15} {} item(s) {} B {}",
+                        format_date(e.at),
+                        e.action,
+                        e.outcome,
+                        e.device.map(|d| d.0).unwrap_or_else(|| "-".into()),
+                        e.source.unwrap_or_else(|| "-".into()),
+                        e.count,
+                        e.bytes,
+                        e.detail
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Log {
             command:
                 LogCommand::Verify {
@@ -845,6 +905,20 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
     })
 }
 
+/// Every event, page by page.
+fn all_events(api: &pouch_client::net::Api, token: &str) -> Result<Vec<pouch_proto::api::Event>> {
+    let mut all: Vec<pouch_proto::api::Event> = Vec::new();
+    loop {
+        let after = all.last().map(|e| e.seq).unwrap_or(0);
+        let page: Vec<pouch_proto::api::Event> =
+            api.admin_get(&format!("/v1/admin/events?after={after}&limit=5000"), token)?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
 /// Prints a one-time invite on stdout (for scripts) and what it is on stderr.
 fn print_invite(
     api: &pouch_client::net::Api,
@@ -991,6 +1065,56 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 &serde_json::json!({}),
             )?;
             println!("{}: {}", done.address, done.detail);
+        }
+        AdminCommand::Events {
+            command: EventsCommand::Export { format, since },
+        } => {
+            let since = match since {
+                None => 0,
+                Some(t) => t
+                    .parse::<i64>()
+                    .ok()
+                    .or_else(|| {
+                        time::OffsetDateTime::parse(
+                            &t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                        .map(|d| d.unix_timestamp())
+                    })
+                    .ok_or_else(|| {
+                        anyhow!("--since takes RFC 3339 (2026-11-30T08:00:00Z) or Unix seconds")
+                    })?,
+            };
+            let mut out = std::io::stdout().lock();
+            for e in all_events(&api, &token)? {
+                if e.parsed().is_some_and(|b| b.at < since) {
+                    continue;
+                }
+                let line = match format.as_str() {
+                    "ocsf" => pouch_proto::ocsf::record(&e),
+                    _ => {
+                        serde_json::json!({ "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "event": e.parsed() })
+                    }
+                };
+                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            }
+        }
+        AdminCommand::Events {
+            command: EventsCommand::Verify,
+        } => {
+            let events = all_events(&api, &token)?;
+            match pouch_proto::api::verify_event_chain(
+                &events,
+                1,
+                pouch_proto::api::EVENT_CHAIN_START.into(),
+            ) {
+                Ok(()) => println!("audit chain intact: {} events", events.len()),
+                Err(e) => {
+                    println!("AUDIT CHAIN BROKEN: {e}");
+                    return Ok(ExitCode::from(3));
+                }
+            }
         }
         AdminCommand::Devices { stale: _, json } => {
             let stale: Vec<pouch_proto::api::StaleDevice> =

@@ -1,0 +1,118 @@
+//! Access events: the server records every security-relevant thing a
+//! device or an administrator does — sign-ins, enrollments, link requests
+//! and decisions, revocations, key-package claims, queue fetches,
+//! administrator actions, its own start — with who, from where, how much and
+//! the outcome. Never mail content. Users see their account's events
+//! (`pouch activity`); the security team exports them all.
+
+use crate::api::{Admin, AuthDevice};
+use crate::{AppState, error::ApiError, now};
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use pouch_proto::api::{Event, EventBody};
+use pouch_proto::{Address, DeviceId};
+use serde::Deserialize;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+/// Builder for one event.
+pub struct Ev(EventBody);
+
+impl Ev {
+    pub fn new(action: &str) -> Self {
+        Ev(EventBody {
+            at: now(),
+            account: None,
+            device: None,
+            source: None,
+            action: action.into(),
+            outcome: "success".into(),
+            count: 0,
+            bytes: 0,
+            detail: String::new(),
+        })
+    }
+    pub fn account(mut self, a: &Address) -> Self {
+        self.0.account = Some(a.clone());
+        self
+    }
+    pub fn device(mut self, d: &DeviceId) -> Self {
+        self.0.device = Some(d.clone());
+        self
+    }
+    pub fn source(mut self, s: impl ToString) -> Self {
+        self.0.source = Some(s.to_string());
+        self
+    }
+    pub fn failed(mut self, why: impl ToString) -> Self {
+        self.0.outcome = "failure".into();
+        self.0.detail = why.to_string();
+        self
+    }
+    pub fn detail(mut self, d: impl ToString) -> Self {
+        self.0.detail = d.to_string();
+        self
+    }
+    pub fn amount(mut self, count: u64, bytes: u64) -> Self {
+        self.0.count = count;
+        self.0.bytes = bytes;
+        self
+    }
+}
+
+/// Records an event. A failure to record is itself logged loudly; the
+/// request goes on (the chain's gap is what the security team sees).
+pub async fn record(s: &AppState, ev: Ev) {
+    if let Err(e) = s.store.append_event(&ev.0).await {
+        tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED");
+    }
+}
+
+/// The account of a device, for events about it.
+pub async fn account_of(s: &AppState, d: &DeviceId) -> Option<Address> {
+    s.store.device(d).await.ok().flatten().map(|d| d.address)
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/activity", get(activity))
+        .route("/v1/admin/events", get(admin_events))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+}
+
+/// The caller's own account's events, newest 500 after `after`.
+async fn activity(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Query(p): Query<Page>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let me = account_of(&s, &d)
+        .await
+        .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+    Ok(Json(
+        s.store
+            .events(p.after, Some(&me), p.limit.unwrap_or(500).min(5000))
+            .await?,
+    ))
+}
+
+/// Every event after `after` (the security team's export).
+async fn admin_events(
+    State(s): St,
+    _: Admin,
+    Query(p): Query<Page>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    Ok(Json(
+        s.store
+            .events(p.after, None, p.limit.unwrap_or(1000).min(10_000))
+            .await?,
+    ))
+}
