@@ -638,6 +638,37 @@ impl Device {
 }
 
 impl Device {
+    /// New security alerts about this account become inbox entries; returns the high-severity ones.
+    pub(crate) fn fetch_alerts(&mut self) -> Result<Vec<String>> {
+        let after: u64 = self
+            .local
+            .meta("alerts_cursor")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let alerts: Vec<pouch_proto::api::Alert> =
+            self.api.get(&format!("/v1/alerts?after={after}"))?;
+        let mut out = Vec::new();
+        for a in &alerts {
+            // Device additions and refusals already reach the inbox from the
+            // signed device list; the alert stream adds what only the server
+            // sees (copied devices, administrator actions, guessing), which is
+            // also what fails the sync.
+            if matches!(a.severity.as_str(), "high" | "critical") {
+                self.local.notice(
+                    &format!("Security alert ({}): {}", a.severity, a.rule.replace('_', " ")),
+                    &format!(
+                        "{} at {}. If this wasn't you, tell your security team and check your devices: pouch device list",
+                        a.summary,
+                        crate::format_time(a.at)
+                    ),
+                )?;
+                out.push(format!("{} ({}): {}", a.rule, a.severity, a.summary));
+            }
+            self.local.set_meta("alerts_cursor", &a.id.to_string())?;
+        }
+        Ok(out)
+    }
+
     /// `pouch activity`: this account's access events, oldest first.
     pub fn activity(&mut self) -> Result<Vec<pouch_proto::api::Event>> {
         self.sign_in()?;

@@ -137,6 +137,8 @@ pub struct SyncReport {
     pub history_imported: u32,
     /// Conversations in which this device made a rotation (self-update) commit.
     pub rotated: u32,
+    /// Alerts the server's detection rules raised about this account since the last sync.
+    pub security_alerts: Vec<String>,
     /// Seconds since the newest checkpoint the required witnesses cosigned (when the log has witnesses).
     pub witnessed_age_secs: Option<u64>,
     /// Security alerts about this account (e.g. a device the account never approved).
@@ -1015,6 +1017,7 @@ impl Device {
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
         report.alerts = self.audit_own_account()?;
+        report.security_alerts = self.fetch_alerts()?;
         report.witnessed_age_secs = self.witnessed_age()?;
         if let Some(age) = report.witnessed_age_secs {
             let max: u64 = std::env::var("POUCH_MAX_WITNESS_AGE_SECS")

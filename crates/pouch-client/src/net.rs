@@ -99,7 +99,15 @@ impl Api {
                 provider,
             }))
             .with_no_client_auth();
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder();
+        // On a host with several addresses, POUCH_BIND_ADDRESS picks the one to connect from.
+        if let Ok(ip) = std::env::var("POUCH_BIND_ADDRESS") {
+            let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+                ClientError::Invalid(format!("POUCH_BIND_ADDRESS is not an IP address: {ip}"))
+            })?;
+            builder = builder.local_address(ip);
+        }
+        let http = builder
             .use_preconfigured_tls(tls)
             .timeout(std::time::Duration::from_secs(120))
             .connect_timeout(std::time::Duration::from_secs(10))

@@ -548,3 +548,18 @@ pub fn verify_event_chain(
     }
     Ok(())
 }
+
+/// An alert raised by a detection rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: u64,
+    pub at: i64,
+    /// The rule's short name, e.g. "new_device", "cloned_device".
+    pub rule: String,
+    /// "low", "medium", "high" or "critical".
+    pub severity: String,
+    pub account: Option<Address>,
+    pub device: Option<DeviceId>,
+    pub summary: String,
+    pub event_seq: Option<u64>,
+}

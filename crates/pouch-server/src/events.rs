@@ -65,8 +65,9 @@ impl Ev {
 /// Records an event. A failure to record is itself logged loudly; the
 /// request goes on (the chain's gap is what the security team sees).
 pub async fn record(s: &AppState, ev: Ev) {
-    if let Err(e) = s.store.append_event(&ev.0).await {
-        tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED");
+    match s.store.append_event(&ev.0).await {
+        Ok(seq) => crate::detect::on_event(s, &ev.0, seq).await,
+        Err(e) => tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED"),
     }
 }
 
@@ -79,6 +80,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/activity", get(activity))
         .route("/v1/admin/events", get(admin_events))
+        .route("/v1/alerts", get(own_alerts))
+        .route("/v1/admin/alerts", get(admin_alerts))
 }
 
 #[derive(Deserialize)]
@@ -115,4 +118,25 @@ async fn admin_events(
             .events(p.after, None, p.limit.unwrap_or(1000).min(10_000))
             .await?,
     ))
+}
+
+/// Alerts about the caller's own account.
+async fn own_alerts(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Query(p): Query<Page>,
+) -> Result<Json<Vec<pouch_proto::api::Alert>>, ApiError> {
+    let me = account_of(&s, &d)
+        .await
+        .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+    Ok(Json(s.store.alerts(p.after, Some(&me)).await?))
+}
+
+/// Every alert after `after` (the security team's stream).
+async fn admin_alerts(
+    State(s): St,
+    _: Admin,
+    Query(p): Query<Page>,
+) -> Result<Json<Vec<pouch_proto::api::Alert>>, ApiError> {
+    Ok(Json(s.store.alerts(p.after, None).await?))
 }

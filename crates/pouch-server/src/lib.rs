@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod detect;
 mod devices;
 mod error;
 pub mod events;

@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0005_events.sql"),
         include_str!("../migrations/postgres_0005_events.sql"),
     ),
+    (
+        6,
+        include_str!("../migrations/sqlite_0006_alerts.sql"),
+        include_str!("../migrations/postgres_0006_alerts.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

@@ -780,6 +780,76 @@ impl Store for SqlStore {
             .collect())
     }
 
+    async fn add_alert(&self, a: &pouch_proto::api::Alert) -> Result<u64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO alerts (at, rule, severity, account, device, summary, event_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(a.at)
+        .bind(&a.rule)
+        .bind(&a.severity)
+        .bind(a.account.as_ref().map(|x| x.as_str().to_string()))
+        .bind(a.device.as_ref().map(|d| d.0.clone()))
+        .bind(&a.summary)
+        .bind(a.event_seq.map(|s| s as i64))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(id as u64)
+    }
+
+    async fn alerts(
+        &self,
+        after_id: u64,
+        account: Option<&Address>,
+    ) -> Result<Vec<pouch_proto::api::Alert>> {
+        type Row = (
+            i64,
+            i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = match account {
+            Some(a) => sqlx::query_as(
+                "SELECT id, at, rule, severity, account, device, summary, event_seq FROM alerts \
+                 WHERE id > $1 AND account = $2 ORDER BY id LIMIT 1000",
+            )
+            .bind(after_id as i64)
+            .bind(a.as_str().to_string())
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query_as(
+                "SELECT id, at, rule, severity, account, device, summary, event_seq FROM alerts \
+                 WHERE id > $1 ORDER BY id LIMIT 1000",
+            )
+            .bind(after_id as i64)
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, at, rule, severity, account, device, summary, event_seq)| {
+                    pouch_proto::api::Alert {
+                        id: id as u64,
+                        at,
+                        rule,
+                        severity,
+                        account: account.and_then(|a| Address::parse(&a).ok()),
+                        device: device.map(DeviceId),
+                        summary,
+                        event_seq: event_seq.map(|s| s as u64),
+                    }
+                },
+            )
+            .collect())
+    }
+
     async fn event_head(&self) -> Result<(u64, String)> {
         let (seq, hash): (i64, String) =
             sqlx::query_as("SELECT last_seq, last_hash FROM events_state WHERE id = 1")

@@ -570,6 +570,31 @@ pub async fn run(store: &dyn Store) {
         .is_err()
     );
 
+    // Alerts: numbered, filterable by account.
+    let alert = |account: Option<&Address>, rule: &str| pouch_proto::api::Alert {
+        id: 0,
+        at: now,
+        rule: rule.into(),
+        severity: "high".into(),
+        account: account.cloned(),
+        device: None,
+        summary: format!("{rule} happened"),
+        event_seq: Some(1),
+    };
+    let first = store
+        .add_alert(&alert(Some(&alice), "new_device"))
+        .await
+        .unwrap();
+    store
+        .add_alert(&alert(None, "audit_chain_broken"))
+        .await
+        .unwrap();
+    assert_eq!(store.alerts(0, None).await.unwrap().len(), 2);
+    let alices = store.alerts(0, Some(&alice)).await.unwrap();
+    assert_eq!(alices.len(), 1);
+    assert_eq!(alices[0].rule, "new_device");
+    assert!(store.alerts(first, Some(&alice)).await.unwrap().is_empty());
+
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();
     store

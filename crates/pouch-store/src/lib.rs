@@ -261,6 +261,15 @@ pub trait Store: Send + Sync + 'static {
     /// The chain's head as recorded: (last sequence number, last hash).
     async fn event_head(&self) -> Result<(u64, String)>;
 
+    // --- alerts ---
+    async fn add_alert(&self, alert: &pouch_proto::api::Alert) -> Result<u64>;
+    /// Alerts after `after_id` (all accounts, or one), oldest first.
+    async fn alerts(
+        &self,
+        after_id: u64,
+        account: Option<&Address>,
+    ) -> Result<Vec<pouch_proto::api::Alert>>;
+
     // --- devices and authentication ---
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
     /// Every device the server has for the address, in any state.

@@ -234,6 +234,14 @@ enum AdminCommand {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Alerts from the detection rules (the security team's stream).
+    Alerts {
+        /// Keep watching and print new alerts as they come.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Devices past the key-rotation window.
     Devices {
         #[arg(long, required = true)]
@@ -515,15 +523,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for (seq, reason) in &report.rejected {
                 eprintln!("warning: rejected queue item {seq}: {reason}");
             }
-            for alert in &report.alerts {
+            for alert in report.alerts.iter().chain(report.security_alerts.iter()) {
                 eprintln!("ALERT: {alert}");
             }
             // A rejected item or an alert is a security signal: scripts see it in the exit status.
-            Ok(if report.rejected.is_empty() && report.alerts.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
+            Ok(
+                if report.rejected.is_empty()
+                    && report.alerts.is_empty()
+                    && report.security_alerts.is_empty()
+                {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                },
+            )
         }
         Command::Bench {
             postgres,
@@ -1114,6 +1127,36 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     println!("AUDIT CHAIN BROKEN: {e}");
                     return Ok(ExitCode::from(3));
                 }
+            }
+        }
+        AdminCommand::Alerts { follow, json } => {
+            let mut after = 0u64;
+            loop {
+                let alerts: Vec<pouch_proto::api::Alert> =
+                    api.admin_get(&format!("/v1/admin/alerts?after={after}"), &token)?;
+                for a in &alerts {
+                    if json {
+                        println!("{}", serde_json::to_string(a)?);
+                    } else {
+                        println!(
+                            "{} {:<8} {:<20} {:<28} {}",
+                            format_date(a.at),
+                            a.severity,
+                            a.rule,
+                            a.account
+                                .as_ref()
+                                .map(|x| x.to_string())
+                                .unwrap_or_default(),
+                            a.summary
+                        );
+                    }
+                    after = a.id;
+                }
+                std::io::stdout().flush()?;
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
         }
         AdminCommand::Devices { stale: _, json } => {

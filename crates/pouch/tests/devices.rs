@@ -610,8 +610,18 @@ fn contacts_of_a_reset_account_must_confirm_the_new_key() {
         "--json",
     ]);
     assert_eq!(sent["recipient_devices"], 1);
-    bob_new.sync();
-    assert_eq!(subjects(&bob_new), vec!["After"]);
+    // Bob's new device hears of the reset (an administrator action) and gets the mail.
+    let out = bob_new.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin_action"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mail: Vec<String> = subjects(&bob_new)
+        .into_iter()
+        .filter(|s| !s.starts_with("Security alert"))
+        .collect();
+    assert_eq!(mail, vec!["After"]);
 }
 #[test]
 fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
@@ -644,8 +654,10 @@ fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
     assert_one_line_error(&alice2.run(&["sync"]), "sign-in failed");
 
     // Alice's remaining device is told, takes the device off the signed list
-    // and out of the conversation.
-    alice.sync();
+    // and out of the conversation; the sync reports the administrator's action.
+    let out = alice.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_action"));
     assert!(
         subjects(&alice)
             .iter()
