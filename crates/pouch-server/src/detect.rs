@@ -9,13 +9,19 @@
 //! - `link_refused` — a link request denied or expired;
 //! - `cloned_device` — one device signed in from two source addresses within 10 minutes;
 //! - `invite_brute_force` — 5 failed enrollments from one source within 10 minutes;
-//! - `admin_action` — an administrator revoked a device or reset an account.
+//! - `admin_action` — an administrator revoked a device or reset an account;
+//! - `invite_reuse` — an invite that was already used is presented again (a stolen invite);
+//! - `key_package_drain` — more than 100 key packages of one account claimed within 10 minutes;
+//! - `bulk_fetch` — one device fetched more than 2,000 queue items within 10 minutes;
+//! - `audit_chain_broken` — the event chain has a missing or edited event (checked every few seconds).
 
 use crate::AppState;
 use pouch_proto::api::{Alert, EventBody};
 
 const WINDOW_SECS: i64 = 600;
 const BRUTE_FORCE_THRESHOLD: usize = 5;
+const DRAIN_THRESHOLD: u64 = 100;
+const BULK_FETCH_THRESHOLD: u64 = 2000;
 
 fn alert(rule: &str, severity: &str, ev: &EventBody, seq: u64, summary: String) -> Alert {
     Alert {
@@ -122,6 +128,74 @@ async fn evaluate(
                 }
             }
         }
+        "enroll" if !ok && ev.detail.contains("already used") => {
+            out.push(alert(
+                "invite_reuse",
+                "high",
+                ev,
+                seq,
+                format!("an invite that was already used was presented again from {src}: it may have been stolen"),
+            ));
+        }
+        "key_package_claim" => {
+            // Claims are recorded against the claimer; the drained accounts are in the detail.
+            let recent = recent(s, None, ev.at).await?;
+            for target in ev
+                .detail
+                .trim_start_matches("for ")
+                .split(',')
+                .filter(|t| !t.is_empty())
+            {
+                let claimed: u64 = recent
+                    .iter()
+                    .filter(|e| {
+                        e.action == "key_package_claim"
+                            && e.detail
+                                .trim_start_matches("for ")
+                                .split(',')
+                                .any(|t| t == target)
+                    })
+                    .count() as u64;
+                if claimed == DRAIN_THRESHOLD + 1 {
+                    let mut a = alert(
+                        "key_package_drain",
+                        "high",
+                        ev,
+                        seq,
+                        format!(
+                            "key packages of {target} were claimed {claimed} times within {} minutes (from {src})",
+                            WINDOW_SECS / 60
+                        ),
+                    );
+                    a.account = pouch_proto::Address::parse(target).ok();
+                    a.device = None;
+                    out.push(a);
+                }
+            }
+        }
+        "queue_fetch" => {
+            if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
+                let recent = recent(s, Some(account), ev.at).await?;
+                let fetched: u64 = recent
+                    .iter()
+                    .filter(|e| e.action == "queue_fetch" && e.device.as_ref() == Some(device))
+                    .map(|e| e.count)
+                    .sum();
+                let before = fetched.saturating_sub(ev.count);
+                if fetched > BULK_FETCH_THRESHOLD && before <= BULK_FETCH_THRESHOLD {
+                    out.push(alert(
+                        "bulk_fetch",
+                        "high",
+                        ev,
+                        seq,
+                        format!(
+                            "device {device} fetched {fetched} items within {} minutes from {src}",
+                            WINDOW_SECS / 60
+                        ),
+                    ));
+                }
+            }
+        }
         "enroll" | "sign_in" if !ok => {
             let recent = recent(s, None, ev.at).await?;
             let failures = recent
@@ -166,4 +240,54 @@ async fn recent(
         .filter_map(|e| e.parsed())
         .filter(|e| e.at >= now - WINDOW_SECS)
         .collect())
+}
+
+/// Walks the whole event chain; raises `audit_chain_broken` (once per
+/// distinct problem) when an event is missing or edited.
+pub async fn check_chain(s: &AppState, reported: &mut Option<String>) {
+    let mut all = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map(|e: &pouch_proto::api::Event| e.seq)
+            .unwrap_or(0);
+        match s.store.events(after, None, 10_000).await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => all.extend(page),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the event chain");
+                return;
+            }
+        }
+    }
+    let head = s.store.event_head().await.ok();
+    let mut problem =
+        pouch_proto::api::verify_event_chain(&all, 1, pouch_proto::api::EVENT_CHAIN_START.into())
+            .err();
+    if problem.is_none() {
+        if let Some((seq, hash)) = head {
+            if all.last().map(|e| (e.seq, e.hash.clone())) != Some((seq, hash)) && seq > 0 {
+                problem = Some(format!("the newest events up to {seq} are missing"));
+            }
+        }
+    }
+    if let Some(p) = problem {
+        if reported.as_deref() != Some(p.as_str()) {
+            tracing::error!(problem = %p, "AUDIT CHAIN BROKEN");
+            let a = Alert {
+                id: 0,
+                at: crate::now(),
+                rule: "audit_chain_broken".into(),
+                severity: "critical".into(),
+                account: None,
+                device: None,
+                summary: p.clone(),
+                event_seq: None,
+            };
+            if let Err(e) = s.store.add_alert(&a).await {
+                tracing::error!(error = %e, "cannot store an alert");
+            }
+            *reported = Some(p);
+        }
+    }
 }

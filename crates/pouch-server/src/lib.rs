@@ -228,6 +228,15 @@ pub async fn serve(
         shutdown.await;
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
+    // The audit chain is checked every few seconds: a deleted or edited event is an alert.
+    let watcher = prepared.state.clone();
+    tokio::spawn(async move {
+        let mut reported = None;
+        loop {
+            detect::check_chain(&watcher, &mut reported).await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    });
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());
     let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum_server::from_tcp_rustls(listener, tls)

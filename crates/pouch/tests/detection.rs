@@ -142,3 +142,56 @@ fn bad_invites_and_administrator_actions_raise_alerts() {
             .any(|m| m["subject"].as_str().unwrap().contains("admin action"))
     );
 }
+
+#[test]
+fn a_reused_invite_and_a_deleted_event_raise_alerts_within_seconds() {
+    let dir = Scratch::new("reuse");
+    let server = Server::start(&dir.path("server"), None);
+    let invite = server.invite("alice@pouch.local");
+    let alice = Client::enroll(dir.path("alice"), &invite, "alice@pouch.local");
+    // Someone else tries the same invite: it was stolen.
+    let thief = Client {
+        home: dir.path("thief"),
+        address: String::new(),
+    };
+    let started = Instant::now();
+    assert_one_line_error(&thief.run(&["enroll", &invite]), "already been used");
+    let alerts = admin_alerts(&server);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "invite_reuse" && a["account"] == "alice@pouch.local"),
+        "{alerts:?}"
+    );
+    let out = alice.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invite_reuse"));
+
+    // An intruder deletes an event row to hide a trace: the chain check notices.
+    server
+        .db()
+        .execute("DELETE FROM events WHERE seq = 2", [])
+        .unwrap();
+    let found = loop {
+        let alerts = admin_alerts(&server);
+        if let Some(a) = alerts
+            .into_iter()
+            .find(|a| a["rule"] == "audit_chain_broken")
+        {
+            break a;
+        }
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "no audit_chain_broken alert within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(found["severity"], "critical");
+    assert!(
+        found["summary"]
+            .as_str()
+            .unwrap()
+            .contains("event 2 is missing"),
+        "{found}"
+    );
+}
