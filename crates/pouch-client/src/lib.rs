@@ -1005,6 +1005,29 @@ impl Device {
             if batch.items.is_empty() {
                 break;
             }
+            // Queue numbers are per device and gap-free: a gap means another
+            // copy of this device fetched and acknowledged mail.
+            if let Some(first) = batch.items.first() {
+                if first.seq > cursor + 1 {
+                    let what = format!(
+                        "queue items {} to {} of this device were fetched by someone else: a copy of this device may be in use",
+                        cursor + 1,
+                        first.seq - 1
+                    );
+                    let _ = self.api.post_empty(
+                        "/v1/reports",
+                        &api::ClientReport {
+                            kind: "queue_gap".into(),
+                            detail: what.clone(),
+                        },
+                    );
+                    self.local.notice(
+                        "ALERT: mail was fetched by another copy of this device",
+                        &what,
+                    )?;
+                    report.alerts.push(what);
+                }
+            }
             let mut last = cursor;
             for item in batch.items {
                 self.process(&item, &mut report)?;

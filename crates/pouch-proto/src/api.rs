@@ -563,3 +563,11 @@ pub struct Alert {
     pub summary: String,
     pub event_seq: Option<u64>,
 }
+
+/// `POST /v1/reports`: a device reports something only it can see (e.g. a gap in its queue).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientReport {
+    /// "queue_gap".
+    pub kind: String,
+    pub detail: String,
+}

@@ -13,7 +13,9 @@
 //! - `invite_reuse` — an invite that was already used is presented again (a stolen invite);
 //! - `key_package_drain` — more than 100 key packages of one account claimed within 10 minutes;
 //! - `bulk_fetch` — one device fetched more than 2,000 queue items within 10 minutes;
-//! - `audit_chain_broken` — the event chain has a missing or edited event (checked every few seconds).
+//! - `audit_chain_broken` — the event chain has a missing or edited event (checked every few seconds);
+//! - `queue_gap` — a device found items missing from its queue (another copy fetched them);
+//! - `new_network` — a device signed in from an address it never used before (low: supporting signal only).
 
 use crate::AppState;
 use pouch_proto::api::{Alert, EventBody};
@@ -85,6 +87,9 @@ async fn evaluate(
                 format!("a new device was linked ({})", ev.detail),
             ));
         }
+        "client_report_queue_gap" => {
+            out.push(alert("queue_gap", "high", ev, seq, ev.detail.clone()));
+        }
         "link_denied" | "link_expired" => {
             let what = if ev.action == "link_denied" {
                 "denied"
@@ -117,6 +122,27 @@ async fn evaluate(
                         && e.outcome == "success"
                         && e.source.as_deref().is_some_and(|other| other != src)
                 });
+                let all = s.store.events(0, Some(account), 100_000).await?;
+                let seen_before = all.iter().filter_map(|e| e.parsed()).any(|e| {
+                    e.device.as_ref() == Some(device)
+                        && e.source.as_deref() == Some(src.as_str())
+                        && e.at < ev.at
+                        && e.outcome == "success"
+                }) || all
+                    .iter()
+                    .filter_map(|e| e.parsed())
+                    .filter(|e| e.device.as_ref() == Some(device))
+                    .count()
+                    <= 2;
+                if !seen_before {
+                    out.push(alert(
+                        "new_network",
+                        "low",
+                        ev,
+                        seq,
+                        format!("device {device} signed in from {src} for the first time"),
+                    ));
+                }
                 if elsewhere {
                     out.push(alert(
                         "cloned_device",

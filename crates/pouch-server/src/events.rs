@@ -81,6 +81,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/activity", get(activity))
         .route("/v1/admin/events", get(admin_events))
         .route("/v1/alerts", get(own_alerts))
+        .route("/v1/reports", axum::routing::post(client_report))
         .route("/v1/admin/alerts", get(admin_alerts))
 }
 
@@ -139,4 +140,29 @@ async fn admin_alerts(
     Query(p): Query<Page>,
 ) -> Result<Json<Vec<pouch_proto::api::Alert>>, ApiError> {
     Ok(Json(s.store.alerts(p.after, None).await?))
+}
+
+/// A device reports what only it can see; recorded as an event, which the rules turn into an alert.
+async fn client_report(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Json(r): Json<pouch_proto::api::ClientReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if r.kind != "queue_gap" || r.detail.len() > 500 {
+        return Err(ApiError::bad_request("unknown report"));
+    }
+    let me = account_of(&s, &d)
+        .await
+        .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+    record(
+        &s,
+        Ev::new("client_report_queue_gap")
+            .account(&me)
+            .device(&d)
+            .source(peer.ip())
+            .detail(r.detail),
+    )
+    .await;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

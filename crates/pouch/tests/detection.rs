@@ -72,6 +72,62 @@ fn a_copied_device_used_from_a_second_address_is_reported_within_seconds() {
         "took {:?}",
         started.elapsed()
     );
+    // The new network is a (low) supporting signal for the security team.
+    let alerts = admin_alerts(&server);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "new_network" && a["severity"] == "low"),
+        "{alerts:?}"
+    );
+
+    // Mail arrives; the copy fetches and acknowledges it first. The real device
+    // finds the gap in its queue and says so.
+    let bob = user(&dir, &server, "bob");
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "for alice",
+        "--body",
+        "x",
+    ]);
+    let _ = stolen
+        .cmd()
+        .env("POUCH_BIND_ADDRESS", "127.0.0.2")
+        .args(["sync"])
+        .output()
+        .unwrap();
+    // (The gap shows when the next item arrives.)
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "again",
+        "--body",
+        "y",
+    ]);
+    let out = alice2.run(&["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fetched by someone else"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts = admin_alerts(&server);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "queue_gap" && a["severity"] == "high"),
+        "{alerts:?}"
+    );
 }
 
 #[test]
