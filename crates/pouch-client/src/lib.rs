@@ -1359,6 +1359,16 @@ pub(crate) enum Body {
     File(local::MailFile),
 }
 
+impl Body {
+    /// The bytes of an inline body (a file body's bytes are read separately).
+    fn inline_bytes(&self) -> &[u8] {
+        match self {
+            Body::Inline(raw) => raw,
+            Body::File(_) => &[],
+        }
+    }
+}
+
 /// Decrypts an application message and stores the mail. With `downloaded`
 /// the message's blob is already in a local file (the MLS decryption is
 /// redone in this transaction; the earlier attempt was rolled back).
@@ -1411,10 +1421,7 @@ fn finish_application(
     let (head, body): (&[u8], &Body) = match (content, &downloaded) {
         (Content::Inline { rfc5322 }, _) => {
             inline = Body::Inline(rfc5322);
-            match &inline {
-                Body::Inline(raw) => (raw.as_slice(), &inline),
-                Body::File(_) => unreachable!(),
-            }
+            (inline.inline_bytes(), &inline)
         }
         (Content::Blob(_), Some((head, body))) => (head.as_slice(), *body),
         (Content::Blob(blob), None) => return Ok(Step::NeedsBlob { blob }),

@@ -115,25 +115,25 @@ async fn evaluate(
         }
         "sign_in" if ok => {
             if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
-                let recent = recent(s, Some(account), ev.at).await?;
-                let elsewhere = recent.iter().any(|e| {
-                    e.device.as_ref() == Some(device)
-                        && matches!(e.action.as_str(), "sign_in" | "queue_fetch")
-                        && e.outcome == "success"
-                        && e.source.as_deref().is_some_and(|other| other != src)
-                });
-                let all = s.store.events(0, Some(account), 100_000).await?;
-                let seen_before = all.iter().filter_map(|e| e.parsed()).any(|e| {
-                    e.device.as_ref() == Some(device)
-                        && e.source.as_deref() == Some(src.as_str())
-                        && e.at < ev.at
-                        && e.outcome == "success"
-                }) || all
+                // One read of this device's history serves both rules.
+                let history: Vec<EventBody> = s
+                    .store
+                    .events(0, Some(account), 100_000)
+                    .await?
                     .iter()
                     .filter_map(|e| e.parsed())
-                    .filter(|e| e.device.as_ref() == Some(device))
-                    .count()
-                    <= 2;
+                    .filter(|e| e.device.as_ref() == Some(device) && e.outcome == "success")
+                    .collect();
+                let elsewhere = history.iter().any(|e| {
+                    e.at >= ev.at - WINDOW_SECS
+                        && matches!(e.action.as_str(), "sign_in" | "queue_fetch")
+                        && e.source.as_deref().is_some_and(|other| other != src)
+                });
+                // A brand-new device has no network history to compare with.
+                let seen_before = history.len() <= 2
+                    || history
+                        .iter()
+                        .any(|e| e.source.as_deref() == Some(src.as_str()) && e.at < ev.at);
                 if !seen_before {
                     out.push(alert(
                         "new_network",

@@ -157,16 +157,7 @@ fn bad_invites_and_administrator_actions_raise_alerts() {
     );
 
     // The administrator revokes Alice's second device: the security team and Alice's device hear of it.
-    let id = alice2
-        .json(&["device", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["this_device"] == true)
-        .unwrap()["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = device_id_of(&alice2);
     assert!(
         server
             .admin(

@@ -13,18 +13,6 @@ fn subjects(c: &Client) -> Vec<String> {
         .collect()
 }
 
-fn device_id_of(c: &Client) -> String {
-    let list = c.json(&["device", "list", "--json"]);
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["this_device"] == true)
-        .unwrap()["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_linked_device_receives_new_mail_in_existing_conversations() {
     let dir = Scratch::new("link");

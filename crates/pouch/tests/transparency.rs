@@ -341,16 +341,7 @@ fn a_rolled_back_log_and_a_hidden_revocation_are_caught() {
     bob.sync();
 
     // Alice revokes her second device; the server then drops the revocation from what it serves.
-    let alice2_id = alice2
-        .json(&["device", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["this_device"] == true)
-        .unwrap()["device_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let alice2_id = device_id_of(&alice2);
     alice.ok(&["device", "revoke", &alice2_id]);
     let db = server.db();
     db.execute(

@@ -492,3 +492,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The device id of `c` itself, from `pouch device list`.
+pub fn device_id_of(c: &Client) -> String {
+    let list = c.json(&["device", "list", "--json"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["this_device"] == true)
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
