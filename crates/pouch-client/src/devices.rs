@@ -525,6 +525,18 @@ impl Device {
                 if self.first_time(&format!("rogue:{}", r.device_id))? {
                     self.local
                         .notice("ALERT: unknown device on your account", &text)?;
+                    // The security team hears it too. (A server that hides the
+                    // report still cannot hide the notice above.)
+                    let _ = self.api.post_empty(
+                        "/v1/reports",
+                        &api::ClientReport {
+                            kind: "unlisted_device".into(),
+                            detail: format!(
+                                "an active device '{}' ({}) is on the server for this account but on no list the account signed",
+                                r.name, r.device_id
+                            ),
+                        },
+                    );
                 }
                 alerts.push(text);
             }
@@ -653,6 +665,18 @@ impl Device {
             // signed device list; the alert stream adds what only the server
             // sees (copied devices, administrator actions, guessing), which is
             // also what fails the sync.
+            let already_told =
+                matches!(a.rule.as_str(), "new_device" | "link_refused") && a.severity != "high";
+            if a.severity == "medium" && !already_told {
+                self.local.notice(
+                    &format!("Security notice: {}", a.rule.replace('_', " ")),
+                    &format!(
+                        "{} at {}. If this wasn't you, tell your security team.",
+                        a.summary,
+                        crate::format_time(a.at)
+                    ),
+                )?;
+            }
             if matches!(a.severity.as_str(), "high" | "critical") {
                 self.local.notice(
                     &format!("Security alert ({}): {}", a.severity, a.rule.replace('_', " ")),

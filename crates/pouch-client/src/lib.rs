@@ -1039,7 +1039,7 @@ impl Device {
         }
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
-        report.alerts = self.audit_own_account()?;
+        report.alerts.extend(self.audit_own_account()?);
         report.security_alerts = self.fetch_alerts()?;
         report.witnessed_age_secs = self.witnessed_age()?;
         if let Some(age) = report.witnessed_age_secs {

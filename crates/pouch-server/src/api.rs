@@ -229,12 +229,18 @@ async fn enroll(
     match &result {
         Ok(d) => {
             tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled");
+            let after_reset = s.store.reset_at(&d.address).await.ok().flatten().is_some();
             record(
                 &s,
                 Ev::new("enroll")
                     .account(&d.address)
                     .device(&d.device_id)
-                    .source(peer.ip()),
+                    .source(peer.ip())
+                    .detail(if after_reset {
+                        "after an administrator reset"
+                    } else {
+                        "first device"
+                    }),
             )
             .await;
         }
@@ -471,6 +477,22 @@ async fn fetch_queue(
     Query(q): Query<QueueQuery>,
 ) -> ApiResult<QueueResponse> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    // A device reads after the position it last acknowledged. Reading from
+    // before it means a second copy of the device, with an older cursor.
+    let acked = s.store.queue_acked(&d).await?;
+    if q.after < acked {
+        let mut ev = Ev::new("queue_replay")
+            .device(&d)
+            .source(peer.ip())
+            .failed(format!(
+                "from position {} though it had acknowledged up to {acked}",
+                q.after
+            ));
+        if let Some(a) = account_of(&s, &d).await {
+            ev = ev.account(&a);
+        }
+        record(&s, ev).await;
+    }
     let items = s.store.fetch_queue(&d, q.after, limit).await?;
     if !items.is_empty() {
         let bytes = items.iter().map(|i| i.payload.len() as u64).sum();

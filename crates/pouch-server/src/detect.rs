@@ -1,29 +1,34 @@
 //! Detection rules, evaluated as each access event is recorded, so an alert
 //! exists seconds — not hours — after what caused it. Alerts go to the
-//! security team (`pouch admin alerts`) and to the affected account's
-//! devices (as inbox entries on their next sync).
+//! database (`pouch admin alerts`, and the affected account's devices on
+//! their next sync) and to the configured outputs (OCSF file, syslog,
+//! webhook: [`crate::sinks`]). Thresholds come from the policy file
+//! ([`crate::config::Thresholds`]).
 //!
-//! Rules in this release (thresholds are constants for now; the issue asks
-//! for a configuration file):
-//! - `new_device` — a device enrolled or linked (low for the first, medium after);
-//! - `link_refused` — a link request denied or expired;
-//! - `cloned_device` — one device signed in from two source addresses within 10 minutes;
-//! - `invite_brute_force` — 5 failed enrollments from one source within 10 minutes;
-//! - `admin_action` — an administrator revoked a device or reset an account;
-//! - `invite_reuse` — an invite that was already used is presented again (a stolen invite);
-//! - `key_package_drain` — more than 100 key packages of one account claimed within 10 minutes;
-//! - `bulk_fetch` — one device fetched more than 2,000 queue items within 10 minutes;
-//! - `audit_chain_broken` — the event chain has a missing or edited event (checked every few seconds);
-//! - `queue_gap` — a device found items missing from its queue (another copy fetched them);
-//! - `new_network` — a device signed in from an address it never used before (low: supporting signal only).
+//! Severity says who must act: `low` is a notice (something normal that the
+//! security team may want in its timeline: a device the user approved, a
+//! new network); `medium` and above are alerts. The rules, numbered as in
+//! the README's table:
+//! 1. `new_device` — a device enrolled or linked (low; high when a device
+//!    enrolls into an account that had devices, i.e. after an administrator reset);
+//! 2. `link_refused` — a link request denied (medium) or expired (low);
+//! 3. `cloned_device` — one device's queue read from a position it had
+//!    already acknowledged (two copies, or a restored backup), or its
+//!    source address changing back and forth within the window (high);
+//! 4. `queue_gap` — a device found items missing from its queue (high);
+//! 5. `bulk_fetch` — a device fetched far more than its own busiest window (high);
+//! 6. `dormant_device` — a device silent for months signs in again (medium);
+//! 7. `new_network` — a device signed in from an address it never used (low);
+//! 8. `key_package_drain` — an account's key packages claimed far above normal (high);
+//! 9. `invite_brute_force` / `invite_reuse` — guessing invites, or a used invite again (high);
+//! 10. `admin_action` — an administrator revoked a device or reset an account (high);
+//! 11. `audit_chain_broken` / `event_logging_interrupted` (critical);
+//! 12. `stale_device` — a device past the key-rotation window (low: a laptop
+//!     left off over a weekend is one; the security team sees the list).
 
 use crate::AppState;
 use pouch_proto::api::{Alert, EventBody};
-
-const WINDOW_SECS: i64 = 600;
-const BRUTE_FORCE_THRESHOLD: usize = 5;
-const DRAIN_THRESHOLD: u64 = 100;
-const BULK_FETCH_THRESHOLD: u64 = 2000;
+use std::collections::HashSet;
 
 fn alert(rule: &str, severity: &str, ev: &EventBody, seq: u64, summary: String) -> Alert {
     Alert {
@@ -38,20 +43,38 @@ fn alert(rule: &str, severity: &str, ev: &EventBody, seq: u64, summary: String) 
     }
 }
 
+/// Stores an alert, hands it to the outputs, and applies the response policy.
+/// An alert that cannot be stored still leaves through the outputs.
+pub async fn raise(s: &AppState, mut a: Alert) {
+    tracing::warn!(rule = %a.rule, severity = %a.severity, account = ?a.account, summary = %a.summary, "ALERT");
+    let automatic_revoke = a.rule == "cloned_device" && s.policy.response.revoke_cloned_devices;
+    if automatic_revoke {
+        a.summary
+            .push_str("; the device was revoked automatically (policy)");
+    }
+    match s.store.add_alert(&a).await {
+        Ok(id) => a.id = id,
+        Err(e) => tracing::error!(error = %e, "cannot store an alert"),
+    }
+    s.sinks.send(&a);
+    if automatic_revoke {
+        if let (Some(account), Some(device)) = (&a.account, &a.device) {
+            if let Err(e) = crate::devices::revoke_by_policy(s, account, device, &a.rule).await {
+                tracing::error!(error = %e.body.message, "automatic revocation failed");
+            }
+        }
+    }
+}
+
 /// Evaluates the rules for one newly recorded event.
 pub async fn on_event(s: &AppState, ev: &EventBody, seq: u64) {
-    let found = match evaluate(s, ev, seq).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "detection failed");
-            return;
+    match evaluate(s, ev, seq).await {
+        Ok(found) => {
+            for a in found {
+                raise(s, a).await;
+            }
         }
-    };
-    for a in found {
-        tracing::warn!(rule = %a.rule, severity = %a.severity, account = ?a.account, summary = %a.summary, "ALERT");
-        if let Err(e) = s.store.add_alert(&a).await {
-            tracing::error!(error = %e, "cannot store an alert");
-        }
+        Err(e) => tracing::error!(error = %e, "detection failed"),
     }
 }
 
@@ -60,138 +83,159 @@ async fn evaluate(
     ev: &EventBody,
     seq: u64,
 ) -> Result<Vec<Alert>, pouch_store::StoreError> {
+    let t = &s.policy.detection;
+    let window = t.window_secs();
+    let minutes = (window / 60).max(1);
     let mut out = Vec::new();
     let ok = ev.outcome == "success";
     let src = ev.source.clone().unwrap_or_default();
     match ev.action.as_str() {
         "enroll" if ok => {
-            let first = match &ev.account {
-                Some(a) => s.store.devices_of(a).await?.len() <= 1,
-                None => true,
-            };
-            let severity = if first { "low" } else { "medium" };
-            out.push(alert(
-                "new_device",
-                severity,
-                ev,
-                seq,
-                format!("a device enrolled from {src}"),
-            ));
-        }
-        "link_approved" => {
-            out.push(alert(
-                "new_device",
-                "medium",
-                ev,
-                seq,
-                format!("a new device was linked ({})", ev.detail),
-            ));
-        }
-        "client_report_queue_gap" => {
-            out.push(alert("queue_gap", "high", ev, seq, ev.detail.clone()));
-        }
-        "link_denied" | "link_expired" => {
-            let what = if ev.action == "link_denied" {
-                "denied"
+            // Invites enroll an account's first device only; after a reset
+            // the account had devices, and the one enrolling now replaces them.
+            out.push(if ev.detail.contains("after an administrator reset") {
+                alert(
+                    "new_device",
+                    "high",
+                    ev,
+                    seq,
+                    format!("a device enrolled from {src} into an account whose earlier devices were reset by an administrator"),
+                )
             } else {
-                "expired unapproved"
+                alert("new_device", "low", ev, seq, format!("the account's first device enrolled from {src}"))
+            });
+        }
+        "link_approved" => out.push(alert(
+            "new_device",
+            "low",
+            ev,
+            seq,
+            format!("a device was linked with an existing device's approval ({})", ev.detail),
+        )),
+        "client_report_queue_gap" => out.push(alert("queue_gap", "high", ev, seq, ev.detail.clone())),
+        "client_report_unlisted_device" => out.push(alert(
+            "rogue_device",
+            "critical",
+            ev,
+            seq,
+            format!("{}: someone with access to the server or its database added it", ev.detail),
+        )),
+        "queue_replay" => out.push(alert(
+            "cloned_device",
+            "high",
+            ev,
+            seq,
+            format!(
+                "device {} read its queue from {src} {}: a second copy of its keys (or a restored backup) is in use",
+                ev.device.as_ref().map(|d| d.0.as_str()).unwrap_or("?"),
+                ev.detail
+            ),
+        )),
+        "link_denied" | "link_expired" => {
+            // A denial is a user saying "not me"; an expiry is usually a link
+            // abandoned half-way (nothing was approved): a notice.
+            let (what, severity) = if ev.action == "link_denied" {
+                ("denied", "medium")
+            } else {
+                ("expired unapproved", "low")
             };
             out.push(alert(
                 "link_refused",
-                "medium",
+                severity,
                 ev,
                 seq,
                 format!("a request to add a device from {src} was {what}"),
             ));
         }
-        "admin_revoke" | "admin_reset" => {
-            out.push(alert(
-                "admin_action",
-                "high",
-                ev,
-                seq,
-                format!("an administrator acted on the account: {}", ev.action),
-            ));
-        }
+        "admin_revoke" | "admin_reset" => out.push(alert(
+            "admin_action",
+            "high",
+            ev,
+            seq,
+            format!("an administrator acted on the account: {}", ev.action.replace('_', " ")),
+        )),
         "sign_in" if ok => {
             if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
-                // One read of this device's history serves both rules.
-                let history: Vec<EventBody> = s
-                    .store
-                    .events(0, Some(account), 100_000)
-                    .await?
-                    .iter()
-                    .filter_map(|e| e.parsed())
-                    .filter(|e| e.device.as_ref() == Some(device) && e.outcome == "success")
-                    .collect();
-                let elsewhere = history.iter().any(|e| {
-                    e.at >= ev.at - WINDOW_SECS
-                        && matches!(e.action.as_str(), "sign_in" | "queue_fetch")
-                        && e.source.as_deref().is_some_and(|other| other != src)
-                });
-                // A brand-new device has no network history to compare with.
-                let seen_before = history.len() <= 2
-                    || history
-                        .iter()
-                        .any(|e| e.source.as_deref() == Some(src.as_str()) && e.at < ev.at);
-                if !seen_before {
+                let seen = s.store.see_source(device, &src, ev.at).await?;
+                if let Some(last) = seen.last_anywhere {
+                    let silent = ev.at - last;
+                    if silent >= t.dormant_after.as_secs() as i64 {
+                        out.push(alert(
+                            "dormant_device",
+                            "medium",
+                            ev,
+                            seq,
+                            format!(
+                                "device {device} signed in from {src} after {} of silence",
+                                human_duration(silent)
+                            ),
+                        ));
+                    }
+                }
+                // Networks: a device's first address is not news; a new one is a
+                // supporting signal only (devices move between networks).
+                let baseline_start = ev.at - t.baseline.as_secs() as i64;
+                if seen.sources > 0 && seen.last_here.is_none_or(|last| last < baseline_start) {
                     out.push(alert(
                         "new_network",
                         "low",
                         ev,
                         seq,
-                        format!("device {device} signed in from {src} for the first time"),
+                        format!("device {device} signed in from {src}, an address it has not used in {}", human_duration(t.baseline.as_secs() as i64)),
                     ));
                 }
-                if elsewhere {
+                // Returns to an address already used within the window, this
+                // sign-in included: moving on is a device changing networks;
+                // coming back again and again is two copies taking turns.
+                let recent_uses: Vec<EventBody> = recent(s, Some(account), ev.at, window)
+                    .await?
+                    .into_iter()
+                    .filter(|e| e.device.as_ref() == Some(device) && e.outcome == "success")
+                    .filter(|e| matches!(e.action.as_str(), "sign_in" | "queue_fetch"))
+                    .collect();
+                let mut returns = 0;
+                let mut used: Vec<&str> = Vec::new();
+                for here in recent_uses.iter().filter_map(|e| e.source.as_deref()) {
+                    if used.last() != Some(&here) {
+                        if used.contains(&here) {
+                            returns += 1;
+                        }
+                        used.push(here);
+                    }
+                }
+                if returns == t.cloned_address_returns && used.last() == Some(&src.as_str()) {
                     out.push(alert(
                         "cloned_device",
                         "high",
                         ev,
                         seq,
-                        format!("device {device} is in use from two network addresses (now {src}): its keys may have been copied"),
+                        format!("device {device} is in use from two network addresses at once (now {src}; back and forth {returns} times within {minutes} minutes): its keys may have been copied"),
                     ));
                 }
             }
         }
-        "enroll" if !ok && ev.detail.contains("already used") => {
-            out.push(alert(
-                "invite_reuse",
-                "high",
-                ev,
-                seq,
-                format!("an invite that was already used was presented again from {src}: it may have been stolen"),
-            ));
-        }
+        "enroll" if !ok && ev.detail.contains("already used") => out.push(alert(
+            "invite_reuse",
+            "high",
+            ev,
+            seq,
+            format!("an invite that was already used was presented again from {src}: it may have been stolen"),
+        )),
         "key_package_claim" => {
             // Claims are recorded against the claimer; the drained accounts are in the detail.
-            let recent = recent(s, None, ev.at).await?;
-            for target in ev
-                .detail
-                .trim_start_matches("for ")
-                .split(',')
-                .filter(|t| !t.is_empty())
-            {
-                let claimed: u64 = recent
+            let recent = recent(s, None, ev.at, window).await?;
+            for target in targets(&ev.detail) {
+                let claimed = recent
                     .iter()
-                    .filter(|e| {
-                        e.action == "key_package_claim"
-                            && e.detail
-                                .trim_start_matches("for ")
-                                .split(',')
-                                .any(|t| t == target)
-                    })
+                    .filter(|e| e.action == "key_package_claim" && targets(&e.detail).any(|x| x == target))
                     .count() as u64;
-                if claimed == DRAIN_THRESHOLD + 1 {
+                if claimed == t.key_package_claims + 1 {
                     let mut a = alert(
                         "key_package_drain",
                         "high",
                         ev,
                         seq,
-                        format!(
-                            "key packages of {target} were claimed {claimed} times within {} minutes (from {src})",
-                            WINDOW_SECS / 60
-                        ),
+                        format!("key packages of {target} were claimed {claimed} times within {minutes} minutes (last from {src}): someone may be exhausting them to block or intercept new conversations"),
                     );
                     a.account = pouch_proto::Address::parse(target).ok();
                     a.device = None;
@@ -200,49 +244,50 @@ async fn evaluate(
             }
         }
         "queue_fetch" => {
-            if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
-                let recent = recent(s, Some(account), ev.at).await?;
-                let fetched: u64 = recent
+            if let (Some(_), Some(device)) = (&ev.account, &ev.device) {
+                // Counted per clock-aligned window; "now" is this window and the
+                // one before, so a burst across a boundary still counts whole.
+                let this_window = ev.at - ev.at.rem_euclid(window);
+                s.store.count_fetch(device, this_window, ev.count).await?;
+                let since = ev.at - t.baseline.as_secs() as i64;
+                let windows = s.store.fetch_windows(device, since).await?;
+                let now_window: u64 = windows
                     .iter()
-                    .filter(|e| e.action == "queue_fetch" && e.device.as_ref() == Some(device))
-                    .map(|e| e.count)
+                    .filter(|(w, _)| *w >= this_window - window)
+                    .map(|(_, n)| n)
                     .sum();
-                let before = fetched.saturating_sub(ev.count);
-                if fetched > BULK_FETCH_THRESHOLD && before <= BULK_FETCH_THRESHOLD {
+                let busiest = windows
+                    .iter()
+                    .filter(|(w, _)| *w < this_window - window)
+                    .map(|(_, n)| *n)
+                    .max()
+                    .unwrap_or(0);
+                let limit = t.bulk_fetch_floor.max(busiest.saturating_mul(t.bulk_fetch_factor));
+                let before = now_window.saturating_sub(ev.count);
+                if now_window > limit && before <= limit {
                     out.push(alert(
                         "bulk_fetch",
                         "high",
                         ev,
                         seq,
-                        format!(
-                            "device {device} fetched {fetched} items within {} minutes from {src}",
-                            WINDOW_SECS / 60
-                        ),
+                        format!("device {device} fetched {now_window} items within {minutes} minutes from {src}; its busiest earlier window was {busiest}"),
                     ));
                 }
             }
         }
         "enroll" | "sign_in" if !ok => {
-            let recent = recent(s, None, ev.at).await?;
+            let recent = recent(s, None, ev.at, window).await?;
             let failures = recent
                 .iter()
-                .filter(|e| {
-                    e.action == ev.action
-                        && e.outcome == "failure"
-                        && e.source.as_deref() == Some(src.as_str())
-                })
+                .filter(|e| e.action == ev.action && e.outcome == "failure" && e.source.as_deref() == Some(src.as_str()))
                 .count();
-            if failures == BRUTE_FORCE_THRESHOLD {
+            if failures == t.invite_failures {
                 out.push(alert(
                     "invite_brute_force",
                     "high",
                     ev,
                     seq,
-                    format!(
-                        "{failures} failed {} attempts from {src} within {} minutes",
-                        ev.action,
-                        WINDOW_SECS / 60
-                    ),
+                    format!("{failures} failed {} attempts from {src} within {minutes} minutes", ev.action.replace('_', "-")),
                 ));
             }
         }
@@ -251,69 +296,198 @@ async fn evaluate(
     Ok(out)
 }
 
-/// Events of the last window (of one account, or all), newest last.
+fn targets(detail: &str) -> impl Iterator<Item = &str> {
+    detail
+        .trim_start_matches("for ")
+        .split(',')
+        .filter(|t| !t.is_empty())
+}
+
+pub(crate) fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// Events of the last window (of one account, or all), oldest first.
 async fn recent(
     s: &AppState,
     account: Option<&pouch_proto::Address>,
     now: i64,
+    window: i64,
 ) -> Result<Vec<EventBody>, pouch_store::StoreError> {
-    let (head, _) = s.store.event_head().await?;
-    let from = head.saturating_sub(2000);
     Ok(s.store
-        .events(from, account, 2000)
+        .events_since(now - window, account, 100_000)
         .await?
         .iter()
         .filter_map(|e| e.parsed())
-        .filter(|e| e.at >= now - WINDOW_SECS)
         .collect())
 }
 
-/// Walks the whole event chain; raises `audit_chain_broken` (once per
-/// distinct problem) when an event is missing or edited.
-pub async fn check_chain(s: &AppState, reported: &mut Option<String>) {
-    let mut all = Vec::new();
-    loop {
-        let after = all
-            .last()
-            .map(|e: &pouch_proto::api::Event| e.seq)
-            .unwrap_or(0);
-        match s.store.events(after, None, 10_000).await {
-            Ok(page) if page.is_empty() => break,
-            Ok(page) => all.extend(page),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the event chain");
-                return;
-            }
+/// Verifies the event chain as it grows. Each tick checks only the events
+/// added since the last one, plus the row count (a deleted row shows at
+/// once); every `full_every` ticks it re-verifies the whole kept chain (an
+/// edited old row shows then).
+pub struct ChainWatch {
+    verified: Option<(u64, String)>,
+    ticks: u64,
+    full_every: u64,
+    reported: Option<String>,
+}
+
+impl ChainWatch {
+    pub fn new(full_every: u64) -> ChainWatch {
+        ChainWatch {
+            verified: None,
+            ticks: 0,
+            full_every: full_every.max(1),
+            reported: None,
         }
     }
-    let head = s.store.event_head().await.ok();
-    let mut problem =
-        pouch_proto::api::verify_event_chain(&all, 1, pouch_proto::api::EVENT_CHAIN_START.into())
-            .err();
-    if problem.is_none() {
-        if let Some((seq, hash)) = head {
-            if all.last().map(|e| (e.seq, e.hash.clone())) != Some((seq, hash)) && seq > 0 {
-                problem = Some(format!("the newest events up to {seq} are missing"));
+
+    pub async fn tick(&mut self, s: &AppState) {
+        self.ticks += 1;
+        if self.ticks % self.full_every == 0 {
+            self.verified = None;
+        }
+        let mut found = self.check(s).await;
+        if let Ok(Some(_)) = found {
+            // Once more from the anchor: pruning on another node may have
+            // moved it under this check.
+            self.verified = None;
+            found = self.check(s).await;
+        }
+        match found {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                self.verified = None;
+                if self.reported.as_deref() != Some(problem.as_str()) {
+                    tracing::error!(%problem, "AUDIT CHAIN BROKEN");
+                    raise(
+                        s,
+                        Alert {
+                            id: 0,
+                            at: crate::now(),
+                            rule: "audit_chain_broken".into(),
+                            severity: "critical".into(),
+                            account: None,
+                            device: None,
+                            summary: problem.clone(),
+                            event_seq: None,
+                        },
+                    )
+                    .await;
+                    self.reported = Some(problem);
+                }
             }
+            Err(e) => tracing::error!(error = %e, "cannot read the event chain"),
         }
     }
-    if let Some(p) = problem {
-        if reported.as_deref() != Some(p.as_str()) {
-            tracing::error!(problem = %p, "AUDIT CHAIN BROKEN");
-            let a = Alert {
-                id: 0,
-                at: crate::now(),
-                rule: "audit_chain_broken".into(),
-                severity: "critical".into(),
-                account: None,
-                device: None,
-                summary: p.clone(),
-                event_seq: None,
-            };
-            if let Err(e) = s.store.add_alert(&a).await {
-                tracing::error!(error = %e, "cannot store an alert");
+
+    async fn check(&mut self, s: &AppState) -> Result<Option<String>, pouch_store::StoreError> {
+        let (anchor_seq, anchor_hash) = s.store.event_anchor().await?;
+        let (mut seq, mut hash) = match &self.verified {
+            Some(v) if v.0 >= anchor_seq => v.clone(),
+            _ => (anchor_seq, anchor_hash),
+        };
+        loop {
+            let page = s.store.events(seq, None, 5000).await?;
+            let Some(last) = page.last() else { break };
+            let last = (last.seq, last.hash.clone());
+            if let Err(problem) = pouch_proto::api::verify_event_chain(&page, seq + 1, hash.clone())
+            {
+                return Ok(Some(problem));
             }
-            *reported = Some(p);
+            (seq, hash) = last;
         }
+        let (head_seq, head_hash) = s.store.event_head().await?;
+        // Events appended between the two reads are checked next tick.
+        if head_seq > seq {
+            let page = s.store.events(seq, None, 1).await?;
+            if page.is_empty() {
+                return Ok(Some(format!(
+                    "the newest events up to {head_seq} are missing"
+                )));
+            }
+        } else if head_seq == seq && head_hash != hash {
+            return Ok(Some(format!(
+                "event {seq} differs from the chain's recorded head"
+            )));
+        }
+        let count = s.store.event_count().await?;
+        let expected = head_seq.saturating_sub(anchor_seq);
+        if count < expected {
+            return Ok(Some(format!(
+                "{} event(s) are missing from the chain (it holds {count} of {expected})",
+                expected - count
+            )));
+        }
+        self.verified = Some((seq, hash));
+        Ok(None)
+    }
+}
+
+/// Raises `stale_device` once per device past the rotation window and
+/// prunes events past the retention period.
+pub async fn sweep(s: &AppState, reported_stale: &mut HashSet<String>) {
+    let now = crate::now();
+    match s.store.stale_members(now - s.rotation_secs as i64).await {
+        Ok(stale) => {
+            let mut seen = HashSet::new();
+            for m in stale {
+                if !seen.insert(m.device_id.0.clone()) || reported_stale.contains(&m.device_id.0) {
+                    continue;
+                }
+                let active =
+                    matches!(s.store.device(&m.device_id).await, Ok(Some(d)) if d.is_active());
+                if !active {
+                    continue;
+                }
+                // Reported before this process started?
+                let already = s
+                    .store
+                    .alerts(0, Some(&m.address))
+                    .await
+                    .map(|all| {
+                        all.iter().any(|a| {
+                            a.rule == "stale_device" && a.device.as_ref() == Some(&m.device_id)
+                        })
+                    })
+                    .unwrap_or(false);
+                reported_stale.insert(m.device_id.0.clone());
+                if already {
+                    continue;
+                }
+                raise(
+                    s,
+                    Alert {
+                        id: 0,
+                        at: now,
+                        rule: "stale_device".into(),
+                        severity: "low".into(),
+                        account: Some(m.address.clone()),
+                        device: Some(m.device_id.clone()),
+                        summary: format!(
+                            "device {} has not refreshed its keys for {} (the rotation window is {}): it will not read new mail until it syncs; if it is lost, revoke it",
+                            m.device_id,
+                            human_duration(now - m.updated_at),
+                            human_duration(s.rotation_secs as i64)
+                        ),
+                        event_seq: None,
+                    },
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list stale devices"),
+    }
+    let cutoff = now - s.policy.events.retention.as_secs() as i64;
+    match s.store.prune_events(cutoff).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pruned = n, "events past the retention period deleted"),
+        Err(e) => tracing::error!(error = %e, "cannot prune old events"),
     }
 }

@@ -518,21 +518,13 @@ async fn admin_revoke(
             )));
         }
     }
-    // Recorded in the transparency log: an administrator cannot revoke quietly.
-    let entry =
-        pouch_log::AdminRevocationEntry::new(address.clone(), device.clone(), now()).to_bytes();
-    if !s
-        .store
-        .revoke_device(&device, "admin", Some(&entry), now())
-        .await?
-    {
+    if !revoke_in_log(&s, &address, &device).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
             "that device is already revoked",
         ));
     }
-    crate::log::refresh_checkpoint(&s).await?;
     tracing::warn!(%address, %device, "ADMIN revoked a device");
     record(
         &s,
@@ -543,6 +535,52 @@ async fn admin_revoke(
         address,
         detail: format!("device {device} revoked by the administrator"),
     }))
+}
+
+/// Revokes a device on the server's authority, recorded in the transparency
+/// log so that it cannot happen quietly. False if it was already revoked.
+async fn revoke_in_log(
+    s: &AppState,
+    address: &Address,
+    device: &DeviceId,
+) -> Result<bool, ApiError> {
+    let entry =
+        pouch_log::AdminRevocationEntry::new(address.clone(), device.clone(), now()).to_bytes();
+    if !s
+        .store
+        .revoke_device(device, "admin", Some(&entry), now())
+        .await?
+    {
+        return Ok(false);
+    }
+    crate::log::refresh_checkpoint(s).await?;
+    Ok(true)
+}
+
+/// The response policy's revocation (e.g. of a cloned device): the same
+/// logged revocation as an administrator's, recorded as its own event.
+pub(crate) async fn revoke_by_policy(
+    s: &AppState,
+    address: &Address,
+    device: &DeviceId,
+    because: &str,
+) -> Result<(), ApiError> {
+    match s.store.device(device).await? {
+        Some(d) if &d.address == address && d.is_active() => {}
+        _ => return Ok(()),
+    }
+    if revoke_in_log(s, address, device).await? {
+        tracing::warn!(%address, %device, because, "POLICY revoked a device");
+        Box::pin(record(
+            s,
+            Ev::new("policy_revoke")
+                .account(address)
+                .device(device)
+                .detail(format!("because of {because}")),
+        ))
+        .await;
+    }
+    Ok(())
 }
 
 async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, ApiError> {

@@ -55,6 +55,11 @@ impl Ev {
         self.0.detail = d.to_string();
         self
     }
+    /// Sets the event's time (the clock by default; simulations set their own).
+    pub fn at(mut self, at: i64) -> Self {
+        self.0.at = at;
+        self
+    }
     pub fn amount(mut self, count: u64, bytes: u64) -> Self {
         self.0.count = count;
         self.0.bytes = bytes;
@@ -62,12 +67,55 @@ impl Ev {
     }
 }
 
-/// Records an event. A failure to record is itself logged loudly; the
-/// request goes on (the chain's gap is what the security team sees).
+/// Records an event and runs the rules on it. When the event cannot be
+/// recorded the request still goes on, but logging being interrupted is an
+/// alert itself: at once to the outputs outside the database, and — with
+/// how many events were lost — to the database when it takes events again.
 pub async fn record(s: &AppState, ev: Ev) {
+    use std::sync::atomic::Ordering;
     match s.store.append_event(&ev.0).await {
-        Ok(seq) => crate::detect::on_event(s, &ev.0, seq).await,
-        Err(e) => tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED"),
+        Ok(seq) => {
+            let lost = s.events_lost.swap(0, Ordering::SeqCst);
+            if lost > 0 {
+                let since = s.events_lost_since.load(Ordering::SeqCst);
+                crate::detect::raise(
+                    s,
+                    logging_alert(format!(
+                        "event logging was interrupted: {lost} event(s) since {} could not be recorded; logging works again",
+                        crate::format_time(since)
+                    )),
+                )
+                .await;
+            }
+            crate::detect::on_event(s, &ev.0, seq).await
+        }
+        Err(e) => {
+            tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED");
+            if s.events_lost.fetch_add(1, Ordering::SeqCst) == 0 {
+                s.events_lost_since.store(ev.0.at, Ordering::SeqCst);
+                crate::detect::raise(
+                    s,
+                    logging_alert(format!(
+                        "event logging is interrupted: the database refused an event ({}); what happens now is not being recorded",
+                        ev.0.action
+                    )),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+fn logging_alert(summary: String) -> pouch_proto::api::Alert {
+    pouch_proto::api::Alert {
+        id: 0,
+        at: now(),
+        rule: "event_logging_interrupted".into(),
+        severity: "critical".into(),
+        account: None,
+        device: None,
+        summary,
+        event_seq: None,
     }
 }
 
@@ -149,7 +197,7 @@ async fn client_report(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Json(r): Json<pouch_proto::api::ClientReport>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    if r.kind != "queue_gap" || r.detail.len() > 500 {
+    if !matches!(r.kind.as_str(), "queue_gap" | "unlisted_device") || r.detail.len() > 500 {
         return Err(ApiError::bad_request("unknown report"));
     }
     let me = account_of(&s, &d)
@@ -157,7 +205,7 @@ async fn client_report(
         .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
     record(
         &s,
-        Ev::new("client_report_queue_gap")
+        Ev::new(&format!("client_report_{}", r.kind))
             .account(&me)
             .device(&d)
             .source(peer.ip())

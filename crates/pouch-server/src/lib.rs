@@ -12,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod api;
-mod detect;
+pub mod config;
+pub mod detect;
 mod devices;
 mod error;
 pub mod events;
 pub mod log;
+pub mod sinks;
 pub mod tls;
 pub mod witness;
 
@@ -48,6 +50,8 @@ pub struct ServerConfig {
     pub link_ttl_secs: u64,
     /// Witnesses to send checkpoints to.
     pub witnesses: Vec<log::WitnessConfig>,
+    /// Retention, detection thresholds, alert outputs, responses.
+    pub policy: config::Policy,
 }
 
 /// Shared state of the request handlers.
@@ -58,6 +62,11 @@ pub struct AppState {
     pub rotation_secs: u64,
     pub link_ttl_secs: u64,
     pub log: log::LogState,
+    pub policy: config::Policy,
+    pub sinks: sinks::Sinks,
+    /// Events the database refused since logging last worked, and since when.
+    pub events_lost: std::sync::atomic::AtomicU64,
+    pub events_lost_since: std::sync::atomic::AtomicI64,
     admin_token_sha256: [u8; 32],
 }
 
@@ -88,6 +97,17 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// A Unix time as RFC 3339 UTC, for messages.
+pub fn format_time(ts: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ts.to_string())
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -187,8 +207,13 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
     };
     let key = pouch_log::LogKey::from_private(&private, &public)
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;
     let state = Arc::new(AppState {
         store,
+        policy: config.policy.clone(),
+        sinks,
+        events_lost: Default::default(),
+        events_lost_since: Default::default(),
         domain,
         ciphersuite: suite,
         rotation_secs: config.rotation_secs.max(1),
@@ -228,13 +253,22 @@ pub async fn serve(
         shutdown.await;
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    // The audit chain is checked every few seconds: a deleted or edited event is an alert.
+    // The audit chain is checked every 2 s (new events, row count; the whole
+    // chain every 5 minutes); stale devices and retention every sweep period.
     let watcher = prepared.state.clone();
     tokio::spawn(async move {
-        let mut reported = None;
+        let tick = std::time::Duration::from_secs(2);
+        let sweep_every = watcher.policy.detection.sweep_every.max(tick);
+        let mut chain = detect::ChainWatch::new(150);
+        let mut stale = std::collections::HashSet::new();
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
-            detect::check_chain(&watcher, &mut reported).await;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            chain.tick(&watcher).await;
+            if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
+                detect::sweep(&watcher, &mut stale).await;
+                last_sweep = Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(tick).await;
         }
     });
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());

@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0006_alerts.sql"),
         include_str!("../migrations/postgres_0006_alerts.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/sqlite_0007_detection.sql"),
+        include_str!("../migrations/postgres_0007_detection.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when
@@ -195,6 +200,15 @@ pub mod testing {
 
     /// Every value of every row of every table in the PostgreSQL database at
     /// `url`, concatenated: what an intruder with the database would read.
+    /// Runs one statement on the database at `url`, as an intruder with it would.
+    pub async fn execute(url: &str, statement: &str) -> Result<(), sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url).await?;
+        conn.execute(sqlx::AssertSqlSafe(statement.to_string()))
+            .await?;
+        Ok(())
+    }
+
     pub async fn dump_postgres(url: &str) -> Result<Vec<u8>, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let mut conn = AnyConnection::connect(url).await?;

@@ -9,8 +9,8 @@ use pouch_proto::{
 };
 use pouch_store::{
     Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
-    LinkRequest, NewDevice, NewLinkRequest, Result, StaleMember, Store, StoreError, StoredList,
-    UnixTime, rules,
+    LinkRequest, NewDevice, NewLinkRequest, Result, SourceHistory, StaleMember, Store, StoreError,
+    StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -816,7 +816,8 @@ impl Store for SqlStore {
         let rows: Vec<Row> = match account {
             Some(a) => sqlx::query_as(
                 "SELECT id, at, rule, severity, account, device, summary, event_seq FROM alerts \
-                 WHERE id > $1 AND account = $2 ORDER BY id LIMIT 1000",
+                 WHERE id > $1 AND (account = $2 OR (account IS NULL AND severity = 'critical')) \
+                 ORDER BY id LIMIT 1000",
             )
             .bind(after_id as i64)
             .bind(a.as_str().to_string())
@@ -857,6 +858,89 @@ impl Store for SqlStore {
                 .await
                 .map_err(backend)?;
         Ok((seq as u64, hash))
+    }
+
+    async fn events_since(
+        &self,
+        since: UnixTime,
+        account: Option<&Address>,
+        limit: u32,
+    ) -> Result<Vec<pouch_proto::api::Event>> {
+        let rows: Vec<(i64, String, String, String)> = match account {
+            Some(a) => sqlx::query_as(
+                "SELECT seq, body, prev_hash, hash FROM events WHERE account = $1 AND at >= $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(a.as_str().to_string())
+            .bind(since)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await,
+            None => sqlx::query_as(
+                "SELECT seq, body, prev_hash, hash FROM events WHERE at >= $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(since)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await,
+        }
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, body, prev_hash, hash)| pouch_proto::api::Event {
+                seq: seq as u64,
+                body,
+                prev_hash,
+                hash,
+            })
+            .collect())
+    }
+
+    async fn event_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n as u64)
+    }
+
+    async fn event_anchor(&self) -> Result<(u64, String)> {
+        let (seq, hash): (i64, String) =
+            sqlx::query_as("SELECT anchor_seq, anchor_hash FROM events_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok((seq as u64, hash))
+    }
+
+    async fn prune_events(&self, before: UnixTime) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        // Lock the state row first, as appends do, so the anchor and the rows move together.
+        sqlx::query("UPDATE events_state SET last_seq = last_seq WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM events WHERE at < $1 ORDER BY seq DESC LIMIT 1")
+                .bind(before)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let Some((seq, hash)) = last else {
+            return Ok(0);
+        };
+        let done = sqlx::query("DELETE FROM events WHERE seq <= $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("UPDATE events_state SET anchor_seq = $1, anchor_hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
@@ -1087,13 +1171,110 @@ impl Store for SqlStore {
     }
 
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM queue WHERE device_id = $1 AND seq <= $2")
             .bind(&device_id.0)
             .bind(up_to as i64)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        sqlx::query(
+            "UPDATE devices SET acked_up_to = CASE WHEN acked_up_to < $2 THEN $2 ELSE acked_up_to END \
+             WHERE device_id = $1",
+        )
+        .bind(&device_id.0)
+        .bind(up_to as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         Ok(done.rows_affected())
+    }
+
+    async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT acked_up_to FROM devices WHERE device_id = $1")
+                .bind(&device_id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    async fn count_fetch(
+        &self,
+        device_id: &DeviceId,
+        window_start: UnixTime,
+        items: u64,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO fetch_windows (device_id, window_start, items) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id, window_start) DO UPDATE SET items = fetch_windows.items + excluded.items \
+             RETURNING items",
+        )
+        .bind(&device_id.0)
+        .bind(window_start)
+        .bind(items as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n as u64)
+    }
+
+    async fn fetch_windows(
+        &self,
+        device_id: &DeviceId,
+        since: UnixTime,
+    ) -> Result<Vec<(UnixTime, u64)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT window_start, items FROM fetch_windows WHERE device_id = $1 AND window_start >= $2 ORDER BY window_start",
+        )
+        .bind(&device_id.0)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.into_iter().map(|(w, n)| (w, n as u64)).collect())
+    }
+
+    async fn see_source(
+        &self,
+        device_id: &DeviceId,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<SourceHistory> {
+        let mut tx = self.begin().await?;
+        let last_here: Option<i64> = sqlx::query_scalar(
+            "SELECT last_seen FROM device_sources WHERE device_id = $1 AND source = $2",
+        )
+        .bind(&device_id.0)
+        .bind(source)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let (sources, last_anywhere): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MAX(last_seen) FROM device_sources WHERE device_id = $1",
+        )
+        .bind(&device_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO device_sources (device_id, source, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (device_id, source) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(&device_id.0)
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(SourceHistory {
+            last_here,
+            last_anywhere,
+            sources: sources as u64,
+        })
     }
 
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()> {

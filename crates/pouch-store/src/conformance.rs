@@ -253,8 +253,36 @@ pub async fn run(store: &dyn Store) {
     let stale = store.stale_members(now).await.unwrap();
     assert_eq!(stale.len(), 2, "{stale:?}");
 
-    // Acknowledgement removes exactly what was acknowledged.
+    // Acknowledgement removes exactly what was acknowledged, and the device's
+    // acknowledged position only ever moves forward.
+    assert_eq!(store.queue_acked(&b1_id).await.unwrap(), 0);
     assert_eq!(store.ack_queue(&b1_id, q[0].seq).await.unwrap(), 1);
+    assert_eq!(store.queue_acked(&b1_id).await.unwrap(), q[0].seq);
+    assert_eq!(store.ack_queue(&b1_id, 0).await.unwrap(), 0);
+    assert_eq!(store.queue_acked(&b1_id).await.unwrap(), q[0].seq);
+    // Fetch windows add up per window; sources remember when they were last used.
+    assert_eq!(store.count_fetch(&b1_id, 600, 5).await.unwrap(), 5);
+    assert_eq!(store.count_fetch(&b1_id, 600, 7).await.unwrap(), 12);
+    assert_eq!(store.count_fetch(&b1_id, 1200, 1).await.unwrap(), 1);
+    assert_eq!(
+        store.fetch_windows(&b1_id, 600).await.unwrap(),
+        vec![(600, 12), (1200, 1)]
+    );
+    assert_eq!(
+        store.fetch_windows(&b1_id, 601).await.unwrap(),
+        vec![(1200, 1)]
+    );
+    let seen = |last_here, last_anywhere, sources| SourceHistory {
+        last_here,
+        last_anywhere,
+        sources,
+    };
+    let first = store.see_source(&b1_id, "10.0.0.1", now).await.unwrap();
+    assert_eq!(first, seen(None, None, 0));
+    let second = store.see_source(&b1_id, "10.0.0.2", now + 1).await.unwrap();
+    assert_eq!(second, seen(None, Some(now), 1));
+    let back = store.see_source(&b1_id, "10.0.0.1", now + 2).await.unwrap();
+    assert_eq!(back, seen(Some(now), Some(now + 1), 2));
     let rest = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].seq, q[1].seq);
@@ -570,6 +598,39 @@ pub async fn run(store: &dyn Store) {
         .is_err()
     );
 
+    // By time, and pruned from the oldest with the anchor following.
+    let old_event = pouch_proto::api::EventBody {
+        at: now - 1000,
+        ..ev(Some(&alice), "sign_in")
+    };
+    assert_eq!(store.append_event(&old_event).await.unwrap(), 4);
+    assert_eq!(store.events_since(now, None, 100).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .events_since(now, Some(&alice), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.event_count().await.unwrap(), 4);
+    assert_eq!(
+        store.event_anchor().await.unwrap(),
+        (0, pouch_proto::api::EVENT_CHAIN_START.to_string())
+    );
+    // The chain stays contiguous: everything up to the last old event goes.
+    assert_eq!(store.prune_events(now - 500).await.unwrap(), 4);
+    assert_eq!(store.event_count().await.unwrap(), 0);
+    let (anchor_seq, anchor_hash) = store.event_anchor().await.unwrap();
+    assert_eq!(anchor_seq, 4);
+    assert_eq!(store.prune_events(now - 500).await.unwrap(), 0);
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        5
+    );
+    let kept = store.events(0, None, 100).await.unwrap();
+    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash).unwrap();
+
     // Alerts: numbered, filterable by account.
     let alert = |account: Option<&Address>, rule: &str| pouch_proto::api::Alert {
         id: 0,
@@ -594,6 +655,15 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(alices.len(), 1);
     assert_eq!(alices[0].rule, "new_device");
     assert!(store.alerts(first, Some(&alice)).await.unwrap().is_empty());
+    // A critical alert about the whole server concerns every account.
+    let server_wide = pouch_proto::api::Alert {
+        severity: "critical".into(),
+        ..alert(None, "audit_chain_broken")
+    };
+    store.add_alert(&server_wide).await.unwrap();
+    let alices = store.alerts(first, Some(&alice)).await.unwrap();
+    assert_eq!(alices.len(), 1);
+    assert_eq!(alices[0].severity, "critical");
 
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();

@@ -72,6 +72,17 @@ pub struct StaleMember {
     pub updated_at: UnixTime,
 }
 
+/// What the store knew of a device's network sources before a sighting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceHistory {
+    /// When it was last seen from this source (None: never).
+    pub last_here: Option<UnixTime>,
+    /// When it was last seen from any source (None: never).
+    pub last_anywhere: Option<UnixTime>,
+    /// How many distinct sources it had been seen from.
+    pub sources: u64,
+}
+
 /// A device waiting for an existing device's approval.
 pub struct NewLinkRequest {
     pub code: String,
@@ -260,10 +271,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<pouch_proto::api::Event>>;
     /// The chain's head as recorded: (last sequence number, last hash).
     async fn event_head(&self) -> Result<(u64, String)>;
+    /// Events at or after `since` (all accounts, or one), oldest first.
+    async fn events_since(
+        &self,
+        since: UnixTime,
+        account: Option<&Address>,
+        limit: u32,
+    ) -> Result<Vec<pouch_proto::api::Event>>;
+    /// How many events the table holds (a deleted row shows here at once).
+    async fn event_count(&self) -> Result<u64>;
+    /// Where the kept chain starts: (sequence number, hash) of the last
+    /// pruned event, or (0, the chain's start) if none was pruned.
+    async fn event_anchor(&self) -> Result<(u64, String)>;
+    /// Deletes events older than `before` (the retention period), moving the
+    /// anchor to the last one deleted, in one transaction. Returns how many.
+    async fn prune_events(&self, before: UnixTime) -> Result<u64>;
 
     // --- alerts ---
     async fn add_alert(&self, alert: &pouch_proto::api::Alert) -> Result<u64>;
-    /// Alerts after `after_id` (all accounts, or one), oldest first.
+    /// Alerts after `after_id` (all accounts, or one's — which includes the
+    /// critical alerts about the whole server, such as a broken audit chain), oldest first.
     async fn alerts(
         &self,
         after_id: u64,
@@ -333,6 +360,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<QueueItem>>;
     /// Deletes every item up to and including `up_to`; returns how many.
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
+    /// The highest queue position the device has acknowledged, ever.
+    async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64>;
+    /// Adds `items` to the device's fetch count for the window starting at
+    /// `window_start`; returns the window's new total.
+    async fn count_fetch(
+        &self,
+        device_id: &DeviceId,
+        window_start: UnixTime,
+        items: u64,
+    ) -> Result<u64>;
+    /// The device's fetch counts per window from `since` on: (window start, items).
+    async fn fetch_windows(
+        &self,
+        device_id: &DeviceId,
+        since: UnixTime,
+    ) -> Result<Vec<(UnixTime, u64)>>;
+    /// Records that the device was seen from `source` at `now`.
+    async fn see_source(
+        &self,
+        device_id: &DeviceId,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<SourceHistory>;
 
     // --- blobs (opaque encrypted chunks) ---
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;

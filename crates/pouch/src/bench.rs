@@ -232,6 +232,7 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
             rotation_secs: 24 * 3600,
             link_ttl_secs: 600,
             witnesses: Vec::new(),
+            policy: Default::default(),
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let token = std::fs::read_to_string(&prepared.admin_token_path)?

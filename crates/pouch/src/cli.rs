@@ -187,6 +187,11 @@ struct ServerArgs {
     /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
     #[arg(long)]
     witness: Vec<String>,
+    /// Policy file: event retention, detection thresholds, alert outputs
+    /// (OCSF file, syslog, webhook), responses. Default: pouch.toml in the
+    /// data directory, if present.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -857,7 +862,13 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
                 pouch_store_sql::SqlStore::open_sqlite(&args.data_dir.join("pouch.db")).await?,
             ),
         };
+        let policy = match &args.config {
+            Some(path) => pouch_server::config::Policy::load(path, true),
+            None => pouch_server::config::Policy::load(&args.data_dir.join("pouch.toml"), false),
+        }
+        .map_err(|e| anyhow!(e))?;
         let config = pouch_server::ServerConfig {
+            policy,
             data_dir: args.data_dir.clone(),
             domain: args.domain.clone(),
             tls_cert: args.tls_cert.clone(),

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::time::Instant;
 
 fn admin_alerts(server: &Server) -> Vec<serde_json::Value> {
     let out = server.admin(&server.data_dir, &["alerts", "--json"]);
@@ -21,69 +20,19 @@ fn admin_alerts(server: &Server) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn a_copied_device_used_from_a_second_address_is_reported_within_seconds() {
-    let dir = Scratch::new("cloned");
+fn a_copy_that_fetches_first_leaves_a_gap_the_real_device_reports() {
+    let dir = Scratch::new("gap");
     let server = Server::start(&dir.path("server"), None);
     let alice = user(&dir, &server, "alice");
-    let alice2 = link(dir.path("alice2"), &server, &alice);
-    alice2.sync();
-    // An intruder copies the second device's state directory and uses it from 127.0.0.2.
-    copy_dir(&alice2.home, &dir.path("stolen"));
+    let bob = user(&dir, &server, "bob");
+    let laptop = link(dir.path("laptop"), &server, &alice);
+    laptop.sync();
+    copy_dir(&laptop.home, &dir.path("stolen"));
     let stolen = Client {
         home: dir.path("stolen"),
         address: "alice@pouch.local".into(),
     };
-    let started = Instant::now();
-    let _ = stolen
-        .cmd()
-        .env("POUCH_BIND_ADDRESS", "127.0.0.2")
-        .args(["sync"])
-        .output()
-        .unwrap();
-
-    let alerts = admin_alerts(&server);
-    let cloned = alerts
-        .iter()
-        .find(|a| a["rule"] == "cloned_device")
-        .expect("a cloned-device alert");
-    assert_eq!(cloned["severity"], "high");
-    assert_eq!(cloned["account"], "alice@pouch.local");
-    assert!(
-        cloned["summary"].as_str().unwrap().contains("127.0.0.2"),
-        "{cloned}"
-    );
-    // Alice's first device is told on its next sync, and the sync says so in its status.
-    let out = alice.run(&["sync"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cloned_device"));
-    assert!(
-        alice
-            .inbox()
-            .iter()
-            .any(|m| m["subject"].as_str().unwrap().contains("cloned device"))
-    );
-    assert!(
-        started.elapsed().as_secs() < 5,
-        "took {:?}",
-        started.elapsed()
-    );
-    // The new network is a (low) supporting signal for the security team.
-    let alerts = admin_alerts(&server);
-    assert!(
-        alerts
-            .iter()
-            .any(|a| a["rule"] == "new_network" && a["severity"] == "low"),
-        "{alerts:?}"
-    );
-
-    // Mail arrives; the copy fetches and acknowledges it first. The real device
-    // finds the gap in its queue and says so.
-    let bob = user(&dir, &server, "bob");
+    // Mail arrives; the copy, on another network, fetches and acknowledges it first.
     bob.ok(&[
         "send",
         "--to",
@@ -99,6 +48,18 @@ fn a_copied_device_used_from_a_second_address_is_reported_within_seconds() {
         .args(["sync"])
         .output()
         .unwrap();
+    // The new network alone is only a (low) supporting signal.
+    let alerts = admin_alerts(&server);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "new_network" && a["severity"] == "low"),
+        "{alerts:?}"
+    );
+    assert!(
+        !alerts.iter().any(|a| a["severity"] == "high"),
+        "{alerts:?}"
+    );
     // (The gap shows when the next item arrives.)
     bob.ok(&[
         "send",
@@ -109,23 +70,21 @@ fn a_copied_device_used_from_a_second_address_is_reported_within_seconds() {
         "--body",
         "y",
     ]);
-    let out = alice2.run(&["sync"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("fetched by someone else"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = laptop.run(&["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("fetched by someone else"), "{err}");
     let alerts = admin_alerts(&server);
     assert!(
         alerts
             .iter()
             .any(|a| a["rule"] == "queue_gap" && a["severity"] == "high"),
+        "{alerts:?}"
+    );
+    // The server saw it too: the laptop read from before what the copy had acknowledged.
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "cloned_device"
+            && a["summary"].as_str().unwrap().contains("had acknowledged")),
         "{alerts:?}"
     );
 }
@@ -187,58 +146,5 @@ fn bad_invites_and_administrator_actions_raise_alerts() {
             .inbox()
             .iter()
             .any(|m| m["subject"].as_str().unwrap().contains("admin action"))
-    );
-}
-
-#[test]
-fn a_reused_invite_and_a_deleted_event_raise_alerts_within_seconds() {
-    let dir = Scratch::new("reuse");
-    let server = Server::start(&dir.path("server"), None);
-    let invite = server.invite("alice@pouch.local");
-    let alice = Client::enroll(dir.path("alice"), &invite, "alice@pouch.local");
-    // Someone else tries the same invite: it was stolen.
-    let thief = Client {
-        home: dir.path("thief"),
-        address: String::new(),
-    };
-    let started = Instant::now();
-    assert_one_line_error(&thief.run(&["enroll", &invite]), "already been used");
-    let alerts = admin_alerts(&server);
-    assert!(
-        alerts
-            .iter()
-            .any(|a| a["rule"] == "invite_reuse" && a["account"] == "alice@pouch.local"),
-        "{alerts:?}"
-    );
-    let out = alice.run(&["sync"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invite_reuse"));
-
-    // An intruder deletes an event row to hide a trace: the chain check notices.
-    server
-        .db()
-        .execute("DELETE FROM events WHERE seq = 2", [])
-        .unwrap();
-    let found = loop {
-        let alerts = admin_alerts(&server);
-        if let Some(a) = alerts
-            .into_iter()
-            .find(|a| a["rule"] == "audit_chain_broken")
-        {
-            break a;
-        }
-        assert!(
-            started.elapsed().as_secs() < 5,
-            "no audit_chain_broken alert within 5 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    assert_eq!(found["severity"], "critical");
-    assert!(
-        found["summary"]
-            .as_str()
-            .unwrap()
-            .contains("event 2 is missing"),
-        "{found}"
     );
 }

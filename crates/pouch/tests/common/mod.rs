@@ -66,6 +66,16 @@ impl PgDatabase {
             drop: Some(Box::pin(drop)),
         }
     }
+    /// Runs one SQL statement on this database.
+    pub fn execute(&self, statement: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(pouch_store_sql::testing::execute(&self.url, statement))
+            .unwrap()
+    }
+
     pub fn dump(&self) -> Vec<u8> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,0 +1,189 @@
+//! The server's policy file (`pouch server --config pouch.toml`, or
+//! `pouch.toml` in the data directory when present): event retention,
+//! detection thresholds, where alerts go, and the automatic responses.
+//!
+//! Every field has a default, so an empty file — or none — gives the
+//! defaults the README documents. Unknown keys are refused, so a misspelt
+//! threshold cannot silently stay at its default.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub events: EventsPolicy,
+    pub detection: Thresholds,
+    pub alerts: AlertOutputs,
+    pub response: Response,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsPolicy {
+    /// Events older than this are deleted (the chain keeps its anchor).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for EventsPolicy {
+    fn default() -> Self {
+        EventsPolicy {
+            retention: Duration::from_secs(400 * 86_400),
+        }
+    }
+}
+
+/// Detection thresholds. The defaults are what the benign-week simulation
+/// (crates/pouch-server/tests/benign_week.rs) was run against.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// The sliding window the counting rules look at.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Failed enrollments or sign-ins from one source within the window.
+    pub invite_failures: usize,
+    /// Key packages of one account claimed within the window.
+    pub key_package_claims: u64,
+    /// Queue items one device may fetch within the window whatever its baseline.
+    pub bulk_fetch_floor: u64,
+    /// …and above this multiple of its busiest window over the baseline period.
+    pub bulk_fetch_factor: u64,
+    /// How far back a device's own baseline reaches.
+    #[serde(with = "humantime_serde")]
+    pub baseline: Duration,
+    /// A device silent this long that signs in again is "dormant, waking".
+    #[serde(with = "humantime_serde")]
+    pub dormant_after: Duration,
+    /// Returns of one device to an address it already used within the
+    /// window (A→B→A is one, A→B→A→B two) that mean two copies take turns.
+    /// Moving on (A→B→C) is a device changing networks, which is normal.
+    pub cloned_address_returns: usize,
+    /// How often the stale-device and retention sweeps run.
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            window: Duration::from_secs(600),
+            invite_failures: 5,
+            key_package_claims: 100,
+            bulk_fetch_floor: 2000,
+            bulk_fetch_factor: 10,
+            baseline: Duration::from_secs(14 * 86_400),
+            dormant_after: Duration::from_secs(60 * 86_400),
+            cloned_address_returns: 2,
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn window_secs(&self) -> i64 {
+        self.window.as_secs().max(1) as i64
+    }
+}
+
+/// Where alerts go besides the database (`pouch admin alerts`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertOutputs {
+    /// Appends one OCSF Detection Finding (JSON) per line.
+    pub ocsf_file: Option<PathBuf>,
+    /// `tcp://host:port` or `tls://host:port`: RFC 5424 messages, octet-counted (RFC 6587).
+    pub syslog: Option<String>,
+    /// The CA certificate (PEM) that signed the syslog server's certificate, for `tls://`.
+    pub syslog_ca: Option<PathBuf>,
+    /// `http://…` or `https://…`: each alert is POSTed as an OCSF Detection Finding.
+    pub webhook: Option<String>,
+    /// The CA certificate (PEM) for an `https://` webhook.
+    pub webhook_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Response {
+    /// Revoke a device (as an administrator would, in the transparency log)
+    /// as soon as it is found in use by two copies.
+    pub revoke_cloned_devices: bool,
+}
+
+impl Policy {
+    /// Reads a policy file; a missing file at the default place means defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Policy, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Policy::default());
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let policy: Policy = toml::from_str(&text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            format!(
+                "{}: {msg}; fix the file or remove the key to use its default",
+                path.display()
+            )
+        })?;
+        if let Some(s) = &policy.alerts.syslog {
+            if !(s.starts_with("tcp://") || s.starts_with("tls://")) {
+                return Err(format!(
+                    "{}: alerts.syslog must be tcp://HOST:PORT or tls://HOST:PORT (got {s})",
+                    path.display()
+                ));
+            }
+            if s.starts_with("tls://") && policy.alerts.syslog_ca.is_none() {
+                return Err(format!(
+                    "{}: alerts.syslog uses tls:// — set alerts.syslog_ca to the CA certificate that signed the syslog server's",
+                    path.display()
+                ));
+            }
+        }
+        if let Some(w) = &policy.alerts.webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return Err(format!(
+                    "{}: alerts.webhook must be an http:// or https:// URL (got {w})",
+                    path.display()
+                ));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults_and_durations_read_as_people_write_them() {
+        let p: Policy = toml::from_str("").unwrap();
+        assert_eq!(p.detection.window, Duration::from_secs(600));
+        assert_eq!(p.events.retention, Duration::from_secs(400 * 86_400));
+        let p: Policy =
+            toml::from_str("[detection]\ndormant_after = \"3s\"\nbulk_fetch_floor = 20\n").unwrap();
+        assert_eq!(p.detection.dormant_after, Duration::from_secs(3));
+        assert_eq!(p.detection.bulk_fetch_floor, 20);
+        assert_eq!(p.detection.invite_failures, 5);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("pouch-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pouch.toml");
+        std::fs::write(&f, "[detection]\nbulk_fetch_flor = 3\n").unwrap();
+        let e = Policy::load(&f, true).unwrap_err();
+        assert!(e.contains("bulk_fetch_flor"), "{e}");
+        assert!(!e.contains('\n'));
+        std::fs::write(&f, "[alerts]\nsyslog = \"udp://x:514\"\n").unwrap();
+        assert!(Policy::load(&f, true).unwrap_err().contains("tcp://"));
+        assert!(Policy::load(&dir.join("absent.toml"), false).is_ok());
+        assert!(Policy::load(&dir.join("absent.toml"), true).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
