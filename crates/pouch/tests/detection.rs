@@ -148,3 +148,58 @@ fn bad_invites_and_administrator_actions_raise_alerts() {
             .any(|m| m["subject"].as_str().unwrap().contains("admin action"))
     );
 }
+
+#[test]
+fn a_device_past_the_rotation_window_is_reported_once() {
+    let dir = Scratch::new("stale");
+    let data = dir.path("server");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("pouch.toml"),
+        "[detection]\nsweep_every = \"2s\"\n",
+    )
+    .unwrap();
+    // A 2-second rotation window stands in for the default 24 hours.
+    let server = Server::start_with(&data, None, "127.0.0.1:0", &["--rotation-hours", "0.0005"]);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "One",
+        "--body",
+        "1",
+    ]);
+    bob.sync();
+    let bobs_device = device_id_of(&bob);
+    let started = std::time::Instant::now();
+    let stale_for_bob = || {
+        admin_alerts(&server)
+            .into_iter()
+            .filter(|a| a["rule"] == "stale_device" && a["device"] == bobs_device.as_str())
+            .collect::<Vec<_>>()
+    };
+    while stale_for_bob().is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "no stale_device alert: {:?}",
+            admin_alerts(&server)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let found = stale_for_bob();
+    assert_eq!(found[0]["severity"], "low");
+    assert!(
+        found[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("rotation window"),
+        "{}",
+        found[0]
+    );
+    // Later sweeps do not repeat it.
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    assert_eq!(stale_for_bob().len(), 1);
+}

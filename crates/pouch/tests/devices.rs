@@ -223,6 +223,25 @@ fn without_approval_a_device_gets_nothing() {
         &alice.run(&["device", "approve", &code, "--yes"]),
         "expired",
     );
+    // The security team sees both: a denial is an alert, an expiry a notice.
+    let out = server.admin(&server.data_dir, &["alerts", "--json"]);
+    let refused: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["rule"] == "link_refused")
+        .collect();
+    assert!(
+        refused.iter().any(|a| a["severity"] == "medium"
+            && a["summary"].as_str().unwrap().contains("denied")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|a| a["severity"] == "low" && a["summary"].as_str().unwrap().contains("expired")),
+        "{refused:?}"
+    );
 
     // Approved by nobody: the new device gives up; the server never activated it.
     // (Against a second server on the same database with the default window,
