@@ -186,6 +186,7 @@ impl<'a> Importer<'a> {
             to: parse(&record.recipients),
             cc: parse(&record.cc),
             has_bcc: false,
+            bcc: Vec::new(),
             subject: record.subject,
             message_id: record.message_id,
             in_reply_to: None,

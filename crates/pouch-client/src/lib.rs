@@ -577,6 +577,124 @@ impl Device {
                 "the message has no recipients (To or Cc)".into(),
             ));
         }
+        let (group_id, recipient_devices) = self.deliver_to(&out, group, &wanted)?;
+        // Only now, with the server's acceptance, is the mail recorded as sent.
+        let body = self.keep_body(&out)?;
+        let id = self
+            .local
+            .atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
+        Ok(Sent {
+            id,
+            message_id: out.parsed.message_id.clone().unwrap_or_default(),
+            conversation: group_id.0,
+            recipient_devices,
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// Sends a message as a mail client submits it (the bridge's SMTP): to
+    /// the envelope's recipients. Those named in To and Cc share one
+    /// conversation; each blind-copy recipient (in the envelope or a Bcc
+    /// field, not in To or Cc) gets the message in a conversation of their
+    /// own, so no recipient — not even through the conversation's
+    /// membership — learns of another's blind copy. Nobody receives the Bcc
+    /// field; the sender's own Sent copy keeps the message as submitted.
+    pub fn submit_mail(&mut self, raw: Vec<u8>, envelope: &[Address]) -> Result<Sent> {
+        let original = Outgoing::from_bytes(raw)?;
+        let parsed = &original.parsed;
+        if parsed.from.as_ref() != Some(&self.address) {
+            return Err(ClientError::Invalid(format!(
+                "the message's From must be this device's address {}",
+                self.address
+            )));
+        }
+        let mut visible: Vec<Address> = parsed.to.iter().chain(&parsed.cc).cloned().collect();
+        visible.sort();
+        visible.dedup();
+        let mut blind: Vec<Address> = envelope
+            .iter()
+            .chain(&parsed.bcc)
+            .filter(|a| !visible.contains(a))
+            .cloned()
+            .collect();
+        blind.sort();
+        blind.dedup();
+        if visible.is_empty() && blind.is_empty() {
+            return Err(ClientError::Invalid("the message has no recipients".into()));
+        }
+        let shared = Outgoing::from_bytes(mail::without_bcc(&original.to_vec()?))?;
+        let thread = match &parsed.in_reply_to {
+            Some(mid) => self
+                .local
+                .conn
+                .query_row(
+                    "SELECT group_id FROM messages WHERE message_id = ?1 LIMIT 1",
+                    [mid],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .map(GroupId),
+            None => None,
+        };
+        let mut first: Option<(GroupId, u32)> = None;
+        let mut devices = 0;
+        if !visible.is_empty() {
+            let (g, n) = self.deliver_to(&shared, thread, &visible)?;
+            devices += n;
+            first = Some((g, n));
+        }
+        for b in &blind {
+            let (g, n) = self.deliver_to(&shared, None, std::slice::from_ref(b))?;
+            devices += n;
+            first.get_or_insert((g, n));
+        }
+        let (group_id, _) = first.expect("at least one recipient");
+        let body = self.keep_body(&original)?;
+        let id = self
+            .local
+            .atomically(|l| store_message(l, &group_id, None, true, &original.parsed, &body))?;
+        Ok(Sent {
+            id,
+            message_id: original.parsed.message_id.clone().unwrap_or_default(),
+            conversation: group_id.0,
+            recipient_devices: devices,
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// Whether `address` can receive mail through Pouch: it has a signed
+    /// device list on this server. Mail to anyone else is refused before it
+    /// is written, so that nothing ever leaves unencrypted.
+    ///
+    /// `Ok(Err(reason))`: this recipient cannot be written to, and why;
+    /// `Err`: the question could not be answered now (try again later).
+    pub fn check_recipient(&mut self, address: &Address) -> Result<Result<(), String>> {
+        self.sign_in()?;
+        match self.trusted_list(address) {
+            Ok(_) => Ok(Ok(())),
+            Err(
+                e @ (ClientError::Unreachable(..)
+                | ClientError::Local(_)
+                | ClientError::Io(_)
+                | ClientError::Protocol(_)),
+            ) => Err(e),
+            Err(ClientError::Server {
+                status, message, ..
+            }) if status < 500 => Ok(Err(message)),
+            Err(e @ ClientError::Server { .. }) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// Encrypts `out` to the devices of `wanted` in `group` (a new
+    /// conversation when None) and hands it to the server.
+    fn deliver_to(
+        &mut self,
+        out: &Outgoing,
+        group: Option<GroupId>,
+        wanted: &[Address],
+    ) -> Result<(GroupId, u32)> {
+        let wanted = wanted.to_vec();
         self.sign_in()?;
         let envelope = if out.size <= INLINE_LIMIT as u64 {
             Envelope::new(Content::Inline {
@@ -620,18 +738,7 @@ impl Device {
                 other => break other?,
             }
         };
-        // Only now, with the server's acceptance, is the mail recorded as sent.
-        let body = self.keep_body(&out)?;
-        let id = self
-            .local
-            .atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
-        Ok(Sent {
-            id,
-            message_id: out.parsed.message_id.clone().unwrap_or_default(),
-            conversation: group_id.0,
-            recipient_devices,
-            warnings: std::mem::take(&mut self.warnings),
-        })
+        Ok((group_id, recipient_devices))
     }
 
     /// The local copy of a message: in the database when small, else an encrypted file.
@@ -1188,6 +1295,33 @@ impl Device {
             },
         )?;
         Ok(n)
+    }
+
+    // ---------- the bridge's password ----------
+
+    /// The password mail clients give the local bridge: generated on first
+    /// use, kept in this device's encrypted state. It opens only the bridge
+    /// on this machine; the device's keys stay behind the passphrase.
+    pub fn bridge_password(&self) -> Result<zeroize::Zeroizing<String>> {
+        if let Some(p) = self.local.meta("bridge_password")? {
+            return Ok(zeroize::Zeroizing::new(p));
+        }
+        use rand::Rng;
+        // 20 characters from 32 unambiguous ones: 100 bits.
+        const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+        let mut rng = rand::rngs::OsRng;
+        let password: String = (0..20)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect();
+        self.local.set_meta("bridge_password", &password)?;
+        Ok(zeroize::Zeroizing::new(password))
+    }
+
+    /// Checks a password a mail client gave, in constant time.
+    pub fn bridge_password_matches(&self, given: &str) -> Result<bool> {
+        use subtle::ConstantTimeEq;
+        let expected = self.bridge_password()?;
+        Ok(expected.as_bytes().ct_eq(given.as_bytes()).into())
     }
 
     // ---------- reading ----------

@@ -33,6 +33,7 @@ pub struct Parsed {
     pub to: Vec<Address>,
     pub cc: Vec<Address>,
     pub has_bcc: bool,
+    pub bcc: Vec<Address>,
     pub subject: String,
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
@@ -376,6 +377,7 @@ pub fn parse(head: &[u8]) -> Result<Parsed> {
         to: addresses(msg.to())?,
         cc: addresses(msg.cc())?,
         has_bcc: msg.bcc().is_some(),
+        bcc: addresses(msg.bcc())?,
         subject: msg.subject().unwrap_or_default().to_string(),
         message_id: msg.message_id().map(str::to_string),
         in_reply_to: msg.in_reply_to().as_text().map(str::to_string),
@@ -384,9 +386,48 @@ pub fn parse(head: &[u8]) -> Result<Parsed> {
     })
 }
 
+/// The message without its Bcc header fields (and their folded lines): what
+/// every recipient gets, so that nobody learns who else was sent a blind copy.
+pub fn without_bcc(raw: &[u8]) -> Vec<u8> {
+    let header_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
+        .unwrap_or(raw.len());
+    let (head, body) = raw.split_at(header_end);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut dropping = false;
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            dropping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bcc_fields_are_removed_with_their_folded_lines_and_nothing_else() {
+        let raw = b"From: a@x.y\r\nBcc: d@x.y,\r\n e@x.y\r\nTo: b@x.y\r\nbcc: f@x.y\r\nSubject: Bcc: in subject\r\n\r\nBcc: in the body\r\n";
+        let out = without_bcc(raw);
+        assert_eq!(
+            out,
+            b"From: a@x.y\r\nTo: b@x.y\r\nSubject: Bcc: in subject\r\n\r\nBcc: in the body\r\n"
+                .to_vec()
+        );
+        let parsed = parse(raw).unwrap();
+        assert_eq!(parsed.bcc.len(), 3);
+        assert!(without_bcc(b"To: b@x.y\r\n\r\nhi").ends_with(b"hi"));
+    }
 
     fn addr(s: &str) -> Address {
         Address::parse(s).unwrap()

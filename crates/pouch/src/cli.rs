@@ -77,6 +77,21 @@ enum Command {
     },
     /// Send an encrypted mail.
     Send(SendArgs),
+    /// Serve local mail clients (SMTP submission on 127.0.0.1) and keep syncing.
+    Bridge {
+        /// Where mail clients submit mail.
+        #[arg(long, default_value = "127.0.0.1:1025")]
+        smtp: std::net::SocketAddr,
+        /// Print the bridge password (for the mail client's settings) and exit.
+        #[arg(long)]
+        show_password: bool,
+        /// Listen on an address outside loopback anyway.
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// Seconds between syncs with the server.
+        #[arg(long, default_value_t = 10)]
+        sync_secs: u64,
+    },
     /// Fetch and decrypt new mail.
     Sync {
         #[arg(long)]
@@ -512,6 +527,61 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => send(cli.home, args),
+        Command::Bridge {
+            smtp,
+            show_password,
+            allow_non_loopback,
+            sync_secs,
+        } => {
+            if show_password {
+                let device = open(cli.home)?;
+                println!("{}", device.bridge_password()?.as_str());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let home = home(cli.home)?;
+            if !pouch_client::local::LocalStore::exists(&home) {
+                return Err(
+                    pouch_client::ClientError::NotEnrolled(home.display().to_string()).into(),
+                );
+            }
+            let pass = passphrase("Passphrase: ")?;
+            let shared = pouch_bridge::Shared::start(move || {
+                let device = Device::open(&home, &pass)?;
+                device.bridge_password()?;
+                Ok(device)
+            })?;
+            let address = shared.address.clone();
+            let config = pouch_bridge::BridgeConfig {
+                smtp,
+                allow_non_loopback,
+                sync_every: std::time::Duration::from_secs(sync_secs.max(1)),
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "pouch_bridge=info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let listener = pouch_bridge::bind(&config).await?;
+                let bound = listener.local_addr()?;
+                println!("Pouch bridge for {address}");
+                println!("Mail client settings (outgoing mail):");
+                println!(
+                    "  SMTP server: {}  port: {}  security: none (this machine only)",
+                    bound.ip(),
+                    bound.port()
+                );
+                println!("  user name: {address}");
+                println!("  password: the bridge password (pouch bridge --show-password)");
+                println!("SMTP listening on {bound}");
+                std::io::stdout().flush()?;
+                pouch_bridge::serve(shared, listener, config).await;
+                Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+            })
+        }
         Command::Sync { json } => {
             let mut device = open(cli.home)?;
             let report = device.sync()?;

@@ -1,0 +1,377 @@
+//! SMTP submission (RFC 6409) for local mail clients, on smtp-proto's parser.
+//!
+//! A session must authenticate (AUTH PLAIN or AUTH LOGIN, with the bridge
+//! password) before MAIL. MAIL FROM must be the device's own address. Each
+//! RCPT TO is checked against the server at once: an address outside Pouch
+//! is refused there, with the reason, so that nothing is ever written that
+//! would have to leave unencrypted. After DATA the message is encrypted and
+//! sent through Pouch ([`pouch_client::Device::submit_mail`]): To and Cc in
+//! one conversation, each blind copy on its own, and one Sent copy.
+
+use crate::Shared;
+use base64::Engine;
+use pouch_proto::Address;
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{EhloResponse, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest message accepted (advertised as SIZE).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Failed logins before the session is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+enum State {
+    Command,
+    /// AUTH PLAIN without an initial response: the next line is it.
+    AuthPlain,
+    /// AUTH LOGIN: the next line is the user name, then the password.
+    AuthLoginUser,
+    AuthLoginPassword(String),
+    Data(DataReceiver),
+}
+
+struct Session {
+    shared: Shared,
+    out: Vec<u8>,
+    authenticated: bool,
+    auth_failures: u32,
+    from: Option<Address>,
+    recipients: Vec<Address>,
+    message: Vec<u8>,
+    quit: bool,
+}
+
+impl Session {
+    fn reply(&mut self, code: u16, enhanced: &str, text: &str) {
+        let text = text.replace(['\r', '\n'], " ");
+        if enhanced.is_empty() {
+            self.out
+                .extend_from_slice(format!("{code} {text}\r\n").as_bytes());
+        } else {
+            self.out
+                .extend_from_slice(format!("{code} {enhanced} {text}\r\n").as_bytes());
+        }
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.recipients.clear();
+        self.message.clear();
+    }
+
+    async fn login(&mut self, user: &str, password: String) {
+        let right_user = Address::parse(user).is_ok_and(|a| a == self.shared.address);
+        let right_password = self
+            .shared
+            .with(move |d| d.bridge_password_matches(&password))
+            .await
+            .unwrap_or(false);
+        if right_user && right_password {
+            self.authenticated = true;
+            self.reply(235, "2.7.0", "Authentication succeeded");
+        } else {
+            self.auth_failures += 1;
+            tracing::warn!("SMTP login refused");
+            self.reply(
+                535,
+                "5.7.8",
+                "Authentication failed: use your Pouch address and the bridge password ('pouch bridge --show-password')",
+            );
+            if self.auth_failures >= MAX_AUTH_FAILURES {
+                self.reply(421, "4.7.0", "Too many failed logins; closing");
+                self.quit = true;
+            }
+        }
+    }
+
+    async fn plain(&mut self, b64: &str) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok());
+        // authzid NUL authcid NUL passwd
+        let parts: Option<(String, String)> = decoded.and_then(|s| {
+            let mut it = s.split('\0');
+            let _authzid = it.next()?;
+            let user = it.next()?.to_string();
+            let pass = it.next()?.to_string();
+            Some((user, pass))
+        });
+        match parts {
+            Some((user, pass)) => self.login(&user, pass).await,
+            None => self.reply(501, "5.5.2", "Cannot decode the AUTH PLAIN response"),
+        }
+    }
+
+    async fn command(&mut self, request: Request<String>) -> Option<State> {
+        match request {
+            Request::Ehlo { host: _ } | Request::Lhlo { host: _ } => {
+                let mut ehlo = EhloResponse::new("pouch-bridge".to_string());
+                ehlo.capabilities = smtp_proto::EXT_AUTH
+                    | smtp_proto::EXT_8BIT_MIME
+                    | smtp_proto::EXT_ENHANCED_STATUS_CODES
+                    | smtp_proto::EXT_PIPELINING
+                    | smtp_proto::EXT_SIZE;
+                ehlo.auth_mechanisms = smtp_proto::AUTH_PLAIN | smtp_proto::AUTH_LOGIN;
+                ehlo.size = MAX_MESSAGE;
+                let _ = ehlo.write(&mut self.out);
+                self.reset();
+            }
+            Request::Helo { host: _ } => self.reply(250, "", "pouch-bridge"),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                if self.authenticated {
+                    self.reply(503, "5.5.1", "Already authenticated");
+                } else if mechanism == smtp_proto::AUTH_PLAIN {
+                    if initial_response.is_empty() {
+                        self.out.extend_from_slice(b"334 \r\n");
+                        return Some(State::AuthPlain);
+                    }
+                    self.plain(&initial_response).await;
+                } else if mechanism == smtp_proto::AUTH_LOGIN {
+                    if initial_response.is_empty() {
+                        self.out.extend_from_slice(b"334 VXNlcm5hbWU6\r\n");
+                        return Some(State::AuthLoginUser);
+                    }
+                    let user = decode_line(&initial_response).unwrap_or_default();
+                    self.out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                    return Some(State::AuthLoginPassword(user));
+                } else {
+                    self.reply(504, "5.5.4", "Use AUTH PLAIN or AUTH LOGIN");
+                }
+            }
+            Request::Mail { from } => {
+                if !self.authenticated {
+                    self.reply(530, "5.7.0", "Authentication required: log in with your Pouch address and the bridge password");
+                } else if self.from.is_some() {
+                    self.reply(503, "5.5.1", "Sender already given; RSET to start over");
+                } else if Address::parse(&from.address).is_ok_and(|a| a == self.shared.address) {
+                    self.from = Some(self.shared.address.clone());
+                    self.reply(250, "2.1.0", "Sender OK");
+                } else {
+                    let me = self.shared.address.clone();
+                    self.reply(553, "5.7.1", &format!("This bridge sends as {me} only"));
+                }
+            }
+            Request::Rcpt { to } => {
+                if self.from.is_none() {
+                    self.reply(503, "5.5.1", "MAIL FROM first");
+                } else {
+                    self.recipient(&to.address).await;
+                }
+            }
+            Request::Data => {
+                if self.recipients.is_empty() {
+                    self.reply(503, "5.5.1", "No valid recipients");
+                } else {
+                    self.out
+                        .extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+                    return Some(State::Data(DataReceiver::new()));
+                }
+            }
+            Request::Rset => {
+                self.reset();
+                self.reply(250, "2.0.0", "Reset");
+            }
+            Request::Noop { .. } => self.reply(250, "2.0.0", "OK"),
+            Request::Vrfy { .. } => self.reply(252, "2.5.0", "Cannot verify; try RCPT"),
+            Request::Quit => {
+                self.reply(221, "2.0.0", "Bye");
+                self.quit = true;
+            }
+            Request::StartTls => self.reply(502, "5.5.1", "STARTTLS is not offered on this port"),
+            Request::Bdat { .. } => self.reply(502, "5.5.1", "CHUNKING is not offered; use DATA"),
+            _ => self.reply(502, "5.5.1", "Command not implemented"),
+        }
+        None
+    }
+
+    async fn recipient(&mut self, raw: &str) {
+        let Ok(address) = Address::parse(raw) else {
+            self.reply(501, "5.1.3", &format!("'{raw}' is not an address"));
+            return;
+        };
+        if self.recipients.contains(&address) {
+            self.reply(250, "2.1.5", "Recipient OK (again)");
+            return;
+        }
+        let a = address.clone();
+        match self.shared.with(move |d| d.check_recipient(&a)).await {
+            Ok(Ok(())) => {
+                self.recipients.push(address);
+                self.reply(250, "2.1.5", "Recipient OK");
+            }
+            Ok(Err(reason)) => self.reply(
+                550,
+                "5.1.1",
+                &format!("{address} cannot receive Pouch mail, and Pouch never sends unencrypted: {reason}"),
+            ),
+            Err(e) => self.reply(451, "4.4.1", &format!("Cannot check {address} now: {e}")),
+        }
+    }
+
+    async fn deliver(&mut self) {
+        let raw = std::mem::take(&mut self.message);
+        let envelope = std::mem::take(&mut self.recipients);
+        self.from = None;
+        if raw.len() > MAX_MESSAGE {
+            self.reply(552, "5.3.4", "Message too big");
+            return;
+        }
+        match self
+            .shared
+            .with(move |d| d.submit_mail(raw, &envelope))
+            .await
+        {
+            Ok(sent) => {
+                for w in &sent.warnings {
+                    tracing::warn!(warning = %w, "while sending");
+                }
+                self.reply(
+                    250,
+                    "2.0.0",
+                    &format!(
+                        "Sent encrypted to {} device(s) <{}>",
+                        sent.recipient_devices, sent.message_id
+                    ),
+                )
+            }
+            Err(e @ pouch_client::ClientError::Unreachable(..)) => {
+                self.reply(451, "4.4.1", &format!("Not sent, try again: {e}"))
+            }
+            Err(e) => self.reply(554, "5.6.0", &format!("Not sent: {e}")),
+        }
+    }
+}
+
+fn decode_line(line: &str) -> Option<String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(line.trim())
+        .ok()
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Takes one CRLF-terminated line out of `buf`, if there is one.
+fn take_line(buf: &mut Vec<u8>) -> Option<String> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line: Vec<u8> = buf.drain(..=end).collect();
+    Some(String::from_utf8_lossy(&line).trim_end().to_string())
+}
+
+/// One client connection, from greeting to QUIT.
+pub async fn session(shared: Shared, mut conn: TcpStream) -> std::io::Result<()> {
+    let mut s = Session {
+        shared,
+        out: Vec::new(),
+        authenticated: false,
+        auth_failures: 0,
+        from: None,
+        recipients: Vec::new(),
+        message: Vec::new(),
+        quit: false,
+    };
+    conn.write_all(b"220 pouch-bridge ESMTP Pouch bridge ready\r\n")
+        .await?;
+    let mut receiver = RequestReceiver::default();
+    let mut state = State::Command;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        // Handle everything complete in what has arrived (pipelining).
+        loop {
+            match &mut state {
+                State::Data(data) => {
+                    let mut iter = pending.iter();
+                    let done = data.ingest(&mut iter, &mut s.message);
+                    let rest = iter.as_slice().to_vec();
+                    pending = rest;
+                    if s.message.len() > MAX_MESSAGE + 1024 {
+                        s.message.clear();
+                        s.reply(552, "5.3.4", "Message too big; closing");
+                        s.quit = true;
+                    } else if done {
+                        state = State::Command;
+                        s.deliver().await;
+                        continue;
+                    }
+                    break;
+                }
+                State::AuthPlain => {
+                    let Some(line) = take_line(&mut pending) else {
+                        break;
+                    };
+                    state = State::Command;
+                    if line == "*" {
+                        s.reply(501, "5.7.0", "Authentication cancelled");
+                    } else {
+                        s.plain(&line).await;
+                    }
+                }
+                State::AuthLoginUser => {
+                    let Some(line) = take_line(&mut pending) else {
+                        break;
+                    };
+                    if line == "*" {
+                        state = State::Command;
+                        s.reply(501, "5.7.0", "Authentication cancelled");
+                    } else {
+                        s.out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
+                        state = State::AuthLoginPassword(decode_line(&line).unwrap_or_default());
+                    }
+                }
+                State::AuthLoginPassword(user) => {
+                    let Some(line) = take_line(&mut pending) else {
+                        break;
+                    };
+                    let user = std::mem::take(user);
+                    state = State::Command;
+                    if line == "*" {
+                        s.reply(501, "5.7.0", "Authentication cancelled");
+                    } else {
+                        s.login(&user, decode_line(&line).unwrap_or_default()).await;
+                    }
+                }
+                State::Command => {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let mut iter = pending.iter();
+                    let parsed = receiver.ingest(&mut iter).map(|r| r.into_owned());
+                    let rest = iter.as_slice().to_vec();
+                    pending = rest;
+                    match parsed {
+                        Ok(request) => {
+                            if let Some(next) = s.command(request).await {
+                                state = next;
+                            }
+                        }
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
+                        Err(smtp_proto::Error::UnknownCommand) => {
+                            s.reply(500, "5.5.2", "Unknown command")
+                        }
+                        Err(smtp_proto::Error::ResponseTooLong) => {
+                            s.reply(500, "5.5.2", "Line too long")
+                        }
+                        Err(e) => s.reply(501, "5.5.4", &format!("Syntax error: {e:?}")),
+                    }
+                }
+            }
+            if s.quit {
+                break;
+            }
+        }
+        conn.write_all(&s.out).await?;
+        s.out.clear();
+        if s.quit {
+            return Ok(());
+        }
+    }
+}
