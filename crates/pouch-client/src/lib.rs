@@ -12,6 +12,7 @@ pub mod error;
 mod history;
 pub mod local;
 pub mod mail;
+pub mod mailboxes;
 pub mod net;
 pub mod transparency;
 

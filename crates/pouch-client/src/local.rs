@@ -218,6 +218,7 @@ impl LocalStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::mailboxes::SCHEMA)?;
         let conn = Rc::new(conn);
         let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.
