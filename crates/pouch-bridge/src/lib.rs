@@ -6,10 +6,11 @@
 //! keys and the server is `pouch_client::Device`, which is blocking and not
 //! shareable, so it lives behind one mutex and is used from blocking tasks.
 //!
-//! Built so far: SMTP submission ([`smtp`]) and continuous sync. The IMAP
-//! front end is the next step (see the issue notes).
+//! Front ends: IMAP ([`imap`]) and SMTP submission ([`smtp`]); a sync loop
+//! keeps the device current and files new mail into folders.
 #![forbid(unsafe_code)]
 
+pub mod imap;
 pub mod smtp;
 
 use pouch_client::Device;
@@ -20,6 +21,7 @@ use std::time::Duration;
 /// What a bridge listens on.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
+    pub imap: SocketAddr,
     pub smtp: SocketAddr,
     /// Listen on an address outside loopback anyway (the mail client's
     /// password and the mail then cross a network in the clear).
@@ -48,6 +50,8 @@ type Job = Box<dyn FnOnce(&mut Device) + Send>;
 #[derive(Clone)]
 pub struct Shared {
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Rings whenever a folder changes, so other sessions can tell their clients.
+    changes: tokio::sync::broadcast::Sender<()>,
     pub address: Address,
 }
 
@@ -75,7 +79,21 @@ impl Shared {
         let address = opened
             .recv()
             .map_err(|_| BridgeError::Listen("device thread".into(), "stopped".into()))??;
-        Ok(Shared { jobs, address })
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        Ok(Shared {
+            jobs,
+            changes,
+            address,
+        })
+    }
+
+    /// Tells every session that something changed.
+    pub fn changed(&self) {
+        let _ = self.changes.send(());
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<()> {
+        self.changes.subscribe()
     }
 
     /// Runs `f` with the device, in turn with every other user of it.
@@ -92,39 +110,77 @@ impl Shared {
     }
 }
 
-/// Where the bridge ended up listening, for the caller to print.
-pub struct Listening {
-    pub smtp: SocketAddr,
-}
-
-/// Binds the listeners (refusing non-loopback addresses unless allowed).
-pub async fn bind(config: &BridgeConfig) -> Result<tokio::net::TcpListener, BridgeError> {
-    if !config.smtp.ip().is_loopback() && !config.allow_non_loopback {
-        return Err(BridgeError::NotLoopback(config.smtp));
+/// Binds both listeners (refusing non-loopback addresses unless allowed).
+pub async fn bind(
+    config: &BridgeConfig,
+) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener), BridgeError> {
+    for addr in [config.imap, config.smtp] {
+        if !addr.ip().is_loopback() && !config.allow_non_loopback {
+            return Err(BridgeError::NotLoopback(addr));
+        }
     }
-    tokio::net::TcpListener::bind(config.smtp)
-        .await
-        .map_err(|e| BridgeError::Listen(config.smtp.to_string(), e.to_string()))
+    let listen = |addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| BridgeError::Listen(addr.to_string(), e.to_string()))
+    };
+    Ok((listen(config.imap).await?, listen(config.smtp).await?))
 }
 
-/// Serves until the process ends: SMTP sessions, and a sync every
+/// Serves until the process ends: IMAP and SMTP sessions, and a sync every
 /// `sync_every` so that mail arrives without the user asking.
-pub async fn serve(shared: Shared, smtp: tokio::net::TcpListener, config: BridgeConfig) {
+pub async fn serve(
+    shared: Shared,
+    imap: tokio::net::TcpListener,
+    smtp: tokio::net::TcpListener,
+    config: BridgeConfig,
+) {
     let syncer = shared.clone();
     tokio::spawn(async move {
         loop {
-            match syncer.with(|d| d.sync()).await {
-                Ok(report) => {
-                    if !report.new_messages.is_empty() {
-                        tracing::info!(new = report.new_messages.len(), "new mail");
-                    }
+            let result = syncer
+                .with(|d| {
+                    let report = d.sync();
+                    let filed = d.refresh_mailboxes();
+                    (report, filed)
+                })
+                .await;
+            match result {
+                (Ok(report), filed) => {
                     for alert in report.alerts.iter().chain(&report.security_alerts) {
                         tracing::warn!(%alert, "ALERT");
                     }
+                    match filed {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(new = n, "new mail");
+                            syncer.changed();
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot file new mail"),
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "sync failed; retrying"),
+                (Err(e), _) => tracing::warn!(error = %e, "sync failed; retrying"),
             }
             tokio::time::sleep(config.sync_every).await;
+        }
+    });
+    let imap_shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            match imap.accept().await {
+                Ok((conn, peer)) => {
+                    let shared = imap_shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = imap::session(shared, conn).await {
+                            tracing::debug!(%peer, error = %e, "IMAP session ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     });
     loop {

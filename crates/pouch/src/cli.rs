@@ -79,6 +79,9 @@ enum Command {
     Send(SendArgs),
     /// Serve local mail clients (SMTP submission on 127.0.0.1) and keep syncing.
     Bridge {
+        /// Where mail clients read mail (IMAP).
+        #[arg(long, default_value = "127.0.0.1:1143")]
+        imap: std::net::SocketAddr,
         /// Where mail clients submit mail.
         #[arg(long, default_value = "127.0.0.1:1025")]
         smtp: std::net::SocketAddr,
@@ -528,6 +531,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Send(args) => send(cli.home, args),
         Command::Bridge {
+            imap,
             smtp,
             show_password,
             allow_non_loopback,
@@ -552,6 +556,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             let address = shared.address.clone();
             let config = pouch_bridge::BridgeConfig {
+                imap,
                 smtp,
                 allow_non_loopback,
                 sync_every: std::time::Duration::from_secs(sync_secs.max(1)),
@@ -565,20 +570,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .init();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
-                let listener = pouch_bridge::bind(&config).await?;
-                let bound = listener.local_addr()?;
+                let (imap_listener, smtp_listener) = pouch_bridge::bind(&config).await?;
+                let imap_at = imap_listener.local_addr()?;
+                let bound = smtp_listener.local_addr()?;
+                shared.with(|d| d.refresh_mailboxes()).await?;
                 println!("Pouch bridge for {address}");
-                println!("Mail client settings (outgoing mail):");
+                println!("Mail client settings:");
                 println!(
-                    "  SMTP server: {}  port: {}  security: none (this machine only)",
+                    "  incoming: IMAP server {}  port {}  security: none (this machine only)",
+                    imap_at.ip(),
+                    imap_at.port()
+                );
+                println!(
+                    "  outgoing: SMTP server {}  port {}  security: none (this machine only)",
                     bound.ip(),
                     bound.port()
                 );
                 println!("  user name: {address}");
                 println!("  password: the bridge password (pouch bridge --show-password)");
+                println!("IMAP listening on {imap_at}");
                 println!("SMTP listening on {bound}");
                 std::io::stdout().flush()?;
-                pouch_bridge::serve(shared, listener, config).await;
+                pouch_bridge::serve(shared, imap_listener, smtp_listener, config).await;
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 /// A running `pouch bridge` for one device.
 struct Bridge {
     child: Child,
+    imap_port: u16,
     smtp_port: u16,
     password: String,
 }
@@ -24,21 +25,35 @@ impl Bridge {
             .to_string();
         let mut child = device
             .cmd()
-            .args(["bridge", "--smtp", "127.0.0.1:0", "--sync-secs", "1"])
+            .args([
+                "bridge",
+                "--imap",
+                "127.0.0.1:0",
+                "--smtp",
+                "127.0.0.1:0",
+                "--sync-secs",
+                "1",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let smtp_port = loop {
+        let port = |line: &str| -> u16 { line.rsplit(':').next().unwrap().parse().unwrap() };
+        let (mut imap_port, mut smtp_port) = (0, 0);
+        while imap_port == 0 || smtp_port == 0 {
             let line = lines.next().expect("the bridge exited early").unwrap();
-            if let Some(addr) = line.strip_prefix("SMTP listening on ") {
-                break addr.rsplit(':').next().unwrap().parse().unwrap();
+            if let Some(addr) = line.strip_prefix("IMAP listening on ") {
+                imap_port = port(addr);
             }
-        };
+            if let Some(addr) = line.strip_prefix("SMTP listening on ") {
+                smtp_port = port(addr);
+            }
+        }
         std::thread::spawn(move || for _ in lines {});
         Bridge {
             child,
+            imap_port,
             smtp_port,
             password,
         }
@@ -266,4 +281,255 @@ fn the_bridge_refuses_to_listen_beyond_this_machine() {
     let alice = user(&dir, &server, "alice");
     let out = alice.run(&["bridge", "--smtp", "0.0.0.0:0"]);
     assert_one_line_error(&out, "not a loopback address");
+    let out = alice.run(&["bridge", "--imap", "192.0.2.1:1143"]);
+    assert_one_line_error(&out, "not a loopback address");
+}
+
+const IMAP: &str = r#"
+import imaplib, json, re, socket, sys, time
+port, password = int(sys.argv[1]), sys.argv[2]
+out = {}
+
+def session():
+    m = imaplib.IMAP4('127.0.0.1', port)
+    m.login('alice@pouch.local', password)
+    return m
+
+m = imaplib.IMAP4('127.0.0.1', port)
+caps = m.capabilities
+for c in ['IMAP4REV1', 'IDLE', 'UIDPLUS', 'MOVE', 'UNSELECT', 'ID', 'NAMESPACE', 'LITERAL+', 'SPECIAL-USE', 'AUTH=PLAIN']:
+    assert c in caps, (c, caps)
+try:
+    m.login('alice@pouch.local', 'wrong')
+    raise SystemExit('a wrong password was accepted')
+except imaplib.IMAP4.error as e:
+    out['bad_login'] = str(e)
+m.login('alice@pouch.local', password)
+
+# Wait for the bridge's sync to file Bob's two mails.
+for _ in range(100):
+    typ, data = m.select('INBOX')
+    if int(data[0]) >= 2:
+        break
+    time.sleep(0.2)
+assert int(data[0]) == 2, data
+typ, lst = m.list('""', '*')
+out['list'] = [l.decode() for l in lst]
+
+typ, data = m.uid('FETCH', '1:*', '(UID RFC822.SIZE FLAGS BODY.PEEK[])')
+msgs = {}
+for item in data:
+    if isinstance(item, tuple):
+        head, body = item
+        uid = int(re.search(rb'UID (\d+)', head).group(1))
+        size = int(re.search(rb'RFC822.SIZE (\d+)', head).group(1))
+        assert size == len(body), (size, len(body))
+        assert re.match(rb'\d+ \(UID ', head), head  # the UID first
+        msgs[uid] = body.decode('latin-1')
+out['bodies'] = msgs
+typ, data = m.fetch('1', '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+out['subject_field'] = data[0][1].decode()
+typ, data = m.fetch('2', '(ENVELOPE)')
+out['envelope'] = data[0].decode()
+typ, data = m.uid('SEARCH', None, 'UNSEEN')
+out['unseen'] = data[0].decode()
+typ, data = m.search(None, 'SUBJECT', '"two"')
+out['search_two'] = data[0].decode()
+typ, data = m.store('1', '+FLAGS', '(\\Flagged)')
+out['store'] = data[0].decode()
+typ, data = m.fetch('1', '(BODY[TEXT])')
+typ, data = m.fetch('1', '(FLAGS)')
+out['flags_after_read'] = data[0].decode()
+
+# Another session sees the flags; IDLE there wakes on new mail.
+m2 = session()
+m2.select('INBOX')
+typ, data = m2.fetch('1', '(FLAGS)')
+out['flags_other_session'] = data[0].decode()
+tag = m2._new_tag().decode()
+m2.send(f'{tag} IDLE\r\n'.encode())
+assert m2.readline().startswith(b'+'), 'IDLE not accepted'
+print(json.dumps({'idle': 'waiting'}), flush=True)
+sys.stdin.readline()  # the test sends another mail, then a line
+m2.sock.settimeout(15)
+woke = b''
+while b'EXISTS' not in woke:
+    woke += m2.readline()
+m2.send(b'DONE\r\n')
+out['idle_woke'] = woke.decode()
+while True:
+    line = m2.readline()
+    if line.startswith(tag.encode()):
+        out['idle_done'] = line.decode().strip()
+        break
+
+# Folders: APPEND, COPY, MOVE, CREATE.
+draft = b'From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: a draft\r\n\r\nnot yet\r\n'
+typ, data = m.append('Drafts', '(\\Draft)', None, draft)
+assert typ == 'OK', data
+out['append'] = 'APPENDUID ' + m.response('APPENDUID')[1][0].decode()
+typ, data = m.uid('COPY', '1', 'Archive')
+assert typ == 'OK', data
+out['copy'] = 'COPYUID ' + m.response('COPYUID')[1][0].decode()
+typ, data = m.uid('MOVE', '2', 'Trash')
+out['move'] = [d.decode() if isinstance(d, bytes) else str(d) for d in data]
+typ, data = m.select('INBOX')
+out['inbox_after_move'] = data[0].decode()
+typ, data = m.create('Cables')
+out['create'] = typ
+typ, data = m.status('Trash', '(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)')
+out['status_trash'] = data[0].decode()
+m.logout()
+print(json.dumps(out), flush=True)
+"#;
+
+#[test]
+fn mail_clients_read_through_the_bridge() {
+    use std::io::Write;
+    let dir = Scratch::new("bridge-imap");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    for (subject, body) in [("one", "first body"), ("two", "second body")] {
+        bob.ok(&[
+            "send",
+            "--to",
+            "alice@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            body,
+        ]);
+    }
+    let bridge = Bridge::start(&alice);
+    let mut py = Command::new("python3")
+        .arg("-c")
+        .arg(IMAP)
+        .args([&bridge.imap_port.to_string(), &bridge.password])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
+    let Some(Ok(first)) = lines.next() else {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut py.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("the IMAP script stopped: {err}");
+    };
+    assert!(first.contains("waiting"), "{first}");
+    // A new mail while the other session idles.
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "three",
+        "--body",
+        "x",
+    ]);
+    writeln!(py.stdin.take().unwrap(), "go").unwrap();
+    let result = lines.next().map(|l| l.unwrap()).unwrap_or_default();
+    let status = py.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut py.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "IMAP script failed: {err}");
+    let out: serde_json::Value = serde_json::from_str(&result).unwrap();
+
+    assert!(
+        out["bad_login"]
+            .as_str()
+            .unwrap()
+            .contains("AUTHENTICATIONFAILED"),
+        "{out}"
+    );
+    let list = out["list"].to_string();
+    for folder in [
+        "INBOX",
+        "\\\\Sent) \\\"/\\\" \\\"Sent",
+        "\\\\Drafts",
+        "\\\\Trash",
+        "\\\\Junk",
+        "\\\\Archive",
+    ] {
+        assert!(list.contains(folder), "{folder} not in {list}");
+    }
+    // Byte for byte what `pouch read --raw` gives.
+    alice.sync();
+    let inbox = alice.inbox();
+    for (uid, subject) in [("1", "one"), ("2", "two")] {
+        let m = inbox.iter().find(|m| m["subject"] == subject).unwrap();
+        let raw = alice.raw(m["id"].as_i64().unwrap());
+        assert_eq!(
+            out["bodies"][uid].as_str().unwrap().as_bytes(),
+            String::from_utf8_lossy(&raw).as_bytes()
+        );
+    }
+    assert!(
+        out["subject_field"]
+            .as_str()
+            .unwrap()
+            .starts_with("Subject: one"),
+        "{out}"
+    );
+    assert!(
+        out["envelope"].as_str().unwrap().contains("\"two\""),
+        "{out}"
+    );
+    assert_eq!(out["unseen"], "1 2");
+    assert_eq!(out["search_two"], "2");
+    assert!(
+        out["store"].as_str().unwrap().contains("\\Flagged"),
+        "{out}"
+    );
+    // BODY[TEXT] without PEEK marks the message seen.
+    let flags = out["flags_after_read"].as_str().unwrap();
+    assert!(
+        flags.contains("\\Seen") && flags.contains("\\Flagged"),
+        "{flags}"
+    );
+    assert!(
+        out["flags_other_session"]
+            .as_str()
+            .unwrap()
+            .contains("\\Flagged"),
+        "{out}"
+    );
+    assert!(
+        out["idle_woke"].as_str().unwrap().contains("3 EXISTS"),
+        "{out}"
+    );
+    assert!(out["idle_done"].as_str().unwrap().contains("OK"), "{out}");
+    assert!(
+        out["append"].as_str().unwrap().contains("APPENDUID"),
+        "{out}"
+    );
+    assert!(out["copy"].as_str().unwrap().contains("COPYUID"), "{out}");
+    assert_eq!(
+        out["inbox_after_move"], "2",
+        "two was moved out, three came in"
+    );
+    assert_eq!(out["create"], "OK");
+    assert!(
+        out["status_trash"].as_str().unwrap().contains("MESSAGES 1"),
+        "{out}"
+    );
+
+    // curl reads a message by UID, byte for byte.
+    let got = Command::new("curl")
+        .args([
+            "-sS",
+            &format!("imap://127.0.0.1:{}/INBOX;UID=1", bridge.imap_port),
+            "--user",
+            &format!("alice@pouch.local:{}", bridge.password),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let one = inbox.iter().find(|m| m["subject"] == "one").unwrap();
+    assert_eq!(got.stdout, alice.raw(one["id"].as_i64().unwrap()));
 }

@@ -1,0 +1,1412 @@
+//! IMAP4rev1 for local mail clients. Commands are parsed by imap-codec
+//! (literals, LITERAL+, every command's grammar); responses are written
+//! here, with every string that is not a plain atom sent as a literal or a
+//! quoted string, so that no message byte is ever re-encoded.
+//!
+//! Folders, UIDs and flags are the device's ([`pouch_client::mailboxes`]);
+//! message bytes are served exactly as stored, and RFC822.SIZE is their length.
+//! Sessions learn of each other's changes (and of new mail found by the
+//! sync loop) through a broadcast, and tell their client on NOOP, CHECK and
+//! during IDLE — never in the middle of a FETCH, STORE or SEARCH.
+
+use crate::Shared;
+use base64::Engine;
+use imap_codec::CommandCodec;
+use imap_codec::decode::{CommandDecodeError, Decoder};
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::LiteralMode;
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{Flag, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::status::StatusDataItemName;
+use pouch_client::mailboxes::Entry;
+use std::num::NonZeroU32;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CAPABILITIES: &str =
+    "IMAP4rev1 IDLE UIDPLUS MOVE UNSELECT ID NAMESPACE LITERAL+ SPECIAL-USE AUTH=PLAIN";
+/// Largest literal accepted (an APPENDed message).
+const MAX_LITERAL: u32 = 64 * 1024 * 1024;
+
+/// The folder a session has selected, as its client knows it.
+struct Selected {
+    id: i64,
+    read_only: bool,
+    /// UIDs in sequence-number order, with the flags the client was told.
+    known: Vec<(u32, Vec<String>)>,
+}
+
+struct Session {
+    shared: Shared,
+    out: Vec<u8>,
+    authenticated: bool,
+    auth_failures: u32,
+    selected: Option<Selected>,
+    logout: bool,
+}
+
+// ---------- writing ----------
+
+/// A string as IMAP wants it: quoted when it is short plain ASCII, a literal otherwise.
+fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let plain = bytes.len() < 256
+        && bytes
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => string(out, b),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn flag_list(flags: &[String]) -> String {
+    format!("({})", flags.join(" "))
+}
+
+fn imap_date(ts: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = ts.div_euclid(86_400);
+    let secs = ts.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{day:02}-{}-{year:04} {:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn mailbox_name(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+fn list_pattern(m: &ListMailbox<'_>) -> String {
+    match m {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+    }
+}
+
+/// IMAP LIST wildcards: `*` matches anything, `%` anything but the delimiter.
+fn matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| matches(rest, &name[i..])),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != b'/')
+            .any(|i| matches(rest, &name[i..])),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, nrest)| n.eq_ignore_ascii_case(c) && matches(rest, nrest)),
+    }
+}
+
+// ---------- message parts ----------
+
+/// Offset of the blank line that ends the header (the body starts after it).
+fn header_end(raw: &[u8]) -> usize {
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(raw.len())
+}
+
+/// Header fields (with their folded lines) whose names are, or are not, in `names`.
+fn header_fields(header: &[u8], names: &[String], keep: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut taking = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            let listed = names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name));
+            taking = listed == keep;
+        }
+        if taking {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The bytes of a MIME part by its path (1-based numbers): its header and body.
+fn part<'a>(raw: &'a [u8], path: &[NonZeroU32]) -> Option<(&'a [u8], &'a [u8])> {
+    let msg = mail_parser::MessageParser::default().parse(raw)?;
+    let mut id = 0usize;
+    for n in path {
+        let p = msg.parts.get(id)?;
+        match &p.body {
+            mail_parser::PartType::Multipart(children) => {
+                id = *children.get(n.get() as usize - 1)? as usize;
+            }
+            // A single part is part 1 of itself.
+            _ if n.get() == 1 && id == 0 => {}
+            _ => return None,
+        }
+    }
+    let p = msg.parts.get(id)?;
+    let (h0, b0, end) = (
+        p.offset_header as usize,
+        p.offset_body as usize,
+        p.offset_end as usize,
+    );
+    if id == 0 {
+        // The message itself: its body is everything after the header.
+        let he = header_end(raw);
+        return Some((&raw[..he], &raw[he..]));
+    }
+    Some((raw.get(h0..b0)?, raw.get(b0..end)?))
+}
+
+fn section_name(s: &Option<Section<'_>>) -> String {
+    let part = |p: &imap_codec::imap_types::fetch::Part| {
+        p.0.as_ref()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let names =
+        |f: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
+            f.as_ref()
+                .iter()
+                .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_uppercase())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+    let prefixed = |p: &Option<imap_codec::imap_types::fetch::Part>, what: String| match p {
+        Some(p) => format!("{}.{what}", part(p)),
+        None => what,
+    };
+    match s {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => prefixed(p, "HEADER".into()),
+        Some(Section::HeaderFields(p, f)) => prefixed(p, format!("HEADER.FIELDS ({})", names(f))),
+        Some(Section::HeaderFieldsNot(p, f)) => {
+            prefixed(p, format!("HEADER.FIELDS.NOT ({})", names(f)))
+        }
+        Some(Section::Text(p)) => prefixed(p, "TEXT".into()),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+    }
+}
+
+/// The bytes a BODY[section] asks for.
+fn section_bytes(raw: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
+    let field_names =
+        |f: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
+            f.as_ref()
+                .iter()
+                .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+                .collect::<Vec<_>>()
+        };
+    let scope = |p: &Option<imap_codec::imap_types::fetch::Part>| -> Option<(Vec<u8>, Vec<u8>)> {
+        match p {
+            None => {
+                let he = header_end(raw);
+                Some((raw[..he].to_vec(), raw[he..].to_vec()))
+            }
+            Some(p) => {
+                let (h, b) = part(raw, p.0.as_ref())?;
+                Some((h.to_vec(), b.to_vec()))
+            }
+        }
+    };
+    match s {
+        None => raw.to_vec(),
+        Some(Section::Part(p)) => part(raw, p.0.as_ref())
+            .map(|(_, b)| b.to_vec())
+            .unwrap_or_default(),
+        Some(Section::Header(p)) => scope(p).map(|(h, _)| h).unwrap_or_default(),
+        Some(Section::Text(p)) => scope(p).map(|(_, b)| b).unwrap_or_default(),
+        Some(Section::Mime(p)) => part(raw, p.0.as_ref())
+            .map(|(h, _)| h.to_vec())
+            .unwrap_or_default(),
+        Some(Section::HeaderFields(p, f)) => scope(p)
+            .map(|(h, _)| header_fields(&h, &field_names(f), true))
+            .unwrap_or_default(),
+        Some(Section::HeaderFieldsNot(p, f)) => scope(p)
+            .map(|(h, _)| header_fields(&h, &field_names(f), false))
+            .unwrap_or_default(),
+    }
+}
+
+/// ENVELOPE (RFC 3501 §7.4.2) from the message's own header fields.
+fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
+    let head = &raw[..header_end(raw)];
+    let msg = mail_parser::MessageParser::default().parse_headers(head);
+    let raw_field = |name: &str| -> Option<Vec<u8>> {
+        let fields = header_fields(head, &[name.to_string()], true);
+        let line = &fields[..fields.len().saturating_sub(2)];
+        let colon = line.iter().position(|&b| b == b':')?;
+        let value: Vec<u8> = line[colon + 1..]
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
+        let value = value.trim_ascii().to_vec();
+        Some(value)
+    };
+    let addresses = |out: &mut Vec<u8>, a: Option<&mail_parser::Address<'_>>| {
+        let list: Vec<&mail_parser::Addr<'_>> = match a {
+            Some(mail_parser::Address::List(l)) => l.iter().collect(),
+            Some(mail_parser::Address::Group(g)) => {
+                g.iter().flat_map(|g| g.addresses.iter()).collect()
+            }
+            None => Vec::new(),
+        };
+        if list.is_empty() {
+            out.extend_from_slice(b"NIL");
+            return;
+        }
+        out.push(b'(');
+        for addr in list {
+            out.push(b'(');
+            nstring(out, addr.name.as_deref().map(str::as_bytes));
+            out.extend_from_slice(b" NIL ");
+            let email = addr.address.as_deref().unwrap_or_default();
+            let (local, host) = email.rsplit_once('@').unwrap_or((email, ""));
+            string(out, local.as_bytes());
+            out.push(b' ');
+            string(out, host.as_bytes());
+            out.push(b')');
+        }
+        out.push(b')');
+    };
+    let (from, sender, reply_to, to, cc, bcc) = match &msg {
+        Some(m) => (m.from(), m.sender(), m.reply_to(), m.to(), m.cc(), m.bcc()),
+        None => (None, None, None, None, None, None),
+    };
+    out.extend_from_slice(b"ENVELOPE (");
+    nstring(out, raw_field("Date").as_deref());
+    out.push(b' ');
+    nstring(out, raw_field("Subject").as_deref());
+    out.push(b' ');
+    addresses(out, from);
+    out.push(b' ');
+    addresses(out, sender.or(from));
+    out.push(b' ');
+    addresses(out, reply_to.or(from));
+    out.push(b' ');
+    addresses(out, to);
+    out.push(b' ');
+    addresses(out, cc);
+    out.push(b' ');
+    addresses(out, bcc);
+    out.push(b' ');
+    nstring(out, raw_field("In-Reply-To").as_deref());
+    out.push(b' ');
+    nstring(out, raw_field("Message-ID").as_deref());
+    out.push(b')');
+}
+
+// ---------- search ----------
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+struct Candidate<'a> {
+    seq: u32,
+    largest_seq: u32,
+    entry: &'a Entry,
+    largest_uid: u32,
+    raw: Vec<u8>,
+}
+
+fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
+    let Some(largest) = NonZeroU32::new(largest) else {
+        return false;
+    };
+    set.iter(largest).any(|x| x.get() == n)
+}
+
+fn has(c: &Candidate<'_>, flag: &str) -> bool {
+    c.entry.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+}
+
+fn date_of(ts: i64) -> chrono_like::Date {
+    chrono_like::Date::from_unix(ts)
+}
+
+/// Just enough calendar for SINCE/BEFORE/ON (UTC days).
+mod chrono_like {
+    #[derive(PartialEq, PartialOrd, Clone, Copy)]
+    pub struct Date(pub i64);
+    impl Date {
+        pub fn from_unix(ts: i64) -> Date {
+            Date(ts.div_euclid(86_400))
+        }
+        pub fn from_ymd(y: i32, m: u32, d: u32) -> Date {
+            // Days since 1970-01-01.
+            let y = i64::from(y) - i64::from(m <= 2);
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let m = i64::from(m);
+            let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            Date(era * 146_097 + doe - 719_468)
+        }
+    }
+}
+
+fn naive(d: &imap_codec::imap_types::datetime::NaiveDate) -> chrono_like::Date {
+    use chrono::Datelike;
+    let d: &chrono::NaiveDate = d.as_ref();
+    chrono_like::Date::from_ymd(d.year(), d.month(), d.day())
+}
+
+fn matches_key(c: &Candidate<'_>, key: &SearchKey<'_>) -> bool {
+    let text = |a: &imap_codec::imap_types::core::AString<'_>| a.as_ref().to_vec();
+    let header = |name: &str, value: &[u8]| {
+        let head = &c.raw[..header_end(&c.raw)];
+        let fields = header_fields(head, &[name.to_string()], true);
+        fields.len() > 2 && contains_ci(&fields[name.len().min(fields.len())..], value)
+    };
+    match key {
+        SearchKey::All => true,
+        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches_key(c, k)),
+        SearchKey::Or(a, b) => matches_key(c, a) || matches_key(c, b),
+        SearchKey::Not(k) => !matches_key(c, k),
+        SearchKey::SequenceSet(s) => in_set(s, c.seq, c.largest_seq),
+        SearchKey::Uid(s) => in_set(s, c.entry.uid, c.largest_uid),
+        SearchKey::Answered => has(c, "\\Answered"),
+        SearchKey::Unanswered => !has(c, "\\Answered"),
+        SearchKey::Deleted => has(c, "\\Deleted"),
+        SearchKey::Undeleted => !has(c, "\\Deleted"),
+        SearchKey::Draft => has(c, "\\Draft"),
+        SearchKey::Undraft => !has(c, "\\Draft"),
+        SearchKey::Flagged => has(c, "\\Flagged"),
+        SearchKey::Unflagged => !has(c, "\\Flagged"),
+        SearchKey::Seen => has(c, "\\Seen"),
+        SearchKey::Unseen => !has(c, "\\Seen"),
+        SearchKey::New | SearchKey::Recent => false,
+        SearchKey::Old => true,
+        SearchKey::Keyword(k) => has(c, k.as_ref()),
+        SearchKey::Unkeyword(k) => !has(c, k.as_ref()),
+        SearchKey::Larger(n) => c.entry.size > u64::from(*n),
+        SearchKey::Smaller(n) => c.entry.size < u64::from(*n),
+        SearchKey::Subject(s) => header("Subject", &text(s)),
+        SearchKey::From(s) => header("From", &text(s)),
+        SearchKey::To(s) => header("To", &text(s)),
+        SearchKey::Cc(s) => header("Cc", &text(s)),
+        SearchKey::Bcc(s) => header("Bcc", &text(s)),
+        SearchKey::Header(name, value) => {
+            let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+            header(&name, &text(value))
+        }
+        SearchKey::Body(s) => contains_ci(&c.raw[header_end(&c.raw)..], &text(s)),
+        SearchKey::Text(s) => contains_ci(&c.raw, &text(s)),
+        SearchKey::Since(d) => date_of(c.entry.stored_at) >= naive(d),
+        SearchKey::Before(d) => date_of(c.entry.stored_at) < naive(d),
+        SearchKey::On(d) => date_of(c.entry.stored_at) == naive(d),
+        SearchKey::SentSince(d) => date_of(c.entry.stored_at) >= naive(d),
+        SearchKey::SentBefore(d) => date_of(c.entry.stored_at) < naive(d),
+        SearchKey::SentOn(d) => date_of(c.entry.stored_at) == naive(d),
+    }
+}
+
+// ---------- the session ----------
+
+impl Session {
+    fn untagged(&mut self, line: &str) {
+        self.out.extend_from_slice(b"* ");
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn tagged(&mut self, tag: &str, status: &str, text: &str) {
+        let text = text.replace(['\r', '\n'], " ");
+        self.out
+            .extend_from_slice(format!("{tag} {status} {text}\r\n").as_bytes());
+    }
+
+    async fn login(&mut self, tag: &str, user: &[u8], password: String) {
+        let right_user = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| pouch_proto::Address::parse(u).ok())
+            .is_some_and(|a| a == self.shared.address);
+        let right_password = self
+            .shared
+            .with(move |d| d.bridge_password_matches(&password))
+            .await
+            .unwrap_or(false);
+        if right_user && right_password {
+            self.authenticated = true;
+            self.tagged(tag, "OK", &format!("[CAPABILITY {CAPABILITIES}] Logged in"));
+        } else {
+            self.auth_failures += 1;
+            tracing::warn!("IMAP login refused");
+            self.tagged(
+                tag,
+                "NO",
+                "[AUTHENTICATIONFAILED] Use your Pouch address and the bridge password ('pouch bridge --show-password')",
+            );
+            if self.auth_failures >= 3 {
+                self.untagged("BYE Too many failed logins");
+                self.logout = true;
+            }
+        }
+    }
+
+    async fn plain(&mut self, tag: &str, response: &[u8]) {
+        // authzid NUL authcid NUL passwd
+        let mut it = response.split(|&b| b == 0);
+        let (_, user, pass) = (it.next(), it.next(), it.next());
+        match (user, pass) {
+            (Some(u), Some(p)) => {
+                let p = String::from_utf8_lossy(p).into_owned();
+                self.login(tag, u, p).await
+            }
+            _ => self.tagged(tag, "BAD", "Cannot decode the AUTHENTICATE PLAIN response"),
+        }
+    }
+
+    /// New, changed and removed messages of the selected folder since the client was last told.
+    async fn updates(&mut self) {
+        let Some(sel) = &self.selected else { return };
+        let id = sel.id;
+        let now = match self.shared.with(move |d| d.entries(id)).await {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        let sel = self.selected.as_mut().expect("checked above");
+        let mut lines = Vec::new();
+        // Removed: from the highest sequence number down, so numbers stay right.
+        for i in (0..sel.known.len()).rev() {
+            if !now.iter().any(|e| e.uid == sel.known[i].0) {
+                lines.push(format!("{} EXPUNGE", i + 1));
+                sel.known.remove(i);
+            }
+        }
+        for (i, (uid, flags)) in sel.known.iter_mut().enumerate() {
+            if let Some(e) = now.iter().find(|e| e.uid == *uid) {
+                if &e.flags != flags {
+                    *flags = e.flags.clone();
+                    lines.push(format!(
+                        "{} FETCH (UID {uid} FLAGS {})",
+                        i + 1,
+                        flag_list(flags)
+                    ));
+                }
+            }
+        }
+        let last = sel.known.last().map(|k| k.0).unwrap_or(0);
+        let added: Vec<(u32, Vec<String>)> = now
+            .iter()
+            .filter(|e| e.uid > last)
+            .map(|e| (e.uid, e.flags.clone()))
+            .collect();
+        if !added.is_empty() {
+            sel.known.extend(added);
+            lines.push(format!("{} EXISTS", sel.known.len()));
+        }
+        for l in lines {
+            self.untagged(&l);
+        }
+    }
+
+    async fn select(&mut self, tag: &str, name: String, read_only: bool) {
+        self.selected = None;
+        let n = name.clone();
+        let found = self
+            .shared
+            .with(move |d| {
+                let mb = d.mailbox(&n)?;
+                match mb {
+                    Some(mb) => {
+                        let entries = d.entries(mb.id)?;
+                        Ok::<_, pouch_client::ClientError>(Some((mb, entries)))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await;
+        let Ok(Some((mb, entries))) = found else {
+            self.tagged(tag, "NO", &format!("[NONEXISTENT] No folder {name}"));
+            return;
+        };
+        self.untagged("FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
+        self.untagged("OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted");
+        self.untagged(&format!("{} EXISTS", entries.len()));
+        self.untagged("0 RECENT");
+        if let Some(i) = entries
+            .iter()
+            .position(|e| !e.flags.iter().any(|f| f == "\\Seen"))
+        {
+            self.untagged(&format!("OK [UNSEEN {}] First unseen", i + 1));
+        }
+        self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        self.untagged(&format!("OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
+        self.selected = Some(Selected {
+            id: mb.id,
+            read_only,
+            known: entries.iter().map(|e| (e.uid, e.flags.clone())).collect(),
+        });
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        self.tagged(tag, "OK", &format!("[{mode}] Selected"));
+    }
+
+    /// (sequence number, UID) pairs a set names, by sequence number or UID.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
+        let Some(sel) = &self.selected else {
+            return Vec::new();
+        };
+        let largest = if uid {
+            sel.known.last().map(|k| k.0).unwrap_or(0)
+        } else {
+            sel.known.len() as u32
+        };
+        let Some(largest) = NonZeroU32::new(largest) else {
+            return Vec::new();
+        };
+        let wanted: std::collections::BTreeSet<u32> = set.iter(largest).map(|n| n.get()).collect();
+        sel.known
+            .iter()
+            .enumerate()
+            .map(|(i, (u, _))| (i as u32 + 1, *u))
+            .filter(|(s, u)| wanted.contains(if uid { u } else { s }))
+            .collect()
+    }
+
+    async fn fetch(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) {
+        let mut names: Vec<MessageDataItemName<'_>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => {
+                let mut v = vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                ];
+                if matches!(m, Macro::All | Macro::Full) {
+                    v.push(MessageDataItemName::Envelope);
+                }
+                v
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        if names.iter().any(|n| {
+            matches!(
+                n,
+                MessageDataItemName::BodyStructure | MessageDataItemName::Body
+            )
+        }) {
+            self.tagged(
+                tag,
+                "NO",
+                "BODYSTRUCTURE is not supported by this bridge yet; fetch BODY[] instead",
+            );
+            return;
+        }
+        // The UID first, always (Thunderbird relies on it).
+        names.retain(|n| !matches!(n, MessageDataItemName::Uid));
+        let targets = self.resolve(set, uid);
+        let Some(sel) = &self.selected else {
+            self.tagged(tag, "BAD", "Select a folder first");
+            return;
+        };
+        let (mailbox, read_only) = (sel.id, sel.read_only);
+        let marks_seen = !read_only
+            && names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let needs_bytes = names.iter().any(|n| {
+            !matches!(
+                n,
+                MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+            )
+        });
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let loaded = self
+            .shared
+            .with(move |d| {
+                let entries = d.entries(mailbox)?;
+                let mut out = Vec::new();
+                for e in entries.into_iter().filter(|e| uids.contains(&e.uid)) {
+                    let mut e = e;
+                    if marks_seen && !e.flags.iter().any(|f| f == "\\Seen") {
+                        e.flags.push("\\Seen".into());
+                        e.flags.sort();
+                        d.set_flags(mailbox, e.uid, &e.flags)?;
+                    }
+                    let raw = if needs_bytes {
+                        d.raw(e.message)?
+                    } else {
+                        Vec::new()
+                    };
+                    out.push((e, raw));
+                }
+                Ok::<_, pouch_client::ClientError>(out)
+            })
+            .await;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                self.tagged(tag, "NO", &format!("Cannot read the messages: {e}"));
+                return;
+            }
+        };
+        for (seq, uid_) in targets {
+            let Some((e, raw)) = loaded.iter().find(|(e, _)| e.uid == uid_) else {
+                continue;
+            };
+            let mut o = format!("* {seq} FETCH (UID {uid_}").into_bytes();
+            for n in &names {
+                o.push(b' ');
+                match n {
+                    MessageDataItemName::Flags => {
+                        o.extend_from_slice(format!("FLAGS {}", flag_list(&e.flags)).as_bytes())
+                    }
+                    MessageDataItemName::InternalDate => o.extend_from_slice(
+                        format!("INTERNALDATE \"{}\"", imap_date(e.stored_at)).as_bytes(),
+                    ),
+                    MessageDataItemName::Rfc822Size => {
+                        o.extend_from_slice(format!("RFC822.SIZE {}", e.size).as_bytes())
+                    }
+                    MessageDataItemName::Envelope => envelope(&mut o, raw),
+                    MessageDataItemName::Rfc822 => {
+                        o.extend_from_slice(b"RFC822 ");
+                        string(&mut o, raw);
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        o.extend_from_slice(b"RFC822.HEADER ");
+                        string(&mut o, &raw[..header_end(raw)]);
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        o.extend_from_slice(b"RFC822.TEXT ");
+                        string(&mut o, &raw[header_end(raw)..]);
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        let bytes = section_bytes(raw, section);
+                        o.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
+                        match partial {
+                            Some((origin, count)) => {
+                                let start = (*origin as usize).min(bytes.len());
+                                let end =
+                                    start.saturating_add(count.get() as usize).min(bytes.len());
+                                o.extend_from_slice(format!("<{origin}> ").as_bytes());
+                                string(&mut o, &bytes[start..end]);
+                            }
+                            None => {
+                                o.push(b' ');
+                                string(&mut o, &bytes);
+                            }
+                        }
+                    }
+                    _ => {
+                        o.pop();
+                    }
+                }
+            }
+            o.extend_from_slice(b")\r\n");
+            self.out.extend_from_slice(&o);
+            if let Some(sel) = self.selected.as_mut() {
+                if let Some(k) = sel.known.iter_mut().find(|k| k.0 == uid_) {
+                    k.1 = e.flags.clone();
+                }
+            }
+        }
+        self.tagged(tag, "OK", "Fetch completed");
+    }
+
+    async fn store(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        kind: StoreType,
+        silent: bool,
+        flags: Vec<String>,
+        uid: bool,
+    ) {
+        let targets = self.resolve(set, uid);
+        let Some(sel) = &self.selected else {
+            self.tagged(tag, "BAD", "Select a folder first");
+            return;
+        };
+        if sel.read_only {
+            self.tagged(tag, "NO", "The folder is read-only (EXAMINE)");
+            return;
+        }
+        let mailbox = sel.id;
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let result = self
+            .shared
+            .with(move |d| {
+                let mut changed = Vec::new();
+                for e in d
+                    .entries(mailbox)?
+                    .into_iter()
+                    .filter(|e| uids.contains(&e.uid))
+                {
+                    let mut f = match kind {
+                        StoreType::Replace => flags.clone(),
+                        StoreType::Add => e.flags.iter().chain(&flags).cloned().collect(),
+                        StoreType::Remove => e
+                            .flags
+                            .iter()
+                            .filter(|x| !flags.iter().any(|r| r.eq_ignore_ascii_case(x)))
+                            .cloned()
+                            .collect(),
+                    };
+                    f.sort();
+                    f.dedup();
+                    d.set_flags(mailbox, e.uid, &f)?;
+                    changed.push((e.uid, f));
+                }
+                Ok::<_, pouch_client::ClientError>(changed)
+            })
+            .await;
+        match result {
+            Ok(changed) => {
+                for (seq, u) in targets {
+                    if let Some((_, f)) = changed.iter().find(|c| c.0 == u) {
+                        if let Some(sel) = self.selected.as_mut() {
+                            if let Some(k) = sel.known.iter_mut().find(|k| k.0 == u) {
+                                k.1 = f.clone();
+                            }
+                        }
+                        if !silent {
+                            self.untagged(&format!("{seq} FETCH (UID {u} FLAGS {})", flag_list(f)));
+                        }
+                    }
+                }
+                self.shared.changed();
+                self.tagged(tag, "OK", "Store completed");
+            }
+            Err(e) => self.tagged(tag, "NO", &format!("Cannot store flags: {e}")),
+        }
+    }
+
+    /// Removes the \Deleted messages (of `only`, when given) and tells the client.
+    async fn expunge(&mut self, only: Option<Vec<u32>>) -> Result<(), String> {
+        let Some(sel) = &self.selected else {
+            return Err("Select a folder first".into());
+        };
+        if sel.read_only {
+            return Err("The folder is read-only (EXAMINE)".into());
+        }
+        let mailbox = sel.id;
+        let gone: Vec<u32> = sel
+            .known
+            .iter()
+            .filter(|(u, f)| {
+                f.iter().any(|x| x == "\\Deleted") && only.as_ref().is_none_or(|o| o.contains(u))
+            })
+            .map(|(u, _)| *u)
+            .collect();
+        let g = gone.clone();
+        self.shared
+            .with(move |d| d.remove_messages(mailbox, &g))
+            .await
+            .map_err(|e| e.to_string())?;
+        let sel = self.selected.as_mut().expect("checked above");
+        let mut lines = Vec::new();
+        for i in (0..sel.known.len()).rev() {
+            if gone.contains(&sel.known[i].0) {
+                lines.push(format!("{} EXPUNGE", i + 1));
+                sel.known.remove(i);
+            }
+        }
+        for l in lines {
+            self.untagged(&l);
+        }
+        self.shared.changed();
+        Ok(())
+    }
+
+    async fn copy(&mut self, tag: &str, set: &SequenceSet, to: String, uid: bool, moving: bool) {
+        let targets = self.resolve(set, uid);
+        let Some(sel) = &self.selected else {
+            self.tagged(tag, "BAD", "Select a folder first");
+            return;
+        };
+        let from = sel.id;
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let to_name = to.clone();
+        let result = self
+            .shared
+            .with(move |d| {
+                let dest = d.mailbox(&to_name)?.ok_or_else(|| {
+                    pouch_client::ClientError::Invalid(format!("No folder {to_name}"))
+                })?;
+                let pairs = d.copy_messages(from, &uids, dest.id)?;
+                Ok::<_, pouch_client::ClientError>((dest.uidvalidity, pairs))
+            })
+            .await;
+        let (validity, pairs) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.tagged(tag, "NO", &format!("[TRYCREATE] {e}"));
+                return;
+            }
+        };
+        let join = |v: Vec<u32>| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let code = if pairs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[COPYUID {validity} {} {}] ",
+                join(pairs.iter().map(|p| p.0).collect()),
+                join(pairs.iter().map(|p| p.1).collect())
+            )
+        };
+        if moving {
+            let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+            if let Some(sel) = self.selected.as_mut() {
+                for k in sel.known.iter_mut().filter(|k| moved.contains(&k.0)) {
+                    k.1.push("\\Deleted".into());
+                }
+            }
+            self.untagged(&format!("OK {code}Moved"));
+            if let Err(e) = self.expunge(Some(moved)).await {
+                self.tagged(tag, "NO", &e);
+                return;
+            }
+            self.tagged(tag, "OK", "Move completed");
+        } else {
+            self.shared.changed();
+            self.tagged(tag, "OK", &format!("{code}Copy completed"));
+        }
+    }
+
+    async fn list(
+        &mut self,
+        t: &str,
+        verb: &str,
+        reference: &Mailbox<'_>,
+        wildcard: &ListMailbox<'_>,
+    ) {
+        // The reference is a prefix for the pattern (RFC 3501 §6.3.8).
+        let reference = match reference {
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+            Mailbox::Inbox => "INBOX".into(),
+        };
+        let pattern = format!("{reference}{}", list_pattern(wildcard));
+        if pattern.is_empty() {
+            self.untagged(&format!("{verb} (\\Noselect) \"/\" \"\""));
+            self.tagged(t, "OK", "List completed");
+            return;
+        }
+        match self.shared.with(|d| d.mailboxes()).await {
+            Ok(all) => {
+                for mb in all {
+                    if !matches(pattern.as_bytes(), mb.name.as_bytes()) {
+                        continue;
+                    }
+                    let mut attrs = vec!["\\HasNoChildren".to_string()];
+                    attrs.extend(mb.special_use.clone());
+                    let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
+                    string(&mut line, mb.name.as_bytes());
+                    line.extend_from_slice(b"\r\n");
+                    self.out.extend_from_slice(&line);
+                }
+                self.tagged(t, "OK", "List completed");
+            }
+            Err(e) => self.tagged(t, "NO", &e.to_string()),
+        }
+    }
+
+    async fn handle(&mut self, command: Command<'_>, stream: &mut TcpStream, buf: &mut Vec<u8>) {
+        let tag = command.tag.as_ref().to_string();
+        let t = tag.as_str();
+        match command.body {
+            CommandBody::Capability => {
+                self.untagged(&format!("CAPABILITY {CAPABILITIES}"));
+                self.tagged(t, "OK", "Capability completed");
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.updates().await;
+                self.tagged(t, "OK", "Done");
+            }
+            CommandBody::Logout => {
+                self.untagged("BYE Pouch bridge logging out");
+                self.tagged(t, "OK", "Logout completed");
+                self.logout = true;
+            }
+            #[allow(unreachable_patterns)]
+            CommandBody::Id { .. } => {
+                self.untagged(&format!(
+                    "ID (\"name\" \"Pouch bridge\" \"version\" \"{}\")",
+                    env!("CARGO_PKG_VERSION")
+                ));
+                self.tagged(t, "OK", "ID completed");
+            }
+            CommandBody::Login { username, password } => {
+                let p = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(t, username.as_ref(), p).await;
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if !mechanism.to_string().eq_ignore_ascii_case("PLAIN") {
+                    self.tagged(t, "NO", "Use AUTHENTICATE PLAIN or LOGIN");
+                    return;
+                }
+                let response = match initial_response {
+                    Some(r) => r.declassify().to_vec(),
+                    None => {
+                        self.out.extend_from_slice(b"+ \r\n");
+                        let _ = stream.write_all(&self.out).await;
+                        self.out.clear();
+                        let Some(line) = read_line(stream, buf).await else {
+                            self.logout = true;
+                            return;
+                        };
+                        if line.trim() == "*" {
+                            self.tagged(t, "BAD", "Authentication cancelled");
+                            return;
+                        }
+                        base64::engine::general_purpose::STANDARD
+                            .decode(line.trim())
+                            .unwrap_or_default()
+                    }
+                };
+                self.plain(t, &response).await;
+            }
+            _ if !self.authenticated => {
+                self.tagged(t, "NO", "Log in first (LOGIN or AUTHENTICATE PLAIN)")
+            }
+            #[allow(unreachable_patterns)]
+            CommandBody::Namespace => {
+                self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
+                self.tagged(t, "OK", "Namespace completed");
+            }
+            CommandBody::Enable { .. } => self.tagged(t, "OK", "Nothing enabled"),
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(t, "LIST", &reference, &mailbox_wildcard).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(t, "LSUB", &reference, &mailbox_wildcard).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => {
+                let name = mailbox_name(&mailbox);
+                let n = name.clone();
+                let found = self
+                    .shared
+                    .with(move |d| {
+                        let Some(mb) = d.mailbox(&n)? else {
+                            return Ok(None);
+                        };
+                        let e = d.entries(mb.id)?;
+                        Ok::<_, pouch_client::ClientError>(Some((mb, e)))
+                    })
+                    .await;
+                let Ok(Some((mb, entries))) = found else {
+                    self.tagged(t, "NO", &format!("[NONEXISTENT] No folder {name}"));
+                    return;
+                };
+                let mut items = Vec::new();
+                for i in item_names.iter() {
+                    items.push(match i {
+                        StatusDataItemName::Messages => format!("MESSAGES {}", entries.len()),
+                        StatusDataItemName::Recent => "RECENT 0".into(),
+                        StatusDataItemName::UidNext => format!("UIDNEXT {}", mb.uidnext),
+                        StatusDataItemName::UidValidity => {
+                            format!("UIDVALIDITY {}", mb.uidvalidity)
+                        }
+                        StatusDataItemName::Unseen => format!(
+                            "UNSEEN {}",
+                            entries
+                                .iter()
+                                .filter(|e| !e.flags.iter().any(|f| f == "\\Seen"))
+                                .count()
+                        ),
+                        _ => continue,
+                    });
+                }
+                let mut line = b"STATUS ".to_vec();
+                string(&mut line, mb.name.as_bytes());
+                line.extend_from_slice(format!(" ({})", items.join(" ")).as_bytes());
+                self.out.extend_from_slice(b"* ");
+                self.out.extend_from_slice(&line);
+                self.out.extend_from_slice(b"\r\n");
+                self.tagged(t, "OK", "Status completed");
+            }
+            CommandBody::Select { mailbox, .. } => {
+                self.select(t, mailbox_name(&mailbox), false).await
+            }
+            CommandBody::Examine { mailbox, .. } => {
+                self.select(t, mailbox_name(&mailbox), true).await
+            }
+            CommandBody::Create { mailbox } => {
+                let name = mailbox_name(&mailbox).trim_end_matches('/').to_string();
+                match self.shared.with(move |d| d.create_mailbox(&name)).await {
+                    Ok(()) => self.tagged(t, "OK", "Create completed"),
+                    Err(e) => self.tagged(t, "NO", &e.to_string()),
+                }
+            }
+            CommandBody::Delete { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                match self.shared.with(move |d| d.delete_mailbox(&name)).await {
+                    Ok(()) => self.tagged(t, "OK", "Delete completed"),
+                    Err(e) => self.tagged(t, "NO", &e.to_string()),
+                }
+            }
+            CommandBody::Rename { from, to } => {
+                let (from, to) = (mailbox_name(&from), mailbox_name(&to));
+                match self
+                    .shared
+                    .with(move |d| d.rename_mailbox(&from, &to))
+                    .await
+                {
+                    Ok(()) => self.tagged(t, "OK", "Rename completed"),
+                    Err(e) => self.tagged(t, "NO", &e.to_string()),
+                }
+            }
+            CommandBody::Subscribe { .. } | CommandBody::Unsubscribe { .. } => {
+                self.tagged(t, "OK", "Every folder is subscribed")
+            }
+            CommandBody::Append {
+                mailbox,
+                flags,
+                message,
+                ..
+            } => {
+                let name = mailbox_name(&mailbox);
+                let raw = match &message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => {
+                        l.data().to_vec()
+                    }
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => {
+                        l.data.to_vec()
+                    }
+                };
+                let flags: Vec<String> = flags.iter().map(Flag::to_string).collect();
+                let n = name.clone();
+                let result = self
+                    .shared
+                    .with(move |d| {
+                        let mb = d.mailbox(&n)?.ok_or_else(|| {
+                            pouch_client::ClientError::Invalid(format!("No folder {n}"))
+                        })?;
+                        let uid = d.append_message(mb.id, raw, &flags)?;
+                        Ok::<_, pouch_client::ClientError>((mb.uidvalidity, uid))
+                    })
+                    .await;
+                match result {
+                    Ok((v, uid)) => {
+                        self.shared.changed();
+                        self.tagged(t, "OK", &format!("[APPENDUID {v} {uid}] Append completed"))
+                    }
+                    Err(pouch_client::ClientError::Invalid(m)) if m.starts_with("No folder") => {
+                        self.tagged(t, "NO", &format!("[TRYCREATE] {m}"))
+                    }
+                    Err(e) => self.tagged(t, "NO", &e.to_string()),
+                }
+            }
+            _ if self.selected.is_none() => self.tagged(t, "BAD", "Select a folder first"),
+            CommandBody::Close => {
+                if self.selected.as_ref().is_some_and(|s| !s.read_only) {
+                    let _ = self.expunge(None).await;
+                    // CLOSE expunges silently.
+                    self.out.clear();
+                }
+                self.selected = None;
+                self.tagged(t, "OK", "Close completed");
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                self.tagged(t, "OK", "Unselect completed");
+            }
+            CommandBody::Expunge => match self.expunge(None).await {
+                Ok(()) => self.tagged(t, "OK", "Expunge completed"),
+                Err(e) => self.tagged(t, "NO", &e),
+            },
+            CommandBody::ExpungeUid { sequence_set } => {
+                let uids = self
+                    .resolve(&sequence_set, true)
+                    .into_iter()
+                    .map(|p| p.1)
+                    .collect();
+                match self.expunge(Some(uids)).await {
+                    Ok(()) => self.tagged(t, "OK", "Expunge completed"),
+                    Err(e) => self.tagged(t, "NO", &e),
+                }
+            }
+            CommandBody::Search { criteria, uid, .. } => {
+                let sel = self.selected.as_ref().expect("checked above");
+                let mailbox = sel.id;
+                let known: Vec<u32> = sel.known.iter().map(|k| k.0).collect();
+                let result = self
+                    .shared
+                    .with(move |d| {
+                        let entries = d.entries(mailbox)?;
+                        let mut loaded = Vec::new();
+                        for e in entries.into_iter().filter(|e| known.contains(&e.uid)) {
+                            let raw = d.raw(e.message)?;
+                            loaded.push((e, raw));
+                        }
+                        Ok::<_, pouch_client::ClientError>(loaded)
+                    })
+                    .await;
+                let loaded = match result {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.tagged(t, "NO", &e.to_string());
+                        return;
+                    }
+                };
+                let largest_uid = loaded.last().map(|l| l.0.uid).unwrap_or(0);
+                let largest_seq = loaded.len() as u32;
+                let mut hits = Vec::new();
+                for (i, (e, raw)) in loaded.iter().enumerate() {
+                    let c = Candidate {
+                        seq: i as u32 + 1,
+                        largest_seq,
+                        entry: e,
+                        largest_uid,
+                        raw: raw.clone(),
+                    };
+                    if criteria.as_ref().iter().all(|k| matches_key(&c, k)) {
+                        hits.push(if uid { e.uid } else { c.seq });
+                    }
+                }
+                let list: Vec<String> = hits.iter().map(u32::to_string).collect();
+                self.untagged(&format!(
+                    "SEARCH{}{}",
+                    if list.is_empty() { "" } else { " " },
+                    list.join(" ")
+                ));
+                self.tagged(t, "OK", "Search completed");
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => self.fetch(t, &sequence_set, macro_or_item_names, uid).await,
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                let silent = matches!(
+                    response,
+                    imap_codec::imap_types::flag::StoreResponse::Silent
+                );
+                let flags = flags.iter().map(Flag::to_string).collect();
+                self.store(t, &sequence_set, kind, silent, flags, uid).await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                self.copy(t, &sequence_set, mailbox_name(&mailbox), uid, false)
+                    .await
+            }
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                self.copy(t, &sequence_set, mailbox_name(&mailbox), uid, true)
+                    .await
+            }
+            _ => self.tagged(t, "BAD", "Command not supported by the Pouch bridge"),
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        if buf.len() > 64 * 1024 || !read_more(stream, buf).await {
+            return None;
+        }
+    }
+}
+
+/// One client connection, from greeting to LOGOUT.
+pub async fn session(shared: Shared, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut changes = shared.subscribe();
+    let mut s = Session {
+        shared,
+        out: Vec::new(),
+        authenticated: false,
+        auth_failures: 0,
+        selected: None,
+        logout: false,
+    };
+    stream
+        .write_all(format!("* OK [CAPABILITY {CAPABILITIES}] Pouch bridge ready\r\n").as_bytes())
+        .await?;
+    let codec = CommandCodec::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut literal_acknowledged_at: Option<usize> = None;
+    loop {
+        let decoded = match codec.decode(&buf) {
+            Ok((rest, command)) => Ok((buf.len() - rest.len(), command.into_static())),
+            Err(e) => Err(e.into_static()),
+        };
+        match decoded {
+            Ok((used, command)) => {
+                buf.drain(..used);
+                literal_acknowledged_at = None;
+                if matches!(command.body, CommandBody::Idle) {
+                    if !s.authenticated || s.selected.is_none() {
+                        s.tagged(command.tag.as_ref(), "BAD", "Select a folder before IDLE");
+                    } else {
+                        stream.write_all(b"+ idling\r\n").await?;
+                        let tag = command.tag.as_ref().to_string();
+                        loop {
+                            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = buf.drain(..=end).collect();
+                                if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                                    s.tagged(&tag, "OK", "IDLE terminated");
+                                } else {
+                                    s.tagged(&tag, "BAD", "Expected DONE");
+                                }
+                                break;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            tokio::select! {
+                                n = stream.read(&mut chunk) => {
+                                    let n = n?;
+                                    if n == 0 { return Ok(()) }
+                                    buf.extend_from_slice(&chunk[..n]);
+                                }
+                                _ = changes.recv() => {
+                                    s.updates().await;
+                                    stream.write_all(&s.out).await?;
+                                    s.out.clear();
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    s.handle(command, &mut stream, &mut buf).await;
+                }
+                stream.write_all(&s.out).await?;
+                s.out.clear();
+                if s.logout {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(CommandDecodeError::Incomplete) => {}
+            Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
+                if length > MAX_LITERAL {
+                    stream
+                        .write_all(format!("{} NO Literal too large\r\n", tag.as_ref()).as_bytes())
+                        .await?;
+                    return Ok(());
+                }
+                if mode == LiteralMode::Sync && literal_acknowledged_at != Some(buf.len()) {
+                    stream.write_all(b"+ Ready for literal data\r\n").await?;
+                    literal_acknowledged_at = Some(buf.len());
+                }
+            }
+            Err(CommandDecodeError::Failed) => {
+                // Drop the bad line; answer with its tag if it has one.
+                let end = buf
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|p| p + 1)
+                    .unwrap_or(buf.len());
+                let line: Vec<u8> = buf.drain(..end).collect();
+                let tag = line
+                    .split(|&b| b == b' ')
+                    .next()
+                    .filter(|t| {
+                        !t.is_empty()
+                            && t.iter()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+                    })
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .unwrap_or_else(|| "*".into());
+                stream
+                    .write_all(format!("{tag} BAD Could not parse that command\r\n").as_bytes())
+                    .await?;
+                if end == 0 {
+                    buf.clear();
+                }
+                continue;
+            }
+        }
+        if buf.len() > MAX_LITERAL as usize + 64 * 1024 {
+            return Ok(());
+        }
+        if !read_more(&mut stream, &mut buf).await {
+            return Ok(());
+        }
+    }
+}
