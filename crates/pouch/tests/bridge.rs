@@ -533,3 +533,141 @@ fn mail_clients_read_through_the_bridge() {
     let one = inbox.iter().find(|m| m["subject"] == "one").unwrap();
     assert_eq!(got.stdout, alice.raw(one["id"].as_i64().unwrap()));
 }
+
+/// Every message file under a Maildir folder (cur and new).
+fn maildir_messages(folder: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(rd) = std::fs::read_dir(folder.join(sub)) {
+            for e in rd.flatten() {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mbsync_syncs_both_ways_through_the_bridge() {
+    let dir = Scratch::new("bridge-mbsync");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    for subject in ["one", "two"] {
+        bob.ok(&[
+            "send",
+            "--to",
+            "alice@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            "text",
+        ]);
+    }
+    let bridge = Bridge::start(&alice);
+    let maildir = dir.path("maildir");
+    std::fs::create_dir_all(&maildir).unwrap();
+    let config = dir.path("mbsyncrc");
+    std::fs::write(
+        &config,
+        format!(
+            "IMAPAccount pouch\nHost 127.0.0.1\nPort {}\nUser alice@pouch.local\nPass {}\nSSLType None\nAuthMechs LOGIN\n\n\
+IMAPStore pouch-remote\nAccount pouch\n\n\
+MaildirStore local\nPath {}/\nInbox {}/INBOX\nSubFolders Verbatim\n\n\
+Channel pouch\nFar :pouch-remote:\nNear :local:\nPatterns *\nCreate Both\nExpunge Both\nSyncState *\nSync All\n",
+            bridge.imap_port,
+            bridge.password,
+            maildir.display(),
+            maildir.display()
+        ),
+    )
+    .unwrap();
+    let mbsync = || {
+        let out = Command::new("mbsync")
+            .args(["-c"])
+            .arg(&config)
+            .arg("-a")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mbsync failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Wait until the bridge has filed both mails, then pull.
+    let mut pulled = Vec::new();
+    for _ in 0..50 {
+        mbsync();
+        pulled = maildir_messages(&maildir.join("INBOX"));
+        if pulled.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(pulled.len(), 2);
+    alice.sync();
+    // Maildir keeps lines ending in LF, and mbsync adds its X-TUID tracking
+    // field to its local copies: nothing else may differ.
+    let lf = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .replace("\r\n", "\n")
+            .lines()
+            .filter(|l| !l.starts_with("X-TUID: "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    for m in alice.inbox() {
+        let raw = lf(&alice.raw(m["id"].as_i64().unwrap()));
+        assert!(
+            pulled.iter().any(|(_, b)| lf(b) == raw),
+            "'{}' changed on the way: {raw:?} vs {:?}",
+            m["subject"],
+            pulled.iter().map(|(_, b)| lf(b)).collect::<Vec<_>>()
+        );
+    }
+    for folder in ["Sent", "Drafts", "Archive", "Trash", "Junk"] {
+        assert!(
+            maildir.join(folder).is_dir(),
+            "{folder} not created locally"
+        );
+    }
+
+    // Push: a flag set locally, and a draft written locally.
+    let (path, _) = &pulled[0];
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    let flagged = match name.split_once(":2,") {
+        Some((base, flags)) => format!("{base}:2,F{flags}"),
+        None => format!("{name}:2,F"),
+    };
+    std::fs::rename(path, maildir.join("INBOX/cur").join(flagged)).unwrap();
+    let draft = b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: written offline\r\n\r\ndraft\r\n";
+    std::fs::create_dir_all(maildir.join("Drafts/new")).unwrap();
+    std::fs::write(maildir.join("Drafts/new/1.draft"), draft).unwrap();
+    mbsync();
+
+    let out = python(
+        r#"
+import imaplib, sys
+m = imaplib.IMAP4('127.0.0.1', int(sys.argv[1]))
+m.login('alice@pouch.local', sys.argv[2])
+m.select('INBOX')
+typ, data = m.search(None, 'FLAGGED')
+print('flagged', data[0].decode())
+m.select('Drafts')
+typ, data = m.fetch('1:*', '(BODY.PEEK[])')
+print('drafts', [d[1] for d in data if isinstance(d, tuple)])
+"#,
+        &[&bridge.imap_port.to_string(), &bridge.password],
+    );
+    assert!(
+        out.contains("flagged 1") || out.contains("flagged 2"),
+        "{out}"
+    );
+    assert!(out.contains("written offline"), "{out}");
+    // A second run changes nothing.
+    mbsync();
+    assert_eq!(maildir_messages(&maildir.join("INBOX")).len(), 2);
+    assert_eq!(maildir_messages(&maildir.join("Drafts")).len(), 1);
+}
