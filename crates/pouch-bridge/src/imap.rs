@@ -285,7 +285,43 @@ fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
         let value = value.trim_ascii().to_vec();
         Some(value)
     };
-    let addresses = |out: &mut Vec<u8>, a: Option<&mail_parser::Address<'_>>| {
+    // Display names as written (encoded words and all), as ENVELOPE wants them.
+    let raw_name = |field: &str, email: &str| -> Option<Vec<u8>> {
+        let value = raw_field(field)?;
+        let needle = format!("<{email}>").into_bytes();
+        let at = value
+            .windows(needle.len())
+            .position(|w| w.eq_ignore_ascii_case(&needle))?;
+        // Back to the previous comma or colon outside quotes.
+        let mut start = 0;
+        let mut quoted = false;
+        for (i, &b) in value[..at].iter().enumerate() {
+            match b {
+                b'"' => quoted = !quoted,
+                b',' | b':' if !quoted => start = i + 1,
+                _ => {}
+            }
+        }
+        let name = value[start..at].trim_ascii();
+        let name = match name {
+            [b'"', inner @ .., b'"'] => {
+                let mut out = Vec::new();
+                let mut escaped = false;
+                for &b in inner {
+                    if b == b'\\' && !escaped {
+                        escaped = true;
+                        continue;
+                    }
+                    escaped = false;
+                    out.push(b);
+                }
+                out
+            }
+            other => other.to_vec(),
+        };
+        (!name.is_empty()).then_some(name)
+    };
+    let addresses = |out: &mut Vec<u8>, field: &str, a: Option<&mail_parser::Address<'_>>| {
         let list: Vec<&mail_parser::Addr<'_>> = match a {
             Some(mail_parser::Address::List(l)) => l.iter().collect(),
             Some(mail_parser::Address::Group(g)) => {
@@ -300,9 +336,11 @@ fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
         out.push(b'(');
         for addr in list {
             out.push(b'(');
-            nstring(out, addr.name.as_deref().map(str::as_bytes));
-            out.extend_from_slice(b" NIL ");
             let email = addr.address.as_deref().unwrap_or_default();
+            let name = raw_name(field, email)
+                .or_else(|| addr.name.as_deref().map(|n| n.as_bytes().to_vec()));
+            nstring(out, name.as_deref());
+            out.extend_from_slice(b" NIL ");
             let (local, host) = email.rsplit_once('@').unwrap_or((email, ""));
             string(out, local.as_bytes());
             out.push(b' ');
@@ -320,22 +358,175 @@ fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
     out.push(b' ');
     nstring(out, raw_field("Subject").as_deref());
     out.push(b' ');
-    addresses(out, from);
+    addresses(out, "From", from);
     out.push(b' ');
-    addresses(out, sender.or(from));
+    addresses(
+        out,
+        if sender.is_some() { "Sender" } else { "From" },
+        sender.or(from),
+    );
     out.push(b' ');
-    addresses(out, reply_to.or(from));
+    addresses(
+        out,
+        if reply_to.is_some() {
+            "Reply-To"
+        } else {
+            "From"
+        },
+        reply_to.or(from),
+    );
     out.push(b' ');
-    addresses(out, to);
+    addresses(out, "To", to);
     out.push(b' ');
-    addresses(out, cc);
+    addresses(out, "Cc", cc);
     out.push(b' ');
-    addresses(out, bcc);
+    addresses(out, "Bcc", bcc);
     out.push(b' ');
     nstring(out, raw_field("In-Reply-To").as_deref());
     out.push(b' ');
     nstring(out, raw_field("Message-ID").as_deref());
     out.push(b')');
+}
+
+/// BODYSTRUCTURE (extensible) or BODY (basic), RFC 3501 §7.4.2, from the MIME tree.
+fn body_structure(out: &mut Vec<u8>, raw: &[u8], extensible: bool) {
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        // Not MIME at all: one text/plain body.
+        let body = &raw[header_end(raw).min(raw.len())..];
+        out.extend_from_slice(
+            format!(
+                "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" {} {})",
+                body.len(),
+                body.iter().filter(|&&b| b == b'\n').count()
+            )
+            .as_bytes(),
+        );
+        return;
+    };
+    walk_structure(out, &msg, raw, 0, extensible);
+}
+
+fn structure_params(out: &mut Vec<u8>, attrs: Option<&[mail_parser::Attribute<'_>]>) {
+    match attrs {
+        Some(a) if !a.is_empty() => {
+            out.push(b'(');
+            for (i, at) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                string(out, at.name.to_ascii_uppercase().as_bytes());
+                out.push(b' ');
+                string(out, at.value.as_bytes());
+            }
+            out.push(b')');
+        }
+        _ => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn structure_disposition(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>) {
+    use mail_parser::MimeHeaders;
+    match part.content_disposition() {
+        Some(d) => {
+            out.push(b'(');
+            string(out, d.ctype().to_ascii_uppercase().as_bytes());
+            out.push(b' ');
+            structure_params(out, d.attributes());
+            out.push(b')');
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn walk_structure(
+    out: &mut Vec<u8>,
+    msg: &mail_parser::Message<'_>,
+    raw: &[u8],
+    id: usize,
+    extensible: bool,
+) {
+    use mail_parser::MimeHeaders;
+    let Some(part) = msg.parts.get(id) else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    let ct = part.content_type();
+    if let mail_parser::PartType::Multipart(children) = &part.body {
+        out.push(b'(');
+        for c in children {
+            walk_structure(out, msg, raw, *c as usize, extensible);
+        }
+        out.push(b' ');
+        let sub = ct.and_then(|c| c.subtype()).unwrap_or("mixed");
+        string(out, sub.to_ascii_uppercase().as_bytes());
+        if extensible {
+            out.push(b' ');
+            structure_params(out, ct.and_then(|c| c.attributes()));
+            out.push(b' ');
+            structure_disposition(out, part);
+            out.extend_from_slice(b" NIL NIL");
+        }
+        out.push(b')');
+        return;
+    }
+    let (ctype, sub) = match ct {
+        Some(c) => (
+            c.ctype().to_ascii_uppercase(),
+            c.subtype().unwrap_or("plain").to_ascii_uppercase(),
+        ),
+        None => ("TEXT".into(), "PLAIN".into()),
+    };
+    let (b0, end) = if id == 0 {
+        (header_end(raw), raw.len())
+    } else {
+        (part.offset_body as usize, part.offset_end as usize)
+    };
+    let body = raw.get(b0..end.max(b0)).unwrap_or_default();
+    out.push(b'(');
+    string(out, ctype.as_bytes());
+    out.push(b' ');
+    string(out, sub.as_bytes());
+    out.push(b' ');
+    match ct.and_then(|c| c.attributes()) {
+        Some(a) if !a.is_empty() => structure_params(out, Some(a)),
+        _ if ctype == "TEXT" => out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")"),
+        _ => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    let id_field = part.content_id().map(|c| format!("<{c}>"));
+    nstring(out, id_field.as_deref().map(str::as_bytes));
+    out.push(b' ');
+    nstring(out, part.content_description().map(str::as_bytes));
+    out.push(b' ');
+    let encoding = part
+        .content_transfer_encoding()
+        .unwrap_or("7bit")
+        .to_ascii_uppercase();
+    string(out, encoding.as_bytes());
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    let lines = body.iter().filter(|&&b| b == b'\n').count();
+    if ctype == "MESSAGE" && sub == "RFC822" {
+        out.push(b' ');
+        envelope_fields(out, body);
+        out.push(b' ');
+        body_structure(out, body, extensible);
+        out.extend_from_slice(format!(" {lines}").as_bytes());
+    } else if ctype == "TEXT" {
+        out.extend_from_slice(format!(" {lines}").as_bytes());
+    }
+    if extensible {
+        out.extend_from_slice(b" NIL ");
+        structure_disposition(out, part);
+        out.extend_from_slice(b" NIL NIL");
+    }
+    out.push(b')');
+}
+
+/// The parenthesised ENVELOPE value (without the ENVELOPE keyword).
+fn envelope_fields(out: &mut Vec<u8>, raw: &[u8]) {
+    let mut with_keyword = Vec::new();
+    envelope(&mut with_keyword, raw);
+    out.extend_from_slice(&with_keyword[b"ENVELOPE ".len()..]);
 }
 
 // ---------- search ----------
@@ -631,19 +822,6 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
         };
-        if names.iter().any(|n| {
-            matches!(
-                n,
-                MessageDataItemName::BodyStructure | MessageDataItemName::Body
-            )
-        }) {
-            self.tagged(
-                tag,
-                "NO",
-                "BODYSTRUCTURE is not supported by this bridge yet; fetch BODY[] instead",
-            );
-            return;
-        }
         // The UID first, always (Thunderbird relies on it).
         names.retain(|n| !matches!(n, MessageDataItemName::Uid));
         let targets = self.resolve(set, uid);
@@ -717,6 +895,14 @@ impl Session {
                         o.extend_from_slice(format!("RFC822.SIZE {}", e.size).as_bytes())
                     }
                     MessageDataItemName::Envelope => envelope(&mut o, raw),
+                    MessageDataItemName::BodyStructure => {
+                        o.extend_from_slice(b"BODYSTRUCTURE ");
+                        body_structure(&mut o, raw, true);
+                    }
+                    MessageDataItemName::Body => {
+                        o.extend_from_slice(b"BODY ");
+                        body_structure(&mut o, raw, false);
+                    }
                     MessageDataItemName::Rfc822 => {
                         o.extend_from_slice(b"RFC822 ");
                         string(&mut o, raw);

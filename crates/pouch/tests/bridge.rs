@@ -671,3 +671,78 @@ print('drafts', [d[1] for d in data if isinstance(d, tuple)])
     assert_eq!(maildir_messages(&maildir.join("INBOX")).len(), 2);
     assert_eq!(maildir_messages(&maildir.join("Drafts")).len(), 1);
 }
+
+/// Dovecot's IMAP server as a private, preauthenticated instance on its own
+/// Maildir, spoken to over a pipe: the command line to start it.
+fn private_dovecot(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("Maildir")).unwrap();
+    let conf = dir.join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mail_location = maildir:{}/Maildir\nlog_path = {}/dovecot.log\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    for p in [dir.to_path_buf(), dir.join("Maildir")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Dovecot will not serve mail as root: run it as nobody.
+    [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "env",
+        "-i",
+        "USER=nobody",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        format!("HOME={}", dir.display()),
+        "PATH=/usr/bin:/bin".into(),
+        "/usr/lib/dovecot/imap".into(),
+        "-c".into(),
+        conf.display().to_string(),
+    ])
+    .collect()
+}
+
+#[test]
+fn the_bridge_answers_fetch_and_search_as_dovecot_does() {
+    let dir = Scratch::new("bridge-differential");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bridge = Bridge::start(&alice);
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut args: Vec<String> = vec![
+        data.join("differential.py").display().to_string(),
+        bridge.imap_port.to_string(),
+        bridge.password.clone(),
+    ];
+    args.extend(private_dovecot(&dir.path("dovecot")));
+    args.push("--".into());
+    for m in ["plain", "encoded", "alternative", "attachment", "forwarded"] {
+        args.push(data.join(format!("{m}.eml")).display().to_string());
+    }
+    let out = Command::new("python3").args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "differential run failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{report:#}");
+    assert!(
+        report["compared"].as_u64().unwrap() >= 5 * 6 + 16,
+        "{report}"
+    );
+    assert_eq!(report["differences"], serde_json::json!([]), "{report:#}");
+}
