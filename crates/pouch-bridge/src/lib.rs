@@ -142,6 +142,9 @@ pub async fn serve(
                 .with(|d| {
                     let report = d.sync();
                     let filed = d.refresh_mailboxes();
+                    if let Err(e) = d.update_search_index() {
+                        tracing::warn!(error = %e, "cannot index new mail");
+                    }
                     (report, filed)
                 })
                 .await;

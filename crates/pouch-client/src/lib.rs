@@ -14,6 +14,7 @@ pub mod local;
 pub mod mail;
 pub mod mailboxes;
 pub mod net;
+pub mod search;
 pub mod transparency;
 
 pub use error::{ClientError, Result};

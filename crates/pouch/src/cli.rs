@@ -105,6 +105,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find mail by words in its subject, people, text or attachment names
+    /// (a local index, encrypted with the rest of this device's state).
+    Search {
+        query: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List sent mail.
     Sent {
         #[arg(long)]
@@ -653,6 +660,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
+        Command::Search { query, json } => list(open(cli.home)?.search(&query)?, json),
         Command::Sent { json } => list(open(cli.home)?.sent()?, json),
         Command::Read { id, raw, json } => {
             let device = open(cli.home)?;

@@ -154,3 +154,81 @@ fn folders_keep_their_uids_flags_and_validity() {
     assert!(d.delete_mailbox("INBOX").is_err());
     assert!(d.rename_mailbox("Sent", "Old").is_err());
 }
+
+#[test]
+fn pouch_search_finds_mail_by_its_words_and_the_index_is_encrypted_at_rest() {
+    let dir = Scratch::new("search");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Fisheries quota",
+        "--body",
+        "The Zanzibarian delegation accepts the compromise.",
+    ]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Lunch",
+        "--body",
+        "Tuesday at noon?",
+    ]);
+    alice.sync();
+
+    let found = alice.json(&["search", "zanzibarian COMPROMISE", "--json"]);
+    let subjects: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["Fisheries quota"]);
+    // Prefixes, people, and words that are nowhere.
+    assert_eq!(
+        alice
+            .json(&["search", "Tues", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        alice
+            .json(&["search", "bob", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        alice
+            .json(&["search", "nowhere-to-be-found", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // FTS syntax in a query is just words.
+    assert!(
+        alice
+            .run(&["search", "\"unbalanced OR *", "--json"])
+            .status
+            .success()
+    );
+
+    // The index lives in the encrypted store: no indexed word in any file.
+    let tree = read_tree(&alice.home);
+    assert!(
+        !contains(&tree, b"Zanzibarian"),
+        "an indexed word in clear on disk"
+    );
+    assert!(
+        !contains(&tree, b"zanzibarian"),
+        "an indexed token in clear on disk"
+    );
+}

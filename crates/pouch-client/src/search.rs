@@ -1,0 +1,116 @@
+//! The local full-text index (`pouch search`), over decrypted mail.
+//!
+//! It is an SQLite FTS5 table inside the device's SQLCipher database, so it
+//! is encrypted at rest with everything else: a copy of the device's
+//! directory reveals no indexed word without the passphrase. Messages are
+//! indexed as they are filed; large mail by its first 256 KiB (the head the
+//! store already keeps at hand), which covers the text of any real message.
+
+use crate::error::Result;
+use crate::{Device, MessageSummary};
+use rusqlite::params;
+
+pub(crate) const SCHEMA: &str = "
+CREATE VIRTUAL TABLE IF NOT EXISTS search_index USING fts5(
+    subject, people, body, attachments,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+";
+
+/// The words of a user's query as an FTS5 query: every word must occur
+/// (as a word or the start of one); no FTS syntax reaches the engine.
+fn fts_query(query: &str) -> Option<String> {
+    let words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+impl Device {
+    /// Indexes every message not indexed yet; returns how many.
+    pub fn update_search_index(&mut self) -> Result<usize> {
+        let done: i64 = self
+            .local
+            .meta("search_indexed_up_to")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .local
+                .conn
+                .prepare("SELECT id FROM messages WHERE id > ?1 ORDER BY id")?;
+            stmt.query_map([done], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for id in &ids {
+            let head = self.head(*id)?;
+            let Some(msg) = mail_parser::MessageParser::default().parse(&head) else {
+                continue;
+            };
+            let people: Vec<String> = [msg.from(), msg.to(), msg.cc()]
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a.iter())
+                .map(|a| {
+                    format!(
+                        "{} {}",
+                        a.name.as_deref().unwrap_or_default(),
+                        a.address.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let body: String = (0..msg.text_body.len())
+                .filter_map(|i| msg.body_text(i))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let attachments: Vec<String> = msg
+                .attachments()
+                .filter_map(|a| mail_parser::MimeHeaders::attachment_name(a).map(str::to_string))
+                .collect();
+            self.local.conn.execute(
+                "INSERT OR REPLACE INTO search_index (rowid, subject, people, body, attachments) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, msg.subject().unwrap_or_default(), people.join(", "), body, attachments.join(" ")],
+            )?;
+        }
+        if let Some(last) = ids.last() {
+            self.local
+                .set_meta("search_indexed_up_to", &last.to_string())?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Messages matching every word of `query` (subject, people, text,
+    /// attachment names), best first.
+    pub fn search(&mut self, query: &str) -> Result<Vec<MessageSummary>> {
+        self.update_search_index()?;
+        let Some(q) = fts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<i64> = {
+            let mut stmt = self.local.conn.prepare(
+                "SELECT rowid FROM search_index WHERE search_index MATCH ?1 ORDER BY rank LIMIT 500",
+            )?;
+            stmt.query_map([q], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        ids.into_iter().map(|id| self.summary(id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queries_are_words_only() {
+        assert_eq!(
+            super::fts_query("treaty draft").unwrap(),
+            "\"treaty\"* \"draft\"*"
+        );
+        assert_eq!(
+            super::fts_query("a\" OR x:*").unwrap(),
+            "\"a\"* \"OR\"* \"x\"*"
+        );
+        assert!(super::fts_query("  \"*  ").is_none());
+    }
+}
