@@ -848,10 +848,14 @@ impl Session {
             )
         });
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let (lo, hi) = (
+            uids.iter().copied().min().unwrap_or(1),
+            uids.iter().copied().max().unwrap_or(0),
+        );
         let loaded = self
             .shared
             .with(move |d| {
-                let entries = d.entries(mailbox)?;
+                let entries = d.entries_between(mailbox, lo, hi)?;
                 let mut out = Vec::new();
                 for e in entries.into_iter().filter(|e| uids.contains(&e.uid)) {
                     let mut e = e;
@@ -970,12 +974,16 @@ impl Session {
         }
         let mailbox = sel.id;
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let (lo, hi) = (
+            uids.iter().copied().min().unwrap_or(1),
+            uids.iter().copied().max().unwrap_or(0),
+        );
         let result = self
             .shared
             .with(move |d| {
                 let mut changed = Vec::new();
                 for e in d
-                    .entries(mailbox)?
+                    .entries_between(mailbox, lo, hi)?
                     .into_iter()
                     .filter(|e| uids.contains(&e.uid))
                 {

@@ -170,12 +170,18 @@ impl Device {
 
     /// A folder's messages in UID order.
     pub fn entries(&self, mailbox: i64) -> Result<Vec<Entry>> {
-        let mut stmt = self.local.conn.prepare(
+        self.entries_between(mailbox, 1, u32::MAX)
+    }
+
+    /// A folder's messages with UIDs from `first` to `last`, in UID order.
+    pub fn entries_between(&self, mailbox: i64, first: u32, last: u32) -> Result<Vec<Entry>> {
+        let mut stmt = self.local.conn.prepare_cached(
             "SELECT mm.uid, mm.message_id, mm.flags, m.size, m.stored_at FROM mailbox_messages mm \
-             JOIN messages m ON m.id = mm.message_id WHERE mm.mailbox_id = ?1 ORDER BY mm.uid",
+             JOIN messages m ON m.id = mm.message_id \
+             WHERE mm.mailbox_id = ?1 AND mm.uid BETWEEN ?2 AND ?3 ORDER BY mm.uid",
         )?;
         let rows = stmt
-            .query_map([mailbox], |r| {
+            .query_map(params![mailbox, first as i64, last as i64], |r| {
                 let flags: String = r.get(2)?;
                 Ok(Entry {
                     uid: r.get::<_, i64>(0)? as u32,

@@ -3,7 +3,7 @@
 //! store — with a real server on loopback (SQLite or a scratch PostgreSQL
 //! database) and real client devices in temporary directories.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use pouch_client::{Compose, Device};
 use pouch_proto::Address;
 use pouch_proto::invite::Invite;
@@ -388,6 +388,155 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some((_, drop)) = pg {
         rt.block_on(drop);
     }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// `pouch bench --bridge-mails N`: N mails delivered to a device, then a full
+/// mbsync download through the bridge, timed beside the same messages
+/// downloaded by mbsync from a private Dovecot (over a pipe, PREAUTH).
+/// Needs `mbsync` and `/usr/lib/dovecot/imap` (as `.ci/run` installs).
+pub fn bridge(mails: usize, size: usize) -> Result<()> {
+    use std::process::Command;
+    let scratch = std::env::temp_dir().join(format!("pouch-bench-bridge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| -> Result<()> {
+        let server = start_server(&scratch.join("server"), None)?;
+        let mut sender = enroll(&server, &scratch.join("sender"), "sender@pouch.local")?;
+        let mut reader = enroll(&server, &scratch.join("reader"), "reader@pouch.local")?;
+        let body: String = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+            .chars()
+            .cycle()
+            .take(size)
+            .collect();
+        let to = vec![Address::parse("reader@pouch.local")?];
+        eprintln!("sending {mails} mails...");
+        let t = Instant::now();
+        let first = sender.send(Compose {
+            to: to.clone(),
+            subject: "bench 0".into(),
+            body: body.clone(),
+            ..Default::default()
+        })?;
+        for i in 1..mails {
+            sender.send(Compose {
+                to: to.clone(),
+                subject: format!("bench {i}"),
+                body: body.clone(),
+                reply_to: Some(first.id),
+                ..Default::default()
+            })?;
+        }
+        let send_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        loop {
+            if reader.sync()?.new_messages.is_empty() {
+                break;
+            }
+        }
+        reader.refresh_mailboxes()?;
+        let sync_s = t.elapsed().as_secs_f64();
+        let inbox = reader.mailbox("INBOX")?.ok_or_else(|| anyhow!("no INBOX"))?;
+        let entries = reader.entries(inbox.id)?;
+        if entries.len() != mails {
+            bail!("the reader has {} mails, not {mails}", entries.len());
+        }
+        // The same bytes into a Maildir for Dovecot.
+        let dovecot = scratch.join("dovecot");
+        let cur = dovecot.join("Maildir/cur");
+        std::fs::create_dir_all(&cur)?;
+        std::fs::create_dir_all(dovecot.join("Maildir/new"))?;
+        std::fs::create_dir_all(dovecot.join("Maildir/tmp"))?;
+        let mut bytes = 0u64;
+        for (i, e) in entries.iter().enumerate() {
+            let raw = reader.raw(e.message)?;
+            bytes += raw.len() as u64;
+            std::fs::write(cur.join(format!("{i}.bench:2,")), raw)?;
+        }
+        let password = reader.bridge_password()?.to_string();
+        drop(reader);
+        let conf = dovecot.join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "mail_location = maildir:{0}/Maildir\nlog_path = {0}/dovecot.log\n",
+                dovecot.display()
+            ),
+        )?;
+        Command::new("chmod").args(["-R", "a+rwX"]).arg(&dovecot).status()?;
+        Command::new("chmod").arg("a+rx").arg(&scratch).status()?;
+
+        // The bridge, in this process.
+        let rt = tokio::runtime::Runtime::new()?;
+        let home = scratch.join("reader");
+        let shared = pouch_bridge::Shared::start(move || {
+            let d = Device::open(&home, PASSPHRASE)?;
+            Ok(d)
+        })?;
+        let config = pouch_bridge::BridgeConfig {
+            imap: "127.0.0.1:0".parse()?,
+            smtp: "127.0.0.1:0".parse()?,
+            allow_non_loopback: false,
+            sync_every: std::time::Duration::from_secs(3600),
+        };
+        let port = rt.block_on(async {
+            let (imap, smtp) = pouch_bridge::bind(&config).await?;
+            let port = imap.local_addr()?.port();
+            tokio::spawn(pouch_bridge::serve(shared, imap, smtp, config));
+            Ok::<_, anyhow::Error>(port)
+        })?;
+
+        let run_mbsync = |name: &str, store: &str| -> Result<f64> {
+            let local = scratch.join(format!("mbsync-{name}"));
+            std::fs::create_dir_all(&local)?;
+            let rc = scratch.join(format!("mbsyncrc-{name}"));
+            std::fs::write(
+                &rc,
+                format!(
+                    "{store}\nIMAPStore remote\nAccount far\n\nMaildirStore local\nPath {0}/\nInbox {0}/INBOX\n\n\
+                     Channel bench\nFar :remote:INBOX\nNear :local:INBOX\nCreate Near\nSyncState *\nSync Pull\n",
+                    local.display()
+                ),
+            )?;
+            let t = Instant::now();
+            let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output()?;
+            let secs = t.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!("mbsync ({name}) failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let got = std::fs::read_dir(local.join("INBOX/cur"))?.count()
+                + std::fs::read_dir(local.join("INBOX/new"))?.count();
+            if got != mails {
+                bail!("mbsync ({name}) fetched {got} mails, not {mails}");
+            }
+            Ok(secs)
+        };
+        eprintln!("mbsync through the bridge...");
+        let bridge_s = run_mbsync(
+            "bridge",
+            &format!(
+                "IMAPAccount far\nHost 127.0.0.1\nPort {port}\nUser reader@pouch.local\nPass {password}\nSSLType None\nAuthMechs LOGIN\n"
+            ),
+        )?;
+        eprintln!("mbsync from Dovecot...");
+        let dovecot_s = run_mbsync(
+            "dovecot",
+            &format!(
+                "IMAPAccount far\nTunnel \"setpriv --reuid 65534 --regid 65534 --clear-groups env -i USER=nobody HOME={0} PATH=/usr/bin:/bin /usr/lib/dovecot/imap -c {1}\"\n",
+                dovecot.display(),
+                conf.display()
+            ),
+        )?;
+        println!("| mails | bytes | send (s) | device sync (s) | mbsync via the bridge (s) | mbsync from Dovecot (s) | bridge / Dovecot |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {mails} | {bytes} | {send_s:.1} | {sync_s:.1} | {bridge_s:.2} | {dovecot_s:.2} | {:.1}× |",
+            bridge_s / dovecot_s
+        );
+        drop(rt);
+        Ok(())
+    })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }

@@ -137,6 +137,10 @@ enum Command {
         /// With --log: appends to make through the real store.
         #[arg(long, default_value_t = 2000)]
         log_store_entries: u64,
+        /// Benchmark the bridge instead: a full mbsync download of this many
+        /// mails through the bridge, beside the same through Dovecot.
+        #[arg(long)]
+        bridge_mails: Option<usize>,
     },
     /// Show one mail.
     Read {
@@ -632,6 +636,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     ExitCode::from(3)
                 },
             )
+        }
+        Command::Bench {
+            bridge_mails: Some(n),
+            size,
+            ..
+        } => {
+            crate::bench::bridge(n, size)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             postgres,
