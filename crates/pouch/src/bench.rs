@@ -437,7 +437,9 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
         }
         reader.refresh_mailboxes()?;
         let sync_s = t.elapsed().as_secs_f64();
-        let inbox = reader.mailbox("INBOX")?.ok_or_else(|| anyhow!("no INBOX"))?;
+        let inbox = reader
+            .mailbox("INBOX")?
+            .ok_or_else(|| anyhow!("no INBOX"))?;
         let entries = reader.entries(inbox.id)?;
         if entries.len() != mails {
             bail!("the reader has {} mails, not {mails}", entries.len());
@@ -464,7 +466,10 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
                 dovecot.display()
             ),
         )?;
-        Command::new("chmod").args(["-R", "a+rwX"]).arg(&dovecot).status()?;
+        Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(&dovecot)
+            .status()?;
         Command::new("chmod").arg("a+rx").arg(&scratch).status()?;
 
         // The bridge, in this process.
@@ -500,10 +505,17 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
                 ),
             )?;
             let t = Instant::now();
-            let out = Command::new("mbsync").arg("-c").arg(&rc).arg("-a").output()?;
+            let out = Command::new("mbsync")
+                .arg("-c")
+                .arg(&rc)
+                .arg("-a")
+                .output()?;
             let secs = t.elapsed().as_secs_f64();
             if !out.status.success() {
-                bail!("mbsync ({name}) failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "mbsync ({name}) failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             let got = std::fs::read_dir(local.join("INBOX/cur"))?.count()
                 + std::fs::read_dir(local.join("INBOX/new"))?.count();
@@ -528,7 +540,9 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
                 conf.display()
             ),
         )?;
-        println!("| mails | bytes | send (s) | device sync (s) | mbsync via the bridge (s) | mbsync from Dovecot (s) | bridge / Dovecot |");
+        println!(
+            "| mails | bytes | send (s) | device sync (s) | mbsync via the bridge (s) | mbsync from Dovecot (s) | bridge / Dovecot |"
+        );
         println!("|---:|---:|---:|---:|---:|---:|---:|");
         println!(
             "| {mails} | {bytes} | {send_s:.1} | {sync_s:.1} | {bridge_s:.2} | {dovecot_s:.2} | {:.1}× |",

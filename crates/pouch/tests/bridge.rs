@@ -746,3 +746,54 @@ fn the_bridge_answers_fetch_and_search_as_dovecot_does() {
     );
     assert_eq!(report["differences"], serde_json::json!([]), "{report:#}");
 }
+
+#[test]
+fn thunderbird_reads_the_folders_and_sends_through_the_bridge() {
+    let dir = Scratch::new("bridge-thunderbird");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "For Thunderbird",
+        "--body",
+        "hello",
+    ]);
+    let bridge = Bridge::start(&alice);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/thunderbird.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir.path("thunderbird-profile"))
+        .args([
+            &bridge.imap_port.to_string(),
+            &bridge.smtp_port.to_string(),
+            &bridge.password,
+            "For Thunderbird",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thunderbird run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{seen}");
+    let folders = seen["folders"].to_string();
+    for f in ["INBOX", "Sent", "Drafts", "Trash", "Archive", "Junk"] {
+        assert!(folders.contains(f), "{f} not in {folders}");
+    }
+    assert!(
+        seen["subjects"].to_string().contains("For Thunderbird"),
+        "{seen}"
+    );
+    assert_eq!(seen["sent"], "sent", "{seen}");
+    // Bob reads what Thunderbird sent.
+    let got = received(&bob, "Written in Thunderbird");
+    assert!(
+        String::from_utf8_lossy(&got).contains("Sent by Thunderbird through the Pouch bridge.")
+    );
+}

@@ -1,0 +1,168 @@
+"""Thunderbird, headless, against the Pouch bridge: it logs in over IMAP,
+discovers the folders, downloads the inbox, and sends a mail over SMTP.
+
+usage: thunderbird.py PROFILE_DIR IMAP_PORT SMTP_PORT PASSWORD EXPECTED_SUBJECT
+Prints one JSON line with what Thunderbird saw.
+"""
+import json, os, socket, subprocess, sys, time
+from marionette_driver.marionette import Marionette
+
+profile, imap_port, smtp_port, password, expected = sys.argv[1:6]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+mport = free_port()
+prefs = {
+    'mail.accountmanager.accounts': 'account1,account2',
+    'mail.accountmanager.defaultaccount': 'account1',
+    'mail.accountmanager.localfoldersserver': 'server2',
+    'mail.account.account1.identities': 'id1',
+    'mail.account.account1.server': 'server1',
+    'mail.account.account2.server': 'server2',
+    'mail.server.server1.type': 'imap',
+    'mail.server.server1.hostname': '127.0.0.1',
+    'mail.server.server1.port': int(imap_port),
+    'mail.server.server1.userName': 'alice@pouch.local',
+    'mail.server.server1.name': 'Pouch',
+    'mail.server.server1.socketType': 0,
+    'mail.server.server1.authMethod': 3,
+    # Not before the password is stored: a password prompt would block the window.
+    'mail.server.server1.login_at_startup': False,
+    'mail.server.server1.check_new_mail': False,
+    'mail.server.server2.type': 'none',
+    'mail.server.server2.hostname': 'Local Folders',
+    'mail.server.server2.userName': 'nobody',
+    'mail.identity.id1.fullName': 'Alice',
+    'mail.identity.id1.useremail': 'alice@pouch.local',
+    'mail.identity.id1.smtpServer': 'smtp1',
+    'mail.identity.id1.valid': True,
+    'mail.identity.id1.fcc_folder': 'imap://alice%40pouch.local@127.0.0.1/Sent',
+    'mail.smtpservers': 'smtp1',
+    'mail.smtp.defaultserver': 'smtp1',
+    'mail.smtpserver.smtp1.hostname': '127.0.0.1',
+    'mail.smtpserver.smtp1.port': int(smtp_port),
+    'mail.smtpserver.smtp1.username': 'alice@pouch.local',
+    'mail.smtpserver.smtp1.authMethod': 3,
+    'mail.smtpserver.smtp1.try_ssl': 0,
+    'marionette.port': mport,
+    'mail.shell.checkDefaultClient': False,
+    'mail.provider.suppress_dialog_on_startup': True,
+    'mail.spotlight.firstRunDone': True,
+    'mailnews.start_page.enabled': False,
+    'app.update.disabledForTesting': True,
+    'datareporting.policy.dataSubmissionEnabled': False,
+    'toolkit.telemetry.reportingpolicy.firstRun': False,
+    'signon.rememberSignons': True,
+}
+os.makedirs(profile, exist_ok=True)
+with open(os.path.join(profile, 'user.js'), 'w') as f:
+    for k, v in prefs.items():
+        f.write('user_pref(%s, %s);\n' % (json.dumps(k), json.dumps(v)))
+
+tb = subprocess.Popen(
+    ['thunderbird', '--headless', '--marionette', '-remote-allow-system-access',
+     '--no-remote', '--profile', profile],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    # Wait for Marionette's port, then for a session (the window loads first).
+    deadline = time.time() + 180
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', mport), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or tb.poll() is not None:
+                raise SystemExit('Thunderbird did not start Marionette')
+            time.sleep(0.5)
+    time.sleep(3)
+    while True:
+        try:
+            m = Marionette(host='127.0.0.1', port=mport, socket_timeout=60)
+            m.start_session()
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
+    m.set_context(m.CONTEXT_CHROME)
+    m.timeout.script = 120
+
+    # Store the bridge password, as a user ticking "remember" would.
+    m.execute_async_script('''
+        const [password, resolve] = arguments;
+        (async () => {
+          for (const origin of ["imap://127.0.0.1", "smtp://127.0.0.1"]) {
+            const li = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
+            li.init(origin, null, origin, "alice@pouch.local", password, "", "");
+            await Services.logins.addLoginAsync(li);
+          }
+          resolve(true);
+        })();
+    ''', script_args=[password])
+
+    # Discover the folders and download the inbox.
+    seen = m.execute_async_script('''
+        const [expected, resolve] = arguments;
+        const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+        const server = MailServices.accounts.getIncomingServer("server1");
+        server.performExpand(null);
+        const started = Date.now();
+        const poll = () => {
+          const root = server.rootFolder;
+          const inbox = root.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
+          const folders = root.subFolders.map(f => decodeURIComponent(f.URI.split("/").pop()));
+          const subjects = [];
+          if (inbox) {
+            try { inbox.updateFolder(null); } catch (e) {}
+            for (const hdr of inbox.messages) subjects.push(hdr.mime2DecodedSubject);
+          }
+          if ((subjects.includes(expected) && folders.length >= 6) || Date.now() - started > 90000) {
+            resolve({ folders, subjects });
+          } else {
+            setTimeout(poll, 500);
+          }
+        };
+        poll();
+    ''', script_args=[expected])
+
+    # Compose and send a mail, as the Send button does.
+    sent = m.execute_async_script('''
+        const [resolve] = arguments;
+        const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+        const identity = MailServices.accounts.getIdentity("id1");
+        const fields = Cc["@mozilla.org/messengercompose/composefields;1"].createInstance(Ci.nsIMsgCompFields);
+        fields.from = "Alice <alice@pouch.local>";
+        fields.to = "bob@pouch.local";
+        fields.subject = "Written in Thunderbird";
+        fields.body = "Sent by Thunderbird through the Pouch bridge.\\r\\n";
+        const send = Cc["@mozilla.org/messengercompose/send;1"].createInstance(Ci.nsIMsgSend);
+        const listener = {
+          QueryInterface: ChromeUtils.generateQI(["nsIMsgSendListener"]),
+          onStartSending() {}, onProgress() {}, onStatus() {}, onGetDraftFolderURI() {},
+          onSendNotPerformed(id, status) { resolve("not performed " + status); },
+          onTransportSecurityError() { resolve("security error"); },
+          onStopSending(id, status, msg, file) { resolve(Components.isSuccessCode(status) ? "sent" : "failed " + status + " " + msg); },
+          onStopCopy() {},
+        };
+        send.createAndSendMessage(null, identity, "account1", fields, false, false,
+          Ci.nsIMsgSend.nsMsgDeliverNow, null, "text/plain", fields.body, null, null,
+          listener, null, "", Ci.nsIMsgCompType.New);
+    ''')
+    print(json.dumps({'folders': seen['folders'], 'subjects': seen['subjects'], 'sent': sent}), flush=True)
+    try:
+        m.delete_session()
+    except Exception:
+        pass
+finally:
+    tb.terminate()
+    try:
+        tb.wait(20)
+    except Exception:
+        tb.kill()
