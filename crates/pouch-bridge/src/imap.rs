@@ -10,6 +10,7 @@
 //! during IDLE — never in the middle of a FETCH, STORE or SEARCH.
 
 use crate::Shared;
+use crate::tls::Conn;
 use base64::Engine;
 use imap_codec::CommandCodec;
 use imap_codec::decode::{CommandDecodeError, Decoder};
@@ -26,8 +27,8 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use pouch_client::mailboxes::Entry;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const CAPABILITIES: &str =
     "IMAP4rev1 IDLE UIDPLUS MOVE UNSELECT ID NAMESPACE LITERAL+ SPECIAL-USE AUTH=PLAIN";
@@ -44,6 +45,9 @@ struct Selected {
 
 struct Session {
     shared: Shared,
+    /// Offered until the connection is encrypted (STARTTLS mode).
+    starttls: Option<Arc<rustls::ServerConfig>>,
+    tls_on: bool,
     out: Vec<u8>,
     authenticated: bool,
     auth_failures: u32,
@@ -641,6 +645,19 @@ fn matches_key(c: &Candidate<'_>, key: &SearchKey<'_>) -> bool {
 // ---------- the session ----------
 
 impl Session {
+    /// In STARTTLS mode nothing secret is accepted before TLS (RFC 3501 §6.2).
+    fn login_disabled(&self) -> bool {
+        self.starttls.is_some() && !self.tls_on
+    }
+
+    fn capabilities(&self) -> String {
+        if self.login_disabled() {
+            CAPABILITIES.replace("AUTH=PLAIN", "STARTTLS LOGINDISABLED")
+        } else {
+            CAPABILITIES.to_string()
+        }
+    }
+
     fn untagged(&mut self, line: &str) {
         self.out.extend_from_slice(b"* ");
         self.out.extend_from_slice(line.as_bytes());
@@ -665,7 +682,8 @@ impl Session {
             .unwrap_or(false);
         if right_user && right_password {
             self.authenticated = true;
-            self.tagged(tag, "OK", &format!("[CAPABILITY {CAPABILITIES}] Logged in"));
+            let caps = self.capabilities();
+            self.tagged(tag, "OK", &format!("[CAPABILITY {caps}] Logged in"));
         } else {
             self.auth_failures += 1;
             tracing::warn!("IMAP login refused");
@@ -1155,12 +1173,13 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, command: Command<'_>, stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    async fn handle(&mut self, command: Command<'_>, stream: &mut Conn, buf: &mut Vec<u8>) {
         let tag = command.tag.as_ref().to_string();
         let t = tag.as_str();
         match command.body {
             CommandBody::Capability => {
-                self.untagged(&format!("CAPABILITY {CAPABILITIES}"));
+                let caps = self.capabilities();
+                self.untagged(&format!("CAPABILITY {caps}"));
                 self.tagged(t, "OK", "Capability completed");
             }
             CommandBody::Noop | CommandBody::Check => {
@@ -1179,6 +1198,26 @@ impl Session {
                     env!("CARGO_PKG_VERSION")
                 ));
                 self.tagged(t, "OK", "ID completed");
+            }
+            CommandBody::StartTLS => match self.starttls.clone() {
+                Some(config) if !self.tls_on => {
+                    self.tagged(t, "OK", "Begin TLS negotiation now");
+                    let _ = stream.write_all(&self.out).await;
+                    self.out.clear();
+                    // Nothing sent in the clear before the handshake may count after it.
+                    buf.clear();
+                    if stream.start_tls(config).await.is_err() {
+                        self.logout = true;
+                        return;
+                    }
+                    self.tls_on = true;
+                }
+                _ => self.tagged(t, "BAD", "STARTTLS is not available here"),
+            },
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+                if self.login_disabled() =>
+            {
+                self.tagged(t, "NO", "[PRIVACYREQUIRED] Run STARTTLS first")
             }
             CommandBody::Login { username, password } => {
                 let p = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
@@ -1466,7 +1505,7 @@ impl Session {
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+async fn read_more(stream: &mut Conn, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 64 * 1024];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => false,
@@ -1477,7 +1516,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+async fn read_line(stream: &mut Conn, buf: &mut Vec<u8>) -> Option<String> {
     loop {
         if let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
@@ -1490,18 +1529,25 @@ async fn read_line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> 
 }
 
 /// One client connection, from greeting to LOGOUT.
-pub async fn session(shared: Shared, mut stream: TcpStream) -> std::io::Result<()> {
+pub async fn session(
+    shared: Shared,
+    mut stream: Conn,
+    starttls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let mut changes = shared.subscribe();
     let mut s = Session {
         shared,
+        tls_on: stream.is_tls(),
+        starttls,
         out: Vec::new(),
         authenticated: false,
         auth_failures: 0,
         selected: None,
         logout: false,
     };
+    let caps = s.capabilities();
     stream
-        .write_all(format!("* OK [CAPABILITY {CAPABILITIES}] Pouch bridge ready\r\n").as_bytes())
+        .write_all(format!("* OK [CAPABILITY {caps}] Pouch bridge ready\r\n").as_bytes())
         .await?;
     let codec = CommandCodec::default();
     let mut buf: Vec<u8> = Vec::new();

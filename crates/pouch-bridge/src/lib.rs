@@ -12,6 +12,7 @@
 
 pub mod imap;
 pub mod smtp;
+pub mod tls;
 
 use pouch_client::Device;
 use pouch_proto::Address;
@@ -28,6 +29,9 @@ pub struct BridgeConfig {
     pub allow_non_loopback: bool,
     /// How often the bridge syncs with the server.
     pub sync_every: Duration,
+    pub tls: tls::TlsMode,
+    /// The bridge's certificate (needed unless `tls` is None).
+    pub certificate: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,14 +171,34 @@ pub async fn serve(
             tokio::time::sleep(config.sync_every).await;
         }
     });
+    let (mode, cert) = (config.tls, config.certificate.clone());
+    // The connection as the mode wants it at the start.
+    let open = move |tcp: tokio::net::TcpStream| {
+        let cert = cert.clone();
+        async move {
+            match (mode, cert) {
+                (tls::TlsMode::Implicit, Some(c)) => tokio_rustls::TlsAcceptor::from(c)
+                    .accept(tcp)
+                    .await
+                    .map(|t| (tls::Conn::Tls(Box::new(t)), None)),
+                (tls::TlsMode::StartTls, Some(c)) => Ok((tls::Conn::Plain(tcp), Some(c))),
+                _ => Ok((tls::Conn::Plain(tcp), None)),
+            }
+        }
+    };
     let imap_shared = shared.clone();
+    let imap_open = open.clone();
     tokio::spawn(async move {
         loop {
             match imap.accept().await {
                 Ok((conn, peer)) => {
                     let shared = imap_shared.clone();
+                    let opening = imap_open(conn);
                     tokio::spawn(async move {
-                        if let Err(e) = imap::session(shared, conn).await {
+                        let Ok((conn, starttls)) = opening.await else {
+                            return;
+                        };
+                        if let Err(e) = imap::session(shared, conn, starttls).await {
                             tracing::debug!(%peer, error = %e, "IMAP session ended");
                         }
                     });
@@ -190,8 +214,12 @@ pub async fn serve(
         match smtp.accept().await {
             Ok((conn, peer)) => {
                 let shared = shared.clone();
+                let opening = open(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = smtp::session(shared, conn).await {
+                    let Ok((conn, starttls)) = opening.await else {
+                        return;
+                    };
+                    if let Err(e) = smtp::session(shared, conn, starttls).await {
                         tracing::debug!(%peer, error = %e, "SMTP session ended");
                     }
                 });

@@ -9,12 +9,13 @@
 //! one conversation, each blind copy on its own, and one Sent copy.
 
 use crate::Shared;
+use crate::tls::Conn;
 use base64::Engine;
 use pouch_proto::Address;
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{EhloResponse, Request};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The largest message accepted (advertised as SIZE).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -33,6 +34,11 @@ enum State {
 
 struct Session {
     shared: Shared,
+    /// Offered until the connection is encrypted (STARTTLS mode).
+    starttls: Option<Arc<rustls::ServerConfig>>,
+    tls_on: bool,
+    /// Set when the client asked for STARTTLS and was told to go ahead.
+    switch_to_tls: bool,
     out: Vec<u8>,
     authenticated: bool,
     auth_failures: u32,
@@ -43,6 +49,10 @@ struct Session {
 }
 
 impl Session {
+    fn must_start_tls(&self) -> bool {
+        self.starttls.is_some() && !self.tls_on
+    }
+
     fn reply(&mut self, code: u16, enhanced: &str, text: &str) {
         let text = text.replace(['\r', '\n'], " ");
         if enhanced.is_empty() {
@@ -108,17 +118,24 @@ impl Session {
         match request {
             Request::Ehlo { host: _ } | Request::Lhlo { host: _ } => {
                 let mut ehlo = EhloResponse::new("pouch-bridge".to_string());
-                ehlo.capabilities = smtp_proto::EXT_AUTH
-                    | smtp_proto::EXT_8BIT_MIME
+                ehlo.capabilities = smtp_proto::EXT_8BIT_MIME
                     | smtp_proto::EXT_ENHANCED_STATUS_CODES
                     | smtp_proto::EXT_PIPELINING
                     | smtp_proto::EXT_SIZE;
-                ehlo.auth_mechanisms = smtp_proto::AUTH_PLAIN | smtp_proto::AUTH_LOGIN;
+                if self.must_start_tls() {
+                    ehlo.capabilities |= smtp_proto::EXT_START_TLS;
+                } else {
+                    ehlo.capabilities |= smtp_proto::EXT_AUTH;
+                    ehlo.auth_mechanisms = smtp_proto::AUTH_PLAIN | smtp_proto::AUTH_LOGIN;
+                }
                 ehlo.size = MAX_MESSAGE;
                 let _ = ehlo.write(&mut self.out);
                 self.reset();
             }
             Request::Helo { host: _ } => self.reply(250, "", "pouch-bridge"),
+            Request::Auth { .. } if self.must_start_tls() => {
+                self.reply(530, "5.7.0", "Must issue a STARTTLS command first")
+            }
             Request::Auth {
                 mechanism,
                 initial_response,
@@ -182,7 +199,11 @@ impl Session {
                 self.reply(221, "2.0.0", "Bye");
                 self.quit = true;
             }
-            Request::StartTls => self.reply(502, "5.5.1", "STARTTLS is not offered on this port"),
+            Request::StartTls if self.must_start_tls() => {
+                self.reply(220, "2.0.0", "Ready to start TLS");
+                self.switch_to_tls = true;
+            }
+            Request::StartTls => self.reply(502, "5.5.1", "STARTTLS is not offered here"),
             Request::Bdat { .. } => self.reply(502, "5.5.1", "CHUNKING is not offered; use DATA"),
             _ => self.reply(502, "5.5.1", "Command not implemented"),
         }
@@ -262,9 +283,16 @@ fn take_line(buf: &mut Vec<u8>) -> Option<String> {
 }
 
 /// One client connection, from greeting to QUIT.
-pub async fn session(shared: Shared, mut conn: TcpStream) -> std::io::Result<()> {
+pub async fn session(
+    shared: Shared,
+    mut conn: Conn,
+    starttls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     let mut s = Session {
         shared,
+        tls_on: conn.is_tls(),
+        starttls,
+        switch_to_tls: false,
         out: Vec::new(),
         authenticated: false,
         auth_failures: 0,
@@ -372,6 +400,17 @@ pub async fn session(shared: Shared, mut conn: TcpStream) -> std::io::Result<()>
         s.out.clear();
         if s.quit {
             return Ok(());
+        }
+        if s.switch_to_tls {
+            s.switch_to_tls = false;
+            // Nothing sent in the clear before the handshake may count after it.
+            pending.clear();
+            receiver = RequestReceiver::default();
+            let config = s.starttls.clone().expect("offered only with a certificate");
+            conn.start_tls(config).await?;
+            s.tls_on = true;
+            s.authenticated = false;
+            s.reset();
         }
     }
 }

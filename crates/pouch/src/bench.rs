@@ -486,6 +486,8 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
             smtp: "127.0.0.1:0".parse()?,
             allow_non_loopback: false,
             sync_every: std::time::Duration::from_secs(3600),
+            tls: pouch_bridge::tls::TlsMode::None,
+            certificate: None,
         };
         let port = rt.block_on(async {
             let (imap, smtp) = pouch_bridge::bind(&config).await?;

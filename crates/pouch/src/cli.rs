@@ -94,6 +94,10 @@ enum Command {
         /// Seconds between syncs with the server.
         #[arg(long, default_value_t = 10)]
         sync_secs: u64,
+        /// none, starttls (no login before STARTTLS) or implicit (TLS from the
+        /// first byte), with a certificate the bridge makes and keeps.
+        #[arg(long, default_value = "none")]
+        tls: pouch_bridge::tls::TlsMode,
     },
     /// Fetch and decrypt new mail.
     Sync {
@@ -547,6 +551,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             show_password,
             allow_non_loopback,
             sync_secs,
+            tls,
         } => {
             if show_password {
                 let device = open(cli.home)?;
@@ -560,6 +565,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let pass = passphrase("Passphrase: ")?;
+            let certificate = match tls {
+                pouch_bridge::tls::TlsMode::None => None,
+                _ => Some(pouch_bridge::tls::load_or_create(&home).map_err(|e| anyhow!(e))?),
+            };
             let shared = pouch_bridge::Shared::start(move || {
                 let device = Device::open(&home, &pass)?;
                 device.bridge_password()?;
@@ -571,6 +580,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 smtp,
                 allow_non_loopback,
                 sync_every: std::time::Duration::from_secs(sync_secs.max(1)),
+                tls,
+                certificate: certificate.as_ref().map(|c| c.config.clone()),
+            };
+            let security = match tls {
+                pouch_bridge::tls::TlsMode::None => "none (this machine only)",
+                pouch_bridge::tls::TlsMode::StartTls => "STARTTLS",
+                pouch_bridge::tls::TlsMode::Implicit => "SSL/TLS",
             };
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -588,15 +604,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 println!("Pouch bridge for {address}");
                 println!("Mail client settings:");
                 println!(
-                    "  incoming: IMAP server {}  port {}  security: none (this machine only)",
+                    "  incoming: IMAP server {}  port {}  security: {security}",
                     imap_at.ip(),
                     imap_at.port()
                 );
                 println!(
-                    "  outgoing: SMTP server {}  port {}  security: none (this machine only)",
+                    "  outgoing: SMTP server {}  port {}  security: {security}",
                     bound.ip(),
                     bound.port()
                 );
+                if let Some(c) = &certificate {
+                    println!(
+                        "  certificate to trust in the mail client: {}",
+                        c.cert_path.display()
+                    );
+                }
                 println!("  user name: {address}");
                 println!("  password: the bridge password (pouch bridge --show-password)");
                 println!("IMAP listening on {imap_at}");

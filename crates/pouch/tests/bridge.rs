@@ -19,6 +19,10 @@ struct Bridge {
 
 impl Bridge {
     fn start(device: &Client) -> Bridge {
+        Bridge::start_with(device, &[])
+    }
+
+    fn start_with(device: &Client, extra: &[&str]) -> Bridge {
         let password = String::from_utf8(device.ok(&["bridge", "--show-password"]))
             .unwrap()
             .trim()
@@ -34,6 +38,7 @@ impl Bridge {
                 "--sync-secs",
                 "1",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -796,4 +801,83 @@ fn thunderbird_reads_the_folders_and_sends_through_the_bridge() {
     assert!(
         String::from_utf8_lossy(&got).contains("Sent by Thunderbird through the Pouch bridge.")
     );
+}
+
+const TLS: &str = r#"
+import imaplib, smtplib, ssl, sys
+mode, imap_port, smtp_port, password, cert = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=cert)
+msg = ('From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: over %s\r\n\r\nencrypted on loopback too\r\n' % mode).encode()
+# A verifying client that has not been told to trust the bridge's certificate gets nowhere.
+system_only = ssl.create_default_context()
+try:
+    if mode == 'implicit':
+        imaplib.IMAP4_SSL('127.0.0.1', imap_port, ssl_context=system_only)
+    else:
+        imaplib.IMAP4('127.0.0.1', imap_port).starttls(ssl_context=system_only)
+    raise SystemExit('an untrusted certificate was accepted')
+except ssl.SSLError:
+    print('untrusted refused')
+if mode == 'implicit':
+    m = imaplib.IMAP4_SSL('127.0.0.1', imap_port, ssl_context=ctx)
+    s = smtplib.SMTP_SSL('127.0.0.1', smtp_port, context=ctx)
+else:
+    m = imaplib.IMAP4('127.0.0.1', imap_port)
+    assert 'STARTTLS' in m.capabilities and 'LOGINDISABLED' in m.capabilities, m.capabilities
+    try:
+        m.login('alice@pouch.local', password)
+        raise SystemExit('a login in the clear was accepted')
+    except imaplib.IMAP4.error as e:
+        print('clear login refused', e)
+    m = imaplib.IMAP4('127.0.0.1', imap_port)
+    m.starttls(ssl_context=ctx)
+    s = smtplib.SMTP('127.0.0.1', smtp_port)
+    s.ehlo()
+    assert not s.has_extn('auth') and s.has_extn('starttls'), s.esmtp_features
+    s.starttls(context=ctx)
+    s.ehlo()
+m.login('alice@pouch.local', password)
+typ, data = m.select('INBOX')
+print('imap', typ, data[0].decode())
+s.login('alice@pouch.local', password)
+print('smtp refused', s.sendmail('alice@pouch.local', ['bob@pouch.local'], msg))
+s.quit()
+m.logout()
+"#;
+
+#[test]
+fn mail_clients_reach_the_bridge_over_tls_and_starttls() {
+    let dir = Scratch::new("bridge-tls");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let cert = alice.home.join("bridge-cert.pem");
+    for mode in ["implicit", "starttls"] {
+        let bridge = Bridge::start_with(&alice, &["--tls", mode]);
+        let out = python(
+            TLS,
+            &[
+                mode,
+                &bridge.imap_port.to_string(),
+                &bridge.smtp_port.to_string(),
+                &bridge.password,
+                cert.to_str().unwrap(),
+            ],
+        );
+        assert!(out.contains("untrusted refused"), "{out}");
+        assert!(out.contains("imap OK"), "{out}");
+        assert!(out.contains("smtp refused {}"), "{out}");
+        if mode == "starttls" {
+            assert!(out.contains("clear login refused"), "{out}");
+        }
+        let got = received(&bob, &format!("over {mode}"));
+        assert!(String::from_utf8_lossy(&got).contains("encrypted on loopback too"));
+    }
+    // The key stays private to the device's owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(alice.home.join("bridge-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the bridge's key is readable by others");
 }
