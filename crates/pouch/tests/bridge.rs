@@ -678,7 +678,8 @@ print('drafts', [d[1] for d in data if isinstance(d, tuple)])
 }
 
 /// Dovecot's IMAP server as a private, preauthenticated instance on its own
-/// Maildir, spoken to over a pipe: the command line to start it.
+/// Maildir (the differential script hands it a loopback connection, as inetd
+/// does): the command line to start it.
 fn private_dovecot(dir: &std::path::Path) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir.join("Maildir")).unwrap();

@@ -2,7 +2,7 @@
 bridge; FETCH (RFC822.SIZE, ENVELOPE, BODYSTRUCTURE, BODY[], BODY[TEXT],
 BODY[HEADER.FIELDS]) and SEARCH answers compared item by item.
 
-Both servers are spoken to with the same raw client; responses are parsed
+Both servers are spoken to over loopback TCP with the same raw client; responses are parsed
 into nested lists (quoted strings, literals, NIL, numbers), so quoting
 choices (a literal here, a quoted string there) do not count as differences.
 Strings are compared case-insensitively inside BODYSTRUCTURE only, where
@@ -139,12 +139,17 @@ sock = socket.create_connection(('127.0.0.1', port))
 bridge = Conn(lambda: sock.recv(65536), sock.sendall)
 bridge.greeting()
 bridge.command(b'LOGIN "alice@pouch.local" "%s"' % password.encode())
-# Dovecot, a private instance on its own Maildir, over a pipe (PREAUTH).
-proc = subprocess.Popen(dovecot_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-def dv_write(b):
-    proc.stdin.write(b)
-    proc.stdin.flush()
-dovecot = Conn(lambda: proc.stdout.read1(65536), dv_write)
+# Dovecot, a private instance on its own Maildir, on a loopback port: the
+# accepted connection is handed to Dovecot's imap process as its stdin and
+# stdout, as inetd does (preauthenticated, so no system account is needed).
+listener = socket.socket()
+listener.bind(('127.0.0.1', 0))
+listener.listen(1)
+client = socket.create_connection(listener.getsockname())
+accepted, _ = listener.accept()
+proc = subprocess.Popen(dovecot_cmd, stdin=accepted.fileno(), stdout=accepted.fileno())
+accepted.close()
+dovecot = Conn(lambda: client.recv(65536), client.sendall)
 dovecot.greeting()
 
 for conn in (bridge, dovecot):
