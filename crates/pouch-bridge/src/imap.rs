@@ -43,6 +43,21 @@ struct Selected {
     known: Vec<(u32, Vec<String>)>,
 }
 
+impl Selected {
+    /// Drops the messages whose UID `gone` picks; returns the EXPUNGE lines,
+    /// from the highest sequence number down, so that the numbers stay right.
+    fn forget(&mut self, gone: impl Fn(u32) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        for i in (0..self.known.len()).rev() {
+            if gone(self.known[i].0) {
+                lines.push(format!("{} EXPUNGE", i + 1));
+                self.known.remove(i);
+            }
+        }
+        lines
+    }
+}
+
 struct Session {
     shared: Shared,
     /// Offered until the connection is encrypted (STARTTLS mode).
@@ -547,7 +562,7 @@ struct Candidate<'a> {
     largest_seq: u32,
     entry: &'a Entry,
     largest_uid: u32,
-    raw: Vec<u8>,
+    raw: &'a [u8],
 }
 
 fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
@@ -595,7 +610,7 @@ fn naive(d: &imap_codec::imap_types::datetime::NaiveDate) -> chrono_like::Date {
 fn matches_key(c: &Candidate<'_>, key: &SearchKey<'_>) -> bool {
     let text = |a: &imap_codec::imap_types::core::AString<'_>| a.as_ref().to_vec();
     let header = |name: &str, value: &[u8]| {
-        let head = &c.raw[..header_end(&c.raw)];
+        let head = &c.raw[..header_end(c.raw)];
         let fields = header_fields(head, &[name.to_string()], true);
         fields.len() > 2 && contains_ci(&fields[name.len().min(fields.len())..], value)
     };
@@ -631,8 +646,8 @@ fn matches_key(c: &Candidate<'_>, key: &SearchKey<'_>) -> bool {
             let name = String::from_utf8_lossy(name.as_ref()).into_owned();
             header(&name, &text(value))
         }
-        SearchKey::Body(s) => contains_ci(&c.raw[header_end(&c.raw)..], &text(s)),
-        SearchKey::Text(s) => contains_ci(&c.raw, &text(s)),
+        SearchKey::Body(s) => contains_ci(&c.raw[header_end(c.raw)..], &text(s)),
+        SearchKey::Text(s) => contains_ci(c.raw, &text(s)),
         SearchKey::Since(d) => date_of(c.entry.stored_at) >= naive(d),
         SearchKey::Before(d) => date_of(c.entry.stored_at) < naive(d),
         SearchKey::On(d) => date_of(c.entry.stored_at) == naive(d),
@@ -671,16 +686,7 @@ impl Session {
     }
 
     async fn login(&mut self, tag: &str, user: &[u8], password: String) {
-        let right_user = std::str::from_utf8(user)
-            .ok()
-            .and_then(|u| pouch_proto::Address::parse(u).ok())
-            .is_some_and(|a| a == self.shared.address);
-        let right_password = self
-            .shared
-            .with(move |d| d.bridge_password_matches(&password))
-            .await
-            .unwrap_or(false);
-        if right_user && right_password {
+        if self.shared.check_login(user, password).await {
             self.authenticated = true;
             let caps = self.capabilities();
             self.tagged(tag, "OK", &format!("[CAPABILITY {caps}] Logged in"));
@@ -721,14 +727,7 @@ impl Session {
             Err(_) => return,
         };
         let sel = self.selected.as_mut().expect("checked above");
-        let mut lines = Vec::new();
-        // Removed: from the highest sequence number down, so numbers stay right.
-        for i in (0..sel.known.len()).rev() {
-            if !now.iter().any(|e| e.uid == sel.known[i].0) {
-                lines.push(format!("{} EXPUNGE", i + 1));
-                sel.known.remove(i);
-            }
-        }
+        let mut lines = sel.forget(|uid| !now.iter().any(|e| e.uid == uid));
         for (i, (uid, flags)) in sel.known.iter_mut().enumerate() {
             if let Some(e) = now.iter().find(|e| e.uid == *uid) {
                 if &e.flags != flags {
@@ -1067,13 +1066,7 @@ impl Session {
             .await
             .map_err(|e| e.to_string())?;
         let sel = self.selected.as_mut().expect("checked above");
-        let mut lines = Vec::new();
-        for i in (0..sel.known.len()).rev() {
-            if gone.contains(&sel.known[i].0) {
-                lines.push(format!("{} EXPUNGE", i + 1));
-                sel.known.remove(i);
-            }
-        }
+        let lines = sel.forget(|uid| gone.contains(&uid));
         for l in lines {
             self.untagged(&l);
         }
@@ -1144,11 +1137,7 @@ impl Session {
         wildcard: &ListMailbox<'_>,
     ) {
         // The reference is a prefix for the pattern (RFC 3501 §6.3.8).
-        let reference = match reference {
-            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
-            Mailbox::Inbox => "INBOX".into(),
-        };
-        let pattern = format!("{reference}{}", list_pattern(wildcard));
+        let pattern = format!("{}{}", mailbox_name(reference), list_pattern(wildcard));
         if pattern.is_empty() {
             self.untagged(&format!("{verb} (\\Noselect) \"/\" \"\""));
             self.tagged(t, "OK", "List completed");
@@ -1449,7 +1438,7 @@ impl Session {
                         largest_seq,
                         entry: e,
                         largest_uid,
-                        raw: raw.clone(),
+                        raw,
                     };
                     if criteria.as_ref().iter().all(|k| matches_key(&c, k)) {
                         hits.push(if uid { e.uid } else { c.seq });

@@ -91,6 +91,20 @@ impl Shared {
         })
     }
 
+    /// Whether a mail client's user name and password are this account's
+    /// address and the bridge password (compared in constant time).
+    pub async fn check_login(&self, user: &[u8], password: String) -> bool {
+        let right_user = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| Address::parse(u).ok())
+            .is_some_and(|a| a == self.address);
+        let right_password = self
+            .with(move |d| d.bridge_password_matches(&password))
+            .await
+            .unwrap_or(false);
+        right_user && right_password
+    }
+
     /// Tells every session that something changed.
     pub fn changed(&self) {
         let _ = self.changes.send(());

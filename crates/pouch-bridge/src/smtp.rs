@@ -71,13 +71,7 @@ impl Session {
     }
 
     async fn login(&mut self, user: &str, password: String) {
-        let right_user = Address::parse(user).is_ok_and(|a| a == self.shared.address);
-        let right_password = self
-            .shared
-            .with(move |d| d.bridge_password_matches(&password))
-            .await
-            .unwrap_or(false);
-        if right_user && right_password {
+        if self.shared.check_login(user.as_bytes(), password).await {
             self.authenticated = true;
             self.reply(235, "2.7.0", "Authentication succeeded");
         } else {

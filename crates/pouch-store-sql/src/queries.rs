@@ -769,15 +769,7 @@ impl Store for SqlStore {
                 .await,
         }
         .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, body, prev_hash, hash)| pouch_proto::api::Event {
-                seq: seq as u64,
-                body,
-                prev_hash,
-                hash,
-            })
-            .collect())
+        Ok(rows.into_iter().map(event_from_row).collect())
     }
 
     async fn add_alert(&self, a: &pouch_proto::api::Alert) -> Result<u64> {
@@ -884,15 +876,7 @@ impl Store for SqlStore {
             .await,
         }
         .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, body, prev_hash, hash)| pouch_proto::api::Event {
-                seq: seq as u64,
-                body,
-                prev_hash,
-                hash,
-            })
-            .collect())
+        Ok(rows.into_iter().map(event_from_row).collect())
     }
 
     async fn event_count(&self) -> Result<u64> {
@@ -1534,4 +1518,16 @@ async fn insert_key_packages(
             .map_err(backend)?;
     }
     Ok(())
+}
+
+/// An events row (seq, body, prev_hash, hash) as the chain's `Event`.
+fn event_from_row(
+    (seq, body, prev_hash, hash): (i64, String, String, String),
+) -> pouch_proto::api::Event {
+    pouch_proto::api::Event {
+        seq: seq as u64,
+        body,
+        prev_hash,
+        hash,
+    }
 }
