@@ -23,7 +23,7 @@ use imap_codec::imap_types::fetch::{
 use imap_codec::imap_types::flag::{Flag, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
 use pouch_client::mailboxes::Entry;
 use std::num::NonZeroU32;
@@ -34,6 +34,12 @@ const CAPABILITIES: &str =
     "IMAP4rev1 IDLE UIDPLUS MOVE UNSELECT ID NAMESPACE LITERAL+ SPECIAL-USE AUTH=PLAIN";
 /// Largest literal accepted (an APPENDed message).
 const MAX_LITERAL: u32 = 64 * 1024 * 1024;
+/// Longest command text around literals.
+const MAX_LINE: usize = 64 * 1024;
+/// Everything a client may send before it has logged in (a LOGIN or
+/// AUTHENTICATE line, with a literal password): small, so that a stranger
+/// on the port cannot make the bridge hold megabytes.
+const PRE_LOGIN_MAX: usize = 16 * 1024;
 
 /// The folder a session has selected, as its client knows it.
 struct Selected {
@@ -139,17 +145,40 @@ fn list_pattern(m: &ListMailbox<'_>) -> String {
 }
 
 /// IMAP LIST wildcards: `*` matches anything, `%` anything but the delimiter.
+///
+/// Matched in O(pattern × name) time and O(name) space (one row of the
+/// classic table), never by backtracking: `"****…Z"` costs what `"*Z"` does.
 fn matches(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| matches(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|&i| i == 0 || name[i - 1] != b'/')
-            .any(|i| matches(rest, &name[i..])),
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, nrest)| n.eq_ignore_ascii_case(c) && matches(rest, nrest)),
+    // row[j]: the pattern so far matches name[..j].
+    let mut row = vec![false; name.len() + 1];
+    row[0] = true;
+    for &p in pattern {
+        let mut next = vec![false; name.len() + 1];
+        match p {
+            b'*' => {
+                next[0] = row[0];
+                for j in 1..=name.len() {
+                    next[j] = row[j] || next[j - 1];
+                }
+            }
+            b'%' => {
+                next[0] = row[0];
+                for j in 1..=name.len() {
+                    next[j] = row[j] || (next[j - 1] && name[j - 1] != b'/');
+                }
+            }
+            c => {
+                for j in 1..=name.len() {
+                    next[j] = row[j - 1] && name[j - 1].eq_ignore_ascii_case(&c);
+                }
+            }
+        }
+        row = next;
+        if !row.iter().any(|&m| m) {
+            return false;
+        }
     }
+    row[name.len()]
 }
 
 // ---------- message parts ----------
@@ -565,11 +594,32 @@ struct Candidate<'a> {
     raw: &'a [u8],
 }
 
-fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
-    let Some(largest) = NonZeroU32::new(largest) else {
-        return false;
+/// The set's ranges with `*` as `largest`, never expanded: `1:4294967295`
+/// is one pair, not four billion numbers.
+fn set_ranges(set: &SequenceSet, largest: NonZeroU32) -> Vec<(u32, u32)> {
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest.get(),
     };
-    set.iter(largest).any(|x| x.get() == n)
+    set.0
+        .as_ref()
+        .iter()
+        .map(|s| match s {
+            Sequence::Single(v) => (value(v), value(v)),
+            Sequence::Range(a, b) => {
+                let (a, b) = (value(a), value(b));
+                (a.min(b), a.max(b))
+            }
+        })
+        .collect()
+}
+
+fn in_ranges(ranges: &[(u32, u32)], n: u32) -> bool {
+    ranges.iter().any(|&(lo, hi)| lo <= n && n <= hi)
+}
+
+fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
+    NonZeroU32::new(largest).is_some_and(|largest| in_ranges(&set_ranges(set, largest), n))
 }
 
 fn has(c: &Candidate<'_>, flag: &str) -> bool {
@@ -809,12 +859,12 @@ impl Session {
         let Some(largest) = NonZeroU32::new(largest) else {
             return Vec::new();
         };
-        let wanted: std::collections::BTreeSet<u32> = set.iter(largest).map(|n| n.get()).collect();
+        let ranges = set_ranges(set, largest);
         sel.known
             .iter()
             .enumerate()
             .map(|(i, (u, _))| (i as u32 + 1, *u))
-            .filter(|(s, u)| wanted.contains(if uid { u } else { s }))
+            .filter(|(s, u)| in_ranges(&ranges, if uid { *u } else { *s }))
             .collect()
     }
 
@@ -1494,15 +1544,23 @@ impl Session {
     }
 }
 
-async fn read_more(stream: &mut Conn, buf: &mut Vec<u8>) -> bool {
+/// Reads what the client sent next; false when it closed the connection,
+/// failed, or sent nothing for `idle`.
+async fn read_more(stream: &mut Conn, buf: &mut Vec<u8>, idle: std::time::Duration) -> bool {
     let mut chunk = [0u8; 64 * 1024];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
+    match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
+        Ok(Ok(n)) => {
             buf.extend_from_slice(&chunk[..n]);
             true
         }
     }
+}
+
+/// How long a client may stay silent: briefly before login, and the
+/// 30 minutes RFC 3501 (5.4) asks for after it.
+fn idle_limit(authenticated: bool) -> std::time::Duration {
+    std::time::Duration::from_secs(if authenticated { 30 * 60 } else { 60 })
 }
 
 async fn read_line(stream: &mut Conn, buf: &mut Vec<u8>) -> Option<String> {
@@ -1511,7 +1569,7 @@ async fn read_line(stream: &mut Conn, buf: &mut Vec<u8>) -> Option<String> {
             let line: Vec<u8> = buf.drain(..=end).collect();
             return Some(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        if buf.len() > 64 * 1024 || !read_more(stream, buf).await {
+        if buf.len() > MAX_LINE || !read_more(stream, buf, idle_limit(false)).await {
             return None;
         }
     }
@@ -1541,7 +1599,30 @@ pub async fn session(
     let codec = CommandCodec::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut literal_acknowledged_at: Option<usize> = None;
+    // A command is complete only at a line end: the buffer is parsed again
+    // only when one arrived, so a long line costs one parse, not one per read.
+    let mut line_ended = false;
     loop {
+        if !line_ended {
+            let limit = if s.authenticated {
+                MAX_LITERAL as usize + MAX_LINE
+            } else {
+                PRE_LOGIN_MAX
+            };
+            if buf.len() > limit {
+                let _ = stream
+                    .write_all(b"* BYE Command too long; closing the connection\r\n")
+                    .await;
+                return Ok(());
+            }
+            let before = buf.len();
+            if !read_more(&mut stream, &mut buf, idle_limit(s.authenticated)).await {
+                let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
+                return Ok(());
+            }
+            line_ended = buf[before..].contains(&b'\n');
+            continue;
+        }
         let decoded = match codec.decode(&buf) {
             Ok((rest, command)) => Ok((buf.len() - rest.len(), command.into_static())),
             Err(e) => Err(e.into_static()),
@@ -1570,7 +1651,7 @@ pub async fn session(
                             tokio::select! {
                                 n = stream.read(&mut chunk) => {
                                     let n = n?;
-                                    if n == 0 { return Ok(()) }
+                                    if n == 0 || buf.len() > MAX_LINE { return Ok(()) }
                                     buf.extend_from_slice(&chunk[..n]);
                                 }
                                 _ = changes.recv() => {
@@ -1591,9 +1672,16 @@ pub async fn session(
                 }
                 continue;
             }
-            Err(CommandDecodeError::Incomplete) => {}
+            Err(CommandDecodeError::Incomplete) => line_ended = false,
             Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                if length > MAX_LITERAL {
+                line_ended = false;
+                // Before login only a LOGIN's literal password fits.
+                let max = if s.authenticated {
+                    MAX_LITERAL
+                } else {
+                    PRE_LOGIN_MAX as u32 / 2
+                };
+                if length > max {
                     stream
                         .write_all(format!("{} NO Literal too large\r\n", tag.as_ref()).as_bytes())
                         .await?;
@@ -1628,14 +1716,9 @@ pub async fn session(
                 if end == 0 {
                     buf.clear();
                 }
+                line_ended = buf.contains(&b'\n');
                 continue;
             }
-        }
-        if buf.len() > MAX_LITERAL as usize + 64 * 1024 {
-            return Ok(());
-        }
-        if !read_more(&mut stream, &mut buf).await {
-            return Ok(());
         }
     }
 }

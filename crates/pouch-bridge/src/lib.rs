@@ -17,6 +17,7 @@ pub mod tls;
 use pouch_client::Device;
 use pouch_proto::Address;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a bridge listens on.
@@ -57,6 +58,30 @@ pub struct Shared {
     /// Rings whenever a folder changes, so other sessions can tell their clients.
     changes: tokio::sync::broadcast::Sender<()>,
     pub address: Address,
+    /// Failed logins across every connection, IMAP and SMTP alike.
+    throttle: Arc<std::sync::Mutex<LoginThrottle>>,
+}
+
+/// Failed logins free before the bridge makes each further attempt wait.
+const FREE_LOGIN_FAILURES: u32 = 10;
+/// The longest wait between attempts once throttled.
+const MAX_LOGIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Slows password guessing across connections: opening more connections
+/// does not buy more guesses. After [`FREE_LOGIN_FAILURES`] failures each
+/// attempt waits, doubling up to [`MAX_LOGIN_WAIT`]; a success resets it.
+#[derive(Default)]
+struct LoginThrottle {
+    failures: u32,
+    next_attempt: Option<std::time::Instant>,
+}
+
+impl LoginThrottle {
+    /// 1 s after the free failures, doubling to [`MAX_LOGIN_WAIT`].
+    fn wait(failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(FREE_LOGIN_FAILURES).min(5);
+        Duration::from_secs(1 << doublings).min(MAX_LOGIN_WAIT)
+    }
 }
 
 impl Shared {
@@ -88,12 +113,45 @@ impl Shared {
             jobs,
             changes,
             address,
+            throttle: Default::default(),
         })
     }
 
     /// Whether a mail client's user name and password are this account's
     /// address and the bridge password (compared in constant time).
     pub async fn check_login(&self, user: &[u8], password: String) -> bool {
+        // Each attempt counts as a failure from the moment it starts (a
+        // success clears the count), so attempts arriving together on many
+        // connections cannot all slip through before the first one fails;
+        // past the free ones, each claims the next turn before it runs.
+        loop {
+            let wait = {
+                let mut t = self.throttle.lock().expect("throttle lock");
+                let now = std::time::Instant::now();
+                match t.next_attempt {
+                    Some(at) if at > now => at - now,
+                    _ => {
+                        t.failures = t.failures.saturating_add(1);
+                        if t.failures >= FREE_LOGIN_FAILURES {
+                            t.next_attempt = Some(now + LoginThrottle::wait(t.failures));
+                        }
+                        Duration::ZERO
+                    }
+                }
+            };
+            if wait.is_zero() {
+                break;
+            }
+            tokio::time::sleep(wait.min(MAX_LOGIN_WAIT)).await;
+        }
+        let right = self.verify_login(user, password).await;
+        if right {
+            *self.throttle.lock().expect("throttle lock") = LoginThrottle::default();
+        }
+        right
+    }
+
+    async fn verify_login(&self, user: &[u8], password: String) -> bool {
         let right_user = std::str::from_utf8(user)
             .ok()
             .and_then(|u| Address::parse(u).ok())
@@ -147,6 +205,17 @@ pub async fn bind(
 
 /// Serves until the process ends: IMAP and SMTP sessions, and a sync every
 /// `sync_every` so that mail arrives without the user asking.
+/// Concurrent sessions per protocol. A mail client opens a handful; more
+/// is a client gone wrong (or hostile), and must not starve the others.
+pub const MAX_SESSIONS: usize = 64;
+/// Time for a TLS handshake on the implicit-TLS ports.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tells a connection over the cap why it is closed, without waiting on it.
+fn refuse(conn: &mut tokio::net::TcpStream, line: &[u8]) {
+    let _ = conn.try_write(line);
+}
+
 pub async fn serve(
     shared: Shared,
     imap: tokio::net::TcpListener,
@@ -191,10 +260,15 @@ pub async fn serve(
         let cert = cert.clone();
         async move {
             match (mode, cert) {
-                (tls::TlsMode::Implicit, Some(c)) => tokio_rustls::TlsAcceptor::from(c)
-                    .accept(tcp)
-                    .await
-                    .map(|t| (tls::Conn::Tls(Box::new(t)), None)),
+                // A handshake that does not finish in time holds nothing.
+                (tls::TlsMode::Implicit, Some(c)) => tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    tokio_rustls::TlsAcceptor::from(c).accept(tcp),
+                )
+                .await
+                .map_err(|_| std::io::Error::other("TLS handshake timed out"))
+                .and_then(|r| r)
+                .map(|t| (tls::Conn::Tls(Box::new(t)), None)),
                 (tls::TlsMode::StartTls, Some(c)) => Ok((tls::Conn::Plain(tcp), Some(c))),
                 _ => Ok((tls::Conn::Plain(tcp), None)),
             }
@@ -202,13 +276,22 @@ pub async fn serve(
     };
     let imap_shared = shared.clone();
     let imap_open = open.clone();
+    let imap_slots = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     tokio::spawn(async move {
         loop {
             match imap.accept().await {
-                Ok((conn, peer)) => {
+                Ok((mut conn, peer)) => {
+                    let Ok(slot) = imap_slots.clone().try_acquire_owned() else {
+                        refuse(
+                            &mut conn,
+                            b"* BYE Too many connections; try again later\r\n",
+                        );
+                        continue;
+                    };
                     let shared = imap_shared.clone();
                     let opening = imap_open(conn);
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let Ok((conn, starttls)) = opening.await else {
                             return;
                         };
@@ -224,12 +307,21 @@ pub async fn serve(
             }
         }
     });
+    let smtp_slots = Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS));
     loop {
         match smtp.accept().await {
-            Ok((conn, peer)) => {
+            Ok((mut conn, peer)) => {
+                let Ok(slot) = smtp_slots.clone().try_acquire_owned() else {
+                    refuse(
+                        &mut conn,
+                        b"421 4.7.0 Too many connections; try again later\r\n",
+                    );
+                    continue;
+                };
                 let shared = shared.clone();
                 let opening = open(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let Ok((conn, starttls)) = opening.await else {
                         return;
                     };

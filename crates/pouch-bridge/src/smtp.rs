@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The largest message accepted (advertised as SIZE).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Longest command line (AUTH lines with their base64 included).
+const MAX_LINE: usize = 16 * 1024;
 /// Failed logins before the session is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -302,11 +304,30 @@ pub async fn session(
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = conn.read(&mut chunk).await?;
+        // RFC 5321 (4.5.3.2) gives a server 5 minutes per command; before
+        // login a stranger on the port gets one.
+        let idle = std::time::Duration::from_secs(if s.authenticated { 300 } else { 60 });
+        let n = match tokio::time::timeout(idle, conn.read(&mut chunk)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                let _ = conn
+                    .write_all(b"421 4.4.2 Idle for too long; closing\r\n")
+                    .await;
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
         pending.extend_from_slice(&chunk[..n]);
+        // A line without end (outside DATA, whose size is capped below) is
+        // refused: smtp-proto bounds command lines, this bounds AUTH's.
+        if !matches!(state, State::Data(_)) && pending.len() > MAX_LINE && !pending.contains(&b'\n')
+        {
+            conn.write_all(b"500 5.5.2 Line too long; closing\r\n")
+                .await?;
+            return Ok(());
+        }
         // Handle everything complete in what has arrived (pipelining).
         loop {
             match &mut state {
@@ -380,7 +401,8 @@ pub async fn session(
                             s.reply(500, "5.5.2", "Unknown command")
                         }
                         Err(smtp_proto::Error::ResponseTooLong) => {
-                            s.reply(500, "5.5.2", "Line too long")
+                            s.reply(500, "5.5.2", "Line too long; closing");
+                            s.quit = true;
                         }
                         Err(e) => s.reply(501, "5.5.4", &format!("Syntax error: {e:?}")),
                     }

@@ -105,7 +105,13 @@ impl Conn {
     pub async fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
         match std::mem::replace(self, Conn::Switching) {
             Conn::Plain(tcp) => {
-                let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+                // A client that stalls the handshake is dropped, not waited for.
+                let tls = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    tokio_rustls::TlsAcceptor::from(config).accept(tcp),
+                )
+                .await
+                .map_err(|_| io::Error::other("TLS handshake timed out"))??;
                 *self = Conn::Tls(Box::new(tls));
                 Ok(())
             }

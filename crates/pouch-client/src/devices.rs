@@ -210,17 +210,48 @@ impl Device {
                 )?;
             }
         }
+        // Devices of every version signed by `key`: what a receiver may
+        // believe a member to be (a device removed since was a member then;
+        // the commit that removes it comes from its account's own devices).
+        let under_key = |key: &[u8], latest: &DeviceListBody| -> Vec<Vec<u8>> {
+            history
+                .lists
+                .iter()
+                .filter_map(|l| l.body_unverified().ok())
+                .filter(|b| b.account_key == key && b.version < latest.version)
+                .flat_map(|b| b.devices.into_iter().map(|d| d.signature_key))
+                .chain(latest.devices.iter().map(|d| d.signature_key.clone()))
+                .collect()
+        };
         if address == &self.address {
-            let mine = self.local.account_key()?.ok_or_else(|| {
-                ClientError::Local(
-                    "this device has no account key yet; wait for the approving device".into(),
-                )
-            })?;
-            if body.account_key != mine.public() {
+            let mine = match self.local.account_key()? {
+                Some(k) => k.public(),
+                // A newly linked device: its account key is on the way over
+                // MLS. Until then it trusts the list that names this very
+                // device (the approving device signed it), and the key it
+                // receives must be the key that signed it.
+                None if body.lists(&self.device_id, self.signer.public()) => {
+                    self.local
+                        .set_meta("expected_account_key", &hex::encode(&body.account_key))?;
+                    body.account_key.clone()
+                }
+                None => {
+                    return Err(ClientError::Security(format!(
+                        "the server shows a device list for {address} that does not name this device"
+                    )));
+                }
+            };
+            if body.account_key != mine {
                 return Err(ClientError::Security(format!(
                     "the server shows a device list for {address} that this account did not sign"
                 )));
             }
+            crate::receipt::remember_verified(
+                &self.local,
+                address,
+                &mine,
+                &under_key(&mine, &body),
+            )?;
             return Ok(body);
         }
         let pinned: Option<(Vec<u8>, i64)> = self
@@ -255,6 +286,12 @@ impl Device {
                 )?;
             }
         }
+        crate::receipt::remember_verified(
+            &self.local,
+            address,
+            &body.account_key,
+            &under_key(&body.account_key, &body),
+        )?;
         Ok(body)
     }
 

@@ -14,6 +14,7 @@ pub mod local;
 pub mod mail;
 pub mod mailboxes;
 pub mod net;
+mod receipt;
 pub mod search;
 pub mod transparency;
 
@@ -154,7 +155,6 @@ pub struct Device {
     device_id: DeviceId,
     suite: Ciphersuite,
     signer: DeviceSigner,
-    signed_in: bool,
     /// Security findings to report with the current operation's result.
     warnings: Vec<String>,
     progress: ProgressHook,
@@ -461,7 +461,6 @@ impl Device {
             device_id,
             suite,
             signer,
-            signed_in: false,
             warnings: Vec::new(),
             progress: None,
         })
@@ -475,13 +474,15 @@ impl Device {
         &self.device_id
     }
 
+    /// Signs in once; the connection renews the token by itself afterwards.
     pub(crate) fn sign_in(&mut self) -> Result<()> {
-        if !self.signed_in {
-            let signer = &self.signer;
-            self.api.sign_in(&self.device_id, |payload| {
-                Ok(pouch_mls::sign_raw(signer, payload)?)
-            })?;
-            self.signed_in = true;
+        if !self.api.signed_in() {
+            // Its own copy of the key, read from the device's storage.
+            let signer = pouch_mls::load_device_signer(&self.local.provider, self.signer.public())?;
+            self.api.sign_in(
+                &self.device_id,
+                std::rc::Rc::new(move |payload| Ok(pouch_mls::sign_raw(&signer, payload)?)),
+            )?;
         }
         Ok(())
     }
@@ -716,20 +717,8 @@ impl Device {
                     None => self.create_conversation(&wanted, &[], "mail")?,
                 };
                 self.reconcile(&mut group, &wanted)?;
-                let sealed = pouch_mls::seal(
-                    &self.local.provider,
-                    &self.signer,
-                    &mut group,
-                    &envelope.to_bytes(),
-                )?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
-                let resp: api::SendResponse = self.api.post(
-                    &format!("/v1/groups/{gid}/messages"),
-                    &api::SendRequest {
-                        epoch: pouch_mls::epoch(&group),
-                        message: sealed,
-                    },
-                )?;
+                let resp = self.post_sealed(&mut group, &envelope)?;
                 Ok((gid, resp.recipients))
             })();
             match outcome {
@@ -876,6 +865,7 @@ impl Device {
                     "INSERT OR IGNORE INTO conversations (group_id, created_at, kind, last_update) VALUES (?1, ?2, ?3, ?2)",
                     params![gid.0, now(), kind],
                 )?;
+                receipt::note_joined(&self.local, &gid, 0)?;
                 Ok(group)
             }
             Err(e) => {
@@ -1069,23 +1059,46 @@ impl Device {
         envelopes: Vec<Envelope>,
     ) -> Result<()> {
         let mut group = self.create_conversation(addresses, only, "system")?;
-        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
         for envelope in envelopes {
-            let sealed = pouch_mls::seal(
-                &self.local.provider,
-                &self.signer,
-                &mut group,
-                &envelope.to_bytes(),
-            )?;
-            let _: api::SendResponse = self.api.post(
-                &format!("/v1/groups/{gid}/messages"),
-                &api::SendRequest {
-                    epoch: pouch_mls::epoch(&group),
-                    message: sealed,
-                },
-            )?;
+            self.post_sealed(&mut group, &envelope)?;
         }
         Ok(())
+    }
+
+    /// Seals `envelope` as this device's next message in `group` (its chain
+    /// link inside the encryption) and hands it to the server. The link is
+    /// consumed before sending and given back only if the server definitely
+    /// refused the message.
+    fn post_sealed(
+        &mut self,
+        group: &mut MlsGroup,
+        envelope: &Envelope,
+    ) -> Result<api::SendResponse> {
+        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(group));
+        let link = receipt::next_link(&self.local, &gid)?;
+        let mut envelope = envelope.clone();
+        envelope.chain = Some(link.clone());
+        let bytes = envelope.to_bytes();
+        let sealed = pouch_mls::seal(&self.local.provider, &self.signer, group, &bytes)?;
+        receipt::consume_link(&self.local, &gid, link.n, &receipt::envelope_hash(&bytes))?;
+        let blob = match &envelope.content {
+            Content::Blob(b) | Content::History(b) => Some(b.blob_id.clone()),
+            Content::Inline { .. } | Content::AccountKey { .. } => None,
+        };
+        let sent: Result<api::SendResponse> = self.api.post(
+            &format!("/v1/groups/{gid}/messages"),
+            &api::SendRequest {
+                epoch: pouch_mls::epoch(group),
+                message: sealed,
+                blob,
+            },
+        );
+        if let Err(ClientError::Server { status, .. }) = &sent
+            && *status < 500
+        {
+            receipt::restore_link(&self.local, &gid, &link)?;
+        }
+        sent
     }
 
     fn load_group(&self, g: &GroupId) -> Result<MlsGroup> {
@@ -1102,6 +1115,10 @@ impl Device {
         self.sign_in()?;
         self.check_log()?;
         let mut report = SyncReport::default();
+        self.replay_held(&mut report)?;
+        // Conversations something arrived in: their fan-out is compared with
+        // the roster afterwards.
+        let mut touched = std::collections::BTreeSet::new();
         loop {
             let cursor: u64 = self
                 .local
@@ -1115,11 +1132,13 @@ impl Device {
                 break;
             }
             // Queue numbers are per device and gap-free: a gap means another
-            // copy of this device fetched and acknowledged mail.
+            // copy of this device fetched and acknowledged mail, or the server
+            // deleted it. (A server that also renumbers leaves no gap here;
+            // the senders' chain links inside the messages show that.)
             if let Some(first) = batch.items.first() {
                 if first.seq > cursor + 1 {
                     let what = format!(
-                        "queue items {} to {} of this device were fetched by someone else: a copy of this device may be in use",
+                        "queue items {} to {} of this device are missing: a copy of this device fetched them, or the server deleted them",
                         cursor + 1,
                         first.seq - 1
                     );
@@ -1139,13 +1158,21 @@ impl Device {
             }
             let mut last = cursor;
             for item in batch.items {
-                self.process(&item, &mut report)?;
+                if !self.process(&item, &mut report)? {
+                    touched.insert(item.group_id.clone());
+                }
                 last = item.seq;
             }
+            self.flush_findings(&mut report)?;
             // Only what is durably stored is acknowledged.
             self.api
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }
+        for group in &touched {
+            self.check_membership(group)?;
+        }
+        self.flush_findings(&mut report)?;
+        self.report_held(&mut report)?;
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
         report.alerts.extend(self.audit_own_account()?);
@@ -1166,31 +1193,58 @@ impl Device {
         Ok(report)
     }
 
-    fn process(&mut self, item: &QueueItem, report: &mut SyncReport) -> Result<()> {
+    /// Applies one queue item. Returns whether it was held back (a member's
+    /// account key changed) rather than applied or rejected.
+    fn process(&mut self, item: &QueueItem, report: &mut SyncReport) -> Result<bool> {
+        // Later items of a conversation wait behind a held one: they depend on it.
+        if let Some(address) = self.held_before(item)? {
+            self.hold(item, &address)?;
+            return Ok(true);
+        }
         // A message whose body is a blob is opened twice: the first attempt
         // learns the blob reference and is rolled back, so that no transaction
-        // waits on the network; the second stores the mail.
-        let first = self.local.atomically_unless(
-            |l| {
-                let step = open_item(l, item)?;
-                if !matches!(step, Step::NeedsBlob { .. } | Step::NeedsHistory { .. }) {
-                    l.set_meta("queue_cursor", &item.seq.to_string())?;
+        // waits on the network; the second stores the mail. The same goes for
+        // a member whose device list must be fetched before it is believed.
+        let mut fetched = receipt::Fetched::new();
+        let outcome = loop {
+            let first = self.local.atomically_unless(
+                |l| {
+                    let step = open_item(l, item, &fetched)?;
+                    if !step.rolls_back() {
+                        advance_cursor(l, item.seq)?;
+                    }
+                    Ok(step)
+                },
+                Step::rolls_back,
+            );
+            match first {
+                Ok(Step::NeedLists(addresses)) => {
+                    for a in addresses {
+                        let found = self.list_outcome(&a)?;
+                        fetched.insert(a, found);
+                    }
                 }
-                Ok(step)
-            },
-            |step| matches!(step, Step::NeedsBlob { .. } | Step::NeedsHistory { .. }),
-        );
-        let outcome = match first {
-            Ok(Step::NeedsBlob { blob }) => self.receive_blob(item, &blob),
-            Ok(Step::NeedsHistory { blob }) => self.receive_history(item, &blob),
-            other => other,
+                Ok(Step::NeedsBlob { blob }) => break self.receive_blob(item, &blob, &fetched),
+                Ok(Step::NeedsHistory { blob }) => {
+                    break self.receive_history(item, &blob, &fetched);
+                }
+                other => break other,
+            }
         };
         match outcome {
             Ok(Step::Joined) => report.joined_conversations += 1,
             Ok(Step::Committed) => report.commits += 1,
             Ok(Step::Stored(id)) => report.new_messages.push(id),
             Ok(Step::Imported(n)) => report.history_imported += n,
-            Ok(Step::Ignored) | Ok(Step::NeedsBlob { .. }) | Ok(Step::NeedsHistory { .. }) => {}
+            Ok(Step::Ignored)
+            | Ok(Step::NeedsBlob { .. })
+            | Ok(Step::NeedsHistory { .. })
+            | Ok(Step::NeedLists(_)) => {}
+            // A member's account key changed: wait for the user's decision.
+            Err(ClientError::AccountKeyChanged(address)) => {
+                self.hold(item, &address)?;
+                return Ok(true);
+            }
             // The server or network failed: stop here; the item is retried next sync.
             Err(
                 e @ (ClientError::Unreachable(..)
@@ -1200,14 +1254,214 @@ impl Device {
             ) => {
                 return Err(e);
             }
-            Err(e) => return self.reject(item, e, report),
+            Err(e) => self.reject(item, e, report)?,
+        }
+        Ok(false)
+    }
+
+    /// Compares whom the server delivers a conversation to with the MLS
+    /// roster this device holds, when both are at the same epoch: a device
+    /// the server dropped from the fan-out (its mail silently suppressed) or
+    /// added without a commit is reported.
+    fn check_membership(&mut self, group: &GroupId) -> Result<()> {
+        let Ok(mls) = self.load_group(group) else {
+            return Ok(()); // not joined: a refused Welcome, reported as such
+        };
+        let server: api::GroupMembers = match self.api.get(&format!("/v1/groups/{group}/members")) {
+            Ok(m) => m,
+            // No longer a member (removed since): nothing to compare.
+            Err(ClientError::Server { status: 404, .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if server.epoch != pouch_mls::epoch(&mls) {
+            return Ok(()); // a commit is still on its way; compared on a later sync
+        }
+        let mut roster = std::collections::BTreeSet::new();
+        for key in pouch_mls::member_keys(&mls) {
+            let id: Option<String> = self
+                .local
+                .conn
+                .query_row(
+                    "SELECT device_id FROM device_keys WHERE signature_key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            roster.insert(
+                id.unwrap_or_else(|| format!("(key {})", pouch_proto::devices::fingerprint(&key))),
+            );
+        }
+        let served: std::collections::BTreeSet<String> =
+            server.devices.into_iter().map(|d| d.0).collect();
+        let dropped: Vec<&String> = roster.difference(&served).collect();
+        let added: Vec<&String> = served.difference(&roster).collect();
+        if dropped.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        let detail = format!(
+            "In conversation {group} at epoch {}, the server {}{}{} — no commit the members saw says so. Tell your security team.",
+            server.epoch,
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!("no longer delivers to member device(s) {dropped:?}")
+            },
+            if dropped.is_empty() || added.is_empty() {
+                ""
+            } else {
+                " and "
+            },
+            if added.is_empty() {
+                String::new()
+            } else {
+                format!("delivers to device(s) {added:?} that are not members")
+            },
+        );
+        if self.first_time(&format!(
+            "membership:{}",
+            receipt::envelope_hash(detail.as_bytes())
+        ))? {
+            self.local.atomically(|l| {
+                receipt::record_finding(
+                    l,
+                    "membership_mismatch",
+                    "ALERT: the server changed who receives a conversation",
+                    &detail,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Fetches and verifies `address`'s device list for the receiving checks.
+    /// Network failures stop the sync (the item is retried); anything else is
+    /// an answer about the list.
+    fn list_outcome(&mut self, address: &Address) -> Result<receipt::ListOutcome> {
+        match self.trusted_list(address) {
+            Ok(_) => Ok(receipt::ListOutcome::Verified),
+            Err(ClientError::AccountKeyChanged(_)) => Ok(receipt::ListOutcome::KeyChanged),
+            Err(
+                e @ (ClientError::Unreachable(..)
+                | ClientError::Local(_)
+                | ClientError::Io(_)
+                | ClientError::Protocol(_)),
+            ) => Err(e),
+            Err(e @ ClientError::Server { status, .. }) if status >= 500 || status == 401 => Err(e),
+            Err(e) => Ok(receipt::ListOutcome::Untrusted(e.to_string())),
+        }
+    }
+
+    /// The address that holds back an earlier item of this item's conversation.
+    fn held_before(&self, item: &QueueItem) -> Result<Option<String>> {
+        Ok(self
+            .local
+            .conn
+            .query_row(
+                "SELECT address FROM held WHERE group_id = ?1 AND server_seq < ?2 ORDER BY server_seq LIMIT 1",
+                params![item.group_id.0, item.seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keeps an item aside until the user accepts `address`'s new account key.
+    fn hold(&mut self, item: &QueueItem, address: &str) -> Result<()> {
+        let json = serde_json::to_string(item).expect("a queue item serialises");
+        self.local.atomically(|l| {
+            l.conn.execute(
+                "INSERT OR REPLACE INTO held (server_seq, group_id, address, item, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![item.seq as i64, item.group_id.0, address, json, now()],
+            )?;
+            advance_cursor(l, item.seq)
+        })
+    }
+
+    /// Tries the held items again (the user may have accepted a new key), in
+    /// queue order. An item that is still blocked stays held.
+    fn replay_held(&mut self, report: &mut SyncReport) -> Result<()> {
+        let held: Vec<(i64, String)> = {
+            let mut stmt = self
+                .local
+                .conn
+                .prepare("SELECT server_seq, item FROM held ORDER BY server_seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (seq, json) in held {
+            let item: QueueItem = serde_json::from_str(&json)
+                .map_err(|_| ClientError::Local("a held queue item is damaged".into()))?;
+            // Other rows of the same conversation must not block it: it is the earliest.
+            if !self.process(&item, report)? {
+                self.local
+                    .conn
+                    .execute("DELETE FROM held WHERE server_seq = ?1", [seq])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One alert per account whose mail is held back, and an inbox notice
+    /// the first time for each new key.
+    fn report_held(&mut self, report: &mut SyncReport) -> Result<()> {
+        let held: Vec<(String, i64)> = {
+            let mut stmt = self
+                .local
+                .conn
+                .prepare("SELECT address, count(*) FROM held GROUP BY address ORDER BY address")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (address, n) in held {
+            let text = format!(
+                "{}; {n} item(s) from or with them are held back until then",
+                ClientError::AccountKeyChanged(address.clone())
+            );
+            let newest: i64 = self.local.conn.query_row(
+                "SELECT max(server_seq) FROM held WHERE address = ?1",
+                [&address],
+                |r| r.get(0),
+            )?;
+            if self.first_time(&format!("held:{address}:{newest}"))? {
+                self.local.notice(
+                    &format!("Mail involving {address} is held back: their account key changed"),
+                    &text,
+                )?;
+            }
+            report.alerts.push(text);
+        }
+        Ok(())
+    }
+
+    /// Reports findings made while processing (withheld mail, forged
+    /// senders) to the security team, and to the caller.
+    fn flush_findings(&mut self, report: &mut SyncReport) -> Result<()> {
+        for (id, kind, detail) in receipt::take_findings(&self.local)? {
+            // Truncated to what the server accepts; the inbox notice has it whole.
+            let short: String = detail.chars().take(480).collect();
+            let _ = self.api.post_empty(
+                "/v1/reports",
+                &api::ClientReport {
+                    kind: kind.clone(),
+                    detail: short,
+                },
+            );
+            // A refused item is already in the report, as refused.
+            if !report.rejected.iter().any(|(_, r)| *r == detail) {
+                report.alerts.push(detail);
+            }
+            receipt::drop_finding(&self.local, id)?;
         }
         Ok(())
     }
 
     /// Downloads a blob into an encrypted mail file (constant memory),
     /// keeping the head for indexing, then stores the mail.
-    fn receive_blob(&mut self, item: &QueueItem, blob: &BlobRef) -> Result<Step> {
+    fn receive_blob(
+        &mut self,
+        item: &QueueItem,
+        blob: &BlobRef,
+        fetched: &receipt::Fetched,
+    ) -> Result<Step> {
         let mut file = self.local.new_mail_file(blob.size)?;
         let name = file.name().to_string();
         let mut tee = HeadTee {
@@ -1219,8 +1473,13 @@ impl Device {
         let stored = downloaded.and_then(|()| file.finish()).and_then(|f| {
             let body = Body::File(f);
             self.local.atomically(|l| {
-                let step = finish_application(l, item, Some((head, &body)))?;
-                l.set_meta("queue_cursor", &item.seq.to_string())?;
+                let step = finish_application(l, item, Some((head, &body)), fetched)?;
+                if step.rolls_back() {
+                    return Err(ClientError::Protocol(
+                        "the message changed between its two openings".into(),
+                    ));
+                }
+                advance_cursor(l, item.seq)?;
                 Ok(step)
             })
         });
@@ -1232,15 +1491,25 @@ impl Device {
 
     /// Imports a mail history in one transaction with the MLS message that
     /// announced it: all of it is stored, or none of it.
-    fn receive_history(&mut self, item: &QueueItem, blob: &BlobRef) -> Result<Step> {
+    fn receive_history(
+        &mut self,
+        item: &QueueItem,
+        blob: &BlobRef,
+        fetched: &receipt::Fetched,
+    ) -> Result<Step> {
         let (local, api) = (&self.local, &self.api);
         let mut hook = progress_hook(&mut self.progress, "receiving history");
         let result = local.atomically(|l| {
             let mut importer = history::Importer::new(l);
             blob::download(api, blob, &mut importer, &mut hook)?;
             let imported = importer.finish()?;
-            finish_application(l, item, Some((Vec::new(), &Body::Inline(Vec::new()))))?;
-            l.set_meta("queue_cursor", &item.seq.to_string())?;
+            finish_application(
+                l,
+                item,
+                Some((Vec::new(), &Body::Inline(Vec::new()))),
+                fetched,
+            )?;
+            advance_cursor(l, item.seq)?;
             Ok(Step::Imported(imported))
         });
         if result.is_err() {
@@ -1258,18 +1527,35 @@ impl Device {
         result
     }
 
+    /// Refuses an item for good: recorded, shown in the inbox, reported to
+    /// the security team (a forged sender as such), and skipped.
     fn reject(&mut self, item: &QueueItem, e: ClientError, report: &mut SyncReport) -> Result<()> {
         let reason = format!(
             "{} in conversation {}: {e}",
             item.kind.as_str(),
             item.group_id
         );
+        let (kind, subject) = match e {
+            ClientError::Security(_) => (
+                "forged_sender",
+                "ALERT: a message with a forged sender was refused",
+            ),
+            _ => (
+                "rejected_item",
+                "A message could not be opened and was refused",
+            ),
+        };
         self.local.atomically(|l| {
             l.conn.execute(
                 "INSERT OR IGNORE INTO rejected (server_seq, group_id, reason, at) VALUES (?1, ?2, ?3, ?4)",
                 params![item.seq as i64, item.group_id.0, reason, now()],
             )?;
-            l.set_meta("queue_cursor", &item.seq.to_string())
+            l.conn.execute(
+                "INSERT INTO findings (kind, detail) VALUES (?1, ?2)",
+                params![kind, reason],
+            )?;
+            l.notice(subject, &reason)?;
+            advance_cursor(l, item.seq)
         })?;
         report.rejected.push((item.seq, reason));
         Ok(())
@@ -1456,13 +1742,53 @@ enum Step {
         blob: BlobRef,
     },
     Imported(u32),
+    /// These members' device lists must be fetched before the item is believed.
+    NeedLists(Vec<Address>),
 }
 
-fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
+impl Step {
+    /// A look that must leave no trace: the transaction is rolled back and
+    /// the item opened again once the missing piece is fetched.
+    fn rolls_back(&self) -> bool {
+        matches!(
+            self,
+            Step::NeedsBlob { .. } | Step::NeedsHistory { .. } | Step::NeedLists(_)
+        )
+    }
+}
+
+/// Moves the queue cursor forward (never back: a held item replayed later
+/// has a lower number than what was processed since).
+fn advance_cursor(l: &LocalStore, seq: u64) -> Result<()> {
+    let cursor: u64 = l
+        .meta("queue_cursor")?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if seq > cursor {
+        l.set_meta("queue_cursor", &seq.to_string())?;
+    }
+    Ok(())
+}
+
+fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Result<Step> {
     match item.kind {
         QueueKind::Welcome => {
             let group = pouch_mls::join(&l.provider, &item.payload)?;
+            // Every member the Welcome shows, the adder included, must be a
+            // device its account signed for.
+            if let receipt::Authentication::NeedLists(a) =
+                receipt::authenticate(l, &pouch_mls::roster(&group), fetched)?
+            {
+                return Ok(Step::NeedLists(a));
+            }
             let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+            if gid != item.group_id {
+                return Err(ClientError::Invalid(format!(
+                    "the server filed a Welcome to conversation {gid} under {}",
+                    item.group_id
+                )));
+            }
+            receipt::note_joined(l, &gid, pouch_mls::epoch(&group))?;
             l.conn.execute(
                 "INSERT OR IGNORE INTO conversations (group_id, created_at, last_update) VALUES (?1, ?2, ?2)",
                 params![gid.0, now()],
@@ -1472,13 +1798,20 @@ fn open_item(l: &LocalStore, item: &QueueItem) -> Result<Step> {
         QueueKind::Commit => {
             let mut group = load(l, &item.group_id)?;
             match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
-                Opened::Commit | Opened::Proposal => Ok(Step::Committed),
+                Opened::Commit | Opened::Proposal => {
+                    // After the commit: every member (those it added, and any
+                    // leaf it changed) must be on its account's signed list.
+                    match receipt::authenticate(l, &pouch_mls::roster(&group), fetched)? {
+                        receipt::Authentication::NeedLists(a) => Ok(Step::NeedLists(a)),
+                        receipt::Authentication::Verified => Ok(Step::Committed),
+                    }
+                }
                 Opened::Application { .. } => Err(ClientError::Invalid(
                     "expected a commit, got an application message".into(),
                 )),
             }
         }
-        QueueKind::Application => finish_application(l, item, None),
+        QueueKind::Application => finish_application(l, item, None, fetched),
     }
 }
 
@@ -1512,16 +1845,33 @@ fn finish_application(
     l: &LocalStore,
     item: &QueueItem,
     downloaded: Option<(Vec<u8>, &Body)>,
+    fetched: &receipt::Fetched,
 ) -> Result<Step> {
     let mut group = load(l, &item.group_id)?;
-    let (sender, payload) = match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
-        Opened::Application {
-            sender, payload, ..
-        } => (sender, payload),
-        _ => return Ok(Step::Committed),
-    };
+    let (sender, sender_key, payload) =
+        match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
+            Opened::Application {
+                sender,
+                sender_key,
+                payload,
+            } => (sender, sender_key, payload),
+            _ => return Ok(Step::Committed),
+        };
+    if let receipt::Authentication::NeedLists(a) =
+        receipt::authenticate(l, &[(Some(sender.clone()), sender_key.clone())], fetched)?
+    {
+        return Ok(Step::NeedLists(a));
+    }
     let envelope =
         Envelope::from_bytes(&payload).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    receipt::check_link(
+        l,
+        &item.group_id,
+        &sender,
+        &sender_key,
+        envelope.chain.as_ref(),
+        &receipt::envelope_hash(&payload),
+    )?;
     let own = l.require_meta("address")?;
     let content = match envelope.content {
         // Only the account's own devices may hand over the account key, and only once.
@@ -1532,7 +1882,15 @@ fn finish_application(
                 )));
             }
             if l.account_key()?.is_none() {
-                l.set_account_key(&devices::AccountKey::from_secret(&secret)?)?;
+                let key = devices::AccountKey::from_secret(&secret)?;
+                // It must be the key that signed the list naming this device.
+                let expected = l.meta("expected_account_key")?;
+                if expected.is_some_and(|e| e != hex::encode(key.public())) {
+                    return Err(ClientError::Security(format!(
+                        "{sender} handed this device an account key that did not sign its device list"
+                    )));
+                }
+                l.set_account_key(&key)?;
             }
             l.conn.execute(
                 "UPDATE conversations SET kind = 'system' WHERE group_id = ?1",

@@ -220,6 +220,7 @@ impl LocalStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::mailboxes::SCHEMA)?;
         conn.execute_batch(crate::search::SCHEMA)?;
+        conn.execute_batch(crate::receipt::SCHEMA)?;
         let conn = Rc::new(conn);
         let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.

@@ -10,8 +10,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 #[derive(Debug)]
@@ -74,11 +76,23 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
+/// Signs a sign-in challenge with the device key.
+pub type ChallengeSigner = Rc<dyn Fn(&[u8]) -> Result<Vec<u8>>>;
+
 /// A connection to one server, with the device's session token once signed in.
+///
+/// Tokens are short-lived (the server's `--token-ttl-secs`). A long-running
+/// client (the bridge, a sync loop) renews its token before it runs out and
+/// signs in afresh when the server answers 401 (a restarted server, a token
+/// revoked), so a session never silently stops working.
 pub struct Api {
     base: String,
     http: reqwest::blocking::Client,
     token: RefCell<Option<String>>,
+    /// Renew the token once this instant has passed.
+    renew_at: Cell<Option<Instant>>,
+    /// Who signs in, and how: set by the first sign-in.
+    signer: RefCell<Option<(DeviceId, ChallengeSigner)>>,
 }
 
 impl Api {
@@ -123,6 +137,8 @@ impl Api {
             base,
             http,
             token: RefCell::new(None),
+            renew_at: Cell::new(None),
+            signer: RefCell::new(None),
         })
     }
 
@@ -214,50 +230,85 @@ impl Api {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// Signs in with the device key: challenge, signature, token.
-    pub fn sign_in(
-        &self,
-        device_id: &DeviceId,
-        sign: impl Fn(&[u8]) -> Result<Vec<u8>>,
-    ) -> Result<()> {
+    /// Signs in with the device key (challenge, signature, token) and keeps
+    /// the means to do it again when the token is due for renewal.
+    pub fn sign_in(&self, device_id: &DeviceId, sign: ChallengeSigner) -> Result<()> {
+        *self.signer.borrow_mut() = Some((device_id.clone(), sign));
+        self.renew()
+    }
+
+    /// Whether a sign-in has happened (and can be renewed).
+    pub fn signed_in(&self) -> bool {
+        self.signer.borrow().is_some()
+    }
+
+    /// A fresh token with the kept signer.
+    fn renew(&self) -> Result<()> {
+        let (device_id, sign) = self
+            .signer
+            .borrow()
+            .clone()
+            .ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
         let ch: api::ChallengeResponse = self.post_json(
             "/v1/auth/challenge",
             &api::ChallengeRequest {
                 device_id: device_id.clone(),
             },
         )?;
-        let signature = sign(&api::auth_signing_payload(device_id, &ch.challenge))?;
+        let signature = sign(&api::auth_signing_payload(&device_id, &ch.challenge))?;
         let tok: api::TokenResponse = self.post_json(
             "/v1/auth/token",
             &api::TokenRequest {
-                device_id: device_id.clone(),
+                device_id,
                 challenge: ch.challenge,
                 signature,
             },
         )?;
+        // Renew at four fifths of the lifetime: well before the server refuses it.
+        let lifetime = Duration::from_secs(tok.expires_in_secs.max(1));
+        self.renew_at
+            .set(Some(Instant::now() + lifetime.mul_f64(0.8)));
         *self.token.borrow_mut() = Some(tok.token);
         Ok(())
     }
 
+    /// Sends an authenticated request built by `make`: renews a token that
+    /// is due first, and on 401 signs in once more and repeats the request.
+    fn send_authed(
+        &self,
+        make: impl Fn() -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response> {
+        if self.signed_in() && self.renew_at.get().is_some_and(|t| Instant::now() >= t) {
+            self.renew()?;
+        }
+        match self.send(self.authed(make())?) {
+            Err(ClientError::Server { status: 401, .. }) if self.signed_in() => {
+                self.renew()?;
+                self.send(self.authed(make())?)
+            }
+            other => other,
+        }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
+        let resp = self.send_authed(|| self.http.get(self.url(path)))?;
         resp.json()
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let resp = self.send(self.authed(self.http.post(self.url(path)).json(body))?)?;
+        let resp = self.send_authed(|| self.http.post(self.url(path)).json(body))?;
         resp.json()
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
-        self.send(self.authed(self.http.post(self.url(path)).json(body))?)?;
+        self.send_authed(|| self.http.post(self.url(path)).json(body))?;
         Ok(())
     }
 
     pub fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
-        self.send(self.authed(self.http.put(self.url(path)).body(bytes))?)?;
+        self.send_authed(|| self.http.put(self.url(path)).body(bytes.clone()))?;
         Ok(())
     }
 
@@ -268,7 +319,7 @@ impl Api {
     }
 
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
-        let resp = self.send(self.authed(self.http.get(self.url(path)))?)?;
+        let resp = self.send_authed(|| self.http.get(self.url(path)))?;
         Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
     }
 }

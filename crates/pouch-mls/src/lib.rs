@@ -390,6 +390,16 @@ pub fn open<P: OpenMlsProvider>(
     }
 }
 
+/// Every member device as its leaf presents it: the address its credential
+/// names (None when the credential is not an address at all) and its
+/// signature key. Receivers check each against the signed device lists.
+pub fn roster(group: &MlsGroup) -> Vec<(Option<Address>, Vec<u8>)> {
+    group
+        .members()
+        .map(|m| (credential_address(&m.credential).ok(), m.signature_key))
+        .collect()
+}
+
 /// The addresses of everyone in the group (each once).
 pub fn member_addresses(group: &MlsGroup) -> Vec<Address> {
     let mut out: Vec<Address> = group

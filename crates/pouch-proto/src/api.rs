@@ -99,6 +99,10 @@ pub enum ErrorCode {
     StaleEpoch,
     NotMember,
     TooLarge,
+    /// Too many requests of this kind are waiting; try again later.
+    RateLimited,
+    /// A storage or queue quota is full.
+    QuotaExceeded,
     Internal,
 }
 
@@ -267,6 +271,14 @@ pub struct CommitResponse {
     pub epoch: u64,
 }
 
+/// `GET /v1/groups/{group}/members`: whom the server delivers the
+/// conversation to, at its current epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupMembers {
+    pub epoch: u64,
+    pub devices: Vec<DeviceId>,
+}
+
 /// `POST /v1/groups/{group}/messages`: an MLS application message for the
 /// group's other members, sent in the group's current epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -274,6 +286,10 @@ pub struct SendRequest {
     pub epoch: u64,
     #[serde(with = "b64")]
     pub message: Vec<u8>,
+    /// The blob the message refers to (large mail, a history): the server
+    /// keeps it until every recipient has acknowledged the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -4,6 +4,12 @@
 //! sender wrote it, either inline or — above [`INLINE_LIMIT`] — as a reference
 //! to an encrypted blob (key, hash, size). It also has a slot for a signed
 //! classification label, enforced in a later release.
+//!
+//! Every envelope also carries its sender's [`ChainLink`]: a counter per
+//! conversation and sending device, and the hash of that device's previous
+//! envelope there. The server sees neither (they are inside the MLS
+//! encryption), so a receiver can tell when the server withheld, reordered
+//! or forked a sender's messages — which MLS alone does not show.
 
 use crate::b64;
 use serde::{Deserialize, Serialize};
@@ -20,7 +26,18 @@ pub struct Envelope {
     /// Reserved for a classification label signed by an authorised issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<SignedLabel>,
+    /// The sender's position in this conversation; required on receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainLink>,
     pub content: Content,
+}
+
+/// A sending device's n-th envelope in a conversation, and the SHA-256 (hex)
+/// of its (n-1)-th envelope's bytes (empty for the first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    pub n: u64,
+    pub prev: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +94,7 @@ impl Envelope {
         Envelope {
             version: Self::VERSION,
             label: None,
+            chain: None,
             content,
         }
     }

@@ -2,9 +2,7 @@
 //! once, and maps the outcome to a status and a JSON body.
 
 use crate::events::{Ev, account_of, record};
-use crate::{
-    AppState, INVITE_TTL_SECS, TOKEN_TTL_SECS, error::ApiError, now, random_bytes, sha256,
-};
+use crate::{AppState, INVITE_TTL_SECS, error::ApiError, now, random_bytes, sha256};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::{StatusCode, header, request::Parts};
@@ -22,30 +20,59 @@ use subtle::ConstantTimeEq;
 type St = State<Arc<AppState>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Enough for a Welcome to a large post-quantum group or a 1 MiB blob chunk.
+/// The default body limit: enough for a commit and Welcome to a large
+/// post-quantum group. Routes with smaller bodies set their own below.
 const BODY_LIMIT: usize = 16 << 20;
+/// An application message: an envelope of up to 256 KiB (larger mail goes
+/// as a blob), base64 in JSON, in MLS; or one 1 MiB blob chunk.
+pub(crate) const MESSAGE_LIMIT: usize = 2 << 20;
+/// Enrollment and link requests: a device list and ~100 key packages.
+pub(crate) const SMALL_LIMIT: usize = 1 << 20;
+/// Sign-in, reports and the like.
+pub(crate) const TINY_LIMIT: usize = 16 << 10;
 const CHALLENGE_TTL_SECS: i64 = 60;
+/// Payload bytes one queue fetch returns at most (beyond its first item):
+/// what a fetch costs the server in memory stays bounded.
+const QUEUE_PAGE_BYTES: u64 = 8 << 20;
 const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 500;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/admin/users", post(add_user).get(list_users))
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/auth/challenge", post(challenge))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/key-packages", post(upload_key_packages))
+        .route(
+            "/v1/enroll",
+            post(enroll).layer(DefaultBodyLimit::max(SMALL_LIMIT)),
+        )
+        .route(
+            "/v1/auth/challenge",
+            post(challenge).layer(DefaultBodyLimit::max(TINY_LIMIT)),
+        )
+        .route(
+            "/v1/auth/token",
+            post(token).layer(DefaultBodyLimit::max(TINY_LIMIT)),
+        )
+        .route(
+            "/v1/key-packages",
+            post(upload_key_packages).layer(DefaultBodyLimit::max(4 << 20)),
+        )
         .route("/v1/key-packages/count", get(count_key_packages))
         .route("/v1/key-packages/claim", post(claim_key_packages))
         .route("/v1/groups/{group}/commits", post(commit))
-        .route("/v1/groups/{group}/messages", post(send_message))
+        .route("/v1/groups/{group}/members", get(group_members))
+        .route(
+            "/v1/groups/{group}/messages",
+            post(send_message).layer(DefaultBodyLimit::max(MESSAGE_LIMIT)),
+        )
         .route("/v1/queue", get(fetch_queue))
         .route("/v1/queue/ack", post(ack_queue))
         .route("/v1/blobs", post(create_blob))
         .route("/v1/blobs/{blob}/finish", post(finish_blob))
         .route(
             "/v1/blobs/{blob}/{index}",
-            put(put_blob_chunk).get(get_blob_chunk),
+            put(put_blob_chunk)
+                .layer(DefaultBodyLimit::max(MESSAGE_LIMIT))
+                .get(get_blob_chunk),
         )
         .merge(crate::devices::routes())
         .merge(crate::log::routes())
@@ -329,7 +356,7 @@ async fn token(
         .put_token(
             &sha256(token.as_bytes()),
             &device.device_id,
-            now() + TOKEN_TTL_SECS as i64,
+            now() + s.token_ttl_secs as i64,
         )
         .await?;
     record(
@@ -342,7 +369,7 @@ async fn token(
     .await;
     Ok(Json(TokenResponse {
         token,
-        expires_in_secs: TOKEN_TTL_SECS,
+        expires_in_secs: s.token_ttl_secs,
     }))
 }
 
@@ -433,6 +460,13 @@ async fn commit(
             "a commit carries a Welcome exactly when it adds devices",
         ));
     }
+    // Every change to an existing conversation's members comes with the MLS
+    // commit that its members apply: no fan-out change they cannot see.
+    if req.base_epoch > 0 && req.commit.is_none() {
+        return Err(ApiError::bad_request(
+            "a change to an existing conversation must carry its MLS commit",
+        ));
+    }
     let epoch = s
         .store
         .submit_commit(CommitSubmission {
@@ -449,6 +483,23 @@ async fn commit(
     Ok(Json(CommitResponse { epoch }))
 }
 
+/// The devices the server fans a conversation out to, for its members to
+/// compare with the MLS roster they hold. Only members may ask.
+async fn group_members(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Path(group): Path<String>,
+) -> ApiResult<pouch_proto::api::GroupMembers> {
+    let group_id = group_id(group)?;
+    let (epoch, devices) = s
+        .store
+        .group_members(&group_id)
+        .await?
+        .filter(|(_, m)| m.contains(&d))
+        .ok_or_else(|| ApiError::not_found("no such conversation with this device in it"))?;
+    Ok(Json(pouch_proto::api::GroupMembers { epoch, devices }))
+}
+
 async fn send_message(
     State(s): St,
     AuthDevice(d): AuthDevice,
@@ -456,9 +507,20 @@ async fn send_message(
     Json(req): Json<SendRequest>,
 ) -> ApiResult<SendResponse> {
     let group_id = group_id(group)?;
+    if let Some(b) = &req.blob {
+        blob_id(b)?;
+    }
     let recipients = s
         .store
-        .submit_message(&group_id, &d, req.epoch, &req.message, now())
+        .submit_message(&pouch_store::Message {
+            group_id: &group_id,
+            sender: &d,
+            epoch: req.epoch,
+            payload: &req.message,
+            blob: req.blob.as_deref(),
+            max_queued_bytes: s.limits.queue_bytes,
+            now: now(),
+        })
         .await?;
     Ok(Json(SendResponse { recipients }))
 }
@@ -493,7 +555,10 @@ async fn fetch_queue(
         }
         record(&s, ev).await;
     }
-    let items = s.store.fetch_queue(&d, q.after, limit).await?;
+    let items = s
+        .store
+        .fetch_queue(&d, q.after, limit, QUEUE_PAGE_BYTES)
+        .await?;
     if !items.is_empty() {
         let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
         let mut ev = Ev::new("queue_fetch")
@@ -545,12 +610,20 @@ async fn put_blob_chunk(
         ));
     }
     s.store
-        .put_blob_chunk(blob_id(&blob)?, &d, index, &body)
+        .put_blob_chunk(blob_id(&blob)?, &d, index, &body, s.limits.blob_bytes)
         .await
         .map_err(|e| match e {
             pouch_store::StoreError::NotFound => {
                 ApiError::not_found("no open blob with that id belongs to this device")
             }
+            pouch_store::StoreError::QuotaExceeded => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "this device's attachments waiting on the server passed its quota of {} MiB; wait until recipients have fetched earlier mail",
+                    s.limits.blob_bytes >> 20
+                ),
+            ),
             other => other.into(),
         })?;
     Ok(StatusCode::NO_CONTENT)

@@ -25,6 +25,9 @@
 //! 11. `audit_chain_broken` / `event_logging_interrupted` (critical);
 //! 12. `stale_device` — a device past the key-rotation window (low: a laptop
 //!     left off over a weekend is one; the security team sees the list).
+//! 13. What only a receiving device can prove, reported by it: `forged_sender`
+//!     (critical), `mail_withheld`, `sender_fork`, `membership_mismatch`
+//!     (high), `rejected_item` (medium).
 
 use crate::AppState;
 use pouch_proto::api::{Alert, EventBody};
@@ -113,6 +116,13 @@ async fn evaluate(
             format!("a device was linked with an existing device's approval ({})", ev.detail),
         )),
         "client_report_queue_gap" => out.push(alert("queue_gap", "high", ev, seq, ev.detail.clone())),
+        // What a receiving device proved the server (or a member) did: only
+        // a device can see these, since the evidence is inside the encryption.
+        "client_report_mail_withheld" => out.push(alert("mail_withheld", "high", ev, seq, ev.detail.clone())),
+        "client_report_forged_sender" => out.push(alert("forged_sender", "critical", ev, seq, ev.detail.clone())),
+        "client_report_sender_fork" => out.push(alert("sender_fork", "high", ev, seq, ev.detail.clone())),
+        "client_report_rejected_item" => out.push(alert("rejected_item", "medium", ev, seq, ev.detail.clone())),
+        "client_report_membership_mismatch" => out.push(alert("membership_mismatch", "high", ev, seq, ev.detail.clone())),
         "client_report_unlisted_device" => out.push(alert(
             "rogue_device",
             "critical",

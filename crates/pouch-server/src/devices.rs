@@ -22,15 +22,26 @@ use pouch_store::{NewDevice, NewLinkRequest, StoredList};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
+
 type St = State<Arc<AppState>>;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/device-lists/{address}", get(device_lists))
-        .route("/v1/device-lists", post(publish))
+        .route(
+            "/v1/device-lists",
+            post(publish).layer(DefaultBodyLimit::max(256 << 10)),
+        )
         .route("/v1/devices", get(own_devices))
-        .route("/v1/link", post(create_link))
-        .route("/v1/link/status", post(link_status))
+        .route(
+            "/v1/link",
+            post(create_link).layer(DefaultBodyLimit::max(crate::api::SMALL_LIMIT)),
+        )
+        .route(
+            "/v1/link/status",
+            post(link_status).layer(DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
+        )
         .route("/v1/link/{code}", get(link_info))
         .route("/v1/link/{code}/deny", post(deny_link))
         .route("/v1/admin/users/{address}/reset", post(admin_reset))
@@ -323,10 +334,31 @@ async fn create_link(
     if name.is_empty()
         || name.len() > 100
         || req.key_packages.is_empty()
-        || req.key_packages.len() > 500
+        || req.key_packages.len() > MAX_LINK_KEY_PACKAGES
     {
-        return Err(ApiError::bad_request(
-            "give a device name (1 to 100 characters) and 1 to 500 key packages",
+        return Err(ApiError::bad_request(format!(
+            "give a device name (1 to 100 characters) and 1 to {MAX_LINK_KEY_PACKAGES} key packages"
+        )));
+    }
+    // Nobody has approved anything yet: what a stranger can make the server
+    // hold is capped per account and per network address.
+    let (for_address, from_source) = s
+        .store
+        .count_pending_links(&req.address, &peer.ip().to_string())
+        .await?;
+    if for_address >= MAX_PENDING_LINKS_PER_ACCOUNT || from_source >= MAX_PENDING_LINKS_PER_SOURCE {
+        record(
+            &s,
+            Ev::new("link_request")
+                .account(&req.address)
+                .source(peer.ip())
+                .failed("too many pending link requests"),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many link requests are waiting for approval; approve or deny them, or wait until they expire",
         ));
     }
     if s.store.latest_device_list(&req.address).await?.is_none() {
@@ -373,6 +405,36 @@ async fn create_link(
     )
     .await;
     Ok(Json(LinkCreated { code, expires_at }))
+}
+
+/// Key packages a link request may carry (a device uploads 100, and more once approved).
+const MAX_LINK_KEY_PACKAGES: usize = 200;
+/// Link requests that may wait for approval at once, per account and per source address.
+const MAX_PENDING_LINKS_PER_ACCOUNT: u64 = 5;
+const MAX_PENDING_LINKS_PER_SOURCE: u64 = 20;
+
+/// Expires every pending link request whose time ran out: its device is
+/// revoked and its key packages deleted, whether or not anyone asks again.
+pub(crate) async fn sweep_links(s: &AppState) {
+    loop {
+        let overdue = match s.store.overdue_links(now(), 100).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list overdue link requests");
+                return;
+            }
+        };
+        let full = overdue.len() == 100;
+        for r in overdue {
+            if let Err(e) = settle(s, r).await {
+                tracing::error!(error = %e.body.message, "cannot expire a link request");
+                return;
+            }
+        }
+        if !full {
+            return;
+        }
+    }
 }
 
 /// Expires a pending request past its time; returns the request as it now stands.

@@ -47,6 +47,11 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, "already exists")
             }
             StoreError::NotFound => Self::not_found("not found"),
+            StoreError::QuotaExceeded => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
+                "a storage quota is full; try again once recipients have fetched their mail",
+            ),
             StoreError::Backend(detail) => {
                 // The detail stays in the server log; the client gets no internals.
                 tracing::error!(%detail, "storage failure");
@@ -111,6 +116,16 @@ impl From<GroupError> for ApiError {
             GroupError::Rejected(GroupRejection::UnknownDevice) => {
                 Self::bad_request("a device named in the commit does not exist or was revoked")
             }
+            GroupError::Rejected(GroupRejection::QueueFull { device }) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "device {device} of a recipient has too much mail waiting on the server; nothing was sent: try again once it has synced"
+                ),
+            ),
+            GroupError::Rejected(GroupRejection::UnknownBlob) => Self::bad_request(
+                "the message refers to a blob that is not a finished upload of this device",
+            ),
             GroupError::Store(s) => s.into(),
         }
     }

@@ -129,7 +129,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/activity", get(activity))
         .route("/v1/admin/events", get(admin_events))
         .route("/v1/alerts", get(own_alerts))
-        .route("/v1/reports", axum::routing::post(client_report))
+        .route(
+            "/v1/reports",
+            axum::routing::post(client_report)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
+        )
         .route("/v1/admin/alerts", get(admin_alerts))
 }
 
@@ -197,7 +201,17 @@ async fn client_report(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Json(r): Json<pouch_proto::api::ClientReport>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    if !matches!(r.kind.as_str(), "queue_gap" | "unlisted_device") || r.detail.len() > 500 {
+    if !matches!(
+        r.kind.as_str(),
+        "queue_gap"
+            | "unlisted_device"
+            | "mail_withheld"
+            | "forged_sender"
+            | "sender_fork"
+            | "rejected_item"
+            | "membership_mismatch"
+    ) || r.detail.len() > 500
+    {
         return Err(ApiError::bad_request("unknown report"));
     }
     let me = account_of(&s, &d)

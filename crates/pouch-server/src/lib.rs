@@ -18,6 +18,7 @@ mod devices;
 mod error;
 pub mod events;
 pub mod log;
+mod logkey;
 pub mod sinks;
 pub mod tls;
 pub mod witness;
@@ -32,10 +33,32 @@ use std::sync::Arc;
 pub use api::router;
 pub use error::ApiError;
 
-/// Lifetime of a device's bearer token.
+/// Default lifetime of a device's bearer token (`--token-ttl-secs`).
 pub const TOKEN_TTL_SECS: u64 = 3600;
 /// Default lifetime of an invite.
 pub const INVITE_TTL_SECS: u64 = 72 * 3600;
+
+/// What one device may make the server store. Refusals are clear errors
+/// (507 with a line to act on), never a silent drop.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes waiting in one device's queue (mail not yet fetched).
+    pub queue_bytes: u64,
+    /// Bytes of attachments (blobs) one device has on the server at once.
+    pub blob_bytes: u64,
+    /// A blob uploaded but never sent is deleted after this long.
+    pub unsent_blob_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue_bytes: 1 << 30,
+            blob_bytes: 4 << 30,
+            unsent_blob_secs: 24 * 3600,
+        }
+    }
+}
 
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -48,6 +71,10 @@ pub struct ServerConfig {
     pub rotation_secs: u64,
     /// How long a link request waits for approval.
     pub link_ttl_secs: u64,
+    /// How long a device's bearer token lasts.
+    pub token_ttl_secs: u64,
+    /// Storage bounds per device.
+    pub limits: Limits,
     /// Witnesses to send checkpoints to.
     pub witnesses: Vec<log::WitnessConfig>,
     /// Retention, detection thresholds, alert outputs, responses.
@@ -61,6 +88,8 @@ pub struct AppState {
     pub ciphersuite: u16,
     pub rotation_secs: u64,
     pub link_ttl_secs: u64,
+    pub token_ttl_secs: u64,
+    pub limits: Limits,
     pub log: log::LogState,
     pub policy: config::Policy,
     pub sinks: sinks::Sinks,
@@ -137,6 +166,33 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Makes the data directory private (0700) and, when `database_file` is
+/// given, creates it private (0600) before SQLite opens it; SQLite gives
+/// its -wal and -shm files the database file's permissions. An existing
+/// directory or file is tightened the same way.
+pub fn secure_data_dir(dir: &Path, database_file: Option<&Path>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(db) = database_file {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(db)?;
+            for suffix in ["", "-wal", "-shm"] {
+                let f = PathBuf::from(format!("{}{suffix}", db.display()));
+                if f.exists() {
+                    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Prepares the data directory, TLS identity, settings and admin token.
 pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Prepared, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -190,21 +246,11 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| StartError::Config("the stored admin token hash is damaged".into()))?;
 
-    // The log's checkpoint key: created once, shared by every node through the database.
+    // The log's checkpoint key: created once, shared by every node through
+    // the database, sealed there under a wrapping key each node holds.
     let origin = format!("{domain}/log");
-    let (fresh_private, fresh) = pouch_log::LogKey::generate(&origin);
-    let private = store
-        .init_setting("log_private_key", &fresh_private)
-        .await?;
-    let public = if private == fresh_private {
-        store
-            .init_setting("log_public_key", &fresh.verifier_key)
-            .await?
-    } else {
-        store.get_setting("log_public_key").await?.ok_or_else(|| {
-            StartError::Config("the log key is half-stored; restore the database".into())
-        })?
-    };
+    let (private, public) =
+        logkey::load_or_create(store.as_ref(), &config.data_dir, &origin).await?;
     let key = pouch_log::LogKey::from_private(&private, &public)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;
@@ -218,6 +264,8 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         ciphersuite: suite,
         rotation_secs: config.rotation_secs.max(1),
         link_ttl_secs: config.link_ttl_secs.max(1),
+        token_ttl_secs: config.token_ttl_secs.max(1),
+        limits: config.limits.clone(),
         log: log::LogState::new(origin, key, config.witnesses.clone()),
         admin_token_sha256,
     });
@@ -264,6 +312,11 @@ pub async fn serve(
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             chain.tick(&watcher).await;
+            devices::sweep_links(&watcher).await;
+            let unsent_before = now() - watcher.limits.unsent_blob_secs as i64;
+            if let Err(e) = watcher.store.collect_blobs(unsent_before).await {
+                tracing::error!(error = %e, "cannot delete unreferenced blobs");
+            }
             if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                 detect::sweep(&watcher, &mut stale).await;
                 last_sweep = Some(std::time::Instant::now());

@@ -105,6 +105,8 @@ async fn a_benign_week_raises_at_most_one_false_alert_per_thousand_mailboxes_a_d
         ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
         rotation_secs: 24 * 3600,
         link_ttl_secs: 600,
+        token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
+        limits: Default::default(),
         witnesses: Vec::new(),
         policy: Default::default(),
     };

@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0007_detection.sql"),
         include_str!("../migrations/postgres_0007_detection.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/sqlite_0008_bounds.sql"),
+        include_str!("../migrations/postgres_0008_bounds.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

@@ -9,8 +9,8 @@ use pouch_proto::{
 };
 use pouch_store::{
     Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
-    LinkRequest, NewDevice, NewLinkRequest, Result, SourceHistory, StaleMember, Store, StoreError,
-    StoredList, UnixTime, rules,
+    LinkRequest, Message, NewDevice, NewLinkRequest, Result, SourceHistory, StaleMember, Store,
+    StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -42,39 +42,93 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
 /// device row's lock until the transaction ends, so concurrent writers to one
 /// device commit in sequence order and a reader never skips a number.
 #[allow(clippy::too_many_arguments)]
-async fn enqueue(
-    conn: &mut AnyConnection,
-    device: &DeviceId,
+/// One item for one device's queue.
+struct Enqueue<'a> {
     kind: QueueKind,
-    group: &GroupId,
-    sender: &DeviceId,
+    group: &'a GroupId,
+    sender: &'a DeviceId,
     epoch: u64,
-    payload: &[u8],
+    payload: &'a [u8],
+    blob: Option<&'a str>,
     now: UnixTime,
-) -> Result<()> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE devices SET next_seq = next_seq + 1 WHERE device_id = $1 RETURNING next_seq",
+}
+
+/// Appends an item to `device`'s queue; returns the bytes its queue now holds.
+async fn enqueue(conn: &mut AnyConnection, device: &DeviceId, item: &Enqueue<'_>) -> Result<u64> {
+    let (seq, queued): (i64, i64) = sqlx::query_as(
+        "UPDATE devices SET next_seq = next_seq + 1, queued_bytes = queued_bytes + $2 \
+         WHERE device_id = $1 RETURNING next_seq, queued_bytes",
     )
     .bind(&device.0)
+    .bind(item.payload.len() as i64)
     .fetch_one(&mut *conn)
     .await
     .map_err(backend)?;
     sqlx::query(
-        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at, blob_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&device.0)
     .bind(seq)
-    .bind(kind.as_str())
-    .bind(&group.0)
-    .bind(&sender.0)
-    .bind(epoch as i64)
-    .bind(payload)
-    .bind(now)
+    .bind(item.kind.as_str())
+    .bind(&item.group.0)
+    .bind(&item.sender.0)
+    .bind(item.epoch as i64)
+    .bind(item.payload)
+    .bind(item.now)
+    .bind(item.blob)
     .execute(&mut *conn)
     .await
     .map_err(backend)?;
-    Ok(())
+    Ok(queued.max(0) as u64)
+}
+
+/// Deletes a blob (and frees its owner's quota) if it was sent and no
+/// queue item refers to it any more. Returns whether it was deleted.
+async fn collect_blob(conn: &mut AnyConnection, blob_id: &str) -> Result<bool> {
+    let still_needed: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM queue WHERE blob_id = $1 LIMIT 1")
+            .bind(blob_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+    if still_needed.is_some() {
+        return Ok(false);
+    }
+    delete_blob(conn, blob_id).await
+}
+
+/// Deletes a blob and its chunks, and takes its bytes off its owner's count.
+async fn delete_blob(conn: &mut AnyConnection, blob_id: &str) -> Result<bool> {
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(length(data)), 0) FROM blob_chunks WHERE blob_id = $1",
+    )
+    .bind(blob_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(backend)?;
+    sqlx::query("DELETE FROM blob_chunks WHERE blob_id = $1")
+        .bind(blob_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let owner: Option<String> =
+        sqlx::query_scalar("DELETE FROM blobs WHERE blob_id = $1 RETURNING owner")
+            .bind(blob_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+    if let Some(owner) = &owner {
+        sqlx::query(
+            "UPDATE devices SET blob_bytes = CASE WHEN blob_bytes > $2 THEN blob_bytes - $2 ELSE 0 END WHERE device_id = $1",
+        )
+        .bind(owner)
+        .bind(stored)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(owner.is_some())
 }
 
 async fn members(conn: &mut AnyConnection, group: &GroupId) -> Result<Vec<DeviceId>> {
@@ -231,34 +285,34 @@ impl SqlStore {
             .await
             .map_err(backend)?;
         }
+        // Commits and Welcomes are never refused for a full queue: a group
+        // that cannot move to its next epoch would be stuck for everyone.
         if let Some(commit) = &s.commit {
+            let item = Enqueue {
+                kind: QueueKind::Commit,
+                group: &s.group_id,
+                sender: &s.sender,
+                epoch: s.base_epoch,
+                payload: commit,
+                blob: None,
+                now: s.now,
+            };
             for device in &recipients {
-                enqueue(
-                    tx,
-                    device,
-                    QueueKind::Commit,
-                    &s.group_id,
-                    &s.sender,
-                    s.base_epoch,
-                    commit,
-                    s.now,
-                )
-                .await?;
+                enqueue(tx, device, &item).await?;
             }
         }
         if let Some(welcome) = &s.welcome {
+            let item = Enqueue {
+                kind: QueueKind::Welcome,
+                group: &s.group_id,
+                sender: &s.sender,
+                epoch: new_epoch,
+                payload: welcome,
+                blob: None,
+                now: s.now,
+            };
             for device in &s.added {
-                enqueue(
-                    tx,
-                    device,
-                    QueueKind::Welcome,
-                    &s.group_id,
-                    &s.sender,
-                    new_epoch,
-                    welcome,
-                    s.now,
-                )
-                .await?;
+                enqueue(tx, device, &item).await?;
             }
         }
         Ok(new_epoch)
@@ -267,35 +321,49 @@ impl SqlStore {
     async fn message_inner(
         &self,
         tx: &mut AnyConnection,
-        group: &GroupId,
-        sender: &DeviceId,
-        epoch: u64,
-        payload: &[u8],
-        now: UnixTime,
+        m: &Message<'_>,
     ) -> std::result::Result<u32, GroupError> {
-        let current = group_epoch(tx, group)
+        let current = group_epoch(tx, m.group_id)
             .await?
             .ok_or(GroupRejection::UnknownGroup)?;
-        if current != epoch {
+        if current != m.epoch {
             return Err(GroupRejection::StaleEpoch { current }.into());
         }
-        let members = members(tx, group).await?;
-        if !members.contains(sender) {
+        let members = members(tx, m.group_id).await?;
+        if !members.contains(m.sender) {
             return Err(GroupRejection::NotMember.into());
         }
-        let mut count = 0;
-        for device in members.iter().filter(|d| *d != sender) {
-            enqueue(
-                tx,
-                device,
-                QueueKind::Application,
-                group,
-                sender,
-                epoch,
-                payload,
-                now,
+        if let Some(blob) = m.blob {
+            // Only a finished blob of the sender's own, now kept while referred to.
+            let marked = sqlx::query(
+                "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND owner = $2 AND chunks IS NOT NULL",
             )
-            .await?;
+            .bind(blob)
+            .bind(&m.sender.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if marked.rows_affected() != 1 {
+                return Err(GroupRejection::UnknownBlob.into());
+            }
+        }
+        let item = Enqueue {
+            kind: QueueKind::Application,
+            group: m.group_id,
+            sender: m.sender,
+            epoch: m.epoch,
+            payload: m.payload,
+            blob: m.blob,
+            now: m.now,
+        };
+        let mut count = 0;
+        for device in members.iter().filter(|d| *d != m.sender) {
+            if enqueue(tx, device, &item).await? > m.max_queued_bytes {
+                return Err(GroupRejection::QueueFull {
+                    device: device.clone(),
+                }
+                .into());
+            }
             count += 1;
         }
         Ok(count)
@@ -310,6 +378,15 @@ impl Store for SqlStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)
+    }
+
+    async fn delete_setting(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
@@ -558,6 +635,39 @@ impl Store for SqlStore {
         }
         tx.commit().await.map_err(backend)?;
         Ok(true)
+    }
+
+    async fn count_pending_links(&self, address: &Address, source: &str) -> Result<(u64, u64)> {
+        let (by_address, by_source): (i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT count(*) FROM link_requests l JOIN devices d ON d.device_id = l.device_id \
+                 WHERE l.status = 'pending' AND d.address = $1), \
+               (SELECT count(*) FROM link_requests WHERE status = 'pending' AND source = $2)",
+        )
+        .bind(address.as_str())
+        .bind(source)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok((by_address as u64, by_source as u64))
+    }
+
+    async fn overdue_links(&self, now: UnixTime, limit: u32) -> Result<Vec<LinkRequest>> {
+        let codes: Vec<String> = sqlx::query_scalar(
+            "SELECT code FROM link_requests WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut out = Vec::new();
+        for code in codes {
+            if let Some(r) = self.link_request(&code).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     async fn revoke_device(
@@ -1104,20 +1214,19 @@ impl Store for SqlStore {
         Ok(epoch)
     }
 
-    async fn submit_message(
-        &self,
-        group_id: &GroupId,
-        sender: &DeviceId,
-        epoch: u64,
-        payload: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<u32, GroupError> {
+    async fn submit_message(&self, message: &Message<'_>) -> std::result::Result<u32, GroupError> {
         let mut tx = self.begin().await?;
-        let n = self
-            .message_inner(&mut tx, group_id, sender, epoch, payload, now)
-            .await?;
+        let n = self.message_inner(&mut tx, message).await?;
         tx.commit().await.map_err(backend)?;
         Ok(n)
+    }
+
+    async fn group_members(&self, group_id: &GroupId) -> Result<Option<(u64, Vec<DeviceId>)>> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        let Some(epoch) = group_epoch(&mut conn, group_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((epoch, members(&mut conn, group_id).await?)))
     }
 
     async fn fetch_queue(
@@ -1125,14 +1234,37 @@ impl Store for SqlStore {
         device_id: &DeviceId,
         after: u64,
         limit: u32,
+        max_bytes: u64,
     ) -> Result<Vec<QueueItem>> {
-        let rows = sqlx::query(
-            "SELECT seq, kind, group_id, sender_device, epoch, payload, received_at FROM queue \
-             WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        // Sizes first, payloads only for the items that fit.
+        let sizes: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT seq, length(payload) FROM queue WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(&device_id.0)
         .bind(after as i64)
         .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut total = 0u64;
+        let mut last = None;
+        for (seq, size) in sizes {
+            total = total.saturating_add(size.max(0) as u64);
+            if last.is_some() && total > max_bytes {
+                break;
+            }
+            last = Some(seq);
+        }
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, kind, group_id, sender_device, epoch, payload, received_at FROM queue \
+             WHERE device_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+        )
+        .bind(&device_id.0)
+        .bind(after as i64)
+        .bind(last)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
@@ -1156,12 +1288,30 @@ impl Store for SqlStore {
 
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64> {
         let mut tx = self.begin().await?;
-        let done = sqlx::query("DELETE FROM queue WHERE device_id = $1 AND seq <= $2")
-            .bind(&device_id.0)
-            .bind(up_to as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let gone: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING length(payload), blob_id",
+        )
+        .bind(&device_id.0)
+        .bind(up_to as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let freed: i64 = gone.iter().map(|(n, _)| *n).sum();
+        sqlx::query(
+            "UPDATE devices SET queued_bytes = CASE WHEN queued_bytes > $2 THEN queued_bytes - $2 ELSE 0 END WHERE device_id = $1",
+        )
+        .bind(&device_id.0)
+        .bind(freed)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        // A blob goes once the last queue item that refers to it is acknowledged.
+        let mut blobs: Vec<&str> = gone.iter().filter_map(|(_, b)| b.as_deref()).collect();
+        blobs.sort();
+        blobs.dedup();
+        for blob in blobs {
+            collect_blob(&mut tx, blob).await?;
+        }
         sqlx::query(
             "UPDATE devices SET acked_up_to = CASE WHEN acked_up_to < $2 THEN $2 ELSE acked_up_to END \
              WHERE device_id = $1",
@@ -1172,7 +1322,7 @@ impl Store for SqlStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(done.rows_affected())
+        Ok(gone.len() as u64)
     }
 
     async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64> {
@@ -1272,12 +1422,46 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn collect_blobs(&self, unsent_before: UnixTime) -> Result<u64> {
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT blob_id FROM blobs b WHERE \
+               (NOT b.referenced AND b.created_at < $1) \
+               OR (b.referenced AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.blob_id = b.blob_id)) \
+             LIMIT 1000",
+        )
+        .bind(unsent_before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut deleted = 0;
+        for blob in candidates {
+            let mut tx = self.begin().await?;
+            // Checked again inside the transaction: a send may have referred to it since.
+            let gone = sqlx::query_scalar::<_, i64>(
+                "SELECT CASE WHEN referenced THEN 1 ELSE 0 END FROM blobs WHERE blob_id = $1",
+            )
+            .bind(&blob)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let done = match gone {
+                Some(1) => collect_blob(&mut tx, &blob).await?,
+                Some(_) => delete_blob(&mut tx, &blob).await?,
+                None => false,
+            };
+            tx.commit().await.map_err(backend)?;
+            deleted += done as u64;
+        }
+        Ok(deleted)
+    }
+
     async fn put_blob_chunk(
         &self,
         blob_id: &str,
         owner: &DeviceId,
         index: u32,
         data: &[u8],
+        max_owned_bytes: u64,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         let open: Option<(String,)> = sqlx::query_as(
@@ -1290,6 +1474,28 @@ impl Store for SqlStore {
         .map_err(backend)?;
         if open.is_none() {
             return Err(StoreError::NotFound);
+        }
+        // The owner's stored bytes, counted as chunks arrive (a retried
+        // chunk replaces the earlier copy and its count).
+        let earlier: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(length(data)), 0) FROM blob_chunks WHERE blob_id = $1 AND idx = $2",
+        )
+        .bind(blob_id)
+        .bind(index as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let owned: i64 = sqlx::query_scalar(
+            "UPDATE devices SET blob_bytes = blob_bytes + $2 - $3 WHERE device_id = $1 RETURNING blob_bytes",
+        )
+        .bind(&owner.0)
+        .bind(data.len() as i64)
+        .bind(earlier)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if owned.max(0) as u64 > max_owned_bytes {
+            return Err(StoreError::QuotaExceeded);
         }
         // A retried upload of the same chunk replaces it.
         sqlx::query(
@@ -1476,6 +1682,7 @@ async fn revoke_in(
         "DELETE FROM auth_tokens WHERE device_id = $1",
         "DELETE FROM key_packages WHERE device_id = $1",
         "DELETE FROM queue WHERE device_id = $1",
+        "UPDATE devices SET queued_bytes = 0 WHERE device_id = $1",
     ] {
         sqlx::query(sql)
             .bind(&device.0)

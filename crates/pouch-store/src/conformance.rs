@@ -177,7 +177,17 @@ pub async fn run(store: &dyn Store) {
         now,
     };
     assert_eq!(store.submit_commit(create).await.unwrap(), 1);
-    let stale = store.submit_message(&g, &a1_id, 0, b"m0", now).await;
+    let stale = store
+        .submit_message(&Message {
+            group_id: &g,
+            sender: &a1_id,
+            epoch: 0,
+            payload: b"m0",
+            blob: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await;
     assert!(matches!(
         stale,
         Err(GroupError::Rejected(GroupRejection::StaleEpoch {
@@ -186,20 +196,44 @@ pub async fn run(store: &dyn Store) {
     ));
     assert_eq!(
         store
-            .submit_message(&g, &a1_id, 1, b"m1", now)
+            .submit_message(&Message {
+                group_id: &g,
+                sender: &a1_id,
+                epoch: 1,
+                payload: b"m1",
+                blob: None,
+                max_queued_bytes: u64::MAX,
+                now
+            })
             .await
             .unwrap(),
         1
     );
     assert_eq!(
         store
-            .submit_message(&g, &b1_id, 1, b"m2", now)
+            .submit_message(&Message {
+                group_id: &g,
+                sender: &b1_id,
+                epoch: 1,
+                payload: b"m2",
+                blob: None,
+                max_queued_bytes: u64::MAX,
+                now
+            })
             .await
             .unwrap(),
         1
     );
     let outsider = store
-        .submit_message(&g, &DeviceId("zz".into()), 1, b"m", now)
+        .submit_message(&Message {
+            group_id: &g,
+            sender: &DeviceId("zz".into()),
+            epoch: 1,
+            payload: b"m",
+            blob: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
         .await;
     assert!(matches!(
         outsider,
@@ -235,13 +269,33 @@ pub async fn run(store: &dyn Store) {
     );
 
     // Bob's queue: welcome, Alice's message, in order; Bob's own is not echoed.
-    let q = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
+    let q = store.fetch_queue(&b1_id, 0, 100, u64::MAX).await.unwrap();
     let kinds: Vec<_> = q.iter().map(|i| i.kind).collect();
     assert_eq!(kinds, vec![QueueKind::Welcome, QueueKind::Application]);
     assert_eq!(q[1].payload, b"m1");
     assert!(q.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Paged by bytes: the first item always comes, then only what fits.
+    let first_size = q[0].payload.len() as u64;
+    let paged = store.fetch_queue(&b1_id, 0, 100, 1).await.unwrap();
+    assert_eq!(
+        paged.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        vec![q[0].seq]
+    );
+    let both = first_size + q[1].payload.len() as u64;
+    assert_eq!(
+        store.fetch_queue(&b1_id, 0, 100, both).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store
+            .fetch_queue(&b1_id, 0, 100, both - 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // Alice's queue: Bob's message and Bob's commit.
-    let qa = store.fetch_queue(&a1_id, 0, 100).await.unwrap();
+    let qa = store.fetch_queue(&a1_id, 0, 100, u64::MAX).await.unwrap();
     assert_eq!(
         qa.iter().map(|i| i.payload.as_slice()).collect::<Vec<_>>(),
         vec![&b"m2"[..], b"c-b"]
@@ -283,12 +337,12 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(second, seen(None, Some(now), 1));
     let back = store.see_source(&b1_id, "10.0.0.1", now + 2).await.unwrap();
     assert_eq!(back, seen(Some(now), Some(now + 1), 2));
-    let rest = store.fetch_queue(&b1_id, 0, 100).await.unwrap();
+    let rest = store.fetch_queue(&b1_id, 0, 100, u64::MAX).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].seq, q[1].seq);
     assert_eq!(
         store
-            .fetch_queue(&b1_id, q[1].seq, 100)
+            .fetch_queue(&b1_id, q[1].seq, 100, u64::MAX)
             .await
             .unwrap()
             .len(),
@@ -301,14 +355,123 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(store.submit_commit(remove).await.unwrap(), 3);
     assert_eq!(
         store
-            .submit_message(&g, &a1_id, 3, b"after", now)
+            .submit_message(&Message {
+                group_id: &g,
+                sender: &a1_id,
+                epoch: 3,
+                payload: b"after",
+                blob: None,
+                max_queued_bytes: u64::MAX,
+                now
+            })
             .await
             .unwrap(),
         0
     );
-    let last = store.fetch_queue(&b1_id, q[1].seq, 100).await.unwrap();
+    let last = store
+        .fetch_queue(&b1_id, q[1].seq, 100, u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].payload, b"c-remove");
+
+    // Bounded storage: a blob lives while a queue item refers to it; a
+    // message that would overfill a recipient's queue is refused whole.
+    let g2 = GroupId("cd".repeat(16));
+    store
+        .submit_commit(CommitSubmission {
+            group_id: g2.clone(),
+            sender: a1_id.clone(),
+            base_epoch: 0,
+            commit: None,
+            welcome: Some(b"w2".to_vec()),
+            added: vec![b1_id.clone()],
+            removed: vec![],
+            now,
+        })
+        .await
+        .unwrap();
+    store.create_blob("big1", &a1_id, now).await.unwrap();
+    store
+        .put_blob_chunk("big1", &a1_id, 0, b"0123456789", u64::MAX)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_blob_chunk("big1", &a1_id, 1, b"0123456789", 15)
+            .await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    store.finish_blob("big1", &a1_id, 1, 10).await.unwrap();
+    let msg = |payload: &'static [u8], blob: Option<&'static str>, max: u64| Message {
+        group_id: &g2,
+        sender: &a1_id,
+        epoch: 1,
+        payload,
+        blob,
+        max_queued_bytes: max,
+        now,
+    };
+    assert!(matches!(
+        store
+            .submit_message(&msg(b"ref", Some("nope"), u64::MAX))
+            .await,
+        Err(GroupError::Rejected(GroupRejection::UnknownBlob))
+    ));
+    let queued = store
+        .fetch_queue(&b1_id, 0, 100, u64::MAX)
+        .await
+        .unwrap()
+        .len();
+    assert!(matches!(
+        store.submit_message(&msg(&[0u8; 64], None, 10)).await,
+        Err(GroupError::Rejected(GroupRejection::QueueFull { .. }))
+    ));
+    assert_eq!(
+        store
+            .fetch_queue(&b1_id, 0, 100, u64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        queued,
+        "a refused message leaves nothing behind"
+    );
+    store
+        .submit_message(&msg(b"ref", Some("big1"), u64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.collect_blobs(now + 1_000_000).await.unwrap(),
+        0,
+        "still referred to"
+    );
+    assert!(store.blob_chunk("big1", 0).await.unwrap().is_some());
+    let pending = store.fetch_queue(&b1_id, 0, 100, u64::MAX).await.unwrap();
+    store
+        .ack_queue(&b1_id, pending.last().unwrap().seq)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blob_chunk("big1", 0).await.unwrap(),
+        None,
+        "gone once fetched"
+    );
+    // An upload never sent goes after its time.
+    store.create_blob("unsent", &a1_id, now).await.unwrap();
+    store
+        .put_blob_chunk("unsent", &a1_id, 0, b"x", u64::MAX)
+        .await
+        .unwrap();
+    store.finish_blob("unsent", &a1_id, 1, 1).await.unwrap();
+    assert_eq!(store.collect_blobs(now).await.unwrap(), 0);
+    assert_eq!(store.collect_blobs(now + 1).await.unwrap(), 1);
+    assert_eq!(store.blob_chunk("unsent", 0).await.unwrap(), None);
+    // Quotas count what is stored: after the deletions the owner has room again.
+    store.create_blob("again", &a1_id, now).await.unwrap();
+    store
+        .put_blob_chunk("again", &a1_id, 0, b"0123456789", 15)
+        .await
+        .unwrap();
 
     // Device lists: versions are taken once; publishing approves and revokes.
     let first_list = store.latest_device_list(&alice).await.unwrap().unwrap();
@@ -668,12 +831,12 @@ pub async fn run(store: &dyn Store) {
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();
     store
-        .put_blob_chunk("blob1", &a1_id, 0, b"chunk0")
+        .put_blob_chunk("blob1", &a1_id, 0, b"chunk0", u64::MAX)
         .await
         .unwrap();
     assert!(
         store
-            .put_blob_chunk("blob1", &b1_id, 1, b"evil")
+            .put_blob_chunk("blob1", &b1_id, 1, b"evil", u64::MAX)
             .await
             .is_err()
     );
@@ -683,7 +846,7 @@ pub async fn run(store: &dyn Store) {
         "finished with a chunk missing"
     );
     store
-        .put_blob_chunk("blob1", &a1_id, 1, b"chunk1")
+        .put_blob_chunk("blob1", &a1_id, 1, b"chunk1", u64::MAX)
         .await
         .unwrap();
     store.finish_blob("blob1", &a1_id, 2, 12).await.unwrap();
@@ -693,7 +856,7 @@ pub async fn run(store: &dyn Store) {
     );
     assert!(
         store
-            .put_blob_chunk("blob1", &a1_id, 0, b"late")
+            .put_blob_chunk("blob1", &a1_id, 0, b"late", u64::MAX)
             .await
             .is_err(),
         "a finished blob changed"

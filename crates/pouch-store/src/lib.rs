@@ -29,6 +29,8 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
+    #[error("storage quota exceeded")]
+    QuotaExceeded,
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -166,6 +168,10 @@ pub enum GroupRejection {
     UnknownGroup,
     #[error("a device named in the commit does not exist or is revoked")]
     UnknownDevice,
+    #[error("the queue of device {device} is full")]
+    QueueFull { device: DeviceId },
+    #[error("no finished blob with that id belongs to the sending device")]
+    UnknownBlob,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +182,20 @@ pub enum GroupError {
     Store(#[from] StoreError),
 }
 
+/// An application message handed to the delivery service.
+pub struct Message<'a> {
+    pub group_id: &'a GroupId,
+    pub sender: &'a DeviceId,
+    pub epoch: u64,
+    pub payload: &'a [u8],
+    /// The blob this message refers to (its id is visible anyway, when
+    /// recipients download it): kept until no queue item refers to it.
+    pub blob: Option<&'a str>,
+    /// The most a recipient's queue may hold, this message included.
+    pub max_queued_bytes: u64,
+    pub now: UnixTime,
+}
+
 /// The server's whole persistent state. Implementations must be safe to use
 /// from several server processes at once (PostgreSQL) or one (SQLite).
 #[async_trait]
@@ -184,6 +204,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_setting(&self, key: &str) -> Result<Option<String>>;
     /// Sets the value only if the key is not set yet; returns the stored value.
     async fn init_setting(&self, key: &str, value: &str) -> Result<String>;
+    /// Removes a setting (a secret moved elsewhere); true if it was there.
+    async fn delete_setting(&self, key: &str) -> Result<bool>;
 
     // --- users and invites ---
     async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime)
@@ -227,6 +249,11 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a pending request to `status`; a refused or expired one also revokes its device.
     /// Returns false when the request was no longer pending.
     async fn finish_link_request(&self, code: &str, status: &str, now: UnixTime) -> Result<bool>;
+    /// How many link requests are pending for `address`, and from `source`.
+    async fn count_pending_links(&self, address: &Address, source: &str) -> Result<(u64, u64)>;
+    /// Pending link requests whose time ran out by `now` (at most `limit`),
+    /// for the sweeper that expires them and frees what they hold.
+    async fn overdue_links(&self, now: UnixTime, limit: u32) -> Result<Vec<LinkRequest>>;
     /// Revokes a device; with `log_entry`, records the revocation in the
     /// transparency log in the same transaction.
     async fn revoke_device(
@@ -343,20 +370,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         submission: CommitSubmission,
     ) -> std::result::Result<u64, GroupError>;
-    /// Queues an application message for every member but the sender.
-    async fn submit_message(
-        &self,
-        group_id: &GroupId,
-        sender: &DeviceId,
-        epoch: u64,
-        payload: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<u32, GroupError>;
+    /// Queues an application message for every member but the sender. The
+    /// message is refused whole when any recipient's queue would hold more
+    /// than `max_queued_bytes` (nothing is ever dropped for some members).
+    async fn submit_message(&self, message: &Message<'_>) -> std::result::Result<u32, GroupError>;
+    /// A group's current epoch and member devices (None: no such group).
+    async fn group_members(&self, group_id: &GroupId) -> Result<Option<(u64, Vec<DeviceId>)>>;
+    /// The device's queue after `after`, in order: at most `limit` items,
+    /// and no more than `max_bytes` of payload (but always the first item),
+    /// so one fetch never holds more than that in memory.
     async fn fetch_queue(
         &self,
         device_id: &DeviceId,
         after: u64,
         limit: u32,
+        max_bytes: u64,
     ) -> Result<Vec<QueueItem>>;
     /// Deletes every item up to and including `up_to`; returns how many.
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
@@ -384,14 +412,22 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<SourceHistory>;
 
+    /// Deletes blobs nothing refers to any more: sent ones no queue item
+    /// refers to, and never-sent ones created before `unsent_before`.
+    /// Returns how many.
+    async fn collect_blobs(&self, unsent_before: UnixTime) -> Result<u64>;
+
     // --- blobs (opaque encrypted chunks) ---
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;
+    /// Stores a chunk of an open blob; refused with `QuotaExceeded` when the
+    /// owner's stored blob bytes would pass `max_owned_bytes`.
     async fn put_blob_chunk(
         &self,
         blob_id: &str,
         owner: &DeviceId,
         index: u32,
         data: &[u8],
+        max_owned_bytes: u64,
     ) -> Result<()>;
     async fn finish_blob(
         &self,

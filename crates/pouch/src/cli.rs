@@ -217,6 +217,15 @@ struct ServerArgs {
     /// How long a new device's link request waits for approval (seconds).
     #[arg(long, default_value_t = 600)]
     link_ttl_secs: u64,
+    /// How long a device's sign-in token lasts (seconds); devices renew it before it runs out.
+    #[arg(long, default_value_t = pouch_server::TOKEN_TTL_SECS)]
+    token_ttl_secs: u64,
+    /// Mail waiting for one device, at most (MiB); a send that would pass it is refused.
+    #[arg(long, default_value_t = 1024)]
+    max_queue_mib: u64,
+    /// Attachments one device may have waiting on the server (MiB).
+    #[arg(long, default_value_t = 4096)]
+    max_blob_mib: u64,
     /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
     #[arg(long)]
     witness: Vec<String>,
@@ -979,8 +988,12 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
     }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+        let sqlite_file = args.data_dir.join("pouch.db");
+        pouch_server::secure_data_dir(
+            &args.data_dir,
+            args.database_url.is_none().then_some(sqlite_file.as_path()),
+        )
+        .with_context(|| format!("cannot prepare data directory {}", args.data_dir.display()))?;
         let store: Arc<dyn pouch_store::Store> = match &args.database_url {
             Some(url) => Arc::new(pouch_store_sql::SqlStore::connect(url).await?),
             None => Arc::new(
@@ -1001,6 +1014,12 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             ciphersuite: suite,
             rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
             link_ttl_secs: args.link_ttl_secs,
+            token_ttl_secs: args.token_ttl_secs,
+            limits: pouch_server::Limits {
+                queue_bytes: args.max_queue_mib << 20,
+                blob_bytes: args.max_blob_mib << 20,
+                ..Default::default()
+            },
             witnesses: args
                 .witness
                 .iter()

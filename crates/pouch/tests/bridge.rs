@@ -7,70 +7,7 @@ mod common;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-/// A running `pouch bridge` for one device.
-struct Bridge {
-    child: Child,
-    imap_port: u16,
-    smtp_port: u16,
-    password: String,
-}
-
-impl Bridge {
-    fn start(device: &Client) -> Bridge {
-        Bridge::start_with(device, &[])
-    }
-
-    fn start_with(device: &Client, extra: &[&str]) -> Bridge {
-        let password = String::from_utf8(device.ok(&["bridge", "--show-password"]))
-            .unwrap()
-            .trim()
-            .to_string();
-        let mut child = device
-            .cmd()
-            .args([
-                "bridge",
-                "--imap",
-                "127.0.0.1:0",
-                "--smtp",
-                "127.0.0.1:0",
-                "--sync-secs",
-                "1",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = |line: &str| -> u16 { line.rsplit(':').next().unwrap().parse().unwrap() };
-        let (mut imap_port, mut smtp_port) = (0, 0);
-        while imap_port == 0 || smtp_port == 0 {
-            let line = lines.next().expect("the bridge exited early").unwrap();
-            if let Some(addr) = line.strip_prefix("IMAP listening on ") {
-                imap_port = port(addr);
-            }
-            if let Some(addr) = line.strip_prefix("SMTP listening on ") {
-                smtp_port = port(addr);
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Bridge {
-            child,
-            imap_port,
-            smtp_port,
-            password,
-        }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Stdio};
 
 /// Runs a Python snippet; returns stdout, or panics with stderr.
 fn python(script: &str, args: &[&str]) -> String {

@@ -177,6 +177,21 @@ impl Server {
             .unwrap()
     }
 
+    /// Every alert the security team's stream holds (`pouch admin alerts --json`).
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let out = self.admin(&self.data_dir, &["alerts", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// A fresh invite for `address`, issued with this server's own token.
     pub fn invite(&self, address: &str) -> String {
         self.invite_with(&self.data_dir, address, &[])
@@ -514,4 +529,135 @@ pub fn device_id_of(c: &Client) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A running `pouch bridge` for one device.
+pub struct Bridge {
+    pub child: Child,
+    pub imap_port: u16,
+    pub smtp_port: u16,
+    pub password: String,
+}
+
+impl Bridge {
+    pub fn start(device: &Client) -> Bridge {
+        Bridge::start_with(device, &[])
+    }
+
+    pub fn start_with(device: &Client, extra: &[&str]) -> Bridge {
+        let password = String::from_utf8(device.ok(&["bridge", "--show-password"]))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut child = device
+            .cmd()
+            .args([
+                "bridge",
+                "--imap",
+                "127.0.0.1:0",
+                "--smtp",
+                "127.0.0.1:0",
+                "--sync-secs",
+                "1",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = |line: &str| -> u16 { line.rsplit(':').next().unwrap().parse().unwrap() };
+        let (mut imap_port, mut smtp_port) = (0, 0);
+        while imap_port == 0 || smtp_port == 0 {
+            let line = lines.next().expect("the bridge exited early").unwrap();
+            if let Some(addr) = line.strip_prefix("IMAP listening on ") {
+                imap_port = port(addr);
+            }
+            if let Some(addr) = line.strip_prefix("SMTP listening on ") {
+                smtp_port = port(addr);
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Bridge {
+            child,
+            imap_port,
+            smtp_port,
+            password,
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw connection to one of the bridge's ports.
+pub struct Raw {
+    reader: BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        // A server that stops reading must not hang the test's writes.
+        s.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        Raw {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        let _ = self.reader.read_line(&mut l);
+        l
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.writer.write_all(bytes)
+    }
+
+    /// Sends a tagged command; returns every line up to its tagged answer.
+    pub fn command(&mut self, tag: &str, command: &str) -> Vec<String> {
+        self.send(format!("{tag} {command}\r\n").as_bytes())
+            .unwrap();
+        self.until(tag)
+    }
+
+    pub fn until(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line();
+            assert!(!l.is_empty(), "connection closed; got {lines:?}");
+            let done = l.starts_with(&format!("{tag} "));
+            lines.push(l);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// Reads until the server closes the connection; returns what it said.
+    pub fn rest(&mut self) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        let _ = self.reader.read_to_string(&mut out);
+        out
+    }
+
+    pub fn imap_login(port: u16, password: &str) -> Raw {
+        let mut c = Raw::connect(port);
+        assert!(c.line().starts_with("* OK"));
+        let answer = c.command("l", &format!("LOGIN alice@pouch.local {password}"));
+        assert!(answer.last().unwrap().starts_with("l OK"), "{answer:?}");
+        c
+    }
 }

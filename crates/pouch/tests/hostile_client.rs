@@ -1,0 +1,197 @@
+//! A hostile (or broken) mail client against the bridge: inputs that once
+//! took it down — a sequence set of four billion numbers, a LIST pattern with
+//! exponential backtracking, lines and literals without end, a flood of
+//! connections, password guessing across connections. Each is refused
+//! cleanly, the bridge keeps serving another session, and its memory stays
+//! under a stated bound (measured from /proc).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// Peak resident memory the bridge may reach during these attacks. A device
+/// with its caches sits near 40 MiB; one APPEND may hold a 64 MiB literal.
+const RSS_BOUND_MIB: u64 = 200;
+
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Another session still gets a greeting and an answer: the bridge serves on.
+fn still_serving(bridge: &Bridge) {
+    let mut c = Raw::imap_login(bridge.imap_port, &bridge.password);
+    let answer = c.command("n", "NOOP");
+    assert!(answer.last().unwrap().starts_with("n OK"), "{answer:?}");
+}
+
+#[test]
+fn the_bridge_survives_a_hostile_imap_client() {
+    let dir = Scratch::new("hostile-imap");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Hi",
+        "--body",
+        "x",
+    ]);
+    let bridge = Bridge::start(&alice);
+    let pid = bridge.child.id();
+
+    let mut c = Raw::imap_login(bridge.imap_port, &bridge.password);
+    // A folder with a long name, for the pattern below.
+    let long = "Archive".repeat(9);
+    assert!(
+        c.command("c", &format!("CREATE {long}"))
+            .last()
+            .unwrap()
+            .starts_with("c OK")
+    );
+    c.command("s", "SELECT INBOX");
+
+    // Four billion UIDs in one set: answered from the mailbox, not expanded.
+    let answer = c.command("f", "UID FETCH 1:4294967295 (FLAGS)");
+    assert!(answer.last().unwrap().starts_with("f OK"), "{answer:?}");
+    assert!(answer.len() <= 3, "one message at most: {answer:?}");
+    let answer = c.command("g", "UID FETCH 1:*,2:4294967295,4294967295 (UID)");
+    assert!(answer.last().unwrap().starts_with("g OK"), "{answer:?}");
+    let answer = c.command("h", "UID SEARCH UID 1:4294967295");
+    assert!(answer.last().unwrap().starts_with("h OK"), "{answer:?}");
+
+    // A pattern that backtracking would take ages over: matched in linear time.
+    let pattern = format!("{}Z", "*".repeat(2000));
+    let answer = c.command("p", &format!("LIST \"\" \"{pattern}\""));
+    assert!(answer.last().unwrap().starts_with("p OK"), "{answer:?}");
+    assert_eq!(answer.len(), 1, "nothing ends in Z: {answer:?}");
+    let answer = c.command("q", &format!("LIST \"\" \"{}e\"", "%".repeat(2000)));
+    assert!(answer.iter().any(|l| l.contains(&long)), "{answer:?}");
+    still_serving(&bridge);
+
+    // A literal larger than the cap is refused before a byte of it is read.
+    c.send(b"a APPEND INBOX {999999999}\r\n").unwrap();
+    let refusal = c.rest();
+    assert!(refusal.contains("a NO Literal too large"), "{refusal}");
+    still_serving(&bridge);
+
+    // Before login: no big literal, no long line.
+    let mut stranger = Raw::connect(bridge.imap_port);
+    stranger.line();
+    stranger.send(b"x LOGIN {100000}\r\n").unwrap();
+    assert!(stranger.rest().contains("x NO Literal too large"));
+    let mut stranger = Raw::connect(bridge.imap_port);
+    stranger.line();
+    let line = vec![b'a'; 20 * 1024];
+    let _ = stranger.send(&line);
+    let said = stranger.rest();
+    assert!(said.contains("BYE Command too long"), "{said}");
+
+    // After login, a quoted string of 80 MiB without an end: closed at the cap.
+    let mut big = Raw::imap_login(bridge.imap_port, &bridge.password);
+    let _ = big.send(b"b SEARCH SUBJECT \"");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..80 {
+        if big.send(&chunk).is_err() {
+            break;
+        }
+    }
+    assert!(big.rest().contains("BYE Command too long"));
+    still_serving(&bridge);
+
+    let peak = peak_rss_mib(pid);
+    eprintln!("bridge peak RSS after the IMAP attacks: {peak} MiB");
+    assert!(peak < RSS_BOUND_MIB, "peak RSS {peak} MiB");
+}
+
+#[test]
+fn the_bridge_caps_connections_and_slows_password_guessing() {
+    let dir = Scratch::new("hostile-conns");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bridge = Bridge::start(&alice);
+
+    // A flood of idle connections: those past the cap are told and closed,
+    // and once the flood ends the port serves again.
+    let mut held = Vec::new();
+    for _ in 0..70 {
+        held.push(Raw::connect(bridge.imap_port));
+    }
+    let greetings: Vec<String> = held.iter_mut().map(|c| c.line()).collect();
+    let refused = greetings
+        .iter()
+        .filter(|g| g.contains("Too many connections"))
+        .count();
+    assert_eq!(refused, 70 - 64, "{greetings:?}");
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Raw::connect(bridge.imap_port);
+        if c.line().starts_with("* OK") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port never served again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Password guessing over many connections at once: after ten attempts
+    // each further guess waits its turn (1 s, doubling), so forty connections
+    // buy a dozen guesses in a few seconds rather than forty.
+    let guesses: Vec<_> = (0..40)
+        .map(|i| {
+            let port = bridge.imap_port;
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(port);
+                c.line();
+                let _ = c.send(format!("g LOGIN alice@pouch.local wrong{i}\r\n").as_bytes());
+                // The answer (NO), or nothing if the bridge is gone by then.
+                c.line()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    let (done, waiting): (Vec<_>, Vec<_>) = guesses.into_iter().partition(|g| g.is_finished());
+    let answers: Vec<String> = done.into_iter().map(|g| g.join().unwrap()).collect();
+    assert!(
+        answers.iter().all(|a| a.starts_with("g NO")),
+        "every answered guess is refused: {answers:?}"
+    );
+    assert!(
+        answers.len() <= 13,
+        "{} guesses answered in 4 s; the throttle should allow about 12: {answers:?}",
+        answers.len()
+    );
+    drop(waiting);
+
+    // SMTP: an AUTH line without end is cut off at the cap.
+    let mut smtp = Raw::connect(bridge.smtp_port);
+    assert!(smtp.line().starts_with("220"));
+    smtp.send(b"EHLO x\r\n").unwrap();
+    while !smtp.line().starts_with("250 ") {}
+    smtp.send(b"AUTH PLAIN\r\n").unwrap();
+    assert!(smtp.line().starts_with("334"));
+    let chunk = vec![b'A'; 1 << 20];
+    for _ in 0..20 {
+        if smtp.send(&chunk).is_err() {
+            break;
+        }
+    }
+    assert!(smtp.rest().contains("500 5.5.2 Line too long"));
+    // And so is a command line.
+    let mut smtp = Raw::connect(bridge.smtp_port);
+    smtp.line();
+    let _ = smtp.send(&vec![b'B'; 1 << 20]);
+    assert!(smtp.rest().contains("Line too long"));
+}

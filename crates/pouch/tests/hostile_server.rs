@@ -1,0 +1,659 @@
+//! The intruder who owns the server, or a member with a modified client,
+//! against a receiving device. Each attack is played against a real server
+//! (its database edited between steps, or driven by a client the test wrote
+//! itself), and each must be caught by the receiver: a non-zero `pouch sync`,
+//! an inbox notice, an alert to the security team — and nothing shown as
+//! genuine mail.
+
+mod common;
+use common::*;
+use pouch_client::net::Api;
+use pouch_proto::api;
+use pouch_proto::devices::{DeviceListBody, ListedDevice};
+use pouch_proto::envelope::{ChainLink, Content, Envelope};
+use pouch_proto::{Address, DeviceId, GroupId};
+use std::rc::Rc;
+
+fn subjects(c: &Client) -> Vec<String> {
+    c.inbox()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Alerts the security team received, as (rule, summary).
+fn alerts(server: &Server) -> Vec<(String, String)> {
+    server
+        .alerts()
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["summary"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (briefly) for an alert of `rule` whose summary contains `needle`.
+fn wait_for_alert(server: &Server, rule: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some((_, s)) = alerts(server)
+            .into_iter()
+            .find(|(r, s)| r == rule && s.contains(needle))
+        {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {rule} alert mentioning {needle:?}; alerts: {:?}",
+            alerts(server)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `pouch sync` that must fail with exit 3 (a security finding); returns stderr.
+fn sync_finds(c: &Client) -> String {
+    let out = c.run(&["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "sync should report a finding: {err}"
+    );
+    err
+}
+
+fn mail(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{}@forged>\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nTransfer the funds.\r\n",
+        rand::random::<u64>()
+    )
+    .into_bytes()
+}
+
+/// A client the attacker wrote: an honestly enrolled account whose device
+/// then builds MLS messages the real client never would.
+struct ModifiedClient {
+    api: Api,
+    provider: openmls_libcrux_crypto::Provider,
+    signer: pouch_mls::DeviceSigner,
+    suite: pouch_mls::Ciphersuite,
+}
+
+impl ModifiedClient {
+    fn enroll(server: &Server, address: &str) -> Self {
+        let invite = pouch_proto::invite::Invite::decode(&server.invite(address)).unwrap();
+        let api = Api::new(&invite.server, &invite.fingerprint).unwrap();
+        let info: api::ServerInfo = api.get_json("/v1/info").unwrap();
+        let suite = pouch_mls::ciphersuite(info.ciphersuite).unwrap();
+        let provider = openmls_libcrux_crypto::Provider::default();
+        let signer = pouch_mls::new_device_signer(&provider).unwrap();
+        let address = Address::parse(address).unwrap();
+        let device_id = DeviceId(format!("{:032x}", rand::random::<u128>()));
+        let account = pouch_client::devices::AccountKey::generate();
+        let body = DeviceListBody {
+            address: address.clone(),
+            version: 1,
+            previous: None,
+            account_key: account.public(),
+            devices: vec![ListedDevice {
+                device_id: device_id.clone(),
+                signature_key: signer.to_public_vec(),
+                name: "modified".into(),
+                added_at: 0,
+                added_from: None,
+            }],
+            issued_at: 0,
+            reason: "enrolled".into(),
+        };
+        let kps = pouch_mls::key_packages(&provider, suite, &signer, &address, 5, false).unwrap();
+        let last = pouch_mls::key_packages(&provider, suite, &signer, &address, 1, true).unwrap();
+        let _: api::EnrollResponse = api
+            .post_json(
+                "/v1/enroll",
+                &api::EnrollRequest {
+                    address: address.clone(),
+                    device_id: device_id.clone(),
+                    device_list: account.sign(&body),
+                    invite_secret: invite.secret_bytes().unwrap(),
+                    device_name: "modified".into(),
+                    signature_key: signer.to_public_vec(),
+                    key_packages: kps,
+                    last_resort_key_package: last[0].clone(),
+                },
+            )
+            .unwrap();
+        let s = pouch_mls::load_device_signer(&provider, signer.public()).unwrap();
+        api.sign_in(
+            &device_id,
+            Rc::new(move |p| Ok(pouch_mls::sign_raw(&s, p).unwrap())),
+        )
+        .unwrap();
+        ModifiedClient {
+            api,
+            provider,
+            signer,
+            suite,
+        }
+    }
+
+    /// Starts a conversation with `to`, its creator's leaf naming
+    /// `claimed` and carrying the key of `signer`, and sends one mail from
+    /// `claimed` in it. The server accepts: it cannot look inside.
+    fn forge(
+        &self,
+        signer: &pouch_mls::DeviceSigner,
+        claimed: &str,
+        to: &str,
+        subject: &str,
+    ) -> (GroupId, DeviceId) {
+        let to_address = Address::parse(to).unwrap();
+        let claim: api::ClaimResponse = self
+            .api
+            .post(
+                "/v1/key-packages/claim",
+                &api::ClaimRequest {
+                    addresses: vec![to_address.clone()],
+                    only: vec![],
+                },
+            )
+            .unwrap();
+        let d = &claim.devices[0];
+        let kp = pouch_mls::validate_key_package(
+            &self.provider,
+            self.suite,
+            &pouch_mls::ClaimedPackage {
+                bytes: &d.key_package,
+                address: &d.address,
+                signature_key: &d.signature_key,
+            },
+        )
+        .unwrap();
+        let (mut group, out) = pouch_mls::create_conversation(
+            &self.provider,
+            self.suite,
+            signer,
+            &Address::parse(claimed).unwrap(),
+            &[kp],
+        )
+        .unwrap();
+        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+        let _: api::CommitResponse = self
+            .api
+            .post(
+                &format!("/v1/groups/{gid}/commits"),
+                &api::CommitRequest {
+                    base_epoch: 0,
+                    commit: None,
+                    welcome: out.welcome,
+                    added: vec![d.device_id.clone()],
+                    removed: vec![],
+                },
+            )
+            .unwrap();
+        pouch_mls::merge_pending(&self.provider, &mut group).unwrap();
+        let mut envelope = Envelope::new(Content::Inline {
+            rfc5322: mail(claimed, to, subject),
+        });
+        envelope.chain = Some(ChainLink {
+            n: 1,
+            prev: String::new(),
+        });
+        let sealed =
+            pouch_mls::seal(&self.provider, signer, &mut group, &envelope.to_bytes()).unwrap();
+        let _: api::SendResponse = self
+            .api
+            .post(
+                &format!("/v1/groups/{gid}/messages"),
+                &api::SendRequest {
+                    epoch: pouch_mls::epoch(&group),
+                    message: sealed,
+                    blob: None,
+                },
+            )
+            .unwrap();
+        (gid, d.device_id.clone())
+    }
+}
+
+#[test]
+fn mail_from_an_account_reset_behind_the_receivers_back_is_held_until_accepted() {
+    let dir = Scratch::new("hostile-reset");
+    let server = Server::start(&dir.path("server"), None);
+    let ceo = user(&dir, &server, "ceo");
+    let bob = user(&dir, &server, "bob");
+    ceo.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Genuine",
+        "--body",
+        "1",
+    ]);
+    bob.ok(&["sync"]); // Bob pins the CEO's account key.
+
+    // Whoever holds the administrator token resets the CEO and enrolls a device of their own.
+    let out = server.admin(&server.data_dir, &["user", "reset", "ceo@pouch.local"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invite = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let impostor = Client::enroll(dir.path("impostor"), &invite, "ceo@pouch.local");
+    impostor.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Wire the money",
+        "--body",
+        "now",
+    ]);
+
+    // Bob's device holds it back: not shown as the CEO's mail, exit 3, the reason said.
+    let err = sync_finds(&bob);
+    assert!(
+        err.contains("the account key of ceo@pouch.local has changed"),
+        "{err}"
+    );
+    assert!(!subjects(&bob).contains(&"Wire the money".to_string()));
+    assert!(
+        subjects(&bob).iter().any(|s| s.contains("held back")),
+        "{:?}",
+        subjects(&bob)
+    );
+    // Still held on the next sync: nothing is decided for the user.
+    let err = sync_finds(&bob);
+    assert!(err.contains("held back"), "{err}");
+    assert!(!subjects(&bob).contains(&"Wire the money".to_string()));
+
+    // Having compared the key with the CEO in person, Bob accepts it: the mail is released.
+    bob.ok(&["verify", "ceo@pouch.local", "--accept"]);
+    let report = bob.sync();
+    assert_eq!(
+        report["new_messages"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert!(subjects(&bob).contains(&"Wire the money".to_string()));
+    // Released once, and nothing is held any more.
+    let out = bob.run(&["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        subjects(&bob)
+            .iter()
+            .filter(|s| *s == "Wire the money")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_credential_naming_another_address_is_refused_and_reported() {
+    let dir = Scratch::new("hostile-credential");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Genuine",
+        "--body",
+        "1",
+    ]);
+    bob.ok(&["sync"]);
+
+    // Mallory, an ordinary user with a modified client, signs with her own
+    // listed device key but writes Alice's address into the credential.
+    let mallory = ModifiedClient::enroll(&server, "mallory@pouch.local");
+    mallory.forge(
+        &mallory.signer,
+        "alice@pouch.local",
+        "bob@pouch.local",
+        "From Alice, honest",
+    );
+
+    let err = sync_finds(&bob);
+    assert!(err.contains("forged sender"), "{err}");
+    assert!(err.contains("alice@pouch.local"), "{err}");
+    let shown = subjects(&bob);
+    assert!(
+        !shown.contains(&"From Alice, honest".to_string()),
+        "{shown:?}"
+    );
+    assert!(
+        shown.iter().any(|s| s.contains("forged sender")),
+        "no inbox notice: {shown:?}"
+    );
+    wait_for_alert(&server, "forged_sender", "alice@pouch.local");
+}
+
+#[test]
+fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
+    let dir = Scratch::new("hostile-unlisted");
+    let server = Server::start(&dir.path("server"), None);
+    let bob = user(&dir, &server, "bob");
+    let mallory = ModifiedClient::enroll(&server, "mallory@pouch.local");
+
+    // A key of Mallory's making that no list of hers (or anyone's) names,
+    // under her own address: a device the account never signed for.
+    let unlisted = pouch_mls::new_device_signer(&mallory.provider).unwrap();
+    mallory.forge(
+        &unlisted,
+        "mallory@pouch.local",
+        "bob@pouch.local",
+        "Unlisted",
+    );
+
+    let err = sync_finds(&bob);
+    assert!(err.contains("forged sender"), "{err}");
+    assert!(!subjects(&bob).contains(&"Unlisted".to_string()));
+    wait_for_alert(&server, "forged_sender", "mallory@pouch.local");
+
+    // The honest path still works for Mallory's real device afterwards.
+    let (group, bob_device) = mallory.forge(
+        &mallory.signer,
+        "mallory@pouch.local",
+        "bob@pouch.local",
+        "Honest",
+    );
+    let out = bob.run(&["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(subjects(&bob).contains(&"Honest".to_string()));
+
+    // But she cannot drop Bob from the server's fan-out without an MLS
+    // commit that Bob would apply (and see).
+    let refused: Result<api::CommitResponse, _> = mallory.api.post(
+        &format!("/v1/groups/{group}/commits"),
+        &api::CommitRequest {
+            base_epoch: 1,
+            commit: None,
+            welcome: None,
+            added: vec![],
+            removed: vec![bob_device],
+        },
+    );
+    let err = refused.unwrap_err().to_string();
+    assert!(err.contains("must carry its MLS commit"), "{err}");
+}
+
+/// Bob's device id and the queue rows waiting for it, as (seq, kind).
+fn queue_of(server: &Server, c: &Client) -> (String, Vec<(i64, String)>) {
+    let device = device_id_of(c);
+    let db = server.db();
+    let mut stmt = db
+        .prepare("SELECT seq, kind FROM queue WHERE device_id = ?1 ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([&device], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (device, rows)
+}
+
+/// Alice writes three mails to Bob in one conversation; Bob has not synced yet.
+fn three_mails(dir: &Scratch, server: &Server) -> (Client, Client) {
+    let alice = user(dir, server, "alice");
+    let bob = user(dir, server, "bob");
+    let first = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "One",
+        "--body",
+        "1",
+        "--json",
+    ]);
+    let id = first["id"].to_string();
+    for (subject, body) in [("Two", "2"), ("Three", "3")] {
+        alice.ok(&[
+            "send",
+            "--reply-to",
+            &id,
+            "--to",
+            "bob@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            body,
+        ]);
+    }
+    (alice, bob)
+}
+
+#[test]
+fn a_message_dropped_and_the_queue_renumbered_is_reported_as_withheld() {
+    let dir = Scratch::new("hostile-drop");
+    let server = Server::start(&dir.path("server"), None);
+    let (_alice, bob) = three_mails(&dir, &server);
+    let (device, rows) = queue_of(&server, &bob);
+    let apps: Vec<i64> = rows
+        .iter()
+        .filter(|(_, k)| k == "application")
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(apps.len(), 3, "{rows:?}");
+    // The intruder deletes the second mail and closes the gap, leaving no trace in the numbering.
+    let db = server.db();
+    db.execute(
+        "DELETE FROM queue WHERE device_id = ?1 AND seq = ?2",
+        rusqlite::params![device, apps[1]],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE queue SET seq = seq - 1 WHERE device_id = ?1 AND seq > ?2",
+        rusqlite::params![device, apps[1]],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE devices SET next_seq = next_seq - 1 WHERE device_id = ?1",
+        [&device],
+    )
+    .unwrap();
+    drop(db);
+
+    let err = sync_finds(&bob);
+    assert!(err.contains("message 2 from alice@pouch.local"), "{err}");
+    assert!(err.contains("withheld"), "{err}");
+    // No queue gap: the numbering was closed, so it is not blamed on a copy of the device.
+    assert!(!err.contains("a copy of this device fetched them"), "{err}");
+    let shown = subjects(&bob);
+    assert!(shown.contains(&"One".to_string()) && shown.contains(&"Three".to_string()));
+    assert!(!shown.contains(&"Two".to_string()));
+    assert!(
+        shown.iter().any(|s| s.contains("withheld")),
+        "no inbox notice: {shown:?}"
+    );
+    wait_for_alert(&server, "mail_withheld", "message 2 from alice@pouch.local");
+}
+
+#[test]
+fn a_reordered_pair_is_reported_and_both_mails_are_kept() {
+    let dir = Scratch::new("hostile-reorder");
+    let server = Server::start(&dir.path("server"), None);
+    let (_alice, bob) = three_mails(&dir, &server);
+    let (device, rows) = queue_of(&server, &bob);
+    let apps: Vec<i64> = rows
+        .iter()
+        .filter(|(_, k)| k == "application")
+        .map(|(s, _)| *s)
+        .collect();
+    // The intruder swaps the second and third mails.
+    let db = server.db();
+    for (from, to) in [(apps[1], -1), (apps[2], apps[1]), (-1, apps[2])] {
+        db.execute(
+            "UPDATE queue SET seq = ?3 WHERE device_id = ?1 AND seq = ?2",
+            rusqlite::params![device, from, to],
+        )
+        .unwrap();
+    }
+    drop(db);
+
+    let err = sync_finds(&bob);
+    assert!(err.contains("message 2 from alice@pouch.local"), "{err}");
+    assert!(err.contains("arrived after message 3"), "{err}");
+    let shown = subjects(&bob);
+    for s in ["One", "Two", "Three"] {
+        assert!(shown.contains(&s.to_string()), "{s} missing: {shown:?}");
+    }
+    wait_for_alert(&server, "mail_withheld", "arrived after message 3");
+}
+
+#[test]
+fn a_junk_welcome_is_refused_and_reported() {
+    let dir = Scratch::new("hostile-welcome");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let alice_device = device_id_of(&alice);
+    let (device, _) = queue_of(&server, &bob);
+    let db = server.db();
+    let next: i64 = db
+        .query_row(
+            "SELECT next_seq FROM devices WHERE device_id = ?1",
+            [&device],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
+         VALUES (?1, ?2, 'welcome', 'deadbeef', ?3, 1, ?4, 0)",
+        rusqlite::params![device, next + 1, alice_device, vec![7u8; 300]],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE devices SET next_seq = ?2 WHERE device_id = ?1",
+        rusqlite::params![device, next + 1],
+    )
+    .unwrap();
+    drop(db);
+
+    let err = sync_finds(&bob);
+    assert!(err.contains("rejected queue item"), "{err}");
+    let shown = subjects(&bob);
+    assert!(
+        shown.iter().any(|s| s.contains("could not be opened")),
+        "no inbox notice: {shown:?}"
+    );
+    assert_eq!(
+        bob.inbox()
+            .iter()
+            .filter(|m| m["from"] != "pouch-system")
+            .count(),
+        0,
+        "nothing shown as mail"
+    );
+    wait_for_alert(&server, "rejected_item", "welcome in conversation deadbeef");
+}
+
+#[test]
+fn the_servers_state_is_private_and_its_log_key_sealed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("hostile-state");
+    let server = Server::start(&dir.path("server"), None);
+    let _alice = user(&dir, &server, "alice");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&server.data_dir), 0o700);
+    for f in ["pouch.db", "log-wrap.key", "tls-key.pem", "admin.token"] {
+        assert_eq!(mode(&server.data_dir.join(f)), 0o600, "{f}");
+    }
+    // Whoever copies the database alone cannot sign a checkpoint.
+    let db = server.db();
+    let clear: Option<String> = db
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'log_private_key'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    assert_eq!(
+        clear, None,
+        "the log's private key in clear in the database"
+    );
+    let sealed: String = db
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'log_private_key_sealed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!sealed.contains("PRIVATE+KEY"), "{sealed}");
+    // The server restarts from the sealed key: the log is signed by the same key as before.
+    let before = log_key_of(&server);
+    drop(server);
+    let server = Server::start(&dir.path("server"), None);
+    assert_eq!(log_key_of(&server), before);
+}
+
+#[test]
+fn a_member_dropped_from_the_fan_out_without_a_commit_is_reported() {
+    let dir = Scratch::new("hostile-members");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let carol = user(&dir, &server, "carol");
+    let first = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--cc",
+        "carol@pouch.local",
+        "--subject",
+        "Plan",
+        "--body",
+        "1",
+        "--json",
+    ]);
+    bob.ok(&["sync"]);
+    carol.ok(&["sync"]);
+    // The intruder silently stops delivering the conversation to Carol.
+    let carol_device = device_id_of(&carol);
+    server
+        .db()
+        .execute(
+            "DELETE FROM group_members WHERE device_id = ?1",
+            [&carol_device],
+        )
+        .unwrap();
+    alice.ok(&[
+        "send",
+        "--reply-to",
+        &first["id"].to_string(),
+        "--to",
+        "bob@pouch.local",
+        "--cc",
+        "carol@pouch.local",
+        "--subject",
+        "Plan, revised",
+        "--body",
+        "2",
+    ]);
+    let err = sync_finds(&bob);
+    assert!(err.contains("no longer delivers to member device"), "{err}");
+    assert!(err.contains(&carol_device), "{err}");
+    assert!(
+        subjects(&bob)
+            .iter()
+            .any(|s| s.contains("changed who receives")),
+        "{:?}",
+        subjects(&bob)
+    );
+    wait_for_alert(&server, "membership_mismatch", &carol_device);
+}
