@@ -64,6 +64,11 @@ pub struct Thresholds {
     /// How often the stale-device and retention sweeps run.
     #[serde(with = "humantime_serde")]
     pub sweep_every: Duration,
+    /// How often the whole kept audit chain is re-verified: the longest an
+    /// *edited* old event goes unnoticed (new events and deletions are
+    /// checked every 2 s).
+    #[serde(with = "humantime_serde")]
+    pub chain_full_check: Duration,
 }
 
 impl Default for Thresholds {
@@ -78,6 +83,7 @@ impl Default for Thresholds {
             dormant_after: Duration::from_secs(60 * 86_400),
             cloned_address_returns: 2,
             sweep_every: Duration::from_secs(60),
+            chain_full_check: Duration::from_secs(300),
         }
     }
 }

@@ -302,12 +302,14 @@ pub async fn serve(
         h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
     // The audit chain is checked every 2 s (new events, row count; the whole
-    // chain every 5 minutes); stale devices and retention every sweep period.
+    // chain every `chain_full_check`, 5 minutes by default); stale devices and
+    // retention every sweep period.
     let watcher = prepared.state.clone();
     tokio::spawn(async move {
         let tick = std::time::Duration::from_secs(2);
         let sweep_every = watcher.policy.detection.sweep_every.max(tick);
-        let mut chain = detect::ChainWatch::new(150);
+        let full_every = watcher.policy.detection.chain_full_check.as_secs() / tick.as_secs();
+        let mut chain = detect::ChainWatch::new(full_every);
         let mut stale = std::collections::HashSet::new();
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {

@@ -94,6 +94,18 @@ Dear colleagues,\r\n.a line that starts with a dot\r\nGr\xc3\xbc\xc3\x9fe\r\n"
         .unwrap();
     let shown = m.to_string();
     assert!(!shown.contains("dave"), "{shown}");
+    // By conversation: Bob and Carol share one; Dave's copy is in another.
+    let conversation = |who: &Client| -> String {
+        who.inbox()
+            .iter()
+            .find(|m| m["subject"] == "Demarche on fisheries")
+            .unwrap()["conversation"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(conversation(&bob), conversation(&carol));
+    assert_ne!(conversation(&dave), conversation(&bob));
     // One Sent copy.
     assert_eq!(
         alice
@@ -124,6 +136,18 @@ Subject: With a Bcc field\r\nMessage-ID: <bcc-2@pouch.local>\r\n\r\nbody\r\n"
         .to_vec();
     assert_eq!(received(&bob, "With a Bcc field"), stripped);
     assert_eq!(received(&dave, "With a Bcc field"), stripped);
+    let conversation_of = |who: &Client| {
+        who.inbox()
+            .iter()
+            .find(|m| m["subject"] == "With a Bcc field")
+            .unwrap()["conversation"]
+            .clone()
+    };
+    assert_ne!(
+        conversation_of(&bob),
+        conversation_of(&dave),
+        "the blind copy travels in a conversation of its own"
+    );
     let sent = alice.sent();
     let mine = sent
         .iter()

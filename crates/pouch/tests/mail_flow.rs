@@ -14,6 +14,40 @@ const BODY_MARKER: &str = "MARKER-BODY-8d22a9";
 const REPLY_MARKER: &str = "MARKER-REPLY-5e0b13";
 const ATTACHMENT_MARKER: &[u8] = b"MARKER-ATTACHMENT-77aa";
 
+/// The forms `marker` takes inside base64 (standard and URL-safe, at each of
+/// the three alignments it can start at) and in quoted-printable.
+fn encoded_forms(marker: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let mut forms = Vec::new();
+    for shift in 0..3usize {
+        let mut buf = vec![0u8; shift];
+        buf.extend_from_slice(marker);
+        // Characters that depend only on the marker: skip those touching the
+        // unknown bytes before it, and the last group, which the bytes after
+        // it complete.
+        let start = (shift * 4).div_ceil(3);
+        let full = buf.len() / 3 * 4;
+        for engine in [&STANDARD, &URL_SAFE] {
+            let encoded = engine.encode(&buf);
+            if full > start + 8 {
+                forms.push(encoded.as_bytes()[start..full].to_vec());
+            }
+        }
+    }
+    let qp: Vec<u8> = marker
+        .iter()
+        .flat_map(|&b| {
+            if b == b'=' || !(33..=126).contains(&b) {
+                format!("={b:02X}").into_bytes()
+            } else {
+                vec![b]
+            }
+        })
+        .collect();
+    forms.push(qp);
+    forms
+}
+
 fn scenario(backend: &str, database: Option<&PgDatabase>) {
     let dir = Scratch::new(backend);
     let server = Server::start(&dir.path("server"), database.map(|d| d.url.as_str()));
@@ -145,15 +179,39 @@ fn scenario(backend: &str, database: Option<&PgDatabase>) {
         "the scan missed the database rows ({backend})"
     );
     let b64_line = base64::engine::general_purpose::STANDARD.encode(&attachment[..57]);
-    let needles: Vec<(&str, Vec<u8>)> = vec![
-        ("subject", SUBJECT_MARKER.as_bytes().to_vec()),
-        ("body", BODY_MARKER.as_bytes().to_vec()),
-        ("reply body", REPLY_MARKER.as_bytes().to_vec()),
-        ("attachment bytes", ATTACHMENT_MARKER.to_vec()),
-        ("attachment as base64", b64_line.into_bytes()),
-        ("attachment random bytes", attachment[1000..1032].to_vec()),
-        ("attachment name", b"report-2026.bin".to_vec()),
+    let mut needles: Vec<(String, Vec<u8>)> = vec![
+        ("subject".into(), SUBJECT_MARKER.as_bytes().to_vec()),
+        ("body".into(), BODY_MARKER.as_bytes().to_vec()),
+        ("reply body".into(), REPLY_MARKER.as_bytes().to_vec()),
+        ("attachment bytes".into(), ATTACHMENT_MARKER.to_vec()),
+        ("attachment as base64".into(), b64_line.into_bytes()),
+        (
+            "attachment random bytes".into(),
+            attachment[1000..1032].to_vec(),
+        ),
+        ("attachment name".into(), b"report-2026.bin".to_vec()),
     ];
+    // Text also travels encoded (the envelope carries the message in base64;
+    // a MIME part may be quoted-printable): look for every such form too.
+    for (what, marker) in [
+        ("subject", SUBJECT_MARKER.as_bytes()),
+        ("body", BODY_MARKER.as_bytes()),
+        ("reply body", REPLY_MARKER.as_bytes()),
+        ("attachment bytes", ATTACHMENT_MARKER),
+        ("attachment name", b"report-2026.bin".as_slice()),
+    ] {
+        for form in encoded_forms(marker) {
+            needles.push((format!("{what} (encoded)"), form));
+        }
+    }
+    // Control: the encoded forms are found where they are.
+    let sample = base64::engine::general_purpose::STANDARD.encode(format!("xy{BODY_MARKER}z"));
+    assert!(
+        encoded_forms(BODY_MARKER.as_bytes())
+            .iter()
+            .any(|f| contains(sample.as_bytes(), f)),
+        "the base64 needles cannot match"
+    );
     for (what, needle) in needles {
         assert!(
             !contains(&server_bytes, &needle),

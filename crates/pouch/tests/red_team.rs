@@ -68,6 +68,17 @@ impl SecurityTeam {
 
     /// Waits (until 5 s after `started`) for `rule` on every output; returns the API's record.
     fn expect(&self, server: &Server, rule: &str, started: Instant) -> Value {
+        self.expect_within(server, rule, started, Duration::from_secs(5))
+    }
+
+    /// As [`Self::expect`], with a stated time limit.
+    fn expect_within(
+        &self,
+        server: &Server,
+        rule: &str,
+        started: Instant,
+        limit: Duration,
+    ) -> Value {
         loop {
             let api = admin_alerts(server).into_iter().find(|a| a["rule"] == rule);
             let file = std::fs::read_to_string(&self.ocsf_file)
@@ -92,8 +103,8 @@ impl SecurityTeam {
                 return a.clone();
             }
             assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{rule} did not reach every output within 5 s: api {}, OCSF file {file}, syslog {syslog}, webhook {webhook}",
+                started.elapsed() < limit,
+                "{rule} did not reach every output within {limit:?}: api {}, OCSF file {file}, syslog {syslog}, webhook {webhook}",
                 api.is_some()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -498,6 +509,40 @@ fn an_event_row_deleted_from_the_database() {
     );
     // Tampering with the record concerns every account: each device is told.
     other_device_is_told(&alice, "audit_chain_broken", started);
+}
+
+#[test]
+fn an_event_edited_in_the_database_is_found_by_the_full_check() {
+    let dir = Scratch::new("rt-edit");
+    let team = SecurityTeam::listen(&dir);
+    // The whole chain is re-verified every 4 s here (every 5 minutes by default).
+    let server = server_for(&dir, &team, "[detection]\nchain_full_check = \"4s\"\n");
+    let alice = user(&dir, &server, "alice");
+    alice.sync();
+    // An intruder rewrites an old event, leaving the count alone.
+    let edited = server
+        .db()
+        .execute(
+            "UPDATE events SET body = replace(body, '\"', '\"x') WHERE seq = 2 AND body LIKE '%\"%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(edited, 1);
+    let started = Instant::now();
+    let a = team.expect_within(
+        &server,
+        "audit_chain_broken",
+        started,
+        Duration::from_secs(8),
+    );
+    assert_eq!(a["severity"], "critical");
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("event 2 does not match the chain"),
+        "{a}"
+    );
 }
 
 #[test]
