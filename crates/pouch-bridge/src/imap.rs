@@ -1602,6 +1602,9 @@ pub async fn session(
     // A command is complete only at a line end: the buffer is parsed again
     // only when one arrived, so a long line costs one parse, not one per read.
     let mut line_ended = false;
+    // Before login the whole session has one deadline (not one per read):
+    // a stranger cannot hold a slot by sending a NOOP now and then.
+    let login_deadline = std::time::Instant::now() + idle_limit(false);
     loop {
         if !line_ended {
             let limit = if s.authenticated {
@@ -1616,7 +1619,12 @@ pub async fn session(
                 return Ok(());
             }
             let before = buf.len();
-            if !read_more(&mut stream, &mut buf, idle_limit(s.authenticated)).await {
+            let idle = if s.authenticated {
+                idle_limit(true)
+            } else {
+                login_deadline.saturating_duration_since(std::time::Instant::now())
+            };
+            if idle.is_zero() || !read_more(&mut stream, &mut buf, idle).await {
                 let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
                 return Ok(());
             }

@@ -303,10 +303,15 @@ pub async fn session(
     let mut state = State::Command;
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    // Before login the whole session has one minute, not one per read.
+    let login_deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        // RFC 5321 (4.5.3.2) gives a server 5 minutes per command; before
-        // login a stranger on the port gets one.
-        let idle = std::time::Duration::from_secs(if s.authenticated { 300 } else { 60 });
+        // RFC 5321 (4.5.3.2) gives a server 5 minutes per command.
+        let idle = if s.authenticated {
+            std::time::Duration::from_secs(300)
+        } else {
+            login_deadline.saturating_duration_since(std::time::Instant::now())
+        };
         let n = match tokio::time::timeout(idle, conn.read(&mut chunk)).await {
             Ok(n) => n?,
             Err(_) => {

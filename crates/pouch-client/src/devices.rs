@@ -160,6 +160,11 @@ impl Device {
         let history: api::DeviceListHistory =
             self.api.get_json(&format!("/v1/device-lists/{address}"))?;
         let mut body = verify_history(address, &history.lists)?;
+        // The newest signed version as it is: what a receiver checks a
+        // speaker against (the witness rule below narrows only whom this
+        // device encrypts to; a device the account signed for may speak
+        // before the witnesses have cosigned its addition).
+        let newest: Vec<Vec<u8>> = body.devices.iter().map(|d| d.signature_key.clone()).collect();
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         if let Some(latest) = history.lists.last() {
             let witnessed = self.check_included(address, body.version, latest)?;
@@ -213,14 +218,13 @@ impl Device {
         // Devices of every version signed by `key`: what a receiver may
         // believe a member to be (a device removed since was a member then;
         // the commit that removes it comes from its account's own devices).
-        let under_key = |key: &[u8], latest: &DeviceListBody| -> Vec<Vec<u8>> {
+        let under_key = |key: &[u8]| -> Vec<Vec<u8>> {
             history
                 .lists
                 .iter()
                 .filter_map(|l| l.body_unverified().ok())
-                .filter(|b| b.account_key == key && b.version < latest.version)
+                .filter(|b| b.account_key == key)
                 .flat_map(|b| b.devices.into_iter().map(|d| d.signature_key))
-                .chain(latest.devices.iter().map(|d| d.signature_key.clone()))
                 .collect()
         };
         if address == &self.address {
@@ -231,9 +235,18 @@ impl Device {
                 // device (the approving device signed it), and the key it
                 // receives must be the key that signed it.
                 None if body.lists(&self.device_id, self.signer.public()) => {
-                    self.local
-                        .set_meta("expected_account_key", &hex::encode(&body.account_key))?;
-                    body.account_key.clone()
+                    // Pinned once: a later list cannot swap in another key.
+                    match self.local.meta("expected_account_key")? {
+                        Some(pinned) => hex::decode(pinned)
+                            .map_err(|_| ClientError::Local("damaged account key pin".into()))?,
+                        None => {
+                            self.local.set_meta(
+                                "expected_account_key",
+                                &hex::encode(&body.account_key),
+                            )?;
+                            body.account_key.clone()
+                        }
+                    }
                 }
                 None => {
                     return Err(ClientError::Security(format!(
@@ -250,7 +263,8 @@ impl Device {
                 &self.local,
                 address,
                 &mine,
-                &under_key(&mine, &body),
+                &under_key(&mine),
+                &newest,
             )?;
             return Ok(body);
         }
@@ -290,7 +304,8 @@ impl Device {
             &self.local,
             address,
             &body.account_key,
-            &under_key(&body.account_key, &body),
+            &under_key(&body.account_key),
+            &newest,
         )?;
         Ok(body)
     }

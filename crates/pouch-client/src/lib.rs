@@ -1093,8 +1093,10 @@ impl Device {
                 blob,
             },
         );
+        // A refusal (4xx, or 507 for a full queue) rolled the message back
+        // on the server: its link is given back, so receivers see no gap.
         if let Err(ClientError::Server { status, .. }) = &sent
-            && *status < 500
+            && (*status < 500 || *status == 507)
         {
             receipt::restore_link(&self.local, &gid, &link)?;
         }
@@ -1158,7 +1160,7 @@ impl Device {
             }
             let mut last = cursor;
             for item in batch.items {
-                if !self.process(&item, &mut report)? {
+                if !self.process(&item, &mut report, false)? {
                     touched.insert(item.group_id.clone());
                 }
                 last = item.seq;
@@ -1195,7 +1197,26 @@ impl Device {
 
     /// Applies one queue item. Returns whether it was held back (a member's
     /// account key changed) rather than applied or rejected.
-    fn process(&mut self, item: &QueueItem, report: &mut SyncReport) -> Result<bool> {
+    fn process(&mut self, item: &QueueItem, report: &mut SyncReport, replaying: bool) -> Result<bool> {
+        // The server hands out each position once, after the cursor; one it
+        // hands out again (to slip a message in under a stored one's number)
+        // is refused unopened.
+        let cursor: u64 = self
+            .local
+            .meta("queue_cursor")?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if !replaying && item.seq <= cursor {
+            self.reject(
+                item,
+                ClientError::Invalid(format!(
+                    "the server delivered queue position {} again, after this device had processed it",
+                    item.seq
+                )),
+                report,
+            )?;
+            return Ok(false);
+        }
         // Later items of a conversation wait behind a held one: they depend on it.
         if let Some(address) = self.held_before(item)? {
             self.hold(item, &address)?;
@@ -1391,10 +1412,24 @@ impl Device {
             let item: QueueItem = serde_json::from_str(&json)
                 .map_err(|_| ClientError::Local("a held queue item is damaged".into()))?;
             // Other rows of the same conversation must not block it: it is the earliest.
-            if !self.process(&item, report)? {
-                self.local
-                    .conn
-                    .execute("DELETE FROM held WHERE server_seq = ?1", [seq])?;
+            match self.process(&item, report, true) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.local
+                        .conn
+                        .execute("DELETE FROM held WHERE server_seq = ?1", [seq])?;
+                }
+                // Its blob is gone from the server (every other recipient
+                // fetched it while this one waited): refused, said so.
+                Err(e @ ClientError::Server { status: 404, .. }) => {
+                    self.reject(&item, e, report)?;
+                    self.local
+                        .conn
+                        .execute("DELETE FROM held WHERE server_seq = ?1", [seq])?;
+                }
+                // The server is unreachable: try again next sync, and let
+                // this one go on with the queue.
+                Err(_) => break,
             }
         }
         Ok(())
@@ -1436,15 +1471,28 @@ impl Device {
     /// senders) to the security team, and to the caller.
     fn flush_findings(&mut self, report: &mut SyncReport) -> Result<()> {
         for (id, kind, detail) in receipt::take_findings(&self.local)? {
-            // Truncated to what the server accepts; the inbox notice has it whole.
-            let short: String = detail.chars().take(480).collect();
-            let _ = self.api.post_empty(
+            // Truncated to what the server accepts (500 bytes); the inbox
+            // notice has it whole.
+            let mut end = detail.len().min(480);
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            let posted = self.api.post_empty(
                 "/v1/reports",
                 &api::ClientReport {
                     kind: kind.clone(),
-                    detail: short,
+                    detail: detail[..end].to_string(),
                 },
             );
+            // Kept for the next sync unless the server took it (or will never).
+            if let Err(ClientError::Unreachable(..) | ClientError::Server { status: 500.., .. }) =
+                posted
+            {
+                if !report.rejected.iter().any(|(_, r)| *r == detail) {
+                    report.alerts.push(detail);
+                }
+                continue;
+            }
             // A refused item is already in the report, as refused.
             if !report.rejected.iter().any(|(_, r)| *r == detail) {
                 report.alerts.push(detail);
@@ -1773,11 +1821,12 @@ fn advance_cursor(l: &LocalStore, seq: u64) -> Result<()> {
 fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Result<Step> {
     match item.kind {
         QueueKind::Welcome => {
-            let group = pouch_mls::join(&l.provider, &item.payload)?;
-            // Every member the Welcome shows, the adder included, must be a
-            // device its account signed for.
+            let (group, adder) = pouch_mls::join(&l.provider, &item.payload)?;
+            // The adder must be a device its account names now; every other
+            // member one its account signed for.
+            let roster = pouch_mls::roster(&group);
             if let receipt::Authentication::NeedLists(a) =
-                receipt::authenticate(l, &pouch_mls::roster(&group), fetched)?
+                receipt::authenticate(l, &receipt::roster_with(&roster, &adder), fetched)?
             {
                 return Ok(Step::NeedLists(a));
             }
@@ -1798,10 +1847,12 @@ fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Re
         QueueKind::Commit => {
             let mut group = load(l, &item.group_id)?;
             match pouch_mls::open(&l.provider, &mut group, &item.payload)? {
-                Opened::Commit | Opened::Proposal => {
-                    // After the commit: every member (those it added, and any
-                    // leaf it changed) must be on its account's signed list.
-                    match receipt::authenticate(l, &pouch_mls::roster(&group), fetched)? {
+                Opened::Commit { committer: speaker } | Opened::Proposal { proposer: speaker } => {
+                    // The committer must be a device its account names now;
+                    // after the commit, every member (those it added, and
+                    // any leaf it changed) one its account signed for.
+                    let roster = pouch_mls::roster(&group);
+                    match receipt::authenticate(l, &receipt::roster_with(&roster, &speaker), fetched)? {
                         receipt::Authentication::NeedLists(a) => Ok(Step::NeedLists(a)),
                         receipt::Authentication::Verified => Ok(Step::Committed),
                     }
@@ -1857,8 +1908,9 @@ fn finish_application(
             } => (sender, sender_key, payload),
             _ => return Ok(Step::Committed),
         };
+    let speaker = (Some(sender.clone()), sender_key.clone());
     if let receipt::Authentication::NeedLists(a) =
-        receipt::authenticate(l, &[(Some(sender.clone()), sender_key.clone())], fetched)?
+        receipt::authenticate(l, &[(&speaker, receipt::Role::Speaker)], fetched)?
     {
         return Ok(Step::NeedLists(a));
     }

@@ -35,10 +35,13 @@ use std::collections::BTreeMap;
 pub(crate) const SCHEMA: &str = "
 -- Device keys this device verified on a signed device list, with the
 -- account key that signed it (only versions under the pinned key).
+-- `current`: on the newest version this device verified (a device that may
+-- speak now); the others were members once and may still sit in a group.
 CREATE TABLE IF NOT EXISTS verified_keys (
     address TEXT NOT NULL,
     signature_key BLOB NOT NULL,
     account_key BLOB NOT NULL,
+    current INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (address, signature_key, account_key)
 );
 -- Queue items held back until the user decides about a changed account key.
@@ -119,18 +122,29 @@ fn pinned_key(l: &LocalStore, address: &Address) -> Result<Option<Vec<u8>>> {
         .optional()?)
 }
 
-/// Records devices verified on `address`'s list signed by `account_key`.
-pub(crate) fn remember_verified<'a>(
+/// Records the devices verified on `address`'s lists signed by
+/// `account_key`: every version's (`all`), and which of them the newest
+/// version names (`current`).
+pub(crate) fn remember_verified(
     l: &LocalStore,
     address: &Address,
     account_key: &[u8],
-    keys: impl IntoIterator<Item = &'a Vec<u8>>,
+    all: &[Vec<u8>],
+    current: &[Vec<u8>],
 ) -> Result<()> {
-    let mut stmt = l.conn.prepare_cached(
-        "INSERT OR IGNORE INTO verified_keys (address, signature_key, account_key) VALUES (?1, ?2, ?3)",
+    l.conn.execute(
+        "UPDATE verified_keys SET current = 0 WHERE address = ?1",
+        [address.as_str()],
     )?;
-    for k in keys {
-        stmt.execute(params![address.as_str(), k, account_key])?;
+    let mut stmt = l.conn.prepare_cached(
+        "INSERT INTO verified_keys (address, signature_key, account_key, current) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (address, signature_key, account_key) DO UPDATE SET current = excluded.current",
+    )?;
+    for k in all {
+        stmt.execute(params![address.as_str(), k, account_key, current.contains(k)])?;
+    }
+    for k in current.iter().filter(|k| !all.contains(k)) {
+        stmt.execute(params![address.as_str(), k, account_key, true])?;
     }
     Ok(())
 }
@@ -139,34 +153,60 @@ fn fingerprint(key: &[u8]) -> String {
     pouch_proto::devices::fingerprint(key)
 }
 
-/// Checks each member device (credential address, signature key) against
-/// the verified lists. `fetched` holds what was fetched for this item.
+/// How much a leaf must prove.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// It speaks now (sends, commits, adds): on the newest verified list,
+    /// under the account key this device has pinned.
+    Speaker,
+    /// It sits in the group: on some list its account signed while this
+    /// device trusted that account key (a device removed since, or one of
+    /// an account reset and accepted since, may not have been removed yet).
+    Member,
+}
+
+fn is_listed(l: &LocalStore, address: &Address, key: &[u8], role: Role) -> Result<bool> {
+    let found = match role {
+        Role::Member => l
+            .conn
+            .query_row(
+                "SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2",
+                params![address.as_str(), key],
+                |_| Ok(()),
+            )
+            .optional()?,
+        Role::Speaker => match pinned_key(l, address)? {
+            Some(account_key) => l
+                .conn
+                .query_row(
+                    "SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2 AND account_key = ?3 AND current = 1",
+                    params![address.as_str(), key, account_key],
+                    |_| Ok(()),
+                )
+                .optional()?,
+            None => None,
+        },
+    };
+    Ok(found.is_some())
+}
+
+/// Checks leaves (credential address, signature key) against the verified
+/// lists, each as its role requires. `fetched` holds what was fetched for
+/// this item; an address not fetched yet is asked for first.
 pub(crate) fn authenticate(
     l: &LocalStore,
-    members: &[(Option<Address>, Vec<u8>)],
+    leaves: &[(&pouch_mls::Leaf, Role)],
     fetched: &Fetched,
 ) -> Result<Authentication> {
     let mut need = Vec::new();
-    for (address, key) in members {
+    for ((address, key), role) in leaves {
         let Some(address) = address else {
             return Err(ClientError::Security(format!(
                 "a member device ({}) presents a credential that is not an address: forged",
                 fingerprint(key)
             )));
         };
-        let listed = match pinned_key(l, address)? {
-            Some(account_key) => l
-                .conn
-                .query_row(
-                    "SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2 AND account_key = ?3",
-                    params![address.as_str(), key, account_key],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some(),
-            None => false,
-        };
-        if listed {
+        if is_listed(l, address, key, *role)? {
             continue;
         }
         match fetched.get(address) {
@@ -180,8 +220,13 @@ pub(crate) fn authenticate(
             }
             Some(ListOutcome::Verified) => {
                 return Err(ClientError::Security(format!(
-                    "forged sender: a device ({}) claims to be {address}, but no device list {address} signed names its key",
-                    fingerprint(key)
+                    "forged sender: a device ({}) claims to be {address}, but {}",
+                    fingerprint(key),
+                    if *role == Role::Speaker {
+                        format!("{address}'s current device list does not name its key")
+                    } else {
+                        format!("no device list {address} signed names its key")
+                    }
                 )));
             }
             Some(ListOutcome::Untrusted(why)) => {
@@ -197,6 +242,16 @@ pub(crate) fn authenticate(
     } else {
         Authentication::NeedLists(need)
     })
+}
+
+/// The roster as members, and `speaker` as the one who speaks.
+pub(crate) fn roster_with<'a>(
+    roster: &'a [pouch_mls::Leaf],
+    speaker: &'a pouch_mls::Leaf,
+) -> Vec<(&'a pouch_mls::Leaf, Role)> {
+    std::iter::once((speaker, Role::Speaker))
+        .chain(roster.iter().map(|m| (m, Role::Member)))
+        .collect()
 }
 
 /// A finding to report: written in the item's transaction, so it is never
@@ -229,12 +284,15 @@ pub(crate) fn drop_finding(l: &LocalStore, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Notes the epoch at which this device entered a conversation (first time only).
+/// Notes the epoch at which this device entered a conversation. Entering
+/// again (removed, then added back) starts every sender's count afresh.
 pub(crate) fn note_joined(l: &LocalStore, group: &GroupId, epoch: u64) -> Result<()> {
     l.conn.execute(
-        "INSERT OR IGNORE INTO joined (group_id, epoch) VALUES (?1, ?2)",
+        "INSERT OR REPLACE INTO joined (group_id, epoch) VALUES (?1, ?2)",
         params![group.0, epoch as i64],
     )?;
+    l.conn
+        .execute("DELETE FROM recv_chain WHERE group_id = ?1", [&group.0])?;
     Ok(())
 }
 

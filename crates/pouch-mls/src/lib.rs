@@ -307,18 +307,33 @@ pub fn seal<P: OpenMlsProvider>(
         .map_err(op)
 }
 
-/// Joins a conversation from a Welcome.
-pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<MlsGroup, MlsError> {
+/// A member device as its leaf presents it: the address its credential
+/// names (None when the credential is not an address) and its signature key.
+pub type Leaf = (Option<Address>, Vec<u8>);
+
+fn leaf_of(credential: &Credential, signature_key: Vec<u8>) -> Leaf {
+    (credential_address(credential).ok(), signature_key)
+}
+
+/// Joins a conversation from a Welcome. Returns the group and the leaf of
+/// the member who added this device (the Welcome's sender).
+pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<(MlsGroup, Leaf), MlsError> {
     let msg = MlsMessageIn::tls_deserialize_exact(welcome)
         .map_err(|e| MlsError::Malformed(e.to_string()))?;
     let welcome = match msg.extract() {
         MlsMessageBodyIn::Welcome(w) => w,
         _ => return Err(MlsError::Malformed("not a Welcome".into())),
     };
-    StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
-        .map_err(|e| MlsError::Rejected(e.to_string()))?
+    let staged = StagedWelcome::new_from_welcome(provider, &join_config(), welcome, None)
+        .map_err(|e| MlsError::Rejected(e.to_string()))?;
+    let adder = staged
+        .welcome_sender()
+        .map(|l| leaf_of(l.credential(), l.signature_key().as_slice().to_vec()))
+        .map_err(|e| MlsError::Rejected(e.to_string()))?;
+    let group = staged
         .into_group(provider)
-        .map_err(|e| MlsError::Rejected(e.to_string()))
+        .map_err(|e| MlsError::Rejected(e.to_string()))?;
+    Ok((group, adder))
 }
 
 /// Forgets a conversation this device created but the server refused.
@@ -346,9 +361,10 @@ pub enum Opened {
         payload: Vec<u8>,
     },
     /// A commit, verified and merged: the group moved to a new epoch.
-    Commit,
+    /// `committer` is the leaf that signed it (before the commit).
+    Commit { committer: Leaf },
     /// A proposal, stored for the next commit.
-    Proposal,
+    Proposal { proposer: Leaf },
 }
 
 /// Verifies, decrypts and applies one message of the group.
@@ -365,26 +381,29 @@ pub fn open<P: OpenMlsProvider>(
     let processed = group
         .process_message(provider, protocol)
         .map_err(|e| MlsError::Rejected(e.to_string()))?;
-    let sender_address = credential_address(processed.credential());
+    // Only members speak in a Pouch conversation (no external commits or
+    // proposals): the sender's key is the one its leaf had before this message.
     let sender_key = match processed.sender() {
         Sender::Member(index) => group.member_at(*index).map(|m| m.signature_key),
         _ => None,
-    };
+    }
+    .ok_or_else(|| MlsError::Rejected("a message from outside the conversation".into()))?;
+    let sender = leaf_of(processed.credential(), sender_key);
     match processed.into_content() {
         ProcessedMessageContent::ApplicationMessage(app) => Ok(Opened::Application {
-            sender: sender_address?,
-            sender_key: sender_key.ok_or(MlsError::BadCredential)?,
+            sender: sender.0.ok_or(MlsError::BadCredential)?,
+            sender_key: sender.1,
             payload: app.into_bytes(),
         }),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
             group.merge_staged_commit(provider, *staged).map_err(op)?;
-            Ok(Opened::Commit)
+            Ok(Opened::Commit { committer: sender })
         }
         ProcessedMessageContent::ProposalMessage(proposal) => {
             group
                 .store_pending_proposal(provider.storage(), *proposal)
                 .map_err(|e| MlsError::Storage(format!("{e:?}")))?;
-            Ok(Opened::Proposal)
+            Ok(Opened::Proposal { proposer: sender })
         }
         _ => Err(MlsError::Rejected("unsupported message type".into())),
     }
@@ -393,10 +412,10 @@ pub fn open<P: OpenMlsProvider>(
 /// Every member device as its leaf presents it: the address its credential
 /// names (None when the credential is not an address at all) and its
 /// signature key. Receivers check each against the signed device lists.
-pub fn roster(group: &MlsGroup) -> Vec<(Option<Address>, Vec<u8>)> {
+pub fn roster(group: &MlsGroup) -> Vec<Leaf> {
     group
         .members()
-        .map(|m| (credential_address(&m.credential).ok(), m.signature_key))
+        .map(|m| leaf_of(&m.credential, m.signature_key))
         .collect()
 }
 
@@ -470,7 +489,8 @@ mod tests {
         let (mut group, out) = create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
         merge_pending(&alice_p, &mut group).unwrap();
         assert_eq!(epoch(&group), 1);
-        let mut bob_group = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
+        let (mut bob_group, adder) = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
+        assert_eq!(adder, (Some(a.clone()), alice.public().to_vec()));
         assert_eq!(member_addresses(&bob_group), vec![a.clone(), b.clone()]);
 
         let sealed = seal(&alice_p, &alice, &mut group, b"Subject: secret\r\n\r\nbody").unwrap();
@@ -501,7 +521,7 @@ mod tests {
         merge_pending(&bob_p, &mut bob_group).unwrap();
         assert!(matches!(
             open(&alice_p, &mut group, &upd.commit).unwrap(),
-            Opened::Commit
+            Opened::Commit { committer } if committer == (Some(b.clone()), bob.public().to_vec())
         ));
         assert_eq!(epoch(&group), 2);
         assert_eq!(epoch(&bob_group), 2);

@@ -4,6 +4,8 @@
 ALTER TABLE queue ADD COLUMN blob_id TEXT;
 CREATE INDEX queue_by_blob ON queue(blob_id);
 ALTER TABLE blobs ADD COLUMN referenced BOOLEAN NOT NULL DEFAULT FALSE;
+-- Blobs from before this version are not tied to queue items: they count
+-- as never sent and go 24 h after the upgrade (no deployment predates it).
 CREATE INDEX blobs_by_created ON blobs(created_at);
 ALTER TABLE devices ADD COLUMN queued_bytes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN blob_bytes BIGINT NOT NULL DEFAULT 0;
