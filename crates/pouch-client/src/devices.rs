@@ -164,7 +164,11 @@ impl Device {
         // speaker against (the witness rule below narrows only whom this
         // device encrypts to; a device the account signed for may speak
         // before the witnesses have cosigned its addition).
-        let newest: Vec<Vec<u8>> = body.devices.iter().map(|d| d.signature_key.clone()).collect();
+        let newest: Vec<Vec<u8>> = body
+            .devices
+            .iter()
+            .map(|d| d.signature_key.clone())
+            .collect();
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         if let Some(latest) = history.lists.last() {
             let witnessed = self.check_included(address, body.version, latest)?;

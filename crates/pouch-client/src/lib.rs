@@ -1197,7 +1197,12 @@ impl Device {
 
     /// Applies one queue item. Returns whether it was held back (a member's
     /// account key changed) rather than applied or rejected.
-    fn process(&mut self, item: &QueueItem, report: &mut SyncReport, replaying: bool) -> Result<bool> {
+    fn process(
+        &mut self,
+        item: &QueueItem,
+        report: &mut SyncReport,
+        replaying: bool,
+    ) -> Result<bool> {
         // The server hands out each position once, after the cursor; one it
         // hands out again (to slip a message in under a stored one's number)
         // is refused unopened.
@@ -1852,7 +1857,11 @@ fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Re
                     // after the commit, every member (those it added, and
                     // any leaf it changed) one its account signed for.
                     let roster = pouch_mls::roster(&group);
-                    match receipt::authenticate(l, &receipt::roster_with(&roster, &speaker), fetched)? {
+                    match receipt::authenticate(
+                        l,
+                        &receipt::roster_with(&roster, &speaker),
+                        fetched,
+                    )? {
                         receipt::Authentication::NeedLists(a) => Ok(Step::NeedLists(a)),
                         receipt::Authentication::Verified => Ok(Step::Committed),
                     }

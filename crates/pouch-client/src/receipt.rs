@@ -141,7 +141,12 @@ pub(crate) fn remember_verified(
          ON CONFLICT (address, signature_key, account_key) DO UPDATE SET current = excluded.current",
     )?;
     for k in all {
-        stmt.execute(params![address.as_str(), k, account_key, current.contains(k)])?;
+        stmt.execute(params![
+            address.as_str(),
+            k,
+            account_key,
+            current.contains(k)
+        ])?;
     }
     for k in current.iter().filter(|k| !all.contains(k)) {
         stmt.execute(params![address.as_str(), k, account_key, true])?;

@@ -317,7 +317,10 @@ fn leaf_of(credential: &Credential, signature_key: Vec<u8>) -> Leaf {
 
 /// Joins a conversation from a Welcome. Returns the group and the leaf of
 /// the member who added this device (the Welcome's sender).
-pub fn join<P: OpenMlsProvider>(provider: &P, welcome: &[u8]) -> Result<(MlsGroup, Leaf), MlsError> {
+pub fn join<P: OpenMlsProvider>(
+    provider: &P,
+    welcome: &[u8],
+) -> Result<(MlsGroup, Leaf), MlsError> {
     let msg = MlsMessageIn::tls_deserialize_exact(welcome)
         .map_err(|e| MlsError::Malformed(e.to_string()))?;
     let welcome = match msg.extract() {

@@ -35,6 +35,8 @@ pub use error::ApiError;
 
 /// Default lifetime of a device's bearer token (`--token-ttl-secs`).
 pub const TOKEN_TTL_SECS: u64 = 3600;
+/// Time a client has to send a request's header.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Default lifetime of an invite.
 pub const INVITE_TTL_SECS: u64 = 72 * 3600;
 
@@ -328,8 +330,15 @@ pub async fn serve(
     });
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());
     let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum_server::from_tcp_rustls(listener, tls)
-        .handle(handle)
+    let mut server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
+    // A client gets 10 s to send a request's header lines (axum-server also
+    // gives the TLS handshake 10 s): one trickling bytes holds nothing long.
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    server
         .serve(app)
         .await
         .map_err(|e| StartError::Io(format!("server stopped: {e}")))

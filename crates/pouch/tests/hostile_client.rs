@@ -195,3 +195,62 @@ fn the_bridge_caps_connections_and_slows_password_guessing() {
     let _ = smtp.send(&vec![b'B'; 1 << 20]);
     assert!(smtp.rest().contains("Line too long"));
 }
+
+#[test]
+fn the_server_drops_clients_that_trickle_or_stall() {
+    let dir = Scratch::new("hostile-slow");
+    let server = Server::start(&dir.path("server"), None);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    // A TLS client that sends one header line a second, and a TCP client
+    // that never starts its handshake: both are cut off (10 s each), while
+    // an ordinary request is answered meanwhile.
+    let script = r#"
+import socket, ssl, sys, time, urllib.request
+port = int(sys.argv[1])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+slow = ctx.wrap_socket(socket.create_connection(('127.0.0.1', port)))
+mute = socket.create_connection(('127.0.0.1', port))
+slow.send(b"GET /v1/info HTTP/1.1\r\nHost: pouch\r\n")
+start = time.time()
+closed = None
+while time.time() - start < 40:
+    try:
+        slow.send(b"X-Slow: 1\r\n")
+        slow.settimeout(1)
+        if slow.recv(1) == b"":
+            closed = time.time() - start
+            break
+    except socket.timeout:
+        pass
+    except (ssl.SSLError, OSError):
+        closed = time.time() - start
+        break
+ok = urllib.request.urlopen("https://127.0.0.1:%d/v1/info" % port, context=ctx).status
+mute.settimeout(5)
+try:
+    mute_closed = mute.recv(1) == b""
+except (socket.timeout, OSError):
+    mute_closed = False
+print("trickler closed after", None if closed is None else int(closed), "info", ok, "mute closed", mute_closed)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&port)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Option<u64> = said
+        .split("trickler closed after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok());
+    assert!(after.is_some_and(|s| s <= 15), "{said}");
+    assert!(said.contains("info 200"), "{said}");
+    assert!(said.contains("mute closed True"), "{said}");
+}
