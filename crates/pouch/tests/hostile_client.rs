@@ -254,3 +254,92 @@ print("trickler closed after", None if closed is None else int(closed), "info", 
     assert!(said.contains("info 200"), "{said}");
     assert!(said.contains("mute closed True"), "{said}");
 }
+
+#[test]
+fn link_request_spam_is_capped_and_swept() {
+    let dir = Scratch::new("hostile-links");
+    let server = Server::start_with(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--link-ttl-secs", "3"],
+    );
+    let alice = user(&dir, &server, "alice");
+    let link = |n: usize| {
+        pouch()
+            .arg("--home")
+            .arg(dir.path(&format!("spam{n}")))
+            .env("POUCH_PASSPHRASE", PASSPHRASE)
+            .args([
+                "link",
+                &alice.address,
+                "--server",
+                &server.url,
+                "--fingerprint",
+                &server.fingerprint,
+                "--device-name",
+                "spam",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Five requests wait for approval; the sixth is refused with a reason.
+    let mut waiting: Vec<_> = (0..5).map(link).collect();
+    let pending = || -> i64 {
+        server
+            .db()
+            .query_row(
+                "SELECT count(*) FROM link_requests WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the five requests never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = link(5).wait_with_output().unwrap();
+    assert_one_line_error(&out, "too many link requests");
+    for mut c in waiting.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Nobody asks about them again: the sweeper expires them, and what
+    // they held (key packages) goes with them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while pending() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending requests were never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let held: i64 = server
+        .db()
+        .query_row(
+            "SELECT count(*) FROM key_packages k JOIN devices d ON d.device_id = k.device_id WHERE d.revoked_by = 'expired'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(held, 0, "expired requests still hold key packages");
+    // And the account can be asked again.
+    let mut again = link(6);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pending() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a new request after the sweep was refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+}
