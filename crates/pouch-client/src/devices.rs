@@ -158,7 +158,7 @@ impl Device {
     /// checked against the one pinned for that contact (or this account's own).
     pub(crate) fn trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
         let history: api::DeviceListHistory =
-            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+            self.api.get(&format!("/v1/device-lists/{address}"))?;
         let mut body = verify_history(address, &history.lists)?;
         // The newest signed version as it is: what a receiver checks a
         // speaker against (the witness rule below narrows only whom this
@@ -318,7 +318,7 @@ impl Device {
     pub fn verify(&mut self, address: &Address) -> Result<VerifyReport> {
         self.sign_in()?;
         let history: api::DeviceListHistory =
-            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+            self.api.get(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let pinned: Option<Vec<u8>> = if address == &self.address {
             self.local.account_key()?.map(|k| k.public())
@@ -338,7 +338,7 @@ impl Device {
             .map(|k| k.public())
             .unwrap_or_default();
         // The history as the transparency log records it (what everyone sees).
-        let logged: api::LogEntries = self.api.get_json(&format!("/v1/log/entries/{address}"))?;
+        let logged: api::LogEntries = self.api.get(&format!("/v1/log/entries/{address}"))?;
         let entries = logged
             .entries
             .iter()
@@ -381,7 +381,7 @@ impl Device {
     pub fn accept_account_key(&mut self, address: &Address) -> Result<VerifyReport> {
         let report = self.verify(address)?;
         let history: api::DeviceListHistory =
-            self.api.get_json(&format!("/v1/device-lists/{address}"))?;
+            self.api.get(&format!("/v1/device-lists/{address}"))?;
         let body = verify_history(address, &history.lists)?;
         let hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         self.local.conn.execute(
@@ -399,7 +399,7 @@ impl Device {
             .ok_or_else(|| ClientError::Local("this device has no account key".into()))?;
         let history: api::DeviceListHistory = self
             .api
-            .get_json(&format!("/v1/device-lists/{}", self.address))?;
+            .get(&format!("/v1/device-lists/{}", self.address))?;
         let current = self.trusted_list(&self.address.clone())?;
         let body = DeviceListBody {
             address: self.address.clone(),
@@ -618,7 +618,7 @@ impl Device {
             .unwrap_or(0);
         if list.version > seen {
             let history: api::DeviceListHistory =
-                self.api.get_json(&format!("/v1/device-lists/{me}"))?;
+                self.api.get(&format!("/v1/device-lists/{me}"))?;
             let mut previous: Option<DeviceListBody> = None;
             for body in history
                 .lists

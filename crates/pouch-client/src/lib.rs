@@ -173,8 +173,23 @@ impl Device {
         let api = Api::new(&invite.server, &invite.fingerprint)?;
         let info: api::ServerInfo = api.get_json("/v1/info")?;
         let suite = pouch_mls::ciphersuite(info.ciphersuite)?;
-        let history: api::DeviceListHistory =
-            api.get_json(&format!("/v1/device-lists/{}", invite.address))?;
+        let secret = invite
+            .secret_bytes()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        // The lists so far (after a reset, the new list continues them). An
+        // invite the server does not take shows nothing; enrolling then
+        // says why (used, expired, unknown).
+        let history: api::DeviceListHistory = match api.get_json_with(
+            &format!("/v1/device-lists/{}", invite.address),
+            api::INVITE_HEADER,
+            &hex::encode(&secret),
+        ) {
+            Err(ClientError::Server { status: 401, .. }) => api::DeviceListHistory {
+                address: invite.address.clone(),
+                lists: Vec::new(),
+            },
+            other => other?,
+        };
         let local = LocalStore::create(home, passphrase)?;
         let result = (|| {
             let p = &local.provider;

@@ -207,6 +207,18 @@ impl Api {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// An unauthenticated GET with one extra header (an invite's proof).
+    pub fn get_json_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        header: &str,
+        value: &str,
+    ) -> Result<T> {
+        let resp = self.send(self.http.get(self.url(path)).header(header, value))?;
+        resp.json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).json(body))?;
         resp.json()

@@ -150,7 +150,7 @@ impl Device {
         version: u64,
         list: &SignedDeviceList,
     ) -> Result<bool> {
-        let inc: api::LogInclusion = match self.api.get_json(&format!(
+        let inc: api::LogInclusion = match self.api.get(&format!(
             "/v1/log/inclusion?address={address}&version={version}"
         )) {
             Ok(i) => i,
@@ -193,7 +193,7 @@ impl Device {
         account_key: &[u8],
     ) -> Result<Vec<String>> {
         let me = self.address.clone();
-        let found: api::LogEntries = self.api.get_json(&format!("/v1/log/entries/{me}"))?;
+        let found: api::LogEntries = self.api.get(&format!("/v1/log/entries/{me}"))?;
         let mut alerts = Vec::new();
         let mut newest = 0;
         for e in &found.entries {

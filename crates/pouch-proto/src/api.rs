@@ -325,6 +325,10 @@ impl QueueKind {
     }
 }
 
+/// The header with which a device not yet enrolled shows its invite's
+/// secret (hex) to read its own address's device lists.
+pub const INVITE_HEADER: &str = "x-pouch-invite";
+
 /// `GET /v1/queue?after=SEQ&limit=N`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueItem {

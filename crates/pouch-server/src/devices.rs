@@ -127,11 +127,41 @@ pub(crate) fn log_entry(list: &SignedDeviceList) -> Result<Vec<u8>, ApiError> {
         .to_bytes())
 }
 
+/// Device lists name devices and where they were linked from: they are
+/// for this server's signed-in devices, and for the holder of a valid invite
+/// of that very address (a first device after a reset continues the chain).
+/// Nobody else learns who has which devices — or who exists.
 async fn device_lists(
     State(s): St,
     Path(address): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<DeviceListHistory>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let by_device = match crate::api::bearer_of(&headers) {
+        Some(token) => s
+            .store
+            .token_device(&sha256(token.as_bytes()), now())
+            .await?
+            .is_some(),
+        None => false,
+    };
+    let by_invite = match headers
+        .get(pouch_proto::api::INVITE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| hex::decode(v).ok())
+    {
+        Some(secret) => {
+            s.store
+                .invite_valid(&address, &sha256(&secret), now())
+                .await?
+        }
+        None => false,
+    };
+    if !by_device && !by_invite {
+        return Err(ApiError::unauthorized(
+            "sign in first: device lists are shown to this server's devices only",
+        ));
+    }
     if !s.store.user_exists(&address).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

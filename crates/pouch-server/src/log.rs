@@ -278,8 +278,11 @@ struct InclusionQuery {
     version: u64,
 }
 
+/// By address: for signed-in devices only (an open index by address would
+/// tell anyone who exists). Tiles stay public for auditors.
 async fn inclusion(
     State(s): St,
+    _: crate::api::AuthDevice,
     Query(q): Query<InclusionQuery>,
 ) -> Result<Json<LogInclusion>, ApiError> {
     let address = Address::parse(&q.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -341,6 +344,7 @@ async fn consistency(
 
 async fn entries_of(
     State(s): St,
+    _: crate::api::AuthDevice,
     Path(address): Path<String>,
 ) -> Result<Json<LogEntries>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;

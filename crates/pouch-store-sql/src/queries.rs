@@ -380,6 +380,24 @@ impl Store for SqlStore {
             .map_err(backend)
     }
 
+    async fn invite_valid(
+        &self,
+        address: &Address,
+        secret_hash: &[u8],
+        now: UnixTime,
+    ) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM invites WHERE secret_hash = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(secret_hash)
+        .bind(address.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
+    }
+
     async fn delete_setting(&self, key: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM settings WHERE key = $1")
             .bind(key)

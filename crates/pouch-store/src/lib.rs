@@ -218,6 +218,13 @@ pub trait Store: Send + Sync + 'static {
         secret_hash: &[u8],
         expires_at: UnixTime,
     ) -> Result<()>;
+    /// Whether an unused, unexpired invite with this secret hash exists for `address`.
+    async fn invite_valid(
+        &self,
+        address: &Address,
+        secret_hash: &[u8],
+        now: UnixTime,
+    ) -> Result<bool>;
     /// Redeems the invite and registers the device in one transaction.
     async fn enroll(
         &self,

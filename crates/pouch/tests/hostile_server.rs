@@ -7,12 +7,9 @@
 
 mod common;
 use common::*;
-use pouch_client::net::Api;
 use pouch_proto::api;
-use pouch_proto::devices::{DeviceListBody, ListedDevice};
 use pouch_proto::envelope::{ChainLink, Content, Envelope};
 use pouch_proto::{Address, DeviceId, GroupId};
-use std::rc::Rc;
 
 fn subjects(c: &Client) -> Vec<String> {
     c.inbox()
@@ -76,68 +73,18 @@ fn mail(from: &str, to: &str, subject: &str) -> Vec<u8> {
 
 /// A client the attacker wrote: an honestly enrolled account whose device
 /// then builds MLS messages the real client never would.
-struct ModifiedClient {
-    api: Api,
-    provider: openmls_libcrux_crypto::Provider,
-    signer: pouch_mls::DeviceSigner,
-    suite: pouch_mls::Ciphersuite,
+struct ModifiedClient(RawDevice);
+
+impl std::ops::Deref for ModifiedClient {
+    type Target = RawDevice;
+    fn deref(&self) -> &RawDevice {
+        &self.0
+    }
 }
 
 impl ModifiedClient {
     fn enroll(server: &Server, address: &str) -> Self {
-        let invite = pouch_proto::invite::Invite::decode(&server.invite(address)).unwrap();
-        let api = Api::new(&invite.server, &invite.fingerprint).unwrap();
-        let info: api::ServerInfo = api.get_json("/v1/info").unwrap();
-        let suite = pouch_mls::ciphersuite(info.ciphersuite).unwrap();
-        let provider = openmls_libcrux_crypto::Provider::default();
-        let signer = pouch_mls::new_device_signer(&provider).unwrap();
-        let address = Address::parse(address).unwrap();
-        let device_id = DeviceId(format!("{:032x}", rand::random::<u128>()));
-        let account = pouch_client::devices::AccountKey::generate();
-        let body = DeviceListBody {
-            address: address.clone(),
-            version: 1,
-            previous: None,
-            account_key: account.public(),
-            devices: vec![ListedDevice {
-                device_id: device_id.clone(),
-                signature_key: signer.to_public_vec(),
-                name: "modified".into(),
-                added_at: 0,
-                added_from: None,
-            }],
-            issued_at: 0,
-            reason: "enrolled".into(),
-        };
-        let kps = pouch_mls::key_packages(&provider, suite, &signer, &address, 5, false).unwrap();
-        let last = pouch_mls::key_packages(&provider, suite, &signer, &address, 1, true).unwrap();
-        let _: api::EnrollResponse = api
-            .post_json(
-                "/v1/enroll",
-                &api::EnrollRequest {
-                    address: address.clone(),
-                    device_id: device_id.clone(),
-                    device_list: account.sign(&body),
-                    invite_secret: invite.secret_bytes().unwrap(),
-                    device_name: "modified".into(),
-                    signature_key: signer.to_public_vec(),
-                    key_packages: kps,
-                    last_resort_key_package: last[0].clone(),
-                },
-            )
-            .unwrap();
-        let s = pouch_mls::load_device_signer(&provider, signer.public()).unwrap();
-        api.sign_in(
-            &device_id,
-            Rc::new(move |p| Ok(pouch_mls::sign_raw(&s, p).unwrap())),
-        )
-        .unwrap();
-        ModifiedClient {
-            api,
-            provider,
-            signer,
-            suite,
-        }
+        ModifiedClient(RawDevice::enroll(server, address))
     }
 
     /// Starts a conversation with `to`, its creator's leaf naming

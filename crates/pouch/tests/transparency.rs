@@ -217,12 +217,37 @@ fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
     assert_eq!(last["address"], "alice@pouch.local");
     assert_eq!(last["version"], 2);
 
-    // The server's inclusion proof checks with the independent verifier.
-    let inc: serde_json::Value = serde_json::from_slice(&get(&format!(
-        "{}/v1/log/inclusion?address=bob@pouch.local&version=1",
-        server.url
-    )))
-    .unwrap();
+    // The server's inclusion proof (for signed-in devices: an index by
+    // address would tell strangers who exists) checks with the independent
+    // verifier.
+    let reader = RawDevice::enroll(&server, "auditor@pouch.local");
+    let inc: serde_json::Value = reader
+        .api
+        .get("/v1/log/inclusion?address=bob@pouch.local&version=1")
+        .unwrap();
+    let refused = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!(
+                "{}/v1/log/inclusion?address=bob@pouch.local&version=1",
+                server.url
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stdout),
+        "401",
+        "without a token"
+    );
+    // The reader's own enrollment grew the log: check against the checkpoint now.
+    let note = String::from_utf8(get(&format!("{}/checkpoint", server.url))).unwrap();
+    let (_, size, root) = open_note(&note, vkey);
+    assert_eq!(size, 4);
     let proof: Vec<[u8; 32]> = inc["proof"]
         .as_array()
         .unwrap()

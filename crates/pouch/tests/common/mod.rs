@@ -661,3 +661,70 @@ impl Raw {
         c
     }
 }
+
+/// A device the test drives itself over the API (enrolled honestly with an
+/// invite): for modified clients and for reading signed-in routes.
+pub struct RawDevice {
+    pub api: pouch_client::net::Api,
+    pub provider: openmls_libcrux_crypto::Provider,
+    pub signer: pouch_mls::DeviceSigner,
+    pub suite: pouch_mls::Ciphersuite,
+}
+
+impl RawDevice {
+    pub fn enroll(server: &Server, address: &str) -> Self {
+        let invite = pouch_proto::invite::Invite::decode(&server.invite(address)).unwrap();
+        let api = pouch_client::net::Api::new(&invite.server, &invite.fingerprint).unwrap();
+        let info: pouch_proto::api::ServerInfo = api.get_json("/v1/info").unwrap();
+        let suite = pouch_mls::ciphersuite(info.ciphersuite).unwrap();
+        let provider = openmls_libcrux_crypto::Provider::default();
+        let signer = pouch_mls::new_device_signer(&provider).unwrap();
+        let address = pouch_proto::Address::parse(address).unwrap();
+        let device_id = pouch_proto::DeviceId(format!("{:032x}", rand::random::<u128>()));
+        let account = pouch_client::devices::AccountKey::generate();
+        let body = pouch_proto::devices::DeviceListBody {
+            address: address.clone(),
+            version: 1,
+            previous: None,
+            account_key: account.public(),
+            devices: vec![pouch_proto::devices::ListedDevice {
+                device_id: device_id.clone(),
+                signature_key: signer.to_public_vec(),
+                name: "modified".into(),
+                added_at: 0,
+                added_from: None,
+            }],
+            issued_at: 0,
+            reason: "enrolled".into(),
+        };
+        let kps = pouch_mls::key_packages(&provider, suite, &signer, &address, 5, false).unwrap();
+        let last = pouch_mls::key_packages(&provider, suite, &signer, &address, 1, true).unwrap();
+        let _: pouch_proto::api::EnrollResponse = api
+            .post_json(
+                "/v1/enroll",
+                &pouch_proto::api::EnrollRequest {
+                    address: address.clone(),
+                    device_id: device_id.clone(),
+                    device_list: account.sign(&body),
+                    invite_secret: invite.secret_bytes().unwrap(),
+                    device_name: "modified".into(),
+                    signature_key: signer.to_public_vec(),
+                    key_packages: kps,
+                    last_resort_key_package: last[0].clone(),
+                },
+            )
+            .unwrap();
+        let s = pouch_mls::load_device_signer(&provider, signer.public()).unwrap();
+        api.sign_in(
+            &device_id,
+            std::rc::Rc::new(move |p| Ok(pouch_mls::sign_raw(&s, p).unwrap())),
+        )
+        .unwrap();
+        RawDevice {
+            api,
+            provider,
+            signer,
+            suite,
+        }
+    }
+}
