@@ -1109,10 +1109,15 @@ impl Device {
             },
         );
         // A refusal (4xx, or 507 for a full queue) rolled the message back
-        // on the server: its link is given back, so receivers see no gap.
-        if let Err(ClientError::Server { status, .. }) = &sent
-            && (*status < 500 || *status == 507)
-        {
+        // on the server, and a connection never made never reached it: the
+        // link is given back, so receivers see no gap. (After a timeout the
+        // server may have the message: the link stays used.)
+        let never_delivered = match &sent {
+            Err(ClientError::Server { status, .. }) => *status < 500 || *status == 507,
+            Err(ClientError::Unreachable(_, reason)) => reason == net::CONNECT_FAILED,
+            _ => false,
+        };
+        if never_delivered {
             receipt::restore_link(&self.local, &gid, &link)?;
         }
         sent

@@ -79,6 +79,10 @@ impl ServerCertVerifier for PinnedCertificate {
 /// Signs a sign-in challenge with the device key.
 pub type ChallengeSigner = Rc<dyn Fn(&[u8]) -> Result<Vec<u8>>>;
 
+/// The reason given when no connection could be made: the request never
+/// reached the server (unlike a timeout or a reset after sending).
+pub(crate) const CONNECT_FAILED: &str = "connection refused or unreachable";
+
 /// A connection to one server, with the device's session token once signed in.
 ///
 /// Tokens are short-lived (the server's `--token-ttl-secs`). A long-running
@@ -176,7 +180,7 @@ impl Api {
             source = s.source();
         }
         let reason = if e.is_connect() {
-            "connection refused or unreachable".to_string()
+            CONNECT_FAILED.to_string()
         } else if e.is_timeout() {
             "timed out".to_string()
         } else {
