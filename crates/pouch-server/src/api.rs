@@ -2,9 +2,11 @@
 //! once, and maps the outcome to a status and a JSON body.
 
 use crate::events::{Ev, account_of, record};
+use crate::routes::{Access, Routes};
 use crate::{AppState, INVITE_TTL_SECS, error::ApiError, now, random_bytes, sha256};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::Method;
 use axum::http::{StatusCode, header, request::Parts};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -36,40 +38,95 @@ const CHALLENGE_TTL_SECS: i64 = 60;
 const QUEUE_PAGE_BYTES: u64 = 8 << 20;
 const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 500;
 
+/// The server's router, built from [`routes`] only.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/admin/users", post(add_user).get(list_users))
+    routes()
+        .into_router()
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Every route with who may call it (see `routes.rs`).
+pub fn route_table() -> Vec<crate::routes::RouteSpec> {
+    routes().specs().to_vec()
+}
+
+fn routes() -> Routes {
+    Routes::new()
+        .route("/v1/info", &[(Method::GET, Access::Public)], get(info))
+        .route(
+            "/v1/admin/users",
+            &[(Method::POST, Access::Admin), (Method::GET, Access::Admin)],
+            post(add_user).get(list_users),
+        )
         .route(
             "/v1/enroll",
+            &[(Method::POST, Access::Public)],
             post(enroll).layer(DefaultBodyLimit::max(SMALL_LIMIT)),
         )
         .route(
             "/v1/auth/challenge",
+            &[(Method::POST, Access::Public)],
             post(challenge).layer(DefaultBodyLimit::max(TINY_LIMIT)),
         )
         .route(
             "/v1/auth/token",
+            &[(Method::POST, Access::Public)],
             post(token).layer(DefaultBodyLimit::max(TINY_LIMIT)),
         )
         .route(
             "/v1/key-packages",
+            &[(Method::POST, Access::Device)],
             post(upload_key_packages).layer(DefaultBodyLimit::max(4 << 20)),
         )
-        .route("/v1/key-packages/count", get(count_key_packages))
-        .route("/v1/key-packages/claim", post(claim_key_packages))
-        .route("/v1/groups/{group}/commits", post(commit))
-        .route("/v1/groups/{group}/members", get(group_members))
+        .route(
+            "/v1/key-packages/count",
+            &[(Method::GET, Access::Device)],
+            get(count_key_packages),
+        )
+        .route(
+            "/v1/key-packages/claim",
+            &[(Method::POST, Access::Device)],
+            post(claim_key_packages),
+        )
+        .route(
+            "/v1/groups/{group}/commits",
+            &[(Method::POST, Access::Device)],
+            post(commit),
+        )
+        .route(
+            "/v1/groups/{group}/members",
+            &[(Method::GET, Access::Device)],
+            get(group_members),
+        )
         .route(
             "/v1/groups/{group}/messages",
+            &[(Method::POST, Access::Device)],
             post(send_message).layer(DefaultBodyLimit::max(MESSAGE_LIMIT)),
         )
-        .route("/v1/queue", get(fetch_queue))
-        .route("/v1/queue/ack", post(ack_queue))
-        .route("/v1/blobs", post(create_blob))
-        .route("/v1/blobs/{blob}/finish", post(finish_blob))
+        .route(
+            "/v1/queue",
+            &[(Method::GET, Access::Device)],
+            get(fetch_queue),
+        )
+        .route(
+            "/v1/queue/ack",
+            &[(Method::POST, Access::Device)],
+            post(ack_queue),
+        )
+        .route(
+            "/v1/blobs",
+            &[(Method::POST, Access::Device)],
+            post(create_blob),
+        )
+        .route(
+            "/v1/blobs/{blob}/finish",
+            &[(Method::POST, Access::Device)],
+            post(finish_blob),
+        )
         .route(
             "/v1/blobs/{blob}/{index}",
+            &[(Method::PUT, Access::Device), (Method::GET, Access::Device)],
             put(put_blob_chunk)
                 .layer(DefaultBodyLimit::max(MESSAGE_LIMIT))
                 .get(get_blob_chunk),
@@ -77,8 +134,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::devices::routes())
         .merge(crate::log::routes())
         .merge(crate::events::routes())
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

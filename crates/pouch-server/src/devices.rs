@@ -10,11 +10,13 @@
 
 use crate::api::{Admin, AuthDevice, issue_invite};
 use crate::events::{Ev, record};
+use crate::routes::{Access, Routes};
 use crate::{AppState, error::ApiError, now, sha256};
+use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use pouch_proto::api::*;
 use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
 use pouch_proto::{Address, DeviceId};
@@ -26,30 +28,58 @@ use axum::extract::DefaultBodyLimit;
 
 type St = State<Arc<AppState>>;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/device-lists/{address}", get(device_lists))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/v1/device-lists/{address}",
+            &[(Method::GET, Access::DeviceOrInvite)],
+            get(device_lists),
+        )
         .route(
             "/v1/device-lists",
+            &[(Method::POST, Access::Device)],
             post(publish).layer(DefaultBodyLimit::max(256 << 10)),
         )
-        .route("/v1/devices", get(own_devices))
+        .route(
+            "/v1/devices",
+            &[(Method::GET, Access::Device)],
+            get(own_devices),
+        )
         .route(
             "/v1/link",
+            &[(Method::POST, Access::Public)],
             post(create_link).layer(DefaultBodyLimit::max(crate::api::SMALL_LIMIT)),
         )
         .route(
             "/v1/link/status",
+            &[(Method::POST, Access::Public)],
             post(link_status).layer(DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
         )
-        .route("/v1/link/{code}", get(link_info))
-        .route("/v1/link/{code}/deny", post(deny_link))
-        .route("/v1/admin/users/{address}/reset", post(admin_reset))
+        .route(
+            "/v1/link/{code}",
+            &[(Method::GET, Access::Device)],
+            get(link_info),
+        )
+        .route(
+            "/v1/link/{code}/deny",
+            &[(Method::POST, Access::Device)],
+            post(deny_link),
+        )
+        .route(
+            "/v1/admin/users/{address}/reset",
+            &[(Method::POST, Access::Admin)],
+            post(admin_reset),
+        )
         .route(
             "/v1/admin/devices/{address}/{device}/revoke",
+            &[(Method::POST, Access::Admin)],
             post(admin_revoke),
         )
-        .route("/v1/admin/devices/stale", get(admin_stale))
+        .route(
+            "/v1/admin/devices/stale",
+            &[(Method::GET, Access::Admin)],
+            get(admin_stale),
+        )
 }
 
 fn bad_list(msg: &str) -> ApiError {

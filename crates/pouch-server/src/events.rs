@@ -6,10 +6,12 @@
 //! (`pouch activity`); the security team exports them all.
 
 use crate::api::{Admin, AuthDevice};
+use crate::routes::{Access, Routes};
 use crate::{AppState, error::ApiError, now};
+use axum::Json;
 use axum::extract::{Query, State};
+use axum::http::Method;
 use axum::routing::get;
-use axum::{Json, Router};
 use pouch_proto::api::{Event, EventBody};
 use pouch_proto::{Address, DeviceId};
 use serde::Deserialize;
@@ -124,17 +126,34 @@ pub async fn account_of(s: &AppState, d: &DeviceId) -> Option<Address> {
     s.store.device(d).await.ok().flatten().map(|d| d.address)
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/activity", get(activity))
-        .route("/v1/admin/events", get(admin_events))
-        .route("/v1/alerts", get(own_alerts))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/v1/activity",
+            &[(Method::GET, Access::Device)],
+            get(activity),
+        )
+        .route(
+            "/v1/admin/events",
+            &[(Method::GET, Access::Admin)],
+            get(admin_events),
+        )
+        .route(
+            "/v1/alerts",
+            &[(Method::GET, Access::Device)],
+            get(own_alerts),
+        )
         .route(
             "/v1/reports",
+            &[(Method::POST, Access::Device)],
             axum::routing::post(client_report)
                 .layer(axum::extract::DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
         )
-        .route("/v1/admin/alerts", get(admin_alerts))
+        .route(
+            "/v1/admin/alerts",
+            &[(Method::GET, Access::Admin)],
+            get(admin_alerts),
+        )
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,7 @@ mod error;
 pub mod events;
 pub mod log;
 mod logkey;
+pub mod routes;
 pub mod sinks;
 pub mod tls;
 pub mod witness;
@@ -30,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use api::router;
+pub use api::{route_table, router};
 pub use error::ApiError;
 
 /// Default lifetime of a device's bearer token (`--token-ttl-secs`).

@@ -6,12 +6,14 @@
 //! checkpoint after each append (a checkpoint never covers entries that are
 //! not stored: the store refuses one larger than the log).
 
+use crate::routes::{Access, Routes};
 use crate::{AppState, error::ApiError};
+use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
 use pouch_log::{FetchedHashes, Hash, IndexRecorder, LogKey, TilePath};
 use pouch_proto::Address;
 use pouch_proto::api::*;
@@ -174,13 +176,29 @@ async fn cosign(s: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/checkpoint", get(checkpoint))
-        .route("/tile/{*path}", get(tile))
-        .route("/v1/log/inclusion", get(inclusion))
-        .route("/v1/log/consistency", get(consistency))
-        .route("/v1/log/entries/{address}", get(entries_of))
+pub fn routes() -> Routes {
+    Routes::new()
+        .route(
+            "/checkpoint",
+            &[(Method::GET, Access::Public)],
+            get(checkpoint),
+        )
+        .route("/tile/{*path}", &[(Method::GET, Access::Public)], get(tile))
+        .route(
+            "/v1/log/inclusion",
+            &[(Method::GET, Access::Device)],
+            get(inclusion),
+        )
+        .route(
+            "/v1/log/consistency",
+            &[(Method::GET, Access::Public)],
+            get(consistency),
+        )
+        .route(
+            "/v1/log/entries/{address}",
+            &[(Method::GET, Access::Device)],
+            get(entries_of),
+        )
 }
 
 async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ApiError> {

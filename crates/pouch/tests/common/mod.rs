@@ -665,6 +665,7 @@ impl Raw {
 /// A device the test drives itself over the API (enrolled honestly with an
 /// invite): for modified clients and for reading signed-in routes.
 pub struct RawDevice {
+    pub device_id: pouch_proto::DeviceId,
     pub api: pouch_client::net::Api,
     pub provider: openmls_libcrux_crypto::Provider,
     pub signer: pouch_mls::DeviceSigner,
@@ -721,10 +722,38 @@ impl RawDevice {
         )
         .unwrap();
         RawDevice {
+            device_id,
             api,
             provider,
             signer,
             suite,
         }
+    }
+
+    /// A fresh bearer token of this device, for requests made by hand.
+    pub fn token(&self) -> String {
+        use pouch_proto::api;
+        let ch: api::ChallengeResponse = self
+            .api
+            .post_json(
+                "/v1/auth/challenge",
+                &api::ChallengeRequest {
+                    device_id: self.device_id.clone(),
+                },
+            )
+            .unwrap();
+        let payload = api::auth_signing_payload(&self.device_id, &ch.challenge);
+        let tok: api::TokenResponse = self
+            .api
+            .post_json(
+                "/v1/auth/token",
+                &api::TokenRequest {
+                    device_id: self.device_id.clone(),
+                    challenge: ch.challenge,
+                    signature: pouch_mls::sign_raw(&self.signer, &payload).unwrap(),
+                },
+            )
+            .unwrap();
+        tok.token
     }
 }
