@@ -224,11 +224,9 @@ fn without_approval_a_device_gets_nothing() {
         "expired",
     );
     // The security team sees both: a denial is an alert, an expiry a notice.
-    let out = server.admin(&server.data_dir, &["alerts", "--json"]);
-    let refused: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let refused: Vec<serde_json::Value> = server
+        .alerts()
+        .into_iter()
         .filter(|a| a["rule"] == "link_refused")
         .collect();
     assert!(

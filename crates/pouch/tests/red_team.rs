@@ -165,17 +165,7 @@ fn serve_webhook(conn: std::net::TcpStream, into: &Mutex<Vec<Value>>) {
 }
 
 fn admin_alerts(server: &Server) -> Vec<Value> {
-    let out = server.admin(&server.data_dir, &["alerts", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    server.alerts()
 }
 
 /// A server whose policy file routes alerts to `team`, plus `extra` lines.
