@@ -535,6 +535,7 @@ async fn commit(
             welcome: req.welcome,
             added: req.added,
             removed: req.removed,
+            max_queued_bytes: s.limits.queue_bytes,
             now: now(),
         })
         .await?;

@@ -285,8 +285,9 @@ impl SqlStore {
             .await
             .map_err(backend)?;
         }
-        // Commits and Welcomes are never refused for a full queue: a group
-        // that cannot move to its next epoch would be stuck for everyone.
+        // Commits to existing members are never refused for a full queue: a
+        // group that cannot move to its next epoch would be stuck for
+        // everyone. A Welcome to a full queue is (below): nothing is added.
         if let Some(commit) = &s.commit {
             let item = Enqueue {
                 kind: QueueKind::Commit,
@@ -312,7 +313,12 @@ impl SqlStore {
                 now: s.now,
             };
             for device in &s.added {
-                enqueue(tx, device, &item).await?;
+                if enqueue(tx, device, &item).await? > s.max_queued_bytes {
+                    return Err(GroupRejection::QueueFull {
+                        device: device.clone(),
+                    }
+                    .into());
+                }
             }
         }
         Ok(new_epoch)

@@ -174,6 +174,7 @@ pub async fn run(store: &dyn Store) {
         welcome: Some(b"welcome-1".to_vec()),
         added: vec![b1_id.clone()],
         removed: vec![],
+        max_queued_bytes: u64::MAX,
         now,
     };
     assert_eq!(store.submit_commit(create).await.unwrap(), 1);
@@ -248,6 +249,7 @@ pub async fn run(store: &dyn Store) {
         welcome: None,
         added: vec![],
         removed: vec![],
+        max_queued_bytes: u64::MAX,
         now,
     };
     assert_eq!(
@@ -387,10 +389,43 @@ pub async fn run(store: &dyn Store) {
             welcome: Some(b"w2".to_vec()),
             added: vec![b1_id.clone()],
             removed: vec![],
+            max_queued_bytes: u64::MAX,
             now,
         })
         .await
         .unwrap();
+    // A Welcome to a full queue is refused with its commit: nothing is made.
+    let g3 = GroupId("ef".repeat(16));
+    let before = store
+        .fetch_queue(&b1_id, 0, 100, u64::MAX)
+        .await
+        .unwrap()
+        .len();
+    assert!(matches!(
+        store
+            .submit_commit(CommitSubmission {
+                group_id: g3.clone(),
+                sender: a1_id.clone(),
+                base_epoch: 0,
+                commit: None,
+                welcome: Some(b"a large welcome".to_vec()),
+                added: vec![b1_id.clone()],
+                removed: vec![],
+                max_queued_bytes: 1,
+                now,
+            })
+            .await,
+        Err(GroupError::Rejected(GroupRejection::QueueFull { .. }))
+    ));
+    assert_eq!(store.group_members(&g3).await.unwrap(), None);
+    assert_eq!(
+        store
+            .fetch_queue(&b1_id, 0, 100, u64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        before
+    );
     store.create_blob("big1", &a1_id, now).await.unwrap();
     store
         .put_blob_chunk("big1", &a1_id, 0, b"0123456789", u64::MAX)

@@ -155,6 +155,10 @@ pub struct CommitSubmission {
     pub welcome: Option<Vec<u8>>,
     pub added: Vec<DeviceId>,
     pub removed: Vec<DeviceId>,
+    /// The most an added device's queue may hold, its Welcome included: a
+    /// Welcome to a full queue is refused with the commit (whereas commits to
+    /// existing members always pass, or the conversation would be stuck).
+    pub max_queued_bytes: u64,
     pub now: UnixTime,
 }
 
