@@ -485,15 +485,34 @@ async fn claim_key_packages(
             });
         }
     }
+    let claimer = account_of(&s, &d).await;
     let mut ev = Ev::new("key_package_claim")
         .device(&d)
         .source(peer.ip())
         .amount(devices.len() as u64, 0);
-    if let Some(a) = account_of(&s, &d).await {
-        ev = ev.account(&a);
+    if let Some(a) = &claimer {
+        ev = ev.account(a);
     }
     let who: Vec<&str> = req.addresses.iter().map(|a| a.as_str()).collect();
     record(&s, ev.detail(format!("for {}", who.join(",")))).await;
+    // A pool that ran dry is what a drain is after (every new conversation
+    // with that device now reuses its last-resort package): recorded on the
+    // account whose pool it was, naming who claimed.
+    for c in devices.iter().filter(|c| c.last_resort) {
+        record(
+            &s,
+            Ev::new("key_package_exhausted")
+                .account(&c.address)
+                .source(peer.ip())
+                .detail(format!(
+                    "device {} of {}, claimed by {} (device {d})",
+                    c.device_id,
+                    c.address,
+                    claimer.as_ref().map(|a| a.as_str()).unwrap_or("?")
+                )),
+        )
+        .await;
+    }
     Ok(Json(ClaimResponse { devices }))
 }
 

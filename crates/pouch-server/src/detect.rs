@@ -19,7 +19,8 @@
 //! 5. `bulk_fetch` — a device fetched far more than its own busiest window (high);
 //! 6. `dormant_device` — a device silent for months signs in again (medium);
 //! 7. `new_network` — a device signed in from an address it never used (low);
-//! 8. `key_package_drain` — an account's key packages claimed far above normal (high);
+//! 8. `key_package_drain` — an account's key packages claimed above the
+//!    threshold within the window *until a device's pool ran dry* (high);
 //! 9. `invite_brute_force` / `invite_reuse` — guessing invites, or a used invite again (high);
 //! 10. `admin_action` — an administrator revoked a device or reset an account (high);
 //! 11. `audit_chain_broken` / `event_logging_interrupted` (critical);
@@ -231,23 +232,32 @@ async fn evaluate(
             seq,
             format!("an invite that was already used was presented again from {src}: it may have been stolen"),
         )),
-        "key_package_claim" => {
-            // Claims are recorded against the claimer; the drained accounts are in the detail.
-            let recent = recent(s, None, ev.at, window).await?;
-            for target in targets(&ev.detail) {
+        "key_package_exhausted" => {
+            // Fires when an account's pool runs dry after more claims in the
+            // window than the threshold: ordinary new conversations rarely
+            // empty a pool of 100 that every sync tops up; a drain does.
+            if let Some(target) = &ev.account {
+                let recent = recent(s, None, ev.at, window).await?;
                 let claimed = recent
                     .iter()
-                    .filter(|e| e.action == "key_package_claim" && targets(&e.detail).any(|x| x == target))
+                    .filter(|e| {
+                        e.action == "key_package_claim"
+                            && targets(&e.detail).any(|x| x == target.as_str())
+                    })
                     .count() as u64;
-                if claimed == t.key_package_claims + 1 {
+                let earlier_dry = recent
+                    .iter()
+                    .filter(|e| e.action == "key_package_exhausted" && e.account.as_ref() == Some(target))
+                    .count();
+                // `recent` includes this event: alert on the first dry pool of the window.
+                if claimed > t.key_package_claims && earlier_dry <= 1 {
                     let mut a = alert(
                         "key_package_drain",
                         "high",
                         ev,
                         seq,
-                        format!("key packages of {target} were claimed {claimed} times within {minutes} minutes (last from {src}): someone may be exhausting them to block or intercept new conversations"),
+                        format!("key packages of {target} were claimed {claimed} times within {minutes} minutes until a pool ran dry ({}; last from {src}): someone may be exhausting them to block or weaken new conversations", ev.detail),
                     );
-                    a.account = pouch_proto::Address::parse(target).ok();
                     a.device = None;
                     out.push(a);
                 }
