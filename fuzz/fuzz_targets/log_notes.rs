@@ -1,0 +1,19 @@
+//! The transparency log's texts from the network: checkpoints (signed
+//! notes), witness add-checkpoint requests, tile paths, log entries.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+/// A real verifier key, made once: notes are parsed up to the signature check.
+fn vkey() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| pouch_log::LogKey::generate("pouch.local/log").1.verifier_key)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = pouch_log::open_checkpoint(data, vkey(), "pouch.local/log");
+    let _ = pouch_log::witness::AddCheckpoint::decode(data);
+    let _ = pouch_log::AnyEntry::from_bytes(data);
+    if let Ok(path) = std::str::from_utf8(data) {
+        let _ = pouch_log::TilePath::parse(path);
+    }
+});
