@@ -1142,11 +1142,7 @@ impl Device {
         // the roster afterwards.
         let mut touched = std::collections::BTreeSet::new();
         loop {
-            let cursor: u64 = self
-                .local
-                .require_meta("queue_cursor")?
-                .parse()
-                .unwrap_or(0);
+            let cursor = queue_cursor(&self.local)?;
             let batch: api::QueueResponse = self
                 .api
                 .get(&format!("/v1/queue?after={cursor}&limit=100"))?;
@@ -1226,12 +1222,7 @@ impl Device {
         // The server hands out each position once, after the cursor; one it
         // hands out again (to slip a message in under a stored one's number)
         // is refused unopened.
-        let cursor: u64 = self
-            .local
-            .meta("queue_cursor")?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        if !replaying && item.seq <= cursor {
+        if !replaying && item.seq <= queue_cursor(&self.local)? {
             self.reject(
                 item,
                 ClientError::Invalid(format!(
@@ -1833,14 +1824,17 @@ impl Step {
 /// Moves the queue cursor forward (never back: a held item replayed later
 /// has a lower number than what was processed since).
 fn advance_cursor(l: &LocalStore, seq: u64) -> Result<()> {
-    let cursor: u64 = l
-        .meta("queue_cursor")?
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if seq > cursor {
+    if seq > queue_cursor(l)? {
         l.set_meta("queue_cursor", &seq.to_string())?;
     }
     Ok(())
+}
+
+/// The last queue position this device has processed.
+fn queue_cursor(l: &LocalStore) -> Result<u64> {
+    Ok(l.meta("queue_cursor")?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
 }
 
 fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Result<Step> {

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -48,7 +50,9 @@ fn wire_corpus_parses_or_is_refused() {
 
 #[test]
 fn log_notes_corpus_parses_or_is_refused() {
-    let key = pouch_log::LogKey::generate("pouch.local/log").1.verifier_key;
+    let key = pouch_log::LogKey::generate("pouch.local/log")
+        .1
+        .verifier_key;
     let mut tiles = 0;
     for (_, data) in corpus("log_notes") {
         let _ = pouch_log::open_checkpoint(&data, &key, "pouch.local/log");

@@ -354,6 +354,14 @@ fn queue_of(server: &Server, c: &Client) -> (String, Vec<(i64, String)>) {
     (device, rows)
 }
 
+/// The queue positions of application messages among `rows`.
+fn applications(rows: &[(i64, String)]) -> Vec<i64> {
+    rows.iter()
+        .filter(|(_, k)| k == "application")
+        .map(|(s, _)| *s)
+        .collect()
+}
+
 /// Alice writes three mails to Bob in one conversation; Bob has not synced yet.
 fn three_mails(dir: &Scratch, server: &Server) -> (Client, Client) {
     let alice = user(dir, server, "alice");
@@ -391,11 +399,7 @@ fn a_message_dropped_and_the_queue_renumbered_is_reported_as_withheld() {
     let server = Server::start(&dir.path("server"), None);
     let (_alice, bob) = three_mails(&dir, &server);
     let (device, rows) = queue_of(&server, &bob);
-    let apps: Vec<i64> = rows
-        .iter()
-        .filter(|(_, k)| k == "application")
-        .map(|(s, _)| *s)
-        .collect();
+    let apps = applications(&rows);
     assert_eq!(apps.len(), 3, "{rows:?}");
     // The intruder deletes the second mail and closes the gap, leaving no trace in the numbering.
     let db = server.db();
@@ -437,11 +441,7 @@ fn a_reordered_pair_is_reported_and_both_mails_are_kept() {
     let server = Server::start(&dir.path("server"), None);
     let (_alice, bob) = three_mails(&dir, &server);
     let (device, rows) = queue_of(&server, &bob);
-    let apps: Vec<i64> = rows
-        .iter()
-        .filter(|(_, k)| k == "application")
-        .map(|(s, _)| *s)
-        .collect();
+    let apps = applications(&rows);
     // The intruder swaps the second and third mails.
     let db = server.db();
     for (from, to) in [(apps[1], -1), (apps[2], apps[1]), (-1, apps[2])] {
