@@ -12,35 +12,27 @@
 use crate::Shared;
 use crate::tls::Conn;
 use base64::Engine;
-use imap_codec::CommandCodec;
-use imap_codec::decode::{CommandDecodeError, Decoder};
-use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::core::LiteralMode;
-use imap_codec::imap_types::fetch::{
-    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
-};
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_codec::imap_types::flag::{Flag, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::sequence::SequenceSet;
 use imap_codec::imap_types::status::StatusDataItemName;
 use pouch_client::mailboxes::Entry;
+use pouch_mail_proto::imap::pattern::matches;
+use pouch_mail_proto::imap::render::{
+    body_structure, envelope, header_end, header_fields, imap_date, section_bytes, section_name,
+    string,
+};
+use pouch_mail_proto::imap::sequence::{in_ranges, set_ranges};
+use pouch_mail_proto::imap::{CommandReceiver, MAX_LINE, Received};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CAPABILITIES: &str =
     "IMAP4rev1 IDLE UIDPLUS MOVE UNSELECT ID NAMESPACE LITERAL+ SPECIAL-USE AUTH=PLAIN";
-/// Largest literal accepted (an APPENDed message).
-const MAX_LITERAL: u32 = 64 * 1024 * 1024;
-/// Longest command text around literals.
-const MAX_LINE: usize = 64 * 1024;
-/// Everything a client may send before it has logged in (a LOGIN or
-/// AUTHENTICATE line, with a literal password): small, so that a stranger
-/// on the port cannot make the bridge hold megabytes.
-const PRE_LOGIN_MAX: usize = 16 * 1024;
-
 /// The folder a session has selected, as its client knows it.
 struct Selected {
     id: i64,
@@ -79,55 +71,8 @@ struct Session {
 // ---------- writing ----------
 
 /// A string as IMAP wants it: quoted when it is short plain ASCII, a literal otherwise.
-fn string(out: &mut Vec<u8>, bytes: &[u8]) {
-    let plain = bytes.len() < 256
-        && bytes
-            .iter()
-            .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
-        out.extend_from_slice(bytes);
-    }
-}
-
-fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        Some(b) => string(out, b),
-        None => out.extend_from_slice(b"NIL"),
-    }
-}
-
 fn flag_list(flags: &[String]) -> String {
     format!("({})", flags.join(" "))
-}
-
-fn imap_date(ts: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = ts.div_euclid(86_400);
-    let secs = ts.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{day:02}-{}-{year:04} {:02}:{:02}:{:02} +0000",
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 fn mailbox_name(m: &Mailbox<'_>) -> String {
@@ -142,439 +87,6 @@ fn list_pattern(m: &ListMailbox<'_>) -> String {
         ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
         ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
     }
-}
-
-/// IMAP LIST wildcards: `*` matches anything, `%` anything but the delimiter.
-///
-/// Matched in O(pattern × name) time and O(name) space (one row of the
-/// classic table), never by backtracking: `"****…Z"` costs what `"*Z"` does.
-fn matches(pattern: &[u8], name: &[u8]) -> bool {
-    // row[j]: the pattern so far matches name[..j].
-    let mut row = vec![false; name.len() + 1];
-    row[0] = true;
-    for &p in pattern {
-        let mut next = vec![false; name.len() + 1];
-        match p {
-            b'*' => {
-                next[0] = row[0];
-                for j in 1..=name.len() {
-                    next[j] = row[j] || next[j - 1];
-                }
-            }
-            b'%' => {
-                next[0] = row[0];
-                for j in 1..=name.len() {
-                    next[j] = row[j] || (next[j - 1] && name[j - 1] != b'/');
-                }
-            }
-            c => {
-                for j in 1..=name.len() {
-                    next[j] = row[j - 1] && name[j - 1].eq_ignore_ascii_case(&c);
-                }
-            }
-        }
-        row = next;
-        if !row.iter().any(|&m| m) {
-            return false;
-        }
-    }
-    row[name.len()]
-}
-
-// ---------- message parts ----------
-
-/// Offset of the blank line that ends the header (the body starts after it).
-fn header_end(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
-        .unwrap_or(raw.len())
-}
-
-/// Header fields (with their folded lines) whose names are, or are not, in `names`.
-fn header_fields(header: &[u8], names: &[String], keep: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut taking = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if !line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
-            let listed = names
-                .iter()
-                .any(|n| n.as_bytes().eq_ignore_ascii_case(name));
-            taking = listed == keep;
-        }
-        if taking {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// The bytes of a MIME part by its path (1-based numbers): its header and body.
-fn part<'a>(raw: &'a [u8], path: &[NonZeroU32]) -> Option<(&'a [u8], &'a [u8])> {
-    let msg = mail_parser::MessageParser::default().parse(raw)?;
-    let mut id = 0usize;
-    for n in path {
-        let p = msg.parts.get(id)?;
-        match &p.body {
-            mail_parser::PartType::Multipart(children) => {
-                id = *children.get(n.get() as usize - 1)? as usize;
-            }
-            // A single part is part 1 of itself.
-            _ if n.get() == 1 && id == 0 => {}
-            _ => return None,
-        }
-    }
-    let p = msg.parts.get(id)?;
-    let (h0, b0, end) = (
-        p.offset_header as usize,
-        p.offset_body as usize,
-        p.offset_end as usize,
-    );
-    if id == 0 {
-        // The message itself: its body is everything after the header.
-        let he = header_end(raw);
-        return Some((&raw[..he], &raw[he..]));
-    }
-    Some((raw.get(h0..b0)?, raw.get(b0..end)?))
-}
-
-fn section_name(s: &Option<Section<'_>>) -> String {
-    let part = |p: &imap_codec::imap_types::fetch::Part| {
-        p.0.as_ref()
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let names =
-        |f: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
-            f.as_ref()
-                .iter()
-                .map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_uppercase())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-    let prefixed = |p: &Option<imap_codec::imap_types::fetch::Part>, what: String| match p {
-        Some(p) => format!("{}.{what}", part(p)),
-        None => what,
-    };
-    match s {
-        None => String::new(),
-        Some(Section::Part(p)) => part(p),
-        Some(Section::Header(p)) => prefixed(p, "HEADER".into()),
-        Some(Section::HeaderFields(p, f)) => prefixed(p, format!("HEADER.FIELDS ({})", names(f))),
-        Some(Section::HeaderFieldsNot(p, f)) => {
-            prefixed(p, format!("HEADER.FIELDS.NOT ({})", names(f)))
-        }
-        Some(Section::Text(p)) => prefixed(p, "TEXT".into()),
-        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
-    }
-}
-
-/// The bytes a BODY[section] asks for.
-fn section_bytes(raw: &[u8], s: &Option<Section<'_>>) -> Vec<u8> {
-    let field_names =
-        |f: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
-            f.as_ref()
-                .iter()
-                .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
-                .collect::<Vec<_>>()
-        };
-    let scope = |p: &Option<imap_codec::imap_types::fetch::Part>| -> Option<(Vec<u8>, Vec<u8>)> {
-        match p {
-            None => {
-                let he = header_end(raw);
-                Some((raw[..he].to_vec(), raw[he..].to_vec()))
-            }
-            Some(p) => {
-                let (h, b) = part(raw, p.0.as_ref())?;
-                Some((h.to_vec(), b.to_vec()))
-            }
-        }
-    };
-    match s {
-        None => raw.to_vec(),
-        Some(Section::Part(p)) => part(raw, p.0.as_ref())
-            .map(|(_, b)| b.to_vec())
-            .unwrap_or_default(),
-        Some(Section::Header(p)) => scope(p).map(|(h, _)| h).unwrap_or_default(),
-        Some(Section::Text(p)) => scope(p).map(|(_, b)| b).unwrap_or_default(),
-        Some(Section::Mime(p)) => part(raw, p.0.as_ref())
-            .map(|(h, _)| h.to_vec())
-            .unwrap_or_default(),
-        Some(Section::HeaderFields(p, f)) => scope(p)
-            .map(|(h, _)| header_fields(&h, &field_names(f), true))
-            .unwrap_or_default(),
-        Some(Section::HeaderFieldsNot(p, f)) => scope(p)
-            .map(|(h, _)| header_fields(&h, &field_names(f), false))
-            .unwrap_or_default(),
-    }
-}
-
-/// ENVELOPE (RFC 3501 §7.4.2) from the message's own header fields.
-fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
-    let head = &raw[..header_end(raw)];
-    let msg = mail_parser::MessageParser::default().parse_headers(head);
-    let raw_field = |name: &str| -> Option<Vec<u8>> {
-        let fields = header_fields(head, &[name.to_string()], true);
-        let line = &fields[..fields.len().saturating_sub(2)];
-        let colon = line.iter().position(|&b| b == b':')?;
-        let value: Vec<u8> = line[colon + 1..]
-            .iter()
-            .copied()
-            .filter(|&b| b != b'\r' && b != b'\n')
-            .collect();
-        let value = value.trim_ascii().to_vec();
-        Some(value)
-    };
-    // Display names as written (encoded words and all), as ENVELOPE wants them.
-    let raw_name = |field: &str, email: &str| -> Option<Vec<u8>> {
-        let value = raw_field(field)?;
-        let needle = format!("<{email}>").into_bytes();
-        let at = value
-            .windows(needle.len())
-            .position(|w| w.eq_ignore_ascii_case(&needle))?;
-        // Back to the previous comma or colon outside quotes.
-        let mut start = 0;
-        let mut quoted = false;
-        for (i, &b) in value[..at].iter().enumerate() {
-            match b {
-                b'"' => quoted = !quoted,
-                b',' | b':' if !quoted => start = i + 1,
-                _ => {}
-            }
-        }
-        let name = value[start..at].trim_ascii();
-        let name = match name {
-            [b'"', inner @ .., b'"'] => {
-                let mut out = Vec::new();
-                let mut escaped = false;
-                for &b in inner {
-                    if b == b'\\' && !escaped {
-                        escaped = true;
-                        continue;
-                    }
-                    escaped = false;
-                    out.push(b);
-                }
-                out
-            }
-            other => other.to_vec(),
-        };
-        (!name.is_empty()).then_some(name)
-    };
-    let addresses = |out: &mut Vec<u8>, field: &str, a: Option<&mail_parser::Address<'_>>| {
-        let list: Vec<&mail_parser::Addr<'_>> = match a {
-            Some(mail_parser::Address::List(l)) => l.iter().collect(),
-            Some(mail_parser::Address::Group(g)) => {
-                g.iter().flat_map(|g| g.addresses.iter()).collect()
-            }
-            None => Vec::new(),
-        };
-        if list.is_empty() {
-            out.extend_from_slice(b"NIL");
-            return;
-        }
-        out.push(b'(');
-        for addr in list {
-            out.push(b'(');
-            let email = addr.address.as_deref().unwrap_or_default();
-            let name = raw_name(field, email)
-                .or_else(|| addr.name.as_deref().map(|n| n.as_bytes().to_vec()));
-            nstring(out, name.as_deref());
-            out.extend_from_slice(b" NIL ");
-            let (local, host) = email.rsplit_once('@').unwrap_or((email, ""));
-            string(out, local.as_bytes());
-            out.push(b' ');
-            string(out, host.as_bytes());
-            out.push(b')');
-        }
-        out.push(b')');
-    };
-    let (from, sender, reply_to, to, cc, bcc) = match &msg {
-        Some(m) => (m.from(), m.sender(), m.reply_to(), m.to(), m.cc(), m.bcc()),
-        None => (None, None, None, None, None, None),
-    };
-    out.extend_from_slice(b"ENVELOPE (");
-    nstring(out, raw_field("Date").as_deref());
-    out.push(b' ');
-    nstring(out, raw_field("Subject").as_deref());
-    out.push(b' ');
-    addresses(out, "From", from);
-    out.push(b' ');
-    addresses(
-        out,
-        if sender.is_some() { "Sender" } else { "From" },
-        sender.or(from),
-    );
-    out.push(b' ');
-    addresses(
-        out,
-        if reply_to.is_some() {
-            "Reply-To"
-        } else {
-            "From"
-        },
-        reply_to.or(from),
-    );
-    out.push(b' ');
-    addresses(out, "To", to);
-    out.push(b' ');
-    addresses(out, "Cc", cc);
-    out.push(b' ');
-    addresses(out, "Bcc", bcc);
-    out.push(b' ');
-    nstring(out, raw_field("In-Reply-To").as_deref());
-    out.push(b' ');
-    nstring(out, raw_field("Message-ID").as_deref());
-    out.push(b')');
-}
-
-/// BODYSTRUCTURE (extensible) or BODY (basic), RFC 3501 §7.4.2, from the MIME tree.
-fn body_structure(out: &mut Vec<u8>, raw: &[u8], extensible: bool) {
-    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
-        // Not MIME at all: one text/plain body.
-        let body = &raw[header_end(raw).min(raw.len())..];
-        out.extend_from_slice(
-            format!(
-                "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" {} {})",
-                body.len(),
-                body.iter().filter(|&&b| b == b'\n').count()
-            )
-            .as_bytes(),
-        );
-        return;
-    };
-    walk_structure(out, &msg, raw, 0, extensible);
-}
-
-fn structure_params(out: &mut Vec<u8>, attrs: Option<&[mail_parser::Attribute<'_>]>) {
-    match attrs {
-        Some(a) if !a.is_empty() => {
-            out.push(b'(');
-            for (i, at) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, at.name.to_ascii_uppercase().as_bytes());
-                out.push(b' ');
-                string(out, at.value.as_bytes());
-            }
-            out.push(b')');
-        }
-        _ => out.extend_from_slice(b"NIL"),
-    }
-}
-
-fn structure_disposition(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>) {
-    use mail_parser::MimeHeaders;
-    match part.content_disposition() {
-        Some(d) => {
-            out.push(b'(');
-            string(out, d.ctype().to_ascii_uppercase().as_bytes());
-            out.push(b' ');
-            structure_params(out, d.attributes());
-            out.push(b')');
-        }
-        None => out.extend_from_slice(b"NIL"),
-    }
-}
-
-fn walk_structure(
-    out: &mut Vec<u8>,
-    msg: &mail_parser::Message<'_>,
-    raw: &[u8],
-    id: usize,
-    extensible: bool,
-) {
-    use mail_parser::MimeHeaders;
-    let Some(part) = msg.parts.get(id) else {
-        out.extend_from_slice(b"NIL");
-        return;
-    };
-    let ct = part.content_type();
-    if let mail_parser::PartType::Multipart(children) = &part.body {
-        out.push(b'(');
-        for c in children {
-            walk_structure(out, msg, raw, *c as usize, extensible);
-        }
-        out.push(b' ');
-        let sub = ct.and_then(|c| c.subtype()).unwrap_or("mixed");
-        string(out, sub.to_ascii_uppercase().as_bytes());
-        if extensible {
-            out.push(b' ');
-            structure_params(out, ct.and_then(|c| c.attributes()));
-            out.push(b' ');
-            structure_disposition(out, part);
-            out.extend_from_slice(b" NIL NIL");
-        }
-        out.push(b')');
-        return;
-    }
-    let (ctype, sub) = match ct {
-        Some(c) => (
-            c.ctype().to_ascii_uppercase(),
-            c.subtype().unwrap_or("plain").to_ascii_uppercase(),
-        ),
-        None => ("TEXT".into(), "PLAIN".into()),
-    };
-    let (b0, end) = if id == 0 {
-        (header_end(raw), raw.len())
-    } else {
-        (part.offset_body as usize, part.offset_end as usize)
-    };
-    let body = raw.get(b0..end.max(b0)).unwrap_or_default();
-    out.push(b'(');
-    string(out, ctype.as_bytes());
-    out.push(b' ');
-    string(out, sub.as_bytes());
-    out.push(b' ');
-    match ct.and_then(|c| c.attributes()) {
-        Some(a) if !a.is_empty() => structure_params(out, Some(a)),
-        _ if ctype == "TEXT" => out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")"),
-        _ => out.extend_from_slice(b"NIL"),
-    }
-    out.push(b' ');
-    let id_field = part.content_id().map(|c| format!("<{c}>"));
-    nstring(out, id_field.as_deref().map(str::as_bytes));
-    out.push(b' ');
-    nstring(out, part.content_description().map(str::as_bytes));
-    out.push(b' ');
-    let encoding = part
-        .content_transfer_encoding()
-        .unwrap_or("7bit")
-        .to_ascii_uppercase();
-    string(out, encoding.as_bytes());
-    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
-    let lines = body.iter().filter(|&&b| b == b'\n').count();
-    if ctype == "MESSAGE" && sub == "RFC822" {
-        out.push(b' ');
-        envelope_fields(out, body);
-        out.push(b' ');
-        body_structure(out, body, extensible);
-        out.extend_from_slice(format!(" {lines}").as_bytes());
-    } else if ctype == "TEXT" {
-        out.extend_from_slice(format!(" {lines}").as_bytes());
-    }
-    if extensible {
-        out.extend_from_slice(b" NIL ");
-        structure_disposition(out, part);
-        out.extend_from_slice(b" NIL NIL");
-    }
-    out.push(b')');
-}
-
-/// The parenthesised ENVELOPE value (without the ENVELOPE keyword).
-fn envelope_fields(out: &mut Vec<u8>, raw: &[u8]) {
-    let mut with_keyword = Vec::new();
-    envelope(&mut with_keyword, raw);
-    out.extend_from_slice(&with_keyword[b"ENVELOPE ".len()..]);
 }
 
 // ---------- search ----------
@@ -592,30 +104,6 @@ struct Candidate<'a> {
     entry: &'a Entry,
     largest_uid: u32,
     raw: &'a [u8],
-}
-
-/// The set's ranges with `*` as `largest`, never expanded: `1:4294967295`
-/// is one pair, not four billion numbers.
-fn set_ranges(set: &SequenceSet, largest: NonZeroU32) -> Vec<(u32, u32)> {
-    let value = |v: &SeqOrUid| match v {
-        SeqOrUid::Value(n) => n.get(),
-        SeqOrUid::Asterisk => largest.get(),
-    };
-    set.0
-        .as_ref()
-        .iter()
-        .map(|s| match s {
-            Sequence::Single(v) => (value(v), value(v)),
-            Sequence::Range(a, b) => {
-                let (a, b) = (value(a), value(b));
-                (a.min(b), a.max(b))
-            }
-        })
-        .collect()
-}
-
-fn in_ranges(ranges: &[(u32, u32)], n: u32) -> bool {
-    ranges.iter().any(|&(lo, hi)| lo <= n && n <= hi)
 }
 
 fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
@@ -1212,7 +700,12 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, command: Command<'_>, stream: &mut Conn, buf: &mut Vec<u8>) {
+    async fn handle(
+        &mut self,
+        command: Command<'_>,
+        stream: &mut Conn,
+        input: &mut CommandReceiver,
+    ) {
         let tag = command.tag.as_ref().to_string();
         let t = tag.as_str();
         match command.body {
@@ -1244,7 +737,7 @@ impl Session {
                     let _ = stream.write_all(&self.out).await;
                     self.out.clear();
                     // Nothing sent in the clear before the handshake may count after it.
-                    buf.clear();
+                    input.clear();
                     if stream.start_tls(config).await.is_err() {
                         self.logout = true;
                         return;
@@ -1276,7 +769,7 @@ impl Session {
                         self.out.extend_from_slice(b"+ \r\n");
                         let _ = stream.write_all(&self.out).await;
                         self.out.clear();
-                        let Some(line) = read_line(stream, buf).await else {
+                        let Some(line) = read_line(stream, input).await else {
                             self.logout = true;
                             return;
                         };
@@ -1546,12 +1039,18 @@ impl Session {
 
 /// Reads what the client sent next; false when it closed the connection,
 /// failed, or sent nothing for `idle`.
-async fn read_more(stream: &mut Conn, buf: &mut Vec<u8>, idle: std::time::Duration) -> bool {
+/// Reads once into the receiver; false when the client left, failed or
+/// stayed silent for `idle`.
+async fn read_more(
+    stream: &mut Conn,
+    input: &mut CommandReceiver,
+    idle: std::time::Duration,
+) -> bool {
     let mut chunk = [0u8; 64 * 1024];
     match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
         Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
         Ok(Ok(n)) => {
-            buf.extend_from_slice(&chunk[..n]);
+            input.push(&chunk[..n]);
             true
         }
     }
@@ -1563,13 +1062,13 @@ fn idle_limit(authenticated: bool) -> std::time::Duration {
     std::time::Duration::from_secs(if authenticated { 30 * 60 } else { 60 })
 }
 
-async fn read_line(stream: &mut Conn, buf: &mut Vec<u8>) -> Option<String> {
+/// One continuation line (an AUTHENTICATE response), at most [`MAX_LINE`].
+async fn read_line(stream: &mut Conn, input: &mut CommandReceiver) -> Option<String> {
     loop {
-        if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
+        if let Some(line) = input.take_line() {
             return Some(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        if buf.len() > MAX_LINE || !read_more(stream, buf, idle_limit(false)).await {
+        if input.line_too_long(MAX_LINE) || !read_more(stream, input, idle_limit(false)).await {
             return None;
         }
     }
@@ -1596,137 +1095,85 @@ pub async fn session(
     stream
         .write_all(format!("* OK [CAPABILITY {caps}] Pouch bridge ready\r\n").as_bytes())
         .await?;
-    let codec = CommandCodec::default();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut literal_acknowledged_at: Option<usize> = None;
-    // A command is complete only at a line end: the buffer is parsed again
-    // only when one arrived, so a long line costs one parse, not one per read.
-    let mut line_ended = false;
+    let mut input = CommandReceiver::default();
     // Before login the whole session has one deadline (not one per read):
     // a stranger cannot hold a slot by sending a NOOP now and then.
     let login_deadline = std::time::Instant::now() + idle_limit(false);
     loop {
-        if !line_ended {
-            let limit = if s.authenticated {
-                MAX_LITERAL as usize + MAX_LINE
-            } else {
-                PRE_LOGIN_MAX
-            };
-            if buf.len() > limit {
+        let command = match input.next(s.authenticated) {
+            Received::Command(command) => command,
+            Received::NeedMore => {
+                let idle = if s.authenticated {
+                    idle_limit(true)
+                } else {
+                    login_deadline.saturating_duration_since(std::time::Instant::now())
+                };
+                if idle.is_zero() || !read_more(&mut stream, &mut input, idle).await {
+                    let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
+                    return Ok(());
+                }
+                continue;
+            }
+            Received::TooLong => {
                 let _ = stream
                     .write_all(b"* BYE Command too long; closing the connection\r\n")
                     .await;
                 return Ok(());
             }
-            let before = buf.len();
-            let idle = if s.authenticated {
-                idle_limit(true)
-            } else {
-                login_deadline.saturating_duration_since(std::time::Instant::now())
-            };
-            if idle.is_zero() || !read_more(&mut stream, &mut buf, idle).await {
-                let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
-                return Ok(());
-            }
-            line_ended = buf[before..].contains(&b'\n');
-            continue;
-        }
-        let decoded = match codec.decode(&buf) {
-            Ok((rest, command)) => Ok((buf.len() - rest.len(), command.into_static())),
-            Err(e) => Err(e.into_static()),
-        };
-        match decoded {
-            Ok((used, command)) => {
-                buf.drain(..used);
-                literal_acknowledged_at = None;
-                if matches!(command.body, CommandBody::Idle) {
-                    if !s.authenticated || s.selected.is_none() {
-                        s.tagged(command.tag.as_ref(), "BAD", "Select a folder before IDLE");
-                    } else {
-                        stream.write_all(b"+ idling\r\n").await?;
-                        let tag = command.tag.as_ref().to_string();
-                        loop {
-                            if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                                let line: Vec<u8> = buf.drain(..=end).collect();
-                                if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
-                                    s.tagged(&tag, "OK", "IDLE terminated");
-                                } else {
-                                    s.tagged(&tag, "BAD", "Expected DONE");
-                                }
-                                break;
-                            }
-                            let mut chunk = [0u8; 4096];
-                            tokio::select! {
-                                n = stream.read(&mut chunk) => {
-                                    let n = n?;
-                                    if n == 0 || buf.len() > MAX_LINE { return Ok(()) }
-                                    buf.extend_from_slice(&chunk[..n]);
-                                }
-                                _ = changes.recv() => {
-                                    s.updates().await;
-                                    stream.write_all(&s.out).await?;
-                                    s.out.clear();
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    s.handle(command, &mut stream, &mut buf).await;
-                }
-                stream.write_all(&s.out).await?;
-                s.out.clear();
-                if s.logout {
-                    return Ok(());
-                }
+            Received::ContinueLiteral => {
+                stream.write_all(b"+ Ready for literal data\r\n").await?;
                 continue;
             }
-            Err(CommandDecodeError::Incomplete) => line_ended = false,
-            Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
-                line_ended = false;
-                // Before login only a LOGIN's literal password fits.
-                let max = if s.authenticated {
-                    MAX_LITERAL
-                } else {
-                    PRE_LOGIN_MAX as u32 / 2
-                };
-                if length > max {
-                    stream
-                        .write_all(format!("{} NO Literal too large\r\n", tag.as_ref()).as_bytes())
-                        .await?;
-                    return Ok(());
-                }
-                if mode == LiteralMode::Sync && literal_acknowledged_at != Some(buf.len()) {
-                    stream.write_all(b"+ Ready for literal data\r\n").await?;
-                    literal_acknowledged_at = Some(buf.len());
-                }
+            Received::LiteralTooLarge { tag } => {
+                stream
+                    .write_all(format!("{tag} NO Literal too large\r\n").as_bytes())
+                    .await?;
+                return Ok(());
             }
-            Err(CommandDecodeError::Failed) => {
-                // Drop the bad line; answer with its tag if it has one.
-                let end = buf
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map(|p| p + 1)
-                    .unwrap_or(buf.len());
-                let line: Vec<u8> = buf.drain(..end).collect();
-                let tag = line
-                    .split(|&b| b == b' ')
-                    .next()
-                    .filter(|t| {
-                        !t.is_empty()
-                            && t.iter()
-                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
-                    })
-                    .map(|t| String::from_utf8_lossy(t).into_owned())
-                    .unwrap_or_else(|| "*".into());
+            Received::Bad { tag } => {
                 stream
                     .write_all(format!("{tag} BAD Could not parse that command\r\n").as_bytes())
                     .await?;
-                if end == 0 {
-                    buf.clear();
-                }
-                line_ended = buf.contains(&b'\n');
                 continue;
             }
+        };
+        if matches!(command.body, CommandBody::Idle) {
+            if !s.authenticated || s.selected.is_none() {
+                s.tagged(command.tag.as_ref(), "BAD", "Select a folder before IDLE");
+            } else {
+                stream.write_all(b"+ idling\r\n").await?;
+                let tag = command.tag.as_ref().to_string();
+                loop {
+                    if let Some(line) = input.take_line() {
+                        if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                            s.tagged(&tag, "OK", "IDLE terminated");
+                        } else {
+                            s.tagged(&tag, "BAD", "Expected DONE");
+                        }
+                        break;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    tokio::select! {
+                        n = stream.read(&mut chunk) => {
+                            let n = n?;
+                            if n == 0 || input.line_too_long(MAX_LINE) { return Ok(()) }
+                            input.push(&chunk[..n]);
+                        }
+                        _ = changes.recv() => {
+                            s.updates().await;
+                            stream.write_all(&s.out).await?;
+                            s.out.clear();
+                        }
+                    }
+                }
+            }
+        } else {
+            s.handle(*command, &mut stream, &mut input).await;
+        }
+        stream.write_all(&s.out).await?;
+        s.out.clear();
+        if s.logout {
+            return Ok(());
         }
     }
 }

@@ -11,16 +11,12 @@
 use crate::Shared;
 use crate::tls::Conn;
 use base64::Engine;
+use pouch_mail_proto::smtp::{Expect, Input, MAX_MESSAGE, Receiver};
 use pouch_proto::Address;
-use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::{EhloResponse, Request};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The largest message accepted (advertised as SIZE).
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// Longest command line (AUTH lines with their base64 included).
-const MAX_LINE: usize = 16 * 1024;
 /// Failed logins before the session is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -31,7 +27,17 @@ enum State {
     /// AUTH LOGIN: the next line is the user name, then the password.
     AuthLoginUser,
     AuthLoginPassword(String),
-    Data(DataReceiver),
+    Data,
+}
+
+impl State {
+    fn expects(&self) -> Expect {
+        match self {
+            State::Command => Expect::Command,
+            State::AuthPlain | State::AuthLoginUser | State::AuthLoginPassword(_) => Expect::Line,
+            State::Data => Expect::Data,
+        }
+    }
 }
 
 struct Session {
@@ -46,7 +52,6 @@ struct Session {
     auth_failures: u32,
     from: Option<Address>,
     recipients: Vec<Address>,
-    message: Vec<u8>,
     quit: bool,
 }
 
@@ -69,7 +74,6 @@ impl Session {
     fn reset(&mut self) {
         self.from = None;
         self.recipients.clear();
-        self.message.clear();
     }
 
     async fn login(&mut self, user: &str, password: String) {
@@ -182,7 +186,7 @@ impl Session {
                 } else {
                     self.out
                         .extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
-                    return Some(State::Data(DataReceiver::new()));
+                    return Some(State::Data);
                 }
             }
             Request::Rset => {
@@ -230,8 +234,7 @@ impl Session {
         }
     }
 
-    async fn deliver(&mut self) {
-        let raw = std::mem::take(&mut self.message);
+    async fn deliver(&mut self, raw: Vec<u8>) {
         let envelope = std::mem::take(&mut self.recipients);
         self.from = None;
         if raw.len() > MAX_MESSAGE {
@@ -271,13 +274,6 @@ fn decode_line(line: &str) -> Option<String> {
         .and_then(|v| String::from_utf8(v).ok())
 }
 
-/// Takes one CRLF-terminated line out of `buf`, if there is one.
-fn take_line(buf: &mut Vec<u8>) -> Option<String> {
-    let end = buf.iter().position(|&b| b == b'\n')?;
-    let line: Vec<u8> = buf.drain(..=end).collect();
-    Some(String::from_utf8_lossy(&line).trim_end().to_string())
-}
-
 /// One client connection, from greeting to QUIT.
 pub async fn session(
     shared: Shared,
@@ -294,14 +290,12 @@ pub async fn session(
         auth_failures: 0,
         from: None,
         recipients: Vec::new(),
-        message: Vec::new(),
         quit: false,
     };
     conn.write_all(b"220 pouch-bridge ESMTP Pouch bridge ready\r\n")
         .await?;
-    let mut receiver = RequestReceiver::default();
+    let mut input = Receiver::default();
     let mut state = State::Command;
-    let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     // Before login the whole session has one minute, not one per read.
     let login_deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -324,97 +318,50 @@ pub async fn session(
         if n == 0 {
             return Ok(());
         }
-        pending.extend_from_slice(&chunk[..n]);
-        // A line without end (outside DATA, whose size is capped below) is
-        // refused: smtp-proto bounds command lines, this bounds AUTH's.
-        if !matches!(state, State::Data(_)) && pending.len() > MAX_LINE && !pending.contains(&b'\n')
-        {
-            conn.write_all(b"500 5.5.2 Line too long; closing\r\n")
-                .await?;
-            return Ok(());
-        }
+        input.push(&chunk[..n]);
         // Handle everything complete in what has arrived (pipelining).
-        loop {
-            match &mut state {
-                State::Data(data) => {
-                    let mut iter = pending.iter();
-                    let done = data.ingest(&mut iter, &mut s.message);
-                    let rest = iter.as_slice().to_vec();
-                    pending = rest;
-                    if s.message.len() > MAX_MESSAGE + 1024 {
-                        s.message.clear();
-                        s.reply(552, "5.3.4", "Message too big; closing");
-                        s.quit = true;
-                    } else if done {
-                        state = State::Command;
-                        s.deliver().await;
-                        continue;
-                    }
-                    break;
-                }
-                State::AuthPlain => {
-                    let Some(line) = take_line(&mut pending) else {
-                        break;
-                    };
+        while !s.quit {
+            match input.next(state.expects()) {
+                Input::NeedMore => break,
+                Input::Message(raw) => {
                     state = State::Command;
-                    if line == "*" {
-                        s.reply(501, "5.7.0", "Authentication cancelled");
-                    } else {
-                        s.plain(&line).await;
-                    }
+                    s.deliver(raw).await;
                 }
-                State::AuthLoginUser => {
-                    let Some(line) = take_line(&mut pending) else {
-                        break;
-                    };
-                    if line == "*" {
-                        state = State::Command;
-                        s.reply(501, "5.7.0", "Authentication cancelled");
-                    } else {
+                Input::MessageTooBig => {
+                    s.reply(552, "5.3.4", "Message too big; closing");
+                    s.quit = true;
+                }
+                Input::LineTooLong => {
+                    s.reply(500, "5.5.2", "Line too long; closing");
+                    s.quit = true;
+                }
+                Input::UnknownCommand => s.reply(500, "5.5.2", "Unknown command"),
+                Input::Syntax(e) => s.reply(501, "5.5.4", &format!("Syntax error: {e}")),
+                Input::Line(line) => match std::mem::replace(&mut state, State::Command) {
+                    State::AuthPlain if line == "*" => {
+                        s.reply(501, "5.7.0", "Authentication cancelled")
+                    }
+                    State::AuthPlain => s.plain(&line).await,
+                    State::AuthLoginUser if line == "*" => {
+                        s.reply(501, "5.7.0", "Authentication cancelled")
+                    }
+                    State::AuthLoginUser => {
                         s.out.extend_from_slice(b"334 UGFzc3dvcmQ6\r\n");
                         state = State::AuthLoginPassword(decode_line(&line).unwrap_or_default());
                     }
-                }
-                State::AuthLoginPassword(user) => {
-                    let Some(line) = take_line(&mut pending) else {
-                        break;
-                    };
-                    let user = std::mem::take(user);
-                    state = State::Command;
-                    if line == "*" {
-                        s.reply(501, "5.7.0", "Authentication cancelled");
-                    } else {
-                        s.login(&user, decode_line(&line).unwrap_or_default()).await;
+                    State::AuthLoginPassword(_) if line == "*" => {
+                        s.reply(501, "5.7.0", "Authentication cancelled")
+                    }
+                    State::AuthLoginPassword(user) => {
+                        s.login(&user, decode_line(&line).unwrap_or_default()).await
+                    }
+                    State::Command | State::Data => {}
+                },
+                Input::Request(request) => {
+                    if let Some(next) = s.command(request).await {
+                        state = next;
                     }
                 }
-                State::Command => {
-                    if pending.is_empty() {
-                        break;
-                    }
-                    let mut iter = pending.iter();
-                    let parsed = receiver.ingest(&mut iter).map(|r| r.into_owned());
-                    let rest = iter.as_slice().to_vec();
-                    pending = rest;
-                    match parsed {
-                        Ok(request) => {
-                            if let Some(next) = s.command(request).await {
-                                state = next;
-                            }
-                        }
-                        Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
-                        Err(smtp_proto::Error::UnknownCommand) => {
-                            s.reply(500, "5.5.2", "Unknown command")
-                        }
-                        Err(smtp_proto::Error::ResponseTooLong) => {
-                            s.reply(500, "5.5.2", "Line too long; closing");
-                            s.quit = true;
-                        }
-                        Err(e) => s.reply(501, "5.5.4", &format!("Syntax error: {e:?}")),
-                    }
-                }
-            }
-            if s.quit {
-                break;
             }
         }
         conn.write_all(&s.out).await?;
@@ -425,8 +372,7 @@ pub async fn session(
         if s.switch_to_tls {
             s.switch_to_tls = false;
             // Nothing sent in the clear before the handshake may count after it.
-            pending.clear();
-            receiver = RequestReceiver::default();
+            input.clear();
             let config = s.starttls.clone().expect("offered only with a certificate");
             conn.start_tls(config).await?;
             s.tls_on = true;

@@ -45,6 +45,12 @@ pub enum ClientError {
     Io(String),
 }
 
+impl From<pouch_mail_proto::mime::MimeError> for ClientError {
+    fn from(e: pouch_mail_proto::mime::MimeError) -> Self {
+        ClientError::Invalid(e.to_string())
+    }
+}
+
 impl ClientError {
     pub fn is_stale_epoch(&self) -> bool {
         matches!(
