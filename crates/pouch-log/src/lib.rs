@@ -502,7 +502,7 @@ mod tests {
                 &wkey,
                 1003
             ),
-            WitnessAnswer::Refused(_)
+            WitnessAnswer::Refused(witness::Refusal::SplitView(_))
         ));
         // Unknown witnesses' cosignatures do not count.
         let other_w = WitnessKey::new("witness.example", &[6u8; 32]).verifier_key();

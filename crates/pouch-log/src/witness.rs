@@ -222,7 +222,27 @@ pub enum WitnessAnswer {
     /// The log's idea of our state is wrong: 409 with our size.
     Conflict { current: u64 },
     /// The checkpoint or proof does not verify (403 / 422).
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// Why a witness refused a checkpoint, by who is at fault.
+#[derive(Debug, PartialEq)]
+pub enum Refusal {
+    /// Not signed by the log's key, or not a checkpoint at all: anyone could
+    /// have sent it, so it proves nothing about the log (403).
+    NotTheLogs(String),
+    /// Signed by the log, yet smaller than the tree already cosigned (a
+    /// rollback) or not an extension of it (a fork): the log shows someone
+    /// else another tree. The signed note is evidence of a split view (422).
+    SplitView(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotTheLogs(why) | Refusal::SplitView(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The witness's decision for a request against its stored state for the log.
@@ -236,23 +256,27 @@ pub fn witness_decide(
 ) -> WitnessAnswer {
     let cp = match crate::open_checkpoint(&req.note, log_vkey, origin) {
         Ok(cp) => cp,
-        Err(e) => return WitnessAnswer::Refused(e.to_string()),
+        Err(e) => return WitnessAnswer::Refused(Refusal::NotTheLogs(e.to_string())),
     };
     let (size, root) = stored.unwrap_or((0, Hash([0; 32])));
     if req.old_size != size {
         return WitnessAnswer::Conflict { current: size };
     }
     if cp.size() < size {
-        return WitnessAnswer::Refused("the checkpoint is smaller than the witnessed tree".into());
+        return WitnessAnswer::Refused(Refusal::SplitView(
+            "the checkpoint is smaller than the witnessed tree".into(),
+        ));
     }
     if size > 0 {
         if let Err(e) = verify_consistency(&req.proof, cp.size(), *cp.hash(), size, root) {
-            return WitnessAnswer::Refused(format!("not consistent with the witnessed tree: {e}"));
+            return WitnessAnswer::Refused(Refusal::SplitView(format!(
+                "not consistent with the witnessed tree: {e}"
+            )));
         }
     }
     let parsed = match Note::from_bytes(&req.note) {
         Ok(n) => n,
-        Err(e) => return WitnessAnswer::Refused(format!("{e:?}")),
+        Err(e) => return WitnessAnswer::Refused(Refusal::NotTheLogs(format!("{e:?}"))),
     };
     WitnessAnswer::Cosign {
         size: cp.size(),

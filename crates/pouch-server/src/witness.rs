@@ -3,6 +3,12 @@
 //! cosigned, in a file replaced atomically before it answers; it cosigns a
 //! new checkpoint only with a consistency proof from that tree.
 //!
+//! A checkpoint the log signed that is smaller than, or not an extension of,
+//! the tree already cosigned is a split view: the log shows someone else
+//! another tree. The witness refuses it and keeps the signed note in
+//! `DATA_DIR/evidence/`, which anyone holding the log's public key can check
+//! against any checkpoint the witness cosigned.
+//!
 //! Plain HTTP: everything it receives and returns is signed, so transport
 //! security adds nothing to what it proves; put TLS in front if policy asks.
 
@@ -13,8 +19,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use pouch_log::witness::{AddCheckpoint, WitnessAnswer, WitnessKey, witness_decide};
+use pouch_log::witness::{AddCheckpoint, Refusal, WitnessAnswer, WitnessKey, witness_decide};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,10 +40,15 @@ struct State_ {
     logs: BTreeMap<String, (u64, String)>,
 }
 
+/// At most this many split-view notes are kept: one already proves the
+/// log's misbehaviour, and a hostile log must not fill the disk.
+const MAX_EVIDENCE: usize = 100;
+
 pub struct Witness {
     key: WitnessKey,
     logs: Vec<KnownLog>,
     state_path: PathBuf,
+    evidence_dir: PathBuf,
     state: Mutex<State_>,
 }
 
@@ -73,6 +85,7 @@ impl Witness {
             key: WitnessKey::new(name, &secret),
             logs,
             state_path,
+            evidence_dir: data_dir.join("evidence"),
             state: Mutex::new(state),
         })
     }
@@ -141,16 +154,43 @@ async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response 
             format!("{current}\n"),
         )
             .into_response(),
-        WitnessAnswer::Refused(why) => {
-            tracing::warn!(%origin, %why, "refused a checkpoint");
-            let status = if why.contains("signature") {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            text(status, format!("{why}\n"))
+        WitnessAnswer::Refused(Refusal::NotTheLogs(why)) => {
+            tracing::warn!(%origin, %why, "refused a checkpoint the log did not sign");
+            text(StatusCode::FORBIDDEN, format!("{why}\n"))
+        }
+        WitnessAnswer::Refused(Refusal::SplitView(why)) => {
+            tracing::error!(%origin, %why, "SPLIT VIEW: the log signed a checkpoint inconsistent with one this witness cosigned");
+            let stored = stored.map(|(size, root)| (size, pouch_log::hash_to_b64(&root)));
+            if let Err(e) = keep_evidence(&w.evidence_dir, &origin, &why, stored, &req.note) {
+                tracing::error!(error = %e, "cannot keep the split-view evidence");
+            }
+            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n"))
         }
     }
+}
+
+/// Writes one split-view note to `dir` (0600), beside what this witness had
+/// cosigned, unless [`MAX_EVIDENCE`] notes are already kept.
+fn keep_evidence(
+    dir: &std::path::Path,
+    origin: &str,
+    why: &str,
+    cosigned: Option<(u64, String)>,
+    note: &[u8],
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if std::fs::read_dir(dir)?.count() >= MAX_EVIDENCE {
+        return Ok(());
+    }
+    let digest = hex::encode(&sha2::Sha256::digest(note)[..8]);
+    let (size, root) = cosigned.unwrap_or_default();
+    let mut text =
+        format!("origin: {origin}\nrefused: {why}\ncosigned before: size {size}, root {root}\n\n");
+    text.push_str(&String::from_utf8_lossy(note));
+    write_private_file(
+        &dir.join(format!("split-view-{digest}.txt")),
+        text.as_bytes(),
+    )
 }
 
 /// Serves the witness on an already bound listener until `shutdown`.

@@ -115,7 +115,7 @@ fn with_the_witness_down_mail_flows_and_clients_report_its_age() {
 #[test]
 fn a_split_view_cannot_be_cosigned_and_its_device_is_not_encrypted_to() {
     let dir = Scratch::new("witness-split");
-    let (mut server, _witness, witness_arg) = witnessed_server(&dir);
+    let (mut server, witness, witness_arg) = witnessed_server(&dir);
     let addr = server.url.trim_start_matches("https://").to_string();
     let alice = user(&dir, &server, "alice");
     let bob = user(&dir, &server, "bob");
@@ -163,6 +163,48 @@ fn a_split_view_cannot_be_cosigned_and_its_device_is_not_encrypted_to() {
             .iter()
             .any(|w| w.as_str().unwrap().contains("not yet cosigned")),
         "{sent}"
+    );
+    // The witness refused view B's tree and kept the log's signed checkpoint
+    // of it as evidence: a root the witness never cosigned, for a tree that
+    // does not extend the one it did.
+    let evidence_dir = witness.data_dir.join("evidence");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let evidence = loop {
+        let found: Vec<String> = std::fs::read_dir(&evidence_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(first) = found.into_iter().next() {
+            break first;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the witness kept no evidence of view B in {}",
+            evidence_dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        evidence.contains("refused: not consistent with the witnessed tree")
+            || evidence.contains("refused: the checkpoint is smaller"),
+        "{evidence}"
+    );
+    let (_, note) = evidence.split_once("\n\n").unwrap();
+    let mut note_lines = note.lines();
+    assert_eq!(note_lines.next(), Some("pouch.local/log"), "{evidence}");
+    let _b_size = note_lines.next().unwrap();
+    let b_root = note_lines.next().unwrap();
+    let state = std::fs::read_to_string(witness.data_dir.join("witness-state.json")).unwrap();
+    assert!(
+        !state.contains(b_root),
+        "view B's root was never cosigned: {state}"
+    );
+    assert!(
+        note.contains("\u{2014} pouch.local/log "),
+        "the log's own signature is on the evidence: {note}"
     );
     // And Alice's witnessed device did get it.
     alice.sync();
