@@ -110,7 +110,13 @@ pub fn key_packages<P: OpenMlsProvider>(
         .map(|_| {
             let mut builder = KeyPackage::builder();
             if last_resort {
-                builder = builder.mark_as_last_resort();
+                // A package's extensions must be among its leaf's
+                // capabilities (RFC 9420, 10.1), or every sender refuses it.
+                builder = builder.mark_as_last_resort().leaf_node_capabilities(
+                    Capabilities::builder()
+                        .extensions(vec![ExtensionType::LastResort])
+                        .build(),
+                );
             }
             let bundle = builder
                 .build(suite, provider, signer, cred.clone())
@@ -528,6 +534,36 @@ mod tests {
         ));
         assert_eq!(epoch(&group), 2);
         assert_eq!(epoch(&bob_group), 2);
+    }
+
+    #[test]
+    fn a_last_resort_package_can_be_added_to_a_conversation_and_used_again() {
+        let suite = ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
+        let (alice_p, bob_p) = (Provider::default(), Provider::default());
+        let alice = new_device_signer(&alice_p).unwrap();
+        let bob = new_device_signer(&bob_p).unwrap();
+        let (a, b) = (addr("alice@pouch.local"), addr("bob@pouch.local"));
+        let kp = key_packages(&bob_p, suite, &bob, &b, 1, true)
+            .unwrap()
+            .remove(0);
+        let claimed = ClaimedPackage {
+            bytes: &kp,
+            address: &b,
+            signature_key: bob.public(),
+        };
+        // Offline Bob's pool ran dry: every new conversation gets this one.
+        for _ in 0..2 {
+            let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
+            let (mut group, out) =
+                create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
+            merge_pending(&alice_p, &mut group).unwrap();
+            let (mut bob_group, _) = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
+            let sealed = seal(&alice_p, &alice, &mut group, b"reachable").unwrap();
+            assert!(matches!(
+                open(&bob_p, &mut bob_group, &sealed).unwrap(),
+                Opened::Application { payload, .. } if payload == b"reachable"
+            ));
+        }
     }
 
     #[test]

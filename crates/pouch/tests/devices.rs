@@ -718,3 +718,60 @@ fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
     ]);
     assert_eq!(reply["recipient_devices"], 1);
 }
+
+#[test]
+fn a_user_whose_key_packages_ran_out_still_gets_new_conversations() {
+    let dir = Scratch::new("last-resort");
+    let server = Server::start(&dir.path("server"), None);
+    let bob = user(&dir, &server, "bob");
+    let alice = user(&dir, &server, "alice");
+    let carol = user(&dir, &server, "carol");
+    // Bob is offline while his pool of one-time packages is used up (here
+    // by claims that start nothing), so only his last-resort package is left.
+    let drainer = RawDevice::enroll(&server, "drainer@pouch.local");
+    let bob_address = pouch_proto::Address::parse("bob@pouch.local").unwrap();
+    let mut dry = false;
+    for _ in 0..150 {
+        let claimed: pouch_proto::api::ClaimResponse = drainer
+            .api
+            .post(
+                "/v1/key-packages/claim",
+                &pouch_proto::api::ClaimRequest {
+                    addresses: vec![bob_address.clone()],
+                    only: vec![],
+                },
+            )
+            .unwrap();
+        if claimed.devices.iter().all(|d| d.last_resort) {
+            dry = true;
+            break;
+        }
+    }
+    assert!(dry, "Bob's pool ran dry");
+    // Two new conversations, both on the last-resort package.
+    for (sender, subject) in [(&alice, "from alice"), (&carol, "from carol")] {
+        let sent = sender.json(&[
+            "send",
+            "--to",
+            "bob@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            "x",
+            "--json",
+        ]);
+        assert_eq!(sent["recipient_devices"], 1, "{sent}");
+    }
+    // (Claims that start nothing are a drain: Bob's sync says so.)
+    let out = bob.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key_package_drain"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = subjects(&bob);
+    assert!(
+        got.contains(&"from alice".to_string()) && got.contains(&"from carol".to_string()),
+        "{got:?}"
+    );
+}
