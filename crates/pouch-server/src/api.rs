@@ -544,11 +544,14 @@ async fn commit(
             "a change to an existing conversation must carry its MLS commit",
         ));
     }
+    // Which devices a Welcome went to: what turns a key-package claim into
+    // a conversation (the drain rule counts claims that never did).
+    let welcomed = (req.welcome.is_some()).then(|| welcome_detail(&req.added));
     let epoch = s
         .store
         .submit_commit(CommitSubmission {
             group_id,
-            sender: d,
+            sender: d.clone(),
             base_epoch: req.base_epoch,
             commit: req.commit,
             welcome: req.welcome,
@@ -558,7 +561,27 @@ async fn commit(
             now: now(),
         })
         .await?;
+    if let Some(detail) = welcomed {
+        let mut ev = Ev::new("welcome").device(&d).detail(detail);
+        if let Some(a) = account_of(&s, &d).await {
+            ev = ev.account(&a);
+        }
+        record(&s, ev).await;
+    }
     Ok(Json(CommitResponse { epoch }))
+}
+
+/// Devices named in a `welcome` event: enough for the drain rule, bounded
+/// so that a conversation of a thousand devices is not a 32 KB event.
+const WELCOME_DETAIL_DEVICES: usize = 200;
+
+fn welcome_detail(added: &[DeviceId]) -> String {
+    let shown: Vec<&str> = added
+        .iter()
+        .take(WELCOME_DETAIL_DEVICES)
+        .map(|d| d.0.as_str())
+        .collect();
+    format!("to {}", shown.join(","))
 }
 
 /// The devices the server fans a conversation out to, for its members to

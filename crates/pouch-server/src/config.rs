@@ -45,7 +45,9 @@ pub struct Thresholds {
     pub window: Duration,
     /// Failed enrollments or sign-ins from one source within the window.
     pub invite_failures: usize,
-    /// Key packages of one account claimed within the window.
+    /// Claims of one account's key packages by one device within the
+    /// window that no Welcome followed (a client claims, then starts the
+    /// conversation at once; half a pool of 100 unused is no client).
     pub key_package_claims: u64,
     /// Queue items one device may fetch within the window whatever its baseline.
     pub bulk_fetch_floor: u64,
@@ -76,7 +78,7 @@ impl Default for Thresholds {
         Thresholds {
             window: Duration::from_secs(600),
             invite_failures: 5,
-            key_package_claims: 100,
+            key_package_claims: 50,
             bulk_fetch_floor: 2000,
             bulk_fetch_factor: 10,
             baseline: Duration::from_secs(14 * 86_400),

@@ -19,8 +19,9 @@
 //! 5. `bulk_fetch` — a device fetched far more than its own busiest window (high);
 //! 6. `dormant_device` — a device silent for months signs in again (medium);
 //! 7. `new_network` — a device signed in from an address it never used (low);
-//! 8. `key_package_drain` — an account's key packages claimed above the
-//!    threshold within the window *until a device's pool ran dry* (high);
+//! 8. `key_package_drain` — an account's key packages claimed by one device
+//!    above the threshold within the window without a Welcome to follow them
+//!    (claims that started no conversation), found when a pool ran dry (high);
 //! 9. `invite_brute_force` / `invite_reuse` — guessing invites, or a used invite again (high);
 //! 10. `admin_action` — an administrator revoked a device or reset an account (high);
 //! 11. `audit_chain_broken` / `event_logging_interrupted` (critical);
@@ -233,33 +234,53 @@ async fn evaluate(
             format!("an invite that was already used was presented again from {src}: it may have been stolen"),
         )),
         "key_package_exhausted" => {
-            // Fires when an account's pool runs dry after more claims in the
-            // window than the threshold: ordinary new conversations rarely
-            // empty a pool of 100 that every sync tops up; a drain does.
-            if let Some(target) = &ev.account {
+            // Fires when a device's pool is found dry and one claimer has,
+            // within the window, claimed that account's packages more often
+            // than the threshold without a Welcome to that device following
+            // (claims that started no conversation). A busy sender empties
+            // pools too, but each of its claims is followed by its Welcome.
+            let parsed = exhausted(&ev.detail);
+            if let (Some(target), Some((device, claimer))) = (&ev.account, parsed) {
                 let recent = recent(s, None, ev.at, window).await?;
+                let by_claimer = |e: &&EventBody| e.device.as_ref().is_some_and(|d| d.0 == claimer);
                 let claimed = recent
                     .iter()
+                    .filter(by_claimer)
                     .filter(|e| {
                         e.action == "key_package_claim"
                             && targets(&e.detail).any(|x| x == target.as_str())
                     })
                     .count() as u64;
-                let earlier_dry = recent
+                let welcomed = recent
                     .iter()
-                    .filter(|e| e.action == "key_package_exhausted" && e.account.as_ref() == Some(target))
-                    .count();
-                // `recent` includes this event: alert on the first dry pool of the window.
-                if claimed > t.key_package_claims && earlier_dry <= 1 {
-                    let mut a = alert(
-                        "key_package_drain",
-                        "high",
-                        ev,
-                        seq,
-                        format!("key packages of {target} were claimed {claimed} times within {minutes} minutes until a pool ran dry ({}; last from {src}): someone may be exhausting them to block or weaken new conversations", ev.detail),
-                    );
-                    a.device = None;
-                    out.push(a);
+                    .filter(by_claimer)
+                    .filter(|e| {
+                        e.action == "welcome"
+                            && e.detail
+                                .trim_start_matches("to ")
+                                .split(',')
+                                .any(|x| x == device)
+                    })
+                    .count() as u64;
+                let unused = claimed.saturating_sub(welcomed);
+                if unused > t.key_package_claims {
+                    // Once per claimer and window.
+                    let since = ev.at - window;
+                    let marker = format!("(device {claimer})");
+                    let raised = s.store.alerts(0, Some(target)).await?.iter().any(|a| {
+                        a.rule == "key_package_drain" && a.at >= since && a.summary.contains(&marker)
+                    });
+                    if !raised {
+                        let mut a = alert(
+                            "key_package_drain",
+                            "high",
+                            ev,
+                            seq,
+                            format!("key packages of {target} were claimed {claimed} times within {minutes} minutes by one device, {unused} of them starting no conversation, until a pool ran dry ({}; last from {src}): someone may be exhausting them to block or weaken new conversations", ev.detail),
+                        );
+                        a.device = None;
+                        out.push(a);
+                    }
                 }
             }
         }
@@ -314,6 +335,14 @@ async fn evaluate(
         _ => {}
     }
     Ok(out)
+}
+
+/// The dry device and the claiming device named by a
+/// `key_package_exhausted` event ("device D of A, claimed by C (device E)").
+fn exhausted(detail: &str) -> Option<(&str, &str)> {
+    let device = detail.strip_prefix("device ")?.split(' ').next()?;
+    let claimer = detail.rsplit_once("(device ")?.1.strip_suffix(')')?;
+    Some((device, claimer))
 }
 
 fn targets(detail: &str) -> impl Iterator<Item = &str> {

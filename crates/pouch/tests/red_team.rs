@@ -476,6 +476,107 @@ fn a_key_package_drain() {
     other_device_is_told(&laptop, "key_package_drain", started);
 }
 
+/// Claims `address`'s key packages as a client does: once per call, for
+/// `rounds` calls, each followed by a new conversation (a Welcome to every
+/// device claimed) when `converse`. Returns whether the last claim was
+/// served only last-resort packages.
+fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool) -> bool {
+    let address = pouch_proto::Address::parse(address).unwrap();
+    let me = pouch_proto::Address::parse("busy@pouch.local").unwrap();
+    let mut dry = false;
+    for _ in 0..rounds {
+        let claimed: pouch_proto::api::ClaimResponse = device
+            .api
+            .post(
+                "/v1/key-packages/claim",
+                &pouch_proto::api::ClaimRequest {
+                    addresses: vec![address.clone()],
+                    only: vec![],
+                },
+            )
+            .unwrap();
+        dry = claimed.devices.iter().all(|d| d.last_resort);
+        if !converse {
+            continue;
+        }
+        let packages: Vec<_> = claimed
+            .devices
+            .iter()
+            .map(|d| {
+                pouch_mls::validate_key_package(
+                    &device.provider,
+                    device.suite,
+                    &pouch_mls::ClaimedPackage {
+                        bytes: &d.key_package,
+                        address: &d.address,
+                        signature_key: &d.signature_key,
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        let (group, out) = pouch_mls::create_conversation(
+            &device.provider,
+            device.suite,
+            &device.signer,
+            &me,
+            &packages,
+        )
+        .unwrap();
+        let gid = pouch_proto::GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
+        let _: pouch_proto::api::CommitResponse = device
+            .api
+            .post(
+                &format!("/v1/groups/{gid}/commits"),
+                &pouch_proto::api::CommitRequest {
+                    base_epoch: 0,
+                    commit: None,
+                    welcome: out.welcome,
+                    added: claimed
+                        .devices
+                        .iter()
+                        .map(|d| d.device_id.clone())
+                        .collect(),
+                    removed: vec![],
+                },
+            )
+            .unwrap();
+    }
+    dry
+}
+
+#[test]
+fn a_busy_sender_emptying_a_pool_is_not_a_drain_but_claims_without_conversations_are() {
+    let dir = Scratch::new("rt-busy");
+    let team = SecurityTeam::listen(&dir);
+    let server = server_for(&dir, &team, "");
+    let _alice = user(&dir, &server, "alice");
+    // A circular to Alice, 110 new conversations in a few seconds: her pool
+    // of 100 runs dry, every claim followed by its Welcome.
+    let busy = RawDevice::enroll(&server, "busy@pouch.local");
+    assert!(
+        claim_rounds(&busy, "alice@pouch.local", 110, true),
+        "the pool ran dry"
+    );
+    // Then claims that start nothing, past the threshold.
+    let mallory = RawDevice::enroll(&server, "mallory@pouch.local");
+    let started = Instant::now();
+    claim_rounds(&mallory, "alice@pouch.local", 105, false);
+    let a = team.expect(&server, "key_package_drain", started);
+    assert!(
+        a["summary"]
+            .as_str()
+            .unwrap()
+            .contains("claimed by mallory@pouch.local"),
+        "{a}"
+    );
+    let drains: Vec<Value> = admin_alerts(&server)
+        .into_iter()
+        .filter(|x| x["rule"] == "key_package_drain")
+        .collect();
+    assert_eq!(drains.len(), 1, "one alert, for Mallory only: {drains:?}");
+}
+
 #[test]
 fn a_dormant_device_waking() {
     let dir = Scratch::new("rt-dormant");
