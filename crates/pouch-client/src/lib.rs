@@ -595,6 +595,13 @@ impl Device {
                 "the message has no recipients (To or Cc)".into(),
             ));
         }
+        if wanted.len() > pouch_proto::MAX_RECIPIENTS {
+            return Err(ClientError::Invalid(format!(
+                "the message has {} recipients in To and Cc; at most {} can share one conversation: split the list",
+                wanted.len(),
+                pouch_proto::MAX_RECIPIENTS
+            )));
+        }
         let (group_id, recipient_devices) = self.deliver_to(&out, group, &wanted)?;
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(&out)?;

@@ -22,6 +22,11 @@ pub use ids::{Address, AddressError, DeviceId, GroupId};
 /// because a state adversary records traffic today to decrypt it later.
 pub const DEFAULT_CIPHERSUITE: u16 = 0x004D;
 
+/// The most recipients one mail may have (To and Cc together; each Bcc is
+/// a mail of its own). A claim for key packages may name them all plus the
+/// sender, whose other devices get the conversation too.
+pub const MAX_RECIPIENTS: usize = 1000;
+
 /// Base64 (standard alphabet, padded) helpers for `#[serde(with = ...)]`.
 pub mod b64 {
     use base64::{Engine, engine::general_purpose::STANDARD};

@@ -87,7 +87,8 @@ fn routes() -> Routes {
         .route(
             "/v1/key-packages/claim",
             &[(Method::POST, Access::Device)],
-            post(claim_key_packages),
+            // 1,001 addresses of at most 254 bytes fit in 1 MiB.
+            post(claim_key_packages).layer(DefaultBodyLimit::max(SMALL_LIMIT)),
         )
         .route(
             "/v1/groups/{group}/commits",
@@ -461,10 +462,12 @@ async fn claim_key_packages(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<ClaimRequest>,
 ) -> ApiResult<ClaimResponse> {
-    if req.addresses.len() > 1000 {
-        return Err(ApiError::bad_request(
-            "claim for at most 1000 addresses at once",
-        ));
+    // The recipients of one mail, plus the sender's own account.
+    if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
+        return Err(ApiError::bad_request(format!(
+            "claim for at most {} addresses at once (a mail's recipients and the sender)",
+            pouch_proto::MAX_RECIPIENTS + 1
+        )));
     }
     let mut devices = Vec::new();
     for address in &req.addresses {

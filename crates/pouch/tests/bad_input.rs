@@ -236,3 +236,58 @@ fn a_server_that_is_down_fails_loudly_and_nothing_is_listed_as_sent() {
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["subject"], "before");
 }
+
+#[test]
+fn a_mail_may_have_a_thousand_recipients_and_no_more() {
+    let dir = Scratch::new("thousand");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let many = |n: usize| -> Vec<String> { (0..n).map(|i| format!("r{i}@pouch.local")).collect() };
+    // More than 1,000 in To and Cc: refused before anything is sent.
+    let out = alice.run(&[
+        "send",
+        "--to",
+        &many(1001).join(","),
+        "--subject",
+        "s",
+        "--body",
+        "b",
+    ]);
+    assert_one_line_error(&out, "1001 recipients");
+    // The server's claim takes 1,000 recipients plus the sender: with 1,001
+    // addresses the count passes and the first unknown address is named.
+    let raw = RawDevice::enroll(&server, "raw@pouch.local");
+    let claim = |n: usize| {
+        raw.api.post::<_, pouch_proto::api::ClaimResponse>(
+            "/v1/key-packages/claim",
+            &pouch_proto::api::ClaimRequest {
+                addresses: many(n)
+                    .iter()
+                    .map(|a| pouch_proto::Address::parse(a).unwrap())
+                    .collect(),
+                only: vec![],
+            },
+        )
+    };
+    match claim(pouch_proto::MAX_RECIPIENTS + 1) {
+        Err(pouch_client::ClientError::Server {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 404, "{message}");
+            assert!(
+                message.contains("r0@pouch.local is not a Pouch user"),
+                "{message}"
+            );
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    match claim(pouch_proto::MAX_RECIPIENTS + 2) {
+        Err(pouch_client::ClientError::Server {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 400, "{message}");
+            assert!(message.contains("at most 1001 addresses"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
