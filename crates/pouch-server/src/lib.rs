@@ -13,6 +13,7 @@
 
 mod api;
 pub mod config;
+pub mod conncap;
 pub mod detect;
 mod devices;
 mod error;
@@ -78,6 +79,8 @@ pub struct ServerConfig {
     pub token_ttl_secs: u64,
     /// Storage bounds per device.
     pub limits: Limits,
+    /// Concurrent HTTPS connections, in all and per network address.
+    pub connections: conncap::ConnectionLimits,
     /// Witnesses to send checkpoints to.
     pub witnesses: Vec<log::WitnessConfig>,
     /// Retention, detection thresholds, alert outputs, responses.
@@ -105,6 +108,7 @@ pub struct AppState {
 /// What start-up prepared, for the caller to print.
 pub struct Prepared {
     pub state: Arc<AppState>,
+    pub connections: conncap::ConnectionLimits,
     pub tls: Arc<rustls::ServerConfig>,
     pub fingerprint: String,
     /// Where the admin token was written, if this start created it.
@@ -281,6 +285,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
     )
     .await;
     Ok(Prepared {
+        connections: config.connections,
         state,
         tls,
         fingerprint,
@@ -331,7 +336,12 @@ pub async fn serve(
     });
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());
     let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let mut server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
+    // Connections are counted before the TLS handshake (conncap.rs).
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(conncap::CappedAcceptor::new(prepared.connections));
+    let mut server = axum_server::from_tcp(listener)
+        .acceptor(acceptor)
+        .handle(handle);
     // A client gets 10 s to send a request's header lines (axum-server also
     // gives the TLS handshake 10 s): one trickling bytes holds nothing long.
     server

@@ -232,6 +232,7 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
             rotation_secs: 24 * 3600,
             link_ttl_secs: 600,
             token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
+            connections: Default::default(),
             limits: Default::default(),
             witnesses: Vec::new(),
             policy: Default::default(),

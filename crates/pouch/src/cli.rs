@@ -226,6 +226,12 @@ struct ServerArgs {
     /// Attachments one device may have waiting on the server (MiB).
     #[arg(long, default_value_t = 4096)]
     max_blob_mib: u64,
+    /// HTTPS connections open at once, in all; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// HTTPS connections open at once from one network address.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
     /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
     #[arg(long)]
     witness: Vec<String>,
@@ -1015,6 +1021,10 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
             link_ttl_secs: args.link_ttl_secs,
             token_ttl_secs: args.token_ttl_secs,
+            connections: pouch_server::conncap::ConnectionLimits {
+                total: args.max_connections,
+                per_source: args.max_connections_per_source,
+            },
             limits: pouch_server::Limits {
                 queue_bytes: args.max_queue_mib << 20,
                 blob_bytes: args.max_blob_mib << 20,

@@ -255,6 +255,67 @@ print("trickler closed after", None if closed is None else int(closed), "info", 
     assert!(said.contains("mute closed True"), "{said}");
 }
 
+/// A TCP connection to `port` on 127.0.0.1 from the source address `from`.
+fn connect_from(from: &str, port: u16) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let remote: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&remote.into()).unwrap();
+    socket.into()
+}
+
+/// Whether the server closed the connection at once (rather than waiting
+/// for the TLS handshake, as it does for an admitted one).
+fn closed_at_once(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn one_address_cannot_hold_all_of_the_servers_connections() {
+    let dir = Scratch::new("hostile-conns");
+    let server = Server::start_with(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--max-connections-per-source", "8"],
+    );
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    // 127.0.0.2 opens connections and sends nothing: eight are admitted
+    // (each waits for its TLS handshake), the ninth is closed at once.
+    let mut held: Vec<std::net::TcpStream> =
+        (0..8).map(|_| connect_from("127.0.0.2", port)).collect();
+    assert!(
+        !closed_at_once(&mut held[7]),
+        "the eighth connection is admitted"
+    );
+    let mut ninth = connect_from("127.0.0.2", port);
+    assert!(closed_at_once(&mut ninth), "the ninth is refused");
+    // Everyone else is served meanwhile.
+    let alice = user(&dir, &server, "alice");
+    alice.sync();
+    // Slots come back when connections close.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = connect_from("127.0.0.2", port);
+    assert!(
+        !closed_at_once(&mut again),
+        "admitted again once others closed"
+    );
+}
+
 #[test]
 fn link_request_spam_is_capped_and_swept() {
     let dir = Scratch::new("hostile-links");
