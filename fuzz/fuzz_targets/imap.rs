@@ -48,7 +48,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut authenticated = first & 1 == 1;
-    let chunk = usize::from(first >> 1).max(1);
+    // Reads of 1 to 127 bytes, or (high bit) of 16 KiB, as sockets give.
+    let chunk = if first & 0x80 != 0 {
+        16 * 1024
+    } else {
+        usize::from(first >> 1).max(1)
+    };
     let mut r = CommandReceiver::default();
     for piece in rest.chunks(chunk) {
         r.push(piece);
@@ -61,11 +66,13 @@ fuzz_target!(|data: &[u8]| {
                     answer(&c.body);
                 }
                 Received::NeedMore | Received::ContinueLiteral => break,
-                Received::TooLong | Received::LiteralTooLarge { .. } => return,
+                Received::TooLong | Received::LiteralTooLarge { .. } | Received::BadLiteral { .. } => {
+                    return;
+                }
                 Received::Bad { tag } => assert!(!tag.is_empty() && tag.len() <= 64),
             }
         }
-        if first & 0x80 != 0 {
+        if first & 0x40 != 0 {
             let _ = r.take_line();
         }
     }

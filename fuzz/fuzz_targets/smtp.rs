@@ -19,10 +19,17 @@ fuzz_target!(|data: &[u8]| {
             match r.next(expect) {
                 Input::NeedMore => break,
                 Input::Request(Request::Auth {
-                    initial_response, ..
-                }) if initial_response.is_empty() => expect = Expect::Line,
+                    mechanism,
+                    initial_response,
+                }) if initial_response.is_empty() || mechanism == smtp_proto::AUTH_LOGIN => {
+                    expect = Expect::Line
+                }
                 Input::Request(Request::Data) => expect = Expect::Data,
-                Input::Request(Request::StartTls) => r.clear(),
+                // The session stops reading here and starts TLS afresh.
+                Input::Request(Request::StartTls) => {
+                    r.clear();
+                    break;
+                }
                 Input::Message(m) => {
                     assert!(m.len() <= MAX_MESSAGE + 1024);
                     expect = Expect::Command;

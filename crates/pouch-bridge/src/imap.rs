@@ -26,7 +26,7 @@ use pouch_mail_proto::imap::render::{
     string,
 };
 use pouch_mail_proto::imap::sequence::{in_ranges, set_ranges};
-use pouch_mail_proto::imap::{CommandReceiver, MAX_LINE, Received};
+use pouch_mail_proto::imap::{CommandReceiver, MAX_LINE, PRE_LOGIN_MAX, Received};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,6 +66,9 @@ struct Session {
     auth_failures: u32,
     selected: Option<Selected>,
     logout: bool,
+    /// Before login the whole session has one deadline (not one per read):
+    /// a stranger cannot hold a slot by sending a NOOP now and then.
+    login_deadline: std::time::Instant,
 }
 
 // ---------- writing ----------
@@ -769,7 +772,7 @@ impl Session {
                         self.out.extend_from_slice(b"+ \r\n");
                         let _ = stream.write_all(&self.out).await;
                         self.out.clear();
-                        let Some(line) = read_line(stream, input).await else {
+                        let Some(line) = read_line(stream, input, self.login_deadline).await else {
                             self.logout = true;
                             return;
                         };
@@ -1037,8 +1040,6 @@ impl Session {
     }
 }
 
-/// Reads what the client sent next; false when it closed the connection,
-/// failed, or sent nothing for `idle`.
 /// Reads once into the receiver; false when the client left, failed or
 /// stayed silent for `idle`.
 async fn read_more(
@@ -1062,13 +1063,22 @@ fn idle_limit(authenticated: bool) -> std::time::Duration {
     std::time::Duration::from_secs(if authenticated { 30 * 60 } else { 60 })
 }
 
-/// One continuation line (an AUTHENTICATE response), at most [`MAX_LINE`].
-async fn read_line(stream: &mut Conn, input: &mut CommandReceiver) -> Option<String> {
+/// One continuation line (an AUTHENTICATE response, sent before login):
+/// at most [`PRE_LOGIN_MAX`], within the session's login deadline.
+async fn read_line(
+    stream: &mut Conn,
+    input: &mut CommandReceiver,
+    deadline: std::time::Instant,
+) -> Option<String> {
     loop {
         if let Some(line) = input.take_line() {
             return Some(String::from_utf8_lossy(&line).trim_end().to_string());
         }
-        if input.line_too_long(MAX_LINE) || !read_more(stream, input, idle_limit(false)).await {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if input.line_too_long(PRE_LOGIN_MAX)
+            || left.is_zero()
+            || !read_more(stream, input, left).await
+        {
             return None;
         }
     }
@@ -1090,15 +1100,13 @@ pub async fn session(
         auth_failures: 0,
         selected: None,
         logout: false,
+        login_deadline: std::time::Instant::now() + idle_limit(false),
     };
     let caps = s.capabilities();
     stream
         .write_all(format!("* OK [CAPABILITY {caps}] Pouch bridge ready\r\n").as_bytes())
         .await?;
     let mut input = CommandReceiver::default();
-    // Before login the whole session has one deadline (not one per read):
-    // a stranger cannot hold a slot by sending a NOOP now and then.
-    let login_deadline = std::time::Instant::now() + idle_limit(false);
     loop {
         let command = match input.next(s.authenticated) {
             Received::Command(command) => command,
@@ -1106,7 +1114,8 @@ pub async fn session(
                 let idle = if s.authenticated {
                     idle_limit(true)
                 } else {
-                    login_deadline.saturating_duration_since(std::time::Instant::now())
+                    s.login_deadline
+                        .saturating_duration_since(std::time::Instant::now())
                 };
                 if idle.is_zero() || !read_more(&mut stream, &mut input, idle).await {
                     let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
@@ -1135,6 +1144,15 @@ pub async fn session(
                     .write_all(format!("{tag} BAD Could not parse that command\r\n").as_bytes())
                     .await?;
                 continue;
+            }
+            Received::BadLiteral { tag } => {
+                let _ = stream
+                    .write_all(
+                        format!("{tag} BAD Could not parse that command\r\n* BYE Cannot tell where its literal ends; closing\r\n")
+                            .as_bytes(),
+                    )
+                    .await;
+                return Ok(());
             }
         };
         if matches!(command.body, CommandBody::Idle) {

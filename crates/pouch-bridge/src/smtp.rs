@@ -320,7 +320,7 @@ pub async fn session(
         }
         input.push(&chunk[..n]);
         // Handle everything complete in what has arrived (pipelining).
-        while !s.quit {
+        while !s.quit && !s.switch_to_tls {
             match input.next(state.expects()) {
                 Input::NeedMore => break,
                 Input::Message(raw) => {

@@ -502,7 +502,43 @@ mod tests {
                 &wkey,
                 1003
             ),
+            WitnessAnswer::Refused(witness::Refusal::Inconsistent(_))
+        ));
+        // Once 50 is witnessed, the log's other tree of 50 is a split view
+        // (self-proving: two signed roots for one size); an old checkpoint
+        // replayed is only stale.
+        let stored50 = Some((50, tree_hash(50, &store).unwrap()));
+        let same_size = AddCheckpoint {
+            old_size: 50,
+            proof: vec![],
+            note: forked.note.clone(),
+        };
+        assert!(matches!(
+            witness_decide(
+                &same_size,
+                &log.verifier_key,
+                "pouch.local/log",
+                stored50,
+                &wkey,
+                1004
+            ),
             WitnessAnswer::Refused(witness::Refusal::SplitView(_))
+        ));
+        let replay = AddCheckpoint {
+            old_size: 50,
+            proof: vec![],
+            note: cp20.clone(),
+        };
+        assert!(matches!(
+            witness_decide(
+                &replay,
+                &log.verifier_key,
+                "pouch.local/log",
+                stored50,
+                &wkey,
+                1005
+            ),
+            WitnessAnswer::Refused(witness::Refusal::Stale(_))
         ));
         // Unknown witnesses' cosignatures do not count.
         let other_w = WitnessKey::new("witness.example", &[6u8; 32]).verifier_key();

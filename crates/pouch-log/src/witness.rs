@@ -229,18 +229,27 @@ pub enum WitnessAnswer {
 #[derive(Debug, PartialEq)]
 pub enum Refusal {
     /// Not signed by the log's key, or not a checkpoint at all: anyone could
-    /// have sent it, so it proves nothing about the log (403).
+    /// have sent it (403).
     NotTheLogs(String),
-    /// Signed by the log, yet smaller than the tree already cosigned (a
-    /// rollback) or not an extension of it (a fork): the log shows someone
-    /// else another tree. The signed note is evidence of a split view (422).
+    /// Signed by the log but smaller than the tree already cosigned: an old
+    /// checkpoint replayed, or a rollback; anyone can replay one (422).
+    Stale(String),
+    /// A larger tree whose consistency proof does not verify: a bad proof or
+    /// a fork, which the witness cannot tell apart on its own (422).
+    Inconsistent(String),
+    /// Signed by the log, of the very size already cosigned, with another
+    /// root: the log signed two trees of one size, so it shows someone else
+    /// another view. Only the log can produce this; the signed note is
+    /// evidence anyone can check with the log's key (422).
     SplitView(String),
 }
-
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::NotTheLogs(why) | Refusal::SplitView(why) => f.write_str(why),
+            Refusal::NotTheLogs(why)
+            | Refusal::Stale(why)
+            | Refusal::Inconsistent(why)
+            | Refusal::SplitView(why) => f.write_str(why),
         }
     }
 }
@@ -263,16 +272,21 @@ pub fn witness_decide(
         return WitnessAnswer::Conflict { current: size };
     }
     if cp.size() < size {
-        return WitnessAnswer::Refused(Refusal::SplitView(
+        return WitnessAnswer::Refused(Refusal::Stale(
             "the checkpoint is smaller than the witnessed tree".into(),
         ));
     }
-    if size > 0 {
-        if let Err(e) = verify_consistency(&req.proof, cp.size(), *cp.hash(), size, root) {
-            return WitnessAnswer::Refused(Refusal::SplitView(format!(
-                "not consistent with the witnessed tree: {e}"
-            )));
-        }
+    if size > 0 && cp.size() == size && *cp.hash() != root {
+        return WitnessAnswer::Refused(Refusal::SplitView(
+            "another root for the tree size already witnessed".into(),
+        ));
+    }
+    if size > 0
+        && let Err(e) = verify_consistency(&req.proof, cp.size(), *cp.hash(), size, root)
+    {
+        return WitnessAnswer::Refused(Refusal::Inconsistent(format!(
+            "not consistent with the witnessed tree: {e}"
+        )));
     }
     let parsed = match Note::from_bytes(&req.note) {
         Ok(n) => n,

@@ -74,26 +74,28 @@ pub fn parse(head: &[u8]) -> Result<Parsed, MimeError> {
 
 /// The message without its Bcc header fields (and their folded lines): what
 /// every recipient gets, so that nobody learns who else was sent a blind copy.
+///
+/// The fields removed are exactly those [`parse`] reads as Bcc (mail-parser's
+/// own offsets), so no spelling it accepts (`Bcc :`, `BCC:`) stays behind.
 pub fn without_bcc(raw: &[u8]) -> Vec<u8> {
-    let header_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 2)
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 1))
-        .unwrap_or(raw.len());
-    let (head, body) = raw.split_at(header_end);
+    let Some(msg) = MessageParser::default().parse_headers(raw) else {
+        // Not a message: nothing can be read as Bcc either.
+        return raw.to_vec();
+    };
     let mut out = Vec::with_capacity(raw.len());
-    let mut dropping = false;
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !folded {
-            dropping = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+    let mut at = 0usize;
+    for h in msg.headers() {
+        if h.name != mail_parser::HeaderName::Bcc {
+            continue;
         }
-        if !dropping {
-            out.extend_from_slice(line);
+        let (start, end) = (h.offset_field as usize, h.offset_end as usize);
+        if start < at || end > raw.len() || start > end {
+            continue;
         }
+        out.extend_from_slice(&raw[at..start]);
+        at = end;
     }
-    out.extend_from_slice(body);
+    out.extend_from_slice(&raw[at..]);
     out
 }
 
@@ -114,5 +116,19 @@ mod tests {
         let one_field = b"From: a@x.y\r\nBcc: d@x.y,\r\n e@x.y\r\nTo: b@x.y\r\n\r\nbody\r\n";
         assert_eq!(parse(one_field).unwrap().bcc.len(), 2);
         assert!(without_bcc(b"To: b@x.y\r\n\r\nhi").ends_with(b"hi"));
+        // Spellings mail-parser reads as Bcc are removed as well.
+        for raw in [
+            &b"From: a@x.y\r\nBcc : d@x.y\r\nTo: b@x.y\r\n\r\nbody\r\n"[..],
+            &b"From: a@x.y\r\nBCC:d@x.y\r\nTo: b@x.y\r\n\r\nbody\r\n"[..],
+        ] {
+            assert!(parse(raw).unwrap().has_bcc);
+            let out = without_bcc(raw);
+            assert!(
+                !parse(&out).unwrap().has_bcc,
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(out, b"From: a@x.y\r\nTo: b@x.y\r\n\r\nbody\r\n".to_vec());
+        }
     }
 }

@@ -231,3 +231,35 @@ fn unknown_commands_and_bad_arguments_are_told_apart() {
         Input::Request(smtp_proto::Request::Noop { .. })
     ));
 }
+
+#[test]
+fn a_failed_command_with_a_literal_never_lets_the_literal_run_as_commands() {
+    // An APPENDed message with a NUL byte (not allowed in a literal), whose
+    // body holds lines that would be commands.
+    let message = b"Subject: x\r\n\0\r\nz1 DELETE INBOX\r\nz2 UID STORE 1:* +FLAGS (\\Deleted)\r\n";
+    for plus in ["", "+"] {
+        let mut r = CommandReceiver::default();
+        r.push(format!("a APPEND INBOX {{{}{plus}}}\r\n", message.len()).as_bytes());
+        let first = r.next(true);
+        if plus.is_empty() {
+            assert!(matches!(first, Received::ContinueLiteral), "{first:?}");
+        }
+        r.push(message);
+        r.push(b"\r\n");
+        let mut seen = Vec::new();
+        loop {
+            match r.next(true) {
+                Received::NeedMore => break,
+                Received::BadLiteral { tag } => {
+                    assert_eq!(tag, "a");
+                    seen.push("closed".to_string());
+                    break;
+                }
+                Received::Command(c) => seen.push(c.tag.as_ref().to_string()),
+                other => seen.push(format!("{other:?}")),
+            }
+        }
+        assert_eq!(seen, vec!["closed".to_string()], "literal{plus}: {seen:?}");
+        assert!(r.is_empty());
+    }
+}

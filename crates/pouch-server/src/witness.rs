@@ -3,11 +3,13 @@
 //! cosigned, in a file replaced atomically before it answers; it cosigns a
 //! new checkpoint only with a consistency proof from that tree.
 //!
-//! A checkpoint the log signed that is smaller than, or not an extension of,
-//! the tree already cosigned is a split view: the log shows someone else
-//! another tree. The witness refuses it and keeps the signed note in
-//! `DATA_DIR/evidence/`, which anyone holding the log's public key can check
-//! against any checkpoint the witness cosigned.
+//! A checkpoint the log signed for the tree size already cosigned, with
+//! another root, is a split view: the log signed two trees of one size and
+//! shows someone else the other. The witness refuses it and keeps both
+//! signed notes in `DATA_DIR/evidence/`, which anyone holding the log's
+//! public key can check. A smaller checkpoint (anyone can replay an old one)
+//! or a larger one with a proof that fails (a bad proof or a fork: the
+//! witness cannot tell) is refused without evidence.
 //!
 //! Plain HTTP: everything it receives and returns is signed, so transport
 //! security adds nothing to what it proves; put TLS in front if policy asks.
@@ -38,6 +40,10 @@ pub struct KnownLog {
 struct State_ {
     /// origin → (size, base64 root)
     logs: BTreeMap<String, (u64, String)>,
+    /// origin → the log's signed checkpoint last cosigned: the other half
+    /// of a split view's evidence.
+    #[serde(default)]
+    notes: BTreeMap<String, String>,
 }
 
 /// At most this many split-view notes are kept: one already proves the
@@ -137,6 +143,10 @@ async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response 
             state
                 .logs
                 .insert(origin.clone(), (size, pouch_log::hash_to_b64(&root)));
+            state.notes.insert(
+                origin.clone(),
+                String::from_utf8_lossy(&req.note).into_owned(),
+            );
             let bytes = serde_json::to_vec_pretty(&*state).expect("state serialises");
             if let Err(e) = write_private_file(&w.state_path, &bytes) {
                 tracing::error!(error = %e, "cannot persist witness state");
@@ -159,38 +169,57 @@ async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response 
             text(StatusCode::FORBIDDEN, format!("{why}\n"))
         }
         WitnessAnswer::Refused(Refusal::SplitView(why)) => {
-            tracing::error!(%origin, %why, "SPLIT VIEW: the log signed a checkpoint inconsistent with one this witness cosigned");
-            let stored = stored.map(|(size, root)| (size, pouch_log::hash_to_b64(&root)));
-            if let Err(e) = keep_evidence(&w.evidence_dir, &origin, &why, stored, &req.note) {
-                tracing::error!(error = %e, "cannot keep the split-view evidence");
+            tracing::error!(%origin, %why, "SPLIT VIEW: the log signed two trees of one size");
+            let cosigned = state.notes.get(&origin).cloned().unwrap_or_default();
+            let (dir, note) = (w.evidence_dir.clone(), req.note.clone());
+            let kept = tokio::task::spawn_blocking(move || {
+                keep_evidence(&dir, &origin, &why, &cosigned, &note)
+            })
+            .await;
+            if !matches!(kept, Ok(Ok(()))) {
+                tracing::error!("cannot keep the split-view evidence: {kept:?}");
             }
+            text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "another root for the tree size already witnessed\n".into(),
+            )
+        }
+        WitnessAnswer::Refused(Refusal::Stale(why) | Refusal::Inconsistent(why)) => {
+            tracing::warn!(%origin, %why, "refused a checkpoint");
             text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n"))
         }
     }
 }
 
-/// Writes one split-view note to `dir` (0600), beside what this witness had
-/// cosigned, unless [`MAX_EVIDENCE`] notes are already kept.
+/// Writes one split-view record to `dir` (0600): the log's signed
+/// checkpoint this witness refused beside the one it had cosigned, both
+/// checkable with the log's key. One file per refused (size, root), so
+/// extra signature lines on a note make no new file; at most
+/// [`MAX_EVIDENCE`] files (only the log can make new ones, and one suffices).
 fn keep_evidence(
     dir: &std::path::Path,
     origin: &str,
     why: &str,
-    cosigned: Option<(u64, String)>,
+    cosigned: &str,
     note: &[u8],
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    if std::fs::read_dir(dir)?.count() >= MAX_EVIDENCE {
+    // The checkpoint's body (origin, size, root) names it; signatures do not.
+    let text = String::from_utf8_lossy(note);
+    let body: Vec<&str> = text.lines().take(3).collect();
+    let digest = hex::encode(&sha2::Sha256::digest(body.join("\n").as_bytes())[..8]);
+    let path = dir.join(format!("split-view-{digest}.txt"));
+    if path.exists() {
         return Ok(());
     }
-    let digest = hex::encode(&sha2::Sha256::digest(note)[..8]);
-    let (size, root) = cosigned.unwrap_or_default();
-    let mut text =
-        format!("origin: {origin}\nrefused: {why}\ncosigned before: size {size}, root {root}\n\n");
-    text.push_str(&String::from_utf8_lossy(note));
-    write_private_file(
-        &dir.join(format!("split-view-{digest}.txt")),
-        text.as_bytes(),
-    )
+    if std::fs::read_dir(dir)?.count() >= MAX_EVIDENCE {
+        tracing::error!("{MAX_EVIDENCE} split views already kept; not keeping another");
+        return Ok(());
+    }
+    let record = format!(
+        "origin: {origin}\nrefused: {why}\n\n-- refused (signed by the log) --\n{text}\n-- cosigned before (signed by the log) --\n{cosigned}"
+    );
+    write_private_file(&path, record.as_bytes())
 }
 
 /// Serves the witness on an already bound listener until `shutdown`.

@@ -742,6 +742,7 @@ fn a_user_whose_key_packages_ran_out_still_gets_new_conversations() {
                 },
             )
             .unwrap();
+        assert!(!claimed.devices.is_empty(), "Bob's device is offered");
         if claimed.devices.iter().all(|d| d.last_resort) {
             dry = true;
             break;

@@ -84,6 +84,10 @@ fn every_fuzz_target_runs_on_its_corpus_without_a_finding() {
             .arg("--")
             .arg(format!("-max_total_time={SECONDS_PER_TARGET}"))
             .arg("-rss_limit_mb=2048")
+            // A hang fails in seconds, not libFuzzer's 20 minutes; inputs up
+            // to 64 KiB reach the receivers' size limits.
+            .arg("-timeout=10")
+            .arg("-max_len=65536")
             .arg(format!("-artifact_prefix={}/", scratch.display()))
             .output()
             .unwrap();

@@ -495,7 +495,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
                 },
             )
             .unwrap();
-        dry = claimed.devices.iter().all(|d| d.last_resort);
+        dry = !claimed.devices.is_empty() && claimed.devices.iter().all(|d| d.last_resort);
         if !converse {
             continue;
         }

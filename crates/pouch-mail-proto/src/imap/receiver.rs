@@ -33,6 +33,26 @@ pub enum Received {
     /// A line that is no command was dropped: answer `TAG BAD` (the tag is
     /// `*` when the line had none).
     Bad { tag: String },
+    /// A command with a literal failed to parse: where the literal ends is
+    /// not known, so its bytes (a message being appended, written by
+    /// someone else) must never be read as commands. Answer `TAG BAD` and
+    /// close the connection.
+    BadLiteral { tag: String },
+}
+
+/// Whether a line ends with a literal announcement (`{12}` or `{12+}`).
+fn announces_literal(line: &[u8]) -> bool {
+    let line = line.trim_ascii_end();
+    let Some(inner) = line.strip_suffix(b"}") else {
+        return false;
+    };
+    let inner = inner.strip_suffix(b"+").unwrap_or(inner);
+    let digits = inner
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    digits > 0 && inner.len() > digits && inner[inner.len() - digits - 1] == b'{'
 }
 
 /// The command stream of one connection.
@@ -161,6 +181,11 @@ impl CommandReceiver {
                     })
                     .map(|t| String::from_utf8_lossy(t).into_owned())
                     .unwrap_or_else(|| "*".into());
+                if announces_literal(&line) {
+                    self.buf.clear();
+                    self.line_ended = false;
+                    return Received::BadLiteral { tag };
+                }
                 Received::Bad { tag }
             }
         }

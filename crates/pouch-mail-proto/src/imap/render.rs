@@ -17,6 +17,10 @@ pub const MAX_NESTING: usize = 8;
 /// frame per level); deeper ones are described as plain text.
 pub const MAX_MULTIPART_DEPTH: usize = 64;
 
+/// Addresses per ENVELOPE field whose display name is taken as written
+/// (the rest use the parsed name).
+const RAW_NAMES_PER_FIELD: usize = 64;
+
 /// An IMAP string: quoted when short and plain, a literal otherwise, so
 /// that no byte is ever re-encoded.
 pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -218,9 +222,15 @@ pub fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
         let value = value.trim_ascii().to_vec();
         Some(value)
     };
+    // Each address field once, not once per address in it.
+    let fields: std::collections::HashMap<&str, Option<Vec<u8>>> =
+        ["From", "Sender", "Reply-To", "To", "Cc", "Bcc"]
+            .into_iter()
+            .map(|f| (f, raw_field(f)))
+            .collect();
     // Display names as written (encoded words and all), as ENVELOPE wants them.
     let raw_name = |field: &str, email: &str| -> Option<Vec<u8>> {
-        let value = raw_field(field)?;
+        let value = fields.get(field)?.as_deref()?;
         let needle = format!("<{email}>").into_bytes();
         let at = value
             .windows(needle.len())
@@ -267,11 +277,18 @@ pub fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
             return;
         }
         out.push(b'(');
-        for addr in list {
+        for (i, addr) in list.into_iter().enumerate() {
             out.push(b'(');
             let email = addr.address.as_deref().unwrap_or_default();
-            let name = raw_name(field, email)
-                .or_else(|| addr.name.as_deref().map(|n| n.as_bytes().to_vec()));
+            // Finding a name as written costs a scan of the field: done for
+            // the first addresses only, so a field of 100,000 addresses
+            // costs what its parsing does.
+            let written = if i < RAW_NAMES_PER_FIELD {
+                raw_name(field, email)
+            } else {
+                None
+            };
+            let name = written.or_else(|| addr.name.as_deref().map(|n| n.as_bytes().to_vec()));
             nstring(out, name.as_deref());
             out.extend_from_slice(b" NIL ");
             let (local, host) = email.rsplit_once('@').unwrap_or((email, ""));
