@@ -36,6 +36,9 @@ use std::path::Path;
 
 /// Key packages a device keeps on the server; topped up below half.
 pub const KEY_PACKAGE_POOL: u32 = 100;
+/// How often a device replaces its key packages on the server (four weeks,
+/// well inside their twelve-week lifetime).
+pub const KEY_REFRESH_SECS: i64 = 28 * 86_400;
 /// How often a send retries after losing a race for the conversation's epoch.
 const EPOCH_RETRIES: usize = 5;
 
@@ -288,6 +291,8 @@ impl Device {
         local.set_meta("signature_key", &hex::encode(signer.public()))?;
         local.set_meta("ciphersuite", &suite.to_string())?;
         local.set_meta("queue_cursor", "0")?;
+        // The packages uploaded at enrollment are fresh.
+        local.set_meta("key_packages_refreshed_at", &now().to_string())?;
         local.set_meta("domain", domain)
     }
 
@@ -1632,12 +1637,33 @@ impl Device {
         Ok(())
     }
 
+    /// Keeps the device's packages on the server usable: tops the pool up
+    /// when it is half used, and every [`KEY_REFRESH_SECS`] replaces the
+    /// whole pool and the last-resort package, since packages expire (twelve
+    /// weeks in OpenMLS) and a device that starts few conversations would
+    /// otherwise be left with expired ones. Private keys of replaced packages
+    /// stay in the local store, so a Welcome for one claimed earlier still
+    /// opens.
     fn top_up_key_packages(&mut self) -> Result<u32> {
+        let now = now();
+        let refresh_every = std::env::var("POUCH_KEY_REFRESH_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(KEY_REFRESH_SECS);
+        let refreshed_at: Option<i64> = self
+            .local
+            .meta("key_packages_refreshed_at")?
+            .and_then(|v| v.parse().ok());
+        let refresh = refreshed_at.is_none_or(|t| now - t >= refresh_every);
         let count: api::KeyPackageCount = self.api.get("/v1/key-packages/count")?;
-        if count.available >= KEY_PACKAGE_POOL / 2 {
+        if !refresh && count.available >= KEY_PACKAGE_POOL / 2 {
             return Ok(0);
         }
-        let n = KEY_PACKAGE_POOL - count.available;
+        let n = if refresh {
+            KEY_PACKAGE_POOL
+        } else {
+            KEY_PACKAGE_POOL - count.available
+        };
         let kps = pouch_mls::key_packages(
             &self.local.provider,
             self.suite,
@@ -1646,13 +1672,33 @@ impl Device {
             n as usize,
             false,
         )?;
+        let last_resort = if refresh {
+            Some(
+                pouch_mls::key_packages(
+                    &self.local.provider,
+                    self.suite,
+                    &self.signer,
+                    &self.address,
+                    1,
+                    true,
+                )?
+                .remove(0),
+            )
+        } else {
+            None
+        };
         let _: api::KeyPackageCount = self.api.post(
             "/v1/key-packages",
             &api::UploadKeyPackages {
                 key_packages: kps,
-                last_resort: None,
+                last_resort,
+                replace_pool: refresh,
             },
         )?;
+        if refresh {
+            self.local
+                .set_meta("key_packages_refreshed_at", &now.to_string())?;
+        }
         Ok(n)
     }
 

@@ -214,6 +214,10 @@ pub struct UploadKeyPackages {
     pub key_packages: Vec<Vec<u8>>,
     #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
     pub last_resort: Option<Vec<u8>>,
+    /// These replace every ordinary package the device has on the server
+    /// (key packages expire: OpenMLS gives each twelve weeks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_pool: bool,
 }
 
 /// `GET /v1/key-packages/count`

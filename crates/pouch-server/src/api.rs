@@ -443,7 +443,12 @@ async fn upload_key_packages(
         ));
     }
     s.store
-        .add_key_packages(&d, &req.key_packages, req.last_resort.as_deref())
+        .add_key_packages(
+            &d,
+            &req.key_packages,
+            req.last_resort.as_deref(),
+            req.replace_pool,
+        )
         .await?;
     Ok(Json(KeyPackageCount {
         available: s.store.count_key_packages(&d).await?,

@@ -1152,8 +1152,17 @@ impl Store for SqlStore {
         device_id: &DeviceId,
         packages: &[Vec<u8>],
         last_resort: Option<&[u8]>,
+        replace_pool: bool,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
+        if replace_pool {
+            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = $2")
+                .bind(&device_id.0)
+                .bind(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         insert_key_packages(&mut tx, device_id, packages, last_resort).await?;
         tx.commit().await.map_err(backend)
     }

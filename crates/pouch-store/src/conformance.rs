@@ -144,7 +144,7 @@ pub async fn run(store: &dyn Store) {
     }
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 0);
     store
-        .add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2"))
+        .add_key_packages(&b1_id, &[b"b1-kp-new".to_vec()], Some(b"b1-lr-2"), false)
         .await
         .unwrap();
     assert_eq!(
@@ -154,6 +154,24 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(
         store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package,
         b"b1-lr-2"
+    );
+    // A refreshed pool replaces the ordinary packages still waiting.
+    store
+        .add_key_packages(&b1_id, &[b"old-1".to_vec(), b"old-2".to_vec()], None, false)
+        .await
+        .unwrap();
+    store
+        .add_key_packages(&b1_id, &[b"fresh-1".to_vec()], Some(b"b1-lr-3"), true)
+        .await
+        .unwrap();
+    assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
+    assert_eq!(
+        store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package,
+        b"fresh-1"
+    );
+    assert_eq!(
+        store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap()[0].key_package,
+        b"b1-lr-3"
     );
     // The claimer's own device is never handed out to itself.
     assert!(

@@ -356,11 +356,14 @@ pub trait Store: Send + Sync + 'static {
     async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
 
     // --- key packages ---
+    /// Adds `packages` (replacing the device's ordinary packages when
+    /// `replace_pool`), and replaces its last-resort package when given.
     async fn add_key_packages(
         &self,
         device_id: &DeviceId,
         packages: &[Vec<u8>],
         last_resort: Option<&[u8]>,
+        replace_pool: bool,
     ) -> Result<()>;
     async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
     /// One package for every active device of `address` except `exclude`

@@ -776,3 +776,70 @@ fn a_user_whose_key_packages_ran_out_still_gets_new_conversations() {
         "{got:?}"
     );
 }
+
+/// The device's packages on the server: ordinary ones, and the last-resort one.
+fn packages_on_server(server: &Server, device: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let db = server.db();
+    let mut stmt = db
+        .prepare("SELECT data, last_resort FROM key_packages WHERE device_id = ?1 ORDER BY id")
+        .unwrap();
+    let rows: Vec<(Vec<u8>, bool)> = stmt
+        .query_map([device], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let ordinary = rows.iter().filter(|r| !r.1).map(|r| r.0.clone()).collect();
+    let last: Vec<Vec<u8>> = rows.into_iter().filter(|r| r.1).map(|r| r.0).collect();
+    assert_eq!(last.len(), 1, "one last-resort package");
+    (ordinary, last.into_iter().next().unwrap())
+}
+
+#[test]
+fn key_packages_on_the_server_are_replaced_before_they_expire() {
+    let dir = Scratch::new("kp-refresh");
+    let server = Server::start(&dir.path("server"), None);
+    let bob = user(&dir, &server, "bob");
+    let alice = user(&dir, &server, "alice");
+    let device = device_id_of(&bob);
+    let (pool, last) = packages_on_server(&server, &device);
+    assert_eq!(pool.len(), 100);
+    // An ordinary sync leaves a full pool alone.
+    bob.sync();
+    assert_eq!(
+        packages_on_server(&server, &device),
+        (pool.clone(), last.clone())
+    );
+    // Four weeks on (here one second), the whole pool and the last-resort
+    // package are replaced: none of the old ones can expire unused.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = bob
+        .cmd()
+        .env("POUCH_KEY_REFRESH_SECS", "1")
+        .args(["sync"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (fresh_pool, fresh_last) = packages_on_server(&server, &device);
+    assert_eq!(fresh_pool.len(), 100);
+    assert!(
+        fresh_pool.iter().all(|p| !pool.contains(p)),
+        "every package is new"
+    );
+    assert_ne!(fresh_last, last);
+    // And they work: a new conversation reaches Bob.
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "after refresh",
+        "--body",
+        "x",
+    ]);
+    bob.sync();
+    assert!(subjects(&bob).contains(&"after refresh".to_string()));
+}
