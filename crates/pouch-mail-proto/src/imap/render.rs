@@ -16,6 +16,12 @@ pub const MAX_NESTING: usize = 8;
 /// How deep BODYSTRUCTURE follows multiparts inside each other (one stack
 /// frame per level); deeper ones are described as plain text.
 pub const MAX_MULTIPART_DEPTH: usize = 64;
+/// Nested messages parsed again for one BODYSTRUCTURE, in all: several
+/// message/rfc822 parts on each of [`MAX_NESTING`] levels would otherwise
+/// multiply (the fuzzer found a 501-byte message taking minutes).
+pub const MAX_NESTED_PARSES: usize = 32;
+/// Parts described in one BODYSTRUCTURE; the rest as plain text.
+pub const MAX_PARTS_DESCRIBED: usize = 2000;
 
 /// Addresses per ENVELOPE field whose display name is taken as written
 /// (the rest use the parsed name).
@@ -340,11 +346,32 @@ pub fn envelope(out: &mut Vec<u8>, raw: &[u8]) {
 
 /// BODYSTRUCTURE (extensible) or BODY (basic), RFC 3501 §7.4.2, from the MIME tree.
 pub fn body_structure(out: &mut Vec<u8>, raw: &[u8], extensible: bool) {
-    body_structure_at(out, raw, extensible, 0)
+    let mut budget = Budget {
+        parses: MAX_NESTED_PARSES,
+        parts: MAX_PARTS_DESCRIBED,
+    };
+    body_structure_at(out, raw, extensible, 0, &mut budget)
 }
 
-fn body_structure_at(out: &mut Vec<u8>, raw: &[u8], extensible: bool, depth: usize) {
-    let parsed = if depth < MAX_NESTING {
+/// What one BODYSTRUCTURE may cost in all, whatever the shape of the
+/// message: nested messages parsed again, and parts described.
+struct Budget {
+    parses: usize,
+    parts: usize,
+}
+
+fn body_structure_at(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    extensible: bool,
+    depth: usize,
+    budget: &mut Budget,
+) {
+    let allowed = depth == 0 || (depth < MAX_NESTING && budget.parses > 0);
+    let parsed = if allowed {
+        if depth > 0 {
+            budget.parses -= 1;
+        }
         mail_parser::MessageParser::default().parse(raw)
     } else {
         None
@@ -354,7 +381,18 @@ fn body_structure_at(out: &mut Vec<u8>, raw: &[u8], extensible: bool, depth: usi
         plain_body(out, &raw[header_end(raw).min(raw.len())..]);
         return;
     };
-    walk_structure(out, &msg, raw, 0, extensible, depth, 0);
+    let mut visited = vec![false; msg.parts.len()];
+    walk_structure(
+        out,
+        &msg,
+        raw,
+        0,
+        extensible,
+        depth,
+        0,
+        &mut visited,
+        budget,
+    );
 }
 
 /// A body described as one text/plain part of its bytes.
@@ -401,6 +439,7 @@ fn structure_disposition(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn walk_structure(
     out: &mut Vec<u8>,
     msg: &mail_parser::Message<'_>,
@@ -409,12 +448,23 @@ fn walk_structure(
     extensible: bool,
     depth: usize,
     level: usize,
+    visited: &mut [bool],
+    budget: &mut Budget,
 ) {
     use mail_parser::MimeHeaders;
     let Some(part) = msg.parts.get(id) else {
         out.extend_from_slice(b"NIL");
         return;
     };
+    // Each part is described once: a malformed message can make the
+    // parser list one part under several parents, and walking such a graph
+    // again and again grows exponentially with its depth.
+    if std::mem::replace(&mut visited[id], true) || budget.parts == 0 {
+        let (b0, end) = (part.offset_body as usize, part.offset_end as usize);
+        plain_body(out, raw.get(b0..end.max(b0)).unwrap_or_default());
+        return;
+    }
+    budget.parts -= 1;
     let ct = part.content_type();
     if let mail_parser::PartType::Multipart(children) = &part.body {
         if level >= MAX_MULTIPART_DEPTH || children.is_empty() {
@@ -424,7 +474,17 @@ fn walk_structure(
         }
         out.push(b'(');
         for c in children {
-            walk_structure(out, msg, raw, *c as usize, extensible, depth, level + 1);
+            walk_structure(
+                out,
+                msg,
+                raw,
+                *c as usize,
+                extensible,
+                depth,
+                level + 1,
+                visited,
+                budget,
+            );
         }
         out.push(b' ');
         let sub = ct.and_then(|c| c.subtype()).unwrap_or("mixed");
@@ -479,7 +539,7 @@ fn walk_structure(
         out.push(b' ');
         envelope_fields(out, body);
         out.push(b' ');
-        body_structure_at(out, body, extensible, depth + 1);
+        body_structure_at(out, body, extensible, depth + 1, budget);
         out.extend_from_slice(format!(" {lines}").as_bytes());
     } else if ctype == "TEXT" {
         out.extend_from_slice(format!(" {lines}").as_bytes());
