@@ -106,6 +106,7 @@ async fn a_benign_week_raises_at_most_one_false_alert_per_thousand_mailboxes_a_d
         rotation_secs: 24 * 3600,
         link_ttl_secs: 600,
         token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
+        connections: Default::default(),
         limits: Default::default(),
         witnesses: Vec::new(),
         policy: Default::default(),
