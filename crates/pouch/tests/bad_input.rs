@@ -258,16 +258,11 @@ fn a_mail_may_have_a_thousand_recipients_and_no_more() {
     // addresses the count passes and the first unknown address is named.
     let raw = RawDevice::enroll(&server, "raw@pouch.local");
     let claim = |n: usize| {
-        raw.api.post::<_, pouch_proto::api::ClaimResponse>(
-            "/v1/key-packages/claim",
-            &pouch_proto::api::ClaimRequest {
-                addresses: many(n)
-                    .iter()
-                    .map(|a| pouch_proto::Address::parse(a).unwrap())
-                    .collect(),
-                only: vec![],
-            },
-        )
+        let addresses: Vec<_> = many(n)
+            .iter()
+            .map(|a| pouch_proto::Address::parse(a).unwrap())
+            .collect();
+        raw.claim(&addresses)
     };
     match claim(pouch_proto::MAX_RECIPIENTS + 1) {
         Err(pouch_client::ClientError::Server {

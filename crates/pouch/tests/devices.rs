@@ -732,16 +732,7 @@ fn a_user_whose_key_packages_ran_out_still_gets_new_conversations() {
     let bob_address = pouch_proto::Address::parse("bob@pouch.local").unwrap();
     let mut dry = false;
     for _ in 0..150 {
-        let claimed: pouch_proto::api::ClaimResponse = drainer
-            .api
-            .post(
-                "/v1/key-packages/claim",
-                &pouch_proto::api::ClaimRequest {
-                    addresses: vec![bob_address.clone()],
-                    only: vec![],
-                },
-            )
-            .unwrap();
+        let claimed = drainer.claim(std::slice::from_ref(&bob_address)).unwrap();
         assert!(!claimed.devices.is_empty(), "Bob's device is offered");
         if claimed.devices.iter().all(|d| d.last_resort) {
             dry = true;

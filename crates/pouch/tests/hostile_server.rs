@@ -98,16 +98,7 @@ impl ModifiedClient {
         subject: &str,
     ) -> (GroupId, DeviceId) {
         let to_address = Address::parse(to).unwrap();
-        let claim: api::ClaimResponse = self
-            .api
-            .post(
-                "/v1/key-packages/claim",
-                &api::ClaimRequest {
-                    addresses: vec![to_address.clone()],
-                    only: vec![],
-                },
-            )
-            .unwrap();
+        let claim = self.claim(std::slice::from_ref(&to_address)).unwrap();
         let d = &claim.devices[0];
         let kp = pouch_mls::validate_key_package(
             &self.provider,

@@ -443,16 +443,7 @@ fn a_key_package_drain() {
     let mut started = Instant::now();
     for _ in 0..120 {
         started = Instant::now();
-        let claimed: pouch_proto::api::ClaimResponse = mallory
-            .api
-            .post(
-                "/v1/key-packages/claim",
-                &pouch_proto::api::ClaimRequest {
-                    addresses: vec![alice_address.clone()],
-                    only: vec![],
-                },
-            )
-            .unwrap();
+        let claimed = mallory.claim(std::slice::from_ref(&alice_address)).unwrap();
         if claimed.devices.iter().all(|d| d.last_resort) {
             break;
         }
@@ -485,16 +476,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
     let me = pouch_proto::Address::parse("busy@pouch.local").unwrap();
     let mut dry = false;
     for _ in 0..rounds {
-        let claimed: pouch_proto::api::ClaimResponse = device
-            .api
-            .post(
-                "/v1/key-packages/claim",
-                &pouch_proto::api::ClaimRequest {
-                    addresses: vec![address.clone()],
-                    only: vec![],
-                },
-            )
-            .unwrap();
+        let claimed = device.claim(std::slice::from_ref(&address)).unwrap();
         dry = !claimed.devices.is_empty() && claimed.devices.iter().all(|d| d.last_resort);
         if !converse {
             continue;

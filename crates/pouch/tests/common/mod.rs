@@ -731,6 +731,21 @@ impl RawDevice {
     }
 
     /// A fresh bearer token of this device, for requests made by hand.
+    /// Claims key packages for `addresses`, as any device may (a modified
+    /// client needs no conversation to follow).
+    pub fn claim(
+        &self,
+        addresses: &[pouch_proto::Address],
+    ) -> pouch_client::Result<pouch_proto::api::ClaimResponse> {
+        self.api.post(
+            "/v1/key-packages/claim",
+            &pouch_proto::api::ClaimRequest {
+                addresses: addresses.to_vec(),
+                only: vec![],
+            },
+        )
+    }
+
     pub fn token(&self) -> String {
         use pouch_proto::api;
         let ch: api::ChallengeResponse = self
