@@ -270,15 +270,15 @@ impl Session {
         let sel = self.selected.as_mut().expect("checked above");
         let mut lines = sel.forget(|uid| !now.iter().any(|e| e.uid == uid));
         for (i, (uid, flags)) in sel.known.iter_mut().enumerate() {
-            if let Some(e) = now.iter().find(|e| e.uid == *uid) {
-                if &e.flags != flags {
-                    *flags = e.flags.clone();
-                    lines.push(format!(
-                        "{} FETCH (UID {uid} FLAGS {})",
-                        i + 1,
-                        flag_list(flags)
-                    ));
-                }
+            if let Some(e) = now.iter().find(|e| e.uid == *uid)
+                && &e.flags != flags
+            {
+                *flags = e.flags.clone();
+                lines.push(format!(
+                    "{} FETCH (UID {uid} FLAGS {})",
+                    i + 1,
+                    flag_list(flags)
+                ));
             }
         }
         let last = sel.known.last().map(|k| k.0).unwrap_or(0);
@@ -503,10 +503,10 @@ impl Session {
             }
             o.extend_from_slice(b")\r\n");
             self.out.extend_from_slice(&o);
-            if let Some(sel) = self.selected.as_mut() {
-                if let Some(k) = sel.known.iter_mut().find(|k| k.0 == uid_) {
-                    k.1 = e.flags.clone();
-                }
+            if let Some(sel) = self.selected.as_mut()
+                && let Some(k) = sel.known.iter_mut().find(|k| k.0 == uid_)
+            {
+                k.1 = e.flags.clone();
             }
         }
         self.tagged(tag, "OK", "Fetch completed");
@@ -567,10 +567,10 @@ impl Session {
             Ok(changed) => {
                 for (seq, u) in targets {
                     if let Some((_, f)) = changed.iter().find(|c| c.0 == u) {
-                        if let Some(sel) = self.selected.as_mut() {
-                            if let Some(k) = sel.known.iter_mut().find(|k| k.0 == u) {
-                                k.1 = f.clone();
-                            }
+                        if let Some(sel) = self.selected.as_mut()
+                            && let Some(k) = sel.known.iter_mut().find(|k| k.0 == u)
+                        {
+                            k.1 = f.clone();
                         }
                         if !silent {
                             self.untagged(&format!("{seq} FETCH (UID {u} FLAGS {})", flag_list(f)));

@@ -339,10 +339,11 @@ impl Device {
             .unwrap_or_default();
         // The history as the transparency log records it (what everyone sees).
         let logged: api::LogEntries = self.api.get(&format!("/v1/log/entries/{address}"))?;
+        let commitments = self.commitments()?;
         let entries = logged
             .entries
             .iter()
-            .filter_map(|e| pouch_log::AnyEntry::from_bytes(&e.entry).ok())
+            .filter_map(|e| commitments.open(e.index, &e.entry, &e.full, address).ok())
             .map(|e| match e {
                 pouch_log::AnyEntry::List(l) => {
                     let b = l.list.body_unverified().ok();

@@ -1165,26 +1165,26 @@ impl Device {
             // copy of this device fetched and acknowledged mail, or the server
             // deleted it. (A server that also renumbers leaves no gap here;
             // the senders' chain links inside the messages show that.)
-            if let Some(first) = batch.items.first() {
-                if first.seq > cursor + 1 {
-                    let what = format!(
-                        "queue items {} to {} of this device are missing: a copy of this device fetched them, or the server deleted them",
-                        cursor + 1,
-                        first.seq - 1
-                    );
-                    let _ = self.api.post_empty(
-                        "/v1/reports",
-                        &api::ClientReport {
-                            kind: "queue_gap".into(),
-                            detail: what.clone(),
-                        },
-                    );
-                    self.local.notice(
-                        "ALERT: mail was fetched by another copy of this device",
-                        &what,
-                    )?;
-                    report.alerts.push(what);
-                }
+            if let Some(first) = batch.items.first()
+                && first.seq > cursor + 1
+            {
+                let what = format!(
+                    "queue items {} to {} of this device are missing: a copy of this device fetched them, or the server deleted them",
+                    cursor + 1,
+                    first.seq - 1
+                );
+                let _ = self.api.post_empty(
+                    "/v1/reports",
+                    &api::ClientReport {
+                        kind: "queue_gap".into(),
+                        detail: what.clone(),
+                    },
+                );
+                self.local.notice(
+                    "ALERT: mail was fetched by another copy of this device",
+                    &what,
+                )?;
+                report.alerts.push(what);
             }
             let mut last = cursor;
             for item in batch.items {

@@ -315,9 +315,10 @@ impl Device {
             |r| r.get(0),
         )?;
         let parsed = mail::parse(&raw[..raw.len().min(mail::HEAD_LIMIT)])?;
-        if special.as_deref() == Some("\\Sent") {
-            if let Some(mid) = &parsed.message_id {
-                let known: Option<u32> = self
+        if special.as_deref() == Some("\\Sent")
+            && let Some(mid) = &parsed.message_id
+        {
+            let known: Option<u32> = self
                     .local
                     .conn
                     .query_row(
@@ -327,9 +328,8 @@ impl Device {
                         |r| r.get::<_, i64>(0).map(|u| u as u32),
                     )
                     .optional()?;
-                if let Some(uid) = known {
-                    return Ok(uid);
-                }
+            if let Some(uid) = known {
+                return Ok(uid);
             }
         }
         let body = crate::Body::Inline(raw);

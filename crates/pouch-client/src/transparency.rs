@@ -6,7 +6,7 @@
 
 use crate::Device;
 use crate::error::{ClientError, Result};
-use pouch_log::{AnyEntry, Checkpoint, Hash, LogEntry};
+use pouch_log::{AnyEntry, Checkpoint, Commitments, Hash, Leaf};
 use pouch_proto::Address;
 use pouch_proto::api;
 use pouch_proto::devices::SignedDeviceList;
@@ -141,6 +141,65 @@ impl Device {
         Ok(self.accept_checkpoint(&note)?.size())
     }
 
+    /// The log's commitment key, fetched once and pinned: the server proves
+    /// that the log records its hash, so it cannot give this device a key of
+    /// its own making without that showing in the tree.
+    pub(crate) fn commitments(&mut self) -> Result<Commitments> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        if let (Some(key), Some(index)) = (
+            self.local.meta("log_commitment_key")?,
+            self.local.meta("log_commitment_index")?,
+        ) {
+            let key = b64
+                .decode(key)
+                .ok()
+                .and_then(|k| pouch_log::CommitmentKey::from_bytes(&k).ok())
+                .ok_or_else(|| ClientError::Local("the pinned commitment key is damaged".into()))?;
+            let key_index = index
+                .parse()
+                .map_err(|_| ClientError::Local("the pinned commitment key is damaged".into()))?;
+            return Ok(Commitments { key, key_index });
+        }
+        let served: api::LogCommitmentKey = self.api.get("/v1/log/commitment-key")?;
+        let key = b64
+            .decode(&served.key)
+            .ok()
+            .and_then(|k| pouch_log::CommitmentKey::from_bytes(&k).ok())
+            .ok_or_else(|| ClientError::Protocol("a malformed commitment key".into()))?;
+        let inc = &served.inclusion;
+        match Leaf::from_bytes(&inc.entry) {
+            Ok(Leaf::CommitmentKey(leaf)) if leaf.key_hash == key.key_hash() => {}
+            _ => {
+                return Err(security(
+                    "the server's commitment key is not the one its transparency log records"
+                        .into(),
+                ));
+            }
+        }
+        let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
+        pouch_log::verify_inclusion(
+            &hashes(&inc.proof)?,
+            cp.size(),
+            *cp.hash(),
+            inc.index,
+            &inc.entry,
+        )
+        .map_err(|e| {
+            security(format!(
+                "the log's commitment key is not provably in the log: {e}"
+            ))
+        })?;
+        self.local
+            .set_meta("log_commitment_key", &b64.encode(key.as_bytes()))?;
+        self.local
+            .set_meta("log_commitment_index", &inc.index.to_string())?;
+        Ok(Commitments {
+            key,
+            key_index: inc.index,
+        })
+    }
+
     /// Requires that `list` is in the log, proven against a checkpoint that
     /// extends the one this device pinned. Returns whether the entry is also
     /// covered by a checkpoint every required witness cosigned.
@@ -162,9 +221,12 @@ impl Device {
             Err(e) => return Err(e),
         };
         let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
-        let entry =
-            LogEntry::from_bytes(&inc.entry).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if &entry.address != address || entry.version != version || &entry.list != list {
+        let commitments = self.commitments()?;
+        let same = match commitments.open(inc.index, &inc.entry, &inc.full, address) {
+            Ok(AnyEntry::List(entry)) => entry.version == version && &entry.list == list,
+            _ => false,
+        };
+        if !same {
             return Err(security(format!(
                 "the log entry for {address} version {version} differs from the list the server served"
             )));
@@ -194,11 +256,12 @@ impl Device {
     ) -> Result<Vec<String>> {
         let me = self.address.clone();
         let found: api::LogEntries = self.api.get(&format!("/v1/log/entries/{me}"))?;
+        let commitments = self.commitments()?;
         let mut alerts = Vec::new();
-        let mut newest = 0;
+        let mut lists = Vec::new();
         for e in &found.entries {
-            let entry = match AnyEntry::from_bytes(&e.entry) {
-                Ok(AnyEntry::List(entry)) => entry,
+            match commitments.open(e.index, &e.entry, &e.full, &me) {
+                Ok(AnyEntry::List(entry)) => lists.push((e.index, entry)),
                 Ok(AnyEntry::AdminRevocation(r)) => {
                     // Visible to the account whatever the server says later.
                     if self.first_time(&format!("logged-admin:{}", e.index))? {
@@ -211,16 +274,15 @@ impl Device {
                             ),
                         )?;
                     }
-                    continue;
                 }
-                Err(_) => {
-                    alerts.push(format!(
-                        "log entry {} for your account is malformed",
-                        e.index
-                    ));
-                    continue;
-                }
-            };
+                Err(err) => alerts.push(format!(
+                    "log entry {} for your account does not match what the log commits to: {err}",
+                    e.index
+                )),
+            }
+        }
+        let mut newest = 0;
+        for (index, entry) in &lists {
             newest = newest.max(entry.version);
             let signed_by_me = entry
                 .list
@@ -231,13 +293,12 @@ impl Device {
                 .list
                 .body_unverified()
                 .is_ok_and(|b| b.account_key != account_key)
-                && found.entries.iter().any(|later| {
-                    later.index > e.index
-                        && LogEntry::from_bytes(&later.entry).is_ok_and(|l| {
-                            l.list
-                                .body_unverified()
-                                .is_ok_and(|b| b.reason == "reset" && b.account_key == account_key)
-                        })
+                && lists.iter().any(|(later_index, later)| {
+                    later_index > index
+                        && later
+                            .list
+                            .body_unverified()
+                            .is_ok_and(|b| b.reason == "reset" && b.account_key == account_key)
                 });
             if !signed_by_me && !before_my_key {
                 alerts.push(format!(
@@ -260,13 +321,18 @@ impl Device {
 pub struct AuditReport {
     pub origin: String,
     pub size: u64,
+    /// Accounts seen: by name before the log held commitments, by commitment after.
     pub accounts: usize,
     pub problems: Vec<String>,
 }
 
 /// Walks the whole log as an outside auditor (no account needed): checks
-/// the checkpoint's signature, rebuilds the root from every entry, and checks
-/// every entry's device-list signature and each account's chain.
+/// the checkpoint's signature, rebuilds the root from every leaf, and checks
+/// the leaves' structure: one commitment key, no named leaf after it, each
+/// account commitment's list versions increasing. The leaves name no one, so
+/// the signatures behind them are checked by the devices that rely on them
+/// (every list a device uses must open its leaf); leaves from before
+/// commitments are named, and their signatures and chains are checked here.
 pub fn audit(
     server: &str,
     fingerprint: &str,
@@ -280,6 +346,7 @@ pub fn audit(
     let mut store = pouch_log::FetchedHashes(Default::default());
     let mut problems = Vec::new();
     let mut chains: std::collections::BTreeMap<Address, Vec<SignedDeviceList>> = Default::default();
+    let mut structure = pouch_log::commitment::StructureAudit::default();
     let size = cp.size();
     let mut index = 0u64;
     while index < size {
@@ -307,9 +374,9 @@ pub fn audit(
             for (k, h) in new.into_iter().enumerate() {
                 store.0.insert(base + k as u64, h);
             }
-            match AnyEntry::from_bytes(data) {
-                Ok(AnyEntry::AdminRevocation(_)) => {}
-                Ok(AnyEntry::List(entry)) => match entry.list.verify() {
+            // The structure of every leaf; the signatures of named ones.
+            if let Some(Leaf::Named(AnyEntry::List(entry))) = structure.add(index, data) {
+                match entry.list.verify() {
                     Ok(body) if body.address == entry.address && body.version == entry.version => {
                         chains
                             .entry(entry.address.clone())
@@ -319,8 +386,7 @@ pub fn audit(
                     _ => problems.push(format!(
                         "entry {index}: the device list's signature or fields do not match"
                     )),
-                },
-                Err(_) => problems.push(format!("entry {index}: malformed")),
+                }
             }
             index += 1;
         }
@@ -328,6 +394,7 @@ pub fn audit(
     }
     let root =
         pouch_log::tree_hash(size, &store).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    problems.extend(structure.problems);
     if root != *cp.hash() {
         problems.push("the entries do not hash to the checkpoint's root".into());
     }
@@ -339,7 +406,7 @@ pub fn audit(
     Ok(AuditReport {
         origin: info.log_origin,
         size,
-        accounts: chains.len(),
+        accounts: chains.len() + structure.committed.len(),
         problems,
     })
 }

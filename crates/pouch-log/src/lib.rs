@@ -14,7 +14,10 @@
 //! format and the checks clients apply.
 #![forbid(unsafe_code)]
 
+pub mod commitment;
 pub mod witness;
+
+pub use commitment::{CommitmentKey, Commitments, Leaf};
 
 use pouch_proto::Address;
 use pouch_proto::devices::SignedDeviceList;
@@ -51,6 +54,8 @@ pub enum EntryKind {
     Reset,
     /// An administrator revoked a device (no list: the administrator cannot sign one).
     AdminRevocation,
+    /// Which key the log's account commitments use (see [`commitment`]).
+    CommitmentKey,
 }
 
 /// An administrator's revocation of a device, recorded so it cannot be done quietly.
@@ -84,6 +89,35 @@ pub enum AnyEntry {
 }
 
 impl AnyEntry {
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            AnyEntry::List(e) => e.kind,
+            AnyEntry::AdminRevocation(e) => e.kind,
+        }
+    }
+
+    /// The list version (0 for an administrator's revocation, which has none).
+    pub fn version(&self) -> u64 {
+        match self {
+            AnyEntry::List(e) => e.version,
+            AnyEntry::AdminRevocation(_) => 0,
+        }
+    }
+
+    pub fn address(&self) -> &Address {
+        match self {
+            AnyEntry::List(e) => &e.address,
+            AnyEntry::AdminRevocation(e) => &e.address,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            AnyEntry::List(e) => e.to_bytes(),
+            AnyEntry::AdminRevocation(e) => e.to_bytes(),
+        }
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LogError> {
         #[derive(Deserialize)]
         struct Kind {
@@ -268,6 +302,8 @@ impl HashReader for FetchedHashes {
 pub struct LogKey {
     signer: StandardSigner,
     pub verifier_key: String,
+    /// The key of the log's account commitments, derived from the signing key.
+    pub commitment: CommitmentKey,
 }
 
 impl LogKey {
@@ -284,6 +320,7 @@ impl LogKey {
         Ok(LogKey {
             signer,
             verifier_key: vkey.to_string(),
+            commitment: CommitmentKey::derive(skey),
         })
     }
 

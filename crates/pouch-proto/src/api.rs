@@ -32,9 +32,13 @@ pub struct ServerInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogInclusion {
     pub index: u64,
-    /// The entry's exact bytes.
+    /// The leaf's exact bytes (what the tree hashes and the tiles serve).
     #[serde(with = "b64")]
     pub entry: Vec<u8>,
+    /// The full entry the leaf commits to (empty for a leaf from before
+    /// commitments, which is its own entry).
+    #[serde(with = "b64", default)]
+    pub full: Vec<u8>,
     /// The signed checkpoint the proof is for.
     pub checkpoint: String,
     /// Base64 hashes.
@@ -56,8 +60,21 @@ pub struct LogEntries {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IndexedEntry {
     pub index: u64,
+    /// The leaf, as in the tiles.
     #[serde(with = "b64")]
     pub entry: Vec<u8>,
+    /// The full entry it commits to (empty for a leaf from before commitments).
+    #[serde(with = "b64", default)]
+    pub full: Vec<u8>,
+}
+
+/// `GET /v1/log/commitment-key`: the key of the log's account commitments
+/// (for signed-in devices), with the proof that the log records its hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogCommitmentKey {
+    /// Base64 of the 32-byte key.
+    pub key: String,
+    pub inclusion: LogInclusion,
 }
 
 fn default_rotation() -> u64 {
@@ -553,8 +570,7 @@ pub fn verify_event_chain(
     first_seq: u64,
     mut prev_hash: String,
 ) -> Result<(), String> {
-    let mut expected = first_seq;
-    for e in events {
+    for (expected, e) in (first_seq..).zip(events) {
         if e.seq != expected {
             return Err(format!(
                 "event {expected} is missing (next is {}): events were deleted",
@@ -568,7 +584,6 @@ pub fn verify_event_chain(
             ));
         }
         prev_hash = e.hash.clone();
-        expected += 1;
     }
     Ok(())
 }

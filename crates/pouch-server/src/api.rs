@@ -306,7 +306,7 @@ async fn enroll(
         signature_key: req.signature_key,
         key_packages: req.key_packages,
         last_resort: req.last_resort_key_package,
-        device_list: Some((list, crate::devices::log_entry(&req.device_list)?)),
+        device_list: Some((list, crate::devices::log_record(&s, &req.device_list)?)),
     };
     let result = s
         .store

@@ -151,13 +151,13 @@ impl Policy {
                 ));
             }
         }
-        if let Some(w) = &policy.alerts.webhook {
-            if !(w.starts_with("http://") || w.starts_with("https://")) {
-                return Err(format!(
-                    "{}: alerts.webhook must be an http:// or https:// URL (got {w})",
-                    path.display()
-                ));
-            }
+        if let Some(w) = &policy.alerts.webhook
+            && !(w.starts_with("http://") || w.starts_with("https://"))
+        {
+            return Err(format!(
+                "{}: alerts.webhook must be an http:// or https:// URL (got {w})",
+                path.display()
+            ));
         }
         Ok(policy)
     }

@@ -62,12 +62,11 @@ pub async fn raise(s: &AppState, mut a: Alert) {
         Err(e) => tracing::error!(error = %e, "cannot store an alert"),
     }
     s.sinks.send(&a);
-    if automatic_revoke {
-        if let (Some(account), Some(device)) = (&a.account, &a.device) {
-            if let Err(e) = crate::devices::revoke_by_policy(s, account, device, &a.rule).await {
-                tracing::error!(error = %e.body.message, "automatic revocation failed");
-            }
-        }
+    if automatic_revoke
+        && let (Some(account), Some(device)) = (&a.account, &a.device)
+        && let Err(e) = crate::devices::revoke_by_policy(s, account, device, &a.rule).await
+    {
+        tracing::error!(error = %e.body.message, "automatic revocation failed");
     }
 }
 
@@ -399,7 +398,7 @@ impl ChainWatch {
 
     pub async fn tick(&mut self, s: &AppState) {
         self.ticks += 1;
-        if self.ticks % self.full_every == 0 {
+        if self.ticks.is_multiple_of(self.full_every) {
             self.verified = None;
         }
         let mut found = self.check(s).await;

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use pouch_proto::api::*;
 use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
 use pouch_proto::{Address, DeviceId};
-use pouch_store::{NewDevice, NewLinkRequest, StoredList};
+use pouch_store::{LogRecord, NewDevice, NewLinkRequest, StoredList};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -150,11 +150,24 @@ pub(crate) async fn check_first_list(
     })
 }
 
-/// The transparency-log entry recording `list`.
-pub(crate) fn log_entry(list: &SignedDeviceList) -> Result<Vec<u8>, ApiError> {
-    Ok(pouch_log::LogEntry::for_list(list)
-        .map_err(|e| bad_list(&e.to_string()))?
-        .to_bytes())
+/// The transparency-log record of `list`: the full entry, and the public
+/// leaf that commits to it without naming the account.
+pub(crate) fn log_record(s: &AppState, list: &SignedDeviceList) -> Result<LogRecord, ApiError> {
+    let entry = pouch_log::LogEntry::for_list(list).map_err(|e| bad_list(&e.to_string()))?;
+    Ok(commit_record(s, &pouch_log::AnyEntry::List(entry)))
+}
+
+fn commit_record(s: &AppState, entry: &pouch_log::AnyEntry) -> LogRecord {
+    let full = entry.to_bytes();
+    LogRecord {
+        leaf: s.log.key.commitment.commit_entry(
+            entry.kind(),
+            entry.address(),
+            entry.version(),
+            &full,
+        ),
+        entry: full,
+    }
 }
 
 /// Device lists name devices and where they were linked from: they are
@@ -315,7 +328,7 @@ async fn publish(
         .filter(|r| r.is_active() && !body.devices.iter().any(|l| l.device_id == r.device_id))
         .map(|r| r.device_id.clone())
         .collect();
-    let entry = log_entry(&req.list)?;
+    let entry = log_record(&s, &req.list)?;
     let stored = StoredList {
         version: body.version,
         body: req.list.body,
@@ -401,11 +414,15 @@ async fn create_link(
         )));
     }
     // Nobody has approved anything yet: what a stranger can make the server
-    // hold is capped per account and per network address.
-    let (for_address, from_source) = s
-        .store
-        .count_pending_links(&req.address, &peer.ip().to_string())
-        .await?;
+    // hold is capped per account and per network address (decoys included,
+    // so the caps say nothing about who exists either).
+    let source = peer.ip().to_string();
+    let (stored_for_address, stored_from_source) =
+        s.store.count_pending_links(&req.address, &source).await?;
+    let (decoys_for_address, decoys_from_source) =
+        s.link_decoys.pending(&req.address, &source, now());
+    let for_address = stored_for_address + decoys_for_address;
+    let from_source = stored_from_source + decoys_from_source;
     if for_address >= MAX_PENDING_LINKS_PER_ACCOUNT || from_source >= MAX_PENDING_LINKS_PER_SOURCE {
         record(
             &s,
@@ -421,26 +438,45 @@ async fn create_link(
             "too many link requests are waiting for approval; approve or deny them, or wait until they expire",
         ));
     }
-    if s.store.latest_device_list(&req.address).await?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!(
-                "{} has no device yet to approve this one; enroll the first device with an invite",
-                req.address
-            ),
-        ));
-    }
     let code = link_code(&req.signature_key, &req.nonce);
     let now = now();
     let expires_at = now + s.link_ttl_secs as i64;
+    if s.store.latest_device_list(&req.address).await?.is_none() {
+        // No account, or none with a device to approve: answered as a real
+        // request that nobody approves, so a stranger learns nothing about
+        // who exists. The security team sees the attempt.
+        s.link_decoys.add(
+            sha256(&req.poll_secret).to_vec(),
+            LinkInfo {
+                code: code.clone(),
+                address: req.address.clone(),
+                device_id: req.device_id,
+                device_name: name.to_string(),
+                signature_key: req.signature_key,
+                nonce: req.nonce,
+                source,
+                created_at: now,
+                expires_at,
+                status: "pending".into(),
+            },
+        );
+        record(
+            &s,
+            Ev::new("link_request")
+                .account(&req.address)
+                .source(peer.ip())
+                .failed("no device of this account can approve it (unknown or not enrolled)"),
+        )
+        .await;
+        return Ok(Json(LinkCreated { code, expires_at }));
+    }
     s.store
         .create_link_request(
             NewLinkRequest {
                 code: code.clone(),
                 poll_hash: sha256(&req.poll_secret).to_vec(),
                 nonce: req.nonce,
-                source: peer.ip().to_string(),
+                source,
                 expires_at,
                 device: NewDevice {
                     device_id: req.device_id,
@@ -465,6 +501,64 @@ async fn create_link(
     )
     .await;
     Ok(Json(LinkCreated { code, expires_at }))
+}
+
+/// Link requests for accounts that cannot be linked (no such account, or no
+/// device yet), answered exactly as real ones nobody approves: a code, a
+/// status that stays "pending" until it expires, the same caps. They hold
+/// nothing to approve, so they live in memory, bounded; a day after expiry
+/// they are forgotten. (Kept per node: with several PostgreSQL nodes behind
+/// one name, a decoy's status polled at another node is a 404.)
+#[derive(Default)]
+pub struct LinkDecoys(std::sync::Mutex<std::collections::HashMap<Vec<u8>, LinkInfo>>);
+
+/// Decoys held at once; beyond it the oldest is forgotten.
+const MAX_LINK_DECOYS: usize = 10_000;
+/// How long after its expiry a decoy still answers "expired".
+const DECOY_MEMORY_SECS: i64 = 24 * 3600;
+
+impl LinkDecoys {
+    fn held(
+        &self,
+        now: i64,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Vec<u8>, LinkInfo>> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|_, d| d.expires_at + DECOY_MEMORY_SECS > now);
+        held
+    }
+
+    /// Pending decoys for `address`, and from `source`.
+    fn pending(&self, address: &Address, source: &str, now: i64) -> (u64, u64) {
+        let held = self.held(now);
+        let pending = held.values().filter(|d| d.expires_at > now);
+        let (mut for_address, mut from_source) = (0, 0);
+        for d in pending {
+            for_address += u64::from(&d.address == address);
+            from_source += u64::from(d.source == source);
+        }
+        (for_address, from_source)
+    }
+
+    fn add(&self, poll_hash: Vec<u8>, decoy: LinkInfo) {
+        let mut held = self.held(decoy.created_at);
+        if held.len() >= MAX_LINK_DECOYS
+            && let Some(oldest) = held
+                .iter()
+                .min_by_key(|(_, d)| d.created_at)
+                .map(|(k, _)| k.clone())
+        {
+            held.remove(&oldest);
+        }
+        held.insert(poll_hash, decoy);
+    }
+
+    fn status(&self, poll_hash: &[u8], now: i64) -> Option<LinkInfo> {
+        let mut decoy = self.held(now).get(poll_hash)?.clone();
+        if decoy.expires_at <= now {
+            decoy.status = "expired".into();
+        }
+        Some(decoy)
+    }
 }
 
 /// Key packages a link request may carry (a device uploads 100, and more once approved).
@@ -523,12 +617,15 @@ async fn settle(
 }
 
 async fn link_status(State(s): St, Json(req): Json<LinkPoll>) -> Result<Json<LinkInfo>, ApiError> {
-    let r = s
-        .store
-        .link_request_by_poll(&sha256(&req.poll_secret))
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such link request"))?;
-    Ok(Json(info(settle(&s, r).await?)))
+    let poll_hash = sha256(&req.poll_secret);
+    match s.store.link_request_by_poll(&poll_hash).await? {
+        Some(r) => Ok(Json(info(settle(&s, r).await?))),
+        None => s
+            .link_decoys
+            .status(&poll_hash, now())
+            .map(Json)
+            .ok_or_else(|| ApiError::not_found("no such link request")),
+    }
 }
 
 fn info(r: pouch_store::LinkRequest) -> LinkInfo {
@@ -666,8 +763,14 @@ async fn revoke_in_log(
     address: &Address,
     device: &DeviceId,
 ) -> Result<bool, ApiError> {
-    let entry =
-        pouch_log::AdminRevocationEntry::new(address.clone(), device.clone(), now()).to_bytes();
+    let entry = commit_record(
+        s,
+        &pouch_log::AnyEntry::AdminRevocation(pouch_log::AdminRevocationEntry::new(
+            address.clone(),
+            device.clone(),
+            now(),
+        )),
+    );
     if !s
         .store
         .revoke_device(device, "admin", Some(&entry), now())

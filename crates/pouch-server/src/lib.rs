@@ -102,6 +102,8 @@ pub struct AppState {
     /// Events the database refused since logging last worked, and since when.
     pub events_lost: std::sync::atomic::AtomicU64,
     pub events_lost_since: std::sync::atomic::AtomicI64,
+    /// Answers to link requests for accounts that cannot be linked.
+    pub link_decoys: devices::LinkDecoys,
     admin_token_sha256: [u8; 32],
 }
 
@@ -260,6 +262,17 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         logkey::load_or_create(store.as_ref(), &config.data_dir, &origin).await?;
     let key = pouch_log::LogKey::from_private(&private, &public)
         .map_err(|e| StartError::Config(e.to_string()))?;
+    // The log's public leaves commit to accounts under a key whose hash the
+    // log records once (at its first start with commitments).
+    let commitment_index = match store.log_commitment_key(&key.commitment.leaf()).await {
+        Ok(index) => index,
+        Err(pouch_store::StoreError::Conflict) => {
+            return Err(StartError::Config(
+                "the transparency log records another commitment key: its signing key was replaced; restore the original log key".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;
     let state = Arc::new(AppState {
         store,
@@ -273,7 +286,8 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         link_ttl_secs: config.link_ttl_secs.max(1),
         token_ttl_secs: config.token_ttl_secs.max(1),
         limits: config.limits.clone(),
-        log: log::LogState::new(origin, key, config.witnesses.clone()),
+        log: log::LogState::new(origin, key, commitment_index, config.witnesses.clone()),
+        link_decoys: Default::default(),
         admin_token_sha256,
     });
     log::refresh_checkpoint(&state)

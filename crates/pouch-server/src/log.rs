@@ -25,6 +25,8 @@ type St = State<Arc<AppState>>;
 pub struct LogState {
     pub origin: String,
     pub key: LogKey,
+    /// Index of the leaf recording the commitment key's hash.
+    pub commitment_index: u64,
     pub witnesses: Vec<WitnessConfig>,
     /// What this node believes each witness has cosigned (URL → tree size); a 409 corrects it.
     witness_sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
@@ -41,10 +43,16 @@ pub struct WitnessConfig {
 }
 
 impl LogState {
-    pub fn new(origin: String, key: LogKey, witnesses: Vec<WitnessConfig>) -> Self {
+    pub fn new(
+        origin: String,
+        key: LogKey,
+        commitment_index: u64,
+        witnesses: Vec<WitnessConfig>,
+    ) -> Self {
         LogState {
             origin,
             key,
+            commitment_index,
             witnesses,
             witness_sizes: Default::default(),
             last_attempt: Default::default(),
@@ -143,10 +151,11 @@ async fn cosign(s: &AppState) -> Result<(), ApiError> {
     };
     {
         let mut last = s.log.last_attempt.lock().expect("not poisoned");
-        if let Some((at_size, when)) = *last {
-            if at_size == size && when.elapsed() < std::time::Duration::from_secs(5) {
-                return Ok(());
-            }
+        if let Some((at_size, when)) = *last
+            && at_size == size
+            && when.elapsed() < std::time::Duration::from_secs(5)
+        {
+            return Ok(());
         }
         *last = Some((size, std::time::Instant::now()));
     }
@@ -198,6 +207,11 @@ pub fn routes() -> Routes {
             "/v1/log/entries/{address}",
             &[(Method::GET, Access::Device)],
             get(entries_of),
+        )
+        .route(
+            "/v1/log/commitment-key",
+            &[(Method::GET, Access::Device)],
+            get(commitment_key),
         )
 }
 
@@ -297,7 +311,7 @@ struct InclusionQuery {
 }
 
 /// By address: for signed-in devices only (an open index by address would
-/// tell anyone who exists). Tiles stay public for auditors.
+/// tell anyone who exists). Tiles stay public for auditors, and name no one.
 async fn inclusion(
     State(s): St,
     _: crate::api::AuthDevice,
@@ -305,28 +319,76 @@ async fn inclusion(
 ) -> Result<Json<LogInclusion>, ApiError> {
     let address = Address::parse(&q.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, note) = current_checkpoint(&s).await?;
-    let entries = s.store.log_entries_of(&address).await?;
-    let (index, entry) = entries
+    let found = s
+        .store
+        .log_entries_of(&address)
+        .await?
         .into_iter()
-        .find(|(i, data)| {
-            *i < size && pouch_log::LogEntry::from_bytes(data).is_ok_and(|e| e.version == q.version)
-        })
+        .find(|e| e.index < size && list_version(&e.leaf) == Some(q.version))
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "version {} of {address}'s device list is not in the log",
                 q.version
             ))
         })?;
+    Ok(Json(
+        prove(&s, size, &note, found.index, found.leaf, found.entry).await?,
+    ))
+}
+
+/// The device-list version a leaf records (`None` for other kinds of entry).
+fn list_version(leaf: &[u8]) -> Option<u64> {
+    use pouch_log::{AnyEntry, EntryKind, Leaf};
+    match Leaf::from_bytes(leaf).ok()? {
+        Leaf::Committed(c) if matches!(c.kind, EntryKind::DeviceList | EntryKind::Reset) => {
+            Some(c.version)
+        }
+        Leaf::Named(AnyEntry::List(e)) => Some(e.version),
+        _ => None,
+    }
+}
+
+/// The inclusion proof of leaf `index` in the tree of `size` (checkpoint `note`).
+async fn prove(
+    s: &AppState,
+    size: u64,
+    note: &[u8],
+    index: u64,
+    leaf: Vec<u8>,
+    full: Option<Vec<u8>>,
+) -> Result<LogInclusion, ApiError> {
     let rec = IndexRecorder::default();
     let _ = pouch_log::prove_record(size, index, &rec);
-    let reader = fetched(&s, rec.into_indexes()).await?;
+    let reader = fetched(s, rec.into_indexes()).await?;
     let proof =
         pouch_log::prove_record(size, index, &reader).map_err(|e| log_failure(&e.to_string()))?;
-    Ok(Json(LogInclusion {
+    Ok(LogInclusion {
         index,
-        entry,
-        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+        entry: leaf,
+        full: full.unwrap_or_default(),
+        checkpoint: String::from_utf8_lossy(note).into_owned(),
         proof: proof.iter().map(pouch_log::hash_to_b64).collect(),
+    })
+}
+
+/// The commitment key, for signed-in devices: with it they check that a
+/// leaf is about the account they asked for; the public never gets it.
+async fn commitment_key(
+    State(s): St,
+    _: crate::api::AuthDevice,
+) -> Result<Json<LogCommitmentKey>, ApiError> {
+    use base64::Engine;
+    let (size, note) = current_checkpoint(&s).await?;
+    let index = s.log.commitment_index;
+    let leaf = s
+        .store
+        .log_entries(index, index + 1)
+        .await?
+        .pop()
+        .ok_or_else(|| log_failure("the commitment-key leaf is missing"))?;
+    Ok(Json(LogCommitmentKey {
+        key: base64::engine::general_purpose::STANDARD.encode(s.log.key.commitment.as_bytes()),
+        inclusion: prove(&s, size, &note, index, leaf, None).await?,
     }))
 }
 
@@ -372,8 +434,12 @@ async fn entries_of(
         .log_entries_of(&address)
         .await?
         .into_iter()
-        .filter(|(i, _)| *i < size)
-        .map(|(index, entry)| IndexedEntry { index, entry })
+        .filter(|e| e.index < size)
+        .map(|e| IndexedEntry {
+            index: e.index,
+            entry: e.leaf,
+            full: e.entry.unwrap_or_default(),
+        })
         .collect();
     Ok(Json(LogEntries { entries }))
 }

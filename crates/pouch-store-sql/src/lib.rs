@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0008_bounds.sql"),
         include_str!("../migrations/postgres_0008_bounds.sql"),
     ),
+    (
+        9,
+        include_str!("../migrations/sqlite_0009_commitments.sql"),
+        include_str!("../migrations/postgres_0009_commitments.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

@@ -9,8 +9,8 @@ use pouch_proto::{
 };
 use pouch_store::{
     Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
-    LinkRequest, Message, NewDevice, NewLinkRequest, Result, SourceHistory, StaleMember, Store,
-    StoreError, StoredList, UnixTime, rules,
+    LinkRequest, LogRecord, LoggedEntry, Message, NewDevice, NewLinkRequest, Result, SourceHistory,
+    StaleMember, Store, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -534,7 +534,7 @@ impl Store for SqlStore {
         insert_device(&mut tx, &device, Some(now), now).await?;
         if let Some((list, entry)) = &device.device_list {
             insert_list(&mut tx, &device.address, list, now).await?;
-            append_log(&mut tx, &device.address, list.version, entry).await?;
+            append_log(&mut tx, device.address.as_str(), list.version, entry).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(Device {
@@ -586,14 +586,14 @@ impl Store for SqlStore {
         &self,
         address: &Address,
         list: &StoredList,
-        log_entry: &[u8],
+        log_entry: &LogRecord,
         activate: &[DeviceId],
         revoke: &[DeviceId],
         now: UnixTime,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         insert_list(&mut tx, address, list, now).await?;
-        append_log(&mut tx, address, list.version, log_entry).await?;
+        append_log(&mut tx, address.as_str(), list.version, log_entry).await?;
         for d in activate {
             sqlx::query("UPDATE devices SET approved_at = $1 WHERE device_id = $2 AND address = $3 AND revoked_at IS NULL")
                 .bind(now)
@@ -698,7 +698,7 @@ impl Store for SqlStore {
         &self,
         device_id: &DeviceId,
         by: &str,
-        log_entry: Option<&[u8]>,
+        log_entry: Option<&LogRecord>,
         now: UnixTime,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
@@ -712,7 +712,7 @@ impl Store for SqlStore {
                     .map_err(backend)?;
             let address =
                 Address::parse(&address).map_err(|e| StoreError::Backend(e.to_string()))?;
-            append_log(&mut tx, &address, 0, entry).await?;
+            append_log(&mut tx, address.as_str(), 0, entry).await?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(done)
@@ -809,14 +809,57 @@ impl Store for SqlStore {
             .map_err(backend)
     }
 
-    async fn log_entries_of(&self, address: &Address) -> Result<Vec<(u64, Vec<u8>)>> {
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT idx, data FROM log_entries WHERE address = $1 ORDER BY idx")
-                .bind(address.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-        Ok(rows.into_iter().map(|(i, d)| (i as u64, d)).collect())
+    async fn log_entries_of(&self, address: &Address) -> Result<Vec<LoggedEntry>> {
+        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT idx, data, entry FROM log_entries WHERE address = $1 ORDER BY idx",
+        )
+        .bind(address.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(index, leaf, entry)| LoggedEntry {
+                index: index as u64,
+                leaf,
+                entry,
+            })
+            .collect())
+    }
+
+    async fn log_commitment_key(&self, leaf: &[u8]) -> Result<u64> {
+        // Two nodes starting at once both try; the unique index lets one in
+        // and the other reads what it wrote.
+        for _ in 0..2 {
+            let existing: Option<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT idx, data FROM log_entries WHERE address = ''")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+            if let Some((index, data)) = existing {
+                return if data == leaf {
+                    Ok(index as u64)
+                } else {
+                    Err(StoreError::Conflict)
+                };
+            }
+            let mut tx = self.begin().await?;
+            let record = LogRecord {
+                leaf: leaf.to_vec(),
+                entry: Vec::new(),
+            };
+            match append_log(&mut tx, "", 0, &record).await {
+                Ok(index) => {
+                    if tx.commit().await.is_ok() {
+                        return Ok(index);
+                    }
+                }
+                Err(_) => drop(tx),
+            }
+        }
+        Err(StoreError::Backend(
+            "could not record the log's commitment key".into(),
+        ))
     }
 
     async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>> {
@@ -1649,10 +1692,11 @@ async fn insert_list(
 /// record — an acknowledged entry is never lost, none is stored half.
 async fn append_log(
     tx: &mut AnyConnection,
-    address: &Address,
+    address: &str,
     version: u64,
-    entry: &[u8],
+    record: &LogRecord,
 ) -> Result<u64> {
+    let entry = record.leaf.as_slice();
     let size: i64 =
         sqlx::query_scalar("UPDATE log_state SET size = size + 1 WHERE id = 1 RETURNING size")
             .fetch_one(&mut *tx)
@@ -1686,14 +1730,17 @@ async fn append_log(
             .await
             .map_err(backend)?;
     }
-    sqlx::query("INSERT INTO log_entries (idx, address, version, data) VALUES ($1, $2, $3, $4)")
-        .bind(index as i64)
-        .bind(address.as_str())
-        .bind(version as i64)
-        .bind(entry)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+    sqlx::query(
+        "INSERT INTO log_entries (idx, address, version, data, entry) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(index as i64)
+    .bind(address)
+    .bind(version as i64)
+    .bind(entry)
+    .bind((!record.entry.is_empty()).then_some(record.entry.as_slice()))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     Ok(index)
 }
 

@@ -11,6 +11,14 @@ fn addr(s: &str) -> Address {
     Address::parse(s).expect("test address")
 }
 
+/// A log record whose leaf is `leaf` and whose full entry is `leaf` + "-full".
+fn record(leaf: &str) -> LogRecord {
+    LogRecord {
+        leaf: leaf.as_bytes().to_vec(),
+        entry: format!("{leaf}-full").into_bytes(),
+    }
+}
+
 fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
     NewDevice {
         device_id: DeviceId(id.to_string()),
@@ -27,7 +35,7 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
                 body: format!("{id}-list-1").into_bytes(),
                 signature: b"sig".to_vec(),
             },
-            format!("{id}-log-entry-1").into_bytes(),
+            record(&format!("{id}-log-entry-1")),
         )),
     }
 }
@@ -584,7 +592,7 @@ pub async fn run(store: &dyn Store) {
         .publish_device_list(
             &alice,
             &v2,
-            b"entry-v2",
+            &record("entry-v2"),
             std::slice::from_ref(&a2_id),
             &[],
             now,
@@ -612,7 +620,7 @@ pub async fn run(store: &dyn Store) {
                 version: 2,
                 ..v2.clone()
             },
-            b"entry-v2-again",
+            &record("entry-v2-again"),
             &[],
             &[],
             now,
@@ -641,7 +649,7 @@ pub async fn run(store: &dyn Store) {
         .publish_device_list(
             &alice,
             &v3,
-            b"entry-v3",
+            &record("entry-v3"),
             &[],
             std::slice::from_ref(&a2_id),
             now,
@@ -723,8 +731,14 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(entries[3], b"entry-v3");
     let alice_entries = store.log_entries_of(&alice).await.unwrap();
     assert_eq!(
-        alice_entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        alice_entries.iter().map(|e| e.index).collect::<Vec<_>>(),
         vec![0, 2, 3]
+    );
+    assert_eq!(alice_entries[2].leaf, b"entry-v3");
+    assert_eq!(
+        alice_entries[2].entry.as_deref(),
+        Some(&b"entry-v3-full"[..]),
+        "the full entry is kept beside its leaf"
     );
     let needed = pouch_log::hashes_needed_for_root(4);
     let fetched = store.log_hashes(&needed).await.unwrap();
@@ -758,6 +772,22 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(
         store.checkpoint().await.unwrap(),
         Some((4, b"cp4".to_vec()))
+    );
+    // The commitment-key leaf: appended once, never replaced by another.
+    assert_eq!(store.log_commitment_key(b"key-leaf").await.unwrap(), 4);
+    assert_eq!(
+        store.log_commitment_key(b"key-leaf").await.unwrap(),
+        4,
+        "one commitment key per log"
+    );
+    assert!(matches!(
+        store.log_commitment_key(b"another-key").await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.log_size().await.unwrap(), 5);
+    assert_eq!(
+        store.log_entries(4, 5).await.unwrap(),
+        vec![b"key-leaf".to_vec()]
     );
 
     // Access events: numbered, hash-chained, filterable by account.

@@ -135,7 +135,25 @@ pub struct NewDevice {
     pub last_resort: Vec<u8>,
     /// For an enrollment: the account's first (or post-reset) signed device
     /// list, and its entry for the transparency log.
-    pub device_list: Option<(StoredList, Vec<u8>)>,
+    pub device_list: Option<(StoredList, LogRecord)>,
+}
+
+/// One transparency-log record: the public `leaf` (hashed into the tree and
+/// served in the tiles; it names no one) and the full `entry` it commits to
+/// (served to this server's signed-in devices only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub leaf: Vec<u8>,
+    pub entry: Vec<u8>,
+}
+
+/// A stored log entry about one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEntry {
+    pub index: u64,
+    pub leaf: Vec<u8>,
+    /// The full entry; `None` for a leaf from before commitments, which is its own entry.
+    pub entry: Option<Vec<u8>>,
 }
 
 /// A key package handed out by [`Store::claim_key_packages`].
@@ -248,7 +266,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         address: &Address,
         list: &StoredList,
-        log_entry: &[u8],
+        log_entry: &LogRecord,
         activate: &[DeviceId],
         revoke: &[DeviceId],
         now: UnixTime,
@@ -271,7 +289,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device_id: &DeviceId,
         by: &str,
-        log_entry: Option<&[u8]>,
+        log_entry: Option<&LogRecord>,
         now: UnixTime,
     ) -> Result<bool>;
     /// Administrator reset: revokes every device; the next enrollment may start a new account key.
@@ -286,10 +304,14 @@ pub trait Store: Send + Sync + 'static {
     async fn log_size(&self) -> Result<u64>;
     /// Stored hashes by tlog index; `NotFound` if one is missing.
     async fn log_hashes(&self, indexes: &[u64]) -> Result<Vec<[u8; 32]>>;
-    /// Entries `from..to` (exact bytes).
+    /// Leaves `from..to` (exact bytes, as hashed into the tree).
     async fn log_entries(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>>;
-    /// (index, bytes) of every entry about `address`, oldest first.
-    async fn log_entries_of(&self, address: &Address) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Every entry about `address`, oldest first.
+    async fn log_entries_of(&self, address: &Address) -> Result<Vec<LoggedEntry>>;
+    /// Appends the log's commitment-key leaf unless the log has one; returns
+    /// its index. A `Conflict` if the log holds a different one (the log's
+    /// key was replaced: commitments made under the old one would not open).
+    async fn log_commitment_key(&self, leaf: &[u8]) -> Result<u64>;
     /// The newest signed checkpoint: (tree size, note).
     async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>>;
     /// Stores a checkpoint if it is for a larger tree than the stored one.

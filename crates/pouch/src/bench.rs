@@ -106,7 +106,11 @@ pub fn log(postgres: Option<String>, store_entries: u64) -> Result<()> {
                         body: entry.clone(),
                         signature: vec![0u8; 64],
                     },
-                    entry.clone(),
+                    // A leaf the size of a real commitment, and the full entry.
+                    pouch_store::LogRecord {
+                        leaf: vec![b'c'; 200],
+                        entry: entry.clone(),
+                    },
                 )),
             };
             store

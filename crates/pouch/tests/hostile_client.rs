@@ -404,3 +404,109 @@ fn link_request_spam_is_capped_and_swept() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+/// POST /v1/link is open to anyone (a new device has no credentials yet), so
+/// it must not tell a stranger who exists: an enrolled account, an invited
+/// one without a device, and an address nobody has get the same answers —
+/// a code, a status that stays "pending" and then "expired", the same caps —
+/// while the security team sees the attempts on accounts that cannot link.
+#[test]
+fn link_requests_tell_a_stranger_nothing_about_who_exists() {
+    use pouch_proto::api;
+    let dir = Scratch::new("link-oracle");
+    let server = Server::start_with(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--link-ttl-secs", "3"],
+    );
+    let _alice = user(&dir, &server, "alice");
+    let _ = server.invite("invited@pouch.local");
+    let api = pouch_client::net::Api::new(&server.url, &server.fingerprint).unwrap();
+    let info: api::ServerInfo = api.get_json("/v1/info").unwrap();
+    let suite = pouch_mls::ciphersuite(info.ciphersuite).unwrap();
+    let provider = openmls_libcrux_crypto::Provider::default();
+    // One request as a new device sends it; the answer's status, and the
+    // JSON shape without the values that differ per request anyway.
+    let request = |address: &str| -> (Result<api::LinkCreated, u16>, Vec<u8>) {
+        let signer = pouch_mls::new_device_signer(&provider).unwrap();
+        let address = pouch_proto::Address::parse(address).unwrap();
+        let poll_secret = rand::random::<[u8; 32]>().to_vec();
+        let kps = pouch_mls::key_packages(&provider, suite, &signer, &address, 2, false).unwrap();
+        let last = pouch_mls::key_packages(&provider, suite, &signer, &address, 1, true).unwrap();
+        let answer = api.post_json::<_, api::LinkCreated>(
+            "/v1/link",
+            &api::LinkRequestBody {
+                address,
+                device_id: pouch_proto::DeviceId(format!("{:032x}", rand::random::<u128>())),
+                device_name: "new laptop".into(),
+                signature_key: signer.to_public_vec(),
+                nonce: rand::random::<[u8; 16]>().to_vec(),
+                poll_secret: poll_secret.clone(),
+                key_packages: kps,
+                last_resort_key_package: last[0].clone(),
+            },
+        );
+        let answer = answer.map_err(|e| match e {
+            pouch_client::ClientError::Server {
+                status, message, ..
+            } => {
+                assert!(message.contains("too many link requests"), "{message}");
+                status
+            }
+            other => panic!("{other}"),
+        });
+        (answer, poll_secret)
+    };
+    let poll = |secret: &[u8]| -> api::LinkInfo {
+        api.post_json(
+            "/v1/link/status",
+            &api::LinkPoll {
+                poll_secret: secret.to_vec(),
+            },
+        )
+        .unwrap()
+    };
+    let addresses = [
+        "alice@pouch.local",
+        "invited@pouch.local",
+        "nobody@pouch.local",
+    ];
+    let mut secrets = Vec::new();
+    for address in addresses {
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let (answer, secret) = request(address);
+            if answer.is_ok() {
+                secrets.push((address, secret));
+            }
+            answers.push(answer.map(|c| c.code.len()));
+        }
+        assert_eq!(
+            answers,
+            vec![Ok(14), Ok(14), Ok(14), Ok(14), Ok(14), Err(429)],
+            "{address}: five requests wait, the sixth is refused"
+        );
+    }
+    for (address, secret) in &secrets {
+        let status = poll(secret);
+        assert_eq!(
+            (status.status.as_str(), status.address.as_str()),
+            ("pending", *address)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    for (address, secret) in &secrets {
+        assert_eq!(poll(secret).status, "expired", "{address}");
+    }
+    // The attempts on accounts that cannot link are on the record.
+    let refused: i64 = server
+        .db()
+        .query_row(
+            "SELECT count(*) FROM events WHERE action = 'link_request' AND account IN ('invited@pouch.local', 'nobody@pouch.local') AND body LIKE '%no device of this account%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(refused >= 10, "{refused} attempts recorded");
+}

@@ -90,7 +90,7 @@ impl SecurityTeam {
                 });
             let syslog = self.syslog.lock().unwrap().iter().any(|m| {
                 m.starts_with('<')
-                    && m.contains(&format!("[pouch@32473 "))
+                    && m.contains(&"[pouch@32473 ".to_string())
                     && m.contains(&format!("rule=\"{rule}\""))
             });
             let webhook = self

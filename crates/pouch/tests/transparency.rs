@@ -191,7 +191,7 @@ fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
     let note = String::from_utf8(get(&format!("{}/checkpoint", server.url))).unwrap();
     let (origin, size, root) = open_note(&note, vkey);
     assert_eq!(origin, "pouch.local/log");
-    assert_eq!(size, 3, "alice v1, bob v1, alice v2");
+    assert_eq!(size, 4, "the commitment key, alice v1, bob v1, alice v2");
 
     // The entry bundle (tlog-tiles: u16 length + entry) rebuilds the same root.
     let bundle = get(&format!("{}/tile/entries/000.p/{size}", server.url));
@@ -212,10 +212,29 @@ fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
     // The level-0 hash tile holds exactly those leaf hashes.
     let tile = get(&format!("{}/tile/0/000.p/{size}", server.url));
     assert_eq!(tile, leaves.concat());
-    // Every entry is a signed device list; the second of Alice's names two devices.
-    let last: serde_json::Value = serde_json::from_slice(&entries[2]).unwrap();
-    assert_eq!(last["address"], "alice@pouch.local");
+    // The public leaves name no one: the first records the commitment key's
+    // hash, the others a keyed hash of the account, the version and the hash
+    // of the full entry. No address, device name or link address is public.
+    let first: serde_json::Value = serde_json::from_slice(&entries[0]).unwrap();
+    assert_eq!(first["kind"], "commitment_key");
+    let last: serde_json::Value = serde_json::from_slice(&entries[3]).unwrap();
+    assert_eq!(last["kind"], "device_list");
     assert_eq!(last["version"], 2);
+    assert!(last.get("address").is_none() && last.get("list").is_none());
+    let alice_v1: serde_json::Value = serde_json::from_slice(&entries[1]).unwrap();
+    assert_eq!(
+        alice_v1["account"], last["account"],
+        "one account, one commitment"
+    );
+    let bob_v1: serde_json::Value = serde_json::from_slice(&entries[2]).unwrap();
+    assert_ne!(bob_v1["account"], last["account"]);
+    let public = String::from_utf8_lossy(&bundle);
+    for secret in ["alice", "bob", "pouch.local", "laptop", "127.0.0.1"] {
+        assert!(
+            !public.contains(secret),
+            "the public tiles mention {secret}"
+        );
+    }
 
     // The server's inclusion proof (for signed-in devices: an index by
     // address would tell strangers who exists) checks with the independent
@@ -247,7 +266,7 @@ fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
     // The reader's own enrollment grew the log: check against the checkpoint now.
     let note = String::from_utf8(get(&format!("{}/checkpoint", server.url))).unwrap();
     let (_, size, root) = open_note(&note, vkey);
-    assert_eq!(size, 4);
+    assert_eq!(size, 5);
     let proof: Vec<[u8; 32]> = inc["proof"]
         .as_array()
         .unwrap()
@@ -255,6 +274,19 @@ fn checkpoints_and_tiles_verify_with_an_independent_implementation() {
         .map(|h| B64.decode(h.as_str().unwrap()).unwrap().try_into().unwrap())
         .collect();
     let entry = B64.decode(inc["entry"].as_str().unwrap()).unwrap();
+    // A signed-in device gets the full entry the leaf commits to.
+    let full = B64.decode(inc["full"].as_str().unwrap()).unwrap();
+    let full_json: serde_json::Value = serde_json::from_slice(&full).unwrap();
+    assert_eq!(full_json["address"], "bob@pouch.local");
+    let leaf_json: serde_json::Value = serde_json::from_slice(&entry).unwrap();
+    assert_eq!(
+        leaf_json["entry_hash"].as_str().unwrap(),
+        <sha2::Sha256 as sha2::Digest>::digest(&full)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        "the leaf commits to the served entry"
+    );
     assert!(verify_inclusion(
         inc["index"].as_u64().unwrap(),
         size,
@@ -474,6 +506,81 @@ fn a_list_slipped_past_the_log_is_caught() {
         "z",
     ]);
     assert_one_line_error(&out, "not in the transparency log");
+}
+
+/// The server shows a forged list of Alice's with a leaf that is really in
+/// the log — another account's (Mallory's second version). The leaf commits
+/// to Mallory's account and entry, so it does not open for Alice: refused.
+#[test]
+fn a_list_shown_with_another_accounts_leaf_is_refused() {
+    use ed25519_dalek::Signer;
+    use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList};
+    let dir = Scratch::new("log-borrowed-leaf");
+    let server = Server::start(&dir.path("server"), None);
+    let _alice = user(&dir, &server, "alice");
+    let mallory = user(&dir, &server, "mallory");
+    let _mallory2 = link(dir.path("mallory2"), &server, &mallory);
+    let carol = user(&dir, &server, "carol");
+
+    let db = server.db();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT body FROM device_lists WHERE address = 'alice@pouch.local' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let forged = DeviceListBody {
+        address: pouch_proto::Address::parse("alice@pouch.local").unwrap(),
+        version: 2,
+        previous: Some(hex_sha256(&body)),
+        account_key: key.verifying_key().to_bytes().to_vec(),
+        devices: vec![ListedDevice {
+            device_id: pouch_proto::DeviceId("00112233445566778899aabbccddeeff".into()),
+            signature_key: vec![9u8; 32],
+            name: "intruder".into(),
+            added_at: 0,
+            added_from: None,
+        }],
+        issued_at: 0,
+        reason: "reset".into(),
+    };
+    let bytes = serde_json::to_vec(&forged).unwrap();
+    let signature = key
+        .sign(&SignedDeviceList::signing_payload(&bytes))
+        .to_bytes()
+        .to_vec();
+    let list = SignedDeviceList {
+        body: bytes.clone(),
+        signature: signature.clone(),
+    };
+    db.execute(
+        "INSERT INTO device_lists (address, version, body, signature, created_at) VALUES ('alice@pouch.local', 2, ?1, ?2, 0)",
+        rusqlite::params![bytes, signature],
+    )
+    .unwrap();
+    let entry = pouch_log::LogEntry::for_list(&list).unwrap().to_bytes();
+    let moved = db
+        .execute(
+            "UPDATE log_entries SET address = 'alice@pouch.local', entry = ?1 WHERE address = 'mallory@pouch.local' AND version = 2",
+            rusqlite::params![entry],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    drop(db);
+
+    // Carol has never written to Alice, so nothing is pinned: only the log stands.
+    let out = carol.run(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "first",
+        "--body",
+        "z",
+    ]);
+    assert_one_line_error(&out, "differs from the list the server served");
 }
 
 fn hex_sha256(b: &[u8]) -> String {
