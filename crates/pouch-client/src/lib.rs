@@ -879,10 +879,11 @@ impl Device {
             &format!("/v1/groups/{gid}/commits"),
             &api::CommitRequest {
                 base_epoch: 0,
-                commit: None,
+                commit: Some(out.commit),
                 welcome: out.welcome,
                 added: devices,
                 removed: vec![],
+                group_info: out.group_info,
             },
         );
         match submitted {
@@ -920,6 +921,7 @@ impl Device {
                 welcome: out.welcome,
                 added,
                 removed,
+                group_info: None,
             },
         );
         match submitted {

@@ -9,6 +9,8 @@
 //! MLS credential — the client compares that against the From header.
 #![forbid(unsafe_code)]
 
+pub mod public;
+
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
@@ -180,6 +182,9 @@ fn create_config(suite: Ciphersuite) -> MlsGroupCreateConfig {
         .max_past_epochs(MAX_PAST_EPOCHS)
         // Hide the exact length of short messages from the delivery service.
         .padding_size(256)
+        // Commits in the clear (signed; their path secrets stay encrypted to
+        // the members) so that the server can check them: see `public`.
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .build()
 }
 
@@ -188,6 +193,7 @@ fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
         .padding_size(256)
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .build()
 }
 
@@ -195,6 +201,9 @@ fn join_config() -> MlsGroupJoinConfig {
 pub struct CommitOut {
     pub commit: Vec<u8>,
     pub welcome: Option<Vec<u8>>,
+    /// For a new conversation: the GroupInfo (with ratchet tree) before the
+    /// first commit, from which the server starts checking commits.
+    pub group_info: Option<Vec<u8>>,
 }
 
 /// Creates a conversation with the given members. Returns the group (at
@@ -213,7 +222,13 @@ pub fn create_conversation<P: OpenMlsProvider>(
         credential(address, signer),
     )
     .map_err(op)?;
-    let out = add_members(provider, signer, &mut group, members)?;
+    let group_info = group
+        .export_group_info(provider.crypto(), signer, true)
+        .map_err(op)?
+        .to_bytes()
+        .map_err(op)?;
+    let mut out = add_members(provider, signer, &mut group, members)?;
+    out.group_info = Some(group_info);
     Ok((group, out))
 }
 
@@ -231,6 +246,7 @@ pub fn add_members<P: OpenMlsProvider>(
     Ok(CommitOut {
         commit: commit.to_bytes().map_err(op)?,
         welcome: Some(welcome.to_bytes().map_err(op)?),
+        group_info: None,
     })
 }
 
@@ -252,6 +268,7 @@ pub fn remove_members<P: OpenMlsProvider>(
     Ok(CommitOut {
         commit: commit.to_bytes().map_err(op)?,
         welcome: None,
+        group_info: None,
     })
 }
 
@@ -280,6 +297,7 @@ pub fn self_update<P: OpenMlsProvider>(
     Ok(CommitOut {
         commit: commit.to_bytes().map_err(op)?,
         welcome: None,
+        group_info: None,
     })
 }
 

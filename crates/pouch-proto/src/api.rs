@@ -275,8 +275,8 @@ pub struct ClaimedDevice {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CommitRequest {
     pub base_epoch: u64,
-    /// The MLS commit, fanned out to the group's current members. Absent when
-    /// a creator's commit concerns nobody else yet.
+    /// The MLS commit (a PublicMessage, which the server checks), fanned out
+    /// to the group's current members.
     #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
     pub commit: Option<Vec<u8>>,
     #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
@@ -285,6 +285,11 @@ pub struct CommitRequest {
     pub added: Vec<DeviceId>,
     #[serde(default)]
     pub removed: Vec<DeviceId>,
+    /// For a new conversation (`base_epoch` 0): the creator's MLS GroupInfo
+    /// at epoch 0 with the ratchet tree, from which the server starts the
+    /// public state it checks every commit against.
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub group_info: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -545,13 +545,10 @@ async fn commit(
             "a commit carries a Welcome exactly when it adds devices",
         ));
     }
-    // Every change to an existing conversation's members comes with the MLS
-    // commit that its members apply: no fan-out change they cannot see.
-    if req.base_epoch > 0 && req.commit.is_none() {
-        return Err(ApiError::bad_request(
-            "a change to an existing conversation must carry its MLS commit",
-        ));
-    }
+    // Every change to a conversation's members comes with the MLS commit
+    // that its members apply, and the server checks that commit first: no
+    // fan-out change that the commit does not make.
+    let public_state = crate::groups::check_commit(&s, &group_id, &d, &req).await?;
     // Which devices a Welcome went to: what turns a key-package claim into
     // a conversation (the drain rule counts claims that never did).
     let welcomed = (req.welcome.is_some()).then(|| welcome_detail(&req.added));
@@ -565,6 +562,7 @@ async fn commit(
             welcome: req.welcome,
             added: req.added,
             removed: req.removed,
+            public_state,
             max_queued_bytes: s.limits.queue_bytes,
             now: now(),
         })

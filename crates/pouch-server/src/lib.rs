@@ -18,6 +18,7 @@ pub mod detect;
 mod devices;
 mod error;
 pub mod events;
+mod groups;
 pub mod log;
 mod logkey;
 pub mod routes;

@@ -77,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0009_commitments.sql"),
         include_str!("../migrations/postgres_0009_commitments.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/sqlite_0010_public_groups.sql"),
+        include_str!("../migrations/postgres_0010_public_groups.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

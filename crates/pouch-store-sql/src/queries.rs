@@ -253,6 +253,14 @@ impl SqlStore {
             }
         };
         let new_epoch = s.base_epoch + 1;
+        if let Some(state) = &s.public_state {
+            sqlx::query("UPDATE mls_groups SET public_state = $1 WHERE group_id = $2")
+                .bind(state.as_slice())
+                .bind(&s.group_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         // A commit carries fresh key material for its sender (an update path).
         sqlx::query(
             "UPDATE group_members SET updated_at = $1 WHERE group_id = $2 AND device_id = $3",
@@ -1295,6 +1303,19 @@ impl Store for SqlStore {
         let n = self.message_inner(&mut tx, message).await?;
         tx.commit().await.map_err(backend)?;
         Ok(n)
+    }
+
+    async fn group_public_state(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<(u64, Option<Vec<u8>>)>> {
+        let row: Option<(i64, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT epoch, public_state FROM mls_groups WHERE group_id = $1")
+                .bind(&group_id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(row.map(|(epoch, state)| (epoch as u64, state)))
     }
 
     async fn group_members(&self, group_id: &GroupId) -> Result<Option<(u64, Vec<DeviceId>)>> {

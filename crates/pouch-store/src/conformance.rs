@@ -194,10 +194,17 @@ pub async fn run(store: &dyn Store) {
         welcome: Some(b"welcome-1".to_vec()),
         added: vec![b1_id.clone()],
         removed: vec![],
+        public_state: Some(b"public-state-1".to_vec()),
         max_queued_bytes: u64::MAX,
         now,
     };
+    assert_eq!(store.group_public_state(&g).await.unwrap(), None);
     assert_eq!(store.submit_commit(create).await.unwrap(), 1);
+    assert_eq!(
+        store.group_public_state(&g).await.unwrap(),
+        Some((1, Some(b"public-state-1".to_vec()))),
+        "the checked public state is stored with its epoch"
+    );
     let stale = store
         .submit_message(&Message {
             group_id: &g,
@@ -269,6 +276,7 @@ pub async fn run(store: &dyn Store) {
         welcome: None,
         added: vec![],
         removed: vec![],
+        public_state: None,
         max_queued_bytes: u64::MAX,
         now,
     };
@@ -409,6 +417,7 @@ pub async fn run(store: &dyn Store) {
             welcome: Some(b"w2".to_vec()),
             added: vec![b1_id.clone()],
             removed: vec![],
+            public_state: None,
             max_queued_bytes: u64::MAX,
             now,
         })
@@ -431,6 +440,7 @@ pub async fn run(store: &dyn Store) {
                 welcome: Some(b"a large welcome".to_vec()),
                 added: vec![b1_id.clone()],
                 removed: vec![],
+                public_state: None,
                 max_queued_bytes: 1,
                 now,
             })

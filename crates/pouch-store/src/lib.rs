@@ -173,6 +173,9 @@ pub struct CommitSubmission {
     pub welcome: Option<Vec<u8>>,
     pub added: Vec<DeviceId>,
     pub removed: Vec<DeviceId>,
+    /// The conversation's public MLS state after this commit, as the server
+    /// checked it; stored with the epoch it belongs to.
+    pub public_state: Option<Vec<u8>>,
     /// The most an added device's queue may hold, its Welcome included: a
     /// Welcome to a full queue is refused with the commit (whereas commits to
     /// existing members always pass, or the conversation would be stuck).
@@ -410,6 +413,12 @@ pub trait Store: Send + Sync + 'static {
     /// message is refused whole when any recipient's queue would hold more
     /// than `max_queued_bytes` (nothing is ever dropped for some members).
     async fn submit_message(&self, message: &Message<'_>) -> std::result::Result<u32, GroupError>;
+    /// A group's current epoch and its public MLS state, if the server keeps
+    /// one for it (None: no such group).
+    async fn group_public_state(
+        &self,
+        group_id: &GroupId,
+    ) -> Result<Option<(u64, Option<Vec<u8>>)>>;
     /// A group's current epoch and member devices (None: no such group).
     async fn group_members(&self, group_id: &GroupId) -> Result<Option<(u64, Vec<DeviceId>)>>;
     /// The device's queue after `after`, in order: at most `limit` items,

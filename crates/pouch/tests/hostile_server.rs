@@ -89,7 +89,7 @@ impl ModifiedClient {
 
     /// Starts a conversation with `to`, its creator's leaf naming
     /// `claimed` and carrying the key of `signer`, and sends one mail from
-    /// `claimed` in it. The server accepts: it cannot look inside.
+    /// `claimed` in it, through the server's API.
     fn forge(
         &self,
         signer: &pouch_mls::DeviceSigner,
@@ -97,6 +97,61 @@ impl ModifiedClient {
         to: &str,
         subject: &str,
     ) -> (GroupId, DeviceId) {
+        let forged = self.build(signer, claimed, to, subject);
+        let _: api::CommitResponse = self
+            .api
+            .post(&forged.commit_path(), &forged.request)
+            .unwrap();
+        let _: api::SendResponse = self
+            .api
+            .post(&forged.message_path(), &forged.message)
+            .unwrap();
+        (forged.group, forged.to_device)
+    }
+
+    /// The same, but the honest server checks the creator's leaf and refuses
+    /// (shown), so the intruder who owns the server writes the Welcome and
+    /// the mail straight into the recipient's queue.
+    fn forge_past_the_server(
+        &self,
+        server: &Server,
+        signer: &pouch_mls::DeviceSigner,
+        claimed: &str,
+        to: &str,
+        subject: &str,
+    ) {
+        let forged = self.build(signer, claimed, to, subject);
+        let refused: Result<api::CommitResponse, _> =
+            self.api.post(&forged.commit_path(), &forged.request);
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains("the commit was refused"), "{err}");
+        inject(
+            server,
+            &forged.to_device,
+            "welcome",
+            &forged.group,
+            &self.device_id,
+            0,
+            forged.request.welcome.as_deref().unwrap(),
+        );
+        inject(
+            server,
+            &forged.to_device,
+            "application",
+            &forged.group,
+            &self.device_id,
+            forged.message.epoch,
+            &forged.message.message,
+        );
+    }
+
+    fn build(
+        &self,
+        signer: &pouch_mls::DeviceSigner,
+        claimed: &str,
+        to: &str,
+        subject: &str,
+    ) -> Forged {
         let to_address = Address::parse(to).unwrap();
         let claim = self.claim(std::slice::from_ref(&to_address)).unwrap();
         let d = &claim.devices[0];
@@ -119,19 +174,14 @@ impl ModifiedClient {
         )
         .unwrap();
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
-        let _: api::CommitResponse = self
-            .api
-            .post(
-                &format!("/v1/groups/{gid}/commits"),
-                &api::CommitRequest {
-                    base_epoch: 0,
-                    commit: None,
-                    welcome: out.welcome,
-                    added: vec![d.device_id.clone()],
-                    removed: vec![],
-                },
-            )
-            .unwrap();
+        let request = api::CommitRequest {
+            base_epoch: 0,
+            commit: Some(out.commit),
+            welcome: out.welcome,
+            added: vec![d.device_id.clone()],
+            removed: vec![],
+            group_info: out.group_info,
+        };
         pouch_mls::merge_pending(&self.provider, &mut group).unwrap();
         let mut envelope = Envelope::new(Content::Inline {
             rfc5322: mail(claimed, to, subject),
@@ -142,19 +192,60 @@ impl ModifiedClient {
         });
         let sealed =
             pouch_mls::seal(&self.provider, signer, &mut group, &envelope.to_bytes()).unwrap();
-        let _: api::SendResponse = self
-            .api
-            .post(
-                &format!("/v1/groups/{gid}/messages"),
-                &api::SendRequest {
-                    epoch: pouch_mls::epoch(&group),
-                    message: sealed,
-                    blob: None,
-                },
-            )
-            .unwrap();
-        (gid, d.device_id.clone())
+        Forged {
+            group: gid,
+            to_device: d.device_id.clone(),
+            request,
+            message: api::SendRequest {
+                epoch: pouch_mls::epoch(&group),
+                message: sealed,
+                blob: None,
+            },
+        }
     }
+}
+
+/// A conversation a modified client built, and its first mail, not yet sent.
+struct Forged {
+    group: GroupId,
+    to_device: DeviceId,
+    request: api::CommitRequest,
+    message: api::SendRequest,
+}
+
+impl Forged {
+    fn commit_path(&self) -> String {
+        format!("/v1/groups/{}/commits", self.group)
+    }
+    fn message_path(&self) -> String {
+        format!("/v1/groups/{}/messages", self.group)
+    }
+}
+
+/// Writes an item into a device's queue as the server would, numbered next.
+fn inject(
+    server: &Server,
+    device: &DeviceId,
+    kind: &str,
+    group: &GroupId,
+    sender: &DeviceId,
+    epoch: u64,
+    payload: &[u8],
+) {
+    let db = server.db();
+    let seq: i64 = db
+        .query_row(
+            "UPDATE devices SET next_seq = next_seq + 1, queued_bytes = queued_bytes + ?2 WHERE device_id = ?1 RETURNING next_seq",
+            rusqlite::params![device.0, payload.len() as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+        rusqlite::params![device.0, seq, kind, group.0, sender.0, epoch as i64, payload],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -255,7 +346,8 @@ fn a_credential_naming_another_address_is_refused_and_reported() {
     // Mallory, an ordinary user with a modified client, signs with her own
     // listed device key but writes Alice's address into the credential.
     let mallory = ModifiedClient::enroll(&server, "mallory@pouch.local");
-    mallory.forge(
+    mallory.forge_past_the_server(
+        &server,
         &mallory.signer,
         "alice@pouch.local",
         "bob@pouch.local",
@@ -287,7 +379,8 @@ fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
     // A key of Mallory's making that no list of hers (or anyone's) names,
     // under her own address: a device the account never signed for.
     let unlisted = pouch_mls::new_device_signer(&mallory.provider).unwrap();
-    mallory.forge(
+    mallory.forge_past_the_server(
+        &server,
         &unlisted,
         "mallory@pouch.local",
         "bob@pouch.local",
@@ -323,11 +416,60 @@ fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
             commit: None,
             welcome: None,
             added: vec![],
-            removed: vec![bob_device],
+            removed: vec![bob_device.clone()],
+            group_info: None,
         },
     );
     let err = refused.unwrap_err().to_string();
     assert!(err.contains("must carry its MLS commit"), "{err}");
+
+    // Nor with a commit that does not do what the request says (a
+    // self-update presented as Bob's removal), nor with bytes that are no
+    // commit: the server verifies every commit against the conversation's
+    // public state before it changes the fan-out.
+    let path = format!("/v1/groups/{group}/commits");
+    let mut mls = pouch_mls::load_group(&mallory.provider, &group.to_bytes().unwrap()).unwrap();
+    let update = pouch_mls::self_update(&mallory.provider, &mallory.signer, &mut mls).unwrap();
+    for (commit, expected) in [
+        (update.commit.clone(), "the devices it removes are not"),
+        (vec![0u8; 64], "does not verify"),
+    ] {
+        let refused: Result<api::CommitResponse, _> = mallory.api.post(
+            &path,
+            &api::CommitRequest {
+                base_epoch: 1,
+                commit: Some(commit),
+                welcome: None,
+                added: vec![],
+                removed: vec![bob_device.clone()],
+                group_info: None,
+            },
+        );
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+    // The same self-update, presented as what it is, passes; Bob applies it.
+    let accepted: api::CommitResponse = mallory
+        .api
+        .post(
+            &path,
+            &api::CommitRequest {
+                base_epoch: 1,
+                commit: Some(update.commit),
+                welcome: None,
+                added: vec![],
+                removed: vec![],
+                group_info: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(accepted.epoch, 2);
+    let out = bob.run(&["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Bob's device id and the queue rows waiting for it, as (seq, kind).

@@ -512,7 +512,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
                 &format!("/v1/groups/{gid}/commits"),
                 &pouch_proto::api::CommitRequest {
                     base_epoch: 0,
-                    commit: None,
+                    commit: Some(out.commit),
                     welcome: out.welcome,
                     added: claimed
                         .devices
@@ -520,6 +520,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
                         .map(|d| d.device_id.clone())
                         .collect(),
                     removed: vec![],
+                    group_info: out.group_info,
                 },
             )
             .unwrap();

@@ -1,0 +1,178 @@
+//! The server's check of a conversation's commits (see `pouch_mls::public`).
+//!
+//! Before the fan-out list of a conversation changes, the commit that changes
+//! it is verified against the conversation's public MLS state: signed by the
+//! submitting device's leaf, valid for the current epoch, and adding and
+//! removing exactly the devices the request names. A member's modified client
+//! therefore cannot drop someone from delivery, slip in a device, or advance
+//! the epoch with bytes the other members cannot apply.
+
+use crate::events::{Ev, record};
+use crate::{AppState, error::ApiError};
+use pouch_mls::Leaf;
+use pouch_mls::public::PublicView;
+use pouch_proto::api::CommitRequest;
+use pouch_proto::{DeviceId, GroupId};
+use pouch_store::{GroupError, GroupRejection};
+
+fn crypto() -> openmls_libcrux_crypto::CryptoProvider {
+    openmls_libcrux_crypto::CryptoProvider::new().expect("the platform supports libcrux")
+}
+
+/// Checks a submitted commit; returns the conversation's public state after
+/// it, to be stored with the new epoch (`None` for a conversation begun
+/// before the server kept public state, whose commits it cannot check).
+pub(crate) async fn check_commit(
+    s: &AppState,
+    group_id: &GroupId,
+    sender: &DeviceId,
+    req: &CommitRequest,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    match verify(s, group_id, sender, req).await {
+        Ok(state) => Ok(state),
+        Err(Refusal::Api(e)) => Err(e),
+        Err(Refusal::Invalid(why)) => {
+            let mut ev = Ev::new("commit")
+                .device(sender)
+                .failed(format!("conversation {}: {why}", group_id.0));
+            if let Ok(Some(d)) = s.store.device(sender).await {
+                ev = ev.account(&d.address);
+            }
+            record(s, ev).await;
+            Err(ApiError::bad_request(format!(
+                "the commit was refused: {why}; sync the conversation and try again"
+            )))
+        }
+    }
+}
+
+enum Refusal {
+    /// Not the request's fault (stale epoch, storage): passed on as is.
+    Api(ApiError),
+    /// The commit does not do what the request says, or is not valid.
+    Invalid(String),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+impl From<pouch_store::StoreError> for Refusal {
+    fn from(e: pouch_store::StoreError) -> Self {
+        Refusal::Api(e.into())
+    }
+}
+
+async fn verify(
+    s: &AppState,
+    group_id: &GroupId,
+    sender: &DeviceId,
+    req: &CommitRequest,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let invalid = |why: &str| Refusal::Invalid(why.to_string());
+    let commit = req
+        .commit
+        .as_deref()
+        .ok_or_else(|| invalid("a change to a conversation must carry its MLS commit"))?;
+    let sender_leaf = leaves_of(s, std::slice::from_ref(sender)).await?.remove(0);
+    let view = if req.base_epoch == 0 {
+        let info = req
+            .group_info
+            .as_deref()
+            .ok_or_else(|| invalid("a new conversation must carry its creator's GroupInfo"))?;
+        let view = PublicView::start(&crypto(), info)
+            .map_err(|e| Refusal::Invalid(format!("its GroupInfo is not valid ({e})")))?;
+        if view.epoch() != 0
+            || view.members() != vec![sender_leaf.clone()]
+            || GroupId::from_bytes(view.group_id()) != *group_id
+        {
+            return Err(invalid(
+                "a new conversation must start with its creator alone, at epoch 0",
+            ));
+        }
+        view
+    } else {
+        let Some((epoch, state)) = s.store.group_public_state(group_id).await? else {
+            return Err(Refusal::Api(
+                GroupError::from(GroupRejection::UnknownGroup).into(),
+            ));
+        };
+        let Some(state) = state else {
+            // Begun before the server kept public state: nothing to check against.
+            return Ok(None);
+        };
+        if epoch != req.base_epoch {
+            return Err(Refusal::Api(
+                GroupError::from(GroupRejection::StaleEpoch { current: epoch }).into(),
+            ));
+        }
+        PublicView::from_bytes(&state).map_err(|e| Refusal::Api(e_internal(&e.to_string())))?
+    };
+    if view.epoch() != req.base_epoch {
+        return Err(Refusal::Api(
+            GroupError::from(GroupRejection::StaleEpoch {
+                current: view.epoch(),
+            })
+            .into(),
+        ));
+    }
+    // Verifying a commit of a large conversation is real work (its tree,
+    // post-quantum keys): off the async workers.
+    let commit = commit.to_vec();
+    let (view, verified) = tokio::task::spawn_blocking(move || {
+        let mut view = view;
+        let verified = view.apply_commit(&crypto(), &commit);
+        (view, verified)
+    })
+    .await
+    .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?;
+    let effect = verified.map_err(|e| Refusal::Invalid(format!("it does not verify ({e})")))?;
+    if effect.committer != sender_leaf {
+        return Err(invalid(
+            "it is signed by another member than the sending device",
+        ));
+    }
+    // Each leaf's credential names its device's account and carries its key.
+    if sorted(effect.added) != sorted(leaves_of(s, &req.added).await?) {
+        return Err(invalid(
+            "the devices it adds are not the ones the request names",
+        ));
+    }
+    if sorted(effect.removed) != sorted(leaves_of(s, &req.removed).await?) {
+        return Err(invalid(
+            "the devices it removes are not the ones the request names",
+        ));
+    }
+    Ok(Some(view.to_bytes()))
+}
+
+/// The MLS leaves these devices must have: their account's address in the
+/// credential, their registered signature key (unknown devices refuse the commit).
+async fn leaves_of(s: &AppState, devices: &[DeviceId]) -> Result<Vec<Leaf>, Refusal> {
+    let mut leaves = Vec::with_capacity(devices.len());
+    for d in devices {
+        let device = s
+            .store
+            .device(d)
+            .await?
+            .ok_or_else(|| Refusal::Invalid(format!("it names an unknown device {d}")))?;
+        leaves.push((Some(device.address), device.signature_key));
+    }
+    Ok(leaves)
+}
+
+fn sorted(mut keys: Vec<Leaf>) -> Vec<Leaf> {
+    keys.sort();
+    keys
+}
+
+fn e_internal(e: &str) -> ApiError {
+    tracing::error!(error = %e, "cannot check a commit against the stored public group state");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        pouch_proto::api::ErrorCode::Internal,
+        "the conversation's state on the server is damaged; report this to your administrator",
+    )
+}
