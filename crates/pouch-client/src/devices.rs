@@ -35,8 +35,18 @@ impl AccountKey {
     pub fn public(&self) -> Vec<u8> {
         self.0.verifying_key().to_bytes().to_vec()
     }
+    /// Signs `body`, sealing every device's name and link address first (see
+    /// [`ListedDevice::sealed`]); devices already sealed are kept as they are.
     pub fn sign(&self, body: &DeviceListBody) -> SignedDeviceList {
-        let bytes = serde_json::to_vec(body).expect("a device list serialises");
+        let mut body = body.clone();
+        for d in &mut body.devices {
+            if !d.name.is_empty() || d.added_from.is_some() {
+                d.sealed = Some(self.seal_details(d));
+                d.name.clear();
+                d.added_from = None;
+            }
+        }
+        let bytes = serde_json::to_vec(&body).expect("a device list serialises");
         let signature = self
             .0
             .sign(&SignedDeviceList::signing_payload(&bytes))
@@ -45,6 +55,86 @@ impl AccountKey {
         SignedDeviceList {
             body: bytes,
             signature,
+        }
+    }
+}
+
+/// A device's name for notices; its id where the name cannot be opened
+/// (sealed under an account key from before a reset).
+fn shown_name(d: &ListedDevice) -> String {
+    if d.name.is_empty() {
+        format!("device {}", d.device_id)
+    } else {
+        d.name.clone()
+    }
+}
+
+/// What is sealed for the account's own devices about one listed device.
+#[derive(Serialize, serde::Deserialize)]
+struct DeviceDetails {
+    name: String,
+    #[serde(default)]
+    added_from: Option<String>,
+}
+
+impl AccountKey {
+    /// The symmetric key for device details: derived from the account key,
+    /// so every device of the account (and nothing else) has it.
+    fn details_cipher(&self) -> chacha20poly1305::ChaCha20Poly1305 {
+        use chacha20poly1305::KeyInit;
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0.to_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(b"pouch/device-details/v1");
+        let key = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+        chacha20poly1305::ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&key[..]))
+    }
+
+    /// Nonce, then the ciphertext of the details, bound to the device id.
+    fn seal_details(&self, d: &ListedDevice) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, Payload};
+        let details = serde_json::to_vec(&DeviceDetails {
+            name: d.name.clone(),
+            added_from: d.added_from.clone(),
+        })
+        .expect("details serialise");
+        let nonce: [u8; 12] = rand::random();
+        let sealed = self
+            .details_cipher()
+            .encrypt(
+                chacha20poly1305::Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &details,
+                    aad: d.device_id.0.as_bytes(),
+                },
+            )
+            .expect("encryption of a small buffer succeeds");
+        [nonce.as_slice(), &sealed].concat()
+    }
+
+    /// Fills in the name and link address of every device of `body` sealed
+    /// under this account key (a list of another account stays as it is).
+    pub fn open_details(&self, body: &mut DeviceListBody) {
+        use chacha20poly1305::aead::{Aead, Payload};
+        let cipher = self.details_cipher();
+        for d in &mut body.devices {
+            let Some(sealed) = d.sealed.as_deref().filter(|s| s.len() > 12) else {
+                continue;
+            };
+            let opened = cipher
+                .decrypt(
+                    chacha20poly1305::Nonce::from_slice(&sealed[..12]),
+                    Payload {
+                        msg: &sealed[12..],
+                        aad: d.device_id.0.as_bytes(),
+                    },
+                )
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<DeviceDetails>(&plain).ok());
+            if let Some(details) = opened {
+                d.name = details.name;
+                d.added_from = details.added_from;
+            }
         }
     }
 }
@@ -319,7 +409,12 @@ impl Device {
         self.sign_in()?;
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
-        let body = verify_history(address, &history.lists)?;
+        let mut body = verify_history(address, &history.lists)?;
+        if address == &self.address
+            && let Some(key) = self.local.account_key()?
+        {
+            key.open_details(&mut body); // one's own devices, by name
+        }
         let pinned: Option<Vec<u8>> = if address == &self.address {
             self.local.account_key()?.map(|k| k.public())
         } else {
@@ -483,6 +578,7 @@ impl Device {
             name: info.device_name.clone(),
             added_at: now(),
             added_from: Some(info.source.clone()),
+            sealed: None,
         });
         self.publish_list(devices, "linked")?;
         // The account key travels inside a conversation of our own with the new device.
@@ -621,11 +717,15 @@ impl Device {
             let history: api::DeviceListHistory =
                 self.api.get(&format!("/v1/device-lists/{me}"))?;
             let mut previous: Option<DeviceListBody> = None;
-            for body in history
+            let key = self.local.account_key()?;
+            for mut body in history
                 .lists
                 .iter()
                 .filter_map(|l| l.body_unverified().ok())
             {
+                if let Some(key) = &key {
+                    key.open_details(&mut body);
+                }
                 if body.version > seen
                     && seen > 0
                     && let Some(prev) = &previous
@@ -637,10 +737,10 @@ impl Device {
                     {
                         if added.device_id != self.device_id {
                             self.local.notice(
-                                    &format!("New device '{}' was added", added.name),
+                                    &format!("New device '{}' was added", shown_name(added)),
                                     &format!(
                                         "New device '{}' was added from {} at {}. If this wasn't you: pouch device revoke {}",
-                                        added.name,
+                                        shown_name(added),
                                         added.added_from.as_deref().unwrap_or("an unknown address"),
                                         crate::format_time(added.added_at),
                                         added.device_id
@@ -654,10 +754,10 @@ impl Device {
                         .filter(|p| !body.devices.iter().any(|d| d.device_id == p.device_id))
                     {
                         self.local.notice(
-                            &format!("Device '{}' was revoked", gone.name),
+                            &format!("Device '{}' was revoked", shown_name(gone)),
                             &format!(
                                 "The device '{}' ({}) was removed from your account at {}.",
-                                gone.name,
+                                shown_name(gone),
                                 gone.device_id,
                                 crate::format_time(body.issued_at)
                             ),

@@ -214,6 +214,7 @@ impl Device {
                     name: device_name.to_string(),
                     added_at: now(),
                     added_from: None,
+                    sealed: None,
                 }],
                 issued_at: now(),
                 reason: if previous.is_some() {

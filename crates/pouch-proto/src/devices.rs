@@ -21,11 +21,20 @@ pub struct ListedDevice {
     pub device_id: DeviceId,
     #[serde(with = "b64")]
     pub signature_key: Vec<u8>,
+    /// The device's name, in the clear only in memory on the account's own
+    /// devices: lists are published with it [`sealed`](Self::sealed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub added_at: i64,
-    /// The network address the device asked to join from, as the approving device saw it.
+    /// The network address the device asked to join from, as the approving
+    /// device saw it; sealed like the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_from: Option<String>,
+    /// Name and link address encrypted under a key derived from the account
+    /// key, which only the account's own devices hold: other accounts (and
+    /// the server) verify the list without learning "Alice phone, Kyiv".
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "b64::option")]
+    pub sealed: Option<Vec<u8>>,
 }
 
 /// The content of one version of an account's device list.

@@ -542,10 +542,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 println!("comparison code:  {}", report.comparison_code);
                 println!("device list version {}:", report.version);
                 for d in &report.devices {
+                    let name = if d.name.is_empty() {
+                        "(name sealed to the account)"
+                    } else {
+                        d.name.as_str()
+                    };
                     println!(
                         "  {}  {}  added {}",
                         d.device_id,
-                        d.name,
+                        name,
                         format_date(d.added_at)
                     );
                 }

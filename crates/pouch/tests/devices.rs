@@ -39,6 +39,37 @@ fn a_linked_device_receives_new_mail_in_existing_conversations() {
         "{:?}",
         subjects(&alice)
     );
+    // Other accounts verify Alice's list without learning her devices' names
+    // or where they were linked from: both are sealed to her account key,
+    // which only her devices hold (the notice above was opened with it).
+    let seen_by_bob = bob.json(&["verify", "alice@pouch.local", "--json"]);
+    let devices = seen_by_bob["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    for d in devices {
+        assert!(
+            d.get("name").is_none() && d.get("added_from").is_none() && d["sealed"].is_string(),
+            "{d}"
+        );
+    }
+    let db = server.db();
+    let mut stmt = db
+        .prepare("SELECT body FROM device_lists WHERE address = 'alice@pouch.local'")
+        .unwrap();
+    let bodies: Vec<Vec<u8>> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(bodies.len(), 2);
+    for body in &bodies {
+        assert!(
+            !contains(body, b"laptop") && !contains(body, b"127.0.0.1"),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    drop(stmt);
+    drop(db);
     let list = alice.json(&["device", "list", "--json"]);
     assert_eq!(
         list.as_array()

@@ -694,6 +694,7 @@ impl RawDevice {
                 name: "modified".into(),
                 added_at: 0,
                 added_from: None,
+                sealed: None,
             }],
             issued_at: 0,
             reason: "enrolled".into(),
