@@ -394,6 +394,32 @@ pub enum Opened {
     Proposal { proposer: Leaf },
 }
 
+/// What a Pouch commit may do, checked by the server and by every receiver
+/// before it is applied: add and remove members, and renew the committer's
+/// own leaf keys — never change who that leaf is (another address or
+/// signature key would make a member the account never listed, and one its
+/// account could no longer name to remove), and no other proposal kinds
+/// (a pre-shared key or re-initialisation nobody can follow would leave the
+/// conversation stuck).
+pub(crate) fn check_commit_shape(staged: &StagedCommit, committer: &Leaf) -> Result<(), MlsError> {
+    for queued in staged.queued_proposals() {
+        if !matches!(queued.proposal(), Proposal::Add(_) | Proposal::Remove(_)) {
+            return Err(MlsError::Rejected(
+                "a commit may only add and remove members".into(),
+            ));
+        }
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        let renewed = leaf_of(leaf.credential(), leaf.signature_key().as_slice().to_vec());
+        if &renewed != committer {
+            return Err(MlsError::Rejected(
+                "a commit may not change its committer's address or signature key".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Verifies, decrypts and applies one message of the group.
 pub fn open<P: OpenMlsProvider>(
     provider: &P,
@@ -423,6 +449,7 @@ pub fn open<P: OpenMlsProvider>(
             payload: app.into_bytes(),
         }),
         ProcessedMessageContent::StagedCommitMessage(staged) => {
+            check_commit_shape(&staged, &sender)?;
             group.merge_staged_commit(provider, *staged).map_err(op)?;
             Ok(Opened::Commit { committer: sender })
         }

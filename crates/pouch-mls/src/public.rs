@@ -16,6 +16,10 @@
 //! the wire-format policy says.
 
 use crate::{Leaf, MlsError, leaf_of, op};
+
+/// The most a new conversation's GroupInfo may take: the creator alone, with
+/// post-quantum keys, is a few KiB.
+pub const MAX_GROUP_INFO: usize = 64 * 1024;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::*;
 use openmls_memory_storage::MemoryStorage;
@@ -40,6 +44,12 @@ impl PublicView {
     /// Starts the view from the creator's GroupInfo (with the ratchet tree
     /// extension), as the creator exports it before its first commit.
     pub fn start(crypto: &impl OpenMlsCrypto, group_info: &[u8]) -> Result<Self, MlsError> {
+        if group_info.len() > MAX_GROUP_INFO {
+            return Err(MlsError::Malformed(format!(
+                "a GroupInfo of {} bytes (at most {MAX_GROUP_INFO})",
+                group_info.len()
+            )));
+        }
         let msg = MlsMessageIn::tls_deserialize_exact(group_info)
             .map_err(|e| MlsError::Malformed(e.to_string()))?;
         let info = match msg.extract() {
@@ -166,6 +176,7 @@ impl PublicView {
             ProcessedMessageContent::StagedCommitMessage(staged) => staged,
             _ => return Err(MlsError::Rejected("not a commit".into())),
         };
+        crate::check_commit_shape(&staged, &committer)?;
         let added = staged
             .add_proposals()
             .map(|p| {
@@ -269,6 +280,25 @@ mod tests {
             Err(MlsError::Rejected(_))
         ));
         assert_eq!(view.epoch(), 3, "nothing refused changed the view");
+
+        // A self-update that swaps the committer's signature key (a member
+        // its account never listed, and could no longer name to remove): refused.
+        let other = new_device_signer(&alice_p).unwrap();
+        let swapped = group
+            .self_update_with_new_signer(
+                &alice_p,
+                &alice,
+                NewSignerBundle {
+                    signer: &other,
+                    credential_with_key: crate::credential(&a, &other),
+                },
+                LeafNodeParameters::default(),
+            )
+            .unwrap();
+        let swapped = swapped.into_contents().0.to_bytes().unwrap();
+        let err = view.apply_commit(server.crypto(), &swapped).unwrap_err();
+        assert!(err.to_string().contains("may not change"), "{err}");
+        assert_eq!(view.epoch(), 3);
         assert!(PublicView::from_bytes(&[1, 2, 3]).is_err());
     }
 }

@@ -398,9 +398,9 @@ async fn create_link(
             "the device id must be 16 random bytes in hex",
         ));
     }
-    if req.nonce.len() < 16 || req.poll_secret.len() < 16 {
+    if !(16..=64).contains(&req.nonce.len()) || !(16..=64).contains(&req.poll_secret.len()) {
         return Err(ApiError::bad_request(
-            "nonce and poll secret must be at least 16 random bytes",
+            "nonce and poll secret must be 16 to 64 random bytes",
         ));
     }
     let name = req.device_name.trim();
@@ -441,12 +441,24 @@ async fn create_link(
     let code = link_code(&req.signature_key, &req.nonce);
     let now = now();
     let expires_at = now + s.link_ttl_secs as i64;
+    let poll_hash = sha256(&req.poll_secret).to_vec();
+    // A request whose device, key, code or poll secret is taken is a
+    // conflict, whether what took it is a real request or a decoy.
+    let taken = s
+        .link_decoys
+        .collides(&req.device_id, &req.signature_key, &code, &poll_hash, now)
+        || s.store.device(&req.device_id).await?.is_some()
+        || s.store.link_request(&code).await?.is_some()
+        || s.store.link_request_by_poll(&poll_hash).await?.is_some();
+    if taken {
+        return Err(pouch_store::StoreError::Conflict.into());
+    }
     if s.store.latest_device_list(&req.address).await?.is_none() {
         // No account, or none with a device to approve: answered as a real
         // request that nobody approves, so a stranger learns nothing about
         // who exists. The security team sees the attempt.
         s.link_decoys.add(
-            sha256(&req.poll_secret).to_vec(),
+            poll_hash,
             LinkInfo {
                 code: code.clone(),
                 address: req.address.clone(),
@@ -474,7 +486,7 @@ async fn create_link(
         .create_link_request(
             NewLinkRequest {
                 code: code.clone(),
-                poll_hash: sha256(&req.poll_secret).to_vec(),
+                poll_hash,
                 nonce: req.nonce,
                 source,
                 expires_at,
@@ -550,6 +562,22 @@ impl LinkDecoys {
             held.remove(&oldest);
         }
         held.insert(poll_hash, decoy);
+    }
+
+    /// Whether a decoy holds this device id, key, code or poll secret.
+    fn collides(
+        &self,
+        device_id: &DeviceId,
+        signature_key: &[u8],
+        code: &str,
+        poll_hash: &[u8],
+        now: i64,
+    ) -> bool {
+        let held = self.held(now);
+        held.contains_key(poll_hash)
+            || held.values().any(|d| {
+                &d.device_id == device_id || d.signature_key == signature_key || d.code == code
+            })
     }
 
     fn status(&self, poll_hash: &[u8], now: i64) -> Option<LinkInfo> {

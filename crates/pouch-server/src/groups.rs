@@ -3,9 +3,12 @@
 //! Before the fan-out list of a conversation changes, the commit that changes
 //! it is verified against the conversation's public MLS state: signed by the
 //! submitting device's leaf, valid for the current epoch, and adding and
-//! removing exactly the devices the request names. A member's modified client
-//! therefore cannot drop someone from delivery, slip in a device, or advance
-//! the epoch with bytes the other members cannot apply.
+//! removing exactly the devices the request names, with no other proposal
+//! kinds and the committer's leaf keeping its address and key. A member's
+//! modified client therefore cannot drop someone from delivery, slip in a
+//! device, or advance the epoch with bytes that are not a valid commit (it can
+//! still encrypt garbage path secrets to some members, which the server cannot
+//! see; those members report it).
 
 use crate::events::{Ev, record};
 use crate::{AppState, error::ApiError};
@@ -74,25 +77,19 @@ async fn verify(
     let invalid = |why: &str| Refusal::Invalid(why.to_string());
     let commit = req
         .commit
-        .as_deref()
+        .clone()
         .ok_or_else(|| invalid("a change to a conversation must carry its MLS commit"))?;
+    // What the commit must show, from the database (cheap), before any
+    // MLS work: the sender's leaf, and the leaves of the devices named.
     let sender_leaf = leaves_of(s, std::slice::from_ref(sender)).await?.remove(0);
-    let view = if req.base_epoch == 0 {
+    let added = sorted(leaves_of(s, &req.added).await?);
+    let removed = sorted(leaves_of(s, &req.removed).await?);
+    let start = if req.base_epoch == 0 {
         let info = req
             .group_info
-            .as_deref()
+            .clone()
             .ok_or_else(|| invalid("a new conversation must carry its creator's GroupInfo"))?;
-        let view = PublicView::start(&crypto(), info)
-            .map_err(|e| Refusal::Invalid(format!("its GroupInfo is not valid ({e})")))?;
-        if view.epoch() != 0
-            || view.members() != vec![sender_leaf.clone()]
-            || GroupId::from_bytes(view.group_id()) != *group_id
-        {
-            return Err(invalid(
-                "a new conversation must start with its creator alone, at epoch 0",
-            ));
-        }
-        view
+        Start::New(info)
     } else {
         let Some((epoch, state)) = s.store.group_public_state(group_id).await? else {
             return Err(Refusal::Api(
@@ -104,48 +101,76 @@ async fn verify(
             return Ok(None);
         };
         if epoch != req.base_epoch {
-            return Err(Refusal::Api(
-                GroupError::from(GroupRejection::StaleEpoch { current: epoch }).into(),
-            ));
+            return Err(stale(epoch));
         }
-        PublicView::from_bytes(&state).map_err(|e| Refusal::Api(e_internal(&e.to_string())))?
+        Start::Stored(state)
     };
-    if view.epoch() != req.base_epoch {
-        return Err(Refusal::Api(
-            GroupError::from(GroupRejection::StaleEpoch {
-                current: view.epoch(),
-            })
-            .into(),
-        ));
-    }
+    let base_epoch = req.base_epoch;
+    let group_id = group_id.clone();
     // Verifying a commit of a large conversation is real work (its tree,
     // post-quantum keys): off the async workers.
-    let commit = commit.to_vec();
-    let (view, verified) = tokio::task::spawn_blocking(move || {
-        let mut view = view;
-        let verified = view.apply_commit(&crypto(), &commit);
-        (view, verified)
+    tokio::task::spawn_blocking(move || {
+        let crypto = crypto();
+        let mut view = match start {
+            Start::New(info) => {
+                let view = PublicView::start(&crypto, &info)
+                    .map_err(|e| Refusal::Invalid(format!("its GroupInfo is not valid ({e})")))?;
+                if view.epoch() != 0
+                    || view.members() != vec![sender_leaf.clone()]
+                    || GroupId::from_bytes(view.group_id()) != group_id
+                {
+                    return Err(Refusal::Invalid(
+                        "a new conversation must start with its creator alone, at epoch 0".into(),
+                    ));
+                }
+                view
+            }
+            Start::Stored(state) => PublicView::from_bytes(&state)
+                .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?,
+        };
+        if view.epoch() != base_epoch {
+            // The stored state and the epoch are written together; apart, the
+            // state is damaged (a node that does not keep it wrote a commit).
+            return Err(Refusal::Api(e_internal(&format!(
+                "public state at epoch {} for a group at epoch {base_epoch}",
+                view.epoch()
+            ))));
+        }
+        let effect = view
+            .apply_commit(&crypto, &commit)
+            .map_err(|e| Refusal::Invalid(format!("it does not verify ({e})")))?;
+        if effect.committer != sender_leaf {
+            return Err(Refusal::Invalid(
+                "it is signed by another member than the sending device".into(),
+            ));
+        }
+        // Each leaf's credential names its device's account and carries its key.
+        if sorted(effect.added) != added {
+            return Err(Refusal::Invalid(
+                "the devices it adds are not the ones the request names".into(),
+            ));
+        }
+        if sorted(effect.removed) != removed {
+            return Err(Refusal::Invalid(
+                "the devices it removes are not the ones the request names".into(),
+            ));
+        }
+        Ok(Some(view.to_bytes()))
     })
     .await
-    .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?;
-    let effect = verified.map_err(|e| Refusal::Invalid(format!("it does not verify ({e})")))?;
-    if effect.committer != sender_leaf {
-        return Err(invalid(
-            "it is signed by another member than the sending device",
-        ));
-    }
-    // Each leaf's credential names its device's account and carries its key.
-    if sorted(effect.added) != sorted(leaves_of(s, &req.added).await?) {
-        return Err(invalid(
-            "the devices it adds are not the ones the request names",
-        ));
-    }
-    if sorted(effect.removed) != sorted(leaves_of(s, &req.removed).await?) {
-        return Err(invalid(
-            "the devices it removes are not the ones the request names",
-        ));
-    }
-    Ok(Some(view.to_bytes()))
+    .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?
+}
+
+/// Where a commit's check starts from.
+enum Start {
+    /// The creator's GroupInfo of a new conversation.
+    New(Vec<u8>),
+    /// The stored public state of an existing one.
+    Stored(Vec<u8>),
+}
+
+fn stale(current: u64) -> Refusal {
+    Refusal::Api(GroupError::from(GroupRejection::StaleEpoch { current }).into())
 }
 
 /// The MLS leaves these devices must have: their account's address in the

@@ -428,35 +428,39 @@ fn link_requests_tell_a_stranger_nothing_about_who_exists() {
     let provider = openmls_libcrux_crypto::Provider::default();
     // One request as a new device sends it; the answer's status, and the
     // JSON shape without the values that differ per request anyway.
-    let request = |address: &str| -> (Result<api::LinkCreated, u16>, Vec<u8>) {
+    let post = |body: &api::LinkRequestBody| -> Result<api::LinkCreated, u16> {
+        api.post_json::<_, api::LinkCreated>("/v1/link", body)
+            .map_err(|e| match e {
+                pouch_client::ClientError::Server {
+                    status, message, ..
+                } => {
+                    assert!(
+                        (status == 429 && message.contains("too many link requests"))
+                            || (status == 409 && message.contains("already exists")),
+                        "{status} {message}"
+                    );
+                    status
+                }
+                other => panic!("{other}"),
+            })
+    };
+    let request = |address: &str| {
         let signer = pouch_mls::new_device_signer(&provider).unwrap();
         let address = pouch_proto::Address::parse(address).unwrap();
         let poll_secret = rand::random::<[u8; 32]>().to_vec();
         let kps = pouch_mls::key_packages(&provider, suite, &signer, &address, 2, false).unwrap();
         let last = pouch_mls::key_packages(&provider, suite, &signer, &address, 1, true).unwrap();
-        let answer = api.post_json::<_, api::LinkCreated>(
-            "/v1/link",
-            &api::LinkRequestBody {
-                address,
-                device_id: pouch_proto::DeviceId(format!("{:032x}", rand::random::<u128>())),
-                device_name: "new laptop".into(),
-                signature_key: signer.to_public_vec(),
-                nonce: rand::random::<[u8; 16]>().to_vec(),
-                poll_secret: poll_secret.clone(),
-                key_packages: kps,
-                last_resort_key_package: last[0].clone(),
-            },
-        );
-        let answer = answer.map_err(|e| match e {
-            pouch_client::ClientError::Server {
-                status, message, ..
-            } => {
-                assert!(message.contains("too many link requests"), "{message}");
-                status
-            }
-            other => panic!("{other}"),
-        });
-        (answer, poll_secret)
+        let body = api::LinkRequestBody {
+            address,
+            device_id: pouch_proto::DeviceId(format!("{:032x}", rand::random::<u128>())),
+            device_name: "new laptop".into(),
+            signature_key: signer.to_public_vec(),
+            nonce: rand::random::<[u8; 16]>().to_vec(),
+            poll_secret: poll_secret.clone(),
+            key_packages: kps,
+            last_resort_key_package: last[0].clone(),
+        };
+        (post(&body), poll_secret, body)
     };
     let poll = |secret: &[u8]| -> api::LinkInfo {
         api.post_json(
@@ -475,12 +479,16 @@ fn link_requests_tell_a_stranger_nothing_about_who_exists() {
     let mut secrets = Vec::new();
     for address in addresses {
         let mut answers = Vec::new();
-        for _ in 0..6 {
-            let (answer, secret) = request(address);
+        for n in 0..6 {
+            let (answer, secret, body) = request(address);
             if answer.is_ok() {
                 secrets.push((address, secret));
             }
             answers.push(answer.map(|c| c.code.len()));
+            if n == 0 {
+                // The same request again is a conflict, decoy or not.
+                assert_eq!(post(&body).map(|_| ()), Err(409), "{address}");
+            }
         }
         assert_eq!(
             answers,
