@@ -281,6 +281,40 @@ impl Device {
                 )),
             }
         }
+        // The server lists this account's entries, but could leave one out
+        // (a version it showed others): the public leaves since the last
+        // scan, checked against the pinned checkpoint, are searched for this
+        // account's commitment, and each must be in the listing.
+        if let Some((size, root)) = self.pinned_checkpoint()? {
+            // Entries from before this device's first scan were the business
+            // of the account's devices that existed then.
+            let from: u64 = match self
+                .local
+                .meta("own_scan_size")?
+                .and_then(|v| v.parse().ok())
+            {
+                Some(from) => from,
+                None => size,
+            };
+            if from < size {
+                let mine = commitments.key.commit(&me);
+                let leaves = verified_leaves(&self.api, from, size, root)?;
+                for (k, leaf) in leaves.iter().enumerate() {
+                    let index = from + k as u64;
+                    let about_me = matches!(
+                        Leaf::from_bytes(leaf),
+                        Ok(Leaf::Committed(c)) if c.account == mine
+                    );
+                    if about_me && !found.entries.iter().any(|e| e.index == index) {
+                        alerts.push(format!(
+                            "the transparency log holds entry {index} about your account that the server does not list: a device list shown to others but hidden from you"
+                        ));
+                    }
+                }
+            }
+            self.local
+                .set_meta("own_scan_size", &size.max(from).to_string())?;
+        }
         let mut newest = 0;
         for (index, entry) in &lists {
             newest = newest.max(entry.version);
@@ -352,22 +386,12 @@ pub fn audit(
     while index < size {
         let tile = index / 256;
         let width = (size - tile * 256).min(256);
-        let path = if width == 256 {
-            format!("/tile/entries/{}", tile_index(tile))
-        } else {
-            format!("/tile/entries/{}.p/{width}", tile_index(tile))
-        };
-        let bundle = api.get_bytes_public(&path)?;
-        let mut rest = bundle.as_slice();
-        while !rest.is_empty() {
-            if rest.len() < 2 {
-                return Err(security("a malformed entry bundle".into()));
-            }
-            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-            let data = rest
-                .get(2..2 + len)
-                .ok_or_else(|| security("a truncated entry bundle".into()))?;
-            rest = &rest[2 + len..];
+        let bundle = api.get_bytes_public(&entries_path(tile, width))?;
+        let entries = parse_bundle(&bundle)?;
+        if entries.len() as u64 != width {
+            return Err(security("an entry bundle of the wrong width".into()));
+        }
+        for data in entries {
             let new = pouch_log::stored_hashes(index, data, &store)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             let base = pouch_log::stored_hash_index(0, index);
@@ -409,6 +433,119 @@ pub fn audit(
         accounts: chains.len() + structure.committed.len(),
         problems,
     })
+}
+
+/// An entry bundle (C2SP tlog-tiles): entries each behind a u16 length.
+fn parse_bundle(bundle: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut entries = Vec::new();
+    let mut rest = bundle;
+    while !rest.is_empty() {
+        if rest.len() < 2 {
+            return Err(security("a malformed entry bundle".into()));
+        }
+        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        let data = rest
+            .get(2..2 + len)
+            .ok_or_else(|| security("a truncated entry bundle".into()))?;
+        entries.push(data);
+        rest = &rest[2 + len..];
+    }
+    Ok(entries)
+}
+
+fn entries_path(tile: u64, width: u64) -> String {
+    if width == 256 {
+        format!("/tile/entries/{}", tile_index(tile))
+    } else {
+        format!("/tile/entries/{}.p/{width}", tile_index(tile))
+    }
+}
+
+/// Hash tiles from the server, for tlog's `TileHashReader`, which checks
+/// each against the tree it reads for (so a tile is never taken on trust).
+struct ServedTiles<'a> {
+    api: &'a crate::net::Api,
+    failure: std::cell::RefCell<Option<ClientError>>,
+}
+
+impl pouch_log::TileReader for ServedTiles<'_> {
+    fn height(&self) -> u8 {
+        pouch_log::TILE_HEIGHT
+    }
+
+    fn read_tiles(
+        &self,
+        tiles: &[pouch_log::Tile],
+    ) -> std::result::Result<Vec<Vec<u8>>, pouch_log::TlogError> {
+        tiles
+            .iter()
+            .map(|t| {
+                let width = if t.width() == 256 {
+                    String::new()
+                } else {
+                    format!(".p/{}", t.width())
+                };
+                let path = format!("/tile/{}/{}{width}", t.level(), tile_index(t.level_index()));
+                self.api.get_bytes_public(&path).map_err(|e| {
+                    *self.failure.borrow_mut() = Some(e);
+                    pouch_log::TlogError::InvalidInput("a tile could not be fetched".into())
+                })
+            })
+            .collect()
+    }
+
+    fn save_tiles(&self, _: &[pouch_log::Tile], _: &[Vec<u8>]) {}
+}
+
+/// The public leaves `from..size` of the tree (`size`, `root`), each checked
+/// against that tree through the hash tiles.
+fn verified_leaves(
+    api: &crate::net::Api,
+    from: u64,
+    size: u64,
+    root: Hash,
+) -> Result<Vec<Vec<u8>>> {
+    let mut leaves = Vec::new();
+    let mut tile = from / 256;
+    while tile * 256 < size {
+        let width = (size - tile * 256).min(256);
+        let bundle = api.get_bytes_public(&entries_path(tile, width))?;
+        let entries = parse_bundle(&bundle)?;
+        if entries.len() as u64 != width {
+            return Err(security("an entry bundle of the wrong width".into()));
+        }
+        for (k, data) in entries.into_iter().enumerate() {
+            if tile * 256 + k as u64 >= from {
+                leaves.push(data.to_vec());
+            }
+        }
+        tile += 1;
+    }
+    let tiles = ServedTiles {
+        api,
+        failure: Default::default(),
+    };
+    let indexes: Vec<u64> = (from..size)
+        .map(|i| pouch_log::stored_hash_index(0, i))
+        .collect();
+    let hashes = pouch_log::HashReader::read_hashes(
+        &pouch_log::TileHashReader::new(size, root, &tiles),
+        &indexes,
+    )
+    .map_err(|e| match tiles.failure.take() {
+        Some(fetch) => fetch,
+        None => security(format!(
+            "the transparency log's public tiles do not match its checkpoint ({e})"
+        )),
+    })?;
+    for (leaf, hash) in leaves.iter().zip(hashes) {
+        if pouch_log::record_hash(leaf) != hash {
+            return Err(security(
+                "the transparency log's public entries do not match its checkpoint".into(),
+            ));
+        }
+    }
+    Ok(leaves)
 }
 
 fn tile_index(n: u64) -> String {

@@ -24,10 +24,11 @@ use pouch_proto::devices::SignedDeviceList;
 use serde::{Deserialize, Serialize};
 use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
 
+pub use tlog_tiles::Error as TlogError;
 pub use tlog_tiles::{
-    Checkpoint, Hash, HashReader, RecordProof, Tile, TreeProof, check_record, check_tree,
-    prove_record, prove_tree, record_hash, stored_hash_count, stored_hash_index, stored_hashes,
-    tree_hash,
+    Checkpoint, Hash, HashReader, RecordProof, Tile, TileHashReader, TileReader, TreeProof,
+    check_record, check_tree, prove_record, prove_tree, record_hash, stored_hash_count,
+    stored_hash_index, stored_hashes, tree_hash,
 };
 
 #[derive(Debug, thiserror::Error)]

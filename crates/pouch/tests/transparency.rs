@@ -585,6 +585,33 @@ fn a_list_shown_with_another_accounts_leaf_is_refused() {
     assert_one_line_error(&out, "differs from the list the server served");
 }
 
+/// The server lists an account's log entries for its devices, but could
+/// leave one out (a version it showed others). Each device also searches the
+/// public leaves since its last look, checked against the checkpoint, for its
+/// account's commitment: an entry there but not in the listing is reported.
+#[test]
+fn an_entry_left_out_of_the_accounts_listing_is_found_in_the_public_tiles() {
+    let dir = Scratch::new("log-hidden-entry");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let alice2 = link(dir.path("alice2"), &server, &alice);
+    alice2.sync(); // its first look at the log
+    let _alice3 = link(dir.path("alice3"), &server, &alice); // version 3
+    let _alice4 = link(dir.path("alice4"), &server, &alice); // version 4
+    let hidden = server
+        .db()
+        .execute(
+            "UPDATE log_entries SET address = 'someone-else@pouch.local' WHERE address = 'alice@pouch.local' AND version = 3",
+            [],
+        )
+        .unwrap();
+    assert_eq!(hidden, 1);
+    let out = alice2.run(&["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("that the server does not list"), "{err}");
+}
+
 fn hex_sha256(b: &[u8]) -> String {
     Sha256::digest(b)
         .iter()
