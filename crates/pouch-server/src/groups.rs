@@ -75,6 +75,23 @@ async fn verify(
     req: &CommitRequest,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     let invalid = |why: &str| Refusal::Invalid(why.to_string());
+    // Who is not in the conversation learns nothing about it, not even
+    // whether its commit would verify.
+    if req.base_epoch > 0 {
+        match s.store.group_members(group_id).await? {
+            None => {
+                return Err(Refusal::Api(
+                    GroupError::from(GroupRejection::UnknownGroup).into(),
+                ));
+            }
+            Some((_, members)) if !members.contains(sender) => {
+                return Err(Refusal::Api(
+                    GroupError::from(GroupRejection::NotMember).into(),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
     let commit = req
         .commit
         .clone()
