@@ -345,49 +345,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         println!("|---:|---:|---:|---:|---:|");
         for &r in &args.recipients {
-            let to: Vec<Address> = (0..r)
-                .map(|i| Address::parse(&format!("r{i}@pouch.local")).unwrap())
-                .collect();
-            let t0 = Instant::now();
-            let first = sender.send(Compose {
-                to: to.clone(),
-                subject: format!("bench {r}"),
-                body: body.clone(),
-                ..Default::default()
-            })?;
-            let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
-            for d in recipients.iter_mut().take(r) {
-                d.sync()?;
-            }
-            let t_send = Instant::now();
-            for i in 0..args.messages {
-                sender.send(Compose {
-                    to: to.clone(),
-                    subject: format!("bench {r} #{i}"),
-                    body: body.clone(),
-                    reply_to: Some(first.id),
-                    ..Default::default()
-                })?;
-            }
-            let send_s = t_send.elapsed().as_secs_f64();
-            let t_fetch = Instant::now();
-            for d in recipients.iter_mut().take(r) {
-                let report = d.sync()?;
-                if report.new_messages.len() != args.messages {
-                    return Err(anyhow!(
-                        "a recipient received {} of {} mails",
-                        report.new_messages.len(),
-                        args.messages
-                    ));
-                }
-            }
-            let fetch_s = t_fetch.elapsed().as_secs_f64();
-            let n = args.messages as f64;
+            let f = mail_round(&mut sender, &mut recipients, r, args.messages, &body)?;
             println!(
-                "| {r} | {create_ms:.0} | {:.1} | {:.1} | {:.1} |",
-                n / send_s,
-                n * r as f64 / fetch_s,
-                n / (send_s + fetch_s)
+                "| {r} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                f.create_ms, f.send, f.fetch, f.end_to_end
             );
         }
         Ok(())
@@ -397,6 +358,206 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// One round of the mail benchmark's figures.
+struct Round {
+    create_ms: f64,
+    /// Mails accepted by the server per second.
+    send: f64,
+    /// Deliveries stored per second, all recipient devices together.
+    fetch: f64,
+    end_to_end: f64,
+}
+
+/// One new conversation with the first `r` recipients, then `messages`
+/// replies in it, then every recipient device syncs (each must get all).
+fn mail_round(
+    sender: &mut Device,
+    recipients: &mut [Device],
+    r: usize,
+    messages: usize,
+    body: &str,
+) -> Result<Round> {
+    let to: Vec<Address> = (0..r)
+        .map(|i| Address::parse(&format!("r{i}@pouch.local")).expect("a valid address"))
+        .collect();
+    let t0 = Instant::now();
+    let first = sender.send(Compose {
+        to: to.clone(),
+        subject: format!("bench {r}"),
+        body: body.to_string(),
+        ..Default::default()
+    })?;
+    let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    for d in recipients.iter_mut().take(r) {
+        d.sync()?;
+    }
+    let t_send = Instant::now();
+    for i in 0..messages {
+        sender.send(Compose {
+            to: to.clone(),
+            subject: format!("bench {r} #{i}"),
+            body: body.to_string(),
+            reply_to: Some(first.id),
+            ..Default::default()
+        })?;
+    }
+    let send_s = t_send.elapsed().as_secs_f64();
+    let t_fetch = Instant::now();
+    for d in recipients.iter_mut().take(r) {
+        let report = d.sync()?;
+        if report.new_messages.len() != messages {
+            bail!(
+                "a recipient received {} of {messages} mails",
+                report.new_messages.len()
+            );
+        }
+    }
+    let fetch_s = t_fetch.elapsed().as_secs_f64();
+    let n = messages as f64;
+    Ok(Round {
+        create_ms,
+        send: n / send_s,
+        fetch: n * r as f64 / fetch_s,
+        end_to_end: n / (send_s + fetch_s),
+    })
+}
+
+/// Raw OpenMLS in this process, the yardstick of the regression guard:
+/// messages of `size` bytes sealed per second in a two-member conversation
+/// (memory storage, no I/O) — what this machine and build can do at all.
+fn raw_mls_seals_per_s(messages: usize, size: usize) -> Result<f64> {
+    use openmls_libcrux_crypto::Provider;
+    let suite = pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE)?;
+    let (a_p, b_p) = (Provider::default(), Provider::default());
+    let alice = pouch_mls::new_device_signer(&a_p)?;
+    let bob = pouch_mls::new_device_signer(&b_p)?;
+    let (a, b) = (
+        Address::parse("a@pouch.local")?,
+        Address::parse("b@pouch.local")?,
+    );
+    let kp = pouch_mls::key_packages(&b_p, suite, &bob, &b, 1, false)?.remove(0);
+    let kp = pouch_mls::validate_key_package(
+        &a_p,
+        suite,
+        &pouch_mls::ClaimedPackage {
+            bytes: &kp,
+            address: &b,
+            signature_key: bob.public(),
+        },
+    )?;
+    let (mut group, _) = pouch_mls::create_conversation(&a_p, suite, &alice, &a, &[kp])?;
+    pouch_mls::merge_pending(&a_p, &mut group)?;
+    let payload = vec![b'x'; size];
+    let t = Instant::now();
+    for _ in 0..messages {
+        pouch_mls::seal(&a_p, &alice, &mut group, &payload)?;
+    }
+    Ok(messages as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The regression guard's committed baseline: per build profile, the whole
+/// path's rates as ratios to raw OpenMLS sealing measured in the same run (a
+/// ratio travels between machines and hours far better than a rate).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Baseline {
+    debug: Option<Ratios>,
+    release: Option<Ratios>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy)]
+struct Ratios {
+    send: f64,
+    end_to_end: f64,
+}
+
+/// Mails per guard round: enough to average out single slow requests.
+const GUARD_MESSAGES: usize = 60;
+
+/// `pouch bench --guard FILE`: a short run (one recipient, 60 mails of 4 KiB,
+/// SQLite) whose send and end-to-end rates, as ratios to raw OpenMLS
+/// sealing, must stay above half the baseline in FILE for this build
+/// profile. With `record`, the measured ratios become the baseline.
+pub fn guard(file: &Path, record: bool) -> Result<()> {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let scratch = std::env::temp_dir().join(format!("pouch-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let measured = (|| {
+        let raw = raw_mls_seals_per_s(GUARD_MESSAGES * 5, 4096)?;
+        let server = start_server(&scratch.join("server"), None)?;
+        let mut sender = enroll(&server, &scratch.join("sender"), "sender@pouch.local")?;
+        let mut recipients = vec![enroll(&server, &scratch.join("r0"), "r0@pouch.local")?];
+        let body: String = "Lorem ipsum dolor sit amet. "
+            .chars()
+            .cycle()
+            .take(4096)
+            .collect();
+        // A warm-up round (first conversation, caches), then the measured one.
+        mail_round(&mut sender, &mut recipients, 1, 5, &body)?;
+        let round = mail_round(&mut sender, &mut recipients, 1, GUARD_MESSAGES, &body)?;
+        println!(
+            "{profile} build: raw OpenMLS {raw:.0} seals/s; whole path {:.1} mails/s sent, {:.1} end to end",
+            round.send, round.end_to_end
+        );
+        Ok::<_, anyhow::Error>(Ratios {
+            send: round.send / raw,
+            end_to_end: round.end_to_end / raw,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let measured = measured?;
+    println!(
+        "ratios to raw OpenMLS: send {:.4}, end to end {:.4}",
+        measured.send, measured.end_to_end
+    );
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut baseline: Baseline = if text.trim().is_empty() {
+        Baseline::default()
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a guard baseline", file.display()))?
+    };
+    if record {
+        match profile {
+            "debug" => baseline.debug = Some(measured),
+            _ => baseline.release = Some(measured),
+        }
+        std::fs::write(file, serde_json::to_string_pretty(&baseline)? + "\n")?;
+        println!("recorded as the {profile} baseline in {}", file.display());
+        return Ok(());
+    }
+    let Some(base) = (if profile == "debug" {
+        baseline.debug
+    } else {
+        baseline.release
+    }) else {
+        bail!(
+            "{} has no {profile} baseline; record one with --guard-record",
+            file.display()
+        );
+    };
+    println!(
+        "baseline: send {:.4}, end to end {:.4} (the guard fails below half)",
+        base.send, base.end_to_end
+    );
+    for (what, now, then) in [
+        ("send", measured.send, base.send),
+        ("end-to-end", measured.end_to_end, base.end_to_end),
+    ] {
+        if now < then / 2.0 {
+            bail!(
+                "the {what} rate fell to {:.0} % of the baseline (as a ratio to raw OpenMLS): a slowdown on the mail path; profile it, or re-record the baseline if it is explained",
+                100.0 * now / then
+            );
+        }
+    }
+    println!("within the guard");
+    Ok(())
 }
 
 /// `pouch bench --bridge-mails N`: N mails delivered to a device, then a full

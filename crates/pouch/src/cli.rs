@@ -145,6 +145,13 @@ enum Command {
         /// mails through the bridge, beside the same through Dovecot.
         #[arg(long)]
         bridge_mails: Option<usize>,
+        /// The regression guard: a short run compared, as ratios to raw
+        /// OpenMLS, with the baseline in this file; fails below half of it.
+        #[arg(long, value_name = "BASELINE")]
+        guard: Option<PathBuf>,
+        /// With --guard: record this run as the baseline for this build profile.
+        #[arg(long, requires = "guard")]
+        guard_record: bool,
     },
     /// Show one mail.
     Read {
@@ -685,6 +692,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ..
         } => {
             crate::bench::bridge(n, size)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            guard: Some(file),
+            guard_record,
+            ..
+        } => {
+            crate::bench::guard(&file, guard_record)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
