@@ -948,4 +948,82 @@ pub async fn run(store: &dyn Store) {
             .is_err(),
         "a finished blob changed"
     );
+    wide_fan_out(store, now).await;
+}
+
+/// A fan-out wider than one multi-row insert (200 rows): every device gets
+/// the Welcome and the message, numbered in its own queue, none twice.
+async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
+    let creator = addr("circular@mfa.example");
+    store.create_user(&creator, None, now).await.unwrap();
+    store
+        .create_invite(&creator, b"circular-invite", now + 60)
+        .await
+        .unwrap();
+    let creator_id = DeviceId("circular-0".into());
+    store
+        .enroll(
+            b"circular-invite",
+            new_device("circular-0", &creator, 1),
+            now,
+        )
+        .await
+        .unwrap();
+    let mut posts = Vec::new();
+    for i in 0..250 {
+        let post = addr(&format!("post{i}@embassy.example"));
+        let id = format!("post-{i:03}");
+        let invite = format!("post-invite-{i}");
+        store.create_user(&post, None, now).await.unwrap();
+        store
+            .create_invite(&post, invite.as_bytes(), now + 60)
+            .await
+            .unwrap();
+        store
+            .enroll(invite.as_bytes(), new_device(&id, &post, 1), now)
+            .await
+            .unwrap();
+        posts.push(DeviceId(id));
+    }
+    let group = GroupId("c1c1".repeat(8));
+    store
+        .submit_commit(CommitSubmission {
+            group_id: group.clone(),
+            sender: creator_id.clone(),
+            base_epoch: 0,
+            commit: None,
+            welcome: Some(b"welcome-to-all".to_vec()),
+            added: posts.clone(),
+            removed: vec![],
+            public_state: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await
+        .unwrap();
+    let delivered = store
+        .submit_message(&Message {
+            group_id: &group,
+            sender: &creator_id,
+            epoch: 1,
+            payload: b"circular",
+            blob: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered, 250);
+    for post in [&posts[0], &posts[199], &posts[200], &posts[249]] {
+        let items = store.fetch_queue(post, 0, 10, u64::MAX).await.unwrap();
+        let got: Vec<(u64, &[u8])> = items
+            .iter()
+            .map(|i| (i.seq, i.payload.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, &b"welcome-to-all"[..]), (2, &b"circular"[..])],
+            "{post:?}"
+        );
+    }
 }
