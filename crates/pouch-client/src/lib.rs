@@ -512,6 +512,11 @@ impl Device {
 
     /// Composes an RFC 5322 message and sends it. Attachments are streamed
     /// from disk, never held in memory whole.
+    /// HTTPS requests this device has made since it was opened.
+    pub fn requests_made(&self) -> u64 {
+        self.api.requests()
+    }
+
     pub fn send(&mut self, compose: Compose) -> Result<Sent> {
         if compose.to.is_empty() && compose.cc.is_empty() {
             return Err(ClientError::Invalid(

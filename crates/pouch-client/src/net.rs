@@ -97,6 +97,8 @@ pub struct Api {
     renew_at: Cell<Option<Instant>>,
     /// Who signs in, and how: set by the first sign-in.
     signer: RefCell<Option<(DeviceId, ChallengeSigner)>>,
+    /// Requests sent so far (for `pouch bench`: round trips per mail).
+    requests: Cell<u64>,
 }
 
 impl Api {
@@ -143,6 +145,7 @@ impl Api {
             token: RefCell::new(None),
             renew_at: Cell::new(None),
             signer: RefCell::new(None),
+            requests: Cell::new(0),
         })
     }
 
@@ -150,7 +153,13 @@ impl Api {
         &self.base
     }
 
+    /// How many requests this client has sent.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
     fn send(&self, req: reqwest::blocking::RequestBuilder) -> Result<reqwest::blocking::Response> {
+        self.requests.set(self.requests.get() + 1);
         let resp = req.send().map_err(|e| self.transport_error(e))?;
         if resp.status().is_success() {
             return Ok(resp);

@@ -341,14 +341,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.size
         );
         println!(
-            "| recipients | new conversation (ms) | send (mails/s) | fetch+decrypt (deliveries/s) | end to end (mails/s) |"
+            "| recipients | new conversation (ms) | send (mails/s) | fetch+decrypt (deliveries/s) | end to end (mails/s) | requests (new conversation) | requests per reply |"
         );
-        println!("|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
         for &r in &args.recipients {
             let f = mail_round(&mut sender, &mut recipients, r, args.messages, &body)?;
             println!(
-                "| {r} | {:.0} | {:.1} | {:.1} | {:.1} |",
-                f.create_ms, f.send, f.fetch, f.end_to_end
+                "| {r} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} |",
+                f.create_ms, f.send, f.fetch, f.end_to_end, f.create_requests, f.requests_per_mail
             );
         }
         Ok(())
@@ -363,6 +363,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// One round of the mail benchmark's figures.
 struct Round {
     create_ms: f64,
+    /// HTTPS requests the sender made for the new conversation, and per reply.
+    create_requests: u64,
+    requests_per_mail: f64,
     /// Mails accepted by the server per second.
     send: f64,
     /// Deliveries stored per second, all recipient devices together.
@@ -383,6 +386,7 @@ fn mail_round(
         .map(|i| Address::parse(&format!("r{i}@pouch.local")).expect("a valid address"))
         .collect();
     let t0 = Instant::now();
+    let before = sender.requests_made();
     let first = sender.send(Compose {
         to: to.clone(),
         subject: format!("bench {r}"),
@@ -390,10 +394,12 @@ fn mail_round(
         ..Default::default()
     })?;
     let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let create_requests = sender.requests_made() - before;
     for d in recipients.iter_mut().take(r) {
         d.sync()?;
     }
     let t_send = Instant::now();
+    let before = sender.requests_made();
     for i in 0..messages {
         sender.send(Compose {
             to: to.clone(),
@@ -404,6 +410,7 @@ fn mail_round(
         })?;
     }
     let send_s = t_send.elapsed().as_secs_f64();
+    let requests_per_mail = (sender.requests_made() - before) as f64 / messages.max(1) as f64;
     let t_fetch = Instant::now();
     for d in recipients.iter_mut().take(r) {
         let report = d.sync()?;
@@ -418,6 +425,8 @@ fn mail_round(
     let n = messages as f64;
     Ok(Round {
         create_ms,
+        create_requests,
+        requests_per_mail,
         send: n / send_s,
         fetch: n * r as f64 / fetch_s,
         end_to_end: n / (send_s + fetch_s),
