@@ -151,10 +151,7 @@ impl Device {
             self.local.meta("log_commitment_key")?,
             self.local.meta("log_commitment_index")?,
         ) {
-            let key = b64
-                .decode(key)
-                .ok()
-                .and_then(|k| pouch_log::CommitmentKey::from_bytes(&k).ok())
+            let key = decode_commitment_key(&key)
                 .ok_or_else(|| ClientError::Local("the pinned commitment key is damaged".into()))?;
             let key_index = index
                 .parse()
@@ -162,10 +159,7 @@ impl Device {
             return Ok(Commitments { key, key_index });
         }
         let served: api::LogCommitmentKey = self.api.get("/v1/log/commitment-key")?;
-        let key = b64
-            .decode(&served.key)
-            .ok()
-            .and_then(|k| pouch_log::CommitmentKey::from_bytes(&k).ok())
+        let key = decode_commitment_key(&served.key)
             .ok_or_else(|| ClientError::Protocol("a malformed commitment key".into()))?;
         let inc = &served.inclusion;
         match Leaf::from_bytes(&inc.entry) {
@@ -177,19 +171,7 @@ impl Device {
                 ));
             }
         }
-        let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
-        pouch_log::verify_inclusion(
-            &hashes(&inc.proof)?,
-            cp.size(),
-            *cp.hash(),
-            inc.index,
-            &inc.entry,
-        )
-        .map_err(|e| {
-            security(format!(
-                "the log's commitment key is not provably in the log: {e}"
-            ))
-        })?;
+        self.prove_in_log(inc, "the log's commitment key")?;
         self.local
             .set_meta("log_commitment_key", &b64.encode(key.as_bytes()))?;
         self.local
@@ -198,6 +180,21 @@ impl Device {
             key,
             key_index: inc.index,
         })
+    }
+
+    /// Accepts the checkpoint an inclusion proof comes with (it must extend
+    /// the pinned one) and checks that the proven leaf is in its tree.
+    fn prove_in_log(&mut self, inc: &api::LogInclusion, what: &str) -> Result<Checkpoint> {
+        let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
+        pouch_log::verify_inclusion(
+            &hashes(&inc.proof)?,
+            cp.size(),
+            *cp.hash(),
+            inc.index,
+            &inc.entry,
+        )
+        .map_err(|e| security(format!("{what} is not provably in the log: {e}")))?;
+        Ok(cp)
     }
 
     /// Requires that `list` is in the log, proven against a checkpoint that
@@ -220,7 +217,7 @@ impl Device {
             }
             Err(e) => return Err(e),
         };
-        let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
+        self.prove_in_log(&inc, &format!("{address}'s device list"))?;
         let commitments = self.commitments()?;
         let same = match commitments.open(inc.index, &inc.entry, &inc.full, address) {
             Ok(AnyEntry::List(entry)) => entry.version == version && &entry.list == list,
@@ -231,18 +228,6 @@ impl Device {
                 "the log entry for {address} version {version} differs from the list the server served"
             )));
         }
-        pouch_log::verify_inclusion(
-            &hashes(&inc.proof)?,
-            cp.size(),
-            *cp.hash(),
-            inc.index,
-            &inc.entry,
-        )
-        .map_err(|e| {
-            security(format!(
-                "{address}'s device list is not provably in the log: {e}"
-            ))
-        })?;
         Ok(inc.index < self.witnessed_size()?)
     }
 
@@ -433,6 +418,15 @@ pub fn audit(
         accounts: chains.len() + structure.committed.len(),
         problems,
     })
+}
+
+/// A commitment key as base64 (as served and as pinned).
+fn decode_commitment_key(text: &str) -> Option<pouch_log::CommitmentKey> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    pouch_log::CommitmentKey::from_bytes(&bytes).ok()
 }
 
 /// An entry bundle (C2SP tlog-tiles): entries each behind a u16 length.

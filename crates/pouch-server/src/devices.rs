@@ -443,17 +443,21 @@ async fn create_link(
     let expires_at = now + s.link_ttl_secs as i64;
     let poll_hash = sha256(&req.poll_secret).to_vec();
     // A request whose device, key, code or poll secret is taken is a
-    // conflict, whether what took it is a real request or a decoy.
-    let taken = s
-        .link_decoys
+    // conflict, whether what took it is a real request or a decoy (the
+    // database's unique keys say so for real ones on the real path).
+    let conflict = || ApiError::from(pouch_store::StoreError::Conflict);
+    if s.link_decoys
         .collides(&req.device_id, &req.signature_key, &code, &poll_hash, now)
-        || s.store.device(&req.device_id).await?.is_some()
-        || s.store.link_request(&code).await?.is_some()
-        || s.store.link_request_by_poll(&poll_hash).await?.is_some();
-    if taken {
-        return Err(pouch_store::StoreError::Conflict.into());
+    {
+        return Err(conflict());
     }
     if s.store.latest_device_list(&req.address).await?.is_none() {
+        if s.store.device(&req.device_id).await?.is_some()
+            || s.store.link_request(&code).await?.is_some()
+            || s.store.link_request_by_poll(&poll_hash).await?.is_some()
+        {
+            return Err(conflict());
+        }
         // No account, or none with a device to approve: answered as a real
         // request that nobody approves, so a stranger learns nothing about
         // who exists. The security team sees the attempt.

@@ -429,8 +429,6 @@ fn a_rolled_back_log_and_a_hidden_revocation_are_caught() {
 
 #[test]
 fn a_list_slipped_past_the_log_is_caught() {
-    use ed25519_dalek::Signer;
-    use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList};
     let dir = Scratch::new("log-behind");
     let server = Server::start(&dir.path("server"), None);
     let alice = user(&dir, &server, "alice");
@@ -453,28 +451,12 @@ fn a_list_slipped_past_the_log_is_caught() {
         .query_row("SELECT version, body FROM device_lists WHERE address = 'alice@pouch.local' ORDER BY version DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
     let prev_hash = hex_sha256(&body);
-    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
-    let forged = DeviceListBody {
-        address: pouch_proto::Address::parse("alice@pouch.local").unwrap(),
-        version: version as u64 + 1,
-        previous: Some(prev_hash),
-        account_key: key.verifying_key().to_bytes().to_vec(),
-        devices: vec![ListedDevice {
-            device_id: pouch_proto::DeviceId("ffeeddccbbaa99887766554433221100".into()),
-            signature_key: vec![9u8; 32],
-            name: "intruder".into(),
-            added_at: 0,
-            added_from: None,
-            sealed: None,
-        }],
-        issued_at: 0,
-        reason: "reset".into(),
-    };
-    let bytes = serde_json::to_vec(&forged).unwrap();
-    let sig = key
-        .sign(&SignedDeviceList::signing_payload(&bytes))
-        .to_bytes()
-        .to_vec();
+    let (bytes, sig) = forged_reset(
+        &prev_hash,
+        version as u64 + 1,
+        42,
+        "ffeeddccbbaa99887766554433221100",
+    );
     db.execute(
         "INSERT INTO device_lists (address, version, body, signature, created_at) VALUES ('alice@pouch.local', ?1, ?2, ?3, 0)",
         rusqlite::params![version + 1, bytes, sig],
@@ -514,8 +496,7 @@ fn a_list_slipped_past_the_log_is_caught() {
 /// to Mallory's account and entry, so it does not open for Alice: refused.
 #[test]
 fn a_list_shown_with_another_accounts_leaf_is_refused() {
-    use ed25519_dalek::Signer;
-    use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList};
+    use pouch_proto::devices::SignedDeviceList;
     let dir = Scratch::new("log-borrowed-leaf");
     let server = Server::start(&dir.path("server"), None);
     let _alice = user(&dir, &server, "alice");
@@ -531,28 +512,8 @@ fn a_list_shown_with_another_accounts_leaf_is_refused() {
             |r| r.get(0),
         )
         .unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let forged = DeviceListBody {
-        address: pouch_proto::Address::parse("alice@pouch.local").unwrap(),
-        version: 2,
-        previous: Some(hex_sha256(&body)),
-        account_key: key.verifying_key().to_bytes().to_vec(),
-        devices: vec![ListedDevice {
-            device_id: pouch_proto::DeviceId("00112233445566778899aabbccddeeff".into()),
-            signature_key: vec![9u8; 32],
-            name: "intruder".into(),
-            added_at: 0,
-            added_from: None,
-            sealed: None,
-        }],
-        issued_at: 0,
-        reason: "reset".into(),
-    };
-    let bytes = serde_json::to_vec(&forged).unwrap();
-    let signature = key
-        .sign(&SignedDeviceList::signing_payload(&bytes))
-        .to_bytes()
-        .to_vec();
+    let (bytes, signature) =
+        forged_reset(&hex_sha256(&body), 2, 7, "00112233445566778899aabbccddeeff");
     let list = SignedDeviceList {
         body: bytes.clone(),
         signature: signature.clone(),
@@ -610,6 +571,36 @@ fn an_entry_left_out_of_the_accounts_listing_is_found_in_the_public_tiles() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("that the server does not list"), "{err}");
+}
+
+/// An intruder's "reset" of Alice's list to a key of its own (from `seed`),
+/// naming one device of its own: the signed body and its signature.
+fn forged_reset(previous: &str, version: u64, seed: u8, device: &str) -> (Vec<u8>, Vec<u8>) {
+    use ed25519_dalek::Signer;
+    use pouch_proto::devices::{DeviceListBody, ListedDevice, SignedDeviceList};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    let forged = DeviceListBody {
+        address: pouch_proto::Address::parse("alice@pouch.local").unwrap(),
+        version,
+        previous: Some(previous.to_string()),
+        account_key: key.verifying_key().to_bytes().to_vec(),
+        devices: vec![ListedDevice {
+            device_id: pouch_proto::DeviceId(device.into()),
+            signature_key: vec![9u8; 32],
+            name: "intruder".into(),
+            added_at: 0,
+            added_from: None,
+            sealed: None,
+        }],
+        issued_at: 0,
+        reason: "reset".into(),
+    };
+    let bytes = serde_json::to_vec(&forged).unwrap();
+    let signature = key
+        .sign(&SignedDeviceList::signing_payload(&bytes))
+        .to_bytes()
+        .to_vec();
+    (bytes, signature)
 }
 
 fn hex_sha256(b: &[u8]) -> String {
