@@ -244,9 +244,21 @@ impl LocalStore {
 }
 
 impl Device {
-    /// The verified, current device list of `address`, with the account key
-    /// checked against the one pinned for that contact (or this account's own).
+    /// The verified, current device list of `address`: from the directory
+    /// cache while the log shows no newer entry for the account, else
+    /// fetched and verified ([`Device::fresh_trusted_list`]).
     pub(crate) fn trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        if let Some(body) = self.cached_list(address)? {
+            return Ok(body);
+        }
+        self.fresh_trusted_list(address)
+    }
+
+    /// The verified, current device list of `address`, fetched from the
+    /// server, with the account key checked against the one pinned for that
+    /// contact (or this account's own). Kept in the directory cache when a
+    /// witnessed checkpoint covers it.
+    pub(crate) fn fresh_trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
         let mut body = verify_history(address, &history.lists)?;
@@ -260,8 +272,13 @@ impl Device {
             .map(|d| d.signature_key.clone())
             .collect();
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
+        let mut cacheable = None;
         if let Some(latest) = history.lists.last() {
-            let witnessed = self.check_included(address, body.version, latest)?;
+            let included = self.check_included(address, body.version, latest)?;
+            let witnessed = included.witnessed;
+            if witnessed || address == &self.address {
+                cacheable = Some(included.index);
+            }
             // One's own lists are signed by one's own account key, which the
             // server cannot forge; the witness rule guards lists of others.
             if !witnessed && address != &self.address {
@@ -274,7 +291,7 @@ impl Device {
                     let b = older
                         .body_unverified()
                         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    if self.check_included(address, b.version, older)? {
+                    if self.check_included(address, b.version, older)?.witnessed {
                         witnessed = Some(b);
                         break;
                     }
@@ -360,6 +377,11 @@ impl Device {
                 &under_key(&mine),
                 &newest,
             )?;
+            // Cached only once this device holds the account key (a newly
+            // linked device keeps asking until then).
+            if let (Some(index), true) = (cacheable, self.local.account_key()?.is_some()) {
+                self.cache_list(address, index, &body)?;
+            }
             return Ok(body);
         }
         let pinned: Option<(Vec<u8>, i64)> = self
@@ -401,6 +423,9 @@ impl Device {
             &under_key(&body.account_key),
             &newest,
         )?;
+        if let Some(index) = cacheable {
+            self.cache_list(address, index, &body)?;
+        }
         Ok(body)
     }
 
@@ -485,6 +510,7 @@ impl Device {
              ON CONFLICT (address) DO UPDATE SET account_key = excluded.account_key, version = excluded.version, list_hash = excluded.list_hash",
             params![address.as_str(), body.account_key, body.version as i64, hash, now()],
         )?;
+        self.uncache_list(address)?;
         Ok(report)
     }
 
@@ -496,7 +522,7 @@ impl Device {
         let history: api::DeviceListHistory = self
             .api
             .get(&format!("/v1/device-lists/{}", self.address))?;
-        let current = self.trusted_list(&self.address.clone())?;
+        let current = self.fresh_trusted_list(&self.address.clone())?;
         let body = DeviceListBody {
             address: self.address.clone(),
             version: current.version + 1,
@@ -507,6 +533,9 @@ impl Device {
             reason: reason.to_string(),
         };
         let signed = key.sign(&body);
+        // Forgotten before the request: whatever its outcome, the next send
+        // asks the server.
+        self.uncache_list(&self.address.clone())?;
         self.api
             .post_empty("/v1/device-lists", &api::PublishDeviceList { list: signed })?;
         self.local
@@ -518,7 +547,7 @@ impl Device {
     pub fn device_list(&mut self) -> Result<Vec<DeviceEntry>> {
         self.sign_in()?;
         let me = self.address.clone();
-        let list = self.trusted_list(&me)?;
+        let list = self.fresh_trusted_list(&me)?;
         let registered: Vec<api::RegisteredDevice> = self.api.get("/v1/devices")?;
         Ok(registered
             .into_iter()
@@ -571,7 +600,7 @@ impl Device {
     /// store), and adds it to every conversation.
     pub fn approve(&mut self, info: &api::LinkInfo, with_history: bool) -> Result<u32> {
         let me = self.address.clone();
-        let mut devices = self.trusted_list(&me)?.devices;
+        let mut devices = self.fresh_trusted_list(&me)?.devices;
         devices.push(ListedDevice {
             device_id: info.device_id.clone(),
             signature_key: info.signature_key.clone(),
@@ -635,7 +664,7 @@ impl Device {
             ));
         }
         let me = self.address.clone();
-        let current = self.trusted_list(&me)?;
+        let current = self.fresh_trusted_list(&me)?;
         if !current.devices.iter().any(|d| &d.device_id == device_id) {
             return Err(ClientError::Invalid(format!(
                 "{device_id} is not on this account's device list; see 'pouch device list'"
@@ -658,7 +687,7 @@ impl Device {
         if self.local.account_key()?.is_none() {
             return Ok(Vec::new());
         }
-        let list = self.trusted_list(&me)?;
+        let list = self.fresh_trusted_list(&me)?;
         let mut alerts = self.scan_own_entries(list.version, &list.account_key)?;
         for a in &alerts {
             if self.first_time(&format!("log:{a}"))? {

@@ -14,6 +14,7 @@ pub mod local;
 pub mod mail;
 pub mod mailboxes;
 pub mod net;
+mod migrations;
 mod receipt;
 pub mod search;
 pub mod transparency;
@@ -161,6 +162,8 @@ pub struct Device {
     /// Security findings to report with the current operation's result.
     warnings: Vec<String>,
     progress: ProgressHook,
+    /// When this device last brought its directory cache up to the log.
+    directory_checked: Option<std::time::Instant>,
 }
 
 impl Device {
@@ -484,6 +487,7 @@ impl Device {
             signer,
             warnings: Vec::new(),
             progress: None,
+            directory_checked: None,
         })
     }
 
@@ -510,13 +514,13 @@ impl Device {
 
     // ---------- sending ----------
 
-    /// Composes an RFC 5322 message and sends it. Attachments are streamed
-    /// from disk, never held in memory whole.
     /// HTTPS requests this device has made since it was opened.
     pub fn requests_made(&self) -> u64 {
         self.api.requests()
     }
 
+    /// Composes an RFC 5322 message and sends it. Attachments are streamed
+    /// from disk, never held in memory whole.
     pub fn send(&mut self, compose: Compose) -> Result<Sent> {
         if compose.to.is_empty() && compose.cc.is_empty() {
             return Err(ClientError::Invalid(
@@ -1394,7 +1398,8 @@ impl Device {
     /// Network failures stop the sync (the item is retried); anything else is
     /// an answer about the list.
     fn list_outcome(&mut self, address: &Address) -> Result<receipt::ListOutcome> {
-        match self.trusted_list(address) {
+        // Asked only when a speaker is not yet known: the cache could predate it.
+        match self.fresh_trusted_list(address) {
             Ok(_) => Ok(receipt::ListOutcome::Verified),
             Err(ClientError::AccountKeyChanged(_)) => Ok(receipt::ListOutcome::KeyChanged),
             Err(

@@ -97,59 +97,6 @@ pub struct LocalStore {
     pub home: PathBuf,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS conversations (
-    group_id TEXT PRIMARY KEY,
-    created_at INTEGER NOT NULL,
-    -- 'mail', or 'system' for a channel between the account's own devices.
-    kind TEXT NOT NULL DEFAULT 'mail',
-    -- When this device last put fresh key material into the group.
-    last_update INTEGER NOT NULL DEFAULT 0
-);
--- Every device key seen on any version of any device list, to name removed members.
-CREATE TABLE IF NOT EXISTS device_keys (
-    signature_key BLOB PRIMARY KEY,
-    device_id TEXT NOT NULL,
-    address TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    group_id TEXT NOT NULL,
-    server_seq INTEGER UNIQUE,
-    outgoing INTEGER NOT NULL,
-    sender TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    cc TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    message_id TEXT,
-    date INTEGER NOT NULL,
-    stored_at INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    attachments TEXT NOT NULL,
-    -- The exact RFC 5322 bytes: in the row when small, else in an encrypted file.
-    raw BLOB,
-    raw_file TEXT,
-    raw_key BLOB,
-    -- 1 for Pouch's own notices (links, revocations, alerts).
-    system INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS contacts (
-    address TEXT PRIMARY KEY,
-    account_key BLOB NOT NULL,
-    version INTEGER NOT NULL,
-    list_hash TEXT NOT NULL,
-    first_seen INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages(message_id);
-CREATE TABLE IF NOT EXISTS rejected (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    server_seq INTEGER UNIQUE,
-    group_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-";
 
 fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     let conn = Connection::open(path)?;
@@ -200,8 +147,26 @@ impl LocalStore {
         Self::finish_open(home, &key)
     }
 
+    /// A new store at an older schema version: how the migration tests
+    /// make a store as an earlier release wrote it.
+    #[cfg(test)]
+    pub(crate) fn create_at_schema(home: &Path, passphrase: &str, version: u32) -> Result<Self> {
+        std::fs::create_dir_all(home)?;
+        let params = KdfParams::fresh();
+        std::fs::write(
+            home.join(KDF_FILE),
+            serde_json::to_vec_pretty(&params).expect("serialises"),
+        )?;
+        let key = params.derive(passphrase)?;
+        Self::finish_open_at(home, &key, version)
+    }
+
     fn finish_open(home: &Path, key: &[u8; 32]) -> Result<Self> {
-        let conn = open_connection(&home.join(DB_FILE), key)?;
+        Self::finish_open_at(home, key, crate::migrations::current())
+    }
+
+    fn finish_open_at(home: &Path, key: &[u8; 32], schema: u32) -> Result<Self> {
+        let mut conn = open_connection(&home.join(DB_FILE), key)?;
         // The first read is where SQLCipher finds out whether the key is right.
         match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
             r.get::<_, i64>(0)
@@ -217,10 +182,7 @@ impl LocalStore {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(crate::mailboxes::SCHEMA)?;
-        conn.execute_batch(crate::search::SCHEMA)?;
-        conn.execute_batch(crate::receipt::SCHEMA)?;
+        crate::migrations::migrate_to(&mut conn, schema)?;
         let conn = Rc::new(conn);
         let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.

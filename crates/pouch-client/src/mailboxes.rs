@@ -18,24 +18,6 @@ use crate::{Device, mail, store_message};
 use pouch_proto::GroupId;
 use rusqlite::{OptionalExtension, params};
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS mailboxes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    special_use TEXT,
-    uidvalidity INTEGER NOT NULL,
-    uidnext INTEGER NOT NULL DEFAULT 1,
-    subscribed INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS mailbox_messages (
-    mailbox_id INTEGER NOT NULL,
-    uid INTEGER NOT NULL,
-    message_id INTEGER NOT NULL,
-    flags TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (mailbox_id, uid)
-);
-CREATE INDEX IF NOT EXISTS mailbox_messages_by_message ON mailbox_messages(message_id);
-";
 
 /// The folders every account has, with their RFC 6154 special use.
 pub const STANDARD: &[(&str, Option<&str>)] = &[

@@ -32,53 +32,6 @@ use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-pub(crate) const SCHEMA: &str = "
--- Device keys this device verified on a signed device list, with the
--- account key that signed it (only versions under the pinned key).
--- `current`: on the newest version this device verified (a device that may
--- speak now); the others were members once and may still sit in a group.
-CREATE TABLE IF NOT EXISTS verified_keys (
-    address TEXT NOT NULL,
-    signature_key BLOB NOT NULL,
-    account_key BLOB NOT NULL,
-    current INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (address, signature_key, account_key)
-);
--- Queue items held back until the user decides about a changed account key.
-CREATE TABLE IF NOT EXISTS held (
-    server_seq INTEGER PRIMARY KEY,
-    group_id TEXT NOT NULL,
-    address TEXT NOT NULL,
-    item TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
--- Security findings made while processing an item, in the same transaction;
--- reported to the server and to the caller, then cleared.
-CREATE TABLE IF NOT EXISTS findings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
--- The epoch at which this device entered a conversation (0: it created it).
-CREATE TABLE IF NOT EXISTS joined (
-    group_id TEXT PRIMARY KEY,
-    epoch INTEGER NOT NULL
-);
--- Per conversation and sending device: the last counter and envelope hash seen.
-CREATE TABLE IF NOT EXISTS recv_chain (
-    group_id TEXT NOT NULL,
-    sender_key BLOB NOT NULL,
-    n INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (group_id, sender_key)
-);
--- This device's own counter per conversation.
-CREATE TABLE IF NOT EXISTS send_chain (
-    group_id TEXT PRIMARY KEY,
-    n INTEGER NOT NULL,
-    hash TEXT NOT NULL
-);
-";
 
 /// What fetching an address's device list found, for the retry.
 #[derive(Clone, Debug)]

@@ -10,12 +10,6 @@ use crate::error::Result;
 use crate::{Device, MessageSummary};
 use rusqlite::params;
 
-pub(crate) const SCHEMA: &str = "
-CREATE VIRTUAL TABLE IF NOT EXISTS search_index USING fts5(
-    subject, people, body, attachments,
-    tokenize = 'unicode61 remove_diacritics 2'
-);
-";
 
 /// The words of a user's query as an FTS5 query: every word must occur
 /// (as a word or the start of one); no FTS syntax reaches the engine.

@@ -9,7 +9,22 @@ use crate::error::{ClientError, Result};
 use pouch_log::{AnyEntry, Checkpoint, Commitments, Hash, Leaf};
 use pouch_proto::Address;
 use pouch_proto::api;
-use pouch_proto::devices::SignedDeviceList;
+use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
+
+/// How long one look at the log keeps the directory cache fresh: within
+/// one SMTP transaction or one send, every recipient shares a single look.
+pub(crate) const DIRECTORY_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Past this many new leaves (a device long offline) the directory cache is
+/// dropped rather than scanned: fetching lists again costs less than the tiles.
+const DIRECTORY_SCAN_MAX: u64 = 4096;
+
+/// Where a device list sits in the log, as proven.
+pub(crate) struct Included {
+    pub index: u64,
+    /// Covered by a checkpoint every required witness cosigned.
+    pub witnessed: bool,
+}
 
 fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
@@ -198,14 +213,14 @@ impl Device {
     }
 
     /// Requires that `list` is in the log, proven against a checkpoint that
-    /// extends the one this device pinned. Returns whether the entry is also
-    /// covered by a checkpoint every required witness cosigned.
+    /// extends the one this device pinned. Returns where the entry is and
+    /// whether a checkpoint every required witness cosigned covers it.
     pub(crate) fn check_included(
         &mut self,
         address: &Address,
         version: u64,
         list: &SignedDeviceList,
-    ) -> Result<bool> {
+    ) -> Result<Included> {
         let inc: api::LogInclusion = match self.api.get(&format!(
             "/v1/log/inclusion?address={address}&version={version}"
         )) {
@@ -228,7 +243,107 @@ impl Device {
                 "the log entry for {address} version {version} differs from the list the server served"
             )));
         }
-        Ok(inc.index < self.witnessed_size()?)
+        Ok(Included {
+            index: inc.index,
+            witnessed: inc.index < self.witnessed_size()?,
+        })
+    }
+
+    /// Brings the directory cache up to the log's newest checkpoint, at most
+    /// once per [`DIRECTORY_FRESHNESS`]: the leaves added since the last look
+    /// are checked against the pinned checkpoint, and every cached list whose
+    /// account has a later leaf is dropped (fetched and verified again when
+    /// next needed). One checkpoint request (and, when the log grew, a
+    /// consistency proof and the new tiles) stands in for two requests per
+    /// recipient per mail; a device list change is relied on no later than
+    /// the log shows it.
+    pub(crate) fn refresh_directory(&mut self) -> Result<()> {
+        if self
+            .directory_checked
+            .is_some_and(|at| at.elapsed() < DIRECTORY_FRESHNESS)
+        {
+            return Ok(());
+        }
+        let size = self.check_log()?;
+        let from: Option<u64> = self
+            .local
+            .meta("directory_scan_size")?
+            .and_then(|v| v.parse().ok());
+        match (from, self.pinned_checkpoint()?) {
+            (Some(from), Some((pinned, root)))
+                if from <= pinned && pinned - from <= DIRECTORY_SCAN_MAX =>
+            {
+                if from < pinned {
+                    let leaves = verified_leaves(&self.api, from, pinned, root)?;
+                    for (k, leaf) in leaves.iter().enumerate() {
+                        let index = (from + k as u64) as i64;
+                        match Leaf::from_bytes(leaf) {
+                            Ok(Leaf::Committed(c)) => self.local.conn.execute(
+                                "DELETE FROM directory_cache WHERE commitment = ?1 AND log_index < ?2",
+                                rusqlite::params![c.account, index],
+                            )?,
+                            Ok(Leaf::Named(e)) => self.local.conn.execute(
+                                "DELETE FROM directory_cache WHERE address = ?1 AND log_index < ?2",
+                                rusqlite::params![e.address().as_str(), index],
+                            )?,
+                            Ok(Leaf::CommitmentKey(_)) => 0,
+                            // A leaf this build cannot read may be about anyone.
+                            Err(_) => self.local.conn.execute("DELETE FROM directory_cache", [])?,
+                        };
+                    }
+                }
+            }
+            // First look, or too far behind to scan: start over.
+            _ => {
+                self.local.conn.execute("DELETE FROM directory_cache", [])?;
+            }
+        }
+        self.local
+            .set_meta("directory_scan_size", &size.to_string())?;
+        self.directory_checked = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// A list from the directory cache, if it is still the newest the log shows.
+    pub(crate) fn cached_list(&mut self, address: &Address) -> Result<Option<DeviceListBody>> {
+        use rusqlite::OptionalExtension;
+        self.refresh_directory()?;
+        let body: Option<String> = self
+            .local
+            .conn
+            .query_row(
+                "SELECT body FROM directory_cache WHERE address = ?1",
+                [address.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
+    /// Keeps a verified list (in the log at `index`, witnessed) for later sends.
+    pub(crate) fn cache_list(
+        &mut self,
+        address: &Address,
+        index: u64,
+        body: &DeviceListBody,
+    ) -> Result<()> {
+        let commitment = self.commitments()?.key.commit(address);
+        let json = serde_json::to_string(body)
+            .map_err(|e| ClientError::Local(format!("caching a device list: {e}")))?;
+        self.local.conn.execute(
+            "INSERT OR REPLACE INTO directory_cache (address, commitment, version, log_index, body, verified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![address.as_str(), commitment, body.version as i64, index as i64, json, crate::now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a cached list (this device is about to change it).
+    pub(crate) fn uncache_list(&mut self, address: &Address) -> Result<()> {
+        self.local.conn.execute(
+            "DELETE FROM directory_cache WHERE address = ?1",
+            [address.as_str()],
+        )?;
+        Ok(())
     }
 
     /// Scans this account's entries in the log: every version must be signed

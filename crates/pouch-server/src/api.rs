@@ -474,25 +474,29 @@ async fn claim_key_packages(
             pouch_proto::MAX_RECIPIENTS + 1
         )));
     }
-    let mut devices = Vec::new();
-    for address in &req.addresses {
-        if !s.store.user_exists(address).await? {
+    let mut addresses = req.addresses.clone();
+    addresses.sort();
+    addresses.dedup();
+    let claimed = match s.store.claim_key_packages(&addresses, &d, &req.only).await? {
+        pouch_store::Claim::Claimed(c) => c,
+        pouch_store::Claim::UnknownAddress(address) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 ErrorCode::UnknownRecipient,
                 format!("{address} is not a Pouch user on this server; check the address"),
             ));
         }
-        for c in s.store.claim_key_packages(address, &d, &req.only).await? {
-            devices.push(ClaimedDevice {
-                address: c.device.address,
-                device_id: c.device.device_id,
-                signature_key: c.device.signature_key,
-                key_package: c.key_package,
-                last_resort: c.last_resort,
-            });
-        }
-    }
+    };
+    let devices: Vec<ClaimedDevice> = claimed
+        .into_iter()
+        .map(|c| ClaimedDevice {
+            address: c.device.address,
+            device_id: c.device.device_id,
+            signature_key: c.device.signature_key,
+            key_package: c.key_package,
+            last_resort: c.last_resort,
+        })
+        .collect();
     let claimer = account_of(&s, &d).await;
     let mut ev = Ev::new("key_package_claim")
         .device(&d)

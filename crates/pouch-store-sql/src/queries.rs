@@ -8,7 +8,7 @@ use pouch_proto::{
     api::{QueueItem, QueueKind, UserSummary},
 };
 use pouch_store::{
-    Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
+    Claim, Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
     LinkRequest, LogRecord, LoggedEntry, Message, NewDevice, NewLinkRequest, Result, SourceHistory,
     StaleMember, Store, StoreError, StoredList, UnixTime, rules,
 };
@@ -1264,63 +1264,75 @@ impl Store for SqlStore {
 
     async fn claim_key_packages(
         &self,
-        address: &Address,
+        addresses: &[Address],
         exclude: &DeviceId,
         only: &[DeviceId],
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<Claim> {
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(select_devices!(
-            "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
-             ORDER BY created_at, device_id"
-        ))
-        .bind(address.as_str())
-        .bind(&exclude.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let device = device_from_row(row)?;
-            if !only.is_empty() && !only.contains(&device.device_id) {
-                continue;
-            }
-            // Handing out and deleting is one statement, so two claimers can
-            // never receive the same ordinary package.
-            let ordinary: Option<Vec<u8>> = sqlx::query_scalar(
-                "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
-                 WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data",
-            )
-            .bind(&device.device_id.0)
-            .bind(false)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let (key_package, last_resort) = match ordinary {
-                Some(kp) => (kp, false),
-                None => {
-                    let lr: Option<Vec<u8>> = sqlx::query_scalar(
-                        "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = $2 \
-                         ORDER BY id DESC LIMIT 1",
-                    )
-                    .bind(&device.device_id.0)
-                    .bind(true)
+        let mut claimed = Vec::new();
+        for address in addresses {
+            let known: Option<(String,)> =
+                sqlx::query_as("SELECT address FROM users WHERE address = $1")
+                    .bind(address.as_str())
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(backend)?;
-                    match lr {
-                        Some(kp) => (kp, true),
-                        None => continue,
-                    }
+            if known.is_none() {
+                tx.rollback().await.map_err(backend)?;
+                return Ok(Claim::UnknownAddress(address.clone()));
+            }
+            let rows = sqlx::query(select_devices!(
+                "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
+                 ORDER BY created_at, device_id"
+            ))
+            .bind(address.as_str())
+            .bind(&exclude.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+            for row in &rows {
+                let device = device_from_row(row)?;
+                if !only.is_empty() && !only.contains(&device.device_id) {
+                    continue;
                 }
-            };
-            claimed.push(Claimed {
-                device,
-                key_package,
-                last_resort,
-            });
+                // Handing out and deleting is one statement, so two claimers can
+                // never receive the same ordinary package.
+                let ordinary: Option<Vec<u8>> = sqlx::query_scalar(
+                    "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                     WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data",
+                )
+                .bind(&device.device_id.0)
+                .bind(false)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+                let (key_package, last_resort) = match ordinary {
+                    Some(kp) => (kp, false),
+                    None => {
+                        let lr: Option<Vec<u8>> = sqlx::query_scalar(
+                            "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = $2 \
+                             ORDER BY id DESC LIMIT 1",
+                        )
+                        .bind(&device.device_id.0)
+                        .bind(true)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                        match lr {
+                            Some(kp) => (kp, true),
+                            None => continue,
+                        }
+                    }
+                };
+                claimed.push(Claimed {
+                    device,
+                    key_package,
+                    last_resort,
+                });
+            }
         }
         tx.commit().await.map_err(backend)?;
-        Ok(claimed)
+        Ok(Claim::Claimed(claimed))
     }
 
     async fn submit_commit(&self, s: CommitSubmission) -> std::result::Result<u64, GroupError> {

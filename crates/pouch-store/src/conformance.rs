@@ -141,12 +141,12 @@ pub async fn run(store: &dyn Store) {
     // Key packages: each ordinary one once, then the last resort, repeatedly.
     let b1_id = DeviceId("b1".into());
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
-    let first = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
+    let first = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].key_package, b"b1-kp-0");
     assert!(!first[0].last_resort);
     for _ in 0..2 {
-        let again = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
+        let again = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
         assert_eq!(again[0].key_package, b"b1-last-resort");
         assert!(again[0].last_resort);
     }
@@ -157,7 +157,7 @@ pub async fn run(store: &dyn Store) {
         .unwrap();
     // The ordinary package first, then the last-resort one.
     for expected in [&b"b1-kp-new"[..], b"b1-lr-2"] {
-        let claimed = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
+        let claimed = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
         assert_eq!(claimed[0].key_package, expected);
     }
     // A refreshed pool replaces the ordinary packages still waiting.
@@ -172,17 +172,44 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
     // The ordinary package first, then the last-resort one.
     for expected in [&b"fresh-1"[..], b"b1-lr-3"] {
-        let claimed = store.claim_key_packages(&bob, &a1_id, &[]).await.unwrap();
+        let claimed = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
         assert_eq!(claimed[0].key_package, expected);
     }
     // The claimer's own device is never handed out to itself.
     assert!(
         store
-            .claim_key_packages(&alice, &a1_id, &[])
+            .claim_key_packages(std::slice::from_ref(&alice), &a1_id, &[])
             .await
             .unwrap()
+            .claimed()
             .is_empty()
     );
+    // One claim for a whole mail: all or nothing.
+    store
+        .add_key_packages(&b1_id, &[b"b1-kp-multi".to_vec()], None, false)
+        .await
+        .unwrap();
+    let ghost = Address::parse("ghost@mfa.test").unwrap();
+    match store
+        .claim_key_packages(&[bob.clone(), ghost.clone()], &a1_id, &[])
+        .await
+        .unwrap()
+    {
+        Claim::UnknownAddress(a) => assert_eq!(a, ghost),
+        other => panic!("a claim naming an unknown address handed out {other:?}"),
+    }
+    assert_eq!(
+        store.count_key_packages(&b1_id).await.unwrap(),
+        1,
+        "nothing is consumed by a refused claim"
+    );
+    let both = store
+        .claim_key_packages(&[alice.clone(), bob.clone()], &a1_id, &[])
+        .await
+        .unwrap()
+        .claimed();
+    assert_eq!(both.len(), 1);
+    assert_eq!(both[0].key_package, b"b1-kp-multi");
 
     // Groups: creation, one commit per epoch, fan-out, membership.
     let g = GroupId("ab".repeat(16));
@@ -587,9 +614,10 @@ pub async fn run(store: &dyn Store) {
     // A pending device gets no mail: it is never handed out.
     assert!(
         store
-            .claim_key_packages(&alice, &b1_id, &[])
+            .claim_key_packages(std::slice::from_ref(&alice), &b1_id, &[])
             .await
             .unwrap()
+            .claimed()
             .iter()
             .all(|c| c.device.device_id != a2_id)
     );
@@ -642,9 +670,10 @@ pub async fn run(store: &dyn Store) {
     );
     // Claims can be restricted to named devices.
     let only = store
-        .claim_key_packages(&alice, &b1_id, std::slice::from_ref(&a2_id))
+        .claim_key_packages(std::slice::from_ref(&alice), &b1_id, std::slice::from_ref(&a2_id))
         .await
-        .unwrap();
+        .unwrap()
+            .claimed();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].device.device_id, a2_id);
     // Revocation by a new list: the device is out and its tokens are dead.

@@ -156,6 +156,24 @@ pub struct LoggedEntry {
     pub entry: Option<Vec<u8>>,
 }
 
+/// What [`Store::claim_key_packages`] handed out.
+#[derive(Debug)]
+pub enum Claim {
+    Claimed(Vec<Claimed>),
+    /// This address has no account: nothing was handed out.
+    UnknownAddress(Address),
+}
+
+impl Claim {
+    /// The packages, for callers that know every address exists.
+    pub fn claimed(self) -> Vec<Claimed> {
+        match self {
+            Claim::Claimed(c) => c,
+            Claim::UnknownAddress(_) => Vec::new(),
+        }
+    }
+}
+
 /// A key package handed out by [`Store::claim_key_packages`].
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -391,15 +409,17 @@ pub trait Store: Send + Sync + 'static {
         replace_pool: bool,
     ) -> Result<()>;
     async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
-    /// One package for every active device of `address` except `exclude`
-    /// (restricted to `only` when it is not empty): an ordinary one, removed
-    /// as it is handed out, or else the last-resort one.
+    /// One package for every active device of each of `addresses` except
+    /// `exclude` (restricted to `only` when it is not empty): an ordinary
+    /// one, removed as it is handed out, or else the last-resort one. One
+    /// transaction for the whole mail; if an address has no account, nothing
+    /// is handed out.
     async fn claim_key_packages(
         &self,
-        address: &Address,
+        addresses: &[Address],
         exclude: &DeviceId,
         only: &[DeviceId],
-    ) -> Result<Vec<Claimed>>;
+    ) -> Result<Claim>;
 
     // --- groups and delivery ---
     /// Accepts the commit if `base_epoch` is the group's epoch (0 creates the

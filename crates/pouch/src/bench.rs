@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-const PASSPHRASE: &str = "benchmark passphrase";
+pub(crate) const PASSPHRASE: &str = "benchmark passphrase";
 
 /// The transparency log: appends per second and proof sizes at 10^4..10^6
 /// entries (Merkle work in memory), and appends per second through the real
@@ -210,14 +210,31 @@ impl std::io::Write for CountingSink {
     }
 }
 
-struct Running {
+pub(crate) struct Running {
     url: String,
     fingerprint: String,
     token: String,
     _rt: tokio::runtime::Runtime,
 }
 
-fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> {
+impl Running {
+    /// Every alert the server has raised so far.
+    pub(crate) fn alerts(&self) -> Result<Vec<pouch_proto::api::Alert>> {
+        let api = pouch_client::net::Api::new(&self.url, &self.fingerprint)?;
+        let mut all: Vec<pouch_proto::api::Alert> = Vec::new();
+        loop {
+            let after = all.last().map(|a| a.id).unwrap_or(0);
+            let page: Vec<pouch_proto::api::Alert> =
+                api.admin_get(&format!("/v1/admin/alerts?after={after}"), &self.token)?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+}
+
+pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> {
     std::fs::create_dir_all(data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let (url, fingerprint, token) = rt.block_on(async {
@@ -261,7 +278,7 @@ fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> 
     })
 }
 
-fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
+pub(crate) fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
     let api = pouch_client::net::Api::new(&server.url, &server.fingerprint)?;
     let address = Address::parse(address)?;
     let resp: pouch_proto::api::AddUserResponse = api.admin_post(

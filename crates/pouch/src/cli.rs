@@ -152,6 +152,23 @@ enum Command {
         /// With --guard: record this run as the baseline for this build profile.
         #[arg(long, requires = "guard")]
         guard_record: bool,
+        /// Run a whole workload instead: `mail` is 20 users with a bridge
+        /// each, --messages mails of 4 KiB to 10 of them, 4 concurrent SMTP
+        /// submissions, IMAP fetch of every copy, beside Postfix + Dovecot.
+        #[arg(long, value_parser = ["mail"])]
+        workload: Option<String>,
+        /// With --workload: runs of each variant per system (medians printed).
+        #[arg(long, default_value_t = 3, requires = "workload")]
+        runs: usize,
+        /// With --workload: `new` (every mail a new conversation), `replies`, or both.
+        #[arg(long, value_delimiter = ',', default_value = "new,replies", requires = "workload")]
+        variants: Vec<String>,
+        /// With --workload: Pouch alone, without starting Postfix + Dovecot.
+        #[arg(long, requires = "workload")]
+        no_compare: bool,
+        /// With --workload: seconds between each bridge's syncs (the bridge's default).
+        #[arg(long, default_value_t = 10, requires = "workload")]
+        sync_secs: u64,
     },
     /// Show one mail.
     Read {
@@ -685,6 +702,36 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     ExitCode::from(3)
                 },
             )
+        }
+        Command::Bench {
+            workload: Some(_),
+            messages,
+            runs,
+            variants,
+            no_compare,
+            sync_secs,
+            postgres,
+            ..
+        } => {
+            let variants = variants
+                .iter()
+                .map(|v| match v.as_str() {
+                    "new" => Ok(crate::workload::Variant::NewConversations),
+                    "replies" => Ok(crate::workload::Variant::Replies),
+                    other => Err(anyhow::anyhow!(
+                        "unknown variant '{other}': use new, replies or new,replies"
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            crate::workload::run(crate::workload::WorkloadArgs {
+                mails: messages,
+                runs,
+                variants,
+                postgres,
+                sync_secs,
+                compare: !no_compare,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             bridge_mails: Some(n),

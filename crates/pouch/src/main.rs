@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod workload;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -401,7 +401,22 @@ fn a_device_the_server_adds_on_its_own_is_refused_and_reported() {
     )
     .unwrap();
     drop(db);
-    let out = bob.run(&[
+    // Bob verified Alice's list before and the log shows no change since:
+    // he keeps using what he verified (the forgery reaches no one's keys).
+    let sent = bob.json(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Again",
+        "--body",
+        "y",
+        "--json",
+    ]);
+    assert_eq!(sent["recipient_devices"], 1, "{sent}");
+    // Whoever fetches the list now is refused it.
+    let carol = user(&dir, &server, "carol");
+    let out = carol.run(&[
         "send",
         "--to",
         "alice@pouch.local",
