@@ -224,15 +224,27 @@ pub async fn serve(
 ) {
     let syncer = shared.clone();
     tokio::spawn(async move {
+        // Mail is fetched as soon as the server says some is queued (a
+        // long-poll, waited for off the device's thread); the full sync
+        // (key packages, rotation, account and log audit) every `sync_every`.
+        let mut last_full: Option<tokio::time::Instant> = None;
         loop {
-            let result = syncer
-                .with(|d| {
-                    let report = d.sync();
+            let full = last_full.is_none_or(|t| t.elapsed() >= config.sync_every);
+            if full {
+                last_full = Some(tokio::time::Instant::now());
+            }
+            let until_full = config
+                .sync_every
+                .saturating_sub(last_full.map(|t| t.elapsed()).unwrap_or_default());
+            let secs = until_full.as_secs().clamp(1, 25);
+            let (result, waiter) = syncer
+                .with(move |d| {
+                    let report = if full { d.sync() } else { d.sync_mail() };
                     let filed = d.refresh_mailboxes();
                     if let Err(e) = d.update_search_index() {
                         tracing::warn!(error = %e, "cannot index new mail");
                     }
-                    (report, filed)
+                    ((report, filed), d.mail_waiter(secs))
                 })
                 .await;
             match result {
@@ -251,7 +263,18 @@ pub async fn serve(
                 }
                 (Err(e), _) => tracing::warn!(error = %e, "sync failed; retrying"),
             }
-            tokio::time::sleep(config.sync_every).await;
+            let waited = match waiter {
+                Ok(w) => tokio::task::spawn_blocking(move || w.wait())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = waited {
+                // No push (the server is down or older): poll instead.
+                tracing::debug!(error = %e, "cannot wait for mail; polling");
+                tokio::time::sleep(until_full.max(Duration::from_secs(1))).await;
+            }
         }
     });
     let (mode, cert) = (config.tls, config.certificate.clone());

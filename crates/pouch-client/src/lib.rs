@@ -1161,7 +1161,32 @@ impl Device {
         self.sign_in()?;
         self.check_log()?;
         let mut report = SyncReport::default();
-        self.replay_held(&mut report)?;
+        self.fetch_mail(&mut report)?;
+        self.housekeeping(&mut report)?;
+        report.alerts.append(&mut self.warnings);
+        Ok(report)
+    }
+
+    /// Only what is queued for this device: what a push asks for between
+    /// the full syncs (which also top up key packages, rotate keys, and
+    /// audit the account and the log).
+    pub fn sync_mail(&mut self) -> Result<SyncReport> {
+        self.sign_in()?;
+        let mut report = SyncReport::default();
+        self.fetch_mail(&mut report)?;
+        report.alerts.append(&mut self.warnings);
+        Ok(report)
+    }
+
+    /// A wait for this device's next mail, to run off the device's thread
+    /// (`secs`: how long the server may hold it, at most 25).
+    pub fn mail_waiter(&mut self, secs: u64) -> Result<net::QueueWaiter> {
+        self.sign_in()?;
+        self.api.queue_waiter(queue_cursor(&self.local)?, secs)
+    }
+
+    fn fetch_mail(&mut self, report: &mut SyncReport) -> Result<()> {
+        self.replay_held(report)?;
         // Conversations something arrived in: their fan-out is compared with
         // the roster afterwards.
         let mut touched = std::collections::BTreeSet::new();
@@ -1200,12 +1225,12 @@ impl Device {
             }
             let mut last = cursor;
             for item in batch.items {
-                if !self.process(&item, &mut report, false)? {
+                if !self.process(&item, report, false)? {
                     touched.insert(item.group_id.clone());
                 }
                 last = item.seq;
             }
-            self.flush_findings(&mut report)?;
+            self.flush_findings(report)?;
             // Only what is durably stored is acknowledged.
             self.api
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
@@ -1213,8 +1238,12 @@ impl Device {
         for group in &touched {
             self.check_membership(group)?;
         }
-        self.flush_findings(&mut report)?;
-        self.report_held(&mut report)?;
+        self.flush_findings(report)?;
+        self.report_held(report)?;
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, report: &mut SyncReport) -> Result<()> {
         report.key_packages_uploaded = self.top_up_key_packages()?;
         report.rotated = self.rotate()?;
         report.alerts.extend(self.audit_own_account()?);
@@ -1231,8 +1260,7 @@ impl Device {
                 ));
             }
         }
-        report.alerts.append(&mut self.warnings);
-        Ok(report)
+        Ok(())
     }
 
     /// Applies one queue item. Returns whether it was held back (a member's

@@ -347,4 +347,60 @@ impl Api {
         let resp = self.send_authed(|| self.http.get(self.url(path)))?;
         Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
     }
+
+    /// A long-poll for mail queued after `after`, to run on another thread
+    /// than this client's (it holds a token renewed now if it is due).
+    pub fn queue_waiter(&self, after: u64, secs: u64) -> Result<QueueWaiter> {
+        if self.signed_in() && self.renew_at.get().is_some_and(|t| Instant::now() >= t) {
+            self.renew()?;
+        }
+        let token = self
+            .token
+            .borrow()
+            .clone()
+            .ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
+        Ok(QueueWaiter {
+            http: self.http.clone(),
+            url: self.url(&format!("/v1/queue/wait?after={after}&secs={secs}")),
+            token,
+            base: self.base.clone(),
+        })
+    }
+}
+
+/// A wait for mail that can leave the device's thread: the device stays
+/// free for the mail client's commands while it waits.
+pub struct QueueWaiter {
+    http: reqwest::blocking::Client,
+    url: String,
+    token: String,
+    base: String,
+}
+
+impl QueueWaiter {
+    /// Whether mail is waiting: answers as soon as some is queued, else
+    /// `false` after the seconds asked for (the server holds at most 25).
+    pub fn wait(&self) -> Result<bool> {
+        #[derive(serde::Deserialize)]
+        struct Pending {
+            pending: bool,
+        }
+        let resp = self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ClientError::Server {
+                status: resp.status().as_u16(),
+                code: ErrorCode::Internal,
+                message: format!("waiting for mail: HTTP {}", resp.status()),
+            });
+        }
+        let p: Pending = resp
+            .json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(p.pending)
+    }
 }

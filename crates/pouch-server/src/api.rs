@@ -111,6 +111,11 @@ fn routes() -> Routes {
             get(fetch_queue),
         )
         .route(
+            "/v1/queue/wait",
+            &[(Method::GET, Access::Device)],
+            get(wait_queue),
+        )
+        .route(
             "/v1/queue/ack",
             &[(Method::POST, Access::Device)],
             post(ack_queue),
@@ -559,7 +564,7 @@ async fn commit(
     let epoch = s
         .store
         .submit_commit(CommitSubmission {
-            group_id,
+            group_id: group_id.clone(),
             sender: d.clone(),
             base_epoch: req.base_epoch,
             commit: req.commit,
@@ -578,6 +583,7 @@ async fn commit(
         }
         record(&s, ev).await;
     }
+    wake_members(&s, &group_id, &d).await;
     Ok(Json(CommitResponse { epoch }))
 }
 
@@ -633,7 +639,51 @@ async fn send_message(
             now: now(),
         })
         .await?;
+    wake_members(&s, &group_id, &d).await;
     Ok(Json(SendResponse { recipients }))
+}
+
+/// Rings the bells of the conversation's other devices that wait for mail.
+async fn wake_members(s: &AppState, group_id: &GroupId, sender: &DeviceId) {
+    if !s.waiters.any() {
+        return;
+    }
+    // Nothing is lost if this fails: a waiting device's wait times out.
+    if let Ok(Some((_, members))) = s.store.group_members(group_id).await {
+        s.waiters.wake(members.iter().filter(|m| *m != sender));
+    }
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    after: u64,
+    secs: Option<u64>,
+}
+
+/// A long-poll: answers `{"pending": true}` as soon as the device's queue
+/// holds something after `after`, or `false` after `secs` (at most 25).
+async fn wait_queue(
+    State(s): St,
+    AuthDevice(d): AuthDevice,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<serde_json::Value> {
+    let wait = std::time::Duration::from_secs(q.secs.unwrap_or(25)).min(crate::push::MAX_WAIT);
+    let bell = s.waiters.bell(&d);
+    let pending = async {
+        // Listening before looking, so mail queued in between still rings.
+        let rung = bell.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        if s.store.queue_pending(&d, q.after).await? {
+            return Ok::<_, pouch_store::StoreError>(true);
+        }
+        let _ = tokio::time::timeout(wait, rung).await;
+        s.store.queue_pending(&d, q.after).await
+    }
+    .await;
+    s.waiters.done(&d, bell);
+    Ok(Json(serde_json::json!({ "pending": pending? })))
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ pub mod events;
 mod groups;
 pub mod log;
 mod logkey;
+pub mod push;
 pub mod routes;
 pub mod sinks;
 pub mod tls;
@@ -105,6 +106,8 @@ pub struct AppState {
     pub events_lost_since: std::sync::atomic::AtomicI64,
     /// Answers to link requests for accounts that cannot be linked.
     pub link_decoys: devices::LinkDecoys,
+    /// Devices waiting for mail, woken when some is queued for them.
+    pub waiters: push::Waiters,
     admin_token_sha256: [u8; 32],
 }
 
@@ -289,6 +292,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         limits: config.limits.clone(),
         log: log::LogState::new(origin, key, commitment_index, config.witnesses.clone()),
         link_decoys: Default::default(),
+        waiters: Default::default(),
         admin_token_sha256,
     });
     log::refresh_checkpoint(&state)

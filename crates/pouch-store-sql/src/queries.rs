@@ -1370,6 +1370,17 @@ impl Store for SqlStore {
         Ok(Some((epoch, members(&mut conn, group_id).await?)))
     }
 
+    async fn queue_pending(&self, device_id: &DeviceId, after: u64) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT seq FROM queue WHERE device_id = $1 AND seq > $2 LIMIT 1")
+                .bind(&device_id.0)
+                .bind(after as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(row.is_some())
+    }
+
     async fn fetch_queue(
         &self,
         device_id: &DeviceId,

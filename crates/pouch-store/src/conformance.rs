@@ -327,6 +327,9 @@ pub async fn run(store: &dyn Store) {
 
     // Bob's queue: welcome, Alice's message, in order; Bob's own is not echoed.
     let q = store.fetch_queue(&b1_id, 0, 100, u64::MAX).await.unwrap();
+    assert!(store.queue_pending(&b1_id, 0).await.unwrap());
+    assert!(store.queue_pending(&b1_id, q[0].seq).await.unwrap());
+    assert!(!store.queue_pending(&b1_id, q[1].seq).await.unwrap());
     let kinds: Vec<_> = q.iter().map(|i| i.kind).collect();
     assert_eq!(kinds, vec![QueueKind::Welcome, QueueKind::Application]);
     assert_eq!(q[1].payload, b"m1");

@@ -455,6 +455,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
     /// The highest queue position the device has acknowledged, ever.
     async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64>;
+    /// Whether the device's queue holds anything after `after` (what a
+    /// waiting device is woken for).
+    async fn queue_pending(&self, device_id: &DeviceId, after: u64) -> Result<bool>;
     /// Adds `items` to the device's fetch count for the window starting at
     /// `window_start`; returns the window's new total.
     async fn count_fetch(

@@ -843,3 +843,63 @@ fn mail_clients_reach_the_bridge_over_tls_and_starttls() {
         .mode();
     assert_eq!(mode & 0o077, 0, "the bridge's key is readable by others");
 }
+
+/// Mail reaches the mail client when it is queued, not at the next sync:
+/// the bridge waits on the server (a long-poll) off the device's thread.
+/// Its full syncs here are an hour apart, so only the push can bring it.
+#[test]
+fn new_mail_is_pushed_to_the_bridge_without_waiting_for_a_sync() {
+    let dir = Scratch::new("bridge-push");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let bridge = Bridge::start_syncing(&alice, 3600, &[]);
+    // Nothing there yet (and the bridge's first full sync is over).
+    let look = r#"
+import imaplib, sys, time
+port, password, subject, secs = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+deadline = time.time() + secs
+while True:
+    try:
+        m = imaplib.IMAP4('127.0.0.1', port)
+        m.login('alice@pouch.local', password)
+        break
+    except Exception:
+        if time.time() > deadline: raise
+        time.sleep(0.2)
+while time.time() < deadline:
+    m.select('INBOX')
+    typ, data = m.search(None, 'SUBJECT', '"' + subject + '"')
+    if data[0].split():
+        print('found')
+        break
+    time.sleep(0.2)
+else:
+    print('missing')
+"#;
+    assert_eq!(
+        python(
+            look,
+            &[&bridge.imap_port.to_string(), &bridge.password, "pushed", "3"]
+        )
+        .trim(),
+        "missing"
+    );
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "pushed",
+        "--body",
+        "no sync interval in between",
+    ]);
+    assert_eq!(
+        python(
+            look,
+            &[&bridge.imap_port.to_string(), &bridge.password, "pushed", "90"]
+        )
+        .trim(),
+        "found"
+    );
+}

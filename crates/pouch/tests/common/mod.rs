@@ -545,6 +545,11 @@ impl Bridge {
     }
 
     pub fn start_with(device: &Client, extra: &[&str]) -> Bridge {
+        Bridge::start_syncing(device, 1, extra)
+    }
+
+    /// A bridge whose full syncs are `sync_secs` apart (mail itself is pushed).
+    pub fn start_syncing(device: &Client, sync_secs: u64, extra: &[&str]) -> Bridge {
         let password = String::from_utf8(device.ok(&["bridge", "--show-password"]))
             .unwrap()
             .trim()
@@ -558,7 +563,7 @@ impl Bridge {
                 "--smtp",
                 "127.0.0.1:0",
                 "--sync-secs",
-                "1",
+                &sync_secs.to_string(),
             ])
             .args(extra)
             .stdout(Stdio::piped())
