@@ -228,6 +228,12 @@ pub async fn serve(
         // long-poll, waited for off the device's thread); the full sync
         // (key packages, rotation, account and log audit) every `sync_every`.
         let mut last_full: Option<tokio::time::Instant> = None;
+        // Turns in a row that brought nothing though the server said mail
+        // was waiting (or failed): each doubles the pause, up to the next
+        // full sync, so a failing item or a lying server cannot spin the loop.
+        let mut idle_turns: u32 = 0;
+        let mut expected_mail = false;
+        let mut last_cursor = None;
         loop {
             let full = last_full.is_none_or(|t| t.elapsed() >= config.sync_every);
             if full {
@@ -247,6 +253,17 @@ pub async fn serve(
                     ((report, filed), d.mail_waiter(secs))
                 })
                 .await;
+            let cursor = waiter.as_ref().ok().map(|w| w.after());
+            let progressed = result.0.is_ok() && (!expected_mail || cursor != last_cursor);
+            last_cursor = cursor;
+            if progressed {
+                idle_turns = 0;
+            } else {
+                idle_turns = (idle_turns + 1).min(16);
+                let pause = Duration::from_secs(1u64 << idle_turns.min(10))
+                    .min(until_full.max(Duration::from_secs(1)));
+                tokio::time::sleep(pause).await;
+            }
             match result {
                 (Ok(report), filed) => {
                     for alert in report.alerts.iter().chain(&report.security_alerts) {
@@ -270,10 +287,13 @@ pub async fn serve(
                     .and_then(|r| r.map_err(|e| e.to_string())),
                 Err(e) => Err(e.to_string()),
             };
+            expected_mail = matches!(waited, Ok(true));
             if let Err(e) = waited {
-                // No push (the server is down or older): poll instead.
+                // No push (the server is down, older, or the token lapsed):
+                // try again soon, and the full sync still comes on time.
                 tracing::debug!(error = %e, "cannot wait for mail; polling");
-                tokio::time::sleep(until_full.max(Duration::from_secs(1))).await;
+                tokio::time::sleep(until_full.clamp(Duration::from_secs(1), Duration::from_secs(5)))
+                    .await;
             }
         }
     });

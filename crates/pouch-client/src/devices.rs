@@ -259,6 +259,7 @@ impl Device {
     /// contact (or this account's own). Kept in the directory cache when a
     /// witnessed checkpoint covers it.
     pub(crate) fn fresh_trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        let watermark = self.directory_watermark()?;
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
         let mut body = verify_history(address, &history.lists)?;
@@ -380,7 +381,7 @@ impl Device {
             // Cached only once this device holds the account key (a newly
             // linked device keeps asking until then).
             if let (Some(index), true) = (cacheable, self.local.account_key()?.is_some()) {
-                self.cache_list(address, index, &body)?;
+                self.cache_list(address, index, &body, &watermark)?;
             }
             return Ok(body);
         }
@@ -424,7 +425,7 @@ impl Device {
             &newest,
         )?;
         if let Some(index) = cacheable {
-            self.cache_list(address, index, &body)?;
+            self.cache_list(address, index, &body, &watermark)?;
         }
         Ok(body)
     }

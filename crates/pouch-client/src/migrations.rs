@@ -55,7 +55,13 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
         .iter()
         .filter(|m| m.version > found && m.version <= target)
     {
-        let tx = conn.transaction()?;
+        // Immediate: a second process opening the store at the same moment
+        // waits, then sees the step done and skips it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now >= m.version {
+            continue;
+        }
         tx.execute_batch(m.sql).map_err(|e| {
             ClientError::Local(format!(
                 "updating this device's store to schema version {} ({}) failed: {e}",
@@ -334,8 +340,9 @@ mod tests {
         dir
     }
 
-    /// How tests/fixtures/store-v1 was made: an encrypted store at the
-    /// first schema (as Pouch wrote it up to version 1), with sample rows.
+    /// How tests/fixtures/store-v1 was made: an encrypted store with the
+    /// first schema's tables and user_version 0, as Pouch wrote it before
+    /// migrations were numbered, with sample rows.
     /// Run with --ignored only to remake it; the committed file is the point.
     #[test]
     #[ignore]
@@ -344,6 +351,8 @@ mod tests {
         {
             let store = LocalStore::create_at_schema(&dir, FIXTURE_PASSPHRASE, 1).unwrap();
             first_release_rows(&store.conn);
+            // The first release did not number its schema.
+            store.conn.pragma_update(None, "user_version", 0).unwrap();
         }
         std::fs::create_dir_all(fixture_dir()).unwrap();
         for f in [crate::local::DB_FILE, crate::local::KDF_FILE] {

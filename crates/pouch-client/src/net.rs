@@ -364,6 +364,7 @@ impl Api {
             url: self.url(&format!("/v1/queue/wait?after={after}&secs={secs}")),
             token,
             base: self.base.clone(),
+            after,
         })
     }
 }
@@ -375,9 +376,15 @@ pub struct QueueWaiter {
     url: String,
     token: String,
     base: String,
+    after: u64,
 }
 
 impl QueueWaiter {
+    /// The queue position this wait is for (what was fetched so far).
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
     /// Whether mail is waiting: answers as soon as some is queued, else
     /// `false` after the seconds asked for (the server holds at most 25).
     pub fn wait(&self) -> Result<bool> {

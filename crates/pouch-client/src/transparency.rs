@@ -15,6 +15,11 @@ use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
 /// one SMTP transaction or one send, every recipient shares a single look.
 pub(crate) const DIRECTORY_FRESHNESS: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A cached list is fetched and verified again after this long even if the
+/// log shows no change: a server that once answered with an older version
+/// (with a valid proof) cannot make that answer stick for longer.
+const DIRECTORY_LIFETIME_SECS: i64 = 600;
+
 /// Past this many new leaves (a device long offline) the directory cache is
 /// dropped rather than scanned: fetching lists again costs less than the tiles.
 const DIRECTORY_SCAN_MAX: u64 = 4096;
@@ -286,7 +291,11 @@ impl Device {
                                 "DELETE FROM directory_cache WHERE address = ?1 AND log_index < ?2",
                                 rusqlite::params![e.address().as_str(), index],
                             )?,
-                            Ok(Leaf::CommitmentKey(_)) => 0,
+                            // A second key would commit later leaves under
+                            // another name: trust nothing cached (auditors flag it).
+                            Ok(Leaf::CommitmentKey(_)) => {
+                                self.local.conn.execute("DELETE FROM directory_cache", [])?
+                            }
                             // A leaf this build cannot read may be about anyone.
                             Err(_) => self.local.conn.execute("DELETE FROM directory_cache", [])?,
                         };
@@ -312,21 +321,33 @@ impl Device {
             .local
             .conn
             .query_row(
-                "SELECT body FROM directory_cache WHERE address = ?1",
-                [address.as_str()],
+                "SELECT body FROM directory_cache WHERE address = ?1 AND verified_at > ?2",
+                rusqlite::params![address.as_str(), crate::now() - DIRECTORY_LIFETIME_SECS],
                 |r| r.get(0),
             )
             .optional()?;
         Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
     }
 
-    /// Keeps a verified list (in the log at `index`, witnessed) for later sends.
+    /// Where the directory scan stands (leaves below it were looked at).
+    pub(crate) fn directory_watermark(&self) -> Result<Option<String>> {
+        self.local.meta("directory_scan_size")
+    }
+
+    /// Keeps a verified list (in the log at `index`, witnessed) for later
+    /// sends — unless the scan moved while it was fetched (another process
+    /// of this device looked at the log meanwhile: a newer leaf may lie
+    /// behind the new watermark, unseen by this entry).
     pub(crate) fn cache_list(
         &mut self,
         address: &Address,
         index: u64,
         body: &DeviceListBody,
+        watermark_before: &Option<String>,
     ) -> Result<()> {
+        if &self.directory_watermark()? != watermark_before {
+            return Ok(());
+        }
         let commitment = self.commitments()?.key.commit(address);
         let json = serde_json::to_string(body)
             .map_err(|e| ClientError::Local(format!("caching a device list: {e}")))?;

@@ -669,10 +669,10 @@ async fn wait_queue(
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<serde_json::Value> {
     let wait = std::time::Duration::from_secs(q.secs.unwrap_or(25)).min(crate::push::MAX_WAIT);
-    let bell = s.waiters.bell(&d);
+    let held = s.waiters.hold(&d);
     let pending = async {
         // Listening before looking, so mail queued in between still rings.
-        let rung = bell.notified();
+        let rung = held.bell().notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
         if s.store.queue_pending(&d, q.after).await? {
@@ -682,7 +682,7 @@ async fn wait_queue(
         s.store.queue_pending(&d, q.after).await
     }
     .await;
-    s.waiters.done(&d, bell);
+    drop(held);
     Ok(Json(serde_json::json!({ "pending": pending? })))
 }
 

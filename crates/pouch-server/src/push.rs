@@ -41,6 +41,16 @@ impl Waiters {
         }
     }
 
+    /// The device's bell, given back when the returned guard drops (also
+    /// when the waiting request is dropped because its client went away).
+    pub fn hold<'a>(&'a self, device: &'a DeviceId) -> HeldBell<'a> {
+        HeldBell {
+            waiters: self,
+            device,
+            bell: Some(self.bell(device)),
+        }
+    }
+
     /// Whether any device waits at all (else waking costs nothing).
     pub fn any(&self) -> bool {
         !self.bells.lock().expect("not poisoned").is_empty()
@@ -53,6 +63,27 @@ impl Waiters {
             if let Some(bell) = bells.get(d) {
                 bell.notify_waiters();
             }
+        }
+    }
+}
+
+/// A bell held by one waiting request.
+pub struct HeldBell<'a> {
+    waiters: &'a Waiters,
+    device: &'a DeviceId,
+    bell: Option<Arc<Notify>>,
+}
+
+impl HeldBell<'_> {
+    pub fn bell(&self) -> &Notify {
+        self.bell.as_deref().expect("held until dropped")
+    }
+}
+
+impl Drop for HeldBell<'_> {
+    fn drop(&mut self) {
+        if let Some(bell) = self.bell.take() {
+            self.waiters.done(self.device, bell);
         }
     }
 }
@@ -85,6 +116,14 @@ mod tests {
         }
         w.done(&a, bell_a);
         w.done(&b, bell_b);
+        assert!(!w.any());
+        // A held bell is given back when its holder is dropped mid-wait.
+        {
+            let held = w.hold(&a);
+            let wait = held.bell().notified();
+            let _ = tokio::time::timeout(Duration::from_millis(10), wait).await;
+            assert!(w.any());
+        }
         assert!(!w.any());
     }
 }
