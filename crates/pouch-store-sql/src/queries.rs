@@ -1,7 +1,7 @@
 //! The [`Store`] implementation. Every query here runs unchanged on SQLite and
 //! PostgreSQL; multi-row changes are single transactions.
 
-use crate::{SqlStore, backend};
+use crate::{Dialect, SqlStore, backend};
 use async_trait::async_trait;
 use pouch_proto::{
     Address, DeviceId, GroupId,
@@ -1296,11 +1296,22 @@ impl Store for SqlStore {
                     continue;
                 }
                 // Handing out and deleting is one statement, so two claimers can
-                // never receive the same ordinary package.
-                let ordinary: Option<Vec<u8>> = sqlx::query_scalar(
-                    "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
-                     WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data",
-                )
+                // never receive the same ordinary package. On PostgreSQL a
+                // package another claim's transaction holds is skipped (else
+                // this claim would wait for it, find it gone, and fall back to
+                // the last-resort package with others still in the pool);
+                // SQLite runs one writing transaction at a time anyway.
+                let ordinary: Option<Vec<u8>> = sqlx::query_scalar(match self.dialect {
+                    Dialect::Postgres => {
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1 \
+                         FOR UPDATE SKIP LOCKED) RETURNING data"
+                    }
+                    Dialect::Sqlite => {
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data"
+                    }
+                })
                 .bind(&device.device_id.0)
                 .bind(false)
                 .fetch_optional(&mut *tx)

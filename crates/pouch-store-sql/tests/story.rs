@@ -35,3 +35,74 @@ async fn story_on_postgres() {
     store.close().await;
     drop.await;
 }
+
+/// Two claims at once for the same device on PostgreSQL: while one claim's
+/// transaction holds an ordinary package, the other takes the next one
+/// instead of waiting for it and then falling back to the last-resort package.
+#[tokio::test]
+async fn a_claim_skips_a_package_another_claim_holds_on_postgres() {
+    use pouch_proto::{Address, DeviceId};
+    use pouch_store::{Claim, NewDevice, Store};
+    use sqlx::Connection;
+    let (url, drop) = pouch_store_sql::testing::fresh_postgres_database(&pg_base(), "claimlock")
+        .await
+        .expect("PostgreSQL must be running at POUCH_TEST_PG");
+    let store = SqlStore::connect(&url).await.unwrap();
+    let mut enroll = async |who: &str, id: &str, packages: Vec<Vec<u8>>| {
+        let address = Address::parse(who).unwrap();
+        store.create_user(&address, None, 0).await.unwrap();
+        let secret = format!("invite-{id}");
+        store
+            .create_invite(&address, secret.as_bytes(), i64::MAX)
+            .await
+            .unwrap();
+        store
+            .enroll(
+                secret.as_bytes(),
+                NewDevice {
+                    device_id: DeviceId(id.repeat(32)),
+                    address: address.clone(),
+                    name: "d".into(),
+                    signature_key: id.repeat(32).into_bytes(),
+                    key_packages: packages,
+                    last_resort: b"last-resort".to_vec(),
+                    device_list: None,
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        address
+    };
+    let bob = enroll("bob@mfa.test", "b", vec![b"kp-1".to_vec(), b"kp-2".to_vec()]).await;
+    let _ = enroll("ana@mfa.test", "a", vec![b"a-kp".to_vec()]).await;
+
+    // Another claim's transaction holds Bob's first package.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut held = other.begin().await.unwrap();
+    sqlx::query(
+        "SELECT id FROM key_packages WHERE device_id = $1 AND last_resort = false ORDER BY id LIMIT 1 FOR UPDATE",
+    )
+    .bind("b".repeat(32))
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    let claim = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.claim_key_packages(std::slice::from_ref(&bob), &DeviceId("a".repeat(32)), &[]),
+    )
+    .await
+    .expect("the claim does not wait for the held package")
+    .unwrap();
+    match claim {
+        Claim::Claimed(c) => {
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].key_package, b"kp-2");
+            assert!(!c[0].last_resort);
+        }
+        other => panic!("{other:?}"),
+    }
+    held.rollback().await.unwrap();
+    store.close().await;
+    drop.await;
+}
