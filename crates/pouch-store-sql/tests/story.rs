@@ -48,7 +48,7 @@ async fn a_claim_skips_a_package_another_claim_holds_on_postgres() {
         .await
         .expect("PostgreSQL must be running at POUCH_TEST_PG");
     let store = SqlStore::connect(&url).await.unwrap();
-    let mut enroll = async |who: &str, id: &str, packages: Vec<Vec<u8>>| {
+    let enroll = async |who: &str, id: &str, packages: Vec<Vec<u8>>| {
         let address = Address::parse(who).unwrap();
         store.create_user(&address, None, 0).await.unwrap();
         let secret = format!("invite-{id}");
