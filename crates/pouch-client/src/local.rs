@@ -116,6 +116,12 @@ impl LocalStore {
 
     /// Creates a new, empty encrypted store.
     pub fn create(home: &Path, passphrase: &str) -> Result<Self> {
+        Self::create_at_schema(home, passphrase, crate::migrations::current())
+    }
+
+    /// A new store at schema `version`: the current one, or an older one
+    /// for the migration tests to make a store as an earlier release wrote it.
+    pub(crate) fn create_at_schema(home: &Path, passphrase: &str, version: u32) -> Result<Self> {
         if Self::exists(home) {
             return Err(ClientError::AlreadyEnrolled(home.display().to_string()));
         }
@@ -131,7 +137,7 @@ impl LocalStore {
             serde_json::to_vec_pretty(&params).expect("serialises"),
         )?;
         let key = params.derive(passphrase)?;
-        Self::finish_open(home, &key)
+        Self::finish_open_at(home, &key, version)
     }
 
     /// Opens an existing store; a wrong passphrase is reported as such.
@@ -145,20 +151,6 @@ impl LocalStore {
             })?;
         let key = params.derive(passphrase)?;
         Self::finish_open(home, &key)
-    }
-
-    /// A new store at an older schema version: how the migration tests
-    /// make a store as an earlier release wrote it.
-    #[cfg(test)]
-    pub(crate) fn create_at_schema(home: &Path, passphrase: &str, version: u32) -> Result<Self> {
-        std::fs::create_dir_all(home)?;
-        let params = KdfParams::fresh();
-        std::fs::write(
-            home.join(KDF_FILE),
-            serde_json::to_vec_pretty(&params).expect("serialises"),
-        )?;
-        let key = params.derive(passphrase)?;
-        Self::finish_open_at(home, &key, version)
     }
 
     fn finish_open(home: &Path, key: &[u8; 32]) -> Result<Self> {

@@ -395,7 +395,14 @@ fn drive(
             })
             .collect();
         let t = Instant::now();
-        submit_all(accounts, domain, &starters, None, body)?;
+        submit_all(
+            accounts,
+            domain,
+            &starters,
+            None,
+            body,
+            &Mutex::new(HashMap::new()),
+        )?;
         collect(accounts, &starters, &Mutex::new(HashMap::new()), t)?;
     }
     let batch: Vec<(String, usize, Vec<usize>)> = (0..mails)
@@ -417,7 +424,7 @@ fn drive(
         let submitted = submitted.clone();
         std::thread::spawn(move || collect(&accounts, &batch, &submitted, t0))
     };
-    let submit = submit_all_timed(accounts, domain, &batch, parents.as_deref(), body, &submitted);
+    let submit = submit_all(accounts, domain, &batch, parents.as_deref(), body, &submitted);
     let submit_s = t0.elapsed().as_secs_f64();
     submit?;
     let (delivered_s, latencies) = collector
@@ -433,32 +440,15 @@ fn drive(
 
 type Batch = [(String, usize, Vec<usize>)];
 
+/// Four submitters take the next mail in turn; each mail's submission start
+/// is recorded for the latency.
 fn submit_all(
     accounts: &[Account],
     domain: &str,
     batch: &Batch,
     parents: Option<&[String]>,
     body: &str,
-) -> Result<()> {
-    submit_all_timed(
-        accounts,
-        domain,
-        batch,
-        parents,
-        body,
-        &Arc::new(Mutex::new(HashMap::new())),
-    )
-}
-
-/// Four submitters take the next mail in turn; each mail's submission start
-/// is recorded for the latency.
-fn submit_all_timed(
-    accounts: &[Account],
-    domain: &str,
-    batch: &Batch,
-    parents: Option<&[String]>,
-    body: &str,
-    submitted: &Arc<Mutex<HashMap<String, Instant>>>,
+    submitted: &Mutex<HashMap<String, Instant>>,
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
