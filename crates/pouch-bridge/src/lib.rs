@@ -292,8 +292,10 @@ pub async fn serve(
                 // No push (the server is down, older, or the token lapsed):
                 // try again soon, and the full sync still comes on time.
                 tracing::debug!(error = %e, "cannot wait for mail; polling");
-                tokio::time::sleep(until_full.clamp(Duration::from_secs(1), Duration::from_secs(5)))
-                    .await;
+                tokio::time::sleep(
+                    until_full.clamp(Duration::from_secs(1), Duration::from_secs(5)),
+                )
+                .await;
             }
         }
     });

@@ -97,7 +97,6 @@ pub struct LocalStore {
     pub home: PathBuf,
 }
 
-
 fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     let conn = Connection::open(path)?;
     // A raw key (x'..') skips SQLCipher's own PBKDF2: Argon2id already did that work.

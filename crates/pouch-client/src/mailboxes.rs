@@ -18,7 +18,6 @@ use crate::{Device, mail, store_message};
 use pouch_proto::GroupId;
 use rusqlite::{OptionalExtension, params};
 
-
 /// The folders every account has, with their RFC 6154 special use.
 pub const STANDARD: &[(&str, Option<&str>)] = &[
     ("INBOX", None),

@@ -223,7 +223,8 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn version(conn: &Connection) -> u32 {
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
     }
 
     fn tables(conn: &Connection) -> Vec<String> {
@@ -266,7 +267,10 @@ mod tests {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((subject.as_str(), raw.as_slice()), ("Démarche", &b"hello"[..]));
+        assert_eq!(
+            (subject.as_str(), raw.as_slice()),
+            ("Démarche", &b"hello"[..])
+        );
     }
 
     #[test]
@@ -311,7 +315,8 @@ mod tests {
     #[test]
     fn a_store_from_a_newer_release_is_refused_with_advice() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", current() + 1).unwrap();
+        conn.pragma_update(None, "user_version", current() + 1)
+            .unwrap();
         let err = migrate_to(&mut conn, current()).unwrap_err().to_string();
         assert!(err.contains("upgrade Pouch"), "{err}");
         assert_eq!(version(&conn), current() + 1, "left as it was");
@@ -322,7 +327,8 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate_to(&mut conn, 1).unwrap();
         // A table in the way of version 2's CREATE TABLE.
-        conn.execute_batch("CREATE TABLE directory_cache (x INTEGER)").unwrap();
+        conn.execute_batch("CREATE TABLE directory_cache (x INTEGER)")
+            .unwrap();
         let err = migrate_to(&mut conn, current()).unwrap_err().to_string();
         assert!(err.contains("schema version 2"), "{err}");
         assert_eq!(version(&conn), 1);
@@ -372,7 +378,10 @@ mod tests {
             let store = LocalStore::open(&dir, FIXTURE_PASSPHRASE).unwrap();
             assert_eq!(version(&store.conn), current());
             first_release_rows_intact(&store.conn);
-            assert_eq!(store.meta("address").unwrap().as_deref(), Some("ana@mfa.test"));
+            assert_eq!(
+                store.meta("address").unwrap().as_deref(),
+                Some("ana@mfa.test")
+            );
             let cached: i64 = store
                 .conn
                 .query_row("SELECT count(*) FROM directory_cache", [], |r| r.get(0))

@@ -32,7 +32,6 @@ use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-
 /// What fetching an address's device list found, for the retry.
 #[derive(Clone, Debug)]
 pub(crate) enum ListOutcome {

@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::{Device, MessageSummary};
 use rusqlite::params;
 
-
 /// The words of a user's query as an FTS5 query: every word must occur
 /// (as a word or the start of one); no FTS syntax reaches the engine.
 fn fts_query(query: &str) -> Option<String> {

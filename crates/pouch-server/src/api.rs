@@ -482,7 +482,11 @@ async fn claim_key_packages(
     let mut addresses = req.addresses.clone();
     addresses.sort();
     addresses.dedup();
-    let claimed = match s.store.claim_key_packages(&addresses, &d, &req.only).await? {
+    let claimed = match s
+        .store
+        .claim_key_packages(&addresses, &d, &req.only)
+        .await?
+    {
         pouch_store::Claim::Claimed(c) => c,
         pouch_store::Claim::UnknownAddress(address) => {
             return Err(ApiError::new(
@@ -561,7 +565,7 @@ async fn commit(
     // Which devices a Welcome went to: what turns a key-package claim into
     // a conversation (the drain rule counts claims that never did).
     let welcomed = (req.welcome.is_some()).then(|| welcome_detail(&req.added));
-    let epoch = s
+    let accepted = s
         .store
         .submit_commit(CommitSubmission {
             group_id: group_id.clone(),
@@ -583,8 +587,10 @@ async fn commit(
         }
         record(&s, ev).await;
     }
-    wake_members(&s, &group_id, &d).await;
-    Ok(Json(CommitResponse { epoch }))
+    s.waiters.wake(accepted.queued_for.iter());
+    Ok(Json(CommitResponse {
+        epoch: accepted.epoch,
+    }))
 }
 
 /// Devices named in a `welcome` event: enough for the drain rule, bounded
@@ -639,19 +645,10 @@ async fn send_message(
             now: now(),
         })
         .await?;
-    wake_members(&s, &group_id, &d).await;
-    Ok(Json(SendResponse { recipients }))
-}
-
-/// Rings the bells of the conversation's other devices that wait for mail.
-async fn wake_members(s: &AppState, group_id: &GroupId, sender: &DeviceId) {
-    if !s.waiters.any() {
-        return;
-    }
-    // Nothing is lost if this fails: a waiting device's wait times out.
-    if let Ok(Some((_, members))) = s.store.group_members(group_id).await {
-        s.waiters.wake(members.iter().filter(|m| *m != sender));
-    }
+    s.waiters.wake(recipients.iter());
+    Ok(Json(SendResponse {
+        recipients: recipients.len() as u32,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0010_public_groups.sql"),
         include_str!("../migrations/postgres_0010_public_groups.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/sqlite_0011_shared_payloads.sql"),
+        include_str!("../migrations/postgres_0011_shared_payloads.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when
@@ -136,15 +141,57 @@ impl SqlStore {
         }
         .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
         let store = SqlStore { pool, dialect };
-        store.migrate().await?;
+        store.migrate(i64::MAX).await?;
         Ok(store)
+    }
+
+    /// Like `connect`, but applies migrations only up to `version`: a store
+    /// as an earlier release left it, for the tests of the later migrations.
+    /// Its queries are this release's, so use it only to write rows with SQL
+    /// and then open it again with `connect`.
+    #[doc(hidden)]
+    pub async fn connect_at_schema(url: &str, version: i64) -> Result<Self> {
+        install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot open the database: {e}")))?;
+        let store = SqlStore { pool, dialect };
+        store.migrate(version).await?;
+        Ok(store)
+    }
+
+    /// Runs one SQL statement (tests writing rows as an earlier release did).
+    #[doc(hidden)]
+    pub async fn execute_sql(&self, statement: &str) -> Result<()> {
+        self.pool
+            .execute(sqlx::AssertSqlSafe(statement.to_string()))
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// One integer a query returns (tests reading what the store holds).
+    #[doc(hidden)]
+    pub async fn query_i64(&self, query: &str) -> Result<i64> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    async fn migrate(&self) -> Result<()> {
+    /// Applies every migration up to and including `upto` not applied yet.
+    async fn migrate(&self, upto: i64) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(backend)?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_lock($1)")
@@ -157,7 +204,7 @@ impl SqlStore {
             conn.execute("CREATE TABLE IF NOT EXISTS pouch_schema (version BIGINT PRIMARY KEY)")
                 .await
                 .map_err(backend)?;
-            for (version, sqlite, postgres) in MIGRATIONS {
+            for (version, sqlite, postgres) in MIGRATIONS.iter().filter(|m| m.0 <= upto) {
                 let applied: Option<(i64,)> =
                     sqlx::query_as("SELECT version FROM pouch_schema WHERE version = $1")
                         .bind(*version)

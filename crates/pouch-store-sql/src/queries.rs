@@ -8,9 +8,9 @@ use pouch_proto::{
     api::{QueueItem, QueueKind, UserSummary},
 };
 use pouch_store::{
-    Claim, Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection, InviteRejection,
-    LinkRequest, LogRecord, LoggedEntry, Message, NewDevice, NewLinkRequest, Result, SourceHistory,
-    StaleMember, Store, StoreError, StoredList, UnixTime, rules,
+    Accepted, Claim, Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection,
+    InviteRejection, LinkRequest, LogRecord, LoggedEntry, Message, NewDevice, NewLinkRequest,
+    Result, SourceHistory, StaleMember, Store, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -38,11 +38,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
     })
 }
 
-/// Appends one item to a device's queue. The `UPDATE ... RETURNING` takes the
-/// device row's lock until the transaction ends, so concurrent writers to one
-/// device commit in sequence order and a reader never skips a number.
-#[allow(clippy::too_many_arguments)]
-/// One item for one device's queue.
+/// One item for the queues of several devices.
 struct Enqueue<'a> {
     kind: QueueKind,
     group: &'a GroupId,
@@ -53,20 +49,30 @@ struct Enqueue<'a> {
     now: UnixTime,
 }
 
-/// Appends one item to the queue of every device in `devices`: each
-/// device's counter advanced in order (row locks taken in one order, so two
-/// fan-outs cannot deadlock), then all rows in multi-row inserts — one round
-/// trip per 200 devices instead of one per device. Returns the first device
-/// whose queue would then hold more than `max_bytes`, if any (the caller
-/// refuses the whole fan-out; its transaction is rolled back).
+/// Appends one item to the queue of every device in `devices`. The payload
+/// is stored once and every queue row refers to it (a mail to a thousand
+/// devices is one copy, not a thousand); each device's quota still counts
+/// the whole payload, which is what it will download.
+///
+/// Each device's counter is advanced with `UPDATE ... RETURNING`, which holds
+/// the device row's lock until the transaction ends, so concurrent writers to
+/// one device commit in sequence order and a reader never skips a number; the
+/// locks are taken in one order, so two fan-outs cannot deadlock. The rows go
+/// in multi-row inserts, one round trip per 200 devices. Returns the first
+/// device whose queue would then hold more than `max_bytes`, if any (the
+/// caller refuses the whole fan-out; its transaction is rolled back).
 async fn enqueue_many(
     conn: &mut AnyConnection,
     devices: &[DeviceId],
     item: &Enqueue<'_>,
     max_bytes: u64,
 ) -> Result<Option<DeviceId>> {
+    if devices.is_empty() {
+        return Ok(None);
+    }
     let mut devices = devices.to_vec();
     devices.sort();
+    let size = item.payload.len() as i64;
     let mut seqs = Vec::with_capacity(devices.len());
     for device in &devices {
         let (seq, queued): (i64, i64) = sqlx::query_as(
@@ -74,7 +80,7 @@ async fn enqueue_many(
              WHERE device_id = $1 RETURNING next_seq, queued_bytes",
         )
         .bind(&device.0)
-        .bind(item.payload.len() as i64)
+        .bind(size)
         .fetch_one(&mut *conn)
         .await
         .map_err(backend)?;
@@ -83,31 +89,31 @@ async fn enqueue_many(
         }
         seqs.push(seq);
     }
+    let payload_id: i64 =
+        sqlx::query_scalar("INSERT INTO queue_payloads (data) VALUES ($1) RETURNING payload_id")
+            .bind(item.payload)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(backend)?;
+    const COLUMNS: usize = 10;
     const ROWS_PER_INSERT: usize = 200;
     for (chunk, chunk_seqs) in devices
         .chunks(ROWS_PER_INSERT)
         .zip(seqs.chunks(ROWS_PER_INSERT))
     {
         let mut sql = String::from(
-            "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at, blob_id) VALUES ",
+            "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at, blob_id) VALUES ",
         );
         for i in 0..chunk.len() {
-            let b = i * 9;
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9
-            ));
+            let placeholders: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("${}", i * COLUMNS + c))
+                .collect();
+            sql.push('(');
+            sql.push_str(&placeholders.join(", "));
+            sql.push(')');
         }
         // Built only from this function's own text and placeholder numbers.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -119,13 +125,46 @@ async fn enqueue_many(
                 .bind(&item.group.0)
                 .bind(&item.sender.0)
                 .bind(item.epoch as i64)
-                .bind(item.payload)
+                .bind(payload_id)
+                .bind(size)
                 .bind(item.now)
                 .bind(item.blob);
         }
         query.execute(&mut *conn).await.map_err(backend)?;
     }
     Ok(None)
+}
+
+/// Deletes the payloads among `payload_ids` that no queue item refers to any
+/// more, once this transaction has deleted its own queue rows.
+///
+/// On PostgreSQL two devices acknowledging the last two copies at once would
+/// each still see the other's uncommitted row and both keep the payload for
+/// good; so each first locks the payload row (in id order: no deadlock), and
+/// the second one's check, a new statement after the first committed, sees
+/// that no copy is left. SQLite has one writer at a time anyway.
+async fn collect_payloads(conn: &mut AnyConnection, payload_ids: &mut Vec<i64>) -> Result<()> {
+    payload_ids.sort_unstable();
+    payload_ids.dedup();
+    let postgres = conn.backend_name() == "PostgreSQL";
+    for id in payload_ids.iter() {
+        if postgres {
+            sqlx::query("SELECT payload_id FROM queue_payloads WHERE payload_id = $1 FOR UPDATE")
+                .bind(*id)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend)?;
+        }
+        sqlx::query(
+            "DELETE FROM queue_payloads WHERE payload_id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = $1)",
+        )
+        .bind(*id)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// Deletes a blob (and frees its owner's quota) if it was sent and no
@@ -253,7 +292,7 @@ impl SqlStore {
         &self,
         tx: &mut AnyConnection,
         s: &CommitSubmission,
-    ) -> std::result::Result<u64, GroupError> {
+    ) -> std::result::Result<Accepted, GroupError> {
         let recipients = match group_epoch(tx, &s.group_id).await? {
             None => {
                 if s.base_epoch != 0 {
@@ -298,6 +337,7 @@ impl SqlStore {
             }
         };
         let new_epoch = s.base_epoch + 1;
+        let mut queued_for = Vec::with_capacity(recipients.len() + s.added.len());
         if let Some(state) = &s.public_state {
             sqlx::query("UPDATE mls_groups SET public_state = $1 WHERE group_id = $2")
                 .bind(state.as_slice())
@@ -352,6 +392,7 @@ impl SqlStore {
                 now: s.now,
             };
             enqueue_many(tx, &recipients, &item, u64::MAX).await?;
+            queued_for.extend(recipients.iter().cloned());
         }
         if let Some(welcome) = &s.welcome {
             let item = Enqueue {
@@ -366,15 +407,19 @@ impl SqlStore {
             if let Some(device) = enqueue_many(tx, &s.added, &item, s.max_queued_bytes).await? {
                 return Err(GroupRejection::QueueFull { device }.into());
             }
+            queued_for.extend(s.added.iter().cloned());
         }
-        Ok(new_epoch)
+        Ok(Accepted {
+            epoch: new_epoch,
+            queued_for,
+        })
     }
 
     async fn message_inner(
         &self,
         tx: &mut AnyConnection,
         m: &Message<'_>,
-    ) -> std::result::Result<u32, GroupError> {
+    ) -> std::result::Result<Vec<DeviceId>, GroupError> {
         let current = group_epoch(tx, m.group_id)
             .await?
             .ok_or(GroupRejection::UnknownGroup)?;
@@ -412,7 +457,7 @@ impl SqlStore {
         if let Some(device) = enqueue_many(tx, &recipients, &item, m.max_queued_bytes).await? {
             return Err(GroupRejection::QueueFull { device }.into());
         }
-        Ok(recipients.len() as u32)
+        Ok(recipients)
     }
 }
 
@@ -1346,14 +1391,20 @@ impl Store for SqlStore {
         Ok(Claim::Claimed(claimed))
     }
 
-    async fn submit_commit(&self, s: CommitSubmission) -> std::result::Result<u64, GroupError> {
+    async fn submit_commit(
+        &self,
+        s: CommitSubmission,
+    ) -> std::result::Result<Accepted, GroupError> {
         let mut tx = self.begin().await?;
-        let epoch = self.commit_inner(&mut tx, &s).await?;
+        let accepted = self.commit_inner(&mut tx, &s).await?;
         tx.commit().await.map_err(backend)?;
-        Ok(epoch)
+        Ok(accepted)
     }
 
-    async fn submit_message(&self, message: &Message<'_>) -> std::result::Result<u32, GroupError> {
+    async fn submit_message(
+        &self,
+        message: &Message<'_>,
+    ) -> std::result::Result<Vec<DeviceId>, GroupError> {
         let mut tx = self.begin().await?;
         let n = self.message_inner(&mut tx, message).await?;
         tx.commit().await.map_err(backend)?;
@@ -1401,7 +1452,7 @@ impl Store for SqlStore {
     ) -> Result<Vec<QueueItem>> {
         // Sizes first, payloads only for the items that fit.
         let sizes: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT seq, length(payload) FROM queue WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, size FROM queue WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(&device_id.0)
         .bind(after as i64)
@@ -1422,8 +1473,9 @@ impl Store for SqlStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT seq, kind, group_id, sender_device, epoch, payload, received_at FROM queue \
-             WHERE device_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+            "SELECT q.seq, q.kind, q.group_id, q.sender_device, q.epoch, p.data, q.received_at \
+             FROM queue q JOIN queue_payloads p ON p.payload_id = q.payload_id \
+             WHERE q.device_id = $1 AND q.seq > $2 AND q.seq <= $3 ORDER BY q.seq",
         )
         .bind(&device_id.0)
         .bind(after as i64)
@@ -1442,7 +1494,7 @@ impl Store for SqlStore {
                     group_id: GroupId(row.try_get("group_id").map_err(backend)?),
                     sender_device: DeviceId(row.try_get("sender_device").map_err(backend)?),
                     epoch: epoch as u64,
-                    payload: row.try_get("payload").map_err(backend)?,
+                    payload: row.try_get("data").map_err(backend)?,
                     received_at: row.try_get("received_at").map_err(backend)?,
                 })
             })
@@ -1451,15 +1503,15 @@ impl Store for SqlStore {
 
     async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64> {
         let mut tx = self.begin().await?;
-        let gone: Vec<(i64, Option<String>)> = sqlx::query_as(
-            "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING length(payload), blob_id",
+        let gone: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+            "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING size, payload_id, blob_id",
         )
         .bind(&device_id.0)
         .bind(up_to as i64)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        let freed: i64 = gone.iter().map(|(n, _)| *n).sum();
+        let freed: i64 = gone.iter().map(|(n, _, _)| *n).sum();
         sqlx::query(
             "UPDATE devices SET queued_bytes = CASE WHEN queued_bytes > $2 THEN queued_bytes - $2 ELSE 0 END WHERE device_id = $1",
         )
@@ -1469,7 +1521,9 @@ impl Store for SqlStore {
         .await
         .map_err(backend)?;
         // A blob goes once the last queue item that refers to it is acknowledged.
-        let mut blobs: Vec<&str> = gone.iter().filter_map(|(_, b)| b.as_deref()).collect();
+        let mut payloads: Vec<i64> = gone.iter().map(|(_, p, _)| *p).collect();
+        collect_payloads(&mut tx, &mut payloads).await?;
+        let mut blobs: Vec<&str> = gone.iter().filter_map(|(_, _, b)| b.as_deref()).collect();
         blobs.sort();
         blobs.dedup();
         for blob in blobs {
@@ -1845,10 +1899,16 @@ async fn revoke_in(
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+    let mut payloads: Vec<i64> =
+        sqlx::query_scalar("DELETE FROM queue WHERE device_id = $1 RETURNING payload_id")
+            .bind(&device.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+    collect_payloads(tx, &mut payloads).await?;
     for sql in [
         "DELETE FROM auth_tokens WHERE device_id = $1",
         "DELETE FROM key_packages WHERE device_id = $1",
-        "DELETE FROM queue WHERE device_id = $1",
         "UPDATE devices SET queued_bytes = 0 WHERE device_id = $1",
     ] {
         sqlx::query(sql)

@@ -141,12 +141,20 @@ pub async fn run(store: &dyn Store) {
     // Key packages: each ordinary one once, then the last resort, repeatedly.
     let b1_id = DeviceId("b1".into());
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
-    let first = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
+    let first = store
+        .claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[])
+        .await
+        .unwrap()
+        .claimed();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].key_package, b"b1-kp-0");
     assert!(!first[0].last_resort);
     for _ in 0..2 {
-        let again = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
+        let again = store
+            .claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[])
+            .await
+            .unwrap()
+            .claimed();
         assert_eq!(again[0].key_package, b"b1-last-resort");
         assert!(again[0].last_resort);
     }
@@ -157,7 +165,11 @@ pub async fn run(store: &dyn Store) {
         .unwrap();
     // The ordinary package first, then the last-resort one.
     for expected in [&b"b1-kp-new"[..], b"b1-lr-2"] {
-        let claimed = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
+        let claimed = store
+            .claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[])
+            .await
+            .unwrap()
+            .claimed();
         assert_eq!(claimed[0].key_package, expected);
     }
     // A refreshed pool replaces the ordinary packages still waiting.
@@ -172,7 +184,11 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(store.count_key_packages(&b1_id).await.unwrap(), 1);
     // The ordinary package first, then the last-resort one.
     for expected in [&b"fresh-1"[..], b"b1-lr-3"] {
-        let claimed = store.claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[]).await.unwrap().claimed();
+        let claimed = store
+            .claim_key_packages(std::slice::from_ref(&bob), &a1_id, &[])
+            .await
+            .unwrap()
+            .claimed();
         assert_eq!(claimed[0].key_package, expected);
     }
     // The claimer's own device is never handed out to itself.
@@ -226,7 +242,13 @@ pub async fn run(store: &dyn Store) {
         now,
     };
     assert_eq!(store.group_public_state(&g).await.unwrap(), None);
-    assert_eq!(store.submit_commit(create).await.unwrap(), 1);
+    let created = store.submit_commit(create).await.unwrap();
+    assert_eq!(created.epoch, 1);
+    assert_eq!(
+        created.queued_for,
+        vec![b1_id.clone()],
+        "the Welcome's device is the one to wake"
+    );
     assert_eq!(
         store.group_public_state(&g).await.unwrap(),
         Some((1, Some(b"public-state-1".to_vec()))),
@@ -262,7 +284,7 @@ pub async fn run(store: &dyn Store) {
             })
             .await
             .unwrap(),
-        1
+        vec![b1_id.clone()]
     );
     assert_eq!(
         store
@@ -277,7 +299,7 @@ pub async fn run(store: &dyn Store) {
             })
             .await
             .unwrap(),
-        1
+        vec![a1_id.clone()]
     );
     let outsider = store
         .submit_message(&Message {
@@ -311,7 +333,8 @@ pub async fn run(store: &dyn Store) {
         store
             .submit_commit(commit(1, &b1_id, b"c-b"))
             .await
-            .unwrap(),
+            .unwrap()
+            .epoch,
         2
     );
     let lost = store.submit_commit(commit(1, &a1_id, b"c-a")).await;
@@ -412,7 +435,7 @@ pub async fn run(store: &dyn Store) {
     // Removing a member: it still receives the commit, then nothing more.
     let mut remove = commit(2, &a1_id, b"c-remove");
     remove.removed = vec![b1_id.clone()];
-    assert_eq!(store.submit_commit(remove).await.unwrap(), 3);
+    assert_eq!(store.submit_commit(remove).await.unwrap().epoch, 3);
     assert_eq!(
         store
             .submit_message(&Message {
@@ -426,7 +449,7 @@ pub async fn run(store: &dyn Store) {
             })
             .await
             .unwrap(),
-        0
+        Vec::<DeviceId>::new()
     );
     let last = store
         .fetch_queue(&b1_id, q[1].seq, 100, u64::MAX)
@@ -673,10 +696,14 @@ pub async fn run(store: &dyn Store) {
     );
     // Claims can be restricted to named devices.
     let only = store
-        .claim_key_packages(std::slice::from_ref(&alice), &b1_id, std::slice::from_ref(&a2_id))
+        .claim_key_packages(
+            std::slice::from_ref(&alice),
+            &b1_id,
+            std::slice::from_ref(&a2_id),
+        )
         .await
         .unwrap()
-            .claimed();
+        .claimed();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].device.device_id, a2_id);
     // Revocation by a new list: the device is out and its tokens are dead.
@@ -1045,7 +1072,7 @@ async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
         })
         .await
         .unwrap();
-    assert_eq!(delivered, 250);
+    assert_eq!(delivered.len(), 250);
     for post in [&posts[0], &posts[199], &posts[200], &posts[249]] {
         let items = store.fetch_queue(post, 0, 10, u64::MAX).await.unwrap();
         let got: Vec<(u64, &[u8])> = items
@@ -1057,5 +1084,42 @@ async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
             vec![(1, &b"welcome-to-all"[..]), (2, &b"circular"[..])],
             "{post:?}"
         );
+    }
+    // The Welcome and the circular are each stored once for all 250: one
+    // device acknowledging or being revoked takes nothing from the others.
+    assert_eq!(store.ack_queue(&posts[0], 2).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .fetch_queue(&posts[0], 0, 10, u64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert!(
+        store
+            .revoke_device(&posts[1], "test", None, now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.ack_queue(&posts[2], 1).await.unwrap(), 1);
+    for post in &posts[2..] {
+        let items = store.fetch_queue(post, 0, 10, u64::MAX).await.unwrap();
+        let got: Vec<&[u8]> = items.iter().map(|i| i.payload.as_slice()).collect();
+        if post == &posts[2] {
+            assert_eq!(got, vec![&b"circular"[..]], "{post:?}");
+        } else {
+            assert_eq!(
+                got,
+                vec![&b"welcome-to-all"[..], &b"circular"[..]],
+                "{post:?}"
+            );
+        }
+    }
+    for post in &posts[2..] {
+        store.ack_queue(post, 2).await.unwrap();
+    }
+    for post in &posts {
+        assert!(!store.queue_pending(post, 0).await.unwrap());
     }
 }

@@ -225,6 +225,14 @@ pub enum GroupError {
     Store(#[from] StoreError),
 }
 
+/// A commit the delivery service accepted: the conversation's epoch after it,
+/// and the devices whose queues it reached (the ones to wake).
+#[derive(Debug)]
+pub struct Accepted {
+    pub epoch: u64,
+    pub queued_for: Vec<DeviceId>,
+}
+
 /// An application message handed to the delivery service.
 pub struct Message<'a> {
     pub group_id: &'a GroupId,
@@ -428,11 +436,15 @@ pub trait Store: Send + Sync + 'static {
     async fn submit_commit(
         &self,
         submission: CommitSubmission,
-    ) -> std::result::Result<u64, GroupError>;
-    /// Queues an application message for every member but the sender. The
-    /// message is refused whole when any recipient's queue would hold more
-    /// than `max_queued_bytes` (nothing is ever dropped for some members).
-    async fn submit_message(&self, message: &Message<'_>) -> std::result::Result<u32, GroupError>;
+    ) -> std::result::Result<Accepted, GroupError>;
+    /// Queues an application message for every member but the sender and
+    /// returns them. The payload is stored once for all of them. The message
+    /// is refused whole when any recipient's queue would hold more than
+    /// `max_queued_bytes` (nothing is ever dropped for some members).
+    async fn submit_message(
+        &self,
+        message: &Message<'_>,
+    ) -> std::result::Result<Vec<DeviceId>, GroupError>;
     /// A group's current epoch and its public MLS state, if the server keeps
     /// one for it (None: no such group).
     async fn group_public_state(

@@ -161,7 +161,12 @@ enum Command {
         #[arg(long, default_value_t = 3, requires = "workload")]
         runs: usize,
         /// With --workload: `new` (every mail a new conversation), `replies`, or both.
-        #[arg(long, value_delimiter = ',', default_value = "new,replies", requires = "workload")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "new,replies",
+            requires = "workload"
+        )]
         variants: Vec<String>,
         /// With --workload: Pouch alone, without starting Postfix + Dovecot.
         #[arg(long, requires = "workload")]

@@ -122,7 +122,14 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                 }
             }
             for system in systems {
-                let tag = format!("r{run}{}", if variant == Variant::Replies { "r" } else { "n" });
+                let tag = format!(
+                    "r{run}{}",
+                    if variant == Variant::Replies {
+                        "r"
+                    } else {
+                        "n"
+                    }
+                );
                 let outcome = if system == "Pouch" {
                     pouch_run(&args, variant, &tag, &body)
                 } else {
@@ -424,7 +431,14 @@ fn drive(
         let submitted = submitted.clone();
         std::thread::spawn(move || collect(&accounts, &batch, &submitted, t0))
     };
-    let submit = submit_all(accounts, domain, &batch, parents.as_deref(), body, &submitted);
+    let submit = submit_all(
+        accounts,
+        domain,
+        &batch,
+        parents.as_deref(),
+        body,
+        &submitted,
+    );
     let submit_s = t0.elapsed().as_secs_f64();
     submit?;
     let (delivered_s, latencies) = collector
@@ -598,10 +612,8 @@ fn smtp_send(account: &Account, to: &[&str], text: &str) -> Result<()> {
     w.write_all(b"EHLO workload.local\r\n")?;
     expect(&mut r, "250")?;
     if account.auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!(
-            "\0{}\0{}",
-            account.login, account.password
-        ));
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{}\0{}", account.login, account.password));
         w.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
         expect(&mut r, "235")?;
     }
@@ -710,7 +722,8 @@ impl ImapClient {
     /// Mail that arrived since the last call, whole.
     fn fetch_new(&mut self) -> Result<Vec<Vec<u8>>> {
         self.command("NOOP")?;
-        let responses = self.command(&format!("UID FETCH {}:* (UID BODY.PEEK[])", self.next_uid))?;
+        let responses =
+            self.command(&format!("UID FETCH {}:* (UID BODY.PEEK[])", self.next_uid))?;
         let mut mails = Vec::new();
         for (text, mut literals) in responses {
             if !text.contains(" FETCH ") {

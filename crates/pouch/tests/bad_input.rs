@@ -151,16 +151,17 @@ fn tampered_ciphertext_is_rejected_and_the_rest_of_the_sync_goes_on() {
     // An intruder with the server's database flips one byte of the first message.
     let db = rusqlite::Connection::open(server.data_dir.join("pouch.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    let (device, seq, mut payload): (String, i64, Vec<u8>) = db
-        .query_row("SELECT device_id, seq, payload FROM queue WHERE kind = 'application' ORDER BY seq LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    let (payload_id, mut payload): (i64, Vec<u8>) = db
+        .query_row("SELECT p.payload_id, p.data FROM queue q JOIN queue_payloads p ON p.payload_id = q.payload_id \
+                    WHERE q.kind = 'application' ORDER BY q.seq LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
     let at = payload.len() - 20;
     payload[at] ^= 0x40;
     db.execute(
-        "UPDATE queue SET payload = ?1 WHERE device_id = ?2 AND seq = ?3",
-        rusqlite::params![payload, device, seq],
+        "UPDATE queue_payloads SET data = ?1 WHERE payload_id = ?2",
+        rusqlite::params![payload, payload_id],
     )
     .unwrap();
     drop(db);

@@ -880,7 +880,12 @@ else:
     assert_eq!(
         python(
             look,
-            &[&bridge.imap_port.to_string(), &bridge.password, "pushed", "3"]
+            &[
+                &bridge.imap_port.to_string(),
+                &bridge.password,
+                "pushed",
+                "3"
+            ]
         )
         .trim(),
         "missing"
@@ -897,7 +902,12 @@ else:
     assert_eq!(
         python(
             look,
-            &[&bridge.imap_port.to_string(), &bridge.password, "pushed", "90"]
+            &[
+                &bridge.imap_port.to_string(),
+                &bridge.password,
+                "pushed",
+                "90"
+            ]
         )
         .trim(),
         "found"

@@ -473,9 +473,9 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
         "only Alice's remaining device"
     );
     let db = server.db();
-    let (payload, group, epoch): (Vec<u8>, String, i64) = db
-        .query_row("SELECT payload, group_id, epoch FROM queue WHERE kind = 'application' ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    let (payload_id, size, group, epoch): (i64, i64, String, i64) = db
+        .query_row("SELECT payload_id, size, group_id, epoch FROM queue WHERE kind = 'application' ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .unwrap();
     // Even a server that helps the stolen copy — re-activating the device and
@@ -486,9 +486,9 @@ fn a_revoked_device_reads_nothing_sent_afterwards() {
     )
     .unwrap();
     db.execute(
-        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
-         VALUES (?1, 1000, 'application', ?2, 'x', ?3, ?4, 0)",
-        rusqlite::params![alice2_id, group, epoch, payload],
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at) \
+         VALUES (?1, 1000, 'application', ?2, 'x', ?3, ?4, ?5, 0)",
+        rusqlite::params![alice2_id, group, epoch, payload_id, size],
     )
     .unwrap();
     drop(db);

@@ -241,11 +241,30 @@ fn inject(
         )
         .unwrap();
     db.execute(
-        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-        rusqlite::params![device.0, seq, kind, group.0, sender.0, epoch as i64, payload],
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+        rusqlite::params![
+            device.0,
+            seq,
+            kind,
+            group.0,
+            sender.0,
+            epoch as i64,
+            store_payload(&db, payload),
+            payload.len() as i64
+        ],
     )
     .unwrap();
+}
+
+/// Stores a queue payload as the server would; returns its id.
+fn store_payload(db: &rusqlite::Connection, payload: &[u8]) -> i64 {
+    db.query_row(
+        "INSERT INTO queue_payloads (data) VALUES (?1) RETURNING payload_id",
+        [payload],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -613,9 +632,9 @@ fn a_junk_welcome_is_refused_and_reported() {
         )
         .unwrap();
     db.execute(
-        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload, received_at) \
-         VALUES (?1, ?2, 'welcome', 'deadbeef', ?3, 1, ?4, 0)",
-        rusqlite::params![device, next + 1, alice_device, vec![7u8; 300]],
+        "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at) \
+         VALUES (?1, ?2, 'welcome', 'deadbeef', ?3, 1, ?4, 300, 0)",
+        rusqlite::params![device, next + 1, alice_device, store_payload(&db, &[7u8; 300])],
     )
     .unwrap();
     db.execute(
