@@ -262,6 +262,99 @@ impl Device {
         let watermark = self.directory_watermark()?;
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
+        self.verify_served_list(address, &history, None, &watermark)
+    }
+
+    /// The verified device lists of `addresses`: cached ones as they are,
+    /// the others fetched and verified together ([`Device::fresh_trusted_lists`]).
+    /// Fails with the first address (in order) that cannot be trusted.
+    pub(crate) fn trusted_lists(
+        &mut self,
+        addresses: &[Address],
+    ) -> Result<std::collections::BTreeMap<Address, DeviceListBody>> {
+        let mut lists = std::collections::BTreeMap::new();
+        let mut missing = Vec::new();
+        for a in addresses {
+            match self.cached_list(a)? {
+                Some(body) => {
+                    lists.insert(a.clone(), body);
+                }
+                None => missing.push(a.clone()),
+            }
+        }
+        for (a, found) in self.fresh_trusted_lists(&missing)? {
+            lists.insert(a, found?);
+        }
+        Ok(lists)
+    }
+
+    /// Like [`Device::fresh_trusted_list`] for many addresses, in one request
+    /// per 1,001 (`POST /v1/directory/lists`: every list with the inclusion
+    /// proof of its newest version, against one checkpoint), each checked
+    /// exactly as one fetched alone (a newest version served without its
+    /// proof is asked for one by one, and refused if the log lacks it; an
+    /// address the answer leaves out is fetched alone). Results in the order
+    /// asked.
+    pub(crate) fn fresh_trusted_lists(
+        &mut self,
+        addresses: &[Address],
+    ) -> Result<Vec<(Address, Result<DeviceListBody>)>> {
+        let mut results = Vec::with_capacity(addresses.len());
+        for chunk in addresses.chunks(pouch_proto::MAX_RECIPIENTS + 1) {
+            let watermark = self.directory_watermark()?;
+            let resp: api::DirectoryResponse = self.api.post(
+                "/v1/directory/lists",
+                &api::DirectoryRequest {
+                    addresses: chunk.to_vec(),
+                },
+            )?;
+            let mut served: std::collections::BTreeMap<Address, api::DirectoryEntry> = resp
+                .entries
+                .into_iter()
+                .map(|e| (e.address.clone(), e))
+                .collect();
+            for address in chunk {
+                let found = match served.remove(address) {
+                    Some(entry) => {
+                        let history = api::DeviceListHistory {
+                            address: entry.address,
+                            lists: entry.lists,
+                        };
+                        let newest = entry.newest.map(|p| p.with_checkpoint(&resp.checkpoint));
+                        self.verify_served_list(address, &history, newest, &watermark)
+                    }
+                    _ if resp.unknown.contains(address) => Err(ClientError::Server {
+                        status: 404,
+                        code: api::ErrorCode::UnknownRecipient,
+                        message: format!(
+                            "{address} is not a Pouch user on this server; check the address"
+                        ),
+                    }),
+                    _ => self.fresh_trusted_list(address),
+                };
+                results.push((address.clone(), found));
+            }
+        }
+        Ok(results)
+    }
+
+    /// Checks a device-list history the server served for `address` (and,
+    /// when it came with it, the inclusion proof of its newest version),
+    /// pins or checks the account key, records the devices it names, and
+    /// caches the list if the scan has not moved since `watermark`.
+    fn verify_served_list(
+        &mut self,
+        address: &Address,
+        history: &api::DeviceListHistory,
+        mut newest_inclusion: Option<api::LogInclusion>,
+        watermark: &Option<String>,
+    ) -> Result<DeviceListBody> {
+        if &history.address != address {
+            return Err(ClientError::Security(format!(
+                "the server answered a question about {address} with the device list of {}",
+                history.address
+            )));
+        }
         let mut body = verify_history(address, &history.lists)?;
         // The newest signed version as it is: what a receiver checks a
         // speaker against (the witness rule below narrows only whom this
@@ -275,7 +368,8 @@ impl Device {
         let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         let mut cacheable = None;
         if let Some(latest) = history.lists.last() {
-            let included = self.check_included(address, body.version, latest)?;
+            let included =
+                self.check_included_with(address, body.version, latest, newest_inclusion.take())?;
             let witnessed = included.witnessed;
             if witnessed || address == &self.address {
                 cacheable = Some(included.index);
@@ -381,7 +475,7 @@ impl Device {
             // Cached only once this device holds the account key (a newly
             // linked device keeps asking until then).
             if let (Some(index), true) = (cacheable, self.local.account_key()?.is_some()) {
-                self.cache_list(address, index, &body, &watermark)?;
+                self.cache_list(address, index, &body, watermark)?;
             }
             return Ok(body);
         }
@@ -425,7 +519,7 @@ impl Device {
             &newest,
         )?;
         if let Some(index) = cacheable {
-            self.cache_list(address, index, &body, &watermark)?;
+            self.cache_list(address, index, &body, watermark)?;
         }
         Ok(body)
     }

@@ -814,10 +814,7 @@ impl Device {
         addresses: &[Address],
         only: &[DeviceId],
     ) -> Result<(Vec<pouch_mls::KeyPackage>, Vec<DeviceId>)> {
-        let mut lists = std::collections::BTreeMap::new();
-        for a in addresses {
-            lists.insert(a.clone(), self.trusted_list(a)?);
-        }
+        let lists = self.trusted_lists(addresses)?;
         let resp: api::ClaimResponse = self.api.post(
             "/v1/key-packages/claim",
             &api::ClaimRequest {
@@ -993,10 +990,7 @@ impl Device {
             .collect();
         addresses.sort();
         addresses.dedup();
-        let mut lists = std::collections::BTreeMap::new();
-        for a in &addresses {
-            lists.insert(a.clone(), self.trusted_list(a)?);
-        }
+        let lists = self.trusted_lists(&addresses)?;
         let own_key = self.signer.to_public_vec();
         let stale: Vec<Vec<u8>> = members
             .iter()
@@ -1308,8 +1302,7 @@ impl Device {
             );
             match first {
                 Ok(Step::NeedLists(addresses)) => {
-                    for a in addresses {
-                        let found = self.list_outcome(&a)?;
+                    for (a, found) in self.list_outcomes(&addresses)? {
                         fetched.insert(a, found);
                     }
                 }
@@ -1425,20 +1418,15 @@ impl Device {
     /// Fetches and verifies `address`'s device list for the receiving checks.
     /// Network failures stop the sync (the item is retried); anything else is
     /// an answer about the list.
-    fn list_outcome(&mut self, address: &Address) -> Result<receipt::ListOutcome> {
+    fn list_outcomes(
+        &mut self,
+        addresses: &[Address],
+    ) -> Result<Vec<(Address, receipt::ListOutcome)>> {
         // Asked only when a speaker is not yet known: the cache could predate it.
-        match self.fresh_trusted_list(address) {
-            Ok(_) => Ok(receipt::ListOutcome::Verified),
-            Err(ClientError::AccountKeyChanged(_)) => Ok(receipt::ListOutcome::KeyChanged),
-            Err(
-                e @ (ClientError::Unreachable(..)
-                | ClientError::Local(_)
-                | ClientError::Io(_)
-                | ClientError::Protocol(_)),
-            ) => Err(e),
-            Err(e @ ClientError::Server { status, .. }) if status >= 500 || status == 401 => Err(e),
-            Err(e) => Ok(receipt::ListOutcome::Untrusted(e.to_string())),
-        }
+        self.fresh_trusted_lists(addresses)?
+            .into_iter()
+            .map(|(a, found)| Ok((a, list_outcome(found)?)))
+            .collect()
     }
 
     /// The address that holds back an earlier item of this item's conversation.
@@ -1922,6 +1910,24 @@ fn advance_cursor(l: &LocalStore, seq: u64) -> Result<()> {
         l.set_meta("queue_cursor", &seq.to_string())?;
     }
     Ok(())
+}
+
+/// What a fetched device list means for a receiver: verified, a changed
+/// account key (held for the user), or untrusted (the item is rejected);
+/// `Err` when the question could not be answered now (retried next sync).
+fn list_outcome(found: Result<DeviceListBody>) -> Result<receipt::ListOutcome> {
+    match found {
+        Ok(_) => Ok(receipt::ListOutcome::Verified),
+        Err(ClientError::AccountKeyChanged(_)) => Ok(receipt::ListOutcome::KeyChanged),
+        Err(
+            e @ (ClientError::Unreachable(..)
+            | ClientError::Local(_)
+            | ClientError::Io(_)
+            | ClientError::Protocol(_)),
+        ) => Err(e),
+        Err(e @ ClientError::Server { status, .. }) if status >= 500 || status == 401 => Err(e),
+        Err(e) => Ok(receipt::ListOutcome::Untrusted(e.to_string())),
+    }
 }
 
 /// The last queue position this device has processed.

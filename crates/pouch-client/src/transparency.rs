@@ -226,9 +226,25 @@ impl Device {
         version: u64,
         list: &SignedDeviceList,
     ) -> Result<Included> {
-        let inc: api::LogInclusion = match self.api.get(&format!(
-            "/v1/log/inclusion?address={address}&version={version}"
-        )) {
+        self.check_included_with(address, version, list, None)
+    }
+
+    /// [`Device::check_included`] with the proof the server may already have
+    /// served beside the list (`served`); fetched when there is none.
+    pub(crate) fn check_included_with(
+        &mut self,
+        address: &Address,
+        version: u64,
+        list: &SignedDeviceList,
+        served: Option<api::LogInclusion>,
+    ) -> Result<Included> {
+        let fetched = match served {
+            Some(i) => Ok(i),
+            None => self.api.get(&format!(
+                "/v1/log/inclusion?address={address}&version={version}"
+            )),
+        };
+        let inc: api::LogInclusion = match fetched {
             Ok(i) => i,
             Err(ClientError::Server { status: 404, .. }) => {
                 return Err(security(format!(

@@ -407,6 +407,70 @@ pub struct DeviceListHistory {
     pub lists: Vec<SignedDeviceList>,
 }
 
+/// `POST /v1/directory/lists` (signed-in devices): the device lists of many
+/// accounts at once, each with the inclusion proof of its newest version,
+/// all against one checkpoint — what a sender needs for a new conversation
+/// and a receiver for a Welcome into one, in one round trip instead of two
+/// per member. At most `MAX_RECIPIENTS + 1` addresses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectoryRequest {
+    pub addresses: Vec<Address>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectoryResponse {
+    /// The signed checkpoint every proof below is for.
+    pub checkpoint: String,
+    pub entries: Vec<DirectoryEntry>,
+    /// Addresses with no account on this server.
+    #[serde(default)]
+    pub unknown: Vec<Address>,
+}
+
+/// One account's device lists, every version, oldest first, and the proof
+/// that the newest is in the log (None: not in the checkpoint yet).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub address: Address,
+    pub lists: Vec<SignedDeviceList>,
+    pub newest: Option<LeafProof>,
+}
+
+/// A leaf and its inclusion proof, for the checkpoint given beside it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeafProof {
+    pub index: u64,
+    #[serde(with = "b64")]
+    pub entry: Vec<u8>,
+    #[serde(with = "b64", default)]
+    pub full: Vec<u8>,
+    pub proof: Vec<String>,
+}
+
+impl LeafProof {
+    /// The inclusion this proof makes with the checkpoint it was given for.
+    pub fn with_checkpoint(self, checkpoint: &str) -> LogInclusion {
+        LogInclusion {
+            index: self.index,
+            entry: self.entry,
+            full: self.full,
+            checkpoint: checkpoint.to_string(),
+            proof: self.proof,
+        }
+    }
+}
+
+impl From<LogInclusion> for LeafProof {
+    fn from(i: LogInclusion) -> Self {
+        LeafProof {
+            index: i.index,
+            entry: i.entry,
+            full: i.full,
+            proof: i.proof,
+        }
+    }
+}
+
 /// `POST /v1/device-lists`: publish the next version, signed by the account key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PublishDeviceList {

@@ -36,6 +36,12 @@ pub fn routes() -> Routes {
             get(device_lists),
         )
         .route(
+            "/v1/directory/lists",
+            &[(Method::POST, Access::Device)],
+            // 1,001 addresses of at most 254 bytes fit in 1 MiB.
+            post(directory_lists).layer(DefaultBodyLimit::max(crate::api::SMALL_LIMIT)),
+        )
+        .route(
             "/v1/device-lists",
             &[(Method::POST, Access::Device)],
             post(publish).layer(DefaultBodyLimit::max(256 << 10)),
@@ -223,6 +229,60 @@ async fn device_lists(
         })
         .collect();
     Ok(Json(DeviceListHistory { address, lists }))
+}
+
+/// Many accounts' device lists at once, each with the inclusion proof of its
+/// newest version against one checkpoint (see `DirectoryRequest`): for the
+/// signed-in devices of this server, like the lists one by one.
+async fn directory_lists(
+    State(s): St,
+    _: AuthDevice,
+    Json(req): Json<DirectoryRequest>,
+) -> Result<Json<DirectoryResponse>, ApiError> {
+    if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
+        return Err(ApiError::bad_request(format!(
+            "ask for at most {} device lists at once",
+            pouch_proto::MAX_RECIPIENTS + 1
+        )));
+    }
+    let mut addresses = req.addresses;
+    addresses.sort();
+    addresses.dedup();
+    let (size, note) = crate::log::current_checkpoint(&s).await?;
+    let mut entries = Vec::with_capacity(addresses.len());
+    let mut unknown = Vec::new();
+    for address in addresses {
+        if !s.store.user_exists(&address).await? {
+            unknown.push(address);
+            continue;
+        }
+        let lists: Vec<SignedDeviceList> = s
+            .store
+            .device_list_history(&address)
+            .await?
+            .into_iter()
+            .map(|l| SignedDeviceList {
+                body: l.body,
+                signature: l.signature,
+            })
+            .collect();
+        let newest = match lists.last().and_then(|l| l.body_unverified().ok()) {
+            Some(body) => crate::log::list_inclusion(&s, size, &note, &address, body.version)
+                .await?
+                .map(LeafProof::from),
+            None => None,
+        };
+        entries.push(DirectoryEntry {
+            address,
+            lists,
+            newest,
+        });
+    }
+    Ok(Json(DirectoryResponse {
+        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+        entries,
+        unknown,
+    }))
 }
 
 async fn caller(s: &AppState, d: &DeviceId) -> Result<pouch_store::Device, ApiError> {

@@ -257,7 +257,7 @@ pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ApiError> {
     cosign(s).await
 }
 
-async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ApiError> {
+pub(crate) async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ApiError> {
     refresh_checkpoint(s).await?;
     s.store
         .checkpoint()
@@ -319,21 +319,36 @@ async fn inclusion(
 ) -> Result<Json<LogInclusion>, ApiError> {
     let address = Address::parse(&q.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (size, note) = current_checkpoint(&s).await?;
-    let found = s
-        .store
-        .log_entries_of(&address)
+    list_inclusion(&s, size, &note, &address, q.version)
         .await?
-        .into_iter()
-        .find(|e| e.index < size && list_version(&e.leaf) == Some(q.version))
+        .map(Json)
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "version {} of {address}'s device list is not in the log",
                 q.version
             ))
-        })?;
-    Ok(Json(
-        prove(&s, size, &note, found.index, found.leaf, found.entry).await?,
-    ))
+        })
+}
+
+/// The inclusion proof of version `version` of `address`'s device list in
+/// the tree of `size` (checkpoint `note`); None if no leaf below `size` has it.
+pub(crate) async fn list_inclusion(
+    s: &AppState,
+    size: u64,
+    note: &[u8],
+    address: &Address,
+    version: u64,
+) -> Result<Option<LogInclusion>, ApiError> {
+    let found = s
+        .store
+        .log_entries_of(address)
+        .await?
+        .into_iter()
+        .find(|e| e.index < size && list_version(&e.leaf) == Some(version));
+    Ok(match found {
+        Some(f) => Some(prove(s, size, note, f.index, f.leaf, f.entry).await?),
+        None => None,
+    })
 }
 
 /// The device-list version a leaf records (`None` for other kinds of entry).

@@ -340,4 +340,20 @@ pub mod testing {
         };
         Ok((url, drop))
     }
+
+    /// What the queues hold in the database at `url` (either backend), read
+    /// beside the running server: (queue rows, stored payloads, their bytes).
+    pub async fn queue_storage(url: &str) -> Result<(i64, i64, i64), sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(url).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM queue")
+            .fetch_one(&mut conn)
+            .await?;
+        let (payloads, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), CAST(COALESCE(sum(length(data)), 0) AS BIGINT) FROM queue_payloads",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        Ok((rows, payloads, bytes))
+    }
 }

@@ -752,3 +752,173 @@ pub fn bridge(mails: usize, size: usize) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
+
+/// A circular: one mail to `n` recipients (up to 1,000), each with a device
+/// of its own, first as a new conversation (a commit adding `n` devices and
+/// one Welcome for all), then as a reply in it. Reports the time from
+/// submission until every recipient device has stored the mail, with the
+/// recipients fetching in parallel (one worker per core, as many devices of
+/// one ministry would at once), and how much the server's database grew.
+pub fn circular(postgres: Option<String>, n: usize, size: usize) -> Result<()> {
+    if n == 0 || n > pouch_proto::MAX_RECIPIENTS {
+        bail!(
+            "--circular takes 1 to {} recipients",
+            pouch_proto::MAX_RECIPIENTS
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!("pouch-circular-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pg = match &postgres {
+        Some(base) => Some(
+            rt.block_on(pouch_store_sql::testing::fresh_postgres_database(
+                base, "circular",
+            ))
+            .with_context(|| format!("cannot create a scratch database beside {base}"))?,
+        ),
+        None => None,
+    };
+    let backend = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+    let result = (|| {
+        let server_dir = scratch.join("server");
+        let server = start_server(&server_dir, pg.as_ref().map(|(u, _)| u.as_str()))?;
+        let database_url = match &pg {
+            Some((url, _)) => url.clone(),
+            None => format!("sqlite://{}?mode=ro", server_dir.join("pouch.db").display()),
+        };
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut sender = enroll(&server, &scratch.join("sender"), "sender@pouch.local")?;
+        let to: Vec<Address> = (0..n)
+            .map(|i| Address::parse(&format!("r{i}@pouch.local")).expect("a valid address"))
+            .collect();
+        let body: String = "Circular to all posts. "
+            .chars()
+            .cycle()
+            .take(size)
+            .collect();
+        const MAILS: [&str; 2] = ["new conversation", "reply"];
+        // A device stays on the thread that opened it (its store is not
+        // Send): each worker enrolls its share, then fetches with it after
+        // each mail. The barrier marks the phases: enrolled, then per mail
+        // sent and every device has it.
+        let phases = std::sync::Barrier::new(workers + 1);
+        let failed: std::sync::Mutex<Option<anyhow::Error>> = Default::default();
+        let fail = |e: anyhow::Error| {
+            failed.lock().expect("not poisoned").get_or_insert(e);
+        };
+        std::thread::scope(|s| -> Result<()> {
+            for w in 0..workers {
+                let (server, scratch, phases, fail) = (&server, &scratch, &phases, &fail);
+                s.spawn(move || {
+                    let mut devices = Vec::new();
+                    for i in (w..n).step_by(workers) {
+                        match enroll(
+                            server,
+                            &scratch.join(format!("r{i}")),
+                            &format!("r{i}@pouch.local"),
+                        ) {
+                            Ok(d) => devices.push(d),
+                            Err(e) => {
+                                fail(e);
+                                break;
+                            }
+                        }
+                    }
+                    phases.wait();
+                    for _ in MAILS {
+                        phases.wait();
+                        for d in &mut devices {
+                            let deadline = Instant::now() + std::time::Duration::from_secs(600);
+                            let got = loop {
+                                match d.sync_mail() {
+                                    Ok(r) if !r.new_messages.is_empty() => break Ok(()),
+                                    Ok(_) if Instant::now() > deadline => {
+                                        break Err(anyhow!(
+                                            "a recipient device did not get the circular within 10 minutes"
+                                        ));
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => break Err(e.into()),
+                                }
+                            };
+                            if let Err(e) = got {
+                                fail(e);
+                                break;
+                            }
+                        }
+                        phases.wait();
+                    }
+                });
+            }
+            let t = Instant::now();
+            phases.wait();
+            eprintln!(
+                "enrolled {n} recipient devices in {:.0} s ({backend}, {workers} workers)",
+                t.elapsed().as_secs_f64()
+            );
+            println!(
+                "backend: {backend}; ciphersuite 0x{:04x}; one mail of {size} bytes to {n} recipients, each with one device; {workers} fetching workers",
+                pouch_proto::DEFAULT_CIPHERSUITE
+            );
+            println!(
+                "| mail | sent (s) | until every device has it (s) | queue rows | payloads stored | payload bytes stored (MiB) |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|");
+            let mut reply_to = None;
+            for what in MAILS {
+                let t = Instant::now();
+                let sent = if failed.lock().expect("not poisoned").is_none() {
+                    sender
+                        .send(Compose {
+                            to: to.clone(),
+                            subject: format!("circular: {what}"),
+                            body: body.clone(),
+                            reply_to,
+                            ..Default::default()
+                        })
+                        .map_err(anyhow::Error::from)
+                } else {
+                    Err(anyhow!("a worker failed"))
+                };
+                let sent_s = t.elapsed().as_secs_f64();
+                // Before any device fetches (and acknowledges) it.
+                let stored = rt.block_on(pouch_store_sql::testing::queue_storage(&database_url));
+                match &sent {
+                    Ok(sent) if sent.recipient_devices as usize != n => fail(anyhow!(
+                        "the server queued the mail for {} devices, not {n}",
+                        sent.recipient_devices
+                    )),
+                    Ok(sent) => reply_to = Some(sent.id),
+                    Err(e) => fail(anyhow!("{e:#}")),
+                }
+                // The workers fetch (or, after a failure, only pass the phases).
+                phases.wait();
+                phases.wait();
+                let all_s = t.elapsed().as_secs_f64();
+                // Every phase is passed even after a failure, or the workers would wait.
+                if failed.lock().expect("not poisoned").is_some() {
+                    continue;
+                }
+                match stored {
+                    Ok((rows, payloads, bytes)) => println!(
+                        "| {what} | {sent_s:.2} | {all_s:.1} | {rows} | {payloads} | {:.2} |",
+                        bytes as f64 / (1024.0 * 1024.0)
+                    ),
+                    Err(e) => fail(anyhow!("cannot read the queue's storage: {e}")),
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        Ok(())
+    })();
+    if let Some((_, drop)) = pg {
+        rt.block_on(drop);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}

@@ -174,6 +174,10 @@ enum Command {
         /// With --workload: seconds between each bridge's syncs (the bridge's default).
         #[arg(long, default_value_t = 10, requires = "workload")]
         sync_secs: u64,
+        /// Send one circular to this many recipients (at most 1000) instead:
+        /// the time until every device has it, new conversation and reply.
+        #[arg(long, value_name = "RECIPIENTS")]
+        circular: Option<usize>,
     },
     /// Show one mail.
     Read {
@@ -736,6 +740,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 sync_secs,
                 compare: !no_compare,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            circular: Some(n),
+            postgres,
+            size,
+            ..
+        } => {
+            crate::bench::circular(postgres, n, size)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -611,3 +611,66 @@ fn hex_sha256(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// A sender starting a conversation, and each receiver joining it, verify
+/// every member's device list and its place in the log in one request
+/// (`POST /v1/directory/lists`), not two per member: the requests they make
+/// are the same for 2 recipients as for 8 (a circular to a thousand posts
+/// would otherwise be two thousand round trips per post).
+#[test]
+fn every_members_list_is_verified_in_one_request_whatever_their_number() {
+    let dir = Scratch::new("log-directory-batch");
+    let server = Server::start(&dir.path("server"), None);
+    let sender = user(&dir, &server, "sender");
+    let names: Vec<String> = (0..8).map(|i| format!("post{i}")).collect();
+    let posts: Vec<Client> = names.iter().map(|n| user(&dir, &server, n)).collect();
+    let mut device = pouch_client::Device::open(&sender.home, PASSPHRASE).unwrap();
+    let mut requests_to = |count: usize| {
+        let to = names[..count]
+            .iter()
+            .map(|n| pouch_proto::Address::parse(&format!("{n}@pouch.local")).unwrap())
+            .collect();
+        let before = device.requests_made();
+        let sent = device
+            .send(pouch_client::Compose {
+                to,
+                subject: format!("to {count}"),
+                body: "circular".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(sent.recipient_devices as usize, count);
+        device.requests_made() - before
+    };
+    // The first send signs in and pins the log; the measured ones do not.
+    requests_to(1);
+    // (At most one more: the directory's look at the log, every 2 s.)
+    let (two, eight) = (requests_to(2), requests_to(8));
+    assert!(
+        eight <= two + 1,
+        "a new conversation to 2 took {two} requests, to 8 {eight}: they grow with the recipients"
+    );
+    // Post 0 and post 1 are in the conversation of 2 and the one of 8.
+    // Each joins both in one sync; post 2 joins only the conversation of 8:
+    // the extra six strangers cost it nothing more than a stranger-free join.
+    let mut joins = Vec::new();
+    for post in &posts[..3] {
+        let mut d = pouch_client::Device::open(&post.home, PASSPHRASE).unwrap();
+        let report = d.sync_mail().unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        joins.push((report.joined_conversations, d.requests_made()));
+    }
+    assert_eq!(joins[0].0, 3, "post 0 is in all three conversations");
+    assert_eq!(joins[2].0, 1);
+    // Per joined conversation a post asks for the members' lists once, and
+    // the sign-in, queue and membership requests do not depend on members.
+    let (all_three, only_eight) = (joins[0].1, joins[2].1);
+    assert!(
+        all_three <= only_eight + 2 * 3,
+        "joining three conversations took {all_three} requests, one took {only_eight}"
+    );
+    assert!(
+        only_eight <= 12,
+        "joining a conversation of 9 members took {only_eight} requests"
+    );
+}
