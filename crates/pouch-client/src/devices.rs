@@ -313,24 +313,59 @@ impl Device {
                 .into_iter()
                 .map(|e| (e.address.clone(), e))
                 .collect();
+            // The lists that came with their proof are checked in one local
+            // transaction (a thousand members' keys and pins are thousands of
+            // small writes: one fsync, not one each); the rest, which may need
+            // a request of their own, after it.
+            let mut checked: std::collections::BTreeMap<Address, Result<DeviceListBody>> =
+                Default::default();
+            let outer = self.local.conn.is_autocommit();
+            if outer {
+                self.local.conn.execute_batch("BEGIN IMMEDIATE")?;
+            }
             for address in chunk {
-                let found = match served.remove(address) {
-                    Some(entry) => {
+                if let Some(entry) = served.remove(address) {
+                    let Some(proof) = entry.newest else {
+                        served.insert(
+                            address.clone(),
+                            api::DirectoryEntry {
+                                newest: None,
+                                ..entry
+                            },
+                        );
+                        continue;
+                    };
+                    let history = api::DeviceListHistory {
+                        address: entry.address,
+                        lists: entry.lists,
+                    };
+                    let newest = Some(proof.with_checkpoint(&resp.checkpoint));
+                    let found = self.verify_served_list(address, &history, newest, &watermark);
+                    checked.insert(address.clone(), found);
+                }
+            }
+            if outer && let Err(e) = self.local.conn.execute_batch("COMMIT") {
+                let _ = self.local.conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+            for address in chunk {
+                let found = match (checked.remove(address), served.remove(address)) {
+                    (Some(found), _) => found,
+                    (None, Some(entry)) => {
                         let history = api::DeviceListHistory {
                             address: entry.address,
                             lists: entry.lists,
                         };
-                        let newest = entry.newest.map(|p| p.with_checkpoint(&resp.checkpoint));
-                        self.verify_served_list(address, &history, newest, &watermark)
+                        self.verify_served_list(address, &history, None, &watermark)
                     }
-                    _ if resp.unknown.contains(address) => Err(ClientError::Server {
+                    (None, None) if resp.unknown.contains(address) => Err(ClientError::Server {
                         status: 404,
                         code: api::ErrorCode::UnknownRecipient,
                         message: format!(
                             "{address} is not a Pouch user on this server; check the address"
                         ),
                     }),
-                    _ => self.fresh_trusted_list(address),
+                    (None, None) => self.fresh_trusted_list(address),
                 };
                 results.push((address.clone(), found));
             }

@@ -252,6 +252,10 @@ async fn directory_lists(
     let mut entries = Vec::with_capacity(addresses.len());
     let mut unknown = Vec::new();
     for address in addresses {
+        if let Some(entry) = s.directory.get(size, &address) {
+            entries.push(entry);
+            continue;
+        }
         if !s.store.user_exists(&address).await? {
             unknown.push(address);
             continue;
@@ -272,11 +276,13 @@ async fn directory_lists(
                 .map(LeafProof::from),
             None => None,
         };
-        entries.push(DirectoryEntry {
+        let entry = DirectoryEntry {
             address,
             lists,
             newest,
-        });
+        };
+        s.directory.put(size, &entry);
+        entries.push(entry);
     }
     Ok(Json(DirectoryResponse {
         checkpoint: String::from_utf8_lossy(&note).into_owned(),
@@ -577,6 +583,46 @@ async fn create_link(
     )
     .await;
     Ok(Json(LinkCreated { code, expires_at }))
+}
+
+/// The directory's answers for the current checkpoint size: every receiver
+/// of a circular to a thousand posts asks about the same thousand accounts,
+/// and their lists and proofs are the same until the log grows (a new list
+/// version is a new log entry, so the size is the key). Bounded; emptied
+/// when the log grows. Only accounts with a list are kept.
+#[derive(Default)]
+pub struct DirectoryCache(
+    std::sync::Mutex<(u64, std::collections::HashMap<Address, DirectoryEntry>)>,
+);
+
+impl DirectoryCache {
+    /// Entries kept at most: a whole circular's members, several times over.
+    const MAX_ENTRIES: usize = 4096;
+
+    fn get(&self, size: u64, address: &Address) -> Option<DirectoryEntry> {
+        let cache = self.0.lock().expect("not poisoned");
+        (cache.0 == size)
+            .then(|| cache.1.get(address).cloned())
+            .flatten()
+    }
+
+    fn put(&self, size: u64, entry: &DirectoryEntry) {
+        // Only a complete answer: one without its proof is asked again.
+        if entry.lists.is_empty() || entry.newest.is_none() {
+            return;
+        }
+        let mut cache = self.0.lock().expect("not poisoned");
+        if cache.0 != size {
+            if size < cache.0 {
+                return; // an answer for a size the log has already passed
+            }
+            *cache = (size, Default::default());
+        }
+        if cache.1.len() >= Self::MAX_ENTRIES {
+            cache.1.clear();
+        }
+        cache.1.insert(entry.address.clone(), entry.clone());
+    }
 }
 
 /// Link requests for accounts that cannot be linked (no such account, or no
@@ -915,4 +961,52 @@ async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, A
         })
         .collect();
     Ok(Json(stale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(address: &str, proved: bool) -> DirectoryEntry {
+        DirectoryEntry {
+            address: Address::parse(address).unwrap(),
+            lists: vec![SignedDeviceList {
+                body: b"list".to_vec(),
+                signature: b"sig".to_vec(),
+            }],
+            newest: proved.then(|| LeafProof {
+                index: 3,
+                entry: b"leaf".to_vec(),
+                full: vec![],
+                proof: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn directory_answers_hold_for_one_log_size_only() {
+        let cache = DirectoryCache::default();
+        let ana = Address::parse("ana@mfa.test").unwrap();
+        cache.put(10, &entry("ana@mfa.test", true));
+        assert!(cache.get(10, &ana).is_some());
+        // The log grew (a list changed, or anything else): asked afresh.
+        assert!(cache.get(11, &ana).is_none());
+        cache.put(11, &entry("bo@mfa.test", true));
+        assert!(cache.get(10, &ana).is_none(), "a larger size empties it");
+        // A late answer for a size already passed is not kept.
+        cache.put(10, &entry("ana@mfa.test", true));
+        assert!(cache.get(11, &ana).is_none());
+        // Nor one without the proof of its newest version.
+        cache.put(11, &entry("ana@mfa.test", false));
+        assert!(cache.get(11, &ana).is_none());
+    }
+
+    #[test]
+    fn the_directory_cache_is_bounded() {
+        let cache = DirectoryCache::default();
+        for i in 0..DirectoryCache::MAX_ENTRIES + 10 {
+            cache.put(1, &entry(&format!("u{i}@mfa.test"), true));
+        }
+        assert!(cache.0.lock().unwrap().1.len() <= DirectoryCache::MAX_ENTRIES);
+    }
 }

@@ -108,6 +108,8 @@ pub struct AppState {
     pub link_decoys: devices::LinkDecoys,
     /// Devices waiting for mail, woken when some is queued for them.
     pub waiters: push::Waiters,
+    /// Directory answers at the current checkpoint (`POST /v1/directory/lists`).
+    pub directory: devices::DirectoryCache,
     admin_token_sha256: [u8; 32],
 }
 
@@ -293,6 +295,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         log: log::LogState::new(origin, key, commitment_index, config.witnesses.clone()),
         link_decoys: Default::default(),
         waiters: Default::default(),
+        directory: Default::default(),
         admin_token_sha256,
     });
     log::refresh_checkpoint(&state)
