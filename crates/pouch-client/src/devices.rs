@@ -299,78 +299,154 @@ impl Device {
         &mut self,
         addresses: &[Address],
     ) -> Result<Vec<(Address, Result<DeviceListBody>)>> {
+        let mut unique = addresses.to_vec();
+        unique.sort();
+        unique.dedup();
+        let mut found: std::collections::BTreeMap<Address, Result<DeviceListBody>> =
+            Default::default();
+        for chunk in unique.chunks(pouch_proto::MAX_RECIPIENTS + 1) {
+            self.fetch_list_batch(chunk, &mut found)?;
+        }
+        // In the order asked; an address asked twice gets the same answer.
+        let mut given: std::collections::BTreeMap<
+            Address,
+            std::result::Result<DeviceListBody, String>,
+        > = Default::default();
         let mut results = Vec::with_capacity(addresses.len());
-        for chunk in addresses.chunks(pouch_proto::MAX_RECIPIENTS + 1) {
-            let watermark = self.directory_watermark()?;
-            let resp: api::DirectoryResponse = self.api.post(
-                "/v1/directory/lists",
-                &api::DirectoryRequest {
-                    addresses: chunk.to_vec(),
+        for a in addresses {
+            let r = match found.remove(a) {
+                Some(r) => {
+                    given.insert(
+                        a.clone(),
+                        r.as_ref().map(|b| b.clone()).map_err(|e| e.to_string()),
+                    );
+                    r
+                }
+                None => match given.get(a) {
+                    Some(Ok(body)) => Ok(body.clone()),
+                    Some(Err(e)) => Err(ClientError::Invalid(e.clone())),
+                    None => Err(ClientError::Protocol(format!(
+                        "no directory answer for {a}"
+                    ))),
                 },
-            )?;
-            let mut served: std::collections::BTreeMap<Address, api::DirectoryEntry> = resp
-                .entries
-                .into_iter()
-                .map(|e| (e.address.clone(), e))
-                .collect();
-            // The lists that came with their proof are checked in one local
-            // transaction (a thousand members' keys and pins are thousands of
-            // small writes: one fsync, not one each); the rest, which may need
-            // a request of their own, after it.
-            let mut checked: std::collections::BTreeMap<Address, Result<DeviceListBody>> =
-                Default::default();
-            let outer = self.local.conn.is_autocommit();
-            if outer {
-                self.local.conn.execute_batch("BEGIN IMMEDIATE")?;
+            };
+            results.push((a.clone(), r));
+        }
+        Ok(results)
+    }
+
+    /// One `POST /v1/directory/lists` for `chunk` (sorted, no repeats), its
+    /// answers checked into `found`.
+    fn fetch_list_batch(
+        &mut self,
+        chunk: &[Address],
+        found: &mut std::collections::BTreeMap<Address, Result<DeviceListBody>>,
+    ) -> Result<()> {
+        let watermark = self.directory_watermark()?;
+        let resp: api::DirectoryResponse = match self.api.post(
+            "/v1/directory/lists",
+            &api::DirectoryRequest {
+                addresses: chunk.to_vec(),
+            },
+        ) {
+            Ok(r) => r,
+            // A server without the batch (an older one, or a proxy that
+            // does not pass it): one by one, as before.
+            Err(ClientError::Server {
+                status: 404 | 405,
+                code,
+                ..
+            }) if code != api::ErrorCode::UnknownRecipient => {
+                for a in chunk {
+                    let r = self.fresh_trusted_list(a);
+                    found.insert(a.clone(), r);
+                }
+                return Ok(());
             }
-            for address in chunk {
-                if let Some(entry) = served.remove(address) {
-                    let Some(proof) = entry.newest else {
-                        served.insert(
-                            address.clone(),
-                            api::DirectoryEntry {
-                                newest: None,
-                                ..entry
-                            },
-                        );
-                        continue;
-                    };
+            Err(e) => return Err(e),
+        };
+        let unknown: std::collections::BTreeSet<Address> = resp.unknown.into_iter().collect();
+        // Only answers to what was asked, one per address.
+        let mut served: std::collections::BTreeMap<Address, api::DirectoryEntry> =
+            Default::default();
+        for entry in resp.entries {
+            if chunk.binary_search(&entry.address).is_ok() {
+                served.entry(entry.address.clone()).or_insert(entry);
+            }
+        }
+        // Everything that could need a request is done before the local
+        // transaction below, which must not wait on the network: the
+        // checkpoint (a consistency proof when it is newer than the pinned
+        // one) and the commitment key (fetched once).
+        let checkpoint = resp.checkpoint;
+        match self.accept_checkpoint(checkpoint.as_bytes()) {
+            Ok(_) => {}
+            // A rolled-back or split log: every list of this answer is
+            // refused, as each would be alone.
+            Err(ClientError::Security(why)) => {
+                for a in chunk {
+                    found.insert(a.clone(), Err(ClientError::Security(why.clone())));
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        self.commitments()?;
+        let witnessed = self.witnessed_size()?;
+        // Lists with a proof the witnesses cover are checked in one local
+        // transaction (a thousand members' keys and pins are thousands of
+        // small writes: one fsync, not one each). The others may need more
+        // requests (older versions' proofs, or the list alone): after it.
+        let mut later: Vec<(Address, Option<api::DirectoryEntry>)> = Vec::new();
+        let outer = self.local.conn.is_autocommit();
+        if outer {
+            self.local.conn.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        for address in chunk {
+            match served.remove(address) {
+                Some(entry)
+                    if entry
+                        .newest
+                        .as_ref()
+                        .is_some_and(|p| p.index < witnessed || address == &self.address) =>
+                {
                     let history = api::DeviceListHistory {
                         address: entry.address,
                         lists: entry.lists,
                     };
-                    let newest = Some(proof.with_checkpoint(&resp.checkpoint));
-                    let found = self.verify_served_list(address, &history, newest, &watermark);
-                    checked.insert(address.clone(), found);
+                    let newest = entry.newest.map(|p| p.with_checkpoint(&checkpoint));
+                    let r = self.verify_served_list(address, &history, newest, &watermark);
+                    found.insert(address.clone(), r);
                 }
-            }
-            if outer && let Err(e) = self.local.conn.execute_batch("COMMIT") {
-                let _ = self.local.conn.execute_batch("ROLLBACK");
-                return Err(e.into());
-            }
-            for address in chunk {
-                let found = match (checked.remove(address), served.remove(address)) {
-                    (Some(found), _) => found,
-                    (None, Some(entry)) => {
-                        let history = api::DeviceListHistory {
-                            address: entry.address,
-                            lists: entry.lists,
-                        };
-                        self.verify_served_list(address, &history, None, &watermark)
-                    }
-                    (None, None) if resp.unknown.contains(address) => Err(ClientError::Server {
-                        status: 404,
-                        code: api::ErrorCode::UnknownRecipient,
-                        message: format!(
-                            "{address} is not a Pouch user on this server; check the address"
-                        ),
-                    }),
-                    (None, None) => self.fresh_trusted_list(address),
-                };
-                results.push((address.clone(), found));
+                other => later.push((address.clone(), other)),
             }
         }
-        Ok(results)
+        if outer && let Err(e) = self.local.conn.execute_batch("COMMIT") {
+            let _ = self.local.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        for (address, entry) in later {
+            let r = match entry {
+                Some(entry) => {
+                    let history = api::DeviceListHistory {
+                        address: entry.address,
+                        lists: entry.lists,
+                    };
+                    let newest = entry.newest.map(|p| p.with_checkpoint(&checkpoint));
+                    self.verify_served_list(&address, &history, newest, &watermark)
+                }
+                None if unknown.contains(&address) => Err(ClientError::Server {
+                    status: 404,
+                    code: api::ErrorCode::UnknownRecipient,
+                    message: format!(
+                        "{address} is not a Pouch user on this server; check the address"
+                    ),
+                }),
+                None => self.fresh_trusted_list(&address),
+            };
+            found.insert(address, r);
+        }
+        Ok(())
     }
 
     /// Checks a device-list history the server served for `address` (and,

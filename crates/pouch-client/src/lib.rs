@@ -164,7 +164,16 @@ pub struct Device {
     progress: ProgressHook,
     /// When this device last brought its directory cache up to the log.
     directory_checked: Option<std::time::Instant>,
+    /// When each conversation's fan-out was last compared with its roster.
+    membership_checked: std::collections::HashMap<GroupId, std::time::Instant>,
 }
+
+/// How often a conversation that keeps receiving mail has its fan-out
+/// compared with the MLS roster (a request and a load of the group state):
+/// after every commit or Welcome, and otherwise at most this often, so a
+/// busy conversation does not pay it per message while a fan-out changed
+/// behind the members' backs is still seen within this time of the next mail.
+const MEMBERSHIP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Device {
     /// Creates this device's keys and registers it with the invite's server
@@ -488,6 +497,7 @@ impl Device {
             warnings: Vec::new(),
             progress: None,
             directory_checked: None,
+            membership_checked: Default::default(),
         })
     }
 
@@ -1182,8 +1192,9 @@ impl Device {
     fn fetch_mail(&mut self, report: &mut SyncReport) -> Result<()> {
         self.replay_held(report)?;
         // Conversations something arrived in: their fan-out is compared with
-        // the roster afterwards.
+        // the roster afterwards (always where a commit or Welcome arrived).
         let mut touched = std::collections::BTreeSet::new();
+        let mut changed = std::collections::BTreeSet::new();
         loop {
             let cursor = queue_cursor(&self.local)?;
             let batch: api::QueueResponse = self
@@ -1220,6 +1231,9 @@ impl Device {
             let mut last = cursor;
             for item in batch.items {
                 if !self.process(&item, report, false)? {
+                    if item.kind != QueueKind::Application {
+                        changed.insert(item.group_id.clone());
+                    }
                     touched.insert(item.group_id.clone());
                 }
                 last = item.seq;
@@ -1230,7 +1244,15 @@ impl Device {
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }
         for group in &touched {
-            self.check_membership(group)?;
+            let due = self
+                .membership_checked
+                .get(group)
+                .is_none_or(|at| at.elapsed() >= MEMBERSHIP_CHECK_EVERY);
+            if due || changed.contains(group) {
+                self.check_membership(group)?;
+                self.membership_checked
+                    .insert(group.clone(), std::time::Instant::now());
+            }
         }
         self.flush_findings(report)?;
         self.report_held(report)?;

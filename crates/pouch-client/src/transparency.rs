@@ -74,7 +74,7 @@ impl Device {
 
     /// The size of the newest checkpoint every required witness cosigned
     /// (with witnesses, only entries below it are relied on).
-    fn witnessed_size(&self) -> Result<u64> {
+    pub(crate) fn witnessed_size(&self) -> Result<u64> {
         let key = if self.witnesses()?.is_empty() {
             "log_size"
         } else {
@@ -102,7 +102,7 @@ impl Device {
 
     /// Verifies a signed checkpoint and that it extends the pinned one; pins
     /// it, and records it as witnessed if every required witness cosigned it.
-    fn accept_checkpoint(&mut self, note: &[u8]) -> Result<Checkpoint> {
+    pub(crate) fn accept_checkpoint(&mut self, note: &[u8]) -> Result<Checkpoint> {
         let (key, origin) = self.log_trust()?;
         let witnesses = self.witnesses()?;
         let opened =

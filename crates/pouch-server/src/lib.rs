@@ -351,6 +351,9 @@ pub async fn serve(
             }
             if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                 detect::sweep(&watcher, &mut stale).await;
+                if let Err(e) = watcher.store.collect_orphan_payloads().await {
+                    tracing::error!(error = %e, "cannot delete unreferenced queue payloads");
+                }
                 last_sweep = Some(std::time::Instant::now());
             }
             tokio::time::sleep(tick).await;

@@ -13,5 +13,6 @@ ALTER TABLE queue ADD COLUMN size BIGINT NOT NULL DEFAULT 0;
 UPDATE queue SET payload_id = nextval('queue_payloads_payload_id_seq'), size = length(payload);
 INSERT INTO queue_payloads (payload_id, data) SELECT payload_id, payload FROM queue;
 ALTER TABLE queue DROP COLUMN payload;
+ALTER TABLE queue ALTER COLUMN payload_id SET NOT NULL;
 ALTER TABLE queue ADD FOREIGN KEY (payload_id) REFERENCES queue_payloads(payload_id);
 CREATE INDEX queue_by_payload ON queue(payload_id);

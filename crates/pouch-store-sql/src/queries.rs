@@ -138,23 +138,18 @@ async fn enqueue_many(
 /// Deletes the payloads among `payload_ids` that no queue item refers to any
 /// more, once this transaction has deleted its own queue rows.
 ///
-/// On PostgreSQL two devices acknowledging the last two copies at once would
-/// each still see the other's uncommitted row and both keep the payload for
-/// good; so each first locks the payload row (in id order: no deadlock), and
-/// the second one's check, a new statement after the first committed, sees
-/// that no copy is left. SQLite has one writer at a time anyway.
+/// On SQLite (one writer) that is exact. On PostgreSQL two devices
+/// acknowledging the last two copies at once each still see the other's
+/// uncommitted row, and both keep the payload: so `ack_queue` runs this
+/// again after its commit (whichever commits last then sees both copies
+/// gone), and `collect_orphan_payloads` sweeps what a crash between the two
+/// left. No row lock is taken: with payloads shared between devices, one
+/// would order payload locks against device-row locks and deadlock with
+/// multi-device revocations.
 async fn collect_payloads(conn: &mut AnyConnection, payload_ids: &mut Vec<i64>) -> Result<()> {
     payload_ids.sort_unstable();
     payload_ids.dedup();
-    let postgres = conn.backend_name() == "PostgreSQL";
     for id in payload_ids.iter() {
-        if postgres {
-            sqlx::query("SELECT payload_id FROM queue_payloads WHERE payload_id = $1 FOR UPDATE")
-                .bind(*id)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
-        }
         sqlx::query(
             "DELETE FROM queue_payloads WHERE payload_id = $1 \
              AND NOT EXISTS (SELECT 1 FROM queue WHERE payload_id = $1)",
@@ -1522,7 +1517,9 @@ impl Store for SqlStore {
         .map_err(backend)?;
         // A blob goes once the last queue item that refers to it is acknowledged.
         let mut payloads: Vec<i64> = gone.iter().map(|(_, p, _)| *p).collect();
-        collect_payloads(&mut tx, &mut payloads).await?;
+        payloads.sort_unstable();
+        payloads.dedup();
+        collect_payloads(&mut tx, &mut payloads.clone()).await?;
         let mut blobs: Vec<&str> = gone.iter().filter_map(|(_, _, b)| b.as_deref()).collect();
         blobs.sort();
         blobs.dedup();
@@ -1539,6 +1536,11 @@ impl Store for SqlStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
+        if self.dialect == Dialect::Postgres && !payloads.is_empty() {
+            // Now that this acknowledgement is visible: see `collect_payloads`.
+            let mut conn = self.pool.acquire().await.map_err(backend)?;
+            collect_payloads(&mut conn, &mut payloads).await?;
+        }
         Ok(gone.len() as u64)
     }
 
@@ -1637,6 +1639,17 @@ impl Store for SqlStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn collect_orphan_payloads(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM queue_payloads WHERE payload_id IN (SELECT p.payload_id FROM queue_payloads p \
+             WHERE NOT EXISTS (SELECT 1 FROM queue q WHERE q.payload_id = p.payload_id) LIMIT 1000)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn collect_blobs(&self, unsent_before: UnixTime) -> Result<u64> {

@@ -496,6 +496,11 @@ pub trait Store: Send + Sync + 'static {
     /// refers to, and never-sent ones created before `unsent_before`.
     /// Returns how many.
     async fn collect_blobs(&self, unsent_before: UnixTime) -> Result<u64>;
+    /// Deletes up to 1,000 stored queue payloads no queue item refers to
+    /// (left by two acknowledgements racing on a multi-node backend and a
+    /// crash before the re-check); returns how many. A full scan: run it
+    /// seldom (the server does, with its detection sweep).
+    async fn collect_orphan_payloads(&self) -> Result<u64>;
 
     // --- blobs (opaque encrypted chunks) ---
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;
