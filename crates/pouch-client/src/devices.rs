@@ -918,7 +918,7 @@ impl Device {
                     let _ = self.api.post_empty(
                         "/v1/reports",
                         &api::ClientReport {
-                            kind: "unlisted_device".into(),
+                            kind: pouch_proto::security::ReportKind::UnlistedDevice,
                             detail: format!(
                                 "an active device '{}' ({}) is on the server for this account but on no list the account signed",
                                 r.name, r.device_id
@@ -1057,11 +1057,12 @@ impl Device {
             // signed device list; the alert stream adds what only the server
             // sees (copied devices, administrator actions, guessing), which is
             // also what fails the sync.
-            let already_told =
-                matches!(a.rule.as_str(), "new_device" | "link_refused") && a.severity != "high";
-            if a.severity == "medium" && !already_told {
+            use pouch_proto::security::{Rule, Severity};
+            let already_told = matches!(a.rule, Rule::NewDevice | Rule::LinkRefused)
+                && a.severity != Severity::High;
+            if a.severity == Severity::Medium && !already_told {
                 self.local.notice(
-                    &format!("Security notice: {}", a.rule.replace('_', " ")),
+                    &format!("Security notice: {}", a.rule.title()),
                     &format!(
                         "{} at {}. If this wasn't you, tell your security team.",
                         a.summary,
@@ -1069,9 +1070,9 @@ impl Device {
                     ),
                 )?;
             }
-            if matches!(a.severity.as_str(), "high" | "critical") {
+            if a.severity >= Severity::High {
                 self.local.notice(
-                    &format!("Security alert ({}): {}", a.severity, a.rule.replace('_', " ")),
+                    &format!("Security alert ({}): {}", a.severity, a.rule.title()),
                     &format!(
                         "{} at {}. If this wasn't you, tell your security team and check your devices: pouch device list",
                         a.summary,

@@ -1218,7 +1218,7 @@ impl Device {
                 let _ = self.api.post_empty(
                     "/v1/reports",
                     &api::ClientReport {
-                        kind: "queue_gap".into(),
+                        kind: pouch_proto::security::ReportKind::QueueGap,
                         detail: what.clone(),
                     },
                 );
@@ -1559,7 +1559,7 @@ impl Device {
             let posted = self.api.post_empty(
                 "/v1/reports",
                 &api::ClientReport {
-                    kind: kind.clone(),
+                    kind: pouch_proto::security::ReportKind::parse(&kind),
                     detail: detail[..end].to_string(),
                 },
             );

@@ -3,6 +3,7 @@
 //! subject, body, attachment or Cc list ever appears in these types.
 
 use crate::devices::SignedDeviceList;
+use crate::security::{Action, Outcome, Reason, ReportKind, Rule, Severity};
 use crate::{Address, DeviceId, GroupId, b64};
 use serde::{Deserialize, Serialize};
 
@@ -595,17 +596,38 @@ pub struct EventBody {
     pub device: Option<DeviceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// e.g. "sign_in", "enroll", "link_request", "key_package_claim", "queue_fetch", "admin_revoke".
-    pub action: String,
-    /// "success" or "failure".
-    pub outcome: String,
+    pub action: Action,
+    pub outcome: Outcome,
     #[serde(default)]
     pub count: u64,
     #[serde(default)]
     pub bytes: u64,
+    /// For people; may be reworded at any time, so no rule reads it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// The accounts it was aimed at (whose key packages a claim took).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Address>,
+    /// The devices it was aimed at (a Welcome's new members, the device
+    /// whose key-package pool ran dry, a device approved or revoked). A
+    /// Welcome names at most [`EVENT_DEVICES_MAX`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceId>,
+    /// The device that acted, when the event is recorded on another one's
+    /// account (who claimed a dry pool, who approved a link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<DeviceId>,
+    /// An enrollment into an account whose devices an administrator reset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_reset: bool,
 }
+
+/// At most this many devices are named in one event, so that a Welcome to a
+/// conversation of a thousand devices is not a 32 KB event.
+pub const EVENT_DEVICES_MAX: usize = 200;
 
 /// An event as stored: numbered and hash-chained, so a deletion or an edit
 /// anywhere breaks the chain from that point on.
@@ -662,10 +684,8 @@ pub fn verify_event_chain(
 pub struct Alert {
     pub id: u64,
     pub at: i64,
-    /// The rule's short name, e.g. "new_device", "cloned_device".
-    pub rule: String,
-    /// "low", "medium", "high" or "critical".
-    pub severity: String,
+    pub rule: Rule,
+    pub severity: Severity,
     pub account: Option<Address>,
     pub device: Option<DeviceId>,
     pub summary: String,
@@ -675,7 +695,6 @@ pub struct Alert {
 /// `POST /v1/reports`: a device reports something only it can see (e.g. a gap in its queue).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClientReport {
-    /// "queue_gap".
-    pub kind: String,
+    pub kind: ReportKind,
     pub detail: String,
 }

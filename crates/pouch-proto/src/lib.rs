@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod ids;
 pub mod invite;
 pub mod ocsf;
+pub mod security;
 
 pub use ids::{Address, AddressError, DeviceId, GroupId};
 

@@ -7,26 +7,19 @@
 //! left out rather than sent as null. No mail content exists in events to map.
 
 use crate::api::{Alert, Event, EventBody};
+use crate::security::{Action, Outcome, Severity};
 use serde_json::{Value, json};
 
-fn class_of(action: &str) -> (u32, u32, u32, &'static str) {
+fn class_of(action: &Action) -> (u32, u32, u32, &'static str) {
+    use Action::*;
     // (category_uid, class_uid, activity_id, class_name)
+    let account_change = |activity| (3, 3001, activity, "Account Change");
     match action {
-        "sign_in" => (3, 3002, 1, "Authentication"),
-        "enroll" | "link_request" | "link_approved" | "link_denied" | "link_expired"
-        | "device_revoked" | "admin_invite" | "admin_reset" | "admin_revoke" => {
-            (3, 3001, account_activity(action), "Account Change")
-        }
+        SignIn => (3, 3002, 1, "Authentication"),
+        Enroll | AdminInvite => account_change(1), // Create
+        LinkApproved | LinkRequest => account_change(3), // Enable / request
+        DeviceRevoked | AdminRevoke | LinkDenied | LinkExpired | AdminReset => account_change(4), // Disable
         _ => (6, 6003, 99, "API Activity"),
-    }
-}
-
-fn account_activity(action: &str) -> u32 {
-    match action {
-        "enroll" | "admin_invite" => 1,        // Create
-        "link_approved" | "link_request" => 3, // Enable / request
-        "device_revoked" | "admin_revoke" | "link_denied" | "link_expired" | "admin_reset" => 4, // Disable
-        _ => 99,
     }
 }
 
@@ -37,14 +30,19 @@ pub fn record(event: &Event) -> Value {
         account: None,
         device: None,
         source: None,
-        action: "unknown".into(),
-        outcome: "failure".into(),
+        action: Action::Unknown("unknown".into()),
+        outcome: Outcome::Failure,
         count: 0,
         bytes: 0,
         detail: "unparseable event".into(),
+        reason: None,
+        targets: Vec::new(),
+        devices: Vec::new(),
+        by: None,
+        after_reset: false,
     });
     let (category_uid, class_uid, activity_id, class_name) = class_of(&body.action);
-    let success = body.outcome == "success";
+    let success = body.outcome == Outcome::Success;
     let severity_id = if success { 1 } else { 3 }; // Informational / Medium
     let user = json!({
         "name": body.account.as_ref().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into()),
@@ -74,19 +72,22 @@ pub fn record(event: &Event) -> Value {
         "api": { "operation": body.action.clone() },
         "device": body.device.as_ref().map(|d| json!({ "uid": d.0.clone(), "type_id": 0 })),
         "src_endpoint": { "ip": body.source },
-        "unmapped": { "action": body.action, "count": body.count, "bytes": body.bytes, "detail": body.detail, "chain_hash": event.hash },
+        "unmapped": {
+            "action": body.action, "count": body.count, "bytes": body.bytes, "detail": body.detail,
+            "reason": body.reason, "targets": (!body.targets.is_empty()).then_some(&body.targets),
+            "devices": (!body.devices.is_empty()).then_some(&body.devices), "by": body.by,
+            "chain_hash": event.hash,
+        },
     }))
 }
 
 /// OCSF severity_id for a Pouch severity.
-pub fn severity_id(severity: &str) -> u32 {
+pub fn severity_id(severity: Severity) -> u32 {
     match severity {
-        "info" => 1,
-        "low" => 2,
-        "medium" => 3,
-        "high" => 4,
-        "critical" => 5,
-        _ => 0,
+        Severity::Low => 2,
+        Severity::Medium => 3,
+        Severity::High => 4,
+        Severity::Critical => 5,
     }
 }
 
@@ -96,7 +97,7 @@ pub fn finding(alert: &Alert, origin: &str) -> Value {
     let user = account
         .as_ref()
         .map(|a| json!({ "name": a, "uid": a, "type_id": 1 }));
-    let severity = alert.severity.as_str();
+    let severity = alert.severity;
     without_nulls(json!({
         "category_uid": 2,
         "category_name": "Findings",
@@ -107,7 +108,7 @@ pub fn finding(alert: &Alert, origin: &str) -> Value {
         "type_uid": 200401,
         "time": alert.at * 1000,
         "severity_id": severity_id(severity),
-        "severity": capitalised(severity),
+        "severity": capitalised(severity.as_str()),
         "status_id": 1,
         "status": "New",
         "is_alert": true,
@@ -120,7 +121,7 @@ pub fn finding(alert: &Alert, origin: &str) -> Value {
         },
         "finding_info": {
             "uid": format!("{origin}/alert/{}", alert.id),
-            "title": alert.rule.replace('_', " "),
+            "title": alert.rule.title(),
             "desc": alert.summary,
             "analytic": { "name": alert.rule, "uid": alert.rule, "type_id": 1 },
             "related_events": alert.event_seq.map(|s| vec![json!({ "uid": s.to_string() })]),

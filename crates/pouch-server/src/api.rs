@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use pouch_proto::api::*;
+use pouch_proto::security::{Action, Reason};
 use pouch_proto::{DeviceId, GroupId};
 use pouch_store::{CommitSubmission, NewDevice};
 use serde::Deserialize;
@@ -265,7 +266,7 @@ pub(crate) async fn issue_invite(
         .create_invite(&address, &sha256(&secret), expires_at)
         .await?;
     tracing::info!(%address, "invite issued");
-    record(s, Ev::new("admin_invite").account(&address)).await;
+    record(s, Ev::new(Action::AdminInvite).account(&address)).await;
     Ok(AddUserResponse {
         address,
         invite_secret: secret.to_vec(),
@@ -323,10 +324,11 @@ async fn enroll(
             let after_reset = s.store.reset_at(&d.address).await.ok().flatten().is_some();
             record(
                 &s,
-                Ev::new("enroll")
+                Ev::new(Action::Enroll)
                     .account(&d.address)
                     .device(&d.device_id)
                     .source(peer.ip())
+                    .after_reset(after_reset)
                     .detail(if after_reset {
                         "after an administrator reset"
                     } else {
@@ -339,10 +341,10 @@ async fn enroll(
             tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused");
             record(
                 &s,
-                Ev::new("enroll")
+                Ev::new(Action::Enroll)
                     .account(&req.address)
                     .source(peer.ip())
-                    .failed(e),
+                    .failed(enroll_refusal(e), e),
             )
             .await;
         }
@@ -380,25 +382,29 @@ async fn token(
         )
     };
     let issued_to = s.store.take_challenge(&req.challenge, now()).await?;
-    let failed = |why: &str| {
-        Ev::new("sign_in")
+    let failed = |reason: Reason, why: &str| {
+        Ev::new(Action::SignIn)
             .device(&req.device_id)
             .source(peer.ip())
-            .failed(why)
+            .failed(reason, why)
     };
     if issued_to.as_ref() != Some(&req.device_id) {
-        record(&s, failed("unknown or expired challenge")).await;
+        record(
+            &s,
+            failed(Reason::ChallengeUnknown, "unknown or expired challenge"),
+        )
+        .await;
         return Err(refused());
     }
     let Some(device) = s.store.device(&req.device_id).await? else {
-        record(&s, failed("unknown device")).await;
+        record(&s, failed(Reason::DeviceUnknown, "unknown device")).await;
         return Err(refused());
     };
     if !device.is_active() {
         tracing::warn!(device = %device.device_id, %peer, revoked_by = ?device.revoked_by, "inactive device tried to sign in");
         record(
             &s,
-            failed("revoked or unapproved device").account(&device.address),
+            failed(Reason::DeviceInactive, "revoked or unapproved device").account(&device.address),
         )
         .await;
         return Err(refused());
@@ -412,7 +418,11 @@ async fn token(
             refused()
         });
     if let Err(e) = key {
-        record(&s, failed("bad signature").account(&device.address)).await;
+        record(
+            &s,
+            failed(Reason::BadSignature, "bad signature").account(&device.address),
+        )
+        .await;
         return Err(e);
     }
     let token = hex::encode(random_bytes::<32>());
@@ -425,7 +435,7 @@ async fn token(
         .await?;
     record(
         &s,
-        Ev::new("sign_in")
+        Ev::new(Action::SignIn)
             .account(&device.address)
             .device(&device.device_id)
             .source(peer.ip()),
@@ -507,7 +517,7 @@ async fn claim_key_packages(
         })
         .collect();
     let claimer = account_of(&s, &d).await;
-    let mut ev = Ev::new("key_package_claim")
+    let mut ev = Ev::new(Action::KeyPackageClaim)
         .device(&d)
         .source(peer.ip())
         .amount(devices.len() as u64, 0);
@@ -515,15 +525,18 @@ async fn claim_key_packages(
         ev = ev.account(a);
     }
     let who: Vec<&str> = req.addresses.iter().map(|a| a.as_str()).collect();
-    record(&s, ev.detail(format!("for {}", who.join(",")))).await;
+    let detail = format!("for {}", who.join(","));
+    record(&s, ev.targets(req.addresses.iter().cloned()).detail(detail)).await;
     // A pool that ran dry is what a drain is after (every new conversation
     // with that device now reuses its last-resort package): recorded on the
     // account whose pool it was, naming who claimed.
     for c in devices.iter().filter(|c| c.last_resort) {
         record(
             &s,
-            Ev::new("key_package_exhausted")
+            Ev::new(Action::KeyPackageExhausted)
                 .account(&c.address)
+                .devices([&c.device_id])
+                .by(&d)
                 .source(peer.ip())
                 .detail(format!(
                     "device {} of {}, claimed by {} (device {d})",
@@ -564,7 +577,7 @@ async fn commit(
     let public_state = crate::groups::check_commit(&s, &group_id, &d, &req).await?;
     // Which devices a Welcome went to: what turns a key-package claim into
     // a conversation (the drain rule counts claims that never did).
-    let welcomed = (req.welcome.is_some()).then(|| welcome_detail(&req.added));
+    let welcomed = (req.welcome.is_some()).then(|| req.added.clone());
     let accepted = s
         .store
         .submit_commit(CommitSubmission {
@@ -580,8 +593,11 @@ async fn commit(
             now: now(),
         })
         .await?;
-    if let Some(detail) = welcomed {
-        let mut ev = Ev::new("welcome").device(&d).detail(detail);
+    if let Some(added) = welcomed {
+        let mut ev = Ev::new(Action::Welcome)
+            .device(&d)
+            .devices(&added)
+            .amount(added.len() as u64, 0);
         if let Some(a) = account_of(&s, &d).await {
             ev = ev.account(&a);
         }
@@ -593,17 +609,15 @@ async fn commit(
     }))
 }
 
-/// Devices named in a `welcome` event: enough for the drain rule, bounded
-/// so that a conversation of a thousand devices is not a 32 KB event.
-const WELCOME_DETAIL_DEVICES: usize = 200;
-
-fn welcome_detail(added: &[DeviceId]) -> String {
-    let shown: Vec<&str> = added
-        .iter()
-        .take(WELCOME_DETAIL_DEVICES)
-        .map(|d| d.0.as_str())
-        .collect();
-    format!("to {}", shown.join(","))
+/// Why an enrollment was refused, for the rules.
+fn enroll_refusal(e: &pouch_store::EnrollError) -> Reason {
+    use pouch_store::{EnrollError, InviteRejection};
+    match e {
+        EnrollError::Invite(InviteRejection::Unknown) => Reason::InviteUnknown,
+        EnrollError::Invite(InviteRejection::Used) => Reason::InviteUsed,
+        EnrollError::Invite(InviteRejection::Expired) => Reason::InviteExpired,
+        EnrollError::Store(_) => Reason::ServerFailure,
+    }
 }
 
 /// The devices the server fans a conversation out to, for its members to
@@ -701,13 +715,16 @@ async fn fetch_queue(
     // before it means a second copy of the device, with an older cursor.
     let acked = s.store.queue_acked(&d).await?;
     if q.after < acked {
-        let mut ev = Ev::new("queue_replay")
+        let mut ev = Ev::new(Action::QueueReplay)
             .device(&d)
             .source(peer.ip())
-            .failed(format!(
-                "from position {} though it had acknowledged up to {acked}",
-                q.after
-            ));
+            .failed(
+                Reason::ReplayedPosition,
+                format!(
+                    "from position {} though it had acknowledged up to {acked}",
+                    q.after
+                ),
+            );
         if let Some(a) = account_of(&s, &d).await {
             ev = ev.account(&a);
         }
@@ -719,7 +736,7 @@ async fn fetch_queue(
         .await?;
     if !items.is_empty() {
         let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
-        let mut ev = Ev::new("queue_fetch")
+        let mut ev = Ev::new(Action::QueueFetch)
             .device(&d)
             .source(peer.ip())
             .amount(items.len() as u64, bytes);

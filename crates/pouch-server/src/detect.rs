@@ -33,14 +33,16 @@
 
 use crate::AppState;
 use pouch_proto::api::{Alert, EventBody};
+use pouch_proto::security::{Action, Outcome, Reason, Rule, Severity};
 use std::collections::HashSet;
+use std::sync::Arc;
 
-fn alert(rule: &str, severity: &str, ev: &EventBody, seq: u64, summary: String) -> Alert {
+fn alert(rule: Rule, severity: Severity, ev: &EventBody, seq: u64, summary: String) -> Alert {
     Alert {
         id: 0,
         at: ev.at,
-        rule: rule.into(),
-        severity: severity.into(),
+        rule,
+        severity,
         account: ev.account.clone(),
         device: ev.device.clone(),
         summary,
@@ -50,9 +52,12 @@ fn alert(rule: &str, severity: &str, ev: &EventBody, seq: u64, summary: String) 
 
 /// Stores an alert, hands it to the outputs, and applies the response policy.
 /// An alert that cannot be stored still leaves through the outputs.
-pub async fn raise(s: &AppState, mut a: Alert) {
+///
+/// A response runs on a task of its own: it records events, and the rules
+/// (which called this) must not wait for the recorder they feed.
+pub async fn raise(s: &Arc<AppState>, mut a: Alert) {
     tracing::warn!(rule = %a.rule, severity = %a.severity, account = ?a.account, summary = %a.summary, "ALERT");
-    let automatic_revoke = a.rule == "cloned_device" && s.policy.response.revoke_cloned_devices;
+    let automatic_revoke = a.rule == Rule::ClonedDevice && s.policy.response.revoke_cloned_devices;
     if automatic_revoke {
         a.summary
             .push_str("; the device was revoked automatically (policy)");
@@ -62,16 +67,20 @@ pub async fn raise(s: &AppState, mut a: Alert) {
         Err(e) => tracing::error!(error = %e, "cannot store an alert"),
     }
     s.sinks.send(&a);
-    if automatic_revoke
-        && let (Some(account), Some(device)) = (&a.account, &a.device)
-        && let Err(e) = crate::devices::revoke_by_policy(s, account, device, &a.rule).await
-    {
-        tracing::error!(error = %e.body.message, "automatic revocation failed");
+    if automatic_revoke && let (Some(account), Some(device)) = (a.account, a.device) {
+        let s = s.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::devices::revoke_by_policy(&s, &account, &device, a.rule.as_str()).await
+            {
+                tracing::error!(error = %e.body.message, "automatic revocation failed");
+            }
+        });
     }
 }
 
 /// Evaluates the rules for one newly recorded event.
-pub async fn on_event(s: &AppState, ev: &EventBody, seq: u64) {
+pub async fn on_event(s: &Arc<AppState>, ev: &EventBody, seq: u64) {
     match evaluate(s, ev, seq).await {
         Ok(found) => {
             for a in found {
@@ -87,53 +96,55 @@ async fn evaluate(
     ev: &EventBody,
     seq: u64,
 ) -> Result<Vec<Alert>, pouch_store::StoreError> {
+    use Severity::*;
     let t = &s.policy.detection;
     let window = t.window_secs();
     let minutes = (window / 60).max(1);
     let mut out = Vec::new();
-    let ok = ev.outcome == "success";
+    let ok = ev.outcome == Outcome::Success;
     let src = ev.source.clone().unwrap_or_default();
-    match ev.action.as_str() {
-        "enroll" if ok => {
+    let reported = |rule, severity| alert(rule, severity, ev, seq, ev.detail.clone());
+    match &ev.action {
+        Action::Enroll if ok => {
             // Invites enroll an account's first device only; after a reset
             // the account had devices, and the one enrolling now replaces them.
-            out.push(if ev.detail.contains("after an administrator reset") {
+            out.push(if ev.after_reset {
                 alert(
-                    "new_device",
-                    "high",
+                    Rule::NewDevice,
+                    High,
                     ev,
                     seq,
                     format!("a device enrolled from {src} into an account whose earlier devices were reset by an administrator"),
                 )
             } else {
-                alert("new_device", "low", ev, seq, format!("the account's first device enrolled from {src}"))
+                alert(Rule::NewDevice, Low, ev, seq, format!("the account's first device enrolled from {src}"))
             });
         }
-        "link_approved" => out.push(alert(
-            "new_device",
-            "low",
+        Action::LinkApproved => out.push(alert(
+            Rule::NewDevice,
+            Low,
             ev,
             seq,
             format!("a device was linked with an existing device's approval ({})", ev.detail),
         )),
-        "client_report_queue_gap" => out.push(alert("queue_gap", "high", ev, seq, ev.detail.clone())),
+        Action::ReportQueueGap => out.push(reported(Rule::QueueGap, High)),
         // What a receiving device proved the server (or a member) did: only
         // a device can see these, since the evidence is inside the encryption.
-        "client_report_mail_withheld" => out.push(alert("mail_withheld", "high", ev, seq, ev.detail.clone())),
-        "client_report_forged_sender" => out.push(alert("forged_sender", "critical", ev, seq, ev.detail.clone())),
-        "client_report_sender_fork" => out.push(alert("sender_fork", "high", ev, seq, ev.detail.clone())),
-        "client_report_rejected_item" => out.push(alert("rejected_item", "medium", ev, seq, ev.detail.clone())),
-        "client_report_membership_mismatch" => out.push(alert("membership_mismatch", "high", ev, seq, ev.detail.clone())),
-        "client_report_unlisted_device" => out.push(alert(
-            "rogue_device",
-            "critical",
+        Action::ReportMailWithheld => out.push(reported(Rule::MailWithheld, High)),
+        Action::ReportForgedSender => out.push(reported(Rule::ForgedSender, Critical)),
+        Action::ReportSenderFork => out.push(reported(Rule::SenderFork, High)),
+        Action::ReportRejectedItem => out.push(reported(Rule::RejectedItem, Medium)),
+        Action::ReportMembershipMismatch => out.push(reported(Rule::MembershipMismatch, High)),
+        Action::ReportUnlistedDevice => out.push(alert(
+            Rule::RogueDevice,
+            Critical,
             ev,
             seq,
             format!("{}: someone with access to the server or its database added it", ev.detail),
         )),
-        "queue_replay" => out.push(alert(
-            "cloned_device",
-            "high",
+        Action::QueueReplay => out.push(alert(
+            Rule::ClonedDevice,
+            High,
             ev,
             seq,
             format!(
@@ -142,38 +153,38 @@ async fn evaluate(
                 ev.detail
             ),
         )),
-        "link_denied" | "link_expired" => {
+        Action::LinkDenied | Action::LinkExpired => {
             // A denial is a user saying "not me"; an expiry is usually a link
             // abandoned half-way (nothing was approved): a notice.
-            let (what, severity) = if ev.action == "link_denied" {
-                ("denied", "medium")
+            let (what, severity) = if ev.action == Action::LinkDenied {
+                ("denied", Medium)
             } else {
-                ("expired unapproved", "low")
+                ("expired unapproved", Low)
             };
             out.push(alert(
-                "link_refused",
+                Rule::LinkRefused,
                 severity,
                 ev,
                 seq,
                 format!("a request to add a device from {src} was {what}"),
             ));
         }
-        "admin_revoke" | "admin_reset" => out.push(alert(
-            "admin_action",
-            "high",
+        Action::AdminRevoke | Action::AdminReset => out.push(alert(
+            Rule::AdminAction,
+            High,
             ev,
             seq,
-            format!("an administrator acted on the account: {}", ev.action.replace('_', " ")),
+            format!("an administrator acted on the account: {}", ev.action.as_str().replace('_', " ")),
         )),
-        "sign_in" if ok => {
+        Action::SignIn if ok => {
             if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
                 let seen = s.store.see_source(device, &src, ev.at).await?;
                 if let Some(last) = seen.last_anywhere {
                     let silent = ev.at - last;
                     if silent >= t.dormant_after.as_secs() as i64 {
                         out.push(alert(
-                            "dormant_device",
-                            "medium",
+                            Rule::DormantDevice,
+                            Medium,
                             ev,
                             seq,
                             format!(
@@ -188,8 +199,8 @@ async fn evaluate(
                 let baseline_start = ev.at - t.baseline.as_secs() as i64;
                 if seen.sources > 0 && seen.last_here.is_none_or(|last| last < baseline_start) {
                     out.push(alert(
-                        "new_network",
-                        "low",
+                        Rule::NewNetwork,
+                        Low,
                         ev,
                         seq,
                         format!("device {device} signed in from {src}, an address it has not used in {}", human_duration(t.baseline.as_secs() as i64)),
@@ -198,11 +209,11 @@ async fn evaluate(
                 // Returns to an address already used within the window, this
                 // sign-in included: moving on is a device changing networks;
                 // coming back again and again is two copies taking turns.
-                let recent_uses: Vec<EventBody> = recent(s, Some(account), ev.at, window)
+                let recent_uses: Vec<EventBody> = recent(s, Some(account), ev.at, window, seq)
                     .await?
                     .into_iter()
-                    .filter(|e| e.device.as_ref() == Some(device) && e.outcome == "success")
-                    .filter(|e| matches!(e.action.as_str(), "sign_in" | "queue_fetch"))
+                    .filter(|e| e.device.as_ref() == Some(device) && e.outcome == Outcome::Success)
+                    .filter(|e| matches!(e.action, Action::SignIn | Action::QueueFetch))
                     .collect();
                 let mut returns = 0;
                 let mut used: Vec<&str> = Vec::new();
@@ -216,8 +227,8 @@ async fn evaluate(
                 }
                 if returns == t.cloned_address_returns && used.last() == Some(&src.as_str()) {
                     out.push(alert(
-                        "cloned_device",
-                        "high",
+                        Rule::ClonedDevice,
+                        High,
                         ev,
                         seq,
                         format!("device {device} is in use from two network addresses at once (now {src}; back and forth {returns} times within {minutes} minutes): its keys may have been copied"),
@@ -225,41 +236,33 @@ async fn evaluate(
                 }
             }
         }
-        "enroll" if !ok && ev.detail.contains("already used") => out.push(alert(
-            "invite_reuse",
-            "high",
+        Action::Enroll if ev.reason == Some(Reason::InviteUsed) => out.push(alert(
+            Rule::InviteReuse,
+            High,
             ev,
             seq,
             format!("an invite that was already used was presented again from {src}: it may have been stolen"),
         )),
-        "key_package_exhausted" => {
+        Action::KeyPackageExhausted => {
             // Fires when a device's pool is found dry and one claimer has,
             // within the window, claimed that account's packages more often
             // than the threshold without a Welcome to that device following
             // (claims that started no conversation). A busy sender empties
             // pools too, but each of its claims is followed by its Welcome.
-            let parsed = exhausted(&ev.detail);
-            if let (Some(target), Some((device, claimer))) = (&ev.account, parsed) {
-                let recent = recent(s, None, ev.at, window).await?;
-                let by_claimer = |e: &&EventBody| e.device.as_ref().is_some_and(|d| d.0 == claimer);
+            if let (Some(target), Some(dry), Some(claimer)) =
+                (&ev.account, ev.devices.first(), &ev.by)
+            {
+                let recent = recent(s, None, ev.at, window, seq).await?;
+                let by_claimer = |e: &&EventBody| e.device.as_ref() == Some(claimer);
                 let claimed = recent
                     .iter()
                     .filter(by_claimer)
-                    .filter(|e| {
-                        e.action == "key_package_claim"
-                            && targets(&e.detail).any(|x| x == target.as_str())
-                    })
+                    .filter(|e| e.action == Action::KeyPackageClaim && e.targets.contains(target))
                     .count() as u64;
                 let welcomed = recent
                     .iter()
                     .filter(by_claimer)
-                    .filter(|e| {
-                        e.action == "welcome"
-                            && e.detail
-                                .trim_start_matches("to ")
-                                .split(',')
-                                .any(|x| x == device)
-                    })
+                    .filter(|e| e.action == Action::Welcome && e.devices.contains(dry))
                     .count() as u64;
                 let unused = claimed.saturating_sub(welcomed);
                 if unused > t.key_package_claims {
@@ -267,12 +270,12 @@ async fn evaluate(
                     let since = ev.at - window;
                     let marker = format!("(device {claimer})");
                     let raised = s.store.alerts(0, Some(target)).await?.iter().any(|a| {
-                        a.rule == "key_package_drain" && a.at >= since && a.summary.contains(&marker)
+                        a.rule == Rule::KeyPackageDrain && a.at >= since && a.summary.contains(&marker)
                     });
                     if !raised {
                         let mut a = alert(
-                            "key_package_drain",
-                            "high",
+                            Rule::KeyPackageDrain,
+                            High,
                             ev,
                             seq,
                             format!("key packages of {target} were claimed {claimed} times within {minutes} minutes by one device, {unused} of them starting no conversation, until a pool ran dry ({}; last from {src}): someone may be exhausting them to block or weaken new conversations", ev.detail),
@@ -283,7 +286,7 @@ async fn evaluate(
                 }
             }
         }
-        "queue_fetch" => {
+        Action::QueueFetch => {
             if let (Some(_), Some(device)) = (&ev.account, &ev.device) {
                 // Counted per clock-aligned window; "now" is this window and the
                 // one before, so a burst across a boundary still counts whole.
@@ -306,8 +309,8 @@ async fn evaluate(
                 let before = now_window.saturating_sub(ev.count);
                 if now_window > limit && before <= limit {
                     out.push(alert(
-                        "bulk_fetch",
-                        "high",
+                        Rule::BulkFetch,
+                        High,
                         ev,
                         seq,
                         format!("device {device} fetched {now_window} items within {minutes} minutes from {src}; its busiest earlier window was {busiest}"),
@@ -315,40 +318,25 @@ async fn evaluate(
                 }
             }
         }
-        "enroll" | "sign_in" if !ok => {
-            let recent = recent(s, None, ev.at, window).await?;
+        Action::Enroll | Action::SignIn if !ok => {
+            let recent = recent(s, None, ev.at, window, seq).await?;
             let failures = recent
                 .iter()
-                .filter(|e| e.action == ev.action && e.outcome == "failure" && e.source.as_deref() == Some(src.as_str()))
+                .filter(|e| e.action == ev.action && e.outcome == Outcome::Failure && e.source.as_deref() == Some(src.as_str()))
                 .count();
             if failures == t.invite_failures {
                 out.push(alert(
-                    "invite_brute_force",
-                    "high",
+                    Rule::InviteBruteForce,
+                    High,
                     ev,
                     seq,
-                    format!("{failures} failed {} attempts from {src} within {minutes} minutes", ev.action.replace('_', "-")),
+                    format!("{failures} failed {} attempts from {src} within {minutes} minutes", ev.action.as_str().replace('_', "-")),
                 ));
             }
         }
         _ => {}
     }
     Ok(out)
-}
-
-/// The dry device and the claiming device named by a
-/// `key_package_exhausted` event ("device D of A, claimed by C (device E)").
-fn exhausted(detail: &str) -> Option<(&str, &str)> {
-    let device = detail.strip_prefix("device ")?.split(' ').next()?;
-    let claimer = detail.rsplit_once("(device ")?.1.strip_suffix(')')?;
-    Some((device, claimer))
-}
-
-fn targets(detail: &str) -> impl Iterator<Item = &str> {
-    detail
-        .trim_start_matches("for ")
-        .split(',')
-        .filter(|t| !t.is_empty())
 }
 
 pub(crate) fn human_duration(secs: i64) -> String {
@@ -360,17 +348,21 @@ pub(crate) fn human_duration(secs: i64) -> String {
     }
 }
 
-/// Events of the last window (of one account, or all), oldest first.
+/// Events of the last window (of one account, or all), oldest first, up to
+/// and including `upto_seq`: the rules run after the append, and events
+/// recorded since the one being judged are not its past.
 async fn recent(
     s: &AppState,
     account: Option<&pouch_proto::Address>,
     now: i64,
     window: i64,
+    upto_seq: u64,
 ) -> Result<Vec<EventBody>, pouch_store::StoreError> {
     Ok(s.store
         .events_since(now - window, account, 100_000)
         .await?
         .iter()
+        .filter(|e| e.seq <= upto_seq)
         .filter_map(|e| e.parsed())
         .collect())
 }
@@ -396,7 +388,7 @@ impl ChainWatch {
         }
     }
 
-    pub async fn tick(&mut self, s: &AppState) {
+    pub async fn tick(&mut self, s: &Arc<AppState>) {
         self.ticks += 1;
         if self.ticks.is_multiple_of(self.full_every) {
             self.verified = None;
@@ -419,8 +411,8 @@ impl ChainWatch {
                         Alert {
                             id: 0,
                             at: crate::now(),
-                            rule: "audit_chain_broken".into(),
-                            severity: "critical".into(),
+                            rule: Rule::AuditChainBroken,
+                            severity: Severity::Critical,
                             account: None,
                             device: None,
                             summary: problem.clone(),
@@ -480,7 +472,7 @@ impl ChainWatch {
 
 /// Raises `stale_device` once per device past the rotation window and
 /// prunes events past the retention period.
-pub async fn sweep(s: &AppState, reported_stale: &mut HashSet<String>) {
+pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
     let now = crate::now();
     match s.store.stale_members(now - s.rotation_secs as i64).await {
         Ok(stale) => {
@@ -501,7 +493,7 @@ pub async fn sweep(s: &AppState, reported_stale: &mut HashSet<String>) {
                     .await
                     .map(|all| {
                         all.iter().any(|a| {
-                            a.rule == "stale_device" && a.device.as_ref() == Some(&m.device_id)
+                            a.rule == Rule::StaleDevice && a.device.as_ref() == Some(&m.device_id)
                         })
                     })
                     .unwrap_or(false);
@@ -514,8 +506,8 @@ pub async fn sweep(s: &AppState, reported_stale: &mut HashSet<String>) {
                     Alert {
                         id: 0,
                         at: now,
-                        rule: "stale_device".into(),
-                        severity: "low".into(),
+                        rule: Rule::StaleDevice,
+                        severity: Severity::Low,
                         account: Some(m.address.clone()),
                         device: Some(m.device_id.clone()),
                         summary: format!(

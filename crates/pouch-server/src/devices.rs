@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use pouch_proto::api::*;
 use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
+use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, DeviceId};
 use pouch_store::{LogRecord, NewDevice, NewLinkRequest, StoredList};
 use std::net::SocketAddr;
@@ -419,9 +420,10 @@ async fn publish(
     for id in &activate {
         record(
             &s,
-            Ev::new("link_approved")
+            Ev::new(Action::LinkApproved)
                 .account(&me.address)
                 .device(id)
+                .by(&me.device_id)
                 .detail(format!("approved by {}", me.device_id)),
         )
         .await;
@@ -429,9 +431,10 @@ async fn publish(
     for id in &revoke {
         record(
             &s,
-            Ev::new("device_revoked")
+            Ev::new(Action::DeviceRevoked)
                 .account(&me.address)
                 .device(id)
+                .by(&me.device_id)
                 .detail(format!("revoked by {}", me.device_id)),
         )
         .await;
@@ -492,10 +495,10 @@ async fn create_link(
     if for_address >= MAX_PENDING_LINKS_PER_ACCOUNT || from_source >= MAX_PENDING_LINKS_PER_SOURCE {
         record(
             &s,
-            Ev::new("link_request")
+            Ev::new(Action::LinkRequest)
                 .account(&req.address)
                 .source(peer.ip())
-                .failed("too many pending link requests"),
+                .failed(Reason::TooManyPending, "too many pending link requests"),
         )
         .await;
         return Err(ApiError::new(
@@ -544,10 +547,13 @@ async fn create_link(
         );
         record(
             &s,
-            Ev::new("link_request")
+            Ev::new(Action::LinkRequest)
                 .account(&req.address)
                 .source(peer.ip())
-                .failed("no device of this account can approve it (unknown or not enrolled)"),
+                .failed(
+                    Reason::NoApprover,
+                    "no device of this account can approve it (unknown or not enrolled)",
+                ),
         )
         .await;
         return Ok(Json(LinkCreated { code, expires_at }));
@@ -576,7 +582,7 @@ async fn create_link(
     tracing::info!(address = %req.address, %peer, "link request created");
     record(
         &s,
-        Ev::new("link_request")
+        Ev::new(Action::LinkRequest)
             .account(&req.address)
             .source(peer.ip())
             .detail(format!("device name '{name}'")),
@@ -744,7 +750,7 @@ async fn settle(
         tracing::warn!(address = %r.device.address, "link request expired unapproved");
         record(
             s,
-            Ev::new("link_expired")
+            Ev::new(Action::LinkExpired)
                 .account(&r.device.address)
                 .device(&r.device.device_id)
                 .source(&r.source),
@@ -827,10 +833,11 @@ async fn deny_link(
     tracing::warn!(address = %r.device.address, by = %d, "link request denied");
     record(
         &s,
-        Ev::new("link_denied")
+        Ev::new(Action::LinkDenied)
             .account(&r.device.address)
             .device(&r.device.device_id)
             .source(&r.source)
+            .by(&d)
             .detail(format!("denied by {d}")),
     )
     .await;
@@ -856,7 +863,7 @@ async fn admin_reset(
             other => other.into(),
         })?;
     tracing::warn!(%address, "ADMIN reset the account: every device revoked");
-    record(&s, Ev::new("admin_reset").account(&address)).await;
+    record(&s, Ev::new(Action::AdminReset).account(&address)).await;
     Ok(Json(issue_invite(&s, address, None).await?))
 }
 
@@ -885,7 +892,9 @@ async fn admin_revoke(
     tracing::warn!(%address, %device, "ADMIN revoked a device");
     record(
         &s,
-        Ev::new("admin_revoke").account(&address).device(&device),
+        Ev::new(Action::AdminRevoke)
+            .account(&address)
+            .device(&device),
     )
     .await;
     Ok(Json(AdminActionDone {
@@ -936,7 +945,7 @@ pub(crate) async fn revoke_by_policy(
         tracing::warn!(%address, %device, because, "POLICY revoked a device");
         Box::pin(record(
             s,
-            Ev::new("policy_revoke")
+            Ev::new(Action::PolicyRevoke)
                 .account(address)
                 .device(device)
                 .detail(format!("because of {because}")),

@@ -12,7 +12,8 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::routing::get;
-use pouch_proto::api::{Event, EventBody};
+use pouch_proto::api::{Alert, EVENT_DEVICES_MAX, Event, EventBody};
+use pouch_proto::security::{Action, Outcome, Reason, Rule, Severity};
 use pouch_proto::{Address, DeviceId};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -23,17 +24,22 @@ type St = State<Arc<AppState>>;
 pub struct Ev(EventBody);
 
 impl Ev {
-    pub fn new(action: &str) -> Self {
+    pub fn new(action: Action) -> Self {
         Ev(EventBody {
             at: now(),
             account: None,
             device: None,
             source: None,
-            action: action.into(),
-            outcome: "success".into(),
+            action,
+            outcome: Outcome::Success,
             count: 0,
             bytes: 0,
             detail: String::new(),
+            reason: None,
+            targets: Vec::new(),
+            devices: Vec::new(),
+            by: None,
+            after_reset: false,
         })
     }
     pub fn account(mut self, a: &Address) -> Self {
@@ -48,13 +54,39 @@ impl Ev {
         self.0.source = Some(s.to_string());
         self
     }
-    pub fn failed(mut self, why: impl ToString) -> Self {
-        self.0.outcome = "failure".into();
+    /// A failure: why, for the rules, and in words, for people.
+    pub fn failed(mut self, reason: Reason, why: impl ToString) -> Self {
+        self.0.outcome = Outcome::Failure;
+        self.0.reason = Some(reason);
         self.0.detail = why.to_string();
         self
     }
     pub fn detail(mut self, d: impl ToString) -> Self {
         self.0.detail = d.to_string();
+        self
+    }
+    /// The accounts it was aimed at.
+    pub fn targets(mut self, accounts: impl IntoIterator<Item = Address>) -> Self {
+        self.0.targets = accounts.into_iter().collect();
+        self
+    }
+    /// The devices it was aimed at (at most [`EVENT_DEVICES_MAX`] are kept).
+    pub fn devices<'a>(mut self, devices: impl IntoIterator<Item = &'a DeviceId>) -> Self {
+        self.0.devices = devices
+            .into_iter()
+            .take(EVENT_DEVICES_MAX)
+            .cloned()
+            .collect();
+        self
+    }
+    /// The device that acted, when the event is recorded on another's account.
+    pub fn by(mut self, d: &DeviceId) -> Self {
+        self.0.by = Some(d.clone());
+        self
+    }
+    /// An enrollment into an account an administrator reset.
+    pub fn after_reset(mut self, after_reset: bool) -> Self {
+        self.0.after_reset = after_reset;
         self
     }
     /// Sets the event's time (the clock by default; simulations set their own).
@@ -69,51 +101,66 @@ impl Ev {
     }
 }
 
-/// Records an event and runs the rules on it. When the event cannot be
+/// Records an event: returns once it is committed to the audit chain; the
+/// rules see it right after ([`crate::recorder`]). When the event cannot be
 /// recorded the request still goes on, but logging being interrupted is an
 /// alert itself: at once to the outputs outside the database, and — with
 /// how many events were lost — to the database when it takes events again.
 pub async fn record(s: &AppState, ev: Ev) {
+    s.recorder.record(s, ev.0).await
+}
+
+/// Waits until every event this node recorded so far has been through the
+/// rules, so the alerts read next include what they raised.
+pub async fn settled(s: &AppState) {
+    s.recorder.settled().await
+}
+
+/// After a successful append: if events were lost before it, say so.
+pub(crate) async fn logging_works_again(s: &Arc<AppState>) {
     use std::sync::atomic::Ordering;
-    match s.store.append_event(&ev.0).await {
-        Ok(seq) => {
-            let lost = s.events_lost.swap(0, Ordering::SeqCst);
-            if lost > 0 {
-                let since = s.events_lost_since.load(Ordering::SeqCst);
-                crate::detect::raise(
-                    s,
-                    logging_alert(format!(
-                        "event logging was interrupted: {lost} event(s) since {} could not be recorded; logging works again",
-                        crate::format_time(since)
-                    )),
-                )
-                .await;
-            }
-            crate::detect::on_event(s, &ev.0, seq).await
-        }
-        Err(e) => {
-            tracing::error!(error = %e, action = %ev.0.action, "EVENT LOGGING FAILED");
-            if s.events_lost.fetch_add(1, Ordering::SeqCst) == 0 {
-                s.events_lost_since.store(ev.0.at, Ordering::SeqCst);
-                crate::detect::raise(
-                    s,
-                    logging_alert(format!(
-                        "event logging is interrupted: the database refused an event ({}); what happens now is not being recorded",
-                        ev.0.action
-                    )),
-                )
-                .await;
-            }
-        }
+    let lost = s.events_lost.swap(0, Ordering::SeqCst);
+    if lost > 0 {
+        let since = s.events_lost_since.load(Ordering::SeqCst);
+        crate::detect::raise(
+            s,
+            logging_alert(format!(
+                "event logging was interrupted: {lost} event(s) since {} could not be recorded; logging works again",
+                crate::format_time(since)
+            )),
+        )
+        .await;
     }
 }
 
-fn logging_alert(summary: String) -> pouch_proto::api::Alert {
-    pouch_proto::api::Alert {
+/// After the database refused a batch of events.
+pub(crate) async fn logging_failed(
+    s: &Arc<AppState>,
+    lost: &[EventBody],
+    e: &pouch_store::StoreError,
+) {
+    use std::sync::atomic::Ordering;
+    let Some(first) = lost.first() else { return };
+    tracing::error!(error = %e, action = %first.action, events = lost.len(), "EVENT LOGGING FAILED");
+    if s.events_lost.fetch_add(lost.len() as u64, Ordering::SeqCst) == 0 {
+        s.events_lost_since.store(first.at, Ordering::SeqCst);
+        crate::detect::raise(
+            s,
+            logging_alert(format!(
+                "event logging is interrupted: the database refused an event ({}); what happens now is not being recorded",
+                first.action
+            )),
+        )
+        .await;
+    }
+}
+
+fn logging_alert(summary: String) -> Alert {
+    Alert {
         id: 0,
         at: now(),
-        rule: "event_logging_interrupted".into(),
-        severity: "critical".into(),
+        rule: Rule::EventLoggingInterrupted,
+        severity: Severity::Critical,
         account: None,
         device: None,
         summary,
@@ -197,10 +244,11 @@ async fn own_alerts(
     State(s): St,
     AuthDevice(d): AuthDevice,
     Query(p): Query<Page>,
-) -> Result<Json<Vec<pouch_proto::api::Alert>>, ApiError> {
+) -> Result<Json<Vec<Alert>>, ApiError> {
     let me = account_of(&s, &d)
         .await
         .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
+    settled(&s).await;
     Ok(Json(s.store.alerts(p.after, Some(&me)).await?))
 }
 
@@ -209,7 +257,8 @@ async fn admin_alerts(
     State(s): St,
     _: Admin,
     Query(p): Query<Page>,
-) -> Result<Json<Vec<pouch_proto::api::Alert>>, ApiError> {
+) -> Result<Json<Vec<Alert>>, ApiError> {
+    settled(&s).await;
     Ok(Json(s.store.alerts(p.after, None).await?))
 }
 
@@ -220,25 +269,20 @@ async fn client_report(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Json(r): Json<pouch_proto::api::ClientReport>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    if !matches!(
-        r.kind.as_str(),
-        "queue_gap"
-            | "unlisted_device"
-            | "mail_withheld"
-            | "forged_sender"
-            | "sender_fork"
-            | "rejected_item"
-            | "membership_mismatch"
-    ) || r.detail.len() > 500
-    {
+    let Some(action) = r.kind.action() else {
         return Err(ApiError::bad_request("unknown report"));
+    };
+    if r.detail.len() > 500 {
+        return Err(ApiError::bad_request(
+            "a report's detail is longer than 500 bytes; shorten it",
+        ));
     }
     let me = account_of(&s, &d)
         .await
         .ok_or_else(|| ApiError::unauthorized("unknown device"))?;
     record(
         &s,
-        Ev::new(&format!("client_report_{}", r.kind))
+        Ev::new(action)
             .account(&me)
             .device(&d)
             .source(peer.ip())

@@ -15,6 +15,7 @@ use crate::{AppState, error::ApiError};
 use pouch_mls::Leaf;
 use pouch_mls::public::PublicView;
 use pouch_proto::api::CommitRequest;
+use pouch_proto::security::{Action, Reason};
 use pouch_proto::{DeviceId, GroupId};
 use pouch_store::{GroupError, GroupRejection};
 
@@ -35,9 +36,10 @@ pub(crate) async fn check_commit(
         Ok(state) => Ok(state),
         Err(Refusal::Api(e)) => Err(e),
         Err(Refusal::Invalid(why)) => {
-            let mut ev = Ev::new("commit")
-                .device(sender)
-                .failed(format!("conversation {}: {why}", group_id.0));
+            let mut ev = Ev::new(Action::Commit).device(sender).failed(
+                Reason::CommitRejected,
+                format!("conversation {}: {why}", group_id.0),
+            );
             if let Ok(Some(d)) = s.store.device(sender).await {
                 ev = ev.account(&d.address);
             }

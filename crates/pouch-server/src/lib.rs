@@ -22,6 +22,7 @@ mod groups;
 pub mod log;
 mod logkey;
 pub mod push;
+pub mod recorder;
 pub mod routes;
 pub mod sinks;
 pub mod tls;
@@ -110,6 +111,8 @@ pub struct AppState {
     pub waiters: push::Waiters,
     /// Directory answers at the current checkpoint (`POST /v1/directory/lists`).
     pub directory: devices::DirectoryCache,
+    /// Where requests hand their access events ([`recorder`]).
+    pub recorder: recorder::Recorder,
     admin_token_sha256: [u8; 32],
 }
 
@@ -280,6 +283,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         Err(e) => return Err(e.into()),
     };
     let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;
+    let (recorder, recorder_tasks) = recorder::Recorder::new();
     let state = Arc::new(AppState {
         store,
         policy: config.policy.clone(),
@@ -296,14 +300,17 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         link_decoys: Default::default(),
         waiters: Default::default(),
         directory: Default::default(),
+        recorder,
         admin_token_sha256,
     });
+    recorder_tasks.start(&state);
     log::refresh_checkpoint(&state)
         .await
         .map_err(|e| StartError::Config(e.body.message))?;
     events::record(
         &state,
-        events::Ev::new("server_start").detail(format!("version {}", env!("CARGO_PKG_VERSION"))),
+        events::Ev::new(pouch_proto::security::Action::ServerStart)
+            .detail(format!("version {}", env!("CARGO_PKG_VERSION"))),
     )
     .await;
     Ok(Prepared {

@@ -7,6 +7,7 @@
 
 use crate::config::AlertOutputs;
 use pouch_proto::api::Alert;
+use pouch_proto::security::Severity;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,13 +172,12 @@ impl SyslogTarget {
 }
 
 /// RFC 5424 severity for a Pouch severity (facility 10, security/authorization).
-fn syslog_pri(severity: &str) -> u8 {
+fn syslog_pri(severity: Severity) -> u8 {
     let level = match severity {
-        "critical" => 2,
-        "high" => 3,
-        "medium" => 4,
-        "low" => 5,
-        _ => 6,
+        Severity::Critical => 2,
+        Severity::High => 3,
+        Severity::Medium => 4,
+        Severity::Low => 5,
     };
     10 * 8 + level
 }
@@ -210,8 +210,8 @@ pub fn rfc5424(alert: &Alert, hostname: &str) -> String {
     let mut sd = format!(
         "[pouch@32473 alert_id=\"{}\" rule=\"{}\" severity=\"{}\"",
         alert.id,
-        sd_escape(&alert.rule),
-        sd_escape(&alert.severity)
+        sd_escape(alert.rule.as_str()),
+        sd_escape(alert.severity.as_str())
     );
     if let Some(a) = &alert.account {
         sd.push_str(&format!(" account=\"{}\"", sd_escape(a.as_str())));
@@ -222,10 +222,10 @@ pub fn rfc5424(alert: &Alert, hostname: &str) -> String {
     sd.push(']');
     format!(
         "<{}>1 {time} {} pouch {} {} {sd} {}",
-        syslog_pri(&alert.severity),
+        syslog_pri(alert.severity),
         printable(hostname, 255),
         std::process::id(),
-        printable(&alert.rule, 32),
+        printable(alert.rule.as_str(), 32),
         alert.summary.replace(['\n', '\r'], " ")
     )
 }
@@ -299,8 +299,8 @@ mod tests {
         let alert = Alert {
             id: 7,
             at: 1_700_000_000,
-            rule: "cloned_device".into(),
-            severity: "high".into(),
+            rule: pouch_proto::security::Rule::ClonedDevice,
+            severity: Severity::High,
             account: None,
             device: Some(pouch_proto::DeviceId("d\"1]".into())),
             summary: "two\ncopies".into(),

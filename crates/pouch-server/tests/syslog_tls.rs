@@ -72,8 +72,8 @@ fn alert(rule: &str) -> Alert {
     Alert {
         id: 41,
         at: 1_767_571_200,
-        rule: rule.into(),
-        severity: "critical".into(),
+        rule: pouch_proto::security::Rule::parse(rule),
+        severity: pouch_proto::security::Severity::Critical,
         account: Some(pouch_proto::Address::parse("ambassador@mfa.example").unwrap()),
         device: None,
         summary: "event 2 is missing".into(),

@@ -101,20 +101,10 @@ async fn enqueue_many(
         .chunks(ROWS_PER_INSERT)
         .zip(seqs.chunks(ROWS_PER_INSERT))
     {
-        let mut sql = String::from(
-            "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at, blob_id) VALUES ",
+        let sql = format!(
+            "INSERT INTO queue (device_id, seq, kind, group_id, sender_device, epoch, payload_id, size, received_at, blob_id) VALUES {}",
+            values_placeholders(chunk.len(), COLUMNS)
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let placeholders: Vec<String> = (1..=COLUMNS)
-                .map(|c| format!("${}", i * COLUMNS + c))
-                .collect();
-            sql.push('(');
-            sql.push_str(&placeholders.join(", "));
-            sql.push(')');
-        }
         // Built only from this function's own text and placeholder numbers.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (device, seq) in chunk.iter().zip(chunk_seqs) {
@@ -133,6 +123,19 @@ async fn enqueue_many(
         query.execute(&mut *conn).await.map_err(backend)?;
     }
     Ok(None)
+}
+
+/// `($1, $2, …), (…)` for `rows` rows of `columns` values each.
+fn values_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Deletes the payloads among `payload_ids` that no queue item refers to any
@@ -973,35 +976,60 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn append_event(&self, body: &pouch_proto::api::EventBody) -> Result<u64> {
-        let json = serde_json::to_string(body).map_err(|e| StoreError::Backend(e.to_string()))?;
+    async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>> {
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jsons = bodies
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut tx = self.begin().await?;
-        // The state row's lock serialises appends, across nodes too.
-        let (seq, prev): (i64, String) = sqlx::query_as(
-            "UPDATE events_state SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq, last_hash",
+        // The state row's lock serialises appends, across nodes too; a batch
+        // takes its range of sequence numbers at once.
+        let (last, mut prev): (i64, String) = sqlx::query_as(
+            "UPDATE events_state SET last_seq = last_seq + $1 WHERE id = 1 RETURNING last_seq, last_hash",
         )
+        .bind(bodies.len() as i64)
         .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
-        let hash = pouch_proto::api::Event::chain_hash(&prev, seq as u64, &json);
-        sqlx::query("INSERT INTO events (seq, at, account, action, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(seq)
-            .bind(body.at)
-            .bind(body.account.as_ref().map(|a| a.as_str().to_string()))
-            .bind(&body.action)
-            .bind(&json)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let first = last - bodies.len() as i64 + 1;
+        let mut seqs = Vec::with_capacity(bodies.len());
+        // Rows of one statement, under the bind limits of both backends.
+        const COLUMNS: usize = 7;
+        const ROWS_PER_INSERT: usize = 200;
+        for (chunk_no, chunk) in bodies.chunks(ROWS_PER_INSERT).enumerate() {
+            let sql = format!(
+                "INSERT INTO events (seq, at, account, action, body, prev_hash, hash) VALUES {}",
+                values_placeholders(chunk.len(), COLUMNS)
+            );
+            // Built only from this function's own text and placeholder numbers.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (i, body) in chunk.iter().enumerate() {
+                let n = chunk_no * ROWS_PER_INSERT + i;
+                let seq = first + n as i64;
+                let hash = pouch_proto::api::Event::chain_hash(&prev, seq as u64, &jsons[n]);
+                query = query
+                    .bind(seq)
+                    .bind(body.at)
+                    .bind(body.account.as_ref().map(|a| a.as_str().to_string()))
+                    .bind(body.action.as_str().to_string())
+                    .bind(jsons[n].clone())
+                    .bind(std::mem::replace(&mut prev, hash.clone()))
+                    .bind(hash);
+                seqs.push(seq as u64);
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
+        }
         sqlx::query("UPDATE events_state SET last_hash = $1 WHERE id = 1")
-            .bind(&hash)
+            .bind(&prev)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(seq as u64)
+        Ok(seqs)
     }
 
     async fn events(
@@ -1035,8 +1063,8 @@ impl Store for SqlStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(a.at)
-        .bind(&a.rule)
-        .bind(&a.severity)
+        .bind(a.rule.as_str())
+        .bind(a.severity.as_str())
         .bind(a.account.as_ref().map(|x| x.as_str().to_string()))
         .bind(a.device.as_ref().map(|d| d.0.clone()))
         .bind(&a.summary)
@@ -1088,8 +1116,11 @@ impl Store for SqlStore {
                     pouch_proto::api::Alert {
                         id: id as u64,
                         at,
-                        rule,
-                        severity,
+                        rule: pouch_proto::security::Rule::parse(&rule),
+                        // No version writes another value: an edited row is
+                        // shown as critical rather than hidden.
+                        severity: pouch_proto::security::Severity::parse(&severity)
+                            .unwrap_or(pouch_proto::security::Severity::Critical),
                         account: account.and_then(|a| Address::parse(&a).ok()),
                         device: device.map(DeviceId),
                         summary,

@@ -865,11 +865,16 @@ pub async fn run(store: &dyn Store) {
         account: account.cloned(),
         device: None,
         source: Some("127.0.0.1".into()),
-        action: action.into(),
-        outcome: "success".into(),
+        action: pouch_proto::security::Action::parse(action),
+        outcome: pouch_proto::security::Outcome::Success,
         count: 1,
         bytes: 10,
         detail: String::new(),
+        reason: None,
+        targets: Vec::new(),
+        devices: Vec::new(),
+        by: None,
+        after_reset: false,
     };
     assert_eq!(
         store
@@ -938,14 +943,43 @@ pub async fn run(store: &dyn Store) {
         5
     );
     let kept = store.events(0, None, 100).await.unwrap();
+    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash.clone()).unwrap();
+
+    // A batch (the recorder's): consecutive numbers, one chain, in order,
+    // across the backend's rows-per-statement limit.
+    let batch: Vec<_> = (0..450)
+        .map(|i| pouch_proto::api::EventBody {
+            count: i,
+            ..ev(Some(&bob), "queue_fetch")
+        })
+        .collect();
+    let seqs = store.append_events(&batch).await.unwrap();
+    assert_eq!(seqs, (6..6 + 450).collect::<Vec<u64>>());
+    assert_eq!(store.append_events(&[]).await.unwrap(), Vec::<u64>::new());
+    let kept = store.events(0, None, 1000).await.unwrap();
+    assert_eq!(kept.len(), 451);
     pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash).unwrap();
+    assert!(
+        kept[1..]
+            .iter()
+            .zip(0..)
+            .all(|(e, i)| e.parsed().unwrap().count == i)
+    );
+    assert_eq!(
+        store.event_head().await.unwrap(),
+        (455, kept[450].hash.clone())
+    );
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        456
+    );
 
     // Alerts: numbered, filterable by account.
     let alert = |account: Option<&Address>, rule: &str| pouch_proto::api::Alert {
         id: 0,
         at: now,
-        rule: rule.into(),
-        severity: "high".into(),
+        rule: pouch_proto::security::Rule::parse(rule),
+        severity: pouch_proto::security::Severity::High,
         account: account.cloned(),
         device: None,
         summary: format!("{rule} happened"),
@@ -966,7 +1000,7 @@ pub async fn run(store: &dyn Store) {
     assert!(store.alerts(first, Some(&alice)).await.unwrap().is_empty());
     // A critical alert about the whole server concerns every account.
     let server_wide = pouch_proto::api::Alert {
-        severity: "critical".into(),
+        severity: pouch_proto::security::Severity::Critical,
         ..alert(None, "audit_chain_broken")
     };
     store.add_alert(&server_wide).await.unwrap();

@@ -349,8 +349,16 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
 
     // --- access events ---
-    /// Appends an event to the hash chain; returns its sequence number.
-    async fn append_event(&self, body: &pouch_proto::api::EventBody) -> Result<u64>;
+    /// Appends events to the hash chain in one transaction, in order;
+    /// returns their sequence numbers (consecutive). All or none.
+    async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>>;
+    /// Appends one event; returns its sequence number.
+    async fn append_event(&self, body: &pouch_proto::api::EventBody) -> Result<u64> {
+        let seqs = self.append_events(std::slice::from_ref(body)).await?;
+        seqs.first()
+            .copied()
+            .ok_or_else(|| StoreError::Backend("no sequence number for an appended event".into()))
+    }
     /// Events after `after_seq` (all accounts, or one), oldest first.
     async fn events(
         &self,

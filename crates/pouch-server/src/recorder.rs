@@ -1,0 +1,158 @@
+//! The audit recorder: access events leave the request's critical path.
+//!
+//! A request hands its event here and waits only until the transaction that
+//! holds it commits: nothing a request acknowledges is unaudited. Events
+//! arriving together are appended in one transaction (one lock of the
+//! chain's head row and one fsync for a batch, not one per request), with
+//! the hash chain exactly as if they came one by one.
+//!
+//! Detection runs after the commit, on a task of its own, over events in the
+//! order of their sequence numbers, so a slow rule delays alerts, never a
+//! request. [`Recorder::settled`] waits until every event this node has
+//! appended so far has been through the rules: the alert lists call it, so
+//! whoever reads alerts after an action sees what that action raised.
+//!
+//! Bounds: at most [`QUEUE`] events wait for a batch (a request then waits
+//! for room), [`BATCH`] go into one transaction, and [`QUEUE`] appended
+//! events wait for detection (the appender then waits for the rules).
+
+use crate::AppState;
+use pouch_proto::api::EventBody;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Events that may wait for a batch, and appended events that may wait for the rules.
+pub const QUEUE: usize = 4096;
+/// Events appended in one transaction at most.
+pub const BATCH: usize = 256;
+/// The longest [`Recorder::settled`] waits: alerts are shown late rather than not at all.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct Pending {
+    body: EventBody,
+    committed: oneshot::Sender<()>,
+}
+
+/// The requests' side of the recorder (in [`AppState`]).
+pub struct Recorder {
+    appends: mpsc::Sender<Pending>,
+    /// The highest sequence number this node appended.
+    appended: Arc<AtomicU64>,
+    /// The highest sequence number the rules have seen.
+    detected: watch::Receiver<u64>,
+}
+
+/// The recorder's two tasks, started once the state that holds the
+/// [`Recorder`] exists ([`RecorderTasks::start`]).
+pub struct RecorderTasks {
+    appends: mpsc::Receiver<Pending>,
+    appended: Arc<AtomicU64>,
+    detected: watch::Sender<u64>,
+}
+
+impl Recorder {
+    pub fn new() -> (Recorder, RecorderTasks) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (detected_tx, detected_rx) = watch::channel(0);
+        let appended = Arc::new(AtomicU64::new(0));
+        (
+            Recorder {
+                appends: tx,
+                appended: appended.clone(),
+                detected: detected_rx,
+            },
+            RecorderTasks {
+                appends: rx,
+                appended,
+                detected: detected_tx,
+            },
+        )
+    }
+
+    /// Hands an event to the appender and waits until it is committed (or
+    /// until the database refused it: the request goes on, and logging
+    /// being interrupted is an alert of its own).
+    pub async fn record(&self, s: &AppState, body: EventBody) {
+        let (committed, done) = oneshot::channel();
+        match self.appends.send(Pending { body, committed }).await {
+            Ok(()) => {
+                let _ = done.await;
+            }
+            // Only while the state is being dropped: append it here.
+            Err(mpsc::error::SendError(p)) => {
+                if let Err(e) = s.store.append_event(&p.body).await {
+                    tracing::error!(error = %e, action = %p.body.action, "EVENT LOGGING FAILED");
+                }
+            }
+        }
+    }
+
+    /// Waits until the rules have seen every event this node has appended
+    /// so far (at most a few seconds).
+    pub async fn settled(&self) {
+        let target = self.appended.load(Ordering::SeqCst);
+        let mut detected = self.detected.clone();
+        let _ = tokio::time::timeout(SETTLE_WAIT, detected.wait_for(|d| *d >= target)).await;
+    }
+}
+
+impl RecorderTasks {
+    /// Starts the appender and the detector. They hold the state weakly:
+    /// when it is dropped, the channels close and both end.
+    pub fn start(self, state: &Arc<AppState>) {
+        let (to_rules, for_rules) = mpsc::channel(QUEUE);
+        tokio::spawn(append_loop(
+            Arc::downgrade(state),
+            self.appends,
+            self.appended,
+            to_rules,
+        ));
+        tokio::spawn(detect_loop(Arc::downgrade(state), for_rules, self.detected));
+    }
+}
+
+async fn append_loop(
+    state: Weak<AppState>,
+    mut appends: mpsc::Receiver<Pending>,
+    appended: Arc<AtomicU64>,
+    to_rules: mpsc::Sender<(EventBody, u64)>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while appends.recv_many(&mut batch, BATCH).await > 0 {
+        let Some(s) = state.upgrade() else { return };
+        let bodies: Vec<EventBody> = batch.iter().map(|p| p.body.clone()).collect();
+        match s.store.append_events(&bodies).await {
+            Ok(seqs) => {
+                if let Some(last) = seqs.last() {
+                    appended.fetch_max(*last, Ordering::SeqCst);
+                }
+                crate::events::logging_works_again(&s).await;
+                for (p, seq) in batch.drain(..).zip(seqs) {
+                    let _ = p.committed.send(());
+                    if to_rules.send((p.body, seq)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                crate::events::logging_failed(&s, &bodies, &e).await;
+                for p in batch.drain(..) {
+                    let _ = p.committed.send(());
+                }
+            }
+        }
+    }
+}
+
+async fn detect_loop(
+    state: Weak<AppState>,
+    mut appended: mpsc::Receiver<(EventBody, u64)>,
+    detected: watch::Sender<u64>,
+) {
+    while let Some((body, seq)) = appended.recv().await {
+        let Some(s) = state.upgrade() else { return };
+        crate::detect::on_event(&s, &body, seq).await;
+        detected.send_modify(|d| *d = (*d).max(seq));
+    }
+}
