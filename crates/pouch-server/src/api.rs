@@ -1,8 +1,9 @@
 //! HTTP routes. Each handler validates its input at the edge, calls the store
 //! once, and maps the outcome to a status and a JSON body.
 
-use crate::events::{Ev, account_of, record};
 use crate::routes::{Access, Routes};
+use crate::service::audit::{Ev, record};
+use crate::service::{Caller, mail};
 use crate::{AppState, INVITE_TTL_SECS, error::ApiError, now, random_bytes, sha256};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
@@ -11,10 +12,10 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use pouch_proto::DeviceId;
 use pouch_proto::api::*;
 use pouch_proto::security::{Action, Reason};
-use pouch_proto::{DeviceId, GroupId};
-use pouch_store::{CommitSubmission, NewDevice};
+use pouch_store::NewDevice;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,10 +35,7 @@ pub(crate) const SMALL_LIMIT: usize = 1 << 20;
 /// Sign-in, reports and the like.
 pub(crate) const TINY_LIMIT: usize = 16 << 10;
 const CHALLENGE_TTL_SECS: i64 = 60;
-/// Payload bytes one queue fetch returns at most (beyond its first item):
-/// what a fetch costs the server in memory stays bounded.
-const QUEUE_PAGE_BYTES: u64 = 8 << 20;
-const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 500;
+use crate::service::mail::MAX_KEY_PACKAGES_PER_UPLOAD;
 
 /// The server's router, built from [`routes`] only.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -174,6 +172,22 @@ impl FromRequestParts<Arc<AppState>> for AuthDevice {
                 ApiError::unauthorized("device token unknown, expired or revoked; sign in again")
             })?;
         Ok(AuthDevice(device))
+    }
+}
+
+/// The service layer's caller: the authenticated device and its address.
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let AuthDevice(device) = AuthDevice::from_request_parts(parts, state).await?;
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        Ok(Caller::new(device, source))
     }
 }
 
@@ -449,164 +463,44 @@ async fn token(
 
 async fn upload_key_packages(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Json(req): Json<UploadKeyPackages>,
 ) -> ApiResult<KeyPackageCount> {
-    if req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiError::bad_request(
-            "upload at most 500 key packages at once",
-        ));
-    }
-    s.store
-        .add_key_packages(
-            &d,
-            &req.key_packages,
-            req.last_resort.as_deref(),
-            req.replace_pool,
-        )
-        .await?;
-    Ok(Json(KeyPackageCount {
-        available: s.store.count_key_packages(&d).await?,
-    }))
+    let available = mail::upload_key_packages(
+        &s,
+        &caller,
+        &req.key_packages,
+        req.last_resort.as_deref(),
+        req.replace_pool,
+    )
+    .await?;
+    Ok(Json(KeyPackageCount { available }))
 }
 
-async fn count_key_packages(State(s): St, AuthDevice(d): AuthDevice) -> ApiResult<KeyPackageCount> {
+async fn count_key_packages(State(s): St, caller: Caller) -> ApiResult<KeyPackageCount> {
     Ok(Json(KeyPackageCount {
-        available: s.store.count_key_packages(&d).await?,
+        available: mail::count_key_packages(&s, &caller).await?,
     }))
 }
 
 async fn claim_key_packages(
     State(s): St,
-    AuthDevice(d): AuthDevice,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Json(req): Json<ClaimRequest>,
 ) -> ApiResult<ClaimResponse> {
-    // The recipients of one mail, plus the sender's own account.
-    if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
-        return Err(ApiError::bad_request(format!(
-            "claim for at most {} addresses at once (a mail's recipients and the sender)",
-            pouch_proto::MAX_RECIPIENTS + 1
-        )));
-    }
-    let mut addresses = req.addresses.clone();
-    addresses.sort();
-    addresses.dedup();
-    let claimed = match s
-        .store
-        .claim_key_packages(&addresses, &d, &req.only)
-        .await?
-    {
-        pouch_store::Claim::Claimed(c) => c,
-        pouch_store::Claim::UnknownAddress(address) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::UnknownRecipient,
-                format!("{address} is not a Pouch user on this server; check the address"),
-            ));
-        }
-    };
-    let devices: Vec<ClaimedDevice> = claimed
-        .into_iter()
-        .map(|c| ClaimedDevice {
-            address: c.device.address,
-            device_id: c.device.device_id,
-            signature_key: c.device.signature_key,
-            key_package: c.key_package,
-            last_resort: c.last_resort,
-        })
-        .collect();
-    let claimer = account_of(&s, &d).await;
-    let mut ev = Ev::new(Action::KeyPackageClaim)
-        .device(&d)
-        .source(peer.ip())
-        .amount(devices.len() as u64, 0);
-    if let Some(a) = &claimer {
-        ev = ev.account(a);
-    }
-    let who: Vec<&str> = req.addresses.iter().map(|a| a.as_str()).collect();
-    let detail = format!("for {}", who.join(","));
-    record(&s, ev.targets(req.addresses.iter().cloned()).detail(detail)).await;
-    // A pool that ran dry is what a drain is after (every new conversation
-    // with that device now reuses its last-resort package): recorded on the
-    // account whose pool it was, naming who claimed.
-    for c in devices.iter().filter(|c| c.last_resort) {
-        record(
-            &s,
-            Ev::new(Action::KeyPackageExhausted)
-                .account(&c.address)
-                .devices([&c.device_id])
-                .by(&d)
-                .source(peer.ip())
-                .detail(format!(
-                    "device {} of {}, claimed by {} (device {d})",
-                    c.device_id,
-                    c.address,
-                    claimer.as_ref().map(|a| a.as_str()).unwrap_or("?")
-                )),
-        )
-        .await;
-    }
+    let devices = mail::claim(&s, &caller, &req.addresses, &req.only).await?;
     Ok(Json(ClaimResponse { devices }))
-}
-
-fn group_id(raw: String) -> Result<GroupId, ApiError> {
-    let g = GroupId(raw);
-    if g.is_well_formed() {
-        Ok(g)
-    } else {
-        Err(ApiError::bad_request("malformed conversation id"))
-    }
 }
 
 async fn commit(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Path(group): Path<String>,
     Json(req): Json<CommitRequest>,
 ) -> ApiResult<CommitResponse> {
-    let group_id = group_id(group)?;
-    if req.welcome.is_some() == req.added.is_empty() {
-        return Err(ApiError::bad_request(
-            "a commit carries a Welcome exactly when it adds devices",
-        ));
-    }
-    // Every change to a conversation's members comes with the MLS commit
-    // that its members apply, and the server checks that commit first: no
-    // fan-out change that the commit does not make.
-    let public_state = crate::groups::check_commit(&s, &group_id, &d, &req).await?;
-    // Which devices a Welcome went to: what turns a key-package claim into
-    // a conversation (the drain rule counts claims that never did).
-    let welcomed = (req.welcome.is_some()).then(|| req.added.clone());
-    let accepted = s
-        .store
-        .submit_commit(CommitSubmission {
-            group_id: group_id.clone(),
-            sender: d.clone(),
-            base_epoch: req.base_epoch,
-            commit: req.commit,
-            welcome: req.welcome,
-            added: req.added,
-            removed: req.removed,
-            public_state,
-            max_queued_bytes: s.limits.queue_bytes,
-            now: now(),
-        })
-        .await?;
-    if let Some(added) = welcomed {
-        let mut ev = Ev::new(Action::Welcome)
-            .device(&d)
-            .devices(&added)
-            .amount(added.len() as u64, 0);
-        if let Some(a) = account_of(&s, &d).await {
-            ev = ev.account(&a);
-        }
-        record(&s, ev).await;
-    }
-    s.waiters.wake(accepted.queued_for.iter());
-    Ok(Json(CommitResponse {
-        epoch: accepted.epoch,
-    }))
+    let group_id = mail::group_id(group)?;
+    let epoch = mail::commit(&s, &caller, &group_id, req).await?;
+    Ok(Json(CommitResponse { epoch }))
 }
 
 /// Why an enrollment was refused, for the rules.
@@ -620,49 +514,25 @@ fn enroll_refusal(e: &pouch_store::EnrollError) -> Reason {
     }
 }
 
-/// The devices the server fans a conversation out to, for its members to
-/// compare with the MLS roster they hold. Only members may ask.
+/// The devices the server fans a conversation out to (members only).
 async fn group_members(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> ApiResult<pouch_proto::api::GroupMembers> {
-    let group_id = group_id(group)?;
-    let (epoch, devices) = s
-        .store
-        .group_members(&group_id)
-        .await?
-        .filter(|(_, m)| m.contains(&d))
-        .ok_or_else(|| ApiError::not_found("no such conversation with this device in it"))?;
-    Ok(Json(pouch_proto::api::GroupMembers { epoch, devices }))
+    let group_id = mail::group_id(group)?;
+    Ok(Json(mail::members(&s, &caller, &group_id).await?))
 }
 
 async fn send_message(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Path(group): Path<String>,
     Json(req): Json<SendRequest>,
 ) -> ApiResult<SendResponse> {
-    let group_id = group_id(group)?;
-    if let Some(b) = &req.blob {
-        blob_id(b)?;
-    }
-    let recipients = s
-        .store
-        .submit_message(&pouch_store::Message {
-            group_id: &group_id,
-            sender: &d,
-            epoch: req.epoch,
-            payload: &req.message,
-            blob: req.blob.as_deref(),
-            max_queued_bytes: s.limits.queue_bytes,
-            now: now(),
-        })
-        .await?;
-    s.waiters.wake(recipients.iter());
-    Ok(Json(SendResponse {
-        recipients: recipients.len() as u32,
-    }))
+    let group_id = mail::group_id(group)?;
+    let recipients = mail::send(&s, &caller, &group_id, &req).await?;
+    Ok(Json(SendResponse { recipients }))
 }
 
 #[derive(Deserialize)]
@@ -676,25 +546,12 @@ struct WaitQuery {
 /// holds something after `after`, or `false` after `secs` (at most 25).
 async fn wait_queue(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<serde_json::Value> {
-    let wait = std::time::Duration::from_secs(q.secs.unwrap_or(25)).min(crate::push::MAX_WAIT);
-    let held = s.waiters.hold(&d);
-    let pending = async {
-        // Listening before looking, so mail queued in between still rings.
-        let rung = held.bell().notified();
-        tokio::pin!(rung);
-        rung.as_mut().enable();
-        if s.store.queue_pending(&d, q.after).await? {
-            return Ok::<_, pouch_store::StoreError>(true);
-        }
-        let _ = tokio::time::timeout(wait, rung).await;
-        s.store.queue_pending(&d, q.after).await
-    }
-    .await;
-    drop(held);
-    Ok(Json(serde_json::json!({ "pending": pending? })))
+    let wait = std::time::Duration::from_secs(q.secs.unwrap_or(25));
+    let pending = mail::wait(&s, &caller, q.after, wait).await?;
+    Ok(Json(serde_json::json!({ "pending": pending })))
 }
 
 #[derive(Deserialize)]
@@ -706,63 +563,24 @@ struct QueueQuery {
 
 async fn fetch_queue(
     State(s): St,
-    AuthDevice(d): AuthDevice,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Query(q): Query<QueueQuery>,
 ) -> ApiResult<QueueResponse> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    // A device reads after the position it last acknowledged. Reading from
-    // before it means a second copy of the device, with an older cursor.
-    let acked = s.store.queue_acked(&d).await?;
-    if q.after < acked {
-        let mut ev = Ev::new(Action::QueueReplay)
-            .device(&d)
-            .source(peer.ip())
-            .failed(
-                Reason::ReplayedPosition,
-                format!(
-                    "from position {} though it had acknowledged up to {acked}",
-                    q.after
-                ),
-            );
-        if let Some(a) = account_of(&s, &d).await {
-            ev = ev.account(&a);
-        }
-        record(&s, ev).await;
-    }
-    let items = s
-        .store
-        .fetch_queue(&d, q.after, limit, QUEUE_PAGE_BYTES)
-        .await?;
-    if !items.is_empty() {
-        let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
-        let mut ev = Ev::new(Action::QueueFetch)
-            .device(&d)
-            .source(peer.ip())
-            .amount(items.len() as u64, bytes);
-        if let Some(a) = account_of(&s, &d).await {
-            ev = ev.account(&a);
-        }
-        record(&s, ev.detail(format!("after {}", q.after))).await;
-    }
+    let items = mail::fetch(&s, &caller, q.after, q.limit).await?;
     Ok(Json(QueueResponse { items }))
 }
 
 async fn ack_queue(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Json(req): Json<AckRequest>,
 ) -> ApiResult<serde_json::Value> {
-    let removed = s.store.ack_queue(&d, req.up_to).await?;
+    let removed = mail::ack(&s, &caller, req.up_to).await?;
     Ok(Json(serde_json::json!({ "removed": removed })))
 }
 
 fn blob_id(raw: &str) -> Result<&str, ApiError> {
-    if raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(raw)
-    } else {
-        Err(ApiError::bad_request("malformed blob id"))
-    }
+    Ok(mail::blob_id(raw)?)
 }
 
 async fn create_blob(State(s): St, AuthDevice(d): AuthDevice) -> ApiResult<BlobCreated> {

@@ -10,8 +10,9 @@
 //! still encrypt garbage path secrets to some members, which the server cannot
 //! see; those members report it).
 
-use crate::events::{Ev, record};
-use crate::{AppState, error::ApiError};
+use crate::AppState;
+use crate::service::ServiceError;
+use crate::service::audit::{Ev, record};
 use pouch_mls::Leaf;
 use pouch_mls::public::PublicView;
 use pouch_proto::api::CommitRequest;
@@ -31,10 +32,10 @@ pub(crate) async fn check_commit(
     group_id: &GroupId,
     sender: &DeviceId,
     req: &CommitRequest,
-) -> Result<Option<Vec<u8>>, ApiError> {
+) -> Result<Option<Vec<u8>>, ServiceError> {
     match verify(s, group_id, sender, req).await {
         Ok(state) => Ok(state),
-        Err(Refusal::Api(e)) => Err(e),
+        Err(Refusal::Service(e)) => Err(e),
         Err(Refusal::Invalid(why)) => {
             let mut ev = Ev::new(Action::Commit).device(sender).failed(
                 Reason::CommitRejected,
@@ -44,7 +45,7 @@ pub(crate) async fn check_commit(
                 ev = ev.account(&d.address);
             }
             record(s, ev).await;
-            Err(ApiError::bad_request(format!(
+            Err(ServiceError::bad_request(format!(
                 "the commit was refused: {why}; sync the conversation and try again"
             )))
         }
@@ -53,20 +54,20 @@ pub(crate) async fn check_commit(
 
 enum Refusal {
     /// Not the request's fault (stale epoch, storage): passed on as is.
-    Api(ApiError),
+    Service(ServiceError),
     /// The commit does not do what the request says, or is not valid.
     Invalid(String),
 }
 
-impl From<ApiError> for Refusal {
-    fn from(e: ApiError) -> Self {
-        Refusal::Api(e)
+impl From<ServiceError> for Refusal {
+    fn from(e: ServiceError) -> Self {
+        Refusal::Service(e)
     }
 }
 
 impl From<pouch_store::StoreError> for Refusal {
     fn from(e: pouch_store::StoreError) -> Self {
-        Refusal::Api(e.into())
+        Refusal::Service(e.into())
     }
 }
 
@@ -82,12 +83,12 @@ async fn verify(
     if req.base_epoch > 0 {
         match s.store.group_members(group_id).await? {
             None => {
-                return Err(Refusal::Api(
+                return Err(Refusal::Service(
                     GroupError::from(GroupRejection::UnknownGroup).into(),
                 ));
             }
             Some((_, members)) if !members.contains(sender) => {
-                return Err(Refusal::Api(
+                return Err(Refusal::Service(
                     GroupError::from(GroupRejection::NotMember).into(),
                 ));
             }
@@ -111,7 +112,7 @@ async fn verify(
         Start::New(info)
     } else {
         let Some((epoch, state)) = s.store.group_public_state(group_id).await? else {
-            return Err(Refusal::Api(
+            return Err(Refusal::Service(
                 GroupError::from(GroupRejection::UnknownGroup).into(),
             ));
         };
@@ -145,12 +146,12 @@ async fn verify(
                 view
             }
             Start::Stored(state) => PublicView::from_bytes(&state)
-                .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?,
+                .map_err(|e| Refusal::Service(e_internal(&e.to_string())))?,
         };
         if view.epoch() != base_epoch {
             // The stored state and the epoch are written together; apart, the
             // state is damaged (a node that does not keep it wrote a commit).
-            return Err(Refusal::Api(e_internal(&format!(
+            return Err(Refusal::Service(e_internal(&format!(
                 "public state at epoch {} for a group at epoch {base_epoch}",
                 view.epoch()
             ))));
@@ -177,7 +178,7 @@ async fn verify(
         Ok(Some(view.to_bytes()))
     })
     .await
-    .map_err(|e| Refusal::Api(e_internal(&e.to_string())))?
+    .map_err(|e| Refusal::Service(e_internal(&e.to_string())))?
 }
 
 /// Where a commit's check starts from.
@@ -189,7 +190,7 @@ enum Start {
 }
 
 fn stale(current: u64) -> Refusal {
-    Refusal::Api(GroupError::from(GroupRejection::StaleEpoch { current }).into())
+    Refusal::Service(GroupError::from(GroupRejection::StaleEpoch { current }).into())
 }
 
 /// The MLS leaves these devices must have: their account's address in the
@@ -212,10 +213,9 @@ fn sorted(mut keys: Vec<Leaf>) -> Vec<Leaf> {
     keys
 }
 
-fn e_internal(e: &str) -> ApiError {
+fn e_internal(e: &str) -> ServiceError {
     tracing::error!(error = %e, "cannot check a commit against the stored public group state");
-    ApiError::new(
-        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    ServiceError::new(
         pouch_proto::api::ErrorCode::Internal,
         "the conversation's state on the server is damaged; report this to your administrator",
     )

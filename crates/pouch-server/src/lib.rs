@@ -24,6 +24,7 @@ mod logkey;
 pub mod push;
 pub mod recorder;
 pub mod routes;
+pub mod service;
 pub mod sinks;
 pub mod tls;
 pub mod witness;

@@ -74,17 +74,27 @@ impl Recorder {
     /// until the database refused it: the request goes on, and logging
     /// being interrupted is an alert of its own).
     pub async fn record(&self, s: &AppState, body: EventBody) {
-        let (committed, done) = oneshot::channel();
-        match self.appends.send(Pending { body, committed }).await {
-            Ok(()) => {
-                let _ = done.await;
-            }
-            // Only while the state is being dropped: append it here.
-            Err(mpsc::error::SendError(p)) => {
-                if let Err(e) = s.store.append_event(&p.body).await {
-                    tracing::error!(error = %e, action = %p.body.action, "EVENT LOGGING FAILED");
+        self.record_all(s, vec![body]).await
+    }
+
+    /// Hands several events over at once (so they share a transaction) and
+    /// waits until all are committed.
+    pub async fn record_all(&self, s: &AppState, bodies: Vec<EventBody>) {
+        let mut waiting = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let (committed, done) = oneshot::channel();
+            match self.appends.send(Pending { body, committed }).await {
+                Ok(()) => waiting.push(done),
+                // Only while the state is being dropped: append it here.
+                Err(mpsc::error::SendError(p)) => {
+                    if let Err(e) = s.store.append_event(&p.body).await {
+                        tracing::error!(error = %e, action = %p.body.action, "EVENT LOGGING FAILED");
+                    }
                 }
             }
+        }
+        for done in waiting {
+            let _ = done.await;
         }
     }
 
@@ -127,7 +137,7 @@ async fn append_loop(
                 if let Some(last) = seqs.last() {
                     appended.fetch_max(*last, Ordering::SeqCst);
                 }
-                crate::events::logging_works_again(&s).await;
+                crate::service::audit::logging_works_again(&s).await;
                 for (p, seq) in batch.drain(..).zip(seqs) {
                     let _ = p.committed.send(());
                     if to_rules.send((p.body, seq)).await.is_err() {
@@ -136,7 +146,7 @@ async fn append_loop(
                 }
             }
             Err(e) => {
-                crate::events::logging_failed(&s, &bodies, &e).await;
+                crate::service::audit::logging_failed(&s, &bodies, &e).await;
                 for p in batch.drain(..) {
                     let _ = p.committed.send(());
                 }

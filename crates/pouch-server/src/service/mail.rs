@@ -1,0 +1,300 @@
+//! Mail delivery: key packages, claims, commits, messages, and each device's
+//! queue (fetch, acknowledge, wait). The server orders and fans out MLS
+//! ciphertext it cannot read; what it checks is who may write where, how
+//! much, and that a commit does what its request says ([`crate::groups`]).
+
+use super::audit::{Ev, account_of, record, record_all};
+use super::{Caller, Result, ServiceError};
+use crate::{AppState, now};
+use pouch_proto::api::{
+    ClaimedDevice, CommitRequest, ErrorCode, GroupMembers, QueueItem, SendRequest,
+};
+use pouch_proto::security::{Action, Reason};
+use pouch_proto::{Address, DeviceId, GroupId};
+use pouch_store::CommitSubmission;
+
+/// Payload bytes one queue fetch returns at most (beyond its first item):
+/// what a fetch costs the server in memory stays bounded.
+pub const QUEUE_PAGE_BYTES: u64 = 8 << 20;
+/// Items one fetch returns at most (and by default).
+pub const QUEUE_PAGE_MAX: u32 = 500;
+pub const QUEUE_PAGE_DEFAULT: u32 = 100;
+pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 500;
+
+/// A conversation id as the client sent it, checked.
+pub fn group_id(raw: String) -> Result<GroupId> {
+    let g = GroupId(raw);
+    if g.is_well_formed() {
+        Ok(g)
+    } else {
+        Err(ServiceError::bad_request("malformed conversation id"))
+    }
+}
+
+/// A blob id as the client sent it, checked (32 hex digits).
+pub fn blob_id(raw: &str) -> Result<&str> {
+    if raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(raw)
+    } else {
+        Err(ServiceError::bad_request("malformed blob id"))
+    }
+}
+
+/// Adds key packages to the caller's pool (replacing the pool if asked);
+/// returns how many it now holds.
+pub async fn upload_key_packages(
+    s: &AppState,
+    caller: &Caller,
+    packages: &[Vec<u8>],
+    last_resort: Option<&[u8]>,
+    replace_pool: bool,
+) -> Result<u32> {
+    if packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
+        return Err(ServiceError::bad_request(
+            "upload at most 500 key packages at once",
+        ));
+    }
+    s.store
+        .add_key_packages(&caller.device, packages, last_resort, replace_pool)
+        .await?;
+    Ok(s.store.count_key_packages(&caller.device).await?)
+}
+
+pub async fn count_key_packages(s: &AppState, caller: &Caller) -> Result<u32> {
+    Ok(s.store.count_key_packages(&caller.device).await?)
+}
+
+/// One key package of every device of these accounts (the recipients of
+/// one mail and the sender's own), all or nothing, in one transaction.
+pub async fn claim(
+    s: &AppState,
+    caller: &Caller,
+    addresses: &[Address],
+    only: &[DeviceId],
+) -> Result<Vec<ClaimedDevice>> {
+    if addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
+        return Err(ServiceError::bad_request(format!(
+            "claim for at most {} addresses at once (a mail's recipients and the sender)",
+            pouch_proto::MAX_RECIPIENTS + 1
+        )));
+    }
+    let mut unique = addresses.to_vec();
+    unique.sort();
+    unique.dedup();
+    let claimed = match s
+        .store
+        .claim_key_packages(&unique, &caller.device, only)
+        .await?
+    {
+        pouch_store::Claim::Claimed(c) => c,
+        pouch_store::Claim::UnknownAddress(address) => {
+            return Err(ServiceError::new(
+                ErrorCode::UnknownRecipient,
+                format!("{address} is not a Pouch user on this server; check the address"),
+            ));
+        }
+    };
+    let devices: Vec<ClaimedDevice> = claimed
+        .into_iter()
+        .map(|c| ClaimedDevice {
+            address: c.device.address,
+            device_id: c.device.device_id,
+            signature_key: c.device.signature_key,
+            key_package: c.key_package,
+            last_resort: c.last_resort,
+        })
+        .collect();
+    let claimer = account_of(s, &caller.device).await;
+    let d = &caller.device;
+    let mut claim = Ev::new(Action::KeyPackageClaim)
+        .device(d)
+        .source_opt(caller.source)
+        .amount(devices.len() as u64, 0);
+    if let Some(a) = &claimer {
+        claim = claim.account(a);
+    }
+    let who: Vec<&str> = addresses.iter().map(|a| a.as_str()).collect();
+    let detail = format!("for {}", who.join(","));
+    let mut events = vec![claim.targets(addresses.iter().cloned()).detail(detail)];
+    // A pool that ran dry is what a drain is after (every new conversation
+    // with that device now reuses its last-resort package): recorded on the
+    // account whose pool it was, naming who claimed.
+    for c in devices.iter().filter(|c| c.last_resort) {
+        events.push(
+            Ev::new(Action::KeyPackageExhausted)
+                .account(&c.address)
+                .devices([&c.device_id])
+                .by(d)
+                .source_opt(caller.source)
+                .detail(format!(
+                    "device {} of {}, claimed by {} (device {d})",
+                    c.device_id,
+                    c.address,
+                    claimer.as_ref().map(|a| a.as_str()).unwrap_or("?")
+                )),
+        );
+    }
+    record_all(s, events).await;
+    Ok(devices)
+}
+
+/// Orders a commit into its conversation (exactly one per epoch) after
+/// checking it does what the request says; queues it, and its Welcome, for
+/// the members. Returns the new epoch.
+pub async fn commit(
+    s: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+    req: CommitRequest,
+) -> Result<u64> {
+    if req.welcome.is_some() == req.added.is_empty() {
+        return Err(ServiceError::bad_request(
+            "a commit carries a Welcome exactly when it adds devices",
+        ));
+    }
+    let d = &caller.device;
+    // Every change to a conversation's members comes with the MLS commit
+    // that its members apply, and the server checks that commit first: no
+    // fan-out change that the commit does not make.
+    let public_state = crate::groups::check_commit(s, group_id, d, &req).await?;
+    // Which devices a Welcome went to: what turns a key-package claim into
+    // a conversation (the drain rule counts claims that never did).
+    let welcomed = (req.welcome.is_some()).then(|| req.added.clone());
+    let accepted = s
+        .store
+        .submit_commit(CommitSubmission {
+            group_id: group_id.clone(),
+            sender: d.clone(),
+            base_epoch: req.base_epoch,
+            commit: req.commit,
+            welcome: req.welcome,
+            added: req.added,
+            removed: req.removed,
+            public_state,
+            max_queued_bytes: s.limits.queue_bytes,
+            now: now(),
+        })
+        .await?;
+    if let Some(added) = welcomed {
+        let mut ev = Ev::new(Action::Welcome)
+            .device(d)
+            .devices(&added)
+            .amount(added.len() as u64, 0);
+        if let Some(a) = account_of(s, d).await {
+            ev = ev.account(&a);
+        }
+        record(s, ev).await;
+    }
+    s.waiters.wake(accepted.queued_for.iter());
+    Ok(accepted.epoch)
+}
+
+/// The devices the server fans a conversation out to, for its members to
+/// compare with the MLS roster they hold. Only members may ask.
+pub async fn members(s: &AppState, caller: &Caller, group_id: &GroupId) -> Result<GroupMembers> {
+    let (epoch, devices) = s
+        .store
+        .group_members(group_id)
+        .await?
+        .filter(|(_, m)| m.contains(&caller.device))
+        .ok_or_else(|| ServiceError::not_found("no such conversation with this device in it"))?;
+    Ok(GroupMembers { epoch, devices })
+}
+
+/// Queues an application message for every other member device; returns
+/// how many.
+pub async fn send(
+    s: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+    req: &SendRequest,
+) -> Result<u32> {
+    if let Some(b) = &req.blob {
+        blob_id(b)?;
+    }
+    let recipients = s
+        .store
+        .submit_message(&pouch_store::Message {
+            group_id,
+            sender: &caller.device,
+            epoch: req.epoch,
+            payload: &req.message,
+            blob: req.blob.as_deref(),
+            max_queued_bytes: s.limits.queue_bytes,
+            now: now(),
+        })
+        .await?;
+    s.waiters.wake(recipients.iter());
+    Ok(recipients.len() as u32)
+}
+
+/// Waits until the caller's queue holds something after `after`, or `wait`
+/// passed (at most [`crate::push::MAX_WAIT`]). True when something is there.
+pub async fn wait(
+    s: &AppState,
+    caller: &Caller,
+    after: u64,
+    wait: std::time::Duration,
+) -> Result<bool> {
+    let d = &caller.device;
+    let wait = wait.min(crate::push::MAX_WAIT);
+    let held = s.waiters.hold(d);
+    // Listening before looking, so mail queued in between still rings.
+    let rung = held.bell().notified();
+    tokio::pin!(rung);
+    rung.as_mut().enable();
+    if s.store.queue_pending(d, after).await? {
+        return Ok(true);
+    }
+    let _ = tokio::time::timeout(wait, rung).await;
+    Ok(s.store.queue_pending(d, after).await?)
+}
+
+/// The caller's queue after `after`: at most `limit` items and about
+/// [`QUEUE_PAGE_BYTES`]. Reading from before what it acknowledged is a
+/// second copy of the device, recorded as such.
+pub async fn fetch(
+    s: &AppState,
+    caller: &Caller,
+    after: u64,
+    limit: Option<u32>,
+) -> Result<Vec<QueueItem>> {
+    let d = &caller.device;
+    let limit = limit.unwrap_or(QUEUE_PAGE_DEFAULT).clamp(1, QUEUE_PAGE_MAX);
+    let acked = s.store.queue_acked(d).await?;
+    let account = account_of(s, d).await;
+    if after < acked {
+        let mut ev = Ev::new(Action::QueueReplay)
+            .device(d)
+            .source_opt(caller.source)
+            .failed(
+                Reason::ReplayedPosition,
+                format!("from position {after} though it had acknowledged up to {acked}"),
+            );
+        if let Some(a) = &account {
+            ev = ev.account(a);
+        }
+        record(s, ev).await;
+    }
+    let items = s
+        .store
+        .fetch_queue(d, after, limit, QUEUE_PAGE_BYTES)
+        .await?;
+    if !items.is_empty() {
+        let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
+        let mut ev = Ev::new(Action::QueueFetch)
+            .device(d)
+            .source_opt(caller.source)
+            .amount(items.len() as u64, bytes);
+        if let Some(a) = &account {
+            ev = ev.account(a);
+        }
+        record(s, ev.detail(format!("after {after}"))).await;
+    }
+    Ok(items)
+}
+
+/// Removes the caller's queue items up to `up_to`; returns how many.
+pub async fn ack(s: &AppState, caller: &Caller, up_to: u64) -> Result<u64> {
+    Ok(s.store.ack_queue(&caller.device, up_to).await?)
+}
