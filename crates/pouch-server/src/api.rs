@@ -1,41 +1,23 @@
 //! HTTP routes. Each handler validates its input at the edge, calls the store
 //! once, and maps the outcome to a status and a JSON body.
 
+use crate::extract::{Admin, AuthDevice, BODY_LIMIT, MESSAGE_LIMIT, SMALL_LIMIT, TINY_LIMIT};
 use crate::routes::{Access, Routes};
-use crate::service::audit::{Ev, record};
-use crate::service::{Caller, mail};
-use crate::{AppState, INVITE_TTL_SECS, error::ApiError, now, random_bytes, sha256};
+use crate::service::{Caller, accounts, mail};
+use crate::{AppState, error::ApiError, now, random_bytes};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::Method;
-use axum::http::{StatusCode, header, request::Parts};
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use pouch_proto::DeviceId;
 use pouch_proto::api::*;
-use pouch_proto::security::{Action, Reason};
-use pouch_store::NewDevice;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 type St = State<Arc<AppState>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
-
-/// The default body limit: enough for a commit and Welcome to a large
-/// post-quantum group. Routes with smaller bodies set their own below.
-const BODY_LIMIT: usize = 16 << 20;
-/// An application message: an envelope of up to 256 KiB (larger mail goes
-/// as a blob), base64 in JSON, in MLS; or one 1 MiB blob chunk.
-pub(crate) const MESSAGE_LIMIT: usize = 2 << 20;
-/// Enrollment and link requests: a device list and ~100 key packages.
-pub(crate) const SMALL_LIMIT: usize = 1 << 20;
-/// Sign-in, reports and the like.
-pub(crate) const TINY_LIMIT: usize = 16 << 10;
-const CHALLENGE_TTL_SECS: i64 = 60;
-use crate::service::mail::MAX_KEY_PACKAGES_PER_UPLOAD;
 
 /// The server's router, built from [`routes`] only.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -141,76 +123,6 @@ fn routes() -> Routes {
         .merge(crate::events::routes())
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    bearer_of(&parts.headers)
-}
-
-pub(crate) fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-}
-
-/// A request made by an enrolled, unrevoked device with a valid token.
-pub struct AuthDevice(pub DeviceId);
-
-impl FromRequestParts<Arc<AppState>> for AuthDevice {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, ApiError> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("sign in first (missing device token)"))?;
-        let device = state
-            .store
-            .token_device(&sha256(token.as_bytes()), now())
-            .await?
-            .ok_or_else(|| {
-                ApiError::unauthorized("device token unknown, expired or revoked; sign in again")
-            })?;
-        Ok(AuthDevice(device))
-    }
-}
-
-/// The service layer's caller: the authenticated device and its address.
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, ApiError> {
-        let AuthDevice(device) = AuthDevice::from_request_parts(parts, state).await?;
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip());
-        Ok(Caller::new(device, source))
-    }
-}
-
-/// A request bearing the administrator token.
-pub struct Admin;
-
-impl FromRequestParts<Arc<AppState>> for Admin {
-    type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, ApiError> {
-        let token =
-            bearer(parts).ok_or_else(|| ApiError::unauthorized("administrator token required"))?;
-        let presented = sha256(token.trim().as_bytes());
-        if bool::from(presented.ct_eq(&state.admin_token_sha256)) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::unauthorized("wrong administrator token"))
-        }
-    }
-}
-
 async fn info(State(s): St) -> Json<ServerInfo> {
     Json(ServerInfo {
         domain: s.domain.clone(),
@@ -228,68 +140,11 @@ async fn add_user(
     _: Admin,
     Json(req): Json<AddUserRequest>,
 ) -> ApiResult<AddUserResponse> {
-    if req.address.domain() != s.domain {
-        return Err(ApiError::bad_request(format!(
-            "this server serves @{}; {} belongs to another domain",
-            s.domain, req.address
-        )));
-    }
-    let now = now();
-    match s
-        .store
-        .create_user(&req.address, req.name.as_deref(), now)
-        .await
-    {
-        Ok(()) => {}
-        // An account with a device grows only by approval from that device:
-        // the administrator cannot slip a device in with an invite.
-        Err(pouch_store::StoreError::Conflict) => {
-            if s.store
-                .devices_of(&req.address)
-                .await?
-                .iter()
-                .any(|d| d.is_active())
-            {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    ErrorCode::Conflict,
-                    format!(
-                        "{} already has a device: add another with 'pouch link' approved from an existing device, \
-                         or, if every device is lost, 'pouch admin user reset {}'",
-                        req.address, req.address
-                    ),
-                ));
-            }
-        }
-        Err(e) => return Err(e.into()),
-    }
-    Ok(Json(
-        issue_invite(&s, req.address, req.invite_ttl_secs).await?,
-    ))
-}
-
-/// A fresh single-use invite; the store keeps only the secret's hash.
-pub(crate) async fn issue_invite(
-    s: &AppState,
-    address: pouch_proto::Address,
-    ttl: Option<u64>,
-) -> Result<AddUserResponse, ApiError> {
-    let secret = random_bytes::<32>();
-    let expires_at = now() + ttl.unwrap_or(INVITE_TTL_SECS).min(30 * 24 * 3600) as i64;
-    s.store
-        .create_invite(&address, &sha256(&secret), expires_at)
-        .await?;
-    tracing::info!(%address, "invite issued");
-    record(s, Ev::new(Action::AdminInvite).account(&address)).await;
-    Ok(AddUserResponse {
-        address,
-        invite_secret: secret.to_vec(),
-        expires_at,
-    })
+    Ok(Json(accounts::add_user(&s, req).await?))
 }
 
 async fn list_users(State(s): St, _: Admin) -> ApiResult<Vec<UserSummary>> {
-    Ok(Json(s.store.list_users().await?))
+    Ok(Json(accounts::list_users(&s).await?))
 }
 
 async fn enroll(
@@ -297,92 +152,14 @@ async fn enroll(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<EnrollRequest>,
 ) -> ApiResult<EnrollResponse> {
-    if VerifyingKey::try_from(req.signature_key.as_slice()).is_err() {
-        return Err(ApiError::bad_request(
-            "the device key is not an Ed25519 public key",
-        ));
-    }
-    if req.key_packages.is_empty() || req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiError::bad_request("enroll with 1 to 500 key packages"));
-    }
-    let name = req.device_name.trim();
-    if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::bad_request(
-            "the device name must be 1 to 100 characters",
-        ));
-    }
-    let list = crate::devices::check_first_list(
-        &s,
-        &req.address,
-        &req.device_id,
-        &req.signature_key,
-        &req.device_list,
-    )
-    .await?;
-    let device = NewDevice {
-        device_id: req.device_id,
-        address: req.address.clone(),
-        name: name.to_string(),
-        signature_key: req.signature_key,
-        key_packages: req.key_packages,
-        last_resort: req.last_resort_key_package,
-        device_list: Some((list, crate::devices::log_record(&s, &req.device_list)?)),
-    };
-    let result = s
-        .store
-        .enroll(&sha256(&req.invite_secret), device, now())
-        .await;
-    match &result {
-        Ok(d) => {
-            tracing::info!(address = %d.address, device = %d.device_id, %peer, "device enrolled");
-            let after_reset = s.store.reset_at(&d.address).await.ok().flatten().is_some();
-            record(
-                &s,
-                Ev::new(Action::Enroll)
-                    .account(&d.address)
-                    .device(&d.device_id)
-                    .source(peer.ip())
-                    .after_reset(after_reset)
-                    .detail(if after_reset {
-                        "after an administrator reset"
-                    } else {
-                        "first device"
-                    }),
-            )
-            .await;
-        }
-        Err(e) => {
-            tracing::warn!(address = %req.address, %peer, reason = %e, "enrollment refused");
-            record(
-                &s,
-                Ev::new(Action::Enroll)
-                    .account(&req.address)
-                    .source(peer.ip())
-                    .failed(enroll_refusal(e), e),
-            )
-            .await;
-        }
-    }
-    let device = result?;
-    crate::log::refresh_checkpoint(&s).await?;
-    Ok(Json(EnrollResponse {
-        device_id: device.device_id,
-        ciphersuite: s.ciphersuite,
-    }))
+    Ok(Json(accounts::enroll(&s, Some(peer.ip()), req).await?))
 }
 
 async fn challenge(
     State(s): St,
     Json(req): Json<ChallengeRequest>,
 ) -> ApiResult<ChallengeResponse> {
-    // Unknown devices get a challenge too, so the answer does not reveal which ids exist.
-    let challenge = random_bytes::<32>();
-    s.store
-        .put_challenge(&challenge, &req.device_id, now() + CHALLENGE_TTL_SECS)
-        .await?;
-    Ok(Json(ChallengeResponse {
-        challenge: challenge.to_vec(),
-    }))
+    Ok(Json(accounts::challenge(&s, req).await?))
 }
 
 async fn token(
@@ -390,75 +167,7 @@ async fn token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<TokenResponse> {
-    let refused = || {
-        ApiError::unauthorized(
-            "device sign-in failed: unknown or revoked device, or a bad signature",
-        )
-    };
-    let issued_to = s.store.take_challenge(&req.challenge, now()).await?;
-    let failed = |reason: Reason, why: &str| {
-        Ev::new(Action::SignIn)
-            .device(&req.device_id)
-            .source(peer.ip())
-            .failed(reason, why)
-    };
-    if issued_to.as_ref() != Some(&req.device_id) {
-        record(
-            &s,
-            failed(Reason::ChallengeUnknown, "unknown or expired challenge"),
-        )
-        .await;
-        return Err(refused());
-    }
-    let Some(device) = s.store.device(&req.device_id).await? else {
-        record(&s, failed(Reason::DeviceUnknown, "unknown device")).await;
-        return Err(refused());
-    };
-    if !device.is_active() {
-        tracing::warn!(device = %device.device_id, %peer, revoked_by = ?device.revoked_by, "inactive device tried to sign in");
-        record(
-            &s,
-            failed(Reason::DeviceInactive, "revoked or unapproved device").account(&device.address),
-        )
-        .await;
-        return Err(refused());
-    }
-    let key = VerifyingKey::try_from(device.signature_key.as_slice()).map_err(|_| refused())?;
-    let sig = Signature::from_slice(&req.signature).map_err(|_| refused())?;
-    let key = key
-        .verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig)
-        .map_err(|_| {
-            tracing::warn!(device = %device.device_id, %peer, "bad sign-in signature");
-            refused()
-        });
-    if let Err(e) = key {
-        record(
-            &s,
-            failed(Reason::BadSignature, "bad signature").account(&device.address),
-        )
-        .await;
-        return Err(e);
-    }
-    let token = hex::encode(random_bytes::<32>());
-    s.store
-        .put_token(
-            &sha256(token.as_bytes()),
-            &device.device_id,
-            now() + s.token_ttl_secs as i64,
-        )
-        .await?;
-    record(
-        &s,
-        Ev::new(Action::SignIn)
-            .account(&device.address)
-            .device(&device.device_id)
-            .source(peer.ip()),
-    )
-    .await;
-    Ok(Json(TokenResponse {
-        token,
-        expires_in_secs: s.token_ttl_secs,
-    }))
+    Ok(Json(accounts::sign_in(&s, Some(peer.ip()), req).await?))
 }
 
 async fn upload_key_packages(
@@ -501,17 +210,6 @@ async fn commit(
     let group_id = mail::group_id(group)?;
     let epoch = mail::commit(&s, &caller, &group_id, req).await?;
     Ok(Json(CommitResponse { epoch }))
-}
-
-/// Why an enrollment was refused, for the rules.
-fn enroll_refusal(e: &pouch_store::EnrollError) -> Reason {
-    use pouch_store::{EnrollError, InviteRejection};
-    match e {
-        EnrollError::Invite(InviteRejection::Unknown) => Reason::InviteUnknown,
-        EnrollError::Invite(InviteRejection::Used) => Reason::InviteUsed,
-        EnrollError::Invite(InviteRejection::Expired) => Reason::InviteExpired,
-        EnrollError::Store(_) => Reason::ServerFailure,
-    }
 }
 
 /// The devices the server fans a conversation out to (members only).

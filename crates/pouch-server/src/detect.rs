@@ -71,9 +71,10 @@ pub async fn raise(s: &Arc<AppState>, mut a: Alert) {
         let s = s.clone();
         tokio::spawn(async move {
             if let Err(e) =
-                crate::devices::revoke_by_policy(&s, &account, &device, a.rule.as_str()).await
+                crate::service::admin::revoke_by_policy(&s, &account, &device, a.rule.as_str())
+                    .await
             {
-                tracing::error!(error = %e.body.message, "automatic revocation failed");
+                tracing::error!(error = %e.message, "automatic revocation failed");
             }
         });
     }

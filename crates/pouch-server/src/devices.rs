@@ -8,9 +8,11 @@
 //! *talk* to it: a device is active only once a validly signed list names it,
 //! or an invite enrolled it as an account's first device.
 
-use crate::api::{Admin, AuthDevice, issue_invite};
-use crate::events::{Ev, record};
+use crate::extract::{Admin, AuthDevice};
 use crate::routes::{Access, Routes};
+use crate::service::admin;
+use crate::service::audit::{Ev, record};
+use crate::service::directory::{bad_list, log_record, verify};
 use crate::{AppState, error::ApiError, now, sha256};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -18,16 +20,20 @@ use axum::http::Method;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use pouch_proto::api::*;
-use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
+use pouch_proto::devices::SignedDeviceList;
 use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, DeviceId};
-use pouch_store::{LogRecord, NewDevice, NewLinkRequest, StoredList};
+use pouch_store::{NewDevice, NewLinkRequest, StoredList};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 
 type St = State<Arc<AppState>>;
+
+fn bad_list_http(msg: &str) -> ApiError {
+    bad_list(msg).into()
+}
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -40,7 +46,7 @@ pub fn routes() -> Routes {
             "/v1/directory/lists",
             &[(Method::POST, Access::Device)],
             // 1,001 addresses of at most 254 bytes fit in 1 MiB.
-            post(directory_lists).layer(DefaultBodyLimit::max(crate::api::SMALL_LIMIT)),
+            post(directory_lists).layer(DefaultBodyLimit::max(crate::extract::SMALL_LIMIT)),
         )
         .route(
             "/v1/device-lists",
@@ -55,12 +61,12 @@ pub fn routes() -> Routes {
         .route(
             "/v1/link",
             &[(Method::POST, Access::Public)],
-            post(create_link).layer(DefaultBodyLimit::max(crate::api::SMALL_LIMIT)),
+            post(create_link).layer(DefaultBodyLimit::max(crate::extract::SMALL_LIMIT)),
         )
         .route(
             "/v1/link/status",
             &[(Method::POST, Access::Public)],
-            post(link_status).layer(DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
+            post(link_status).layer(DefaultBodyLimit::max(crate::extract::TINY_LIMIT)),
         )
         .route(
             "/v1/link/{code}",
@@ -89,94 +95,6 @@ pub fn routes() -> Routes {
         )
 }
 
-fn bad_list(msg: &str) -> ApiError {
-    ApiError::bad_request(format!("device list refused: {msg}"))
-}
-
-fn verify(list: &SignedDeviceList, address: &Address) -> Result<DeviceListBody, ApiError> {
-    let body = list.verify().map_err(|e| bad_list(&e.to_string()))?;
-    if &body.address != address {
-        return Err(bad_list("it is for another address"));
-    }
-    Ok(body)
-}
-
-/// The list an invite enrollment brings: the account's first, or the first
-/// after an administrator reset, naming only the enrolling device.
-pub(crate) async fn check_first_list(
-    s: &AppState,
-    address: &Address,
-    device_id: &DeviceId,
-    signature_key: &[u8],
-    list: &SignedDeviceList,
-) -> Result<StoredList, ApiError> {
-    if device_id.0.len() != 32 || !device_id.0.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request(
-            "the device id must be 16 random bytes in hex",
-        ));
-    }
-    let body = verify(list, address)?;
-    if body.devices.len() != 1 || !body.lists(device_id, signature_key) {
-        return Err(bad_list("it must list exactly the enrolling device"));
-    }
-    let latest = s.store.latest_device_list(address).await?;
-    match latest {
-        None if body.version == 1 && body.previous.is_none() => {}
-        None => return Err(bad_list("an account's first list is version 1")),
-        Some(prev) => {
-            // Only after a reset may an invite start a new account key. Otherwise
-            // the store refuses the taken version, after checking the invite
-            // itself, so a reused invite is reported as such.
-            let active = s
-                .store
-                .devices_of(address)
-                .await?
-                .iter()
-                .any(|d| d.is_active());
-            if active || s.store.reset_at(address).await?.is_none() {
-                return Ok(StoredList {
-                    version: body.version,
-                    body: list.body.clone(),
-                    signature: list.signature.clone(),
-                });
-            }
-            let prev_hash = pouch_proto::sha256_hex(&prev.body);
-            if body.version != prev.version + 1
-                || body.previous.as_deref() != Some(prev_hash.as_str())
-            {
-                return Err(bad_list(
-                    "after a reset the list must continue the account's chain",
-                ));
-            }
-        }
-    }
-    Ok(StoredList {
-        version: body.version,
-        body: list.body.clone(),
-        signature: list.signature.clone(),
-    })
-}
-
-/// The transparency-log record of `list`: the full entry, and the public
-/// leaf that commits to it without naming the account.
-pub(crate) fn log_record(s: &AppState, list: &SignedDeviceList) -> Result<LogRecord, ApiError> {
-    let entry = pouch_log::LogEntry::for_list(list).map_err(|e| bad_list(&e.to_string()))?;
-    Ok(commit_record(s, &pouch_log::AnyEntry::List(entry)))
-}
-
-fn commit_record(s: &AppState, entry: &pouch_log::AnyEntry) -> LogRecord {
-    let full = entry.to_bytes();
-    LogRecord {
-        leaf: s.log.key.commitment.commit_entry(
-            entry.kind(),
-            entry.address(),
-            entry.version(),
-            &full,
-        ),
-        entry: full,
-    }
-}
-
 /// Device lists name devices and where they were linked from: they are
 /// for this server's signed-in devices, and for the holder of a valid invite
 /// of that very address (a first device after a reset continues the chain).
@@ -187,7 +105,7 @@ async fn device_lists(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<DeviceListHistory>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let by_device = match crate::api::bearer_of(&headers) {
+    let by_device = match crate::extract::bearer_of(&headers) {
         Some(token) => s
             .store
             .token_device(&sha256(token.as_bytes()), now())
@@ -355,7 +273,7 @@ async fn publish(
         ));
     }
     if body.account_key != prev_body.account_key {
-        return Err(bad_list("it is signed by a different account key"));
+        return Err(bad_list_http("it is signed by a different account key"));
     }
     if !prev_body.lists(&me.device_id, &me.signature_key) {
         return Err(ApiError::new(
@@ -374,7 +292,7 @@ async fn publish(
             .find(|r| r.device_id == listed.device_id && r.signature_key == listed.signature_key)
             .ok_or_else(|| bad_list("it names a device the server does not know"))?;
         if known.revoked_at.is_some() {
-            return Err(bad_list("it names a revoked device"));
+            return Err(bad_list_http("it names a revoked device"));
         }
         if known.approved_at.is_none() {
             activate.push(known.device_id.clone());
@@ -384,7 +302,7 @@ async fn publish(
         match pending_link_of(&s, id).await? {
             Some(req) if req.expires_at > now => pending_codes.push(req.code),
             _ => {
-                return Err(bad_list(
+                return Err(bad_list_http(
                     "a device it adds has no pending link request (expired or refused?)",
                 ));
             }
@@ -855,16 +773,7 @@ async fn admin_reset(
     Path(address): Path<String>,
 ) -> Result<Json<AddUserResponse>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    s.store
-        .reset_user(&address, now())
-        .await
-        .map_err(|e| match e {
-            pouch_store::StoreError::NotFound => ApiError::not_found(format!("no user {address}")),
-            other => other.into(),
-        })?;
-    tracing::warn!(%address, "ADMIN reset the account: every device revoked");
-    record(&s, Ev::new(Action::AdminReset).account(&address)).await;
-    Ok(Json(issue_invite(&s, address, None).await?))
+    Ok(Json(admin::reset_account(&s, address).await?))
 }
 
 async fn admin_revoke(
@@ -873,86 +782,9 @@ async fn admin_revoke(
     Path((address, device)): Path<(String, String)>,
 ) -> Result<Json<AdminActionDone>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let device = DeviceId(device);
-    match s.store.device(&device).await? {
-        Some(d) if d.address == address => {}
-        _ => {
-            return Err(ApiError::not_found(format!(
-                "{address} has no device {device}"
-            )));
-        }
-    }
-    if !revoke_in_log(&s, &address, &device).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::Conflict,
-            "that device is already revoked",
-        ));
-    }
-    tracing::warn!(%address, %device, "ADMIN revoked a device");
-    record(
-        &s,
-        Ev::new(Action::AdminRevoke)
-            .account(&address)
-            .device(&device),
-    )
-    .await;
-    Ok(Json(AdminActionDone {
-        address,
-        detail: format!("device {device} revoked by the administrator"),
-    }))
-}
-
-/// Revokes a device on the server's authority, recorded in the transparency
-/// log so that it cannot happen quietly. False if it was already revoked.
-async fn revoke_in_log(
-    s: &AppState,
-    address: &Address,
-    device: &DeviceId,
-) -> Result<bool, ApiError> {
-    let entry = commit_record(
-        s,
-        &pouch_log::AnyEntry::AdminRevocation(pouch_log::AdminRevocationEntry::new(
-            address.clone(),
-            device.clone(),
-            now(),
-        )),
-    );
-    if !s
-        .store
-        .revoke_device(device, "admin", Some(&entry), now())
-        .await?
-    {
-        return Ok(false);
-    }
-    crate::log::refresh_checkpoint(s).await?;
-    Ok(true)
-}
-
-/// The response policy's revocation (e.g. of a cloned device): the same
-/// logged revocation as an administrator's, recorded as its own event.
-pub(crate) async fn revoke_by_policy(
-    s: &AppState,
-    address: &Address,
-    device: &DeviceId,
-    because: &str,
-) -> Result<(), ApiError> {
-    match s.store.device(device).await? {
-        Some(d) if &d.address == address && d.is_active() => {}
-        _ => return Ok(()),
-    }
-    if revoke_in_log(s, address, device).await? {
-        tracing::warn!(%address, %device, because, "POLICY revoked a device");
-        Box::pin(record(
-            s,
-            Ev::new(Action::PolicyRevoke)
-                .account(address)
-                .device(device)
-                .detail(format!("because of {because}")),
-        ))
-        .await;
-    }
-    Ok(())
+    Ok(Json(
+        admin::revoke_device(&s, address, DeviceId(device)).await?,
+    ))
 }
 
 async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, ApiError> {

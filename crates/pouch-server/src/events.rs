@@ -3,7 +3,7 @@
 //! report what only they can see. Recording is the service layer's
 //! ([`crate::service::audit`], re-exported here).
 
-use crate::api::{Admin, AuthDevice};
+use crate::extract::{Admin, AuthDevice};
 use crate::routes::{Access, Routes};
 pub use crate::service::audit::{Ev, account_of, record, settled};
 use crate::{AppState, error::ApiError};
@@ -37,8 +37,9 @@ pub fn routes() -> Routes {
         .route(
             "/v1/reports",
             &[(Method::POST, Access::Device)],
-            axum::routing::post(client_report)
-                .layer(axum::extract::DefaultBodyLimit::max(crate::api::TINY_LIMIT)),
+            axum::routing::post(client_report).layer(axum::extract::DefaultBodyLimit::max(
+                crate::extract::TINY_LIMIT,
+            )),
         )
         .route(
             "/v1/admin/alerts",

@@ -18,6 +18,7 @@ pub mod detect;
 mod devices;
 mod error;
 pub mod events;
+mod extract;
 mod groups;
 pub mod log;
 mod logkey;
@@ -307,7 +308,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
     recorder_tasks.start(&state);
     log::refresh_checkpoint(&state)
         .await
-        .map_err(|e| StartError::Config(e.body.message))?;
+        .map_err(|e| StartError::Config(e.message))?;
     events::record(
         &state,
         events::Ev::new(pouch_proto::security::Action::ServerStart)

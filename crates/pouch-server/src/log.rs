@@ -7,11 +7,12 @@
 //! not stored: the store refuses one larger than the log).
 
 use crate::routes::{Access, Routes};
+use crate::service::ServiceError;
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use pouch_log::{FetchedHashes, Hash, IndexRecorder, LogKey, TilePath};
@@ -94,7 +95,7 @@ async fn ask_witness(
             let _ = pouch_log::prove_tree(size, old, &rec);
             let reader = fetched(s, rec.into_indexes())
                 .await
-                .map_err(|e| e.body.message)?;
+                .map_err(|e| e.message)?;
             pouch_log::prove_tree(size, old, &reader).map_err(|e| e.to_string())?
         } else {
             Vec::new()
@@ -142,7 +143,7 @@ async fn ask_witness(
 }
 
 /// Collects missing witness cosignatures for the stored checkpoint.
-async fn cosign(s: &AppState) -> Result<(), ApiError> {
+async fn cosign(s: &AppState) -> Result<(), ServiceError> {
     if s.log.witnesses.is_empty() {
         return Ok(());
     }
@@ -215,7 +216,7 @@ pub fn routes() -> Routes {
         )
 }
 
-async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ApiError> {
+async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ServiceError> {
     let hashes = s.store.log_hashes(&indexes).await?;
     Ok(FetchedHashes(
         indexes
@@ -226,22 +227,21 @@ async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ApiEr
 }
 
 /// The root hash of the first `size` entries.
-pub(crate) async fn root(s: &AppState, size: u64) -> Result<Hash, ApiError> {
+pub(crate) async fn root(s: &AppState, size: u64) -> Result<Hash, ServiceError> {
     let reader = fetched(s, pouch_log::hashes_needed_for_root(size)).await?;
     pouch_log::tree_hash(size, &reader).map_err(|e| log_failure(&e.to_string()))
 }
 
-fn log_failure(detail: &str) -> ApiError {
+fn log_failure(detail: &str) -> ServiceError {
     tracing::error!(%detail, "transparency log failure");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    ServiceError::new(
         ErrorCode::Internal,
         "the transparency log is unavailable; try again shortly",
     )
 }
 
 /// Signs a checkpoint for the whole log if the stored one is older.
-pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ApiError> {
+pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ServiceError> {
     let size = s.store.log_size().await?;
     let stored = s.store.checkpoint().await?.map(|(n, _)| n).unwrap_or(0);
     if size > stored {
@@ -257,12 +257,12 @@ pub async fn refresh_checkpoint(s: &AppState) -> Result<(), ApiError> {
     cosign(s).await
 }
 
-pub(crate) async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ApiError> {
+pub(crate) async fn current_checkpoint(s: &AppState) -> Result<(u64, Vec<u8>), ServiceError> {
     refresh_checkpoint(s).await?;
     s.store
         .checkpoint()
         .await?
-        .ok_or_else(|| ApiError::not_found("the log is empty"))
+        .ok_or_else(|| ServiceError::not_found("the log is empty"))
 }
 
 async fn checkpoint(State(s): St) -> Result<impl IntoResponse, ApiError> {
@@ -314,7 +314,7 @@ struct InclusionQuery {
 /// tell anyone who exists). Tiles stay public for auditors, and name no one.
 async fn inclusion(
     State(s): St,
-    _: crate::api::AuthDevice,
+    _: crate::extract::AuthDevice,
     Query(q): Query<InclusionQuery>,
 ) -> Result<Json<LogInclusion>, ApiError> {
     let address = Address::parse(&q.address).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -338,7 +338,7 @@ pub(crate) async fn list_inclusion(
     note: &[u8],
     address: &Address,
     version: u64,
-) -> Result<Option<LogInclusion>, ApiError> {
+) -> Result<Option<LogInclusion>, ServiceError> {
     let found = s
         .store
         .log_entries_of(address)
@@ -371,7 +371,7 @@ async fn prove(
     index: u64,
     leaf: Vec<u8>,
     full: Option<Vec<u8>>,
-) -> Result<LogInclusion, ApiError> {
+) -> Result<LogInclusion, ServiceError> {
     let rec = IndexRecorder::default();
     let _ = pouch_log::prove_record(size, index, &rec);
     let reader = fetched(s, rec.into_indexes()).await?;
@@ -390,7 +390,7 @@ async fn prove(
 /// leaf is about the account they asked for; the public never gets it.
 async fn commitment_key(
     State(s): St,
-    _: crate::api::AuthDevice,
+    _: crate::extract::AuthDevice,
 ) -> Result<Json<LogCommitmentKey>, ApiError> {
     use base64::Engine;
     let (size, note) = current_checkpoint(&s).await?;
@@ -439,7 +439,7 @@ async fn consistency(
 
 async fn entries_of(
     State(s): St,
-    _: crate::api::AuthDevice,
+    _: crate::extract::AuthDevice,
     Path(address): Path<String>,
 ) -> Result<Json<LogEntries>, ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -43,3 +43,40 @@ fn the_service_layer_names_nothing_of_http() {
     }
     assert!(checked >= 3, "only {checked} files in {}", dir.display());
 }
+
+/// Route modules share the edge (`extract.rs`) and the service layer, not
+/// each other: no cycle between handlers (api.rs only assembles the router).
+#[test]
+fn route_modules_do_not_use_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for module in [
+        "devices.rs",
+        "events.rs",
+        "log.rs",
+        "witness.rs",
+        "extract.rs",
+    ] {
+        let text = std::fs::read_to_string(src.join(module)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for other in [
+                "crate::api",
+                "crate::devices",
+                "crate::events::",
+                "crate::log::routes",
+            ] {
+                if other
+                    .trim_end_matches("::")
+                    .ends_with(module.trim_end_matches(".rs"))
+                {
+                    continue;
+                }
+                assert!(
+                    !code.contains(other),
+                    "src/{module}:{}: a route module uses {other}: {line}",
+                    n + 1
+                );
+            }
+        }
+    }
+}

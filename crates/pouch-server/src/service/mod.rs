@@ -11,7 +11,10 @@
 //! Dependencies point one way: HTTP → service → store, recorder; nothing
 //! here names axum.
 
+pub mod accounts;
+pub mod admin;
 pub mod audit;
+pub mod directory;
 pub mod error;
 pub mod mail;
 

@@ -1,0 +1,112 @@
+//! What the server does on its own authority: an administrator's reset of
+//! an account or revocation of a device, and the response policy's
+//! revocation (of a cloned device). Each is recorded in the transparency log
+//! (so it cannot happen quietly) and as an access event.
+
+use super::accounts::issue_invite;
+use super::audit::{Ev, record};
+use super::directory::commit_record;
+use super::{Result, ServiceError};
+use crate::{AppState, now};
+use pouch_proto::api::{AddUserResponse, AdminActionDone, ErrorCode};
+use pouch_proto::security::Action;
+use pouch_proto::{Address, DeviceId};
+
+/// Revokes every device of an account and issues a fresh invite for a new
+/// first device (every device was lost).
+pub async fn reset_account(s: &AppState, address: Address) -> Result<AddUserResponse> {
+    s.store
+        .reset_user(&address, now())
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::NotFound => {
+                ServiceError::not_found(format!("no user {address}"))
+            }
+            other => other.into(),
+        })?;
+    tracing::warn!(%address, "ADMIN reset the account: every device revoked");
+    record(s, Ev::new(Action::AdminReset).account(&address)).await;
+    issue_invite(s, address, None).await
+}
+
+/// An administrator revokes one device of an account.
+pub async fn revoke_device(
+    s: &AppState,
+    address: Address,
+    device: DeviceId,
+) -> Result<AdminActionDone> {
+    match s.store.device(&device).await? {
+        Some(d) if d.address == address => {}
+        _ => {
+            return Err(ServiceError::not_found(format!(
+                "{address} has no device {device}"
+            )));
+        }
+    }
+    if !revoke_in_log(s, &address, &device).await? {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "that device is already revoked",
+        ));
+    }
+    tracing::warn!(%address, %device, "ADMIN revoked a device");
+    record(
+        s,
+        Ev::new(Action::AdminRevoke)
+            .account(&address)
+            .device(&device),
+    )
+    .await;
+    Ok(AdminActionDone {
+        address,
+        detail: format!("device {device} revoked by the administrator"),
+    })
+}
+
+/// Revokes a device on the server's authority, recorded in the transparency
+/// log so that it cannot happen quietly. False if it was already revoked.
+async fn revoke_in_log(s: &AppState, address: &Address, device: &DeviceId) -> Result<bool> {
+    let entry = commit_record(
+        s,
+        &pouch_log::AnyEntry::AdminRevocation(pouch_log::AdminRevocationEntry::new(
+            address.clone(),
+            device.clone(),
+            now(),
+        )),
+    );
+    if !s
+        .store
+        .revoke_device(device, "admin", Some(&entry), now())
+        .await?
+    {
+        return Ok(false);
+    }
+    crate::log::refresh_checkpoint(s).await?;
+    Ok(true)
+}
+
+/// The response policy's revocation (e.g. of a cloned device): the same
+/// logged revocation as an administrator's, recorded as its own event.
+pub async fn revoke_by_policy(
+    s: &AppState,
+    address: &Address,
+    device: &DeviceId,
+    because: &str,
+) -> Result<()> {
+    match s.store.device(device).await? {
+        Some(d) if &d.address == address && d.is_active() => {}
+        _ => return Ok(()),
+    }
+    if revoke_in_log(s, address, device).await? {
+        tracing::warn!(%address, %device, because, "POLICY revoked a device");
+        record(
+            s,
+            Ev::new(Action::PolicyRevoke)
+                .account(address)
+                .device(device)
+                .detail(format!("because of {because}")),
+        )
+        .await;
+    }
+    Ok(())
+}
