@@ -9,8 +9,9 @@
 //! Detection runs after the commit, on a task of its own, over events in the
 //! order of their sequence numbers, so a slow rule delays alerts, never a
 //! request. [`Recorder::settled`] waits until every event this node has
-//! appended so far has been through the rules: the alert lists call it, so
-//! whoever reads alerts after an action sees what that action raised.
+//! appended so far has been through the rules: the security team's alert
+//! list calls it, so whoever reads alerts after an action sees what that
+//! action raised.
 //!
 //! Bounds: at most [`QUEUE`] events wait for a batch (a request then waits
 //! for room), [`BATCH`] go into one transaction, and [`QUEUE`] appended
