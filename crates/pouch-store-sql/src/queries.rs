@@ -1,4 +1,4 @@
-//! The [`Store`] implementation. Every query here runs unchanged on SQLite and
+//! The store areas' implementations ([`pouch_store::Store`]). Every query here runs unchanged on SQLite and
 //! PostgreSQL; multi-row changes are single transactions.
 
 use crate::{Dialect, SqlStore, backend};
@@ -8,9 +8,10 @@ use pouch_proto::{
     api::{QueueItem, QueueKind, UserSummary},
 };
 use pouch_store::{
-    Accepted, Claim, Claimed, CommitSubmission, Device, EnrollError, GroupError, GroupRejection,
-    InviteRejection, LinkRequest, LogRecord, LoggedEntry, Message, NewDevice, NewLinkRequest,
-    Result, SourceHistory, StaleMember, Store, StoreError, StoredList, UnixTime, rules,
+    Accepted, AuditStore, Claim, Claimed, CommitSubmission, Device, DirectoryStore, EnrollError,
+    GroupError, GroupRejection, InviteRejection, LinkRequest, LogRecord, LogStore, LoggedEntry,
+    MailStore, Message, NewDevice, NewLinkRequest, Result, SettingsStore, SourceHistory,
+    StaleMember, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -460,31 +461,13 @@ impl SqlStore {
 }
 
 #[async_trait]
-impl Store for SqlStore {
+impl SettingsStore for SqlStore {
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)
-    }
-
-    async fn invite_valid(
-        &self,
-        address: &Address,
-        secret_hash: &[u8],
-        now: UnixTime,
-    ) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM invites WHERE secret_hash = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
-        )
-        .bind(secret_hash)
-        .bind(address.as_str())
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(found.is_some())
     }
 
     async fn delete_setting(&self, key: &str) -> Result<bool> {
@@ -506,6 +489,27 @@ impl Store for SqlStore {
         .await
         .map_err(backend)?;
         self.get_setting(key).await?.ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for SqlStore {
+    async fn invite_valid(
+        &self,
+        address: &Address,
+        secret_hash: &[u8],
+        now: UnixTime,
+    ) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM invites WHERE secret_hash = $1 AND address = $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(secret_hash)
+        .bind(address.as_str())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(found.is_some())
     }
 
     async fn create_user(
@@ -857,6 +861,211 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
+        let row = sqlx::query(select_devices!("WHERE device_id = $1"))
+            .bind(&device_id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>> {
+        let rows = sqlx::query(select_devices!(
+            "WHERE address = $1 ORDER BY created_at, device_id"
+        ))
+        .bind(address.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO auth_challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(challenge)
+        .bind(&device_id.0)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "DELETE FROM auth_challenges WHERE challenge = $1 RETURNING device_id, expires_at",
+        )
+        .bind(challenge)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        // Expired challenges of any device are swept on the way.
+        sqlx::query("DELETE FROM auth_challenges WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(row.filter(|(_, exp)| *exp > now).map(|(d, _)| DeviceId(d)))
+    }
+
+    async fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO auth_tokens (token_hash, device_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash)
+        .bind(&device_id.0)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT t.device_id FROM auth_tokens t JOIN devices d ON d.device_id = t.device_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2 AND d.revoked_at IS NULL AND d.approved_at IS NOT NULL",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.map(|(d,)| DeviceId(d)))
+    }
+
+    async fn add_key_packages(
+        &self,
+        device_id: &DeviceId,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        replace_pool: bool,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if replace_pool {
+            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = $2")
+                .bind(&device_id.0)
+                .bind(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        insert_key_packages(&mut tx, device_id, packages, last_resort).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND last_resort = $2",
+        )
+        .bind(&device_id.0)
+        .bind(false)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n as u32)
+    }
+
+    async fn claim_key_packages(
+        &self,
+        addresses: &[Address],
+        exclude: &DeviceId,
+        only: &[DeviceId],
+    ) -> Result<Claim> {
+        let mut tx = self.begin().await?;
+        let mut claimed = Vec::new();
+        for address in addresses {
+            let known: Option<(String,)> =
+                sqlx::query_as("SELECT address FROM users WHERE address = $1")
+                    .bind(address.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            if known.is_none() {
+                tx.rollback().await.map_err(backend)?;
+                return Ok(Claim::UnknownAddress(address.clone()));
+            }
+            let rows = sqlx::query(select_devices!(
+                "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
+                 ORDER BY created_at, device_id"
+            ))
+            .bind(address.as_str())
+            .bind(&exclude.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+            for row in &rows {
+                let device = device_from_row(row)?;
+                if !only.is_empty() && !only.contains(&device.device_id) {
+                    continue;
+                }
+                // Handing out and deleting is one statement, so two claimers can
+                // never receive the same ordinary package. On PostgreSQL a
+                // package another claim's transaction holds is skipped (else
+                // this claim would wait for it, find it gone, and fall back to
+                // the last-resort package with others still in the pool);
+                // SQLite runs one writing transaction at a time anyway.
+                let ordinary: Option<Vec<u8>> = sqlx::query_scalar(match self.dialect {
+                    Dialect::Postgres => {
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1 \
+                         FOR UPDATE SKIP LOCKED) RETURNING data"
+                    }
+                    Dialect::Sqlite => {
+                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
+                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data"
+                    }
+                })
+                .bind(&device.device_id.0)
+                .bind(false)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+                let (key_package, last_resort) = match ordinary {
+                    Some(kp) => (kp, false),
+                    None => {
+                        let lr: Option<Vec<u8>> = sqlx::query_scalar(
+                            "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = $2 \
+                             ORDER BY id DESC LIMIT 1",
+                        )
+                        .bind(&device.device_id.0)
+                        .bind(true)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                        match lr {
+                            Some(kp) => (kp, true),
+                            None => continue,
+                        }
+                    }
+                };
+                claimed.push(Claimed {
+                    device,
+                    key_package,
+                    last_resort,
+                });
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Claim::Claimed(claimed))
+    }
+}
+
+#[async_trait]
+impl LogStore for SqlStore {
     async fn log_size(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT size FROM log_state WHERE id = 1")
             .fetch_one(&self.pool)
@@ -975,7 +1184,10 @@ impl Store for SqlStore {
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
+}
 
+#[async_trait]
+impl AuditStore for SqlStore {
     async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>> {
         if bodies.is_empty() {
             return Ok(Vec::new());
@@ -1215,208 +1427,85 @@ impl Store for SqlStore {
         Ok(done.rows_affected())
     }
 
-    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>> {
-        let row = sqlx::query(select_devices!("WHERE device_id = $1"))
-            .bind(&device_id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(device_from_row).transpose()
-    }
-
-    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>> {
-        let rows = sqlx::query(select_devices!(
-            "WHERE address = $1 ORDER BY created_at, device_id"
-        ))
-        .bind(address.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(device_from_row).collect()
-    }
-
-    async fn put_challenge(
-        &self,
-        challenge: &[u8],
-        device_id: &DeviceId,
-        expires_at: UnixTime,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO auth_challenges (challenge, device_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(challenge)
-        .bind(&device_id.0)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "DELETE FROM auth_challenges WHERE challenge = $1 RETURNING device_id, expires_at",
-        )
-        .bind(challenge)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        // Expired challenges of any device are swept on the way.
-        sqlx::query("DELETE FROM auth_challenges WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(row.filter(|(_, exp)| *exp > now).map(|(d, _)| DeviceId(d)))
-    }
-
-    async fn put_token(
-        &self,
-        token_hash: &[u8],
-        device_id: &DeviceId,
-        expires_at: UnixTime,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO auth_tokens (token_hash, device_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(token_hash)
-        .bind(&device_id.0)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>> {
-        let row: Option<(String,)> = sqlx::query_as(
-            "SELECT t.device_id FROM auth_tokens t JOIN devices d ON d.device_id = t.device_id \
-             WHERE t.token_hash = $1 AND t.expires_at > $2 AND d.revoked_at IS NULL AND d.approved_at IS NOT NULL",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(row.map(|(d,)| DeviceId(d)))
-    }
-
-    async fn add_key_packages(
+    async fn count_fetch(
         &self,
         device_id: &DeviceId,
-        packages: &[Vec<u8>],
-        last_resort: Option<&[u8]>,
-        replace_pool: bool,
-    ) -> Result<()> {
-        let mut tx = self.begin().await?;
-        if replace_pool {
-            sqlx::query("DELETE FROM key_packages WHERE device_id = $1 AND last_resort = $2")
-                .bind(&device_id.0)
-                .bind(false)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        insert_key_packages(&mut tx, device_id, packages, last_resort).await?;
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32> {
+        window_start: UnixTime,
+        items: u64,
+    ) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM key_packages WHERE device_id = $1 AND last_resort = $2",
+            "INSERT INTO fetch_windows (device_id, window_start, items) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id, window_start) DO UPDATE SET items = fetch_windows.items + excluded.items \
+             RETURNING items",
         )
         .bind(&device_id.0)
-        .bind(false)
+        .bind(window_start)
+        .bind(items as i64)
         .fetch_one(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(n as u32)
+        Ok(n as u64)
     }
 
-    async fn claim_key_packages(
+    async fn fetch_windows(
         &self,
-        addresses: &[Address],
-        exclude: &DeviceId,
-        only: &[DeviceId],
-    ) -> Result<Claim> {
-        let mut tx = self.begin().await?;
-        let mut claimed = Vec::new();
-        for address in addresses {
-            let known: Option<(String,)> =
-                sqlx::query_as("SELECT address FROM users WHERE address = $1")
-                    .bind(address.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            if known.is_none() {
-                tx.rollback().await.map_err(backend)?;
-                return Ok(Claim::UnknownAddress(address.clone()));
-            }
-            let rows = sqlx::query(select_devices!(
-                "WHERE address = $1 AND revoked_at IS NULL AND approved_at IS NOT NULL AND device_id <> $2 \
-                 ORDER BY created_at, device_id"
-            ))
-            .bind(address.as_str())
-            .bind(&exclude.0)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-            for row in &rows {
-                let device = device_from_row(row)?;
-                if !only.is_empty() && !only.contains(&device.device_id) {
-                    continue;
-                }
-                // Handing out and deleting is one statement, so two claimers can
-                // never receive the same ordinary package. On PostgreSQL a
-                // package another claim's transaction holds is skipped (else
-                // this claim would wait for it, find it gone, and fall back to
-                // the last-resort package with others still in the pool);
-                // SQLite runs one writing transaction at a time anyway.
-                let ordinary: Option<Vec<u8>> = sqlx::query_scalar(match self.dialect {
-                    Dialect::Postgres => {
-                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
-                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1 \
-                         FOR UPDATE SKIP LOCKED) RETURNING data"
-                    }
-                    Dialect::Sqlite => {
-                        "DELETE FROM key_packages WHERE id = (SELECT id FROM key_packages \
-                         WHERE device_id = $1 AND last_resort = $2 ORDER BY id LIMIT 1) RETURNING data"
-                    }
-                })
-                .bind(&device.device_id.0)
-                .bind(false)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-                let (key_package, last_resort) = match ordinary {
-                    Some(kp) => (kp, false),
-                    None => {
-                        let lr: Option<Vec<u8>> = sqlx::query_scalar(
-                            "SELECT data FROM key_packages WHERE device_id = $1 AND last_resort = $2 \
-                             ORDER BY id DESC LIMIT 1",
-                        )
-                        .bind(&device.device_id.0)
-                        .bind(true)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                        match lr {
-                            Some(kp) => (kp, true),
-                            None => continue,
-                        }
-                    }
-                };
-                claimed.push(Claimed {
-                    device,
-                    key_package,
-                    last_resort,
-                });
-            }
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(Claim::Claimed(claimed))
+        device_id: &DeviceId,
+        since: UnixTime,
+    ) -> Result<Vec<(UnixTime, u64)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT window_start, items FROM fetch_windows WHERE device_id = $1 AND window_start >= $2 ORDER BY window_start",
+        )
+        .bind(&device_id.0)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows.into_iter().map(|(w, n)| (w, n as u64)).collect())
     }
 
+    async fn see_source(
+        &self,
+        device_id: &DeviceId,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<SourceHistory> {
+        let mut tx = self.begin().await?;
+        let last_here: Option<i64> = sqlx::query_scalar(
+            "SELECT last_seen FROM device_sources WHERE device_id = $1 AND source = $2",
+        )
+        .bind(&device_id.0)
+        .bind(source)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let (sources, last_anywhere): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MAX(last_seen) FROM device_sources WHERE device_id = $1",
+        )
+        .bind(&device_id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO device_sources (device_id, source, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (device_id, source) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(&device_id.0)
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(SourceHistory {
+            last_here,
+            last_anywhere,
+            sources: sources as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl MailStore for SqlStore {
     async fn submit_commit(
         &self,
         s: CommitSubmission,
@@ -1583,82 +1672,6 @@ impl Store for SqlStore {
                 .await
                 .map_err(backend)?;
         Ok(n.unwrap_or(0) as u64)
-    }
-
-    async fn count_fetch(
-        &self,
-        device_id: &DeviceId,
-        window_start: UnixTime,
-        items: u64,
-    ) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "INSERT INTO fetch_windows (device_id, window_start, items) VALUES ($1, $2, $3) \
-             ON CONFLICT (device_id, window_start) DO UPDATE SET items = fetch_windows.items + excluded.items \
-             RETURNING items",
-        )
-        .bind(&device_id.0)
-        .bind(window_start)
-        .bind(items as i64)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(n as u64)
-    }
-
-    async fn fetch_windows(
-        &self,
-        device_id: &DeviceId,
-        since: UnixTime,
-    ) -> Result<Vec<(UnixTime, u64)>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT window_start, items FROM fetch_windows WHERE device_id = $1 AND window_start >= $2 ORDER BY window_start",
-        )
-        .bind(&device_id.0)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(rows.into_iter().map(|(w, n)| (w, n as u64)).collect())
-    }
-
-    async fn see_source(
-        &self,
-        device_id: &DeviceId,
-        source: &str,
-        now: UnixTime,
-    ) -> Result<SourceHistory> {
-        let mut tx = self.begin().await?;
-        let last_here: Option<i64> = sqlx::query_scalar(
-            "SELECT last_seen FROM device_sources WHERE device_id = $1 AND source = $2",
-        )
-        .bind(&device_id.0)
-        .bind(source)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let (sources, last_anywhere): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MAX(last_seen) FROM device_sources WHERE device_id = $1",
-        )
-        .bind(&device_id.0)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
-        sqlx::query(
-            "INSERT INTO device_sources (device_id, source, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (device_id, source) DO UPDATE SET last_seen = excluded.last_seen",
-        )
-        .bind(&device_id.0)
-        .bind(source)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        Ok(SourceHistory {
-            last_here,
-            last_anywhere,
-            sources: sources as u64,
-        })
     }
 
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()> {

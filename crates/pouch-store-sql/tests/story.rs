@@ -42,7 +42,8 @@ async fn story_on_postgres() {
 #[tokio::test]
 async fn a_claim_skips_a_package_another_claim_holds_on_postgres() {
     use pouch_proto::{Address, DeviceId};
-    use pouch_store::{Claim, NewDevice, Store};
+    use pouch_store::prelude::*;
+    use pouch_store::{Claim, NewDevice};
     use sqlx::Connection;
     let (url, drop) = pouch_store_sql::testing::fresh_postgres_database(&pg_base(), "claimlock")
         .await
@@ -119,7 +120,8 @@ async fn conversation_of(
     members: &[(&str, &str)],
 ) -> (pouch_proto::GroupId, Vec<pouch_proto::DeviceId>) {
     use pouch_proto::{Address, DeviceId, GroupId};
-    use pouch_store::{CommitSubmission, NewDevice, Store};
+    use pouch_store::prelude::*;
+    use pouch_store::{CommitSubmission, NewDevice};
     let mut devices = Vec::new();
     for (who, id) in members {
         let address = Address::parse(who).unwrap();
@@ -172,7 +174,8 @@ async fn conversation_of(
 /// the last copy, acknowledged or dropped with a revoked device; each
 /// device's quota still counts the whole size.
 async fn payloads_are_stored_once(store: &SqlStore) {
-    use pouch_store::{Message, Store};
+    use pouch_store::Message;
+    use pouch_store::prelude::*;
     let (group, devices) = conversation_of(
         store,
         &[
@@ -298,7 +301,8 @@ async fn payloads_are_stored_once_on_postgres() {
 /// for good (no sweep runs here). Repeated, so that a race shows.
 #[tokio::test]
 async fn concurrent_acknowledgements_leave_no_payload_behind_on_postgres() {
-    use pouch_store::{Message, Store};
+    use pouch_store::Message;
+    use pouch_store::prelude::*;
     let (url, drop) = pouch_store_sql::testing::fresh_postgres_database(&pg_base(), "ackrace")
         .await
         .expect("PostgreSQL must be running at POUCH_TEST_PG");
@@ -354,7 +358,7 @@ async fn concurrent_acknowledgements_leave_no_payload_behind_on_postgres() {
 /// the migration moves every queued item's payload, and the mail is fetched
 /// byte for byte afterwards, then collected when acknowledged.
 async fn queued_mail_survives_the_payload_migration(url: &str, bytes: fn(&str) -> String) {
-    use pouch_store::Store;
+    use pouch_store::prelude::*;
     let old = SqlStore::connect_at_schema(url, 10).await.unwrap();
     let (welcome, message) = (bytes("welcome-01"), bytes("message-0002"));
     for statement in [

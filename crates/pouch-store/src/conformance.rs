@@ -40,15 +40,191 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
     }
 }
 
-/// Runs the whole story against an empty store. Panics on the first broken promise.
+/// Runs the whole story against an empty store, area by area (as the
+/// [`Store`] is split). Panics on the first broken promise.
 pub async fn run(store: &dyn Store) {
     let now = 1_700_000_000;
-    let alice = addr("alice@mfa.example");
-    let bob = addr("bob@embassy.example");
+    settings(store).await;
+    audit(store, now).await;
+    directory_mail_and_log(store, now).await;
+}
 
-    // Settings: first writer wins.
+/// [`crate::SettingsStore`]: first writer wins.
+async fn settings(store: &dyn Store) {
     assert_eq!(store.init_setting("suite", "77").await.unwrap(), "77");
     assert_eq!(store.init_setting("suite", "1").await.unwrap(), "77");
+    assert_eq!(
+        store.get_setting("suite").await.unwrap().as_deref(),
+        Some("77")
+    );
+    assert!(store.delete_setting("suite").await.unwrap());
+    assert!(!store.delete_setting("suite").await.unwrap());
+    assert_eq!(store.get_setting("suite").await.unwrap(), None);
+    assert_eq!(store.init_setting("suite", "77").await.unwrap(), "77");
+}
+
+/// [`crate::AuditStore`]: the hash-chained events (single appends and the
+/// recorder's batches, time windows, retention) and alerts. Events name
+/// accounts but need none to exist.
+async fn audit(store: &dyn Store, now: UnixTime) {
+    let alice = addr("alice@mfa.example");
+    let bob = addr("bob@embassy.example");
+    // Access events: numbered, hash-chained, filterable by account.
+    let ev = |account: Option<&Address>, action: &str| pouch_proto::api::EventBody {
+        at: now,
+        account: account.cloned(),
+        device: None,
+        source: Some("127.0.0.1".into()),
+        action: pouch_proto::security::Action::parse(action),
+        outcome: pouch_proto::security::Outcome::Success,
+        count: 1,
+        bytes: 10,
+        detail: String::new(),
+        reason: None,
+        targets: Vec::new(),
+        devices: Vec::new(),
+        by: None,
+        after_reset: false,
+    };
+    assert_eq!(
+        store
+            .append_event(&ev(Some(&alice), "sign_in"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .append_event(&ev(Some(&bob), "queue_fetch"))
+            .await
+            .unwrap(),
+        3
+    );
+    let all = store.events(0, None, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    pouch_proto::api::verify_event_chain(&all, 1, pouch_proto::api::EVENT_CHAIN_START.into())
+        .unwrap();
+    assert_eq!(store.event_head().await.unwrap(), (3, all[2].hash.clone()));
+    let bobs = store.events(0, Some(&bob), 100).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].parsed().unwrap().action, "queue_fetch");
+    let without_second = vec![all[0].clone(), all[2].clone()];
+    assert!(
+        pouch_proto::api::verify_event_chain(
+            &without_second,
+            1,
+            pouch_proto::api::EVENT_CHAIN_START.into()
+        )
+        .is_err()
+    );
+
+    // By time, and pruned from the oldest with the anchor following.
+    let old_event = pouch_proto::api::EventBody {
+        at: now - 1000,
+        ..ev(Some(&alice), "sign_in")
+    };
+    assert_eq!(store.append_event(&old_event).await.unwrap(), 4);
+    assert_eq!(store.events_since(now, None, 100).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .events_since(now, Some(&alice), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.event_count().await.unwrap(), 4);
+    assert_eq!(
+        store.event_anchor().await.unwrap(),
+        (0, pouch_proto::api::EVENT_CHAIN_START.to_string())
+    );
+    // The chain stays contiguous: everything up to the last old event goes.
+    assert_eq!(store.prune_events(now - 500).await.unwrap(), 4);
+    assert_eq!(store.event_count().await.unwrap(), 0);
+    let (anchor_seq, anchor_hash) = store.event_anchor().await.unwrap();
+    assert_eq!(anchor_seq, 4);
+    assert_eq!(store.prune_events(now - 500).await.unwrap(), 0);
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        5
+    );
+    let kept = store.events(0, None, 100).await.unwrap();
+    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash.clone()).unwrap();
+
+    // A batch (the recorder's): consecutive numbers, one chain, in order,
+    // across the backend's rows-per-statement limit.
+    let batch: Vec<_> = (0..450)
+        .map(|i| pouch_proto::api::EventBody {
+            count: i,
+            ..ev(Some(&bob), "queue_fetch")
+        })
+        .collect();
+    let seqs = store.append_events(&batch).await.unwrap();
+    assert_eq!(seqs, (6..6 + 450).collect::<Vec<u64>>());
+    assert_eq!(store.append_events(&[]).await.unwrap(), Vec::<u64>::new());
+    let kept = store.events(0, None, 1000).await.unwrap();
+    assert_eq!(kept.len(), 451);
+    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash).unwrap();
+    assert!(
+        kept[1..]
+            .iter()
+            .zip(0..)
+            .all(|(e, i)| e.parsed().unwrap().count == i)
+    );
+    assert_eq!(
+        store.event_head().await.unwrap(),
+        (455, kept[450].hash.clone())
+    );
+    assert_eq!(
+        store.append_event(&ev(None, "server_start")).await.unwrap(),
+        456
+    );
+
+    // Alerts: numbered, filterable by account.
+    let alert = |account: Option<&Address>, rule: &str| pouch_proto::api::Alert {
+        id: 0,
+        at: now,
+        rule: pouch_proto::security::Rule::parse(rule),
+        severity: pouch_proto::security::Severity::High,
+        account: account.cloned(),
+        device: None,
+        summary: format!("{rule} happened"),
+        event_seq: Some(1),
+    };
+    let first = store
+        .add_alert(&alert(Some(&alice), "new_device"))
+        .await
+        .unwrap();
+    store
+        .add_alert(&alert(None, "audit_chain_broken"))
+        .await
+        .unwrap();
+    assert_eq!(store.alerts(0, None).await.unwrap().len(), 2);
+    let alices = store.alerts(0, Some(&alice)).await.unwrap();
+    assert_eq!(alices.len(), 1);
+    assert_eq!(alices[0].rule, "new_device");
+    assert!(store.alerts(first, Some(&alice)).await.unwrap().is_empty());
+    // A critical alert about the whole server concerns every account.
+    let server_wide = pouch_proto::api::Alert {
+        severity: pouch_proto::security::Severity::Critical,
+        ..alert(None, "audit_chain_broken")
+    };
+    store.add_alert(&server_wide).await.unwrap();
+    let alices = store.alerts(first, Some(&alice)).await.unwrap();
+    assert_eq!(alices.len(), 1);
+    assert_eq!(alices[0].severity, "critical");
+}
+
+/// [`crate::DirectoryStore`], [`crate::MailStore`] and [`crate::LogStore`]
+/// together: conversations need enrolled devices, and the log records the
+/// directory's lists.
+async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
+    let alice = addr("alice@mfa.example");
+    let bob = addr("bob@embassy.example");
 
     // Users and invites.
     store.create_user(&alice, Some("Alice"), now).await.unwrap();
@@ -858,155 +1034,6 @@ pub async fn run(store: &dyn Store) {
         store.log_entries(4, 5).await.unwrap(),
         vec![b"key-leaf".to_vec()]
     );
-
-    // Access events: numbered, hash-chained, filterable by account.
-    let ev = |account: Option<&Address>, action: &str| pouch_proto::api::EventBody {
-        at: now,
-        account: account.cloned(),
-        device: None,
-        source: Some("127.0.0.1".into()),
-        action: pouch_proto::security::Action::parse(action),
-        outcome: pouch_proto::security::Outcome::Success,
-        count: 1,
-        bytes: 10,
-        detail: String::new(),
-        reason: None,
-        targets: Vec::new(),
-        devices: Vec::new(),
-        by: None,
-        after_reset: false,
-    };
-    assert_eq!(
-        store
-            .append_event(&ev(Some(&alice), "sign_in"))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store.append_event(&ev(None, "server_start")).await.unwrap(),
-        2
-    );
-    assert_eq!(
-        store
-            .append_event(&ev(Some(&bob), "queue_fetch"))
-            .await
-            .unwrap(),
-        3
-    );
-    let all = store.events(0, None, 100).await.unwrap();
-    assert_eq!(all.len(), 3);
-    pouch_proto::api::verify_event_chain(&all, 1, pouch_proto::api::EVENT_CHAIN_START.into())
-        .unwrap();
-    assert_eq!(store.event_head().await.unwrap(), (3, all[2].hash.clone()));
-    let bobs = store.events(0, Some(&bob), 100).await.unwrap();
-    assert_eq!(bobs.len(), 1);
-    assert_eq!(bobs[0].parsed().unwrap().action, "queue_fetch");
-    let without_second = vec![all[0].clone(), all[2].clone()];
-    assert!(
-        pouch_proto::api::verify_event_chain(
-            &without_second,
-            1,
-            pouch_proto::api::EVENT_CHAIN_START.into()
-        )
-        .is_err()
-    );
-
-    // By time, and pruned from the oldest with the anchor following.
-    let old_event = pouch_proto::api::EventBody {
-        at: now - 1000,
-        ..ev(Some(&alice), "sign_in")
-    };
-    assert_eq!(store.append_event(&old_event).await.unwrap(), 4);
-    assert_eq!(store.events_since(now, None, 100).await.unwrap().len(), 3);
-    assert_eq!(
-        store
-            .events_since(now, Some(&alice), 100)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(store.event_count().await.unwrap(), 4);
-    assert_eq!(
-        store.event_anchor().await.unwrap(),
-        (0, pouch_proto::api::EVENT_CHAIN_START.to_string())
-    );
-    // The chain stays contiguous: everything up to the last old event goes.
-    assert_eq!(store.prune_events(now - 500).await.unwrap(), 4);
-    assert_eq!(store.event_count().await.unwrap(), 0);
-    let (anchor_seq, anchor_hash) = store.event_anchor().await.unwrap();
-    assert_eq!(anchor_seq, 4);
-    assert_eq!(store.prune_events(now - 500).await.unwrap(), 0);
-    assert_eq!(
-        store.append_event(&ev(None, "server_start")).await.unwrap(),
-        5
-    );
-    let kept = store.events(0, None, 100).await.unwrap();
-    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash.clone()).unwrap();
-
-    // A batch (the recorder's): consecutive numbers, one chain, in order,
-    // across the backend's rows-per-statement limit.
-    let batch: Vec<_> = (0..450)
-        .map(|i| pouch_proto::api::EventBody {
-            count: i,
-            ..ev(Some(&bob), "queue_fetch")
-        })
-        .collect();
-    let seqs = store.append_events(&batch).await.unwrap();
-    assert_eq!(seqs, (6..6 + 450).collect::<Vec<u64>>());
-    assert_eq!(store.append_events(&[]).await.unwrap(), Vec::<u64>::new());
-    let kept = store.events(0, None, 1000).await.unwrap();
-    assert_eq!(kept.len(), 451);
-    pouch_proto::api::verify_event_chain(&kept, anchor_seq + 1, anchor_hash).unwrap();
-    assert!(
-        kept[1..]
-            .iter()
-            .zip(0..)
-            .all(|(e, i)| e.parsed().unwrap().count == i)
-    );
-    assert_eq!(
-        store.event_head().await.unwrap(),
-        (455, kept[450].hash.clone())
-    );
-    assert_eq!(
-        store.append_event(&ev(None, "server_start")).await.unwrap(),
-        456
-    );
-
-    // Alerts: numbered, filterable by account.
-    let alert = |account: Option<&Address>, rule: &str| pouch_proto::api::Alert {
-        id: 0,
-        at: now,
-        rule: pouch_proto::security::Rule::parse(rule),
-        severity: pouch_proto::security::Severity::High,
-        account: account.cloned(),
-        device: None,
-        summary: format!("{rule} happened"),
-        event_seq: Some(1),
-    };
-    let first = store
-        .add_alert(&alert(Some(&alice), "new_device"))
-        .await
-        .unwrap();
-    store
-        .add_alert(&alert(None, "audit_chain_broken"))
-        .await
-        .unwrap();
-    assert_eq!(store.alerts(0, None).await.unwrap().len(), 2);
-    let alices = store.alerts(0, Some(&alice)).await.unwrap();
-    assert_eq!(alices.len(), 1);
-    assert_eq!(alices[0].rule, "new_device");
-    assert!(store.alerts(first, Some(&alice)).await.unwrap().is_empty());
-    // A critical alert about the whole server concerns every account.
-    let server_wide = pouch_proto::api::Alert {
-        severity: pouch_proto::security::Severity::Critical,
-        ..alert(None, "audit_chain_broken")
-    };
-    store.add_alert(&server_wide).await.unwrap();
-    let alices = store.alerts(first, Some(&alice)).await.unwrap();
-    assert_eq!(alices.len(), 1);
-    assert_eq!(alices[0].severity, "critical");
 
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();

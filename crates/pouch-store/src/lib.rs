@@ -14,6 +14,11 @@
 
 pub mod conformance;
 
+/// The store traits, for code that calls a concrete backend's methods.
+pub mod prelude {
+    pub use super::{AuditStore, DirectoryStore, LogStore, MailStore, SettingsStore, Store};
+}
+
 use async_trait::async_trait;
 use pouch_proto::{
     Address, DeviceId, GroupId,
@@ -249,16 +254,22 @@ pub struct Message<'a> {
 
 /// The server's whole persistent state. Implementations must be safe to use
 /// from several server processes at once (PostgreSQL) or one (SQLite).
+/// Server-wide settings shared by every node (domain, ciphersuite, the
+/// administrator token's hash, the sealed log key).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // --- settings ---
+pub trait SettingsStore: Send + Sync + 'static {
     async fn get_setting(&self, key: &str) -> Result<Option<String>>;
     /// Sets the value only if the key is not set yet; returns the stored value.
     async fn init_setting(&self, key: &str, value: &str) -> Result<String>;
     /// Removes a setting (a secret moved elsewhere); true if it was there.
     async fn delete_setting(&self, key: &str) -> Result<bool>;
+}
 
-    // --- users and invites ---
+/// Who exists and with which devices: accounts and invites, device lists
+/// and link requests, revocation, sign-in challenges and tokens, and the
+/// key-package directory.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
     async fn create_user(&self, address: &Address, name: Option<&str>, now: UnixTime)
     -> Result<()>;
     async fn list_users(&self) -> Result<Vec<UserSummary>>;
@@ -283,8 +294,6 @@ pub trait Store: Send + Sync + 'static {
         device: NewDevice,
         now: UnixTime,
     ) -> std::result::Result<Device, EnrollError>;
-
-    // --- device lists, linking, revocation ---
     async fn latest_device_list(&self, address: &Address) -> Result<Option<StoredList>>;
     async fn device_list_history(&self, address: &Address) -> Result<Vec<StoredList>>;
     /// Stores `list` (whose version must be the next one: a taken version is
@@ -324,11 +333,53 @@ pub trait Store: Send + Sync + 'static {
     /// Administrator reset: revokes every device; the next enrollment may start a new account key.
     async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()>;
     async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>>;
-
     /// Member devices (not revoked) whose last fresh key material in a group dates from `older_than` or before.
     async fn stale_members(&self, older_than: UnixTime) -> Result<Vec<StaleMember>>;
+    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
+    /// Every device the server has for the address, in any state.
+    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>>;
+    async fn put_challenge(
+        &self,
+        challenge: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()>;
+    /// Removes the challenge and returns its device if it was issued and has not expired.
+    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
+    async fn put_token(
+        &self,
+        token_hash: &[u8],
+        device_id: &DeviceId,
+        expires_at: UnixTime,
+    ) -> Result<()>;
+    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
+    /// Adds `packages` (replacing the device's ordinary packages when
+    /// `replace_pool`), and replaces its last-resort package when given.
+    async fn add_key_packages(
+        &self,
+        device_id: &DeviceId,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+        replace_pool: bool,
+    ) -> Result<()>;
+    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
+    /// One package for every active device of each of `addresses` except
+    /// `exclude` (restricted to `only` when it is not empty): an ordinary
+    /// one, removed as it is handed out, or else the last-resort one. One
+    /// transaction for the whole mail; if an address has no account, nothing
+    /// is handed out.
+    async fn claim_key_packages(
+        &self,
+        addresses: &[Address],
+        exclude: &DeviceId,
+        only: &[DeviceId],
+    ) -> Result<Claim>;
+}
 
-    // --- the transparency log ---
+/// The key-transparency log: its entries and stored hashes, the commitment
+/// key, and the signed checkpoint.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
     /// Number of entries in the log.
     async fn log_size(&self) -> Result<u64>;
     /// Stored hashes by tlog index; `NotFound` if one is missing.
@@ -347,8 +398,12 @@ pub trait Store: Send + Sync + 'static {
     async fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
     /// Replaces the stored checkpoint of this size (the same checkpoint with more cosignatures).
     async fn replace_checkpoint(&self, size: u64, note: &[u8]) -> Result<bool>;
+}
 
-    // --- access events ---
+/// The audit trail: hash-chained access events, alerts, and the state the
+/// detection rules keep as events arrive.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
     /// Appends events to the hash chain in one transaction, in order;
     /// returns their sequence numbers (consecutive). All or none.
     async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>>;
@@ -383,8 +438,6 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes events older than `before` (the retention period), moving the
     /// anchor to the last one deleted, in one transaction. Returns how many.
     async fn prune_events(&self, before: UnixTime) -> Result<u64>;
-
-    // --- alerts ---
     async fn add_alert(&self, alert: &pouch_proto::api::Alert) -> Result<u64>;
     /// Alerts after `after_id` (all accounts, or one's — which includes the
     /// critical alerts about the whole server, such as a broken audit chain), oldest first.
@@ -393,51 +446,33 @@ pub trait Store: Send + Sync + 'static {
         after_id: u64,
         account: Option<&Address>,
     ) -> Result<Vec<pouch_proto::api::Alert>>;
-
-    // --- devices and authentication ---
-    async fn device(&self, device_id: &DeviceId) -> Result<Option<Device>>;
-    /// Every device the server has for the address, in any state.
-    async fn devices_of(&self, address: &Address) -> Result<Vec<Device>>;
-    async fn put_challenge(
-        &self,
-        challenge: &[u8],
-        device_id: &DeviceId,
-        expires_at: UnixTime,
-    ) -> Result<()>;
-    /// Removes the challenge and returns its device if it was issued and has not expired.
-    async fn take_challenge(&self, challenge: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
-    async fn put_token(
-        &self,
-        token_hash: &[u8],
-        device_id: &DeviceId,
-        expires_at: UnixTime,
-    ) -> Result<()>;
-    async fn token_device(&self, token_hash: &[u8], now: UnixTime) -> Result<Option<DeviceId>>;
-
-    // --- key packages ---
-    /// Adds `packages` (replacing the device's ordinary packages when
-    /// `replace_pool`), and replaces its last-resort package when given.
-    async fn add_key_packages(
+    /// Adds `items` to the device's fetch count for the window starting at
+    /// `window_start`; returns the window's new total.
+    async fn count_fetch(
         &self,
         device_id: &DeviceId,
-        packages: &[Vec<u8>],
-        last_resort: Option<&[u8]>,
-        replace_pool: bool,
-    ) -> Result<()>;
-    async fn count_key_packages(&self, device_id: &DeviceId) -> Result<u32>;
-    /// One package for every active device of each of `addresses` except
-    /// `exclude` (restricted to `only` when it is not empty): an ordinary
-    /// one, removed as it is handed out, or else the last-resort one. One
-    /// transaction for the whole mail; if an address has no account, nothing
-    /// is handed out.
-    async fn claim_key_packages(
+        window_start: UnixTime,
+        items: u64,
+    ) -> Result<u64>;
+    /// The device's fetch counts per window from `since` on: (window start, items).
+    async fn fetch_windows(
         &self,
-        addresses: &[Address],
-        exclude: &DeviceId,
-        only: &[DeviceId],
-    ) -> Result<Claim>;
+        device_id: &DeviceId,
+        since: UnixTime,
+    ) -> Result<Vec<(UnixTime, u64)>>;
+    /// Records that the device was seen from `source` at `now`.
+    async fn see_source(
+        &self,
+        device_id: &DeviceId,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<SourceHistory>;
+}
 
-    // --- groups and delivery ---
+/// Delivery: conversations (one commit per epoch), per-device queues, and
+/// blobs.
+#[async_trait]
+pub trait MailStore: Send + Sync + 'static {
     /// Accepts the commit if `base_epoch` is the group's epoch (0 creates the
     /// group), then queues the commit for the other current members and the
     /// welcome for the added devices, all in one transaction.
@@ -478,28 +513,6 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the device's queue holds anything after `after` (what a
     /// waiting device is woken for).
     async fn queue_pending(&self, device_id: &DeviceId, after: u64) -> Result<bool>;
-    /// Adds `items` to the device's fetch count for the window starting at
-    /// `window_start`; returns the window's new total.
-    async fn count_fetch(
-        &self,
-        device_id: &DeviceId,
-        window_start: UnixTime,
-        items: u64,
-    ) -> Result<u64>;
-    /// The device's fetch counts per window from `since` on: (window start, items).
-    async fn fetch_windows(
-        &self,
-        device_id: &DeviceId,
-        since: UnixTime,
-    ) -> Result<Vec<(UnixTime, u64)>>;
-    /// Records that the device was seen from `source` at `now`.
-    async fn see_source(
-        &self,
-        device_id: &DeviceId,
-        source: &str,
-        now: UnixTime,
-    ) -> Result<SourceHistory>;
-
     /// Deletes blobs nothing refers to any more: sent ones no queue item
     /// refers to, and never-sent ones created before `unsent_before`.
     /// Returns how many.
@@ -509,8 +522,6 @@ pub trait Store: Send + Sync + 'static {
     /// crash before the re-check); returns how many. A full scan: run it
     /// seldom (the server does, with its detection sweep).
     async fn collect_orphan_payloads(&self) -> Result<u64>;
-
-    // --- blobs (opaque encrypted chunks) ---
     async fn create_blob(&self, blob_id: &str, owner: &DeviceId, now: UnixTime) -> Result<()>;
     /// Stores a chunk of an open blob; refused with `QuotaExceeded` when the
     /// owner's stored blob bytes would pass `max_owned_bytes`.
@@ -532,6 +543,12 @@ pub trait Store: Send + Sync + 'static {
     /// A chunk of a finished blob.
     async fn blob_chunk(&self, blob_id: &str, index: u32) -> Result<Option<Vec<u8>>>;
 }
+
+/// Everything the server stores, by area; every backend implements each
+/// area (one conformance story per area runs on each backend).
+pub trait Store: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore {}
+
+impl<T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore> Store for T {}
 
 /// Helpers shared by the backends so that both apply the same rules.
 pub mod rules {
