@@ -1190,6 +1190,9 @@ impl Device {
     }
 
     fn fetch_mail(&mut self, report: &mut SyncReport) -> Result<()> {
+        // One fsync per page of items (before its acknowledgement), not one
+        // per item; the guard forces the rest to disk on any way out.
+        let deferred = self.local.defer_durability()?;
         self.replay_held(report)?;
         // Conversations something arrived in: their fan-out is compared with
         // the roster afterwards (always where a commit or Welcome arrived).
@@ -1240,6 +1243,7 @@ impl Device {
             }
             self.flush_findings(report)?;
             // Only what is durably stored is acknowledged.
+            deferred.barrier()?;
             self.api
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
         }

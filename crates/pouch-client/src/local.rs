@@ -220,6 +220,20 @@ impl LocalStore {
         self.atomically_unless(f, |_| false)
     }
 
+    /// Lets transactions commit without waiting for the disk until the
+    /// returned guard's [`Deferred::barrier`] (or its drop) makes them
+    /// durable together. Each transaction stays atomic (WAL: a power loss
+    /// keeps or loses it whole); what a power loss can undo is only what
+    /// came after the last barrier — so a receiver acknowledges a page of
+    /// queue items to the server only after its barrier, and pays one fsync
+    /// per page instead of one per item.
+    pub fn defer_durability(&self) -> Result<Deferred> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Deferred {
+            conn: self.conn.clone(),
+        })
+    }
+
     /// As [`Self::atomically`], but rolls back a successful `f` whose result
     /// satisfies `discard` (a look that must leave no trace).
     pub fn atomically_unless<T>(
@@ -241,6 +255,43 @@ impl LocalStore {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 Err(e)
             }
+        }
+    }
+}
+
+/// Transactions committed but not yet forced to disk ([`LocalStore::defer_durability`]).
+pub struct Deferred {
+    conn: Rc<Connection>,
+}
+
+impl Deferred {
+    /// Everything committed so far is on disk when this returns: one
+    /// transaction committed with `synchronous = FULL` syncs the WAL, and
+    /// with it every frame the earlier commits wrote. Call it between
+    /// transactions.
+    pub fn barrier(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let synced = self.sync_now();
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        synced
+    }
+
+    fn sync_now(&self) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('durable_at', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![crate::now().to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        // Back to a disk wait per commit, and what was deferred is forced now
+        // (unless a transaction is still open: its commit will do it).
+        if self.conn.pragma_update(None, "synchronous", "FULL").is_ok() && self.conn.is_autocommit()
+        {
+            let _ = self.sync_now();
         }
     }
 }
@@ -383,5 +434,54 @@ impl LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &LocalStore) -> i64 {
+        store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A receiver defers the disk wait only between its barriers: commits
+    /// stay whole, the barrier writes (and so syncs) the WAL, and leaving —
+    /// by any way — restores a disk wait per commit.
+    #[test]
+    fn deferred_durability_ends_at_each_barrier_and_when_dropped() {
+        let home = std::env::temp_dir().join(format!("pouch-deferred-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let store = LocalStore::create(&home, "correct horse").unwrap();
+        const FULL: i64 = 2;
+        const NORMAL: i64 = 1;
+        assert_eq!(synchronous(&store), FULL);
+        {
+            let deferred = store.defer_durability().unwrap();
+            assert_eq!(synchronous(&store), NORMAL);
+            store
+                .atomically(|l| l.set_meta("queue_cursor", "7"))
+                .unwrap();
+            assert_eq!(store.meta("durable_at").unwrap(), None);
+            deferred.barrier().unwrap();
+            assert!(store.meta("durable_at").unwrap().is_some());
+            assert_eq!(
+                synchronous(&store),
+                NORMAL,
+                "still deferring after a barrier"
+            );
+            store
+                .atomically(|l| l.set_meta("queue_cursor", "8"))
+                .unwrap();
+        }
+        assert_eq!(synchronous(&store), FULL);
+        drop(store);
+        // What was committed after the last barrier is there on reopening.
+        let store = LocalStore::open(&home, "correct horse").unwrap();
+        assert_eq!(store.meta("queue_cursor").unwrap().as_deref(), Some("8"));
+        std::fs::remove_dir_all(&home).unwrap();
     }
 }
