@@ -231,6 +231,7 @@ impl LocalStore {
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(Deferred {
             conn: self.conn.clone(),
+            mail_dir: self.mail_dir(),
         })
     }
 
@@ -262,6 +263,9 @@ impl LocalStore {
 /// Transactions committed but not yet forced to disk ([`LocalStore::defer_durability`]).
 pub struct Deferred {
     conn: Rc<Connection>,
+    /// Where large mails are kept as files: their directory entries must be
+    /// on disk before the rows that name them are acknowledged.
+    mail_dir: PathBuf,
 }
 
 impl Deferred {
@@ -270,6 +274,11 @@ impl Deferred {
     /// with it every frame the earlier commits wrote. Call it between
     /// transactions.
     pub fn barrier(&self) -> Result<()> {
+        // Mail files are synced as they are written; their names in the
+        // directory are synced here, once per page.
+        if let Ok(dir) = std::fs::File::open(&self.mail_dir) {
+            dir.sync_all()?;
+        }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let synced = self.sync_now();
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -159,6 +159,8 @@ vocabulary! {
         InviteUnknown = "invite_unknown",
         InviteUsed = "invite_used",
         InviteExpired = "invite_expired",
+        /// An invite for an account that already has devices.
+        AccountHasDevices = "account_has_devices",
         ChallengeUnknown = "challenge_unknown",
         DeviceUnknown = "device_unknown",
         DeviceInactive = "device_inactive",

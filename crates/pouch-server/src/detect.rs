@@ -104,6 +104,9 @@ async fn evaluate(
     let mut out = Vec::new();
     let ok = ev.outcome == Outcome::Success;
     let src = ev.source.clone().unwrap_or_default();
+    // Counters are per clock-aligned window; "now" is this window and the
+    // one before, so a burst across a boundary still counts whole.
+    let this_window = ev.at - ev.at.rem_euclid(window);
     let reported = |rule, severity| alert(rule, severity, ev, seq, ev.detail.clone());
     match &ev.action {
         Action::Enroll if ok => {
@@ -253,27 +256,16 @@ async fn evaluate(
             if let (Some(target), Some(dry), Some(claimer)) =
                 (&ev.account, ev.devices.first(), &ev.by)
             {
-                let recent = recent(s, None, ev.at, window, seq).await?;
-                let by_claimer = |e: &&EventBody| e.device.as_ref() == Some(claimer);
-                let claimed = recent
-                    .iter()
-                    .filter(by_claimer)
-                    .filter(|e| e.action == Action::KeyPackageClaim && e.targets.contains(target))
-                    .count() as u64;
-                let welcomed = recent
-                    .iter()
-                    .filter(by_claimer)
-                    .filter(|e| e.action == Action::Welcome && e.devices.contains(dry))
-                    .count() as u64;
+                let (since, until) = (this_window - window, this_window + window);
+                let claimed = s.store.counted(&claims_counter(claimer, target), since, until).await?;
+                let welcomed = s.store.counted(&welcomes_counter(claimer, dry), since, until).await?;
                 let unused = claimed.saturating_sub(welcomed);
                 if unused > t.key_package_claims {
-                    // Once per claimer and window.
-                    let since = ev.at - window;
-                    let marker = format!("(device {claimer})");
-                    let raised = s.store.alerts(0, Some(target)).await?.iter().any(|a| {
-                        a.rule == Rule::KeyPackageDrain && a.at >= since && a.summary.contains(&marker)
-                    });
-                    if !raised {
+                    // Once per claimer and account within two windows.
+                    let name = format!("drain alerted {claimer} {target}");
+                    let first = s.store.count(&name, this_window, 1).await? == 1
+                        && s.store.counted(&name, since, this_window).await? == 0;
+                    if first {
                         let mut a = alert(
                             Rule::KeyPackageDrain,
                             High,
@@ -289,9 +281,6 @@ async fn evaluate(
         }
         Action::QueueFetch => {
             if let (Some(_), Some(device)) = (&ev.account, &ev.device) {
-                // Counted per clock-aligned window; "now" is this window and the
-                // one before, so a burst across a boundary still counts whole.
-                let this_window = ev.at - ev.at.rem_euclid(window);
                 s.store.count_fetch(device, this_window, ev.count).await?;
                 let since = ev.at - t.baseline.as_secs() as i64;
                 let windows = s.store.fetch_windows(device, since).await?;
@@ -320,12 +309,13 @@ async fn evaluate(
             }
         }
         Action::Enroll | Action::SignIn if !ok => {
-            let recent = recent(s, None, ev.at, window, seq).await?;
-            let failures = recent
-                .iter()
-                .filter(|e| e.action == ev.action && e.outcome == Outcome::Failure && e.source.as_deref() == Some(src.as_str()))
-                .count();
-            if failures == t.invite_failures {
+            // Failures from one source, this window and the one before; the
+            // alert fires on the failure that reaches the threshold (each
+            // addition sees its own total, so once even across nodes).
+            let name = format!("fail {} {src}", ev.action);
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let failures = this_one + s.store.counted(&name, this_window - window, this_window).await?;
+            if failures == t.invite_failures as u64 {
                 out.push(alert(
                     Rule::InviteBruteForce,
                     High,
@@ -335,9 +325,33 @@ async fn evaluate(
                 ));
             }
         }
+        // The rules' counters, kept as events arrive: claims of an account's
+        // key packages and Welcomes to its devices, per claiming device.
+        Action::KeyPackageClaim if ok => {
+            if let Some(claimer) = &ev.device {
+                let names: Vec<String> =
+                    ev.targets.iter().map(|t| claims_counter(claimer, t)).collect();
+                s.store.count_each(&names, this_window).await?;
+            }
+        }
+        Action::Welcome => {
+            if let Some(claimer) = &ev.device {
+                let names: Vec<String> =
+                    ev.devices.iter().map(|d| welcomes_counter(claimer, d)).collect();
+                s.store.count_each(&names, this_window).await?;
+            }
+        }
         _ => {}
     }
     Ok(out)
+}
+
+fn claims_counter(claimer: &pouch_proto::DeviceId, target: &pouch_proto::Address) -> String {
+    format!("claims {claimer} {target}")
+}
+
+fn welcomes_counter(claimer: &pouch_proto::DeviceId, device: &pouch_proto::DeviceId) -> String {
+    format!("welcomes {claimer} {device}")
 }
 
 pub(crate) fn human_duration(secs: i64) -> String {
@@ -524,6 +538,11 @@ pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot list stale devices"),
+    }
+    // The rules' counters are read two windows back at most.
+    let window = s.policy.detection.window_secs();
+    if let Err(e) = s.store.prune_counts(now - 3 * window).await {
+        tracing::error!(error = %e, "cannot prune the rules' counters");
     }
     let cutoff = now - s.policy.events.retention.as_secs() as i64;
     match s.store.prune_events(cutoff).await {

@@ -133,24 +133,52 @@ async fn append_loop(
     while appends.recv_many(&mut batch, BATCH).await > 0 {
         let Some(s) = state.upgrade() else { return };
         let bodies: Vec<EventBody> = batch.iter().map(|p| p.body.clone()).collect();
-        match s.store.append_events(&bodies).await {
+        let appended_seqs = match s.store.append_events(&bodies).await {
             Ok(seqs) => {
-                if let Some(last) = seqs.last() {
-                    appended.fetch_max(*last, Ordering::SeqCst);
-                }
                 crate::service::audit::logging_works_again(&s).await;
-                for (p, seq) in batch.drain(..).zip(seqs) {
-                    let _ = p.committed.send(());
-                    if to_rules.send((p.body, seq)).await.is_err() {
-                        return;
+                seqs.into_iter().map(Some).collect()
+            }
+            // One bad event (or a passing failure) must not take a whole
+            // batch with it: each is tried once more on its own.
+            Err(_) => {
+                let mut seqs = Vec::with_capacity(bodies.len());
+                for body in &bodies {
+                    match s.store.append_event(body).await {
+                        Ok(seq) => {
+                            crate::service::audit::logging_works_again(&s).await;
+                            seqs.push(Some(seq))
+                        }
+                        Err(e) => {
+                            crate::service::audit::logging_failed(
+                                &s,
+                                std::slice::from_ref(body),
+                                &e,
+                            )
+                            .await;
+                            seqs.push(None);
+                        }
                     }
                 }
+                seqs
             }
-            Err(e) => {
-                crate::service::audit::logging_failed(&s, &bodies, &e).await;
-                for p in batch.drain(..) {
-                    let _ = p.committed.send(());
-                }
+        };
+        if let Some(last) = appended_seqs.iter().flatten().max() {
+            appended.fetch_max(*last, Ordering::SeqCst);
+        }
+        // Every request of the batch goes on before the rules are handed
+        // anything: a full queue of events waiting for the rules slows the
+        // appends that follow, never a request whose event is committed.
+        let judged: Vec<(EventBody, u64)> = batch
+            .drain(..)
+            .zip(appended_seqs)
+            .filter_map(|(p, seq)| {
+                let _ = p.committed.send(());
+                seq.map(|seq| (p.body, seq))
+            })
+            .collect();
+        for event in judged {
+            if to_rules.send(event).await.is_err() {
+                return;
             }
         }
     }
@@ -163,7 +191,12 @@ async fn detect_loop(
 ) {
     while let Some((body, seq)) = appended.recv().await {
         let Some(s) = state.upgrade() else { return };
-        crate::detect::on_event(&s, &body, seq).await;
+        // On a task of its own, so that a rule that panics loses its one
+        // event's judgement (logged), not the detector.
+        let judged = tokio::spawn(async move { crate::detect::on_event(&s, &body, seq).await });
+        if let Err(e) = judged.await {
+            tracing::error!(error = %e, seq, "DETECTION FAILED for an event");
+        }
         detected.send_modify(|d| *d = (*d).max(seq));
     }
 }

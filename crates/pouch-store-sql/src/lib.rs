@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0011_shared_payloads.sql"),
         include_str!("../migrations/postgres_0011_shared_payloads.sql"),
     ),
+    (
+        12,
+        include_str!("../migrations/sqlite_0012_detection_counts.sql"),
+        include_str!("../migrations/postgres_0012_detection_counts.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

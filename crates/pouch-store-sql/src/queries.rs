@@ -1188,6 +1188,68 @@ impl LogStore for SqlStore {
 
 #[async_trait]
 impl AuditStore for SqlStore {
+    async fn count(&self, name: &str, window_start: UnixTime, n: u64) -> Result<u64> {
+        let total: i64 = sqlx::query_scalar(
+            "INSERT INTO detection_counts (name, window_start, n) VALUES ($1, $2, $3) \
+             ON CONFLICT (name, window_start) DO UPDATE SET n = detection_counts.n + excluded.n \
+             RETURNING n",
+        )
+        .bind(name)
+        .bind(window_start)
+        .bind(n as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(total as u64)
+    }
+
+    async fn count_each(&self, names: &[String], window_start: UnixTime) -> Result<()> {
+        let mut unique: Vec<&String> = names.iter().collect();
+        unique.sort();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for name in unique {
+            sqlx::query(
+                "INSERT INTO detection_counts (name, window_start, n) VALUES ($1, $2, 1) \
+                 ON CONFLICT (name, window_start) DO UPDATE SET n = detection_counts.n + 1",
+            )
+            .bind(name)
+            .bind(window_start)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn counted(&self, name: &str, since: UnixTime, until: UnixTime) -> Result<u64> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM detection_counts \
+             WHERE name = $1 AND window_start >= $2 AND window_start < $3",
+        )
+        .bind(name)
+        .bind(since)
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(total as u64)
+    }
+
+    async fn prune_counts(&self, before: UnixTime) -> Result<u64> {
+        let deleted = sqlx::query("DELETE FROM detection_counts WHERE window_start < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
     async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>> {
         if bodies.is_empty() {
             return Ok(Vec::new());

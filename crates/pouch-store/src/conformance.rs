@@ -46,6 +46,7 @@ pub async fn run(store: &dyn Store) {
     let now = 1_700_000_000;
     settings(store).await;
     audit(store, now).await;
+    detection_counts(store, now).await;
     directory_mail_and_log(store, now).await;
 }
 
@@ -217,6 +218,66 @@ async fn audit(store: &dyn Store, now: UnixTime) {
     let alices = store.alerts(first, Some(&alice)).await.unwrap();
     assert_eq!(alices.len(), 1);
     assert_eq!(alices[0].severity, "critical");
+}
+
+/// The rules' counters: per window, atomic, summed over windows, pruned.
+async fn detection_counts(store: &dyn Store, now: UnixTime) {
+    let w = now - now.rem_euclid(600);
+    assert_eq!(store.count("fail sign_in 10.0.0.1", w, 1).await.unwrap(), 1);
+    assert_eq!(store.count("fail sign_in 10.0.0.1", w, 1).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .count("fail sign_in 10.0.0.1", w - 600, 3)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.count("fail sign_in 10.0.0.2", w, 1).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .counted("fail sign_in 10.0.0.1", w - 600, w + 600)
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        store
+            .counted("fail sign_in 10.0.0.1", w, w + 600)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .counted("fail sign_in 10.0.0.1", w - 600, w)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .counted("never counted", w - 600, w + 600)
+            .await
+            .unwrap(),
+        0
+    );
+    let names: Vec<String> = ["welcome a d1", "welcome a d2", "welcome a d1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    store.count_each(&names, w).await.unwrap();
+    store.count_each(&names[..1], w).await.unwrap();
+    store.count_each(&[], w).await.unwrap();
+    assert_eq!(store.counted("welcome a d1", w, w + 1).await.unwrap(), 2);
+    assert_eq!(store.counted("welcome a d2", w, w + 1).await.unwrap(), 1);
+    assert_eq!(store.prune_counts(w).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .counted("fail sign_in 10.0.0.1", w - 600, w + 600)
+            .await
+            .unwrap(),
+        2
+    );
 }
 
 /// [`crate::DirectoryStore`], [`crate::MailStore`] and [`crate::LogStore`]

@@ -404,6 +404,17 @@ pub trait LogStore: Send + Sync + 'static {
 /// detection rules keep as events arrive.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
+    /// Adds `n` to the counter `name` of the window starting at
+    /// `window_start`; returns that window's count after the addition
+    /// (atomic: concurrent additions each see their own total).
+    async fn count(&self, name: &str, window_start: UnixTime, n: u64) -> Result<u64>;
+    /// Adds one to each counter in `names` (repeats count once) for the
+    /// window, in one transaction.
+    async fn count_each(&self, names: &[String], window_start: UnixTime) -> Result<()>;
+    /// The counter `name` summed over the windows starting in `[since, until)`.
+    async fn counted(&self, name: &str, since: UnixTime, until: UnixTime) -> Result<u64>;
+    /// Deletes counter windows that started before `before`; returns how many.
+    async fn prune_counts(&self, before: UnixTime) -> Result<u64>;
     /// Appends events to the hash chain in one transaction, in order;
     /// returns their sequence numbers (consecutive). All or none.
     async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>>;

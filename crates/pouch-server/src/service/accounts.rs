@@ -258,6 +258,7 @@ fn enroll_refusal(e: &pouch_store::EnrollError) -> Reason {
         EnrollError::Invite(InviteRejection::Unknown) => Reason::InviteUnknown,
         EnrollError::Invite(InviteRejection::Used) => Reason::InviteUsed,
         EnrollError::Invite(InviteRejection::Expired) => Reason::InviteExpired,
+        EnrollError::Store(pouch_store::StoreError::Conflict) => Reason::AccountHasDevices,
         EnrollError::Store(_) => Reason::ServerFailure,
     }
 }
