@@ -10,9 +10,8 @@
 
 use crate::extract::{Admin, AuthDevice};
 use crate::routes::{Access, Routes};
-use crate::service::admin;
 use crate::service::audit::{Ev, record};
-use crate::service::directory::{bad_list, log_record, verify};
+use crate::service::{Caller, admin, devices};
 use crate::{AppState, error::ApiError, now, sha256};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -23,17 +22,13 @@ use pouch_proto::api::*;
 use pouch_proto::devices::SignedDeviceList;
 use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, DeviceId};
-use pouch_store::{NewDevice, NewLinkRequest, StoredList};
+use pouch_store::{NewDevice, NewLinkRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 
 type St = State<Arc<AppState>>;
-
-fn bad_list_http(msg: &str) -> ApiError {
-    bad_list(msg).into()
-}
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -244,130 +239,11 @@ async fn own_devices(
 /// devices and revokes active ones it leaves out.
 async fn publish(
     State(s): St,
-    AuthDevice(d): AuthDevice,
+    caller: Caller,
     Json(req): Json<PublishDeviceList>,
 ) -> Result<StatusCode, ApiError> {
-    let me = caller(&s, &d).await?;
-    let body = verify(&req.list, &me.address)?;
-    let prev = s
-        .store
-        .latest_device_list(&me.address)
-        .await?
-        .ok_or_else(|| bad_list("the account has no list yet"))?;
-    let prev_body = SignedDeviceList {
-        body: prev.body.clone(),
-        signature: prev.signature.clone(),
-    }
-    .body_unverified()
-    .map_err(|_| ApiError::bad_request("the stored device list is damaged"))?;
-    if body.version != prev.version + 1
-        || body.previous.as_deref() != Some(pouch_proto::sha256_hex(&prev.body).as_str())
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::Conflict,
-            format!(
-                "the device list moved on to version {}; sync and retry",
-                prev.version
-            ),
-        ));
-    }
-    if body.account_key != prev_body.account_key {
-        return Err(bad_list_http("it is signed by a different account key"));
-    }
-    if !prev_body.lists(&me.device_id, &me.signature_key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "this device is not on its account's device list",
-        ));
-    }
-    let now = now();
-    let registered = s.store.devices_of(&me.address).await?;
-    let mut activate = Vec::new();
-    let mut pending_codes = Vec::new();
-    for listed in &body.devices {
-        let known = registered
-            .iter()
-            .find(|r| r.device_id == listed.device_id && r.signature_key == listed.signature_key)
-            .ok_or_else(|| bad_list("it names a device the server does not know"))?;
-        if known.revoked_at.is_some() {
-            return Err(bad_list_http("it names a revoked device"));
-        }
-        if known.approved_at.is_none() {
-            activate.push(known.device_id.clone());
-        }
-    }
-    for id in &activate {
-        match pending_link_of(&s, id).await? {
-            Some(req) if req.expires_at > now => pending_codes.push(req.code),
-            _ => {
-                return Err(bad_list_http(
-                    "a device it adds has no pending link request (expired or refused?)",
-                ));
-            }
-        }
-    }
-    let revoke: Vec<DeviceId> = registered
-        .iter()
-        .filter(|r| r.is_active() && !body.devices.iter().any(|l| l.device_id == r.device_id))
-        .map(|r| r.device_id.clone())
-        .collect();
-    let entry = log_record(&s, &req.list)?;
-    let stored = StoredList {
-        version: body.version,
-        body: req.list.body,
-        signature: req.list.signature,
-    };
-    s.store
-        .publish_device_list(&me.address, &stored, &entry, &activate, &revoke, now)
-        .await
-        .map_err(|e| match e {
-            pouch_store::StoreError::Conflict => ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::Conflict,
-                "the device list moved on; sync and retry",
-            ),
-            other => other.into(),
-        })?;
-    for code in pending_codes {
-        s.store.finish_link_request(&code, "approved", now).await?;
-    }
-    crate::log::refresh_checkpoint(&s).await?;
-    tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
-    for id in &activate {
-        record(
-            &s,
-            Ev::new(Action::LinkApproved)
-                .account(&me.address)
-                .device(id)
-                .by(&me.device_id)
-                .detail(format!("approved by {}", me.device_id)),
-        )
-        .await;
-    }
-    for id in &revoke {
-        record(
-            &s,
-            Ev::new(Action::DeviceRevoked)
-                .account(&me.address)
-                .device(id)
-                .by(&me.device_id)
-                .detail(format!("revoked by {}", me.device_id)),
-        )
-        .await;
-    }
+    devices::publish_list(&s, &caller, req.list).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn pending_link_of(
-    s: &AppState,
-    device: &DeviceId,
-) -> Result<Option<pouch_store::LinkRequest>, ApiError> {
-    Ok(s.store
-        .link_request_for_device(device)
-        .await?
-        .filter(|r| r.status == "pending"))
 }
 
 async fn create_link(

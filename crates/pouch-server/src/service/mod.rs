@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod audit;
+pub mod devices;
 pub mod directory;
 pub mod error;
 pub mod mail;
