@@ -544,6 +544,15 @@ pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
     if let Err(e) = s.store.prune_counts(now - 3 * window).await {
         tracing::error!(error = %e, "cannot prune the rules' counters");
     }
+    // Fetch counts matter for as long as the bulk-fetch baseline reaches.
+    let baseline = s.policy.detection.baseline.as_secs() as i64;
+    if let Err(e) = s
+        .store
+        .prune_fetch_windows(now - baseline - 2 * window)
+        .await
+    {
+        tracing::error!(error = %e, "cannot prune the fetch counts");
+    }
     let cutoff = now - s.policy.events.retention.as_secs() as i64;
     match s.store.prune_events(cutoff).await {
         Ok(0) => {}

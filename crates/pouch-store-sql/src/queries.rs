@@ -1509,6 +1509,16 @@ impl AuditStore for SqlStore {
         Ok(n as u64)
     }
 
+    async fn prune_fetch_windows(&self, before: UnixTime) -> Result<u64> {
+        let deleted = sqlx::query("DELETE FROM fetch_windows WHERE window_start < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
     async fn fetch_windows(
         &self,
         device_id: &DeviceId,

@@ -646,6 +646,13 @@ async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
         store.fetch_windows(&b1_id, 601).await.unwrap(),
         vec![(1200, 1)]
     );
+    // Windows past the baseline go; the ones after stay whole.
+    assert_eq!(store.prune_fetch_windows(1200).await.unwrap(), 1);
+    assert_eq!(store.prune_fetch_windows(1200).await.unwrap(), 0);
+    assert_eq!(
+        store.fetch_windows(&b1_id, 0).await.unwrap(),
+        vec![(1200, 1)]
+    );
     let seen = |last_here, last_anywhere, sources| SourceHistory {
         last_here,
         last_anywhere,

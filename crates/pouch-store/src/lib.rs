@@ -465,6 +465,9 @@ pub trait AuditStore: Send + Sync + 'static {
         window_start: UnixTime,
         items: u64,
     ) -> Result<u64>;
+    /// Deletes fetch counts of windows that started before `before` (past
+    /// every device's baseline); returns how many.
+    async fn prune_fetch_windows(&self, before: UnixTime) -> Result<u64>;
     /// The device's fetch counts per window from `since` on: (window start, items).
     async fn fetch_windows(
         &self,
