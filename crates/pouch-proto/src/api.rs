@@ -625,6 +625,28 @@ pub struct EventBody {
     pub after_reset: bool,
 }
 
+impl EventBody {
+    /// A successful `action` at `at`, about nobody yet (fields are set by the caller).
+    pub fn new(action: Action, at: i64) -> EventBody {
+        EventBody {
+            at,
+            account: None,
+            device: None,
+            source: None,
+            action,
+            outcome: Outcome::Success,
+            count: 0,
+            bytes: 0,
+            detail: String::new(),
+            reason: None,
+            targets: Vec::new(),
+            devices: Vec::new(),
+            by: None,
+            after_reset: false,
+        }
+    }
+}
+
 /// At most this many devices are named in one event, so that a Welcome to a
 /// conversation of a thousand devices is not a 32 KB event.
 pub const EVENT_DEVICES_MAX: usize = 200;

@@ -26,20 +26,9 @@ fn class_of(action: &Action) -> (u32, u32, u32, &'static str) {
 /// One event as an OCSF record.
 pub fn record(event: &Event) -> Value {
     let body: EventBody = event.parsed().unwrap_or(EventBody {
-        at: 0,
-        account: None,
-        device: None,
-        source: None,
-        action: Action::Unknown("unknown".into()),
         outcome: Outcome::Failure,
-        count: 0,
-        bytes: 0,
         detail: "unparseable event".into(),
-        reason: None,
-        targets: Vec::new(),
-        devices: Vec::new(),
-        by: None,
-        after_reset: false,
+        ..EventBody::new(Action::Unknown("unknown".into()), 0)
     });
     let (category_uid, class_uid, activity_id, class_name) = class_of(&body.action);
     let success = body.outcome == Outcome::Success;

@@ -137,10 +137,7 @@ async fn device_lists(
         .device_list_history(&address)
         .await?
         .into_iter()
-        .map(|l| SignedDeviceList {
-            body: l.body,
-            signature: l.signature,
-        })
+        .map(SignedDeviceList::from)
         .collect();
     Ok(Json(DeviceListHistory { address, lists }))
 }
@@ -179,10 +176,7 @@ async fn directory_lists(
             .device_list_history(&address)
             .await?
             .into_iter()
-            .map(|l| SignedDeviceList {
-                body: l.body,
-                signature: l.signature,
-            })
+            .map(SignedDeviceList::from)
             .collect();
         let newest = match lists.last().and_then(|l| l.body_unverified().ok()) {
             Some(body) => crate::log::list_inclusion(&s, size, &note, &address, body.version)

@@ -72,20 +72,11 @@ async fn audit(store: &dyn Store, now: UnixTime) {
     let bob = addr("bob@embassy.example");
     // Access events: numbered, hash-chained, filterable by account.
     let ev = |account: Option<&Address>, action: &str| pouch_proto::api::EventBody {
-        at: now,
         account: account.cloned(),
-        device: None,
         source: Some("127.0.0.1".into()),
-        action: pouch_proto::security::Action::parse(action),
-        outcome: pouch_proto::security::Outcome::Success,
         count: 1,
         bytes: 10,
-        detail: String::new(),
-        reason: None,
-        targets: Vec::new(),
-        devices: Vec::new(),
-        by: None,
-        after_reset: false,
+        ..pouch_proto::api::EventBody::new(pouch_proto::security::Action::parse(action), now)
     };
     assert_eq!(
         store

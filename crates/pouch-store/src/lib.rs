@@ -70,6 +70,15 @@ pub struct StoredList {
     pub signature: Vec<u8>,
 }
 
+impl From<StoredList> for pouch_proto::devices::SignedDeviceList {
+    fn from(l: StoredList) -> Self {
+        pouch_proto::devices::SignedDeviceList {
+            body: l.body,
+            signature: l.signature,
+        }
+    }
+}
+
 /// A device that has not refreshed its key material in a group in time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleMember {

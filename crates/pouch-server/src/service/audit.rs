@@ -17,22 +17,7 @@ pub struct Ev(EventBody);
 
 impl Ev {
     pub fn new(action: Action) -> Self {
-        Ev(EventBody {
-            at: now(),
-            account: None,
-            device: None,
-            source: None,
-            action,
-            outcome: Outcome::Success,
-            count: 0,
-            bytes: 0,
-            detail: String::new(),
-            reason: None,
-            targets: Vec::new(),
-            devices: Vec::new(),
-            by: None,
-            after_reset: false,
-        })
+        Ev(EventBody::new(action, now()))
     }
     pub fn account(mut self, a: &Address) -> Self {
         self.0.account = Some(a.clone());

@@ -27,12 +27,9 @@ pub async fn publish_list(s: &AppState, caller: &Caller, list: SignedDeviceList)
         .latest_device_list(&me.address)
         .await?
         .ok_or_else(|| bad_list("the account has no list yet"))?;
-    let prev_body = SignedDeviceList {
-        body: prev.body.clone(),
-        signature: prev.signature.clone(),
-    }
-    .body_unverified()
-    .map_err(|_| ServiceError::bad_request("the stored device list is damaged"))?;
+    let prev_body = SignedDeviceList::from(prev.clone())
+        .body_unverified()
+        .map_err(|_| ServiceError::bad_request("the stored device list is damaged"))?;
     if body.version != prev.version + 1
         || body.previous.as_deref() != Some(pouch_proto::sha256_hex(&prev.body).as_str())
     {

@@ -262,8 +262,11 @@ pub async fn fetch(
     let d = &caller.device;
     let limit = limit.unwrap_or(QUEUE_PAGE_DEFAULT).clamp(1, QUEUE_PAGE_MAX);
     let acked = s.store.queue_acked(d).await?;
-    let account = account_of(s, d).await;
-    if after < acked {
+    // The account is looked up only for an event: an empty poll costs none.
+    let replayed = after < acked;
+    let mut account = None;
+    if replayed {
+        account = account_of(s, d).await;
         let mut ev = Ev::new(Action::QueueReplay)
             .device(d)
             .source_opt(caller.source)
@@ -281,6 +284,9 @@ pub async fn fetch(
         .fetch_queue(d, after, limit, QUEUE_PAGE_BYTES)
         .await?;
     if !items.is_empty() {
+        if !replayed {
+            account = account_of(s, d).await;
+        }
         let bytes = items.iter().map(|i| i.payload.len() as u64).sum();
         let mut ev = Ev::new(Action::QueueFetch)
             .device(d)
