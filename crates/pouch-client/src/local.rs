@@ -55,31 +55,126 @@ impl KdfParams {
     }
 }
 
-/// OpenMLS state is stored as JSON: a self-describing format survives
-/// OpenMLS upgrades that add or reorder fields.
+/// How OpenMLS state is stored: MessagePack with field names, behind a
+/// one-byte tag. Self-describing, so it survives OpenMLS upgrades that add
+/// or reorder fields (as JSON did); binary, because OpenMLS serialises its
+/// byte strings as sequences of numbers, and parsing them back from JSON
+/// text was a fifth of a busy receiver's time (the ratchet tree is read
+/// for every message). State written before the tag existed is JSON and is
+/// still read; it is rewritten in this form the next time OpenMLS stores it.
 #[derive(Default)]
-pub struct JsonCodec;
+pub struct StateCodec;
 
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
+/// The first byte of a value in [`StateCodec`]'s binary form. No JSON text
+/// starts with it, which is what tells the two forms apart.
+const STATE_MSGPACK: u8 = 0x01;
+
+/// Why OpenMLS state could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateCodecError {
+    #[error("cannot encode state: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("cannot decode state: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot decode state written as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Codec for StateCodec {
+    type Error = StateCodecError;
     fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
+        let mut out = vec![STATE_MSGPACK];
+        value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
+        Ok(out)
     }
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
+        match slice.split_first() {
+            Some((&STATE_MSGPACK, rest)) => Ok(rmp_serde::from_slice(rest)?),
+            _ => Ok(serde_json::from_slice(slice)?),
+        }
     }
+}
+
+/// The tables OpenMLS's storage keeps (openmls_sqlite_storage's migrations).
+const OPENMLS_TABLES: &[&str] = &[
+    "openmls_encryption_keys",
+    "openmls_epoch_keys_pairs",
+    "openmls_group_data",
+    "openmls_key_packages",
+    "openmls_own_leaf_nodes",
+    "openmls_proposals",
+    "openmls_psks",
+    "openmls_signature_keys",
+    "vc_emulation_group_secrets",
+    "vc_emulation_bindings",
+    "vc_operation_trees",
+    "vc_retained_key_package_material",
+];
+
+/// Client schema step 3: rewrites OpenMLS state from JSON into
+/// [`StateCodec`]'s binary form, keys as well as values — keys are looked
+/// up by their encoded bytes, so a key left in JSON would no longer be
+/// found. The JSON is transcoded without knowing its Rust type; for the
+/// shapes OpenMLS stores (structs, sequences of numbers, enums, options)
+/// that gives the same bytes as encoding the value itself, which
+/// `group_state_written_as_json_by_an_earlier_release_still_opens` checks
+/// on every kind of key a conversation uses. A value that is not JSON is
+/// left as it is.
+pub(crate) fn state_to_binary(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    for table in OPENMLS_TABLES {
+        let columns: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT name FROM pragma_table_info(?1)")?;
+            stmt.query_map([table], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for column in &columns {
+            let rows: Vec<(i64, Vec<u8>)> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT rowid, \"{column}\" FROM \"{table}\" WHERE typeof(\"{column}\") = 'blob'"
+                ))?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut update = tx.prepare(&format!(
+                "UPDATE \"{table}\" SET \"{column}\" = ?1 WHERE rowid = ?2"
+            ))?;
+            for (rowid, json) in rows {
+                if let Some(binary) = json_state_to_binary(&json) {
+                    update.execute(params![binary, rowid])?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One value of OpenMLS state from JSON into [`StateCodec`]'s form; `None`
+/// when it is not JSON (already binary, or not state at all).
+fn json_state_to_binary(json: &[u8]) -> Option<Vec<u8>> {
+    if json.first() == Some(&STATE_MSGPACK) {
+        return None;
+    }
+    let mut out = vec![STATE_MSGPACK];
+    let mut from = serde_json::Deserializer::from_slice(json);
+    serde_transcode::transcode(
+        &mut from,
+        &mut rmp_serde::Serializer::new(&mut out).with_struct_map(),
+    )
+    .ok()?;
+    from.end().ok()?;
+    Some(out)
 }
 
 /// OpenMLS's view of the device: libcrux cryptography, storage in our database.
 pub struct Provider {
     crypto: openmls_libcrux_crypto::CryptoProvider,
-    storage: SqliteStorageProvider<JsonCodec, Rc<Connection>>,
+    storage: SqliteStorageProvider<StateCodec, Rc<Connection>>,
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
     type RandProvider = openmls_libcrux_crypto::CryptoProvider;
-    type StorageProvider = SqliteStorageProvider<JsonCodec, Rc<Connection>>;
+    type StorageProvider = SqliteStorageProvider<StateCodec, Rc<Connection>>;
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
     }
@@ -175,12 +270,12 @@ impl LocalStore {
         )?;
         crate::migrations::migrate_to(&mut conn, schema)?;
         let conn = Rc::new(conn);
-        let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(conn.clone());
+        let storage = SqliteStorageProvider::<StateCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.
         {
             let mut migrations_conn = open_connection(&home.join(DB_FILE), key)?;
             let mut migrator =
-                SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut migrations_conn);
+                SqliteStorageProvider::<StateCodec, &mut Connection>::new(&mut migrations_conn);
             migrator.run_migrations().map_err(|e| {
                 ClientError::Local(format!("OpenMLS storage migration failed: {e}"))
             })?;
@@ -455,6 +550,214 @@ mod tests {
             .conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// OpenMLS state as the releases before [`StateCodec`] wrote it.
+    #[derive(Default)]
+    struct EarlierJson;
+
+    impl Codec for EarlierJson {
+        type Error = serde_json::Error;
+        fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+            serde_json::to_vec(value)
+        }
+        fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+            serde_json::from_slice(slice)
+        }
+    }
+
+    struct EarlierProvider {
+        crypto: openmls_libcrux_crypto::CryptoProvider,
+        storage: SqliteStorageProvider<EarlierJson, Rc<Connection>>,
+    }
+
+    impl OpenMlsProvider for EarlierProvider {
+        type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
+        type RandProvider = openmls_libcrux_crypto::CryptoProvider;
+        type StorageProvider = SqliteStorageProvider<EarlierJson, Rc<Connection>>;
+        fn storage(&self) -> &Self::StorageProvider {
+            &self.storage
+        }
+        fn crypto(&self) -> &Self::CryptoProvider {
+            &self.crypto
+        }
+        fn rand(&self) -> &Self::RandProvider {
+            &self.crypto
+        }
+    }
+
+    /// First bytes of every stored group-state value.
+    fn group_state_starts(store: &LocalStore) -> Vec<u8> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT group_data FROM openmls_group_data")
+            .unwrap();
+        stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|v| v.unwrap()[0])
+            .collect()
+    }
+
+    /// First bytes of every value (keys too) in every OpenMLS table.
+    fn stored_state_starts(store: &LocalStore) -> Vec<u8> {
+        let mut firsts = Vec::new();
+        for table in OPENMLS_TABLES {
+            let columns: Vec<String> = {
+                let mut stmt = store
+                    .conn
+                    .prepare("SELECT name FROM pragma_table_info(?1)")
+                    .unwrap();
+                stmt.query_map([table], |r| r.get(0))
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect()
+            };
+            for column in columns {
+                let mut stmt = store
+                    .conn
+                    .prepare(&format!(
+                        "SELECT \"{column}\" FROM \"{table}\" WHERE typeof(\"{column}\") = 'blob'"
+                    ))
+                    .unwrap();
+                firsts.extend(
+                    stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                        .unwrap()
+                        .map(|v| v.unwrap()[0]),
+                );
+            }
+        }
+        firsts
+    }
+
+    /// A device enrolled by an earlier release keeps its conversations and
+    /// its unused key packages: after the schema step that moves OpenMLS
+    /// state into the binary form, every kind of key is still found — the
+    /// group (group id), its epoch secrets, the leaf's encryption key (a
+    /// commit is processed), a key package (a Welcome is joined) and the
+    /// device's signature key — and nothing is left in JSON.
+    #[test]
+    fn group_state_written_as_json_by_an_earlier_release_still_opens() {
+        let scratch =
+            std::env::temp_dir().join(format!("pouch-state-codec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let suite = pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
+        let (alice, bob) = (
+            pouch_proto::Address::parse("alice@mfa.test").unwrap(),
+            pouch_proto::Address::parse("bob@mfa.test").unwrap(),
+        );
+        let alice_store = LocalStore::create(&scratch.join("alice"), "correct horse").unwrap();
+        let bob_store = LocalStore::create(&scratch.join("bob"), "battery staple").unwrap();
+        let earlier = EarlierProvider {
+            crypto: openmls_libcrux_crypto::CryptoProvider::new().unwrap(),
+            storage: SqliteStorageProvider::new(bob_store.conn.clone()),
+        };
+        let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
+        let validated = |package: &[u8], key: &[u8]| {
+            pouch_mls::validate_key_package(
+                &alice_store.provider,
+                suite,
+                &pouch_mls::ClaimedPackage {
+                    bytes: package,
+                    address: &bob,
+                    signature_key: key,
+                },
+            )
+            .unwrap()
+        };
+
+        // Bob's device as the earlier release ran it: two key packages,
+        // one used to join a conversation, all in JSON.
+        let bob_signer = pouch_mls::new_device_signer(&earlier).unwrap();
+        let bob_key = bob_signer.to_public_vec();
+        let mut packages =
+            pouch_mls::key_packages(&earlier, suite, &bob_signer, &bob, 2, false).unwrap();
+        let (mut group, out) = pouch_mls::create_conversation(
+            &alice_store.provider,
+            suite,
+            &alice_signer,
+            &alice,
+            &[validated(&packages.remove(0), &bob_key)],
+        )
+        .unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut group).unwrap();
+        let (joined, _) = pouch_mls::join(&earlier, &out.welcome.unwrap()).unwrap();
+        let group_id = pouch_mls::group_id_bytes(&joined);
+        let starts = group_state_starts(&bob_store);
+        assert!(!starts.is_empty());
+        assert!(!starts.contains(&STATE_MSGPACK), "{starts:?}");
+
+        // The schema step.
+        let tx = bob_store.conn.unchecked_transaction().unwrap();
+        state_to_binary(&tx).unwrap();
+        tx.commit().unwrap();
+        let firsts = stored_state_starts(&bob_store);
+        assert!(firsts.len() > 10, "{firsts:?}");
+        assert!(firsts.iter().all(|b| *b == STATE_MSGPACK), "{firsts:?}");
+        assert!(
+            group_state_starts(&bob_store)
+                .iter()
+                .all(|b| *b == STATE_MSGPACK)
+        );
+
+        // A message, then a commit (the leaf's new encryption key).
+        let sealed = pouch_mls::seal(
+            &alice_store.provider,
+            &alice_signer,
+            &mut group,
+            b"dispatch 7",
+        )
+        .unwrap();
+        let mut reopened = pouch_mls::load_group(&bob_store.provider, &group_id).unwrap();
+        match pouch_mls::open(&bob_store.provider, &mut reopened, &sealed).unwrap() {
+            pouch_mls::Opened::Application {
+                payload, sender, ..
+            } => {
+                assert_eq!(payload, b"dispatch 7");
+                assert_eq!(sender, alice);
+            }
+            _ => panic!("expected an application message"),
+        }
+        let update =
+            pouch_mls::self_update(&alice_store.provider, &alice_signer, &mut group).unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut group).unwrap();
+        assert!(matches!(
+            pouch_mls::open(&bob_store.provider, &mut reopened, &update.commit).unwrap(),
+            pouch_mls::Opened::Commit { .. }
+        ));
+        let sealed = pouch_mls::seal(
+            &alice_store.provider,
+            &alice_signer,
+            &mut group,
+            b"dispatch 8",
+        )
+        .unwrap();
+        let mut again = pouch_mls::load_group(&bob_store.provider, &group_id).unwrap();
+        assert_eq!(pouch_mls::epoch(&again), pouch_mls::epoch(&group));
+        assert!(matches!(
+            pouch_mls::open(&bob_store.provider, &mut again, &sealed).unwrap(),
+            pouch_mls::Opened::Application { payload, .. } if payload == b"dispatch 8"
+        ));
+
+        // The key package made before the step joins a new conversation,
+        // and the device key signs as before.
+        let (mut second, out) = pouch_mls::create_conversation(
+            &alice_store.provider,
+            suite,
+            &alice_signer,
+            &alice,
+            &[validated(&packages.remove(0), &bob_key)],
+        )
+        .unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut second).unwrap();
+        pouch_mls::join(&bob_store.provider, &out.welcome.unwrap()).unwrap();
+        let loaded = pouch_mls::load_device_signer(&bob_store.provider, &bob_key).unwrap();
+        assert_eq!(loaded.to_public_vec(), bob_key);
+        assert!(
+            stored_state_starts(&bob_store)
+                .iter()
+                .all(|b| *b == STATE_MSGPACK)
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
     }
 
     /// A receiver defers the disk wait only between its barriers: commits

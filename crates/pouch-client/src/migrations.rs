@@ -18,6 +18,8 @@ pub(crate) struct Migration {
     /// What the step adds, for the error message if it fails.
     pub what: &'static str,
     pub sql: &'static str,
+    /// Work SQL cannot express, run after `sql` in the same transaction.
+    pub then: Option<fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>>,
 }
 
 /// Every schema step, oldest first. Append only.
@@ -28,11 +30,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // Stores written before versioning have these tables already and
         // user_version 0: every statement here is IF NOT EXISTS.
         sql: V1,
+        then: None,
     },
     Migration {
         version: 2,
         what: "the cache of verified device lists",
         sql: V2,
+        then: None,
+    },
+    Migration {
+        version: 3,
+        what: "OpenMLS state in binary form",
+        sql: "",
+        then: Some(crate::local::state_to_binary),
     },
 ];
 
@@ -62,12 +72,14 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32> {
         if now >= m.version {
             continue;
         }
-        tx.execute_batch(m.sql).map_err(|e| {
-            ClientError::Local(format!(
-                "updating this device's store to schema version {} ({}) failed: {e}",
-                m.version, m.what
-            ))
-        })?;
+        tx.execute_batch(m.sql)
+            .and_then(|()| m.then.map_or(Ok(()), |then| then(&tx)))
+            .map_err(|e| {
+                ClientError::Local(format!(
+                    "updating this device's store to schema version {} ({}) failed: {e}",
+                    m.version, m.what
+                ))
+            })?;
         tx.pragma_update(None, "user_version", m.version)?;
         tx.commit()?;
     }

@@ -21,9 +21,70 @@ fn fts_query(query: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
+/// Messages indexed per transaction (bounds how long one call holds the
+/// device when a large mailbox is indexed for the first time).
+const INDEX_BATCH: usize = 200;
+
+/// What the index keeps of one message.
+struct IndexRow {
+    subject: String,
+    people: String,
+    body: String,
+    attachments: String,
+}
+
+/// The indexed fields of a message's head; `None` when it does not parse.
+fn index_row(head: &[u8]) -> Option<IndexRow> {
+    let msg = mail_parser::MessageParser::default().parse(head)?;
+    let people: Vec<String> = [msg.from(), msg.to(), msg.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a.iter())
+        .map(|a| {
+            format!(
+                "{} {}",
+                a.name.as_deref().unwrap_or_default(),
+                a.address.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    let body: String = (0..msg.text_body.len())
+        .filter_map(|i| msg.body_text(i))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let attachments: Vec<String> = msg
+        .attachments()
+        .filter_map(|a| mail_parser::MimeHeaders::attachment_name(a).map(str::to_string))
+        .collect();
+    Some(IndexRow {
+        subject: msg.subject().unwrap_or_default().to_string(),
+        people: people.join(", "),
+        body,
+        attachments: attachments.join(" "),
+    })
+}
+
 impl Device {
     /// Indexes every message not indexed yet; returns how many.
+    ///
+    /// A batch of messages goes into one transaction: FTS5 writes a segment
+    /// and SQLCipher encrypts every dirty page at each commit, so one
+    /// commit per message cost more than the indexing itself (a fifth of a
+    /// busy bridge's device thread). The batch's position is committed with
+    /// it, so an interrupted batch is simply indexed again.
     pub fn update_search_index(&mut self) -> Result<usize> {
+        let mut indexed = 0;
+        loop {
+            let n = self.index_batch()?;
+            indexed += n;
+            if n < INDEX_BATCH {
+                return Ok(indexed);
+            }
+        }
+    }
+
+    /// Indexes up to [`INDEX_BATCH`] messages in one transaction.
+    fn index_batch(&mut self) -> Result<usize> {
         let done: i64 = self
             .local
             .meta("search_indexed_up_to")?
@@ -33,44 +94,28 @@ impl Device {
             let mut stmt = self
                 .local
                 .conn
-                .prepare("SELECT id FROM messages WHERE id > ?1 ORDER BY id")?;
-            stmt.query_map([done], |r| r.get(0))?
+                .prepare_cached("SELECT id FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            stmt.query_map(params![done, INDEX_BATCH as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
+        let Some(&last) = ids.last() else {
+            return Ok(0);
+        };
+        let mut rows = Vec::with_capacity(ids.len());
         for id in &ids {
-            let head = self.head(*id)?;
-            let Some(msg) = mail_parser::MessageParser::default().parse(&head) else {
-                continue;
-            };
-            let people: Vec<String> = [msg.from(), msg.to(), msg.cc()]
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a.iter())
-                .map(|a| {
-                    format!(
-                        "{} {}",
-                        a.name.as_deref().unwrap_or_default(),
-                        a.address.as_deref().unwrap_or_default()
-                    )
-                })
-                .collect();
-            let body: String = (0..msg.text_body.len())
-                .filter_map(|i| msg.body_text(i))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let attachments: Vec<String> = msg
-                .attachments()
-                .filter_map(|a| mail_parser::MimeHeaders::attachment_name(a).map(str::to_string))
-                .collect();
-            self.local.conn.execute(
+            if let Some(row) = index_row(&self.head(*id)?) {
+                rows.push((*id, row));
+            }
+        }
+        self.local.atomically(|l| {
+            let mut insert = l.conn.prepare_cached(
                 "INSERT OR REPLACE INTO search_index (rowid, subject, people, body, attachments) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, msg.subject().unwrap_or_default(), people.join(", "), body, attachments.join(" ")],
             )?;
-        }
-        if let Some(last) = ids.last() {
-            self.local
-                .set_meta("search_indexed_up_to", &last.to_string())?;
-        }
+            for (id, r) in &rows {
+                insert.execute(params![id, r.subject, r.people, r.body, r.attachments])?;
+            }
+            l.set_meta("search_indexed_up_to", &last.to_string())
+        })?;
         Ok(ids.len())
     }
 
