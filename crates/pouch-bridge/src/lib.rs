@@ -47,7 +47,60 @@ pub enum BridgeError {
     Client(#[from] pouch_client::ClientError),
 }
 
-type Job = Box<dyn FnOnce(&mut Device) + Send>;
+type Work = Box<dyn FnOnce(&mut Device) + Send>;
+
+/// Work for the device's thread, and whether a mail client waits for it.
+struct Job {
+    work: Work,
+    /// Background work (the sync loop's turns) runs only when no mail
+    /// client's command is waiting: a command waits at most for the turn
+    /// already running, not for every turn queued before it.
+    background: bool,
+}
+
+/// Commands run ahead of waiting background work at most this many in a
+/// row, so that a busy mail client cannot hold back the receiving of mail.
+const AHEAD_OF_BACKGROUND: u32 = 16;
+
+/// Runs the device's jobs, mail clients' commands first.
+fn run_jobs(device: &mut Device, queue: std::sync::mpsc::Receiver<Job>) {
+    let mut waiting: std::collections::VecDeque<Work> = Default::default();
+    let mut background: std::collections::VecDeque<Work> = Default::default();
+    let mut ahead = 0;
+    loop {
+        if waiting.is_empty() && background.is_empty() {
+            match queue.recv() {
+                Ok(job) => sort(job, &mut waiting, &mut background),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = queue.try_recv() {
+            sort(job, &mut waiting, &mut background);
+        }
+        let work = if ahead >= AHEAD_OF_BACKGROUND || waiting.is_empty() {
+            ahead = 0;
+            background.pop_front().or_else(|| waiting.pop_front())
+        } else {
+            ahead += 1;
+            waiting.pop_front()
+        };
+        if let Some(work) = work {
+            work(device);
+        }
+    }
+}
+
+fn sort(
+    job: Job,
+    waiting: &mut std::collections::VecDeque<Work>,
+    background: &mut std::collections::VecDeque<Work>,
+) {
+    if job.background {
+        background.push_back(job.work);
+    } else {
+        waiting.push_back(job.work);
+    }
+}
 
 /// The device, shared by the protocol sessions and the sync loop. A
 /// `Device` holds a SQLite connection and cannot move between threads, so
@@ -60,6 +113,26 @@ pub struct Shared {
     pub address: Address,
     /// Failed logins across every connection, IMAP and SMTP alike.
     throttle: Arc<std::sync::Mutex<LoginThrottle>>,
+    /// Checks the bridge password without the device's thread.
+    login: Arc<pouch_client::BridgeLogin>,
+    /// Recipients the device recently found reachable ([`Shared::recipient_known`]).
+    reachable: Arc<std::sync::Mutex<RecentlyReachable>>,
+}
+
+/// How long an accepted recipient is accepted again without asking the device.
+const REACHABLE_FOR: Duration = Duration::from_secs(60);
+/// Recipients remembered at most (the memory is cleared when full).
+const REACHABLE_MAX: usize = 10_000;
+
+/// Addresses an SMTP `RCPT` was accepted for, and when. Only an answer to
+/// the mail client's early question: the send itself verifies every
+/// recipient's device list again, so an account changed within the minute
+/// is caught there (the mail is refused at `DATA`, nothing goes out).
+/// Without it every `RCPT` waited in the device's queue behind its sync
+/// work, ten waits for a mail to ten people.
+#[derive(Default)]
+struct RecentlyReachable {
+    since: std::collections::HashMap<Address, std::time::Instant>,
 }
 
 /// Failed logins free before the bridge makes each further attempt wait.
@@ -93,19 +166,19 @@ impl Shared {
         let (ready, opened) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("pouch-device".into())
-            .spawn(move || match open() {
-                Ok(mut device) => {
-                    let _ = ready.send(Ok(device.address().clone()));
-                    for job in queue {
-                        job(&mut device);
+            .spawn(
+                move || match open().and_then(|d| Ok((d.bridge_login()?, d))) {
+                    Ok((login, mut device)) => {
+                        let _ = ready.send(Ok((device.address().clone(), login)));
+                        run_jobs(&mut device, queue);
                     }
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                }
-            })
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                },
+            )
             .map_err(|e| BridgeError::Listen("device thread".into(), e.to_string()))?;
-        let address = opened
+        let (address, login) = opened
             .recv()
             .map_err(|_| BridgeError::Listen("device thread".into(), "stopped".into()))??;
         let (changes, _) = tokio::sync::broadcast::channel(64);
@@ -114,7 +187,26 @@ impl Shared {
             changes,
             address,
             throttle: Default::default(),
+            reachable: Default::default(),
+            login: Arc::new(login),
         })
+    }
+
+    /// Whether the device found `address` reachable within [`REACHABLE_FOR`].
+    pub fn recipient_known(&self, address: &Address) -> bool {
+        let r = self.reachable.lock().expect("reachable lock");
+        r.since
+            .get(address)
+            .is_some_and(|at| at.elapsed() < REACHABLE_FOR)
+    }
+
+    /// Notes that the device found `address` reachable just now.
+    pub fn recipient_reachable(&self, address: &Address) {
+        let mut r = self.reachable.lock().expect("reachable lock");
+        if r.since.len() >= REACHABLE_MAX {
+            r.since.clear();
+        }
+        r.since.insert(address.clone(), std::time::Instant::now());
     }
 
     /// Whether a mail client's user name and password are this account's
@@ -156,10 +248,7 @@ impl Shared {
             .ok()
             .and_then(|u| Address::parse(u).ok())
             .is_some_and(|a| a == self.address);
-        let right_password = self
-            .with(move |d| d.bridge_password_matches(&password))
-            .await
-            .unwrap_or(false);
+        let right_password = self.login.matches(&password);
         right_user && right_password
     }
 
@@ -173,15 +262,34 @@ impl Shared {
     }
 
     /// Runs `f` with the device, in turn with every other user of it.
+    /// Runs `f` on the device's thread, for a mail client waiting on it.
     pub async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Device) -> T + Send + 'static,
     ) -> T {
+        self.run(f, false).await
+    }
+
+    /// Runs `f` on the device's thread when no mail client's command waits.
+    pub async fn in_background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Device) -> T + Send + 'static,
+    ) -> T {
+        self.run(f, true).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Device) -> T + Send + 'static,
+        background: bool,
+    ) -> T {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |d| {
+        let work: Work = Box::new(move |d| {
             let _ = tx.send(f(d));
         });
-        self.jobs.send(job).expect("the device thread is running");
+        self.jobs
+            .send(Job { work, background })
+            .expect("the device thread is running");
         rx.await.expect("the device thread answers every job")
     }
 }
@@ -234,6 +342,9 @@ pub async fn serve(
         let mut idle_turns: u32 = 0;
         let mut expected_mail = false;
         let mut last_cursor = None;
+        // A page of queue items fetched off the device's thread, with the
+        // cursor it was asked after: the device's thread only applies it.
+        let mut fetched: Option<(u64, pouch_proto::api::QueueResponse)> = None;
         loop {
             let full = last_full.is_none_or(|t| t.elapsed() >= config.sync_every);
             if full {
@@ -243,14 +354,29 @@ pub async fn serve(
                 .sync_every
                 .saturating_sub(last_full.map(|t| t.elapsed()).unwrap_or_default());
             let secs = until_full.as_secs().clamp(1, 25);
-            let (result, waiter) = syncer
-                .with(move |d| {
-                    let report = if full { d.sync() } else { d.sync_mail() };
+            let page = fetched.take();
+            let (result, ack, waiter) = syncer
+                .in_background(move |d| {
+                    let mut ack = None;
+                    let report = match page {
+                        Some((after, page)) if !full => {
+                            let more = page.more == Some(true);
+                            d.receive_page(after, page).map(|(report, up_to)| {
+                                ack = up_to.map(|u| (u, more));
+                                report
+                            })
+                        }
+                        _ if full => d.sync(),
+                        _ => d.sync_mail(),
+                    };
                     let filed = d.refresh_mailboxes();
-                    if let Err(e) = d.update_search_index() {
+                    // `pouch search` indexes what is missing before it
+                    // searches; here the index is kept warm in batches, not
+                    // a transaction per arriving mail.
+                    if full && let Err(e) = d.update_search_index() {
                         tracing::warn!(error = %e, "cannot index new mail");
                     }
-                    ((report, filed), d.mail_waiter(secs))
+                    ((report, filed), ack, d.mail_waiter(secs))
                 })
                 .await;
             let cursor = waiter.as_ref().ok().map(|w| w.after());
@@ -280,22 +406,43 @@ pub async fn serve(
                 }
                 (Err(e), _) => tracing::warn!(error = %e, "sync failed; retrying"),
             }
+            // Off the device's thread: acknowledge what was applied (it is
+            // on disk), wait until mail is queued (not when the page said
+            // more is), and fetch the next page.
             let waited = match waiter {
-                Ok(w) => tokio::task::spawn_blocking(move || w.wait())
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Ok(w) => tokio::task::spawn_blocking(move || {
+                    let mut more = false;
+                    if let Some((up_to, more_queued)) = ack {
+                        more = more_queued;
+                        // A lost acknowledgement is covered by the next one.
+                        if let Err(e) = w.ack(up_to) {
+                            tracing::debug!(error = %e, "cannot acknowledge mail now");
+                        }
+                    }
+                    if !more && !w.wait()? {
+                        return Ok((false, None));
+                    }
+                    let page = w.page()?;
+                    Ok((true, (!page.items.is_empty()).then(|| (w.after(), page))))
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r: pouch_client::Result<_>| r.map_err(|e| e.to_string())),
                 Err(e) => Err(e.to_string()),
             };
-            expected_mail = matches!(waited, Ok(true));
-            if let Err(e) = waited {
-                // No push (the server is down, older, or the token lapsed):
-                // try again soon, and the full sync still comes on time.
-                tracing::debug!(error = %e, "cannot wait for mail; polling");
-                tokio::time::sleep(
-                    until_full.clamp(Duration::from_secs(1), Duration::from_secs(5)),
-                )
-                .await;
+            expected_mail = matches!(waited, Ok((true, _)));
+            match waited {
+                Ok((_, page)) => fetched = page,
+                Err(e) => {
+                    // No push (the server is down, older, or the token
+                    // lapsed): try again soon, and the full sync still comes
+                    // on time.
+                    tracing::debug!(error = %e, "cannot wait for mail; polling");
+                    tokio::time::sleep(
+                        until_full.clamp(Duration::from_secs(1), Duration::from_secs(5)),
+                    )
+                    .await;
+                }
             }
         }
     });

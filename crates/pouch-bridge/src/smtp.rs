@@ -219,9 +219,15 @@ impl Session {
             self.reply(250, "2.1.5", "Recipient OK (again)");
             return;
         }
+        if self.shared.recipient_known(&address) {
+            self.recipients.push(address);
+            self.reply(250, "2.1.5", "Recipient OK");
+            return;
+        }
         let a = address.clone();
         match self.shared.with(move |d| d.check_recipient(&a)).await {
             Ok(Ok(())) => {
+                self.shared.recipient_reachable(&address);
                 self.recipients.push(address);
                 self.reply(250, "2.1.5", "Recipient OK");
             }

@@ -1122,8 +1122,16 @@ impl Device {
         let mut envelope = envelope.clone();
         envelope.chain = Some(link.clone());
         let bytes = envelope.to_bytes();
-        let sealed = pouch_mls::seal(&self.local.provider, &self.signer, group, &bytes)?;
-        receipt::consume_link(&self.local, &gid, link.n, &receipt::envelope_hash(&bytes))?;
+        // The ratchet's step and the link's use are on disk before the
+        // message leaves (a key is never used twice, even after a crash),
+        // in one commit: OpenMLS writes its state in several statements,
+        // each of which was a commit of its own, waiting for the disk.
+        let signer = &self.signer;
+        let sealed = self.local.atomically(|l| {
+            let sealed = pouch_mls::seal(&l.provider, signer, group, &bytes)?;
+            receipt::consume_link(l, &gid, link.n, &receipt::envelope_hash(&bytes))?;
+            Ok(sealed)
+        })?;
         let blob = match &envelope.content {
             Content::Blob(b) | Content::History(b) => Some(b.blob_id.clone()),
             Content::Inline { .. } | Content::AccountKey { .. } => None,
@@ -1194,10 +1202,7 @@ impl Device {
         // per item; the guard forces the rest to disk on any way out.
         let deferred = self.local.defer_durability()?;
         self.replay_held(report)?;
-        // Conversations something arrived in: their fan-out is compared with
-        // the roster afterwards (always where a commit or Welcome arrived).
-        let mut touched = std::collections::BTreeSet::new();
-        let mut changed = std::collections::BTreeSet::new();
+        let mut touched = Touched::default();
         loop {
             let cursor = queue_cursor(&self.local)?;
             let batch: api::QueueResponse = self
@@ -1206,53 +1211,105 @@ impl Device {
             if batch.items.is_empty() {
                 break;
             }
-            // Queue numbers are per device and gap-free: a gap means another
-            // copy of this device fetched and acknowledged mail, or the server
-            // deleted it. (A server that also renumbers leaves no gap here;
-            // the senders' chain links inside the messages show that.)
-            if let Some(first) = batch.items.first()
-                && first.seq > cursor + 1
-            {
-                let what = format!(
-                    "queue items {} to {} of this device are missing: a copy of this device fetched them, or the server deleted them",
-                    cursor + 1,
-                    first.seq - 1
-                );
-                let _ = self.api.post_empty(
-                    "/v1/reports",
-                    &api::ClientReport {
-                        kind: pouch_proto::security::ReportKind::QueueGap,
-                        detail: what.clone(),
-                    },
-                );
-                self.local.notice(
-                    "ALERT: mail was fetched by another copy of this device",
-                    &what,
-                )?;
-                report.alerts.push(what);
-            }
-            let mut last = cursor;
-            for item in batch.items {
-                if !self.process(&item, report, false)? {
-                    if item.kind != QueueKind::Application {
-                        changed.insert(item.group_id.clone());
-                    }
-                    touched.insert(item.group_id.clone());
-                }
-                last = item.seq;
-            }
-            self.flush_findings(report)?;
-            // Only what is durably stored is acknowledged.
-            deferred.barrier()?;
+            let more = batch.more;
+            let last = self.apply_page(batch.items, report, &mut touched, &deferred)?;
             self.api
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
+            if more == Some(false) {
+                break;
+            }
         }
-        for group in &touched {
+        self.after_pages(&touched, report)
+    }
+
+    /// Applies a page of queue items that was fetched away from the
+    /// device's thread ([`net::QueueWaiter::page`], asked with the cursor
+    /// `after`), so that a busy device's thread spends no time waiting on
+    /// the server — the page's request and its acknowledgement were two
+    /// thirds of a receiving turn. Returns what the sync found and the
+    /// position to acknowledge ([`net::QueueWaiter::ack`]): everything up to
+    /// it is on disk. A page asked before the cursor moved (another sync
+    /// got there first) is left alone.
+    pub fn receive_page(
+        &mut self,
+        after: u64,
+        page: api::QueueResponse,
+    ) -> Result<(SyncReport, Option<u64>)> {
+        self.sign_in()?;
+        let mut report = SyncReport::default();
+        if page.items.is_empty() || queue_cursor(&self.local)? != after {
+            return Ok((report, None));
+        }
+        let deferred = self.local.defer_durability()?;
+        self.replay_held(&mut report)?;
+        let mut touched = Touched::default();
+        let last = self.apply_page(page.items, &mut report, &mut touched, &deferred)?;
+        self.after_pages(&touched, &mut report)?;
+        report.alerts.append(&mut self.warnings);
+        Ok((report, Some(last)))
+    }
+
+    /// Processes one page of queue items and makes it durable. Returns the
+    /// last position, which may now be acknowledged.
+    fn apply_page(
+        &mut self,
+        items: Vec<QueueItem>,
+        report: &mut SyncReport,
+        touched: &mut Touched,
+        deferred: &local::Deferred,
+    ) -> Result<u64> {
+        let cursor = queue_cursor(&self.local)?;
+        // Queue numbers are per device and gap-free: a gap means another
+        // copy of this device fetched and acknowledged mail, or the server
+        // deleted it. (A server that also renumbers leaves no gap here;
+        // the senders' chain links inside the messages show that.)
+        if let Some(first) = items.first()
+            && first.seq > cursor + 1
+        {
+            let what = format!(
+                "queue items {} to {} of this device are missing: a copy of this device fetched them, or the server deleted them",
+                cursor + 1,
+                first.seq - 1
+            );
+            let _ = self.api.post_empty(
+                "/v1/reports",
+                &api::ClientReport {
+                    kind: pouch_proto::security::ReportKind::QueueGap,
+                    detail: what.clone(),
+                },
+            );
+            self.local.notice(
+                "ALERT: mail was fetched by another copy of this device",
+                &what,
+            )?;
+            report.alerts.push(what);
+        }
+        let mut last = cursor;
+        for item in items {
+            if !self.process(&item, report, false)? {
+                if item.kind != QueueKind::Application {
+                    touched.changed.insert(item.group_id.clone());
+                }
+                touched.all.insert(item.group_id.clone());
+            }
+            last = item.seq;
+        }
+        self.flush_findings(report)?;
+        // Only what is durably stored is acknowledged.
+        deferred.barrier()?;
+        Ok(last)
+    }
+
+    /// After the pages of a sync: the fan-out of the conversations
+    /// something arrived in is compared with their rosters (always where a
+    /// commit or Welcome arrived), and held items are reported.
+    fn after_pages(&mut self, touched: &Touched, report: &mut SyncReport) -> Result<()> {
+        for group in &touched.all {
             let due = self
                 .membership_checked
                 .get(group)
                 .is_none_or(|at| at.elapsed() >= MEMBERSHIP_CHECK_EVERY);
-            if due || changed.contains(group) {
+            if due || touched.changed.contains(group) {
                 self.check_membership(group)?;
                 self.membership_checked
                     .insert(group.clone(), std::time::Instant::now());
@@ -1777,11 +1834,15 @@ impl Device {
         Ok(zeroize::Zeroizing::new(password))
     }
 
-    /// Checks a password a mail client gave, in constant time.
-    pub fn bridge_password_matches(&self, given: &str) -> Result<bool> {
-        use subtle::ConstantTimeEq;
-        let expected = self.bridge_password()?;
-        Ok(expected.as_bytes().ct_eq(given.as_bytes()).into())
+    /// What checks a mail client's password away from the device: the
+    /// bridge's sessions check logins without waiting in the device's
+    /// queue (behind its sync work, an SMTP login waited 75 ms on average
+    /// under load). The password is made once and never changes.
+    pub fn bridge_login(&self) -> Result<BridgeLogin> {
+        use sha2::Digest;
+        Ok(BridgeLogin {
+            digest: sha2::Sha256::digest(self.bridge_password()?.as_bytes()).into(),
+        })
     }
 
     // ---------- reading ----------
@@ -1882,6 +1943,30 @@ impl Device {
     }
 }
 
+/// The bridge password's SHA-256, to check logins against. The password is
+/// 100 random bits, so a fast hash suffices; the password itself stays in
+/// the encrypted store.
+#[derive(Clone)]
+pub struct BridgeLogin {
+    digest: [u8; 32],
+}
+
+impl BridgeLogin {
+    /// Whether `given` is the bridge password (compared in constant time).
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
+        self.digest.ct_eq(&given).into()
+    }
+}
+
+impl Drop for BridgeLogin {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.digest);
+    }
+}
+
 /// Passes everything through to `inner`, keeping a copy of the first bytes.
 struct HeadTee<'a, W: Write> {
     head: Vec<u8>,
@@ -1916,6 +2001,14 @@ enum Step {
     Imported(u32),
     /// These members' device lists must be fetched before the item is believed.
     NeedLists(Vec<Address>),
+}
+
+/// Conversations something arrived in during a sync.
+#[derive(Default)]
+struct Touched {
+    all: std::collections::BTreeSet<GroupId>,
+    /// Those where a commit or Welcome arrived (not only messages).
+    changed: std::collections::BTreeSet<GroupId>,
 }
 
 impl Step {

@@ -385,6 +385,34 @@ impl QueueWaiter {
         self.after
     }
 
+    /// The page of queue items after [`Self::after`], for
+    /// [`crate::Device::receive_page`].
+    pub fn page(&self) -> Result<api::QueueResponse> {
+        let url = format!("{}/v1/queue?after={}&limit=100", self.base, self.after);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        checked(resp, "fetching mail")?
+            .json()
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Acknowledges everything up to `up_to` (which must be on disk: the
+    /// server then deletes it).
+    pub fn ack(&self, up_to: u64) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/queue/ack", self.base))
+            .bearer_auth(&self.token)
+            .json(&api::AckRequest { up_to })
+            .send()
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+        checked(resp, "acknowledging mail").map(drop)
+    }
+
     /// Whether mail is waiting: answers as soon as some is queued, else
     /// `false` after the seconds asked for (the server holds at most 25).
     pub fn wait(&self) -> Result<bool> {
@@ -398,16 +426,21 @@ impl QueueWaiter {
             .bearer_auth(&self.token)
             .send()
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(ClientError::Server {
-                status: resp.status().as_u16(),
-                code: ErrorCode::Internal,
-                message: format!("waiting for mail: HTTP {}", resp.status()),
-            });
-        }
-        let p: Pending = resp
+        let p: Pending = checked(resp, "waiting for mail")?
             .json()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(p.pending)
     }
+}
+
+/// A waiter's response if it succeeded, else the server's refusal.
+fn checked(resp: reqwest::blocking::Response, what: &str) -> Result<reqwest::blocking::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    Err(ClientError::Server {
+        status: resp.status().as_u16(),
+        code: ErrorCode::Internal,
+        message: format!("{what}: HTTP {}", resp.status()),
+    })
 }

@@ -373,6 +373,11 @@ pub struct QueueItem {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueResponse {
     pub items: Vec<QueueItem>,
+    /// Whether more is queued after these items: `Some(false)` spares the
+    /// device a request that would come back empty. Absent from servers
+    /// that predate it (the device then asks until a page is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<bool>,
 }
 
 /// `POST /v1/queue/ack`: everything up to and including `up_to` is durably stored.

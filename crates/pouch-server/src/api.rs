@@ -264,8 +264,11 @@ async fn fetch_queue(
     caller: Caller,
     Query(q): Query<QueueQuery>,
 ) -> ApiResult<QueueResponse> {
-    let items = mail::fetch(&s, &caller, q.after, q.limit).await?;
-    Ok(Json(QueueResponse { items }))
+    let (items, more) = mail::fetch(&s, &caller, q.after, q.limit).await?;
+    Ok(Json(QueueResponse {
+        items,
+        more: Some(more),
+    }))
 }
 
 async fn ack_queue(

@@ -674,3 +674,48 @@ fn every_members_list_is_verified_in_one_request_whatever_their_number() {
         "joining a conversation of 9 members took {only_eight} requests"
     );
 }
+
+/// A device asks for its queue once per page: the server says whether more
+/// is queued after the page, so a sync that finds three replies makes two
+/// requests — the page and its acknowledgement — not a third that comes
+/// back empty (a receiver under load syncs once per arriving mail).
+#[test]
+fn a_sync_stops_asking_for_the_queue_when_the_server_says_it_is_drained() {
+    let dir = Scratch::new("queue-drained");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let to = vec![pouch_proto::Address::parse(&bob.address).unwrap()];
+    let mut sender = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
+    let mut receiver = pouch_client::Device::open(&bob.home, PASSPHRASE).unwrap();
+    let first = sender
+        .send(pouch_client::Compose {
+            to: to.clone(),
+            subject: "Visit".into(),
+            body: "first".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    // Joining verifies the members and checks the membership: not measured.
+    receiver.sync_mail().unwrap();
+    for i in 0..3 {
+        sender
+            .send(pouch_client::Compose {
+                to: to.clone(),
+                subject: "Re: Visit".into(),
+                body: format!("reply {i}"),
+                reply_to: Some(first.id),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let before = receiver.requests_made();
+    let report = receiver.sync_mail().unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(receiver.inbox().unwrap().len(), 4);
+    assert_eq!(
+        receiver.requests_made() - before,
+        2,
+        "a sync of one page should take the page and its acknowledgement"
+    );
+}

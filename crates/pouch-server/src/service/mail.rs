@@ -251,14 +251,15 @@ pub async fn wait(
 }
 
 /// The caller's queue after `after`: at most `limit` items and about
-/// [`QUEUE_PAGE_BYTES`]. Reading from before what it acknowledged is a
-/// second copy of the device, recorded as such.
+/// [`QUEUE_PAGE_BYTES`], and whether more is queued after them. Reading
+/// from before what it acknowledged is a second copy of the device,
+/// recorded as such.
 pub async fn fetch(
     s: &AppState,
     caller: &Caller,
     after: u64,
     limit: Option<u32>,
-) -> Result<Vec<QueueItem>> {
+) -> Result<(Vec<QueueItem>, bool)> {
     let d = &caller.device;
     let limit = limit.unwrap_or(QUEUE_PAGE_DEFAULT).clamp(1, QUEUE_PAGE_MAX);
     let acked = s.store.queue_acked(d).await?;
@@ -297,7 +298,11 @@ pub async fn fetch(
         }
         record(s, ev.detail(format!("after {after}"))).await;
     }
-    Ok(items)
+    let more = match items.last() {
+        Some(last) => s.store.queue_pending(d, last.seq).await?,
+        None => false,
+    };
+    Ok((items, more))
 }
 
 /// Removes the caller's queue items up to `up_to`; returns how many.
