@@ -126,10 +126,12 @@ const REACHABLE_MAX: usize = 10_000;
 
 /// Addresses an SMTP `RCPT` was accepted for, and when. Only an answer to
 /// the mail client's early question: the send itself verifies every
-/// recipient's device list again, so an account changed within the minute
-/// is caught there (the mail is refused at `DATA`, nothing goes out).
-/// Without it every `RCPT` waited in the device's queue behind its sync
-/// work, ten waits for a mail to ten people.
+/// recipient's device list again, so nothing is ever encrypted to a device
+/// its account did not sign for. An account changed within the minute is
+/// refused at `DATA` instead of at `RCPT` (as one changed between the two
+/// always was; with blind copies, the copies before it may have gone: see
+/// docs/SECURITY.md). Without it every `RCPT` waited in the device's queue
+/// behind its sync work, ten waits for a mail to ten people.
 #[derive(Default)]
 struct RecentlyReachable {
     since: std::collections::HashMap<Address, std::time::Instant>,
@@ -261,7 +263,6 @@ impl Shared {
         self.changes.subscribe()
     }
 
-    /// Runs `f` with the device, in turn with every other user of it.
     /// Runs `f` on the device's thread, for a mail client waiting on it.
     pub async fn with<T: Send + 'static>(
         &self,
@@ -422,8 +423,8 @@ pub async fn serve(
                     if !more && !w.wait()? {
                         return Ok((false, None));
                     }
-                    let page = w.page()?;
-                    Ok((true, (!page.items.is_empty()).then(|| (w.after(), page))))
+                    let (after, page) = w.page()?;
+                    Ok((true, (!page.items.is_empty()).then_some((after, page))))
                 })
                 .await
                 .map_err(|e| e.to_string())

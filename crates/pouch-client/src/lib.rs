@@ -1123,9 +1123,11 @@ impl Device {
         envelope.chain = Some(link.clone());
         let bytes = envelope.to_bytes();
         // The ratchet's step and the link's use are on disk before the
-        // message leaves (a key is never used twice, even after a crash),
-        // in one commit: OpenMLS writes its state in several statements,
-        // each of which was a commit of its own, waiting for the disk.
+        // message leaves (after a crash this device never uses a key
+        // twice), in one commit: OpenMLS writes its state in several
+        // statements, each of which was a commit of its own, waiting for
+        // the disk. (Two processes sending from one home at once are not
+        // excluded yet: see docs/SECURITY.md.)
         let signer = &self.signer;
         let sealed = self.local.atomically(|l| {
             let sealed = pouch_mls::seal(&l.provider, signer, group, &bytes)?;
@@ -1215,7 +1217,10 @@ impl Device {
             let last = self.apply_page(batch.items, report, &mut touched, &deferred)?;
             self.api
                 .post_empty("/v1/queue/ack", &api::AckRequest { up_to: last })?;
-            if more == Some(false) {
+            self.api.note_acked(last);
+            // A page that moved the cursor nowhere (a server repeating
+            // what was processed) ends the sync rather than spinning it.
+            if more == Some(false) || queue_cursor(&self.local)? <= cursor {
                 break;
             }
         }
@@ -1946,7 +1951,6 @@ impl Device {
 /// The bridge password's SHA-256, to check logins against. The password is
 /// 100 random bits, so a fast hash suffices; the password itself stays in
 /// the encrypted store.
-#[derive(Clone)]
 pub struct BridgeLogin {
     digest: [u8; 32],
 }

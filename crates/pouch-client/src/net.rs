@@ -99,6 +99,9 @@ pub struct Api {
     signer: RefCell<Option<(DeviceId, ChallengeSigner)>>,
     /// Requests sent so far (for `pouch bench`: round trips per mail).
     requests: Cell<u64>,
+    /// The highest queue position this process acknowledged, shared with
+    /// its [`QueueWaiter`]s on other threads.
+    acked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Api {
@@ -146,6 +149,7 @@ impl Api {
             renew_at: Cell::new(None),
             signer: RefCell::new(None),
             requests: Cell::new(0),
+            acked: Default::default(),
         })
     }
 
@@ -348,6 +352,12 @@ impl Api {
         Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
     }
 
+    /// Records that the queue was acknowledged up to `up_to`.
+    pub fn note_acked(&self, up_to: u64) {
+        self.acked
+            .fetch_max(up_to, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A long-poll for mail queued after `after`, to run on another thread
     /// than this client's (it holds a token renewed now if it is due).
     pub fn queue_waiter(&self, after: u64, secs: u64) -> Result<QueueWaiter> {
@@ -365,6 +375,7 @@ impl Api {
             token,
             base: self.base.clone(),
             after,
+            acked: self.acked.clone(),
         })
     }
 }
@@ -377,6 +388,7 @@ pub struct QueueWaiter {
     token: String,
     base: String,
     after: u64,
+    acked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl QueueWaiter {
@@ -386,18 +398,26 @@ impl QueueWaiter {
     }
 
     /// The page of queue items after [`Self::after`], for
-    /// [`crate::Device::receive_page`].
-    pub fn page(&self) -> Result<api::QueueResponse> {
-        let url = format!("{}/v1/queue?after={}&limit=100", self.base, self.after);
+    /// [`crate::Device::receive_page`], with the position it was asked
+    /// after. If this process acknowledged further while the wait lasted
+    /// (a send that caught up first), it asks after that: asking from
+    /// before an acknowledgement is what a second copy of the device does,
+    /// and the server raises an alert for it.
+    pub fn page(&self) -> Result<(u64, api::QueueResponse)> {
+        let after = self
+            .after
+            .max(self.acked.load(std::sync::atomic::Ordering::Relaxed));
+        let url = format!("{}/v1/queue?after={after}&limit=100", self.base);
         let resp = self
             .http
             .get(&url)
             .bearer_auth(&self.token)
             .send()
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
-        checked(resp, "fetching mail")?
+        let page = checked(resp, "fetching mail")?
             .json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((after, page))
     }
 
     /// Acknowledges everything up to `up_to` (which must be on disk: the
@@ -410,7 +430,10 @@ impl QueueWaiter {
             .json(&api::AckRequest { up_to })
             .send()
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
-        checked(resp, "acknowledging mail").map(drop)
+        checked(resp, "acknowledging mail")?;
+        self.acked
+            .fetch_max(up_to, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether mail is waiting: answers as soon as some is queued, else

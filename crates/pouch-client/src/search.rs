@@ -21,8 +21,8 @@ fn fts_query(query: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
-/// Messages indexed per transaction (bounds how long one call holds the
-/// device when a large mailbox is indexed for the first time).
+/// Messages indexed per transaction (bounds the memory one transaction
+/// holds when a large mailbox is indexed for the first time).
 const INDEX_BATCH: usize = 200;
 
 /// What the index keeps of one message.
