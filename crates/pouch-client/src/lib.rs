@@ -166,6 +166,10 @@ pub struct Device {
     directory_checked: Option<std::time::Instant>,
     /// When each conversation's fan-out was last compared with its roster.
     membership_checked: std::collections::HashMap<GroupId, std::time::Instant>,
+    /// The conversation last loaded for sending, and the store's
+    /// `data_version` then: unchanged at sealing time means no other
+    /// process wrote to the store since, so the loaded state is current.
+    loaded_for_send: Option<(Vec<u8>, i64)>,
 }
 
 /// How often a conversation that keeps receiving mail has its fan-out
@@ -498,6 +502,7 @@ impl Device {
             progress: None,
             directory_checked: None,
             membership_checked: Default::default(),
+            loaded_for_send: None,
         })
     }
 
@@ -760,7 +765,12 @@ impl Device {
             attempt += 1;
             let outcome: Result<(GroupId, u32)> = (|| {
                 let mut group = match &group {
-                    Some(g) => self.load_group(g)?,
+                    Some(g) => {
+                        let version = self.local.data_version()?;
+                        let loaded = self.load_group(g)?;
+                        self.loaded_for_send = Some((pouch_mls::group_id_bytes(&loaded), version));
+                        loaded
+                    }
                     None => self.create_conversation(&wanted, &[], "mail")?,
                 };
                 self.reconcile(&mut group, &wanted)?;
@@ -1117,22 +1127,36 @@ impl Device {
         group: &mut MlsGroup,
         envelope: &Envelope,
     ) -> Result<api::SendResponse> {
-        let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(group));
-        let link = receipt::next_link(&self.local, &gid)?;
+        let group_id = pouch_mls::group_id_bytes(group);
+        let gid = GroupId::from_bytes(&group_id);
         let mut envelope = envelope.clone();
-        envelope.chain = Some(link.clone());
-        let bytes = envelope.to_bytes();
         // The ratchet's step and the link's use are on disk before the
         // message leaves (after a crash this device never uses a key
         // twice), in one commit: OpenMLS writes its state in several
         // statements, each of which was a commit of its own, waiting for
-        // the disk. (Two processes sending from one home at once are not
-        // excluded yet: see docs/SECURITY.md.)
+        // the disk. The group and the link are read inside that
+        // transaction, under the store's write lock: another process
+        // sending from this home (a bridge and a `pouch send`) cannot step
+        // the ratchet between the read and the commit, so the two never
+        // seal with the same key and nonce or take the same link.
+        // (Read again only if another process wrote to the store since
+        // the group was loaded: a load costs about as much as the seal.)
         let signer = &self.signer;
-        let sealed = self.local.atomically(|l| {
+        let loaded = self.loaded_for_send.take();
+        let (sealed, link) = self.local.atomically(|l| {
+            let version = l.data_version()?;
+            let current = loaded
+                .as_ref()
+                .is_some_and(|(id, v)| *id == group_id && *v == version);
+            if !current {
+                *group = pouch_mls::load_group(&l.provider, &group_id)?;
+            }
+            let link = receipt::next_link(l, &gid)?;
+            envelope.chain = Some(link.clone());
+            let bytes = envelope.to_bytes();
             let sealed = pouch_mls::seal(&l.provider, signer, group, &bytes)?;
             receipt::consume_link(l, &gid, link.n, &receipt::envelope_hash(&bytes))?;
-            Ok(sealed)
+            Ok((sealed, link))
         })?;
         let blob = match &envelope.content {
             Content::Blob(b) | Content::History(b) => Some(b.blob_id.clone()),

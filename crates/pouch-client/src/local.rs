@@ -200,6 +200,9 @@ fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     // SQLCipher would report a wrong key on stderr by itself (its logging
     // starts with the key); Pouch says it once, in its own words.
     let _ = conn.pragma_update(None, "cipher_log_level", "NONE");
+    // Another process using this home (a bridge beside a `pouch send`)
+    // holds the write lock for one transaction at a time: wait for it.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
 
@@ -328,6 +331,14 @@ impl LocalStore {
             conn: self.conn.clone(),
             mail_dir: self.mail_dir(),
         })
+    }
+
+    /// SQLite's `data_version`: it changes when another connection (another
+    /// process using this home) commits, never for this one's own commits.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// As [`Self::atomically`], but rolls back a successful `f` whose result

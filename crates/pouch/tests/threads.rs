@@ -126,3 +126,57 @@ fn adding_recipients_and_racing_commits_keep_one_conversation() {
         );
     }
 }
+
+/// Two processes sending from one device home at once (a bridge and a
+/// `pouch send`) take turns at the store's write lock for each seal, and
+/// read the conversation's ratchet and chain inside it: no key, nonce or
+/// chain number is used twice, so the receiver opens every message and
+/// reports nothing withheld or forged.
+#[test]
+fn two_processes_sending_from_one_home_never_reuse_a_key() {
+    let dir = Scratch::new("threads-one-home");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let to = vec![pouch_proto::Address::parse(&bob.address).unwrap()];
+    let first = {
+        let mut device = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
+        device
+            .send(pouch_client::Compose {
+                to: to.clone(),
+                subject: "Talks".into(),
+                body: "opening".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .id
+    };
+    const EACH: usize = 12;
+    let senders: Vec<_> = (0..2)
+        .map(|process| {
+            let (home, to) = (alice.home.clone(), to.clone());
+            std::thread::spawn(move || {
+                let mut device = pouch_client::Device::open(&home, PASSPHRASE).unwrap();
+                for i in 0..EACH {
+                    device
+                        .send(pouch_client::Compose {
+                            to: to.clone(),
+                            subject: "Re: Talks".into(),
+                            body: format!("from sender {process}, reply {i}"),
+                            reply_to: Some(first),
+                            ..Default::default()
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("a sender failed");
+    }
+    let mut receiver = pouch_client::Device::open(&bob.home, PASSPHRASE).unwrap();
+    let report = receiver.sync().unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert!(report.alerts.is_empty(), "{:?}", report.alerts);
+    assert_eq!(receiver.inbox().unwrap().len(), 1 + 2 * EACH);
+}
