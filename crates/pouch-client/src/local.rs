@@ -122,12 +122,7 @@ const OPENMLS_TABLES: &[&str] = &[
 /// left as it is.
 pub(crate) fn state_to_binary(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     for table in OPENMLS_TABLES {
-        let columns: Vec<String> = {
-            let mut stmt = tx.prepare("SELECT name FROM pragma_table_info(?1)")?;
-            stmt.query_map([table], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        for column in &columns {
+        for column in &columns_of(tx, table)? {
             let rows: Vec<(i64, Vec<u8>)> = {
                 let mut stmt = tx.prepare(&format!(
                     "SELECT rowid, \"{column}\" FROM \"{table}\" WHERE typeof(\"{column}\") = 'blob'"
@@ -148,6 +143,12 @@ pub(crate) fn state_to_binary(tx: &rusqlite::Transaction<'_>) -> rusqlite::Resul
     Ok(())
 }
 
+/// The columns of `table` (none when it does not exist).
+fn columns_of(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    stmt.query_map([table], |r| r.get(0))?.collect()
+}
+
 /// One value of OpenMLS state from JSON into [`StateCodec`]'s form; `None`
 /// when it is not JSON (already binary, or not state at all).
 fn json_state_to_binary(json: &[u8]) -> Option<Vec<u8>> {
@@ -165,16 +166,31 @@ fn json_state_to_binary(json: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// OpenMLS's view of the device: libcrux cryptography, storage in our database.
-pub struct Provider {
+/// OpenMLS's view of the device: libcrux cryptography, storage in our
+/// database in the codec `C` ([`StateCodec`]; its tests also write the JSON
+/// an earlier release wrote).
+pub struct CodecProvider<C: Codec> {
     crypto: openmls_libcrux_crypto::CryptoProvider,
-    storage: SqliteStorageProvider<StateCodec, Rc<Connection>>,
+    storage: SqliteStorageProvider<C, Rc<Connection>>,
 }
 
-impl OpenMlsProvider for Provider {
+/// The device's OpenMLS provider.
+pub type Provider = CodecProvider<StateCodec>;
+
+impl<C: Codec> CodecProvider<C> {
+    fn over(conn: Rc<Connection>) -> Result<Self> {
+        Ok(Self {
+            crypto: openmls_libcrux_crypto::CryptoProvider::new()
+                .map_err(|e| ClientError::Local(format!("crypto provider unavailable: {e:?}")))?,
+            storage: SqliteStorageProvider::new(conn),
+        })
+    }
+}
+
+impl<C: Codec> OpenMlsProvider for CodecProvider<C> {
     type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
     type RandProvider = openmls_libcrux_crypto::CryptoProvider;
-    type StorageProvider = SqliteStorageProvider<StateCodec, Rc<Connection>>;
+    type StorageProvider = SqliteStorageProvider<C, Rc<Connection>>;
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
     }
@@ -273,7 +289,6 @@ impl LocalStore {
         )?;
         crate::migrations::migrate_to(&mut conn, schema)?;
         let conn = Rc::new(conn);
-        let storage = SqliteStorageProvider::<StateCodec, Rc<Connection>>::new(conn.clone());
         // run_migrations needs the connection mutably; do it on a short-lived second handle.
         {
             let mut migrations_conn = open_connection(&home.join(DB_FILE), key)?;
@@ -283,11 +298,9 @@ impl LocalStore {
                 ClientError::Local(format!("OpenMLS storage migration failed: {e}"))
             })?;
         }
-        let crypto = openmls_libcrux_crypto::CryptoProvider::new()
-            .map_err(|e| ClientError::Local(format!("crypto provider unavailable: {e:?}")))?;
         Ok(LocalStore {
+            provider: Provider::over(conn.clone())?,
             conn,
-            provider: Provider { crypto, storage },
             home: home.to_path_buf(),
         })
     }
@@ -577,26 +590,6 @@ mod tests {
         }
     }
 
-    struct EarlierProvider {
-        crypto: openmls_libcrux_crypto::CryptoProvider,
-        storage: SqliteStorageProvider<EarlierJson, Rc<Connection>>,
-    }
-
-    impl OpenMlsProvider for EarlierProvider {
-        type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
-        type RandProvider = openmls_libcrux_crypto::CryptoProvider;
-        type StorageProvider = SqliteStorageProvider<EarlierJson, Rc<Connection>>;
-        fn storage(&self) -> &Self::StorageProvider {
-            &self.storage
-        }
-        fn crypto(&self) -> &Self::CryptoProvider {
-            &self.crypto
-        }
-        fn rand(&self) -> &Self::RandProvider {
-            &self.crypto
-        }
-    }
-
     /// First bytes of every stored group-state value.
     fn group_state_starts(store: &LocalStore) -> Vec<u8> {
         let mut stmt = store
@@ -613,17 +606,7 @@ mod tests {
     fn stored_state_starts(store: &LocalStore) -> Vec<u8> {
         let mut firsts = Vec::new();
         for table in OPENMLS_TABLES {
-            let columns: Vec<String> = {
-                let mut stmt = store
-                    .conn
-                    .prepare("SELECT name FROM pragma_table_info(?1)")
-                    .unwrap();
-                stmt.query_map([table], |r| r.get(0))
-                    .unwrap()
-                    .map(|c| c.unwrap())
-                    .collect()
-            };
-            for column in columns {
+            for column in columns_of(&store.conn, table).unwrap() {
                 let mut stmt = store
                     .conn
                     .prepare(&format!(
@@ -658,10 +641,7 @@ mod tests {
         );
         let alice_store = LocalStore::create(&scratch.join("alice"), "correct horse").unwrap();
         let bob_store = LocalStore::create(&scratch.join("bob"), "battery staple").unwrap();
-        let earlier = EarlierProvider {
-            crypto: openmls_libcrux_crypto::CryptoProvider::new().unwrap(),
-            storage: SqliteStorageProvider::new(bob_store.conn.clone()),
-        };
+        let earlier = CodecProvider::<EarlierJson>::over(bob_store.conn.clone()).unwrap();
         let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
         let validated = |package: &[u8], key: &[u8]| {
             pouch_mls::validate_key_package(

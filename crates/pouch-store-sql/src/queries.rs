@@ -283,6 +283,18 @@ impl SqlStore {
         }))
     }
 
+    /// Runs a `DELETE … WHERE window_start < $1` of a per-window counter
+    /// table with `before`; returns how many rows went.
+    async fn delete_windows_before(&self, delete: &'static str, before: UnixTime) -> Result<u64> {
+        let deleted = sqlx::query(delete)
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>> {
         self.pool.begin().await.map_err(backend)
     }
@@ -1241,13 +1253,11 @@ impl AuditStore for SqlStore {
     }
 
     async fn prune_counts(&self, before: UnixTime) -> Result<u64> {
-        let deleted = sqlx::query("DELETE FROM detection_counts WHERE window_start < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?
-            .rows_affected();
-        Ok(deleted)
+        self.delete_windows_before(
+            "DELETE FROM detection_counts WHERE window_start < $1",
+            before,
+        )
+        .await
     }
 
     async fn append_events(&self, bodies: &[pouch_proto::api::EventBody]) -> Result<Vec<u64>> {
@@ -1510,13 +1520,8 @@ impl AuditStore for SqlStore {
     }
 
     async fn prune_fetch_windows(&self, before: UnixTime) -> Result<u64> {
-        let deleted = sqlx::query("DELETE FROM fetch_windows WHERE window_start < $1")
-            .bind(before)
-            .execute(&self.pool)
+        self.delete_windows_before("DELETE FROM fetch_windows WHERE window_start < $1", before)
             .await
-            .map_err(backend)?
-            .rows_affected();
-        Ok(deleted)
     }
 
     async fn fetch_windows(

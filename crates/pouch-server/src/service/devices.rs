@@ -102,20 +102,19 @@ pub async fn publish_list(s: &AppState, caller: &Caller, list: SignedDeviceList)
     }
     crate::log::refresh_checkpoint(s).await?;
     tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
-    let approved = activate.iter().map(|id| {
-        Ev::new(Action::LinkApproved)
+    let event = |action, id, what| {
+        Ev::new(action)
             .account(&me.address)
             .device(id)
             .by(&me.device_id)
-            .detail(format!("approved by {}", me.device_id))
-    });
-    let revoked = revoke.iter().map(|id| {
-        Ev::new(Action::DeviceRevoked)
-            .account(&me.address)
-            .device(id)
-            .by(&me.device_id)
-            .detail(format!("revoked by {}", me.device_id))
-    });
+            .detail(format!("{what} by {}", me.device_id))
+    };
+    let approved = activate
+        .iter()
+        .map(|id| event(Action::LinkApproved, id, "approved"));
+    let revoked = revoke
+        .iter()
+        .map(|id| event(Action::DeviceRevoked, id, "revoked"));
     record_all(s, approved.chain(revoked).collect()).await;
     Ok(())
 }
