@@ -170,7 +170,7 @@ fn json_state_to_binary(json: &[u8]) -> Option<Vec<u8>> {
 /// database in the codec `C` ([`StateCodec`]; its tests also write the JSON
 /// an earlier release wrote).
 pub struct CodecProvider<C: Codec> {
-    crypto: openmls_libcrux_crypto::CryptoProvider,
+    crypto: pouch_mls::crypto::Crypto,
     storage: SqliteStorageProvider<C, Rc<Connection>>,
 }
 
@@ -180,7 +180,7 @@ pub type Provider = CodecProvider<StateCodec>;
 impl<C: Codec> CodecProvider<C> {
     fn over(conn: Rc<Connection>) -> Result<Self> {
         Ok(Self {
-            crypto: openmls_libcrux_crypto::CryptoProvider::new()
+            crypto: pouch_mls::crypto::Crypto::new()
                 .map_err(|e| ClientError::Local(format!("crypto provider unavailable: {e:?}")))?,
             storage: SqliteStorageProvider::new(conn),
         })
@@ -188,7 +188,7 @@ impl<C: Codec> CodecProvider<C> {
 }
 
 impl<C: Codec> OpenMlsProvider for CodecProvider<C> {
-    type CryptoProvider = openmls_libcrux_crypto::CryptoProvider;
+    type CryptoProvider = pouch_mls::crypto::Crypto;
     type RandProvider = openmls_libcrux_crypto::CryptoProvider;
     type StorageProvider = SqliteStorageProvider<C, Rc<Connection>>;
     fn storage(&self) -> &Self::StorageProvider {
@@ -198,7 +198,7 @@ impl<C: Codec> OpenMlsProvider for CodecProvider<C> {
         &self.crypto
     }
     fn rand(&self) -> &Self::RandProvider {
-        &self.crypto
+        self.crypto.rand()
     }
 }
 
@@ -308,7 +308,8 @@ impl LocalStore {
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
             .optional()?)
     }
 
@@ -319,10 +320,11 @@ impl LocalStore {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 

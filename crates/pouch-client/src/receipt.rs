@@ -126,20 +126,16 @@ fn is_listed(l: &LocalStore, address: &Address, key: &[u8], role: Role) -> Resul
     let found = match role {
         Role::Member => l
             .conn
-            .query_row(
-                "SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2",
-                params![address.as_str(), key],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2")?
+            .query_row(params![address.as_str(), key], |_| Ok(()))
             .optional()?,
         Role::Speaker => match pinned_key(l, address)? {
             Some(account_key) => l
                 .conn
-                .query_row(
+                .prepare_cached(
                     "SELECT 1 FROM verified_keys WHERE address = ?1 AND signature_key = ?2 AND account_key = ?3 AND current = 1",
-                    params![address.as_str(), key, account_key],
-                    |_| Ok(()),
-                )
+                )?
+                .query_row(params![address.as_str(), key, account_key], |_| Ok(()))
                 .optional()?,
             None => None,
         },

@@ -9,6 +9,7 @@
 //! MLS credential — the client compares that against the From header.
 #![forbid(unsafe_code)]
 
+pub mod crypto;
 pub mod public;
 
 use openmls::prelude::tls_codec::Deserialize as _;
@@ -509,7 +510,12 @@ mod tests {
     #[test]
     fn conversation_round_trip_on_xwing_and_sender_is_bound_to_credential() {
         let suite = ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
-        let (alice_p, bob_p) = (Provider::default(), Provider::default());
+        // Alice on Pouch's crypto (dalek signatures, sha2), Bob on plain
+        // libcrux: each verifies what the other signed and hashed.
+        let (alice_p, bob_p) = (
+            crate::crypto::MemoryProvider::default(),
+            Provider::default(),
+        );
         let alice = new_device_signer(&alice_p).unwrap();
         let bob = new_device_signer(&bob_p).unwrap();
         let (a, b) = (addr("alice@pouch.local"), addr("bob@pouch.local"));

@@ -20,8 +20,8 @@ use pouch_proto::security::{Action, Reason};
 use pouch_proto::{DeviceId, GroupId};
 use pouch_store::{GroupError, GroupRejection};
 
-fn crypto() -> openmls_libcrux_crypto::CryptoProvider {
-    openmls_libcrux_crypto::CryptoProvider::new().expect("the platform supports libcrux")
+fn crypto() -> pouch_mls::crypto::Crypto {
+    pouch_mls::crypto::Crypto::default()
 }
 
 /// Checks a submitted commit; returns the conversation's public state after
