@@ -362,9 +362,12 @@ pub async fn serve(
                     let report = match page {
                         Some((after, page)) if !full => {
                             let more = page.more == Some(true);
-                            d.receive_page(after, page).map(|(report, up_to)| {
-                                ack = up_to.map(|u| (u, more));
-                                report
+                            d.receive_page(after, page).map(|received| {
+                                ack = received.ack.map(|u| (u, more));
+                                if let Some(e) = received.checks_failed {
+                                    tracing::warn!(error = %e, "checks after new mail did not run; they run on a later sync");
+                                }
+                                received.report
                             })
                         }
                         _ if full => d.sync(),

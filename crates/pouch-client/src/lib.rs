@@ -152,6 +152,16 @@ pub struct SyncReport {
     pub alerts: Vec<String>,
 }
 
+/// What applying a page of queued items came to ([`Device::receive_page`]).
+pub struct ReceivedPage {
+    pub report: SyncReport,
+    /// Everything up to this queue position is on disk: acknowledge it.
+    pub ack: Option<u64>,
+    /// The checks after the page (fan-out against roster, held items) could
+    /// not run; they run on a later sync.
+    pub checks_failed: Option<ClientError>,
+}
+
 pub struct Device {
     local: LocalStore,
     api: Api,
@@ -1259,23 +1269,27 @@ impl Device {
     /// position to acknowledge ([`net::QueueWaiter::ack`]): everything up to
     /// it is on disk. A page asked before the cursor moved (another sync
     /// got there first) is left alone.
-    pub fn receive_page(
-        &mut self,
-        after: u64,
-        page: api::QueueResponse,
-    ) -> Result<(SyncReport, Option<u64>)> {
+    pub fn receive_page(&mut self, after: u64, page: api::QueueResponse) -> Result<ReceivedPage> {
         self.sign_in()?;
-        let mut report = SyncReport::default();
+        let mut received = ReceivedPage {
+            report: SyncReport::default(),
+            ack: None,
+            checks_failed: None,
+        };
         if page.items.is_empty() || queue_cursor(&self.local)? != after {
-            return Ok((report, None));
+            return Ok(received);
         }
         let deferred = self.local.defer_durability()?;
-        self.replay_held(&mut report)?;
+        self.replay_held(&mut received.report)?;
         let mut touched = Touched::default();
-        let last = self.apply_page(page.items, &mut report, &mut touched, &deferred)?;
-        self.after_pages(&touched, &mut report)?;
-        report.alerts.append(&mut self.warnings);
-        Ok((report, Some(last)))
+        let last = self.apply_page(page.items, &mut received.report, &mut touched, &deferred)?;
+        // Stored is stored: acknowledged even if the checks after the page
+        // fail (a conversation whose check did not run is checked when its
+        // next item arrives, as one never checked).
+        received.ack = Some(last);
+        received.checks_failed = self.after_pages(&touched, &mut received.report).err();
+        received.report.alerts.append(&mut self.warnings);
+        Ok(received)
     }
 
     /// Processes one page of queue items and makes it durable. Returns the

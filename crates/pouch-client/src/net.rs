@@ -169,7 +169,7 @@ impl Api {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let body: Option<ErrorBody> = resp.json().ok();
+        let body: Option<ErrorBody> = json_of(resp, MAX_ERROR_BYTES).ok();
         Err(match body {
             Some(b) => ClientError::Server {
                 status,
@@ -220,8 +220,7 @@ impl Api {
 
     pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send(self.http.get(self.url(path)))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     /// An unauthenticated GET with one extra header (an invite's proof).
@@ -232,14 +231,12 @@ impl Api {
         value: &str,
     ) -> Result<T> {
         let resp = self.send(self.http.get(self.url(path)).header(header, value))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).json(body))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn admin_post<B: Serialize, T: DeserializeOwned>(
@@ -249,14 +246,12 @@ impl Api {
         body: &B,
     ) -> Result<T> {
         let resp = self.send(self.http.post(self.url(path)).bearer_auth(token).json(body))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn admin_get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T> {
         let resp = self.send(self.http.get(self.url(path)).bearer_auth(token))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     /// Signs in with the device key (challenge, signature, token) and keeps
@@ -321,14 +316,12 @@ impl Api {
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let resp = self.send_authed(|| self.http.get(self.url(path)))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send_authed(|| self.http.post(self.url(path)).json(body))?;
-        resp.json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        json_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
@@ -344,12 +337,12 @@ impl Api {
     /// An unauthenticated GET of raw bytes (the log's checkpoint and tiles).
     pub fn get_bytes_public(&self, path: &str) -> Result<Vec<u8>> {
         let resp = self.send(self.http.get(self.url(path)))?;
-        Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
+        body_of(resp, MAX_RESPONSE_BYTES)
     }
 
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
         let resp = self.send_authed(|| self.http.get(self.url(path)))?;
-        Ok(resp.bytes().map_err(|e| self.transport_error(e))?.to_vec())
+        body_of(resp, MAX_RESPONSE_BYTES)
     }
 
     /// Records that the queue was acknowledged up to `up_to`.
@@ -414,9 +407,7 @@ impl QueueWaiter {
             .bearer_auth(&self.token)
             .send()
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
-        let page = checked(resp, "fetching mail")?
-            .json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let page = json_of(checked(resp, "fetching mail")?, MAX_RESPONSE_BYTES)?;
         Ok((after, page))
     }
 
@@ -449,11 +440,46 @@ impl QueueWaiter {
             .bearer_auth(&self.token)
             .send()
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
-        let p: Pending = checked(resp, "waiting for mail")?
-            .json()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let p: Pending = json_of(checked(resp, "waiting for mail")?, MAX_ERROR_BYTES)?;
         Ok(p.pending)
     }
+}
+
+/// The most an answer of the server may hold. The largest honest ones are
+/// a page of queued mail (at most 8 MiB of payloads, in base64) and the
+/// directory's answer for a thousand recipients; a hostile server must not
+/// make a device allocate without bound.
+pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+/// The most an error answer (or a waiter's yes/no) may hold.
+const MAX_ERROR_BYTES: u64 = 64 << 10;
+
+/// Reads a response's body, refusing one larger than `limit` bytes (before
+/// reading, when the server declares it; else as soon as it passes).
+fn body_of(resp: reqwest::blocking::Response, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let too_large = || {
+        ClientError::Protocol(format!(
+            "the server's answer is larger than {} KiB; refused (a misbehaving or hostile server)",
+            limit >> 10
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let base = resp.url().origin().ascii_serialization();
+    let mut body = Vec::new();
+    resp.take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ClientError::Unreachable(base, e.to_string()))?;
+    if body.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// A JSON answer of at most `limit` bytes.
+fn json_of<T: DeserializeOwned>(resp: reqwest::blocking::Response, limit: u64) -> Result<T> {
+    serde_json::from_slice(&body_of(resp, limit)?).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// A waiter's response if it succeeded, else the server's refusal.
@@ -466,4 +492,65 @@ fn checked(resp: reqwest::blocking::Response, what: &str) -> Result<reqwest::blo
         code: ErrorCode::Internal,
         message: format!("{what}: HTTP {}", resp.status()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// Serves one HTTP response on loopback: `declared` says whether the
+    /// length is announced (else the body comes chunked, of unknown length).
+    fn serve_once(body_len: usize, declared: bool) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = conn.read(&mut req);
+            let body = vec![b' '; body_len];
+            let _ = if declared {
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\n\r\n"
+                )
+                .and_then(|_| conn.write_all(&body))
+            } else {
+                write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .and_then(|_| {
+                    for piece in body.chunks(4096) {
+                        write!(conn, "{:x}\r\n", piece.len())?;
+                        conn.write_all(piece)?;
+                        conn.write_all(b"\r\n")?;
+                    }
+                    conn.write_all(b"0\r\n\r\n")
+                })
+            };
+        });
+        url
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_cap_is_refused_whether_declared_or_not() {
+        let http = reqwest::blocking::Client::new();
+        let limit = 100 << 10;
+        for declared in [true, false] {
+            let small = http.get(serve_once(1000, declared)).send().unwrap();
+            assert_eq!(body_of(small, limit).unwrap().len(), 1000);
+            let exact = http
+                .get(serve_once(limit as usize, declared))
+                .send()
+                .unwrap();
+            assert_eq!(body_of(exact, limit).unwrap().len(), limit as usize);
+            let huge = http
+                .get(serve_once(limit as usize + 1, declared))
+                .send()
+                .unwrap();
+            let e = body_of(huge, limit).unwrap_err().to_string();
+            assert!(e.contains("larger than 100 KiB"), "{declared}: {e}");
+        }
+    }
 }

@@ -50,42 +50,12 @@ fn alert(rule: Rule, severity: Severity, ev: &EventBody, seq: u64, summary: Stri
     }
 }
 
-/// Stores an alert, hands it to the outputs, and applies the response policy.
-/// An alert that cannot be stored still leaves through the outputs.
-///
-/// A response runs on a task of its own: it records events, and the rules
-/// (which called this) must not wait for the recorder they feed.
-pub async fn raise(s: &Arc<AppState>, mut a: Alert) {
-    tracing::warn!(rule = %a.rule, severity = %a.severity, account = ?a.account, summary = %a.summary, "ALERT");
-    let automatic_revoke = a.rule == Rule::ClonedDevice && s.policy.response.revoke_cloned_devices;
-    if automatic_revoke {
-        a.summary
-            .push_str("; the device was revoked automatically (policy)");
-    }
-    match s.store.add_alert(&a).await {
-        Ok(id) => a.id = id,
-        Err(e) => tracing::error!(error = %e, "cannot store an alert"),
-    }
-    s.sinks.send(&a);
-    if automatic_revoke && let (Some(account), Some(device)) = (a.account, a.device) {
-        let s = s.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                crate::service::admin::revoke_by_policy(&s, &account, &device, a.rule.as_str())
-                    .await
-            {
-                tracing::error!(error = %e.message, "automatic revocation failed");
-            }
-        });
-    }
-}
-
 /// Evaluates the rules for one newly recorded event.
 pub async fn on_event(s: &Arc<AppState>, ev: &EventBody, seq: u64) {
     match evaluate(s, ev, seq).await {
         Ok(found) => {
             for a in found {
-                raise(s, a).await;
+                crate::service::alerts::raise(s, a).await;
             }
         }
         Err(e) => tracing::error!(error = %e, "detection failed"),
@@ -421,7 +391,7 @@ impl ChainWatch {
                 self.verified = None;
                 if self.reported.as_deref() != Some(problem.as_str()) {
                     tracing::error!(%problem, "AUDIT CHAIN BROKEN");
-                    raise(
+                    crate::service::alerts::raise(
                         s,
                         Alert {
                             id: 0,
@@ -516,7 +486,7 @@ pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
                 if already {
                     continue;
                 }
-                raise(
+                crate::service::alerts::raise(
                     s,
                     Alert {
                         id: 0,

@@ -87,7 +87,7 @@ pub struct ServerConfig {
     /// Concurrent HTTPS connections, in all and per network address.
     pub connections: conncap::ConnectionLimits,
     /// Witnesses to send checkpoints to.
-    pub witnesses: Vec<log::WitnessConfig>,
+    pub witnesses: Vec<service::log::WitnessConfig>,
     /// Retention, detection thresholds, alert outputs, responses.
     pub policy: config::Policy,
 }
@@ -101,18 +101,18 @@ pub struct AppState {
     pub link_ttl_secs: u64,
     pub token_ttl_secs: u64,
     pub limits: Limits,
-    pub log: log::LogState,
+    pub log: service::log::LogState,
     pub policy: config::Policy,
     pub sinks: sinks::Sinks,
     /// Events the database refused since logging last worked, and since when.
     pub events_lost: std::sync::atomic::AtomicU64,
     pub events_lost_since: std::sync::atomic::AtomicI64,
     /// Answers to link requests for accounts that cannot be linked.
-    pub link_decoys: devices::LinkDecoys,
+    pub link_decoys: service::links::LinkDecoys,
     /// Devices waiting for mail, woken when some is queued for them.
     pub waiters: push::Waiters,
     /// Directory answers at the current checkpoint (`POST /v1/directory/lists`).
-    pub directory: devices::DirectoryCache,
+    pub directory: service::directory::DirectoryCache,
     /// Where requests hand their access events ([`recorder`]).
     pub recorder: recorder::Recorder,
     admin_token_sha256: [u8; 32],
@@ -298,15 +298,15 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         link_ttl_secs: config.link_ttl_secs.max(1),
         token_ttl_secs: config.token_ttl_secs.max(1),
         limits: config.limits.clone(),
-        log: log::LogState::new(origin, key, commitment_index, config.witnesses.clone()),
+        log: service::log::LogState::new(origin, key, commitment_index, config.witnesses.clone()),
         link_decoys: Default::default(),
         waiters: Default::default(),
         directory: Default::default(),
         recorder,
         admin_token_sha256,
     });
-    recorder_tasks.start(&state);
-    log::refresh_checkpoint(&state)
+    recorder_tasks.start(&state, Arc::new(Detection));
+    service::log::refresh_checkpoint(&state)
         .await
         .map_err(|e| StartError::Config(e.message))?;
     events::record(
@@ -323,6 +323,34 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         admin_token_created,
         admin_token_path,
     })
+}
+
+/// Connects the audit recorder to the rules and to the alerts about logging
+/// itself (the recorder names neither).
+struct Detection;
+
+impl recorder::Observer for Detection {
+    fn appended(
+        &self,
+        s: Arc<AppState>,
+        event: pouch_proto::api::EventBody,
+        seq: u64,
+    ) -> recorder::Reaction {
+        Box::pin(async move { detect::on_event(&s, &event, seq).await })
+    }
+
+    fn append_failed(
+        &self,
+        s: Arc<AppState>,
+        lost: Vec<pouch_proto::api::EventBody>,
+        error: pouch_store::StoreError,
+    ) -> recorder::Reaction {
+        Box::pin(async move { service::audit::logging_failed(&s, &lost, &error).await })
+    }
+
+    fn append_worked(&self, s: Arc<AppState>) -> recorder::Reaction {
+        Box::pin(async move { service::audit::logging_works_again(&s).await })
+    }
 }
 
 /// Serves HTTPS on an already bound listener until `shutdown` resolves.
@@ -353,7 +381,7 @@ pub async fn serve(
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             chain.tick(&watcher).await;
-            devices::sweep_links(&watcher).await;
+            service::links::sweep(&watcher).await;
             let unsent_before = now() - watcher.limits.unsent_blob_secs as i64;
             if let Err(e) = watcher.store.collect_blobs(unsent_before).await {
                 tracing::error!(error = %e, "cannot delete unreferenced blobs");

@@ -13,12 +13,20 @@
 //! list calls it, so whoever reads alerts after an action sees what that
 //! action raised.
 //!
+//! The recorder knows nothing of the rules or of alerting: it tells an
+//! [`Observer`] what it appended and when appending failed, and `lib.rs`
+//! connects that to `detect` and `service::alerts`. So the dependencies
+//! point one way (service → recorder; detect → service), with no cycle
+//! between the audit trail and the rules that read it.
+//!
 //! Bounds: at most [`QUEUE`] events wait for a batch (a request then waits
 //! for room), [`BATCH`] go into one transaction, and [`QUEUE`] appended
 //! events wait for detection (the appender then waits for the rules).
 
 use crate::AppState;
 use pouch_proto::api::EventBody;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +37,25 @@ pub const QUEUE: usize = 4096;
 pub const BATCH: usize = 256;
 /// The longest [`Recorder::settled`] waits: alerts are shown late rather than not at all.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A future an [`Observer`] returns.
+pub type Reaction = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Who hears what the recorder did: the rules, and the alert that logging
+/// is interrupted or works again.
+pub trait Observer: Send + Sync + 'static {
+    /// An event was committed at sequence number `seq`.
+    fn appended(&self, s: Arc<AppState>, event: EventBody, seq: u64) -> Reaction;
+    /// The database refused these events.
+    fn append_failed(
+        &self,
+        s: Arc<AppState>,
+        lost: Vec<EventBody>,
+        error: pouch_store::StoreError,
+    ) -> Reaction;
+    /// An append succeeded (after a failure, logging works again).
+    fn append_worked(&self, s: Arc<AppState>) -> Reaction;
+}
 
 struct Pending {
     body: EventBody,
@@ -111,15 +138,21 @@ impl Recorder {
 impl RecorderTasks {
     /// Starts the appender and the detector. They hold the state weakly:
     /// when it is dropped, the channels close and both end.
-    pub fn start(self, state: &Arc<AppState>) {
+    pub fn start(self, state: &Arc<AppState>, observer: Arc<dyn Observer>) {
         let (to_rules, for_rules) = mpsc::channel(QUEUE);
         tokio::spawn(append_loop(
             Arc::downgrade(state),
             self.appends,
             self.appended,
             to_rules,
+            observer.clone(),
         ));
-        tokio::spawn(detect_loop(Arc::downgrade(state), for_rules, self.detected));
+        tokio::spawn(detect_loop(
+            Arc::downgrade(state),
+            for_rules,
+            self.detected,
+            observer,
+        ));
     }
 }
 
@@ -128,6 +161,7 @@ async fn append_loop(
     mut appends: mpsc::Receiver<Pending>,
     appended: Arc<AtomicU64>,
     to_rules: mpsc::Sender<(EventBody, u64)>,
+    observer: Arc<dyn Observer>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while appends.recv_many(&mut batch, BATCH).await > 0 {
@@ -135,7 +169,7 @@ async fn append_loop(
         let bodies: Vec<EventBody> = batch.iter().map(|p| p.body.clone()).collect();
         let appended_seqs = match s.store.append_events(&bodies).await {
             Ok(seqs) => {
-                crate::service::audit::logging_works_again(&s).await;
+                observer.append_worked(s.clone()).await;
                 seqs.into_iter().map(Some).collect()
             }
             // One bad event (or a passing failure) must not take a whole
@@ -145,16 +179,13 @@ async fn append_loop(
                 for body in &bodies {
                     match s.store.append_event(body).await {
                         Ok(seq) => {
-                            crate::service::audit::logging_works_again(&s).await;
+                            observer.append_worked(s.clone()).await;
                             seqs.push(Some(seq))
                         }
                         Err(e) => {
-                            crate::service::audit::logging_failed(
-                                &s,
-                                std::slice::from_ref(body),
-                                &e,
-                            )
-                            .await;
+                            observer
+                                .append_failed(s.clone(), vec![body.clone()], e)
+                                .await;
                             seqs.push(None);
                         }
                     }
@@ -188,12 +219,13 @@ async fn detect_loop(
     state: Weak<AppState>,
     mut appended: mpsc::Receiver<(EventBody, u64)>,
     detected: watch::Sender<u64>,
+    observer: Arc<dyn Observer>,
 ) {
     while let Some((body, seq)) = appended.recv().await {
         let Some(s) = state.upgrade() else { return };
         // On a task of its own, so that a rule that panics loses its one
         // event's judgement (logged), not the detector.
-        let judged = tokio::spawn(async move { crate::detect::on_event(&s, &body, seq).await });
+        let judged = tokio::spawn(observer.appended(s, body, seq));
         if let Err(e) = judged.await {
             tracing::error!(error = %e, seq, "DETECTION FAILED for an event");
         }

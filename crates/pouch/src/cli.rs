@@ -1124,7 +1124,7 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--witness takes URL=VERIFIER-KEY (got {w})"))?;
                     pouch_log::witness::WitnessVerifier::parse(vkey)
                         .map_err(|e| anyhow!("--witness {url}: {e}"))?;
-                    Ok(pouch_server::log::WitnessConfig {
+                    Ok(pouch_server::service::log::WitnessConfig {
                         url: url.to_string(),
                         vkey: vkey.to_string(),
                     })

@@ -155,7 +155,7 @@ pub async fn enroll(
         }
     }
     let device = result?;
-    crate::log::refresh_checkpoint(s).await?;
+    super::log::refresh_checkpoint(s).await?;
     Ok(EnrollResponse {
         device_id: device.device_id,
         ciphersuite: s.ciphersuite,

@@ -8,7 +8,7 @@ use super::audit::{Ev, record};
 use super::directory::commit_record;
 use super::{Result, ServiceError};
 use crate::{AppState, now};
-use pouch_proto::api::{AddUserResponse, AdminActionDone, ErrorCode};
+use pouch_proto::api::{AddUserResponse, AdminActionDone, ErrorCode, StaleDevice};
 use pouch_proto::security::Action;
 use pouch_proto::{Address, DeviceId};
 
@@ -81,7 +81,7 @@ async fn revoke_in_log(s: &AppState, address: &Address, device: &DeviceId) -> Re
     {
         return Ok(false);
     }
-    crate::log::refresh_checkpoint(s).await?;
+    super::log::refresh_checkpoint(s).await?;
     Ok(true)
 }
 
@@ -109,4 +109,23 @@ pub async fn revoke_by_policy(
         .await;
     }
     Ok(())
+}
+
+/// Member devices that have not updated their keys in a conversation within
+/// the rotation period (a lost or stolen device that nobody revoked).
+pub async fn stale_devices(s: &AppState) -> Result<Vec<StaleDevice>, ServiceError> {
+    let older_than = now() - s.rotation_secs as i64;
+    let stale = s
+        .store
+        .stale_members(older_than)
+        .await?
+        .into_iter()
+        .map(|m| StaleDevice {
+            address: m.address,
+            device_id: m.device_id,
+            group_id: m.group_id,
+            last_update: m.updated_at,
+        })
+        .collect();
+    Ok(stale)
 }

@@ -112,7 +112,7 @@ pub(crate) async fn logging_works_again(s: &Arc<AppState>) {
     let lost = s.events_lost.swap(0, Ordering::SeqCst);
     if lost > 0 {
         let since = s.events_lost_since.load(Ordering::SeqCst);
-        crate::detect::raise(
+        super::alerts::raise(
             s,
             logging_alert(format!(
                 "event logging was interrupted: {lost} event(s) since {} could not be recorded; logging works again",
@@ -134,7 +134,7 @@ pub(crate) async fn logging_failed(
     tracing::error!(error = %e, action = %first.action, events = lost.len(), "EVENT LOGGING FAILED");
     if s.events_lost.fetch_add(lost.len() as u64, Ordering::SeqCst) == 0 {
         s.events_lost_since.store(first.at, Ordering::SeqCst);
-        crate::detect::raise(
+        super::alerts::raise(
             s,
             logging_alert(format!(
                 "event logging is interrupted: the database refused an event ({}); what happens now is not being recorded",

@@ -100,7 +100,7 @@ pub async fn publish_list(s: &AppState, caller: &Caller, list: SignedDeviceList)
     for code in pending_codes {
         s.store.finish_link_request(&code, "approved", now).await?;
     }
-    crate::log::refresh_checkpoint(s).await?;
+    super::log::refresh_checkpoint(s).await?;
     tracing::info!(address = %me.address, version = body.version, added = activate.len(), revoked = revoke.len(), by = %me.device_id, "device list published");
     let event = |action, id, what| {
         Ev::new(action)

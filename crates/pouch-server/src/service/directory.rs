@@ -1,9 +1,13 @@
-//! The directory's checks that are not HTTP: a signed device list against
-//! its address, the first list an invite brings, and the transparency-log
-//! record each list change appends.
+//! The directory: who has which devices. Reading an account's signed
+//! device lists (one account, or many with their log proofs, cached per
+//! log size), checking a list against its address and the first list an
+//! invite brings, and the transparency-log record each list change appends.
 
 use super::ServiceError;
-use crate::AppState;
+use crate::{AppState, now, sha256};
+use pouch_proto::api::{
+    DeviceListHistory, DirectoryEntry, DirectoryRequest, DirectoryResponse, ErrorCode, LeafProof,
+};
 use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
 use pouch_proto::{Address, DeviceId};
 use pouch_store::{LogRecord, StoredList};
@@ -96,5 +100,196 @@ pub(crate) fn commit_record(s: &AppState, entry: &pouch_log::AnyEntry) -> LogRec
             &full,
         ),
         entry: full,
+    }
+}
+
+/// An account's whole chain of signed device lists. Shown to this server's
+/// signed-in devices, and to the holder of a valid invite of that very
+/// address (a first device after a reset continues the chain); nobody else
+/// learns who has which devices, or who exists.
+pub async fn history(
+    s: &AppState,
+    address: Address,
+    bearer_token: Option<&str>,
+    invite_secret: Option<Vec<u8>>,
+) -> Result<DeviceListHistory, ServiceError> {
+    let by_device = match bearer_token {
+        Some(token) => s
+            .store
+            .token_device(&sha256(token.as_bytes()), now())
+            .await?
+            .is_some(),
+        None => false,
+    };
+    let by_invite = match invite_secret {
+        Some(secret) => {
+            s.store
+                .invite_valid(&address, &sha256(&secret), now())
+                .await?
+        }
+        None => false,
+    };
+    if !by_device && !by_invite {
+        return Err(ServiceError::unauthorized(
+            "sign in first: device lists are shown to this server's devices only",
+        ));
+    }
+    if !s.store.user_exists(&address).await? {
+        return Err(ServiceError::new(
+            ErrorCode::UnknownRecipient,
+            format!("{address} is not a Pouch user on this server; check the address"),
+        ));
+    }
+    let lists = s
+        .store
+        .device_list_history(&address)
+        .await?
+        .into_iter()
+        .map(SignedDeviceList::from)
+        .collect();
+    Ok(DeviceListHistory { address, lists })
+}
+
+/// Many accounts' device lists at once, each with the inclusion proof of its
+/// newest version against one checkpoint (see `DirectoryRequest`): for the
+/// signed-in devices of this server, like the lists one by one.
+pub async fn lookup(
+    s: &AppState,
+    req: DirectoryRequest,
+) -> Result<DirectoryResponse, ServiceError> {
+    if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
+        return Err(ServiceError::bad_request(format!(
+            "ask for at most {} device lists at once",
+            pouch_proto::MAX_RECIPIENTS + 1
+        )));
+    }
+    let mut addresses = req.addresses;
+    addresses.sort();
+    addresses.dedup();
+    let (size, note) = super::log::current_checkpoint(s).await?;
+    let mut entries = Vec::with_capacity(addresses.len());
+    let mut unknown = Vec::new();
+    for address in addresses {
+        if let Some(entry) = s.directory.get(size, &address) {
+            entries.push(entry);
+            continue;
+        }
+        if !s.store.user_exists(&address).await? {
+            unknown.push(address);
+            continue;
+        }
+        let lists: Vec<SignedDeviceList> = s
+            .store
+            .device_list_history(&address)
+            .await?
+            .into_iter()
+            .map(SignedDeviceList::from)
+            .collect();
+        let newest = match lists.last().and_then(|l| l.body_unverified().ok()) {
+            Some(body) => super::log::list_inclusion(s, size, &note, &address, body.version)
+                .await?
+                .map(LeafProof::from),
+            None => None,
+        };
+        let entry = DirectoryEntry {
+            address,
+            lists,
+            newest,
+        };
+        s.directory.put(size, &entry);
+        entries.push(entry);
+    }
+    Ok(DirectoryResponse {
+        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+        entries,
+        unknown,
+    })
+}
+
+/// The directory's answers for the current checkpoint size: every receiver
+/// of a circular to a thousand posts asks about the same thousand accounts,
+/// and their lists and proofs are the same until the log grows (a new list
+/// version is a new log entry, so the size is the key). Bounded; emptied
+/// when the log grows. Only accounts with a list are kept.
+#[derive(Default)]
+pub struct DirectoryCache(
+    std::sync::Mutex<(u64, std::collections::HashMap<Address, DirectoryEntry>)>,
+);
+
+impl DirectoryCache {
+    /// Entries kept at most: a whole circular's members, several times over.
+    const MAX_ENTRIES: usize = 4096;
+
+    pub(crate) fn get(&self, size: u64, address: &Address) -> Option<DirectoryEntry> {
+        let cache = self.0.lock().expect("not poisoned");
+        (cache.0 == size)
+            .then(|| cache.1.get(address).cloned())
+            .flatten()
+    }
+
+    pub(crate) fn put(&self, size: u64, entry: &DirectoryEntry) {
+        // Only a complete answer: one without its proof is asked again.
+        if entry.lists.is_empty() || entry.newest.is_none() {
+            return;
+        }
+        let mut cache = self.0.lock().expect("not poisoned");
+        if cache.0 != size {
+            if size < cache.0 {
+                return; // an answer for a size the log has already passed
+            }
+            *cache = (size, Default::default());
+        }
+        if cache.1.len() >= Self::MAX_ENTRIES {
+            cache.1.clear();
+        }
+        cache.1.insert(entry.address.clone(), entry.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(address: &str, proved: bool) -> DirectoryEntry {
+        DirectoryEntry {
+            address: Address::parse(address).unwrap(),
+            lists: vec![SignedDeviceList {
+                body: b"list".to_vec(),
+                signature: b"sig".to_vec(),
+            }],
+            newest: proved.then(|| LeafProof {
+                index: 3,
+                entry: b"leaf".to_vec(),
+                full: vec![],
+                proof: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn directory_answers_hold_for_one_log_size_only() {
+        let cache = DirectoryCache::default();
+        let ana = Address::parse("ana@mfa.test").unwrap();
+        cache.put(10, &entry("ana@mfa.test", true));
+        assert!(cache.get(10, &ana).is_some());
+        // The log grew (a list changed, or anything else): asked afresh.
+        assert!(cache.get(11, &ana).is_none());
+        cache.put(11, &entry("bo@mfa.test", true));
+        assert!(cache.get(10, &ana).is_none(), "a larger size empties it");
+        // A late answer for a size already passed is not kept.
+        cache.put(10, &entry("ana@mfa.test", true));
+        assert!(cache.get(11, &ana).is_none());
+        // Nor one without the proof of its newest version.
+        cache.put(11, &entry("ana@mfa.test", false));
+        assert!(cache.get(11, &ana).is_none());
+    }
+
+    #[test]
+    fn the_directory_cache_is_bounded() {
+        let cache = DirectoryCache::default();
+        for i in 0..DirectoryCache::MAX_ENTRIES + 10 {
+            cache.put(1, &entry(&format!("u{i}@mfa.test"), true));
+        }
+        assert!(cache.0.lock().unwrap().1.len() <= DirectoryCache::MAX_ENTRIES);
     }
 }

@@ -13,10 +13,13 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod devices;
 pub mod directory;
 pub mod error;
+pub mod links;
+pub mod log;
 pub mod mail;
 
 pub use error::ServiceError;
