@@ -786,6 +786,7 @@ impl Device {
                 self.reconcile(&mut group, &wanted)?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
                 let resp = self.post_sealed(&mut group, &envelope)?;
+                self.local.keep_group(group);
                 Ok((gid, resp.recipients))
             })();
             match outcome {
@@ -1195,11 +1196,13 @@ impl Device {
         sent
     }
 
+    /// A conversation's state, from memory if current (see
+    /// `LocalStore::group`); give it back with `keep_group` after a success.
     fn load_group(&self, g: &GroupId) -> Result<MlsGroup> {
         let bytes = g
             .to_bytes()
             .ok_or_else(|| ClientError::Local("damaged conversation id".into()))?;
-        Ok(pouch_mls::load_group(&self.local.provider, &bytes)?)
+        self.local.group(&bytes)
     }
 
     // ---------- receiving ----------
@@ -1475,17 +1478,19 @@ impl Device {
         let Ok(mls) = self.load_group(group) else {
             return Ok(()); // not joined: a refused Welcome, reported as such
         };
+        let (epoch, member_keys) = (pouch_mls::epoch(&mls), pouch_mls::member_keys(&mls));
+        self.local.keep_group(mls);
         let server: api::GroupMembers = match self.api.get(&format!("/v1/groups/{group}/members")) {
             Ok(m) => m,
             // No longer a member (removed since): nothing to compare.
             Err(ClientError::Server { status: 404, .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if server.epoch != pouch_mls::epoch(&mls) {
+        if server.epoch != epoch {
             return Ok(()); // a commit is still on its way; compared on a later sync
         }
         let mut roster = std::collections::BTreeSet::new();
-        for key in pouch_mls::member_keys(&mls) {
+        for key in member_keys {
             let id: Option<String> = self
                 .local
                 .conn
@@ -2122,6 +2127,8 @@ fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Re
                 "INSERT OR IGNORE INTO conversations (group_id, created_at, last_update) VALUES (?1, ?2, ?2)",
                 params![gid.0, now()],
             )?;
+            // The conversation's first mail usually follows in the same page.
+            l.keep_group(group);
             Ok(Step::Joined)
         }
         QueueKind::Commit => {
@@ -2138,7 +2145,10 @@ fn open_item(l: &LocalStore, item: &QueueItem, fetched: &receipt::Fetched) -> Re
                         fetched,
                     )? {
                         receipt::Authentication::NeedLists(a) => Ok(Step::NeedLists(a)),
-                        receipt::Authentication::Verified => Ok(Step::Committed),
+                        receipt::Authentication::Verified => {
+                            l.keep_group(group);
+                            Ok(Step::Committed)
+                        }
                     }
                 }
                 Opened::Application { .. } => Err(ClientError::Invalid(
@@ -2154,7 +2164,7 @@ fn load(l: &LocalStore, g: &GroupId) -> Result<MlsGroup> {
     let bytes = g
         .to_bytes()
         .ok_or_else(|| ClientError::Invalid("malformed conversation id".into()))?;
-    Ok(pouch_mls::load_group(&l.provider, &bytes)?)
+    l.group(&bytes)
 }
 
 /// A mail's bytes as stored locally.
@@ -2192,6 +2202,9 @@ fn finish_application(
             } => (sender, sender_key, payload),
             _ => return Ok(Step::Committed),
         };
+    // Held again only if this item's transaction commits (a refusal below,
+    // or a first attempt that needs a blob or lists, rolls it back).
+    l.keep_group(group);
     let speaker = (Some(sender.clone()), sender_key.clone());
     if let receipt::Authentication::NeedLists(a) =
         receipt::authenticate(l, &[(&speaker, receipt::Role::Speaker)], fetched)?

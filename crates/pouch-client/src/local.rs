@@ -10,6 +10,7 @@
 use crate::error::{ClientError, Result};
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
+use pouch_mls::MlsGroup;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -206,6 +207,38 @@ pub struct LocalStore {
     pub conn: Rc<Connection>,
     pub provider: Provider,
     pub home: PathBuf,
+    groups: std::cell::RefCell<GroupCache>,
+}
+
+/// Conversations' MLS state kept in memory between operations, so that each
+/// mail does not parse its conversation's whole ratchet tree again
+/// (`MlsGroup::load` was a quarter of a receiving device's CPU).
+///
+/// It holds only what equals the store: a group is taken out while it is
+/// used ([`LocalStore::group`]), and put back ([`LocalStore::keep_group`])
+/// only after a success; inside a transaction, only once that transaction
+/// commits (a rollback restores the store, not a group in memory). Another
+/// process writing to this home (a `pouch send` beside a bridge) changes
+/// SQLite's `data_version`, and then everything held is dropped.
+#[derive(Default)]
+struct GroupCache {
+    /// `data_version` when the groups held were last known to be current.
+    version: Option<i64>,
+    held: std::collections::HashMap<Vec<u8>, MlsGroup>,
+    /// Kept during the open transaction: held once it commits.
+    pending: Vec<MlsGroup>,
+}
+
+impl GroupCache {
+    /// Groups held at most (a conversation's state is some tens of KiB).
+    const MAX: usize = 128;
+
+    fn hold(&mut self, group: MlsGroup) {
+        if self.held.len() >= Self::MAX {
+            self.held.clear();
+        }
+        self.held.insert(pouch_mls::group_id_bytes(&group), group);
+    }
 }
 
 fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
@@ -302,6 +335,7 @@ impl LocalStore {
             provider: Provider::over(conn.clone())?,
             conn,
             home: home.to_path_buf(),
+            groups: Default::default(),
         })
     }
 
@@ -353,7 +387,8 @@ impl LocalStore {
     pub fn data_version(&self) -> Result<i64> {
         Ok(self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// As [`Self::atomically`], but rolls back a successful `f` whose result
@@ -364,19 +399,57 @@ impl LocalStore {
         discard: impl FnOnce(&T) -> bool,
     ) -> Result<T> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match f(self) {
-            Ok(v) if discard(&v) => {
-                self.conn.execute_batch("ROLLBACK")?;
-                Ok(v)
-            }
-            Ok(v) => {
-                self.conn.execute_batch("COMMIT")?;
-                Ok(v)
-            }
+        let outcome = match f(self) {
+            Ok(v) if discard(&v) => self.conn.execute_batch("ROLLBACK").map(|_| (v, false)),
+            Ok(v) => self.conn.execute_batch("COMMIT").map(|_| (v, true)),
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
+                self.groups.borrow_mut().pending.clear();
+                return Err(e);
             }
+        };
+        let mut groups = self.groups.borrow_mut();
+        let pending = std::mem::take(&mut groups.pending);
+        match outcome {
+            Ok((v, committed)) => {
+                if committed {
+                    for g in pending {
+                        groups.hold(g);
+                    }
+                }
+                Ok(v)
+            }
+            // A failed COMMIT is rolled back by SQLite: nothing is kept.
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A conversation's MLS state: the one held in memory if it is still
+    /// current, else read from the store. It is taken out of the cache: give
+    /// it back with [`Self::keep_group`] once it was used successfully.
+    pub fn group(&self, group_id: &[u8]) -> Result<MlsGroup> {
+        let version = self.data_version()?;
+        {
+            let mut groups = self.groups.borrow_mut();
+            if groups.version != Some(version) {
+                groups.held.clear();
+                groups.version = Some(version);
+            }
+            if let Some(g) = groups.held.remove(group_id) {
+                return Ok(g);
+            }
+        }
+        Ok(pouch_mls::load_group(&self.provider, group_id)?)
+    }
+
+    /// Gives a group back after a successful use (its state is what the
+    /// store holds, or will hold once the open transaction commits).
+    pub fn keep_group(&self, group: MlsGroup) {
+        let mut groups = self.groups.borrow_mut();
+        if self.conn.is_autocommit() {
+            groups.hold(group);
+        } else {
+            groups.pending.push(group);
         }
     }
 }
@@ -788,5 +861,111 @@ mod tests {
         let store = LocalStore::open(&home, "correct horse").unwrap();
         assert_eq!(store.meta("queue_cursor").unwrap().as_deref(), Some("8"));
         std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn a_group_is_held_in_memory_only_as_the_store_holds_it() {
+        let scratch =
+            std::env::temp_dir().join(format!("pouch-group-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let suite = pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
+        let (alice, bob) = (
+            pouch_proto::Address::parse("alice@mfa.test").unwrap(),
+            pouch_proto::Address::parse("bob@mfa.test").unwrap(),
+        );
+        let alice_store = LocalStore::create(&scratch.join("alice"), "correct horse").unwrap();
+        let bob_store = LocalStore::create(&scratch.join("bob"), "battery staple").unwrap();
+        let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
+        let bob_signer = pouch_mls::new_device_signer(&bob_store.provider).unwrap();
+        let package =
+            pouch_mls::key_packages(&bob_store.provider, suite, &bob_signer, &bob, 1, false)
+                .unwrap()
+                .remove(0);
+        let package = pouch_mls::validate_key_package(
+            &alice_store.provider,
+            suite,
+            &pouch_mls::ClaimedPackage {
+                bytes: &package,
+                address: &bob,
+                signature_key: &bob_signer.to_public_vec(),
+            },
+        )
+        .unwrap();
+        let (mut group, out) = pouch_mls::create_conversation(
+            &alice_store.provider,
+            suite,
+            &alice_signer,
+            &alice,
+            &[package],
+        )
+        .unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut group).unwrap();
+        let gid = pouch_mls::group_id_bytes(&group);
+        let (mut bobs, _) = pouch_mls::join(&bob_store.provider, &out.welcome.unwrap()).unwrap();
+        let held = |store: &LocalStore| store.groups.borrow().held.contains_key(&gid);
+
+        // Outside a transaction a kept group is held at once, and taken out while used.
+        alice_store.keep_group(group);
+        assert!(held(&alice_store));
+        let group = alice_store.group(&gid).unwrap();
+        assert!(!held(&alice_store), "a group in use is not also held");
+
+        // Used in a transaction that rolls back (its seal undone in the
+        // store, not in memory): not held.
+        let group = alice_store
+            .atomically_unless(
+                |l| {
+                    let mut g = group;
+                    pouch_mls::seal(&l.provider, &alice_signer, &mut g, b"undone").unwrap();
+                    l.keep_group(g);
+                    Ok(())
+                },
+                |_| true,
+            )
+            .map(|()| alice_store.group(&gid).unwrap())
+            .unwrap();
+        assert!(!held(&alice_store), "kept in a rolled-back transaction");
+        // Nor when the transaction fails.
+        let failed: Result<()> = alice_store.atomically(|l| {
+            l.keep_group(group);
+            Err(ClientError::Local("fails".into()))
+        });
+        assert!(failed.is_err());
+        assert!(!held(&alice_store), "kept in a failed transaction");
+
+        // Committed: held, and what it seals opens at Bob's.
+        alice_store
+            .atomically(|l| {
+                let mut g = l.group(&gid)?;
+                let sealed = pouch_mls::seal(&l.provider, &alice_signer, &mut g, b"kept").unwrap();
+                l.keep_group(g);
+                Ok(sealed)
+            })
+            .map(|sealed| {
+                assert!(held(&alice_store));
+                let mut g = alice_store.group(&gid).unwrap();
+                let again =
+                    pouch_mls::seal(&alice_store.provider, &alice_signer, &mut g, b"from memory")
+                        .unwrap();
+                alice_store.keep_group(g);
+                for (m, text) in [(sealed, &b"kept"[..]), (again, &b"from memory"[..])] {
+                    match pouch_mls::open(&bob_store.provider, &mut bobs, &m).unwrap() {
+                        pouch_mls::Opened::Application { payload, .. } => assert_eq!(payload, text),
+                        _ => panic!("not an application message"),
+                    }
+                }
+            })
+            .unwrap();
+        assert!(held(&alice_store));
+
+        // Asking for another conversation leaves this one held...
+        assert!(alice_store.group(b"another conversation").is_err());
+        assert!(held(&alice_store));
+        // ...until another process writes to this home: then nothing held is trusted.
+        let other = LocalStore::open(&scratch.join("alice"), "correct horse").unwrap();
+        other.set_meta("written_elsewhere", "1").unwrap();
+        assert!(alice_store.group(b"another conversation").is_err());
+        assert!(!held(&alice_store), "held across another process's write");
+        let _ = std::fs::remove_dir_all(&scratch);
     }
 }
