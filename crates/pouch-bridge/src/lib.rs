@@ -117,6 +117,12 @@ pub struct Shared {
     login: Arc<pouch_client::BridgeLogin>,
     /// Recipients the device recently found reachable ([`Shared::recipient_known`]).
     reachable: Arc<std::sync::Mutex<RecentlyReachable>>,
+    /// Mail accepted over SMTP, waiting to be sent (written without the device's thread).
+    pub outbox: Arc<pouch_client::outbox::Outbox>,
+    /// Whether a task is sending the outbox, and whether one is wanted
+    /// ([`Shared::send_queued`]).
+    sender_running: Arc<std::sync::atomic::AtomicBool>,
+    sender_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long an accepted recipient is accepted again without asking the device.
@@ -169,9 +175,9 @@ impl Shared {
         std::thread::Builder::new()
             .name("pouch-device".into())
             .spawn(
-                move || match open().and_then(|d| Ok((d.bridge_login()?, d))) {
-                    Ok((login, mut device)) => {
-                        let _ = ready.send(Ok((device.address().clone(), login)));
+                move || match open().and_then(|d| Ok((d.bridge_login()?, d.outbox()?, d))) {
+                    Ok((login, outbox, mut device)) => {
+                        let _ = ready.send(Ok((device.address().clone(), login, outbox)));
                         run_jobs(&mut device, queue);
                     }
                     Err(e) => {
@@ -180,7 +186,7 @@ impl Shared {
                 },
             )
             .map_err(|e| BridgeError::Listen("device thread".into(), e.to_string()))?;
-        let (address, login) = opened
+        let (address, login, outbox) = opened
             .recv()
             .map_err(|_| BridgeError::Listen("device thread".into(), "stopped".into()))??;
         let (changes, _) = tokio::sync::broadcast::channel(64);
@@ -191,7 +197,62 @@ impl Shared {
             throttle: Default::default(),
             reachable: Default::default(),
             login: Arc::new(login),
+            outbox,
+            sender_running: Default::default(),
+            sender_wanted: Default::default(),
         })
+    }
+
+    /// Sends what the outbox holds, one mail per turn of the device's
+    /// thread (mail clients' commands go between them), until nothing is
+    /// due. At most one task sends; a call while it runs makes it look
+    /// again before it stops.
+    pub fn send_queued(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.sender_wanted.store(true, SeqCst);
+        if self.sender_running.swap(true, SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            loop {
+                shared.sender_wanted.store(false, SeqCst);
+                loop {
+                    let outbox = shared.outbox.clone();
+                    let step = shared
+                        .in_background(move |d| {
+                            let step = d.send_next_queued(&outbox);
+                            if matches!(step, Ok(pouch_client::Sending::Bounced { .. }))
+                                && let Err(e) = d.refresh_mailboxes()
+                            {
+                                tracing::warn!(error = %e, "cannot file a notice");
+                            }
+                            step
+                        })
+                        .await;
+                    match step {
+                        Ok(pouch_client::Sending::Sent { .. }) => {}
+                        Ok(pouch_client::Sending::Bounced { reason }) => {
+                            tracing::warn!(%reason, "a queued mail cannot be sent; a notice in the INBOX says why");
+                            shared.changed();
+                        }
+                        Ok(pouch_client::Sending::Postponed { reason }) => {
+                            tracing::info!(%reason, "queued mail is sent later");
+                            break;
+                        }
+                        Ok(pouch_client::Sending::Idle) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot send queued mail now");
+                            break;
+                        }
+                    }
+                }
+                shared.sender_running.store(false, SeqCst);
+                if !shared.sender_wanted.load(SeqCst) || shared.sender_running.swap(true, SeqCst) {
+                    return;
+                }
+            }
+        });
     }
 
     /// Whether the device found `address` reachable within [`REACHABLE_FOR`].
@@ -394,6 +455,9 @@ pub async fn serve(
                     .min(until_full.max(Duration::from_secs(1)));
                 tokio::time::sleep(pause).await;
             }
+            // Mail queued before a restart or while the server was
+            // unreachable goes when it is due.
+            syncer.send_queued();
             match result {
                 (Ok(report), filed) => {
                     for alert in report.alerts.iter().chain(&report.security_alerts) {

@@ -4,9 +4,13 @@
 //! password) before MAIL. MAIL FROM must be the device's own address. Each
 //! RCPT TO is checked against the server at once: an address outside Pouch
 //! is refused there, with the reason, so that nothing is ever written that
-//! would have to leave unencrypted. After DATA the message is encrypted and
-//! sent through Pouch ([`pouch_client::Device::submit_mail`]): To and Cc in
-//! one conversation, each blind copy on its own, and one Sent copy.
+//! would have to leave unencrypted. After DATA the message is queued in the
+//! device's encrypted outbox and the answer is 250 once it is on disk, as
+//! Postfix answers once a mail is in its queue ([`pouch_client::outbox`]);
+//! the device then encrypts and sends it ([`pouch_client::Device::submit_mail`]):
+//! To and Cc in one conversation, each blind copy on its own, and one Sent
+//! copy. A mail that turns out not to be sendable comes back as a notice in
+//! the INBOX.
 
 use crate::Shared;
 use crate::tls::Conn;
@@ -247,28 +251,26 @@ impl Session {
             self.reply(552, "5.3.4", "Message too big");
             return;
         }
-        match self
-            .shared
-            .with(move |d| d.submit_mail(raw, &envelope))
-            .await
-        {
-            Ok(sent) => {
-                for w in &sent.warnings {
-                    tracing::warn!(warning = %w, "while sending");
-                }
+        // Accepted once it is in the outbox, on disk; the device sends it
+        // next (see pouch_client::outbox).
+        let (outbox, own) = (self.shared.outbox.clone(), self.shared.address.clone());
+        match tokio::task::spawn_blocking(move || outbox.queue(&own, raw, &envelope)).await {
+            Ok(Ok(message_id)) => {
+                self.shared.send_queued();
                 self.reply(
                     250,
                     "2.0.0",
                     &format!(
-                        "Sent encrypted to {} device(s) <{}>",
-                        sent.recipient_devices, sent.message_id
+                        "Queued for encrypted delivery <{}>",
+                        message_id.unwrap_or_default()
                     ),
                 )
             }
-            Err(e @ pouch_client::ClientError::Unreachable(..)) => {
-                self.reply(451, "4.4.1", &format!("Not sent, try again: {e}"))
+            Ok(Err(e @ pouch_client::ClientError::Invalid(_))) => {
+                self.reply(554, "5.6.0", &format!("Not sent: {e}"))
             }
-            Err(e) => self.reply(554, "5.6.0", &format!("Not sent: {e}")),
+            Ok(Err(e)) => self.reply(451, "4.3.0", &format!("Not queued, try again: {e}")),
+            Err(_) => self.reply(451, "4.3.0", "Not queued, try again"),
         }
     }
 }

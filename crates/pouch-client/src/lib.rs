@@ -15,6 +15,7 @@ pub mod mail;
 pub mod mailboxes;
 mod migrations;
 pub mod net;
+pub mod outbox;
 mod receipt;
 pub mod search;
 pub mod transparency;
@@ -150,6 +151,52 @@ pub struct SyncReport {
     pub witnessed_age_secs: Option<u64>,
     /// Security alerts about this account (e.g. a device the account never approved).
     pub alerts: Vec<String>,
+}
+
+/// Why a submitted mail cannot be sent at all, if it cannot: checked before
+/// it is queued ([`outbox::Outbox::queue`]) and again when it is sent.
+pub(crate) fn submission_problem(
+    parsed: &mail::Parsed,
+    own: &Address,
+    envelope: &[Address],
+) -> Option<String> {
+    if parsed.from.as_ref() != Some(own) {
+        return Some(format!(
+            "the message's From must be this device's address {own}"
+        ));
+    }
+    if parsed.to.is_empty() && parsed.cc.is_empty() && parsed.bcc.is_empty() && envelope.is_empty()
+    {
+        return Some("the message has no recipients".into());
+    }
+    None
+}
+
+/// What [`Device::send_next_queued`] did.
+#[derive(Debug)]
+pub enum Sending {
+    /// Nothing is due.
+    Idle,
+    /// The oldest mail went.
+    Sent { message_id: String },
+    /// The oldest mail can never go: taken out, and a notice in the INBOX says why.
+    Bounced { reason: String },
+    /// The oldest mail cannot go now: it is tried again later.
+    Postponed { reason: String },
+}
+
+/// Whether a send that failed may work later: the server or the network
+/// failed, not the mail.
+fn worth_retrying(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable(..)
+        | ClientError::CertificateMismatch
+        | ClientError::Protocol(_)
+        | ClientError::Local(_)
+        | ClientError::Io(_) => true,
+        ClientError::Server { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
 }
 
 /// What applying a page of queued items came to ([`Device::receive_page`]).
@@ -667,11 +714,8 @@ impl Device {
     pub fn submit_mail(&mut self, raw: Vec<u8>, envelope: &[Address]) -> Result<Sent> {
         let original = Outgoing::from_bytes(raw)?;
         let parsed = &original.parsed;
-        if parsed.from.as_ref() != Some(&self.address) {
-            return Err(ClientError::Invalid(format!(
-                "the message's From must be this device's address {}",
-                self.address
-            )));
+        if let Some(problem) = submission_problem(parsed, &self.address, envelope) {
+            return Err(ClientError::Invalid(problem));
         }
         let mut visible: Vec<Address> = parsed.to.iter().chain(&parsed.cc).cloned().collect();
         visible.sort();
@@ -725,6 +769,58 @@ impl Device {
             recipient_devices: devices,
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    /// The outbox of this device's home, for the bridge's SMTP sessions
+    /// (they queue into it from their own threads).
+    pub fn outbox(&self) -> Result<std::sync::Arc<outbox::Outbox>> {
+        Ok(std::sync::Arc::new(self.local.open_outbox()?))
+    }
+
+    /// Sends the oldest mail of the outbox, if it is due. A mail that can
+    /// never go is taken out and a notice in the INBOX says which and why;
+    /// one that cannot go now waits for a later attempt (and holds back the
+    /// mails behind it).
+    pub fn send_next_queued(&mut self, outbox: &outbox::Outbox) -> Result<Sending> {
+        let Some(queued) = outbox.next_due(now())? else {
+            return Ok(Sending::Idle);
+        };
+        let head = queued.raw[..queued.raw.len().min(mail::HEAD_LIMIT)].to_vec();
+        match self.submit_mail(queued.raw, &queued.envelope) {
+            Ok(sent) => {
+                outbox.remove(queued.id)?;
+                Ok(Sending::Sent {
+                    message_id: sent.message_id,
+                })
+            }
+            Err(e) if worth_retrying(&e) => {
+                let reason = e.to_string();
+                outbox.postpone(queued.id, queued.attempts, &reason)?;
+                Ok(Sending::Postponed { reason })
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let subject: String = mail::parse(&head)
+                    .map(|p| p.subject)
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect();
+                let to: Vec<&str> = queued.envelope.iter().map(|a| a.as_str()).collect();
+                self.local.atomically(|l| {
+                    l.notice(
+                        &format!("Not sent: {subject}"),
+                        &format!(
+                            "Your mail \"{subject}\" to {} could not be sent and was taken out of the outbox:\r\n{reason}\r\nCorrect what is said above, then send it again.",
+                            to.join(", ")
+                        ),
+                    )
+                    .map(|_| ())
+                })?;
+                outbox.remove(queued.id)?;
+                Ok(Sending::Bounced { reason })
+            }
+        }
     }
 
     /// Whether `address` can receive mail through Pouch: it has a signed

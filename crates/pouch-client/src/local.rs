@@ -208,6 +208,8 @@ pub struct LocalStore {
     pub provider: Provider,
     pub home: PathBuf,
     groups: std::cell::RefCell<GroupCache>,
+    /// The store's key, for the outbox's database beside it.
+    key: Zeroizing<[u8; 32]>,
 }
 
 /// Conversations' MLS state kept in memory between operations, so that each
@@ -241,7 +243,7 @@ impl GroupCache {
     }
 }
 
-fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
+pub(crate) fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     let conn = Connection::open(path)?;
     // A raw key (x'..') skips SQLCipher's own PBKDF2: Argon2id already did that work.
     let hex_key = Zeroizing::new(format!("x'{}'", hex::encode(key)));
@@ -336,7 +338,13 @@ impl LocalStore {
             conn,
             home: home.to_path_buf(),
             groups: Default::default(),
+            key: Zeroizing::new(*key),
         })
+    }
+
+    /// The outbox beside this store, under the same key.
+    pub(crate) fn open_outbox(&self) -> Result<crate::outbox::Outbox> {
+        crate::outbox::Outbox::open(&self.home, &self.key)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {

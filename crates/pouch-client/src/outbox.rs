@@ -1,0 +1,182 @@
+//! The outbox: mail a mail client submitted through the bridge, accepted
+//! as soon as it is on disk and sent by the device afterwards.
+//!
+//! Why: a mail client waits for SMTP's answer to `DATA`. When that answer
+//! waited for the send itself — the device's turn, the encryption, the
+//! server's reply — four mail clients kept the whole machine a third idle,
+//! and an embassy whose link to headquarters is down could not hand over a
+//! mail at all. Postfix answers once the mail is in its queue; so does the
+//! bridge now.
+//!
+//! What holds:
+//! - **Nothing acknowledged is lost.** `queue` returns only after the mail
+//!   is committed with `synchronous = FULL` to `outbox.db`, a SQLCipher
+//!   database in the home under the store's own key (the mail is as
+//!   protected at rest as mail already sent). A crash or a restart leaves
+//!   it queued; the next bridge sends it.
+//! - **What can be refused at once is.** The sender must be this device's
+//!   account and there must be a recipient; recipients outside Pouch were
+//!   refused at `RCPT`.
+//! - **What fails later is said.** A mail the device cannot send for good
+//!   (a recipient's account key changed, a member refused) is taken out and
+//!   a notice in the INBOX says which mail, to whom, and why. One that
+//!   cannot be sent *now* (the server unreachable or busy) waits and is
+//!   tried again, backing off to once every 15 minutes.
+//! - **In order.** The oldest mail goes first, and nothing overtakes a mail
+//!   that waits to be retried.
+//!
+//! The outbox has its own connection and file, so an SMTP session writes to
+//! it without waiting for the device's thread, and its writes do not make
+//! the device re-read its conversations (another connection's commit to
+//! the store would: see `LocalStore::group`). Sending at least once: a
+//! crash between the server's acceptance and the removal from the outbox
+//! sends the mail again on restart.
+
+use crate::error::{ClientError, Result};
+use pouch_proto::Address;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The outbox's file in a device's home.
+pub const OUTBOX_FILE: &str = "outbox.db";
+/// The longest wait between two attempts at a mail that could not go.
+const MAX_BACKOFF_SECS: i64 = 15 * 60;
+
+/// A mail waiting to be sent.
+pub struct Queued {
+    pub id: i64,
+    pub raw: Vec<u8>,
+    pub envelope: Vec<Address>,
+    pub attempts: u32,
+}
+
+pub struct Outbox {
+    conn: Mutex<Connection>,
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the outbox of the home whose store key is `key`.
+    pub(crate) fn open(home: &Path, key: &[u8; 32]) -> Result<Outbox> {
+        let conn = crate::local::open_connection(&home.join(OUTBOX_FILE), key)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+             CREATE TABLE IF NOT EXISTS outbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 queued_at INTEGER NOT NULL,
+                 envelope TEXT NOT NULL,
+                 raw BLOB NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 next_attempt_at INTEGER NOT NULL,
+                 last_error TEXT
+             );",
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                ClientError::Local(format!(
+                    "{} is not this device's outbox (another key); move it aside",
+                    home.join(OUTBOX_FILE).display()
+                ))
+            }
+            other => other.into(),
+        })?;
+        Ok(Outbox {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a mail for `envelope`; returns once it is on disk, with the
+    /// mail's Message-ID. `own` is this device's address: the mail must be
+    /// from it.
+    pub fn queue(
+        &self,
+        own: &Address,
+        raw: Vec<u8>,
+        envelope: &[Address],
+    ) -> Result<Option<String>> {
+        let head = &raw[..raw.len().min(crate::mail::HEAD_LIMIT)];
+        let parsed = crate::mail::parse(head).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if let Some(problem) = crate::submission_problem(&parsed, own, envelope) {
+            return Err(ClientError::Invalid(problem));
+        }
+        let envelope = serde_json::to_string(envelope).expect("addresses serialise");
+        let now = crate::now();
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO outbox (queued_at, envelope, raw, next_attempt_at) VALUES (?1, ?2, ?3, ?1)",
+            params![now, envelope, raw],
+        )?;
+        Ok(parsed.message_id)
+    }
+
+    /// The oldest mail, if it is due now (one waiting for a retry holds back
+    /// those behind it).
+    pub fn next_due(&self, now: i64) -> Result<Option<Queued>> {
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT id, raw, envelope, attempts, next_attempt_at FROM outbox ORDER BY id LIMIT 1",
+            )?
+            .query_row([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((id, raw, envelope, attempts, due)) = row else {
+            return Ok(None);
+        };
+        if due > now {
+            return Ok(None);
+        }
+        let envelope = serde_json::from_str(&envelope).map_err(|e| {
+            ClientError::Local(format!("a queued mail's recipients are damaged: {e}"))
+        })?;
+        Ok(Some(Queued {
+            id,
+            raw,
+            envelope,
+            attempts: attempts.max(0) as u32,
+        }))
+    }
+
+    /// Takes a mail out (sent, or refused for good).
+    pub fn remove(&self, id: i64) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// A mail that could not go now: tried again after a wait that doubles
+    /// with each attempt, up to [`MAX_BACKOFF_SECS`].
+    pub fn postpone(&self, id: i64, attempts: u32, error: &str) -> Result<()> {
+        let wait = (1i64 << attempts.min(10)).min(MAX_BACKOFF_SECS);
+        self.conn().execute(
+            "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
+            params![id, attempts as i64 + 1, crate::now() + wait, error],
+        )?;
+        Ok(())
+    }
+
+    /// Mails waiting, and whether the oldest is due now.
+    pub fn waiting(&self) -> Result<(u64, bool)> {
+        let conn = self.conn();
+        let (count, oldest_due): (i64, Option<i64>) = conn.query_row(
+            "SELECT count(*), (SELECT next_attempt_at FROM outbox ORDER BY id LIMIT 1) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((
+            count.max(0) as u64,
+            oldest_due.is_some_and(|at| at <= crate::now()),
+        ))
+    }
+}
