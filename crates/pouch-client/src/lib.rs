@@ -1661,11 +1661,10 @@ impl Device {
         Ok(self
             .local
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT address FROM held WHERE group_id = ?1 AND server_seq < ?2 ORDER BY server_seq LIMIT 1",
-                params![item.group_id.0, item.seq as i64],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![item.group_id.0, item.seq as i64], |r| r.get(0))
             .optional()?)
     }
 

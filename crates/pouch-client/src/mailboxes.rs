@@ -355,11 +355,12 @@ fn new_uidvalidity(conn: &rusqlite::Connection) -> Result<i64> {
 }
 
 fn next_uid(l: &crate::local::LocalStore, mailbox: i64) -> Result<u32> {
-    let uid: i64 = l.conn.query_row(
-        "UPDATE mailboxes SET uidnext = uidnext + 1 WHERE id = ?1 RETURNING uidnext - 1",
-        [mailbox],
-        |r| r.get(0),
-    )?;
+    let uid: i64 = l
+        .conn
+        .prepare_cached(
+            "UPDATE mailboxes SET uidnext = uidnext + 1 WHERE id = ?1 RETURNING uidnext - 1",
+        )?
+        .query_row([mailbox], |r| r.get(0))?;
     Ok(uid as u32)
 }
 
@@ -370,9 +371,7 @@ fn file_into(l: &crate::local::LocalStore, folder: &str, message: i64, flags: &s
                 r.get(0)
             })?;
     let uid = next_uid(l, mailbox)?;
-    l.conn.execute(
-        "INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags) VALUES (?1, ?2, ?3, ?4)",
-        params![mailbox, uid as i64, message, flags],
-    )?;
+    l.conn.prepare_cached("INSERT INTO mailbox_messages (mailbox_id, uid, message_id, flags) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![mailbox, uid as i64, message, flags])?;
     Ok(uid)
 }

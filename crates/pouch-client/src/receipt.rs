@@ -66,11 +66,8 @@ fn pinned_key(l: &LocalStore, address: &Address) -> Result<Option<Vec<u8>>> {
             .and_then(|h| hex::decode(h).ok()));
     }
     Ok(l.conn
-        .query_row(
-            "SELECT account_key FROM contacts WHERE address = ?1",
-            [address.as_str()],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT account_key FROM contacts WHERE address = ?1")?
+        .query_row([address.as_str()], |r| r.get(0))
         .optional()?)
 }
 
@@ -318,22 +315,16 @@ pub(crate) fn check_link(
     }
     let last: Option<(i64, String)> = l
         .conn
-        .query_row(
-            "SELECT n, hash FROM recv_chain WHERE group_id = ?1 AND sender_key = ?2",
-            params![group.0, sender_key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT n, hash FROM recv_chain WHERE group_id = ?1 AND sender_key = ?2")?
+        .query_row(params![group.0, sender_key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     // A device that was in the conversation from its first epoch has seen
     // every sender from their first message on; a later joiner starts from
     // the first message it sees.
     let from_start = l
         .conn
-        .query_row(
-            "SELECT epoch FROM joined WHERE group_id = ?1",
-            [&group.0],
-            |r| r.get::<_, i64>(0),
-        )
+        .prepare_cached("SELECT epoch FROM joined WHERE group_id = ?1")?
+        .query_row([&group.0], |r| r.get::<_, i64>(0))
         .optional()?
         .is_some_and(|e| e <= 1);
     let last = match last {
@@ -385,11 +376,12 @@ pub(crate) fn check_link(
         }
     }
     if advance {
-        l.conn.execute(
-            "INSERT INTO recv_chain (group_id, sender_key, n, hash) VALUES (?1, ?2, ?3, ?4) \
+        l.conn
+            .prepare_cached(
+                "INSERT INTO recv_chain (group_id, sender_key, n, hash) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (group_id, sender_key) DO UPDATE SET n = excluded.n, hash = excluded.hash",
-            params![group.0, sender_key, link.n as i64, hash],
-        )?;
+            )?
+            .execute(params![group.0, sender_key, link.n as i64, hash])?;
     }
     Ok(())
 }
