@@ -1427,15 +1427,25 @@ impl Device {
             report.alerts.push(what);
         }
         let mut last = cursor;
-        for item in items {
-            if !self.process(&item, report, false)? {
-                if item.kind != QueueKind::Application {
-                    touched.changed.insert(item.group_id.clone());
+        // One transaction for the page (each item a savepoint of it; an
+        // item that must ask the network first commits the batch, and the
+        // next item opens another).
+        let applied: Result<()> = (|| {
+            for item in items {
+                self.local.begin_batch()?;
+                if !self.process(&item, report, false)? {
+                    if item.kind != QueueKind::Application {
+                        touched.changed.insert(item.group_id.clone());
+                    }
+                    touched.all.insert(item.group_id.clone());
                 }
-                touched.all.insert(item.group_id.clone());
+                last = item.seq;
             }
-            last = item.seq;
-        }
+            Ok(())
+        })();
+        // What was applied stays applied, as with a commit per item.
+        self.local.end_batch()?;
+        applied?;
         self.flush_findings(report)?;
         // Only what is durably stored is acknowledged.
         deferred.barrier()?;
@@ -1525,6 +1535,13 @@ impl Device {
                 },
                 Step::rolls_back,
             );
+            // The network is asked below: not while holding the store's lock.
+            if matches!(
+                first,
+                Ok(Step::NeedLists(_) | Step::NeedsBlob { .. } | Step::NeedsHistory { .. })
+            ) {
+                self.local.end_batch()?;
+            }
             match first {
                 Ok(Step::NeedLists(addresses)) => {
                     for (a, found) in self.list_outcomes(&addresses)? {

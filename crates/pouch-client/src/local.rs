@@ -210,6 +210,9 @@ pub struct LocalStore {
     groups: std::cell::RefCell<GroupCache>,
     /// The store's key, for the outbox's database beside it.
     key: Zeroizing<[u8; 32]>,
+    /// Whether a batch is open ([`Self::begin_batch`]): transactions are
+    /// then savepoints inside it.
+    batch: std::cell::Cell<bool>,
 }
 
 /// Conversations' MLS state kept in memory between operations, so that each
@@ -341,6 +344,7 @@ impl LocalStore {
             home: home.to_path_buf(),
             groups: Default::default(),
             key: Zeroizing::new(*key),
+            batch: Default::default(),
         })
     }
 
@@ -415,6 +419,29 @@ impl LocalStore {
                 .prepare_cached(sql)
                 .and_then(|mut s| s.execute([]))
         };
+        if self.batch.get() {
+            // Inside a batch: a savepoint, released into the batch's
+            // transaction or rolled back on its own. (Groups kept in the
+            // batch are let go on a rollback: simpler than knowing which.)
+            run("SAVEPOINT item")?;
+            let release = |rollback: bool| -> rusqlite::Result<()> {
+                if rollback {
+                    run("ROLLBACK TO item")?;
+                    self.groups.borrow_mut().pending.clear();
+                }
+                run("RELEASE item").map(|_| ())
+            };
+            return match f(self) {
+                Ok(v) => {
+                    release(discard(&v))?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = release(true);
+                    Err(e)
+                }
+            };
+        }
         run("BEGIN IMMEDIATE")?;
         let outcome = match f(self) {
             Ok(v) if discard(&v) => run("ROLLBACK").map(|_| (v, false)),
@@ -441,6 +468,47 @@ impl LocalStore {
         }
     }
 
+    /// Opens a batch: the transactions that follow ([`Self::atomically`])
+    /// become savepoints of one transaction, committed by
+    /// [`Self::end_batch`] — one commit (SQLCipher encrypting and writing
+    /// each dirty page once) for a page of received items instead of one
+    /// per item, which was a quarter of a receiving device's CPU. Each item
+    /// stays atomic on its own. Network waits must not happen inside a
+    /// batch (they would hold the store's write lock): end it before them.
+    pub fn begin_batch(&self) -> Result<()> {
+        if !self.batch.get() {
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            self.batch.set(true);
+        }
+        Ok(())
+    }
+
+    /// Commits the batch (what each item did, or did not, as its savepoint
+    /// said) and closes it.
+    pub fn end_batch(&self) -> Result<()> {
+        if !self.batch.replace(false) {
+            return Ok(());
+        }
+        let committed = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        let mut groups = self.groups.borrow_mut();
+        let pending = std::mem::take(&mut groups.pending);
+        match committed {
+            Ok(_) => {
+                for g in pending {
+                    groups.hold(g);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
     /// A conversation's MLS state: the one held in memory if it is still
     /// current, else read from the store. It is taken out of the cache: give
     /// it back with [`Self::keep_group`] once it was used successfully.
@@ -454,6 +522,14 @@ impl LocalStore {
             }
             if let Some(g) = groups.held.remove(group_id) {
                 return Ok(g);
+            }
+            // Kept earlier in the open batch (a Welcome, then its first mail).
+            if let Some(i) = groups
+                .pending
+                .iter()
+                .position(|g| pouch_mls::group_id_bytes(g) == group_id)
+            {
+                return Ok(groups.pending.swap_remove(i));
             }
         }
         Ok(pouch_mls::load_group(&self.provider, group_id)?)
@@ -983,6 +1059,42 @@ mod tests {
         other.set_meta("written_elsewhere", "1").unwrap();
         assert!(alice_store.group(b"another conversation").is_err());
         assert!(!held(&alice_store), "held across another process's write");
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    #[test]
+    fn a_batch_commits_once_and_each_item_stays_atomic() {
+        let scratch = std::env::temp_dir().join(format!("pouch-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let store = LocalStore::create(&scratch.join("a"), "correct horse").unwrap();
+        let other = LocalStore::open(&scratch.join("a"), "correct horse").unwrap();
+        store.begin_batch().unwrap();
+        store.atomically(|l| l.set_meta("kept", "1")).unwrap();
+        store
+            .atomically_unless(|l| l.set_meta("looked", "1"), |_| true)
+            .unwrap();
+        let failed: Result<()> = store.atomically(|l| {
+            l.set_meta("failed", "1")?;
+            Err(ClientError::Local("fails".into()))
+        });
+        assert!(failed.is_err());
+        // Nothing is visible to another connection before the batch commits.
+        assert_eq!(other.meta("kept").unwrap(), None);
+        store.end_batch().unwrap();
+        assert_eq!(other.meta("kept").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            other.meta("looked").unwrap(),
+            None,
+            "a discarded item left a trace"
+        );
+        assert_eq!(
+            other.meta("failed").unwrap(),
+            None,
+            "a failed item left a trace"
+        );
+        // Outside a batch, transactions are transactions again.
+        store.atomically(|l| l.set_meta("after", "1")).unwrap();
+        assert_eq!(other.meta("after").unwrap().as_deref(), Some("1"));
         let _ = std::fs::remove_dir_all(&scratch);
     }
 }
