@@ -195,6 +195,8 @@ fn worth_retrying(e: &ClientError) -> bool {
         | ClientError::Local(_)
         | ClientError::Io(_) => true,
         ClientError::Server { status, .. } => *status >= 500 || *status == 429,
+        // Another member committed first, again and again: a race, not the mail.
+        e if e.is_stale_epoch() => true,
         _ => false,
     }
 }
@@ -227,6 +229,10 @@ pub struct Device {
     /// `data_version` then: unchanged at sealing time means no other
     /// process wrote to the store since, so the loaded state is current.
     loaded_for_send: Option<(Vec<u8>, i64)>,
+    /// Who the last [`Device::submit_mail`] delivered to before it failed
+    /// (To and Cc as one entry, then each blind copy): a mail that reached
+    /// some is never sent again as a whole.
+    delivered: Vec<String>,
 }
 
 /// How often a conversation that keeps receiving mail has its fan-out
@@ -560,6 +566,7 @@ impl Device {
             directory_checked: None,
             membership_checked: Default::default(),
             loaded_for_send: None,
+            delivered: Vec::new(),
         })
     }
 
@@ -747,15 +754,19 @@ impl Device {
         };
         let mut first: Option<(GroupId, u32)> = None;
         let mut devices = 0;
+        self.delivered.clear();
         if !visible.is_empty() {
             let (g, n) = self.deliver_to(&shared, thread, &visible)?;
             devices += n;
             first = Some((g, n));
+            let names: Vec<&str> = visible.iter().map(|a| a.as_str()).collect();
+            self.delivered.push(names.join(", "));
         }
         for b in &blind {
             let (g, n) = self.deliver_to(&shared, None, std::slice::from_ref(b))?;
             devices += n;
             first.get_or_insert((g, n));
+            self.delivered.push(format!("{b} (blind copy)"));
         }
         let (group_id, _) = first.expect("at least one recipient");
         let body = self.keep_body(&original)?;
@@ -786,41 +797,55 @@ impl Device {
             return Ok(Sending::Idle);
         };
         let head = queued.raw[..queued.raw.len().min(mail::HEAD_LIMIT)].to_vec();
-        match self.submit_mail(queued.raw, &queued.envelope) {
+        let subject: String = mail::parse(&head)
+            .map(|p| p.subject)
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        let to: Vec<&str> = queued.envelope.iter().map(|a| a.as_str()).collect();
+        let to = to.join(", ");
+        self.delivered.clear();
+        let (reason, why) = match self.submit_mail(queued.raw, &queued.envelope) {
             Ok(sent) => {
                 outbox.remove(queued.id)?;
-                Ok(Sending::Sent {
+                return Ok(Sending::Sent {
                     message_id: sent.message_id,
-                })
+                });
             }
-            Err(e) if worth_retrying(&e) => {
-                let reason = e.to_string();
-                outbox.postpone(queued.id, queued.attempts, &reason)?;
-                Ok(Sending::Postponed { reason })
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                let subject: String = mail::parse(&head)
-                    .map(|p| p.subject)
-                    .unwrap_or_default()
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .collect();
-                let to: Vec<&str> = queued.envelope.iter().map(|a| a.as_str()).collect();
-                self.local.atomically(|l| {
-                    l.notice(
-                        &format!("Not sent: {subject}"),
-                        &format!(
-                            "Your mail \"{subject}\" to {} could not be sent and was taken out of the outbox:\r\n{reason}\r\nCorrect what is said above, then send it again.",
-                            to.join(", ")
-                        ),
-                    )
-                    .map(|_| ())
-                })?;
-                outbox.remove(queued.id)?;
-                Ok(Sending::Bounced { reason })
-            }
+            Err(e) => (e.to_string(), e),
+        };
+        let delivered = std::mem::take(&mut self.delivered);
+        let too_old = now() - queued.queued_at > outbox::GIVE_UP_AFTER_SECS;
+        // Retried only while nobody has it: a mail that reached some
+        // recipients is never sent to them again.
+        if delivered.is_empty() && worth_retrying(&why) && !too_old {
+            outbox.postpone(queued.id, queued.attempts, &reason)?;
+            return Ok(Sending::Postponed { reason });
         }
+        // The reason may be the server's words: quoted, cut short, never
+        // presented as Pouch's own instruction.
+        let quoted: String = reason.chars().take(300).collect();
+        let mut text = if too_old {
+            format!(
+                "Your mail \"{subject}\" to {to} could not be sent for {} days and was taken out of the outbox. The last attempt failed with: \"{quoted}\"",
+                outbox::GIVE_UP_AFTER_SECS / 86_400
+            )
+        } else {
+            format!(
+                "Your mail \"{subject}\" to {to} could not be sent and was taken out of the outbox. The attempt failed with: \"{quoted}\""
+            )
+        };
+        if !delivered.is_empty() {
+            text.push_str(&format!(
+                "\r\nIt did reach: {}. Do not send it to them again.",
+                delivered.join("; ")
+            ));
+        }
+        self.local
+            .atomically(|l| l.notice(&format!("Not sent: {subject}"), &text).map(|_| ()))?;
+        outbox.remove(queued.id)?;
+        Ok(Sending::Bounced { reason })
     }
 
     /// Whether `address` can receive mail through Pouch: it has a signed

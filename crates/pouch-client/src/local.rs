@@ -420,6 +420,16 @@ impl LocalStore {
                 .and_then(|mut s| s.execute([]))
         };
         if self.batch.get() {
+            if self.conn.is_autocommit() {
+                // SQLite rolled the batch's transaction back on its own (a
+                // full disk, an I/O error): what it held is gone, and a
+                // savepoint now would be a transaction of its own.
+                self.batch.set(false);
+                self.groups.borrow_mut().pending.clear();
+                return Err(ClientError::Local(
+                    "the store rolled back a batch of received mail; it is fetched again".into(),
+                ));
+            }
             // Inside a batch: a savepoint, released into the batch's
             // transaction or rolled back on its own. (Groups kept in the
             // batch are let go on a rollback: simpler than knowing which.)
@@ -463,8 +473,14 @@ impl LocalStore {
                 }
                 Ok(v)
             }
-            // A failed COMMIT is rolled back by SQLite: nothing is kept.
-            Err(e) => Err(e.into()),
+            // A failed COMMIT (busy, full disk) may leave the transaction
+            // open: end it, or every later BEGIN fails. Nothing is kept.
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e.into())
+            }
         }
     }
 

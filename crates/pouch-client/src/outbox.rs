@@ -19,9 +19,14 @@
 //!   refused at `RCPT`.
 //! - **What fails later is said.** A mail the device cannot send for good
 //!   (a recipient's account key changed, a member refused) is taken out and
-//!   a notice in the INBOX says which mail, to whom, and why. One that
-//!   cannot be sent *now* (the server unreachable or busy) waits and is
-//!   tried again, backing off to once every 15 minutes.
+//!   a notice in the INBOX says which mail, to whom, and why (the server's
+//!   words quoted, never as Pouch's own). One that cannot be sent *now* (the
+//!   server unreachable or busy) waits and is tried again, backing off to
+//!   once every 15 minutes, for up to five days.
+//! - **Never twice to the same people.** A mail is sent as one conversation
+//!   for To and Cc and one per blind copy; once any of them went, a failure
+//!   of the rest is not retried (that would resend to those who have it):
+//!   the notice says who got it and who did not.
 //! - **In order.** The oldest mail goes first, and nothing overtakes a mail
 //!   that waits to be retried.
 //!
@@ -42,10 +47,13 @@ use std::sync::Mutex;
 pub const OUTBOX_FILE: &str = "outbox.db";
 /// The longest wait between two attempts at a mail that could not go.
 const MAX_BACKOFF_SECS: i64 = 15 * 60;
+/// A mail that could not go for this long comes back (Postfix: 5 days).
+pub const GIVE_UP_AFTER_SECS: i64 = 5 * 86_400;
 
 /// A mail waiting to be sent.
 pub struct Queued {
     pub id: i64,
+    pub queued_at: i64,
     pub raw: Vec<u8>,
     pub envelope: Vec<Address>,
     pub attempts: u32,
@@ -119,7 +127,7 @@ impl Outbox {
         let conn = self.conn();
         let row = conn
             .prepare_cached(
-                "SELECT id, raw, envelope, attempts, next_attempt_at FROM outbox ORDER BY id LIMIT 1",
+                "SELECT id, raw, envelope, attempts, next_attempt_at, queued_at FROM outbox ORDER BY id LIMIT 1",
             )?
             .query_row([], |r| {
                 Ok((
@@ -128,10 +136,11 @@ impl Outbox {
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })
             .optional()?;
-        let Some((id, raw, envelope, attempts, due)) = row else {
+        let Some((id, raw, envelope, attempts, due, queued_at)) = row else {
             return Ok(None);
         };
         if due > now {
@@ -142,6 +151,7 @@ impl Outbox {
         })?;
         Ok(Some(Queued {
             id,
+            queued_at,
             raw,
             envelope,
             attempts: attempts.max(0) as u32,

@@ -136,6 +136,12 @@ impl OpenMlsCrypto for Crypto {
         let signature = <&[u8; 64]>::try_from(signature).map_err(|_| CryptoError::InvalidLength)?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(pk)
             .map_err(|_| CryptoError::InvalidSignature)?;
+        // RFC 8032 §5.1.3 (and libcrux) refuse a key whose encoding is not
+        // canonical (y not reduced, or a sign bit on x = 0); dalek's decoding
+        // accepts them. Members must agree on every signature's validity.
+        if key.to_edwards().compress().as_bytes() != pk {
+            return Err(CryptoError::InvalidSignature);
+        }
         // `verify`, not `verify_strict`: the same acceptance as libcrux (and
         // every other MLS member's library), so that members agree on which
         // signatures are valid.
@@ -301,6 +307,51 @@ mod tests {
             ours.sign(SignatureScheme::ECDSA_SECP256R1_SHA256, b"m", &sk),
             Err(CryptoError::UnsupportedSignatureScheme)
         );
+    }
+
+    /// Keys at the edges of the encoding: the identity point (small order)
+    /// encoded canonically and with its sign bit set, and a y that is not
+    /// reduced. Under the identity key, R = [s]B verifies for any message
+    /// (cofactorless check), so whether the key is accepted at all decides.
+    #[test]
+    fn both_implementations_agree_on_unusual_keys() {
+        let ours = Crypto::new().unwrap();
+        let libcrux = Libcrux::new().unwrap();
+        // The base point B, compressed: R for s = 1.
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(curve25519_base_point().as_slice());
+        signature[32] = 1;
+        let identity = {
+            let mut k = [0u8; 32];
+            k[0] = 1;
+            k
+        };
+        let mut identity_signed = identity;
+        identity_signed[31] |= 0x80;
+        // y = p + 1 (not reduced), which decodes to the identity too.
+        let mut unreduced = [0xffu8; 32];
+        unreduced[0] = 0xee;
+        unreduced[31] = 0x7f;
+        for key in [identity, identity_signed, unreduced] {
+            let a = ours
+                .verify_signature(SignatureScheme::ED25519, b"any message", &key, &signature)
+                .is_ok();
+            let b = libcrux
+                .verify_signature(SignatureScheme::ED25519, b"any message", &key, &signature)
+                .is_ok();
+            assert_eq!(a, b, "the implementations disagree on key {key:02x?}");
+        }
+        assert!(
+            ours.verify_signature(SignatureScheme::ED25519, b"m", &identity_signed, &signature)
+                .is_err()
+        );
+    }
+
+    fn curve25519_base_point() -> [u8; 32] {
+        // RFC 8032: the base point's encoding, y = 4/5.
+        let mut b = [0x66u8; 32];
+        b[0] = 0x58;
+        b
     }
 
     #[test]

@@ -253,7 +253,14 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
             rotation_secs: 24 * 3600,
             link_ttl_secs: 600,
             token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
-            connections: Default::default(),
+            // Every benchmark device connects from 127.0.0.1: a thousand
+            // devices' pooled connections would pass the per-address cap
+            // meant for one client (256), which a real deployment's devices,
+            // each from its own address, never share.
+            connections: pouch_server::conncap::ConnectionLimits {
+                total: 4096,
+                per_source: 4096,
+            },
             limits: Default::default(),
             witnesses: Vec::new(),
             policy: Default::default(),
