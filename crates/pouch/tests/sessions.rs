@@ -50,6 +50,11 @@ fn wait_until_received(who: &Client, subject: &str) {
 
 /// Submits a mail through the bridge's SMTP port.
 fn submit(bridge: &Bridge, to: &str, subject: &str) {
+    submit_with_blind(bridge, to, &[], subject)
+}
+
+/// Submits a mail to `to`, with blind copies to `blind` (envelope only).
+fn submit_with_blind(bridge: &Bridge, to: &str, blind: &[&str], subject: &str) {
     let mut c = Raw::connect(bridge.smtp_port);
     assert!(c.line().starts_with("220"));
     c.send(b"EHLO test\r\n").unwrap();
@@ -60,11 +65,17 @@ fn submit(bridge: &Bridge, to: &str, subject: &str) {
     c.send(format!("AUTH PLAIN {token}\r\n").as_bytes())
         .unwrap();
     assert!(c.line().starts_with("235"));
-    c.send(format!("MAIL FROM:<alice@pouch.local>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes())
+    let rcpts: String = std::iter::once(to)
+        .chain(blind.iter().copied())
+        .map(|r| format!("RCPT TO:<{r}>\r\n"))
+        .collect();
+    c.send(format!("MAIL FROM:<alice@pouch.local>\r\n{rcpts}DATA\r\n").as_bytes())
         .unwrap();
     assert!(c.line().starts_with("250"));
-    let rcpt = c.line();
-    assert!(rcpt.starts_with("250"), "RCPT refused: {rcpt}");
+    for _ in 0..1 + blind.len() {
+        let rcpt = c.line();
+        assert!(rcpt.starts_with("250"), "RCPT refused: {rcpt}");
+    }
     assert!(c.line().starts_with("354"));
     c.send(
         format!(
@@ -147,6 +158,7 @@ fn mail_accepted_while_the_server_is_down_goes_when_it_is_back_even_across_a_cra
     let listen = server.url.trim_start_matches("https://").to_string();
     let alice = user(&dir, &server, "alice");
     let bob = user(&dir, &server, "bob");
+    let carol = user(&dir, &server, "carol");
     let mut bridge = Bridge::start(&alice);
     submit(&bridge, "bob@pouch.local", "Before the outage");
     wait_until_received(&bob, "Before the outage");
@@ -210,6 +222,46 @@ fn mail_accepted_while_the_server_is_down_goes_when_it_is_back_even_across_a_cra
             && (notice.contains("account key of bob@pouch.local has changed")
                 || notice.contains("bob@pouch.local has no enrolled device")),
         "{notice}"
+    );
+    // A mail whose To copy goes but whose blind copy cannot: never sent
+    // again to Carol, who has it; the notice says who got it.
+    submit_with_blind(
+        &bridge,
+        "carol@pouch.local",
+        &["bob@pouch.local"],
+        "Partly sent",
+    );
+    wait_until_received(&carol, "Partly sent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let notice = loop {
+        if let Some(n) = alice
+            .inbox()
+            .iter()
+            .find(|m| m["subject"] == "Not sent: Partly sent")
+        {
+            break String::from_utf8_lossy(&alice.raw(n["id"].as_i64().unwrap())).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notice of the partly sent mail"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        notice.contains("It did reach: carol@pouch.local. Do not send it to them again."),
+        "{notice}"
+    );
+    // Well past the first retry's wait: still one copy at Carol's.
+    std::thread::sleep(Duration::from_secs(3));
+    carol.sync();
+    assert_eq!(
+        carol
+            .inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Partly sent")
+            .count(),
+        1,
+        "a partly sent mail was sent again"
     );
     // (Bob's new device is told about the reset with alerts: a non-zero exit.)
     let _ = bob_new.run(&["sync"]);
