@@ -719,7 +719,10 @@ impl Device {
     /// membership — learns of another's blind copy. Nobody receives the Bcc
     /// field; the sender's own Sent copy keeps the message as submitted.
     pub fn submit_mail(&mut self, raw: Vec<u8>, envelope: &[Address]) -> Result<Sent> {
-        let original = Outgoing::from_bytes(raw)?;
+        self.submit_outgoing(&Outgoing::from_bytes(raw)?, envelope)
+    }
+
+    fn submit_outgoing(&mut self, original: &Outgoing, envelope: &[Address]) -> Result<Sent> {
         let parsed = &original.parsed;
         if let Some(problem) = submission_problem(parsed, &self.address, envelope) {
             return Err(ClientError::Invalid(problem));
@@ -769,7 +772,7 @@ impl Device {
             self.delivered.push(format!("{b} (blind copy)"));
         }
         let (group_id, _) = first.expect("at least one recipient");
-        let body = self.keep_body(&original)?;
+        let body = self.keep_body(original)?;
         let id = self
             .local
             .atomically(|l| store_message(l, &group_id, None, true, &original.parsed, &body))?;
@@ -796,17 +799,13 @@ impl Device {
         let Some(queued) = outbox.next_due(now())? else {
             return Ok(Sending::Idle);
         };
-        let head = queued.raw[..queued.raw.len().min(mail::HEAD_LIMIT)].to_vec();
-        let subject: String = mail::parse(&head)
-            .map(|p| p.subject)
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
-        let to: Vec<&str> = queued.envelope.iter().map(|a| a.as_str()).collect();
-        let to = to.join(", ");
         self.delivered.clear();
-        let (reason, why) = match self.submit_mail(queued.raw, &queued.envelope) {
+        let original = Outgoing::from_bytes(queued.raw);
+        let sent = match &original {
+            Ok(o) => self.submit_outgoing(o, &queued.envelope),
+            Err(e) => Err(ClientError::Invalid(e.to_string())),
+        };
+        let (reason, why) = match sent {
             Ok(sent) => {
                 outbox.remove(queued.id)?;
                 return Ok(Sending::Sent {
@@ -815,6 +814,14 @@ impl Device {
             }
             Err(e) => (e.to_string(), e),
         };
+        let subject: String = original
+            .map(|o| o.parsed.subject)
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        let to: Vec<&str> = queued.envelope.iter().map(|a| a.as_str()).collect();
+        let to = to.join(", ");
         let delivered = std::mem::take(&mut self.delivered);
         let too_old = now() - queued.queued_at > outbox::GIVE_UP_AFTER_SECS;
         // Retried only while nobody has it: a mail that reached some

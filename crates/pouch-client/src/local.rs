@@ -760,6 +760,29 @@ mod tests {
             .unwrap()
     }
 
+    /// Alice's and Bob's device stores in a fresh scratch directory.
+    struct TwoStores {
+        scratch: PathBuf,
+        suite: pouch_mls::Ciphersuite,
+        alice: pouch_proto::Address,
+        bob: pouch_proto::Address,
+        alice_store: LocalStore,
+        bob_store: LocalStore,
+    }
+
+    fn two_stores(tag: &str) -> TwoStores {
+        let scratch = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        TwoStores {
+            suite: pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap(),
+            alice: pouch_proto::Address::parse("alice@mfa.test").unwrap(),
+            bob: pouch_proto::Address::parse("bob@mfa.test").unwrap(),
+            alice_store: LocalStore::create(&scratch.join("alice"), "correct horse").unwrap(),
+            bob_store: LocalStore::create(&scratch.join("bob"), "battery staple").unwrap(),
+            scratch,
+        }
+    }
+
     /// OpenMLS state as the releases before [`StateCodec`] wrote it.
     #[derive(Default)]
     struct EarlierJson;
@@ -815,16 +838,14 @@ mod tests {
     /// device's signature key — and nothing is left in JSON.
     #[test]
     fn group_state_written_as_json_by_an_earlier_release_still_opens() {
-        let scratch =
-            std::env::temp_dir().join(format!("pouch-state-codec-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let suite = pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
-        let (alice, bob) = (
-            pouch_proto::Address::parse("alice@mfa.test").unwrap(),
-            pouch_proto::Address::parse("bob@mfa.test").unwrap(),
-        );
-        let alice_store = LocalStore::create(&scratch.join("alice"), "correct horse").unwrap();
-        let bob_store = LocalStore::create(&scratch.join("bob"), "battery staple").unwrap();
+        let TwoStores {
+            scratch,
+            suite,
+            alice,
+            bob,
+            alice_store,
+            bob_store,
+        } = two_stores("pouch-state-codec");
         let earlier = CodecProvider::<EarlierJson>::over(bob_store.conn.clone()).unwrap();
         let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
         let validated = |package: &[u8], key: &[u8]| {
@@ -974,16 +995,14 @@ mod tests {
 
     #[test]
     fn a_group_is_held_in_memory_only_as_the_store_holds_it() {
-        let scratch =
-            std::env::temp_dir().join(format!("pouch-group-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let suite = pouch_mls::ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
-        let (alice, bob) = (
-            pouch_proto::Address::parse("alice@mfa.test").unwrap(),
-            pouch_proto::Address::parse("bob@mfa.test").unwrap(),
-        );
-        let alice_store = LocalStore::create(&scratch.join("alice"), "correct horse").unwrap();
-        let bob_store = LocalStore::create(&scratch.join("bob"), "battery staple").unwrap();
+        let TwoStores {
+            scratch,
+            suite,
+            alice,
+            bob,
+            alice_store,
+            bob_store,
+        } = two_stores("pouch-group-cache");
         let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
         let bob_signer = pouch_mls::new_device_signer(&bob_store.provider).unwrap();
         let package =

@@ -175,18 +175,4 @@ impl Outbox {
         )?;
         Ok(())
     }
-
-    /// Mails waiting, and whether the oldest is due now.
-    pub fn waiting(&self) -> Result<(u64, bool)> {
-        let conn = self.conn();
-        let (count, oldest_due): (i64, Option<i64>) = conn.query_row(
-            "SELECT count(*), (SELECT next_attempt_at FROM outbox ORDER BY id LIMIT 1) FROM outbox",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok((
-            count.max(0) as u64,
-            oldest_due.is_some_and(|at| at <= crate::now()),
-        ))
-    }
 }

@@ -140,14 +140,21 @@ pub async fn history(
             format!("{address} is not a Pouch user on this server; check the address"),
         ));
     }
-    let lists = s
-        .store
-        .device_list_history(&address)
+    let lists = signed_lists(s, &address).await?;
+    Ok(DeviceListHistory { address, lists })
+}
+
+/// Every version of `address`'s signed device list, oldest first.
+async fn signed_lists(
+    s: &AppState,
+    address: &Address,
+) -> Result<Vec<SignedDeviceList>, ServiceError> {
+    Ok(s.store
+        .device_list_history(address)
         .await?
         .into_iter()
         .map(SignedDeviceList::from)
-        .collect();
-    Ok(DeviceListHistory { address, lists })
+        .collect())
 }
 
 /// Many accounts' device lists at once, each with the inclusion proof of its
@@ -178,13 +185,7 @@ pub async fn lookup(
             unknown.push(address);
             continue;
         }
-        let lists: Vec<SignedDeviceList> = s
-            .store
-            .device_list_history(&address)
-            .await?
-            .into_iter()
-            .map(SignedDeviceList::from)
-            .collect();
+        let lists = signed_lists(s, &address).await?;
         let newest = match lists.last().and_then(|l| l.body_unverified().ok()) {
             Some(body) => super::log::list_inclusion(s, size, &note, &address, body.version)
                 .await?
