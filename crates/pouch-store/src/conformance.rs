@@ -3,6 +3,11 @@
 //! promises the server relies on: single-use invites, single-use key
 //! packages with a last-resort fallback, one commit per epoch, gap-free
 //! per-device queues, and blobs readable only once finished.
+//!
+//! The story is told area by area, as the [`Store`] is split: each area is
+//! its own function, which a backend's tests can run alone on an empty store.
+//! [`run`] tells them all in turn on one store, so every area makes its own
+//! accounts and devices under its own addresses and ids.
 
 use crate::*;
 use pouch_proto::api::QueueKind;
@@ -40,6 +45,23 @@ fn new_device(id: &str, address: &Address, kps: usize) -> NewDevice {
     }
 }
 
+/// A user with one device enrolled by invite (`new_device`: one key package
+/// and a first device list, so one log entry): where the areas that need
+/// accounts start, without leaning on the directory area's.
+async fn enrolled(store: &dyn Store, now: UnixTime, address: &Address, device: &str) -> DeviceId {
+    store.create_user(address, None, now).await.unwrap();
+    let invite = format!("{device}-invite");
+    store
+        .create_invite(address, invite.as_bytes(), now + 60)
+        .await
+        .unwrap();
+    store
+        .enroll(invite.as_bytes(), new_device(device, address, 1), now)
+        .await
+        .unwrap()
+        .device_id
+}
+
 /// Runs the whole story against an empty store, area by area (as the
 /// [`Store`] is split). Panics on the first broken promise.
 pub async fn run(store: &dyn Store) {
@@ -47,11 +69,13 @@ pub async fn run(store: &dyn Store) {
     settings(store).await;
     audit(store, now).await;
     detection_counts(store, now).await;
-    directory_mail_and_log(store, now).await;
+    directory(store, now).await;
+    mail(store, now).await;
+    log(store, now).await;
 }
 
 /// [`crate::SettingsStore`]: first writer wins.
-async fn settings(store: &dyn Store) {
+pub async fn settings(store: &dyn Store) {
     assert_eq!(store.init_setting("suite", "77").await.unwrap(), "77");
     assert_eq!(store.init_setting("suite", "1").await.unwrap(), "77");
     assert_eq!(
@@ -67,7 +91,7 @@ async fn settings(store: &dyn Store) {
 /// [`crate::AuditStore`]: the hash-chained events (single appends and the
 /// recorder's batches, time windows, retention) and alerts. Events name
 /// accounts but need none to exist.
-async fn audit(store: &dyn Store, now: UnixTime) {
+pub async fn audit(store: &dyn Store, now: UnixTime) {
     let alice = addr("alice@mfa.example");
     let bob = addr("bob@embassy.example");
     // Access events: numbered, hash-chained, filterable by account.
@@ -211,8 +235,9 @@ async fn audit(store: &dyn Store, now: UnixTime) {
     assert_eq!(alices[0].severity, "critical");
 }
 
-/// The rules' counters: per window, atomic, summed over windows, pruned.
-async fn detection_counts(store: &dyn Store, now: UnixTime) {
+/// [`crate::AuditStore`]'s counters for the detection rules: per window,
+/// atomic, summed over windows, pruned.
+pub async fn detection_counts(store: &dyn Store, now: UnixTime) {
     let w = now - now.rem_euclid(600);
     assert_eq!(store.count("fail sign_in 10.0.0.1", w, 1).await.unwrap(), 1);
     assert_eq!(store.count("fail sign_in 10.0.0.1", w, 1).await.unwrap(), 2);
@@ -271,12 +296,14 @@ async fn detection_counts(store: &dyn Store, now: UnixTime) {
     );
 }
 
-/// [`crate::DirectoryStore`], [`crate::MailStore`] and [`crate::LogStore`]
-/// together: conversations need enrolled devices, and the log records the
-/// directory's lists.
-async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
+/// [`crate::DirectoryStore`]: accounts and invites, enrolment, sign-in
+/// challenges and tokens, key packages and claims, device lists and link
+/// requests, revocation and the administrator reset. It counts the accounts,
+/// so it runs before any other area makes one.
+pub async fn directory(store: &dyn Store, now: UnixTime) {
     let alice = addr("alice@mfa.example");
     let bob = addr("bob@embassy.example");
+    let logged = store.log_size().await.unwrap();
 
     // Users and invites.
     store.create_user(&alice, Some("Alice"), now).await.unwrap();
@@ -454,6 +481,222 @@ async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
         .claimed();
     assert_eq!(both.len(), 1);
     assert_eq!(both[0].key_package, b"b1-kp-multi");
+
+    // Device lists: versions are taken once; publishing approves and revokes.
+    let first_list = store.latest_device_list(&alice).await.unwrap().unwrap();
+    assert_eq!(first_list.version, 1);
+    assert_eq!(first_list.body, b"a1-list-1");
+    let mut pending = new_device("a2", &alice, 3);
+    pending.device_list = None;
+    store
+        .create_link_request(
+            NewLinkRequest {
+                code: "CODE-1".into(),
+                poll_hash: b"poll-1".to_vec(),
+                nonce: b"n".to_vec(),
+                source: "127.0.0.1".into(),
+                expires_at: now + 600,
+                device: pending,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let a2_id = DeviceId("a2".into());
+    let req = store.link_request("CODE-1").await.unwrap().unwrap();
+    assert_eq!(req.status, "pending");
+    assert!(
+        !req.device.is_active(),
+        "a device waiting for approval is not active"
+    );
+    assert_eq!(
+        store
+            .link_request_by_poll(b"poll-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .code,
+        "CODE-1"
+    );
+    assert_eq!(
+        store
+            .link_request_for_device(&DeviceId("a2".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .code,
+        "CODE-1"
+    );
+    assert_eq!(store.count_key_packages(&a2_id).await.unwrap(), 3);
+    // A pending device gets no mail: it is never handed out.
+    assert!(
+        store
+            .claim_key_packages(std::slice::from_ref(&alice), &b1_id, &[])
+            .await
+            .unwrap()
+            .claimed()
+            .iter()
+            .all(|c| c.device.device_id != a2_id)
+    );
+    let v2 = StoredList {
+        version: 2,
+        body: b"list-2".to_vec(),
+        signature: b"sig".to_vec(),
+    };
+    store
+        .publish_device_list(
+            &alice,
+            &v2,
+            &record("entry-v2"),
+            std::slice::from_ref(&a2_id),
+            &[],
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .finish_link_request("CODE-1", "approved", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_link_request("CODE-1", "denied", now)
+            .await
+            .unwrap(),
+        "a finished request changed"
+    );
+    assert!(store.device(&a2_id).await.unwrap().unwrap().is_active());
+    let again = store
+        .publish_device_list(
+            &alice,
+            &StoredList {
+                version: 2,
+                ..v2.clone()
+            },
+            &record("entry-v2-again"),
+            &[],
+            &[],
+            now,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "a list version was taken twice"
+    );
+    // Claims can be restricted to named devices.
+    let only = store
+        .claim_key_packages(
+            std::slice::from_ref(&alice),
+            &b1_id,
+            std::slice::from_ref(&a2_id),
+        )
+        .await
+        .unwrap()
+        .claimed();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].device.device_id, a2_id);
+    // Revocation by a new list: the device is out and its tokens are dead.
+    store.put_token(b"t-a2", &a2_id, now + 100).await.unwrap();
+    assert!(store.token_device(b"t-a2", now).await.unwrap().is_some());
+    let v3 = StoredList {
+        version: 3,
+        body: b"list-3".to_vec(),
+        signature: b"sig".to_vec(),
+    };
+    store
+        .publish_device_list(
+            &alice,
+            &v3,
+            &record("entry-v3"),
+            &[],
+            std::slice::from_ref(&a2_id),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.token_device(b"t-a2", now).await.unwrap(), None);
+    let revoked = store.device(&a2_id).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_by.as_deref(), Some("account"));
+    assert_eq!(store.device_list_history(&alice).await.unwrap().len(), 3);
+    // A denied link revokes its device.
+    let mut denied = new_device("a3", &alice, 1);
+    denied.device_list = None;
+    store
+        .create_link_request(
+            NewLinkRequest {
+                code: "CODE-2".into(),
+                poll_hash: b"poll-2".to_vec(),
+                nonce: vec![],
+                source: "x".into(),
+                expires_at: now + 600,
+                device: denied,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .finish_link_request("CODE-2", "denied", now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .device(&DeviceId("a3".into()))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_by
+            .as_deref(),
+        Some("denied")
+    );
+    // Administrator reset: every device out, the reset time recorded.
+    assert_eq!(store.reset_at(&bob).await.unwrap(), None);
+    store.reset_user(&bob, now + 5).await.unwrap();
+    assert_eq!(store.reset_at(&bob).await.unwrap(), Some(now + 5));
+    assert!(
+        store
+            .devices_of(&bob)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| !d.is_active())
+    );
+    assert!(
+        store
+            .revoke_device(&a1_id, "admin", None, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_device(&a1_id, "admin", None, now)
+            .await
+            .unwrap(),
+        "revoked twice"
+    );
+
+    // One log entry per stored list, none for a refused one nor for a link,
+    // a revocation or a reset without one (the log itself is `log`'s).
+    assert_eq!(
+        store.log_size().await.unwrap(),
+        logged + 4,
+        "a1, b1, alice v2, alice v3"
+    );
+}
+
+/// [`crate::MailStore`]: groups (one commit per epoch, fan-out, membership),
+/// per-device queues (paging, acknowledgement, member removal), bounded
+/// storage and blobs; with them the delivery bookkeeping other traits keep
+/// (stale members for rotation, fetch windows and sources). Conversations
+/// need enrolled devices, so it enrols its own. It counts groups, blobs and
+/// fetch windows store-wide, so it runs before any other area makes one.
+pub async fn mail(store: &dyn Store, now: UnixTime) {
+    let a1_id = enrolled(store, now, &addr("mail-alice@mfa.example"), "mail-a1").await;
+    let b1_id = enrolled(store, now, &addr("mail-bob@embassy.example"), "mail-b1").await;
 
     // Groups: creation, one commit per epoch, fan-out, membership.
     let g = GroupId("ab".repeat(16));
@@ -826,274 +1069,6 @@ async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
         .await
         .unwrap();
 
-    // Device lists: versions are taken once; publishing approves and revokes.
-    let first_list = store.latest_device_list(&alice).await.unwrap().unwrap();
-    assert_eq!(first_list.version, 1);
-    assert_eq!(first_list.body, b"a1-list-1");
-    let mut pending = new_device("a2", &alice, 3);
-    pending.device_list = None;
-    store
-        .create_link_request(
-            NewLinkRequest {
-                code: "CODE-1".into(),
-                poll_hash: b"poll-1".to_vec(),
-                nonce: b"n".to_vec(),
-                source: "127.0.0.1".into(),
-                expires_at: now + 600,
-                device: pending,
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    let a2_id = DeviceId("a2".into());
-    let req = store.link_request("CODE-1").await.unwrap().unwrap();
-    assert_eq!(req.status, "pending");
-    assert!(
-        !req.device.is_active(),
-        "a device waiting for approval is not active"
-    );
-    assert_eq!(
-        store
-            .link_request_by_poll(b"poll-1")
-            .await
-            .unwrap()
-            .unwrap()
-            .code,
-        "CODE-1"
-    );
-    assert_eq!(
-        store
-            .link_request_for_device(&DeviceId("a2".into()))
-            .await
-            .unwrap()
-            .unwrap()
-            .code,
-        "CODE-1"
-    );
-    assert_eq!(store.count_key_packages(&a2_id).await.unwrap(), 3);
-    // A pending device gets no mail: it is never handed out.
-    assert!(
-        store
-            .claim_key_packages(std::slice::from_ref(&alice), &b1_id, &[])
-            .await
-            .unwrap()
-            .claimed()
-            .iter()
-            .all(|c| c.device.device_id != a2_id)
-    );
-    let v2 = StoredList {
-        version: 2,
-        body: b"list-2".to_vec(),
-        signature: b"sig".to_vec(),
-    };
-    store
-        .publish_device_list(
-            &alice,
-            &v2,
-            &record("entry-v2"),
-            std::slice::from_ref(&a2_id),
-            &[],
-            now,
-        )
-        .await
-        .unwrap();
-    assert!(
-        store
-            .finish_link_request("CODE-1", "approved", now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .finish_link_request("CODE-1", "denied", now)
-            .await
-            .unwrap(),
-        "a finished request changed"
-    );
-    assert!(store.device(&a2_id).await.unwrap().unwrap().is_active());
-    let again = store
-        .publish_device_list(
-            &alice,
-            &StoredList {
-                version: 2,
-                ..v2.clone()
-            },
-            &record("entry-v2-again"),
-            &[],
-            &[],
-            now,
-        )
-        .await;
-    assert!(
-        matches!(again, Err(StoreError::Conflict)),
-        "a list version was taken twice"
-    );
-    // Claims can be restricted to named devices.
-    let only = store
-        .claim_key_packages(
-            std::slice::from_ref(&alice),
-            &b1_id,
-            std::slice::from_ref(&a2_id),
-        )
-        .await
-        .unwrap()
-        .claimed();
-    assert_eq!(only.len(), 1);
-    assert_eq!(only[0].device.device_id, a2_id);
-    // Revocation by a new list: the device is out and its tokens are dead.
-    store.put_token(b"t-a2", &a2_id, now + 100).await.unwrap();
-    assert!(store.token_device(b"t-a2", now).await.unwrap().is_some());
-    let v3 = StoredList {
-        version: 3,
-        body: b"list-3".to_vec(),
-        signature: b"sig".to_vec(),
-    };
-    store
-        .publish_device_list(
-            &alice,
-            &v3,
-            &record("entry-v3"),
-            &[],
-            std::slice::from_ref(&a2_id),
-            now,
-        )
-        .await
-        .unwrap();
-    assert_eq!(store.token_device(b"t-a2", now).await.unwrap(), None);
-    let revoked = store.device(&a2_id).await.unwrap().unwrap();
-    assert_eq!(revoked.revoked_by.as_deref(), Some("account"));
-    assert_eq!(store.device_list_history(&alice).await.unwrap().len(), 3);
-    // A denied link revokes its device.
-    let mut denied = new_device("a3", &alice, 1);
-    denied.device_list = None;
-    store
-        .create_link_request(
-            NewLinkRequest {
-                code: "CODE-2".into(),
-                poll_hash: b"poll-2".to_vec(),
-                nonce: vec![],
-                source: "x".into(),
-                expires_at: now + 600,
-                device: denied,
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    assert!(
-        store
-            .finish_link_request("CODE-2", "denied", now)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        store
-            .device(&DeviceId("a3".into()))
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked_by
-            .as_deref(),
-        Some("denied")
-    );
-    // Administrator reset: every device out, the reset time recorded.
-    assert_eq!(store.reset_at(&bob).await.unwrap(), None);
-    store.reset_user(&bob, now + 5).await.unwrap();
-    assert_eq!(store.reset_at(&bob).await.unwrap(), Some(now + 5));
-    assert!(
-        store
-            .devices_of(&bob)
-            .await
-            .unwrap()
-            .iter()
-            .all(|d| !d.is_active())
-    );
-    assert!(
-        store
-            .revoke_device(&a1_id, "admin", None, now)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .revoke_device(&a1_id, "admin", None, now)
-            .await
-            .unwrap(),
-        "revoked twice"
-    );
-
-    // The transparency log: one entry per stored list, none for a refused one,
-    // and the Merkle hashes to match.
-    assert_eq!(
-        store.log_size().await.unwrap(),
-        4,
-        "a1, b1, alice v2, alice v3"
-    );
-    let entries = store.log_entries(0, 10).await.unwrap();
-    assert_eq!(entries[2], b"entry-v2");
-    assert_eq!(entries[3], b"entry-v3");
-    let alice_entries = store.log_entries_of(&alice).await.unwrap();
-    assert_eq!(
-        alice_entries.iter().map(|e| e.index).collect::<Vec<_>>(),
-        vec![0, 2, 3]
-    );
-    assert_eq!(alice_entries[2].leaf, b"entry-v3");
-    assert_eq!(
-        alice_entries[2].entry.as_deref(),
-        Some(&b"entry-v3-full"[..]),
-        "the full entry is kept beside its leaf"
-    );
-    let needed = pouch_log::hashes_needed_for_root(4);
-    let fetched = store.log_hashes(&needed).await.unwrap();
-    let reader = pouch_log::FetchedHashes(
-        needed
-            .iter()
-            .copied()
-            .zip(fetched.into_iter().map(pouch_log::Hash))
-            .collect(),
-    );
-    let root = pouch_log::tree_hash(4, &reader).unwrap();
-    let mut expected = pouch_log::FetchedHashes(Default::default());
-    for (i, e) in entries.iter().enumerate() {
-        let new = pouch_log::stored_hashes(i as u64, e, &expected).unwrap();
-        let base = pouch_log::stored_hash_index(0, i as u64);
-        for (k, h) in new.into_iter().enumerate() {
-            expected.0.insert(base + k as u64, h);
-        }
-    }
-    assert_eq!(root, pouch_log::tree_hash(4, &expected).unwrap());
-    assert_eq!(store.checkpoint().await.unwrap(), None);
-    assert!(store.save_checkpoint(4, b"cp4").await.unwrap());
-    assert!(
-        !store.save_checkpoint(3, b"cp3").await.unwrap(),
-        "a checkpoint went backwards"
-    );
-    assert!(
-        !store.save_checkpoint(9, b"cp9").await.unwrap(),
-        "a checkpoint over entries not stored"
-    );
-    assert_eq!(
-        store.checkpoint().await.unwrap(),
-        Some((4, b"cp4".to_vec()))
-    );
-    // The commitment-key leaf: appended once, never replaced by another.
-    assert_eq!(store.log_commitment_key(b"key-leaf").await.unwrap(), 4);
-    assert_eq!(
-        store.log_commitment_key(b"key-leaf").await.unwrap(),
-        4,
-        "one commitment key per log"
-    );
-    assert!(matches!(
-        store.log_commitment_key(b"another-key").await,
-        Err(StoreError::Conflict)
-    ));
-    assert_eq!(store.log_size().await.unwrap(), 5);
-    assert_eq!(
-        store.log_entries(4, 5).await.unwrap(),
-        vec![b"key-leaf".to_vec()]
-    );
-
     // Blobs: invisible until finished, owner-only writes.
     store.create_blob("blob1", &a1_id, now).await.unwrap();
     store
@@ -1130,39 +1105,124 @@ async fn directory_mail_and_log(store: &dyn Store, now: UnixTime) {
     wide_fan_out(store, now).await;
 }
 
+/// [`crate::LogStore`]: the transparency log's entries and Merkle hashes,
+/// the checkpoint, and the commitment-key leaf. Entries come from the
+/// directory (a first list at enrolment, then each published one), so it
+/// enrols and publishes its own; other areas log too, so positions count
+/// from the size the log had when it began.
+pub async fn log(store: &dyn Store, now: UnixTime) {
+    let alice = addr("log-alice@mfa.example");
+    let bob = addr("log-bob@embassy.example");
+    let start = store.log_size().await.unwrap();
+    let at = |offset: u64| (start + offset) as usize;
+    // Two accounts with a first list each, then two more lists for Alice
+    // and one refused.
+    enrolled(store, now, &alice, "log-a1").await;
+    enrolled(store, now, &bob, "log-b1").await;
+    let list = |version: u64| StoredList {
+        version,
+        body: format!("list-{version}").into_bytes(),
+        signature: b"sig".to_vec(),
+    };
+    store
+        .publish_device_list(&alice, &list(2), &record("entry-v2"), &[], &[], now)
+        .await
+        .unwrap();
+    let again = store
+        .publish_device_list(&alice, &list(2), &record("entry-v2-again"), &[], &[], now)
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "a list version was taken twice"
+    );
+    store
+        .publish_device_list(&alice, &list(3), &record("entry-v3"), &[], &[], now)
+        .await
+        .unwrap();
+
+    // The transparency log: one entry per stored list, none for a refused one,
+    // and the Merkle hashes to match.
+    assert_eq!(
+        store.log_size().await.unwrap(),
+        start + 4,
+        "a1, b1, alice v2, alice v3"
+    );
+    let entries = store.log_entries(0, start + 10).await.unwrap();
+    assert_eq!(entries[at(2)], b"entry-v2");
+    assert_eq!(entries[at(3)], b"entry-v3");
+    let alice_entries = store.log_entries_of(&alice).await.unwrap();
+    assert_eq!(
+        alice_entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![start, start + 2, start + 3]
+    );
+    assert_eq!(alice_entries[2].leaf, b"entry-v3");
+    assert_eq!(
+        alice_entries[2].entry.as_deref(),
+        Some(&b"entry-v3-full"[..]),
+        "the full entry is kept beside its leaf"
+    );
+    let needed = pouch_log::hashes_needed_for_root(start + 4);
+    let fetched = store.log_hashes(&needed).await.unwrap();
+    let reader = pouch_log::FetchedHashes(
+        needed
+            .iter()
+            .copied()
+            .zip(fetched.into_iter().map(pouch_log::Hash))
+            .collect(),
+    );
+    let root = pouch_log::tree_hash(start + 4, &reader).unwrap();
+    let mut expected = pouch_log::FetchedHashes(Default::default());
+    for (i, e) in entries.iter().enumerate() {
+        let new = pouch_log::stored_hashes(i as u64, e, &expected).unwrap();
+        let base = pouch_log::stored_hash_index(0, i as u64);
+        for (k, h) in new.into_iter().enumerate() {
+            expected.0.insert(base + k as u64, h);
+        }
+    }
+    assert_eq!(root, pouch_log::tree_hash(start + 4, &expected).unwrap());
+    assert_eq!(store.checkpoint().await.unwrap(), None);
+    assert!(store.save_checkpoint(start + 4, b"cp4").await.unwrap());
+    assert!(
+        !store.save_checkpoint(start + 3, b"cp3").await.unwrap(),
+        "a checkpoint went backwards"
+    );
+    assert!(
+        !store.save_checkpoint(start + 9, b"cp9").await.unwrap(),
+        "a checkpoint over entries not stored"
+    );
+    assert_eq!(
+        store.checkpoint().await.unwrap(),
+        Some((start + 4, b"cp4".to_vec()))
+    );
+    // The commitment-key leaf: appended once, never replaced by another.
+    assert_eq!(
+        store.log_commitment_key(b"key-leaf").await.unwrap(),
+        start + 4
+    );
+    assert_eq!(
+        store.log_commitment_key(b"key-leaf").await.unwrap(),
+        start + 4,
+        "one commitment key per log"
+    );
+    assert!(matches!(
+        store.log_commitment_key(b"another-key").await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.log_size().await.unwrap(), start + 5);
+    assert_eq!(
+        store.log_entries(start + 4, start + 5).await.unwrap(),
+        vec![b"key-leaf".to_vec()]
+    );
+}
+
 /// A fan-out wider than one multi-row insert (200 rows): every device gets
 /// the Welcome and the message, numbered in its own queue, none twice.
 async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
-    let creator = addr("circular@mfa.example");
-    store.create_user(&creator, None, now).await.unwrap();
-    store
-        .create_invite(&creator, b"circular-invite", now + 60)
-        .await
-        .unwrap();
-    let creator_id = DeviceId("circular-0".into());
-    store
-        .enroll(
-            b"circular-invite",
-            new_device("circular-0", &creator, 1),
-            now,
-        )
-        .await
-        .unwrap();
+    let creator_id = enrolled(store, now, &addr("circular@mfa.example"), "circular-0").await;
     let mut posts = Vec::new();
     for i in 0..250 {
         let post = addr(&format!("post{i}@embassy.example"));
-        let id = format!("post-{i:03}");
-        let invite = format!("post-invite-{i}");
-        store.create_user(&post, None, now).await.unwrap();
-        store
-            .create_invite(&post, invite.as_bytes(), now + 60)
-            .await
-            .unwrap();
-        store
-            .enroll(invite.as_bytes(), new_device(&id, &post, 1), now)
-            .await
-            .unwrap();
-        posts.push(DeviceId(id));
+        posts.push(enrolled(store, now, &post, &format!("post-{i:03}")).await);
     }
     let group = GroupId("c1c1".repeat(8));
     store
