@@ -228,8 +228,21 @@ pub fn create_conversation<P: OpenMlsProvider>(
         .map_err(op)?
         .to_bytes()
         .map_err(op)?;
-    let mut out = add_members(provider, signer, &mut group, members)?;
-    out.group_info = Some(group_info);
+    // The first commit adds everyone without an update path. The epoch it
+    // opens is keyed from the creator's fresh random init secret, which the
+    // Welcome carries to each member, so a path would add no secrecy here —
+    // only a key pair per tree level for the creator to derive and every
+    // joiner to derive again and check, and one encryption per member. The
+    // parent nodes stay blank until a member's first commit with a path
+    // (removals and key renewals always carry one) fills them.
+    let (commit, welcome, _group_info) = group
+        .add_members_without_update(provider, signer, members)
+        .map_err(op)?;
+    let out = CommitOut {
+        commit: commit.to_bytes().map_err(op)?,
+        welcome: Some(welcome.to_bytes().map_err(op)?),
+        group_info: Some(group_info),
+    };
     Ok((group, out))
 }
 
@@ -585,6 +598,70 @@ mod tests {
         ));
         assert_eq!(epoch(&group), 2);
         assert_eq!(epoch(&bob_group), 2);
+    }
+
+    /// The creating commit has no update path (the parent nodes start
+    /// blank): the first commit that needs one — a removal — still reaches
+    /// every remaining member and shuts the removed one out.
+    #[test]
+    fn a_conversation_created_without_a_path_keeps_a_removed_member_out() {
+        let suite = ciphersuite(pouch_proto::DEFAULT_CIPHERSUITE).unwrap();
+        let names = ["alice", "bob", "carol", "dave"];
+        let providers: Vec<Provider> = names.iter().map(|_| Provider::default()).collect();
+        let signers: Vec<_> = providers
+            .iter()
+            .map(|p| new_device_signer(p).unwrap())
+            .collect();
+        let addrs: Vec<Address> = names
+            .iter()
+            .map(|n| addr(&format!("{n}@pouch.local")))
+            .collect();
+        let packages: Vec<KeyPackage> = (1..4)
+            .map(|i| {
+                let kp = key_packages(&providers[i], suite, &signers[i], &addrs[i], 1, false)
+                    .unwrap()
+                    .remove(0);
+                let claimed = ClaimedPackage {
+                    bytes: &kp,
+                    address: &addrs[i],
+                    signature_key: signers[i].public(),
+                };
+                validate_key_package(&providers[0], suite, &claimed).unwrap()
+            })
+            .collect();
+        let (mut alice, out) =
+            create_conversation(&providers[0], suite, &signers[0], &addrs[0], &packages).unwrap();
+        merge_pending(&providers[0], &mut alice).unwrap();
+        let mut joined: Vec<MlsGroup> = (1..4)
+            .map(|i| {
+                join(&providers[i], out.welcome.as_ref().unwrap())
+                    .unwrap()
+                    .0
+            })
+            .collect();
+
+        // Carol removes Dave: her commit's path secrets go to the blank
+        // parents' members one by one.
+        let dave_key = signers[3].public().to_vec();
+        let removal =
+            remove_members(&providers[2], &signers[2], &mut joined[1], &[dave_key]).unwrap();
+        merge_pending(&providers[2], &mut joined[1]).unwrap();
+        open(&providers[0], &mut alice, &removal.commit).unwrap();
+        open(&providers[1], &mut joined[0], &removal.commit).unwrap();
+        open(&providers[3], &mut joined[2], &removal.commit).unwrap();
+        assert_eq!(epoch(&alice), 2);
+
+        let sealed = seal(&providers[0], &signers[0], &mut alice, b"after dave").unwrap();
+        for i in 1..3 {
+            match open(&providers[i], &mut joined[i - 1], &sealed).unwrap() {
+                Opened::Application { payload, .. } => assert_eq!(payload, b"after dave"),
+                _ => panic!("expected an application message"),
+            }
+        }
+        assert!(
+            open(&providers[3], &mut joined[2], &sealed).is_err(),
+            "a removed member reads nothing sent afterwards"
+        );
     }
 
     #[test]
