@@ -8,6 +8,19 @@
 //! Sessions learn of each other's changes (and of new mail found by the
 //! sync loop) through a broadcast, and tell their client on NOOP, CHECK and
 //! during IDLE — never in the middle of a FETCH, STORE or SEARCH.
+//!
+//! The protocol is a core without a socket, as rustls is: [`ImapSession`]
+//! is fed the bytes a client sent and gives back the bytes to send, saying
+//! what it wants next ([`Wanted`]: more input, a TLS handshake, IDLE,
+//! closing). Where the session stands is one [`State`] (RFC 3501 §3), so
+//! a command is answered by what the state allows, not by a set of flags.
+//! [`session`] is the thin loop that connects the core to a connection;
+//! tests drive the core directly.
+//!
+//! FETCH commands a client sends back to back (pipelined) are answered
+//! together, in one turn of the device's thread, and a FETCH of many
+//! bodies goes out in parts of at most [`FETCH_TURN_BYTES`] of messages, so
+//! that the bridge never holds a whole folder in memory.
 
 use crate::Shared;
 use crate::tls::Conn;
@@ -27,6 +40,7 @@ use pouch_mail_proto::imap::render::{
 };
 use pouch_mail_proto::imap::sequence::{in_ranges, set_ranges};
 use pouch_mail_proto::imap::{CommandReceiver, MAX_LINE, PRE_LOGIN_MAX, Received};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,16 +70,106 @@ impl Selected {
     }
 }
 
-struct Session {
+/// Where a session stands (RFC 3501 §3).
+enum State {
+    /// Before login. The phase has one deadline ([`ImapSession`]'s
+    /// `login_deadline`), and failed logins are counted: three end it.
+    NotAuthenticated {
+        failures: u32,
+    },
+    Authenticated,
+    Selected(Selected),
+    /// BYE was said: the connection closes once the output is written.
+    Logout,
+}
+
+impl State {
+    fn authenticated(&self) -> bool {
+        matches!(self, State::Authenticated | State::Selected(_))
+    }
+
+    fn selected(&self) -> Option<&Selected> {
+        match self {
+            State::Selected(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn selected_mut(&mut self) -> Option<&mut Selected> {
+        match self {
+            State::Selected(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Leaves the selected folder (after CLOSE, UNSELECT, a failed SELECT).
+    fn deselect(&mut self) {
+        if let State::Selected(_) = self {
+            *self = State::Authenticated;
+        }
+    }
+}
+
+/// A command that cannot finish before the client sends more.
+enum Waiting {
+    /// AUTHENTICATE PLAIN without an initial response: `+` was sent.
+    AuthResponse { tag: String },
+    /// IDLE, until the client's DONE.
+    Idle { tag: String },
+}
+
+/// What the session wants from its connection after [`ImapSession::advance`].
+/// In every case, first write [`ImapSession::take_output`].
+pub enum Wanted {
+    /// Read from the client and [`ImapSession::feed`] what arrives, waiting
+    /// at most this long; if nothing arrives, call [`ImapSession::timed_out`]
+    /// and close.
+    Input(std::time::Duration),
+    /// Call `advance` again at once (a long FETCH goes out in parts).
+    Write,
+    /// Run the TLS handshake with this configuration, then call
+    /// [`ImapSession::tls_started`]; close if it fails.
+    StartTls(Arc<rustls::ServerConfig>),
+    /// IDLE: feed what the client sends (then `advance`), and call
+    /// [`ImapSession::changed`] when a folder changes; call `timed_out`
+    /// after [`idle_limit`] of silence.
+    Idle,
+    /// Close the connection.
+    Close,
+}
+
+/// Message bytes one turn of the device's thread loads for FETCH (beyond
+/// the first message, which is always sent whole).
+pub const FETCH_TURN_BYTES: u64 = 8 * 1024 * 1024;
+/// Pipelined FETCH commands answered in one turn at most.
+const FETCH_BATCH: usize = 32;
+
+/// A FETCH being answered: the items asked for and the messages still to send.
+struct FetchJob {
+    tag: String,
+    names: Vec<MessageDataItemName<'static>>,
+    /// (sequence number, UID) of each message not yet sent, in order.
+    left: VecDeque<(u32, u32)>,
+    marks_seen: bool,
+    needs_bytes: bool,
+}
+
+/// One IMAP connection's protocol, without the connection: bytes in
+/// ([`Self::feed`]), bytes out ([`Self::take_output`]).
+pub struct ImapSession {
     shared: Shared,
     /// Offered until the connection is encrypted (STARTTLS mode).
     starttls: Option<Arc<rustls::ServerConfig>>,
     tls_on: bool,
+    input: CommandReceiver,
     out: Vec<u8>,
-    authenticated: bool,
-    auth_failures: u32,
-    selected: Option<Selected>,
-    logout: bool,
+    state: State,
+    waiting: Option<Waiting>,
+    /// FETCH commands being answered, oldest first.
+    fetches: VecDeque<FetchJob>,
+    /// What the receiver gave after a run of pipelined FETCH commands:
+    /// handled once they are answered.
+    held: Option<Received>,
     /// Before login the whole session has one deadline (not one per read):
     /// a stranger cannot hold a slot by sending a NOOP now and then.
     login_deadline: std::time::Instant,
@@ -200,7 +304,7 @@ fn matches_key(c: &Candidate<'_>, key: &SearchKey<'_>) -> bool {
 
 // ---------- the session ----------
 
-impl Session {
+impl ImapSession {
     /// In STARTTLS mode nothing secret is accepted before TLS (RFC 3501 §6.2).
     fn login_disabled(&self) -> bool {
         self.starttls.is_some() && !self.tls_on
@@ -228,20 +332,22 @@ impl Session {
 
     async fn login(&mut self, tag: &str, user: &[u8], password: String) {
         if self.shared.check_login(user, password).await {
-            self.authenticated = true;
+            self.state = State::Authenticated;
             let caps = self.capabilities();
             self.tagged(tag, "OK", &format!("[CAPABILITY {caps}] Logged in"));
         } else {
-            self.auth_failures += 1;
             tracing::warn!("IMAP login refused");
             self.tagged(
                 tag,
                 "NO",
                 "[AUTHENTICATIONFAILED] Use your Pouch address and the bridge password ('pouch bridge --show-password')",
             );
-            if self.auth_failures >= 3 {
-                self.untagged("BYE Too many failed logins");
-                self.logout = true;
+            if let State::NotAuthenticated { failures } = &mut self.state {
+                *failures += 1;
+                if *failures >= 3 {
+                    self.state = State::Logout;
+                    self.untagged("BYE Too many failed logins");
+                }
             }
         }
     }
@@ -261,13 +367,17 @@ impl Session {
 
     /// New, changed and removed messages of the selected folder since the client was last told.
     async fn updates(&mut self) {
-        let Some(sel) = &self.selected else { return };
+        let Some(sel) = self.state.selected() else {
+            return;
+        };
         let id = sel.id;
         let now = match self.shared.with(move |d| d.entries(id)).await {
             Ok(e) => e,
             Err(_) => return,
         };
-        let sel = self.selected.as_mut().expect("checked above");
+        let Some(sel) = self.state.selected_mut() else {
+            return;
+        };
         let mut lines = sel.forget(|uid| !now.iter().any(|e| e.uid == uid));
         for (i, (uid, flags)) in sel.known.iter_mut().enumerate() {
             if let Some(e) = now.iter().find(|e| e.uid == *uid)
@@ -297,7 +407,7 @@ impl Session {
     }
 
     async fn select(&mut self, tag: &str, name: String, read_only: bool) {
-        self.selected = None;
+        self.state.deselect();
         let n = name.clone();
         let found = self
             .shared
@@ -328,7 +438,7 @@ impl Session {
         }
         self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         self.untagged(&format!("OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
-        self.selected = Some(Selected {
+        self.state = State::Selected(Selected {
             id: mb.id,
             read_only,
             known: entries.iter().map(|e| (e.uid, e.flags.clone())).collect(),
@@ -339,7 +449,7 @@ impl Session {
 
     /// (sequence number, UID) pairs a set names, by sequence number or UID.
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<(u32, u32)> {
-        let Some(sel) = &self.selected else {
+        let Some(sel) = self.state.selected() else {
             return Vec::new();
         };
         let largest = if uid {
@@ -359,14 +469,15 @@ impl Session {
             .collect()
     }
 
-    async fn fetch(
+    /// Queues a FETCH: what it asks for and which messages, in order.
+    fn queue_fetch(
         &mut self,
-        tag: &str,
+        tag: String,
         set: &SequenceSet,
-        items: MacroOrMessageDataItemNames<'_>,
+        items: MacroOrMessageDataItemNames<'static>,
         uid: bool,
     ) {
-        let mut names: Vec<MessageDataItemName<'_>> = match items {
+        let mut names: Vec<MessageDataItemName<'static>> = match items {
             MacroOrMessageDataItemNames::Macro(m) => {
                 let mut v = vec![
                     MessageDataItemName::Flags,
@@ -382,13 +493,12 @@ impl Session {
         };
         // The UID first, always (Thunderbird relies on it).
         names.retain(|n| !matches!(n, MessageDataItemName::Uid));
-        let targets = self.resolve(set, uid);
-        let Some(sel) = &self.selected else {
-            self.tagged(tag, "BAD", "Select a folder first");
+        let left = self.resolve(set, uid).into();
+        let Some(sel) = self.state.selected() else {
+            self.tagged(&tag, "BAD", "Select a folder first");
             return;
         };
-        let (mailbox, read_only) = (sel.id, sel.read_only);
-        let marks_seen = !read_only
+        let marks_seen = !sel.read_only
             && names.iter().any(|n| {
                 matches!(
                     n,
@@ -405,111 +515,65 @@ impl Session {
                     | MessageDataItemName::Rfc822Size
             )
         });
-        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
-        let (lo, hi) = (
-            uids.iter().copied().min().unwrap_or(1),
-            uids.iter().copied().max().unwrap_or(0),
-        );
-        let loaded = self
-            .shared
-            .with(move |d| {
-                let entries = d.entries_between(mailbox, lo, hi)?;
-                let mut out = Vec::new();
-                for e in entries.into_iter().filter(|e| uids.contains(&e.uid)) {
-                    let mut e = e;
-                    if marks_seen && !e.flags.iter().any(|f| f == "\\Seen") {
-                        e.flags.push("\\Seen".into());
-                        e.flags.sort();
-                        d.set_flags(mailbox, e.uid, &e.flags)?;
-                    }
-                    let raw = if needs_bytes {
-                        d.raw(e.message)?
-                    } else {
-                        Vec::new()
-                    };
-                    out.push((e, raw));
-                }
-                Ok::<_, pouch_client::ClientError>(out)
-            })
-            .await;
-        let loaded = match loaded {
-            Ok(l) => l,
-            Err(e) => {
-                self.tagged(tag, "NO", &format!("Cannot read the messages: {e}"));
-                return;
+        self.fetches.push_back(FetchJob {
+            tag,
+            names,
+            left,
+            marks_seen,
+            needs_bytes,
+        });
+    }
+
+    /// One turn of the device's thread for the queued FETCH commands: as
+    /// many of their messages as [`FETCH_TURN_BYTES`] allows, in order.
+    async fn fetch_turn(&mut self) {
+        let Some(mailbox) = self.state.selected().map(|s| s.id) else {
+            while let Some(job) = self.fetches.pop_front() {
+                self.tagged(&job.tag, "BAD", "Select a folder first");
             }
+            return;
         };
-        for (seq, uid_) in targets {
-            let Some((e, raw)) = loaded.iter().find(|(e, _)| e.uid == uid_) else {
-                continue;
+        let plans: Vec<FetchPlan> = self
+            .fetches
+            .iter()
+            .map(|j| FetchPlan {
+                uids: j.left.iter().map(|t| t.1).collect(),
+                marks_seen: j.marks_seen,
+                needs_bytes: j.needs_bytes,
+            })
+            .collect();
+        let results = self
+            .shared
+            .with(move |d| load_for_fetch(d, mailbox, plans))
+            .await;
+        for result in results {
+            let Some(mut job) = self.fetches.pop_front() else {
+                break;
             };
-            let mut o = format!("* {seq} FETCH (UID {uid_}").into_bytes();
-            for n in &names {
-                o.push(b' ');
-                match n {
-                    MessageDataItemName::Flags => {
-                        o.extend_from_slice(format!("FLAGS {}", flag_list(&e.flags)).as_bytes())
-                    }
-                    MessageDataItemName::InternalDate => o.extend_from_slice(
-                        format!("INTERNALDATE \"{}\"", imap_date(e.stored_at)).as_bytes(),
-                    ),
-                    MessageDataItemName::Rfc822Size => {
-                        o.extend_from_slice(format!("RFC822.SIZE {}", e.size).as_bytes())
-                    }
-                    MessageDataItemName::Envelope => envelope(&mut o, raw),
-                    MessageDataItemName::BodyStructure => {
-                        o.extend_from_slice(b"BODYSTRUCTURE ");
-                        body_structure(&mut o, raw, true);
-                    }
-                    MessageDataItemName::Body => {
-                        o.extend_from_slice(b"BODY ");
-                        body_structure(&mut o, raw, false);
-                    }
-                    MessageDataItemName::Rfc822 => {
-                        o.extend_from_slice(b"RFC822 ");
-                        string(&mut o, raw);
-                    }
-                    MessageDataItemName::Rfc822Header => {
-                        o.extend_from_slice(b"RFC822.HEADER ");
-                        string(&mut o, &raw[..header_end(raw)]);
-                    }
-                    MessageDataItemName::Rfc822Text => {
-                        o.extend_from_slice(b"RFC822.TEXT ");
-                        string(&mut o, &raw[header_end(raw)..]);
-                    }
-                    MessageDataItemName::BodyExt {
-                        section, partial, ..
-                    } => {
-                        let bytes = section_bytes(raw, section);
-                        o.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
-                        match partial {
-                            Some((origin, count)) => {
-                                let start = (*origin as usize).min(bytes.len());
-                                let end =
-                                    start.saturating_add(count.get() as usize).min(bytes.len());
-                                o.extend_from_slice(format!("<{origin}> ").as_bytes());
-                                string(&mut o, &bytes[start..end]);
-                            }
-                            None => {
-                                o.push(b' ');
-                                string(&mut o, &bytes);
-                            }
+            match result {
+                Ok((consumed, loaded)) => {
+                    for (seq, uid) in job.left.drain(..consumed.min(job.left.len())) {
+                        let Some((e, raw)) = loaded.iter().find(|(e, _)| e.uid == uid) else {
+                            continue;
+                        };
+                        render_fetch(&mut self.out, seq, e, raw, &job.names);
+                        if let Some(sel) = self.state.selected_mut()
+                            && let Some(k) = sel.known.iter_mut().find(|k| k.0 == uid)
+                        {
+                            k.1 = e.flags.clone();
                         }
                     }
-                    _ => {
-                        o.pop();
+                    if job.left.is_empty() {
+                        self.tagged(&job.tag, "OK", "Fetch completed");
+                    } else {
+                        // Not all of it fitted this turn: the rest goes next.
+                        self.fetches.push_front(job);
+                        return;
                     }
                 }
-            }
-            o.extend_from_slice(b")\r\n");
-            self.out.extend_from_slice(&o);
-            if let Some(sel) = self.selected.as_mut()
-                && let Some(k) = sel.known.iter_mut().find(|k| k.0 == uid_)
-            {
-                k.1 = e.flags.clone();
+                Err(e) => self.tagged(&job.tag, "NO", &format!("Cannot read the messages: {e}")),
             }
         }
-        self.tagged(tag, "OK", "Fetch completed");
     }
 
     async fn store(
@@ -522,7 +586,7 @@ impl Session {
         uid: bool,
     ) {
         let targets = self.resolve(set, uid);
-        let Some(sel) = &self.selected else {
+        let Some(sel) = self.state.selected() else {
             self.tagged(tag, "BAD", "Select a folder first");
             return;
         };
@@ -567,7 +631,7 @@ impl Session {
             Ok(changed) => {
                 for (seq, u) in targets {
                     if let Some((_, f)) = changed.iter().find(|c| c.0 == u) {
-                        if let Some(sel) = self.selected.as_mut()
+                        if let Some(sel) = self.state.selected_mut()
                             && let Some(k) = sel.known.iter_mut().find(|k| k.0 == u)
                         {
                             k.1 = f.clone();
@@ -586,7 +650,7 @@ impl Session {
 
     /// Removes the \Deleted messages (of `only`, when given) and tells the client.
     async fn expunge(&mut self, only: Option<Vec<u32>>) -> Result<(), String> {
-        let Some(sel) = &self.selected else {
+        let Some(sel) = self.state.selected() else {
             return Err("Select a folder first".into());
         };
         if sel.read_only {
@@ -606,7 +670,9 @@ impl Session {
             .with(move |d| d.remove_messages(mailbox, &g))
             .await
             .map_err(|e| e.to_string())?;
-        let sel = self.selected.as_mut().expect("checked above");
+        let Some(sel) = self.state.selected_mut() else {
+            return Err("Select a folder first".into());
+        };
         let lines = sel.forget(|uid| gone.contains(&uid));
         for l in lines {
             self.untagged(&l);
@@ -617,7 +683,7 @@ impl Session {
 
     async fn copy(&mut self, tag: &str, set: &SequenceSet, to: String, uid: bool, moving: bool) {
         let targets = self.resolve(set, uid);
-        let Some(sel) = &self.selected else {
+        let Some(sel) = self.state.selected() else {
             self.tagged(tag, "BAD", "Select a folder first");
             return;
         };
@@ -653,7 +719,7 @@ impl Session {
         };
         if moving {
             let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-            if let Some(sel) = self.selected.as_mut() {
+            if let Some(sel) = self.state.selected_mut() {
                 for k in sel.known.iter_mut().filter(|k| moved.contains(&k.0)) {
                     k.1.push("\\Deleted".into());
                 }
@@ -703,12 +769,10 @@ impl Session {
         }
     }
 
-    async fn handle(
-        &mut self,
-        command: Command<'_>,
-        stream: &mut Conn,
-        input: &mut CommandReceiver,
-    ) {
+    /// Answers one command. `Some` when the connection must act first
+    /// (a TLS handshake); a command that waits on the client (IDLE,
+    /// AUTHENTICATE) sets [`Self::waiting`] instead.
+    async fn handle(&mut self, command: Command<'static>) -> Option<Wanted> {
         let tag = command.tag.as_ref().to_string();
         let t = tag.as_str();
         match command.body {
@@ -724,7 +788,7 @@ impl Session {
             CommandBody::Logout => {
                 self.untagged("BYE Pouch bridge logging out");
                 self.tagged(t, "OK", "Logout completed");
-                self.logout = true;
+                self.state = State::Logout;
             }
             #[allow(unreachable_patterns)]
             CommandBody::Id { .. } => {
@@ -737,15 +801,10 @@ impl Session {
             CommandBody::StartTLS => match self.starttls.clone() {
                 Some(config) if !self.tls_on => {
                     self.tagged(t, "OK", "Begin TLS negotiation now");
-                    let _ = stream.write_all(&self.out).await;
-                    self.out.clear();
                     // Nothing sent in the clear before the handshake may count after it.
-                    input.clear();
-                    if stream.start_tls(config).await.is_err() {
-                        self.logout = true;
-                        return;
-                    }
-                    self.tls_on = true;
+                    self.input.clear();
+                    self.held = None;
+                    return Some(Wanted::StartTls(config));
                 }
                 _ => self.tagged(t, "BAD", "STARTTLS is not available here"),
             },
@@ -764,30 +823,25 @@ impl Session {
             } => {
                 if !mechanism.to_string().eq_ignore_ascii_case("PLAIN") {
                     self.tagged(t, "NO", "Use AUTHENTICATE PLAIN or LOGIN");
-                    return;
+                    return None;
                 }
-                let response = match initial_response {
-                    Some(r) => r.declassify().to_vec(),
+                match initial_response {
+                    Some(r) => self.plain(t, r.declassify().as_ref()).await,
                     None => {
                         self.out.extend_from_slice(b"+ \r\n");
-                        let _ = stream.write_all(&self.out).await;
-                        self.out.clear();
-                        let Some(line) = read_line(stream, input, self.login_deadline).await else {
-                            self.logout = true;
-                            return;
-                        };
-                        if line.trim() == "*" {
-                            self.tagged(t, "BAD", "Authentication cancelled");
-                            return;
-                        }
-                        base64::engine::general_purpose::STANDARD
-                            .decode(line.trim())
-                            .unwrap_or_default()
+                        self.waiting = Some(Waiting::AuthResponse { tag });
                     }
-                };
-                self.plain(t, &response).await;
+                }
             }
-            _ if !self.authenticated => {
+            CommandBody::Idle => {
+                if self.state.selected().is_some() {
+                    self.out.extend_from_slice(b"+ idling\r\n");
+                    self.waiting = Some(Waiting::Idle { tag });
+                } else {
+                    self.tagged(t, "BAD", "Select a folder before IDLE");
+                }
+            }
+            _ if !self.state.authenticated() => {
                 self.tagged(t, "NO", "Log in first (LOGIN or AUTHENTICATE PLAIN)")
             }
             #[allow(unreachable_patterns)]
@@ -822,7 +876,7 @@ impl Session {
                     .await;
                 let Ok(Some((mb, entries))) = found else {
                     self.tagged(t, "NO", &format!("[NONEXISTENT] No folder {name}"));
-                    return;
+                    return None;
                 };
                 let mut items = Vec::new();
                 for i in item_names.iter() {
@@ -923,18 +977,19 @@ impl Session {
                     Err(e) => self.tagged(t, "NO", &e.to_string()),
                 }
             }
-            _ if self.selected.is_none() => self.tagged(t, "BAD", "Select a folder first"),
+            _ if self.state.selected().is_none() => self.tagged(t, "BAD", "Select a folder first"),
             CommandBody::Close => {
-                if self.selected.as_ref().is_some_and(|s| !s.read_only) {
-                    let _ = self.expunge(None).await;
+                if self.state.selected().is_some_and(|s| !s.read_only) {
                     // CLOSE expunges silently.
-                    self.out.clear();
+                    let said = self.out.len();
+                    let _ = self.expunge(None).await;
+                    self.out.truncate(said);
                 }
-                self.selected = None;
+                self.state.deselect();
                 self.tagged(t, "OK", "Close completed");
             }
             CommandBody::Unselect => {
-                self.selected = None;
+                self.state.deselect();
                 self.tagged(t, "OK", "Unselect completed");
             }
             CommandBody::Expunge => match self.expunge(None).await {
@@ -953,7 +1008,7 @@ impl Session {
                 }
             }
             CommandBody::Search { criteria, uid, .. } => {
-                let sel = self.selected.as_ref().expect("checked above");
+                let sel = self.state.selected()?;
                 let mailbox = sel.id;
                 let known: Vec<u32> = sel.known.iter().map(|k| k.0).collect();
                 let result = self
@@ -972,7 +1027,7 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => {
                         self.tagged(t, "NO", &e.to_string());
-                        return;
+                        return None;
                     }
                 };
                 let largest_uid = loaded.last().map(|l| l.0.uid).unwrap_or(0);
@@ -1003,7 +1058,7 @@ impl Session {
                 macro_or_item_names,
                 uid,
                 ..
-            } => self.fetch(t, &sequence_set, macro_or_item_names, uid).await,
+            } => self.queue_fetch(tag, &sequence_set, macro_or_item_names, uid),
             CommandBody::Store {
                 sequence_set,
                 kind,
@@ -1037,161 +1092,393 @@ impl Session {
             }
             _ => self.tagged(t, "BAD", "Command not supported by the Pouch bridge"),
         }
+        None
     }
 }
 
-/// Reads once into the receiver; false when the client left, failed or
-/// stayed silent for `idle`.
-async fn read_more(
-    stream: &mut Conn,
-    input: &mut CommandReceiver,
-    idle: std::time::Duration,
-) -> bool {
-    let mut chunk = [0u8; 64 * 1024];
-    match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => false,
-        Ok(Ok(n)) => {
-            input.push(&chunk[..n]);
-            true
+/// What one FETCH needs from the device.
+struct FetchPlan {
+    uids: Vec<u32>,
+    marks_seen: bool,
+    needs_bytes: bool,
+}
+
+/// A FETCH's share of one turn: how many of its UIDs were dealt with (sent
+/// or found gone), and the messages among them.
+type FetchLoad = Result<(usize, Vec<(Entry, Vec<u8>)>), pouch_client::ClientError>;
+
+/// On the device's thread: the messages of each plan in order, marked seen
+/// where the FETCH reads a body, until [`FETCH_TURN_BYTES`] of messages are
+/// loaded. Plans past that point are left for the next turn.
+fn load_for_fetch(
+    d: &mut pouch_client::Device,
+    mailbox: i64,
+    plans: Vec<FetchPlan>,
+) -> Vec<FetchLoad> {
+    let mut loaded_bytes = 0u64;
+    let mut results = Vec::new();
+    for plan in plans {
+        if loaded_bytes >= FETCH_TURN_BYTES {
+            break;
+        }
+        let mut one = || -> FetchLoad {
+            let (Some(&lo), Some(&hi)) = (plan.uids.iter().min(), plan.uids.iter().max()) else {
+                return Ok((0, Vec::new()));
+            };
+            let mut entries: std::collections::HashMap<u32, Entry> = d
+                .entries_between(mailbox, lo, hi)?
+                .into_iter()
+                .map(|e| (e.uid, e))
+                .collect();
+            let mut consumed = 0;
+            let mut loaded = Vec::new();
+            for uid in &plan.uids {
+                if let Some(mut e) = entries.remove(uid) {
+                    if plan.needs_bytes
+                        && loaded_bytes > 0
+                        && loaded_bytes.saturating_add(e.size) > FETCH_TURN_BYTES
+                    {
+                        break;
+                    }
+                    if plan.marks_seen && !e.flags.iter().any(|f| f == "\\Seen") {
+                        e.flags.push("\\Seen".into());
+                        e.flags.sort();
+                        d.set_flags(mailbox, e.uid, &e.flags)?;
+                    }
+                    let raw = if plan.needs_bytes {
+                        d.raw(e.message)?
+                    } else {
+                        Vec::new()
+                    };
+                    loaded_bytes = loaded_bytes.saturating_add(raw.len() as u64);
+                    loaded.push((e, raw));
+                }
+                consumed += 1;
+            }
+            Ok((consumed, loaded))
+        };
+        let result = one();
+        let failed = result.is_err();
+        results.push(result);
+        if failed {
+            break;
         }
     }
+    results
+}
+
+/// One message's FETCH response line: the UID first, then each item asked for.
+fn render_fetch(
+    out: &mut Vec<u8>,
+    seq: u32,
+    e: &Entry,
+    raw: &[u8],
+    names: &[MessageDataItemName<'_>],
+) {
+    let mut o = format!("* {seq} FETCH (UID {}", e.uid).into_bytes();
+    for n in names {
+        o.push(b' ');
+        match n {
+            MessageDataItemName::Flags => {
+                o.extend_from_slice(format!("FLAGS {}", flag_list(&e.flags)).as_bytes())
+            }
+            MessageDataItemName::InternalDate => o.extend_from_slice(
+                format!("INTERNALDATE \"{}\"", imap_date(e.stored_at)).as_bytes(),
+            ),
+            MessageDataItemName::Rfc822Size => {
+                o.extend_from_slice(format!("RFC822.SIZE {}", e.size).as_bytes())
+            }
+            MessageDataItemName::Envelope => envelope(&mut o, raw),
+            MessageDataItemName::BodyStructure => {
+                o.extend_from_slice(b"BODYSTRUCTURE ");
+                body_structure(&mut o, raw, true);
+            }
+            MessageDataItemName::Body => {
+                o.extend_from_slice(b"BODY ");
+                body_structure(&mut o, raw, false);
+            }
+            MessageDataItemName::Rfc822 => {
+                o.extend_from_slice(b"RFC822 ");
+                string(&mut o, raw);
+            }
+            MessageDataItemName::Rfc822Header => {
+                o.extend_from_slice(b"RFC822.HEADER ");
+                string(&mut o, &raw[..header_end(raw)]);
+            }
+            MessageDataItemName::Rfc822Text => {
+                o.extend_from_slice(b"RFC822.TEXT ");
+                string(&mut o, &raw[header_end(raw)..]);
+            }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                let bytes = section_bytes(raw, section);
+                o.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
+                match partial {
+                    Some((origin, count)) => {
+                        let start = (*origin as usize).min(bytes.len());
+                        let end = start.saturating_add(count.get() as usize).min(bytes.len());
+                        o.extend_from_slice(format!("<{origin}> ").as_bytes());
+                        string(&mut o, &bytes[start..end]);
+                    }
+                    None => {
+                        o.push(b' ');
+                        string(&mut o, &bytes);
+                    }
+                }
+            }
+            _ => {
+                o.pop();
+            }
+        }
+    }
+    o.extend_from_slice(b")\r\n");
+    out.extend_from_slice(&o);
 }
 
 /// How long a client may stay silent: briefly before login, and the
-/// 30 minutes RFC 3501 (5.4) asks for after it.
-fn idle_limit(authenticated: bool) -> std::time::Duration {
+/// 30 minutes RFC 3501 (5.4) asks for after it (IDLE included: clients
+/// renew it every 29 minutes, RFC 2177).
+pub fn idle_limit(authenticated: bool) -> std::time::Duration {
     std::time::Duration::from_secs(if authenticated { 30 * 60 } else { 60 })
 }
 
-/// One continuation line (an AUTHENTICATE response, sent before login):
-/// at most [`PRE_LOGIN_MAX`], within the session's login deadline.
-async fn read_line(
-    stream: &mut Conn,
-    input: &mut CommandReceiver,
-    deadline: std::time::Instant,
-) -> Option<String> {
-    loop {
-        if let Some(line) = input.take_line() {
-            return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+impl ImapSession {
+    /// A new session; its output starts with the greeting.
+    pub fn new(shared: Shared, tls_on: bool, starttls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let mut s = ImapSession {
+            shared,
+            starttls,
+            tls_on,
+            input: CommandReceiver::default(),
+            out: Vec::new(),
+            state: State::NotAuthenticated { failures: 0 },
+            waiting: None,
+            fetches: VecDeque::new(),
+            held: None,
+            login_deadline: std::time::Instant::now() + idle_limit(false),
+        };
+        let caps = s.capabilities();
+        s.untagged(&format!("OK [CAPABILITY {caps}] Pouch bridge ready"));
+        s
+    }
+
+    /// Bytes the client sent.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.input.push(bytes);
+    }
+
+    /// Bytes to send to the client (taken: the next call has only what came after).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The TLS handshake [`Wanted::StartTls`] asked for succeeded.
+    pub fn tls_started(&mut self) {
+        self.tls_on = true;
+    }
+
+    /// The client stayed silent for as long as [`Wanted`] allowed.
+    pub fn timed_out(&mut self) {
+        self.untagged("BYE Idle for too long");
+        self.state = State::Logout;
+    }
+
+    /// A folder changed (another session, or new mail): during IDLE the
+    /// client is told at once; otherwise at its next NOOP or CHECK.
+    pub async fn changed(&mut self) {
+        if matches!(self.waiting, Some(Waiting::Idle { .. })) {
+            self.updates().await;
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if input.line_too_long(PRE_LOGIN_MAX)
-            || left.is_zero()
-            || !read_more(stream, input, left).await
-        {
-            return None;
+    }
+
+    /// Answers what the client has sent so far, and says what the session
+    /// needs next.
+    pub async fn advance(&mut self) -> Wanted {
+        loop {
+            if matches!(self.state, State::Logout) {
+                return Wanted::Close;
+            }
+            match self.waiting.take() {
+                Some(Waiting::AuthResponse { tag }) => {
+                    let Some(line) = self.input.take_line() else {
+                        if self.input.line_too_long(PRE_LOGIN_MAX) {
+                            return Wanted::Close;
+                        }
+                        self.waiting = Some(Waiting::AuthResponse { tag });
+                        return self.more_input();
+                    };
+                    let line = String::from_utf8_lossy(&line).trim().to_string();
+                    if line == "*" {
+                        self.tagged(&tag, "BAD", "Authentication cancelled");
+                    } else {
+                        let response = base64::engine::general_purpose::STANDARD
+                            .decode(&line)
+                            .unwrap_or_default();
+                        self.plain(&tag, &response).await;
+                    }
+                    continue;
+                }
+                Some(Waiting::Idle { tag }) => {
+                    let Some(line) = self.input.take_line() else {
+                        if self.input.line_too_long(MAX_LINE) {
+                            return Wanted::Close;
+                        }
+                        self.waiting = Some(Waiting::Idle { tag });
+                        return Wanted::Idle;
+                    };
+                    if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                        self.tagged(&tag, "OK", "IDLE terminated");
+                    } else {
+                        self.tagged(&tag, "BAD", "Expected DONE");
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if !self.fetches.is_empty() {
+                self.fetch_turn().await;
+                return Wanted::Write;
+            }
+            let received = match self.held.take() {
+                Some(r) => r,
+                None => self.input.next(self.state.authenticated()),
+            };
+            match received {
+                Received::Command(command) => {
+                    if matches!(command.body, CommandBody::Fetch { .. }) {
+                        self.queue_pipelined(*command);
+                    } else if let Some(wanted) = self.handle(*command).await {
+                        return wanted;
+                    }
+                }
+                Received::NeedMore => return self.more_input(),
+                Received::TooLong => {
+                    self.untagged("BYE Command too long; closing the connection");
+                    return Wanted::Close;
+                }
+                Received::ContinueLiteral => {
+                    self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                }
+                Received::LiteralTooLarge { tag } => {
+                    self.tagged(&tag, "NO", "Literal too large");
+                    return Wanted::Close;
+                }
+                Received::Bad { tag } => self.tagged(&tag, "BAD", "Could not parse that command"),
+                Received::BadLiteral { tag } => {
+                    self.tagged(&tag, "BAD", "Could not parse that command");
+                    self.untagged("BYE Cannot tell where its literal ends; closing");
+                    return Wanted::Close;
+                }
+            }
         }
+    }
+
+    /// Queues `first` and every FETCH the client sent right behind it (up to
+    /// [`FETCH_BATCH`]), so that they are answered in one turn; whatever
+    /// came after them waits in [`Self::held`].
+    fn queue_pipelined(&mut self, first: Command<'static>) {
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            let tag = command.tag.as_ref().to_string();
+            match command.body {
+                CommandBody::Fetch {
+                    sequence_set,
+                    macro_or_item_names,
+                    uid,
+                    ..
+                } if self.state.authenticated() => {
+                    self.queue_fetch(tag, &sequence_set, macro_or_item_names, uid)
+                }
+                _ => self.tagged(&tag, "NO", "Log in first (LOGIN or AUTHENTICATE PLAIN)"),
+            }
+            if self.fetches.len() >= FETCH_BATCH {
+                break;
+            }
+            match self.input.next(self.state.authenticated()) {
+                Received::Command(c) if matches!(c.body, CommandBody::Fetch { .. }) => {
+                    next = Some(*c)
+                }
+                Received::NeedMore => {}
+                other => self.held = Some(other),
+            }
+        }
+    }
+
+    /// Waits for the client: 30 minutes once logged in, what is left of
+    /// the login deadline before.
+    fn more_input(&mut self) -> Wanted {
+        if self.state.authenticated() {
+            return Wanted::Input(idle_limit(true));
+        }
+        let left = self
+            .login_deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            self.timed_out();
+            return Wanted::Close;
+        }
+        Wanted::Input(left)
     }
 }
 
-/// One client connection, from greeting to LOGOUT.
+/// One client connection, from greeting to LOGOUT: the [`ImapSession`]
+/// core, connected to the socket.
 pub async fn session(
     shared: Shared,
     mut stream: Conn,
     starttls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let mut changes = shared.subscribe();
-    let mut s = Session {
-        shared,
-        tls_on: stream.is_tls(),
-        starttls,
-        out: Vec::new(),
-        authenticated: false,
-        auth_failures: 0,
-        selected: None,
-        logout: false,
-        login_deadline: std::time::Instant::now() + idle_limit(false),
-    };
-    let caps = s.capabilities();
-    stream
-        .write_all(format!("* OK [CAPABILITY {caps}] Pouch bridge ready\r\n").as_bytes())
-        .await?;
-    let mut input = CommandReceiver::default();
+    let mut s = ImapSession::new(shared, stream.is_tls(), starttls);
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let command = match input.next(s.authenticated) {
-            Received::Command(command) => command,
-            Received::NeedMore => {
-                let idle = if s.authenticated {
-                    idle_limit(true)
-                } else {
-                    s.login_deadline
-                        .saturating_duration_since(std::time::Instant::now())
-                };
-                if idle.is_zero() || !read_more(&mut stream, &mut input, idle).await {
-                    let _ = stream.write_all(b"* BYE Idle for too long\r\n").await;
+        let wanted = s.advance().await;
+        stream.write_all(&s.take_output()).await?;
+        match wanted {
+            Wanted::Write => {}
+            Wanted::Close => return Ok(()),
+            Wanted::StartTls(config) => {
+                if stream.start_tls(config).await.is_err() {
                     return Ok(());
                 }
-                continue;
+                s.tls_started();
             }
-            Received::TooLong => {
-                let _ = stream
-                    .write_all(b"* BYE Command too long; closing the connection\r\n")
-                    .await;
-                return Ok(());
-            }
-            Received::ContinueLiteral => {
-                stream.write_all(b"+ Ready for literal data\r\n").await?;
-                continue;
-            }
-            Received::LiteralTooLarge { tag } => {
-                stream
-                    .write_all(format!("{tag} NO Literal too large\r\n").as_bytes())
-                    .await?;
-                return Ok(());
-            }
-            Received::Bad { tag } => {
-                stream
-                    .write_all(format!("{tag} BAD Could not parse that command\r\n").as_bytes())
-                    .await?;
-                continue;
-            }
-            Received::BadLiteral { tag } => {
-                let _ = stream
-                    .write_all(
-                        format!("{tag} BAD Could not parse that command\r\n* BYE Cannot tell where its literal ends; closing\r\n")
-                            .as_bytes(),
-                    )
-                    .await;
-                return Ok(());
-            }
-        };
-        if matches!(command.body, CommandBody::Idle) {
-            if !s.authenticated || s.selected.is_none() {
-                s.tagged(command.tag.as_ref(), "BAD", "Select a folder before IDLE");
-            } else {
-                stream.write_all(b"+ idling\r\n").await?;
-                let tag = command.tag.as_ref().to_string();
-                loop {
-                    if let Some(line) = input.take_line() {
-                        if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
-                            s.tagged(&tag, "OK", "IDLE terminated");
-                        } else {
-                            s.tagged(&tag, "BAD", "Expected DONE");
-                        }
-                        break;
+            Wanted::Input(wait) => {
+                match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => s.feed(&chunk[..n]),
+                    Ok(Ok(_)) | Ok(Err(_)) => return Ok(()),
+                    Err(_) => {
+                        s.timed_out();
+                        let _ = stream.write_all(&s.take_output()).await;
+                        return Ok(());
                     }
-                    let mut chunk = [0u8; 4096];
+                }
+            }
+            Wanted::Idle => {
+                let limit = tokio::time::sleep(idle_limit(true));
+                tokio::pin!(limit);
+                // Changes are told until the client sends something.
+                loop {
                     tokio::select! {
                         n = stream.read(&mut chunk) => {
-                            let n = n?;
-                            if n == 0 || input.line_too_long(MAX_LINE) { return Ok(()) }
-                            input.push(&chunk[..n]);
+                            match n {
+                                Ok(n) if n > 0 => { s.feed(&chunk[..n]); break }
+                                _ => return Ok(()),
+                            }
                         }
                         _ = changes.recv() => {
-                            s.updates().await;
-                            stream.write_all(&s.out).await?;
-                            s.out.clear();
+                            s.changed().await;
+                            stream.write_all(&s.take_output()).await?;
+                        }
+                        _ = &mut limit => {
+                            s.timed_out();
+                            let _ = stream.write_all(&s.take_output()).await;
+                            return Ok(());
                         }
                     }
                 }
             }
-        } else {
-            s.handle(*command, &mut stream, &mut input).await;
-        }
-        stream.write_all(&s.out).await?;
-        s.out.clear();
-        if s.logout {
-            return Ok(());
         }
     }
 }
