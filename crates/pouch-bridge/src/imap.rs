@@ -151,7 +151,8 @@ struct FetchJob {
     /// (sequence number, UID) of each message not yet sent, in order.
     left: VecDeque<(u32, u32)>,
     marks_seen: bool,
-    needs_bytes: bool,
+    /// Items of each response that carry message bytes.
+    byte_items: u64,
 }
 
 /// One IMAP connection's protocol, without the connection: bytes in
@@ -507,20 +508,23 @@ impl ImapSession {
                         | MessageDataItemName::Rfc822Text
                 )
             });
-        let needs_bytes = names.iter().any(|n| {
-            !matches!(
-                n,
-                MessageDataItemName::Flags
-                    | MessageDataItemName::InternalDate
-                    | MessageDataItemName::Rfc822Size
-            )
-        });
+        let byte_items = names
+            .iter()
+            .filter(|n| {
+                !matches!(
+                    n,
+                    MessageDataItemName::Flags
+                        | MessageDataItemName::InternalDate
+                        | MessageDataItemName::Rfc822Size
+                )
+            })
+            .count() as u64;
         self.fetches.push_back(FetchJob {
             tag,
             names,
             left,
             marks_seen,
-            needs_bytes,
+            byte_items,
         });
     }
 
@@ -537,9 +541,10 @@ impl ImapSession {
             .fetches
             .iter()
             .map(|j| FetchPlan {
-                uids: j.left.iter().map(|t| t.1).collect(),
+                uids: j.left.iter().take(FETCH_WINDOW).map(|t| t.1).collect(),
                 marks_seen: j.marks_seen,
-                needs_bytes: j.needs_bytes,
+                byte_items: j.byte_items,
+                more_after: j.left.len() > FETCH_WINDOW,
             })
             .collect();
         let results = self
@@ -808,6 +813,11 @@ impl ImapSession {
                 }
                 _ => self.tagged(t, "BAD", "STARTTLS is not available here"),
             },
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+                if self.state.authenticated() =>
+            {
+                self.tagged(t, "BAD", "Already logged in")
+            }
             CommandBody::Login { .. } | CommandBody::Authenticate { .. }
                 if self.login_disabled() =>
             {
@@ -1100,16 +1110,29 @@ impl ImapSession {
 struct FetchPlan {
     uids: Vec<u32>,
     marks_seen: bool,
-    needs_bytes: bool,
+    /// How many items of each message's response carry its bytes (or part
+    /// of them): 0 when only flags, dates and sizes are asked for.
+    byte_items: u64,
+    /// Whether the FETCH has messages beyond `uids` (a later window).
+    more_after: bool,
 }
+
+/// Messages one FETCH looks at in one turn at most (its entries are read
+/// for this window only, not for everything it has left).
+const FETCH_WINDOW: usize = 1000;
+/// What one message's response costs against [`FETCH_TURN_BYTES`] besides
+/// its bytes (UID, flags, dates and sizes).
+const FETCH_LINE_COST: u64 = 256;
 
 /// A FETCH's share of one turn: how many of its UIDs were dealt with (sent
 /// or found gone), and the messages among them.
 type FetchLoad = Result<(usize, Vec<(Entry, Vec<u8>)>), pouch_client::ClientError>;
 
 /// On the device's thread: the messages of each plan in order, marked seen
-/// where the FETCH reads a body, until [`FETCH_TURN_BYTES`] of messages are
-/// loaded. Plans past that point are left for the next turn.
+/// where the FETCH reads a body, until their responses would pass
+/// [`FETCH_TURN_BYTES`]. A plan is touched only once every plan before it
+/// is done: a FETCH behind one that did not fit waits for the next turn
+/// (nothing of it, not even its \Seen marks, happens early).
 fn load_for_fetch(
     d: &mut pouch_client::Device,
     mailbox: i64,
@@ -1118,9 +1141,7 @@ fn load_for_fetch(
     let mut loaded_bytes = 0u64;
     let mut results = Vec::new();
     for plan in plans {
-        if loaded_bytes >= FETCH_TURN_BYTES {
-            break;
-        }
+        let planned = plan.uids.len();
         let mut one = || -> FetchLoad {
             let (Some(&lo), Some(&hi)) = (plan.uids.iter().min(), plan.uids.iter().max()) else {
                 return Ok((0, Vec::new()));
@@ -1134,10 +1155,9 @@ fn load_for_fetch(
             let mut loaded = Vec::new();
             for uid in &plan.uids {
                 if let Some(mut e) = entries.remove(uid) {
-                    if plan.needs_bytes
-                        && loaded_bytes > 0
-                        && loaded_bytes.saturating_add(e.size) > FETCH_TURN_BYTES
-                    {
+                    let cost =
+                        FETCH_LINE_COST.saturating_add(e.size.saturating_mul(plan.byte_items));
+                    if loaded_bytes > 0 && loaded_bytes.saturating_add(cost) > FETCH_TURN_BYTES {
                         break;
                     }
                     if plan.marks_seen && !e.flags.iter().any(|f| f == "\\Seen") {
@@ -1145,12 +1165,12 @@ fn load_for_fetch(
                         e.flags.sort();
                         d.set_flags(mailbox, e.uid, &e.flags)?;
                     }
-                    let raw = if plan.needs_bytes {
+                    let raw = if plan.byte_items > 0 {
                         d.raw(e.message)?
                     } else {
                         Vec::new()
                     };
-                    loaded_bytes = loaded_bytes.saturating_add(raw.len() as u64);
+                    loaded_bytes = loaded_bytes.saturating_add(cost);
                     loaded.push((e, raw));
                 }
                 consumed += 1;
@@ -1158,9 +1178,10 @@ fn load_for_fetch(
             Ok((consumed, loaded))
         };
         let result = one();
-        let failed = result.is_err();
+        let whole =
+            !plan.more_after && matches!(&result, Ok((consumed, _)) if *consumed == planned);
         results.push(result);
-        if failed {
+        if !whole || loaded_bytes >= FETCH_TURN_BYTES {
             break;
         }
     }
@@ -1434,7 +1455,7 @@ pub async fn session(
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let wanted = s.advance().await;
-        stream.write_all(&s.take_output()).await?;
+        send(&mut stream, &s.take_output()).await?;
         match wanted {
             Wanted::Write => {}
             Wanted::Close => return Ok(()),
@@ -1450,7 +1471,7 @@ pub async fn session(
                     Ok(Ok(_)) | Ok(Err(_)) => return Ok(()),
                     Err(_) => {
                         s.timed_out();
-                        let _ = stream.write_all(&s.take_output()).await;
+                        let _ = send(&mut stream, &s.take_output()).await;
                         return Ok(());
                     }
                 }
@@ -1469,11 +1490,11 @@ pub async fn session(
                         }
                         _ = changes.recv() => {
                             s.changed().await;
-                            stream.write_all(&s.take_output()).await?;
+                            send(&mut stream, &s.take_output()).await?;
                         }
                         _ = &mut limit => {
                             s.timed_out();
-                            let _ = stream.write_all(&s.take_output()).await;
+                            let _ = send(&mut stream, &s.take_output()).await;
                             return Ok(());
                         }
                     }
@@ -1481,4 +1502,19 @@ pub async fn session(
             }
         }
     }
+}
+
+/// How long a client may take to read what it is sent: one that never
+/// reads does not keep its connection slot.
+const WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn send(stream: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(WRITE_LIMIT, stream.write_all(bytes))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")
+        })?
 }

@@ -113,6 +113,12 @@ fn the_session_answers_by_its_state_from_greeting_to_logout() {
         assert!(out.contains("* 1 EXISTS"), "{out}");
         assert!(out.contains("s OK [READ-WRITE] Selected"), "{out}");
 
+        // Logging in again is refused and leaves the folder selected.
+        let (_, out) = exchange(&mut s, &logged_in_line(&f)).await;
+        assert!(out.contains("a BAD Already logged in"), "{out}");
+        let (_, out) = exchange(&mut s, "f4 FETCH 1 (FLAGS)\r\n").await;
+        assert!(out.contains("* 1 FETCH (UID 1 FLAGS"), "{out}");
+
         // IDLE waits for the client; a new mail is told during it.
         let (wanted, out) = exchange(&mut s, "i IDLE\r\n").await;
         assert!(matches!(wanted, Wanted::Idle), "IDLE must wait for DONE");
@@ -217,9 +223,10 @@ fn pipelined_fetches_are_answered_together_and_in_order() {
 
 #[test]
 fn a_fetch_of_many_bodies_goes_out_in_parts() {
-    // Three mails with 2 MiB attachments (about 2.8 MiB each in base64):
-    // with 8 MiB of messages per turn, a FETCH of all three bodies goes
-    // out in two parts, and the bridge never holds more than one part.
+    // Three mails with 2 MiB attachments (about 2.8 MiB each in base64)
+    // and a small fourth: with 8 MiB of messages per turn, a FETCH of the
+    // three big bodies goes out in two parts, and the bridge never holds
+    // more than one part.
     let f = fixture("imap-core-parts", 0);
     runtime().block_on(async {
         let big = f.alice.home.parent().unwrap().join("big.bin");
@@ -238,6 +245,15 @@ fn a_fetch_of_many_bodies_goes_out_in_parts() {
                 big.to_str().unwrap(),
             ]);
         }
+        f.bob.ok(&[
+            "send",
+            "--to",
+            "alice@pouch.local",
+            "--subject",
+            "small",
+            "--body",
+            "s",
+        ]);
         f.shared
             .with(|d| {
                 d.sync()?;
@@ -249,9 +265,16 @@ fn a_fetch_of_many_bodies_goes_out_in_parts() {
         s.take_output();
         exchange(&mut s, &logged_in_line(&f)).await;
         let (_, out) = exchange(&mut s, "s SELECT INBOX\r\n").await;
-        assert!(out.contains("* 3 EXISTS"), "{out}");
+        assert!(out.contains("* 4 EXISTS"), "{out}");
 
-        let (wanted, first) = exchange(&mut s, "f FETCH 1:3 (BODY.PEEK[])\r\n").await;
+        // A FETCH that reads (and so marks seen) the small mail 4 waits
+        // behind the split one, though it would fit the first part:
+        // nothing of it happens before its turn.
+        let (wanted, first) = exchange(
+            &mut s,
+            "f FETCH 1:3 (BODY.PEEK[])\r\ng FETCH 4 (BODY[])\r\n",
+        )
+        .await;
         assert!(matches!(wanted, Wanted::Write));
         assert_eq!(
             first.matches(" FETCH (UID ").count(),
@@ -259,15 +282,29 @@ fn a_fetch_of_many_bodies_goes_out_in_parts() {
             "two mails fit the first part"
         );
         assert!(!first.contains("f OK"));
-        assert!(first.len() < pouch_bridge::imap::FETCH_TURN_BYTES as usize + 64 * 1024);
-        let (_, second) = exchange(&mut s, "").await;
-        assert_eq!(second.matches(" FETCH (UID ").count(), 1);
+        let seen_4 = || async {
+            f.shared
+                .with(|d| {
+                    let inbox = d.mailbox("INBOX").unwrap().unwrap();
+                    let e = d.entries(inbox.id).unwrap();
+                    e.iter()
+                        .any(|e| e.uid == 4 && e.flags.iter().any(|f| f == "\\Seen"))
+                })
+                .await
+        };
         assert!(
-            second.contains("* 3 FETCH (UID 3 BODY[]"),
-            "{}",
-            &second[..200.min(second.len())]
+            !seen_4().await,
+            "mail 4 marked seen before the FETCH that reads it ran"
         );
-        assert!(second.contains("f OK Fetch completed"));
+        assert!(first.len() < pouch_bridge::imap::FETCH_TURN_BYTES as usize + 64 * 1024);
+
+        // Then the rest of it, and the FETCH behind it, in order.
+        let (_, second) = exchange(&mut s, "").await;
+        let f_at = second.find("f OK Fetch completed").expect("f answered");
+        assert!(second[..f_at].contains("* 3 FETCH (UID 3 BODY[]"));
+        let g_at = second.find("g OK Fetch completed").expect("g answered");
+        assert!(second[f_at..g_at].contains("* 4 FETCH (UID 4 BODY[]"));
+        assert!(seen_4().await);
     });
 }
 
