@@ -70,6 +70,15 @@ pub struct StateCodec;
 /// starts with it, which is what tells the two forms apart.
 const STATE_MSGPACK: u8 = 0x01;
 
+/// The first byte of a stored value (never a key) in the binary form with
+/// byte strings as MessagePack `bin`: a 1.2 KiB X-Wing key is then 1.2 KiB
+/// and one copy, not up to 2.4 KiB of one-number-per-byte written a number
+/// at a time (encoding was 5 % of a joining device's time, and the bytes
+/// went on through SQLCipher and the WAL). It decodes with the same reader:
+/// MessagePack's reader gives a `bin` to a type that asks for a sequence.
+/// Keys keep [`STATE_MSGPACK`]: OpenMLS looks them up by their bytes.
+const STATE_MSGPACK_BYTES: u8 = 0x02;
+
 /// Why OpenMLS state could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum StateCodecError {
@@ -88,9 +97,20 @@ impl Codec for StateCodec {
         value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
         Ok(out)
     }
+    fn entity_to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        let mut out = vec![STATE_MSGPACK_BYTES];
+        value.serialize(
+            &mut rmp_serde::Serializer::new(&mut out)
+                .with_struct_map()
+                .with_bytes(rmp_serde::config::BytesMode::ForceIterables),
+        )?;
+        Ok(out)
+    }
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
         match slice.split_first() {
-            Some((&STATE_MSGPACK, rest)) => Ok(rmp_serde::from_slice(rest)?),
+            Some((&(STATE_MSGPACK | STATE_MSGPACK_BYTES), rest)) => {
+                Ok(rmp_serde::from_slice(rest)?)
+            }
             _ => Ok(serde_json::from_slice(slice)?),
         }
     }
@@ -153,7 +173,7 @@ fn columns_of(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
 /// One value of OpenMLS state from JSON into [`StateCodec`]'s form; `None`
 /// when it is not JSON (already binary, or not state at all).
 fn json_state_to_binary(json: &[u8]) -> Option<Vec<u8>> {
-    if json.first() == Some(&STATE_MSGPACK) {
+    if matches!(json.first(), Some(&(STATE_MSGPACK | STATE_MSGPACK_BYTES))) {
         return None;
     }
     let mut out = vec![STATE_MSGPACK];
@@ -257,8 +277,9 @@ pub(crate) fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection>
     // Another process using this home (a bridge beside a `pouch send`)
     // holds the write lock for one transaction at a time: wait for it.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Room for every statement of the receiving path (rusqlite keeps 16).
-    conn.set_prepared_statement_cache_capacity(64);
+    // Room for every statement of the receiving path (rusqlite keeps 16)
+    // and OpenMLS's storage (about 40 of its own, cached since our patch).
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 
@@ -951,7 +972,124 @@ mod tests {
         assert!(
             stored_state_starts(&bob_store)
                 .iter()
+                .all(|b| matches!(*b, STATE_MSGPACK | STATE_MSGPACK_BYTES))
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    /// The binary form before byte strings became `bin`: every value
+    /// MessagePack with one number per byte (tag [`STATE_MSGPACK`]).
+    #[derive(Default)]
+    struct EarlierMsgpack;
+
+    impl Codec for EarlierMsgpack {
+        type Error = StateCodecError;
+        fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+            StateCodec::to_vec(value)
+        }
+        fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+            StateCodec::from_slice(slice)
+        }
+    }
+
+    /// A device whose state the previous release wrote (byte strings as
+    /// sequences of numbers) keeps its conversation, its key packages and
+    /// its signature key; what is stored afterwards is in the `bin` form,
+    /// and keys never change form (they are looked up by their bytes).
+    #[test]
+    fn group_state_written_before_byte_strings_became_bin_still_opens() {
+        let TwoStores {
+            scratch,
+            suite,
+            alice,
+            bob,
+            alice_store,
+            bob_store,
+        } = two_stores("pouch-state-bin");
+        let earlier = CodecProvider::<EarlierMsgpack>::over(bob_store.conn.clone()).unwrap();
+        let alice_signer = pouch_mls::new_device_signer(&alice_store.provider).unwrap();
+        let bob_signer = pouch_mls::new_device_signer(&earlier).unwrap();
+        let bob_key = bob_signer.to_public_vec();
+        let validated = |package: &[u8]| {
+            pouch_mls::validate_key_package(
+                &alice_store.provider,
+                suite,
+                &pouch_mls::ClaimedPackage {
+                    bytes: package,
+                    address: &bob,
+                    signature_key: &bob_key,
+                },
+            )
+            .unwrap()
+        };
+        let mut packages =
+            pouch_mls::key_packages(&earlier, suite, &bob_signer, &bob, 2, false).unwrap();
+        let (mut group, out) = pouch_mls::create_conversation(
+            &alice_store.provider,
+            suite,
+            &alice_signer,
+            &alice,
+            &[validated(&packages.remove(0))],
+        )
+        .unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut group).unwrap();
+        let (joined, _) = pouch_mls::join(&earlier, &out.welcome.unwrap()).unwrap();
+        let group_id = pouch_mls::group_id_bytes(&joined);
+        assert!(
+            stored_state_starts(&bob_store)
+                .iter()
                 .all(|b| *b == STATE_MSGPACK)
+        );
+
+        // Today's codec: a message, a commit, another message.
+        let mut reopened = pouch_mls::load_group(&bob_store.provider, &group_id).unwrap();
+        let sealed =
+            pouch_mls::seal(&alice_store.provider, &alice_signer, &mut group, b"one").unwrap();
+        assert!(matches!(
+            pouch_mls::open(&bob_store.provider, &mut reopened, &sealed).unwrap(),
+            pouch_mls::Opened::Application { payload, .. } if payload == b"one"
+        ));
+        let update =
+            pouch_mls::self_update(&alice_store.provider, &alice_signer, &mut group).unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut group).unwrap();
+        pouch_mls::open(&bob_store.provider, &mut reopened, &update.commit).unwrap();
+        let sealed =
+            pouch_mls::seal(&alice_store.provider, &alice_signer, &mut group, b"two").unwrap();
+        let mut again = pouch_mls::load_group(&bob_store.provider, &group_id).unwrap();
+        assert!(matches!(
+            pouch_mls::open(&bob_store.provider, &mut again, &sealed).unwrap(),
+            pouch_mls::Opened::Application { payload, .. } if payload == b"two"
+        ));
+        assert!(group_state_starts(&bob_store).contains(&STATE_MSGPACK_BYTES));
+
+        // The key package the previous form stored joins; the key signs.
+        let (mut second, out) = pouch_mls::create_conversation(
+            &alice_store.provider,
+            suite,
+            &alice_signer,
+            &alice,
+            &[validated(&packages.remove(0))],
+        )
+        .unwrap();
+        pouch_mls::merge_pending(&alice_store.provider, &mut second).unwrap();
+        pouch_mls::join(&bob_store.provider, &out.welcome.unwrap()).unwrap();
+        let loaded = pouch_mls::load_device_signer(&bob_store.provider, &bob_key).unwrap();
+        assert_eq!(loaded.to_public_vec(), bob_key);
+
+        // Keys kept their form: the group is found by the same bytes.
+        let group_keys: Vec<u8> = {
+            let mut stmt = bob_store
+                .conn
+                .prepare("SELECT group_id FROM openmls_group_data")
+                .unwrap();
+            stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(|v| v.unwrap()[0])
+                .collect()
+        };
+        assert!(
+            group_keys.iter().all(|b| *b == STATE_MSGPACK),
+            "{group_keys:?}"
         );
         let _ = std::fs::remove_dir_all(&scratch);
     }
