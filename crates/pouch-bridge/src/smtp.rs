@@ -269,6 +269,9 @@ impl Session {
             Ok(Err(e @ pouch_client::ClientError::Invalid(_))) => {
                 self.reply(554, "5.6.0", &format!("Not sent: {e}"))
             }
+            Ok(Err(e @ pouch_client::ClientError::OutboxFull(_))) => {
+                self.reply(452, "4.3.1", &format!("Not queued: {e}"))
+            }
             Ok(Err(e)) => self.reply(451, "4.3.0", &format!("Not queued, try again: {e}")),
             Err(_) => self.reply(451, "4.3.0", "Not queued, try again"),
         }

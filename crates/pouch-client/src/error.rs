@@ -39,6 +39,8 @@ pub enum ClientError {
     AccountKeyChanged(String),
     #[error("cryptography: {0}")]
     Mls(#[from] pouch_mls::MlsError),
+    #[error("the outbox is full: {0}; try again once they have gone")]
+    OutboxFull(String),
     #[error("local store: {0}")]
     Local(String),
     #[error("{0}")]

@@ -50,6 +50,12 @@ const MAX_BACKOFF_SECS: i64 = 15 * 60;
 /// A mail that could not go for this long comes back (Postfix: 5 days).
 pub const GIVE_UP_AFTER_SECS: i64 = 5 * 86_400;
 
+/// Mails the outbox holds at most, and their bytes at most: beyond either,
+/// a mail client is told to try again later (SMTP 452) rather than a
+/// runaway client, or a long outage, filling the disk.
+pub const MAX_WAITING_MAILS: i64 = 10_000;
+pub const MAX_WAITING_BYTES: i64 = 2 << 30;
+
 /// A mail waiting to be sent.
 pub struct Queued {
     pub id: i64,
@@ -106,6 +112,19 @@ impl Outbox {
         raw: Vec<u8>,
         envelope: &[Address],
     ) -> Result<Option<String>> {
+        self.queue_within(own, raw, envelope, MAX_WAITING_MAILS, MAX_WAITING_BYTES)
+    }
+
+    /// [`Self::queue`], refusing with [`ClientError::OutboxFull`] when the
+    /// mail would take the outbox past `max_mails` or `max_bytes`.
+    fn queue_within(
+        &self,
+        own: &Address,
+        raw: Vec<u8>,
+        envelope: &[Address],
+        max_mails: i64,
+        max_bytes: i64,
+    ) -> Result<Option<String>> {
         let head = &raw[..raw.len().min(crate::mail::HEAD_LIMIT)];
         let parsed = crate::mail::parse(head).map_err(|e| ClientError::Invalid(e.to_string()))?;
         if let Some(problem) = crate::submission_problem(&parsed, own, envelope) {
@@ -114,6 +133,17 @@ impl Outbox {
         let envelope = serde_json::to_string(envelope).expect("addresses serialise");
         let now = crate::now();
         let conn = self.conn();
+        let (mails, bytes): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(raw)), 0) FROM outbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if mails >= max_mails || bytes.saturating_add(raw.len() as i64) > max_bytes {
+            return Err(ClientError::OutboxFull(format!(
+                "{mails} mails ({} MiB) are waiting to be sent",
+                bytes >> 20
+            )));
+        }
         conn.execute(
             "INSERT INTO outbox (queued_at, envelope, raw, next_attempt_at) VALUES (?1, ?2, ?3, ?1)",
             params![now, envelope, raw],
@@ -174,5 +204,51 @@ impl Outbox {
             params![id, attempts as i64 + 1, crate::now() + wait, error],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full outbox refuses the next mail, saying why, and takes mail
+    /// again once one has gone.
+    #[test]
+    fn a_full_outbox_refuses_more_until_mail_goes() {
+        let home = std::env::temp_dir().join(format!("pouch-outbox-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let outbox = Outbox::open(&home, &[7; 32]).unwrap();
+        let alice = Address::parse("alice@pouch.local").unwrap();
+        let bob = Address::parse("bob@pouch.local").unwrap();
+        let mail = |n: usize| {
+            format!(
+                "From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: {n}\r\n\r\nbody\r\n"
+            )
+            .into_bytes()
+        };
+        let to = std::slice::from_ref(&bob);
+        for n in 0..2 {
+            outbox
+                .queue_within(&alice, mail(n), to, 2, 1 << 20)
+                .unwrap();
+        }
+        let full = outbox
+            .queue_within(&alice, mail(2), to, 2, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(full, ClientError::OutboxFull(_)), "{full}");
+        assert!(full.to_string().contains("2 mails"), "{full}");
+        // Bytes count too: a mail that would pass the byte limit is refused.
+        let big = outbox
+            .queue_within(&alice, mail(3), to, 10, 100)
+            .unwrap_err();
+        assert!(matches!(big, ClientError::OutboxFull(_)), "{big}");
+
+        let first = outbox.next_due(i64::MAX).unwrap().unwrap();
+        outbox.remove(first.id).unwrap();
+        outbox
+            .queue_within(&alice, mail(4), to, 2, 1 << 20)
+            .unwrap();
+        drop(outbox);
+        std::fs::remove_dir_all(&home).unwrap();
     }
 }
