@@ -229,15 +229,25 @@ impl LocalStore {
         self.set_meta("account_key", &hex::encode(key.secret().as_slice()))
     }
 
-    /// Adds a system entry to the inbox (link, revocation, reset, alerts).
+    /// Adds a system entry to the inbox (link, revocation, reset, alerts),
+    /// with a Date and a Message-ID of its own so that mail clients show
+    /// when it happened and thread nothing onto it.
     pub(crate) fn notice(&self, subject: &str, text: &str) -> Result<i64> {
+        let at = now();
+        let message_id = format!(
+            "notice-{}@pouch.invalid",
+            hex::encode(rand::random::<[u8; 16]>())
+        );
         let raw = format!(
-            "From: Pouch <system@pouch.invalid>\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+            "From: Pouch <system@pouch.invalid>\r\nSubject: {}\r\nDate: {}\r\nMessage-ID: <{message_id}>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n",
+            crate::mail::encode_header_text(subject),
+            crate::mail::rfc5322_date(at),
         );
         self.conn.execute(
-            "INSERT INTO messages (group_id, outgoing, sender, recipients, cc, subject, date, stored_at, size, attachments, raw, system) \
-             VALUES ('', 0, 'pouch-system', '[]', '[]', ?1, ?2, ?2, ?3, '[]', ?4, 1)",
-            params![subject, now(), raw.len() as i64, raw.as_bytes()],
+            "INSERT INTO messages (group_id, outgoing, sender, recipients, cc, subject, message_id, date, stored_at, size, attachments, raw, system) \
+             VALUES ('', 0, 'pouch-system', '[]', '[]', ?1, ?5, ?2, ?2, ?3, '[]', ?4, 1)",
+            params![subject, at, raw.len() as i64, raw.as_bytes(), message_id],
         )?;
         Ok(self.conn.last_insert_rowid())
     }

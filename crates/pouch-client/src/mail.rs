@@ -178,7 +178,7 @@ impl<R: Read> Read for Base64Lines<R> {
 }
 
 /// An RFC 2047 encoded word when the text is not plain ASCII.
-fn encode_header_text(text: &str) -> String {
+pub(crate) fn encode_header_text(text: &str) -> String {
     if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return text.to_string();
     }
@@ -226,7 +226,7 @@ fn filename_param(name: &str) -> String {
     }
 }
 
-fn rfc5322_date(ts: i64) -> String {
+pub(crate) fn rfc5322_date(ts: i64) -> String {
     let Ok(d) = time::OffsetDateTime::from_unix_timestamp(ts) else {
         return String::new();
     };

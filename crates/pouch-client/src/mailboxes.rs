@@ -88,15 +88,15 @@ impl Device {
                 .meta("mailboxes_filed_up_to")?
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            let new: Vec<(i64, bool)> = {
+            let new: Vec<(i64, bool, Option<String>)> = {
                 let mut stmt = l.conn.prepare(
-                    "SELECT id, outgoing FROM messages WHERE id > ?1 ORDER BY id",
+                    "SELECT id, outgoing, message_id FROM messages WHERE id > ?1 ORDER BY id",
                 )?;
-                stmt.query_map([filed_up_to], |r| Ok((r.get(0)?, r.get(1)?)))?
+                stmt.query_map([filed_up_to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?
             };
             let mut filed_now = 0;
-            for (id, outgoing) in &new {
+            for (id, outgoing, message_id) in &new {
                 // Already filed (an APPEND stores and files in one step).
                 let filed: bool = l
                     .conn
@@ -107,7 +107,10 @@ impl Device {
                     )
                     .optional()?
                     .unwrap_or(false);
-                if filed {
+                // The mail client's own copy of a mail it sent, APPENDed to
+                // Sent before the outbox sent the mail (the other order is
+                // caught in `append_message`): one copy in Sent, the client's.
+                if filed || (*outgoing && client_copy_in_sent(l, message_id.as_deref())?) {
                     continue;
                 }
                 let (folder, flags) = if *outgoing {
@@ -118,7 +121,7 @@ impl Device {
                 file_into(l, folder, *id, flags)?;
                 filed_now += 1;
             }
-            if let Some((last, _)) = new.last() {
+            if let Some((last, ..)) = new.last() {
                 l.set_meta("mailboxes_filed_up_to", &last.to_string())?;
             }
             Ok(filed_now)
@@ -326,6 +329,23 @@ impl Device {
             Ok(uid)
         })
     }
+}
+
+/// Whether Sent holds a copy a mail client appended (not one this device
+/// sent) with this Message-ID.
+fn client_copy_in_sent(l: &crate::local::LocalStore, message_id: Option<&str>) -> Result<bool> {
+    let Some(message_id) = message_id else {
+        return Ok(false);
+    };
+    Ok(l.conn
+        .prepare_cached(
+            "SELECT 1 FROM mailbox_messages mm JOIN messages m ON m.id = mm.message_id \
+             JOIN mailboxes b ON b.id = mm.mailbox_id \
+             WHERE b.special_use = '\\Sent' AND m.message_id = ?1 AND m.outgoing = 0 LIMIT 1",
+        )?
+        .query_row([message_id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn canonical(name: &str) -> &str {

@@ -779,6 +779,26 @@ fn thunderbird_reads_the_folders_and_sends_through_the_bridge() {
     assert!(
         String::from_utf8_lossy(&got).contains("Sent by Thunderbird through the Pouch bridge.")
     );
+    // Thunderbird keeps its copy in Sent (fcc, its default) by an APPEND
+    // after SMTP, racing the bridge's outbox; once both are filed, Sent
+    // holds exactly one copy. Its copy arrives on its own, after the send
+    // is reported: give it time before the bridge stops (without the
+    // matching, this test sees two copies).
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    drop(bridge);
+    let mut d = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
+    d.refresh_mailboxes().unwrap();
+    let sent = d.mailbox("Sent").unwrap().unwrap();
+    let copies = d
+        .entries(sent.id)
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            let raw = d.raw(e.message).unwrap();
+            String::from_utf8_lossy(&raw).contains("Subject: Written in Thunderbird")
+        })
+        .count();
+    assert_eq!(copies, 1, "copies of the sent mail in Sent");
 }
 
 const TLS: &str = r#"

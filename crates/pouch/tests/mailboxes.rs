@@ -232,3 +232,37 @@ fn pouch_search_finds_mail_by_its_words_and_the_index_is_encrypted_at_rest() {
         "an indexed token in clear on disk"
     );
 }
+
+/// A mail client that keeps its own copy (Thunderbird's "place a copy in
+/// Sent") APPENDs it right after SMTP, before the bridge's outbox has sent
+/// the mail: when the send is filed, Sent still holds one copy, the
+/// client's, under the UID the client was given.
+#[test]
+fn a_copy_appended_to_sent_before_the_mail_went_is_not_doubled() {
+    let dir = Scratch::new("mailboxes-append-first");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let _bob = user(&dir, &server, "bob");
+    let mut d = open(&alice);
+    d.refresh_mailboxes().unwrap();
+    let sent = d.mailbox("Sent").unwrap().unwrap();
+    let raw = b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: appended first\r\n\
+Message-ID: <appended-first@pouch.local>\r\n\r\nz\r\n"
+        .to_vec();
+    let uid = d
+        .append_message(sent.id, raw.clone(), &["\\Seen".into()])
+        .unwrap();
+    let bob = pouch_proto::Address::parse("bob@pouch.local").unwrap();
+    d.submit_mail(raw, std::slice::from_ref(&bob)).unwrap();
+    d.refresh_mailboxes().unwrap();
+    let entries = d.entries(sent.id).unwrap();
+    assert_eq!(entries.len(), 1, "one copy in Sent");
+    assert_eq!(entries[0].uid, uid);
+    // The mail itself went, and is this device's sent mail.
+    drop(d);
+    let sent_list = alice.sent();
+    assert!(
+        sent_list.iter().any(|m| m["subject"] == "appended first"),
+        "{sent_list:?}"
+    );
+}

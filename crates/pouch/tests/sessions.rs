@@ -223,6 +223,10 @@ fn mail_accepted_while_the_server_is_down_goes_when_it_is_back_even_across_a_cra
                 || notice.contains("bob@pouch.local has no enrolled device")),
         "{notice}"
     );
+    // A notice says when (a mail client shows that, not the download time)
+    // and has an id of its own.
+    assert!(notice.contains("\r\nDate: "), "{notice}");
+    assert!(notice.contains("\r\nMessage-ID: <notice-"), "{notice}");
     // A mail whose To copy goes but whose blind copy cannot: never sent
     // again to Carol, who has it; the notice says who got it.
     submit_with_blind(

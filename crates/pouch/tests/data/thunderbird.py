@@ -142,12 +142,16 @@ try:
         fields.to = "bob@pouch.local";
         fields.subject = "Written in Thunderbird";
         fields.body = "Sent by Thunderbird through the Pouch bridge.\\r\\n";
+        // What the compose window does with the identity's "place a copy in
+        // Sent" (on by default): the copy goes to the identity's Sent folder.
+        fields.fcc = identity.fccFolder;
         const send = Cc["@mozilla.org/messengercompose/send;1"].createInstance(Ci.nsIMsgSend);
         const listener = {
           QueryInterface: ChromeUtils.generateQI(["nsIMsgSendListener"]),
           onStartSending() {}, onProgress() {}, onStatus() {}, onGetDraftFolderURI() {},
           onSendNotPerformed(id, status) { resolve("not performed " + status); },
           onTransportSecurityError() { resolve("security error"); },
+          // The copy to Sent follows on its own (this listener is not told of it).
           onStopSending(id, status, msg, file) { resolve(Components.isSuccessCode(status) ? "sent" : "failed " + status + " " + msg); },
           onStopCopy() {},
         };
