@@ -1,5 +1,27 @@
 //! Command-line definitions and dispatch.
 
+/// `println!` for the command's output, ending the process quietly when
+/// the reader has gone (`pouch inbox | head`): a closed pipe is how such a
+/// reader says it has enough, not an error, and `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// Standard output cannot be written: quietly done if the reader closed
+/// it, else one line on standard error.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0)
+}
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use pouch_client::{Compose, Device, MessageSummary};
@@ -414,11 +436,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let invite = Invite::decode(&invite)?;
             let passphrase = new_passphrase()?;
             let done = Device::enroll(&home, &passphrase, &invite, &device_name)?;
-            println!(
+            outln!(
                 "enrolled {} as device {} (ciphersuite 0x{:04x})",
-                done.address, done.device_id, done.ciphersuite
+                done.address,
+                done.device_id,
+                done.ciphersuite
             );
-            println!("state: {}", home.display());
+            outln!("state: {}", home.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Link {
@@ -439,21 +463,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &address,
                 &device_name,
             )?;
-            println!("link code: {}", pending.code);
-            println!("this device's key fingerprint: {}", pending.key_fingerprint);
-            println!(
+            outln!("link code: {}", pending.code);
+            outln!("this device's key fingerprint: {}", pending.key_fingerprint);
+            outln!(
                 "On a device already on {address}, run:  pouch device approve {}",
                 pending.code
             );
             if let Ok(qr) = qrcode::QrCode::new(pending.code.as_bytes()) {
-                println!(
+                outln!(
                     "{}",
                     qr.render::<qrcode::render::unicode::Dense1x2>()
                         .quiet_zone(true)
                         .build()
                 );
             }
-            println!(
+            outln!(
                 "waiting for approval (expires {})...",
                 format_date(pending.expires_at)
             );
@@ -464,7 +488,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 std::time::Duration::from_secs(timeout_secs),
                 Some(progress_bar()),
             )?;
-            println!("approved: this device is now part of {address}");
+            outln!("approved: this device is now part of {address}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Device { command } => device_command(cli.home, command),
@@ -477,20 +501,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .iter()
                     .map(|e| serde_json::json!({ "seq": e.seq, "event": e.parsed() }))
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({ "devices": devices, "events": events })
                     )?
                 );
             } else {
-                println!("devices:");
+                outln!("devices:");
                 for d in &devices {
-                    println!("  {}  {:<20} {}", d.device_id, d.name, d.state);
+                    outln!("  {}  {:<20} {}", d.device_id, d.name, d.state);
                 }
-                println!("events:");
+                outln!("events:");
                 for e in events.iter().filter_map(|e| e.parsed()) {
-                    println!(
+                    outln!(
                         "  {} {:<18} {:<7} device {:<32} from {:<15} {} item(s) {} B {}",
                         format_date(e.at),
                         e.action,
@@ -518,17 +542,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 bar("verifying log", d, t)
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                outln!(
                     "log {}: {} entries, {} accounts",
-                    report.origin, report.size, report.accounts
+                    report.origin,
+                    report.size,
+                    report.accounts
                 );
                 for p in &report.problems {
-                    println!("PROBLEM: {p}");
+                    outln!("PROBLEM: {p}");
                 }
                 if report.problems.is_empty() {
-                    println!(
+                    outln!(
                         "ok: checkpoint signed, every entry signed by its account, chains intact, tree matches"
                     );
                 }
@@ -552,46 +578,49 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 device.verify(&address)?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", report.address);
-                println!("account key:      {}", report.account_key_fingerprint);
+                outln!("{}", report.address);
+                outln!("account key:      {}", report.account_key_fingerprint);
                 if report.key_changed && !accept {
-                    println!(
+                    outln!(
                         "WARNING: the account key CHANGED; you had {}",
                         report.pinned_fingerprint.clone().unwrap_or_default()
                     );
-                    println!(
+                    outln!(
                         "         confirm with the person (compare the code below), then: pouch verify {} --accept",
                         report.address
                     );
                 }
                 if accept {
-                    println!(
+                    outln!(
                         "accepted: mail to {} will be encrypted to this account key",
                         report.address
                     );
                 }
-                println!("comparison code:  {}", report.comparison_code);
-                println!("device list version {}:", report.version);
+                outln!("comparison code:  {}", report.comparison_code);
+                outln!("device list version {}:", report.version);
                 for d in &report.devices {
                     let name = if d.name.is_empty() {
                         "(name sealed to the account)"
                     } else {
                         d.name.as_str()
                     };
-                    println!(
+                    outln!(
                         "  {}  {}  added {}",
                         d.device_id,
                         name,
                         format_date(d.added_at)
                     );
                 }
-                println!("history:");
+                outln!("history:");
                 for h in &report.history {
-                    println!(
+                    outln!(
                         "  v{} {} {} device(s) key {}",
-                        h.version, h.reason, h.devices, h.account_key_fingerprint
+                        h.version,
+                        h.reason,
+                        h.devices,
+                        h.account_key_fingerprint
                     );
                 }
             }
@@ -608,7 +637,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             if show_password {
                 let device = open(cli.home)?;
-                println!("{}", device.bridge_password()?.as_str());
+                outln!("{}", device.bridge_password()?.as_str());
                 return Ok(ExitCode::SUCCESS);
             }
             let home = home(cli.home)?;
@@ -654,28 +683,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 let imap_at = imap_listener.local_addr()?;
                 let bound = smtp_listener.local_addr()?;
                 shared.with(|d| d.refresh_mailboxes()).await?;
-                println!("Pouch bridge for {address}");
-                println!("Mail client settings:");
-                println!(
+                outln!("Pouch bridge for {address}");
+                outln!("Mail client settings:");
+                outln!(
                     "  incoming: IMAP server {}  port {}  security: {security}",
                     imap_at.ip(),
                     imap_at.port()
                 );
-                println!(
+                outln!(
                     "  outgoing: SMTP server {}  port {}  security: {security}",
                     bound.ip(),
                     bound.port()
                 );
                 if let Some(c) = &certificate {
-                    println!(
+                    outln!(
                         "  certificate to trust in the mail client: {}",
                         c.cert_path.display()
                     );
                 }
-                println!("  user name: {address}");
-                println!("  password: the bridge password (pouch bridge --show-password)");
-                println!("IMAP listening on {imap_at}");
-                println!("SMTP listening on {bound}");
+                outln!("  user name: {address}");
+                outln!("  password: the bridge password (pouch bridge --show-password)");
+                outln!("IMAP listening on {imap_at}");
+                outln!("SMTP listening on {bound}");
                 std::io::stdout().flush()?;
                 pouch_bridge::serve(shared, imap_listener, smtp_listener, config).await;
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
@@ -685,9 +714,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let mut device = open(cli.home)?;
             let report = device.sync()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                outln!(
                     "{} new message(s), {} conversation(s) joined, {} key change(s)",
                     report.new_messages.len(),
                     report.joined_conversations,
@@ -793,9 +822,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inbox { json } => list(open(cli.home)?.inbox()?, json),
-        Command::Search { query, json } => list(open(cli.home)?.search(&query)?, json),
-        Command::Sent { json } => list(open(cli.home)?.sent()?, json),
+        Command::Inbox { json } => list(open(cli.home)?.inbox()?, json, Person::Sender),
+        Command::Search { query, json } => {
+            list(open(cli.home)?.search(&query)?, json, Person::Sender)
+        }
+        Command::Sent { json } => list(open(cli.home)?.sent()?, json, Person::Recipients),
         Command::Read { id, raw, json } => {
             let device = open(cli.home)?;
             let mut out = std::io::stdout().lock();
@@ -853,20 +884,42 @@ fn format_date(ts: i64) -> String {
         .unwrap_or_else(|| ts.to_string())
 }
 
-fn list(messages: Vec<MessageSummary>, json: bool) -> Result<ExitCode> {
+/// Whom a listing names beside each mail: who sent it (inbox, search), or
+/// whom it went to (sent mail, where the sender is always you).
+#[derive(Clone, Copy)]
+enum Person {
+    Sender,
+    Recipients,
+}
+
+/// "bob@x" for one recipient, "bob@x +2" for three.
+fn recipients_column(m: &MessageSummary) -> String {
+    let mut all = m.to.iter().chain(&m.cc);
+    match (all.next(), m.to.len() + m.cc.len()) {
+        (None, _) => "(no recipient)".into(),
+        (Some(first), 1) => format!("to {first}"),
+        (Some(first), n) => format!("to {first} +{}", n - 1),
+    }
+}
+
+fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&messages)?);
+        outln!("{}", serde_json::to_string_pretty(&messages)?);
     } else if messages.is_empty() {
-        println!("(no messages)");
+        outln!("(no messages)");
     } else {
         for m in messages {
             let clip = if m.attachments.is_empty() { " " } else { "@" };
-            println!(
+            let who = match person {
+                Person::Sender => m.from.clone(),
+                Person::Recipients => recipients_column(&m),
+            };
+            outln!(
                 "{:>5} {} {} {:<28} {}",
                 m.id,
                 format_date(m.date),
                 clip,
-                m.from,
+                who,
                 m.subject
             );
         }
@@ -933,11 +986,13 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
         eprintln!("{w}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&sent)?);
+        outln!("{}", serde_json::to_string_pretty(&sent)?);
     } else {
-        println!(
+        outln!(
             "sent message {} ({}) to {} device(s)",
-            sent.id, sent.message_id, sent.recipient_devices
+            sent.id,
+            sent.message_id,
+            sent.recipient_devices
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -949,13 +1004,16 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
         DeviceCommand::List { json } => {
             let list = device.device_list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for d in list {
                     let me = if d.this_device { " (this device)" } else { "" };
-                    println!(
+                    outln!(
                         "{}  {:<20} {:<24} {}{me}",
-                        d.device_id, d.name, d.state, d.fingerprint
+                        d.device_id,
+                        d.name,
+                        d.state,
+                        d.fingerprint
                     );
                 }
             }
@@ -989,18 +1047,18 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
                 device.set_progress(progress_bar());
             }
             let commits = device.approve(&info, with_history)?;
-            println!(
+            outln!(
                 "approved '{}'; added to {commits} conversation change(s)",
                 info.device_name
             );
         }
         DeviceCommand::Deny { code } => {
             let info = device.deny(&code)?;
-            println!("denied '{}' ({})", info.device_name, info.device_id);
+            outln!("denied '{}' ({})", info.device_name, info.device_id);
         }
         DeviceCommand::Revoke { device_id } => {
             let commits = device.revoke(&pouch_proto::DeviceId(device_id.clone()))?;
-            println!("revoked {device_id}; removed from conversations in {commits} commit(s)");
+            outln!("revoked {device_id}; removed from conversations in {commits} commit(s)");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1139,19 +1197,19 @@ fn server(args: ServerArgs) -> Result<ExitCode> {
             )
         })?;
         let addr = listener.local_addr()?;
-        println!(
+        outln!(
             "Pouch server for @{} listening on https://{addr}",
             prepared.state.domain
         );
-        println!("certificate SHA-256 fingerprint: {}", prepared.fingerprint);
+        outln!("certificate SHA-256 fingerprint: {}", prepared.fingerprint);
         match &prepared.admin_token_created {
-            Some(p) => println!("admin token written to {} (keep it secret)", p.display()),
-            None => println!(
+            Some(p) => outln!("admin token written to {} (keep it secret)", p.display()),
+            None => outln!(
                 "admin token: see {} on the node that first started",
                 prepared.admin_token_path.display()
             ),
         }
-        println!(
+        outln!(
             "storage: {}",
             if args.database_url.is_some() {
                 "PostgreSQL"
@@ -1200,7 +1258,7 @@ fn print_invite(
         resp.address,
         format_date(resp.expires_at)
     );
-    println!("{}", invite.encode());
+    outln!("{}", invite.encode());
 }
 
 // ---------- witness ----------
@@ -1239,11 +1297,11 @@ fn witness(args: WitnessArgs) -> Result<ExitCode> {
             args.listen
         )
     })?;
-    println!(
+    outln!(
         "Pouch witness listening on http://{}",
         listener.local_addr()?
     );
-    println!("witness key: {}", w.verifier_key());
+    outln!("witness key: {}", w.verifier_key());
     std::io::stdout().flush()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -1327,7 +1385,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 &token,
                 &serde_json::json!({}),
             )?;
-            println!("{}: {}", done.address, done.detail);
+            outln!("{}: {}", done.address, done.detail);
         }
         AdminCommand::Events {
             command: EventsCommand::Export { format, since },
@@ -1372,9 +1430,9 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 1,
                 pouch_proto::api::EVENT_CHAIN_START.into(),
             ) {
-                Ok(()) => println!("audit chain intact: {} events", events.len()),
+                Ok(()) => outln!("audit chain intact: {} events", events.len()),
                 Err(e) => {
-                    println!("AUDIT CHAIN BROKEN: {e}");
+                    outln!("AUDIT CHAIN BROKEN: {e}");
                     return Ok(ExitCode::from(3));
                 }
             }
@@ -1386,9 +1444,9 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     api.admin_get(&format!("/v1/admin/alerts?after={after}"), &token)?;
                 for a in &alerts {
                     if json {
-                        println!("{}", serde_json::to_string(a)?);
+                        outln!("{}", serde_json::to_string(a)?);
                     } else {
-                        println!(
+                        outln!(
                             "{} {:<8} {:<20} {:<28} {}",
                             format_date(a.at),
                             a.severity,
@@ -1413,12 +1471,12 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             let stale: Vec<pouch_proto::api::StaleDevice> =
                 api.admin_get("/v1/admin/devices/stale", &token)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stale)?);
+                outln!("{}", serde_json::to_string_pretty(&stale)?);
             } else if stale.is_empty() {
-                println!("no device is past the rotation window");
+                outln!("no device is past the rotation window");
             } else {
                 for d in stale {
-                    println!(
+                    outln!(
                         "{:<32} {} conversation {} last key update {}",
                         d.address,
                         d.device_id,
@@ -1434,10 +1492,10 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             let users: Vec<pouch_proto::api::UserSummary> =
                 api.admin_get("/v1/admin/users", &token)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&users)?);
+                outln!("{}", serde_json::to_string_pretty(&users)?);
             } else {
                 for u in users {
-                    println!(
+                    outln!(
                         "{:<32} {:>2} device(s)  {}",
                         u.address,
                         u.devices,

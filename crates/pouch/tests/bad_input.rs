@@ -287,3 +287,47 @@ fn a_mail_may_have_a_thousand_recipients_and_no_more() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// A listing piped into a reader that stops early (`pouch inbox | head`)
+/// ends quietly: no panic, no "Broken pipe" error, success. And `pouch
+/// sent` names whom each mail went to, not the sender (always you).
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly_and_sent_mail_names_its_recipients() {
+    let dir = Scratch::new("closed-pipe");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let _bob = user(&dir, &server, "bob");
+    let _carol = user(&dir, &server, "carol");
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--cc",
+        "carol@pouch.local",
+        "--subject",
+        "to two",
+        "--body",
+        "x",
+    ]);
+    let listing = String::from_utf8(alice.ok(&["sent"])).unwrap();
+    assert!(listing.contains("to bob@pouch.local +1"), "{listing}");
+    assert!(!listing.contains("alice@pouch.local"), "{listing}");
+
+    // The reader is gone before the first line is written.
+    let mut child = alice
+        .cmd()
+        .args(["sent"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_no_panic(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
