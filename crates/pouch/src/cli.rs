@@ -56,18 +56,23 @@ enum Command {
     Witness(WitnessArgs),
     /// Enroll this device with a one-time invite.
     Enroll {
+        /// The one-time invite an administrator gave you (`pouch admin user add`).
         invite: String,
+        /// A name for this device, shown in your device list.
         #[arg(long, default_value = "device")]
         device_name: String,
     },
     /// Ask to add this new device to an existing account (an existing device approves it).
     Link {
+        /// Your account's address.
         address: String,
+        /// The server's URL (https://HOST:PORT).
         #[arg(long)]
         server: String,
         /// The server certificate's SHA-256 fingerprint (as printed by the server).
         #[arg(long)]
         fingerprint: String,
+        /// A name for this device, shown in your device list.
         #[arg(long, default_value = "device")]
         device_name: String,
         /// How long to wait for approval.
@@ -81,14 +86,18 @@ enum Command {
     },
     /// This account's devices and recent access events: which device fetched what, when, from where.
     Activity {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show an account's key fingerprint, device list and history; --accept a changed key.
     Verify {
+        /// The account to show.
         address: String,
+        /// Accept the account's changed key, after comparing its fingerprint with the person.
         #[arg(long)]
         accept: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -123,23 +132,28 @@ enum Command {
     },
     /// Fetch and decrypt new mail.
     Sync {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List received mail.
     Inbox {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Find mail by words in its subject, people, text or attachment names
     /// (a local index, encrypted with the rest of this device's state).
     Search {
+        /// Words to find (all of them).
         query: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List sent mail.
     Sent {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -148,10 +162,13 @@ enum Command {
         /// Run on a scratch database created beside this PostgreSQL URL (SQLite otherwise).
         #[arg(long)]
         postgres: Option<String>,
+        /// Recipient counts to measure, comma-separated (one round each).
         #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
         recipients: Vec<usize>,
+        /// Mails per round (with --workload: mails in all).
         #[arg(long, default_value_t = 100)]
         messages: usize,
+        /// Bytes of text per mail.
         #[arg(long, default_value_t = 4096)]
         size: usize,
         /// Send one attachment of this many MiB and report peak memory instead.
@@ -203,10 +220,12 @@ enum Command {
     },
     /// Show one mail.
     Read {
+        /// The mail's number, as `pouch inbox` or `pouch sent` lists it.
         id: i64,
         /// Print the exact RFC 5322 bytes as sent.
         #[arg(long)]
         raw: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -216,10 +235,13 @@ enum Command {
 enum LogCommand {
     /// Walk the whole log: checkpoint signature, every entry's signature, each account's chain, the tree.
     Verify {
+        /// The server's URL (https://HOST:PORT).
         #[arg(long)]
         server: String,
+        /// The server certificate's SHA-256 fingerprint (as printed by the server).
         #[arg(long)]
         fingerprint: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -229,11 +251,13 @@ enum LogCommand {
 enum DeviceCommand {
     /// The signed device list beside what the server has registered.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Approve a new device by the code it shows.
     Approve {
+        /// The code the new device shows.
         code: String,
         /// Also send this device's mail store to the new device.
         #[arg(long)]
@@ -243,24 +267,35 @@ enum DeviceCommand {
         yes: bool,
     },
     /// Refuse a new device's request.
-    Deny { code: String },
+    Deny {
+        /// The code the new device shows.
+        code: String,
+    },
     /// Remove a device from the account and from every conversation.
-    Revoke { device_id: String },
+    Revoke {
+        /// The device's id, as `pouch device list` shows it.
+        device_id: String,
+    },
 }
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Address and port to serve HTTPS on (loopback unless you open it).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
+    /// Where the server keeps its database, TLS key and certificate, and admin token.
     #[arg(long, default_value = "./pouch-data")]
     data_dir: PathBuf,
     /// postgres://… to run on PostgreSQL; the embedded SQLite database otherwise.
     #[arg(long, env = "POUCH_DATABASE_URL")]
     database_url: Option<String>,
+    /// The mail domain this server serves (addresses are NAME@DOMAIN).
     #[arg(long, default_value = "pouch.local")]
     domain: String,
+    /// TLS certificate (PEM) to serve; a self-signed one is made and kept when absent.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// MLS ciphersuite for a new deployment (hex code point): 004D X-Wing, 004F ML-KEM768+X25519.
@@ -299,8 +334,10 @@ struct ServerArgs {
 
 #[derive(Args)]
 struct WitnessArgs {
+    /// Address and port the witness serves on.
     #[arg(long, default_value = "127.0.0.1:8444")]
     listen: String,
+    /// Where the witness keeps its key and the checkpoints it cosigned.
     #[arg(long, default_value = "./pouch-witness")]
     data_dir: PathBuf,
     /// This witness's name in its cosignatures.
@@ -313,6 +350,7 @@ struct WitnessArgs {
 
 #[derive(Args)]
 struct AdminArgs {
+    /// The server's URL.
     #[arg(long, default_value = "https://127.0.0.1:8443")]
     server: String,
     /// The admin token file the server wrote (token also from POUCH_ADMIN_TOKEN).
@@ -347,13 +385,16 @@ enum AdminCommand {
         /// Keep watching and print new alerts as they come.
         #[arg(long)]
         follow: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Devices past the key-rotation window.
     Devices {
+        /// List the devices that have not refreshed their keys within the rotation window.
         #[arg(long, required = true)]
         stale: bool,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -363,8 +404,10 @@ enum AdminCommand {
 enum EventsCommand {
     /// Every event since T (RFC 3339 or Unix seconds), one JSON object per line.
     Export {
+        /// jsonl (Pouch's own events) or ocsf (OCSF 1.x for a SIEM).
         #[arg(long, value_parser = ["jsonl", "ocsf"], default_value = "jsonl")]
         format: String,
+        /// Only events from this time on (RFC 3339 or Unix seconds).
         #[arg(long)]
         since: Option<String>,
     },
@@ -375,14 +418,21 @@ enum EventsCommand {
 #[derive(Subcommand)]
 enum AdminDeviceCommand {
     /// Revoke a device of a user; the user's devices are told and remove it.
-    Revoke { address: String, device_id: String },
+    Revoke {
+        /// The user's address.
+        address: String,
+        /// The device's id (as `pouch admin devices` or the user's `pouch device list` shows).
+        device_id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum UserCommand {
     /// Create a user (or re-invite one) and print a one-time invite.
     Add {
+        /// The user's address (NAME@DOMAIN).
         address: String,
+        /// The user's display name.
         #[arg(long)]
         name: Option<String>,
         /// Invite lifetime in hours.
@@ -391,12 +441,16 @@ enum UserCommand {
     },
     /// List users.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// All the user's devices are lost: revoke them all and issue a new invite
     /// (the account key changes; contacts are warned).
-    Reset { address: String },
+    Reset {
+        /// The user's address.
+        address: String,
+    },
 }
 
 #[derive(Args)]
@@ -404,10 +458,13 @@ struct SendArgs {
     /// Recipients, comma-separated.
     #[arg(long, value_delimiter = ',')]
     to: Vec<String>,
+    /// Copy recipients, comma-separated.
     #[arg(long, value_delimiter = ',')]
     cc: Vec<String>,
+    /// The subject (a reply's defaults to "Re: " and the original's).
     #[arg(long)]
     subject: Option<String>,
+    /// A file to attach (repeat for several).
     #[arg(long)]
     attach: Vec<PathBuf>,
     /// The body; read from standard input when absent.
@@ -419,6 +476,7 @@ struct SendArgs {
     /// Answer message ID in its conversation.
     #[arg(long)]
     reply_to: Option<i64>,
+    /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -1506,4 +1564,33 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is for in
+    /// `--help` (an operator reads `pouch server --help` before anything else).
+    #[test]
+    fn every_flag_is_described_in_help() {
+        fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    out.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut missing = Vec::new();
+        undescribed(&Cli::command(), "pouch", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }
