@@ -14,6 +14,9 @@ pub struct ServerInfo {
     /// The MLS ciphersuite every client of this server must use.
     pub ciphersuite: u16,
     pub version: String,
+    /// The commit the server was built from ("unknown" outside git).
+    #[serde(default)]
+    pub commit: String,
     /// Every device must put fresh key material into each conversation it is
     /// active in at least this often (post-compromise security).
     #[serde(default = "default_rotation")]

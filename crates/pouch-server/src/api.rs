@@ -35,6 +35,8 @@ pub fn route_table() -> Vec<crate::routes::RouteSpec> {
 fn routes() -> Routes {
     Routes::new()
         .route("/v1/info", &[(Method::GET, Access::Public)], get(info))
+        .route("/healthz", &[(Method::GET, Access::Public)], get(healthz))
+        .route("/readyz", &[(Method::GET, Access::Public)], get(readyz))
         .route(
             "/v1/admin/users",
             &[(Method::POST, Access::Admin), (Method::GET, Access::Admin)],
@@ -128,11 +130,33 @@ async fn info(State(s): St) -> Json<ServerInfo> {
         domain: s.domain.clone(),
         ciphersuite: s.ciphersuite,
         version: env!("CARGO_PKG_VERSION").into(),
+        commit: crate::BUILD_COMMIT.into(),
         rotation_secs: s.rotation_secs,
         log_origin: s.log.origin.clone(),
         log_key: s.log.key.verifier_key.clone(),
         witnesses: s.log.witness_keys(),
     })
+}
+
+/// The process is up and answering (a load balancer's liveness probe).
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready for traffic: the database answers (its migrations ran before the
+/// server started listening). 503 with the reason otherwise; the detail
+/// goes to the log, not to whoever asks.
+async fn readyz(State(s): St) -> (axum::http::StatusCode, &'static str) {
+    match s.store.log_size().await {
+        Ok(_) => (axum::http::StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: the database does not answer");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the database does not answer; see the server's log\n",
+            )
+        }
+    }
 }
 
 async fn add_user(

@@ -27,6 +27,16 @@ pub mod recorder;
 pub mod routes;
 pub mod service;
 pub mod sinks;
+
+/// The commit this server was built from (`build.rs`; "unknown" outside git).
+pub const BUILD_COMMIT: &str = env!("POUCH_BUILD_COMMIT");
+/// What `pouch --version` prints after the name: version and commit.
+pub const VERSION_LINE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("POUCH_BUILD_COMMIT"),
+    ")"
+);
 pub mod tls;
 pub mod witness;
 

@@ -35,7 +35,7 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(
     name = "pouch",
-    version,
+    version = pouch_server::VERSION_LINE,
     about = "Pouch: end-to-end encrypted mail for diplomatic networks"
 )]
 pub struct Cli {

@@ -1,0 +1,85 @@
+//! What an operator's tooling asks of a running server: liveness and
+//! readiness probes, and which build runs (version and commit).
+
+mod common;
+
+use common::*;
+
+/// Status code and body of a GET, by curl (an independent HTTP client).
+fn get(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status line");
+    (
+        code.trim().parse().expect("a status code"),
+        body.to_string(),
+    )
+}
+
+/// The commit this checkout is at, as the build recorded it.
+fn head_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn probes_answer_and_readiness_follows_the_database() {
+    let dir = Scratch::new("ops-probes");
+    let pg = PgDatabase::new("opsprobes");
+    let server = Server::start(&dir.path("server"), Some(&pg.url));
+    assert_eq!(
+        get(&format!("{}/healthz", server.url)),
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        get(&format!("{}/readyz", server.url)),
+        (200, "ready\n".into())
+    );
+
+    // The database stops answering what the server needs (here: a table
+    // moved away): not ready, with a reason and no database detail; alive.
+    pg.execute("ALTER TABLE log_state RENAME TO log_state_hidden");
+    let (code, body) = get(&format!("{}/readyz", server.url));
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: the database does not answer"),
+        "{body}"
+    );
+    assert!(!body.contains("log_state"), "no database detail: {body}");
+    assert_eq!(get(&format!("{}/healthz", server.url)).0, 200);
+
+    pg.execute("ALTER TABLE log_state_hidden RENAME TO log_state");
+    assert_eq!(get(&format!("{}/readyz", server.url)).0, 200);
+}
+
+#[test]
+fn the_server_and_the_binary_say_which_build_runs() {
+    let dir = Scratch::new("ops-version");
+    let server = Server::start(&dir.path("server"), None);
+    let (code, body) = get(&format!("{}/v1/info", server.url));
+    assert_eq!(code, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let commit = info["commit"].as_str().unwrap().to_string();
+    assert!(!commit.is_empty(), "{info}");
+    if let Some(head) = head_commit() {
+        assert_eq!(commit, head, "the build's commit");
+    }
+    let version = pouch().arg("--version").output().unwrap();
+    let line = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        line.starts_with(&format!(
+            "pouch {} (commit {commit})",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{line}"
+    );
+}
