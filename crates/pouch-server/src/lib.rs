@@ -28,6 +28,12 @@ pub mod routes;
 pub mod service;
 pub mod sinks;
 
+/// An optional value as a log field: the value itself, or empty — never
+/// Rust's `Some(Address("…"))`, which log pipelines cannot parse.
+pub(crate) fn shown<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
 /// The commit this server was built from (`build.rs`; "unknown" outside git).
 pub const BUILD_COMMIT: &str = env!("POUCH_BUILD_COMMIT");
 /// What `pouch --version` prints after the name: version and commit.

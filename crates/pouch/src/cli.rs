@@ -42,6 +42,10 @@ pub struct Cli {
     /// Where this device's encrypted state lives.
     #[arg(long, global = true, env = "POUCH_HOME")]
     home: Option<PathBuf>,
+    /// How the server, witness and bridge write their log on standard
+    /// error: text (colour only on a terminal) or json (one object per line).
+    #[arg(long, global = true, env = "POUCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -483,9 +487,9 @@ struct SendArgs {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Server(args) => server(args),
+        Command::Server(args) => server(args, &cli.log_format),
         Command::Admin(args) => admin(args),
-        Command::Witness(args) => witness(args),
+        Command::Witness(args) => witness(args, &cli.log_format),
         Command::Enroll {
             invite,
             device_name,
@@ -728,13 +732,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 pouch_bridge::tls::TlsMode::StartTls => "STARTTLS",
                 pouch_bridge::tls::TlsMode::Implicit => "SSL/TLS",
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "pouch_bridge=info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(&cli.log_format, "pouch_bridge=info");
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let (imap_listener, smtp_listener) = pouch_bridge::bind(&config).await?;
@@ -1178,13 +1176,25 @@ fn open(home_arg: Option<PathBuf>) -> Result<Device> {
 
 // ---------- server ----------
 
-fn server(args: ServerArgs) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// The log on standard error, filtered by RUST_LOG (else `default_filter`):
+/// text, coloured only when standard error is a terminal (no escape codes
+/// in files), or JSON, one object per line with the fields as plain values.
+fn init_logging(format: &str, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
+    init_logging(log_format, "info");
     let suite = u16::from_str_radix(args.ciphersuite.trim_start_matches("0x"), 16)
         .map_err(|_| anyhow!("--ciphersuite takes a hex code point such as 004D"))?;
     if !matches!(suite, 0x004D | 0x004F) {
@@ -1321,13 +1331,8 @@ fn print_invite(
 
 // ---------- witness ----------
 
-fn witness(args: WitnessArgs) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn witness(args: WitnessArgs, log_format: &str) -> Result<ExitCode> {
+    init_logging(log_format, "info");
     let logs = args
         .logs
         .iter()

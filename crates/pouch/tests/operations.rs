@@ -83,3 +83,47 @@ fn the_server_and_the_binary_say_which_build_runs() {
         "{line}"
     );
 }
+
+/// `--log-format json`: every line of the server's log is one JSON object
+/// with its fields as plain values (an alert names the account as an
+/// address, not as Rust's `Some(Address("…"))`); the text log written to a
+/// file has no colour codes.
+#[test]
+fn the_server_logs_json_lines_and_plain_text_without_colour() {
+    let dir = Scratch::new("ops-logs");
+    let log = dir.path("server.log");
+    let server = Server::start_logging(
+        &dir.path("server"),
+        None,
+        "127.0.0.1:0",
+        &["--log-format", "json"],
+        Some(&log),
+    );
+    // A first device raises a (low) alert naming the account.
+    let _alice = user(&dir, &server, "alice");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let alert = lines
+        .iter()
+        .find(|l| l["message"] == "ALERT" && l["rule"] == "new_device")
+        .unwrap_or_else(|| panic!("no alert line in {text}"));
+    assert_eq!(alert["account"], "alice@pouch.local", "{alert}");
+    assert!(
+        !text.contains("Some("),
+        "Rust debug formatting in the log: {text}"
+    );
+    drop(server);
+
+    let log = dir.path("text.log");
+    let server = Server::start_logging(&dir.path("server2"), None, "127.0.0.1:0", &[], Some(&log));
+    let _bob = user(&dir, &server, "bob");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ALERT"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
+}

@@ -125,7 +125,7 @@ pub async fn enroll(
         .await;
     match &result {
         Ok(d) => {
-            tracing::info!(address = %d.address, device = %d.device_id, peer = ?source, "device enrolled");
+            tracing::info!(address = %d.address, device = %d.device_id, peer = %crate::shown(&source), "device enrolled");
             let after_reset = s.store.reset_at(&d.address).await.ok().flatten().is_some();
             record(
                 s,
@@ -143,7 +143,7 @@ pub async fn enroll(
             .await;
         }
         Err(e) => {
-            tracing::warn!(address = %req.address, peer = ?source, reason = %e, "enrollment refused");
+            tracing::warn!(address = %req.address, peer = %crate::shown(&source), reason = %e, "enrollment refused");
             record(
                 s,
                 Ev::new(Action::Enroll)
@@ -205,7 +205,7 @@ pub async fn sign_in(
         return Err(refused());
     };
     if !device.is_active() {
-        tracing::warn!(device = %device.device_id, peer = ?source, revoked_by = ?device.revoked_by, "inactive device tried to sign in");
+        tracing::warn!(device = %device.device_id, peer = %crate::shown(&source), revoked_by = %crate::shown(&device.revoked_by), "inactive device tried to sign in");
         record(
             s,
             failed(Reason::DeviceInactive, "revoked or unapproved device").account(&device.address),
@@ -218,7 +218,7 @@ pub async fn sign_in(
     let key = key
         .verify(&auth_signing_payload(&req.device_id, &req.challenge), &sig)
         .map_err(|_| {
-            tracing::warn!(device = %device.device_id, peer = ?source, "bad sign-in signature");
+            tracing::warn!(device = %device.device_id, peer = %crate::shown(&source), "bad sign-in signature");
             refused()
         });
     if let Err(e) = key {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// A response runs on a task of its own: it records events, and the rules
 /// (which called this) must not wait for the recorder they feed.
 pub async fn raise(s: &Arc<AppState>, mut a: Alert) {
-    tracing::warn!(rule = %a.rule, severity = %a.severity, account = ?a.account, summary = %a.summary, "ALERT");
+    tracing::warn!(rule = %a.rule, severity = %a.severity, account = %crate::shown(&a.account), summary = %a.summary, "ALERT");
     let automatic_revoke = a.rule == Rule::ClonedDevice && s.policy.response.revoke_cloned_devices;
     if automatic_revoke {
         a.summary

@@ -122,6 +122,18 @@ impl Server {
         listen: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_logging(data_dir, database_url, listen, extra, None)
+    }
+
+    /// As `start_with`, the server's log (standard error) going to `log`
+    /// when given (at RUST_LOG=info then), to the test's output otherwise.
+    pub fn start_logging(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        listen: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+    ) -> Self {
         let mut cmd = pouch();
         cmd.args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -129,9 +141,13 @@ impl Server {
         if let Some(db) = database_url {
             cmd.args(["--database-url", db]);
         }
-        cmd.env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        match log {
+            Some(path) => cmd
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(path).expect("a log file")),
+            None => cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+        };
+        cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("start pouch server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
