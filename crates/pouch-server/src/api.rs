@@ -24,7 +24,27 @@ pub fn router(state: Arc<AppState>) -> Router {
     routes()
         .into_router()
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .with_state(state)
+}
+
+/// Counts each answered request by its route pattern and status (`/metrics`).
+async fn count_request(
+    State(s): St,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    s.metrics.count_request(&route, response.status().as_u16());
+    response
 }
 
 /// Every route with who may call it (see `routes.rs`).
@@ -37,6 +57,7 @@ fn routes() -> Routes {
         .route("/v1/info", &[(Method::GET, Access::Public)], get(info))
         .route("/healthz", &[(Method::GET, Access::Public)], get(healthz))
         .route("/readyz", &[(Method::GET, Access::Public)], get(readyz))
+        .route("/metrics", &[(Method::GET, Access::Admin)], get(metrics))
         .route(
             "/v1/admin/users",
             &[(Method::POST, Access::Admin), (Method::GET, Access::Admin)],
@@ -157,6 +178,25 @@ async fn readyz(State(s): St) -> (axum::http::StatusCode, &'static str) {
             )
         }
     }
+}
+
+/// Prometheus metrics, for the administrator's token.
+async fn metrics(
+    State(s): St,
+    _: Admin,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    let gauges = crate::metrics::Gauges {
+        log_size: s.store.log_size().await?,
+        events_lost: s.events_lost.load(std::sync::atomic::Ordering::Relaxed),
+        devices_waiting: s.waiters.count(),
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(&gauges),
+    ))
 }
 
 async fn add_user(

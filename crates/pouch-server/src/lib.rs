@@ -22,6 +22,7 @@ mod extract;
 mod groups;
 pub mod log;
 mod logkey;
+pub mod metrics;
 pub mod push;
 pub mod recorder;
 pub mod routes;
@@ -131,6 +132,8 @@ pub struct AppState {
     pub directory: service::directory::DirectoryCache,
     /// Where requests hand their access events ([`recorder`]).
     pub recorder: recorder::Recorder,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
     admin_token_sha256: [u8; 32],
 }
 
@@ -319,6 +322,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         waiters: Default::default(),
         directory: Default::default(),
         recorder,
+        metrics: Default::default(),
         admin_token_sha256,
     });
     recorder_tasks.start(&state, Arc::new(Detection));

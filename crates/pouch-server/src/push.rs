@@ -51,6 +51,11 @@ impl Waiters {
         }
     }
 
+    /// Devices with a bell (waiting for mail now), for `/metrics`.
+    pub fn count(&self) -> usize {
+        self.bells.lock().expect("not poisoned").len()
+    }
+
     /// Whether any device waits at all (else waking costs nothing).
     pub fn any(&self) -> bool {
         !self.bells.lock().expect("not poisoned").is_empty()

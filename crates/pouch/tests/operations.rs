@@ -127,3 +127,109 @@ fn the_server_logs_json_lines_and_plain_text_without_colour() {
         "colour codes in a log file: {text:?}"
     );
 }
+
+/// Prints `{name{labels}: value}` as JSON for what Prometheus's parser reads.
+const PARSE_METRICS: &str = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+print(json.dumps(out))
+"#;
+
+/// `/metrics` in Prometheus's text format, read by Prometheus's own parser
+/// (`prometheus_client`): refused without the administrator's token, and
+/// its counters move when mail flows.
+#[test]
+fn metrics_parse_as_prometheus_and_move_when_mail_flows() {
+    let dir = Scratch::new("ops-metrics");
+    let server = Server::start(&dir.path("server"), None);
+    let token = std::fs::read_to_string(dir.path("server").join("admin.token")).unwrap();
+    let scrape = || -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sSfk", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}/metrics", server.url))
+            .output()
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parse = std::process::Command::new("python3")
+            .args(["-c", PARSE_METRICS])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        parse
+            .stdin
+            .as_ref()
+            .unwrap()
+            .write_all(&out.stdout)
+            .unwrap();
+        let parsed = parse.wait_with_output().unwrap();
+        assert!(
+            parsed.status.success(),
+            "not Prometheus text: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&parsed.stdout).unwrap()
+    };
+    let sent = |m: &serde_json::Value| -> f64 {
+        m.as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("pouch_http_requests_total")
+                    && k.contains("/messages")
+                    && k.contains("\"200\"")
+            })
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum()
+    };
+
+    // No token, no metrics.
+    let (code, _) = get(&format!("{}/metrics", server.url));
+    assert_eq!(code, 401);
+
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let before = scrape();
+    assert!(
+        before["pouch_log_entries{}"].as_f64().unwrap() >= 2.0,
+        "{before}"
+    );
+    assert!(
+        before["pouch_alerts_raised_total{\"severity\": \"low\"}"]
+            .as_f64()
+            .unwrap()
+            >= 2.0,
+        "a first device raises a low alert: {before}"
+    );
+    for i in 0..3 {
+        let subject = format!("counted {i}");
+        alice.ok(&[
+            "send",
+            "--to",
+            "bob@pouch.local",
+            "--subject",
+            &subject,
+            "--body",
+            "x",
+        ]);
+    }
+    bob.sync();
+    let after = scrape();
+    assert!(
+        sent(&after) >= sent(&before) + 3.0,
+        "before {before}\nafter {after}"
+    );
+    // Routes are patterns: no address or conversation id in a label.
+    let text = after.to_string();
+    assert!(!text.contains("alice@") && !text.contains("bob@"), "{text}");
+}

@@ -19,6 +19,7 @@ use std::sync::Arc;
 /// (which called this) must not wait for the recorder they feed.
 pub async fn raise(s: &Arc<AppState>, mut a: Alert) {
     tracing::warn!(rule = %a.rule, severity = %a.severity, account = %crate::shown(&a.account), summary = %a.summary, "ALERT");
+    s.metrics.count_alert(&a.severity.to_string());
     let automatic_revoke = a.rule == Rule::ClonedDevice && s.policy.response.revoke_cloned_devices;
     if automatic_revoke {
         a.summary
