@@ -15,10 +15,10 @@ pub enum ClientError {
     NoPassphrase,
     #[error("cannot reach the Pouch server at {0}: is it running? ({1})")]
     Unreachable(String, String),
-    #[error(
-        "the server's TLS certificate does not match the pinned fingerprint; refusing to talk to it"
-    )]
-    CertificateMismatch,
+    /// The server's certificate does not chain to the invite's trust anchor,
+    /// names another host, or is out of its dates (the reason says which).
+    #[error("{0}")]
+    UntrustedCertificate(String),
     #[error("server refused: {message}")]
     Server {
         status: u16,

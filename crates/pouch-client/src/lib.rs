@@ -190,7 +190,7 @@ pub enum Sending {
 fn worth_retrying(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable(..)
-        | ClientError::CertificateMismatch
+        | ClientError::UntrustedCertificate(_)
         | ClientError::Protocol(_)
         | ClientError::Local(_)
         | ClientError::Io(_) => true,

@@ -1,13 +1,25 @@
-//! HTTPS to the Pouch server, pinned to the certificate fingerprint from the
-//! invite. The usual web PKI plays no part: a ministry's server is trusted
-//! because its fingerprint came with the invite, not because a CA says so.
+//! HTTPS to the Pouch server, trusting only the anchor from the invite.
+//!
+//! The usual web PKI plays no part: a ministry's server is trusted because
+//! the invite named its trust anchor (the SHA-256 of a CA certificate), not
+//! because a public CA says so. The server sends that anchor at the end of
+//! its chain; the client finds it there by its fingerprint and accepts the
+//! serving certificate only if it chains to it, is within its dates and
+//! names the host connected to (rustls's own WebPKI checks, with the one
+//! anchor as the only root). So the server can renew its certificate
+//! freely, and a certificate from any other CA is refused.
+//!
+//! A fingerprint that names the serving certificate itself (devices
+//! enrolled before anchors; a server given a certificate without its CA) is
+//! still accepted as an exact pin.
 
 use crate::error::{ClientError, Result};
 use pouch_proto::DeviceId;
 use pouch_proto::api::{self, ErrorBody, ErrorCode};
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
@@ -16,32 +28,85 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
+/// Marks the verifier's refusals, so that they reach the user as
+/// [`ClientError::UntrustedCertificate`] with their reason.
+const REFUSED: &str = "pouch refused the certificate: ";
+
+const NOT_FROM_ANCHOR: &str = "the server's TLS certificate is not issued by the trust anchor from your invite; refusing to talk to it (if the server's CA really changed, ask your administrator)";
+
 #[derive(Debug)]
-struct PinnedCertificate {
-    fingerprint: Vec<u8>,
+struct AnchoredCertificate {
+    /// SHA-256 of the anchor certificate (or of a pinned serving certificate).
+    anchor_sha256: Vec<u8>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedCertificate {
+impl AnchoredCertificate {
+    fn is_anchor(&self, cert: &CertificateDer<'_>) -> bool {
+        bool::from(
+            Sha256::digest(cert.as_ref())
+                .as_slice()
+                .ct_eq(&self.anchor_sha256),
+        )
+    }
+
+    fn refuse(reason: String) -> rustls::Error {
+        rustls::Error::General(format!("{REFUSED}{reason}"))
+    }
+}
+
+impl ServerCertVerifier for AnchoredCertificate {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if bool::from(
-            Sha256::digest(end_entity.as_ref())
-                .as_slice()
-                .ct_eq(&self.fingerprint),
-        ) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "certificate fingerprint mismatch".into(),
-            ))
+        if self.is_anchor(end_entity) {
+            return Ok(ServerCertVerified::assertion());
         }
+        let Some(anchor) = intermediates.iter().find(|c| self.is_anchor(c)) else {
+            return Err(Self::refuse(NOT_FROM_ANCHOR.into()));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(anchor.clone().into_owned())
+            .map_err(|e| Self::refuse(format!("the server's trust anchor is damaged ({e})")))?;
+        let others: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| !self.is_anchor(c))
+            .cloned()
+            .collect();
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| Self::refuse(e.to_string()))?;
+        webpki
+            .verify_server_cert(end_entity, &others, server_name, ocsp, now)
+            .map_err(|e| {
+                let host = server_name.to_str();
+                Self::refuse(match e {
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    ) => format!(
+                        "the server's TLS certificate is not valid for {host}: connect by a name it covers, or start the server with --tls-name {host}"
+                    ),
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::Expired
+                        | CertificateError::ExpiredContext { .. }
+                        | CertificateError::NotValidYet
+                        | CertificateError::NotValidYetContext { .. },
+                    ) => "the server's TLS certificate is out of its dates: check this computer's clock, or tell the server's operator".into(),
+                    // A certificate signed by another key under the anchor's name is as foreign.
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::UnknownIssuer | CertificateError::BadSignature,
+                    ) => NOT_FROM_ANCHOR.into(),
+                    other => format!("the server's TLS certificate was refused: {other}"),
+                })
+            })
     }
     fn verify_tls12_signature(
         &self,
@@ -117,8 +182,8 @@ impl Api {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                fingerprint,
+            .with_custom_certificate_verifier(Arc::new(AnchoredCertificate {
+                anchor_sha256: fingerprint,
                 provider,
             }))
             .with_no_client_auth();
@@ -187,8 +252,9 @@ impl Api {
     fn transport_error(&self, e: reqwest::Error) -> ClientError {
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = source {
-            if s.to_string().contains("fingerprint mismatch") {
-                return ClientError::CertificateMismatch;
+            let text = s.to_string();
+            if let Some(at) = text.find(REFUSED) {
+                return ClientError::UntrustedCertificate(text[at + REFUSED.len()..].to_string());
             }
             source = s.source();
         }
@@ -552,5 +618,110 @@ mod tests {
             let e = body_of(huge, limit).unwrap_err().to_string();
             assert!(e.contains("larger than 100 KiB"), "{declared}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        Ca {
+            cert: p.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    fn leaf(by: &Ca, names: &[&str], days: u64) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(3600)).into();
+        p.not_after = (now + Duration::from_secs(86_400 * days)).into();
+        p.signed_by(&key, &by.cert, &by.key).unwrap().der().clone()
+    }
+
+    fn verifier(trusted: &CertificateDer<'_>) -> AnchoredCertificate {
+        AnchoredCertificate {
+            anchor_sha256: Sha256::digest(trusted.as_ref()).to_vec(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+
+    /// What the client makes of `chain` (leaf first) when connecting to `host`
+    /// at `now`: `Ok` or the reason it gives the user.
+    fn check(
+        v: &AnchoredCertificate,
+        chain: &[CertificateDer<'static>],
+        host: &str,
+        at: SystemTime,
+    ) -> std::result::Result<(), String> {
+        let name = ServerName::try_from(host.to_string()).unwrap();
+        let at = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
+        v.verify_server_cert(&chain[0], &chain[1..], &name, &[], at)
+            .map(|_| ())
+            .map_err(|e| {
+                let text = e.to_string();
+                text[text.find(REFUSED).expect("marked") + REFUSED.len()..].to_string()
+            })
+    }
+
+    #[test]
+    fn the_anchor_accepts_any_certificate_it_issued_for_the_host_and_nothing_else() {
+        let ministry = ca("Ministry CA");
+        let anchor = ministry.cert.der().clone();
+        let v = verifier(&anchor);
+        let now = SystemTime::now();
+        let first = leaf(&ministry, &["127.0.0.1", "mail.ministry.example"], 90);
+        let renewed = leaf(&ministry, &["127.0.0.1", "mail.ministry.example"], 90);
+        for cert in [&first, &renewed] {
+            assert_eq!(check(&v, &[cert.clone(), anchor.clone()], "127.0.0.1", now), Ok(()));
+            assert_eq!(
+                check(&v, &[cert.clone(), anchor.clone()], "mail.ministry.example", now),
+                Ok(())
+            );
+        }
+        // Another host name than the certificate covers.
+        let e = check(&v, &[first.clone(), anchor.clone()], "other.example", now).unwrap_err();
+        assert!(e.contains("not valid for other.example") && e.contains("--tls-name"), "{e}");
+        // Past its end (or a clock far ahead).
+        let later = now + Duration::from_secs(86_400 * 91);
+        let e = check(&v, &[first.clone(), anchor.clone()], "127.0.0.1", later).unwrap_err();
+        assert!(e.contains("out of its dates"), "{e}");
+        // Issued by another CA, whether that CA is sent along or not.
+        let other = ca("Ministry CA");
+        let forged = leaf(&other, &["127.0.0.1"], 90);
+        for chain in [
+            vec![forged.clone(), other.cert.der().clone()],
+            vec![forged.clone()],
+            // The right anchor sent along does not make a forged leaf good.
+            vec![forged.clone(), anchor.clone()],
+        ] {
+            let e = check(&v, &chain, "127.0.0.1", now).unwrap_err();
+            assert!(e.contains("not issued by the trust anchor from your invite"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_serving_certificate_is_still_accepted_as_it_is() {
+        let own = ca("Pouch");
+        let cert = leaf(&own, &["localhost"], 90);
+        let v = verifier(&cert);
+        assert_eq!(check(&v, &[cert.clone()], "anything.example", SystemTime::now()), Ok(()));
+        let e = check(&v, &[leaf(&own, &["localhost"], 90)], "localhost", SystemTime::now())
+            .unwrap_err();
+        assert!(e.contains("not issued by the trust anchor"), "{e}");
     }
 }

@@ -61,6 +61,9 @@ pub use error::ApiError;
 pub const TOKEN_TTL_SECS: u64 = 3600;
 /// Time a client has to send a request's header.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the server checks whether its serving certificate is due
+/// for renewal (it renews with 30 days left, so a day's delay is harmless).
+const TLS_RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 /// Default lifetime of an invite.
 pub const INVITE_TTL_SECS: u64 = 72 * 3600;
 
@@ -89,8 +92,8 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub domain: String,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
+    /// Where the TLS identity comes from (see [`tls`]).
+    pub tls: tls::TlsSettings,
     /// Used only when the database has no ciphersuite yet.
     pub ciphersuite: u16,
     /// The enforced key-rotation window.
@@ -141,8 +144,8 @@ pub struct AppState {
 pub struct Prepared {
     pub state: Arc<AppState>,
     pub connections: conncap::ConnectionLimits,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub fingerprint: String,
+    /// The trust anchor and the serving certificate ([`tls`]).
+    pub tls: Arc<tls::TlsIdentity>,
     /// Where the admin token was written, if this start created it.
     pub admin_token_created: Option<PathBuf>,
     pub admin_token_path: PathBuf,
@@ -240,11 +243,11 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
             config.data_dir.display()
         ))
     })?;
-    let (tls, fingerprint) = tls::server_config(
+    let tls = Arc::new(tls::TlsIdentity::load(
         &config.data_dir,
-        config.tls_cert.as_deref(),
-        config.tls_key.as_deref(),
-    )?;
+        &config.domain.to_ascii_lowercase(),
+        &config.tls,
+    )?);
 
     let domain = store
         .init_setting("domain", &config.domain.to_ascii_lowercase())
@@ -339,7 +342,6 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         connections: config.connections,
         state,
         tls,
-        fingerprint,
         admin_token_created,
         admin_token_path,
     })
@@ -416,7 +418,21 @@ pub async fn serve(
             tokio::time::sleep(tick).await;
         }
     });
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.clone());
+    // The serving certificate is renewed while the server runs (tls.rs).
+    let identity = prepared.tls.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TLS_RENEWAL_CHECK).await;
+            let identity = identity.clone();
+            match tokio::task::spawn_blocking(move || identity.renew_if_due()).await {
+                Ok(Ok(Some(_))) => tracing::info!("serving certificate renewed"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot renew the serving certificate"),
+                Err(e) => tracing::error!(error = %e, "the certificate renewal task failed"),
+            }
+        }
+    });
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.config.clone());
     let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // Connections are counted before the TLS handshake (conncap.rs).
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)

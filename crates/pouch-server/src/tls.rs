@@ -1,84 +1,630 @@
-//! The server's TLS identity. Without a configured certificate the server
-//! makes a self-signed one on first start and keeps it; clients pin its
-//! SHA-256 fingerprint, which travels in every invite.
+//! The server's TLS identity: a long-lived **trust anchor** and a
+//! short-lived **serving certificate** that chains to it.
+//!
+//! Devices do not trust the web PKI. An invite names one anchor (the SHA-256
+//! of a CA certificate); a client accepts the server's certificate only if it
+//! chains to that anchor, is within its validity and names the host the
+//! client connects to (`pouch-client`'s `net.rs`). So the serving certificate
+//! can be renewed as often as wanted without any device noticing: only a
+//! change of anchor is visible, and that is refused.
+//!
+//! Two ways to run:
+//! - **Pouch's own anchor** (the default). On first start the server makes a
+//!   CA (`tls-anchor.pem`; its key in `tls-anchor-key.pem`, used for nothing
+//!   but issuing) and issues itself a serving certificate for
+//!   [`SERVING_DAYS`] days (`tls-cert.pem`, `tls-key.pem`), which it renews
+//!   when fewer than [`RENEW_DAYS`] days are left — at start, and while it
+//!   runs, without a restart ([`TlsIdentity::renew_if_due`]).
+//! - **The ministry's CA**: `--tls-cert`/`--tls-key` issued by it, and
+//!   `--tls-ca` its certificate (the anchor). The operator renews by
+//!   replacing the files and restarting. Without `--tls-ca`, a given
+//!   certificate is its own anchor: renewing it would lock every device out,
+//!   and the server says so when it starts.
+//!
+//! The server always sends the anchor at the end of its chain, so that a
+//! client finds it by its fingerprint without carrying the certificate.
+//!
+//! Data directories from before anchors hold a self-signed `tls-cert.pem`
+//! whose fingerprint their devices pinned. On upgrade that certificate
+//! becomes the anchor (and its key the anchor key): those devices keep
+//! working, and from then on the serving certificate is renewed like any.
 
 use crate::{StartError, write_private_file};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use std::path::Path;
-use std::sync::Arc;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// How long a serving certificate Pouch issues itself is valid.
+pub const SERVING_DAYS: u64 = 90;
+/// A serving certificate with fewer days left than this is renewed.
+pub const RENEW_DAYS: u64 = 30;
+/// How long Pouch's own anchor is valid (clients do not check an anchor's
+/// dates; this is for other tools that look at it).
+const ANCHOR_YEARS: u64 = 20;
+/// The names every serving certificate Pouch issues covers, besides
+/// `--tls-name`: what a client on the server's own machine connects to.
+pub const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 pub fn fingerprint(cert_der: &[u8]) -> String {
     hex::encode(crate::sha256(cert_der))
 }
 
-pub fn server_config(
-    data_dir: &Path,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> Result<(Arc<rustls::ServerConfig>, String), StartError> {
-    let (cert_path, key_path) = match (cert, key) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        (None, None) => {
-            let c = data_dir.join("tls-cert.pem");
-            let k = data_dir.join("tls-key.pem");
-            if !c.exists() || !k.exists() {
-                generate(&c, &k)?;
-            }
-            (c, k)
-        }
-        _ => {
-            return Err(StartError::Config(
-                "give both --tls-cert and --tls-key, or neither".into(),
-            ));
-        }
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|it| it.collect())
-        .map_err(|e| {
-            StartError::Tls(format!(
-                "cannot read certificate {}: {e}",
-                cert_path.display()
-            ))
-        })?;
-    let first = certs
-        .first()
-        .ok_or_else(|| StartError::Tls(format!("no certificate in {}", cert_path.display())))?;
-    let fp = fingerprint(first.as_ref());
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        StartError::Tls(format!(
-            "cannot read private key {}: {e}",
-            key_path.display()
-        ))
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((Arc::new(config), fp))
+/// Where the TLS identity comes from (`pouch server`'s `--tls-*` flags).
+#[derive(Clone, Debug, Default)]
+pub struct TlsSettings {
+    /// A serving certificate chain (PEM) and its key, from the operator.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The operator's CA certificate (PEM): the anchor devices trust.
+    pub ca: Option<PathBuf>,
+    /// Names the serving certificate Pouch issues covers besides
+    /// [`LOCAL_NAMES`] (DNS names or IP addresses).
+    pub names: Vec<String>,
 }
 
-fn generate(cert_path: &Path, key_path: &Path) -> Result<(), StartError> {
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
+/// The server's TLS identity while it runs.
+pub struct TlsIdentity {
+    /// SHA-256 of the anchor certificate: what invites carry.
+    pub anchor_fingerprint: String,
+    pub config: Arc<rustls::ServerConfig>,
+    /// When the serving certificate in use stops being valid.
+    pub serving_until: SystemTime,
+    /// The names the serving certificate Pouch issued covers (empty with the
+    /// operator's certificate).
+    pub serving_names: Vec<String>,
+    /// Something the operator should know (a pinned leaf, a certificate
+    /// about to expire), said once at start.
+    pub warnings: Vec<String>,
+    serving: Arc<ServingCertificate>,
+    /// Present when Pouch issues its own serving certificates.
+    issuer: Option<Issuer>,
+}
+
+/// Hands every handshake the current serving certificate; renewal swaps it.
+#[derive(Debug)]
+struct ServingCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// Pouch's own anchor, able to issue serving certificates.
+struct Issuer {
+    anchor: rcgen::Certificate,
+    anchor_der: CertificateDer<'static>,
+    /// The anchor as written in `tls-anchor.pem`, sent after the leaf.
+    anchor_pem: String,
+    anchor_key: rcgen::KeyPair,
+    names: Vec<String>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+fn tls_error(what: impl std::fmt::Display) -> StartError {
+    StartError::Tls(what.to_string())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsIdentity {
+    /// Loads (or, on first start, makes) the identity in `data_dir`.
+    pub fn load(data_dir: &Path, domain: &str, settings: &TlsSettings) -> Result<Self, StartError> {
+        match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => Self::operator(cert, key, settings.ca.as_deref()),
+            (None, None) if settings.ca.is_some() => Err(StartError::Config(
+                "--tls-ca needs the serving certificate it issued: give --tls-cert and --tls-key too"
+                    .into(),
+            )),
+            (None, None) => Self::own(data_dir, domain, &settings.names),
+            _ => Err(StartError::Config(
+                "give both --tls-cert and --tls-key, or neither".into(),
+            )),
+        }
+    }
+
+    /// The operator's certificate, anchored at `--tls-ca` (or at itself).
+    fn operator(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Self, StartError> {
+        let mut chain = read_certs(cert)?;
+        let key = read_key(key)?;
+        let mut warnings = Vec::new();
+        let anchor = match ca {
+            Some(ca) => {
+                let anchor = read_certs(ca)?.remove(0);
+                let intermediates: Vec<_> = chain[1..].to_vec();
+                chains_to(&chain[0], &intermediates, &anchor, SystemTime::now())
+                    .map_err(|e| {
+                        StartError::Tls(format!(
+                            "{} does not chain to the CA in {} ({e}): give the certificate that CA issued",
+                            cert.display(),
+                            ca.display()
+                        ))
+                    })?;
+                if chains_to(&chain[0], &intermediates, &anchor, until_now(RENEW_DAYS)).is_err() {
+                    warnings.push(format!(
+                        "the serving certificate {} expires within {RENEW_DAYS} days: renew it from the same CA and restart",
+                        cert.display()
+                    ));
+                }
+                if !chain.contains(&anchor) {
+                    chain.push(anchor.clone());
+                }
+                anchor
+            }
+            None => {
+                warnings.push(format!(
+                    "{} is its own trust anchor: devices will refuse a renewed certificate; give the CA that issued it with --tls-ca",
+                    cert.display()
+                ));
+                chain[0].clone()
+            }
+        };
+        let serving_until = valid_until(&chain[0], &chain[1..], &anchor);
+        let certified = certified_key(chain, key)?;
+        Self::finish(anchor, certified, serving_until, Vec::new(), warnings, None)
+    }
+
+    /// Pouch's own anchor in the data directory, made on first start.
+    fn own(data_dir: &Path, domain: &str, extra_names: &[String]) -> Result<Self, StartError> {
+        let anchor_path = data_dir.join("tls-anchor.pem");
+        let anchor_key_path = data_dir.join("tls-anchor-key.pem");
+        let cert_path = data_dir.join("tls-cert.pem");
+        let key_path = data_dir.join("tls-key.pem");
+        if !anchor_path.exists() && cert_path.exists() && key_path.exists() {
+            // A data directory from before anchors: its self-signed
+            // certificate (which devices pinned) becomes the anchor.
+            std::fs::rename(&key_path, &anchor_key_path).map_err(|e| io_error(&key_path, e))?;
+            std::fs::rename(&cert_path, &anchor_path).map_err(|e| io_error(&cert_path, e))?;
+            tracing::info!("the self-signed certificate devices pinned is now the trust anchor");
+        }
+        if !anchor_path.exists() || !anchor_key_path.exists() {
+            make_anchor(domain, &anchor_path, &anchor_key_path)?;
+        }
+        let anchor_der = read_certs(&anchor_path)?.remove(0);
+        let anchor_pem = pem_of(&anchor_path)?;
+        let anchor_key_pem = std::fs::read_to_string(&anchor_key_path)
+            .map_err(|e| io_error(&anchor_key_path, e))?;
+        let anchor_key = rcgen::KeyPair::from_pem(&anchor_key_pem).map_err(|e| {
+            tls_error(format!("cannot read {}: {e}", anchor_key_path.display()))
+        })?;
+        let mut names: Vec<String> = LOCAL_NAMES.iter().map(|n| n.to_string()).collect();
+        for n in extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let anchor = issuing_certificate(&anchor_der, &anchor_key, domain)?;
+        let issuer = Issuer {
+            anchor,
+            anchor_der: anchor_der.clone(),
+            anchor_pem,
+            anchor_key,
+            names: names.clone(),
+            cert_path,
+            key_path,
+        };
+        let (certified, until) = match issuer.current()? {
+            Some(current) => current,
+            None => issuer.issue()?,
+        };
+        Self::finish(anchor_der, certified, until, names, Vec::new(), Some(issuer))
+    }
+
+    fn finish(
+        anchor: CertificateDer<'static>,
+        certified: CertifiedKey,
+        serving_until: SystemTime,
+        serving_names: Vec<String>,
+        warnings: Vec<String>,
+        issuer: Option<Issuer>,
+    ) -> Result<Self, StartError> {
+        let serving = Arc::new(ServingCertificate(RwLock::new(Arc::new(certified))));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_no_client_auth()
+            .with_cert_resolver(serving.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsIdentity {
+            anchor_fingerprint: fingerprint(anchor.as_ref()),
+            config: Arc::new(config),
+            serving_until,
+            serving_names,
+            warnings,
+            serving,
+            issuer,
+        })
+    }
+
+    /// Issues and starts using a new serving certificate if the one in use
+    /// has fewer than [`RENEW_DAYS`] days left (only with Pouch's own
+    /// anchor). Returns the new certificate's end of validity.
+    pub fn renew_if_due(&self) -> Result<Option<SystemTime>, StartError> {
+        let Some(issuer) = &self.issuer else {
+            return Ok(None);
+        };
+        if issuer.current()?.is_some() {
+            return Ok(None);
+        }
+        let (certified, until) = issuer.issue()?;
+        *self.serving.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(certified);
+        Ok(Some(until))
+    }
+}
+
+impl Issuer {
+    /// The serving certificate on disk, if it chains to the anchor, covers
+    /// every name and has at least [`RENEW_DAYS`] days left.
+    fn current(&self) -> Result<Option<(CertifiedKey, SystemTime)>, StartError> {
+        if !self.cert_path.exists() || !self.key_path.exists() {
+            return Ok(None);
+        }
+        let chain = read_certs(&self.cert_path)?;
+        let leaf = &chain[0];
+        if chains_to(leaf, &[], &self.anchor_der, until_now(RENEW_DAYS)).is_err()
+            || !covers(leaf, &self.names)
+        {
+            return Ok(None);
+        }
+        let until = valid_until(leaf, &[], &self.anchor_der);
+        let key = read_key(&self.key_path)?;
+        Ok(Some((certified_key(chain, key)?, until)))
+    }
+
+    /// A new serving certificate, written before it is used.
+    fn issue(&self) -> Result<(CertifiedKey, SystemTime), StartError> {
+        let key = rcgen::KeyPair::generate().map_err(tls_error)?;
+        let mut params = rcgen::CertificateParams::new(self.names.clone()).map_err(|e| {
+            StartError::Config(format!(
+                "a --tls-name is neither a DNS name nor an IP address ({e})"
+            ))
+        })?;
+        let now = SystemTime::now();
+        // An hour back, for clients whose clock is a little behind.
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + DAY * SERVING_DAYS as u32).into();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Pouch server");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.anchor, &self.anchor_key)
+            .map_err(tls_error)?;
+        // Checked before use: a certificate the clients would refuse must
+        // never replace one they accept.
+        chains_to(cert.der(), &[], &self.anchor_der, now).map_err(|e| {
+            tls_error(format!(
+                "the serving certificate issued does not chain to the anchor ({e})"
+            ))
+        })?;
+        let chain_pem = format!("{}{}", cert.pem(), self.anchor_pem);
+        write_private_file(&self.key_path, key.serialize_pem().as_bytes())
+            .map_err(|e| io_error(&self.key_path, e))?;
+        write_private_file(&self.cert_path, chain_pem.as_bytes())
+            .map_err(|e| io_error(&self.cert_path, e))?;
+        let chain = vec![cert.der().clone(), self.anchor_der.clone()];
+        let private = PrivateKeyDer::try_from(key.serialize_der()).map_err(tls_error)?;
+        tracing::info!(days = SERVING_DAYS, "issued a new serving certificate");
+        Ok((
+            certified_key(chain, private)?,
+            now + DAY * SERVING_DAYS as u32,
+        ))
+    }
+}
+
+fn make_anchor(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), StartError> {
+    let key = rcgen::KeyPair::generate().map_err(tls_error)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = anchor_name(domain);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
     ];
-    let certified =
-        rcgen::generate_simple_self_signed(names).map_err(|e| StartError::Tls(e.to_string()))?;
-    write_private_file(key_path, certified.key_pair.serialize_pem().as_bytes())
-        .map_err(|e| StartError::Io(format!("cannot write {}: {e}", key_path.display())))?;
-    std::fs::write(cert_path, certified.cert.pem())
-        .map_err(|e| StartError::Io(format!("cannot write {}: {e}", cert_path.display())))?;
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + DAY * (365 * ANCHOR_YEARS) as u32).into();
+    let cert = params.self_signed(&key).map_err(tls_error)?;
+    write_private_file(key_path, key.serialize_pem().as_bytes())
+        .map_err(|e| io_error(key_path, e))?;
+    std::fs::write(cert_path, cert.pem()).map_err(|e| io_error(cert_path, e))?;
+    tracing::info!("made the TLS trust anchor");
     Ok(())
+}
+
+fn anchor_name(domain: &str) -> rcgen::DistinguishedName {
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(
+        rcgen::DnType::CommonName,
+        format!("Pouch trust anchor for {domain}"),
+    );
+    name
+}
+
+/// The anchor as rcgen needs it to issue: its name and key. Only the
+/// subject name and key of the issuer end up in what it issues, so an
+/// rcgen certificate with the same name and key stands in for the stored
+/// one. The name is the one this version writes, or (for a data directory
+/// from before anchors) rcgen's default name of the old self-signed
+/// certificate: whichever encodes to the anchor's subject, byte for byte.
+fn issuing_certificate(
+    anchor_der: &CertificateDer<'static>,
+    key: &rcgen::KeyPair,
+    domain: &str,
+) -> Result<rcgen::Certificate, StartError> {
+    let subject = webpki::anchor_from_trusted_cert(anchor_der)
+        .map_err(|e| tls_error(format!("the trust anchor certificate is damaged ({e:?})")))?
+        .subject
+        .to_vec();
+    let earlier = rcgen::CertificateParams::default().distinguished_name;
+    for name in [anchor_name(domain), earlier] {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = name;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(key).map_err(tls_error)?;
+        let same_name = webpki::anchor_from_trusted_cert(cert.der())
+            .map(|a| a.subject.as_ref() == subject.as_slice())
+            .unwrap_or(false);
+        if same_name {
+            return Ok(cert);
+        }
+    }
+    Err(tls_error(
+        "the trust anchor's name is not one Pouch wrote: give the certificates with --tls-cert, --tls-key and --tls-ca",
+    ))
+}
+
+/// A PEM file's text, for sending it on as it is.
+fn pem_of(path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| tls_error(format!("cannot read certificate {}: {e}", path.display())))
+}
+
+/// Checks that `leaf` chains to `anchor` as a server certificate at `at`;
+/// names are not checked here (see [`covers`]).
+fn chains_to(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchor: &CertificateDer<'_>,
+    at: SystemTime,
+) -> Result<SystemTime, String> {
+    let anchors = [webpki::anchor_from_trusted_cert(anchor).map_err(|e| format!("{e:?}"))?];
+    let end_entity = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e:?}"))?;
+    let time = UnixTime::since_unix_epoch(
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    end_entity
+        .verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            &anchors,
+            intermediates,
+            time,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map(|_| at)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// When the leaf stops being valid, found by asking the same checker the
+/// clients use (to the day: renewal needs no finer).
+fn valid_until(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchor: &CertificateDer<'_>,
+) -> SystemTime {
+    let now = SystemTime::now();
+    let (mut valid, mut invalid) = (0u64, 365 * 200);
+    if chains_to(leaf, intermediates, anchor, now).is_err() {
+        return now;
+    }
+    while invalid - valid > 1 {
+        let mid = (valid + invalid) / 2;
+        if chains_to(leaf, intermediates, anchor, now + DAY * mid as u32).is_ok() {
+            valid = mid;
+        } else {
+            invalid = mid;
+        }
+    }
+    now + DAY * valid as u32
+}
+
+fn until_now(days: u64) -> SystemTime {
+    SystemTime::now() + DAY * days as u32
+}
+
+/// Whether the leaf is valid for every name.
+fn covers(leaf: &CertificateDer<'_>, names: &[String]) -> bool {
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    names.iter().all(|n| {
+        ServerName::try_from(n.as_str())
+            .map(|name| end_entity.verify_is_valid_for_subject_name(&name).is_ok())
+            .unwrap_or(false)
+    })
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, StartError> {
+    CertifiedKey::from_der(chain, key, &provider()).map_err(tls_error)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect())
+        .map_err(|e| tls_error(format!("cannot read certificate {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(tls_error(format!("no certificate in {}", path.display())));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, StartError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| tls_error(format!("cannot read private key {}: {e}", path.display())))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StartError {
+    StartError::Io(format!("cannot write {}: {e}", path.display()))
 }
 
 /// The SHA-256 fingerprint of the first certificate in a PEM file.
 pub fn fingerprint_of_pem_file(path: &Path) -> Result<String, StartError> {
-    let cert = CertificateDer::from_pem_file(path)
-        .map_err(|e| StartError::Tls(format!("cannot read certificate {}: {e}", path.display())))?;
-    Ok(fingerprint(cert.as_ref()))
+    Ok(fingerprint(read_certs(path)?[0].as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory, removed when the test passes.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn dir() -> Dir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "pouch-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    #[test]
+    fn a_renewed_serving_certificate_keeps_the_anchor() {
+        let d = dir();
+        let first = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        let first_cert = std::fs::read(d.path().join("tls-cert.pem")).unwrap();
+        // Restarting keeps the certificate that has days left.
+        let again = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(std::fs::read(d.path().join("tls-cert.pem")).unwrap(), first_cert);
+        assert!(again.renew_if_due().unwrap().is_none());
+        // A new name needs a new certificate, from the same anchor.
+        let settings = TlsSettings {
+            names: vec!["mail.ministry.example".into()],
+            ..Default::default()
+        };
+        let renamed = TlsIdentity::load(d.path(), "pouch.local", &settings).unwrap();
+        assert_ne!(std::fs::read(d.path().join("tls-cert.pem")).unwrap(), first_cert);
+        assert_eq!(renamed.anchor_fingerprint, first.anchor_fingerprint);
+        let days_left = renamed
+            .serving_until
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert!((SERVING_DAYS - 2..=SERVING_DAYS).contains(&days_left), "{days_left}");
+    }
+
+    #[test]
+    fn a_serving_certificate_near_its_end_is_renewed_while_running() {
+        let d = dir();
+        let identity = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        let issuer = identity.issuer.as_ref().unwrap();
+        // A certificate with 10 days left, as time would leave it.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(issuer.names.clone()).unwrap();
+        params.not_after = (SystemTime::now() + DAY * 10).into();
+        let short = params
+            .signed_by(&key, &issuer.anchor, &issuer.anchor_key)
+            .unwrap();
+        std::fs::write(&issuer.cert_path, short.pem()).unwrap();
+        std::fs::write(&issuer.key_path, key.serialize_pem()).unwrap();
+        let until = identity.renew_if_due().unwrap().expect("renewed");
+        assert!(until > SystemTime::now() + DAY * (SERVING_DAYS as u32 - 1));
+        // Handshakes from now on get the new certificate.
+        let served = identity.serving.0.read().unwrap().cert[0].clone();
+        assert_eq!(served, read_certs(&issuer.cert_path).unwrap()[0]);
+        assert_ne!(served.as_ref(), short.der().as_ref());
+        assert!(identity.renew_if_due().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_data_directory_from_before_anchors_keeps_its_pinned_certificate_as_anchor() {
+        let d = dir();
+        // What earlier versions wrote.
+        let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(d.path().join("tls-cert.pem"), old.cert.pem()).unwrap();
+        std::fs::write(d.path().join("tls-key.pem"), old.key_pair.serialize_pem()).unwrap();
+        let pinned = fingerprint(old.cert.der());
+        let identity = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(identity.anchor_fingerprint, pinned);
+        let chain = read_certs(&d.path().join("tls-cert.pem")).unwrap();
+        assert_eq!(fingerprint(chain[1].as_ref()), pinned);
+        assert!(chains_to(&chain[0], &[], old.cert.der(), SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_is_refused_at_start() {
+        let d = dir();
+        let ca = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            (p.self_signed(&key).unwrap(), key)
+        };
+        let (ministry, ministry_key) = ca("Ministry CA");
+        let (other, _) = ca("Other CA");
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ministry, &ministry_key)
+            .unwrap();
+        let write = |name: &str, text: String| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let settings = TlsSettings {
+            cert: Some(write("leaf.pem", leaf.pem())),
+            key: Some(write("leaf-key.pem", leaf_key.serialize_pem())),
+            ca: Some(write("ministry.pem", ministry.pem())),
+            names: vec![],
+        };
+        let ok = TlsIdentity::load(d.path(), "pouch.local", &settings).unwrap();
+        assert_eq!(ok.anchor_fingerprint, fingerprint(ministry.der()));
+        let wrong = TlsSettings {
+            ca: Some(write("other.pem", other.pem())),
+            ..settings
+        };
+        let Err(e) = TlsIdentity::load(d.path(), "pouch.local", &wrong) else {
+            panic!("a certificate from another CA was accepted");
+        };
+        assert!(e.to_string().contains("does not chain to the CA"), "{e}");
+    }
 }

@@ -101,8 +101,7 @@ async fn a_benign_week_raises_at_most_one_false_alert_per_thousand_mailboxes_a_d
     let config = pouch_server::ServerConfig {
         data_dir: dir.clone(),
         domain: "mfa.example".into(),
-        tls_cert: None,
-        tls_key: None,
+        tls: Default::default(),
         ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
         rotation_secs: 24 * 3600,
         link_ttl_secs: 600,

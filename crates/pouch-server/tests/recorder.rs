@@ -22,8 +22,7 @@ async fn server_state(name: &str) -> (Arc<pouch_server::AppState>, std::path::Pa
     let config = pouch_server::ServerConfig {
         data_dir: dir.clone(),
         domain: "mfa.example".into(),
-        tls_cert: None,
-        tls_key: None,
+        tls: Default::default(),
         ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
         rotation_secs: 24 * 3600,
         link_ttl_secs: 600,

@@ -247,8 +247,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
         let config = pouch_server::ServerConfig {
             data_dir: data_dir.to_path_buf(),
             domain: "pouch.local".into(),
-            tls_cert: None,
-            tls_key: None,
+            tls: Default::default(),
             ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
             rotation_secs: 24 * 3600,
             link_ttl_secs: 600,
@@ -271,7 +270,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
             .to_string();
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let url = format!("https://{}", listener.local_addr()?);
-        let fingerprint = prepared.fingerprint.clone();
+        let fingerprint = prepared.tls.anchor_fingerprint.clone();
         tokio::spawn(async move {
             let _ = pouch_server::serve(&prepared, listener, std::future::pending()).await;
         });

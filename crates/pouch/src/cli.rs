@@ -73,7 +73,7 @@ enum Command {
         /// The server's URL (https://HOST:PORT).
         #[arg(long)]
         server: String,
-        /// The server certificate's SHA-256 fingerprint (as printed by the server).
+        /// The server's trust anchor SHA-256 fingerprint (as printed by the server).
         #[arg(long)]
         fingerprint: String,
         /// A name for this device, shown in your device list.
@@ -242,7 +242,7 @@ enum LogCommand {
         /// The server's URL (https://HOST:PORT).
         #[arg(long)]
         server: String,
-        /// The server certificate's SHA-256 fingerprint (as printed by the server).
+        /// The server's trust anchor SHA-256 fingerprint (as printed by the server).
         #[arg(long)]
         fingerprint: String,
         /// Print JSON instead of text.
@@ -296,12 +296,21 @@ struct ServerArgs {
     /// The mail domain this server serves (addresses are NAME@DOMAIN).
     #[arg(long, default_value = "pouch.local")]
     domain: String,
-    /// TLS certificate (PEM) to serve; a self-signed one is made and kept when absent.
+    /// TLS certificate chain (PEM) to serve, issued by --tls-ca; without it the
+    /// server makes its own trust anchor and issues and renews its certificate.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that issued --tls-cert: the trust anchor invites
+    /// carry, so a renewed certificate from it needs nothing from devices.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// A name clients connect by (DNS name or IP address) for the certificate the
+    /// server issues itself, besides localhost and loopback (repeat for several).
+    #[arg(long = "tls-name", conflicts_with = "tls_cert")]
+    tls_names: Vec<String>,
     /// MLS ciphersuite for a new deployment (hex code point): 004D X-Wing, 004F ML-KEM768+X25519.
     #[arg(long, default_value = "004D")]
     ciphersuite: String,
@@ -360,7 +369,8 @@ struct AdminArgs {
     /// The admin token file the server wrote (token also from POUCH_ADMIN_TOKEN).
     #[arg(long, default_value = "./pouch-data/admin.token")]
     token_file: PathBuf,
-    /// The server certificate's SHA-256; read from tls-cert.pem beside the token file when absent.
+    /// The server's trust anchor SHA-256 (as the server prints it); read from
+    /// tls-anchor.pem beside the token file when absent.
     #[arg(long)]
     fingerprint: Option<String>,
     #[command(subcommand)]
@@ -1193,6 +1203,20 @@ fn init_logging(format: &str, default_filter: &str) {
     }
 }
 
+/// The names the server's own certificate covers besides localhost and
+/// loopback: `--tls-name`, and the address it listens on when that is one
+/// particular address.
+fn tls_names(args: &ServerArgs) -> Vec<String> {
+    let mut names = args.tls_names.clone();
+    if let Ok(addr) = args.listen.parse::<std::net::SocketAddr>()
+        && !addr.ip().is_unspecified()
+        && !addr.ip().is_loopback()
+    {
+        names.push(addr.ip().to_string());
+    }
+    names
+}
+
 fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
     init_logging(log_format, "info");
     let suite = u16::from_str_radix(args.ciphersuite.trim_start_matches("0x"), 16)
@@ -1226,8 +1250,12 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
             policy,
             data_dir: args.data_dir.clone(),
             domain: args.domain.clone(),
-            tls_cert: args.tls_cert.clone(),
-            tls_key: args.tls_key.clone(),
+            tls: pouch_server::tls::TlsSettings {
+                cert: args.tls_cert.clone(),
+                key: args.tls_key.clone(),
+                ca: args.tls_ca.clone(),
+                names: tls_names(&args),
+            },
             ciphersuite: suite,
             rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
             link_ttl_secs: args.link_ttl_secs,
@@ -1269,7 +1297,26 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
             "Pouch server for @{} listening on https://{addr}",
             prepared.state.domain
         );
-        outln!("certificate SHA-256 fingerprint: {}", prepared.fingerprint);
+        outln!(
+            "trust anchor SHA-256 fingerprint: {}",
+            prepared.tls.anchor_fingerprint
+        );
+        if !prepared.tls.serving_names.is_empty() {
+            let days = prepared
+                .tls
+                .serving_until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .as_secs()
+                / 86_400;
+            outln!(
+                "serving certificate for {} (renewed automatically; {days} days left)",
+                prepared.tls.serving_names.join(", ")
+            );
+        }
+        for warning in &prepared.tls.warnings {
+            eprintln!("warning: {warning}");
+        }
         match &prepared.admin_token_created {
             Some(p) => outln!("admin token written to {} (keep it secret)", p.display()),
             None => outln!(
@@ -1392,11 +1439,14 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
     let fingerprint = match args.fingerprint {
         Some(f) => f.to_ascii_lowercase(),
         None => {
-            let cert = args
-                .token_file
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("tls-cert.pem");
+            let dir = args.token_file.parent().unwrap_or(Path::new("."));
+            let anchor = dir.join("tls-anchor.pem");
+            // A server given --tls-cert without --tls-ca pins its certificate.
+            let cert = if anchor.exists() {
+                anchor
+            } else {
+                dir.join("tls-cert.pem")
+            };
             pouch_server::tls::fingerprint_of_pem_file(&cert)
                 .map_err(|e| anyhow!("{e}; pass the server's --fingerprint"))?
         }

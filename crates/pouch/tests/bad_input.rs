@@ -55,7 +55,7 @@ fn invites_wrong_reused_or_expired_are_refused_clearly() {
     pinned_wrong.fingerprint = "00".repeat(32);
     assert_one_line_error(
         &fresh("gus").run(&["enroll", &pinned_wrong.encode()]),
-        "fingerprint",
+        "not issued by the trust anchor from your invite",
     );
 
     // An administrator with the wrong token gets nowhere.

@@ -277,3 +277,102 @@ fn mail_accepted_while_the_server_is_down_goes_when_it_is_back_even_across_a_cra
         "a mail to a changed key went without Alice's confirmation"
     );
 }
+
+/// curl (an independent TLS client) trusting nothing but `anchor`: the
+/// chain the server sends, the name and the dates are checked.
+fn curl_trusting(anchor: &std::path::Path, url: &str) -> std::process::Output {
+    std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(anchor)
+        .arg(format!("{url}/healthz"))
+        .output()
+        .expect("curl is installed")
+}
+
+/// Certificate renewal needs nothing from devices: a server restarted with
+/// a new serving certificate from the same trust anchor is used at once by
+/// an enrolled device and by a bridge that kept running. A certificate from
+/// another CA (here another Pouch server's, valid for the same names) is
+/// refused with a one-line error, and the bridge sends nothing to it.
+#[test]
+fn a_renewed_certificate_needs_nothing_from_devices_and_another_ca_is_refused() {
+    let dir = Scratch::new("renewal");
+    let data = dir.path("server");
+    let mut server = Server::start(&data, None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let anchor = data.join("tls-anchor.pem");
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let bridge = Bridge::start(&alice);
+    let send = |subject: &str| {
+        bob.ok(&[
+            "send",
+            "--to",
+            "alice@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            "x",
+        ]);
+    };
+    send("Before renewal");
+    wait_in_inbox(&bridge, "Before renewal");
+    let out = curl_trusting(&anchor, &server.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Renewal: the serving certificate goes (as one near its end would);
+    // the server issues a new one from its anchor when it starts.
+    let first_cert = std::fs::read(data.join("tls-cert.pem")).unwrap();
+    let anchor_fingerprint = server.fingerprint.clone();
+    server.stop();
+    std::fs::remove_file(data.join("tls-cert.pem")).unwrap();
+    std::fs::remove_file(data.join("tls-key.pem")).unwrap();
+    server = Server::start_on(&data, None, &listen);
+    assert_ne!(std::fs::read(data.join("tls-cert.pem")).unwrap(), first_cert);
+    assert_eq!(server.fingerprint, anchor_fingerprint, "the anchor stays");
+    let out = curl_trusting(&anchor, &server.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // No action from anyone: the device's next command and the running
+    // bridge (which reconnects by itself) use the renewed certificate.
+    send("After renewal");
+    wait_in_inbox(&bridge, "After renewal");
+    submit(&bridge, "bob@pouch.local", "Sent after renewal");
+    wait_until_received(&bob, "Sent after renewal");
+
+    // An intruder's certificate: issued by another CA for the same names.
+    let other = dir.path("other-server");
+    drop(Server::start(&other, None));
+    server.stop();
+    server = Server::start_with(
+        &data,
+        None,
+        &listen,
+        &[
+            "--tls-cert",
+            other.join("tls-cert.pem").to_str().unwrap(),
+            "--tls-key",
+            other.join("tls-key.pem").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(server.fingerprint, anchor_fingerprint);
+    let out = bob.run(&["sync"]);
+    assert_one_line_error(&out, "not issued by the trust anchor from your invite");
+    let out = curl_trusting(&anchor, &server.url);
+    assert!(!out.status.success(), "curl trusted another CA");
+    // The bridge keeps the mail it accepted while the impostor answers,
+    // and sends it once the real server is back.
+    submit(&bridge, "bob@pouch.local", "Kept from an impostor");
+    std::thread::sleep(Duration::from_secs(2));
+    server.stop();
+    server = Server::start_on(&data, None, &listen);
+    assert_eq!(server.fingerprint, anchor_fingerprint);
+    wait_until_received(&bob, "Kept from an impostor");
+    assert_eq!(
+        bob.inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Kept from an impostor")
+            .count(),
+        1,
+        "sent once"
+    );
+}

@@ -161,7 +161,7 @@ impl Server {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 url = Some(rest.trim().to_string());
             }
-            if let Some(rest) = line.strip_prefix("certificate SHA-256 fingerprint: ") {
+            if let Some(rest) = line.strip_prefix("trust anchor SHA-256 fingerprint: ") {
                 fingerprint = Some(rest.trim().to_string());
             }
         }
