@@ -54,6 +54,13 @@ impl From<pouch_mail_proto::mime::MimeError> for ClientError {
 }
 
 impl ClientError {
+    /// Whether no request reached the server at all (it refused the
+    /// connection or could not be reached): then nothing was sent, and the
+    /// mail may be kept and sent later without sending it twice.
+    pub fn never_reached_server(&self) -> bool {
+        matches!(self, ClientError::Unreachable(_, reason) if reason == crate::net::CONNECT_FAILED)
+    }
+
     pub fn is_stale_epoch(&self) -> bool {
         matches!(
             self,

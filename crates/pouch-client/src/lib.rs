@@ -6,6 +6,7 @@
 //! pinned server; all state lives in the encrypted [`local::LocalStore`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod blob;
 pub mod devices;
 pub mod error;
@@ -170,6 +171,34 @@ pub(crate) fn submission_problem(
         return Some("the message has no recipients".into());
     }
     None
+}
+
+/// What became of a mail handed to [`Device::send_or_keep`].
+#[derive(Debug)]
+pub enum Submitted {
+    Sent(Sent),
+    /// Kept in the outbox: the server could not be reached (or earlier
+    /// mail still waits); the next `pouch sync`, `pouch send` or the bridge
+    /// sends it.
+    Kept {
+        message_id: String,
+        reason: String,
+        /// Mails in the outbox now, this one included.
+        waiting: u64,
+    },
+}
+
+/// What [`Device::send_waiting`] did with the outbox.
+#[derive(Debug, Default, Serialize)]
+pub struct Drained {
+    /// Message-IDs of the mails that went.
+    pub sent: Vec<String>,
+    /// Why each mail that can never go was taken out (a notice in the INBOX says more).
+    pub bounced: Vec<String>,
+    /// Mails still waiting.
+    pub waiting: u64,
+    /// Why the oldest still waits.
+    pub waiting_because: Option<String>,
 }
 
 /// What [`Device::send_next_queued`] did.
@@ -601,6 +630,97 @@ impl Device {
     /// Composes an RFC 5322 message and sends it. Attachments are streamed
     /// from disk, never held in memory whole.
     pub fn send(&mut self, compose: Compose) -> Result<Sent> {
+        let (out, group) = self.composed(compose)?;
+        self.deliver(&out, group)
+    }
+
+    /// As [`Self::send`], but a mail the server could not be reached for at
+    /// all is kept in the outbox (see [`Self::submit_or_keep`]).
+    pub fn send_or_keep(&mut self, compose: Compose) -> Result<Submitted> {
+        let (out, group) = self.composed(compose)?;
+        self.submit_or_keep(out, group)
+    }
+
+    /// As [`Self::send_eml`], keeping the mail when the server cannot be reached.
+    pub fn send_eml_or_keep(&mut self, path: &Path) -> Result<Submitted> {
+        let (out, group) = self.eml_outgoing(path)?;
+        self.submit_or_keep(out, group)
+    }
+
+    /// Hands a mail over as an embassy on a poor link needs it: what waits
+    /// in the outbox goes first; if anything still waits, or the server
+    /// cannot be reached at all (no request reached it), the mail is kept in
+    /// the outbox behind it, for the next `pouch sync`, `pouch send` or the
+    /// bridge. Never lost (the outbox is written with `synchronous = FULL`
+    /// before this returns) and never sent twice (a mail is kept only when
+    /// nothing of it reached the server).
+    fn submit_or_keep(&mut self, out: Outgoing, group: Option<GroupId>) -> Result<Submitted> {
+        let outbox = self.local.open_outbox()?;
+        let mut waiting_reason = None;
+        if outbox.waiting()? > 0 {
+            let drained = self.send_queued(&outbox)?;
+            waiting_reason = drained.waiting_because;
+        }
+        if waiting_reason.is_none() {
+            match self.deliver(&out, group) {
+                Ok(sent) => return Ok(Submitted::Sent(sent)),
+                Err(e) if e.never_reached_server() => waiting_reason = Some(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut envelope: Vec<Address> = out
+            .parsed
+            .to
+            .iter()
+            .chain(&out.parsed.cc)
+            .cloned()
+            .collect();
+        envelope.sort();
+        envelope.dedup();
+        let message_id = outbox
+            .queue(&self.address, out.to_vec()?, &envelope)?
+            .unwrap_or_default();
+        Ok(Submitted::Kept {
+            message_id,
+            reason: waiting_reason.unwrap_or_default(),
+            waiting: outbox.waiting()?,
+        })
+    }
+
+    /// Sends what waits in the outbox now, oldest first, whatever its
+    /// back-off (the user asked), until it is empty or a mail must wait.
+    pub fn send_waiting(&mut self) -> Result<Drained> {
+        let outbox = self.local.open_outbox()?;
+        if outbox.waiting()? == 0 {
+            return Ok(Drained::default());
+        }
+        outbox.all_due_now()?;
+        self.send_queued(&outbox)
+    }
+
+    fn send_queued(&mut self, outbox: &outbox::Outbox) -> Result<Drained> {
+        let mut drained = Drained::default();
+        loop {
+            match self.send_next_queued(outbox)? {
+                Sending::Idle => break,
+                Sending::Sent { message_id } => drained.sent.push(message_id),
+                Sending::Bounced { reason } => drained.bounced.push(reason),
+                Sending::Postponed { reason } => {
+                    drained.waiting_because = Some(reason);
+                    break;
+                }
+            }
+        }
+        drained.waiting = outbox.waiting()?;
+        Ok(drained)
+    }
+
+    /// The mails waiting in the outbox, oldest first.
+    pub fn outbox_list(&self) -> Result<Vec<outbox::Waiting>> {
+        self.local.open_outbox()?.list()
+    }
+
+    fn composed(&mut self, compose: Compose) -> Result<(Outgoing, Option<GroupId>)> {
         if compose.to.is_empty() && compose.cc.is_empty() {
             return Err(ClientError::Invalid(
                 "name at least one recipient with --to".into(),
@@ -620,11 +740,16 @@ impl Device {
             reply.as_ref().map(|r| &r.1),
             &domain,
         )?;
-        self.deliver(out, reply.map(|r| r.0))
+        Ok((out, reply.map(|r| r.0)))
     }
 
     /// Sends a complete RFC 5322 message from a file, byte for byte.
     pub fn send_eml(&mut self, path: &Path) -> Result<Sent> {
+        let (out, group) = self.eml_outgoing(path)?;
+        self.deliver(&out, group)
+    }
+
+    fn eml_outgoing(&mut self, path: &Path) -> Result<(Outgoing, Option<GroupId>)> {
         let out = Outgoing::from_file(path.to_path_buf())?;
         let parsed = &out.parsed;
         if parsed.from.as_ref() != Some(&self.address) {
@@ -651,7 +776,7 @@ impl Device {
                 .optional()?,
             None => None,
         };
-        self.deliver(out, group.map(GroupId))
+        Ok((out, group.map(GroupId)))
     }
 
     fn reply_context(&self, id: i64) -> Result<(GroupId, mail::ReplyTo)> {
@@ -674,7 +799,7 @@ impl Device {
         ))
     }
 
-    fn deliver(&mut self, out: Outgoing, group: Option<GroupId>) -> Result<Sent> {
+    fn deliver(&mut self, out: &Outgoing, group: Option<GroupId>) -> Result<Sent> {
         let mut wanted: Vec<Address> = out
             .parsed
             .to
@@ -696,9 +821,9 @@ impl Device {
                 pouch_proto::MAX_RECIPIENTS
             )));
         }
-        let (group_id, recipient_devices) = self.deliver_to(&out, group, &wanted)?;
+        let (group_id, recipient_devices) = self.deliver_to(out, group, &wanted)?;
         // Only now, with the server's acceptance, is the mail recorded as sent.
-        let body = self.keep_body(&out)?;
+        let body = self.keep_body(out)?;
         let id = self
             .local
             .atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;

@@ -22,7 +22,7 @@ pub const KDF_FILE: &str = "kdf.json";
 
 /// Argon2id parameters, stored beside the database so they can be raised later.
 #[derive(Serialize, Deserialize)]
-struct KdfParams {
+pub(crate) struct KdfParams {
     algorithm: String,
     memory_kib: u32,
     iterations: u32,
@@ -31,7 +31,7 @@ struct KdfParams {
 }
 
 impl KdfParams {
-    fn fresh() -> Self {
+    pub(crate) fn fresh() -> Self {
         let salt: [u8; 16] = rand::random();
         KdfParams {
             algorithm: "argon2id".into(),
@@ -42,7 +42,7 @@ impl KdfParams {
         }
     }
 
-    fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>> {
+    pub(crate) fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>> {
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| ClientError::Local(format!("bad key-derivation parameters: {e}")))?;

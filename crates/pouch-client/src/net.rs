@@ -141,8 +141,15 @@ impl ServerCertVerifier for AnchoredCertificate {
     }
 }
 
-/// Signs a sign-in challenge with the device key.
+/// Signs a sign-in challenge with the device's (or administrator's) key.
 pub type ChallengeSigner = Rc<dyn Fn(&[u8]) -> Result<Vec<u8>>>;
+
+/// Who a connection signs in as.
+#[derive(Clone)]
+enum Principal {
+    Device(DeviceId),
+    Admin(String),
+}
 
 /// The reason given when no connection could be made: the request never
 /// reached the server (unlike a timeout or a reset after sending).
@@ -161,7 +168,7 @@ pub struct Api {
     /// Renew the token once this instant has passed.
     renew_at: Cell<Option<Instant>>,
     /// Who signs in, and how: set by the first sign-in.
-    signer: RefCell<Option<(DeviceId, ChallengeSigner)>>,
+    signer: RefCell<Option<(Principal, ChallengeSigner)>>,
     /// Requests sent so far (for `pouch bench`: round trips per mail).
     requests: Cell<u64>,
     /// The highest queue position this process acknowledged, shared with
@@ -305,26 +312,24 @@ impl Api {
         json_of(resp, MAX_RESPONSE_BYTES)
     }
 
-    pub fn admin_post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        token: &str,
-        body: &B,
-    ) -> Result<T> {
-        let resp = self.send(self.http.post(self.url(path)).bearer_auth(token).json(body))?;
-        json_of(resp, MAX_RESPONSE_BYTES)
-    }
-
-    pub fn admin_get<T: DeserializeOwned>(&self, path: &str, token: &str) -> Result<T> {
-        let resp = self.send(self.http.get(self.url(path)).bearer_auth(token))?;
-        json_of(resp, MAX_RESPONSE_BYTES)
-    }
-
     /// Signs in with the device key (challenge, signature, token) and keeps
     /// the means to do it again when the token is due for renewal.
     pub fn sign_in(&self, device_id: &DeviceId, sign: ChallengeSigner) -> Result<()> {
-        *self.signer.borrow_mut() = Some((device_id.clone(), sign));
+        *self.signer.borrow_mut() = Some((Principal::Device(device_id.clone()), sign));
         self.renew()
+    }
+
+    /// Signs in as an administrator (their own challenge and token routes;
+    /// the signed payload is domain-separated from a device's).
+    pub fn sign_in_admin(&self, name: &str, sign: ChallengeSigner) -> Result<()> {
+        *self.signer.borrow_mut() = Some((Principal::Admin(name.to_string()), sign));
+        self.renew()
+    }
+
+    /// The current bearer token, for a caller that must present it itself
+    /// (an operator's script against `/metrics`, the tests' curl).
+    pub fn bearer(&self) -> Option<String> {
+        self.token.borrow().clone()
     }
 
     /// Whether a sign-in has happened (and can be renewed).
@@ -334,26 +339,45 @@ impl Api {
 
     /// A fresh token with the kept signer.
     fn renew(&self) -> Result<()> {
-        let (device_id, sign) = self
+        let (principal, sign) = self
             .signer
             .borrow()
             .clone()
             .ok_or_else(|| ClientError::Protocol("not signed in".into()))?;
-        let ch: api::ChallengeResponse = self.post_json(
-            "/v1/auth/challenge",
-            &api::ChallengeRequest {
-                device_id: device_id.clone(),
-            },
-        )?;
-        let signature = sign(&api::auth_signing_payload(&device_id, &ch.challenge))?;
-        let tok: api::TokenResponse = self.post_json(
-            "/v1/auth/token",
-            &api::TokenRequest {
-                device_id,
-                challenge: ch.challenge,
-                signature,
-            },
-        )?;
+        let tok: api::TokenResponse = match principal {
+            Principal::Device(device_id) => {
+                let ch: api::ChallengeResponse = self.post_json(
+                    "/v1/auth/challenge",
+                    &api::ChallengeRequest {
+                        device_id: device_id.clone(),
+                    },
+                )?;
+                let signature = sign(&api::auth_signing_payload(&device_id, &ch.challenge))?;
+                self.post_json(
+                    "/v1/auth/token",
+                    &api::TokenRequest {
+                        device_id,
+                        challenge: ch.challenge,
+                        signature,
+                    },
+                )?
+            }
+            Principal::Admin(name) => {
+                let ch: api::ChallengeResponse = self.post_json(
+                    "/v1/admin/auth/challenge",
+                    &api::AdminChallengeRequest { name: name.clone() },
+                )?;
+                let signature = sign(&api::admin_auth_signing_payload(&name, &ch.challenge))?;
+                self.post_json(
+                    "/v1/admin/auth/token",
+                    &api::AdminTokenRequest {
+                        name,
+                        challenge: ch.challenge,
+                        signature,
+                    },
+                )?
+            }
+        };
         // Renew at four fifths of the lifetime: well before the server refuses it.
         let lifetime = Duration::from_secs(tok.expires_in_secs.max(1));
         self.renew_at
@@ -388,6 +412,11 @@ impl Api {
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send_authed(|| self.http.post(self.url(path)).json(body))?;
         json_of(resp, MAX_RESPONSE_BYTES)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send_authed(|| self.http.delete(self.url(path)))?;
+        Ok(())
     }
 
     pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
@@ -687,15 +716,26 @@ mod anchor_tests {
         let first = leaf(&ministry, &["127.0.0.1", "mail.ministry.example"], 90);
         let renewed = leaf(&ministry, &["127.0.0.1", "mail.ministry.example"], 90);
         for cert in [&first, &renewed] {
-            assert_eq!(check(&v, &[cert.clone(), anchor.clone()], "127.0.0.1", now), Ok(()));
             assert_eq!(
-                check(&v, &[cert.clone(), anchor.clone()], "mail.ministry.example", now),
+                check(&v, &[cert.clone(), anchor.clone()], "127.0.0.1", now),
+                Ok(())
+            );
+            assert_eq!(
+                check(
+                    &v,
+                    &[cert.clone(), anchor.clone()],
+                    "mail.ministry.example",
+                    now
+                ),
                 Ok(())
             );
         }
         // Another host name than the certificate covers.
         let e = check(&v, &[first.clone(), anchor.clone()], "other.example", now).unwrap_err();
-        assert!(e.contains("not valid for other.example") && e.contains("--tls-name"), "{e}");
+        assert!(
+            e.contains("not valid for other.example") && e.contains("--tls-name"),
+            "{e}"
+        );
         // Past its end (or a clock far ahead).
         let later = now + Duration::from_secs(86_400 * 91);
         let e = check(&v, &[first.clone(), anchor.clone()], "127.0.0.1", later).unwrap_err();
@@ -710,7 +750,10 @@ mod anchor_tests {
             vec![forged.clone(), anchor.clone()],
         ] {
             let e = check(&v, &chain, "127.0.0.1", now).unwrap_err();
-            assert!(e.contains("not issued by the trust anchor from your invite"), "{e}");
+            assert!(
+                e.contains("not issued by the trust anchor from your invite"),
+                "{e}"
+            );
         }
     }
 
@@ -719,9 +762,17 @@ mod anchor_tests {
         let own = ca("Pouch");
         let cert = leaf(&own, &["localhost"], 90);
         let v = verifier(&cert);
-        assert_eq!(check(&v, &[cert.clone()], "anything.example", SystemTime::now()), Ok(()));
-        let e = check(&v, &[leaf(&own, &["localhost"], 90)], "localhost", SystemTime::now())
-            .unwrap_err();
+        assert_eq!(
+            check(&v, &[cert.clone()], "anything.example", SystemTime::now()),
+            Ok(())
+        );
+        let e = check(
+            &v,
+            &[leaf(&own, &["localhost"], 90)],
+            "localhost",
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert!(e.contains("not issued by the trust anchor"), "{e}");
     }
 }

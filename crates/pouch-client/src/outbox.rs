@@ -69,6 +69,19 @@ pub struct Outbox {
     conn: Mutex<Connection>,
 }
 
+/// A waiting mail as `pouch outbox` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Waiting {
+    pub id: i64,
+    pub queued_at: i64,
+    pub to: Vec<Address>,
+    pub subject: String,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub next_attempt_at: i64,
+}
+
 impl Outbox {
     /// Opens (creating if needed) the outbox of the home whose store key is `key`.
     pub(crate) fn open(home: &Path, key: &[u8; 32]) -> Result<Outbox> {
@@ -186,6 +199,57 @@ impl Outbox {
             envelope,
             attempts: attempts.max(0) as u32,
         }))
+    }
+
+    /// How many mails wait.
+    pub fn waiting(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Every waiting mail, oldest first (subjects read from their heads).
+    pub fn list(&self) -> Result<Vec<Waiting>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, queued_at, envelope, substr(raw, 1, ?1), attempts, last_error, next_attempt_at \
+             FROM outbox ORDER BY id",
+        )?;
+        let rows = stmt.query_map([crate::mail::HEAD_LIMIT as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, queued_at, envelope, head, attempts, last_error, next_attempt_at) = row?;
+            out.push(Waiting {
+                id,
+                queued_at,
+                to: serde_json::from_str(&envelope).unwrap_or_default(),
+                subject: crate::mail::parse(&head)
+                    .map(|p| p.subject)
+                    .unwrap_or_default(),
+                attempts: attempts.max(0) as u32,
+                last_error,
+                next_attempt_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes every waiting mail due now (the user asked to send).
+    pub fn all_due_now(&self) -> Result<()> {
+        self.conn()
+            .execute("UPDATE outbox SET next_attempt_at = ?1", [crate::now()])?;
+        Ok(())
     }
 
     /// Takes a mail out (sent, or refused for good).

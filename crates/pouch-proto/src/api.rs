@@ -591,6 +591,164 @@ pub struct AdminActionDone {
     pub detail: String,
 }
 
+// ----- administrators (people with keys and roles) -----
+
+/// What an administrator may do. Every administrator route names the roles
+/// it admits (`pouch-server`'s `routes.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Users, invites, devices, administrators.
+    Operator,
+    /// Events, alerts and exports; reads accounts.
+    Security,
+    /// Reads everything, changes nothing.
+    Auditor,
+}
+
+impl AdminRole {
+    pub const ALL: [AdminRole; 3] = [AdminRole::Operator, AdminRole::Security, AdminRole::Auditor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Operator => "operator",
+            AdminRole::Security => "security",
+            AdminRole::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminRole> {
+        AdminRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AdminRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The longest administrator name (a person's short name or login).
+pub const ADMIN_NAME_MAX: usize = 64;
+
+/// Whether `name` is a usable administrator name: 1–64 of a–z, 0–9, `.`, `-`, `_`.
+pub fn admin_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ADMIN_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// `POST /v1/admin/bootstrap`: the first administrator, with the server's
+/// one-time setup secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BootstrapRequest {
+    pub name: String,
+    /// Ed25519 public key.
+    #[serde(with = "b64")]
+    pub public_key: Vec<u8>,
+    pub setup_secret: String,
+}
+
+/// `POST /v1/admin/admins`: an operator adds an administrator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddAdminRequest {
+    pub name: String,
+    pub role: AdminRole,
+    #[serde(with = "b64")]
+    pub public_key: Vec<u8>,
+}
+
+/// `GET /v1/admin/admins`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminSummary {
+    pub name: String,
+    pub role: AdminRole,
+    /// SHA-256 of the public key, hex: what the person compares.
+    pub key_fingerprint: String,
+    #[serde(default)]
+    pub added_by: Option<String>,
+    pub added_at: i64,
+}
+
+/// `POST /v1/admin/auth/challenge`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminChallengeRequest {
+    pub name: String,
+}
+
+/// `POST /v1/admin/auth/token`: the challenge signed with the administrator's key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminTokenRequest {
+    pub name: String,
+    #[serde(with = "b64")]
+    pub challenge: Vec<u8>,
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+}
+
+/// What an administrator signs to sign in; domain-separated from the
+/// devices' sign-in and from everything else.
+pub fn admin_auth_signing_payload(name: &str, challenge: &[u8]) -> Vec<u8> {
+    let mut out = b"pouch-admin-auth-v1\0".to_vec();
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(challenge);
+    out
+}
+
+/// An action that waits for a second administrator (the two-person rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalAction {
+    /// Revoke every device of an account and invite a new first device.
+    Reset,
+    /// Revoke one device.
+    Revoke,
+}
+
+impl ApprovalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalAction::Reset => "reset",
+            ApprovalAction::Revoke => "revoke",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApprovalAction> {
+        [ApprovalAction::Reset, ApprovalAction::Revoke]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// A request waiting for approval (`GET /v1/admin/approvals`, and the
+/// answer to a reset or revocation: 202).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingApproval {
+    pub id: String,
+    pub action: ApprovalAction,
+    pub address: Address,
+    #[serde(default)]
+    pub device: Option<DeviceId>,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub expires_at: i64,
+}
+
+/// The answer to an approval: what the approved action did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalDone {
+    pub id: String,
+    pub action: ApprovalAction,
+    pub address: Address,
+    pub detail: String,
+    /// A reset's invite for the account's new first device.
+    #[serde(default)]
+    pub invite: Option<AddUserResponse>,
+}
+
 // ----- access events (what was tried, for the user and the security team) -----
 
 /// One access event. Never contains mail content: who, from where, what, how
@@ -631,6 +789,9 @@ pub struct EventBody {
     /// An enrollment into an account whose devices an administrator reset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub after_reset: bool,
+    /// The administrator (a person, by name) who did it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 impl EventBody {
@@ -651,6 +812,7 @@ impl EventBody {
             devices: Vec::new(),
             by: None,
             after_reset: false,
+            admin: None,
         }
     }
 }

@@ -15,10 +15,12 @@ fn class_of(action: &Action) -> (u32, u32, u32, &'static str) {
     // (category_uid, class_uid, activity_id, class_name)
     let account_change = |activity| (3, 3001, activity, "Account Change");
     match action {
-        SignIn => (3, 3002, 1, "Authentication"),
-        Enroll | AdminInvite => account_change(1), // Create
-        LinkApproved | LinkRequest => account_change(3), // Enable / request
-        DeviceRevoked | AdminRevoke | LinkDenied | LinkExpired | AdminReset => account_change(4), // Disable
+        SignIn | AdminSignIn => (3, 3002, 1, "Authentication"),
+        Enroll | AdminInvite | AdminAdded | AdminBootstrap => account_change(1), // Create
+        LinkApproved | LinkRequest => account_change(3),                         // Enable / request
+        DeviceRevoked | AdminRevoke | LinkDenied | LinkExpired | AdminReset | AdminRemoved => {
+            account_change(4) // Disable
+        }
         _ => (6, 6003, 99, "API Activity"),
     }
 }
@@ -55,7 +57,11 @@ pub fn record(event: &Event) -> Value {
             "product": { "name": "Pouch", "vendor_name": "Pouch", "version": env!("CARGO_PKG_VERSION") },
             "log_name": "pouch-access-events",
         },
-        "actor": { "user": user.clone() },
+        // An administrator's act has the person as its actor (OCSF user type 2: Admin).
+        "actor": { "user": match &body.admin {
+            Some(name) => json!({ "name": name, "uid": format!("admin:{name}"), "type_id": 2 }),
+            None => user.clone(),
+        } },
         // API Activity has no `user` attribute: its actor carries the account.
         "user": (class_uid != 6003).then_some(user),
         "api": { "operation": body.action.clone() },
@@ -65,6 +71,7 @@ pub fn record(event: &Event) -> Value {
             "action": body.action, "count": body.count, "bytes": body.bytes, "detail": body.detail,
             "reason": body.reason, "targets": (!body.targets.is_empty()).then_some(&body.targets),
             "devices": (!body.devices.is_empty()).then_some(&body.devices), "by": body.by,
+            "admin": body.admin,
             "chain_hash": event.hash,
         },
     }))

@@ -95,6 +95,18 @@ vocabulary! {
         AdminInvite = "admin_invite",
         AdminReset = "admin_reset",
         AdminRevoke = "admin_revoke",
+        /// An administrator signed in with their key.
+        AdminSignIn = "admin_sign_in",
+        /// The first administrator was made with the setup secret (or an
+        /// attempt with a wrong or used one).
+        AdminBootstrap = "admin_bootstrap",
+        /// An operator added an administrator.
+        AdminAdded = "admin_added",
+        AdminRemoved = "admin_removed",
+        /// A reset or revocation now waits for a second administrator.
+        AdminApprovalRequested = "admin_approval_requested",
+        /// An attempt to approve a request (a failure: by its own requester).
+        AdminApproved = "admin_approved",
         Enroll = "enroll",
         SignIn = "sign_in",
         LinkRequest = "link_request",
@@ -169,6 +181,11 @@ vocabulary! {
         NoApprover = "no_approver",
         CommitRejected = "commit_rejected",
         ReplayedPosition = "replayed_position",
+        /// The one-time administrator setup secret was wrong or used.
+        SetupSecretInvalid = "setup_secret_invalid",
+        AdminUnknown = "admin_unknown",
+        /// An administrator tried to approve their own request.
+        SameAdministrator = "same_administrator",
         /// The server could not complete it (storage).
         ServerFailure = "server_failure",
     }

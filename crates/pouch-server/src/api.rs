@@ -1,7 +1,10 @@
 //! HTTP routes. Each handler validates its input at the edge, calls the store
 //! once, and maps the outcome to a status and a JSON body.
 
-use crate::extract::{Admin, AuthDevice, BODY_LIMIT, MESSAGE_LIMIT, SMALL_LIMIT, TINY_LIMIT};
+use crate::extract::{
+    Admin, AnyAdmin, AuthDevice, BODY_LIMIT, MESSAGE_LIMIT, Operators, RoleSet, SMALL_LIMIT,
+    TINY_LIMIT,
+};
 use crate::routes::{Access, Routes};
 use crate::service::{Caller, accounts, mail};
 use crate::{AppState, error::ApiError, now, random_bytes};
@@ -57,10 +60,17 @@ fn routes() -> Routes {
         .route("/v1/info", &[(Method::GET, Access::Public)], get(info))
         .route("/healthz", &[(Method::GET, Access::Public)], get(healthz))
         .route("/readyz", &[(Method::GET, Access::Public)], get(readyz))
-        .route("/metrics", &[(Method::GET, Access::Admin)], get(metrics))
+        .route(
+            "/metrics",
+            &[(Method::GET, Access::Admin(AnyAdmin::ROLES))],
+            get(metrics),
+        )
         .route(
             "/v1/admin/users",
-            &[(Method::POST, Access::Admin), (Method::GET, Access::Admin)],
+            &[
+                (Method::POST, Access::Admin(Operators::ROLES)),
+                (Method::GET, Access::Admin(AnyAdmin::ROLES)),
+            ],
             post(add_user).get(list_users),
         )
         .route(
@@ -144,6 +154,7 @@ fn routes() -> Routes {
         .merge(crate::devices::routes())
         .merge(crate::log::routes())
         .merge(crate::events::routes())
+        .merge(crate::admins::routes())
 }
 
 async fn info(State(s): St) -> Json<ServerInfo> {
@@ -180,10 +191,10 @@ async fn readyz(State(s): St) -> (axum::http::StatusCode, &'static str) {
     }
 }
 
-/// Prometheus metrics, for the administrator's token.
+/// Prometheus metrics, for any administrator (a scraper signs in as one, e.g. an auditor).
 async fn metrics(
     State(s): St,
-    _: Admin,
+    _: Admin<AnyAdmin>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
     let gauges = crate::metrics::Gauges {
         log_size: s.store.log_size().await?,
@@ -201,13 +212,13 @@ async fn metrics(
 
 async fn add_user(
     State(s): St,
-    _: Admin,
+    by: Admin<Operators>,
     Json(req): Json<AddUserRequest>,
 ) -> ApiResult<AddUserResponse> {
-    Ok(Json(accounts::add_user(&s, req).await?))
+    Ok(Json(accounts::add_user(&s, &by, req).await?))
 }
 
-async fn list_users(State(s): St, _: Admin) -> ApiResult<Vec<UserSummary>> {
+async fn list_users(State(s): St, _: Admin<AnyAdmin>) -> ApiResult<Vec<UserSummary>> {
     Ok(Json(accounts::list_users(&s).await?))
 }
 

@@ -143,12 +143,83 @@ async fn evaluate(
                 format!("a request to add a device from {src} was {what}"),
             ));
         }
+        // Administrators' acts, naming the person: the security team sees
+        // every request of the two-person rule, its outcome, and every
+        // change to who administers.
         Action::AdminRevoke | Action::AdminReset => out.push(alert(
             Rule::AdminAction,
             High,
             ev,
             seq,
-            format!("an administrator acted on the account: {}", ev.action.as_str().replace('_', " ")),
+            format!(
+                "{} by administrator {}: {}",
+                ev.action.as_str().replace('_', " "),
+                ev.admin.as_deref().unwrap_or("?"),
+                ev.detail
+            ),
+        )),
+        Action::AdminApprovalRequested => out.push(alert(
+            Rule::AdminAction,
+            High,
+            ev,
+            seq,
+            format!(
+                "administrator {} asked for {}: it waits for a second administrator",
+                ev.admin.as_deref().unwrap_or("?"),
+                ev.detail
+            ),
+        )),
+        Action::AdminApproved if !ok => out.push(alert(
+            Rule::AdminAction,
+            High,
+            ev,
+            seq,
+            format!(
+                "administrator {} tried to approve their own request ({})",
+                ev.admin.as_deref().unwrap_or("?"),
+                ev.detail
+            ),
+        )),
+        // The install's first administrator is expected: a notice. Changes
+        // to who administers, and a wrong or used setup secret, are alerts.
+        Action::AdminBootstrap => out.push(if ok {
+            alert(
+                Rule::AdminAction,
+                Low,
+                ev,
+                seq,
+                format!("administrator {}: {}", ev.admin.as_deref().unwrap_or("?"), ev.detail),
+            )
+        } else {
+            alert(
+                Rule::AdminAction,
+                Medium,
+                ev,
+                seq,
+                format!(
+                    "refused from {src}: an attempt to become the first administrator as '{}' ({})",
+                    ev.admin.as_deref().unwrap_or("?"),
+                    ev.detail
+                ),
+            )
+        }),
+        Action::AdminAdded | Action::AdminRemoved => out.push(alert(
+            Rule::AdminAction,
+            Medium,
+            ev,
+            seq,
+            format!("administrator {}: {}", ev.admin.as_deref().unwrap_or("?"), ev.detail),
+        )),
+        Action::AdminSignIn if !ok => out.push(alert(
+            Rule::AdminAction,
+            Medium,
+            ev,
+            seq,
+            format!(
+                "failed administrator sign-in{} from {src}: {}",
+                ev.admin.as_deref().map(|n| format!(" as {n}")).unwrap_or_default(),
+                ev.detail
+            ),
         )),
         Action::SignIn if ok => {
             if let (Some(account), Some(device)) = (&ev.account, &ev.device) {

@@ -10,9 +10,9 @@
 //! *talk* to it: a device is active only once a validly signed list names it,
 //! or an invite enrolled it as an account's first device.
 
-use crate::extract::{Admin, AuthDevice};
+use crate::extract::{Admin, AnyAdmin, AuthDevice, Operators, RoleSet};
 use crate::routes::{Access, Routes};
-use crate::service::{Caller, admin, devices, directory, links};
+use crate::service::{Caller, admin, administrators, devices, directory, links};
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -73,17 +73,17 @@ pub fn routes() -> Routes {
         )
         .route(
             "/v1/admin/users/{address}/reset",
-            &[(Method::POST, Access::Admin)],
+            &[(Method::POST, Access::Admin(Operators::ROLES))],
             post(admin_reset),
         )
         .route(
             "/v1/admin/devices/{address}/{device}/revoke",
-            &[(Method::POST, Access::Admin)],
+            &[(Method::POST, Access::Admin(Operators::ROLES))],
             post(admin_revoke),
         )
         .route(
             "/v1/admin/devices/stale",
-            &[(Method::GET, Access::Admin)],
+            &[(Method::GET, Access::Admin(AnyAdmin::ROLES))],
             get(admin_stale),
         )
 }
@@ -181,26 +181,35 @@ async fn deny_link(
     Ok(Json(links::deny(&s, &d, &code).await?))
 }
 
+/// A reset waits for a second administrator (202 with the request).
 async fn admin_reset(
     State(s): St,
-    _: Admin,
+    by: Admin<Operators>,
     Path(address): Path<String>,
-) -> Result<Json<AddUserResponse>, ApiError> {
+) -> Result<(StatusCode, Json<PendingApproval>), ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(admin::reset_account(&s, address).await?))
+    let pending = administrators::request(&s, &by, ApprovalAction::Reset, address, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(pending)))
 }
 
+/// An administrator's revocation waits for a second administrator (202).
 async fn admin_revoke(
     State(s): St,
-    _: Admin,
+    by: Admin<Operators>,
     Path((address, device)): Path<(String, String)>,
-) -> Result<Json<AdminActionDone>, ApiError> {
+) -> Result<(StatusCode, Json<PendingApproval>), ApiError> {
     let address = Address::parse(&address).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(Json(
-        admin::revoke_device(&s, address, DeviceId(device)).await?,
-    ))
+    let pending = administrators::request(
+        &s,
+        &by,
+        ApprovalAction::Revoke,
+        address,
+        Some(DeviceId(device)),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(pending)))
 }
 
-async fn admin_stale(State(s): St, _: Admin) -> Result<Json<Vec<StaleDevice>>, ApiError> {
+async fn admin_stale(State(s): St, _: Admin<AnyAdmin>) -> Result<Json<Vec<StaleDevice>>, ApiError> {
     Ok(Json(admin::stale_devices(&s).await?))
 }

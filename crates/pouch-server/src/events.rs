@@ -3,7 +3,7 @@
 //! report what only they can see. Recording is the service layer's
 //! ([`crate::service::audit`], re-exported here).
 
-use crate::extract::{Admin, AuthDevice};
+use crate::extract::{Admin, AuthDevice, RoleSet, SecurityTeam};
 use crate::routes::{Access, Routes};
 pub use crate::service::audit::{Ev, account_of, record, settled};
 use crate::{AppState, error::ApiError};
@@ -26,7 +26,7 @@ pub fn routes() -> Routes {
         )
         .route(
             "/v1/admin/events",
-            &[(Method::GET, Access::Admin)],
+            &[(Method::GET, Access::Admin(SecurityTeam::ROLES))],
             get(admin_events),
         )
         .route(
@@ -43,7 +43,7 @@ pub fn routes() -> Routes {
         )
         .route(
             "/v1/admin/alerts",
-            &[(Method::GET, Access::Admin)],
+            &[(Method::GET, Access::Admin(SecurityTeam::ROLES))],
             get(admin_alerts),
         )
 }
@@ -74,7 +74,7 @@ async fn activity(
 /// Every event after `after` (the security team's export).
 async fn admin_events(
     State(s): St,
-    _: Admin,
+    _: Admin<SecurityTeam>,
     Query(p): Query<Page>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     Ok(Json(
@@ -102,7 +102,7 @@ async fn own_alerts(
 /// Every alert after `after` (the security team's stream).
 async fn admin_alerts(
     State(s): St,
-    _: Admin,
+    _: Admin<SecurityTeam>,
     Query(p): Query<Page>,
 ) -> Result<Json<Vec<Alert>>, ApiError> {
     settled(&s).await;

@@ -5,13 +5,14 @@
 //! others, to assemble the router from their route tables).
 
 use crate::service::Caller;
+use crate::service::administrators::AdminCaller;
 use crate::{AppState, error::ApiError, now, sha256};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::{header, request::Parts};
 use pouch_proto::DeviceId;
+use pouch_proto::api::AdminRole;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// The default body limit: enough for a commit and Welcome to a large
 /// post-quantum group. Routes with smaller bodies set their own below.
@@ -74,22 +75,80 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// A request bearing the administrator token.
-pub struct Admin;
+/// Which administrators a route admits (see [`Admin`]).
+pub trait RoleSet {
+    const ROLES: &'static [AdminRole];
+}
 
-impl FromRequestParts<Arc<AppState>> for Admin {
+/// Operators only: changes to users, invites, devices, administrators.
+pub struct Operators;
+impl RoleSet for Operators {
+    const ROLES: &'static [AdminRole] = &[AdminRole::Operator];
+}
+
+/// The security team and auditors: events and alerts.
+pub struct SecurityTeam;
+impl RoleSet for SecurityTeam {
+    const ROLES: &'static [AdminRole] = &[AdminRole::Security, AdminRole::Auditor];
+}
+
+/// Every administrator: reading accounts, administrators, approvals, metrics.
+pub struct AnyAdmin;
+impl RoleSet for AnyAdmin {
+    const ROLES: &'static [AdminRole] =
+        &[AdminRole::Operator, AdminRole::Security, AdminRole::Auditor];
+}
+
+/// A request by a signed-in administrator whose role is one of `R`'s. The
+/// handler's signature says who may call it; the route table says the same
+/// (`Access::Admin(R::ROLES)`), and the authorization-matrix test checks
+/// that the two agree for every role.
+pub struct Admin<R: RoleSet>(pub AdminCaller, std::marker::PhantomData<R>);
+
+impl<R: RoleSet> std::ops::Deref for Admin<R> {
+    type Target = AdminCaller;
+    fn deref(&self) -> &AdminCaller {
+        &self.0
+    }
+}
+
+impl<R: RoleSet + Send + Sync> FromRequestParts<Arc<AppState>> for Admin<R> {
     type Rejection = ApiError;
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let token =
-            bearer(parts).ok_or_else(|| ApiError::unauthorized("administrator token required"))?;
-        let presented = sha256(token.trim().as_bytes());
-        if bool::from(presented.ct_eq(&state.admin_token_sha256)) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::unauthorized("wrong administrator token"))
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::unauthorized("administrator sign-in required ('pouch admin init' first)")
+        })?;
+        let admin = state
+            .store
+            .admin_of_token(&sha256(token.trim().as_bytes()), now())
+            .await?
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "administrator token unknown, expired or of a removed administrator; sign in again",
+                )
+            })?;
+        if !R::ROLES.contains(&admin.role) {
+            let allowed: Vec<&str> = R::ROLES.iter().map(|r| r.as_str()).collect();
+            return Err(ApiError::forbidden(format!(
+                "an administrator with the role {} may not do this (it needs: {})",
+                admin.role,
+                allowed.join(" or ")
+            )));
         }
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        Ok(Admin(
+            AdminCaller {
+                name: admin.name,
+                role: admin.role,
+                source,
+            },
+            std::marker::PhantomData,
+        ))
     }
 }

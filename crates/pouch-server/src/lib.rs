@@ -11,6 +11,7 @@
 //! one PostgreSQL database act as one server.
 #![forbid(unsafe_code)]
 
+mod admins;
 mod api;
 pub mod config;
 pub mod conncap;
@@ -137,7 +138,6 @@ pub struct AppState {
     pub recorder: recorder::Recorder,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
-    admin_token_sha256: [u8; 32],
 }
 
 /// What start-up prepared, for the caller to print.
@@ -146,9 +146,12 @@ pub struct Prepared {
     pub connections: conncap::ConnectionLimits,
     /// The trust anchor and the serving certificate ([`tls`]).
     pub tls: Arc<tls::TlsIdentity>,
-    /// Where the admin token was written, if this start created it.
-    pub admin_token_created: Option<PathBuf>,
-    pub admin_token_path: PathBuf,
+    /// Where the one-time administrator setup secret was written, if this
+    /// start created it.
+    pub admin_setup_created: Option<PathBuf>,
+    /// Whether the first administrator is still to be made.
+    pub admin_setup_pending: bool,
+    pub admin_setup_path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,29 +267,35 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         .parse()
         .map_err(|_| StartError::Config("the stored ciphersuite setting is damaged".into()))?;
 
-    // The admin token: the database keeps only its hash, shared by all nodes;
-    // the node that creates it writes it to its data directory.
-    let admin_token_path = config.data_dir.join("admin.token");
-    let mut admin_token_created = None;
-    let admin_hash_hex = match store.get_setting("admin_token_sha256").await? {
-        Some(h) => h,
-        None => {
-            let token = hex::encode(random_bytes::<32>());
-            let hash = hex::encode(sha256(token.as_bytes()));
-            let stored = store.init_setting("admin_token_sha256", &hash).await?;
-            if stored == hash {
-                write_private_file(&admin_token_path, format!("{token}\n").as_bytes()).map_err(
-                    |e| StartError::Io(format!("cannot write {}: {e}", admin_token_path.display())),
-                )?;
-                admin_token_created = Some(admin_token_path.clone());
-            }
-            stored
+    // The one-time setup secret that makes the first administrator (who
+    // then adds the others): the database keeps only its hash, shared by
+    // all nodes; the node that creates it writes it to its data directory.
+    let setup_path = config.data_dir.join("admin-setup.token");
+    let mut setup_created = None;
+    let has_admins = !store.list_admins().await?.is_empty();
+    let pending_setup = store
+        .get_setting(service::administrators::SETUP_SETTING)
+        .await?
+        .or(store
+            .get_setting(service::administrators::LEGACY_TOKEN_SETTING)
+            .await?);
+    if !has_admins && pending_setup.is_none() {
+        let secret = hex::encode(random_bytes::<32>());
+        let hash = hex::encode(sha256(secret.as_bytes()));
+        let stored = store
+            .init_setting(service::administrators::SETUP_SETTING, &hash)
+            .await?;
+        if stored == hash {
+            write_private_file(&setup_path, format!("{secret}\n").as_bytes()).map_err(|e| {
+                StartError::Io(format!("cannot write {}: {e}", setup_path.display()))
+            })?;
+            setup_created = Some(setup_path.clone());
         }
-    };
-    let admin_token_sha256: [u8; 32] = hex::decode(&admin_hash_hex)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| StartError::Config("the stored admin token hash is damaged".into()))?;
+    }
+    if has_admins {
+        // Used: the file (if this node has it) is worth nothing now.
+        let _ = std::fs::remove_file(&setup_path);
+    }
 
     // The log's checkpoint key: created once, shared by every node through
     // the database, sealed there under a wrapping key each node holds.
@@ -326,7 +335,6 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         directory: Default::default(),
         recorder,
         metrics: Default::default(),
-        admin_token_sha256,
     });
     recorder_tasks.start(&state, Arc::new(Detection));
     service::log::refresh_checkpoint(&state)
@@ -342,8 +350,9 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         connections: config.connections,
         state,
         tls,
-        admin_token_created,
-        admin_token_path,
+        admin_setup_created: setup_created,
+        admin_setup_pending: !has_admins,
+        admin_setup_path: setup_path,
     })
 }
 

@@ -21,8 +21,8 @@ pub enum Access {
     Device,
     /// A signed-in device, or the holder of a valid invite of that address.
     DeviceOrInvite,
-    /// The administrator token.
-    Admin,
+    /// A signed-in administrator with one of these roles.
+    Admin(&'static [pouch_proto::api::AdminRole]),
 }
 
 /// One path and the methods it answers.

@@ -190,11 +190,10 @@ impl TlsIdentity {
         }
         let anchor_der = read_certs(&anchor_path)?.remove(0);
         let anchor_pem = pem_of(&anchor_path)?;
-        let anchor_key_pem = std::fs::read_to_string(&anchor_key_path)
-            .map_err(|e| io_error(&anchor_key_path, e))?;
-        let anchor_key = rcgen::KeyPair::from_pem(&anchor_key_pem).map_err(|e| {
-            tls_error(format!("cannot read {}: {e}", anchor_key_path.display()))
-        })?;
+        let anchor_key_pem =
+            std::fs::read_to_string(&anchor_key_path).map_err(|e| io_error(&anchor_key_path, e))?;
+        let anchor_key = rcgen::KeyPair::from_pem(&anchor_key_pem)
+            .map_err(|e| tls_error(format!("cannot read {}: {e}", anchor_key_path.display())))?;
         let mut names: Vec<String> = LOCAL_NAMES.iter().map(|n| n.to_string()).collect();
         for n in extra_names {
             if !names.contains(n) {
@@ -215,7 +214,14 @@ impl TlsIdentity {
             Some(current) => current,
             None => issuer.issue()?,
         };
-        Self::finish(anchor_der, certified, until, names, Vec::new(), Some(issuer))
+        Self::finish(
+            anchor_der,
+            certified,
+            until,
+            names,
+            Vec::new(),
+            Some(issuer),
+        )
     }
 
     fn finish(
@@ -531,7 +537,10 @@ mod tests {
         let first_cert = std::fs::read(d.path().join("tls-cert.pem")).unwrap();
         // Restarting keeps the certificate that has days left.
         let again = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
-        assert_eq!(std::fs::read(d.path().join("tls-cert.pem")).unwrap(), first_cert);
+        assert_eq!(
+            std::fs::read(d.path().join("tls-cert.pem")).unwrap(),
+            first_cert
+        );
         assert!(again.renew_if_due().unwrap().is_none());
         // A new name needs a new certificate, from the same anchor.
         let settings = TlsSettings {
@@ -539,7 +548,10 @@ mod tests {
             ..Default::default()
         };
         let renamed = TlsIdentity::load(d.path(), "pouch.local", &settings).unwrap();
-        assert_ne!(std::fs::read(d.path().join("tls-cert.pem")).unwrap(), first_cert);
+        assert_ne!(
+            std::fs::read(d.path().join("tls-cert.pem")).unwrap(),
+            first_cert
+        );
         assert_eq!(renamed.anchor_fingerprint, first.anchor_fingerprint);
         let days_left = renamed
             .serving_until
@@ -547,7 +559,10 @@ mod tests {
             .unwrap()
             .as_secs()
             / 86_400;
-        assert!((SERVING_DAYS - 2..=SERVING_DAYS).contains(&days_left), "{days_left}");
+        assert!(
+            (SERVING_DAYS - 2..=SERVING_DAYS).contains(&days_left),
+            "{days_left}"
+        );
     }
 
     #[test]

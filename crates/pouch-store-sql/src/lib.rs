@@ -10,6 +10,7 @@
 //! PostgreSQL: row locks taken by `UPDATE ... RETURNING`).
 #![forbid(unsafe_code)]
 
+mod admins;
 mod queries;
 
 use pouch_store::{Result, StoreError};
@@ -91,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         include_str!("../migrations/sqlite_0012_detection_counts.sql"),
         include_str!("../migrations/postgres_0012_detection_counts.sql"),
+    ),
+    (
+        13,
+        include_str!("../migrations/sqlite_0013_admins.sql"),
+        include_str!("../migrations/postgres_0013_admins.sql"),
     ),
 ];
 

@@ -72,6 +72,174 @@ pub async fn run(store: &dyn Store) {
     directory(store, now).await;
     mail(store, now).await;
     log(store, now).await;
+    admins(store, now).await;
+}
+
+/// [`crate::AdminStore`]: a one-time bootstrap, names never reused, tokens
+/// that die with their administrator, approvals that happen once.
+pub async fn admins(store: &dyn Store, now: UnixTime) {
+    use pouch_proto::api::{AdminRole, ApprovalAction};
+    let person = |name: &str, role: AdminRole, by: Option<&str>| AdminRecord {
+        name: name.into(),
+        role,
+        public_key: name.as_bytes().repeat(2),
+        added_by: by.map(str::to_string),
+        added_at: now,
+    };
+    let ana = person("ana", AdminRole::Operator, None);
+    // The setup secret's hash must still be there, and used only once.
+    assert!(
+        !store
+            .bootstrap_admin(&ana, "admin_setup", "h")
+            .await
+            .unwrap()
+    );
+    store.init_setting("admin_setup", "h").await.unwrap();
+    assert!(
+        !store
+            .bootstrap_admin(&ana, "admin_setup", "wrong")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .bootstrap_admin(&ana, "admin_setup", "h")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_setting("admin_setup").await.unwrap(), None);
+    // A second secret does not make a second first administrator.
+    store.init_setting("admin_setup", "h2").await.unwrap();
+    let eve = person("eve", AdminRole::Operator, None);
+    assert!(
+        !store
+            .bootstrap_admin(&eve, "admin_setup", "h2")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_setting("admin_setup").await.unwrap().as_deref(),
+        Some("h2")
+    );
+    assert_eq!(store.admin("eve").await.unwrap(), None);
+
+    let sam = person("sam", AdminRole::Security, Some("ana"));
+    store.add_admin(&sam).await.unwrap();
+    assert!(matches!(
+        store
+            .add_admin(&person("sam", AdminRole::Operator, Some("ana")))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.admin("sam").await.unwrap(), Some(sam.clone()));
+    let names: Vec<String> = store
+        .list_admins()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["ana", "sam"]);
+
+    // Sign-in: a challenge is taken once and only before it expires.
+    store
+        .put_admin_challenge(b"c1", "sam", now + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_admin_challenge(b"c1", now)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("sam")
+    );
+    assert_eq!(store.take_admin_challenge(b"c1", now).await.unwrap(), None);
+    store
+        .put_admin_challenge(b"c2", "sam", now + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_admin_challenge(b"c2", now + 61).await.unwrap(),
+        None
+    );
+    store
+        .put_admin_token(b"t-sam", "sam", now + 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admin_of_token(b"t-sam", now).await.unwrap(),
+        Some(sam.clone())
+    );
+    assert_eq!(
+        store.admin_of_token(b"t-sam", now + 3600).await.unwrap(),
+        None
+    );
+    assert_eq!(store.admin_of_token(b"t-other", now).await.unwrap(), None);
+    // Removed: their tokens stop, their name stays taken.
+    assert!(store.remove_admin("sam", now).await.unwrap());
+    assert!(!store.remove_admin("sam", now).await.unwrap());
+    assert_eq!(store.admin_of_token(b"t-sam", now).await.unwrap(), None);
+    assert_eq!(store.admin("sam").await.unwrap(), None);
+    assert!(matches!(
+        store.add_admin(&sam).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Approvals: pending until one approval or their expiry.
+    let approval = |id: &str, expires_at| Approval {
+        id: id.into(),
+        action: ApprovalAction::Revoke,
+        address: addr("bob@embassy.example"),
+        device: Some(DeviceId("bob-phone".into())),
+        requested_by: "ana".into(),
+        requested_at: now,
+        expires_at,
+        approved_by: None,
+        approved_at: None,
+    };
+    store
+        .create_approval(&approval("A1", now + 100))
+        .await
+        .unwrap();
+    store
+        .create_approval(&approval("A2", now + 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_approval(&approval("A1", now + 100)).await,
+        Err(StoreError::Conflict)
+    ));
+    let pending = |at| async move {
+        store
+            .pending_approvals(at)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pending(now).await, ["A1", "A2"]);
+    assert_eq!(pending(now + 10).await, ["A1"]);
+    assert!(
+        !store.approve("A2", "zoe", now + 10).await.unwrap(),
+        "expired"
+    );
+    assert!(store.approve("A1", "zoe", now + 5).await.unwrap());
+    assert!(
+        !store.approve("A1", "yan", now + 6).await.unwrap(),
+        "approved once"
+    );
+    let done = store.approval("A1").await.unwrap().unwrap();
+    assert_eq!(done.approved_by.as_deref(), Some("zoe"));
+    assert_eq!(done.approved_at, Some(now + 5));
+    assert_eq!(done.device, Some(DeviceId("bob-phone".into())));
+    assert_eq!(
+        pending(now).await,
+        ["A2"],
+        "an approved request is no longer pending"
+    );
+    assert_eq!(store.approval("nope").await.unwrap(), None);
 }
 
 /// [`crate::SettingsStore`]: first writer wins.

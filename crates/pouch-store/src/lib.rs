@@ -22,7 +22,7 @@ pub mod prelude {
 use async_trait::async_trait;
 use pouch_proto::{
     Address, DeviceId, GroupId,
-    api::{QueueItem, QueueKind, UserSummary},
+    api::{AdminRole, ApprovalAction, QueueItem, QueueKind, UserSummary},
 };
 
 /// Seconds since the Unix epoch.
@@ -86,6 +86,31 @@ pub struct StaleMember {
     pub device_id: DeviceId,
     pub group_id: GroupId,
     pub updated_at: UnixTime,
+}
+
+/// An administrator: a person with an Ed25519 key and a role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminRecord {
+    pub name: String,
+    pub role: AdminRole,
+    pub public_key: Vec<u8>,
+    /// Who added them (none for the first, bootstrapped one).
+    pub added_by: Option<String>,
+    pub added_at: UnixTime,
+}
+
+/// An action waiting for a second administrator's approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub id: String,
+    pub action: ApprovalAction,
+    pub address: Address,
+    pub device: Option<DeviceId>,
+    pub requested_by: String,
+    pub requested_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<UnixTime>,
 }
 
 /// What the store knew of a device's network sources before a sighting.
@@ -569,9 +594,66 @@ pub trait MailStore: Send + Sync + 'static {
 
 /// Everything the server stores, by area; every backend implements each
 /// area (one conformance story per area runs on each backend).
-pub trait Store: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore {}
+/// Administrators: who they are, their sign-in, and the actions waiting for
+/// a second administrator (the two-person rule).
+#[async_trait]
+pub trait AdminStore: Send + Sync + 'static {
+    /// The first administrator, in one transaction with the consumption of
+    /// the one-time setup secret: only if the setting `setup_key` still holds
+    /// `setup_hash` and no administrator exists. False otherwise (the secret
+    /// was used, or someone was first).
+    async fn bootstrap_admin(
+        &self,
+        admin: &AdminRecord,
+        setup_key: &str,
+        setup_hash: &str,
+    ) -> Result<bool>;
+    /// Adds an administrator; `Conflict` if the name was ever taken.
+    async fn add_admin(&self, admin: &AdminRecord) -> Result<()>;
+    /// A current administrator.
+    async fn admin(&self, name: &str) -> Result<Option<AdminRecord>>;
+    /// Every current administrator, by name.
+    async fn list_admins(&self) -> Result<Vec<AdminRecord>>;
+    /// Removes an administrator (their tokens stop working); false if there
+    /// was none of that name.
+    async fn remove_admin(&self, name: &str, now: UnixTime) -> Result<bool>;
+    async fn put_admin_challenge(
+        &self,
+        challenge: &[u8],
+        name: &str,
+        expires_at: UnixTime,
+    ) -> Result<()>;
+    /// Removes the challenge and returns whose it was, if unexpired.
+    async fn take_admin_challenge(&self, challenge: &[u8], now: UnixTime)
+    -> Result<Option<String>>;
+    async fn put_admin_token(
+        &self,
+        token_hash: &[u8],
+        name: &str,
+        expires_at: UnixTime,
+    ) -> Result<()>;
+    /// The current administrator an unexpired token belongs to.
+    async fn admin_of_token(&self, token_hash: &[u8], now: UnixTime)
+    -> Result<Option<AdminRecord>>;
+    /// Records a request for approval; `Conflict` if the id is taken.
+    async fn create_approval(&self, approval: &Approval) -> Result<()>;
+    async fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// Requests not approved and not expired at `now`, oldest first.
+    async fn pending_approvals(&self, now: UnixTime) -> Result<Vec<Approval>>;
+    /// Marks the request approved by `by` if it is still pending and
+    /// unexpired at `now`: true for exactly one caller.
+    async fn approve(&self, id: &str, by: &str, now: UnixTime) -> Result<bool>;
+}
 
-impl<T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore> Store for T {}
+pub trait Store:
+    SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore
+{
+}
+
+impl<T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore> Store
+    for T
+{
+}
 
 /// Helpers shared by the backends so that both apply the same rules.
 pub mod rules {

@@ -213,19 +213,30 @@ impl std::io::Write for CountingSink {
 pub(crate) struct Running {
     url: String,
     fingerprint: String,
-    token: String,
+    /// The benchmark's administrator (an operator made with the setup secret).
+    admin: pouch_client::admin::AdminIdentity,
+    /// Its security team (reads the alerts), added by the operator.
+    security: pouch_client::admin::AdminIdentity,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Running {
+    /// A connection signed in as the benchmark's administrator.
+    fn admin_api(&self) -> Result<pouch_client::net::Api> {
+        let api = pouch_client::net::Api::new(&self.url, &self.fingerprint)?;
+        self.admin.sign_in(&api)?;
+        Ok(api)
+    }
+
     /// Every alert the server has raised so far.
     pub(crate) fn alerts(&self) -> Result<Vec<pouch_proto::api::Alert>> {
         let api = pouch_client::net::Api::new(&self.url, &self.fingerprint)?;
+        self.security.sign_in(&api)?;
         let mut all: Vec<pouch_proto::api::Alert> = Vec::new();
         loop {
             let after = all.last().map(|a| a.id).unwrap_or(0);
             let page: Vec<pouch_proto::api::Alert> =
-                api.admin_get(&format!("/v1/admin/alerts?after={after}"), &self.token)?;
+                api.get(&format!("/v1/admin/alerts?after={after}"))?;
             if page.is_empty() {
                 return Ok(all);
             }
@@ -237,7 +248,7 @@ impl Running {
 pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> {
     std::fs::create_dir_all(data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let (url, fingerprint, token) = rt.block_on(async {
+    let (url, fingerprint, setup) = rt.block_on(async {
         let store: Arc<dyn pouch_store::Store> = match database_url {
             Some(u) => Arc::new(pouch_store_sql::SqlStore::connect(u).await?),
             None => {
@@ -265,31 +276,54 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
             policy: Default::default(),
         };
         let prepared = pouch_server::prepare(&config, store).await?;
-        let token = std::fs::read_to_string(&prepared.admin_token_path)?
-            .trim()
-            .to_string();
+        let setup = std::fs::read_to_string(&prepared.admin_setup_path)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let url = format!("https://{}", listener.local_addr()?);
         let fingerprint = prepared.tls.anchor_fingerprint.clone();
         tokio::spawn(async move {
             let _ = pouch_server::serve(&prepared, listener, std::future::pending()).await;
         });
-        Ok::<_, anyhow::Error>((url, fingerprint, token))
+        Ok::<_, anyhow::Error>((url, fingerprint, setup))
     })?;
+    let admin = pouch_client::admin::AdminIdentity::create(
+        &data_dir.join("bench-admin"),
+        "bench",
+        &url,
+        &fingerprint,
+        PASSPHRASE,
+    )?;
+    admin.bootstrap(&admin.api(None)?, &setup)?;
+    let security = pouch_client::admin::AdminIdentity::create(
+        &data_dir.join("bench-security"),
+        "bench-security",
+        &url,
+        &fingerprint,
+        PASSPHRASE,
+    )?;
+    let api = admin.api(None)?;
+    admin.sign_in(&api)?;
+    let _: pouch_proto::api::AdminSummary = api.post(
+        "/v1/admin/admins",
+        &pouch_proto::api::AddAdminRequest {
+            name: security.name.clone(),
+            role: pouch_proto::api::AdminRole::Security,
+            public_key: security.public_key().to_vec(),
+        },
+    )?;
     Ok(Running {
         url,
         fingerprint,
-        token,
+        admin,
+        security,
         _rt: rt,
     })
 }
 
 pub(crate) fn enroll(server: &Running, home: &Path, address: &str) -> Result<Device> {
-    let api = pouch_client::net::Api::new(&server.url, &server.fingerprint)?;
+    let api = server.admin_api()?;
     let address = Address::parse(address)?;
-    let resp: pouch_proto::api::AddUserResponse = api.admin_post(
+    let resp: pouch_proto::api::AddUserResponse = api.post(
         "/v1/admin/users",
-        &server.token,
         &pouch_proto::api::AddUserRequest {
             address: address.clone(),
             name: None,

@@ -134,9 +134,16 @@ enum Command {
         #[arg(long, default_value = "none")]
         tls: pouch_bridge::tls::TlsMode,
     },
-    /// Fetch and decrypt new mail.
+    /// Send what waits in the outbox, then fetch and decrypt new mail.
     Sync {
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mail kept to be sent (the server was unreachable): the next `pouch
+    /// sync`, `pouch send` or the bridge sends it.
+    Outbox {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -287,7 +294,7 @@ struct ServerArgs {
     /// Address and port to serve HTTPS on (loopback unless you open it).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
-    /// Where the server keeps its database, TLS key and certificate, and admin token.
+    /// Where the server keeps its database, TLS anchor and certificate, and the one-time administrator setup secret.
     #[arg(long, default_value = "./pouch-data")]
     data_dir: PathBuf,
     /// postgres://… to run on PostgreSQL; the embedded SQLite database otherwise.
@@ -363,22 +370,80 @@ struct WitnessArgs {
 
 #[derive(Args)]
 struct AdminArgs {
-    /// The server's URL.
-    #[arg(long, default_value = "https://127.0.0.1:8443")]
-    server: String,
-    /// The admin token file the server wrote (token also from POUCH_ADMIN_TOKEN).
-    #[arg(long, default_value = "./pouch-data/admin.token")]
-    token_file: PathBuf,
-    /// The server's trust anchor SHA-256 (as the server prints it); read from
-    /// tls-anchor.pem beside the token file when absent.
+    /// Where this administrator's key lives (made by `pouch admin init`),
+    /// apart from any device.
+    #[arg(long, env = "POUCH_ADMIN_HOME")]
+    admin_home: Option<PathBuf>,
+    /// Talk to this server node instead of the one `admin init` recorded
+    /// (another node of the same database).
     #[arg(long)]
-    fingerprint: Option<String>,
+    server: Option<String>,
     #[command(subcommand)]
     command: AdminCommand,
 }
 
 #[derive(Subcommand)]
 enum AdminCommand {
+    /// Make your administrator key. The first administrator gives the
+    /// server's one-time setup secret; later ones get a line to give an
+    /// operator, who adds them with `pouch admin add`.
+    Init {
+        /// Your name as an administrator (a-z, 0-9, '.', '-', '_'); events name you by it.
+        #[arg(long)]
+        name: String,
+        /// The server's URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        server: String,
+        /// The server's trust anchor SHA-256 (as the server prints it); read
+        /// from the data directory's tls-anchor.pem when absent.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// The server's data directory, on the server's machine (for the
+        /// anchor and the setup secret).
+        #[arg(long, default_value = "./pouch-data")]
+        data_dir: PathBuf,
+        /// The one-time setup secret file (first administrator only);
+        /// default: admin-setup.token in the data directory, if present.
+        #[arg(long)]
+        setup_token_file: Option<PathBuf>,
+        /// The role you will ask an operator for (shown in the line to give them).
+        #[arg(long, default_value = "operator", value_parser = ["operator", "security", "auditor"])]
+        role: String,
+    },
+    /// Add an administrator (operators): NAME with the key their `admin init` printed.
+    Add {
+        /// Their administrator name.
+        name: String,
+        /// operator (users, devices, administrators), security (events,
+        /// alerts; reads accounts) or auditor (reads everything).
+        #[arg(long, value_parser = ["operator", "security", "auditor"])]
+        role: String,
+        /// Their public key, as their `pouch admin init` printed it.
+        #[arg(long)]
+        key: String,
+    },
+    /// Remove an administrator (operators; not yourself).
+    Remove {
+        /// Their administrator name.
+        name: String,
+    },
+    /// The administrators, their roles and key fingerprints.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resets and revocations waiting for a second administrator.
+    Approvals {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve (and so carry out) another administrator's reset or revocation.
+    Approve {
+        /// The request's id, as the requester or `pouch admin approvals` shows it.
+        id: String,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -432,6 +497,7 @@ enum EventsCommand {
 #[derive(Subcommand)]
 enum AdminDeviceCommand {
     /// Revoke a device of a user; the user's devices are told and remove it.
+    /// Waits for a second administrator's `pouch admin approve`.
     Revoke {
         /// The user's address.
         address: String,
@@ -460,7 +526,8 @@ enum UserCommand {
         json: bool,
     },
     /// All the user's devices are lost: revoke them all and issue a new invite
-    /// (the account key changes; contacts are warned).
+    /// (the account key changes; contacts are warned). Waits for a second
+    /// administrator's `pouch admin approve`.
     Reset {
         /// The user's address.
         address: String,
@@ -776,12 +843,55 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
             })
         }
+        Command::Outbox { json } => {
+            let waiting = open(cli.home)?.outbox_list()?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&waiting)?);
+            } else if waiting.is_empty() {
+                outln!("the outbox is empty");
+            } else {
+                for w in waiting {
+                    let to: Vec<&str> = w.to.iter().map(|a| a.as_str()).collect();
+                    outln!(
+                        "{:>4}  {}  to {:<30} {}  ({} attempt(s){})",
+                        w.id,
+                        format_date(w.queued_at),
+                        to.join(", "),
+                        w.subject,
+                        w.attempts,
+                        w.last_error
+                            .map(|e| format!("; last: {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sync { json } => {
             let mut device = open(cli.home)?;
+            // What waits in the outbox goes first (in order, before new mail is read).
+            let drained = device.send_waiting()?;
+            for reason in &drained.bounced {
+                eprintln!(
+                    "warning: a waiting mail could not be sent and was taken out: {reason} (a notice in your inbox says which)"
+                );
+            }
+            if drained.waiting > 0 {
+                eprintln!(
+                    "{} mail(s) still wait in the outbox: {}",
+                    drained.waiting,
+                    drained.waiting_because.as_deref().unwrap_or("not due yet")
+                );
+            }
             let report = device.sync()?;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                value["outbox"] = serde_json::to_value(&drained)?;
+                outln!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                if !drained.sent.is_empty() {
+                    outln!("{} waiting mail(s) sent", drained.sent.len());
+                }
                 outln!(
                     "{} new message(s), {} conversation(s) joined, {} key change(s)",
                     report.new_messages.len(),
@@ -995,11 +1105,11 @@ fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<Exi
 
 fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
     let mut device = open(home_arg)?;
-    let sent = if let Some(path) = args.eml {
+    let submitted = if let Some(path) = args.eml {
         if !path.is_file() {
             bail!("{} does not exist or is not a file", path.display());
         }
-        device.send_eml(&path)?
+        device.send_eml_or_keep(&path)?
     } else {
         let parse_all = |list: &[String]| -> Result<Vec<Address>> {
             list.iter()
@@ -1039,7 +1149,7 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
                 Ok((name, p.clone()))
             })
             .collect::<Result<Vec<_>>>()?;
-        device.send(Compose {
+        device.send_or_keep(Compose {
             to,
             cc,
             subject: args.subject.unwrap_or_default(),
@@ -1047,6 +1157,31 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
             attachments,
             reply_to: args.reply_to,
         })?
+    };
+    let sent = match submitted {
+        pouch_client::Submitted::Sent(sent) => sent,
+        pouch_client::Submitted::Kept {
+            message_id,
+            reason,
+            waiting,
+        } => {
+            if args.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "kept": true,
+                        "message_id": message_id,
+                        "waiting": waiting,
+                        "reason": reason,
+                    }))?
+                );
+            } else {
+                outln!(
+                    "kept in the outbox ({waiting} waiting): {reason}; the next 'pouch sync' (or the bridge) sends it"
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     for w in &sent.warnings {
         eprintln!("{w}");
@@ -1317,12 +1452,16 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
         for warning in &prepared.tls.warnings {
             eprintln!("warning: {warning}");
         }
-        match &prepared.admin_token_created {
-            Some(p) => outln!("admin token written to {} (keep it secret)", p.display()),
-            None => outln!(
-                "admin token: see {} on the node that first started",
-                prepared.admin_token_path.display()
+        match (&prepared.admin_setup_created, prepared.admin_setup_pending) {
+            (Some(p), _) => outln!(
+                "one-time administrator setup secret written to {} (the first 'pouch admin' command on this machine uses it)",
+                p.display()
             ),
+            (None, true) => outln!(
+                "no administrator yet: the setup secret is in {} on the node that first started",
+                prepared.admin_setup_path.display()
+            ),
+            (None, false) => {}
         }
         outln!(
             "storage: {}",
@@ -1342,17 +1481,28 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
 }
 
 /// Every event, page by page.
-fn all_events(api: &pouch_client::net::Api, token: &str) -> Result<Vec<pouch_proto::api::Event>> {
+fn all_events(api: &pouch_client::net::Api) -> Result<Vec<pouch_proto::api::Event>> {
     let mut all: Vec<pouch_proto::api::Event> = Vec::new();
     loop {
         let after = all.last().map(|e| e.seq).unwrap_or(0);
         let page: Vec<pouch_proto::api::Event> =
-            api.admin_get(&format!("/v1/admin/events?after={after}&limit=5000"), token)?;
+            api.get(&format!("/v1/admin/events?after={after}&limit=5000"))?;
         if page.is_empty() {
             return Ok(all);
         }
         all.extend(page);
     }
+}
+
+/// Says what waits for a second administrator, and how they approve it.
+fn print_pending(p: &pouch_proto::api::PendingApproval) {
+    eprintln!(
+        "{} of {} waits for a second administrator (until {}); they run:",
+        p.action.as_str(),
+        p.address,
+        format_date(p.expires_at)
+    );
+    outln!("pouch admin approve {}", p.id);
 }
 
 /// Prints a one-time invite on stdout (for scripts) and what it is on stderr.
@@ -1425,33 +1575,156 @@ fn witness(args: WitnessArgs, log_format: &str) -> Result<ExitCode> {
 
 // ---------- admin ----------
 
-fn admin(args: AdminArgs) -> Result<ExitCode> {
-    let token = match std::env::var("POUCH_ADMIN_TOKEN") {
-        Ok(t) => t,
-        Err(_) => std::fs::read_to_string(&args.token_file).with_context(|| {
-            format!(
-                "cannot read the admin token at {}: pass --token-file or set POUCH_ADMIN_TOKEN",
-                args.token_file.display()
-            )
-        })?,
+/// Where administrator keys live by default: apart from any device.
+fn admin_home(arg: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(h) = arg {
+        return Ok(h);
+    }
+    directories::ProjectDirs::from("", "", "pouch")
+        .map(|d| d.data_dir().join("admin"))
+        .ok_or_else(|| {
+            anyhow!("cannot find a data directory: pass --admin-home DIR or set POUCH_ADMIN_HOME")
+        })
+}
+
+/// The trust anchor's fingerprint from a server data directory.
+fn anchor_fingerprint_in(data_dir: &Path) -> Result<String> {
+    let anchor = data_dir.join("tls-anchor.pem");
+    // A server given --tls-cert without --tls-ca pins its certificate.
+    let cert = if anchor.exists() {
+        anchor
+    } else {
+        data_dir.join("tls-cert.pem")
     };
-    let token = token.trim().to_string();
-    let fingerprint = match args.fingerprint {
+    pouch_server::tls::fingerprint_of_pem_file(&cert)
+        .map_err(|e| anyhow!("{e}; pass the server's --fingerprint"))
+}
+
+/// `pouch admin init`: a new administrator key, and with the setup secret
+/// the server's first administrator.
+fn admin_init(home: &Path, command: AdminCommand) -> Result<ExitCode> {
+    let AdminCommand::Init {
+        name,
+        server,
+        fingerprint,
+        data_dir,
+        setup_token_file,
+        role,
+    } = command
+    else {
+        unreachable!("called for init only");
+    };
+    let fingerprint = match fingerprint {
         Some(f) => f.to_ascii_lowercase(),
-        None => {
-            let dir = args.token_file.parent().unwrap_or(Path::new("."));
-            let anchor = dir.join("tls-anchor.pem");
-            // A server given --tls-cert without --tls-ca pins its certificate.
-            let cert = if anchor.exists() {
-                anchor
-            } else {
-                dir.join("tls-cert.pem")
-            };
-            pouch_server::tls::fingerprint_of_pem_file(&cert)
-                .map_err(|e| anyhow!("{e}; pass the server's --fingerprint"))?
-        }
+        None => anchor_fingerprint_in(&data_dir)?,
     };
-    let api = pouch_client::net::Api::new(&args.server, &fingerprint)?;
+    let setup_file = setup_token_file.unwrap_or_else(|| data_dir.join("admin-setup.token"));
+    let setup_secret = match std::fs::read_to_string(&setup_file) {
+        Ok(secret) => Some(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => bail!("cannot read the setup secret {}: {e}", setup_file.display()),
+    };
+    // Checked before a key is made: a server that is not there, or not the
+    // anchor's, leaves nothing behind.
+    pouch_client::net::Api::new(&server, &fingerprint)?
+        .get_json::<pouch_proto::api::ServerInfo>("/v1/info")?;
+    let passphrase = new_admin_passphrase()?;
+    let me = pouch_client::admin::AdminIdentity::create(
+        home,
+        &name,
+        &server,
+        &fingerprint,
+        &passphrase,
+    )?;
+    match setup_secret {
+        Some(secret) => {
+            let api = me.api(None)?;
+            if let Err(e) = me.bootstrap(&api, &secret) {
+                let _ = std::fs::remove_file(home.join(pouch_client::admin::ADMIN_FILE));
+                return Err(e.into());
+            }
+            // Used: the server refuses it from now on.
+            let _ = std::fs::remove_file(&setup_file);
+            eprintln!(
+                "you are the first administrator of {} ({name}, operator); add others with 'pouch admin add'",
+                me.server
+            );
+            eprintln!(
+                "your key: {} (fingerprint {})",
+                home.display(),
+                me.key_fingerprint()
+            );
+        }
+        None => {
+            let role = pouch_proto::api::AdminRole::parse(&role).expect("clap checked it");
+            eprintln!(
+                "your key is in {} (fingerprint {}); an operator adds you with:",
+                home.display(),
+                me.key_fingerprint()
+            );
+            outln!(
+                "{}",
+                pouch_client::admin::add_command(&name, role, &me.public_key())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_admin_passphrase() -> Result<String> {
+    let first = passphrase("New passphrase for your administrator key: ")?;
+    if first.len() < 8 {
+        bail!("the passphrase must have at least 8 characters");
+    }
+    if std::env::var("POUCH_PASSPHRASE").is_err() && passphrase("Repeat it: ")? != first {
+        bail!("the passphrases differ; nothing was created");
+    }
+    Ok(first)
+}
+
+fn admin(args: AdminArgs) -> Result<ExitCode> {
+    let home = admin_home(args.admin_home)?;
+    if matches!(args.command, AdminCommand::Init { .. }) {
+        return admin_init(&home, args.command);
+    }
+    if !pouch_client::admin::AdminIdentity::exists(&home) {
+        // On the server's own machine, before anyone administers it, the
+        // first command makes its user the first administrator (the
+        // quickstart); anywhere else, 'pouch admin init' comes first.
+        let data_dir = PathBuf::from("./pouch-data");
+        if args.server.is_some() || !data_dir.join("admin-setup.token").exists() {
+            bail!(
+                "no administrator key in {}: run 'pouch admin init --name NAME' (or pass --admin-home)",
+                home.display()
+            );
+        }
+        let name = std::env::var("USER")
+            .ok()
+            .map(|u| u.to_ascii_lowercase())
+            .filter(|u| pouch_proto::api::admin_name_ok(u))
+            .unwrap_or_else(|| "admin".into());
+        eprintln!(
+            "no administrator yet: making you the first one, '{name}', with the server's setup secret"
+        );
+        admin_init(
+            &home,
+            AdminCommand::Init {
+                name,
+                server: "https://127.0.0.1:8443".into(),
+                fingerprint: None,
+                data_dir,
+                setup_token_file: None,
+                role: "operator".into(),
+            },
+        )?;
+    }
+    let me = pouch_client::admin::AdminIdentity::open(
+        &home,
+        &passphrase("Administrator passphrase: ")?,
+    )?;
+    let fingerprint = me.fingerprint.clone();
+    let api = me.api(args.server.as_deref())?;
+    me.sign_in(&api)?;
     match args.command {
         AdminCommand::User {
             command:
@@ -1462,9 +1735,8 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 },
         } => {
             let address = Address::parse(&address)?;
-            let resp: pouch_proto::api::AddUserResponse = api.admin_post(
+            let resp: pouch_proto::api::AddUserResponse = api.post(
                 "/v1/admin/users",
-                &token,
                 &pouch_proto::api::AddUserRequest {
                     address,
                     name,
@@ -1477,29 +1749,101 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             command: UserCommand::Reset { address },
         } => {
             let address = Address::parse(&address)?;
-            let resp: pouch_proto::api::AddUserResponse = api.admin_post(
+            let pending: pouch_proto::api::PendingApproval = api.post(
                 &format!("/v1/admin/users/{address}/reset"),
-                &token,
                 &serde_json::json!({}),
             )?;
-            print_invite(
-                &api,
-                &fingerprint,
-                &resp,
-                "every device revoked; new invite",
-            );
+            print_pending(&pending);
         }
         AdminCommand::Device {
             command: AdminDeviceCommand::Revoke { address, device_id },
         } => {
             let address = Address::parse(&address)?;
-            let done: pouch_proto::api::AdminActionDone = api.admin_post(
+            let pending: pouch_proto::api::PendingApproval = api.post(
                 &format!("/v1/admin/devices/{address}/{device_id}/revoke"),
-                &token,
                 &serde_json::json!({}),
             )?;
-            outln!("{}: {}", done.address, done.detail);
+            print_pending(&pending);
         }
+        AdminCommand::Approve { id } => {
+            let done: pouch_proto::api::ApprovalDone = api.post(
+                &format!("/v1/admin/approvals/{}", id.trim().to_ascii_uppercase()),
+                &serde_json::json!({}),
+            )?;
+            match &done.invite {
+                // A reset's invite alone on standard output, for scripts.
+                Some(invite) => {
+                    eprintln!("{}: {}", done.address, done.detail);
+                    print_invite(&api, &fingerprint, invite, "new invite");
+                }
+                None => outln!("{}: {}", done.address, done.detail),
+            }
+        }
+        AdminCommand::Approvals { json } => {
+            let pending: Vec<pouch_proto::api::PendingApproval> = api.get("/v1/admin/approvals")?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&pending)?);
+            } else if pending.is_empty() {
+                outln!("nothing waits for approval");
+            } else {
+                for p in pending {
+                    outln!(
+                        "{}  {:<6} {:<32} {} asked by {} at {}, until {}",
+                        p.id,
+                        p.action.as_str(),
+                        p.address,
+                        p.device.as_ref().map(|d| d.0.as_str()).unwrap_or(""),
+                        p.requested_by,
+                        format_date(p.requested_at),
+                        format_date(p.expires_at)
+                    );
+                }
+            }
+        }
+        AdminCommand::Add { name, role, key } => {
+            use base64::Engine;
+            let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim())
+                .map_err(|_| {
+                    anyhow!("--key is the key their 'pouch admin init' printed (base64url)")
+                })?;
+            let added: pouch_proto::api::AdminSummary = api.post(
+                "/v1/admin/admins",
+                &pouch_proto::api::AddAdminRequest {
+                    name,
+                    role: pouch_proto::api::AdminRole::parse(&role).expect("clap checked it"),
+                    public_key,
+                },
+            )?;
+            outln!(
+                "added {} as {}; their key fingerprint is {} (compare it with theirs)",
+                added.name,
+                added.role,
+                added.key_fingerprint
+            );
+        }
+        AdminCommand::Remove { name } => {
+            api.delete(&format!("/v1/admin/admins/{name}"))?;
+            outln!("removed {name}: their key no longer signs in");
+        }
+        AdminCommand::List { json } => {
+            let admins: Vec<pouch_proto::api::AdminSummary> = api.get("/v1/admin/admins")?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&admins)?);
+            } else {
+                for a in admins {
+                    outln!(
+                        "{:<20} {:<9} key {}  added by {} at {}",
+                        a.name,
+                        a.role,
+                        &a.key_fingerprint[..16],
+                        a.added_by.as_deref().unwrap_or("(setup secret)"),
+                        format_date(a.added_at)
+                    );
+                }
+            }
+        }
+        AdminCommand::Init { .. } => unreachable!("handled above"),
         AdminCommand::Events {
             command: EventsCommand::Export { format, since },
         } => {
@@ -1521,7 +1865,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     })?,
             };
             let mut out = std::io::stdout().lock();
-            for e in all_events(&api, &token)? {
+            for e in all_events(&api)? {
                 if e.parsed().is_some_and(|b| b.at < since) {
                     continue;
                 }
@@ -1537,7 +1881,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
         AdminCommand::Events {
             command: EventsCommand::Verify,
         } => {
-            let events = all_events(&api, &token)?;
+            let events = all_events(&api)?;
             match pouch_proto::api::verify_event_chain(
                 &events,
                 1,
@@ -1554,7 +1898,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             let mut after = 0u64;
             loop {
                 let alerts: Vec<pouch_proto::api::Alert> =
-                    api.admin_get(&format!("/v1/admin/alerts?after={after}"), &token)?;
+                    api.get(&format!("/v1/admin/alerts?after={after}"))?;
                 for a in &alerts {
                     if json {
                         outln!("{}", serde_json::to_string(a)?);
@@ -1581,8 +1925,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             }
         }
         AdminCommand::Devices { stale: _, json } => {
-            let stale: Vec<pouch_proto::api::StaleDevice> =
-                api.admin_get("/v1/admin/devices/stale", &token)?;
+            let stale: Vec<pouch_proto::api::StaleDevice> = api.get("/v1/admin/devices/stale")?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&stale)?);
             } else if stale.is_empty() {
@@ -1602,8 +1945,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
         AdminCommand::User {
             command: UserCommand::List { json },
         } => {
-            let users: Vec<pouch_proto::api::UserSummary> =
-                api.admin_get("/v1/admin/users", &token)?;
+            let users: Vec<pouch_proto::api::UserSummary> = api.get("/v1/admin/users")?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&users)?);
             } else {

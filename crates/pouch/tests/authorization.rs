@@ -1,8 +1,9 @@
 //! The authorization matrix: every route the server serves, taken from the
 //! same table its router is built from (`pouch_server::route_table`), tried
 //! with no token, a revoked device's token, another account's device, a
-//! device where the administrator is required and the administrator where a
-//! device is required. A route added without an access rule does not
+//! device where an administrator is required, and an administrator of each
+//! role (operator, security, auditor): admitted where the route names the
+//! role, 403 where it does not, 401 where a device is required. A route added without an access rule does not
 //! compile; one whose handler does not enforce its rule fails here.
 
 mod common;
@@ -76,19 +77,26 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
     let carol_token = carol.token();
     let dave = RawDevice::enroll(&server, "dave@pouch.local");
     let dave_token = dave.token();
-    let out = server.admin(
-        &server.data_dir,
-        &["device", "revoke", "dave@pouch.local", &dave.device_id.0],
-    );
+    let out = server.admin_approved(&["device", "revoke", "dave@pouch.local", &dave.device_id.0]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let admin_token = std::fs::read_to_string(server.data_dir.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    // One administrator of each role, each with their own signed-in token.
+    use pouch_proto::api::AdminRole;
+    let admins = [
+        (AdminRole::Operator, server.ops_token()),
+        (
+            AdminRole::Security,
+            server.admin_token(&server.add_admin("sam", "security")),
+        ),
+        (
+            AdminRole::Auditor,
+            server.admin_token(&server.add_admin("audrey", "auditor")),
+        ),
+    ];
+    let operator_token = admins[0].1.clone();
 
     let table = pouch_server::route_table();
     assert!(
@@ -105,6 +113,8 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
             .replace("{blob}", &"0".repeat(32))
             .replace("{index}", "0")
             .replace("{code}", "ABCD-EFGH-JKLM")
+            .replace("{id}", "NOSUCHREQUEST")
+            .replace("{name}", "nobody")
             .replace("{device}", &alice_device)
             .replace("{*path}", "0/000");
         let url = format!("{}{path}", server.url);
@@ -113,7 +123,10 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
             let anonymous = status(m, &url, None);
             let revoked = status(m, &url, Some(&dave_token));
             let other = status(m, &url, Some(&carol_token));
-            let admin = status(m, &url, Some(&admin_token));
+            let by_role: Vec<(AdminRole, u16)> = admins
+                .iter()
+                .map(|(role, token)| (*role, status(m, &url, Some(token))))
+                .collect();
             let what = format!("{m} {} ({access:?})", spec.path);
             match access {
                 Access::Public => {
@@ -125,7 +138,9 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
                 Access::Device | Access::DeviceOrInvite => {
                     assert_eq!(anonymous, 401, "{what}: without a token");
                     assert_eq!(revoked, 401, "{what}: with a revoked device's token");
-                    assert_eq!(admin, 401, "{what}: with the administrator's token");
+                    for (role, got) in &by_role {
+                        assert_eq!(*got, 401, "{what}: with an administrator's ({role}) token");
+                    }
                     // Another account reaches nothing of Alice's conversation.
                     if spec.path.contains("{group}") {
                         assert!(
@@ -136,14 +151,20 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
                         assert_ne!(other, 401, "{what}: a signed-in device is refused");
                     }
                 }
-                Access::Admin => {
+                Access::Admin(roles) => {
                     assert_eq!(anonymous, 401, "{what}: without a token");
                     assert_eq!(revoked, 401, "{what}: with a revoked device's token");
                     assert_eq!(other, 401, "{what}: with a device's token");
-                    assert!(
-                        !matches!(admin, 401 | 403 | 405),
-                        "{what}: the administrator got {admin}"
-                    );
+                    for (role, got) in &by_role {
+                        if roles.contains(role) {
+                            assert!(
+                                !matches!(got, 401 | 403 | 405),
+                                "{what}: an administrator with the role {role} got {got}"
+                            );
+                        } else {
+                            assert_eq!(*got, 403, "{what}: the role {role} is not admitted");
+                        }
+                    }
                 }
             }
             tried += 1;
@@ -156,7 +177,7 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
                 .any(|(declared, _)| declared.as_str() == m)
             {
                 assert_eq!(
-                    status(m, &url, Some(&admin_token)),
+                    status(m, &url, Some(&operator_token)),
                     405,
                     "{m} {} answers but is not in the table",
                     spec.path
@@ -164,5 +185,5 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
             }
         }
     }
-    eprintln!("{tried} route methods tried with four credentials each");
+    eprintln!("{tried} route methods tried with six credentials each");
 }

@@ -109,10 +109,7 @@ fn bad_invites_and_administrator_actions_raise_alerts() {
     let id = device_id_of(&alice2);
     assert!(
         server
-            .admin(
-                &server.data_dir,
-                &["device", "revoke", "alice@pouch.local", &id]
-            )
+            .admin_approved(&["device", "revoke", "alice@pouch.local", &id])
             .status
             .success()
     );

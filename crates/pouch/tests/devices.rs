@@ -608,7 +608,7 @@ fn contacts_of_a_reset_account_must_confirm_the_new_key() {
     assert_one_line_error(&out, "already has a device");
 
     // Bob lost every device; the administrator resets the account.
-    let out = server.admin(&server.data_dir, &["user", "reset", "bob@pouch.local"]);
+    let out = server.admin_approved(&["user", "reset", "bob@pouch.local"]);
     assert!(
         out.status.success(),
         "{}",
@@ -692,16 +692,17 @@ fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
     ]);
     let alice2_id = device_id_of(&alice2);
 
-    let out = server.admin(
-        &server.data_dir,
-        &["device", "revoke", "alice@pouch.local", &alice2_id],
-    );
+    let out = server.admin_approved(&["device", "revoke", "alice@pouch.local", &alice2_id]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked by the administrator"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked (asked by ops, approved by ops2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_one_line_error(&alice2.run(&["sync"]), "sign-in failed");
 
     // Alice's remaining device is told, takes the device off the signed list

@@ -285,7 +285,7 @@ fn mail_from_an_account_reset_behind_the_receivers_back_is_held_until_accepted()
     bob.ok(&["sync"]); // Bob pins the CEO's account key.
 
     // Whoever holds the administrator token resets the CEO and enrolls a device of their own.
-    let out = server.admin(&server.data_dir, &["user", "reset", "ceo@pouch.local"]);
+    let out = server.admin_approved(&["user", "reset", "ceo@pouch.local"]);
     assert!(
         out.status.success(),
         "{}",
@@ -670,9 +670,20 @@ fn the_servers_state_is_private_and_its_log_key_sealed() {
     let _alice = user(&dir, &server, "alice");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&server.data_dir), 0o700);
-    for f in ["pouch.db", "log-wrap.key", "tls-key.pem", "admin.token"] {
+    for f in [
+        "pouch.db",
+        "log-wrap.key",
+        "tls-key.pem",
+        "tls-anchor-key.pem",
+    ] {
         assert_eq!(mode(&server.data_dir.join(f)), 0o600, "{f}");
     }
+    // The administrator's sealed key, in their own home.
+    let admin_home = admin_home_of(&server.data_dir);
+    assert_eq!(mode(&admin_home), 0o700);
+    assert_eq!(mode(&admin_home.join("admin.json")), 0o600);
+    // The setup secret made "ops" and is gone.
+    assert!(!server.data_dir.join("admin-setup.token").exists());
     // Whoever copies the database alone cannot sign a checkpoint.
     let db = server.db();
     let clear: Option<String> = db

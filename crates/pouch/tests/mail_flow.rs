@@ -268,9 +268,26 @@ fn two_server_nodes_share_one_postgres_database() {
         dir.path("node2").join("log-wrap.key"),
     )
     .unwrap();
-    let node2 = Server::start(&dir.path("node2"), Some(&db.url));
+    // Node 2 serves a certificate from the same trust anchor (as with a
+    // ministry CA), so invites from either node are good on both.
+    let node1_file = |f: &str| node1.data_dir.join(f).to_str().unwrap().to_string();
+    let node2 = Server::start_with(
+        &dir.path("node2"),
+        Some(&db.url),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &node1_file("tls-cert.pem"),
+            "--tls-key",
+            &node1_file("tls-key.pem"),
+            "--tls-ca",
+            &node1_file("tls-anchor.pem"),
+        ],
+    );
     assert_ne!(node1.url, node2.url);
-    // The admin token created by node 1 is valid on node 2: the database holds its hash.
+    assert_eq!(node1.fingerprint, node2.fingerprint);
+    // An administrator made on node 1 acts on node 2: the database holds
+    // the administrators.
     let alice = Client::enroll(
         dir.path("alice"),
         &node1.invite("alice@pouch.local"),

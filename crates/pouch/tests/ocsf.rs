@@ -111,10 +111,7 @@ fn exported_events_and_streamed_alerts_validate_against_their_ocsf_classes() {
     let id = device_id_of(&laptop);
     assert!(
         server
-            .admin(
-                &server.data_dir,
-                &["device", "revoke", "alice@pouch.local", &id]
-            )
+            .admin_approved(&["device", "revoke", "alice@pouch.local", &id])
             .status
             .success()
     );

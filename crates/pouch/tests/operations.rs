@@ -146,7 +146,7 @@ print(json.dumps(out))
 fn metrics_parse_as_prometheus_and_move_when_mail_flows() {
     let dir = Scratch::new("ops-metrics");
     let server = Server::start(&dir.path("server"), None);
-    let token = std::fs::read_to_string(dir.path("server").join("admin.token")).unwrap();
+    let token = server.ops_token();
     let scrape = || -> serde_json::Value {
         let out = std::process::Command::new("curl")
             .args(["-sSfk", "-H"])

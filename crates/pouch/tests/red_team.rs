@@ -367,7 +367,7 @@ fn a_device_the_administrator_adds_behind_the_account_s_back() {
 
     // The administrator's own way in — reset the account and enroll anew — is
     // an alert as well, and the old devices are told why they were cut off.
-    let out = server.admin(&server.data_dir, &["user", "reset", "alice@pouch.local"]);
+    let out = server.admin_approved(&["user", "reset", "alice@pouch.local"]);
     assert!(
         out.status.success(),
         "{}",

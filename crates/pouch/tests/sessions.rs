@@ -190,7 +190,11 @@ fn mail_accepted_while_the_server_is_down_goes_when_it_is_back_even_across_a_cra
 
     // Bob's account is reset behind Alice's back (a new account key): the
     // queued mail cannot go until Alice confirms the key, so it comes back.
-    let out = server.admin(&server.data_dir, &["user", "reset", "bob@pouch.local"]);
+    // Bob was reachable a moment before, so RCPT accepts him again for a
+    // minute (the send itself verifies his key): the mail is queued.
+    submit(&bridge, "bob@pouch.local", "Just before the reset");
+    wait_until_received(&bob, "Just before the reset");
+    let out = server.admin_approved(&["user", "reset", "bob@pouch.local"]);
     assert!(
         out.status.success(),
         "{}",
@@ -318,7 +322,11 @@ fn a_renewed_certificate_needs_nothing_from_devices_and_another_ca_is_refused() 
     send("Before renewal");
     wait_in_inbox(&bridge, "Before renewal");
     let out = curl_trusting(&anchor, &server.url);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Renewal: the serving certificate goes (as one near its end would);
     // the server issues a new one from its anchor when it starts.
@@ -328,10 +336,17 @@ fn a_renewed_certificate_needs_nothing_from_devices_and_another_ca_is_refused() 
     std::fs::remove_file(data.join("tls-cert.pem")).unwrap();
     std::fs::remove_file(data.join("tls-key.pem")).unwrap();
     server = Server::start_on(&data, None, &listen);
-    assert_ne!(std::fs::read(data.join("tls-cert.pem")).unwrap(), first_cert);
+    assert_ne!(
+        std::fs::read(data.join("tls-cert.pem")).unwrap(),
+        first_cert
+    );
     assert_eq!(server.fingerprint, anchor_fingerprint, "the anchor stays");
     let out = curl_trusting(&anchor, &server.url);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No action from anyone: the device's next command and the running
     // bridge (which reconnects by itself) use the renewed certificate.
     send("After renewal");
@@ -375,4 +390,131 @@ fn a_renewed_certificate_needs_nothing_from_devices_and_another_ca_is_refused() 
         1,
         "sent once"
     );
+}
+
+/// `pouch send` on a poor link: while the server cannot be reached, each
+/// mail is kept in the outbox (in order, replies included) and `pouch
+/// outbox` shows them; once it is back, `pouch sync` sends them, each
+/// exactly once, before reading new mail. A mail kept by `pouch send` is
+/// also sent by the bridge.
+#[test]
+fn mail_sent_while_the_server_is_down_is_kept_and_delivered_exactly_once() {
+    let dir = Scratch::new("cli-outbox");
+    let mut server = Server::start(&dir.path("server"), None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let first = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Agenda",
+        "--body",
+        "1",
+        "--json",
+    ]);
+    let first_id = first["id"].as_i64().unwrap().to_string();
+    bob.sync();
+
+    server.stop();
+    for (n, subject) in ["Kept 1", "Kept 2"].iter().enumerate() {
+        let kept = alice.json(&[
+            "send",
+            "--to",
+            "bob@pouch.local",
+            "--subject",
+            subject,
+            "--body",
+            "x",
+            "--json",
+        ]);
+        assert_eq!(kept["kept"], true, "{kept}");
+        assert_eq!(kept["waiting"], n as u64 + 1, "{kept}");
+    }
+    let reply = alice.json(&[
+        "send",
+        "--reply-to",
+        &first_id,
+        "--to",
+        "bob@pouch.local",
+        "--body",
+        "a reply",
+        "--json",
+    ]);
+    assert_eq!(reply["kept"], true, "{reply}");
+    let waiting = alice.json(&["outbox", "--json"]);
+    let subjects: Vec<&str> = waiting
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["Kept 1", "Kept 2", "Re: Agenda"]);
+    assert!(
+        !contains(&read_tree(&alice.home), b"Kept 1"),
+        "a kept mail lies in the home in clear"
+    );
+
+    server = Server::start_on(&dir.path("server"), None, &listen);
+    let report = alice.sync();
+    assert_eq!(
+        report["outbox"]["sent"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+    assert_eq!(report["outbox"]["waiting"], 0);
+    assert_eq!(alice.json(&["outbox", "--json"]), serde_json::json!([]));
+    // Again: nothing goes twice.
+    let report = alice.sync();
+    assert!(
+        report["outbox"]["sent"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    bob.sync();
+    let inbox = bob.inbox();
+    for subject in ["Kept 1", "Kept 2", "Re: Agenda"] {
+        assert_eq!(
+            inbox.iter().filter(|m| m["subject"] == subject).count(),
+            1,
+            "{subject}: {inbox:?}"
+        );
+    }
+    // The reply stayed in its conversation.
+    let conversation_of = |subject: &str| {
+        inbox.iter().find(|m| m["subject"] == subject).unwrap()["conversation"].clone()
+    };
+    assert_eq!(conversation_of("Re: Agenda"), conversation_of("Agenda"));
+    // Sent lists each once, only now that it went.
+    let sent = alice.sent();
+    assert_eq!(
+        sent.iter().filter(|m| m["subject"] == "Kept 1").count(),
+        1,
+        "{sent:?}"
+    );
+
+    // Kept by `pouch send`, sent by the bridge.
+    server.stop();
+    let kept = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "For the bridge",
+        "--body",
+        "x",
+        "--json",
+    ]);
+    assert_eq!(kept["kept"], true, "{kept}");
+    server = Server::start_on(&dir.path("server"), None, &listen);
+    let _bridge = Bridge::start(&alice);
+    wait_until_received(&bob, "For the bridge");
+    assert_eq!(
+        bob.inbox()
+            .iter()
+            .filter(|m| m["subject"] == "For the bridge")
+            .count(),
+        1
+    );
+    drop(server);
 }

@@ -17,7 +17,11 @@ const CHALLENGE_TTL_SECS: i64 = 60;
 
 /// An administrator adds an account (or re-invites one whose devices are
 /// all gone): a fresh invite for its first device.
-pub async fn add_user(s: &AppState, req: AddUserRequest) -> Result<AddUserResponse> {
+pub async fn add_user(
+    s: &AppState,
+    by: &super::administrators::AdminCaller,
+    req: AddUserRequest,
+) -> Result<AddUserResponse> {
     if req.address.domain() != s.domain {
         return Err(ServiceError::bad_request(format!(
             "this server serves @{}; {} belongs to another domain",
@@ -52,12 +56,13 @@ pub async fn add_user(s: &AppState, req: AddUserRequest) -> Result<AddUserRespon
         }
         Err(e) => return Err(e.into()),
     }
-    issue_invite(s, req.address, req.invite_ttl_secs).await
+    issue_invite(s, by, req.address, req.invite_ttl_secs).await
 }
 
 /// A fresh single-use invite; the store keeps only the secret's hash.
 pub async fn issue_invite(
     s: &AppState,
+    by: &super::administrators::AdminCaller,
     address: pouch_proto::Address,
     ttl: Option<u64>,
 ) -> Result<AddUserResponse> {
@@ -66,8 +71,8 @@ pub async fn issue_invite(
     s.store
         .create_invite(&address, &sha256(&secret), expires_at)
         .await?;
-    tracing::info!(%address, "invite issued");
-    record(s, Ev::new(Action::AdminInvite).account(&address)).await;
+    tracing::info!(%address, admin = %by.name, "invite issued");
+    record(s, by.event(Action::AdminInvite).account(&address)).await;
     Ok(AddUserResponse {
         address,
         invite_secret: secret.to_vec(),

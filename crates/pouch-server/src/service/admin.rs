@@ -1,9 +1,12 @@
 //! What the server does on its own authority: an administrator's reset of
-//! an account or revocation of a device, and the response policy's
-//! revocation (of a cloned device). Each is recorded in the transparency log
-//! (so it cannot happen quietly) and as an access event.
+//! an account or revocation of a device (each carried out only once a second
+//! administrator approved it, `administrators.rs`), and the response
+//! policy's revocation (of a cloned device). Each is recorded in the
+//! transparency log (so it cannot happen quietly) and as an access event
+//! naming the administrator.
 
 use super::accounts::issue_invite;
+use super::administrators::AdminCaller;
 use super::audit::{Ev, record};
 use super::directory::commit_record;
 use super::{Result, ServiceError};
@@ -14,7 +17,12 @@ use pouch_proto::{Address, DeviceId};
 
 /// Revokes every device of an account and issues a fresh invite for a new
 /// first device (every device was lost).
-pub async fn reset_account(s: &AppState, address: Address) -> Result<AddUserResponse> {
+pub async fn reset_account(
+    s: &AppState,
+    by: &AdminCaller,
+    address: Address,
+    because: &str,
+) -> Result<AddUserResponse> {
     s.store
         .reset_user(&address, now())
         .await
@@ -24,16 +32,24 @@ pub async fn reset_account(s: &AppState, address: Address) -> Result<AddUserResp
             }
             other => other.into(),
         })?;
-    tracing::warn!(%address, "ADMIN reset the account: every device revoked");
-    record(s, Ev::new(Action::AdminReset).account(&address)).await;
-    issue_invite(s, address, None).await
+    tracing::warn!(%address, admin = %by.name, because, "ADMIN reset the account: every device revoked");
+    record(
+        s,
+        by.event(Action::AdminReset)
+            .account(&address)
+            .detail(because),
+    )
+    .await;
+    issue_invite(s, by, address, None).await
 }
 
 /// An administrator revokes one device of an account.
 pub async fn revoke_device(
     s: &AppState,
+    by: &AdminCaller,
     address: Address,
     device: DeviceId,
+    because: &str,
 ) -> Result<AdminActionDone> {
     match s.store.device(&device).await? {
         Some(d) if d.address == address => {}
@@ -49,17 +65,18 @@ pub async fn revoke_device(
             "that device is already revoked",
         ));
     }
-    tracing::warn!(%address, %device, "ADMIN revoked a device");
+    tracing::warn!(%address, %device, admin = %by.name, because, "ADMIN revoked a device");
     record(
         s,
-        Ev::new(Action::AdminRevoke)
+        by.event(Action::AdminRevoke)
             .account(&address)
-            .device(&device),
+            .device(&device)
+            .detail(because),
     )
     .await;
     Ok(AdminActionDone {
         address,
-        detail: format!("device {device} revoked by the administrator"),
+        detail: format!("device {device} revoked ({because})"),
     })
 }
 

@@ -66,6 +66,11 @@ impl Ev {
         self.0.by = Some(d.clone());
         self
     }
+    /// The administrator (a person) who did it.
+    pub fn admin(mut self, name: &str) -> Self {
+        self.0.admin = Some(name.to_string());
+        self
+    }
     /// An enrollment into an account an administrator reset.
     pub fn after_reset(mut self, after_reset: bool) -> Self {
         self.0.after_reset = after_reset;

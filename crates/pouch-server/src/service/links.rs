@@ -268,12 +268,16 @@ async fn settle(
     s: &AppState,
     mut r: pouch_store::LinkRequest,
 ) -> Result<pouch_store::LinkRequest, ServiceError> {
-    if r.status == "pending"
-        && r.expires_at <= now()
-        && s.store
+    if r.status == "pending" && r.expires_at <= now() {
+        if !s
+            .store
             .finish_link_request(&r.code, "expired", now())
             .await?
-    {
+        {
+            // Someone else settled it first (the sweeper, another poll):
+            // answer with what it now is, not the stale "pending".
+            return Ok(s.store.link_request(&r.code).await?.unwrap_or(r));
+        }
         r.status = "expired".into();
         tracing::warn!(address = %r.device.address, "link request expired unapproved");
         record(

@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod administrators;
 pub mod alerts;
 pub mod audit;
 pub mod devices;

@@ -98,6 +98,12 @@ impl Drop for PgDatabase {
     }
 }
 
+/// Where the tests' first administrator ("ops") of the database first
+/// served from `first_node_dir` keeps their key.
+pub fn admin_home_of(first_node_dir: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-admin", first_node_dir.display()))
+}
+
 /// A running `pouch server` process.
 pub struct Server {
     child: Child,
@@ -176,21 +182,135 @@ impl Server {
         }
     }
 
-    /// Admin command against this server, with the token file of `token_dir`.
-    pub fn admin(&self, token_dir: &Path, args: &[&str]) -> Output {
+    /// Admin command against this server by "ops", the operator made with
+    /// the setup secret of the node first started in `first_node_dir` (its
+    /// key kept in `FIRST_NODE_DIR-admin`).
+    /// The security team's commands (`events`, `alerts`) are run by "sec",
+    /// an administrator with the security role whom "ops" adds on first use.
+    pub fn admin(&self, first_node_dir: &Path, args: &[&str]) -> Output {
+        if matches!(args.first(), Some(&"events") | Some(&"alerts")) {
+            let sec = PathBuf::from(format!("{}-admin-sec", first_node_dir.display()));
+            if !sec.join("admin.json").exists() {
+                self.add_admin_by(first_node_dir, "sec", "security");
+            }
+            return self.admin_as(&sec, args);
+        }
+        self.ops(first_node_dir, args)
+    }
+
+    /// Admin command by "ops" (see [`Self::admin`]).
+    fn ops(&self, first_node_dir: &Path, args: &[&str]) -> Output {
+        let home = admin_home_of(first_node_dir);
+        if !home.join("admin.json").exists() {
+            let out = pouch()
+                .env("POUCH_PASSPHRASE", PASSPHRASE)
+                .args(["admin", "--admin-home"])
+                .arg(&home)
+                .args(["init", "--name", "ops", "--server", &self.url])
+                .args(["--fingerprint", &self.fingerprint, "--setup-token-file"])
+                .arg(first_node_dir.join("admin-setup.token"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "admin init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.admin_as(&home, args)
+    }
+
+    /// A bearer token of the administrator whose key is in `home` (for
+    /// requests made by hand, with curl).
+    pub fn admin_token(&self, home: &Path) -> String {
+        let me = pouch_client::admin::AdminIdentity::open(home, PASSPHRASE).unwrap();
+        let api = me.api(Some(&self.url)).unwrap();
+        me.sign_in(&api).unwrap();
+        api.bearer().unwrap()
+    }
+
+    /// The bearer token of "ops", this server's first administrator.
+    pub fn ops_token(&self) -> String {
+        let out = self.admin(&self.data_dir, &["list"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.admin_token(&admin_home_of(&self.data_dir))
+    }
+
+    /// Admin command against this server by the administrator whose key is in `home`.
+    pub fn admin_as(&self, home: &Path, args: &[&str]) -> Output {
         pouch()
-            .args([
-                "admin",
-                "--server",
-                &self.url,
-                "--fingerprint",
-                &self.fingerprint,
-                "--token-file",
-            ])
-            .arg(token_dir.join("admin.token"))
+            .env("POUCH_PASSPHRASE", PASSPHRASE)
+            .args(["admin", "--admin-home"])
+            .arg(home)
+            .args(["--server", &self.url])
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// A further administrator `name` with `role`, added by "ops"; returns
+    /// the home of their key.
+    pub fn add_admin(&self, name: &str, role: &str) -> PathBuf {
+        self.add_admin_by(&self.data_dir.clone(), name, role)
+    }
+
+    /// [`Self::add_admin`] on the database first served from `first_node_dir`.
+    pub fn add_admin_by(&self, first_node_dir: &Path, name: &str, role: &str) -> PathBuf {
+        let home = PathBuf::from(format!("{}-admin-{name}", first_node_dir.display()));
+        let out = pouch()
+            .env("POUCH_PASSPHRASE", PASSPHRASE)
+            .args(["admin", "--admin-home"])
+            .arg(&home)
+            .args([
+                "init", "--name", name, "--role", role, "--server", &self.url,
+            ])
+            .args(["--fingerprint", &self.fingerprint, "--setup-token-file"])
+            .arg(home.join("no-setup-secret"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "admin init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // "pouch admin add NAME --role ROLE --key KEY", for an operator to run.
+        let line = String::from_utf8(out.stdout).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&words[..3], ["pouch", "admin", "add"], "{line}");
+        let out = self.ops(first_node_dir, &words[2..]);
+        assert!(
+            out.status.success(),
+            "admin add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        home
+    }
+
+    /// A reset or revocation asked by "ops" and approved by a second
+    /// operator (made on first use): what `approve` printed.
+    pub fn admin_approved(&self, args: &[&str]) -> Output {
+        let out = self.admin(&self.data_dir, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // "pouch admin approve ID"
+        let line = String::from_utf8(out.stdout).unwrap();
+        let id = line
+            .split_whitespace()
+            .nth(3)
+            .expect("an approval id")
+            .to_string();
+        let second = PathBuf::from(format!("{}-admin-ops2", self.data_dir.display()));
+        if !second.join("admin.json").exists() {
+            self.add_admin("ops2", "operator");
+        }
+        self.admin_as(&second, &["approve", &id])
     }
 
     /// Every alert the security team's stream holds (`pouch admin alerts --json`).

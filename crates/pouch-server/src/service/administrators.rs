@@ -1,0 +1,440 @@
+//! Administrators are people, not a shared token.
+//!
+//! Each has an Ed25519 key kept in their own home (`pouch admin init`) and a
+//! role ([`AdminRole`]): operators manage users, invites, devices and
+//! administrators; the security team reads events and alerts and the
+//! accounts; auditors read everything and change nothing. An administrator
+//! signs in as a device does (challenge, signature, short-lived token), and
+//! every event their requests cause names them.
+//!
+//! The first administrator is made with the server's one-time setup secret
+//! (written to the data directory at first start; its hash is consumed in
+//! the same transaction that records them); operators add the rest.
+//!
+//! The two actions by which an insider could take over an account — a reset
+//! (which lets a new first device start a new account key) and revoking a
+//! user's device — wait for a second administrator: [`request`] records
+//! them, [`approve`] by another operator carries them out. The security team
+//! gets an alert at each step.
+
+use super::audit::{Ev, record};
+use super::{Result, ServiceError};
+use crate::{AppState, now, random_bytes, sha256};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use pouch_proto::api::*;
+use pouch_proto::security::{Action, Reason};
+use pouch_proto::{Address, DeviceId};
+use pouch_store::{AdminRecord, Approval};
+use std::net::IpAddr;
+use subtle::ConstantTimeEq;
+
+/// The setting holding the SHA-256 (hex) of the one-time setup secret.
+pub const SETUP_SETTING: &str = "admin_setup_sha256";
+/// Before administrators had keys, the shared token's hash: on such a
+/// server that token becomes the one-time setup secret.
+pub const LEGACY_TOKEN_SETTING: &str = "admin_token_sha256";
+/// How long a sign-in challenge may be answered.
+const CHALLENGE_TTL_SECS: i64 = 60;
+/// How long an administrator's token lasts (the CLI signs in per command;
+/// `alerts --follow` renews).
+pub const ADMIN_TOKEN_TTL_SECS: u64 = 900;
+/// How long a request waits for its second administrator.
+pub const APPROVAL_TTL_SECS: i64 = 24 * 3600;
+
+/// An administrator who proved their key, and from where.
+#[derive(Clone, Debug)]
+pub struct AdminCaller {
+    pub name: String,
+    pub role: AdminRole,
+    pub source: Option<IpAddr>,
+}
+
+impl AdminCaller {
+    /// An event about something this administrator did.
+    pub fn event(&self, action: Action) -> Ev {
+        Ev::new(action).admin(&self.name).source_opt(self.source)
+    }
+}
+
+fn summary(a: AdminRecord) -> AdminSummary {
+    AdminSummary {
+        key_fingerprint: hex::encode(sha256(&a.public_key)),
+        name: a.name,
+        role: a.role,
+        added_by: a.added_by,
+        added_at: a.added_at,
+    }
+}
+
+fn checked_key(name: &str, key: &[u8]) -> Result<()> {
+    if !admin_name_ok(name) {
+        return Err(ServiceError::bad_request(format!(
+            "an administrator's name is 1 to {ADMIN_NAME_MAX} of a-z, 0-9, '.', '-', '_' (got '{}')",
+            name.escape_debug()
+        )));
+    }
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| ServiceError::bad_request("an administrator's key is 32 bytes (Ed25519)"))?;
+    VerifyingKey::from_bytes(&key)
+        .map_err(|_| ServiceError::bad_request("that is not an Ed25519 public key"))?;
+    Ok(())
+}
+
+/// The first administrator, an operator, with the one-time setup secret.
+pub async fn bootstrap(
+    s: &AppState,
+    source: Option<IpAddr>,
+    req: BootstrapRequest,
+) -> Result<AdminSummary> {
+    checked_key(&req.name, &req.public_key)?;
+    let presented = hex::encode(sha256(req.setup_secret.trim().as_bytes()));
+    let refused = || {
+        ServiceError::unauthorized(
+            "the setup secret is wrong or was used already: an existing operator adds you with 'pouch admin add'",
+        )
+    };
+    let mut consumed = false;
+    for key in [SETUP_SETTING, LEGACY_TOKEN_SETTING] {
+        let Some(stored) = s.store.get_setting(key).await? else {
+            continue;
+        };
+        if !bool::from(stored.as_bytes().ct_eq(presented.as_bytes())) {
+            continue;
+        }
+        let admin = AdminRecord {
+            name: req.name.clone(),
+            role: AdminRole::Operator,
+            public_key: req.public_key.clone(),
+            added_by: None,
+            added_at: now(),
+        };
+        consumed = s.store.bootstrap_admin(&admin, key, &stored).await?;
+        break;
+    }
+    let ev = Ev::new(Action::AdminBootstrap)
+        .admin(&req.name)
+        .source_opt(source)
+        .detail(format!(
+            "{} made the first administrator (operator) with the setup secret",
+            req.name
+        ));
+    if !consumed {
+        tracing::warn!(peer = %crate::shown(&source), "administrator bootstrap refused");
+        record(
+            s,
+            ev.failed(Reason::SetupSecretInvalid, "wrong or used setup secret"),
+        )
+        .await;
+        return Err(refused());
+    }
+    tracing::warn!(admin = %req.name, "ADMIN first administrator made with the setup secret");
+    record(s, ev).await;
+    let admin = s.store.admin(&req.name).await?.ok_or_else(refused)?;
+    Ok(summary(admin))
+}
+
+/// A sign-in challenge (for unknown names too, so the answer does not say
+/// which administrators exist).
+pub async fn challenge(s: &AppState, req: AdminChallengeRequest) -> Result<ChallengeResponse> {
+    let challenge = random_bytes::<32>();
+    if admin_name_ok(&req.name) {
+        s.store
+            .put_admin_challenge(&challenge, &req.name, now() + CHALLENGE_TTL_SECS)
+            .await?;
+    }
+    Ok(ChallengeResponse {
+        challenge: challenge.to_vec(),
+    })
+}
+
+/// An administrator signs their challenge and gets a short-lived token.
+pub async fn sign_in(
+    s: &AppState,
+    source: Option<IpAddr>,
+    req: AdminTokenRequest,
+) -> Result<TokenResponse> {
+    let refused = || {
+        ServiceError::unauthorized(
+            "administrator sign-in failed: unknown or removed administrator, or a bad signature",
+        )
+    };
+    let failed = |reason: Reason, why: &str| {
+        let mut ev = Ev::new(Action::AdminSignIn)
+            .source_opt(source)
+            .failed(reason, why);
+        if admin_name_ok(&req.name) {
+            ev = ev.admin(&req.name);
+        }
+        ev
+    };
+    let issued_to = s.store.take_admin_challenge(&req.challenge, now()).await?;
+    if issued_to.as_deref() != Some(req.name.as_str()) {
+        record(
+            s,
+            failed(Reason::ChallengeUnknown, "unknown or expired challenge"),
+        )
+        .await;
+        return Err(refused());
+    }
+    let Some(admin) = s.store.admin(&req.name).await? else {
+        record(
+            s,
+            failed(Reason::AdminUnknown, "unknown or removed administrator"),
+        )
+        .await;
+        return Err(refused());
+    };
+    let verified = VerifyingKey::try_from(admin.public_key.as_slice())
+        .ok()
+        .zip(Signature::from_slice(&req.signature).ok())
+        .is_some_and(|(key, sig)| {
+            key.verify(&admin_auth_signing_payload(&req.name, &req.challenge), &sig)
+                .is_ok()
+        });
+    if !verified {
+        tracing::warn!(admin = %req.name, peer = %crate::shown(&source), "bad administrator sign-in signature");
+        record(s, failed(Reason::BadSignature, "bad signature")).await;
+        return Err(refused());
+    }
+    let token = hex::encode(random_bytes::<32>());
+    s.store
+        .put_admin_token(
+            &sha256(token.as_bytes()),
+            &admin.name,
+            now() + ADMIN_TOKEN_TTL_SECS as i64,
+        )
+        .await?;
+    record(
+        s,
+        Ev::new(Action::AdminSignIn)
+            .admin(&admin.name)
+            .source_opt(source)
+            .detail(admin.role.as_str()),
+    )
+    .await;
+    Ok(TokenResponse {
+        token,
+        expires_in_secs: ADMIN_TOKEN_TTL_SECS,
+    })
+}
+
+/// An operator adds an administrator.
+pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result<AdminSummary> {
+    checked_key(&req.name, &req.public_key)?;
+    let admin = AdminRecord {
+        name: req.name.clone(),
+        role: req.role,
+        public_key: req.public_key,
+        added_by: Some(by.name.clone()),
+        added_at: now(),
+    };
+    match s.store.add_admin(&admin).await {
+        Ok(()) => {}
+        Err(pouch_store::StoreError::Conflict) => {
+            return Err(ServiceError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the name '{}' is or was taken: names are never reused, so that events name one person",
+                    req.name
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::warn!(admin = %by.name, added = %req.name, role = %req.role, "ADMIN added an administrator");
+    record(
+        s,
+        by.event(Action::AdminAdded)
+            .detail(format!("added {} as {}", req.name, req.role)),
+    )
+    .await;
+    Ok(summary(admin))
+}
+
+/// An operator removes an administrator (not themselves: another operator
+/// must, so that there is always one).
+pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<()> {
+    if name == by.name {
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            "you cannot remove yourself: another operator removes you",
+        ));
+    }
+    if !s.store.remove_admin(name, now()).await? {
+        return Err(ServiceError::not_found(format!(
+            "no administrator '{name}'"
+        )));
+    }
+    tracing::warn!(admin = %by.name, removed = %name, "ADMIN removed an administrator");
+    record(
+        s,
+        by.event(Action::AdminRemoved)
+            .detail(format!("removed {name}")),
+    )
+    .await;
+    Ok(())
+}
+
+pub async fn list(s: &AppState) -> Result<Vec<AdminSummary>> {
+    Ok(s.store
+        .list_admins()
+        .await?
+        .into_iter()
+        .map(summary)
+        .collect())
+}
+
+fn pending(a: Approval) -> PendingApproval {
+    PendingApproval {
+        id: a.id,
+        action: a.action,
+        address: a.address,
+        device: a.device,
+        requested_by: a.requested_by,
+        requested_at: a.requested_at,
+        expires_at: a.expires_at,
+    }
+}
+
+/// An approval's id: 10 characters a person can read out over the phone.
+fn approval_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    random_bytes::<10>()
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Records a reset or a revocation, to be carried out when a second
+/// administrator approves it.
+pub async fn request(
+    s: &AppState,
+    by: &AdminCaller,
+    action: ApprovalAction,
+    address: Address,
+    device: Option<DeviceId>,
+) -> Result<PendingApproval> {
+    // Checked now, so nobody is asked to approve what cannot happen.
+    match (&action, &device) {
+        (ApprovalAction::Reset, _) => {
+            if !s.store.user_exists(&address).await? {
+                return Err(ServiceError::not_found(format!("no user {address}")));
+            }
+        }
+        (ApprovalAction::Revoke, Some(d)) => match s.store.device(d).await? {
+            Some(found) if found.address == address && found.is_active() => {}
+            Some(found) if found.address == address => {
+                return Err(ServiceError::new(
+                    ErrorCode::Conflict,
+                    "that device is already revoked",
+                ));
+            }
+            _ => {
+                return Err(ServiceError::not_found(format!(
+                    "{address} has no device {d}"
+                )));
+            }
+        },
+        (ApprovalAction::Revoke, None) => {
+            return Err(ServiceError::bad_request("a revocation names a device"));
+        }
+    }
+    let at = now();
+    let approval = Approval {
+        id: approval_id(),
+        action,
+        address: address.clone(),
+        device: device.clone(),
+        requested_by: by.name.clone(),
+        requested_at: at,
+        expires_at: at + APPROVAL_TTL_SECS,
+        approved_by: None,
+        approved_at: None,
+    };
+    s.store.create_approval(&approval).await?;
+    tracing::warn!(admin = %by.name, id = %approval.id, action = action.as_str(), %address, "ADMIN asked for a second administrator's approval");
+    let mut ev = by
+        .event(Action::AdminApprovalRequested)
+        .account(&address)
+        .detail(format!("{} (approval {})", action.as_str(), approval.id));
+    if let Some(d) = &device {
+        ev = ev.device(d);
+    }
+    record(s, ev).await;
+    Ok(pending(approval))
+}
+
+pub async fn pending_approvals(s: &AppState) -> Result<Vec<PendingApproval>> {
+    Ok(s.store
+        .pending_approvals(now())
+        .await?
+        .into_iter()
+        .map(pending)
+        .collect())
+}
+
+/// A second operator approves a request, which is carried out at once.
+pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<ApprovalDone> {
+    let Some(approval) = s.store.approval(id).await? else {
+        return Err(ServiceError::not_found(format!(
+            "no request {id}; see 'pouch admin approvals'"
+        )));
+    };
+    if approval.requested_by == by.name {
+        record(
+            s,
+            by.event(Action::AdminApproved)
+                .account(&approval.address)
+                .failed(
+                    Reason::SameAdministrator,
+                    format!("approval {id} by its own requester"),
+                ),
+        )
+        .await;
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            format!("you asked for {id} yourself: a second administrator must approve it"),
+        ));
+    }
+    if !s.store.approve(id, &by.name, now()).await? {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!("request {id} was approved already or has expired"),
+        ));
+    }
+    let because = format!(
+        "asked by {}, approved by {} (approval {id})",
+        approval.requested_by, by.name
+    );
+    let (detail, invite) = match approval.action {
+        ApprovalAction::Reset => {
+            let invite =
+                super::admin::reset_account(s, by, approval.address.clone(), &because).await?;
+            (
+                format!(
+                    "every device of {} revoked; a new invite issued",
+                    approval.address
+                ),
+                Some(invite),
+            )
+        }
+        ApprovalAction::Revoke => {
+            let device = approval
+                .device
+                .clone()
+                .ok_or_else(|| ServiceError::bad_request("the request names no device"))?;
+            let done =
+                super::admin::revoke_device(s, by, approval.address.clone(), device, &because)
+                    .await?;
+            (done.detail, None)
+        }
+    };
+    Ok(ApprovalDone {
+        id: id.to_string(),
+        action: approval.action,
+        address: approval.address,
+        detail,
+        invite,
+    })
+}
