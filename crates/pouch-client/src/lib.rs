@@ -658,8 +658,17 @@ impl Device {
         let outbox = self.local.open_outbox()?;
         let mut waiting_reason = None;
         if outbox.waiting()? > 0 {
+            // The user is sending now: what waits is tried now, whatever its
+            // back-off, and nothing overtakes what still waits after that.
+            outbox.all_due_now()?;
             let drained = self.send_queued(&outbox)?;
-            waiting_reason = drained.waiting_because;
+            if drained.waiting > 0 {
+                waiting_reason = Some(
+                    drained
+                        .waiting_because
+                        .unwrap_or_else(|| "earlier mail still waits".into()),
+                );
+            }
         }
         if waiting_reason.is_none() {
             match self.deliver(&out, group) {

@@ -414,6 +414,19 @@ impl Api {
         json_of(resp, MAX_RESPONSE_BYTES)
     }
 
+    /// An authenticated POST whose answer is streamed into `out` (a backup:
+    /// too large to hold in memory); returns the bytes written.
+    pub fn post_to_writer(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let mut resp = self.send_authed(|| {
+            self.http
+                .post(self.url(path))
+                .json(&serde_json::json!({}))
+                .timeout(Duration::from_secs(3600))
+        })?;
+        std::io::copy(&mut resp, out)
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), format!("download cut: {e}")))
+    }
+
     pub fn delete(&self, path: &str) -> Result<()> {
         self.send_authed(|| self.http.delete(self.url(path)))?;
         Ok(())

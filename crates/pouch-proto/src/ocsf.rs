@@ -16,8 +16,10 @@ fn class_of(action: &Action) -> (u32, u32, u32, &'static str) {
     let account_change = |activity| (3, 3001, activity, "Account Change");
     match action {
         SignIn | AdminSignIn => (3, 3002, 1, "Authentication"),
-        Enroll | AdminInvite | AdminAdded | AdminBootstrap => account_change(1), // Create
-        LinkApproved | LinkRequest => account_change(3),                         // Enable / request
+        Enroll | AdminInvite | AdminAdded | OperatorAdded | AdminBootstrap => {
+            account_change(1) // Create
+        }
+        LinkApproved | LinkRequest => account_change(3), // Enable / request
         DeviceRevoked | AdminRevoke | LinkDenied | LinkExpired | AdminReset | AdminRemoved => {
             account_change(4) // Disable
         }

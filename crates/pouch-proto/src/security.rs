@@ -100,13 +100,17 @@ vocabulary! {
         /// The first administrator was made with the setup secret (or an
         /// attempt with a wrong or used one).
         AdminBootstrap = "admin_bootstrap",
-        /// An operator added an administrator.
+        /// An operator added an administrator (security or auditor).
         AdminAdded = "admin_added",
+        /// An operator added an operator (who can approve resets).
+        OperatorAdded = "admin_operator_added",
         AdminRemoved = "admin_removed",
         /// A reset or revocation now waits for a second administrator.
         AdminApprovalRequested = "admin_approval_requested",
         /// An attempt to approve a request (a failure: by its own requester).
         AdminApproved = "admin_approved",
+        /// An administrator took a full copy of the server's database.
+        AdminBackup = "admin_backup",
         Enroll = "enroll",
         SignIn = "sign_in",
         LinkRequest = "link_request",

@@ -54,6 +54,11 @@ pub fn routes() -> Routes {
             get(approvals),
         )
         .route(
+            "/v1/admin/backup",
+            &[(Method::POST, Access::Admin(Operators::ROLES))],
+            post(backup),
+        )
+        .route(
             "/v1/admin/approvals/{id}",
             &[(Method::POST, Access::Admin(Operators::ROLES))],
             post(approve),
@@ -118,4 +123,22 @@ async fn approve(
     Path(id): Path<String>,
 ) -> ApiResult<ApprovalDone> {
     Ok(Json(administrators::approve(&s, &by, &id).await?))
+}
+
+/// The database as one SQLite file, streamed (it may be large).
+async fn backup(State(s): St, by: Admin<Operators>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (file, bytes) = administrators::backup(&s, &by).await?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.sqlite3".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -182,42 +182,28 @@ async fn evaluate(
         )),
         // The install's first administrator is expected: a notice. Changes
         // to who administers, and a wrong or used setup secret, are alerts.
-        Action::AdminBootstrap => out.push(if ok {
-            alert(
-                Rule::AdminAction,
-                Low,
-                ev,
-                seq,
-                format!("administrator {}: {}", ev.admin.as_deref().unwrap_or("?"), ev.detail),
-            )
-        } else {
-            alert(
-                Rule::AdminAction,
-                Medium,
-                ev,
-                seq,
-                format!(
-                    "refused from {src}: an attempt to become the first administrator as '{}' ({})",
-                    ev.admin.as_deref().unwrap_or("?"),
-                    ev.detail
-                ),
-            )
-        }),
-        Action::AdminAdded | Action::AdminRemoved => out.push(alert(
+        Action::AdminBootstrap if ok => out.push(alert(
             Rule::AdminAction,
-            Medium,
+            Low,
             ev,
             seq,
             format!("administrator {}: {}", ev.admin.as_deref().unwrap_or("?"), ev.detail),
         )),
-        Action::AdminSignIn if !ok => out.push(alert(
+        Action::AdminAdded | Action::AdminRemoved | Action::OperatorAdded => out.push(alert(
+            Rule::AdminAction,
+            if ev.action == Action::OperatorAdded { High } else { Medium },
+            ev,
+            seq,
+            format!("administrator {}: {}", ev.admin.as_deref().unwrap_or("?"), ev.detail),
+        )),
+        Action::AdminBackup if ok => out.push(alert(
             Rule::AdminAction,
             Medium,
             ev,
             seq,
             format!(
-                "failed administrator sign-in{} from {src}: {}",
-                ev.admin.as_deref().map(|n| format!(" as {n}")).unwrap_or_default(),
+                "administrator {} took a full copy of the server's database: {}",
+                ev.admin.as_deref().unwrap_or("?"),
                 ev.detail
             ),
         )),
@@ -349,16 +335,18 @@ async fn evaluate(
                 }
             }
         }
-        Action::Enroll | Action::SignIn if !ok => {
+        Action::Enroll | Action::SignIn | Action::AdminSignIn | Action::AdminBootstrap if !ok => {
             // Failures from one source, this window and the one before; the
             // alert fires on the failure that reaches the threshold (each
-            // addition sees its own total, so once even across nodes).
+            // addition sees its own total, so once even across nodes): a
+            // script hammering the sign-in routes makes one alert, not a flood.
             let name = format!("fail {} {src}", ev.action);
             let this_one = s.store.count(&name, this_window, 1).await?;
             let failures = this_one + s.store.counted(&name, this_window - window, this_window).await?;
             if failures == t.invite_failures as u64 {
+                let administrators = matches!(ev.action, Action::AdminSignIn | Action::AdminBootstrap);
                 out.push(alert(
-                    Rule::InviteBruteForce,
+                    if administrators { Rule::AdminAction } else { Rule::InviteBruteForce },
                     High,
                     ev,
                     seq,

@@ -136,6 +136,8 @@ pub struct AppState {
     pub directory: service::directory::DirectoryCache,
     /// Where requests hand their access events ([`recorder`]).
     pub recorder: recorder::Recorder,
+    /// This node's data directory (backups are staged there).
+    pub data_dir: PathBuf,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
 }
@@ -273,12 +275,19 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
     let setup_path = config.data_dir.join("admin-setup.token");
     let mut setup_created = None;
     let has_admins = !store.list_admins().await?.is_empty();
+    // The shared token of earlier versions opens nothing any more.
+    if store
+        .delete_setting(service::administrators::LEGACY_TOKEN_SETTING)
+        .await?
+    {
+        tracing::warn!(
+            "the shared administrator token of earlier versions no longer works: administrators now have keys ('pouch admin init')"
+        );
+        let _ = std::fs::remove_file(config.data_dir.join("admin.token"));
+    }
     let pending_setup = store
         .get_setting(service::administrators::SETUP_SETTING)
-        .await?
-        .or(store
-            .get_setting(service::administrators::LEGACY_TOKEN_SETTING)
-            .await?);
+        .await?;
     if !has_admins && pending_setup.is_none() {
         let secret = hex::encode(random_bytes::<32>());
         let hash = hex::encode(sha256(secret.as_bytes()));
@@ -334,6 +343,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         waiters: Default::default(),
         directory: Default::default(),
         recorder,
+        data_dir: config.data_dir.clone(),
         metrics: Default::default(),
     });
     recorder_tasks.start(&state, Arc::new(Detection));

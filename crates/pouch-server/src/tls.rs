@@ -178,15 +178,45 @@ impl TlsIdentity {
         let anchor_key_path = data_dir.join("tls-anchor-key.pem");
         let cert_path = data_dir.join("tls-cert.pem");
         let key_path = data_dir.join("tls-key.pem");
-        if !anchor_path.exists() && cert_path.exists() && key_path.exists() {
+        if !anchor_path.exists()
+            && !anchor_key_path.exists()
+            && cert_path.exists()
+            && key_path.exists()
+        {
             // A data directory from before anchors: its self-signed
-            // certificate (which devices pinned) becomes the anchor.
-            std::fs::rename(&key_path, &anchor_key_path).map_err(|e| io_error(&key_path, e))?;
+            // certificate (which devices pinned) becomes the anchor. The
+            // certificate moves first, so that a crash in between leaves a
+            // state the next start finishes (below), never one it overwrites.
             std::fs::rename(&cert_path, &anchor_path).map_err(|e| io_error(&cert_path, e))?;
+            std::fs::rename(&key_path, &anchor_key_path).map_err(|e| io_error(&key_path, e))?;
             tracing::info!("the self-signed certificate devices pinned is now the trust anchor");
         }
-        if !anchor_path.exists() || !anchor_key_path.exists() {
-            make_anchor(domain, &anchor_path, &anchor_key_path)?;
+        if anchor_path.exists()
+            && !anchor_key_path.exists()
+            && key_path.exists()
+            && !cert_path.exists()
+        {
+            // That move, cut off half-way: finish it.
+            std::fs::rename(&key_path, &anchor_key_path).map_err(|e| io_error(&key_path, e))?;
+        }
+        match (anchor_path.exists(), anchor_key_path.exists()) {
+            (true, true) => {}
+            (false, false) => make_anchor(domain, &anchor_path, &anchor_key_path)?,
+            // Never replaced: a new anchor would lock every device out.
+            (true, false) => {
+                return Err(StartError::Tls(format!(
+                    "{} is there but its key {} is not: put the key back (devices trust this anchor), or start with --tls-cert/--tls-key/--tls-ca",
+                    anchor_path.display(),
+                    anchor_key_path.display()
+                )));
+            }
+            (false, true) => {
+                return Err(StartError::Tls(format!(
+                    "{} is there but its certificate {} is not: put it back (devices trust that anchor)",
+                    anchor_key_path.display(),
+                    anchor_path.display()
+                )));
+            }
         }
         let anchor_der = read_certs(&anchor_path)?.remove(0);
         let anchor_pem = pem_of(&anchor_path)?;
@@ -273,7 +303,12 @@ impl Issuer {
         if !self.cert_path.exists() || !self.key_path.exists() {
             return Ok(None);
         }
-        let chain = read_certs(&self.cert_path)?;
+        // Anything wrong with the files (damaged, a key that is not the
+        // certificate's after a crash between the two writes) is mended by
+        // issuing afresh.
+        let Ok(chain) = read_certs(&self.cert_path) else {
+            return Ok(None);
+        };
         let leaf = &chain[0];
         if chains_to(leaf, &[], &self.anchor_der, until_now(RENEW_DAYS)).is_err()
             || !covers(leaf, &self.names)
@@ -281,8 +316,12 @@ impl Issuer {
             return Ok(None);
         }
         let until = valid_until(leaf, &[], &self.anchor_der);
-        let key = read_key(&self.key_path)?;
-        Ok(Some((certified_key(chain, key)?, until)))
+        let Ok(key) = read_key(&self.key_path) else {
+            return Ok(None);
+        };
+        Ok(certified_key(chain, key)
+            .ok()
+            .map(|certified| (certified, until)))
     }
 
     /// A new serving certificate, written before it is used.
@@ -294,8 +333,8 @@ impl Issuer {
             ))
         })?;
         let now = SystemTime::now();
-        // An hour back, for clients whose clock is a little behind.
-        params.not_before = (now - Duration::from_secs(3600)).into();
+        // A day back, for clients whose clock is behind.
+        params.not_before = (now - DAY).into();
         params.not_after = (now + DAY * SERVING_DAYS as u32).into();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -338,7 +377,7 @@ fn make_anchor(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), St
         rcgen::KeyUsagePurpose::CrlSign,
     ];
     let now = SystemTime::now();
-    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_before = (now - DAY).into();
     params.not_after = (now + DAY * (365 * ANCHOR_YEARS) as u32).into();
     let cert = params.self_signed(&key).map_err(tls_error)?;
     write_private_file(key_path, key.serialize_pem().as_bytes())
@@ -601,6 +640,44 @@ mod tests {
         let chain = read_certs(&d.path().join("tls-cert.pem")).unwrap();
         assert_eq!(fingerprint(chain[1].as_ref()), pinned);
         assert!(chains_to(&chain[0], &[], old.cert.der(), SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_missing_anchor_key_stops_the_start_and_nothing_is_overwritten() {
+        let d = dir();
+        let first = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        let anchor = std::fs::read(d.path().join("tls-anchor.pem")).unwrap();
+        std::fs::rename(d.path().join("tls-anchor-key.pem"), d.path().join("moved")).unwrap();
+        let Err(e) = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()) else {
+            panic!("started without the anchor's key");
+        };
+        assert!(e.to_string().contains("put the key back"), "{e}");
+        assert_eq!(
+            std::fs::read(d.path().join("tls-anchor.pem")).unwrap(),
+            anchor
+        );
+        // A serving key that no longer matches its certificate (a crash
+        // between the two writes) is mended by issuing afresh.
+        std::fs::rename(d.path().join("moved"), d.path().join("tls-anchor-key.pem")).unwrap();
+        let stray = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(d.path().join("tls-key.pem"), stray.serialize_pem()).unwrap();
+        let mended = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(mended.anchor_fingerprint, first.anchor_fingerprint);
+    }
+
+    #[test]
+    fn a_migration_cut_off_half_way_is_finished_not_overwritten() {
+        let d = dir();
+        let old = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        // The certificate moved, the key not yet.
+        std::fs::write(d.path().join("tls-anchor.pem"), old.cert.pem()).unwrap();
+        std::fs::write(d.path().join("tls-key.pem"), old.key_pair.serialize_pem()).unwrap();
+        let identity = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(identity.anchor_fingerprint, fingerprint(old.cert.der()));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("tls-anchor-key.pem")).unwrap(),
+            old.key_pair.serialize_pem()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::{SqlStore, backend};
 use async_trait::async_trait;
 use pouch_proto::api::{AdminRole, ApprovalAction};
 use pouch_proto::{Address, DeviceId};
-use pouch_store::{AdminRecord, AdminStore, Approval, Result, StoreError, UnixTime};
+use pouch_store::{AdminRecord, AdminStore, Approval, BackupStore, Result, StoreError, UnixTime};
 use sqlx::{Row, any::AnyRow};
 
 /// `SELECT` of every administrator column, followed by the rest of the query.
@@ -271,5 +271,30 @@ impl AdminStore for SqlStore {
         .await
         .map_err(backend)?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl BackupStore for SqlStore {
+    async fn snapshot_into(&self, dest: &std::path::Path) -> Result<()> {
+        match self.dialect {
+            // VACUUM INTO: one read transaction, so a consistent copy taken
+            // while the server writes, compacted, with no WAL beside it.
+            crate::Dialect::Sqlite => {
+                let dest = dest.to_str().ok_or_else(|| {
+                    StoreError::Backend("the backup path is not valid UTF-8".into())
+                })?;
+                sqlx::query("VACUUM INTO $1")
+                    .bind(dest)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+            crate::Dialect::Postgres => Err(StoreError::Unsupported(
+                "this server runs on PostgreSQL: back it up with pg_dump (see the README's operators' section)"
+                    .into(),
+            )),
+        }
     }
 }

@@ -829,6 +829,14 @@ impl DirectoryStore for SqlStore {
         for (id,) in ids {
             revoke_in(&mut tx, &DeviceId(id), "reset", now).await?;
         }
+        // Invites issued before the reset die with it: the only way in
+        // afterwards is the invite the reset itself issues.
+        sqlx::query("UPDATE invites SET expires_at = $1 WHERE address = $2 AND used_at IS NULL AND expires_at > $1")
+            .bind(now)
+            .bind(address.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let done = sqlx::query("UPDATE users SET reset_at = $1 WHERE address = $2")
             .bind(now)
             .bind(address.as_str())

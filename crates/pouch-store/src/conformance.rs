@@ -823,8 +823,25 @@ pub async fn directory(store: &dyn Store, now: UnixTime) {
     );
     // Administrator reset: every device out, the reset time recorded.
     assert_eq!(store.reset_at(&bob).await.unwrap(), None);
+    store
+        .create_invite(&bob, b"bob-invite-before-reset", now + 3600)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .invite_valid(&bob, b"bob-invite-before-reset", now + 4)
+            .await
+            .unwrap()
+    );
     store.reset_user(&bob, now + 5).await.unwrap();
     assert_eq!(store.reset_at(&bob).await.unwrap(), Some(now + 5));
+    // An invite issued before the reset dies with it.
+    assert!(
+        !store
+            .invite_valid(&bob, b"bob-invite-before-reset", now + 6)
+            .await
+            .unwrap()
+    );
     assert!(
         store
             .devices_of(&bob)

@@ -38,6 +38,9 @@ pub enum StoreError {
     QuotaExceeded,
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The backend does not do this itself; the message says what does.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -364,7 +367,8 @@ pub trait DirectoryStore: Send + Sync + 'static {
         log_entry: Option<&LogRecord>,
         now: UnixTime,
     ) -> Result<bool>;
-    /// Administrator reset: revokes every device; the next enrollment may start a new account key.
+    /// Administrator reset: revokes every device and ends the address's
+    /// unused invites; the next enrollment may start a new account key.
     async fn reset_user(&self, address: &Address, now: UnixTime) -> Result<()>;
     async fn reset_at(&self, address: &Address) -> Result<Option<UnixTime>>;
     /// Member devices (not revoked) whose last fresh key material in a group dates from `older_than` or before.
@@ -645,13 +649,23 @@ pub trait AdminStore: Send + Sync + 'static {
     async fn approve(&self, id: &str, by: &str, now: UnixTime) -> Result<bool>;
 }
 
+/// A consistent copy of the whole store, taken while it serves.
+#[async_trait]
+pub trait BackupStore: Send + Sync + 'static {
+    /// Writes a consistent snapshot of everything to `dest` (a new file).
+    /// [`StoreError::Unsupported`] where the database has its own tools
+    /// (PostgreSQL: `pg_dump`).
+    async fn snapshot_into(&self, dest: &std::path::Path) -> Result<()>;
+}
+
 pub trait Store:
-    SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore
+    SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore + BackupStore
 {
 }
 
-impl<T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore> Store
-    for T
+impl<
+    T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore + BackupStore,
+> Store for T
 {
 }
 

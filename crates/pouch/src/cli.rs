@@ -36,7 +36,14 @@ use std::sync::Arc;
 #[command(
     name = "pouch",
     version = pouch_server::VERSION_LINE,
-    about = "Pouch: end-to-end encrypted mail for diplomatic networks"
+    about = "Pouch: end-to-end encrypted mail for diplomatic networks",
+    after_help = "Examples:
+  pouch server --domain mfa.example --tls-name mail.mfa.example
+  pouch --home alice enroll \"$(pouch admin user add alice@mfa.example)\"
+  pouch --home alice send --to bob@mfa.example --subject Hello --body 'First mail'
+  pouch --home bob sync && pouch --home bob read 1
+  pouch --home alice bridge          # Thunderbird or Outlook on 127.0.0.1
+  pouch admin approvals              # resets waiting for a second administrator"
 )]
 pub struct Cli {
     /// Where this device's encrypted state lives.
@@ -58,6 +65,17 @@ enum Command {
     Admin(AdminArgs),
     /// Run a witness that cosigns transparency-log checkpoints (C2SP tlog-witness).
     Witness(WitnessArgs),
+    /// Print shell completions (the Debian package installs them).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// Write the manual pages (pouch.1 and one per command) into a directory.
+    Manpages {
+        /// Where to write them (made if absent).
+        dir: PathBuf,
+    },
     /// Enroll this device with a one-time invite.
     Enroll {
         /// The one-time invite an administrator gave you (`pouch admin user add`).
@@ -345,6 +363,10 @@ struct ServerArgs {
     /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
     #[arg(long)]
     witness: Vec<String>,
+    /// Start from a backup (`pouch admin backup`): copied into an empty
+    /// --data-dir that already holds the old one's key files.
+    #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
+    restore: Option<PathBuf>,
     /// Policy file: event retention, detection thresholds, alert outputs
     /// (OCSF file, syslog, webhook), responses. Default: pouch.toml in the
     /// data directory, if present.
@@ -438,6 +460,12 @@ enum AdminCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Take a consistent copy of the server's database while it runs
+    /// (operators; SQLite only — PostgreSQL has pg_dump).
+    Backup {
+        /// The file to write (must not exist; written 0600).
+        file: PathBuf,
     },
     /// Approve (and so carry out) another administrator's reset or revocation.
     Approve {
@@ -567,6 +595,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server(args) => server(args, &cli.log_format),
         Command::Admin(args) => admin(args),
         Command::Witness(args) => witness(args, &cli.log_format),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell.as_str() {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pouch", &mut out);
+            std::io::stdout().write_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot make {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            outln!("manual pages written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Enroll {
             invite,
             device_name,
@@ -1363,6 +1412,9 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
         );
     }
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(backup) = &args.restore {
+        restore_backup(backup, &args.data_dir)?;
+    }
     rt.block_on(async move {
         let sqlite_file = args.data_dir.join("pouch.db");
         pouch_server::secure_data_dir(
@@ -1492,6 +1544,52 @@ fn all_events(api: &pouch_client::net::Api) -> Result<Vec<pouch_proto::api::Even
         }
         all.extend(page);
     }
+}
+
+/// `pouch server --restore FILE`: the backup becomes the database of a new
+/// data directory, which must already hold the old one's key files (the
+/// log's signing key is sealed under `log-wrap.key`; devices trust the TLS
+/// anchor).
+fn restore_backup(backup: &Path, data_dir: &Path) -> Result<()> {
+    if !is_sqlite_file(backup).unwrap_or(false) {
+        bail!(
+            "{} is not a Pouch backup (not a SQLite database); give the file 'pouch admin backup' wrote",
+            backup.display()
+        );
+    }
+    let db = data_dir.join("pouch.db");
+    if db.metadata().is_ok_and(|m| m.len() > 0) {
+        bail!(
+            "{} already holds a database: restore into a new data directory (with the old one's log-wrap.key and tls-*.pem)",
+            data_dir.display()
+        );
+    }
+    if !data_dir.join("log-wrap.key").exists() && std::env::var("POUCH_LOG_WRAP_KEY").is_err() {
+        bail!(
+            "copy log-wrap.key and tls-*.pem from the old data directory into {} first: the backup holds the log's signing key sealed under log-wrap.key",
+            data_dir.display()
+        );
+    }
+    pouch_server::secure_data_dir(data_dir, None)
+        .with_context(|| format!("cannot prepare data directory {}", data_dir.display()))?;
+    for stale in ["pouch.db-wal", "pouch.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(stale));
+    }
+    std::fs::copy(backup, &db).with_context(|| format!("cannot write {}", db.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!("restored {} into {}", backup.display(), db.display());
+    Ok(())
+}
+
+/// Whether `path` starts as every SQLite database does.
+fn is_sqlite_file(path: &Path) -> Result<bool> {
+    let mut head = [0u8; 16];
+    let mut f = std::fs::File::open(path)?;
+    Ok(f.read_exact(&mut head).is_ok() && &head == b"SQLite format 3\0")
 }
 
 /// Says what waits for a second administrator, and how they approve it.
@@ -1764,6 +1862,43 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 &serde_json::json!({}),
             )?;
             print_pending(&pending);
+        }
+        AdminCommand::Backup { file } => {
+            if file.exists() {
+                bail!("{} exists: give a new file name", file.display());
+            }
+            let partial = PathBuf::from(format!("{}.partial", file.display()));
+            let mut out = std::fs::OpenOptions::new();
+            out.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                out.mode(0o600);
+            }
+            let mut out = out
+                .open(&partial)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            let written = api.post_to_writer("/v1/admin/backup", &mut out);
+            let bytes = match written {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e.into());
+                }
+            };
+            out.sync_all()?;
+            drop(out);
+            if !is_sqlite_file(&partial)? {
+                let _ = std::fs::remove_file(&partial);
+                bail!("the server's answer is not a database; nothing was written");
+            }
+            std::fs::rename(&partial, &file)?;
+            outln!(
+                "backup written to {} ({} MiB); restore with 'pouch server --restore {} --data-dir NEW-DIR' after copying log-wrap.key and tls-*.pem into NEW-DIR",
+                file.display(),
+                bytes >> 20,
+                file.display()
+            );
         }
         AdminCommand::Approve { id } => {
             let done: pouch_proto::api::ApprovalDone = api.post(

@@ -118,15 +118,18 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     let sam = server.add_admin("sam", "security");
     let audrey = server.add_admin("audrey", "auditor");
 
-    // Ops asks for Bob's reset: nothing happens yet.
-    let asked = stdout(&server.admin_as(&ops, &["user", "reset", "bob@pouch.local"]));
+    // Olga asks for Bob's reset: nothing happens yet.
+    let asked = stdout(&server.admin_as(&olga, &["user", "reset", "bob@pouch.local"]));
     let id = asked.split_whitespace().nth(3).unwrap().to_string();
     assert!(asked.starts_with("pouch admin approve "), "{asked}");
     // Bob hears of it at once, as an alert on his own account.
     let out = bob.run(&["sync"]);
     assert_eq!(out.status.code(), Some(3), "an alert is a non-zero exit");
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("administrator ops asked for reset"), "{said}");
+    assert!(
+        said.contains("administrator olga asked for reset"),
+        "{said}"
+    );
     alice.ok(&[
         "send",
         "--to",
@@ -140,25 +143,44 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     assert!(bob.inbox().iter().any(|m| m["subject"] == "still Bob"));
     let pending = stdout(&server.admin_as(&audrey, &["approvals", "--json"]));
     assert!(
-        pending.contains(&id) && pending.contains("\"requested_by\": \"ops\""),
+        pending.contains(&id) && pending.contains("\"requested_by\": \"olga\""),
         "{pending}"
     );
 
-    // Ops cannot approve their own request; the security team cannot approve.
+    // Olga cannot approve her own request, nor through an operator she adds
+    // now (a second name, not a second person); the security team and the
+    // auditor cannot approve.
     assert_one_line_error(
-        &server.admin_as(&ops, &["approve", &id]),
+        &server.admin_as(&olga, &["approve", &id]),
         "a second administrator must approve it",
+    );
+    let puppet = dir.path("puppet-admin");
+    let out = pouch()
+        .env("POUCH_PASSPHRASE", PASSPHRASE)
+        .args(["admin", "--admin-home"])
+        .arg(&puppet)
+        .args(["init", "--name", "pat", "--server", &server.url])
+        .args(["--fingerprint", &server.fingerprint, "--setup-token-file"])
+        .arg(puppet.join("none"))
+        .output()
+        .unwrap();
+    let add = stdout(&out);
+    let words: Vec<&str> = add.split_whitespace().collect();
+    stdout(&server.admin_as(&olga, &words[2..]));
+    assert_one_line_error(
+        &server.admin_as(&puppet, &["approve", &id]),
+        "needs an operator who was one before it was asked and whom olga did not add",
     );
     assert_one_line_error(&server.admin_as(&sam, &["approve", &id]), "may not do this");
     assert_one_line_error(
         &server.admin_as(&audrey, &["approve", &id]),
         "may not do this",
     );
-    // Bob is told of the attempt too; his device still works.
+    // Bob is told of the attempts too; his device still works.
     let out = bob.run(&["sync"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("ops tried to approve their own request"),
+        said.contains("olga tried to approve their own request"),
         "{said}"
     );
     assert_eq!(
@@ -167,18 +189,23 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
         "Bob's device still works"
     );
 
-    // Olga approves: it happens, once, and the invite comes to her.
-    let out = server.admin_as(&olga, &["approve", &id]);
+    // Ops approves: it happens, once, and the invite comes to them.
+    let out = server.admin_as(&ops, &["approve", &id]);
     let invite = stdout(&out);
     assert!(invite.trim().starts_with("pouch-invite:"), "{invite}");
     assert_one_line_error(
-        &server.admin_as(&olga, &["approve", &id]),
+        &server.admin_as(&ops, &["approve", &id]),
         "approved already",
     );
     let out = bob.run(&["sync"]);
     assert!(
         !out.status.success(),
         "Bob's old device still works after the reset"
+    );
+    // After the reset no operator alone mints another invite for Bob.
+    assert_one_line_error(
+        &server.admin_as(&olga, &["user", "add", "bob@pouch.local"]),
+        "was reset",
     );
 
     // Roles: the security team reads events but adds nobody; the auditor
@@ -204,33 +231,32 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
             .any(|e| e["action"] == action && e["admin"] == admin && e["outcome"] == "success")
     };
     assert!(by("admin_invite", "ops"), "invites by ops: {all:#?}");
-    assert!(
-        by("admin_added", "ops"),
-        "olga, sam and audrey added by ops"
-    );
-    assert!(by("admin_approval_requested", "ops"));
-    assert!(by("admin_reset", "olga"), "the reset is olga's act");
+    assert!(by("admin_operator_added", "ops"), "olga added by ops");
+    assert!(by("admin_added", "ops"), "sam and audrey added by ops");
+    assert!(by("admin_operator_added", "olga"), "pat added by olga");
+    assert!(by("admin_approval_requested", "olga"));
+    assert!(by("admin_reset", "ops"), "the reset is the approver's act");
     assert!(by("admin_sign_in", "audrey"));
     let reset = all.iter().find(|e| e["action"] == "admin_reset").unwrap();
     assert!(
         reset["detail"]
             .as_str()
             .unwrap()
-            .contains("asked by ops, approved by olga"),
+            .contains("asked by olga, approved by ops"),
         "{reset}"
     );
     let own = all
         .iter()
         .find(|e| e["action"] == "admin_approved" && e["outcome"] == "failure")
         .expect("the self-approval is recorded");
-    assert_eq!(own["admin"], "ops");
+    assert_eq!(own["admin"], "olga");
     let alerts = stdout(&server.admin_as(&sam, &["alerts", "--json"]));
     assert!(
-        alerts.contains("administrator ops asked for reset"),
+        alerts.contains("administrator olga asked for reset"),
         "{alerts}"
     );
     assert!(
-        alerts.contains("admin reset by administrator olga"),
+        alerts.contains("admin reset by administrator ops"),
         "{alerts}"
     );
     assert!(
@@ -247,7 +273,7 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
             r["api"]["operation"] == "admin_reset" || r["unmapped"]["action"] == "admin_reset"
         })
         .unwrap();
-    assert_eq!(reset_record["actor"]["user"]["name"], "olga");
+    assert_eq!(reset_record["actor"]["user"]["name"], "ops");
     assert_eq!(reset_record["actor"]["user"]["type_id"], 2);
 
     // A removed administrator's key signs in no more; nobody removes themselves.

@@ -699,7 +699,7 @@ fn an_administrator_revocation_reaches_the_account_and_its_conversations() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("revoked (asked by ops, approved by ops2"),
+        String::from_utf8_lossy(&out.stdout).contains("revoked (asked by ops2, approved by ops"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -233,3 +233,178 @@ fn metrics_parse_as_prometheus_and_move_when_mail_flows() {
     let text = after.to_string();
     assert!(!text.contains("alice@") && !text.contains("bob@"), "{text}");
 }
+
+/// Backup and restore: an operator's online backup, taken while mail is
+/// being sent, restored into a new data directory holding the old one's key
+/// files. Every mail acknowledged before the backup is there, devices carry
+/// on, and the audit chain and the transparency log verify.
+#[test]
+fn a_backup_taken_while_mail_flows_restores_with_nothing_acknowledged_lost() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = Scratch::new("ops-backup");
+    let data = dir.path("server");
+    let mut server = Server::start(&data, None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let alice = Arc::new(user(&dir, &server, "alice"));
+    let bob = user(&dir, &server, "bob");
+
+    // Alice sends, one mail after another, on another thread.
+    let acknowledged: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (alice, acknowledged, stop) = (alice.clone(), acknowledged.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let subject = format!("loop {i}");
+                let out = alice.run(&[
+                    "send",
+                    "--to",
+                    "bob@pouch.local",
+                    "--subject",
+                    &subject,
+                    "--body",
+                    "x",
+                ]);
+                if out.status.success() {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push((subject, std::time::Instant::now()));
+                }
+            }
+        })
+    };
+    let count = |acknowledged: &Mutex<Vec<(String, std::time::Instant)>>| {
+        acknowledged.lock().unwrap().len()
+    };
+    while count(&acknowledged) < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let backup = dir.path("backup.db");
+    let asked_at = std::time::Instant::now();
+    let out = server.admin(&data, &["backup", backup.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backup written to"));
+    let before: Vec<String> = acknowledged
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at)| *at <= asked_at)
+        .map(|(s, _)| s.clone())
+        .collect();
+    // The loop goes on past the backup, then stops.
+    let wanted = count(&acknowledged) + 2;
+    while count(&acknowledged) < wanted {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    server.stop();
+    // The backup is private, and a database.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A data directory without the old key files is refused, saying what to copy.
+    let bare = dir.path("bare");
+    let out = pouch()
+        .args(["server", "--listen", "127.0.0.1:0", "--restore"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        "copy log-wrap.key and tls-*.pem from the old data directory",
+    );
+    let restored = dir.path("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    for f in [
+        "log-wrap.key",
+        "tls-anchor.pem",
+        "tls-anchor-key.pem",
+        "tls-cert.pem",
+        "tls-key.pem",
+    ] {
+        std::fs::copy(data.join(f), restored.join(f)).unwrap();
+    }
+    let server = Server::start_with(
+        &restored,
+        None,
+        &listen,
+        &["--restore", backup.to_str().unwrap()],
+    );
+    // Restoring over a database is refused.
+    let out = pouch()
+        .args(["server", "--listen", "127.0.0.1:0", "--restore"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "already holds a database");
+
+    // Nothing acknowledged before the backup is missing.
+    let out = bob.run(&["sync"]);
+    assert_no_panic(&out);
+    let inbox: Vec<String> = bob
+        .inbox()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    for subject in &before {
+        assert!(inbox.contains(subject), "{subject} lost: {inbox:?}");
+    }
+    // Devices carry on.
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "after the restore",
+        "--body",
+        "y",
+    ]);
+    let out = bob.run(&["sync"]);
+    assert_no_panic(&out);
+    assert!(
+        bob.inbox()
+            .iter()
+            .any(|m| m["subject"] == "after the restore")
+    );
+    // The audit chain and the transparency log verify.
+    let out = server.admin(&data, &["events", "verify"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("audit chain intact"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pouch()
+        .args([
+            "log",
+            "verify",
+            "--server",
+            &server.url,
+            "--fingerprint",
+            &server.fingerprint,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

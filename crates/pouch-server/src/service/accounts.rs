@@ -38,6 +38,18 @@ pub async fn add_user(
         // An account with a device grows only by approval from that device:
         // the administrator cannot slip a device in with an invite.
         Err(pouch_store::StoreError::Conflict) => {
+            // After a reset, the only invite is the one the approved reset
+            // issued: one operator alone must not mint another and enroll
+            // a device of their own as the account's new key.
+            if s.store.reset_at(&req.address).await?.is_some() {
+                return Err(ServiceError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} was reset: its new invite comes with the approved reset; for another, ask for another reset ('pouch admin user reset {}')",
+                        req.address, req.address
+                    ),
+                ));
+            }
             if s.store
                 .devices_of(&req.address)
                 .await?

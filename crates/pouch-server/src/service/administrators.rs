@@ -20,7 +20,7 @@
 use super::audit::{Ev, record};
 use super::{Result, ServiceError};
 use crate::{AppState, now, random_bytes, sha256};
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use pouch_proto::api::*;
 use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, DeviceId};
@@ -30,8 +30,10 @@ use subtle::ConstantTimeEq;
 
 /// The setting holding the SHA-256 (hex) of the one-time setup secret.
 pub const SETUP_SETTING: &str = "admin_setup_sha256";
-/// Before administrators had keys, the shared token's hash: on such a
-/// server that token becomes the one-time setup secret.
+/// Before administrators had keys, the shared token's hash. It is deleted
+/// at the first start of this version and a fresh setup secret written:
+/// whoever held the shared token (scripts, scrapers) must not become the
+/// first administrator.
 pub const LEGACY_TOKEN_SETTING: &str = "admin_token_sha256";
 /// How long a sign-in challenge may be answered.
 const CHALLENGE_TTL_SECS: i64 = 60;
@@ -76,8 +78,15 @@ fn checked_key(name: &str, key: &[u8]) -> Result<()> {
     let key: [u8; 32] = key
         .try_into()
         .map_err(|_| ServiceError::bad_request("an administrator's key is 32 bytes (Ed25519)"))?;
-    VerifyingKey::from_bytes(&key)
+    let key = VerifyingKey::from_bytes(&key)
         .map_err(|_| ServiceError::bad_request("that is not an Ed25519 public key"))?;
+    // A small-order key verifies forged signatures (with plain `verify`):
+    // a shared, deniable credential. Refused, and sign-in verifies strictly.
+    if key.is_weak() {
+        return Err(ServiceError::bad_request(
+            "that Ed25519 key is weak (small order): make a new one with 'pouch admin init'",
+        ));
+    }
     Ok(())
 }
 
@@ -95,7 +104,7 @@ pub async fn bootstrap(
         )
     };
     let mut consumed = false;
-    for key in [SETUP_SETTING, LEGACY_TOKEN_SETTING] {
+    for key in [SETUP_SETTING] {
         let Some(stored) = s.store.get_setting(key).await? else {
             continue;
         };
@@ -112,6 +121,20 @@ pub async fn bootstrap(
         consumed = s.store.bootstrap_admin(&admin, key, &stored).await?;
         break;
     }
+    if !consumed {
+        // The name is only claimed: it goes in the detail, never as the
+        // event's administrator.
+        tracing::warn!(peer = %crate::shown(&source), "administrator bootstrap refused");
+        record(
+            s,
+            Ev::new(Action::AdminBootstrap).source_opt(source).failed(
+                Reason::SetupSecretInvalid,
+                format!("wrong or used setup secret (as '{}')", req.name),
+            ),
+        )
+        .await;
+        return Err(refused());
+    }
     let ev = Ev::new(Action::AdminBootstrap)
         .admin(&req.name)
         .source_opt(source)
@@ -119,15 +142,6 @@ pub async fn bootstrap(
             "{} made the first administrator (operator) with the setup secret",
             req.name
         ));
-    if !consumed {
-        tracing::warn!(peer = %crate::shown(&source), "administrator bootstrap refused");
-        record(
-            s,
-            ev.failed(Reason::SetupSecretInvalid, "wrong or used setup secret"),
-        )
-        .await;
-        return Err(refused());
-    }
     tracing::warn!(admin = %req.name, "ADMIN first administrator made with the setup secret");
     record(s, ev).await;
     let admin = s.store.admin(&req.name).await?.ok_or_else(refused)?;
@@ -159,14 +173,13 @@ pub async fn sign_in(
             "administrator sign-in failed: unknown or removed administrator, or a bad signature",
         )
     };
+    // A failed sign-in names the administrator only as claimed, in the
+    // detail: anyone can claim a name.
     let failed = |reason: Reason, why: &str| {
-        let mut ev = Ev::new(Action::AdminSignIn)
+        let claimed: String = req.name.chars().take(ADMIN_NAME_MAX).collect();
+        Ev::new(Action::AdminSignIn)
             .source_opt(source)
-            .failed(reason, why);
-        if admin_name_ok(&req.name) {
-            ev = ev.admin(&req.name);
-        }
-        ev
+            .failed(reason, format!("{why} (as '{}')", claimed.escape_debug()))
     };
     let issued_to = s.store.take_admin_challenge(&req.challenge, now()).await?;
     if issued_to.as_deref() != Some(req.name.as_str()) {
@@ -189,8 +202,10 @@ pub async fn sign_in(
         .ok()
         .zip(Signature::from_slice(&req.signature).ok())
         .is_some_and(|(key, sig)| {
-            key.verify(&admin_auth_signing_payload(&req.name, &req.challenge), &sig)
-                .is_ok()
+            !key.is_weak()
+                && key
+                    .verify_strict(&admin_auth_signing_payload(&req.name, &req.challenge), &sig)
+                    .is_ok()
         });
     if !verified {
         tracing::warn!(admin = %req.name, peer = %crate::shown(&source), "bad administrator sign-in signature");
@@ -243,9 +258,14 @@ pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result
         Err(e) => return Err(e.into()),
     }
     tracing::warn!(admin = %by.name, added = %req.name, role = %req.role, "ADMIN added an administrator");
+    let action = if req.role == AdminRole::Operator {
+        Action::OperatorAdded
+    } else {
+        Action::AdminAdded
+    };
     record(
         s,
-        by.event(Action::AdminAdded)
+        by.event(action)
             .detail(format!("added {} as {}", req.name, req.role)),
     )
     .await;
@@ -259,6 +279,21 @@ pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<()> {
         return Err(ServiceError::new(
             ErrorCode::Forbidden,
             "you cannot remove yourself: another operator removes you",
+        ));
+    }
+    let admins = s.store.list_admins().await?;
+    let operators = admins
+        .iter()
+        .filter(|a| a.role == AdminRole::Operator)
+        .count();
+    if operators <= 1
+        && admins
+            .iter()
+            .any(|a| a.name == name && a.role == AdminRole::Operator)
+    {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!("{name} is the last operator: add another before removing them"),
         ));
     }
     if !s.store.remove_admin(name, now()).await? {
@@ -397,6 +432,49 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
             format!("you asked for {id} yourself: a second administrator must approve it"),
         ));
     }
+    // A second person, not a second name: an operator the requester added,
+    // or one added after the request, is refused (a name made for the
+    // purpose). The security team sees every operator added (High).
+    let approver = s.store.admin(&by.name).await?;
+    if let Some(approver) = approver
+        && (approver.added_by.as_deref() == Some(approval.requested_by.as_str())
+            || approver.added_at >= approval.requested_at)
+    {
+        record(
+            s,
+            by.event(Action::AdminApproved)
+                .account(&approval.address)
+                .failed(
+                    Reason::SameAdministrator,
+                    format!(
+                        "approval {id} by an operator {} added{}",
+                        approval.requested_by,
+                        if approver.added_at >= approval.requested_at {
+                            " after the request"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+        )
+        .await;
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{id} needs an operator who was one before it was asked and whom {} did not add",
+                approval.requested_by
+            ),
+        ));
+    }
+    if s.store.admin(&approval.requested_by).await?.is_none() {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{} who asked for {id} is no longer an administrator: the request cannot be approved",
+                approval.requested_by
+            ),
+        ));
+    }
     if !s.store.approve(id, &by.name, now()).await? {
         return Err(ServiceError::new(
             ErrorCode::Conflict,
@@ -437,4 +515,43 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
         detail,
         invite,
     })
+}
+
+/// A consistent copy of the whole database, for an operator to keep
+/// (`pouch admin backup`): staged in the data directory, opened, and
+/// unlinked at once, so that it is gone however the download ends. Mail in
+/// it is as encrypted as on the server; the key files (`log-wrap.key`,
+/// `tls-*.pem`) are not in it, and are copied once by whoever installs the
+/// server.
+pub async fn backup(s: &AppState, by: &AdminCaller) -> Result<(tokio::fs::File, u64)> {
+    let staged = s.data_dir.join(format!(
+        "backup-{}.db.partial",
+        hex::encode(random_bytes::<8>())
+    ));
+    let taken = s.store.snapshot_into(&staged).await;
+    let opened = match taken {
+        Ok(()) => tokio::fs::File::open(&staged).await,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(e.into());
+        }
+    };
+    let _ = tokio::fs::remove_file(&staged).await;
+    let file = opened.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the staged backup");
+        ServiceError::new(
+            ErrorCode::Internal,
+            "the backup could not be read back; see the server's log",
+        )
+    })?;
+    let bytes = file.metadata().await.map(|m| m.len()).unwrap_or_default();
+    tracing::warn!(admin = %by.name, bytes, "ADMIN took a backup of the database");
+    record(
+        s,
+        by.event(Action::AdminBackup)
+            .amount(1, bytes)
+            .detail(format!("{} MiB", bytes >> 20)),
+    )
+    .await;
+    Ok((file, bytes))
 }

@@ -55,6 +55,7 @@ impl From<StoreError> for ServiceError {
                 ErrorCode::QuotaExceeded,
                 "a storage quota is full; try again once recipients have fetched their mail",
             ),
+            StoreError::Unsupported(what) => Self::bad_request(what),
             StoreError::Backend(detail) => {
                 // The detail stays in the server log; the client gets no internals.
                 tracing::error!(%detail, "storage failure");

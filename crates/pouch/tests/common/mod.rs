@@ -290,10 +290,15 @@ impl Server {
         home
     }
 
-    /// A reset or revocation asked by "ops" and approved by a second
-    /// operator (made on first use): what `approve` printed.
+    /// A reset or revocation asked by "ops2", a second operator (made on
+    /// first use, by "ops"), and approved by "ops": what `approve` printed.
+    /// (An operator may not approve what the operator who added them asked.)
     pub fn admin_approved(&self, args: &[&str]) -> Output {
-        let out = self.admin(&self.data_dir, args);
+        let second = PathBuf::from(format!("{}-admin-ops2", self.data_dir.display()));
+        if !second.join("admin.json").exists() {
+            self.add_admin("ops2", "operator");
+        }
+        let out = self.admin_as(&second, args);
         assert!(
             out.status.success(),
             "{}",
@@ -306,11 +311,7 @@ impl Server {
             .nth(3)
             .expect("an approval id")
             .to_string();
-        let second = PathBuf::from(format!("{}-admin-ops2", self.data_dir.display()));
-        if !second.join("admin.json").exists() {
-            self.add_admin("ops2", "operator");
-        }
-        self.admin_as(&second, &["approve", &id])
+        self.ops(&self.data_dir.clone(), &["approve", &id])
     }
 
     /// Every alert the security team's stream holds (`pouch admin alerts --json`).
