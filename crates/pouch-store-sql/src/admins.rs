@@ -61,8 +61,18 @@ fn approval_from_row(row: &AnyRow) -> Result<Approval> {
     })
 }
 
-const INSERT_ADMIN: &str = "INSERT INTO admins (name, role, public_key, added_by, added_at) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING";
+/// The insert of an administrator (nothing when the name was ever taken).
+fn insert_admin(admin: &AdminRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO admins (name, role, public_key, added_by, added_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&admin.name)
+    .bind(admin.role.as_str())
+    .bind(&admin.public_key)
+    .bind(&admin.added_by)
+    .bind(admin.added_at)
+}
 
 #[async_trait]
 impl AdminStore for SqlStore {
@@ -88,12 +98,7 @@ impl AdminStore for SqlStore {
             // Dropping the transaction rolls it back: nothing consumed.
             return Ok(false);
         }
-        sqlx::query(INSERT_ADMIN)
-            .bind(&admin.name)
-            .bind(admin.role.as_str())
-            .bind(&admin.public_key)
-            .bind(&admin.added_by)
-            .bind(admin.added_at)
+        insert_admin(admin)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -102,12 +107,7 @@ impl AdminStore for SqlStore {
     }
 
     async fn add_admin(&self, admin: &AdminRecord) -> Result<()> {
-        let done = sqlx::query(INSERT_ADMIN)
-            .bind(&admin.name)
-            .bind(admin.role.as_str())
-            .bind(&admin.public_key)
-            .bind(&admin.added_by)
-            .bind(admin.added_at)
+        let done = insert_admin(admin)
             .execute(&self.pool)
             .await
             .map_err(backend)?;

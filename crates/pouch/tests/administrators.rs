@@ -48,15 +48,7 @@ fn the_setup_secret_makes_one_first_administrator_and_only_once() {
     // A copy of the secret makes nobody an administrator afterwards, and
     // leaves no key behind.
     let thief = dir.path("thief-admin");
-    let out = pouch()
-        .env("POUCH_PASSPHRASE", PASSPHRASE)
-        .args(["admin", "--admin-home"])
-        .arg(&thief)
-        .args(["init", "--name", "eve", "--server", &server.url])
-        .args(["--fingerprint", &server.fingerprint, "--setup-token-file"])
-        .arg(&copy)
-        .output()
-        .unwrap();
+    let out = server.admin_init(&thief, "eve", &copy);
     assert_one_line_error(&out, "the setup secret is wrong or was used already");
     assert!(!thief.join("admin.json").exists());
     // Not even by hand, racing nobody.
@@ -155,15 +147,7 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
         "a second administrator must approve it",
     );
     let puppet = dir.path("puppet-admin");
-    let out = pouch()
-        .env("POUCH_PASSPHRASE", PASSPHRASE)
-        .args(["admin", "--admin-home"])
-        .arg(&puppet)
-        .args(["init", "--name", "pat", "--server", &server.url])
-        .args(["--fingerprint", &server.fingerprint, "--setup-token-file"])
-        .arg(puppet.join("none"))
-        .output()
-        .unwrap();
+    let out = server.admin_init(&puppet, "pat", &puppet.join("none"));
     let add = stdout(&out);
     let words: Vec<&str> = add.split_whitespace().collect();
     stdout(&server.admin_as(&olga, &words[2..]));

@@ -60,15 +60,7 @@ fn invites_wrong_reused_or_expired_are_refused_clearly() {
 
     // An administrator key the server does not know gets nowhere.
     let stranger = dir.path("stranger-admin");
-    let out = pouch()
-        .env("POUCH_PASSPHRASE", PASSPHRASE)
-        .args(["admin", "--admin-home"])
-        .arg(&stranger)
-        .args(["init", "--name", "mallory", "--server", &server.url])
-        .args(["--fingerprint", &server.fingerprint, "--setup-token-file"])
-        .arg(stranger.join("none"))
-        .output()
-        .unwrap();
+    let out = server.admin_init(&stranger, "mallory", &stranger.join("none"));
     assert!(
         out.status.success(),
         "{}",

@@ -198,19 +198,32 @@ impl Server {
         self.ops(first_node_dir, args)
     }
 
+    /// `pouch admin init` of `name` in `home` against this server, with the
+    /// setup secret in `setup` if that file exists.
+    pub fn admin_init(&self, home: &Path, name: &str, setup: &Path) -> Output {
+        self.admin_init_as(home, name, "operator", setup)
+    }
+
+    /// [`Self::admin_init`] for an administrator who will ask for `role`.
+    pub fn admin_init_as(&self, home: &Path, name: &str, role: &str, setup: &Path) -> Output {
+        pouch()
+            .env("POUCH_PASSPHRASE", PASSPHRASE)
+            .args(["admin", "--admin-home"])
+            .arg(home)
+            .args([
+                "init", "--name", name, "--role", role, "--server", &self.url,
+            ])
+            .args(["--fingerprint", &self.fingerprint, "--setup-token-file"])
+            .arg(setup)
+            .output()
+            .unwrap()
+    }
+
     /// Admin command by "ops" (see [`Self::admin`]).
     fn ops(&self, first_node_dir: &Path, args: &[&str]) -> Output {
         let home = admin_home_of(first_node_dir);
         if !home.join("admin.json").exists() {
-            let out = pouch()
-                .env("POUCH_PASSPHRASE", PASSPHRASE)
-                .args(["admin", "--admin-home"])
-                .arg(&home)
-                .args(["init", "--name", "ops", "--server", &self.url])
-                .args(["--fingerprint", &self.fingerprint, "--setup-token-file"])
-                .arg(first_node_dir.join("admin-setup.token"))
-                .output()
-                .unwrap();
+            let out = self.admin_init(&home, "ops", &first_node_dir.join("admin-setup.token"));
             assert!(
                 out.status.success(),
                 "admin init: {}",
@@ -261,17 +274,7 @@ impl Server {
     /// [`Self::add_admin`] on the database first served from `first_node_dir`.
     pub fn add_admin_by(&self, first_node_dir: &Path, name: &str, role: &str) -> PathBuf {
         let home = PathBuf::from(format!("{}-admin-{name}", first_node_dir.display()));
-        let out = pouch()
-            .env("POUCH_PASSPHRASE", PASSPHRASE)
-            .args(["admin", "--admin-home"])
-            .arg(&home)
-            .args([
-                "init", "--name", name, "--role", role, "--server", &self.url,
-            ])
-            .args(["--fingerprint", &self.fingerprint, "--setup-token-file"])
-            .arg(home.join("no-setup-secret"))
-            .output()
-            .unwrap();
+        let out = self.admin_init_as(&home, name, role, &home.join("no-setup-secret"));
         assert!(
             out.status.success(),
             "admin init: {}",
