@@ -182,8 +182,9 @@ impl AdminIdentity {
 /// The text a new administrator gives the operator who adds them.
 pub fn add_command(name: &str, role: AdminRole, public_key: &[u8]) -> String {
     use base64::Engine;
+    // `--key=`: a base64url key may begin with '-', which would read as a flag.
     format!(
-        "pouch admin add {name} --role {role} --key {}",
+        "pouch admin add {name} --role {role} --key={}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key)
     )
 }

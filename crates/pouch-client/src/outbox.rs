@@ -47,6 +47,8 @@ use std::sync::Mutex;
 pub const OUTBOX_FILE: &str = "outbox.db";
 /// The longest wait between two attempts at a mail that could not go.
 const MAX_BACKOFF_SECS: i64 = 15 * 60;
+/// The file a sending process locks (see [`Outbox::next_due`]).
+pub const SENDING_LOCK_FILE: &str = "outbox.sending.lock";
 /// A mail that could not go for this long comes back (Postfix: 5 days).
 pub const GIVE_UP_AFTER_SECS: i64 = 5 * 86_400;
 
@@ -67,6 +69,12 @@ pub struct Queued {
 
 pub struct Outbox {
     conn: Mutex<Connection>,
+    /// Held from [`Outbox::next_due`] until the mail is removed or
+    /// postponed: an exclusive lock on [`SENDING_LOCK_FILE`], so that a
+    /// bridge and a `pouch sync` on one home never send the same mail. The
+    /// system drops it if the process dies.
+    sending: Mutex<Option<std::fs::File>>,
+    lock_path: std::path::PathBuf,
 }
 
 /// A waiting mail as `pouch outbox` shows it.
@@ -109,6 +117,8 @@ impl Outbox {
         })?;
         Ok(Outbox {
             conn: Mutex::new(conn),
+            sending: Mutex::new(None),
+            lock_path: home.join(SENDING_LOCK_FILE),
         })
     }
 
@@ -165,8 +175,31 @@ impl Outbox {
     }
 
     /// The oldest mail, if it is due now (one waiting for a retry holds back
-    /// those behind it).
+    /// those behind it), for this process alone until it is removed or
+    /// postponed: a bridge and a `pouch sync` on one home never both send
+    /// it. While another process sends, nothing is due here.
     pub fn next_due(&self, now: i64) -> Result<Option<Queued>> {
+        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        if sending.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.lock_path)?;
+            match file.try_lock() {
+                Ok(()) => *sending = Some(file),
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
+        let found = self.oldest_due(now);
+        if !matches!(found, Ok(Some(_))) {
+            *sending = None;
+        }
+        found
+    }
+
+    fn oldest_due(&self, now: i64) -> Result<Option<Queued>> {
         let conn = self.conn();
         let row = conn
             .prepare_cached(
@@ -256,7 +289,13 @@ impl Outbox {
     pub fn remove(&self, id: i64) -> Result<()> {
         self.conn()
             .execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        self.done_sending();
         Ok(())
+    }
+
+    /// Lets another process send again.
+    fn done_sending(&self) {
+        *self.sending.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// A mail that could not go now: tried again after a wait that doubles
@@ -267,6 +306,7 @@ impl Outbox {
             "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
             params![id, attempts as i64 + 1, crate::now() + wait, error],
         )?;
+        self.done_sending();
         Ok(())
     }
 }
@@ -274,6 +314,34 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two senders on one home (a bridge and `pouch sync`): the oldest mail
+    /// goes to one of them only; once it is postponed (or the sender dies,
+    /// which drops its lock) the other may take it.
+    #[test]
+    fn two_senders_never_take_the_same_mail() {
+        let home = std::env::temp_dir().join(format!("pouch-outbox-claim-{}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let bridge = Outbox::open(&home, &[9; 32]).unwrap();
+        let cli = Outbox::open(&home, &[9; 32]).unwrap();
+        let alice = Address::parse("alice@pouch.local").unwrap();
+        let bob = Address::parse("bob@pouch.local").unwrap();
+        let mail = b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: once\r\n\r\nx\r\n";
+        bridge
+            .queue(&alice, mail.to_vec(), std::slice::from_ref(&bob))
+            .unwrap();
+        let now = crate::now();
+        let taken = bridge.next_due(now).unwrap().expect("the bridge takes it");
+        assert!(cli.next_due(now).unwrap().is_none(), "taken twice");
+        // Postponed: due again later, to whoever asks first.
+        bridge.postpone(taken.id, 0, "server busy").unwrap();
+        assert!(cli.next_due(now + 5).unwrap().is_some());
+        assert!(bridge.next_due(now + 6).unwrap().is_none());
+        // The sender that holds it dies: the other one sends it.
+        drop(cli);
+        assert!(bridge.next_due(now + 6).unwrap().is_some());
+        std::fs::remove_dir_all(&home).unwrap();
+    }
 
     /// A full outbox refuses the next mail, saying why, and takes mail
     /// again once one has gone.

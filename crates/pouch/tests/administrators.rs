@@ -273,6 +273,9 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     // Names are never reused, so that past events name one person.
     use base64::Engine;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(some_public_key());
-    let out = server.admin_as(&ops, &["add", "olga", "--role", "operator", "--key", &key]);
+    let out = server.admin_as(
+        &ops,
+        &["add", "olga", "--role", "operator", &format!("--key={key}")],
+    );
     assert_one_line_error(&out, "never reused");
 }
