@@ -72,9 +72,10 @@ pub struct Outbox {
     /// Held from [`Outbox::next_due`] until the mail is removed or
     /// postponed: an exclusive lock on [`SENDING_LOCK_FILE`], so that a
     /// bridge and a `pouch sync` on one home never send the same mail. The
-    /// system drops it if the process dies.
-    sending: Mutex<Option<std::fs::File>>,
-    lock_path: std::path::PathBuf,
+    /// system drops it if the process dies. The file is opened once; each
+    /// mail locks and unlocks it (`true` while this process holds it).
+    lock_file: std::fs::File,
+    sending: Mutex<bool>,
 }
 
 /// A waiting mail as `pouch outbox` shows it.
@@ -117,8 +118,12 @@ impl Outbox {
         })?;
         Ok(Outbox {
             conn: Mutex::new(conn),
-            sending: Mutex::new(None),
-            lock_path: home.join(SENDING_LOCK_FILE),
+            lock_file: std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(home.join(SENDING_LOCK_FILE))?,
+            sending: Mutex::new(false),
         })
     }
 
@@ -180,21 +185,16 @@ impl Outbox {
     /// it. While another process sends, nothing is due here.
     pub fn next_due(&self, now: i64) -> Result<Option<Queued>> {
         let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
-        if sending.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&self.lock_path)?;
-            match file.try_lock() {
-                Ok(()) => *sending = Some(file),
+        if !*sending {
+            match self.lock_file.try_lock() {
+                Ok(()) => *sending = true,
                 Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
                 Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
             }
         }
         let found = self.oldest_due(now);
         if !matches!(found, Ok(Some(_))) {
-            *sending = None;
+            self.unlock(&mut sending);
         }
         found
     }
@@ -295,7 +295,14 @@ impl Outbox {
 
     /// Lets another process send again.
     fn done_sending(&self) {
-        *self.sending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.unlock(&mut self.sending.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn unlock(&self, sending: &mut bool) {
+        if *sending {
+            let _ = self.lock_file.unlock();
+            *sending = false;
+        }
     }
 
     /// A mail that could not go now: tried again after a wait that doubles

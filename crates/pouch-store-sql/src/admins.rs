@@ -8,6 +8,10 @@ use pouch_proto::{Address, DeviceId};
 use pouch_store::{AdminRecord, AdminStore, Approval, BackupStore, Result, StoreError, UnixTime};
 use sqlx::{Row, any::AnyRow};
 
+/// Challenges expire within this long of being issued (the server's, 60 s);
+/// older ones are deleted whenever a new one is stored.
+const CHALLENGE_LIFETIME_BOUND: UnixTime = 3600;
+
 /// `SELECT` of every administrator column, followed by the rest of the query.
 macro_rules! select_admins {
     ($rest:literal) => {
@@ -151,6 +155,13 @@ impl AdminStore for SqlStore {
         name: &str,
         expires_at: UnixTime,
     ) -> Result<()> {
+        // Unanswered challenges go on the way, so the table holds at most
+        // the last hour's.
+        sqlx::query("DELETE FROM admin_challenges WHERE expires_at <= $1")
+            .bind(expires_at - CHALLENGE_LIFETIME_BOUND)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         sqlx::query(
             "INSERT INTO admin_challenges (challenge, name, expires_at) VALUES ($1, $2, $3)",
         )

@@ -149,10 +149,12 @@ pub async fn bootstrap(
 }
 
 /// A sign-in challenge (for unknown names too, so the answer does not say
-/// which administrators exist).
+/// which administrators exist; only a real administrator's is kept).
 pub async fn challenge(s: &AppState, req: AdminChallengeRequest) -> Result<ChallengeResponse> {
     let challenge = random_bytes::<32>();
-    if admin_name_ok(&req.name) {
+    // Stored only for a current administrator: anyone may ask, and a row
+    // per request for made-up names would grow without bound.
+    if admin_name_ok(&req.name) && s.store.admin(&req.name).await?.is_some() {
         s.store
             .put_admin_challenge(&challenge, &req.name, now() + CHALLENGE_TTL_SECS)
             .await?;
