@@ -196,10 +196,15 @@ async fn metrics(
     State(s): St,
     _: Admin<AnyAdmin>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    let (checkpoint_size, witnesses) = crate::service::log::witness_status(&s).await?;
     let gauges = crate::metrics::Gauges {
         log_size: s.store.log_size().await?,
         events_lost: s.events_lost.load(std::sync::atomic::Ordering::Relaxed),
-        devices_waiting: s.waiters.count(),
+        bridge_sessions: s.waiters.count(),
+        queue: s.store.queue_depth().await?,
+        now: crate::now(),
+        checkpoint_size,
+        witnesses,
     };
     Ok((
         [(

@@ -1,17 +1,60 @@
-//! The server's policy file (`pouch server --config pouch.toml`, or
-//! `pouch.toml` in the data directory when present): event retention,
-//! detection thresholds, where alerts go, and the automatic responses.
+//! The server's config file (`pouch server --config pouch.toml`, or
+//! `pouch.toml` in the data directory when present): the server's settings
+//! (`[server]`: every `pouch server` flag, under the flag's name with `_`
+//! for `-`; a flag given on the command line wins) and its policy — event
+//! retention, detection thresholds, where alerts go, the automatic responses.
 //!
 //! Every field has a default, so an empty file — or none — gives the
 //! defaults the README documents. Unknown keys are refused, so a misspelt
-//! threshold cannot silently stay at its default.
+//! threshold cannot silently stay at its default. Relative paths in the
+//! file are relative to the file's own directory, so the file means the
+//! same whichever directory the server is started from.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The whole file: `[server]` and the policy's tables.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub server: ServerSettings,
+    pub events: EventsPolicy,
+    pub detection: Thresholds,
+    pub alerts: AlertOutputs,
+    pub response: Response,
+}
+
+/// `[server]`: the settings `pouch server` also takes as flags, each under
+/// the flag's long name with `_` for `-` (`--max-queue-mib` is
+/// `max_queue_mib`); flags that repeat take arrays. Absent means the flag's
+/// default. The CLI merges these with the command line; the server itself
+/// only ever sees the merged [`crate::ServerConfig`].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub domain: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_name: Option<Vec<String>>,
+    pub ciphersuite: Option<String>,
+    pub rotation_hours: Option<f64>,
+    pub link_ttl_secs: Option<u64>,
+    pub token_ttl_secs: Option<u64>,
+    pub max_queue_mib: Option<u64>,
+    pub max_blob_mib: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_source: Option<usize>,
+    pub witness: Option<Vec<String>>,
+    pub log_format: Option<String>,
+}
+
+/// The policy: what the server does with events and alerts.
+#[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub events: EventsPolicy,
     pub detection: Thresholds,
@@ -120,38 +163,56 @@ pub struct Response {
     pub revoke_cloned_devices: bool,
 }
 
-impl Policy {
-    /// Reads a policy file; a missing file at the default place means defaults.
-    pub fn load(path: &Path, must_exist: bool) -> Result<Policy, String> {
+impl ConfigFile {
+    /// Reads a config file; a missing file at the default place means defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<ConfigFile, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
-                return Ok(Policy::default());
+                return Ok(ConfigFile::default());
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let policy: Policy = toml::from_str(&text).map_err(|e| {
+        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
             let msg = e.message().replace('\n', " ");
+            // Where: the line and its key — not its value, which may be a
+            // database URL with a password.
+            let at = e
+                .span()
+                .map(|span| {
+                    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("");
+                    let key: String = line
+                        .split('=')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .chars()
+                        .take(64)
+                        .collect();
+                    format!(" line {line_no} ({key})")
+                })
+                .unwrap_or_default();
             format!(
-                "{}: {msg}; fix the file or remove the key to use its default",
+                "{}{at}: {msg}; fix the file or remove the key to use its default",
                 path.display()
             )
         })?;
-        if let Some(s) = &policy.alerts.syslog {
+        if let Some(s) = &file.alerts.syslog {
             if !(s.starts_with("tcp://") || s.starts_with("tls://")) {
                 return Err(format!(
                     "{}: alerts.syslog must be tcp://HOST:PORT or tls://HOST:PORT (got {s})",
                     path.display()
                 ));
             }
-            if s.starts_with("tls://") && policy.alerts.syslog_ca.is_none() {
+            if s.starts_with("tls://") && file.alerts.syslog_ca.is_none() {
                 return Err(format!(
                     "{}: alerts.syslog uses tls:// — set alerts.syslog_ca to the CA certificate that signed the syslog server's",
                     path.display()
                 ));
             }
         }
-        if let Some(w) = &policy.alerts.webhook
+        if let Some(w) = &file.alerts.webhook
             && !(w.starts_with("http://") || w.starts_with("https://"))
         {
             return Err(format!(
@@ -159,7 +220,48 @@ impl Policy {
                 path.display()
             ));
         }
-        Ok(policy)
+        if let Some(format) = &file.server.log_format
+            && !matches!(format.as_str(), "text" | "json")
+        {
+            return Err(format!(
+                "{}: server.log_format must be \"text\" or \"json\" (got {format:?})",
+                path.display()
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.resolve_paths(base);
+        Ok(file)
+    }
+
+    /// Relative paths are the file's directory's.
+    fn resolve_paths(&mut self, base: &Path) {
+        let server = &mut self.server;
+        for path in [
+            &mut server.data_dir,
+            &mut server.tls_cert,
+            &mut server.tls_key,
+            &mut server.tls_ca,
+            &mut self.alerts.ocsf_file,
+            &mut self.alerts.syslog_ca,
+            &mut self.alerts.webhook_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// The policy part, for the server.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            events: self.events.clone(),
+            detection: self.detection.clone(),
+            alerts: self.alerts.clone(),
+            response: self.response.clone(),
+        }
     }
 }
 
@@ -169,10 +271,10 @@ mod tests {
 
     #[test]
     fn an_empty_file_gives_the_defaults_and_durations_read_as_people_write_them() {
-        let p: Policy = toml::from_str("").unwrap();
+        let p: ConfigFile = toml::from_str("").unwrap();
         assert_eq!(p.detection.window, Duration::from_secs(600));
         assert_eq!(p.events.retention, Duration::from_secs(400 * 86_400));
-        let p: Policy =
+        let p: ConfigFile =
             toml::from_str("[detection]\ndormant_after = \"3s\"\nbulk_fetch_floor = 20\n").unwrap();
         assert_eq!(p.detection.dormant_after, Duration::from_secs(3));
         assert_eq!(p.detection.bulk_fetch_floor, 20);
@@ -185,13 +287,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("pouch.toml");
         std::fs::write(&f, "[detection]\nbulk_fetch_flor = 3\n").unwrap();
-        let e = Policy::load(&f, true).unwrap_err();
+        let e = ConfigFile::load(&f, true).unwrap_err();
         assert!(e.contains("bulk_fetch_flor"), "{e}");
         assert!(!e.contains('\n'));
+        std::fs::write(&f, "[server]\ndatabase_url = postgres://u:secret@db/x\n").unwrap();
+        let e = ConfigFile::load(&f, true).unwrap_err();
+        assert!(e.contains("line 2 (database_url)"), "{e}");
+        assert!(!e.contains("secret"), "no value in the error: {e}");
         std::fs::write(&f, "[alerts]\nsyslog = \"udp://x:514\"\n").unwrap();
-        assert!(Policy::load(&f, true).unwrap_err().contains("tcp://"));
-        assert!(Policy::load(&dir.join("absent.toml"), false).is_ok());
-        assert!(Policy::load(&dir.join("absent.toml"), true).is_err());
+        assert!(ConfigFile::load(&f, true).unwrap_err().contains("tcp://"));
+        assert!(ConfigFile::load(&dir.join("absent.toml"), false).is_ok());
+        assert!(ConfigFile::load(&dir.join("absent.toml"), true).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

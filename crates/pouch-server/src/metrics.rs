@@ -20,13 +20,39 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Alerts raised, by severity.
     alerts: Mutex<BTreeMap<String, u64>>,
+    /// Seconds from a queue item being accepted to its device acknowledging it.
+    delivery: Mutex<Histogram>,
+}
+
+/// Upper bounds (seconds) of the delivery-latency buckets: from a mail
+/// fetched at once to a laptop back from a week's mission. Queue times are
+/// kept to the second, so the first bucket holds "within the second".
+const DELIVERY_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 604800.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    /// Observations at or below each bound of `DELIVERY_BUCKETS` (not cumulative).
+    counts: [u64; DELIVERY_BUCKETS.len()],
+    /// …and above the last.
+    over: u64,
+    sum: f64,
 }
 
 /// Gauges read at scrape time.
 pub struct Gauges {
     pub log_size: u64,
     pub events_lost: u64,
-    pub devices_waiting: usize,
+    /// Devices holding a wait for new mail open: only the bridge waits, so
+    /// this is the bridges connected now.
+    pub bridge_sessions: usize,
+    pub queue: pouch_store::QueueDepth,
+    pub now: pouch_store::UnixTime,
+    /// Size of the stored checkpoint, and each configured witness (by name)
+    /// with the time of its valid cosignature on it, if it has one.
+    pub checkpoint_size: u64,
+    pub witnesses: Vec<(String, Option<u64>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +68,16 @@ impl Metrics {
 
     pub fn count_alert(&self, severity: &str) {
         *lock(&self.alerts).entry(severity.to_string()).or_default() += 1;
+    }
+
+    pub fn observe_delivery(&self, seconds: u64) {
+        let mut h = lock(&self.delivery);
+        let seconds = seconds as f64;
+        h.sum += seconds;
+        match DELIVERY_BUCKETS.iter().position(|&bound| seconds <= bound) {
+            Some(i) => h.counts[i] += 1,
+            None => h.over += 1,
+        }
     }
 
     /// The exposition text.
@@ -67,6 +103,29 @@ impl Metrics {
                 escape(severity)
             );
         }
+        {
+            let h = lock(&self.delivery);
+            out.push_str(
+                "# HELP pouch_delivery_seconds From a mail or key change being queued for a device to that device acknowledging it.\n",
+            );
+            out.push_str("# TYPE pouch_delivery_seconds histogram\n");
+            let mut cumulative = 0;
+            for (bound, n) in DELIVERY_BUCKETS.iter().zip(h.counts) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "pouch_delivery_seconds_bucket{{le=\"{bound:?}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.over;
+            let _ = writeln!(
+                out,
+                "pouch_delivery_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "pouch_delivery_seconds_sum {:?}", h.sum);
+            let _ = writeln!(out, "pouch_delivery_seconds_count {cumulative}");
+        }
+        let oldest_age = g.queue.oldest.map_or(0, |t| (g.now - t).max(0));
         let gauges = [
             (
                 "pouch_log_entries",
@@ -74,14 +133,34 @@ impl Metrics {
                 g.log_size as f64,
             ),
             (
+                "pouch_checkpoint_size",
+                "Entries covered by the newest signed checkpoint.",
+                g.checkpoint_size as f64,
+            ),
+            (
                 "pouch_events_lost",
                 "Access events the database refused since logging last worked.",
                 g.events_lost as f64,
             ),
             (
-                "pouch_devices_waiting",
-                "Devices waiting for mail on a long poll.",
-                g.devices_waiting as f64,
+                "pouch_bridge_sessions",
+                "Bridges connected: devices holding a wait for new mail open (only the bridge waits).",
+                g.bridge_sessions as f64,
+            ),
+            (
+                "pouch_queue_items",
+                "Mail and key changes waiting in device queues, all devices together.",
+                g.queue.items as f64,
+            ),
+            (
+                "pouch_queue_bytes",
+                "Bytes waiting in device queues (encrypted payloads), all devices together.",
+                g.queue.bytes as f64,
+            ),
+            (
+                "pouch_queue_oldest_seconds",
+                "Age of the oldest item waiting in any device queue (0: none waits).",
+                oldest_age as f64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -89,6 +168,28 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
+        }
+        out.push_str("# HELP pouch_witness_cosigned Whether the newest checkpoint carries this witness's valid cosignature (1) or not yet (0).\n");
+        out.push_str("# TYPE pouch_witness_cosigned gauge\n");
+        for (name, at) in &g.witnesses {
+            let _ = writeln!(
+                out,
+                "pouch_witness_cosigned{{witness=\"{}\"}} {}",
+                escape(name),
+                u8::from(at.is_some())
+            );
+        }
+        out.push_str("# HELP pouch_witness_cosignature_age_seconds Age of this witness's cosignature on the newest checkpoint.\n");
+        out.push_str("# TYPE pouch_witness_cosignature_age_seconds gauge\n");
+        for (name, at) in &g.witnesses {
+            if let Some(at) = at {
+                let _ = writeln!(
+                    out,
+                    "pouch_witness_cosignature_age_seconds{{witness=\"{}\"}} {}",
+                    escape(name),
+                    (g.now - *at as i64).max(0)
+                );
+            }
         }
         out
     }

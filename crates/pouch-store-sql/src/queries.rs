@@ -10,8 +10,8 @@ use pouch_proto::{
 use pouch_store::{
     Accepted, AuditStore, Claim, Claimed, CommitSubmission, Device, DirectoryStore, EnrollError,
     GroupError, GroupRejection, InviteRejection, LinkRequest, LogRecord, LogStore, LoggedEntry,
-    MailStore, Message, NewDevice, NewLinkRequest, Result, SettingsStore, SourceHistory,
-    StaleMember, StoreError, StoredList, UnixTime, rules,
+    MailStore, Message, NewDevice, NewLinkRequest, QueueDepth, Result, SettingsStore,
+    SourceHistory, StaleMember, StoreError, StoredList, UnixTime, rules,
 };
 use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 
@@ -1701,17 +1701,17 @@ impl MailStore for SqlStore {
             .collect()
     }
 
-    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64> {
+    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<Vec<UnixTime>> {
         let mut tx = self.begin().await?;
-        let gone: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING size, payload_id, blob_id",
+        let gone: Vec<(i64, i64, Option<String>, i64)> = sqlx::query_as(
+            "DELETE FROM queue WHERE device_id = $1 AND seq <= $2 RETURNING size, payload_id, blob_id, received_at",
         )
         .bind(&device_id.0)
         .bind(up_to as i64)
         .fetch_all(&mut *tx)
         .await
         .map_err(backend)?;
-        let freed: i64 = gone.iter().map(|(n, _, _)| *n).sum();
+        let freed: i64 = gone.iter().map(|(n, _, _, _)| *n).sum();
         sqlx::query(
             "UPDATE devices SET queued_bytes = CASE WHEN queued_bytes > $2 THEN queued_bytes - $2 ELSE 0 END WHERE device_id = $1",
         )
@@ -1721,11 +1721,14 @@ impl MailStore for SqlStore {
         .await
         .map_err(backend)?;
         // A blob goes once the last queue item that refers to it is acknowledged.
-        let mut payloads: Vec<i64> = gone.iter().map(|(_, p, _)| *p).collect();
+        let mut payloads: Vec<i64> = gone.iter().map(|(_, p, _, _)| *p).collect();
         payloads.sort_unstable();
         payloads.dedup();
         collect_payloads(&mut tx, &mut payloads.clone()).await?;
-        let mut blobs: Vec<&str> = gone.iter().filter_map(|(_, _, b)| b.as_deref()).collect();
+        let mut blobs: Vec<&str> = gone
+            .iter()
+            .filter_map(|(_, _, b, _)| b.as_deref())
+            .collect();
         blobs.sort();
         blobs.dedup();
         for blob in blobs {
@@ -1746,7 +1749,21 @@ impl MailStore for SqlStore {
             let mut conn = self.pool.acquire().await.map_err(backend)?;
             collect_payloads(&mut conn, &mut payloads).await?;
         }
-        Ok(gone.len() as u64)
+        Ok(gone.into_iter().map(|(_, _, _, at)| at).collect())
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth> {
+        let (items, bytes, oldest): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT), MIN(received_at) FROM queue",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(QueueDepth {
+            items: items as u64,
+            bytes: bytes as u64,
+            oldest,
+        })
     }
 
     async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64> {

@@ -521,6 +521,15 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> Result<SourceHistory>;
 }
 
+/// What waits in every device queue together.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub items: u64,
+    pub bytes: u64,
+    /// When the oldest waiting item was queued (None: nothing waits).
+    pub oldest: Option<UnixTime>,
+}
+
 /// Delivery: conversations (one commit per epoch), per-device queues, and
 /// blobs.
 #[async_trait]
@@ -558,8 +567,12 @@ pub trait MailStore: Send + Sync + 'static {
         limit: u32,
         max_bytes: u64,
     ) -> Result<Vec<QueueItem>>;
-    /// Deletes every item up to and including `up_to`; returns how many.
-    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<u64>;
+    /// Deletes every item up to and including `up_to`; returns when each
+    /// deleted item was queued (its `received_at`), so the caller can
+    /// measure delivery latency; its length is how many.
+    async fn ack_queue(&self, device_id: &DeviceId, up_to: u64) -> Result<Vec<UnixTime>>;
+    /// Everything waiting in device queues: for the operator's metrics.
+    async fn queue_depth(&self) -> Result<QueueDepth>;
     /// The highest queue position the device has acknowledged, ever.
     async fn queue_acked(&self, device_id: &DeviceId) -> Result<u64>;
     /// Whether the device's queue holds anything after `after` (what a

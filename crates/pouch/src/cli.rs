@@ -24,6 +24,7 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use mail_parser::MimeHeaders as _;
 use pouch_client::{Compose, Device, MessageSummary};
 use pouch_proto::Address;
 use pouch_proto::invite::Invite;
@@ -257,6 +258,10 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Save the mail's attachments into this directory (made if absent;
+        /// a file already there is never overwritten).
+        #[arg(long, value_name = "DIR", conflicts_with = "raw")]
+        save_attachments: Option<PathBuf>,
     },
 }
 
@@ -367,11 +372,16 @@ struct ServerArgs {
     /// --data-dir that already holds the old one's key files.
     #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
     restore: Option<PathBuf>,
-    /// Policy file: event retention, detection thresholds, alert outputs
-    /// (OCSF file, syslog, webhook), responses. Default: pouch.toml in the
-    /// data directory, if present.
-    #[arg(long)]
+    /// Config file: the settings above under `[server]` (each flag's name
+    /// with `_` for `-`; a flag given here wins) and the policy — event
+    /// retention, detection thresholds, alert outputs, responses. Default:
+    /// pouch.toml in the data directory, if present.
+    #[arg(long, env = "POUCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the flags and config file, print the settings in effect and
+    /// where each came from, and exit without serving.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -590,9 +600,17 @@ struct SendArgs {
     json: bool,
 }
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
     match cli.command {
-        Command::Server(args) => server(args, &cli.log_format),
+        Command::Server(args) => {
+            let given = Given {
+                server: matches
+                    .subcommand_matches("server")
+                    .expect("the server command's matches"),
+                top: matches,
+            };
+            server(args, cli.log_format, given)
+        }
         Command::Admin(args) => admin(args),
         Command::Witness(args) => witness(args, &cli.log_format),
         Command::Completions { shell } => {
@@ -918,6 +936,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sync { json } => {
             let mut device = open(cli.home)?;
+            show_progress_on_terminal(&mut device);
             // What waits in the outbox goes first (in order, before new mail is read).
             let drained = device.send_waiting()?;
             for reason in &drained.bounced {
@@ -1052,8 +1071,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             list(open(cli.home)?.search(&query)?, json, Person::Sender)
         }
         Command::Sent { json } => list(open(cli.home)?.sent()?, json, Person::Recipients),
-        Command::Read { id, raw, json } => {
+        Command::Read {
+            id,
+            raw,
+            json,
+            save_attachments,
+        } => {
             let device = open(cli.home)?;
+            if let Some(dir) = save_attachments {
+                let saved = save_attachments_of(&device, id, &dir)?;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&saved)?);
+                } else if saved.is_empty() {
+                    outln!("message {id} has no attachments");
+                }
+                for a in saved.iter().filter(|_| !json) {
+                    outln!("saved {} ({} bytes)", a.path.display(), a.size);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut out = std::io::stdout().lock();
             if raw {
                 device.write_raw(id, &mut out, None)?;
@@ -1089,6 +1125,93 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+#[derive(serde::Serialize)]
+struct SavedAttachment {
+    /// The name the sender gave, as it was.
+    name: String,
+    path: PathBuf,
+    size: usize,
+}
+
+/// `pouch read ID --save-attachments DIR`: each attachment into its own new
+/// file. The names come from the sender, so they are made safe: only the
+/// last path component, no control characters or leading dots, at most
+/// 200 bytes; and an existing file is never overwritten ("name (2).pdf").
+fn save_attachments_of(device: &Device, id: i64, dir: &Path) -> Result<Vec<SavedAttachment>> {
+    let raw = device.raw(id)?;
+    let message = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .ok_or_else(|| anyhow!("message {id} cannot be parsed as mail; see it with --raw"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let mut saved = Vec::new();
+    for (n, part) in message.attachments().enumerate() {
+        let given = part.attachment_name().unwrap_or("").to_string();
+        let name = safe_file_name(&given).unwrap_or_else(|| format!("attachment-{}", n + 1));
+        let contents = part.contents();
+        let path = create_new_file(dir, &name, contents)?;
+        saved.push(SavedAttachment {
+            name: given,
+            path,
+            size: contents.len(),
+        });
+    }
+    Ok(saved)
+}
+
+/// A sender's attachment name as a file name that stays in the directory.
+fn safe_file_name(given: &str) -> Option<String> {
+    let last = given.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .map(|c| if c.is_control() || c == ':' { '_' } else { c })
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        return None;
+    }
+    let mut end = cleaned.len().min(200);
+    while !cleaned.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(cleaned[..end].to_string())
+}
+
+/// Writes `contents` to a file in `dir` that did not exist before: `name`,
+/// else `stem (2).ext`, `stem (3).ext`…
+fn create_new_file(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf> {
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, format!(".{ext}")),
+        _ => (name, String::new()),
+    };
+    for n in 1..1000 {
+        let candidate = if n == 1 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{stem} ({n}){ext}"))
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(mut f) => {
+                f.write_all(contents)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("cannot write {}", candidate.display()))?;
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(anyhow!("cannot create {}: {e}", candidate.display()));
+            }
+        }
+    }
+    bail!(
+        "{} already holds 999 files named like {name}; save into another directory",
+        dir.display()
+    )
 }
 
 /// The first text part; `--raw` gives everything.
@@ -1154,6 +1277,7 @@ fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<Exi
 
 fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
     let mut device = open(home_arg)?;
+    show_progress_on_terminal(&mut device);
     let submitted = if let Some(path) = args.eml {
         if !path.is_file() {
             bail!("{} does not exist or is not a file", path.display());
@@ -1314,6 +1438,15 @@ fn device_command(home_arg: Option<PathBuf>, command: DeviceCommand) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// Large attachments and long history transfers show a progress bar when
+/// someone watches (standard error is a terminal); scripts and logs get none.
+fn show_progress_on_terminal(device: &mut Device) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        device.set_progress(progress_bar());
+    }
+}
+
 /// A progress bar on stderr for long transfers (history, large mail).
 fn progress_bar() -> pouch_client::Progress {
     let bar = indicatif::ProgressBar::new(0).with_style(
@@ -1401,8 +1534,234 @@ fn tls_names(args: &ServerArgs) -> Vec<String> {
     names
 }
 
-fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
-    init_logging(log_format, "info");
+/// Which settings the command line (or the environment) gave: those win
+/// over the config file, which wins over the flags' defaults.
+struct Given<'a> {
+    top: &'a clap::ArgMatches,
+    server: &'a clap::ArgMatches,
+}
+
+impl Given<'_> {
+    fn source(&self, id: &str) -> &'static str {
+        use clap::parser::ValueSource;
+        let source = if id == "log_format" {
+            self.top.value_source(id)
+        } else {
+            self.server.value_source(id)
+        };
+        match source {
+            Some(ValueSource::CommandLine) => "command line",
+            Some(ValueSource::EnvVariable) => "environment",
+            _ => "default",
+        }
+    }
+
+    fn by_user(&self, id: &str) -> bool {
+        self.source(id) != "default"
+    }
+}
+
+/// Reads the config file and fills every server setting the command line
+/// left at its default from it. Returns the policy, the file read (if any),
+/// and where each setting came from.
+fn merge_config_file(
+    args: &mut ServerArgs,
+    log_format: &mut String,
+    given: &Given,
+) -> Result<(
+    pouch_server::config::Policy,
+    Option<PathBuf>,
+    std::collections::BTreeMap<&'static str, &'static str>,
+)> {
+    use pouch_server::config::ConfigFile;
+    let (path, explicit) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (args.data_dir.join("pouch.toml"), false),
+    };
+    let file = ConfigFile::load(&path, explicit).map_err(|e| anyhow!(e))?;
+    let found = explicit || path.exists();
+    let mut sources = std::collections::BTreeMap::new();
+    let settings = file.server.clone();
+    if !explicit
+        && let Some(dir) = &settings.data_dir
+        && dir != &args.data_dir
+    {
+        bail!(
+            "{}: server.data_dir names {} but the file was found in the data directory {}; remove the key or start with --config {}",
+            path.display(),
+            dir.display(),
+            args.data_dir.display(),
+            path.display()
+        );
+    }
+    // One line per setting: the flag's id, the file's key and the field.
+    macro_rules! take {
+        ($id:literal, $key:ident, $apply:expr) => {{
+            let source = given.source($id);
+            if !given.by_user($id)
+                && let Some(value) = settings.$key.clone()
+            {
+                #[allow(clippy::redundant_closure_call)]
+                ($apply)(value);
+                sources.insert(stringify!($key), "config file");
+            } else {
+                sources.insert(stringify!($key), source);
+            }
+        }};
+    }
+    take!("listen", listen, |v| args.listen = v);
+    take!("data_dir", data_dir, |v| args.data_dir = v);
+    take!("database_url", database_url, |v| args.database_url =
+        Some(v));
+    take!("domain", domain, |v| args.domain = v);
+    take!("tls_cert", tls_cert, |v| args.tls_cert = Some(v));
+    take!("tls_key", tls_key, |v| args.tls_key = Some(v));
+    take!("tls_ca", tls_ca, |v| args.tls_ca = Some(v));
+    take!("tls_names", tls_name, |v| args.tls_names = v);
+    take!("ciphersuite", ciphersuite, |v| args.ciphersuite = v);
+    take!("rotation_hours", rotation_hours, |v| args.rotation_hours =
+        v);
+    take!("link_ttl_secs", link_ttl_secs, |v| args.link_ttl_secs = v);
+    take!("token_ttl_secs", token_ttl_secs, |v| args.token_ttl_secs =
+        v);
+    take!("max_queue_mib", max_queue_mib, |v| args.max_queue_mib = v);
+    take!("max_blob_mib", max_blob_mib, |v| args.max_blob_mib = v);
+    take!("max_connections", max_connections, |v| args
+        .max_connections =
+        v);
+    take!(
+        "max_connections_per_source",
+        max_connections_per_source,
+        |v| args.max_connections_per_source = v
+    );
+    take!("witness", witness, |v| args.witness = v);
+    take!("log_format", log_format, |v| *log_format = v);
+    // What clap checks between flags, checked again once the file is in.
+    let origin = |key: &str| {
+        if sources.get(key) == Some(&"config file") {
+            format!("server.{key} in {}", path.display())
+        } else {
+            format!("--{}", key.replace('_', "-"))
+        }
+    };
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        bail!(
+            "{} needs {} too: give the certificate chain and its private key together",
+            origin(if args.tls_cert.is_some() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            }),
+            if args.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            }
+        );
+    }
+    if args.tls_ca.is_some() && args.tls_cert.is_none() {
+        bail!(
+            "{} needs tls_cert and tls_key: the CA is the anchor of a certificate you give",
+            origin("tls_ca")
+        );
+    }
+    if args.tls_cert.is_some() && !args.tls_names.is_empty() {
+        bail!(
+            "{} is for the certificate the server issues itself; with tls_cert, put the names in your certificate",
+            origin("tls_name")
+        );
+    }
+    if args.restore.is_some() && args.database_url.is_some() {
+        bail!(
+            "--restore is for the embedded database; on PostgreSQL restore with pg_restore (database_url is set by {})",
+            origin("database_url")
+        );
+    }
+    Ok((file.policy(), found.then_some(path), sources))
+}
+
+/// `pouch server --check`: the settings in effect as a config file would
+/// hold them, each with where it came from. A database URL's password is
+/// not printed.
+fn print_settings(
+    args: &ServerArgs,
+    log_format: &str,
+    file: Option<&Path>,
+    sources: &std::collections::BTreeMap<&'static str, &'static str>,
+) {
+    fn quoted(s: &str) -> String {
+        toml::Value::String(s.to_string()).to_string()
+    }
+    fn list(items: &[String]) -> String {
+        let items: Vec<String> = items.iter().map(|s| quoted(s)).collect();
+        format!("[{}]", items.join(", "))
+    }
+    let path = |p: &Option<PathBuf>| match p {
+        Some(p) => quoted(&p.display().to_string()),
+        None => "(unset)".to_string(),
+    };
+    let database_url = match &args.database_url {
+        Some(url) => quoted(&redact_password(url)),
+        None => "(unset: embedded SQLite in data_dir)".to_string(),
+    };
+    let lines: Vec<(&str, String)> = vec![
+        ("listen", quoted(&args.listen)),
+        ("data_dir", quoted(&args.data_dir.display().to_string())),
+        ("database_url", database_url),
+        ("domain", quoted(&args.domain)),
+        ("tls_cert", path(&args.tls_cert)),
+        ("tls_key", path(&args.tls_key)),
+        ("tls_ca", path(&args.tls_ca)),
+        ("tls_name", list(&args.tls_names)),
+        ("ciphersuite", quoted(&args.ciphersuite)),
+        ("rotation_hours", format!("{:?}", args.rotation_hours)),
+        ("link_ttl_secs", args.link_ttl_secs.to_string()),
+        ("token_ttl_secs", args.token_ttl_secs.to_string()),
+        ("max_queue_mib", args.max_queue_mib.to_string()),
+        ("max_blob_mib", args.max_blob_mib.to_string()),
+        ("max_connections", args.max_connections.to_string()),
+        (
+            "max_connections_per_source",
+            args.max_connections_per_source.to_string(),
+        ),
+        ("witness", list(&args.witness)),
+        ("log_format", quoted(log_format)),
+    ];
+    match file {
+        Some(f) => outln!("# config file: {}", f.display()),
+        None => outln!("# no config file (defaults and flags only)"),
+    }
+    outln!("[server]");
+    for (key, value) in lines {
+        let from = sources.get(key).copied().unwrap_or("default");
+        outln!("{key} = {value}  # {from}");
+    }
+}
+
+/// postgres://user:secret@host/db → postgres://user:***@host/db.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<ExitCode> {
+    let (policy, config_file, sources) = merge_config_file(&mut args, &mut log_format, &given)?;
+    if args.check {
+        print_settings(&args, &log_format, config_file.as_deref(), &sources);
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(&log_format, "info");
     let suite = u16::from_str_radix(args.ciphersuite.trim_start_matches("0x"), 16)
         .map_err(|_| anyhow!("--ciphersuite takes a hex code point such as 004D"))?;
     if !matches!(suite, 0x004D | 0x004F) {
@@ -1428,11 +1787,6 @@ fn server(args: ServerArgs, log_format: &str) -> Result<ExitCode> {
                 pouch_store_sql::SqlStore::open_sqlite(&args.data_dir.join("pouch.db")).await?,
             ),
         };
-        let policy = match &args.config {
-            Some(path) => pouch_server::config::Policy::load(path, true),
-            None => pouch_server::config::Policy::load(&args.data_dir.join("pouch.toml"), false),
-        }
-        .map_err(|e| anyhow!(e))?;
         let config = pouch_server::ServerConfig {
             policy,
             data_dir: args.data_dir.clone(),
@@ -2124,5 +2478,108 @@ mod help_tests {
         let mut missing = Vec::new();
         undescribed(&Cli::command(), "pouch", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+}
+
+#[cfg(test)]
+mod config_file_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The settings `pouch server` takes as flags, as config-file keys:
+    /// every flag but the per-run ones (`--config`, `--check`, `--restore`).
+    fn server_keys() -> Vec<String> {
+        let cli = Cli::command();
+        let server = cli.find_subcommand("server").unwrap();
+        let mut keys: Vec<String> = server
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !matches!(*l, "config" | "check" | "restore" | "help" | "home"))
+            .map(|l| l.replace('-', "_"))
+            .collect();
+        keys.push("log_format".into());
+        keys
+    }
+
+    /// A key the file does not know is refused as "unknown field"; a known
+    /// one given a value of the wrong type fails differently. So every flag
+    /// of `pouch server` has its key in `[server]`.
+    #[test]
+    fn every_server_flag_has_a_key_in_the_config_file() {
+        let keys = server_keys();
+        assert!(keys.len() >= 17, "{keys:?}");
+        for key in &keys {
+            let text = format!("[server]\n{key} = {{ wrong = \"type\" }}\n");
+            let err = toml::from_str::<pouch_server::config::ConfigFile>(&text)
+                .expect_err("a table is no setting's type")
+                .to_string();
+            assert!(
+                !err.contains("unknown field"),
+                "--{} has no config-file key {key}: {err}",
+                key.replace('_', "-")
+            );
+        }
+        let err =
+            toml::from_str::<pouch_server::config::ConfigFile>("[server]\nlisten_on = \"x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    /// The operator's section of the README lists every key.
+    #[test]
+    fn the_readme_documents_every_config_file_key() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let section = readme
+            .split("## Running it for a ministry (operators)")
+            .nth(1)
+            .expect("the operators' section");
+        for key in server_keys() {
+            assert!(
+                section.contains(&format!("{key} =")),
+                "README's operator section does not show `{key} =`"
+            );
+        }
+    }
+
+    #[test]
+    fn a_database_password_is_not_printed() {
+        assert_eq!(
+            redact_password("postgres://pouch:s3cret@db.mfa:5432/pouch?sslmode=require"),
+            "postgres://pouch:***@db.mfa:5432/pouch?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgres://pouch@db/pouch"),
+            "postgres://pouch@db/pouch"
+        );
+        assert_eq!(redact_password("postgres://db/p@x"), "postgres://db/p@x");
+    }
+}
+
+#[cfg(test)]
+mod attachment_name_tests {
+    use super::safe_file_name;
+
+    #[test]
+    fn a_senders_name_cannot_leave_the_directory() {
+        assert_eq!(safe_file_name("treaty.pdf").as_deref(), Some("treaty.pdf"));
+        assert_eq!(
+            safe_file_name("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            safe_file_name("C:\\Windows\\evil.exe").as_deref(),
+            Some("evil.exe")
+        );
+        assert_eq!(safe_file_name(".bashrc").as_deref(), Some("bashrc"));
+        assert_eq!(safe_file_name("a\u{7}b\nc").as_deref(), Some("a_b_c"));
+        assert_eq!(safe_file_name(".."), None);
+        assert_eq!(safe_file_name("dir/"), None);
+        assert_eq!(safe_file_name(""), None);
+        let long = "é".repeat(300);
+        let cut = safe_file_name(&long).unwrap();
+        assert!(cut.len() <= 200 && cut.chars().all(|c| c == 'é'));
     }
 }

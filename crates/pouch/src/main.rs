@@ -7,12 +7,16 @@ mod bench;
 mod cli;
 mod workload;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    // The matches are kept besides the parsed arguments: `pouch server`
+    // needs to know which settings the command line gave (they win over its
+    // config file) and which are only defaults.
+    let matches = cli::Cli::command().get_matches();
+    let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli::run(args, &matches) {
         Ok(code) => code,
         // The reader of our output closed it (`pouch read 7 | head`): done.
         Err(e)

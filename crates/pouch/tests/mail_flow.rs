@@ -324,3 +324,121 @@ fn two_server_nodes_share_one_postgres_database() {
     assert_eq!(alice.inbox().len(), 1);
     assert_eq!(alice.inbox()[0]["subject"], "Re: via node 1");
 }
+
+/// `pouch read ID --save-attachments DIR` writes each attachment byte-exact
+/// into DIR. A hostile sender's names cannot leave the directory or replace
+/// a file there, and a large attachment shows a progress bar to someone at
+/// a terminal (standard error a pseudo-terminal, via `script`) and none to
+/// a script.
+#[test]
+fn attachments_are_saved_safely_and_large_ones_show_progress_at_a_terminal() {
+    let dir = Scratch::new("save-attachments");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+
+    // A hostile sender names attachments to escape the directory.
+    let pdf = b"%PDF-1.4 the treaty".to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let eml = format!(
+        "From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: names\r\nMessage-ID: <names@pouch.local>\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee\r\n\
+--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"../../escape.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n\
+--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\".bashrc\"\r\n\r\nrm -rf ~\r\n\
+--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        b64(&pdf),
+        b64(b"no name")
+    );
+    let eml_path = dir.path("names.eml");
+    std::fs::write(&eml_path, eml).unwrap();
+    alice.ok(&["send", "--eml", eml_path.to_str().unwrap()]);
+    bob.sync();
+    let id = bob.inbox()[0]["id"].to_string();
+    let save = dir.path("saved/inner");
+    let saved = bob.json(&[
+        "read",
+        &id,
+        "--save-attachments",
+        save.to_str().unwrap(),
+        "--json",
+    ]);
+    let paths: Vec<String> = saved
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            save.join("escape.pdf").display().to_string(),
+            save.join("bashrc").display().to_string(),
+            save.join("attachment-3").display().to_string(),
+        ],
+        "{saved}"
+    );
+    assert_eq!(
+        saved[0]["name"], "../../escape.pdf",
+        "the sender's name as given"
+    );
+    assert_eq!(std::fs::read(save.join("escape.pdf")).unwrap(), pdf);
+    assert_eq!(
+        std::fs::read(save.join("attachment-3")).unwrap(),
+        b"no name"
+    );
+    assert!(!dir.path("escape.pdf").exists() && !dir.path("saved/escape.pdf").exists());
+    // Saving again never overwrites: new names beside the first ones.
+    let text =
+        String::from_utf8(bob.ok(&["read", &id, "--save-attachments", save.to_str().unwrap()]))
+            .unwrap();
+    assert!(text.contains("escape (2).pdf"), "{text}");
+    assert_eq!(std::fs::read(save.join("escape (2).pdf")).unwrap(), pdf);
+
+    // A large attachment: a bar at a terminal, nothing in a pipe.
+    let mut big = vec![0u8; 8 * 1024 * 1024];
+    rand::thread_rng().fill_bytes(&mut big);
+    let big_path = dir.path("annex.bin");
+    std::fs::write(&big_path, &big).unwrap();
+    let send = alice.cmd();
+    let line = format!(
+        "{} --home {} send --to bob@pouch.local --subject annex --body see --attach {}",
+        env!("CARGO_BIN_EXE_pouch"),
+        alice.home.display(),
+        big_path.display()
+    );
+    let at_terminal = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(send.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&at_terminal.stdout);
+    assert!(at_terminal.status.success(), "{shown}");
+    assert!(
+        shown.contains("upload") && shown.contains("MiB"),
+        "a progress bar: {shown}"
+    );
+    let piped = bob.run(&["sync"]);
+    assert!(piped.status.success());
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("download"),
+        "no bar in a pipe"
+    );
+    let annex = bob
+        .inbox()
+        .iter()
+        .find(|m| m["subject"] == "annex")
+        .unwrap()["id"]
+        .to_string();
+    let out = bob.json(&[
+        "read",
+        &annex,
+        "--save-attachments",
+        save.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out[0]["size"], big.len());
+    assert!(
+        std::fs::read(save.join("annex.bin")).unwrap() == big,
+        "byte-exact"
+    );
+}

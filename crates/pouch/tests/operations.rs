@@ -129,16 +129,6 @@ fn the_server_logs_json_lines_and_plain_text_without_colour() {
 }
 
 /// Prints `{name{labels}: value}` as JSON for what Prometheus's parser reads.
-const PARSE_METRICS: &str = r#"
-import sys, json
-from prometheus_client.parser import text_string_to_metric_families
-out = {}
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
-print(json.dumps(out))
-"#;
-
 /// `/metrics` in Prometheus's text format, read by Prometheus's own parser
 /// (`prometheus_client`): refused without the administrator's token, and
 /// its counters move when mail flows.
@@ -146,40 +136,7 @@ print(json.dumps(out))
 fn metrics_parse_as_prometheus_and_move_when_mail_flows() {
     let dir = Scratch::new("ops-metrics");
     let server = Server::start(&dir.path("server"), None);
-    let token = server.ops_token();
-    let scrape = || -> serde_json::Value {
-        let out = std::process::Command::new("curl")
-            .args(["-sSfk", "-H"])
-            .arg(format!("Authorization: Bearer {}", token.trim()))
-            .arg(format!("{}/metrics", server.url))
-            .output()
-            .expect("curl is installed");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let parse = std::process::Command::new("python3")
-            .args(["-c", PARSE_METRICS])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        parse
-            .stdin
-            .as_ref()
-            .unwrap()
-            .write_all(&out.stdout)
-            .unwrap();
-        let parsed = parse.wait_with_output().unwrap();
-        assert!(
-            parsed.status.success(),
-            "not Prometheus text: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        serde_json::from_slice(&parsed.stdout).unwrap()
-    };
+    let scrape = || server.metrics();
     let sent = |m: &serde_json::Value| -> f64 {
         m.as_object()
             .unwrap()
@@ -223,12 +180,46 @@ fn metrics_parse_as_prometheus_and_move_when_mail_flows() {
             "x",
         ]);
     }
+    // Waiting for Bob: the queues hold the three mails (and the welcome).
+    let waiting = scrape();
+    assert!(
+        waiting["pouch_queue_items{}"].as_f64().unwrap() >= 3.0,
+        "{waiting}"
+    );
+    assert!(waiting["pouch_queue_bytes{}"].as_f64().unwrap() > 0.0);
+    let delivered = |m: &serde_json::Value| m["pouch_delivery_seconds_count{}"].as_f64().unwrap();
     bob.sync();
     let after = scrape();
     assert!(
         sent(&after) >= sent(&before) + 3.0,
         "before {before}\nafter {after}"
     );
+    // Bob acknowledged them: out of the queues, into the latency histogram
+    // (a local delivery: every one in the buckets up to a minute).
+    assert_eq!(
+        after["pouch_queue_items{}"].as_f64().unwrap(),
+        0.0,
+        "{after}"
+    );
+    assert_eq!(after["pouch_queue_oldest_seconds{}"].as_f64().unwrap(), 0.0);
+    assert!(delivered(&after) >= delivered(&waiting) + 4.0, "{after}");
+    assert_eq!(
+        after["pouch_delivery_seconds_bucket{\"le\": \"60.0\"}"],
+        after["pouch_delivery_seconds_bucket{\"le\": \"+Inf\"}"],
+        "{after}"
+    );
+    // A running bridge holds a wait open: one bridge session.
+    assert_eq!(after["pouch_bridge_sessions{}"].as_f64().unwrap(), 0.0);
+    let bridge = Bridge::start_syncing(&bob, 1, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while scrape()["pouch_bridge_sessions{}"].as_f64().unwrap() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no bridge session seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(bridge);
     // Routes are patterns: no address or conversation id in a label.
     let text = after.to_string();
     assert!(!text.contains("alice@") && !text.contains("bob@"), "{text}");
@@ -407,4 +398,176 @@ fn a_backup_taken_while_mail_flows_restores_with_nothing_acknowledged_lost() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The config file holds every server setting: a server started with only
+/// `--config` takes them from it (relative paths from the file's
+/// directory, whatever the working directory), a flag given on the command
+/// line wins over the file, `--check` says where each came from, and a
+/// misspelt key or a half-given TLS pair stops the start with one line.
+#[test]
+fn the_config_file_holds_every_setting_and_a_flag_wins_over_it() {
+    let dir = Scratch::new("ops-config");
+    let pg = PgDatabase::new("opsconfig");
+    let conf_dir = dir.path("etc");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let conf = conf_dir.join("pouch.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"# a ministry's server
+[server]
+listen = "127.0.0.1:0"
+data_dir = "state"
+database_url = "{url}"
+domain = "mfa.example"
+tls_name = ["mail.mfa.example"]
+ciphersuite = "004F"
+rotation_hours = 2.0
+link_ttl_secs = 120
+token_ttl_secs = 900
+max_queue_mib = 64
+max_blob_mib = 8
+max_connections = 100
+max_connections_per_source = 10
+log_format = "json"
+
+[detection]
+window = "5m"
+"#,
+            url = pg.url.replacen(
+                "postgres://postgres@",
+                "postgres://postgres:not-the-password@",
+                1
+            )
+        ),
+    )
+    .unwrap();
+    let elsewhere = dir.path("cwd");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let check = |extra: &[&str]| {
+        let out = pouch()
+            .current_dir(&elsewhere)
+            .args(["server", "--check", "--config"])
+            .arg(&conf)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let settings = check(&[]);
+    assert!(
+        settings.contains("domain = \"mfa.example\"  # config file"),
+        "{settings}"
+    );
+    let state = conf_dir.join("state");
+    assert!(
+        settings.contains(&format!(
+            "data_dir = \"{}\"  # config file",
+            state.display()
+        )),
+        "a relative data_dir is the file's directory's: {settings}"
+    );
+    assert!(
+        settings.contains("max_blob_mib = 8  # config file"),
+        "{settings}"
+    );
+    assert!(
+        settings.contains("max_connections = 100  # config file"),
+        "{settings}"
+    );
+    assert!(settings.contains("witness = []  # default"), "{settings}");
+    assert!(
+        settings.contains(":***@") && !settings.contains("not-the-password"),
+        "the database password is not printed: {settings}"
+    );
+    let settings = check(&["--domain", "other.example", "--max-blob-mib", "16"]);
+    assert!(
+        settings.contains("domain = \"other.example\"  # command line"),
+        "{settings}"
+    );
+    assert!(
+        settings.contains("max_blob_mib = 16  # command line"),
+        "{settings}"
+    );
+
+    // Served from the file alone (the real database URL this time).
+    std::fs::write(
+        &conf,
+        std::fs::read_to_string(&conf)
+            .unwrap()
+            .replace(":not-the-password@", "@"),
+    )
+    .unwrap();
+    let log = dir.path("server.log");
+    let mut cmd = pouch();
+    cmd.current_dir(&elsewhere)
+        .args(["server", "--config"])
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = Server::spawn(cmd, &state, Some(&pg.url));
+    let (code, body) = get(&format!("{}/v1/info", server.url));
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["domain"], "mfa.example");
+    assert_eq!(info["ciphersuite"], 0x004F);
+    assert_eq!(info["rotation_secs"], 7200);
+    assert!(
+        state.join("tls-anchor.pem").exists(),
+        "the data directory is where the file says"
+    );
+    assert!(
+        !elsewhere.join("pouch-data").exists(),
+        "nothing in the working directory"
+    );
+    // log_format = "json": the log is JSON lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server logs nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let first = std::fs::read_to_string(&log).unwrap();
+    let first = first.lines().next().unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "a JSON log line: {first}"
+    );
+    drop(server);
+
+    // Refusals: one line, naming the key and what to do.
+    let refused = |text: &str, wanted: &[&str]| {
+        std::fs::write(&conf, text).unwrap();
+        let out = pouch()
+            .current_dir(&elsewhere)
+            .args(["server", "--check", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "{w:?} not in {err}");
+        }
+    };
+    refused(
+        "[server]\nlisten_on = \"0.0.0.0:8443\"\n",
+        &["listen_on", "fix the file"],
+    );
+    refused(
+        "[server]\ntls_cert = \"cert.pem\"\n",
+        &["server.tls_cert", "tls_key"],
+    );
+    refused("[server]\nlog_format = \"xml\"\n", &["log_format", "json"]);
+    refused("[server]\nmax_blob_mib = -1\n", &["max_blob_mib"]);
 }

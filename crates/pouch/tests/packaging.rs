@@ -185,13 +185,19 @@ fn the_debian_package_holds_the_binary_unit_manual_and_completions() {
         "./usr/share/bash-completion/completions/pouch",
         "./usr/share/zsh/vendor-completions/_pouch",
         "./usr/share/fish/vendor_completions.d/pouch.fish",
-        "./etc/default/pouch",
+        "./etc/pouch/pouch.toml",
     ] {
         assert!(
             files.contains(wanted),
             "{wanted} missing from the package:\n{files}"
         );
     }
+    // The config file may hold a database password: not world-readable.
+    let config_line = files
+        .lines()
+        .find(|l| l.ends_with("./etc/pouch/pouch.toml"))
+        .unwrap();
+    assert!(config_line.starts_with("-rw-r-----"), "{config_line}");
     let control = run_ok(Command::new("dpkg-deb").arg("-I").arg(&deb));
     assert!(control.contains("Package: pouch"), "{control}");
     assert!(control.contains("adduser"), "depends on adduser: {control}");
@@ -252,4 +258,35 @@ fn cargo_deny_finds_no_vulnerability_and_every_exception_is_justified() {
         let reason = entry.get("reason").and_then(|r| r.as_str()).unwrap_or("");
         assert!(reason.len() > 40, "an exception without a reason: {entry}");
     }
+}
+
+/// The config file the package installs is valid as shipped and puts the
+/// state where the unit's StateDirectory is.
+#[test]
+fn the_packaged_config_file_checks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pouch"))
+        .args(["server", "--check", "--config"])
+        .arg(workspace().join("dist/pouch.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("data_dir = \"/var/lib/pouch\"  # config file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("log_format = \"json\"  # config file"),
+        "{text}"
+    );
+    let unit = std::fs::read_to_string(workspace().join("dist/pouch.service")).unwrap();
+    assert!(unit.contains("StateDirectory=pouch"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/pouch server --config /etc/pouch/pouch.toml"),
+        "{unit}"
+    );
 }

@@ -45,6 +45,13 @@ fn with_the_witness_down_mail_flows_and_clients_report_its_age() {
     // The witness's own state advanced with the log.
     let state = std::fs::read_to_string(witness.data_dir.join("witness-state.json")).unwrap();
     assert!(state.contains("pouch.local/log"), "{state}");
+    // The operator sees it too: the newest checkpoint carries its cosignature.
+    let witness_name = witness.key.split('+').next().unwrap().to_string();
+    let cosigned = format!("pouch_witness_cosigned{{\"witness\": \"{witness_name}\"}}");
+    let age = format!("pouch_witness_cosignature_age_seconds{{\"witness\": \"{witness_name}\"}}");
+    let m = server.metrics();
+    assert_eq!(m[&cosigned], 1.0, "{m}");
+    assert!(m[&age].as_f64().unwrap() < 60.0, "{m}");
 
     witness.stop();
     // The log keeps growing without the witness; mail keeps flowing.
@@ -60,6 +67,10 @@ fn with_the_witness_down_mail_flows_and_clients_report_its_age() {
     ]);
     bob.sync();
     assert!(bob.inbox().iter().any(|m| m["subject"] == "still flowing"));
+    // …and the operator's metrics show the newest checkpoint uncosigned.
+    let m = server.metrics();
+    assert_eq!(m[&cosigned], 0.0, "{m}");
+    assert!(m.get(&age).is_none(), "{m}");
     // Clients say how old the newest cosigned checkpoint is, and raise the
     // alarm past the configured age.
     std::thread::sleep(std::time::Duration::from_millis(2100));

@@ -132,6 +132,39 @@ async fn ask_witness(
     Err("the witness kept changing its size".into())
 }
 
+/// For `/metrics`: the stored checkpoint's size, and each configured
+/// witness by name with the time of its valid cosignature on it (None: not
+/// cosigned yet).
+pub async fn witness_status(
+    s: &AppState,
+) -> Result<(u64, Vec<(String, Option<u64>)>), ServiceError> {
+    let Some((size, note)) = s.store.checkpoint().await? else {
+        return Ok((0, Vec::new()));
+    };
+    let opened = pouch_log::witness::open_cosigned(
+        &note,
+        &s.log.key.verifier_key,
+        &s.log.origin,
+        &s.log.witness_keys(),
+    )
+    .map_err(|e| log_failure(&e.to_string()))?;
+    let status = s
+        .log
+        .witnesses
+        .iter()
+        .map(|w| {
+            let name = w.vkey.split('+').next().unwrap_or_default().to_string();
+            let at = opened
+                .cosignatures
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t);
+            (name, at)
+        })
+        .collect();
+    Ok((size, status))
+}
+
 /// Collects missing witness cosignatures for the stored checkpoint.
 async fn cosign(s: &AppState) -> Result<(), ServiceError> {
     if s.log.witnesses.is_empty() {

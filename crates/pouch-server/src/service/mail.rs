@@ -305,7 +305,14 @@ pub async fn fetch(
     Ok((items, more))
 }
 
-/// Removes the caller's queue items up to `up_to`; returns how many.
+/// Removes the caller's queue items up to `up_to`; returns how many. Each
+/// one's time from being queued to being acknowledged is the delivery
+/// latency `/metrics` shows.
 pub async fn ack(s: &AppState, caller: &Caller, up_to: u64) -> Result<u64> {
-    Ok(s.store.ack_queue(&caller.device, up_to).await?)
+    let queued_at = s.store.ack_queue(&caller.device, up_to).await?;
+    let now = now();
+    for at in &queued_at {
+        s.metrics.observe_delivery((now - at).max(0) as u64);
+    }
+    Ok(queued_at.len() as u64)
 }

@@ -153,6 +153,12 @@ impl Server {
                 .stderr(std::fs::File::create(path).expect("a log file")),
             None => cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
         };
+        Self::spawn(cmd, data_dir, database_url)
+    }
+
+    /// Starts a `pouch server` command line made by the caller and waits
+    /// until it says where it listens and its anchor's fingerprint.
+    pub fn spawn(mut cmd: Command, data_dir: &Path, database_url: Option<&str>) -> Self {
         cmd.stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("start pouch server");
         let stdout = child.stdout.take().unwrap();
@@ -240,6 +246,53 @@ impl Server {
         let api = me.api(Some(&self.url)).unwrap();
         me.sign_in(&api).unwrap();
         api.bearer().unwrap()
+    }
+
+    /// `/metrics` scraped with curl as "ops" and read by Prometheus's own
+    /// parser (Python's `prometheus_client`): each sample as
+    /// `name{"label": "value", …}` → value.
+    pub fn metrics(&self) -> serde_json::Value {
+        const PARSE: &str = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+print(json.dumps(out))
+"#;
+        let token = self.ops_token();
+        let out = Command::new("curl")
+            .args(["-sSfk", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}/metrics", self.url))
+            .output()
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parse = Command::new("python3")
+            .args(["-c", PARSE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        parse
+            .stdin
+            .as_ref()
+            .unwrap()
+            .write_all(&out.stdout)
+            .unwrap();
+        let parsed = parse.wait_with_output().unwrap();
+        assert!(
+            parsed.status.success(),
+            "not Prometheus text: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&parsed.stdout).unwrap()
     }
 
     /// The bearer token of "ops", this server's first administrator.
