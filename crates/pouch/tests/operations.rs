@@ -320,22 +320,7 @@ fn a_backup_taken_while_mail_flows_restores_with_nothing_acknowledged_lost() {
         "copy log-wrap.key and tls-*.pem from the old data directory",
     );
     let restored = dir.path("restored");
-    std::fs::create_dir_all(&restored).unwrap();
-    for f in [
-        "log-wrap.key",
-        "tls-anchor.pem",
-        "tls-anchor-key.pem",
-        "tls-cert.pem",
-        "tls-key.pem",
-    ] {
-        std::fs::copy(data.join(f), restored.join(f)).unwrap();
-    }
-    let server = Server::start_with(
-        &restored,
-        None,
-        &listen,
-        &["--restore", backup.to_str().unwrap()],
-    );
+    let server = restore(&data, &backup, &restored, &listen);
     // Restoring over a database is refused.
     let out = pouch()
         .args(["server", "--listen", "127.0.0.1:0", "--restore"])
@@ -570,4 +555,84 @@ window = "5m"
     );
     refused("[server]\nlog_format = \"xml\"\n", &["log_format", "json"]);
     refused("[server]\nmax_blob_mib = -1\n", &["max_blob_mib"]);
+}
+
+/// A new data directory `restored` holding `old`'s key files, served from
+/// `backup` on `listen` (the address devices know).
+fn restore(old: &std::path::Path, backup: &std::path::Path, restored: &std::path::Path, listen: &str) -> Server {
+    std::fs::create_dir_all(restored).unwrap();
+    for f in [
+        "log-wrap.key",
+        "tls-anchor.pem",
+        "tls-anchor-key.pem",
+        "tls-cert.pem",
+        "tls-key.pem",
+    ] {
+        std::fs::copy(old.join(f), restored.join(f)).unwrap();
+    }
+    // The tests' administrator "ops" is in the backup: their key serves
+    // the restored server too (the harness finds it beside the data dir).
+    let ops = admin_home_of(old);
+    if ops.join("admin.json").exists() {
+        let to = admin_home_of(restored);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&ops).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    Server::start_with(
+        restored,
+        None,
+        listen,
+        &["--restore", backup.to_str().unwrap()],
+    )
+}
+
+/// Restoring an older backup takes the transparency log back. A device
+/// that saw the newer log refuses the server with the word "rollback"
+/// (and, once the log grows again, as a rewrite), so an operator cannot
+/// quietly undo key changes; a device that saw nothing newer carries on.
+#[test]
+fn an_older_backup_restored_is_seen_by_devices_as_a_log_rollback() {
+    let dir = Scratch::new("ops-rollback");
+    let data = dir.path("server");
+    let mut server = Server::start(&data, None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "before", "--body", "x"]);
+    bob.sync();
+    let backup = dir.path("old-backup.db");
+    let out = server.admin(&data, &["backup", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // After the backup the log grows (Carol and her device), and Alice's
+    // device sees it.
+    let _carol = user(&dir, &server, "carol");
+    alice.sync();
+    server.stop();
+
+    let server = restore(&data, &backup, &dir.path("restored"), &listen);
+    let out = alice.run(&["sync"]);
+    assert!(!out.status.success(), "Alice's device accepted an older log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rollback") && err.contains("security team"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    // The restored log grows past what Alice saw: a different tree, still refused.
+    let _dave = user(&dir, &server, "dave");
+    let _erin = user(&dir, &server, "erin");
+    let out = alice.run(&["sync"]);
+    assert!(!out.status.success(), "Alice's device accepted a rewritten log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rollback") || err.contains("not consistent"),
+        "{err}"
+    );
+    // Bob's device saw nothing after the backup: it carries on.
+    let out = bob.run(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
