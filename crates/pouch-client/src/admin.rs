@@ -38,6 +38,7 @@ pub struct AdminIdentity {
     pub server: String,
     pub fingerprint: String,
     key: SigningKey,
+    home: PathBuf,
 }
 
 impl AdminIdentity {
@@ -106,6 +107,7 @@ impl AdminIdentity {
             server: stored.server,
             fingerprint: stored.fingerprint,
             key,
+            home: home.to_path_buf(),
         })
     }
 
@@ -141,6 +143,7 @@ impl AdminIdentity {
             server: stored.server,
             fingerprint: stored.fingerprint,
             key: SigningKey::from_bytes(secret),
+            home: home.to_path_buf(),
         })
     }
 
@@ -175,7 +178,27 @@ impl AdminIdentity {
         let key = self.key.clone();
         let signer: ChallengeSigner =
             Rc::new(move |payload: &[u8]| Ok(key.sign(payload).to_bytes().to_vec()));
-        api.sign_in_admin(&self.name, signer)
+        api.sign_in_admin(&self.name, signer)?;
+        // The server's anchor changed with the old one's endorsement: pin
+        // the new one, as a device does.
+        if let Some(new) = api.endorsed_successor()
+            && new != self.fingerprint
+        {
+            let path = Self::file(&self.home);
+            let damaged = || ClientError::Local(format!("{} is damaged", path.display()));
+            let mut stored: Stored =
+                serde_json::from_slice(&std::fs::read(&path)?).map_err(|_| damaged())?;
+            stored.fingerprint = new;
+            // Written beside, then moved over: never half a key file.
+            let next = path.with_extension("json.next");
+            let _ = std::fs::remove_file(&next);
+            write_private(
+                &next,
+                &serde_json::to_vec_pretty(&stored).expect("serialises"),
+            )?;
+            std::fs::rename(&next, &path)?;
+        }
+        Ok(())
     }
 }
 

@@ -616,8 +616,53 @@ impl Device {
                 &self.device_id,
                 std::rc::Rc::new(move |payload| Ok(pouch_mls::sign_raw(&signer, payload)?)),
             )?;
+            self.follow_endorsed_anchor()?;
         }
         Ok(())
+    }
+
+    /// Pins the new TLS trust anchor the pinned one endorsed (cross-signed),
+    /// if the server showed one, and tells the user once.
+    fn follow_endorsed_anchor(&mut self) -> Result<()> {
+        let Some(new) = self.api.endorsed_successor() else {
+            return Ok(());
+        };
+        let old = self.local.require_meta("fingerprint")?;
+        if new == old {
+            return Ok(());
+        }
+        self.local.set_meta("previous_fingerprint", &old)?;
+        self.local.set_meta("fingerprint", &new)?;
+        self.warnings.push(format!(
+            "the server's TLS trust anchor changed from {old} to {new}, endorsed by the old one; this device trusts the new one now (if your administrator did not announce it, tell your security team)"
+        ));
+        Ok(())
+    }
+
+    /// The trust anchor's SHA-256 this device pins, and the one it
+    /// replaced (if it changed).
+    pub fn trust_anchor(&self) -> Result<(String, Option<String>)> {
+        Ok((
+            self.local.require_meta("fingerprint")?,
+            self.local.meta("previous_fingerprint")?,
+        ))
+    }
+
+    /// `pouch trust-anchor accept`: trusts the anchor with this SHA-256
+    /// after the user compared it with the one the operator announced. The
+    /// server must show it (its certificate must chain to it) before it is
+    /// pinned. Returns the anchor it replaced.
+    pub fn accept_trust_anchor(home: &Path, passphrase: &str, fingerprint: &str) -> Result<String> {
+        let fingerprint = fingerprint.trim().to_ascii_lowercase();
+        let local = LocalStore::open(home, passphrase)?;
+        let api = Api::new(&local.require_meta("server")?, &fingerprint)?;
+        let _: api::ServerInfo = api.get_json("/v1/info")?;
+        let old = local.require_meta("fingerprint")?;
+        if old != fingerprint {
+            local.set_meta("previous_fingerprint", &old)?;
+            local.set_meta("fingerprint", &fingerprint)?;
+        }
+        Ok(old)
     }
 
     // ---------- sending ----------

@@ -12,6 +12,17 @@
 //! A fingerprint that names the serving certificate itself (devices
 //! enrolled before anchors; a server given a certificate without its CA) is
 //! still accepted as an exact pin.
+//!
+//! **A change of anchor** is accepted only when the old anchor endorses the
+//! new one: the server sends, after the new anchor, a cross-certificate (the
+//! new anchor's name and key, issued by the old anchor) and the old anchor.
+//! The chain then verifies under the old anchor through the
+//! cross-certificate, and the new anchor — the certificate in the chain with
+//! the cross-certificate's name and key, under which the serving certificate
+//! verifies directly — becomes the [`Api::endorsed_successor`], which the
+//! device then pins in place of the old. Any other new anchor is refused
+//! until the user accepts it by its fingerprint (`pouch trust-anchor
+//! accept`), after comparing it with what the operator announced.
 
 use crate::error::{ClientError, Result};
 use pouch_proto::DeviceId;
@@ -39,6 +50,8 @@ struct AnchoredCertificate {
     /// SHA-256 of the anchor certificate (or of a pinned serving certificate).
     anchor_sha256: Vec<u8>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// SHA-256 of a new anchor the pinned one endorsed, once seen.
+    successor: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl AnchoredCertificate {
@@ -52,6 +65,55 @@ impl AnchoredCertificate {
 
     fn refuse(reason: String) -> rustls::Error {
         rustls::Error::General(format!("{REFUSED}{reason}"))
+    }
+}
+
+impl AnchoredCertificate {
+    /// The new anchor among `others` that the pinned anchor endorsed (the
+    /// chain already verified under the pinned anchor): a certificate with
+    /// the same name and key as another one in the chain (the
+    /// cross-certificate), under which the serving certificate verifies on
+    /// its own. An intermediate CA of an ordinary chain has no such twin.
+    fn endorsed_successor(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        others: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Option<Vec<u8>> {
+        let identity = |c: &CertificateDer<'_>| {
+            webpki::anchor_from_trusted_cert(c)
+                .ok()
+                .map(|a| (a.subject.to_vec(), a.subject_public_key_info.to_vec()))
+        };
+        for candidate in others {
+            let Some(id) = identity(candidate) else {
+                continue;
+            };
+            let twinned = others
+                .iter()
+                .any(|o| o != candidate && identity(o).as_ref() == Some(&id));
+            if !twinned {
+                continue;
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            if roots.add(candidate.clone().into_owned()).is_err() {
+                continue;
+            }
+            let Ok(direct) =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                    .build()
+            else {
+                continue;
+            };
+            if direct
+                .verify_server_cert(end_entity, &[], server_name, &[], now)
+                .is_ok()
+            {
+                return Some(Sha256::digest(candidate.as_ref()).to_vec());
+            }
+        }
+        None
     }
 }
 
@@ -83,7 +145,7 @@ impl ServerCertVerifier for AnchoredCertificate {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| Self::refuse(e.to_string()))?;
-        webpki
+        let verified = webpki
             .verify_server_cert(end_entity, &others, server_name, ocsp, now)
             .map_err(|e| {
                 let host = server_name.to_str();
@@ -106,7 +168,13 @@ impl ServerCertVerifier for AnchoredCertificate {
                     ) => NOT_FROM_ANCHOR.into(),
                     other => format!("the server's TLS certificate was refused: {other}"),
                 })
-            })
+            })?;
+        if others.len() >= 2
+            && let Some(next) = self.endorsed_successor(end_entity, &others, server_name, now)
+        {
+            *self.successor.lock().unwrap_or_else(|p| p.into_inner()) = Some(next);
+        }
+        Ok(verified)
     }
     fn verify_tls12_signature(
         &self,
@@ -174,6 +242,8 @@ pub struct Api {
     /// The highest queue position this process acknowledged, shared with
     /// its [`QueueWaiter`]s on other threads.
     acked: Arc<std::sync::atomic::AtomicU64>,
+    /// A new anchor the pinned one endorsed, seen by the TLS verifier.
+    successor: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl Api {
@@ -185,6 +255,7 @@ impl Api {
                 ClientError::Invalid("the certificate fingerprint must be 64 hex digits".into())
             })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let successor: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Default::default();
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ClientError::Protocol(e.to_string()))?
@@ -192,6 +263,7 @@ impl Api {
             .with_custom_certificate_verifier(Arc::new(AnchoredCertificate {
                 anchor_sha256: fingerprint,
                 provider,
+                successor: successor.clone(),
             }))
             .with_no_client_auth();
         let mut builder = reqwest::blocking::Client::builder();
@@ -222,7 +294,18 @@ impl Api {
             signer: RefCell::new(None),
             requests: Cell::new(0),
             acked: Default::default(),
+            successor,
         })
+    }
+
+    /// The SHA-256 (hex) of a new trust anchor the pinned one endorsed, if
+    /// a connection saw one: the caller pins it in place of the old.
+    pub fn endorsed_successor(&self) -> Option<String> {
+        self.successor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(hex::encode)
     }
 
     pub fn base(&self) -> &str {
@@ -699,6 +782,7 @@ mod anchor_tests {
         AnchoredCertificate {
             anchor_sha256: Sha256::digest(trusted.as_ref()).to_vec(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
+            successor: Default::default(),
         }
     }
 
@@ -787,5 +871,67 @@ mod anchor_tests {
         )
         .unwrap_err();
         assert!(e.contains("not issued by the trust anchor"), "{e}");
+    }
+
+    /// A change of anchor endorsed by the old one (a cross-certificate) is
+    /// followed: the chain verifies and the new anchor becomes the
+    /// successor. A new anchor without the old one's endorsement is refused,
+    /// and an ordinary chain through an intermediate CA names no successor.
+    #[test]
+    fn a_new_anchor_is_followed_only_when_the_old_one_cross_signed_it() {
+        let old = ca("Pouch anchor 1");
+        let old_der = old.cert.der().clone();
+        let new_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Pouch anchor 2");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let new_cert = p.clone().self_signed(&new_key).unwrap();
+        let cross = p.signed_by(&new_key, &old.cert, &old.key).unwrap();
+        let new = Ca {
+            cert: new_cert,
+            key: new_key,
+        };
+        let serving = leaf(&new, &["127.0.0.1"], 90);
+        let now = SystemTime::now();
+        let endorsed = vec![
+            serving.clone(),
+            new.cert.der().clone(),
+            cross.der().clone(),
+            old_der.clone(),
+        ];
+        let v = verifier(&old_der);
+        assert_eq!(check(&v, &endorsed, "127.0.0.1", now), Ok(()));
+        assert_eq!(
+            *v.successor.lock().unwrap(),
+            Some(Sha256::digest(new.cert.der().as_ref()).to_vec())
+        );
+        // The new anchor alone, without the old one's signature: refused.
+        let v = verifier(&old_der);
+        let unendorsed = vec![serving.clone(), new.cert.der().clone(), old_der.clone()];
+        let e = check(&v, &unendorsed, "127.0.0.1", now).unwrap_err();
+        assert!(e.contains("not issued by the trust anchor"), "{e}");
+        assert!(v.successor.lock().unwrap().is_none());
+        // A device already on the new anchor accepts the same chain, and
+        // names no successor (the old anchor has no twin there).
+        let v = verifier(new.cert.der());
+        assert_eq!(check(&v, &endorsed, "127.0.0.1", now), Ok(()));
+        assert!(v.successor.lock().unwrap().is_none());
+        // An ordinary chain: leaf ← intermediate ← anchor. No successor.
+        let root = ca("Ministry root");
+        let inter_key = rcgen::KeyPair::generate().unwrap();
+        let mut ip = rcgen::CertificateParams::default();
+        ip.distinguished_name
+            .push(rcgen::DnType::CommonName, "Ministry issuing CA");
+        ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let inter = Ca {
+            cert: ip.signed_by(&inter_key, &root.cert, &root.key).unwrap(),
+            key: inter_key,
+        };
+        let leaf_cert = leaf(&inter, &["127.0.0.1"], 90);
+        let v = verifier(root.cert.der());
+        let chain = vec![leaf_cert, inter.cert.der().clone(), root.cert.der().clone()];
+        assert_eq!(check(&v, &chain, "127.0.0.1", now), Ok(()));
+        assert!(v.successor.lock().unwrap().is_none());
     }
 }

@@ -111,6 +111,9 @@ vocabulary! {
         AdminApproved = "admin_approved",
         /// An administrator took a full copy of the server's database.
         AdminBackup = "admin_backup",
+        /// The operator changed the server's TLS trust anchor (the old one
+        /// cross-signed the new): every device moves to the new one.
+        TlsAnchorChanged = "tls_anchor_changed",
         Enroll = "enroll",
         SignIn = "sign_in",
         LinkRequest = "link_request",

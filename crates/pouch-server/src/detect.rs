@@ -207,6 +207,16 @@ async fn evaluate(
                 ev.detail
             ),
         )),
+        Action::TlsAnchorChanged => out.push(alert(
+            Rule::AdminAction,
+            High,
+            ev,
+            seq,
+            format!(
+                "the server's TLS trust anchor was changed on its machine: {} (if no operator announced it, someone with access to the server's files did it)",
+                ev.detail
+            ),
+        )),
         Action::SignIn if ok => {
             if let (Some(account), Some(device)) = (&ev.account, &ev.device) {
                 let seen = s.store.see_source(device, &src, ev.at).await?;

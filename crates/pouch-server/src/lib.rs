@@ -154,6 +154,8 @@ pub struct Prepared {
     /// Whether the first administrator is still to be made.
     pub admin_setup_pending: bool,
     pub admin_setup_path: PathBuf,
+    /// What `--rotate-anchor` changed, if it was given.
+    pub anchor_change: Option<tls::AnchorChange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +250,19 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
             config.data_dir.display()
         ))
     })?;
+    let anchor_change = if config.tls.rotate_anchor {
+        if config.tls.cert.is_some() {
+            return Err(StartError::Config(
+                "--rotate-anchor changes the anchor the server made itself; with --tls-cert, put your CA's cross-certificate and old CA after the chain instead".into(),
+            ));
+        }
+        Some(tls::rotate_anchor(
+            &config.data_dir,
+            &config.domain.to_ascii_lowercase(),
+        )?)
+    } else {
+        None
+    };
     let tls = Arc::new(tls::TlsIdentity::load(
         &config.data_dir,
         &config.domain.to_ascii_lowercase(),
@@ -356,6 +371,16 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
             .detail(format!("version {}", env!("CARGO_PKG_VERSION"))),
     )
     .await;
+    if let Some(change) = &anchor_change {
+        events::record(
+            &state,
+            events::Ev::new(pouch_proto::security::Action::TlsAnchorChanged).detail(format!(
+                "anchor {} replaced by {}, which it cross-signed",
+                change.previous, change.new
+            )),
+        )
+        .await;
+    }
     Ok(Prepared {
         connections: config.connections,
         state,
@@ -363,6 +388,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         admin_setup_created: setup_created,
         admin_setup_pending: !has_admins,
         admin_setup_path: setup_path,
+        anchor_change,
     })
 }
 

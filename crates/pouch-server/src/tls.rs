@@ -24,6 +24,18 @@
 //! The server always sends the anchor at the end of its chain, so that a
 //! client finds it by its fingerprint without carrying the certificate.
 //!
+//! **Changing the anchor** (`pouch server --rotate-anchor`) makes a new
+//! anchor and has the old one sign it: a cross-certificate, the new anchor's
+//! name and key issued by the old anchor, as public CAs roll over. The
+//! server then sends the cross-certificate and the old anchor after the new
+//! one, so a device that trusts the old anchor still finds a path
+//! (leaf ← cross-certificate ← old anchor), and seeing the new anchor in
+//! the chain with the same key, endorsed that way, it trusts the new one
+//! from then on (`pouch-client`'s `net.rs`). No other change of anchor is
+//! accepted without the user (`pouch trust-anchor accept`). The change is an
+//! access event with a high alert. A ministry CA rolls over the same way:
+//! put its cross-certificate and old CA after the chain in `--tls-cert`.
+//!
 //! Data directories from before anchors hold a self-signed `tls-cert.pem`
 //! whose fingerprint their devices pinned. On upgrade that certificate
 //! becomes the anchor (and its key the anchor key): those devices keep
@@ -65,6 +77,8 @@ pub struct TlsSettings {
     /// Names the serving certificate Pouch issues covers besides
     /// [`LOCAL_NAMES`] (DNS names or IP addresses).
     pub names: Vec<String>,
+    /// Change Pouch's own anchor before starting (`--rotate-anchor`).
+    pub rotate_anchor: bool,
 }
 
 /// The server's TLS identity while it runs.
@@ -102,6 +116,10 @@ struct Issuer {
     /// The anchor as written in `tls-anchor.pem`, sent after the leaf.
     anchor_pem: String,
     anchor_key: rcgen::KeyPair,
+    /// After a change of anchor: the cross-certificate and the previous
+    /// anchor, sent after the anchor so devices that trust the previous one
+    /// find their path and move to the new one.
+    endorsement: Vec<CertificateDer<'static>>,
     names: Vec<String>,
     cert_path: PathBuf,
     key_path: PathBuf,
@@ -231,11 +249,13 @@ impl TlsIdentity {
             }
         }
         let anchor = issuing_certificate(&anchor_der, &anchor_key, domain)?;
+        let endorsement = endorsement(data_dir, &anchor_der)?;
         let issuer = Issuer {
             anchor,
             anchor_der: anchor_der.clone(),
             anchor_pem,
             anchor_key,
+            endorsement,
             names: names.clone(),
             cert_path,
             key_path,
@@ -297,6 +317,13 @@ impl TlsIdentity {
 }
 
 impl Issuer {
+    /// What the server sends: the leaf, the anchor, then any endorsement.
+    fn chain(&self, leaf: CertificateDer<'static>) -> Vec<CertificateDer<'static>> {
+        let mut chain = vec![leaf, self.anchor_der.clone()];
+        chain.extend(self.endorsement.iter().cloned());
+        chain
+    }
+
     /// The serving certificate on disk, if it chains to the anchor, covers
     /// every name and has at least [`RENEW_DAYS`] days left.
     fn current(&self) -> Result<Option<(CertifiedKey, SystemTime)>, StartError> {
@@ -319,7 +346,7 @@ impl Issuer {
         let Ok(key) = read_key(&self.key_path) else {
             return Ok(None);
         };
-        Ok(certified_key(chain, key)
+        Ok(certified_key(self.chain(leaf.clone()), key)
             .ok()
             .map(|certified| (certified, until)))
     }
@@ -357,7 +384,7 @@ impl Issuer {
             .map_err(|e| io_error(&self.key_path, e))?;
         write_private_file(&self.cert_path, chain_pem.as_bytes())
             .map_err(|e| io_error(&self.cert_path, e))?;
-        let chain = vec![cert.der().clone(), self.anchor_der.clone()];
+        let chain = self.chain(cert.der().clone());
         let private = PrivateKeyDer::try_from(key.serialize_der()).map_err(tls_error)?;
         tracing::info!(days = SERVING_DAYS, "issued a new serving certificate");
         Ok((
@@ -369,8 +396,38 @@ impl Issuer {
 
 fn make_anchor(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), StartError> {
     let key = rcgen::KeyPair::generate().map_err(tls_error)?;
+    let cert = anchor_params(domain, 1)
+        .self_signed(&key)
+        .map_err(tls_error)?;
+    write_private_file(key_path, key.serialize_pem().as_bytes())
+        .map_err(|e| io_error(key_path, e))?;
+    std::fs::write(cert_path, cert.pem()).map_err(|e| io_error(cert_path, e))?;
+    tracing::info!("made the TLS trust anchor");
+    Ok(())
+}
+
+/// The anchor's name; each change of anchor takes the next generation, so
+/// that old and new differ (a path from the new anchor's name must be able
+/// to end at the old one).
+fn anchor_name(domain: &str, generation: u32) -> rcgen::DistinguishedName {
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(
+        rcgen::DnType::CommonName,
+        if generation <= 1 {
+            format!("Pouch trust anchor for {domain}")
+        } else {
+            format!("Pouch trust anchor for {domain} (generation {generation})")
+        },
+    );
+    name
+}
+
+/// Changes of anchor one data directory can go through.
+const MAX_GENERATIONS: u32 = 64;
+
+fn anchor_params(domain: &str, generation: u32) -> rcgen::CertificateParams {
     let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = anchor_name(domain);
+    params.distinguished_name = anchor_name(domain, generation);
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -379,21 +436,112 @@ fn make_anchor(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), St
     let now = SystemTime::now();
     params.not_before = (now - DAY).into();
     params.not_after = (now + DAY * (365 * ANCHOR_YEARS) as u32).into();
-    let cert = params.self_signed(&key).map_err(tls_error)?;
-    write_private_file(key_path, key.serialize_pem().as_bytes())
-        .map_err(|e| io_error(key_path, e))?;
-    std::fs::write(cert_path, cert.pem()).map_err(|e| io_error(cert_path, e))?;
-    tracing::info!("made the TLS trust anchor");
-    Ok(())
+    params
 }
 
-fn anchor_name(domain: &str) -> rcgen::DistinguishedName {
-    let mut name = rcgen::DistinguishedName::new();
-    name.push(
-        rcgen::DnType::CommonName,
-        format!("Pouch trust anchor for {domain}"),
+const PREVIOUS_ANCHOR: &str = "tls-anchor-previous.pem";
+const CROSS_CERTIFICATE: &str = "tls-anchor-cross.pem";
+
+/// The cross-certificate and previous anchor after a change, if this data
+/// directory went through one; checked to really endorse `anchor` (the
+/// cross-certificate carries the anchor's key and chains to the previous
+/// anchor), else the start stops.
+fn endorsement(
+    data_dir: &Path,
+    anchor: &CertificateDer<'static>,
+) -> Result<Vec<CertificateDer<'static>>, StartError> {
+    let (previous, cross) = (
+        data_dir.join(PREVIOUS_ANCHOR),
+        data_dir.join(CROSS_CERTIFICATE),
     );
-    name
+    if !previous.exists() && !cross.exists() {
+        return Ok(Vec::new());
+    }
+    let previous_der = read_certs(&previous)?.remove(0);
+    let cross_der = read_certs(&cross)?.remove(0);
+    let same_key = webpki::anchor_from_trusted_cert(anchor)
+        .ok()
+        .zip(webpki::anchor_from_trusted_cert(&cross_der).ok())
+        .is_some_and(|(a, c)| a.subject_public_key_info == c.subject_public_key_info);
+    if !same_key {
+        return Err(tls_error(format!(
+            "{} does not certify the anchor in tls-anchor.pem: remove it and {} (devices that trust only the previous anchor then need 'pouch trust-anchor accept')",
+            cross.display(),
+            previous.display()
+        )));
+    }
+    Ok(vec![cross_der, previous_der])
+}
+
+/// What `--rotate-anchor` did.
+pub struct AnchorChange {
+    pub previous: String,
+    pub new: String,
+}
+
+/// `pouch server --rotate-anchor`: a new anchor of the next generation, a
+/// cross-certificate for it signed by the current anchor, and a new serving
+/// certificate at the next start of the identity. The new files are written
+/// beside the old ones first and then renamed into place, the certificate
+/// last, so an interrupted change is finished by the next start
+/// ([`finish_anchor_change`]).
+pub fn rotate_anchor(data_dir: &Path, domain: &str) -> Result<AnchorChange, StartError> {
+    finish_anchor_change(data_dir)?;
+    let anchor_path = data_dir.join("tls-anchor.pem");
+    let anchor_key_path = data_dir.join("tls-anchor-key.pem");
+    if !anchor_path.exists() || !anchor_key_path.exists() {
+        return Err(StartError::Config(
+            "--rotate-anchor changes the anchor the server made itself, and there is none in this data directory (a ministry CA rolls over by putting its cross-certificate in --tls-cert)".into(),
+        ));
+    }
+    let old_der = read_certs(&anchor_path)?.remove(0);
+    let old_key_pem =
+        std::fs::read_to_string(&anchor_key_path).map_err(|e| io_error(&anchor_key_path, e))?;
+    let old_key = rcgen::KeyPair::from_pem(&old_key_pem)
+        .map_err(|e| tls_error(format!("cannot read {}: {e}", anchor_key_path.display())))?;
+    let (old_issuing, generation) = issuing_certificate_and_generation(&old_der, &old_key, domain)?;
+    if generation >= MAX_GENERATIONS {
+        return Err(tls_error(
+            "this data directory's anchor was changed too often",
+        ));
+    }
+    let new_key = rcgen::KeyPair::generate().map_err(tls_error)?;
+    let params = anchor_params(domain, generation + 1);
+    let new_anchor = params.clone().self_signed(&new_key).map_err(tls_error)?;
+    let cross = params
+        .signed_by(&new_key, &old_issuing, &old_key)
+        .map_err(tls_error)?;
+    let old_pem = pem_of(&anchor_path)?;
+    let next = |p: &Path| PathBuf::from(format!("{}.next", p.display()));
+    write_private_file(&next(&anchor_key_path), new_key.serialize_pem().as_bytes())
+        .map_err(|e| io_error(&anchor_key_path, e))?;
+    std::fs::write(next(&anchor_path), new_anchor.pem()).map_err(|e| io_error(&anchor_path, e))?;
+    std::fs::write(data_dir.join(PREVIOUS_ANCHOR), old_pem)
+        .map_err(|e| io_error(&data_dir.join(PREVIOUS_ANCHOR), e))?;
+    std::fs::write(data_dir.join(CROSS_CERTIFICATE), cross.pem())
+        .map_err(|e| io_error(&data_dir.join(CROSS_CERTIFICATE), e))?;
+    finish_anchor_change(data_dir)?;
+    // The serving certificate was issued by the old anchor: the next
+    // start of the identity issues one from the new.
+    for f in ["tls-cert.pem", "tls-key.pem"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    tracing::warn!("changed the TLS trust anchor; the old one endorses the new");
+    Ok(AnchorChange {
+        previous: fingerprint(old_der.as_ref()),
+        new: fingerprint(new_anchor.der().as_ref()),
+    })
+}
+
+/// Moves a written new anchor into place (key first, certificate last).
+fn finish_anchor_change(data_dir: &Path) -> Result<(), StartError> {
+    for f in ["tls-anchor-key.pem", "tls-anchor.pem"] {
+        let next = data_dir.join(format!("{f}.next"));
+        if next.exists() {
+            std::fs::rename(&next, data_dir.join(f)).map_err(|e| io_error(&next, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The anchor as rcgen needs it to issue: its name and key. Only the
@@ -407,25 +555,33 @@ fn issuing_certificate(
     key: &rcgen::KeyPair,
     domain: &str,
 ) -> Result<rcgen::Certificate, StartError> {
+    Ok(issuing_certificate_and_generation(anchor_der, key, domain)?.0)
+}
+
+/// As [`issuing_certificate`], with the anchor's generation (1 for the
+/// first anchor and for the name of data directories from before anchors).
+fn issuing_certificate_and_generation(
+    anchor_der: &CertificateDer<'static>,
+    key: &rcgen::KeyPair,
+    domain: &str,
+) -> Result<(rcgen::Certificate, u32), StartError> {
     let subject = webpki::anchor_from_trusted_cert(anchor_der)
         .map_err(|e| tls_error(format!("the trust anchor certificate is damaged ({e:?})")))?
         .subject
         .to_vec();
-    let earlier = rcgen::CertificateParams::default().distinguished_name;
-    for name in [anchor_name(domain), earlier] {
-        let mut params = rcgen::CertificateParams::default();
+    let earlier = (rcgen::CertificateParams::default().distinguished_name, 1);
+    let names = (1..=MAX_GENERATIONS)
+        .map(|g| (anchor_name(domain, g), g))
+        .chain([earlier]);
+    for (name, generation) in names {
+        let mut params = anchor_params(domain, generation);
         params.distinguished_name = name;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
         let cert = params.self_signed(key).map_err(tls_error)?;
         let same_name = webpki::anchor_from_trusted_cert(cert.der())
             .map(|a| a.subject.as_ref() == subject.as_slice())
             .unwrap_or(false);
         if same_name {
-            return Ok(cert);
+            return Ok((cert, generation));
         }
     }
     Err(tls_error(
@@ -707,6 +863,7 @@ mod tests {
             key: Some(write("leaf-key.pem", leaf_key.serialize_pem())),
             ca: Some(write("ministry.pem", ministry.pem())),
             names: vec![],
+            rotate_anchor: false,
         };
         let ok = TlsIdentity::load(d.path(), "pouch.local", &settings).unwrap();
         assert_eq!(ok.anchor_fingerprint, fingerprint(ministry.der()));
@@ -718,5 +875,55 @@ mod tests {
             panic!("a certificate from another CA was accepted");
         };
         assert!(e.to_string().contains("does not chain to the CA"), "{e}");
+    }
+
+    /// A change of anchor: the new anchor signs the serving certificate,
+    /// the old one cross-signs the new, and the chain sent lets a client
+    /// that trusts either anchor find a path; a second change goes on from
+    /// the new anchor; a cross-certificate for another key stops the start.
+    #[test]
+    fn a_changed_anchor_is_endorsed_by_the_old_one() {
+        let d = dir();
+        let first = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        let change = rotate_anchor(d.path(), "pouch.local").unwrap();
+        assert_eq!(change.previous, first.anchor_fingerprint);
+        let second = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(second.anchor_fingerprint, change.new);
+        assert_ne!(change.new, change.previous);
+        let chain = second.serving.0.read().unwrap().cert.clone();
+        assert_eq!(
+            chain.len(),
+            4,
+            "leaf, anchor, cross-certificate, previous anchor"
+        );
+        let old_anchor = read_certs(&d.path().join("tls-anchor-previous.pem"))
+            .unwrap()
+            .remove(0);
+        assert_eq!(fingerprint(old_anchor.as_ref()), change.previous);
+        assert_eq!(fingerprint(chain[3].as_ref()), change.previous);
+        // Under the new anchor directly; under the old through the cross-certificate.
+        let now = SystemTime::now();
+        chains_to(&chain[0], &[], &chain[1], now).unwrap();
+        chains_to(&chain[0], &[], &old_anchor, now).unwrap_err();
+        chains_to(&chain[0], &chain[1..3], &old_anchor, now).unwrap();
+
+        // Again: generation 3, endorsed by generation 2 only.
+        let third = rotate_anchor(d.path(), "pouch.local").unwrap();
+        assert_eq!(third.previous, change.new);
+        let id = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        let chain = id.serving.0.read().unwrap().cert.clone();
+        assert_eq!(fingerprint(chain[1].as_ref()), third.new);
+        assert_eq!(fingerprint(chain[3].as_ref()), change.new);
+
+        // A cross-certificate that certifies some other key is refused.
+        std::fs::copy(
+            d.path().join("tls-anchor-previous.pem"),
+            d.path().join("tls-anchor-cross.pem"),
+        )
+        .unwrap();
+        let Err(e) = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()) else {
+            panic!("a foreign cross-certificate was sent");
+        };
+        assert!(e.to_string().contains("does not certify the anchor"), "{e}");
     }
 }

@@ -113,6 +113,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The server's TLS trust anchor this device trusts; accept a new one.
+    TrustAnchor {
+        #[command(subcommand)]
+        command: TrustAnchorCommand,
+    },
     /// Show an account's key fingerprint, device list and history; --accept a changed key.
     Verify {
         /// The account to show.
@@ -266,6 +271,19 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TrustAnchorCommand {
+    /// The anchor's SHA-256 this device trusts (and the one before, if it changed).
+    Show,
+    /// Trust a new anchor the old one did not endorse (a ministry CA
+    /// replaced, a device offline through two changes): only after
+    /// comparing its SHA-256 with what your administrator announced.
+    Accept {
+        /// The new anchor's SHA-256 fingerprint (64 hex digits).
+        fingerprint: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Walk the whole log: checkpoint signature, every entry's signature, each account's chain, the tree.
     Verify {
@@ -368,6 +386,11 @@ struct ServerArgs {
     /// A witness for the transparency log: URL=VERIFIER-KEY (repeat for several).
     #[arg(long)]
     witness: Vec<String>,
+    /// Change the trust anchor the server made itself, then serve: the old
+    /// anchor signs the new, so devices move to it as they connect (an
+    /// access event with a high alert; see the README's "Certificates").
+    #[arg(long, conflicts_with = "tls_cert")]
+    rotate_anchor: bool,
     /// Start from a backup (`pouch admin backup`): copied into an empty
     /// --data-dir that already holds the old one's key files.
     #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
@@ -770,6 +793,34 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        Command::TrustAnchor { command } => {
+            let home = home(cli.home)?;
+            match command {
+                TrustAnchorCommand::Show => {
+                    let device = open(Some(home))?;
+                    let (current, previous) = device.trust_anchor()?;
+                    outln!("trust anchor SHA-256: {current}");
+                    if let Some(previous) = previous {
+                        outln!("replaced: {previous}");
+                    }
+                }
+                TrustAnchorCommand::Accept { fingerprint } => {
+                    if !pouch_client::local::LocalStore::exists(&home) {
+                        return Err(pouch_client::ClientError::NotEnrolled(
+                            home.display().to_string(),
+                        )
+                        .into());
+                    }
+                    let pass = passphrase("Passphrase for this device: ")?;
+                    let old = Device::accept_trust_anchor(&home, &pass, &fingerprint)?;
+                    outln!(
+                        "this device now trusts the anchor {} (was {old})",
+                        fingerprint.trim().to_ascii_lowercase()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
             address,
@@ -1796,6 +1847,7 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
                 key: args.tls_key.clone(),
                 ca: args.tls_ca.clone(),
                 names: tls_names(&args),
+                rotate_anchor: args.rotate_anchor,
             },
             ciphersuite: suite,
             rotation_secs: (args.rotation_hours * 3600.0).round().max(1.0) as u64,
@@ -1853,6 +1905,13 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
             outln!(
                 "serving certificate for {} (renewed automatically; {days} days left)",
                 prepared.tls.serving_names.join(", ")
+            );
+        }
+        if let Some(change) = &prepared.anchor_change {
+            outln!(
+                "trust anchor changed: {} replaced {}, which cross-signed it; devices move to it as they connect (new invites carry it)",
+                change.new,
+                change.previous
             );
         }
         for warning in &prepared.tls.warnings {
@@ -2494,7 +2553,12 @@ mod config_file_tests {
         let mut keys: Vec<String> = server
             .get_arguments()
             .filter_map(|a| a.get_long())
-            .filter(|l| !matches!(*l, "config" | "check" | "restore" | "help" | "home"))
+            .filter(|l| {
+                !matches!(
+                    *l,
+                    "config" | "check" | "restore" | "rotate-anchor" | "help" | "home"
+                )
+            })
             .map(|l| l.replace('-', "_"))
             .collect();
         keys.push("log_format".into());

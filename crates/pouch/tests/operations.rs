@@ -559,7 +559,12 @@ window = "5m"
 
 /// A new data directory `restored` holding `old`'s key files, served from
 /// `backup` on `listen` (the address devices know).
-fn restore(old: &std::path::Path, backup: &std::path::Path, restored: &std::path::Path, listen: &str) -> Server {
+fn restore(
+    old: &std::path::Path,
+    backup: &std::path::Path,
+    restored: &std::path::Path,
+    listen: &str,
+) -> Server {
     std::fs::create_dir_all(restored).unwrap();
     for f in [
         "log-wrap.key",
@@ -603,11 +608,23 @@ fn an_older_backup_restored_is_seen_by_devices_as_a_log_rollback() {
     let listen = server.url.trim_start_matches("https://").to_string();
     let alice = user(&dir, &server, "alice");
     let bob = user(&dir, &server, "bob");
-    alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "before", "--body", "x"]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "before",
+        "--body",
+        "x",
+    ]);
     bob.sync();
     let backup = dir.path("old-backup.db");
     let out = server.admin(&data, &["backup", backup.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // After the backup the log grows (Carol and her device), and Alice's
     // device sees it.
@@ -617,16 +634,25 @@ fn an_older_backup_restored_is_seen_by_devices_as_a_log_rollback() {
 
     let server = restore(&data, &backup, &dir.path("restored"), &listen);
     let out = alice.run(&["sync"]);
-    assert!(!out.status.success(), "Alice's device accepted an older log");
+    assert!(
+        !out.status.success(),
+        "Alice's device accepted an older log"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rollback") && err.contains("security team"), "{err}");
+    assert!(
+        err.contains("rollback") && err.contains("security team"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 
     // The restored log grows past what Alice saw: a different tree, still refused.
     let _dave = user(&dir, &server, "dave");
     let _erin = user(&dir, &server, "erin");
     let out = alice.run(&["sync"]);
-    assert!(!out.status.success(), "Alice's device accepted a rewritten log");
+    assert!(
+        !out.status.success(),
+        "Alice's device accepted a rewritten log"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("rollback") || err.contains("not consistent"),
@@ -634,5 +660,9 @@ fn an_older_backup_restored_is_seen_by_devices_as_a_log_rollback() {
     );
     // Bob's device saw nothing after the backup: it carries on.
     let out = bob.run(&["sync"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -518,3 +518,97 @@ fn mail_sent_while_the_server_is_down_is_kept_and_delivered_exactly_once() {
     );
     drop(server);
 }
+
+/// A change of trust anchor (`pouch server --rotate-anchor`): the old
+/// anchor cross-signs the new, so a device and an administrator that trust
+/// the old one follow it on their next connection and say so once; new
+/// invites carry the new one; the change is an alert for the security
+/// team. A device that missed an endorsement (offline through two changes)
+/// is refused with one line until its user accepts the anchor the operator
+/// announced — and only that one.
+#[test]
+fn a_changed_anchor_is_followed_when_the_old_one_endorses_it_and_else_only_by_the_user() {
+    let dir = Scratch::new("anchor-change");
+    let data = dir.path("server");
+    let mut server = Server::start(&data, None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let first_anchor = server.fingerprint.clone();
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    server.stop();
+
+    let mut server = Server::start_with(&data, None, &listen, &["--rotate-anchor"]);
+    let second_anchor = server.fingerprint.clone();
+    assert_ne!(second_anchor, first_anchor);
+    // Alice's device follows, and says so once (a security signal: exit 3).
+    let out = alice.run(&["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("changed from {first_anchor} to {second_anchor}")),
+        "{err}"
+    );
+    let shown = String::from_utf8(alice.ok(&["trust-anchor", "show"])).unwrap();
+    assert!(
+        shown.contains(&format!("trust anchor SHA-256: {second_anchor}"))
+            && shown.contains(&format!("replaced: {first_anchor}")),
+        "{shown}"
+    );
+    let out = alice.run(&["sync"]);
+    assert!(
+        out.status.success(),
+        "once: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The administrator follows too, and the security team was told.
+    let alerts = server.admin(&data, &["alerts", "--json"]);
+    let alerts = String::from_utf8_lossy(&alerts.stdout);
+    assert!(alerts.contains("trust anchor was changed"), "{alerts}");
+    let admin_file = std::fs::read_to_string(admin_home_of(&data).join("admin.json")).unwrap();
+    assert!(admin_file.contains(&second_anchor), "{admin_file}");
+    // New invites carry the new anchor.
+    let carol = user(&dir, &server, "carol");
+    carol.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "hi",
+        "--body",
+        "x",
+    ]);
+
+    // A second change while Bob's device is away: the chain is endorsed by
+    // the second anchor only, and Bob's device trusts the first.
+    server.stop();
+    let server = Server::start_with(&data, None, &listen, &["--rotate-anchor"]);
+    let third_anchor = server.fingerprint.clone();
+    let out = bob.run(&["sync"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("not issued by the trust anchor"), "{err}");
+    // Accepting an anchor the server does not show changes nothing.
+    let out = bob.run(&["trust-anchor", "accept", &first_anchor.replace('a', "b")]);
+    assert!(!out.status.success());
+    let shown = String::from_utf8(bob.ok(&["trust-anchor", "show"])).unwrap();
+    assert!(shown.contains(&first_anchor), "{shown}");
+    // The one the operator announced: accepted, and mail flows.
+    bob.ok(&["trust-anchor", "accept", &third_anchor]);
+    let report = bob.sync();
+    assert!(
+        report["new_messages"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "after",
+        "--body",
+        "y",
+    ]);
+    bob.sync();
+    assert!(bob.inbox().iter().any(|m| m["subject"] == "after"));
+}
