@@ -515,6 +515,12 @@ impl Api {
         Ok(())
     }
 
+    /// An authenticated DELETE whose answer is JSON.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.send_authed(|| self.http.delete(self.url(path)))?;
+        json_of(resp, MAX_RESPONSE_BYTES)
+    }
+
     pub fn post_empty(&self, path: &str, body: &impl Serialize) -> Result<()> {
         self.send_authed(|| self.http.post(self.url(path)).json(body))?;
         Ok(())

@@ -706,6 +706,11 @@ pub enum ApprovalAction {
     Reset,
     /// Revoke one device.
     Revoke,
+    /// Add an operator (once there are two: else one could make the second
+    /// person of the two-person rule up).
+    AddOperator,
+    /// Remove an operator (once there are two).
+    RemoveOperator,
 }
 
 impl ApprovalAction {
@@ -713,13 +718,20 @@ impl ApprovalAction {
         match self {
             ApprovalAction::Reset => "reset",
             ApprovalAction::Revoke => "revoke",
+            ApprovalAction::AddOperator => "add_operator",
+            ApprovalAction::RemoveOperator => "remove_operator",
         }
     }
 
     pub fn parse(s: &str) -> Option<ApprovalAction> {
-        [ApprovalAction::Reset, ApprovalAction::Revoke]
-            .into_iter()
-            .find(|a| a.as_str() == s)
+        [
+            ApprovalAction::Reset,
+            ApprovalAction::Revoke,
+            ApprovalAction::AddOperator,
+            ApprovalAction::RemoveOperator,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
     }
 }
 
@@ -729,12 +741,50 @@ impl ApprovalAction {
 pub struct PendingApproval {
     pub id: String,
     pub action: ApprovalAction,
-    pub address: Address,
+    /// The account of a reset or revocation.
+    #[serde(default)]
+    pub address: Option<Address>,
     #[serde(default)]
     pub device: Option<DeviceId>,
+    /// The operator to add or remove.
+    #[serde(default)]
+    pub admin: Option<String>,
     pub requested_by: String,
     pub requested_at: i64,
     pub expires_at: i64,
+}
+
+/// What an approval is about, for people: the account, or "operator NAME".
+pub fn approval_subject(address: Option<&Address>, admin: Option<&str>) -> String {
+    match (address, admin) {
+        (Some(a), _) => a.to_string(),
+        (None, Some(name)) => format!("operator {name}"),
+        (None, None) => "(nothing)".to_string(),
+    }
+}
+
+impl PendingApproval {
+    pub fn subject(&self) -> String {
+        approval_subject(self.address.as_ref(), self.admin.as_deref())
+    }
+}
+
+/// `POST /v1/admin/admins`: the administrator added, or (an operator, once
+/// there are two) the request a second operator must approve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddAdminResponse {
+    #[serde(default)]
+    pub added: Option<AdminSummary>,
+    #[serde(default)]
+    pub pending: Option<PendingApproval>,
+}
+
+/// `DELETE /v1/admin/admins/{name}`: done, or (an operator, once there are
+/// two) the request a second operator must approve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoveAdminResponse {
+    #[serde(default)]
+    pub pending: Option<PendingApproval>,
 }
 
 /// The answer to an approval: what the approved action did.
@@ -742,11 +792,20 @@ pub struct PendingApproval {
 pub struct ApprovalDone {
     pub id: String,
     pub action: ApprovalAction,
-    pub address: Address,
+    #[serde(default)]
+    pub address: Option<Address>,
+    #[serde(default)]
+    pub admin: Option<String>,
     pub detail: String,
     /// A reset's invite for the account's new first device.
     #[serde(default)]
     pub invite: Option<AddUserResponse>,
+}
+
+impl ApprovalDone {
+    pub fn subject(&self) -> String {
+        approval_subject(self.address.as_ref(), self.admin.as_deref())
+    }
 }
 
 // ----- access events (what was tried, for the user and the security team) -----

@@ -9,7 +9,7 @@ use crate::service::administrators;
 use crate::{AppState, error::ApiError};
 use axum::Json;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::routing::{delete, get, post};
 use pouch_proto::api::*;
 use std::net::SocketAddr;
@@ -100,7 +100,7 @@ async fn add(
     State(s): St,
     by: Admin<Operators>,
     Json(req): Json<AddAdminRequest>,
-) -> ApiResult<AdminSummary> {
+) -> ApiResult<AddAdminResponse> {
     Ok(Json(administrators::add(&s, &by, req).await?))
 }
 
@@ -108,9 +108,10 @@ async fn remove(
     State(s): St,
     by: Admin<Operators>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    administrators::remove(&s, &by, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<RemoveAdminResponse> {
+    Ok(Json(RemoveAdminResponse {
+        pending: administrators::remove(&s, &by, &name).await?,
+    }))
 }
 
 async fn approvals(State(s): St, _: Admin<AnyAdmin>) -> ApiResult<Vec<PendingApproval>> {

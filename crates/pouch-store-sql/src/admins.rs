@@ -26,8 +26,8 @@ macro_rules! select_admins {
 macro_rules! select_approvals {
     ($rest:literal) => {
         concat!(
-            "SELECT id, action, address, device, requested_by, requested_at, expires_at, \
-             approved_by, approved_at FROM approvals ",
+            "SELECT id, action, address, device, admin_name, admin_key, requested_by, \
+             requested_at, expires_at, approved_by, approved_at FROM approvals ",
             $rest
         )
     };
@@ -50,13 +50,17 @@ fn admin_from_row(row: &AnyRow) -> Result<AdminRecord> {
 
 fn approval_from_row(row: &AnyRow) -> Result<Approval> {
     let action: String = row.try_get("action").map_err(backend)?;
-    let address: String = row.try_get("address").map_err(backend)?;
+    let address: Option<String> = row.try_get("address").map_err(backend)?;
     let device: Option<String> = row.try_get("device").map_err(backend)?;
     Ok(Approval {
         id: row.try_get("id").map_err(backend)?,
         action: ApprovalAction::parse(&action).ok_or_else(|| damaged("action", &action))?,
-        address: Address::parse(&address).map_err(|_| damaged("address", &address))?,
+        address: address
+            .map(|a| Address::parse(&a).map_err(|_| damaged("address", &a)))
+            .transpose()?,
         device: device.map(DeviceId),
+        admin_name: row.try_get("admin_name").map_err(backend)?,
+        admin_key: row.try_get("admin_key").map_err(backend)?,
         requested_by: row.try_get("requested_by").map_err(backend)?,
         requested_at: row.try_get("requested_at").map_err(backend)?,
         expires_at: row.try_get("expires_at").map_err(backend)?,
@@ -119,6 +123,15 @@ impl AdminStore for SqlStore {
             return Err(StoreError::Conflict);
         }
         Ok(())
+    }
+
+    async fn admin_name_taken(&self, name: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(found.is_some())
     }
 
     async fn admin(&self, name: &str) -> Result<Option<AdminRecord>> {
@@ -230,13 +243,15 @@ impl AdminStore for SqlStore {
 
     async fn create_approval(&self, a: &Approval) -> Result<()> {
         let done = sqlx::query(
-            "INSERT INTO approvals (id, action, address, device, requested_by, requested_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO approvals (id, action, address, device, admin_name, admin_key, requested_by, requested_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&a.id)
         .bind(a.action.as_str())
-        .bind(a.address.as_str())
+        .bind(a.address.as_ref().map(|a| a.as_str().to_string()))
         .bind(a.device.as_ref().map(|d| d.0.clone()))
+        .bind(a.admin_name.clone())
+        .bind(a.admin_key.clone())
         .bind(&a.requested_by)
         .bind(a.requested_at)
         .bind(a.expires_at)

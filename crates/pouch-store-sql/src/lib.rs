@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0013_admins.sql"),
         include_str!("../migrations/postgres_0013_admins.sql"),
     ),
+    (
+        14,
+        include_str!("../migrations/sqlite_0014_operator_approvals.sql"),
+        include_str!("../migrations/postgres_0014_operator_approvals.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

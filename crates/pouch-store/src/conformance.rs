@@ -185,13 +185,20 @@ pub async fn admins(store: &dyn Store, now: UnixTime) {
         store.add_admin(&sam).await,
         Err(StoreError::Conflict)
     ));
+    assert!(
+        store.admin_name_taken("sam").await.unwrap(),
+        "removed, still taken"
+    );
+    assert!(!store.admin_name_taken("nobody").await.unwrap());
 
     // Approvals: pending until one approval or their expiry.
     let approval = |id: &str, expires_at| Approval {
         id: id.into(),
         action: ApprovalAction::Revoke,
-        address: addr("bob@embassy.example"),
+        address: Some(addr("bob@embassy.example")),
         device: Some(DeviceId("bob-phone".into())),
+        admin_name: None,
+        admin_key: None,
         requested_by: "ana".into(),
         requested_at: now,
         expires_at,
@@ -234,9 +241,22 @@ pub async fn admins(store: &dyn Store, now: UnixTime) {
     assert_eq!(done.approved_by.as_deref(), Some("zoe"));
     assert_eq!(done.approved_at, Some(now + 5));
     assert_eq!(done.device, Some(DeviceId("bob-phone".into())));
+    assert_eq!(done.address, Some(addr("bob@embassy.example")));
+    // A request about an operator names them (and the key to add), no account.
+    let add = Approval {
+        id: "A3".into(),
+        action: ApprovalAction::AddOperator,
+        address: None,
+        device: None,
+        admin_name: Some("olga".into()),
+        admin_key: Some(vec![7; 32]),
+        ..approval("A3", now + 100)
+    };
+    store.create_approval(&add).await.unwrap();
+    assert_eq!(store.approval("A3").await.unwrap().unwrap(), add);
     assert_eq!(
         pending(now).await,
-        ["A2"],
+        ["A2", "A3"],
         "an approved request is no longer pending"
     );
     assert_eq!(store.approval("nope").await.unwrap(), None);

@@ -107,8 +107,12 @@ pub struct AdminRecord {
 pub struct Approval {
     pub id: String,
     pub action: ApprovalAction,
-    pub address: Address,
+    /// The account a reset or revocation is for.
+    pub address: Option<Address>,
     pub device: Option<DeviceId>,
+    /// The operator an addition or removal is for, and the key to add.
+    pub admin_name: Option<String>,
+    pub admin_key: Option<Vec<u8>>,
     pub requested_by: String,
     pub requested_at: UnixTime,
     pub expires_at: UnixTime,
@@ -627,6 +631,8 @@ pub trait AdminStore: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Adds an administrator; `Conflict` if the name was ever taken.
     async fn add_admin(&self, admin: &AdminRecord) -> Result<()>;
+    /// Whether the name is or ever was an administrator's (names are never reused).
+    async fn admin_name_taken(&self, name: &str) -> Result<bool>;
     /// A current administrator.
     async fn admin(&self, name: &str) -> Result<Option<AdminRecord>>;
     /// Every current administrator, by name.

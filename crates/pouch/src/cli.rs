@@ -2010,7 +2010,7 @@ fn print_pending(p: &pouch_proto::api::PendingApproval) {
     eprintln!(
         "{} of {} waits for a second administrator (until {}); they run:",
         p.action.as_str(),
-        p.address,
+        p.subject(),
         format_date(p.expires_at)
     );
     outln!("pouch admin approve {}", p.id);
@@ -2321,10 +2321,10 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             match &done.invite {
                 // A reset's invite alone on standard output, for scripts.
                 Some(invite) => {
-                    eprintln!("{}: {}", done.address, done.detail);
+                    eprintln!("{}: {}", done.subject(), done.detail);
                     print_invite(&api, &fingerprint, invite, "new invite");
                 }
-                None => outln!("{}: {}", done.address, done.detail),
+                None => outln!("{}: {}", done.subject(), done.detail),
             }
         }
         AdminCommand::Approvals { json } => {
@@ -2336,10 +2336,10 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
             } else {
                 for p in pending {
                     outln!(
-                        "{}  {:<6} {:<32} {} asked by {} at {}, until {}",
+                        "{}  {:<15} {:<32} {} asked by {} at {}, until {}",
                         p.id,
                         p.action.as_str(),
-                        p.address,
+                        p.subject(),
                         p.device.as_ref().map(|d| d.0.as_str()).unwrap_or(""),
                         p.requested_by,
                         format_date(p.requested_at),
@@ -2355,7 +2355,7 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 .map_err(|_| {
                     anyhow!("--key is the key their 'pouch admin init' printed (base64url)")
                 })?;
-            let added: pouch_proto::api::AdminSummary = api.post(
+            let answer: pouch_proto::api::AddAdminResponse = api.post(
                 "/v1/admin/admins",
                 &pouch_proto::api::AddAdminRequest {
                     name,
@@ -2363,16 +2363,24 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     public_key,
                 },
             )?;
-            outln!(
-                "added {} as {}; their key fingerprint is {} (compare it with theirs)",
-                added.name,
-                added.role,
-                added.key_fingerprint
-            );
+            match (answer.added, answer.pending) {
+                (Some(added), _) => outln!(
+                    "added {} as {}; their key fingerprint is {} (compare it with theirs)",
+                    added.name,
+                    added.role,
+                    added.key_fingerprint
+                ),
+                (None, Some(pending)) => print_pending(&pending),
+                (None, None) => bail!("the server answered neither added nor waiting"),
+            }
         }
         AdminCommand::Remove { name } => {
-            api.delete(&format!("/v1/admin/admins/{name}"))?;
-            outln!("removed {name}: their key no longer signs in");
+            let answer: pouch_proto::api::RemoveAdminResponse =
+                api.delete_json(&format!("/v1/admin/admins/{name}"))?;
+            match answer.pending {
+                Some(pending) => print_pending(&pending),
+                None => outln!("removed {name}: their key no longer signs in"),
+            }
         }
         AdminCommand::List { json } => {
             let admins: Vec<pouch_proto::api::AdminSummary> = api.get("/v1/admin/admins")?;

@@ -139,8 +139,10 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
         "{pending}"
     );
 
-    // Olga cannot approve her own request, nor through an operator she adds
-    // now (a second name, not a second person); the security team and the
+    // Olga cannot approve her own request, nor make up a second person:
+    // with two operators, the operator she adds only waits for a second
+    // operator's approval, and once added cannot approve what she asked
+    // (a second name, not a second person); the security team and the
     // auditor cannot approve.
     assert_one_line_error(
         &server.admin_as(&olga, &["approve", &id]),
@@ -150,7 +152,26 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     let out = server.admin_init(&puppet, "pat", &puppet.join("none"));
     let add = stdout(&out);
     let words: Vec<&str> = add.split_whitespace().collect();
-    stdout(&server.admin_as(&olga, &words[2..]));
+    let asked_add = stdout(&server.admin_as(&olga, &words[2..]));
+    assert!(asked_add.starts_with("pouch admin approve "), "{asked_add}");
+    let add_id = asked_add.split_whitespace().nth(3).unwrap().to_string();
+    assert_one_line_error(
+        &server.admin_as(&puppet, &["approve", &id]),
+        "administrator sign-in failed",
+    );
+    let pending = stdout(&server.admin_as(&audrey, &["approvals"]));
+    assert!(
+        pending.contains(&add_id)
+            && pending.contains("add_operator")
+            && pending.contains("operator pat"),
+        "{pending}"
+    );
+    assert_one_line_error(
+        &server.admin_as(&olga, &["approve", &add_id]),
+        "a second administrator must approve it",
+    );
+    let done = stdout(&server.admin_as(&ops, &["approve", &add_id]));
+    assert!(done.contains("operator pat: added as operator"), "{done}");
     assert_one_line_error(
         &server.admin_as(&puppet, &["approve", &id]),
         "needs an operator who was one before it was asked and whom olga did not add",
@@ -217,7 +238,15 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     assert!(by("admin_invite", "ops"), "invites by ops: {all:#?}");
     assert!(by("admin_operator_added", "ops"), "olga added by ops");
     assert!(by("admin_added", "ops"), "sam and audrey added by ops");
-    assert!(by("admin_operator_added", "olga"), "pat added by olga");
+    assert!(
+        all.iter().any(|e| e["action"] == "admin_operator_added"
+            && e["admin"] == "ops"
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("added pat as operator (asked by olga, approved by ops")),
+        "pat asked by olga, added with ops's approval: {all:#?}"
+    );
     assert!(by("admin_approval_requested", "olga"));
     assert!(by("admin_reset", "ops"), "the reset is the approver's act");
     assert!(by("admin_sign_in", "audrey"));
@@ -265,9 +294,21 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
         &server.admin_as(&ops, &["remove", "ops"]),
         "cannot remove yourself",
     );
-    stdout(&server.admin_as(&ops, &["remove", "olga"]));
+    // Removing an operator also waits for a second one (here Pat, whom
+    // ops did not add).
+    let asked = stdout(&server.admin_as(&ops, &["remove", "olga"]));
+    let remove_id = asked.split_whitespace().nth(3).unwrap().to_string();
+    assert!(stdout(&server.admin_as(&olga, &["user", "list"])).contains("alice@"));
+    let done = stdout(&server.admin_as(&puppet, &["approve", &remove_id]));
+    assert!(done.contains("operator olga: removed"), "{done}");
     assert_one_line_error(
         &server.admin_as(&olga, &["user", "list"]),
+        "administrator sign-in failed",
+    );
+    // Security and auditor administrators are removed by one operator.
+    stdout(&server.admin_as(&ops, &["remove", "audrey"]));
+    assert_one_line_error(
+        &server.admin_as(&audrey, &["user", "list"]),
         "administrator sign-in failed",
     );
     // Names are never reused, so that past events name one person.

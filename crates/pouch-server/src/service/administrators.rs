@@ -236,39 +236,95 @@ pub async fn sign_in(
     })
 }
 
-/// An operator adds an administrator.
-pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result<AdminSummary> {
+/// How many operators there are now.
+async fn operators(s: &AppState) -> Result<usize> {
+    Ok(s.store
+        .list_admins()
+        .await?
+        .iter()
+        .filter(|a| a.role == AdminRole::Operator)
+        .count())
+}
+
+/// An operator adds an administrator. An operator, once there are two, is
+/// only asked for: a second operator approves it (else one person could
+/// make up the second person of the two-person rule, and the second's
+/// second, and approve their own resets through them).
+pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result<AddAdminResponse> {
     checked_key(&req.name, &req.public_key)?;
+    if req.role == AdminRole::Operator && operators(s).await? >= 2 {
+        if s.store.admin_name_taken(&req.name).await? {
+            return Err(name_taken(&req.name));
+        }
+        let pending = request_for_operator(
+            s,
+            by,
+            ApprovalAction::AddOperator,
+            &req.name,
+            Some(req.public_key),
+        )
+        .await?;
+        return Ok(AddAdminResponse {
+            added: None,
+            pending: Some(pending),
+        });
+    }
+    Ok(AddAdminResponse {
+        added: Some(insert(s, by, &req.name, req.role, req.public_key, None).await?),
+        pending: None,
+    })
+}
+
+fn name_taken(name: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::Conflict,
+        format!(
+            "the name '{name}' is or was taken: names are never reused, so that events name one person"
+        ),
+    )
+}
+
+/// Records the administrator `by` added (with `approved` saying who
+/// approved it, for an operator added under the two-person rule).
+async fn insert(
+    s: &AppState,
+    by: &AdminCaller,
+    name: &str,
+    role: AdminRole,
+    public_key: Vec<u8>,
+    approved: Option<(&str, &str)>,
+) -> Result<AdminSummary> {
+    let added_by = approved.map_or(by.name.as_str(), |(requester, _)| requester);
     let admin = AdminRecord {
-        name: req.name.clone(),
-        role: req.role,
-        public_key: req.public_key,
-        added_by: Some(by.name.clone()),
+        name: name.to_string(),
+        role,
+        public_key,
+        added_by: Some(added_by.to_string()),
         added_at: now(),
     };
     match s.store.add_admin(&admin).await {
         Ok(()) => {}
-        Err(pouch_store::StoreError::Conflict) => {
-            return Err(ServiceError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "the name '{}' is or was taken: names are never reused, so that events name one person",
-                    req.name
-                ),
-            ));
-        }
+        Err(pouch_store::StoreError::Conflict) => return Err(name_taken(name)),
         Err(e) => return Err(e.into()),
     }
-    tracing::warn!(admin = %by.name, added = %req.name, role = %req.role, "ADMIN added an administrator");
-    let action = if req.role == AdminRole::Operator {
+    tracing::warn!(admin = %by.name, added = %name, %role, "ADMIN added an administrator");
+    let action = if role == AdminRole::Operator {
         Action::OperatorAdded
     } else {
         Action::AdminAdded
     };
+    let because = approved
+        .map(|(requester, id)| {
+            format!(
+                " (asked by {requester}, approved by {} (approval {id}))",
+                by.name
+            )
+        })
+        .unwrap_or_default();
     record(
         s,
         by.event(action)
-            .detail(format!("added {} as {}", req.name, req.role)),
+            .detail(format!("added {name} as {role}{because}")),
     )
     .await;
     Ok(summary(admin))
@@ -276,7 +332,10 @@ pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result
 
 /// An operator removes an administrator (not themselves: another operator
 /// must, so that there is always one).
-pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<()> {
+/// An operator, once there are two, is removed only with a second
+/// operator's approval (else one could remove the others, and be alone to
+/// add whom they like).
+pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<Option<PendingApproval>> {
     if name == by.name {
         return Err(ServiceError::new(
             ErrorCode::Forbidden,
@@ -288,16 +347,26 @@ pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<()> {
         .iter()
         .filter(|a| a.role == AdminRole::Operator)
         .count();
-    if operators <= 1
-        && admins
-            .iter()
-            .any(|a| a.name == name && a.role == AdminRole::Operator)
-    {
+    let is_operator = admins
+        .iter()
+        .any(|a| a.name == name && a.role == AdminRole::Operator);
+    if operators <= 1 && is_operator {
         return Err(ServiceError::new(
             ErrorCode::Conflict,
             format!("{name} is the last operator: add another before removing them"),
         ));
     }
+    if is_operator {
+        let pending =
+            request_for_operator(s, by, ApprovalAction::RemoveOperator, name, None).await?;
+        return Ok(Some(pending));
+    }
+    delete_admin(s, by, name, "").await?;
+    Ok(None)
+}
+
+/// Removes an administrator and records who did (`because`: the approval).
+async fn delete_admin(s: &AppState, by: &AdminCaller, name: &str, because: &str) -> Result<()> {
     if !s.store.remove_admin(name, now()).await? {
         return Err(ServiceError::not_found(format!(
             "no administrator '{name}'"
@@ -307,7 +376,7 @@ pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<()> {
     record(
         s,
         by.event(Action::AdminRemoved)
-            .detail(format!("removed {name}")),
+            .detail(format!("removed {name}{because}")),
     )
     .await;
     Ok(())
@@ -328,6 +397,7 @@ fn pending(a: Approval) -> PendingApproval {
         action: a.action,
         address: a.address,
         device: a.device,
+        admin: a.admin_name,
         requested_by: a.requested_by,
         requested_at: a.requested_at,
         expires_at: a.expires_at,
@@ -376,13 +446,20 @@ pub async fn request(
         (ApprovalAction::Revoke, None) => {
             return Err(ServiceError::bad_request("a revocation names a device"));
         }
+        (ApprovalAction::AddOperator | ApprovalAction::RemoveOperator, _) => {
+            return Err(ServiceError::bad_request(
+                "operators are added and removed with 'pouch admin add' and 'remove'",
+            ));
+        }
     }
     let at = now();
     let approval = Approval {
         id: approval_id(),
         action,
-        address: address.clone(),
+        address: Some(address.clone()),
         device: device.clone(),
+        admin_name: None,
+        admin_key: None,
         requested_by: by.name.clone(),
         requested_at: at,
         expires_at: at + APPROVAL_TTL_SECS,
@@ -402,6 +479,43 @@ pub async fn request(
     Ok(pending(approval))
 }
 
+/// Records the addition or removal of operator `name`, to be carried out
+/// when a second operator approves it.
+async fn request_for_operator(
+    s: &AppState,
+    by: &AdminCaller,
+    action: ApprovalAction,
+    name: &str,
+    key: Option<Vec<u8>>,
+) -> Result<PendingApproval> {
+    let at = now();
+    let approval = Approval {
+        id: approval_id(),
+        action,
+        address: None,
+        device: None,
+        admin_name: Some(name.to_string()),
+        admin_key: key,
+        requested_by: by.name.clone(),
+        requested_at: at,
+        expires_at: at + APPROVAL_TTL_SECS,
+        approved_by: None,
+        approved_at: None,
+    };
+    s.store.create_approval(&approval).await?;
+    tracing::warn!(admin = %by.name, id = %approval.id, action = action.as_str(), operator = %name, "ADMIN asked for a second operator's approval");
+    record(
+        s,
+        by.event(Action::AdminApprovalRequested).detail(format!(
+            "{} {name} (approval {})",
+            action.as_str(),
+            approval.id
+        )),
+    )
+    .await;
+    Ok(pending(approval))
+}
+
 pub async fn pending_approvals(s: &AppState) -> Result<Vec<PendingApproval>> {
     Ok(s.store
         .pending_approvals(now())
@@ -418,15 +532,18 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
             "no request {id}; see 'pouch admin approvals'"
         )));
     };
+    // The event of an approval names the account it is about, if any.
+    let about = |ev: super::audit::Ev| match &approval.address {
+        Some(a) => ev.account(a),
+        None => ev,
+    };
     if approval.requested_by == by.name {
         record(
             s,
-            by.event(Action::AdminApproved)
-                .account(&approval.address)
-                .failed(
-                    Reason::SameAdministrator,
-                    format!("approval {id} by its own requester"),
-                ),
+            about(by.event(Action::AdminApproved)).failed(
+                Reason::SameAdministrator,
+                format!("approval {id} by its own requester"),
+            ),
         )
         .await;
         return Err(ServiceError::new(
@@ -436,7 +553,8 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
     }
     // A second person, not a second name: an operator the requester added,
     // or one added after the request, is refused (a name made for the
-    // purpose). The security team sees every operator added (High).
+    // purpose). The security team sees every operator added (High), and
+    // once there are two operators none is added without a second.
     let approver = s.store.admin(&by.name).await?;
     if let Some(approver) = approver
         && (approver.added_by.as_deref() == Some(approval.requested_by.as_str())
@@ -444,20 +562,18 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
     {
         record(
             s,
-            by.event(Action::AdminApproved)
-                .account(&approval.address)
-                .failed(
-                    Reason::SameAdministrator,
-                    format!(
-                        "approval {id} by an operator {} added{}",
-                        approval.requested_by,
-                        if approver.added_at >= approval.requested_at {
-                            " after the request"
-                        } else {
-                            ""
-                        }
-                    ),
+            about(by.event(Action::AdminApproved)).failed(
+                Reason::SameAdministrator,
+                format!(
+                    "approval {id} by an operator {} added{}",
+                    approval.requested_by,
+                    if approver.added_at >= approval.requested_at {
+                        " after the request"
+                    } else {
+                        ""
+                    }
                 ),
+            ),
         )
         .await;
         return Err(ServiceError::new(
@@ -487,33 +603,53 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
         "asked by {}, approved by {} (approval {id})",
         approval.requested_by, by.name
     );
+    let damaged = || ServiceError::bad_request("the request is incomplete");
     let (detail, invite) = match approval.action {
         ApprovalAction::Reset => {
-            let invite =
-                super::admin::reset_account(s, by, approval.address.clone(), &because).await?;
+            let address = approval.address.clone().ok_or_else(damaged)?;
+            let invite = super::admin::reset_account(s, by, address.clone(), &because).await?;
             (
-                format!(
-                    "every device of {} revoked; a new invite issued",
-                    approval.address
-                ),
+                format!("every device of {address} revoked; a new invite issued"),
                 Some(invite),
             )
         }
         ApprovalAction::Revoke => {
-            let device = approval
-                .device
-                .clone()
-                .ok_or_else(|| ServiceError::bad_request("the request names no device"))?;
-            let done =
-                super::admin::revoke_device(s, by, approval.address.clone(), device, &because)
-                    .await?;
+            let address = approval.address.clone().ok_or_else(damaged)?;
+            let device = approval.device.clone().ok_or_else(damaged)?;
+            let done = super::admin::revoke_device(s, by, address, device, &because).await?;
             (done.detail, None)
+        }
+        ApprovalAction::AddOperator => {
+            let name = approval.admin_name.clone().ok_or_else(damaged)?;
+            let key = approval.admin_key.clone().ok_or_else(damaged)?;
+            let added = insert(
+                s,
+                by,
+                &name,
+                AdminRole::Operator,
+                key,
+                Some((&approval.requested_by, id)),
+            )
+            .await?;
+            (
+                format!(
+                    "added as operator; their key fingerprint is {} (compare it with theirs)",
+                    added.key_fingerprint
+                ),
+                None,
+            )
+        }
+        ApprovalAction::RemoveOperator => {
+            let name = approval.admin_name.clone().ok_or_else(damaged)?;
+            delete_admin(s, by, &name, &format!(" ({because})")).await?;
+            ("removed: their key no longer signs in".to_string(), None)
         }
     };
     Ok(ApprovalDone {
         id: id.to_string(),
         action: approval.action,
         address: approval.address,
+        admin: approval.admin_name,
         detail,
         invite,
     })
