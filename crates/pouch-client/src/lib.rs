@@ -216,6 +216,20 @@ pub enum Sending {
 
 /// Whether a send that failed may work later: the server or the network
 /// failed, not the mail.
+/// What an outbox mail's submission ids derive from: this device, the
+/// mail's place in the outbox and when it was queued (unique per device,
+/// the same on every attempt).
+fn outbox_submission_base(device: &DeviceId, outbox_id: i64, queued_at: i64) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pouch outbox submission v1\0");
+    h.update(device.0.as_bytes());
+    h.update([0]);
+    h.update(outbox_id.to_be_bytes());
+    h.update(queued_at.to_be_bytes());
+    h.finalize().into()
+}
+
 fn worth_retrying(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable(..)
@@ -262,6 +276,15 @@ pub struct Device {
     /// (To and Cc as one entry, then each blind copy): a mail that reached
     /// some is never sent again as a whole.
     delivered: Vec<String>,
+    /// While an outbox mail is being sent: what its submission ids (one
+    /// per delivery: the shared copy, then each blind copy) derive from,
+    /// the same on every attempt, so the server queues it once however
+    /// often an answer is lost.
+    submission_base: Option<[u8; 32]>,
+    /// An earlier attempt at that mail may have reached the server: only
+    /// then is "accepted before" believable (else a server could drop a
+    /// mail and have this device hide the gap by giving its link back).
+    duplicate_possible: bool,
 }
 
 /// How often a conversation that keeps receiving mail has its fan-out
@@ -596,6 +619,8 @@ impl Device {
             membership_checked: Default::default(),
             loaded_for_send: None,
             delivered: Vec::new(),
+            submission_base: None,
+            duplicate_possible: false,
         })
     }
 
@@ -875,7 +900,7 @@ impl Device {
                 pouch_proto::MAX_RECIPIENTS
             )));
         }
-        let (group_id, recipient_devices) = self.deliver_to(out, group, &wanted)?;
+        let (group_id, recipient_devices) = self.deliver_to(out, group, &wanted, None)?;
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(out)?;
         let id = self
@@ -938,14 +963,16 @@ impl Device {
         let mut devices = 0;
         self.delivered.clear();
         if !visible.is_empty() {
-            let (g, n) = self.deliver_to(&shared, thread, &visible)?;
+            let submission = self.submission_id(0);
+            let (g, n) = self.deliver_to(&shared, thread, &visible, submission)?;
             devices += n;
             first = Some((g, n));
             let names: Vec<&str> = visible.iter().map(|a| a.as_str()).collect();
             self.delivered.push(names.join(", "));
         }
-        for b in &blind {
-            let (g, n) = self.deliver_to(&shared, None, std::slice::from_ref(b))?;
+        for (part, b) in blind.iter().enumerate() {
+            let submission = self.submission_id(part as u32 + 1);
+            let (g, n) = self.deliver_to(&shared, None, std::slice::from_ref(b), submission)?;
             devices += n;
             first.get_or_insert((g, n));
             self.delivered.push(format!("{b} (blind copy)"));
@@ -980,10 +1007,18 @@ impl Device {
         };
         self.delivered.clear();
         let original = Outgoing::from_bytes(queued.raw);
+        self.submission_base = Some(outbox_submission_base(
+            &self.device_id,
+            queued.id,
+            queued.queued_at,
+        ));
+        self.duplicate_possible = queued.may_have_reached;
         let sent = match &original {
             Ok(o) => self.submit_outgoing(o, &queued.envelope),
             Err(e) => Err(ClientError::Invalid(e.to_string())),
         };
+        self.submission_base = None;
+        self.duplicate_possible = false;
         let (reason, why) = match sent {
             Ok(sent) => {
                 outbox.remove(queued.id)?;
@@ -1006,7 +1041,11 @@ impl Device {
         // Retried only while nobody has it: a mail that reached some
         // recipients is never sent to them again.
         if delivered.is_empty() && worth_retrying(&why) && !too_old {
-            outbox.postpone(queued.id, queued.attempts, &reason)?;
+            // Whether the server may have taken it: anything but a refused
+            // connection or a definite refusal.
+            let may_have_reached = !why.never_reached_server()
+                && !matches!(&why, ClientError::Server { status, .. } if *status < 500 || *status == 507);
+            outbox.postpone(queued.id, queued.attempts, &reason, may_have_reached)?;
             return Ok(Sending::Postponed { reason });
         }
         // The reason may be the server's words: quoted, cut short, never
@@ -1060,11 +1099,23 @@ impl Device {
 
     /// Encrypts `out` to the devices of `wanted` in `group` (a new
     /// conversation when None) and hands it to the server.
+    /// The submission id of one delivery of the outbox mail being sent.
+    fn submission_id(&self, part: u32) -> Option<String> {
+        self.submission_base.map(|base| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(base);
+            h.update(part.to_be_bytes());
+            hex::encode(h.finalize())
+        })
+    }
+
     fn deliver_to(
         &mut self,
         out: &Outgoing,
         group: Option<GroupId>,
         wanted: &[Address],
+        submission: Option<String>,
     ) -> Result<(GroupId, u32)> {
         let wanted = wanted.to_vec();
         self.sign_in()?;
@@ -1092,7 +1143,7 @@ impl Device {
                 };
                 self.reconcile(&mut group, &wanted)?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
-                let resp = self.post_sealed(&mut group, &envelope)?;
+                let resp = self.post_sealed(&mut group, &envelope, submission.as_deref())?;
                 self.local.keep_group(group);
                 Ok((gid, resp.recipients))
             })();
@@ -1431,7 +1482,7 @@ impl Device {
     ) -> Result<()> {
         let mut group = self.create_conversation(addresses, only, "system")?;
         for envelope in envelopes {
-            self.post_sealed(&mut group, &envelope)?;
+            self.post_sealed(&mut group, &envelope, None)?;
         }
         Ok(())
     }
@@ -1444,6 +1495,7 @@ impl Device {
         &mut self,
         group: &mut MlsGroup,
         envelope: &Envelope,
+        submission: Option<&str>,
     ) -> Result<api::SendResponse> {
         let group_id = pouch_mls::group_id_bytes(group);
         let gid = GroupId::from_bytes(&group_id);
@@ -1486,15 +1538,30 @@ impl Device {
                 epoch: pouch_mls::epoch(group),
                 message: sealed,
                 blob,
+                submission: submission.map(str::to_string),
             },
         );
         // A refusal (4xx, or 507 for a full queue) rolled the message back
         // on the server, and a connection never made never reached it: the
         // link is given back, so receivers see no gap. (After a timeout the
         // server may have the message: the link stays used.)
+        // "Accepted before" for a mail no earlier attempt of which can have
+        // reached the server is a server dropping it: refused, the link
+        // kept used, so receivers see the gap.
+        if let Ok(resp) = &sent
+            && resp.duplicate
+            && !self.duplicate_possible
+        {
+            return Err(ClientError::Security(
+                "the server says it already had a mail no earlier attempt could have reached it with: it may be withholding mail; report this to your security team".into(),
+            ));
+        }
+        // So is a repeat the server had accepted before (an outbox mail
+        // whose answer was lost): this attempt's message went nowhere.
         let never_delivered = match &sent {
             Err(ClientError::Server { status, .. }) => *status < 500 || *status == 507,
             Err(ClientError::Unreachable(_, reason)) => reason == net::CONNECT_FAILED,
+            Ok(resp) => resp.duplicate,
             _ => false,
         };
         if never_delivered {

@@ -65,6 +65,9 @@ pub struct Queued {
     pub raw: Vec<u8>,
     pub envelope: Vec<Address>,
     pub attempts: u32,
+    /// An earlier attempt may have reached the server (its answer was
+    /// lost): only then may the server answer "accepted before".
+    pub may_have_reached: bool,
 }
 
 pub struct Outbox {
@@ -116,6 +119,15 @@ impl Outbox {
             }
             other => other.into(),
         })?;
+        // Outboxes from before submission ids lack the column.
+        let has_reached: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'may_have_reached'")?
+            .exists([])?;
+        if !has_reached {
+            conn.execute_batch(
+                "ALTER TABLE outbox ADD COLUMN may_have_reached INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         Ok(Outbox {
             conn: Mutex::new(conn),
             lock_file: std::fs::OpenOptions::new()
@@ -203,7 +215,7 @@ impl Outbox {
         let conn = self.conn();
         let row = conn
             .prepare_cached(
-                "SELECT id, raw, envelope, attempts, next_attempt_at, queued_at FROM outbox ORDER BY id LIMIT 1",
+                "SELECT id, raw, envelope, attempts, next_attempt_at, queued_at, may_have_reached FROM outbox ORDER BY id LIMIT 1",
             )?
             .query_row([], |r| {
                 Ok((
@@ -213,10 +225,11 @@ impl Outbox {
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             })
             .optional()?;
-        let Some((id, raw, envelope, attempts, due, queued_at)) = row else {
+        let Some((id, raw, envelope, attempts, due, queued_at, may_have_reached)) = row else {
             return Ok(None);
         };
         if due > now {
@@ -231,6 +244,7 @@ impl Outbox {
             raw,
             envelope,
             attempts: attempts.max(0) as u32,
+            may_have_reached,
         }))
     }
 
@@ -307,11 +321,26 @@ impl Outbox {
 
     /// A mail that could not go now: tried again after a wait that doubles
     /// with each attempt, up to [`MAX_BACKOFF_SECS`].
-    pub fn postpone(&self, id: i64, attempts: u32, error: &str) -> Result<()> {
+    /// `may_have_reached`: the attempt may have reached the server (remembered
+    /// for good once set).
+    pub fn postpone(
+        &self,
+        id: i64,
+        attempts: u32,
+        error: &str,
+        may_have_reached: bool,
+    ) -> Result<()> {
         let wait = (1i64 << attempts.min(10)).min(MAX_BACKOFF_SECS);
         self.conn().execute(
-            "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
-            params![id, attempts as i64 + 1, crate::now() + wait, error],
+            "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, \
+             may_have_reached = may_have_reached OR ?5 WHERE id = ?1",
+            params![
+                id,
+                attempts as i64 + 1,
+                crate::now() + wait,
+                error,
+                may_have_reached
+            ],
         )?;
         self.done_sending();
         Ok(())
@@ -341,7 +370,7 @@ mod tests {
         let taken = bridge.next_due(now).unwrap().expect("the bridge takes it");
         assert!(cli.next_due(now).unwrap().is_none(), "taken twice");
         // Postponed: due again later, to whoever asks first.
-        bridge.postpone(taken.id, 0, "server busy").unwrap();
+        bridge.postpone(taken.id, 0, "server busy", false).unwrap();
         assert!(cli.next_due(now + 5).unwrap().is_some());
         assert!(bridge.next_due(now + 6).unwrap().is_none());
         // The sender that holds it dies: the other one sends it.

@@ -320,11 +320,23 @@ pub struct SendRequest {
     /// keeps it until every recipient has acknowledged the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
+    /// The sender's id for this submission (64 hex digits at most), the
+    /// same on every attempt: a message sent again after its answer was
+    /// lost is queued once (the outbox's retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<String>,
 }
+
+/// The longest submission id a server takes.
+pub const SUBMISSION_ID_MAX: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SendResponse {
     pub recipients: u32,
+    /// The server had accepted this submission before: nothing was queued
+    /// now (this attempt's message, and its chain link, went nowhere).
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 // ----- the device queue -----

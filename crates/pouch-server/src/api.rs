@@ -309,8 +309,7 @@ async fn send_message(
     Json(req): Json<SendRequest>,
 ) -> ApiResult<SendResponse> {
     let group_id = mail::group_id(group)?;
-    let recipients = mail::send(&s, &caller, &group_id, &req).await?;
-    Ok(Json(SendResponse { recipients }))
+    Ok(Json(mail::send(&s, &caller, &group_id, &req).await?))
 }
 
 #[derive(Deserialize)]

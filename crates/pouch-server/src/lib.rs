@@ -458,6 +458,10 @@ pub async fn serve(
                 if let Err(e) = watcher.store.collect_orphan_payloads().await {
                     tracing::error!(error = %e, "cannot delete unreferenced queue payloads");
                 }
+                let forget_before = now() - service::mail::SUBMISSIONS_KEPT_SECS;
+                if let Err(e) = watcher.store.forget_submissions(forget_before).await {
+                    tracing::error!(error = %e, "cannot forget old submission ids");
+                }
                 last_sweep = Some(std::time::Instant::now());
             }
             tokio::time::sleep(tick).await;

@@ -103,6 +103,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0014_operator_approvals.sql"),
         include_str!("../migrations/postgres_0014_operator_approvals.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/sqlite_0015_submissions.sql"),
+        include_str!("../migrations/postgres_0015_submissions.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

@@ -1611,6 +1611,41 @@ impl MailStore for SqlStore {
         Ok(n)
     }
 
+    async fn submit_message_once(
+        &self,
+        message: &Message<'_>,
+        submission: &str,
+    ) -> std::result::Result<Option<Vec<DeviceId>>, GroupError> {
+        let mut tx = self.begin().await?;
+        // First: a repeat is known whatever happened to the group since.
+        let fresh = sqlx::query(
+            "INSERT INTO submissions (sender_device, submission_id, accepted_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (sender_device, submission_id) DO NOTHING",
+        )
+        .bind(&message.sender.0)
+        .bind(submission)
+        .bind(message.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if fresh.rows_affected() == 0 {
+            return Ok(None);
+        }
+        // A refusal rolls the id back with the message: it may come again.
+        let n = self.message_inner(&mut tx, message).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(n))
+    }
+
+    async fn forget_submissions(&self, before: UnixTime) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM submissions WHERE accepted_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+
     async fn group_public_state(
         &self,
         group_id: &GroupId,

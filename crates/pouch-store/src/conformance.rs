@@ -71,8 +71,96 @@ pub async fn run(store: &dyn Store) {
     detection_counts(store, now).await;
     directory(store, now).await;
     mail(store, now).await;
+    submissions(store, now).await;
     log(store, now).await;
     admins(store, now).await;
+}
+
+/// [`crate::MailStore::submit_message_once`]: a message sent again under
+/// the same submission id (its answer lost) is queued once, whatever the
+/// group's epoch is by then; a refused one may come again; ids are
+/// forgotten when asked.
+pub async fn submissions(store: &dyn Store, now: UnixTime) {
+    let a = enrolled(store, now, &addr("once-alice@mfa.example"), "once-a1").await;
+    let b = enrolled(store, now, &addr("once-bob@mfa.example"), "once-b1").await;
+    let g = GroupId("5e".repeat(16));
+    store
+        .submit_commit(CommitSubmission {
+            group_id: g.clone(),
+            sender: a.clone(),
+            base_epoch: 0,
+            commit: None,
+            welcome: Some(b"welcome".to_vec()),
+            added: vec![b.clone()],
+            removed: vec![],
+            public_state: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await
+        .unwrap();
+    let msg = |epoch, payload: &'static [u8], max| Message {
+        group_id: &g,
+        sender: &a,
+        epoch,
+        payload,
+        blob: None,
+        max_queued_bytes: max,
+        now,
+    };
+    let queued = || async { store.fetch_queue(&b, 0, 100, u64::MAX).await.unwrap().len() };
+    let before = queued().await;
+    // Refused (a full queue): nothing kept, the id not used up.
+    assert!(matches!(
+        store.submit_message_once(&msg(1, b"first", 1), "s-1").await,
+        Err(GroupError::Rejected(GroupRejection::QueueFull { .. }))
+    ));
+    assert_eq!(
+        store
+            .submit_message_once(&msg(1, b"first", u64::MAX), "s-1")
+            .await
+            .unwrap(),
+        Some(vec![b.clone()])
+    );
+    assert_eq!(queued().await, before + 1);
+    // Again, even at an epoch that is stale now: answered, not queued.
+    assert_eq!(
+        store
+            .submit_message_once(&msg(7, b"again", u64::MAX), "s-1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(queued().await, before + 1, "queued once");
+    // Ids are the sender's own: another id goes; another sender's same id too.
+    assert!(
+        store
+            .submit_message_once(&msg(1, b"second", u64::MAX), "s-2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let from_b = Message {
+        sender: &b,
+        ..msg(1, b"from bob", u64::MAX)
+    };
+    assert!(
+        store
+            .submit_message_once(&from_b, "s-1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.forget_submissions(now).await.unwrap(), 0);
+    assert_eq!(store.forget_submissions(now + 1).await.unwrap(), 3);
+    assert!(
+        store
+            .submit_message_once(&msg(1, b"much later", u64::MAX), "s-1")
+            .await
+            .unwrap()
+            .is_some(),
+        "forgotten ids are new again"
+    );
 }
 
 /// [`crate::AdminStore`]: a one-time bootstrap, names never reused, tokens

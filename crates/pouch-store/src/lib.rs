@@ -553,6 +553,17 @@ pub trait MailStore: Send + Sync + 'static {
         &self,
         message: &Message<'_>,
     ) -> std::result::Result<Vec<DeviceId>, GroupError>;
+    /// As [`Self::submit_message`], at most once per sender and
+    /// `submission` id (a device sending again after the answer was lost):
+    /// a repeat queues nothing and is answered `None`, whatever the group's
+    /// epoch now. Ids are kept until [`Self::forget_submissions`].
+    async fn submit_message_once(
+        &self,
+        message: &Message<'_>,
+        submission: &str,
+    ) -> std::result::Result<Option<Vec<DeviceId>>, GroupError>;
+    /// Forgets submission ids accepted before `before`; returns how many.
+    async fn forget_submissions(&self, before: UnixTime) -> Result<u64>;
     /// A group's current epoch and its public MLS state, if the server keeps
     /// one for it (None: no such group).
     async fn group_public_state(

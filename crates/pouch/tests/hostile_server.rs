@@ -200,6 +200,7 @@ impl ModifiedClient {
                 epoch: pouch_mls::epoch(&group),
                 message: sealed,
                 blob: None,
+                submission: None,
             },
         }
     }
@@ -766,4 +767,92 @@ fn a_member_dropped_from_the_fan_out_without_a_commit_is_reported() {
         subjects(&bob)
     );
     wait_for_alert(&server, "membership_mismatch", &carol_device);
+}
+
+/// A server that answers "accepted before" for a mail it never had (here:
+/// its database made to ignore every submission id, so it says so for all)
+/// does not make the mail vanish: the sender's device refuses the answer for
+/// a mail no earlier attempt can have delivered, tells its user the mail
+/// was not sent and why, and keeps the chain link used, so the receiver
+/// reports the withheld mail when the next one arrives.
+#[test]
+fn a_false_accepted_before_is_refused_and_the_mail_is_not_lost_silently() {
+    let dir = Scratch::new("hostile-duplicate");
+    let mut server = Server::start(&dir.path("server"), None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    // One conversation, so that each mail follows the one before in
+    // Alice's chain.
+    let one = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "One",
+        "--body",
+        "1",
+        "--json",
+    ]);
+    let one = one["id"].to_string();
+    bob.sync();
+    // Kept while the server is down: its first attempt will be from the outbox.
+    server.stop();
+    let kept = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--reply-to",
+        &one,
+        "--body",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(kept["kept"], true, "{kept}");
+    let server = Server::start_on(&dir.path("server"), None, &listen);
+    server
+        .db()
+        .execute_batch(
+            "CREATE TRIGGER lie BEFORE INSERT ON submissions BEGIN SELECT RAISE(IGNORE); END;",
+        )
+        .unwrap();
+
+    let out = alice.run(&["sync", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("withholding mail"), "{err}");
+    assert_eq!(alice.json(&["outbox", "--json"]), serde_json::json!([]));
+    let notice = alice
+        .inbox()
+        .into_iter()
+        .find(|m| m["subject"] == "Not sent: Re: One")
+        .expect("a notice in Alice's inbox");
+    let text = String::from_utf8(alice.ok(&["read", &notice["id"].to_string()])).unwrap();
+    assert!(text.contains("withholding mail"), "{text}");
+    assert_eq!(
+        alice
+            .sent()
+            .iter()
+            .filter(|m| m["subject"] == "Re: One")
+            .count(),
+        0,
+        "not in Sent: it was not sent"
+    );
+
+    // Alice's next mail in the conversation shows Bob the gap.
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--reply-to",
+        &one,
+        "--body",
+        "3",
+    ]);
+    let err = sync_finds(&bob);
+    assert!(err.contains("withheld"), "{err}");
+    assert_eq!(
+        subjects(&bob).iter().filter(|s| *s == "Re: One").count(),
+        1,
+        "the third mail, not the second"
+    );
 }

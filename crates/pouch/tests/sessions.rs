@@ -612,3 +612,199 @@ fn a_changed_anchor_is_followed_when_the_old_one_endorses_it_and_else_only_by_th
     bob.sync();
     assert!(bob.inbox().iter().any(|m| m["subject"] == "after"));
 }
+
+/// What the relay between devices and server does with a connection.
+#[derive(Clone, Copy, PartialEq)]
+enum RelayMode {
+    /// Everything both ways.
+    Pass,
+    /// Once the device has sent more than this many bytes on a connection,
+    /// the server's answers on it are swallowed and the connection closed:
+    /// a request that reached the server whose answer was lost.
+    SwallowAnswersAfter(usize),
+}
+
+/// A TCP relay on loopback in front of the server (TLS passes through it
+/// untouched): the link of an embassy that loses answers.
+struct Relay {
+    url: String,
+    mode: std::sync::Arc<std::sync::Mutex<RelayMode>>,
+}
+
+impl Relay {
+    fn start(upstream: String) -> Relay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(RelayMode::Pass));
+        let shared = mode.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue; // the server is down: the device sees the connection fail
+                };
+                let mode = *shared.lock().unwrap();
+                let muted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                // Server → device, unless muted.
+                let (mut from_server, mut to_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                let mute = muted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from_server.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if !mute.load(std::sync::atomic::Ordering::SeqCst)
+                            && to_client.write_all(&buf[..n]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+                // Device → server, counting.
+                let (mut from_client, mut to_server) = (client, server);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    let mut sent = 0usize;
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 || to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if let RelayMode::SwallowAnswersAfter(limit) = mode
+                            && sent > limit
+                            && !muted.swap(true, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            // Let the server take the whole request and
+                            // answer into the void, then cut the line.
+                            let (client, server) = (
+                                from_client.try_clone().unwrap(),
+                                to_server.try_clone().unwrap(),
+                            );
+                            std::thread::spawn(move || {
+                                std::thread::sleep(Duration::from_secs(2));
+                                let _ = client.shutdown(Shutdown::Both);
+                                let _ = server.shutdown(Shutdown::Both);
+                            });
+                        }
+                    }
+                    let _ = to_server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Relay { url, mode }
+    }
+
+    fn set(&self, mode: RelayMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+/// A mail kept in the outbox whose sending reached the server but whose
+/// answer was lost is tried again, and the server queues it once (the
+/// retry carries the same submission id): the recipient gets one copy and
+/// no false "withheld mail" alarm, and the sender's next mail follows on.
+#[test]
+fn an_outbox_mail_whose_answer_was_lost_is_delivered_once() {
+    let dir = Scratch::new("lost-answer");
+    let mut server = Server::start(&dir.path("server"), None);
+    let listen = server.url.trim_start_matches("https://").to_string();
+    let relay = Relay::start(listen.clone());
+    server.url = relay.url.clone();
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "first",
+        "--body",
+        "1",
+    ]);
+    bob.sync();
+
+    // The server is down: the mail is kept.
+    server.stop();
+    // ~190 KB once encoded: more than any other request, still inline.
+    let annex = dir.path("annex.txt");
+    std::fs::write(&annex, "the annex, at length. ".repeat(6500)).unwrap();
+    let kept = alice.json(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "Annex",
+        "--body",
+        "see annex",
+        "--attach",
+        annex.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(kept["kept"], true, "{kept}");
+
+    // Back, on a line that loses the answer to the big request.
+    let mut server = Server::start_on(&dir.path("server"), None, &listen);
+    server.url = relay.url.clone();
+    relay.set(RelayMode::SwallowAnswersAfter(100_000));
+    let out = alice.run(&["sync", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        report["outbox"]["waiting"], 1,
+        "the answer was lost: {report}"
+    );
+    relay.set(RelayMode::Pass);
+    // The server did take it: Bob has it.
+    bob.sync();
+    let annexes =
+        |inbox: &[serde_json::Value]| inbox.iter().filter(|m| m["subject"] == "Annex").count();
+    assert_eq!(annexes(&bob.inbox()), 1);
+
+    // The retry is answered "accepted before": the outbox empties, nothing
+    // is queued again.
+    let report = alice.sync();
+    assert_eq!(
+        report["outbox"]["sent"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(report["outbox"]["waiting"], 0, "{report}");
+    let out = bob.run(&["sync", "--json"]);
+    assert!(
+        out.status.success(),
+        "no alert (no gap in Alice's chain): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(annexes(&bob.inbox()), 1, "delivered once");
+    // Alice's next mail follows on in her chain: no alarm either.
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local",
+        "--subject",
+        "next",
+        "--body",
+        "3",
+    ]);
+    let out = bob.run(&["sync", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(bob.inbox().iter().any(|m| m["subject"] == "next"));
+    assert_eq!(
+        alice
+            .sent()
+            .iter()
+            .filter(|m| m["subject"] == "Annex")
+            .count(),
+        1,
+        "one copy in Alice's Sent"
+    );
+}

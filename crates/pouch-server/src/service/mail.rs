@@ -7,7 +7,8 @@ use super::audit::{Ev, account_of, record, record_all};
 use super::{Caller, Result, ServiceError};
 use crate::{AppState, now};
 use pouch_proto::api::{
-    ClaimedDevice, CommitRequest, ErrorCode, GroupMembers, QueueItem, SendRequest,
+    ClaimedDevice, CommitRequest, ErrorCode, GroupMembers, QueueItem, SUBMISSION_ID_MAX,
+    SendRequest, SendResponse,
 };
 use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, DeviceId, GroupId};
@@ -202,31 +203,57 @@ pub async fn members(s: &AppState, caller: &Caller, group_id: &GroupId) -> Resul
 }
 
 /// Queues an application message for every other member device; returns
-/// how many.
+/// how many (none, and `duplicate`, for a submission accepted before).
 pub async fn send(
     s: &AppState,
     caller: &Caller,
     group_id: &GroupId,
     req: &SendRequest,
-) -> Result<u32> {
+) -> Result<SendResponse> {
     if let Some(b) = &req.blob {
         blob_id(b)?;
     }
-    let recipients = s
-        .store
-        .submit_message(&pouch_store::Message {
-            group_id,
-            sender: &caller.device,
-            epoch: req.epoch,
-            payload: &req.message,
-            blob: req.blob.as_deref(),
-            max_queued_bytes: s.limits.queue_bytes,
-            now: now(),
-        })
-        .await?;
+    let message = pouch_store::Message {
+        group_id,
+        sender: &caller.device,
+        epoch: req.epoch,
+        payload: &req.message,
+        blob: req.blob.as_deref(),
+        max_queued_bytes: s.limits.queue_bytes,
+        now: now(),
+    };
+    let recipients = match &req.submission {
+        None => s.store.submit_message(&message).await?,
+        Some(id) => {
+            if id.is_empty()
+                || id.len() > SUBMISSION_ID_MAX
+                || !id.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(ServiceError::bad_request(format!(
+                    "a submission id is 1 to {SUBMISSION_ID_MAX} hex digits"
+                )));
+            }
+            match s.store.submit_message_once(&message, id).await? {
+                Some(recipients) => recipients,
+                None => {
+                    return Ok(SendResponse {
+                        recipients: 0,
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+    };
     s.waiters.wake(recipients.iter());
-    Ok(recipients.len() as u32)
+    Ok(SendResponse {
+        recipients: recipients.len() as u32,
+        duplicate: false,
+    })
 }
+
+/// How long a submission id is remembered: longer than any device keeps
+/// retrying a mail from its outbox.
+pub const SUBMISSIONS_KEPT_SECS: i64 = 30 * 86_400;
 
 /// Waits until the caller's queue holds something after `after`, or `wait`
 /// passed (at most [`crate::push::MAX_WAIT`]). True when something is there.
