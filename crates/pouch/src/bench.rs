@@ -302,7 +302,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
     )?;
     let api = admin.api(None)?;
     admin.sign_in(&api)?;
-    let _: pouch_proto::api::AdminSummary = api.post(
+    let _: pouch_proto::api::AddAdminResponse = api.post(
         "/v1/admin/admins",
         &pouch_proto::api::AddAdminRequest {
             name: security.name.clone(),
