@@ -113,6 +113,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Classification labels: check a label policy file, show a label's marking and STANAG 4774 XML.
+    Security {
+        #[command(subcommand)]
+        command: SecurityCommand,
+    },
     /// The server's TLS trust anchor this device trusts; accept a new one.
     TrustAnchor {
         #[command(subcommand)]
@@ -267,6 +272,35 @@ enum Command {
         /// a file already there is never overwritten).
         #[arg(long, value_name = "DIR", conflicts_with = "raw")]
         save_attachments: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecurityCommand {
+    /// Check a label policy file (the SPIF model of STANAG 4774) and summarise it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// A label as the policy reads it: its marking, or its STANAG 4774 XML.
+    Label {
+        /// The label: a marking (SECRET//REL TO CZE, SVK) or typed (SECRET REL:CZE,SVK).
+        label: String,
+        /// The label policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print the STANAG 4774 XML instead of the marking.
+        #[arg(long)]
+        xml: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Read and check a policy file; one line per refusal, nothing published.
+    Check {
+        /// The policy file (TOML; see dist/labels/ministry-example.toml).
+        file: PathBuf,
     },
 }
 
@@ -794,6 +828,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+        Command::Security { command } => security(command),
         Command::TrustAnchor { command } => {
             let home = home(cli.home)?;
             match command {
@@ -1943,6 +1978,48 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
         pouch_server::serve(&prepared, listener, shutdown).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+/// A label policy file, read and checked.
+fn label_policy(path: &Path) -> Result<pouch_label::LabelPolicy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the label policy {}", path.display()))?;
+    pouch_label::LabelPolicy::from_toml(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn security(command: SecurityCommand) -> Result<ExitCode> {
+    match command {
+        SecurityCommand::Policy {
+            command: PolicyCommand::Check { file },
+        } => {
+            let policy = label_policy(&file)?;
+            outln!("policy {} is valid", policy.id);
+            let levels: Vec<&str> = policy.classifications.iter().map(|c| c.marking()).collect();
+            outln!("classifications (lowest first): {}", levels.join(", "));
+            for c in &policy.categories {
+                outln!("category {} ({:?}): {}", c.tag, c.kind, c.values.join(", "));
+            }
+            outln!(
+                "default: {}; accredited up to: {}",
+                policy.default_label,
+                policy.ceiling
+            );
+        }
+        SecurityCommand::Label { label, policy, xml } => {
+            let policy = label_policy(&policy)?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let label = policy.parse(&label, now)?;
+            if let Err(refusal) = policy.within_ceiling(&label) {
+                bail!("{refusal}");
+            }
+            if xml {
+                outln!("{}", label.to_xml(&policy));
+            } else {
+                outln!("{}", policy.marking(&label));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every event, page by page.

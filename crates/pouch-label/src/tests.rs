@@ -1,0 +1,260 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../dist/labels/ministry-example.toml");
+const NOW: i64 = 1_796_000_000;
+
+fn policy() -> LabelPolicy {
+    LabelPolicy::from_toml(EXAMPLE).expect("the shipped example policy is valid")
+}
+
+fn label(text: &str) -> Label {
+    policy().parse(text, NOW).unwrap()
+}
+
+fn cleared(max: &str, parts: &[&str]) -> Clearance {
+    let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+    policy().clearance(max, &parts, None).unwrap()
+}
+
+#[test]
+fn markings_and_typed_labels_read_alike_and_write_back_the_same() {
+    let p = policy();
+    let marked = label("SECRET//TREATY//REL TO CZE, SVK");
+    let typed = label("SECRET REL:SVK,CZE COMPARTMENT:TREATY");
+    assert_eq!(marked, typed);
+    assert_eq!(marked.classification, "SECRET");
+    assert_eq!(p.marking(&marked), "SECRET//REL TO CZE, SVK//TREATY");
+    assert_eq!(p.parse(&p.marking(&marked), NOW).unwrap(), marked);
+    // A subject marking, and a classification of two words.
+    assert_eq!(label("[TOP SECRET]").classification, "TOP SECRET");
+    assert_eq!(
+        label("TOP SECRET COMPARTMENT:CRYPTO").categories["COMPARTMENT"],
+        ["CRYPTO".to_string()].into()
+    );
+    assert_eq!(p.default_label(NOW).classification, "UNCLASSIFIED");
+}
+
+#[test]
+fn a_label_the_policy_does_not_know_is_refused_with_what_it_has() {
+    let p = policy();
+    let e = p.parse("SEKRET", NOW).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown classification 'SEKRET'") && e.contains("CONFIDENTIAL"),
+        "{e}"
+    );
+    let e = p.parse("SECRET//REL TO XXX", NOW).unwrap_err().to_string();
+    assert!(e.contains("REL has no value 'XXX'"), "{e}");
+    let e = p.parse("SECRET//ORCON", NOW).unwrap_err().to_string();
+    assert!(e.contains("unknown category or value 'ORCON'"), "{e}");
+    assert_eq!(p.parse("  ", NOW), Err(LabelError::Empty));
+    assert_eq!(
+        p.parse(&"A".repeat(MAX_LABEL_BYTES + 1), NOW),
+        Err(LabelError::TooLong)
+    );
+}
+
+/// Every refusal of the access decision, each naming what is missing.
+#[test]
+fn the_access_decision_refuses_each_way_and_says_why() {
+    let p = policy();
+    let secret_rel = label("SECRET//REL TO CZE, SVK//TREATY");
+    let ok = cleared("SECRET", &["REL:CZE", "COMPARTMENT:TREATY,CRYPTO"]);
+    assert_eq!(p.check(&secret_rel, Some(&ok), NOW), Ok(()));
+    // Releasable to either: a Slovak reader too.
+    let slovak = cleared("TOP SECRET", &["REL TO SVK", "TREATY"]);
+    assert_eq!(p.check(&secret_rel, Some(&slovak), NOW), Ok(()));
+
+    let low = cleared("CONFIDENTIAL", &["REL:CZE", "COMPARTMENT:TREATY"]);
+    assert_eq!(
+        p.check(&secret_rel, Some(&low), NOW),
+        Err(Refusal::ClearanceTooLow {
+            cleared: "CONFIDENTIAL".into(),
+            label: "SECRET//REL TO CZE, SVK//TREATY".into()
+        })
+    );
+    let no_compartment = cleared("SECRET", &["REL:CZE"]);
+    assert_eq!(
+        p.check(&secret_rel, Some(&no_compartment), NOW),
+        Err(Refusal::MissingRestrictive {
+            tag: "COMPARTMENT".into(),
+            value: "TREATY".into()
+        })
+    );
+    let german = cleared("SECRET", &["REL:DEU", "COMPARTMENT:TREATY"]);
+    let e = p.check(&secret_rel, Some(&german), NOW).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "not releasable: the label is REL TO CZE, SVK and the clearance holds none of them"
+    );
+    let expiring = p
+        .clearance("SECRET", &["REL:CZE".into(), "TREATY".into()], Some(NOW))
+        .unwrap();
+    assert_eq!(p.check(&secret_rel, Some(&expiring), NOW - 1), Ok(()));
+    assert_eq!(
+        p.check(&secret_rel, Some(&expiring), NOW),
+        Err(Refusal::Expired)
+    );
+    let revoked = Clearance {
+        revoked: true,
+        ..ok.clone()
+    };
+    assert_eq!(
+        p.check(&secret_rel, Some(&revoked), NOW),
+        Err(Refusal::Revoked)
+    );
+    assert_eq!(p.check(&secret_rel, None, NOW), Err(Refusal::NoClearance));
+    // Above the accreditation ceiling: refused whoever reads it.
+    let top = label("TOP SECRET");
+    let everything = cleared("TOP SECRET", &[]);
+    assert_eq!(
+        p.check(&top, Some(&everything), NOW),
+        Err(Refusal::AboveCeiling {
+            label: "TOP SECRET".into(),
+            ceiling: "SECRET".into()
+        })
+    );
+    // Informative categories are shown, never enforced.
+    let handled = label("RESTRICTED//HANDLE AS EYES ONLY");
+    assert_eq!(
+        p.check(&handled, Some(&cleared("RESTRICTED", &[])), NOW),
+        Ok(())
+    );
+}
+
+/// A reply or forward must carry at least what it answers.
+#[test]
+fn a_label_dominates_only_what_it_is_at_least_as_strict_as() {
+    let p = policy();
+    let original = label("CONFIDENTIAL//REL TO CZE, SVK//TREATY");
+    for stricter in [
+        "CONFIDENTIAL//REL TO CZE, SVK//TREATY",
+        "SECRET//REL TO CZE, SVK//TREATY",
+        "CONFIDENTIAL//REL TO CZE//TREATY//CRYPTO",
+        "CONFIDENTIAL//REL TO CZE, SVK//TREATY//HANDLE AS EYES ONLY",
+    ] {
+        assert!(label(stricter).dominates(&original, &p), "{stricter}");
+    }
+    for weaker in [
+        "RESTRICTED//REL TO CZE, SVK//TREATY",
+        "CONFIDENTIAL//REL TO CZE, SVK",
+        "CONFIDENTIAL//REL TO CZE, SVK, DEU//TREATY",
+        "CONFIDENTIAL//TREATY",
+    ] {
+        assert!(!label(weaker).dominates(&original, &p), "{weaker}");
+    }
+}
+
+#[test]
+fn the_xml_form_is_canonical_and_reads_back() {
+    let p = policy();
+    let l = label("SECRET//TREATY//REL TO SVK, CZE");
+    let xml = l.to_xml(&p);
+    assert!(xml.starts_with(r#"<?xml version="1.0" encoding="UTF-8"?><slab:originatorConfidentialityLabel xmlns:slab="urn:nato:stanag:4774:confidentialitymetadatalabel:1:0">"#), "{xml}");
+    assert!(
+        xml.contains(r#"<slab:PolicyIdentifier URI="urn:oid:1.3.6.1.4.1.99999.4774.1">MFA-EXAMPLE</slab:PolicyIdentifier>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<slab:Category TagName="REL" Type="PERMISSIVE"><slab:GenericValue>CZE</slab:GenericValue><slab:GenericValue>SVK</slab:GenericValue></slab:Category>"#),
+        "values in the policy's order: {xml}"
+    );
+    let back = Label::from_xml(&xml).unwrap();
+    assert_eq!(back, l);
+    assert_eq!(back.to_xml(&p), xml, "the same bytes again");
+    p.validate(&back).unwrap();
+
+    // Another prefix for the same namespace reads the same; elements of
+    // another namespace are not taken for label parts.
+    let other = xml
+        .replace("slab:", "s:")
+        .replace("xmlns:slab=", "xmlns:s=")
+        .replace(
+            "<s:ConfidentialityInformation>",
+            r#"<s:ConfidentialityInformation><x:Classification xmlns:x="urn:other">UNCLASSIFIED</x:Classification>"#,
+        );
+    assert_eq!(Label::from_xml(&other).unwrap(), l);
+}
+
+#[test]
+fn hostile_label_xml_is_refused_without_harm() {
+    for (xml, wanted) in [
+        ("<not xml", "not well-formed"),
+        (
+            r#"<label xmlns="urn:other"><Classification>SECRET</Classification></label>"#,
+            "root element",
+        ),
+        (
+            r#"<s:originatorConfidentialityLabel xmlns:s="urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"><s:ConfidentialityInformation><s:PolicyIdentifier>MFA-EXAMPLE</s:PolicyIdentifier></s:ConfidentialityInformation></s:originatorConfidentialityLabel>"#,
+            "no Classification",
+        ),
+        (
+            r#"<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]><s:originatorConfidentialityLabel xmlns:s="urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"><s:ConfidentialityInformation><s:PolicyIdentifier>&b;</s:PolicyIdentifier><s:Classification>SECRET</s:Classification></s:ConfidentialityInformation></s:originatorConfidentialityLabel>"#,
+            "not well-formed",
+        ),
+    ] {
+        let e = Label::from_xml(xml).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{xml}: {e}");
+    }
+    let deep = format!(
+        r#"<s:originatorConfidentialityLabel xmlns:s="{STANAG_4774_NAMESPACE}">{}{}</s:originatorConfidentialityLabel>"#,
+        "<s:x>".repeat(40),
+        "</s:x>".repeat(40)
+    );
+    assert!(
+        Label::from_xml(&deep)
+            .unwrap_err()
+            .to_string()
+            .contains("too deep")
+    );
+    assert_eq!(
+        Label::from_xml(&"<".repeat(MAX_LABEL_BYTES + 1)),
+        Err(LabelError::TooLong)
+    );
+    // Well-formed, but naming what the policy does not have.
+    let p = policy();
+    let mut l = label("SECRET");
+    l.classification = "COSMIC".into();
+    let e = p
+        .validate(&Label::from_xml(&l.to_xml(&p)).unwrap())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unknown classification 'COSMIC'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_policy_with_a_mistake_is_refused_whole() {
+    let broken = [
+        (EXAMPLE.replace("rank = 4", "rank = 3"), "the same rank 3"),
+        (
+            EXAMPLE.replace(r#"ceiling = "SECRET""#, r#"ceiling = "SECERT""#),
+            "policy.ceiling 'SECERT'",
+        ),
+        (
+            EXAMPLE.replace(r#"default = "UNCLASSIFIED""#, r#"default = "TOP SECRET""#),
+            "above policy.ceiling",
+        ),
+        (
+            EXAMPLE.replace("type = \"permissive\"", "type = \"permisive\""),
+            "permisive",
+        ),
+        (
+            EXAMPLE.replace("[policy]", "[policy]\nceilling = 1"),
+            "ceilling",
+        ),
+        (
+            EXAMPLE.replace(r##"bgcolor = "#f0e442""##, r#"bgcolor = "yellow""#),
+            "not #rrggbb",
+        ),
+        (
+            EXAMPLE.replace(r#""CZE", "SVK""#, r#""CZE", "CZE""#),
+            "'CZE' is unusable or twice",
+        ),
+    ];
+    for (text, wanted) in broken {
+        let e = LabelPolicy::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{wanted}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
