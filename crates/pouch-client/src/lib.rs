@@ -216,20 +216,6 @@ pub enum Sending {
 
 /// Whether a send that failed may work later: the server or the network
 /// failed, not the mail.
-/// What an outbox mail's submission ids derive from: this device, the
-/// mail's place in the outbox and when it was queued (unique per device,
-/// the same on every attempt).
-fn outbox_submission_base(device: &DeviceId, outbox_id: i64, queued_at: i64) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"pouch outbox submission v1\0");
-    h.update(device.0.as_bytes());
-    h.update([0]);
-    h.update(outbox_id.to_be_bytes());
-    h.update(queued_at.to_be_bytes());
-    h.finalize().into()
-}
-
 fn worth_retrying(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable(..)
@@ -1007,11 +993,7 @@ impl Device {
         };
         self.delivered.clear();
         let original = Outgoing::from_bytes(queued.raw);
-        self.submission_base = Some(outbox_submission_base(
-            &self.device_id,
-            queued.id,
-            queued.queued_at,
-        ));
+        self.submission_base = Some(outbox.submission_base(queued.id, queued.queued_at));
         self.duplicate_possible = queued.may_have_reached;
         let sent = match &original {
             Ok(o) => self.submit_outgoing(o, &queued.envelope),

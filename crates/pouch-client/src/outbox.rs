@@ -72,6 +72,7 @@ pub struct Queued {
 
 pub struct Outbox {
     conn: Mutex<Connection>,
+    submission_key: zeroize::Zeroizing<[u8; 32]>,
     /// Held from [`Outbox::next_due`] until the mail is removed or
     /// postponed: an exclusive lock on [`SENDING_LOCK_FILE`], so that a
     /// bridge and a `pouch sync` on one home never send the same mail. The
@@ -119,17 +120,45 @@ impl Outbox {
             }
             other => other.into(),
         })?;
-        // Outboxes from before submission ids lack the column.
-        let has_reached: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'may_have_reached'")?
-            .exists([])?;
-        if !has_reached {
-            conn.execute_batch(
-                "ALTER TABLE outbox ADD COLUMN may_have_reached INTEGER NOT NULL DEFAULT 0",
-            )?;
-        }
+        // Outboxes from before submission ids lack the columns. Added
+        // under the write lock, checked again inside it: a bridge and a
+        // `pouch sync` may open an old outbox at the same moment.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let upgraded = (|| -> rusqlite::Result<()> {
+            for (column, ddl) in [
+                (
+                    "may_have_reached",
+                    "ALTER TABLE outbox ADD COLUMN may_have_reached INTEGER NOT NULL DEFAULT 0",
+                ),
+                (
+                    "in_flight",
+                    "ALTER TABLE outbox ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0",
+                ),
+            ] {
+                let has: bool = conn
+                    .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = ?1")?
+                    .exists([column])?;
+                if !has {
+                    conn.execute_batch(ddl)?;
+                }
+            }
+            Ok(())
+        })();
+        conn.execute_batch(if upgraded.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        upgraded?;
+        // The key of submission ids: derived from the outbox's own key, so
+        // the server (which sees the ids) cannot tell from them when a mail
+        // was queued or how many were.
+        let submission_key = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"pouch outbox submission key v1\0");
+            h.update(key);
+            zeroize::Zeroizing::new(<[u8; 32]>::from(h.finalize()))
+        };
         Ok(Outbox {
             conn: Mutex::new(conn),
+            submission_key,
             lock_file: std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -215,7 +244,7 @@ impl Outbox {
         let conn = self.conn();
         let row = conn
             .prepare_cached(
-                "SELECT id, raw, envelope, attempts, next_attempt_at, queued_at, may_have_reached FROM outbox ORDER BY id LIMIT 1",
+                "SELECT id, raw, envelope, attempts, next_attempt_at, queued_at, may_have_reached OR in_flight FROM outbox ORDER BY id LIMIT 1",
             )?
             .query_row([], |r| {
                 Ok((
@@ -238,6 +267,13 @@ impl Outbox {
         let envelope = serde_json::from_str(&envelope).map_err(|e| {
             ClientError::Local(format!("a queued mail's recipients are damaged: {e}"))
         })?;
+        // On disk before any request about it leaves: if this process dies
+        // before the attempt ends (removed or postponed), the next one
+        // knows the server may have it (and may answer "accepted before").
+        conn.prepare_cached(
+            "UPDATE outbox SET may_have_reached = may_have_reached OR in_flight, in_flight = 1 WHERE id = ?1",
+        )?
+        .execute([id])?;
         Ok(Some(Queued {
             id,
             queued_at,
@@ -307,6 +343,17 @@ impl Outbox {
         Ok(())
     }
 
+    /// What the submission ids of the mail `id` queued at `queued_at` derive
+    /// from: keyed by this outbox's secret, the same on every attempt.
+    pub fn submission_base(&self, id: i64, queued_at: i64) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.submission_key.as_ref())
+            .expect("HMAC takes any key length");
+        mac.update(&id.to_be_bytes());
+        mac.update(&queued_at.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Lets another process send again.
     fn done_sending(&self) {
         self.unlock(&mut self.sending.lock().unwrap_or_else(|p| p.into_inner()));
@@ -333,7 +380,7 @@ impl Outbox {
         let wait = (1i64 << attempts.min(10)).min(MAX_BACKOFF_SECS);
         self.conn().execute(
             "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, \
-             may_have_reached = may_have_reached OR ?5 WHERE id = ?1",
+             may_have_reached = may_have_reached OR ?5, in_flight = 0 WHERE id = ?1",
             params![
                 id,
                 attempts as i64 + 1,
@@ -416,6 +463,50 @@ mod tests {
         outbox
             .queue_within(&alice, mail(4), to, 2, 1 << 20)
             .unwrap();
+        drop(outbox);
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    /// A sender that dies while a mail is out (between the server taking it
+    /// and its removal) leaves a mark: the next attempt knows the server
+    /// may have it. A postponed attempt that never reached the server
+    /// leaves none.
+    #[test]
+    fn a_mail_in_flight_when_its_sender_died_may_have_reached_the_server() {
+        let home = std::env::temp_dir().join(format!("pouch-outbox-flight-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let key = [9u8; 32];
+        let own = Address::parse("alice@pouch.local").unwrap();
+        let to = [Address::parse("bob@pouch.local").unwrap()];
+        let mail = b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: x\r\n\r\nx\r\n".to_vec();
+        {
+            let outbox = Outbox::open(&home, &key).unwrap();
+            outbox.queue(&own, mail.clone(), &to).unwrap();
+            let first = outbox.next_due(i64::MAX).unwrap().unwrap();
+            assert!(!first.may_have_reached);
+            // Refused at the door: postponed, nothing reached the server.
+            outbox.postpone(first.id, 0, "connection refused", false).unwrap();
+            let again = outbox.next_due(i64::MAX).unwrap().unwrap();
+            assert!(!again.may_have_reached, "a postponed attempt leaves no mark");
+            assert_eq!(
+                outbox.submission_base(again.id, again.queued_at),
+                outbox.submission_base(first.id, first.queued_at),
+                "the same ids on every attempt"
+            );
+            // …and this process dies while the mail is out.
+        }
+        let outbox = Outbox::open(&home, &key).unwrap();
+        let after = outbox.next_due(i64::MAX).unwrap().unwrap();
+        assert!(after.may_have_reached, "the server may have it");
+        // The ids are keyed: another outbox key, other ids.
+        std::fs::create_dir_all(home.join("other")).unwrap();
+        let other = Outbox::open(&home.join("other"), &[1u8; 32]).unwrap();
+        assert_ne!(
+            other.submission_base(after.id, after.queued_at),
+            outbox.submission_base(after.id, after.queued_at)
+        );
+        drop(other);
         drop(outbox);
         std::fs::remove_dir_all(&home).unwrap();
     }

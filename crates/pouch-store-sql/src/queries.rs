@@ -1618,23 +1618,40 @@ impl MailStore for SqlStore {
     ) -> std::result::Result<Option<Vec<DeviceId>>, GroupError> {
         let mut tx = self.begin().await?;
         // First: a repeat is known whatever happened to the group since.
-        let fresh = sqlx::query(
-            "INSERT INTO submissions (sender_device, submission_id, accepted_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (sender_device, submission_id) DO NOTHING",
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM submissions WHERE sender_device = $1 AND submission_id = $2",
         )
         .bind(&message.sender.0)
         .bind(submission)
-        .bind(message.now)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
-        if fresh.rows_affected() == 0 {
+        if seen.is_some() {
             return Ok(None);
         }
-        // A refusal rolls the id back with the message: it may come again.
-        let n = self.message_inner(&mut tx, message).await?;
+        // A refusal rolls everything back: the same id may come again.
+        let recipients = self.message_inner(&mut tx, message).await?;
+        // Remembered only for a message that reached someone: a member
+        // alone in a conversation cannot grow the table with ids.
+        if !recipients.is_empty() {
+            let fresh = sqlx::query(
+                "INSERT INTO submissions (sender_device, submission_id, accepted_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sender_device, submission_id) DO NOTHING",
+            )
+            .bind(&message.sender.0)
+            .bind(submission)
+            .bind(message.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if fresh.rows_affected() == 0 {
+                // The same id, sent twice at once, committed first by the
+                // other: this one's queue items are rolled back.
+                return Ok(None);
+            }
+        }
         tx.commit().await.map_err(backend)?;
-        Ok(Some(n))
+        Ok(Some(recipients))
     }
 
     async fn forget_submissions(&self, before: UnixTime) -> Result<u64> {

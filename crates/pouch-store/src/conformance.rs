@@ -151,6 +151,34 @@ pub async fn submissions(store: &dyn Store, now: UnixTime) {
             .unwrap()
             .is_some()
     );
+    // A member alone in a conversation leaves no ids behind (nothing to
+    // repeat to anyone, and no table to grow).
+    let alone = GroupId("a1".repeat(16));
+    store
+        .submit_commit(CommitSubmission {
+            group_id: alone.clone(),
+            sender: a.clone(),
+            base_epoch: 0,
+            commit: None,
+            welcome: None,
+            added: vec![],
+            removed: vec![],
+            public_state: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let solo = Message {
+            group_id: &alone,
+            ..msg(1, b"note to self", u64::MAX)
+        };
+        assert_eq!(
+            store.submit_message_once(&solo, "s-solo").await.unwrap(),
+            Some(vec![])
+        );
+    }
     assert_eq!(store.forget_submissions(now).await.unwrap(), 0);
     assert_eq!(store.forget_submissions(now + 1).await.unwrap(), 3);
     assert!(

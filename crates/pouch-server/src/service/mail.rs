@@ -251,9 +251,9 @@ pub async fn send(
     })
 }
 
-/// How long a submission id is remembered: longer than any device keeps
-/// retrying a mail from its outbox.
-pub const SUBMISSIONS_KEPT_SECS: i64 = 30 * 86_400;
+/// How long a submission id is remembered: longer than a device keeps
+/// retrying a mail from its outbox (five days), with margin.
+pub const SUBMISSIONS_KEPT_SECS: i64 = 7 * 86_400;
 
 /// Waits until the caller's queue holds something after `after`, or `wait`
 /// passed (at most [`crate::push::MAX_WAIT`]). True when something is there.
