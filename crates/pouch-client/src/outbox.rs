@@ -144,7 +144,11 @@ impl Outbox {
             }
             Ok(())
         })();
-        conn.execute_batch(if upgraded.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        conn.execute_batch(if upgraded.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })?;
         upgraded?;
         // The key of submission ids: derived from the outbox's own key, so
         // the server (which sees the ids) cannot tell from them when a mail
@@ -479,16 +483,22 @@ mod tests {
         let key = [9u8; 32];
         let own = Address::parse("alice@pouch.local").unwrap();
         let to = [Address::parse("bob@pouch.local").unwrap()];
-        let mail = b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: x\r\n\r\nx\r\n".to_vec();
+        let mail =
+            b"From: alice@pouch.local\r\nTo: bob@pouch.local\r\nSubject: x\r\n\r\nx\r\n".to_vec();
         {
             let outbox = Outbox::open(&home, &key).unwrap();
             outbox.queue(&own, mail.clone(), &to).unwrap();
             let first = outbox.next_due(i64::MAX).unwrap().unwrap();
             assert!(!first.may_have_reached);
             // Refused at the door: postponed, nothing reached the server.
-            outbox.postpone(first.id, 0, "connection refused", false).unwrap();
+            outbox
+                .postpone(first.id, 0, "connection refused", false)
+                .unwrap();
             let again = outbox.next_due(i64::MAX).unwrap().unwrap();
-            assert!(!again.may_have_reached, "a postponed attempt leaves no mark");
+            assert!(
+                !again.may_have_reached,
+                "a postponed attempt leaves no mark"
+            );
             assert_eq!(
                 outbox.submission_base(again.id, again.queued_at),
                 outbox.submission_base(first.id, first.queued_at),

@@ -761,6 +761,10 @@ pub struct PendingApproval {
     /// The operator to add or remove.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The SHA-256 (hex) of the key an operator would be added with: the
+    /// approver compares it with the person's own before approving.
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
     pub requested_by: String,
     pub requested_at: i64,
     pub expires_at: i64,
@@ -779,6 +783,15 @@ impl PendingApproval {
     pub fn subject(&self) -> String {
         approval_subject(self.address.as_ref(), self.admin.as_deref())
     }
+}
+
+/// `POST /v1/admin/approvals/{id}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApproveRequest {
+    /// To add an operator: their key's fingerprint as the approver got it
+    /// from the person (not from the requester).
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
 }
 
 /// `POST /v1/admin/admins`: the administrator added, or (an operator, once

@@ -61,7 +61,7 @@ pub fn routes() -> Routes {
         .route(
             "/v1/admin/approvals/{id}",
             &[(Method::POST, Access::Admin(Operators::ROLES))],
-            post(approve),
+            post(approve).layer(DefaultBodyLimit::max(TINY_LIMIT)),
         )
 }
 
@@ -122,8 +122,9 @@ async fn approve(
     State(s): St,
     by: Admin<Operators>,
     Path(id): Path<String>,
+    Json(req): Json<ApproveRequest>,
 ) -> ApiResult<ApprovalDone> {
-    Ok(Json(administrators::approve(&s, &by, &id).await?))
+    Ok(Json(administrators::approve(&s, &by, &id, &req).await?))
 }
 
 /// The database as one SQLite file, streamed (it may be large).

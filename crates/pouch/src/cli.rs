@@ -534,10 +534,15 @@ enum AdminCommand {
         /// The file to write (must not exist; written 0600).
         file: PathBuf,
     },
-    /// Approve (and so carry out) another administrator's reset or revocation.
+    /// Approve (and so carry out) another administrator's request: a reset,
+    /// a revocation, an operator added or removed.
     Approve {
         /// The request's id, as the requester or `pouch admin approvals` shows it.
         id: String,
+        /// To add an operator: their key's fingerprint, as *they* read it to
+        /// you from their `pouch admin init` (not as the requester did).
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
     /// Manage users.
     User {
@@ -2090,7 +2095,16 @@ fn print_pending(p: &pouch_proto::api::PendingApproval) {
         p.subject(),
         format_date(p.expires_at)
     );
-    outln!("pouch admin approve {}", p.id);
+    match &p.key_fingerprint {
+        Some(fp) => {
+            eprintln!(
+                "(after comparing the key fingerprint {fp} with the one {} reads them from their own 'pouch admin init')",
+                p.admin.as_deref().unwrap_or("the new operator")
+            );
+            outln!("pouch admin approve {} --fingerprint {fp}", p.id);
+        }
+        None => outln!("pouch admin approve {}", p.id),
+    }
 }
 
 /// Prints a one-time invite on stdout (for scripts) and what it is on stderr.
@@ -2390,10 +2404,13 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 file.display()
             );
         }
-        AdminCommand::Approve { id } => {
+        AdminCommand::Approve {
+            id,
+            fingerprint: key_fingerprint,
+        } => {
             let done: pouch_proto::api::ApprovalDone = api.post(
                 &format!("/v1/admin/approvals/{}", id.trim().to_ascii_uppercase()),
-                &serde_json::json!({}),
+                &pouch_proto::api::ApproveRequest { key_fingerprint },
             )?;
             match &done.invite {
                 // A reset's invite alone on standard output, for scripts.
@@ -2412,12 +2429,17 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 outln!("nothing waits for approval");
             } else {
                 for p in pending {
+                    let detail = match (&p.device, &p.key_fingerprint) {
+                        (Some(d), _) => d.0.clone(),
+                        (None, Some(fp)) => format!("key {fp}"),
+                        (None, None) => String::new(),
+                    };
                     outln!(
                         "{}  {:<15} {:<32} {} asked by {} at {}, until {}",
                         p.id,
                         p.action.as_str(),
                         p.subject(),
-                        p.device.as_ref().map(|d| d.0.as_str()).unwrap_or(""),
+                        detail,
                         p.requested_by,
                         format_date(p.requested_at),
                         format_date(p.expires_at)

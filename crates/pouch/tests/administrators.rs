@@ -150,8 +150,35 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     );
     let puppet = dir.path("puppet-admin");
     let out = server.admin_init(&puppet, "pat", &puppet.join("none"));
+    // What Pat reads out: the fingerprint of the key Pat made.
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pats_fingerprint = said
+        .split("(fingerprint ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_string();
     let add = stdout(&out);
     let words: Vec<&str> = add.split_whitespace().collect();
+    // A key already an administrator's is no second person's.
+    let olgas_key = {
+        let me = pouch_client::admin::AdminIdentity::open(&olga, PASSPHRASE).unwrap();
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(me.public_key())
+    };
+    assert_one_line_error(
+        &server.admin_as(
+            &olga,
+            &[
+                "add",
+                "olgas-twin",
+                "--role",
+                "operator",
+                &format!("--key={olgas_key}"),
+            ],
+        ),
+        "already an administrator's",
+    );
     let asked_add = stdout(&server.admin_as(&olga, &words[2..]));
     assert!(asked_add.starts_with("pouch admin approve "), "{asked_add}");
     let add_id = asked_add.split_whitespace().nth(3).unwrap().to_string();
@@ -170,7 +197,23 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
         &server.admin_as(&olga, &["approve", &add_id]),
         "a second administrator must approve it",
     );
-    let done = stdout(&server.admin_as(&ops, &["approve", &add_id]));
+    // The approver vouches for the key: without Pat's fingerprint, or with
+    // another, nothing happens.
+    assert_one_line_error(
+        &server.admin_as(&ops, &["approve", &add_id]),
+        "ask pat for the key fingerprint",
+    );
+    assert_one_line_error(
+        &server.admin_as(
+            &ops,
+            &["approve", &add_id, "--fingerprint", &"0".repeat(64)],
+        ),
+        "ask pat for the key fingerprint",
+    );
+    let done = stdout(&server.admin_as(
+        &ops,
+        &["approve", &add_id, "--fingerprint", &pats_fingerprint],
+    ));
     assert!(done.contains("operator pat: added as operator"), "{done}");
     assert_one_line_error(
         &server.admin_as(&puppet, &["approve", &id]),

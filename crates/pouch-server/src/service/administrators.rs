@@ -252,6 +252,19 @@ async fn operators(s: &AppState) -> Result<usize> {
 /// second, and approve their own resets through them).
 pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result<AddAdminResponse> {
     checked_key(&req.name, &req.public_key)?;
+    // One key, one person: a key an administrator already signs with is
+    // not a second person's.
+    if s.store
+        .list_admins()
+        .await?
+        .iter()
+        .any(|a| a.public_key == req.public_key)
+    {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "that key is already an administrator's: each person makes their own with 'pouch admin init'",
+        ));
+    }
     if req.role == AdminRole::Operator && operators(s).await? >= 2 {
         if s.store.admin_name_taken(&req.name).await? {
             return Err(name_taken(&req.name));
@@ -398,6 +411,7 @@ fn pending(a: Approval) -> PendingApproval {
         address: a.address,
         device: a.device,
         admin: a.admin_name,
+        key_fingerprint: a.admin_key.as_deref().map(|k| hex::encode(sha256(k))),
         requested_by: a.requested_by,
         requested_at: a.requested_at,
         expires_at: a.expires_at,
@@ -526,7 +540,12 @@ pub async fn pending_approvals(s: &AppState) -> Result<Vec<PendingApproval>> {
 }
 
 /// A second operator approves a request, which is carried out at once.
-pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<ApprovalDone> {
+pub async fn approve(
+    s: &AppState,
+    by: &AdminCaller,
+    id: &str,
+    req: &ApproveRequest,
+) -> Result<ApprovalDone> {
     let Some(approval) = s.store.approval(id).await? else {
         return Err(ServiceError::not_found(format!(
             "no request {id}; see 'pouch admin approvals'"
@@ -592,6 +611,29 @@ pub async fn approve(s: &AppState, by: &AdminCaller, id: &str) -> Result<Approva
                 approval.requested_by
             ),
         ));
+    }
+    // Adding an operator: the approver vouches for the key being the
+    // person's, so they must have it from the person (a requester could
+    // otherwise add a name with a key of their own).
+    if approval.action == ApprovalAction::AddOperator {
+        let expected = approval
+            .admin_key
+            .as_deref()
+            .map(|k| hex::encode(sha256(k)))
+            .unwrap_or_default();
+        let given = req
+            .key_fingerprint
+            .as_deref()
+            .map(|f| f.trim().to_ascii_lowercase());
+        if given.as_deref() != Some(expected.as_str()) {
+            return Err(ServiceError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "ask {} for the key fingerprint their 'pouch admin init' printed, compare, then run: pouch admin approve {id} --fingerprint FINGERPRINT",
+                    approval.admin_name.as_deref().unwrap_or("the new operator")
+                ),
+            ));
+        }
     }
     if !s.store.approve(id, &by.name, now()).await? {
         return Err(ServiceError::new(
