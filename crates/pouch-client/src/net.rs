@@ -76,24 +76,39 @@ impl AnchoredCertificate {
     /// its own. An intermediate CA of an ordinary chain has no such twin.
     fn endorsed_successor(
         &self,
+        pinned: &CertificateDer<'_>,
         end_entity: &CertificateDer<'_>,
         others: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Option<Vec<u8>> {
-        let identity = |c: &CertificateDer<'_>| {
-            webpki::anchor_from_trusted_cert(c)
-                .ok()
-                .map(|a| (a.subject.to_vec(), a.subject_public_key_info.to_vec()))
+        // (subject, issuer, key) of a certificate.
+        let names = |c: &CertificateDer<'_>| {
+            let parsed = webpki::EndEntityCert::try_from(c).ok()?;
+            Some((
+                parsed.subject().to_vec(),
+                parsed.issuer().to_vec(),
+                parsed.subject_public_key_info().as_ref().to_vec(),
+            ))
         };
+        let (pinned_subject, _, _) = names(pinned)?;
         for candidate in others {
-            let Some(id) = identity(candidate) else {
+            // A new anchor: self-issued (an intermediate of an ordinary,
+            // even cross-signed, chain is not)…
+            let Some((subject, issuer, key)) = names(candidate) else {
                 continue;
             };
-            let twinned = others
-                .iter()
-                .any(|o| o != candidate && identity(o).as_ref() == Some(&id));
-            if !twinned {
+            if subject != issuer {
+                continue;
+            }
+            // …whose name and key the pinned anchor issued (the
+            // cross-certificate)…
+            let endorsed = others.iter().any(|o| {
+                o != candidate
+                    && names(o)
+                        .is_some_and(|(s, i, k)| s == subject && k == key && i == pinned_subject)
+            });
+            if !endorsed {
                 continue;
             }
             let mut roots = rustls::RootCertStore::empty();
@@ -170,7 +185,8 @@ impl ServerCertVerifier for AnchoredCertificate {
                 })
             })?;
         if others.len() >= 2
-            && let Some(next) = self.endorsed_successor(end_entity, &others, server_name, now)
+            && let Some(next) =
+                self.endorsed_successor(anchor, end_entity, &others, server_name, now)
         {
             *self.successor.lock().unwrap_or_else(|p| p.into_inner()) = Some(next);
         }
@@ -937,6 +953,25 @@ mod anchor_tests {
         let leaf_cert = leaf(&inter, &["127.0.0.1"], 90);
         let v = verifier(root.cert.der());
         let chain = vec![leaf_cert, inter.cert.der().clone(), root.cert.der().clone()];
+        assert_eq!(check(&v, &chain, "127.0.0.1", now), Ok(()));
+        assert!(v.successor.lock().unwrap().is_none());
+        // A cross-signed intermediate (the same issuing CA under two
+        // roots) is a twin too, but not self-issued: still no successor.
+        let other_root = ca("Other root");
+        let mut ip2 = rcgen::CertificateParams::default();
+        ip2.distinguished_name
+            .push(rcgen::DnType::CommonName, "Ministry issuing CA");
+        ip2.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let inter_by_other = ip2
+            .signed_by(&inter.key, &other_root.cert, &other_root.key)
+            .unwrap();
+        let v = verifier(root.cert.der());
+        let chain = vec![
+            chain[0].clone(),
+            inter.cert.der().clone(),
+            inter_by_other.der().clone(),
+            root.cert.der().clone(),
+        ];
         assert_eq!(check(&v, &chain, "127.0.0.1", now), Ok(()));
         assert!(v.successor.lock().unwrap().is_none());
     }

@@ -163,6 +163,23 @@ pub struct Response {
     pub revoke_cloned_devices: bool,
 }
 
+/// A message with every "quoted" part replaced by "…".
+fn without_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl ConfigFile {
     /// Reads a config file; a missing file at the default place means defaults.
     pub fn load(path: &Path, must_exist: bool) -> Result<ConfigFile, String> {
@@ -174,7 +191,8 @@ impl ConfigFile {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let mut file: ConfigFile = toml::from_str(&text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
+            // Without any quoted value (`invalid type: string "postgres://…"`).
+            let msg = without_quoted(&e.message().replace('\n', " "));
             // Where: the line and its key — not its value, which may be a
             // database URL with a password.
             let at = e
@@ -182,11 +200,16 @@ impl ConfigFile {
                 .map(|span| {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     let line = text.lines().nth(line_no - 1).unwrap_or("");
+                    // Only a key: a line without '=' (a string's
+                    // continuation) is named by its number alone.
                     let key: String = line
-                        .split('=')
-                        .next()
+                        .split_once('=')
+                        .map(|(k, _)| k.trim())
+                        .filter(|k| {
+                            k.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+                        })
                         .unwrap_or("")
-                        .trim()
                         .chars()
                         .take(64)
                         .collect();
@@ -294,6 +317,13 @@ mod tests {
         let e = ConfigFile::load(&f, true).unwrap_err();
         assert!(e.contains("line 2 (database_url)"), "{e}");
         assert!(!e.contains("secret"), "no value in the error: {e}");
+        std::fs::write(
+            &f,
+            "[server]\nmax_queue_mib = \"postgres://u:secret@db/x\"\n",
+        )
+        .unwrap();
+        let e = ConfigFile::load(&f, true).unwrap_err();
+        assert!(e.contains("max_queue_mib") && !e.contains("secret"), "{e}");
         std::fs::write(&f, "[alerts]\nsyslog = \"udp://x:514\"\n").unwrap();
         assert!(ConfigFile::load(&f, true).unwrap_err().contains("tcp://"));
         assert!(ConfigFile::load(&dir.join("absent.toml"), false).is_ok());

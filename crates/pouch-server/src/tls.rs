@@ -192,6 +192,8 @@ impl TlsIdentity {
 
     /// Pouch's own anchor in the data directory, made on first start.
     fn own(data_dir: &Path, domain: &str, extra_names: &[String]) -> Result<Self, StartError> {
+        // A change of anchor cut off after its files were written: finish it.
+        finish_anchor_change(data_dir)?;
         let anchor_path = data_dir.join("tls-anchor.pem");
         let anchor_key_path = data_dir.join("tls-anchor-key.pem");
         let cert_path = data_dir.join("tls-cert.pem");
@@ -487,6 +489,20 @@ pub struct AnchorChange {
 /// ([`finish_anchor_change`]).
 pub fn rotate_anchor(data_dir: &Path, domain: &str) -> Result<AnchorChange, StartError> {
     finish_anchor_change(data_dir)?;
+    // Not twice in a row (a restart loop with the flag left on would strand
+    // every device that had not yet seen the first change).
+    if let Ok(meta) = std::fs::metadata(data_dir.join(CROSS_CERTIFICATE))
+        && meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < MIN_BETWEEN_CHANGES)
+    {
+        return Err(StartError::Config(format!(
+            "the trust anchor was changed less than {} days ago and devices may not all have moved to it; start without --rotate-anchor",
+            MIN_BETWEEN_CHANGES.as_secs() / 86_400
+        )));
+    }
     let anchor_path = data_dir.join("tls-anchor.pem");
     let anchor_key_path = data_dir.join("tls-anchor-key.pem");
     if !anchor_path.exists() || !anchor_key_path.exists() {
@@ -512,20 +528,19 @@ pub fn rotate_anchor(data_dir: &Path, domain: &str) -> Result<AnchorChange, Star
         .signed_by(&new_key, &old_issuing, &old_key)
         .map_err(tls_error)?;
     let old_pem = pem_of(&anchor_path)?;
+    // Everything written beside first, synced, then moved into place by
+    // one step that a later start repeats if it was cut off.
     let next = |p: &Path| PathBuf::from(format!("{}.next", p.display()));
     write_private_file(&next(&anchor_key_path), new_key.serialize_pem().as_bytes())
         .map_err(|e| io_error(&anchor_key_path, e))?;
-    std::fs::write(next(&anchor_path), new_anchor.pem()).map_err(|e| io_error(&anchor_path, e))?;
-    std::fs::write(data_dir.join(PREVIOUS_ANCHOR), old_pem)
-        .map_err(|e| io_error(&data_dir.join(PREVIOUS_ANCHOR), e))?;
-    std::fs::write(data_dir.join(CROSS_CERTIFICATE), cross.pem())
-        .map_err(|e| io_error(&data_dir.join(CROSS_CERTIFICATE), e))?;
-    finish_anchor_change(data_dir)?;
-    // The serving certificate was issued by the old anchor: the next
-    // start of the identity issues one from the new.
-    for f in ["tls-cert.pem", "tls-key.pem"] {
-        let _ = std::fs::remove_file(data_dir.join(f));
+    for (path, text) in [
+        (data_dir.join(PREVIOUS_ANCHOR), old_pem),
+        (data_dir.join(CROSS_CERTIFICATE), cross.pem()),
+        (anchor_path.clone(), new_anchor.pem()),
+    ] {
+        write_synced(&next(&path), text.as_bytes()).map_err(|e| io_error(&path, e))?;
     }
+    finish_anchor_change(data_dir)?;
     tracing::warn!("changed the TLS trust anchor; the old one endorses the new");
     Ok(AnchorChange {
         previous: fingerprint(old_der.as_ref()),
@@ -533,16 +548,47 @@ pub fn rotate_anchor(data_dir: &Path, domain: &str) -> Result<AnchorChange, Star
     })
 }
 
-/// Moves a written new anchor into place (key first, certificate last).
+/// Moves a written change of anchor into place, the anchor certificate
+/// last; its `.next` file is written last too, so its presence means the
+/// others are complete. Then the serving certificate the old anchor issued
+/// goes.
 fn finish_anchor_change(data_dir: &Path) -> Result<(), StartError> {
-    for f in ["tls-anchor-key.pem", "tls-anchor.pem"] {
+    let cert_next = data_dir.join("tls-anchor.pem.next");
+    if !cert_next.exists() {
+        // Cut off before the certificate was written: the change did not
+        // happen; its partial files go.
+        for f in ["tls-anchor-key.pem", PREVIOUS_ANCHOR, CROSS_CERTIFICATE] {
+            let _ = std::fs::remove_file(data_dir.join(format!("{f}.next")));
+        }
+        return Ok(());
+    }
+    for f in [
+        "tls-anchor-key.pem",
+        PREVIOUS_ANCHOR,
+        CROSS_CERTIFICATE,
+        "tls-anchor.pem",
+    ] {
         let next = data_dir.join(format!("{f}.next"));
         if next.exists() {
             std::fs::rename(&next, data_dir.join(f)).map_err(|e| io_error(&next, e))?;
         }
     }
+    for f in ["tls-cert.pem", "tls-key.pem"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
     Ok(())
 }
+
+/// Writes a file and waits for the disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The shortest time between two changes of anchor.
+const MIN_BETWEEN_CHANGES: Duration = Duration::from_secs(7 * 86_400);
 
 /// The anchor as rcgen needs it to issue: its name and key. Only the
 /// subject name and key of the issuer end up in what it issues, so an
@@ -573,14 +619,25 @@ fn issuing_certificate_and_generation(
     let names = (1..=MAX_GENERATIONS)
         .map(|g| (anchor_name(domain, g), g))
         .chain([earlier]);
+    let anchor_key = webpki::anchor_from_trusted_cert(anchor_der)
+        .map_err(|e| tls_error(format!("the trust anchor certificate is damaged ({e:?})")))?
+        .subject_public_key_info
+        .to_vec();
     for (name, generation) in names {
         let mut params = anchor_params(domain, generation);
         params.distinguished_name = name;
         let cert = params.self_signed(key).map_err(tls_error)?;
-        let same_name = webpki::anchor_from_trusted_cert(cert.der())
-            .map(|a| a.subject.as_ref() == subject.as_slice())
-            .unwrap_or(false);
-        if same_name {
+        let Ok(made) = webpki::anchor_from_trusted_cert(cert.der()) else {
+            continue;
+        };
+        if made.subject.as_ref() == subject.as_slice() {
+            // Serving certificates signed with another key than the
+            // anchor's would be refused by every device.
+            if made.subject_public_key_info.as_ref() != anchor_key.as_slice() {
+                return Err(tls_error(
+                    "tls-anchor-key.pem is not the key of tls-anchor.pem: put the anchor's own key back",
+                ));
+            }
             return Ok((cert, generation));
         }
     }
@@ -907,13 +964,59 @@ mod tests {
         chains_to(&chain[0], &[], &old_anchor, now).unwrap_err();
         chains_to(&chain[0], &chain[1..3], &old_anchor, now).unwrap();
 
-        // Again: generation 3, endorsed by generation 2 only.
+        // Not again right away (a restart loop with the flag on)…
+        let Err(e) = rotate_anchor(d.path(), "pouch.local") else {
+            panic!("a second change right away was made");
+        };
+        assert!(
+            e.to_string().contains("changed less than 7 days ago"),
+            "{e}"
+        );
+        // …but a week later: generation 3, endorsed by generation 2 only.
+        let cross = std::fs::File::options()
+            .write(true)
+            .open(d.path().join(CROSS_CERTIFICATE))
+            .unwrap();
+        cross
+            .set_modified(SystemTime::now() - Duration::from_secs(8 * 86_400))
+            .unwrap();
+        drop(cross);
         let third = rotate_anchor(d.path(), "pouch.local").unwrap();
         assert_eq!(third.previous, change.new);
         let id = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
         let chain = id.serving.0.read().unwrap().cert.clone();
         assert_eq!(fingerprint(chain[1].as_ref()), third.new);
         assert_eq!(fingerprint(chain[3].as_ref()), change.new);
+
+        // A change cut off before its anchor certificate was written did
+        // not happen: the next start drops its partial files.
+        let before = id.anchor_fingerprint.clone();
+        for f in ["tls-anchor-key.pem", "tls-anchor.pem"] {
+            std::fs::copy(d.path().join(f), d.path().join(format!("{f}.keep"))).unwrap();
+        }
+        std::fs::write(d.path().join("tls-anchor-key.pem.next"), "half").unwrap();
+        let unchanged =
+            TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()).unwrap();
+        assert_eq!(unchanged.anchor_fingerprint, before);
+        assert!(!d.path().join("tls-anchor-key.pem.next").exists());
+        // The anchor with a key that is not its own: refused, nothing issued.
+        std::fs::write(
+            d.path().join("tls-anchor-key.pem"),
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        let Err(e) = TlsIdentity::load(d.path(), "pouch.local", &TlsSettings::default()) else {
+            panic!("an anchor with a foreign key was used");
+        };
+        assert!(
+            e.to_string().contains("is not the key of tls-anchor.pem"),
+            "{e}"
+        );
+        std::fs::copy(
+            d.path().join("tls-anchor-key.pem.keep"),
+            d.path().join("tls-anchor-key.pem"),
+        )
+        .unwrap();
 
         // A cross-certificate that certifies some other key is refused.
         std::fs::copy(

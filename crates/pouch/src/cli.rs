@@ -1254,19 +1254,31 @@ fn save_attachments_of(device: &Device, id: i64, dir: &Path) -> Result<Vec<Saved
 /// A sender's attachment name as a file name that stays in the directory.
 fn safe_file_name(given: &str) -> Option<String> {
     let last = given.rsplit(['/', '\\']).next().unwrap_or("");
+    // Format characters (a right-to-left override turns "invoice\u{202e}fdp.exe"
+    // into what reads as a PDF) go; control characters become '_'.
+    let format_char = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{00ad}');
     let cleaned: String = last
         .chars()
+        .filter(|c| !format_char(*c))
         .map(|c| if c.is_control() || c == ':' { '_' } else { c })
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
     if cleaned.is_empty() {
         return None;
     }
-    let mut end = cleaned.len().min(200);
-    while !cleaned.is_char_boundary(end) {
+    if cleaned.len() <= 200 {
+        return Some(cleaned.to_string());
+    }
+    // Too long: cut the stem, keep a short extension.
+    let (stem, ext) = match cleaned.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => (stem, format!(".{ext}")),
+        _ => (cleaned, String::new()),
+    };
+    let mut end = (200 - ext.len()).min(stem.len());
+    while !stem.is_char_boundary(end) {
         end -= 1;
     }
-    Some(cleaned[..end].to_string())
+    Some(format!("{}{ext}", stem[..end].trim_end()))
 }
 
 /// Writes `contents` to a file in `dir` that did not exist before: `name`,
@@ -1670,6 +1682,28 @@ fn merge_config_file(
         None => (args.data_dir.join("pouch.toml"), false),
     };
     let file = ConfigFile::load(&path, explicit).map_err(|e| anyhow!(e))?;
+    // A policy left in the data directory is not read when another file
+    // is named: refused rather than silently dropped (an upgrade from the
+    // package that kept its policy there).
+    if explicit {
+        let data_dir = file
+            .server
+            .data_dir
+            .clone()
+            .unwrap_or(args.data_dir.clone());
+        let beside = data_dir.join("pouch.toml");
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if beside.exists() && !same(&beside, &path) {
+            bail!(
+                "{} would not be read (the server reads {}): move its settings into that file and remove it",
+                beside.display(),
+                path.display()
+            );
+        }
+    }
     let found = explicit || path.exists();
     let mut sources = std::collections::BTreeMap::new();
     let settings = file.server.clone();
@@ -1829,8 +1863,23 @@ fn print_settings(
     }
 }
 
-/// postgres://user:secret@host/db → postgres://user:***@host/db.
+/// postgres://user:secret@host/db → postgres://user:***@host/db; a
+/// `password=` query parameter too.
 fn redact_password(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_string(),
+    };
+    let url = url.as_str();
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -2726,6 +2775,10 @@ mod config_file_tests {
             "postgres://pouch@db/pouch"
         );
         assert_eq!(redact_password("postgres://db/p@x"), "postgres://db/p@x");
+        assert_eq!(
+            redact_password("postgres://pouch@db/pouch?sslmode=require&password=s3cret"),
+            "postgres://pouch@db/pouch?sslmode=require&password=***"
+        );
     }
 }
 
@@ -2752,5 +2805,12 @@ mod attachment_name_tests {
         let long = "é".repeat(300);
         let cut = safe_file_name(&long).unwrap();
         assert!(cut.len() <= 200 && cut.chars().all(|c| c == 'é'));
+        let long = format!("{}.pdf", "a ".repeat(150));
+        let cut = safe_file_name(&long).unwrap();
+        assert!(cut.len() <= 200 && cut.ends_with("a.pdf"), "{cut}");
+        assert_eq!(
+            safe_file_name("invoice\u{202e}fdp.exe").as_deref(),
+            Some("invoicefdp.exe")
+        );
     }
 }

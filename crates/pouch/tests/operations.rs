@@ -555,6 +555,21 @@ window = "5m"
     );
     refused("[server]\nlog_format = \"xml\"\n", &["log_format", "json"]);
     refused("[server]\nmax_blob_mib = -1\n", &["max_blob_mib"]);
+    // A policy left in the data directory beside another config file is
+    // not silently ignored (an upgrade from before the config file).
+    std::fs::write(&conf, "[server]\ndata_dir = \"state\"\n").unwrap();
+    std::fs::write(
+        state.join("pouch.toml"),
+        "[response]\nrevoke_cloned_devices = true\n",
+    )
+    .unwrap();
+    let out = pouch()
+        .current_dir(&elsewhere)
+        .args(["server", "--check", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "would not be read");
 }
 
 /// A new data directory `restored` holding `old`'s key files, served from

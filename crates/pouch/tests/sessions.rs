@@ -578,9 +578,18 @@ fn a_changed_anchor_is_followed_when_the_old_one_endorses_it_and_else_only_by_th
         "x",
     ]);
 
-    // A second change while Bob's device is away: the chain is endorsed by
-    // the second anchor only, and Bob's device trusts the first.
+    // A second change while Bob's device is away (a week later: the server
+    // refuses two changes in a row): the chain is endorsed by the second
+    // anchor only, and Bob's device trusts the first.
     server.stop();
+    let cross = std::fs::File::options()
+        .write(true)
+        .open(data.join("tls-anchor-cross.pem"))
+        .unwrap();
+    cross
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(8 * 86_400))
+        .unwrap();
+    drop(cross);
     let server = Server::start_with(&data, None, &listen, &["--rotate-anchor"]);
     let third_anchor = server.fingerprint.clone();
     let out = bob.run(&["sync"]);
