@@ -258,3 +258,150 @@ fn a_policy_with_a_mistake_is_refused_whole() {
         assert!(!e.contains('\n'), "one line: {e}");
     }
 }
+
+mod statements {
+    use super::*;
+    use crate::statement::*;
+    use ed25519_dalek::SigningKey;
+
+    fn officer(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn only_the_pinned_officer_signs_what_devices_believe() {
+        let officer_key = officer(7);
+        let pinned = officer_key.verifying_key();
+        let p = policy();
+        let c = p
+            .clearance(
+                "SECRET",
+                &["REL:CZE".into(), "TREATY".into()],
+                Some(NOW + 86_400),
+            )
+            .unwrap();
+        let signed = SignedStatement::sign(
+            &Statement::clearance("bob@mfa.example", &c, NOW),
+            &officer_key,
+        );
+        let mut known = Clearances::default();
+        known.apply(signed.verify(&pinned).unwrap()).unwrap();
+        assert_eq!(known.clearance("bob@mfa.example"), Some(&c));
+
+        // Another key (an administrator's, the server's): refused, naming the trusted key.
+        let forged = SignedStatement::sign(
+            &Statement::clearance("mallory@mfa.example", &c, NOW),
+            &officer(8),
+        );
+        let e = forged.verify(&pinned).unwrap_err().to_string();
+        assert!(
+            e.contains("not signed by the security officer")
+                && e.contains(&officer_fingerprint(&pinned)),
+            "{e}"
+        );
+        // A signed clearance edited afterwards (raised to TOP SECRET): refused.
+        let raised = SignedStatement {
+            body: signed.body.replace("\"SECRET\"", "\"TOP SECRET\""),
+            ..signed.clone()
+        };
+        assert_ne!(raised.body, signed.body);
+        assert!(raised.verify(&pinned).is_err());
+        // Garbage signatures and oversized bodies.
+        let junk = SignedStatement {
+            signature: "zz".into(),
+            ..signed.clone()
+        };
+        assert!(junk.verify(&pinned).is_err());
+        let big = SignedStatement {
+            body: "x".repeat(MAX_STATEMENT_BYTES + 1),
+            ..signed
+        };
+        assert_eq!(big.verify(&pinned), Err(StatementError::TooLarge));
+    }
+
+    #[test]
+    fn the_latest_statement_counts_and_an_older_policy_is_not_taken_back() {
+        let key = officer(3);
+        let pinned = key.verifying_key();
+        let apply = |known: &mut Clearances, s: Statement| {
+            known.apply(SignedStatement::sign(&s, &key).verify(&pinned).unwrap())
+        };
+        let mut known = Clearances::default();
+        apply(
+            &mut known,
+            Statement::Policy {
+                version: 2,
+                policy: EXAMPLE.into(),
+                issued_at: NOW,
+            },
+        )
+        .unwrap();
+        assert_eq!(known.policy().unwrap().id, "MFA-EXAMPLE");
+        let e = apply(
+            &mut known,
+            Statement::Policy {
+                version: 1,
+                policy: EXAMPLE.into(),
+                issued_at: NOW,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("an older policy replayed"), "{e}");
+        let e = apply(
+            &mut known,
+            Statement::Policy {
+                version: 3,
+                policy: EXAMPLE.replace("rank = 4", "rank = 3"),
+                issued_at: NOW,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("same rank"), "{e}");
+
+        let p = known.policy().unwrap().clone();
+        let secret = p.clearance("SECRET", &["REL:CZE".into()], None).unwrap();
+        apply(
+            &mut known,
+            Statement::clearance("bob@mfa.example", &secret, NOW),
+        )
+        .unwrap();
+        let label = p.parse("SECRET//REL TO CZE", NOW).unwrap();
+        assert_eq!(
+            p.check(&label, known.clearance("bob@mfa.example"), NOW),
+            Ok(())
+        );
+        // Lowered, then revoked: each is what counts from then on.
+        let lower = p
+            .clearance("RESTRICTED", &["REL:CZE".into()], None)
+            .unwrap();
+        apply(
+            &mut known,
+            Statement::clearance("bob@mfa.example", &lower, NOW + 1),
+        )
+        .unwrap();
+        assert!(matches!(
+            p.check(&label, known.clearance("bob@mfa.example"), NOW),
+            Err(Refusal::ClearanceTooLow { .. })
+        ));
+        apply(
+            &mut known,
+            Statement::Revocation {
+                address: "bob@mfa.example".into(),
+                issued_at: NOW + 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.check(
+                &p.parse("UNCLASSIFIED", NOW).unwrap(),
+                known.clearance("bob@mfa.example"),
+                NOW
+            ),
+            Err(Refusal::Revoked)
+        );
+        assert_eq!(
+            p.check(&label, known.clearance("nobody@mfa.example"), NOW),
+            Err(Refusal::NoClearance)
+        );
+    }
+}
