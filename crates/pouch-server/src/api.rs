@@ -196,7 +196,18 @@ async fn metrics(
     State(s): St,
     _: Admin<AnyAdmin>,
 ) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
-    let (checkpoint_size, witnesses) = crate::service::log::witness_status(&s).await?;
+    // A checkpoint that cannot be opened is itself what an operator must
+    // see: every witness shows as not cosigned, the rest is still served.
+    let (checkpoint_size, witnesses) = match crate::service::log::witness_status(&s).await {
+        Ok(status) => status,
+        Err(_) => (
+            0,
+            crate::service::log::witness_names(&s)
+                .into_iter()
+                .map(|n| (n, None))
+                .collect(),
+        ),
+    };
     let gauges = crate::metrics::Gauges {
         log_size: s.store.log_size().await?,
         events_lost: s.events_lost.load(std::sync::atomic::Ordering::Relaxed),

@@ -71,6 +71,27 @@ fn with_the_witness_down_mail_flows_and_clients_report_its_age() {
     let m = server.metrics();
     assert_eq!(m[&cosigned], 0.0, "{m}");
     assert!(m.get(&age).is_none(), "{m}");
+    // A stored checkpoint that does not open (damaged, or not the log's
+    // key's) still leaves the metrics served, the witness not cosigned.
+    let (checkpoint_size, note): (i64, Vec<u8>) = server
+        .db()
+        .query_row(
+            "SELECT checkpoint_size, checkpoint FROM log_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let set_note = |note: &[u8]| {
+        server
+            .db()
+            .execute("UPDATE log_state SET checkpoint = ?1 WHERE id = 1", [note])
+            .unwrap();
+    };
+    set_note(b"not a signed note");
+    let m = server.metrics();
+    assert_eq!(m[&cosigned], 0.0, "{m}");
+    assert!(m["pouch_log_entries{}"].as_f64().unwrap() >= checkpoint_size as f64);
+    set_note(&note);
     // Clients say how old the newest cosigned checkpoint is, and raise the
     // alarm past the configured age.
     std::thread::sleep(std::time::Duration::from_millis(2100));

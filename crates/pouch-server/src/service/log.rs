@@ -148,12 +148,9 @@ pub async fn witness_status(
         &s.log.witness_keys(),
     )
     .map_err(|e| log_failure(&e.to_string()))?;
-    let status = s
-        .log
-        .witnesses
-        .iter()
-        .map(|w| {
-            let name = w.vkey.split('+').next().unwrap_or_default().to_string();
+    let status = witness_names(s)
+        .into_iter()
+        .map(|name| {
             let at = opened
                 .cosignatures
                 .iter()
@@ -163,6 +160,15 @@ pub async fn witness_status(
         })
         .collect();
     Ok((size, status))
+}
+
+/// The configured witnesses' names (their verifier keys' first field).
+pub fn witness_names(s: &AppState) -> Vec<String> {
+    s.log
+        .witnesses
+        .iter()
+        .map(|w| w.vkey.split('+').next().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// Collects missing witness cosignatures for the stored checkpoint.
