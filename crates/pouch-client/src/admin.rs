@@ -1,7 +1,6 @@
 //! An administrator's identity on their own machine: their name, the
 //! server they administer (URL and trust anchor), and their Ed25519 key,
-//! sealed under their passphrase (Argon2id, then ChaCha20-Poly1305 with the
-//! name as associated data). One file, `admin.json`, mode 0600, in a
+//! sealed under their passphrase (`sealed.rs`). One file, `admin.json`, mode 0600, in a
 //! directory of its own (`--admin-home`), never beside a device.
 //!
 //! Nothing here is a bearer secret: a copy of the file without the
@@ -10,14 +9,11 @@
 use crate::error::{ClientError, Result};
 use crate::local::KdfParams;
 use crate::net::{Api, ChallengeSigner};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ed25519_dalek::{Signer, SigningKey};
 use pouch_proto::api::{self, AdminRole, AdminSummary};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use zeroize::Zeroizing;
 
 pub const ADMIN_FILE: &str = "admin.json";
 
@@ -65,40 +61,18 @@ impl AdminIdentity {
                 name.escape_debug()
             )));
         }
-        if Self::exists(home) {
-            return Err(ClientError::Invalid(format!(
-                "{} already holds an administrator identity; use another --admin-home",
-                home.display()
-            )));
-        }
-        std::fs::create_dir_all(home)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
-        }
+        crate::sealed::prepare_home(home, &Self::file(home), "an administrator identity")?;
         let key = SigningKey::from_bytes(&rand::random());
-        let kdf = KdfParams::fresh();
-        let wrapping = kdf.derive(passphrase)?;
-        let nonce: [u8; 12] = rand::random();
-        let sealed = ChaCha20Poly1305::new(Key::from_slice(wrapping.as_ref()))
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: key.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| ClientError::Local("cannot seal the administrator key".into()))?;
+        let (kdf, sealed_key) = crate::sealed::seal(&key, passphrase, name)?;
         let stored = Stored {
             version: 1,
             name: name.to_string(),
             server: server.trim_end_matches('/').to_string(),
             fingerprint: fingerprint.to_ascii_lowercase(),
             kdf,
-            sealed_key: hex::encode([nonce.as_slice(), &sealed].concat()),
+            sealed_key,
         };
-        write_private(
+        crate::sealed::write_private(
             &Self::file(home),
             &serde_json::to_vec_pretty(&stored).expect("serialises"),
         )?;
@@ -121,28 +95,22 @@ impl AdminIdentity {
         })?;
         let damaged = || ClientError::Local(format!("{} is damaged", path.display()));
         let stored: Stored = serde_json::from_slice(&bytes).map_err(|_| damaged())?;
-        let sealed = hex::decode(&stored.sealed_key).map_err(|_| damaged())?;
-        if stored.version != 1 || sealed.len() < 12 {
+        if stored.version != 1 {
             return Err(damaged());
         }
-        let wrapping = stored.kdf.derive(passphrase)?;
-        let secret = Zeroizing::new(
-            ChaCha20Poly1305::new(Key::from_slice(wrapping.as_ref()))
-                .decrypt(
-                    Nonce::from_slice(&sealed[..12]),
-                    Payload {
-                        msg: &sealed[12..],
-                        aad: stored.name.as_bytes(),
-                    },
-                )
-                .map_err(|_| ClientError::WrongPassphrase(home.display().to_string()))?,
-        );
-        let secret: &[u8; 32] = secret.as_slice().try_into().map_err(|_| damaged())?;
+        let key = crate::sealed::unseal(
+            &stored.kdf,
+            &stored.sealed_key,
+            passphrase,
+            &stored.name,
+            &path,
+            home,
+        )?;
         Ok(AdminIdentity {
             name: stored.name,
             server: stored.server,
             fingerprint: stored.fingerprint,
-            key: SigningKey::from_bytes(secret),
+            key,
             home: home.to_path_buf(),
         })
     }
@@ -192,7 +160,7 @@ impl AdminIdentity {
             // Written beside, then moved over: never half a key file.
             let next = path.with_extension("json.next");
             let _ = std::fs::remove_file(&next);
-            write_private(
+            crate::sealed::write_private(
                 &next,
                 &serde_json::to_vec_pretty(&stored).expect("serialises"),
             )?;
@@ -210,19 +178,4 @@ pub fn add_command(name: &str, role: AdminRole, public_key: &[u8]) -> String {
         "pouch admin add {name} --role {role} --key={}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key)
     )
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(())
 }

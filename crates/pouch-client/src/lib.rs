@@ -16,8 +16,10 @@ pub mod mail;
 pub mod mailboxes;
 mod migrations;
 pub mod net;
+pub mod officer;
 pub mod outbox;
 mod receipt;
+mod sealed;
 pub mod search;
 pub mod transparency;
 

@@ -277,6 +277,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SecurityCommand {
+    /// Make the security officer's key (on the officer's own machine, never
+    /// the server): it signs the label policy and people's clearances.
+    Init {
+        /// The officer's name, as devices will show it.
+        #[arg(long)]
+        name: String,
+        /// Where the key is kept, sealed under a passphrase (default: the
+        /// user's data directory, pouch/officer).
+        #[arg(long, env = "POUCH_OFFICER_HOME")]
+        officer_home: Option<PathBuf>,
+    },
     /// Check a label policy file (the SPIF model of STANAG 4774) and summarise it.
     Policy {
         #[command(subcommand)]
@@ -2043,6 +2054,24 @@ fn label_policy(path: &Path) -> Result<pouch_label::LabelPolicy> {
 
 fn security(command: SecurityCommand) -> Result<ExitCode> {
     match command {
+        SecurityCommand::Init { name, officer_home } => {
+            let home = match officer_home {
+                Some(h) => h,
+                None => directories::ProjectDirs::from("", "", "pouch")
+                    .map(|d| d.data_dir().join("officer"))
+                    .ok_or_else(|| {
+                        anyhow!("cannot find a data directory: pass --officer-home DIR")
+                    })?,
+            };
+            let passphrase = new_passphrase()?;
+            let me = pouch_client::officer::OfficerIdentity::create(&home, &name, &passphrase)?;
+            eprintln!("the security officer's key is in {}", home.display());
+            outln!(
+                "security officer {}: key fingerprint {}",
+                me.name,
+                me.fingerprint()
+            );
+        }
         SecurityCommand::Policy {
             command: PolicyCommand::Check { file },
         } => {

@@ -149,3 +149,41 @@ fn a_policy_file_is_checked_and_a_bad_label_gets_one_line() {
         assert_one_line_error(&out, wanted);
     }
 }
+
+/// The security officer's key is made on the officer's machine, sealed in
+/// a home of its own, and its fingerprint printed to compare.
+#[test]
+fn the_security_officer_makes_a_key_of_their_own() {
+    let dir = Scratch::new("officer");
+    let home = dir.path("officer");
+    let init = |home: &std::path::Path| {
+        pouch()
+            .env("POUCH_PASSPHRASE", PASSPHRASE)
+            .args([
+                "security",
+                "init",
+                "--name",
+                "Security Officer",
+                "--officer-home",
+            ])
+            .arg(home)
+            .output()
+            .unwrap()
+    };
+    let out = init(&home);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    let fingerprint = said.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(
+        said.starts_with("security officer Security Officer: key fingerprint "),
+        "{said}"
+    );
+    assert_eq!(fingerprint.len(), 64, "{said}");
+    assert!(home.join("officer.json").exists());
+    // Not made twice over.
+    assert_one_line_error(&init(&home), "already holds a security officer's key");
+}
