@@ -62,11 +62,20 @@ pub(crate) fn unseal(
     Ok(SigningKey::from_bytes(secret))
 }
 
-/// Makes `home` (0700) for a key file; refuses if `file` is already there.
+/// Makes `home` (0700) for a key file; refuses if `file` is already there,
+/// or if `home` holds anything else (a key file goes in a directory of its
+/// own: `--officer-home ~` must not make the user's home private, or mix
+/// the key with other files).
 pub(crate) fn prepare_home(home: &Path, file: &Path, what: &str) -> Result<()> {
     if file.exists() {
         return Err(ClientError::Invalid(format!(
             "{} already holds {what}; use another home",
+            home.display()
+        )));
+    }
+    if home.exists() && std::fs::read_dir(home)?.next().is_some() {
+        return Err(ClientError::Invalid(format!(
+            "{} is not empty: give a new or empty directory for {what}",
             home.display()
         )));
     }

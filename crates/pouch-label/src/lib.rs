@@ -82,6 +82,8 @@ pub enum Refusal {
     NoClearance,
     #[error("the label is under policy {label}, the clearance under {clearance}")]
     OtherPolicy { label: String, clearance: String },
+    #[error("the label does not fit the policy: {0}")]
+    InvalidLabel(String),
 }
 
 /// A label that does not fit the policy (a marking or XML naming what the
@@ -102,6 +104,10 @@ pub enum LabelError {
     Empty,
     #[error("a label is at most {max} bytes", max = MAX_LABEL_BYTES)]
     TooLong,
+    #[error(
+        "the label XML is not in the one form Pouch writes (a second element, a comment, another prefix or order)"
+    )]
+    NotCanonical,
     #[error(transparent)]
     Xml(#[from] XmlError),
 }

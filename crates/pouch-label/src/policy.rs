@@ -181,7 +181,6 @@ impl LabelPolicy {
         }
         classifications.sort_by_key(|c| c.rank);
         let mut names = BTreeSet::new();
-        let mut markings = BTreeSet::new();
         for (i, c) in classifications.iter().enumerate() {
             if !name_ok(&c.name) || !name_ok(c.marking()) {
                 return invalid(format!("classification '{}' is not a usable name", c.name));
@@ -194,8 +193,19 @@ impl LabelPolicy {
                     c.rank
                 ));
             }
-            if !names.insert(c.name.clone()) || !markings.insert(c.marking().to_string()) {
-                return invalid(format!("classification '{}' is named twice", c.name));
+            // A name or marking may stand for one classification only:
+            // names and markings share one space (a label names either).
+            let mut spellings = vec![c.name.clone()];
+            if c.marking() != c.name {
+                spellings.push(c.marking().to_string());
+            }
+            for spelling in spellings {
+                if !names.insert(spelling) {
+                    return invalid(format!(
+                        "classification '{}': its name or marking is another's",
+                        c.name
+                    ));
+                }
             }
             for colour in [&c.fgcolor, &c.bgcolor].into_iter().flatten() {
                 if !colour_ok(colour) {
@@ -228,6 +238,42 @@ impl LabelPolicy {
             {
                 return invalid(format!("category '{}': marking '{m}' is unusable", def.tag));
             }
+        }
+        // Every part of a marking must read one way only.
+        let mut lone_values = BTreeSet::new();
+        for def in file.categories.iter().filter(|d| d.marking.is_none()) {
+            for v in &def.values {
+                if !lone_values.insert(v.clone()) {
+                    return invalid(format!(
+                        "value '{v}' stands alone in two categories: give one a marking"
+                    ));
+                }
+            }
+        }
+        let category_markings: Vec<&String> = file
+            .categories
+            .iter()
+            .filter_map(|d| d.marking.as_ref())
+            .collect();
+        for m in &category_markings {
+            let clash = category_markings
+                .iter()
+                .any(|o| o != m && (o.starts_with(&format!("{m} ")) || *o == *m))
+                || lone_values
+                    .iter()
+                    .any(|v| v == *m || v.starts_with(&format!("{m} ")));
+            if clash {
+                return invalid(format!(
+                    "category marking '{m}' begins another marking or a value: markings must read one way"
+                ));
+            }
+        }
+        if file
+            .categories
+            .iter()
+            .any(|d| names.contains(&d.tag) || d.values.iter().any(|v| names.contains(v)))
+        {
+            return invalid("a category or value has a classification's name".into());
         }
         let policy = LabelPolicy {
             id: file.policy.id,
@@ -305,6 +351,7 @@ impl LabelPolicy {
         if text.is_empty() {
             return Err(LabelError::Empty);
         }
+        let typed_first: String;
         let (first, rest): (&str, Vec<String>) = if text.contains(PART) {
             let mut parts = text.split(PART).map(str::trim);
             let first = parts.next().unwrap_or_default();
@@ -317,9 +364,9 @@ impl LabelPolicy {
                 .iter()
                 .position(|w| w.contains(':'))
                 .unwrap_or(words.len());
-            let first_len = words[..split].join(" ").len();
+            typed_first = words[..split].join(" ");
             let tail: Vec<String> = words[split..].iter().map(|w| w.to_string()).collect();
-            (text[..first_len.min(text.len())].trim(), tail)
+            (typed_first.as_str(), tail)
         };
         let class = self.classification(first).ok_or_else(|| {
             LabelError::UnknownClassification(first.to_string(), self.classification_names())
@@ -327,6 +374,18 @@ impl LabelPolicy {
         let mut categories: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for part in rest.iter().filter(|p| !p.is_empty()) {
             let (def, values) = self.category_part(part)?;
+            if values.is_empty() {
+                // "REL TO" alone would read as no restriction at all.
+                return Err(LabelError::UnknownCategory(format!(
+                    "{part} (no values: name at least one)"
+                )));
+            }
+            if def.kind == CategoryType::Permissive && categories.contains_key(&def.tag) {
+                return Err(LabelError::UnknownCategory(format!(
+                    "{part} ({} given twice: list its values once)",
+                    def.tag
+                )));
+            }
             let set = categories.entry(def.tag.clone()).or_default();
             for v in values {
                 if !def.values.contains(&v) {
@@ -435,16 +494,19 @@ impl LabelPolicy {
         clearance: Option<&Clearance>,
         now: i64,
     ) -> Result<(), Refusal> {
+        // Fail closed on what this policy does not know.
+        self.validate(label)
+            .map_err(|e| Refusal::InvalidLabel(e.to_string()))?;
         self.within_ceiling(label)?;
         let clearance = clearance.ok_or(Refusal::NoClearance)?;
+        if clearance.revoked {
+            return Err(Refusal::Revoked);
+        }
         if clearance.policy != label.policy {
             return Err(Refusal::OtherPolicy {
                 label: label.policy.clone(),
                 clearance: clearance.policy.clone(),
             });
-        }
-        if clearance.revoked {
-            return Err(Refusal::Revoked);
         }
         if clearance.expires.is_some_and(|t| now >= t) {
             return Err(Refusal::Expired);
@@ -524,6 +586,21 @@ impl LabelPolicy {
         })
     }
 
+    /// Reads a label's XML as this deployment exchanges it: well-formed,
+    /// valid under this policy, and byte for byte the canonical form
+    /// [`Label::to_xml`] writes — so one label has one form, and no two
+    /// readers can take the same bytes for different labels (a second
+    /// Classification element, a comment inside a value, a category typed
+    /// otherwise than the policy says: all refused).
+    pub fn read_xml(&self, xml: &str) -> Result<Label, LabelError> {
+        let label = Label::from_xml(xml)?;
+        self.validate(&label)?;
+        if label.to_xml(self) != xml {
+            return Err(LabelError::NotCanonical);
+        }
+        Ok(label)
+    }
+
     /// Checks a label that came from elsewhere (XML) against this policy.
     pub fn validate(&self, label: &Label) -> Result<(), LabelError> {
         if label.policy != self.id {
@@ -532,13 +609,21 @@ impl LabelPolicy {
                 self.id.clone(),
             ));
         }
-        if self.classification(&label.classification).is_none() {
+        // By name only: markings are for people, not for machines.
+        if !self
+            .classifications
+            .iter()
+            .any(|c| c.name == label.classification)
+        {
             return Err(LabelError::UnknownClassification(
                 label.classification.clone(),
                 self.classification_names(),
             ));
         }
         for (tag, values) in &label.categories {
+            if values.is_empty() {
+                return Err(LabelError::UnknownCategory(format!("{tag} with no values")));
+            }
             let def = self
                 .category(tag)
                 .ok_or_else(|| LabelError::UnknownCategory(tag.clone()))?;

@@ -96,6 +96,9 @@ impl SignedStatement {
             return Err(StatementError::TooLarge);
         }
         let wrong = || StatementError::WrongSigner(officer_fingerprint(officer));
+        if self.signature.len() != 128 {
+            return Err(wrong());
+        }
         let bytes: [u8; 64] = hex::decode(&self.signature)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -133,6 +136,14 @@ impl Statement {
 pub struct Clearances {
     policy: Option<(u64, LabelPolicy)>,
     by_address: BTreeMap<String, Clearance>,
+    /// When the statement now in force for each address was issued: an
+    /// older one (a replayed clearance after a revocation) is refused.
+    issued: BTreeMap<String, i64>,
+}
+
+/// Addresses are compared as Pouch stores them: lower case.
+fn canonical(address: &str) -> String {
+    address.trim().to_ascii_lowercase()
 }
 
 impl Clearances {
@@ -158,8 +169,9 @@ impl Clearances {
                 max,
                 categories,
                 expires,
-                ..
+                issued_at,
             } => {
+                let address = self.newer(&address, issued_at)?;
                 self.by_address.insert(
                     address,
                     Clearance {
@@ -171,7 +183,8 @@ impl Clearances {
                     },
                 );
             }
-            Statement::Revocation { address, .. } => {
+            Statement::Revocation { address, issued_at } => {
+                let address = self.newer(&address, issued_at)?;
                 let revoked = match self.by_address.remove(&address) {
                     Some(c) => Clearance { revoked: true, ..c },
                     None => Clearance {
@@ -188,11 +201,26 @@ impl Clearances {
         Ok(())
     }
 
+    /// The address, canonical, if a statement issued at `issued_at` is
+    /// newer than the one in force for it.
+    fn newer(&mut self, address: &str, issued_at: i64) -> Result<String, StatementError> {
+        let address = canonical(address);
+        if let Some(current) = self.issued.get(&address)
+            && issued_at <= *current
+        {
+            return Err(StatementError::Damaged(format!(
+                "a statement for {address} issued at {issued_at}, not after the one in force ({current}): an older statement replayed"
+            )));
+        }
+        self.issued.insert(address.clone(), issued_at);
+        Ok(address)
+    }
+
     pub fn policy(&self) -> Option<&LabelPolicy> {
         self.policy.as_ref().map(|(_, p)| p)
     }
 
     pub fn clearance(&self, address: &str) -> Option<&Clearance> {
-        self.by_address.get(address)
+        self.by_address.get(&canonical(address))
     }
 }

@@ -47,6 +47,26 @@ fn a_label_the_policy_does_not_know_is_refused_with_what_it_has() {
     let e = p.parse("SECRET//ORCON", NOW).unwrap_err().to_string();
     assert!(e.contains("unknown category or value 'ORCON'"), "{e}");
     assert_eq!(p.parse("  ", NOW), Err(LabelError::Empty));
+    // Whitespace and any characters: never a panic.
+    assert_eq!(label("TOP  SECRET").classification, "TOP SECRET");
+    for odd in [
+        "A  é",
+        "X\u{3000}Y",
+        "A  é B:C",
+        "é//é",
+        "SECRET//REL TO\u{3000}CZE",
+    ] {
+        let _ = p.parse(odd, NOW);
+    }
+    // No values is no restriction: refused, as is one category given twice.
+    for empty in [
+        "SECRET//REL TO",
+        "SECRET//REL TO ,",
+        "SECRET REL:",
+        "SECRET//REL TO CZE//REL TO FRA",
+    ] {
+        assert!(p.parse(empty, NOW).is_err(), "{empty}");
+    }
     assert_eq!(
         p.parse(&"A".repeat(MAX_LABEL_BYTES + 1), NOW),
         Err(LabelError::TooLong)
@@ -173,6 +193,33 @@ fn the_xml_form_is_canonical_and_reads_back() {
             r#"<s:ConfidentialityInformation><x:Classification xmlns:x="urn:other">UNCLASSIFIED</x:Classification>"#,
         );
     assert_eq!(Label::from_xml(&other).unwrap(), l);
+
+    // Exchanged labels are read only in the one canonical form.
+    assert_eq!(p.read_xml(&xml).unwrap(), l);
+    let variants = [
+        other.clone(),
+        xml.replace(
+            "<slab:Classification>SECRET</slab:Classification>",
+            "<slab:Classification>SECRET</slab:Classification><slab:Classification>UNCLASSIFIED</slab:Classification>",
+        ),
+        xml.replace(">SECRET<", ">SEC<!---->RET<"),
+        xml.replace(
+            r#"TagName="COMPARTMENT" Type="RESTRICTIVE""#,
+            r#"TagName="COMPARTMENT" Type="INFORMATIVE""#,
+        ),
+        xml.replace(
+            "<slab:ConfidentialityInformation>",
+            "\n<slab:ConfidentialityInformation>",
+        ),
+        format!(
+            "{xml}{}",
+            xml.trim_start_matches(r#"<?xml version="1.0" encoding="UTF-8"?>"#)
+        ),
+    ];
+    for v in variants {
+        assert_ne!(v, xml);
+        assert!(p.read_xml(&v).is_err(), "accepted: {v}");
+    }
 }
 
 #[test]
@@ -185,7 +232,7 @@ fn hostile_label_xml_is_refused_without_harm() {
         ),
         (
             r#"<s:originatorConfidentialityLabel xmlns:s="urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"><s:ConfidentialityInformation><s:PolicyIdentifier>MFA-EXAMPLE</s:PolicyIdentifier></s:ConfidentialityInformation></s:originatorConfidentialityLabel>"#,
-            "no Classification",
+            "not a STANAG 4774",
         ),
         (
             r#"<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]><s:originatorConfidentialityLabel xmlns:s="urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"><s:ConfidentialityInformation><s:PolicyIdentifier>&b;</s:PolicyIdentifier><s:Classification>SECRET</s:Classification></s:ConfidentialityInformation></s:originatorConfidentialityLabel>"#,
@@ -250,6 +297,27 @@ fn a_policy_with_a_mistake_is_refused_whole() {
         (
             EXAMPLE.replace(r#""CZE", "SVK""#, r#""CZE", "CZE""#),
             "'CZE' is unusable or twice",
+        ),
+        // A marking that is another classification's name.
+        (
+            EXAMPLE.replace(
+                "name = \"TOP SECRET\"",
+                "name = \"TOP SECRET\"\nmarking = \"RESTRICTED\"",
+            ),
+            "its name or marking is another's",
+        ),
+        // A value standing alone in two categories (HANDLING's marking
+        // removed, a value it shares with COMPARTMENT).
+        (
+            EXAMPLE
+                .replace(r#"marking = "HANDLE AS""#, "")
+                .replace(r#""EYES ONLY", "NO FORWARD""#, r#""EYES ONLY", "TREATY""#),
+            "stands alone in two categories",
+        ),
+        // A category marking that begins another.
+        (
+            EXAMPLE.replace(r#"marking = "HANDLE AS""#, r#"marking = "REL""#),
+            "begins another marking",
         ),
     ];
     for (text, wanted) in broken {
@@ -402,6 +470,28 @@ mod statements {
         assert_eq!(
             p.check(&label, known.clearance("nobody@mfa.example"), NOW),
             Err(Refusal::NoClearance)
+        );
+        // The old SECRET clearance replayed after the revocation: refused,
+        // and Bob stays revoked (whatever case his address is written in).
+        let e = apply(
+            &mut known,
+            Statement::clearance("Bob@MFA.example", &secret, NOW),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("an older statement replayed"), "{e}");
+        assert_eq!(
+            p.check(&label, known.clearance("BOB@mfa.example"), NOW),
+            Err(Refusal::Revoked)
+        );
+        // A newer clearance from the officer clears him again.
+        apply(
+            &mut known,
+            Statement::clearance("bob@mfa.example", &secret, NOW + 3),
+        )
+        .unwrap();
+        assert_eq!(
+            p.check(&label, known.clearance("bob@mfa.example"), NOW),
+            Ok(())
         );
     }
 }

@@ -95,8 +95,9 @@ impl Label {
         out
     }
 
-    /// Reads a STANAG 4774 label. The result names what the XML names;
-    /// check it against the policy with [`LabelPolicy::validate`].
+    /// Reads a STANAG 4774 label leniently (any prefix, whitespace,
+    /// unknown elements). Deployments exchange labels only through
+    /// [`LabelPolicy::read_xml`], which also requires the canonical bytes.
     pub fn from_xml(xml: &str) -> Result<Label, crate::LabelError> {
         if xml.len() > MAX_LABEL_BYTES {
             return Err(crate::LabelError::TooLong);
@@ -245,7 +246,7 @@ fn read(xml: &str) -> Result<Label, XmlError> {
         Some(t) => time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
             .map_err(|_| XmlError::NotALabel(format!("CreationDateTime '{t}' is not RFC 3339")))?
             .unix_timestamp(),
-        None => 0,
+        None => return Err(XmlError::NotALabel("no CreationDateTime".into())),
     };
     Ok(Label {
         policy: policy.ok_or_else(|| XmlError::NotALabel("no PolicyIdentifier".into()))?,

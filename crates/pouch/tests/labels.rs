@@ -184,6 +184,8 @@ fn the_security_officer_makes_a_key_of_their_own() {
     );
     assert_eq!(fingerprint.len(), 64, "{said}");
     assert!(home.join("officer.json").exists());
-    // Not made twice over.
+    // Not made twice over, nor in a directory that holds other things.
     assert_one_line_error(&init(&home), "already holds a security officer's key");
+    std::fs::write(dir.path("notes.txt"), "x").unwrap();
+    assert_one_line_error(&init(&dir.0), "is not empty");
 }
