@@ -20,6 +20,12 @@ use zeroize::Zeroizing;
 pub const DB_FILE: &str = "device.db";
 pub const KDF_FILE: &str = "kdf.json";
 
+/// Bounds on Argon2id parameters read from a file (16 times, 20 times and
+/// 16 times what Pouch writes today: room to raise them later).
+const MAX_KDF_MEMORY_KIB: u32 = 1 << 20;
+const MAX_KDF_ITERATIONS: u32 = 64;
+const MAX_KDF_PARALLELISM: u32 = 16;
+
 /// Argon2id parameters, stored beside the database so they can be raised later.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KdfParams {
@@ -43,6 +49,17 @@ impl KdfParams {
     }
 
     pub(crate) fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>> {
+        // The parameters come from a file: bounded, so an edited file
+        // cannot make opening it take gigabytes or hours.
+        if self.memory_kib > MAX_KDF_MEMORY_KIB
+            || self.iterations > MAX_KDF_ITERATIONS
+            || self.parallelism > MAX_KDF_PARALLELISM
+        {
+            return Err(ClientError::Local(format!(
+                "the key-derivation parameters are beyond what Pouch writes ({} KiB, {} passes, {} lanes at most): the key file was edited",
+                MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS, MAX_KDF_PARALLELISM
+            )));
+        }
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| ClientError::Local(format!("bad key-derivation parameters: {e}")))?;
@@ -1269,5 +1286,25 @@ mod tests {
         store.atomically(|l| l.set_meta("after", "1")).unwrap();
         assert_eq!(other.meta("after").unwrap().as_deref(), Some("1"));
         let _ = std::fs::remove_dir_all(&scratch);
+    }
+}
+
+#[cfg(test)]
+mod kdf_bounds {
+    use super::*;
+
+    #[test]
+    fn parameters_beyond_the_bounds_are_refused_before_any_work() {
+        let mut p = KdfParams::fresh();
+        p.memory_kib = u32::MAX;
+        let e = p.derive("x").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("the key file was edited"), "{e}");
+        let mut p = KdfParams::fresh();
+        p.iterations = 1_000_000;
+        assert!(p.derive("x").is_err());
+        let mut p = KdfParams::fresh();
+        p.memory_kib = 8;
+        p.iterations = 1;
+        assert!(p.derive("x").is_ok(), "small parameters still derive");
     }
 }
