@@ -72,16 +72,14 @@ impl OfficerIdentity {
 
     pub fn open(home: &Path, passphrase: &str) -> Result<Self> {
         let path = Self::file(home);
-        let bytes = std::fs::read(&path).map_err(|_| {
-            ClientError::Invalid(format!(
+        let stored: Stored = crate::sealed::read_key_file(&path, || {
+            format!(
                 "no security officer's key in {}: run 'pouch security init --name NAME' first",
                 home.display()
-            ))
+            )
         })?;
-        let damaged = || ClientError::Local(format!("{} is damaged", path.display()));
-        let stored: Stored = serde_json::from_slice(&bytes).map_err(|_| damaged())?;
         if stored.version != 1 {
-            return Err(damaged());
+            return Err(ClientError::Local(format!("{} is damaged", path.display())));
         }
         let key = crate::sealed::unseal(
             &stored.kdf,

@@ -62,6 +62,16 @@ pub(crate) fn unseal(
     Ok(SigningKey::from_bytes(secret))
 }
 
+/// Reads a key file's JSON; `missing` is the error when there is none.
+pub(crate) fn read_key_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    missing: impl FnOnce() -> String,
+) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|_| ClientError::Invalid(missing()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| ClientError::Local(format!("{} is damaged", path.display())))
+}
+
 /// Makes `home` (0700) for a key file; refuses if `file` is already there,
 /// or if `home` holds anything else (a key file goes in a directory of its
 /// own: `--officer-home ~` must not make the user's home private, or mix

@@ -49,26 +49,7 @@ fn a_labels_xml_reads_in_an_independent_parser_as_issued() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let parse = std::process::Command::new("python3")
-        .args(["-c", READ_LABEL])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    parse
-        .stdin
-        .as_ref()
-        .unwrap()
-        .write_all(&out.stdout)
-        .unwrap();
-    let parsed = parse.wait_with_output().unwrap();
-    assert!(
-        parsed.status.success(),
-        "not XML: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let label: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let label = python_json(READ_LABEL, &out.stdout, "XML");
     assert_eq!(
         label["root"],
         "{urn:nato:stanag:4774:confidentialitymetadatalabel:1:0}originatorConfidentialityLabel"

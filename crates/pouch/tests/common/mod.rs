@@ -104,6 +104,27 @@ pub fn admin_home_of(first_node_dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}-admin", first_node_dir.display()))
 }
 
+/// Runs a Python script (an independent reader: Prometheus's parser,
+/// `xml.etree`) on `input` and returns the JSON it prints; `what` names
+/// what the input should have been, for the failure message.
+pub fn python_json(script: &str, input: &[u8], what: &str) -> serde_json::Value {
+    use std::io::Write;
+    let parse = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is installed");
+    parse.stdin.as_ref().unwrap().write_all(input).unwrap();
+    let parsed = parse.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "not {what}: {}",
+        String::from_utf8_lossy(input)
+    );
+    serde_json::from_slice(&parsed.stdout).unwrap()
+}
+
 /// A running `pouch server` process.
 pub struct Server {
     child: Child,
@@ -273,26 +294,7 @@ print(json.dumps(out))
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let parse = Command::new("python3")
-            .args(["-c", PARSE])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        parse
-            .stdin
-            .as_ref()
-            .unwrap()
-            .write_all(&out.stdout)
-            .unwrap();
-        let parsed = parse.wait_with_output().unwrap();
-        assert!(
-            parsed.status.success(),
-            "not Prometheus text: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        serde_json::from_slice(&parsed.stdout).unwrap()
+        python_json(PARSE, &out.stdout, "Prometheus text")
     }
 
     /// The bearer token of "ops", this server's first administrator.
