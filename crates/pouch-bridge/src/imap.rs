@@ -1027,7 +1027,7 @@ impl ImapSession {
                         let entries = d.entries(mailbox)?;
                         let mut loaded = Vec::new();
                         for e in entries.into_iter().filter(|e| known.contains(&e.uid)) {
-                            let raw = d.raw(e.message)?;
+                            let raw = d.raw_for_clients(e.message)?;
                             loaded.push((e, raw));
                         }
                         Ok::<_, pouch_client::ClientError>(loaded)
@@ -1166,7 +1166,7 @@ fn load_for_fetch(
                         d.set_flags(mailbox, e.uid, &e.flags)?;
                     }
                     let raw = if plan.byte_items > 0 {
-                        d.raw(e.message)?
+                        d.raw_for_clients(e.message)?
                     } else {
                         Vec::new()
                     };

@@ -251,6 +251,25 @@ impl Session {
             self.reply(552, "5.3.4", "Message too big");
             return;
         }
+        // A mail its label does not allow to go is refused now, naming the
+        // recipient and why, and nothing is queued.
+        let head = raw[..raw.len().min(pouch_mail_proto::mime::HEAD_LIMIT)].to_vec();
+        let recipients = envelope.clone();
+        match self
+            .shared
+            .with(move |d| d.check_submission_label(&head, &recipients))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                self.reply(550, "5.7.1", &format!("Not sent: {why}"));
+                return;
+            }
+            Err(e) => {
+                self.reply(451, "4.7.0", &format!("The label cannot be checked now, try again: {e}"));
+                return;
+            }
+        }
         // Accepted once it is in the outbox, on disk; the device sends it
         // next (see pouch_client::outbox).
         let (outbox, own) = (self.shared.outbox.clone(), self.shared.address.clone());

@@ -39,6 +39,14 @@ pub enum ClientError {
     AccountKeyChanged(String),
     #[error("cryptography: {0}")]
     Mls(#[from] pouch_mls::MlsError),
+    /// The mail's classification label does not allow it (a recipient not
+    /// cleared, above the ceiling, a reply labelled lower): nothing was sent.
+    #[error("not sent: {0}")]
+    Label(String),
+    /// A message whose label inside differs from the copy the server
+    /// delivered beside it: a tampered client or server.
+    #[error("SECURITY: {0}")]
+    LabelMismatch(String),
     #[error("the outbox is full: {0}; try again once they have gone")]
     OutboxFull(String),
     #[error("local store: {0}")]

@@ -192,6 +192,7 @@ impl<'a> Importer<'a> {
             in_reply_to: None,
             date: record.date,
             attachments: record.attachments,
+            ..Default::default()
         };
         crate::store_message(
             self.local,

@@ -11,6 +11,7 @@ pub mod blob;
 pub mod devices;
 pub mod error;
 mod history;
+mod labels;
 pub mod local;
 pub mod mail;
 pub mod mailboxes;
@@ -110,6 +111,13 @@ pub struct Compose {
     pub attachments: Vec<(String, std::path::PathBuf)>,
     /// Local id of the message this one answers: the reply joins its conversation.
     pub reply_to: Option<i64>,
+    /// The classification label as the user typed it (a marking such as
+    /// `SECRET//REL TO CZE`); the policy's default when absent.
+    pub label: Option<String>,
+    /// Why this reply carries a lower label than what it answers.
+    pub downgrade: Option<String>,
+    /// Further header fields, written after Date (the label's, from the above).
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +141,13 @@ pub struct MessageSummary {
     pub size: u64,
     pub attachments: Vec<String>,
     pub conversation: String,
+    /// The mail's classification label (canonical STANAG 4774 XML, byte
+    /// for byte as the sender's client wrote it), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The label as people read it (`SECRET//REL TO CZE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marking: Option<String>,
 }
 
 /// What one `sync` did.
@@ -273,6 +288,20 @@ pub struct Device {
     /// then is "accepted before" believable (else a server could drop a
     /// mail and have this device hide the gap by giving its link back).
     duplicate_possible: bool,
+    /// The label policy in force, as last verified ([`labels`]).
+    labels: Option<labels::LabelContext>,
+    /// The label of the mail being sent and its policy, for its Sent copy.
+    sending_label: Option<(pouch_label::Label, pouch_label::LabelPolicy)>,
+    /// A reply being sent with a lower label than what it answers, and why
+    /// (reported to the security team once it is sent).
+    downgraded: Option<String>,
+    /// Officer statements this process verified ([`labels`]).
+    verified: labels::Verified,
+    /// The officer's card last verified: (body, signature, key, name).
+    officer_card: Option<(String, String, ed25519_dalek::VerifyingKey, String)>,
+    /// Set only by tests that play a modified client: the inner and outer
+    /// labels to send, with no check ([`Device::play_modified_client`]).
+    modified_labels: Option<(Option<String>, Option<String>)>,
 }
 
 /// How often a conversation that keeps receiving mail has its fan-out
@@ -608,6 +637,12 @@ impl Device {
             loaded_for_send: None,
             delivered: Vec::new(),
             submission_base: None,
+            labels: None,
+            sending_label: None,
+            downgraded: None,
+            modified_labels: None,
+            verified: Default::default(),
+            officer_card: None,
             duplicate_possible: false,
         })
     }
@@ -703,6 +738,16 @@ impl Device {
     pub fn send_eml_or_keep(&mut self, path: &Path) -> Result<Submitted> {
         let (out, group) = self.eml_outgoing(path)?;
         self.submit_or_keep(out, group)
+    }
+
+    /// For tests only: makes this device behave as a *modified* client
+    /// would — send `inner` as the label inside each message and `outer` as
+    /// the copy for the server, skipping every label check — so the tests
+    /// can show that the server and the receivers catch it. Nothing in the
+    /// CLI or the bridge calls it.
+    #[doc(hidden)]
+    pub fn play_modified_client(&mut self, inner: Option<String>, outer: Option<String>) {
+        self.modified_labels = Some((inner, outer));
     }
 
     /// Hands a mail over as an embassy on a poor link needs it: what waits
@@ -801,6 +846,8 @@ impl Device {
             Some(id) => Some(self.reply_context(id)?),
             None => None,
         };
+        let mut compose = compose;
+        self.label_headers(&mut compose)?;
         let out = mail::compose(
             &self.address,
             &compose,
@@ -891,9 +938,16 @@ impl Device {
         let (group_id, recipient_devices) = self.deliver_to(out, group, &wanted, None)?;
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(out)?;
+        let head = self.labelled_head(out)?;
         let id = self
             .local
-            .atomically(|l| store_message(l, &group_id, None, true, &out.parsed, &body))?;
+            .atomically(|l| {
+                let id = store_message(l, &group_id, None, true, &out.parsed, &body)?;
+                if let Some((label, policy)) = &self.sending_label {
+                    set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+                }
+                Ok(id)
+            })?;
         Ok(Sent {
             id,
             message_id: out.parsed.message_id.clone().unwrap_or_default(),
@@ -967,9 +1021,16 @@ impl Device {
         }
         let (group_id, _) = first.expect("at least one recipient");
         let body = self.keep_body(original)?;
+        let head = self.labelled_head(original)?;
         let id = self
             .local
-            .atomically(|l| store_message(l, &group_id, None, true, &original.parsed, &body))?;
+            .atomically(|l| {
+                let id = store_message(l, &group_id, None, true, &original.parsed, &body)?;
+                if let Some((label, policy)) = &self.sending_label {
+                    set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+                }
+                Ok(id)
+            })?;
         Ok(Sent {
             id,
             message_id: original.parsed.message_id.clone().unwrap_or_default(),
@@ -1103,7 +1164,14 @@ impl Device {
     ) -> Result<(GroupId, u32)> {
         let wanted = wanted.to_vec();
         self.sign_in()?;
-        let envelope = if out.size <= INLINE_LIMIT as u64 {
+        // Refused before anything is uploaded or sealed.
+        self.downgraded = None;
+        self.sending_label = None;
+        let label = match &self.modified_labels {
+            Some((inner, _)) => inner.clone(),
+            None => self.outgoing_label(&out.parsed, &wanted)?,
+        };
+        let mut envelope = if out.size <= INLINE_LIMIT as u64 {
             Envelope::new(Content::Inline {
                 rfc5322: out.to_vec()?,
             })
@@ -1112,6 +1180,7 @@ impl Device {
                 self.upload_blob(&mut out.reader()?, out.size)?,
             ))
         };
+        envelope.label = label;
         let mut attempt = 0;
         let (group_id, recipient_devices) = loop {
             attempt += 1;
@@ -1126,6 +1195,9 @@ impl Device {
                     None => self.create_conversation(&wanted, &[], "mail")?,
                 };
                 self.reconcile(&mut group, &wanted)?;
+                // Everyone the conversation still holds reads it, not only
+                // those the mail names.
+                self.check_members_cleared(&group, &wanted)?;
                 let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
                 let resp = self.post_sealed(&mut group, &envelope, submission.as_deref())?;
                 self.local.keep_group(group);
@@ -1139,7 +1211,33 @@ impl Device {
                 other => break other?,
             }
         };
+        if let Some(why) = self.downgraded.take() {
+            // The security team sees every lowered label (best effort: the
+            // mail is sent; a failed report is a warning to the user).
+            if let Err(e) = self.api.post_empty(
+                "/v1/reports",
+                &api::ClientReport {
+                    kind: pouch_proto::security::ReportKind::LabelDowngrade,
+                    detail: why.chars().take(480).collect(),
+                },
+            ) {
+                self.warnings
+                    .push(format!("the lowered label could not be reported: {e}"));
+            }
+        }
         Ok((group_id, recipient_devices))
+    }
+
+    /// The header section of a labelled mail being sent (for the bridge's
+    /// view of its Sent copy); nothing is read for an unlabelled one.
+    fn labelled_head(&self, out: &Outgoing) -> Result<Vec<u8>> {
+        let mut head = Vec::new();
+        if self.sending_label.is_some() {
+            out.reader()?
+                .take(pouch_mail_proto::mime::HEAD_LIMIT as u64)
+                .read_to_end(&mut head)?;
+        }
+        Ok(head)
     }
 
     /// The local copy of a message: in the database when small, else an encrypted file.
@@ -1523,6 +1621,10 @@ impl Device {
                 message: sealed,
                 blob,
                 submission: submission.map(str::to_string),
+                label: match &self.modified_labels {
+                    Some((_, outer)) => outer.clone(),
+                    None => envelope.label.clone(),
+                },
             },
         );
         // A refusal (4xx, or 507 for a full queue) rolled the message back
@@ -1662,6 +1764,7 @@ impl Device {
         touched: &mut Touched,
         deferred: &local::Deferred,
     ) -> Result<u64> {
+        self.prepare_label_receipt(&items)?;
         let cursor = queue_cursor(&self.local)?;
         // Queue numbers are per device and gap-free: a gap means another
         // copy of this device fetched and acknowledged mail, or the server
@@ -2146,6 +2249,10 @@ impl Device {
             item.group_id
         );
         let (kind, subject) = match e {
+            ClientError::LabelMismatch(_) => (
+                "label_mismatch",
+                "ALERT: a message whose label was changed on the way was refused",
+            ),
             ClientError::Security(_) => (
                 "forged_sender",
                 "ALERT: a message with a forged sender was refused",
@@ -2273,13 +2380,18 @@ impl Device {
         self.list("outgoing = 0 AND sender <> ?1")
     }
 
+    /// Every stored mail, in and out.
+    pub fn list_all(&self) -> Result<Vec<MessageSummary>> {
+        self.list("?1 = ?1")
+    }
+
     pub fn sent(&self) -> Result<Vec<MessageSummary>> {
         self.list("(outgoing = 1 OR sender = ?1)")
     }
 
     fn list(&self, filter: &str) -> Result<Vec<MessageSummary>> {
         let mut stmt = self.local.conn.prepare(&format!(
-            "SELECT id, sender, recipients, cc, subject, date, size, attachments, group_id FROM messages WHERE {filter} ORDER BY id"
+            "SELECT id, sender, recipients, cc, subject, date, size, attachments, group_id, label, label_marking FROM messages WHERE {filter} ORDER BY id"
         ))?;
         let rows = stmt.query_map([self.address.as_str()], |r| {
             Ok(MessageSummary {
@@ -2292,6 +2404,8 @@ impl Device {
                 size: r.get::<_, i64>(6)? as u64,
                 attachments: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
                 conversation: r.get(8)?,
+                label: r.get(9)?,
+                marking: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -2339,6 +2453,30 @@ impl Device {
         let mut v = Vec::new();
         self.write_raw(id, &mut v, None)?;
         Ok(v)
+    }
+
+    /// The message as mail clients are shown it through the bridge: a
+    /// labelled mail's header section carries its verified label (an
+    /// RFC 7444 `SIO-Label` field and the subject marking, see
+    /// [`labels`]); everything else is the stored bytes.
+    pub fn raw_for_clients(&self, id: i64) -> Result<Vec<u8>> {
+        let view: Option<(Vec<u8>, i64)> = self
+            .local
+            .conn
+            .query_row(
+                "SELECT bridge_head, head_len FROM messages WHERE id = ?1 AND bridge_head IS NOT NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let raw = self.raw(id)?;
+        Ok(match view {
+            Some((mut head, len)) if (len as usize) <= raw.len() => {
+                head.extend_from_slice(&raw[len as usize..]);
+                head
+            }
+            _ => raw,
+        })
     }
 
     /// The first bytes of a message: enough to show its text part.
@@ -2595,6 +2733,7 @@ fn finish_application(
         envelope.chain.as_ref(),
         &receipt::envelope_hash(&payload),
     )?;
+    let label = labels::check_received(l, envelope.label.as_deref(), item.label.as_deref())?;
     let own = l.require_meta("address")?;
     let content = match envelope.content {
         // Only the account's own devices may hand over the account key, and only once.
@@ -2666,14 +2805,25 @@ fn finish_application(
     if exists.is_some() {
         return Ok(Step::Ignored);
     }
-    Ok(Step::Stored(store_message(
-        l,
-        &item.group_id,
-        Some(item.seq),
-        false,
-        &parsed,
-        body,
-    )?))
+    let id = store_message(l, &item.group_id, Some(item.seq), false, &parsed, body)?;
+    if let Some((label, policy)) = &label {
+        set_label(l, id, &labels::StoredLabel::new(l, label, policy, head)?)?;
+    }
+    Ok(Step::Stored(id))
+}
+
+/// Records a stored mail's label, its marking, and what the bridge shows
+/// of its header section.
+fn set_label(l: &LocalStore, id: i64, label: &labels::StoredLabel) -> Result<()> {
+    let (head, len) = match &label.bridge_head {
+        Some((h, n)) => (Some(h.as_slice()), Some(*n as i64)),
+        None => (None, None),
+    };
+    l.conn.execute(
+        "UPDATE messages SET label = ?1, label_marking = ?2, bridge_head = ?3, head_len = ?4 WHERE id = ?5",
+        params![label.xml, label.marking, head, len, id],
+    )?;
+    Ok(())
 }
 
 pub(crate) fn store_message(

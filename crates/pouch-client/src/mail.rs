@@ -291,6 +291,9 @@ pub fn compose(
         head += &format!("In-Reply-To: <{parent}>\r\nReferences: <{parent}>\r\n");
     }
     head += &format!("Date: {}\r\nMIME-Version: 1.0\r\n", rfc5322_date(now));
+    for (name, value) in &c.headers {
+        head += &format!("{name}: {value}\r\n");
+    }
 
     let body = c.body.replace("\r\n", "\n").replace('\n', "\r\n");
     let text_part = |h: &mut String| {

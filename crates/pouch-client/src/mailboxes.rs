@@ -45,6 +45,7 @@ pub struct Entry {
     /// The message's id in the device's store.
     pub message: i64,
     pub flags: Vec<String>,
+    /// The size mail clients are shown ([`crate::Device::raw_for_clients`]).
     pub size: u64,
     /// When it was stored (the IMAP INTERNALDATE).
     pub stored_at: i64,
@@ -160,7 +161,9 @@ impl Device {
     /// A folder's messages with UIDs from `first` to `last`, in UID order.
     pub fn entries_between(&self, mailbox: i64, first: u32, last: u32) -> Result<Vec<Entry>> {
         let mut stmt = self.local.conn.prepare_cached(
-            "SELECT mm.uid, mm.message_id, mm.flags, m.size, m.stored_at FROM mailbox_messages mm \
+            "SELECT mm.uid, mm.message_id, mm.flags, \
+               CASE WHEN m.bridge_head IS NULL THEN m.size ELSE m.size - m.head_len + length(m.bridge_head) END, \
+               m.stored_at FROM mailbox_messages mm \
              JOIN messages m ON m.id = mm.message_id \
              WHERE mm.mailbox_id = ?1 AND mm.uid BETWEEN ?2 AND ?3 ORDER BY mm.uid",
         )?;

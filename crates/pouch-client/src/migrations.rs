@@ -44,6 +44,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sql: "",
         then: Some(crate::local::state_to_binary),
     },
+    Migration {
+        version: 4,
+        what: "classification labels",
+        sql: V4,
+        then: None,
+    },
 ];
 
 /// The newest schema version this build writes.
@@ -226,6 +232,35 @@ CREATE TABLE directory_cache (
     verified_at INTEGER NOT NULL
 );
 CREATE INDEX directory_cache_by_commitment ON directory_cache(commitment);
+";
+
+const V4: &str = "
+-- The security officer's statements this device verified (its key, the
+-- label policy, people's clearances), by the log's commitment to their
+-- subject. floor_index: the log holds a statement about the subject at or
+-- after this index (seen in the leaves the directory scan looked through),
+-- so a statement older than it is a withheld update; stale: the scan could
+-- not look (too far behind), so the statement is fetched again.
+CREATE TABLE officer_statements (
+    commitment TEXT PRIMARY KEY,
+    subject TEXT,
+    log_index INTEGER,
+    -- The statement's number among those about its subject (the log entry's).
+    version INTEGER,
+    floor_index INTEGER NOT NULL DEFAULT 0,
+    body TEXT,
+    signature TEXT,
+    stale INTEGER NOT NULL DEFAULT 0
+);
+-- Each mail's classification label (canonical STANAG 4774 XML) and its
+-- marking as the policy wrote it when the mail was stored.
+ALTER TABLE messages ADD COLUMN label TEXT;
+ALTER TABLE messages ADD COLUMN label_marking TEXT;
+-- What the bridge shows mail clients of a labelled mail's header section
+-- (the verified label as an SIO-Label field, the subject marked), in place
+-- of the first head_len bytes the sender wrote (kept as they are).
+ALTER TABLE messages ADD COLUMN bridge_head BLOB;
+ALTER TABLE messages ADD COLUMN head_len INTEGER;
 ";
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const OFFICER_FILE: &str = "officer.json";
+/// The officer's public card, for the security administrator.
+pub const CARD_FILE: &str = "officer-card.json";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +109,27 @@ impl OfficerIdentity {
     pub fn sign(&self, statement: &Statement) -> SignedStatement {
         SignedStatement::sign(statement, &self.key)
     }
+
+    /// The officer's card: the public key and name, signed by the key
+    /// itself (a security administrator registers it on the server).
+    pub fn card(&self, issued_at: i64) -> SignedStatement {
+        self.sign(&Statement::OfficerKey {
+            key: hex::encode(self.public_key().as_bytes()),
+            name: self.name.clone(),
+            issued_at,
+        })
+    }
+
+    /// Writes the card to `officer-card.json` in `home` (public: no secret in it).
+    pub fn write_card(&self, home: &Path, issued_at: i64) -> Result<PathBuf> {
+        let path = home.join(CARD_FILE);
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&self.card(issued_at)).expect("serialises"),
+        )
+        .map_err(|e| ClientError::Io(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +158,7 @@ mod tests {
         assert_eq!(opened.fingerprint(), made.fingerprint());
         // What it signs verifies under its key, and under no other.
         let statement = Statement::Revocation {
+            sequence: 1,
             address: "bob@mfa.example".into(),
             issued_at: 1,
         };

@@ -135,6 +135,40 @@ impl Device {
         };
         ids.into_iter().map(|id| self.summary(id)).collect()
     }
+
+    /// Messages labelled `label` (its classification, and at least its
+    /// category values), matching every word of `query` when it has any;
+    /// read with the label policy this device last verified (no network).
+    pub fn search_labelled(&mut self, query: &str, label: &str) -> Result<Vec<MessageSummary>> {
+        let policy = crate::labels::stored_policy(&self.local)?.ok_or_else(|| {
+            crate::error::ClientError::Label(
+                "this device knows no label policy yet: run 'pouch sync' first".into(),
+            )
+        })?;
+        let wanted = policy
+            .parse(label, crate::now())
+            .map_err(|e| crate::error::ClientError::Label(e.to_string()))?;
+        let candidates = if fts_query(query).is_some() {
+            self.search(query)?
+        } else {
+            self.list_all()?
+        };
+        Ok(candidates
+            .into_iter()
+            .filter(|m| {
+                let Some(found) = m.label.as_deref().and_then(|x| policy.read_xml(x).ok()) else {
+                    return false;
+                };
+                found.classification == wanted.classification
+                    && wanted.categories.iter().all(|(tag, values)| {
+                        found
+                            .categories
+                            .get(tag)
+                            .is_some_and(|have| values.is_subset(have))
+                    })
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

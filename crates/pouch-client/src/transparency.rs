@@ -204,7 +204,7 @@ impl Device {
 
     /// Accepts the checkpoint an inclusion proof comes with (it must extend
     /// the pinned one) and checks that the proven leaf is in its tree.
-    fn prove_in_log(&mut self, inc: &api::LogInclusion, what: &str) -> Result<Checkpoint> {
+    pub(crate) fn prove_in_log(&mut self, inc: &api::LogInclusion, what: &str) -> Result<Checkpoint> {
         let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
         pouch_log::verify_inclusion(
             &hashes(&inc.proof)?,
@@ -299,6 +299,15 @@ impl Device {
                     for (k, leaf) in leaves.iter().enumerate() {
                         let index = (from + k as u64) as i64;
                         match Leaf::from_bytes(leaf) {
+                            // A statement of the officer's: the one held for
+                            // its subject must be at least this new.
+                            Ok(Leaf::Committed(c)) if c.kind == pouch_log::EntryKind::Officer => {
+                                self.local.conn.execute(
+                                    "INSERT INTO officer_statements (commitment, floor_index) VALUES (?1, ?2) \
+                                     ON CONFLICT (commitment) DO UPDATE SET floor_index = MAX(floor_index, excluded.floor_index)",
+                                    rusqlite::params![c.account, index],
+                                )?
+                            }
                             Ok(Leaf::Committed(c)) => self.local.conn.execute(
                                 "DELETE FROM directory_cache WHERE commitment = ?1 AND log_index < ?2",
                                 rusqlite::params![c.account, index],
@@ -313,7 +322,10 @@ impl Device {
                                 self.local.conn.execute("DELETE FROM directory_cache", [])?
                             }
                             // A leaf this build cannot read may be about anyone.
-                            Err(_) => self.local.conn.execute("DELETE FROM directory_cache", [])?,
+                            Err(_) => {
+                                self.local.conn.execute("UPDATE officer_statements SET stale = 1", [])?;
+                                self.local.conn.execute("DELETE FROM directory_cache", [])?
+                            }
                         };
                     }
                 }
@@ -321,6 +333,9 @@ impl Device {
             // First look, or too far behind to scan: start over.
             _ => {
                 self.local.conn.execute("DELETE FROM directory_cache", [])?;
+                self.local
+                    .conn
+                    .execute("UPDATE officer_statements SET stale = 1", [])?;
             }
         }
         self.local

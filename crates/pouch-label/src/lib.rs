@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod policy;
+pub mod sio;
 pub mod statement;
 mod xml;
 

@@ -23,8 +23,20 @@ pub const MAX_STATEMENT_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Statement {
+    /// The officer's own key (Ed25519, hex), signed by that key: what
+    /// devices pin, and what signs every statement after it.
+    OfficerKey {
+        key: String,
+        name: String,
+        issued_at: i64,
+    },
     /// The label policy in force from now on (versions only grow).
     Policy {
+        /// This statement's place among the statements about its subject
+        /// (1, 2, …): the log entry must carry the same number, so a
+        /// statement appended a second time (a revoked clearance replayed
+        /// after its revocation) does not verify where it is.
+        sequence: u64,
         version: u64,
         /// The policy file, as the officer wrote it.
         policy: String,
@@ -32,6 +44,7 @@ pub enum Statement {
     },
     /// What `address` is cleared for, from now on.
     Clearance {
+        sequence: u64,
         address: String,
         policy: String,
         max: String,
@@ -42,7 +55,11 @@ pub enum Statement {
         issued_at: i64,
     },
     /// `address` is cleared for nothing from now on.
-    Revocation { address: String, issued_at: i64 },
+    Revocation {
+        sequence: u64,
+        address: String,
+        issued_at: i64,
+    },
 }
 
 /// A statement's bytes and the officer's signature over them.
@@ -114,11 +131,112 @@ impl SignedStatement {
     }
 }
 
+/// The public key an [`Statement::OfficerKey`] card names, if the card is
+/// signed by that very key (proof the registrant holds it).
+pub fn open_officer_card(card: &SignedStatement) -> Result<(VerifyingKey, String, i64), StatementError> {
+    #[derive(Deserialize)]
+    struct Peek {
+        key: String,
+    }
+    if card.body.len() > MAX_STATEMENT_BYTES {
+        return Err(StatementError::TooLarge);
+    }
+    let peek: Peek = serde_json::from_str(&card.body)
+        .map_err(|_| StatementError::Damaged("not a security officer's key card".into()))?;
+    let key = parse_key(&peek.key)?;
+    match card.verify(&key)? {
+        Statement::OfficerKey {
+            key: named,
+            name,
+            issued_at,
+        } if named == peek.key => Ok((key, name, issued_at)),
+        _ => Err(StatementError::Damaged(
+            "not a security officer's key card".into(),
+        )),
+    }
+}
+
+/// An officer key from its hex form (64 digits).
+pub fn parse_key(hex_key: &str) -> Result<VerifyingKey, StatementError> {
+    let bytes: [u8; 32] = hex::decode(hex_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StatementError::Damaged("an officer key is 64 hex digits".into()))?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| StatementError::Damaged("not an Ed25519 public key".into()))?;
+    if key.is_weak() {
+        return Err(StatementError::Damaged("a weak Ed25519 key".into()));
+    }
+    Ok(key)
+}
+
 impl Statement {
+    /// What a clearance or revocation says of its person now (None for the
+    /// other statements).
+    pub fn clearance_state(&self) -> Option<Clearance> {
+        match self {
+            Statement::Clearance {
+                policy,
+                max,
+                categories,
+                expires,
+                ..
+            } => Some(Clearance {
+                policy: policy.clone(),
+                max_classification: max.clone(),
+                categories: categories.clone(),
+                expires: *expires,
+                revoked: false,
+            }),
+            Statement::Revocation { .. } => Some(Clearance {
+                policy: String::new(),
+                max_classification: String::new(),
+                categories: BTreeMap::new(),
+                expires: None,
+                revoked: true,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Its place among the statements about its subject (None for the
+    /// officer's key card, whose place the device's pin stands for).
+    pub fn sequence(&self) -> Option<u64> {
+        match self {
+            Statement::OfficerKey { .. } => None,
+            Statement::Policy { sequence, .. }
+            | Statement::Clearance { sequence, .. }
+            | Statement::Revocation { sequence, .. } => Some(*sequence),
+        }
+    }
+
+    /// When the officer signed it.
+    pub fn issued_at(&self) -> i64 {
+        match self {
+            Statement::OfficerKey { issued_at, .. }
+            | Statement::Policy { issued_at, .. }
+            | Statement::Clearance { issued_at, .. }
+            | Statement::Revocation { issued_at, .. } => *issued_at,
+        }
+    }
+
+    /// The log subject the statement is filed under: the officer's key,
+    /// the policy, or the person it is about (lower case).
+    pub fn subject(&self) -> String {
+        match self {
+            Statement::OfficerKey { .. } => "officer-key".into(),
+            Statement::Policy { .. } => "label-policy".into(),
+            Statement::Clearance { address, .. } | Statement::Revocation { address, .. } => {
+                canonical(address)
+            }
+        }
+    }
+
     /// A clearance statement from what the policy made of the officer's
     /// command line.
-    pub fn clearance(address: &str, c: &Clearance, issued_at: i64) -> Statement {
+    pub fn clearance(address: &str, c: &Clearance, sequence: u64, issued_at: i64) -> Statement {
         Statement::Clearance {
+            sequence,
             address: address.to_string(),
             policy: c.policy.clone(),
             max: c.max_classification.clone(),
@@ -151,6 +269,9 @@ impl Clearances {
     /// not grow is refused (a replayed older policy).
     pub fn apply(&mut self, statement: Statement) -> Result<(), StatementError> {
         match statement {
+            // Who signs is the device's business (it pins the key); no
+            // clearance changes with it.
+            Statement::OfficerKey { .. } => {}
             Statement::Policy {
                 version, policy, ..
             } => {
@@ -170,6 +291,7 @@ impl Clearances {
                 categories,
                 expires,
                 issued_at,
+                ..
             } => {
                 let address = self.newer(&address, issued_at)?;
                 self.by_address.insert(
@@ -183,7 +305,9 @@ impl Clearances {
                     },
                 );
             }
-            Statement::Revocation { address, issued_at } => {
+            Statement::Revocation {
+                address, issued_at, ..
+            } => {
                 let address = self.newer(&address, issued_at)?;
                 let revoked = match self.by_address.remove(&address) {
                     Some(c) => Clearance { revoked: true, ..c },

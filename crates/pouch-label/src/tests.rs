@@ -349,7 +349,7 @@ mod statements {
             )
             .unwrap();
         let signed = SignedStatement::sign(
-            &Statement::clearance("bob@mfa.example", &c, NOW),
+            &Statement::clearance("bob@mfa.example", &c, 1, NOW),
             &officer_key,
         );
         let mut known = Clearances::default();
@@ -358,7 +358,7 @@ mod statements {
 
         // Another key (an administrator's, the server's): refused, naming the trusted key.
         let forged = SignedStatement::sign(
-            &Statement::clearance("mallory@mfa.example", &c, NOW),
+            &Statement::clearance("mallory@mfa.example", &c, 1, NOW),
             &officer(8),
         );
         let e = forged.verify(&pinned).unwrap_err().to_string();
@@ -398,6 +398,7 @@ mod statements {
         apply(
             &mut known,
             Statement::Policy {
+                sequence: 2,
                 version: 2,
                 policy: EXAMPLE.into(),
                 issued_at: NOW,
@@ -408,6 +409,7 @@ mod statements {
         let e = apply(
             &mut known,
             Statement::Policy {
+                sequence: 1,
                 version: 1,
                 policy: EXAMPLE.into(),
                 issued_at: NOW,
@@ -418,6 +420,7 @@ mod statements {
         let e = apply(
             &mut known,
             Statement::Policy {
+                sequence: 3,
                 version: 3,
                 policy: EXAMPLE.replace("rank = 4", "rank = 3"),
                 issued_at: NOW,
@@ -430,7 +433,7 @@ mod statements {
         let secret = p.clearance("SECRET", &["REL:CZE".into()], None).unwrap();
         apply(
             &mut known,
-            Statement::clearance("bob@mfa.example", &secret, NOW),
+            Statement::clearance("bob@mfa.example", &secret, 1, NOW),
         )
         .unwrap();
         let label = p.parse("SECRET//REL TO CZE", NOW).unwrap();
@@ -444,7 +447,7 @@ mod statements {
             .unwrap();
         apply(
             &mut known,
-            Statement::clearance("bob@mfa.example", &lower, NOW + 1),
+            Statement::clearance("bob@mfa.example", &lower, 2, NOW + 1),
         )
         .unwrap();
         assert!(matches!(
@@ -454,6 +457,7 @@ mod statements {
         apply(
             &mut known,
             Statement::Revocation {
+                sequence: 3,
                 address: "bob@mfa.example".into(),
                 issued_at: NOW + 2,
             },
@@ -475,7 +479,7 @@ mod statements {
         // and Bob stays revoked (whatever case his address is written in).
         let e = apply(
             &mut known,
-            Statement::clearance("Bob@MFA.example", &secret, NOW),
+            Statement::clearance("Bob@MFA.example", &secret, 1, NOW),
         )
         .unwrap_err();
         assert!(e.to_string().contains("an older statement replayed"), "{e}");
@@ -486,7 +490,7 @@ mod statements {
         // A newer clearance from the officer clears him again.
         apply(
             &mut known,
-            Statement::clearance("bob@mfa.example", &secret, NOW + 3),
+            Statement::clearance("bob@mfa.example", &secret, 4, NOW + 3),
         )
         .unwrap();
         assert_eq!(
@@ -494,4 +498,90 @@ mod statements {
             Ok(())
         );
     }
+}
+
+#[test]
+fn the_sio_label_header_carries_one_label_both_ways() {
+    let p = policy();
+    let l = label("SECRET//REL TO CZE, SVK");
+    let value = sio::header_value(&l, &p);
+    // Folded into lines a mail client accepts, with the display hints.
+    assert!(value.lines().all(|line| line.len() <= 78), "{value}");
+    assert!(value.contains("marking=\"SECRET//REL TO CZE, SVK\""), "{value}");
+    assert!(value.contains("bgcolor=\"#d55e00\""), "{value}");
+    assert_eq!(sio::read_header(&value, &p).unwrap(), l);
+    // Unfolded, parameters reordered, names in another case: the same label.
+    let unfolded = value.replace("\r\n ", " ");
+    let label_param = unfolded
+        .split(';')
+        .find(|p| p.trim().starts_with("label="))
+        .unwrap()
+        .trim()
+        .replace("label=", "LABEL=");
+    let reordered = format!("marking=\"x;y\"; {label_param}; Type=\":xml\"");
+    assert_eq!(sio::read_header(&reordered, &p).unwrap(), l);
+    // Other forms are refused with what is wrong.
+    assert_eq!(
+        sio::read_header("type=\":ess\"; label=\"MAA=\"", &p),
+        Err(sio::SioError::NotXml)
+    );
+    assert_eq!(
+        sio::read_header("type=\":xml\"", &p),
+        Err(sio::SioError::NoLabel)
+    );
+    assert_eq!(
+        sio::read_header("type=\":xml\"; label=\"%%%\"", &p),
+        Err(sio::SioError::NotBase64)
+    );
+    assert!(sio::read_header(&"x".repeat(100_000), &p).is_err());
+}
+
+#[test]
+fn a_subject_marking_names_a_label_only_when_the_policy_knows_it() {
+    let p = policy();
+    let l = label("RESTRICTED");
+    let subject = sio::marked_subject("Visit of the delegation", &l, &p);
+    assert_eq!(subject, "[RESTRICTED] Visit of the delegation");
+    assert_eq!(sio::marked_subject(&subject, &l, &p), subject, "marked once");
+    assert_eq!(sio::subject_label(&subject, &p, NOW).unwrap().unwrap().classification, "RESTRICTED");
+    for forwarded in [
+        "Re: [SECRET//REL TO CZE] Talks",
+        "FW: RE: [SECRET//REL TO CZE] Talks",
+        "Odp: PŘ: [SECRET//REL TO CZE] Talks",
+        "[secret//rel to cze] Talks",
+    ] {
+        assert_eq!(
+            sio::subject_label(forwarded, &p, NOW).unwrap(),
+            Some(label("SECRET//REL TO CZE")),
+            "{forwarded}"
+        );
+    }
+    assert_eq!(sio::subject_label("[draft] minutes", &p, NOW), Ok(None));
+    assert_eq!(sio::subject_label("Minutes [SECRET]", &p, NOW), Ok(None));
+    // A marking that begins with a level but does not read is refused, not
+    // taken for the default label.
+    assert!(sio::subject_label("[SECRET//REL TO XXX] Talks", &p, NOW).is_err());
+    assert!(sio::subject_label("Re: [TOP SECRET//NOFORN] x", &p, NOW).is_err());
+}
+
+#[test]
+fn mail_clients_are_shown_the_verified_label_and_the_subject_marking() {
+    let p = policy();
+    let l = label("CONFIDENTIAL//REL TO CZE");
+    let head = b"From: <a@x.y>\r\nSubject: Talks\r\n on Tuesday\r\nSIO-Label: type=\":xml\"; label=\"forged\"\r\n\r\n";
+    assert_eq!(sio::head_end(b"A: b\r\n\r\nbody"), Some(8));
+    assert_eq!(sio::head_end(b"A: b\n\nbody"), Some(6));
+    let shown = String::from_utf8(sio::label_head(head, &l, &p, true)).unwrap();
+    assert!(shown.starts_with("From: <a@x.y>\r\nSubject: [CONFIDENTIAL//REL TO CZE] Talks\r\n on Tuesday\r\n"), "{shown}");
+    assert!(!shown.contains("forged"), "the sender's own SIO-Label is replaced: {shown}");
+    assert!(shown.ends_with("\r\n\r\n"));
+    let value = shown.split("SIO-Label: ").nth(1).unwrap().trim_end();
+    assert_eq!(sio::read_header(&value.replace("\r\n ", " "), &p).unwrap(), l);
+    // Marked once; no subject marking when not asked; a subject made when absent.
+    let again = sio::label_head(shown.as_bytes(), &l, &p, true);
+    assert_eq!(String::from_utf8(again).unwrap().matches("[CONFIDENTIAL//REL TO CZE]").count(), 1);
+    let plain = String::from_utf8(sio::label_head(head, &l, &p, false)).unwrap();
+    assert!(plain.contains("Subject: Talks\r\n"), "{plain}");
+    let none = String::from_utf8(sio::label_head(b"From: <a@x.y>\r\n\r\n", &l, &p, true)).unwrap();
+    assert!(none.contains("Subject: [CONFIDENTIAL//REL TO CZE]\r\n"), "{none}");
 }

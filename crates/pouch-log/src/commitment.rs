@@ -25,7 +25,7 @@
 //! form (an append-only log cannot be rewritten); leaves before the
 //! commitment-key leaf may be [`Leaf::Named`], none after it.
 
-use crate::{AnyEntry, EntryKind, LogError};
+use crate::{AnyEntry, EntryKind, LogError, OfficerEntry};
 use hmac::{Hmac, Mac};
 use pouch_proto::Address;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,30 @@ impl CommitmentKey {
             account: self.commit(address),
             version,
             entry_hash: hex::encode(Sha256::digest(entry)),
+        })
+        .expect("a leaf serialises")
+    }
+}
+
+impl CommitmentKey {
+    /// The commitment for the security officer's statements about
+    /// `subject` (domain-separated from account commitments: no address
+    /// commits to the same value).
+    pub fn commit_officer(&self, subject: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(b"officer\0");
+        mac.update(subject.as_bytes());
+        b64(&mac.finalize().into_bytes())
+    }
+
+    /// The leaf committing to an officer's statement (the entry's exact bytes).
+    pub fn commit_officer_entry(&self, entry: &OfficerEntry) -> Vec<u8> {
+        serde_json::to_vec(&CommittedLeaf {
+            kind: EntryKind::Officer,
+            account: self.commit_officer(&entry.subject),
+            version: entry.version,
+            entry_hash: hex::encode(Sha256::digest(entry.to_bytes())),
         })
         .expect("a leaf serialises")
     }
@@ -217,6 +241,41 @@ impl Commitments {
     }
 }
 
+impl Commitments {
+    /// Opens leaf `index` as the officer's statement about `subject`, given
+    /// the full entry served with it (as [`Commitments::open`] for accounts).
+    pub fn open_officer(
+        &self,
+        index: u64,
+        leaf: &[u8],
+        full: &[u8],
+        subject: &str,
+    ) -> Result<OfficerEntry, LogError> {
+        let mismatch = |what: &str| LogError::BadProof(format!("log entry {index}: {what}"));
+        let Leaf::Committed(c) = Leaf::from_bytes(leaf)? else {
+            return Err(mismatch("not a security officer's statement"));
+        };
+        if index <= self.key_index {
+            return Err(mismatch("a commitment before the commitment key"));
+        }
+        if c.kind != EntryKind::Officer || c.account != self.key.commit_officer(subject) {
+            return Err(mismatch("the leaf is not about this subject"));
+        }
+        if c.entry_hash != hex::encode(Sha256::digest(full)) {
+            return Err(mismatch(
+                "the served entry is not the one the leaf commits to",
+            ));
+        }
+        let entry = OfficerEntry::from_bytes(full)?;
+        if entry.subject != subject || entry.version != c.version {
+            return Err(mismatch(
+                "the entry's subject or version differs from the leaf's",
+            ));
+        }
+        Ok(entry)
+    }
+}
+
 /// What anyone can check of the leaves without the commitment key, walking
 /// the log in order: one commitment key, no named leaf after it and no
 /// commitment before it, well-formed hashes, and each account commitment's
@@ -326,6 +385,30 @@ mod tests {
             Leaf::from_bytes(&k.leaf()).unwrap(),
             Leaf::CommitmentKey(l) if l.key_hash == k.key_hash()
         ));
+    }
+
+    #[test]
+    fn an_officer_leaf_opens_only_for_its_subject_and_never_as_an_account() {
+        let k = key();
+        let c = Commitments {
+            key: k.clone(),
+            key_index: 0,
+        };
+        let entry = OfficerEntry::new(OfficerEntry::POLICY, 1, "{}".into(), "00".into());
+        let leaf = k.commit_officer_entry(&entry);
+        let full = entry.to_bytes();
+        assert_eq!(
+            c.open_officer(2, &leaf, &full, OfficerEntry::POLICY).unwrap(),
+            entry
+        );
+        assert!(c.open_officer(2, &leaf, &full, OfficerEntry::KEY).is_err());
+        assert!(c.open_officer(0, &leaf, &full, OfficerEntry::POLICY).is_err());
+        let other = OfficerEntry::new(OfficerEntry::POLICY, 2, "{}".into(), "00".into());
+        assert!(c.open_officer(2, &leaf, &other.to_bytes(), OfficerEntry::POLICY).is_err());
+        // A person's clearance subject is not their account.
+        let alice = Address::parse("alice@pouch.local").unwrap();
+        assert_ne!(k.commit_officer(&OfficerEntry::person(&alice)), k.commit(&alice));
+        assert!(c.open(2, &leaf, &full, &alice).is_err());
     }
 
     #[test]

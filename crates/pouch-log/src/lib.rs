@@ -57,6 +57,63 @@ pub enum EntryKind {
     AdminRevocation,
     /// Which key the log's account commitments use (see [`commitment`]).
     CommitmentKey,
+    /// A statement of the domain's security officer: the officer's key,
+    /// the label policy, a clearance or its revocation (see [`OfficerEntry`]).
+    Officer,
+}
+
+/// A statement signed by the domain's security officer, recorded so that
+/// every device relies on the same policy and clearances, and none can be
+/// changed quietly. The log does not judge the statement (devices verify
+/// the signature against the officer key they pinned); it fixes its order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfficerEntry {
+    pub kind: EntryKind,
+    /// What the statement is about: [`OfficerEntry::KEY`],
+    /// [`OfficerEntry::POLICY`], or a person's address (clearance and revocation).
+    pub subject: String,
+    /// 1, 2, … per subject, in log order.
+    pub version: u64,
+    /// The statement's JSON, exactly as the officer signed it.
+    pub body: String,
+    /// The officer's signature (hex).
+    pub signature: String,
+}
+
+impl OfficerEntry {
+    /// The subject of the officer's own key.
+    pub const KEY: &'static str = "officer-key";
+    /// The subject of the label policy.
+    pub const POLICY: &'static str = "label-policy";
+
+    pub fn new(subject: &str, version: u64, body: String, signature: String) -> Self {
+        OfficerEntry {
+            kind: EntryKind::Officer,
+            subject: subject.to_string(),
+            version,
+            body,
+            signature,
+        }
+    }
+
+    /// The subject of `address`'s clearance statements.
+    pub fn person(address: &Address) -> String {
+        address.as_str().to_string()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an entry serialises")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, LogError> {
+        let e: OfficerEntry =
+            serde_json::from_slice(bytes).map_err(|e| LogError::Malformed(e.to_string()))?;
+        if e.kind != EntryKind::Officer {
+            return Err(LogError::Malformed("not a security officer's entry".into()));
+        }
+        Ok(e)
+    }
 }
 
 /// An administrator's revocation of a device, recorded so it cannot be done quietly.

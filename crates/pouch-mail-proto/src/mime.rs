@@ -36,6 +36,12 @@ pub struct Parsed {
     pub in_reply_to: Option<String>,
     pub date: i64,
     pub attachments: Vec<String>,
+    /// Every `SIO-Label` field's value (RFC 7444), unfolded: more than one
+    /// is ambiguous, and refused by whoever reads the label.
+    pub sio_labels: Vec<String>,
+    /// Why the sender lowered the label of what this answers
+    /// (`Pouch-Label-Downgrade`), if they did.
+    pub label_downgrade: Option<String>,
 }
 
 fn addresses(list: Option<&MpAddress<'_>>) -> Result<Vec<Address>, MimeError> {
@@ -69,7 +75,31 @@ pub fn parse(head: &[u8]) -> Result<Parsed, MimeError> {
         in_reply_to: msg.in_reply_to().as_text().map(str::to_string),
         date: msg.date().map(|d| d.to_timestamp()).unwrap_or_default(),
         attachments,
+        sio_labels: raw_values(&msg, "SIO-Label"),
+        label_downgrade: raw_values(&msg, "Pouch-Label-Downgrade")
+            .into_iter()
+            .next()
+            .filter(|r| !r.is_empty()),
     })
+}
+
+/// Every value of the header field `name` (any case), unfolded and trimmed.
+fn raw_values(msg: &mail_parser::Message<'_>, name: &str) -> Vec<String> {
+    msg.headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        .filter_map(|h| {
+            let raw = msg.raw_message().get(h.offset_start as usize..h.offset_end as usize)?;
+            let text = String::from_utf8_lossy(raw);
+            Some(
+                text.split(['\r', '\n'])
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
+        })
+        .collect()
 }
 
 /// The message without its Bcc header fields (and their folded lines): what

@@ -325,6 +325,12 @@ pub struct SendRequest {
     /// lost is queued once (the outbox's retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submission: Option<String>,
+    /// The outer copy of the classification label inside the message
+    /// (STANAG 4774 XML, canonical): the server checks it against every
+    /// recipient's clearance and delivers it beside the message. The server
+    /// sees the label, never the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// The longest submission id a server takes.
@@ -383,6 +389,11 @@ pub struct QueueItem {
     #[serde(with = "b64")]
     pub payload: Vec<u8>,
     pub received_at: i64,
+    /// The outer copy of an application message's classification label
+    /// (STANAG 4774 XML), as the sender gave it to the server: the receiver
+    /// compares it with the label inside the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -831,6 +842,51 @@ impl ApprovalDone {
     pub fn subject(&self) -> String {
         approval_subject(self.address.as_ref(), self.admin.as_deref())
     }
+}
+
+// ----- the security officer's statements (label policy, clearances) -----
+
+/// A statement the security officer signed (`pouch-label`'s
+/// `SignedStatement`): the JSON exactly as signed, and the signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfficerStatement {
+    pub body: String,
+    pub signature: String,
+}
+
+/// `POST /v1/admin/security-officer` (security administrators): the
+/// officer's key card, signed by that key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterOfficerRequest {
+    pub card: OfficerStatement,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OfficerRegistered {
+    pub name: String,
+    /// SHA-256 of the key (hex), as people compare it.
+    pub fingerprint: String,
+    /// The key it replaced, if any: devices that pinned it refuse labelled
+    /// mail until their user accepts the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+}
+
+/// `POST /v1/security/statements` (any signed-in device: the officer's
+/// signature is the authority, not the device).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishStatementRequest {
+    pub statement: OfficerStatement,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatementPublished {
+    /// What it is filed under: `officer-key`, `label-policy`, or an address.
+    pub subject: String,
+    pub version: u64,
+    /// Its index in the transparency log.
+    pub index: u64,
 }
 
 // ----- access events (what was tried, for the user and the security team) -----

@@ -2,8 +2,8 @@
 //!
 //! The envelope carries the complete RFC 5322 message, byte for byte as the
 //! sender wrote it, either inline or — above [`INLINE_LIMIT`] — as a reference
-//! to an encrypted blob (key, hash, size). It also has a slot for a signed
-//! classification label, enforced in a later release.
+//! to an encrypted blob (key, hash, size), and its classification label when
+//! the domain's label policy is in force.
 //!
 //! Every envelope also carries its sender's [`ChainLink`]: a counter per
 //! conversation and sending device, and the hash of that device's previous
@@ -23,9 +23,12 @@ pub const BLOB_CHUNK_SIZE: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub version: u8,
-    /// Reserved for a classification label signed by an authorised issuer.
+    /// The mail's classification label: STANAG 4774 XML in the canonical
+    /// form `pouch-label` writes. Inside the MLS encryption, so the
+    /// sender's signature binds it to the content; the server gets an outer
+    /// copy on the delivery request, which receivers compare with this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<SignedLabel>,
+    pub label: Option<String>,
     /// The sender's position in this conversation; required on receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainLink>,
@@ -38,14 +41,6 @@ pub struct Envelope {
 pub struct ChainLink {
     pub n: u64,
     pub prev: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedLabel {
-    pub label: String,
-    pub issuer: String,
-    #[serde(with = "b64")]
-    pub signature: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

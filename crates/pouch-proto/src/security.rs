@@ -139,6 +139,18 @@ vocabulary! {
         ReportSenderFork = "client_report_sender_fork",
         ReportRejectedItem = "client_report_rejected_item",
         ReportMembershipMismatch = "client_report_membership_mismatch",
+        /// A receiving device found the label inside a message different
+        /// from the outer copy the server delivered (a tampered client or server).
+        ReportLabelMismatch = "client_report_label_mismatch",
+        /// A security administrator registered the security officer's key.
+        SecurityOfficerRegistered = "security_officer_registered",
+        /// The security officer published a statement (policy, clearance, revocation).
+        SecurityStatement = "security_statement",
+        /// A delivery the server refused: a recipient not cleared for its label.
+        LabelRefused = "label_refused",
+        /// A device sent a reply or forward with a lower label than what it
+        /// answers (the sender's reason in the detail).
+        ReportLabelDowngrade = "client_report_label_downgrade",
     }
 }
 
@@ -152,6 +164,8 @@ vocabulary! {
         SenderFork = "sender_fork",
         RejectedItem = "rejected_item",
         MembershipMismatch = "membership_mismatch",
+        LabelMismatch = "label_mismatch",
+        LabelDowngrade = "label_downgrade",
     }
 }
 
@@ -166,6 +180,8 @@ impl ReportKind {
             ReportKind::SenderFork => Action::ReportSenderFork,
             ReportKind::RejectedItem => Action::ReportRejectedItem,
             ReportKind::MembershipMismatch => Action::ReportMembershipMismatch,
+            ReportKind::LabelMismatch => Action::ReportLabelMismatch,
+            ReportKind::LabelDowngrade => Action::ReportLabelDowngrade,
             ReportKind::Unknown(_) => return None,
         })
     }
@@ -221,6 +237,12 @@ vocabulary! {
         MembershipMismatch = "membership_mismatch",
         RejectedItem = "rejected_item",
         RogueDevice = "rogue_device",
+        /// A message's inner and outer classification labels differ.
+        LabelMismatch = "label_mismatch",
+        /// Repeated attempts by one account to send to someone not cleared.
+        LabelRefused = "label_refused",
+        /// The security officer's key or statements changed, or a label was lowered.
+        LabelChange = "label_change",
     }
 }
 

@@ -155,6 +155,7 @@ fn routes() -> Routes {
         .merge(crate::log::routes())
         .merge(crate::events::routes())
         .merge(crate::admins::routes())
+        .merge(crate::labels::routes())
 }
 
 async fn info(State(s): St) -> Json<ServerInfo> {

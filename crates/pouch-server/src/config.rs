@@ -88,6 +88,9 @@ pub struct Thresholds {
     pub window: Duration,
     /// Failed enrollments or sign-ins from one source within the window.
     pub invite_failures: usize,
+    /// Deliveries by one account the server refused within the window
+    /// because a recipient was not cleared for the label.
+    pub label_refusals: usize,
     /// Claims of one account's key packages by one device within the
     /// window that no Welcome followed (a client claims, then starts the
     /// conversation at once; half a pool of 100 unused is no client).
@@ -121,6 +124,7 @@ impl Default for Thresholds {
         Thresholds {
             window: Duration::from_secs(600),
             invite_failures: 5,
+            label_refusals: 3,
             key_package_claims: 50,
             bulk_fetch_floor: 2000,
             bulk_fetch_factor: 10,

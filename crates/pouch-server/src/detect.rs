@@ -109,6 +109,53 @@ async fn evaluate(
         Action::ReportSenderFork => out.push(reported(Rule::SenderFork, High)),
         Action::ReportRejectedItem => out.push(reported(Rule::RejectedItem, Medium)),
         Action::ReportMembershipMismatch => out.push(reported(Rule::MembershipMismatch, High)),
+        // The label inside the message is the sender's (signed with the
+        // content); the outer copy is what the server checked. Different: a
+        // modified client, or a server that relabelled the delivery.
+        Action::ReportLabelMismatch => out.push(reported(Rule::LabelMismatch, Critical)),
+        Action::ReportLabelDowngrade => out.push(alert(
+            Rule::LabelChange,
+            Medium,
+            ev,
+            seq,
+            format!("a mail was sent with a lower label than the one it answers: {}", ev.detail),
+        )),
+        Action::SecurityOfficerRegistered => out.push(alert(
+            Rule::LabelChange,
+            High,
+            ev,
+            seq,
+            format!(
+                "administrator {} registered the security officer's key: {} (devices that pinned another key refuse labelled mail until their user accepts this one)",
+                ev.admin.as_deref().unwrap_or("?"),
+                ev.detail
+            ),
+        )),
+        Action::SecurityStatement if ok => out.push(alert(
+            Rule::LabelChange,
+            Low,
+            ev,
+            seq,
+            format!("the security officer published {}", ev.detail),
+        )),
+        Action::LabelRefused => {
+            // One refusal is a mistake; several by one account in a window
+            // are someone trying (or a client bypassing its own checks).
+            if let Some(account) = &ev.account {
+                let name = format!("label refused {account}");
+                let n = s.store.count(&name, this_window, 1).await?
+                    + s.store.counted(&name, this_window - window, this_window).await?;
+                if n == t.label_refusals as u64 {
+                    out.push(alert(
+                        Rule::LabelRefused,
+                        High,
+                        ev,
+                        seq,
+                        format!("{account} tried {n} times within {minutes} minutes to send mail to someone not cleared for it; the last: {}", ev.detail),
+                    ));
+                }
+            }
+        }
         Action::ReportUnlistedDevice => out.push(alert(
             Rule::RogueDevice,
             Critical,

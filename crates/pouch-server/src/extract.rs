@@ -92,6 +92,12 @@ impl RoleSet for SecurityTeam {
     const ROLES: &'static [AdminRole] = &[AdminRole::Security, AdminRole::Auditor];
 }
 
+/// Security administrators only: registering the security officer's key.
+pub struct SecurityAdmins;
+impl RoleSet for SecurityAdmins {
+    const ROLES: &'static [AdminRole] = &[AdminRole::Security];
+}
+
 /// Every administrator: reading accounts, administrators, approvals, metrics.
 pub struct AnyAdmin;
 impl RoleSet for AnyAdmin {

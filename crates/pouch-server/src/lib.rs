@@ -21,6 +21,7 @@ mod error;
 pub mod events;
 mod extract;
 mod groups;
+mod labels;
 pub mod log;
 mod logkey;
 pub mod metrics;
@@ -140,6 +141,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// The label policy and clearances in force, for the delivery check.
+    pub labels: service::security::LabelState,
 }
 
 /// What start-up prepared, for the caller to print.
@@ -360,6 +363,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         recorder,
         data_dir: config.data_dir.clone(),
         metrics: Default::default(),
+        labels: Default::default(),
     });
     recorder_tasks.start(&state, Arc::new(Detection));
     service::log::refresh_checkpoint(&state)

@@ -108,6 +108,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite_0015_submissions.sql"),
         include_str!("../migrations/postgres_0015_submissions.sql"),
     ),
+    (
+        16,
+        include_str!("../migrations/sqlite_0016_labels.sql"),
+        include_str!("../migrations/postgres_0016_labels.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock that serialises migrations when

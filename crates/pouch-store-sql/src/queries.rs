@@ -47,6 +47,7 @@ struct Enqueue<'a> {
     epoch: u64,
     payload: &'a [u8],
     blob: Option<&'a str>,
+    label: Option<&'a str>,
     now: UnixTime,
 }
 
@@ -91,8 +92,9 @@ async fn enqueue_many(
         seqs.push(seq);
     }
     let payload_id: i64 =
-        sqlx::query_scalar("INSERT INTO queue_payloads (data) VALUES ($1) RETURNING payload_id")
+        sqlx::query_scalar("INSERT INTO queue_payloads (data, label) VALUES ($1, $2) RETURNING payload_id")
             .bind(item.payload)
+            .bind(item.label)
             .fetch_one(&mut *conn)
             .await
             .map_err(backend)?;
@@ -400,6 +402,7 @@ impl SqlStore {
                 epoch: s.base_epoch,
                 payload: commit,
                 blob: None,
+                label: None,
                 now: s.now,
             };
             enqueue_many(tx, &recipients, &item, u64::MAX).await?;
@@ -413,6 +416,7 @@ impl SqlStore {
                 epoch: new_epoch,
                 payload: welcome,
                 blob: None,
+                label: None,
                 now: s.now,
             };
             if let Some(device) = enqueue_many(tx, &s.added, &item, s.max_queued_bytes).await? {
@@ -462,6 +466,7 @@ impl SqlStore {
             epoch: m.epoch,
             payload: m.payload,
             blob: m.blob,
+            label: m.label,
             now: m.now,
         };
         let recipients: Vec<DeviceId> = members.into_iter().filter(|d| d != m.sender).collect();
@@ -1122,21 +1127,36 @@ impl LogStore for SqlStore {
     }
 
     async fn log_entries_of(&self, address: &Address) -> Result<Vec<LoggedEntry>> {
-        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT idx, data, entry FROM log_entries WHERE address = $1 ORDER BY idx",
+        self.logged_under(address.as_str()).await
+    }
+
+    async fn append_officer_statement(
+        &self,
+        subject: &str,
+        version: u64,
+        record: &LogRecord,
+    ) -> Result<u64> {
+        let column = officer_column(subject);
+        let mut tx = self.begin().await?;
+        // append_log's first statement locks the log's size row, so the
+        // count below sees every statement committed before this one.
+        let index = append_log(&mut tx, &column, version, record).await?;
+        let (newest, count): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT MAX(version), COUNT(*) FROM log_entries WHERE address = $1",
         )
-        .bind(address.as_str())
-        .fetch_all(&self.pool)
+        .bind(&column)
+        .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|(index, leaf, entry)| LoggedEntry {
-                index: index as u64,
-                leaf,
-                entry,
-            })
-            .collect())
+        if newest != Some(version as i64) || count as u64 != version {
+            return Err(StoreError::Conflict);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(index)
+    }
+
+    async fn officer_statements(&self, subject: &str) -> Result<Vec<LoggedEntry>> {
+        self.logged_under(&officer_column(subject)).await
     }
 
     async fn log_commitment_key(&self, leaf: &[u8]) -> Result<u64> {
@@ -1684,6 +1704,25 @@ impl MailStore for SqlStore {
         Ok(Some((epoch, members(&mut conn, group_id).await?)))
     }
 
+    async fn group_member_addresses(&self, group_id: &GroupId) -> Result<Option<Vec<Address>>> {
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        if group_epoch(&mut conn, group_id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT d.address FROM group_members gm JOIN devices d ON d.device_id = gm.device_id \
+             WHERE gm.group_id = $1 ORDER BY d.address",
+        )
+        .bind(&group_id.0)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+        rows.into_iter()
+            .map(|(a,)| Address::parse(&a).map_err(|e| StoreError::Backend(e.to_string())))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     async fn queue_pending(&self, device_id: &DeviceId, after: u64) -> Result<bool> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT seq FROM queue WHERE device_id = $1 AND seq > $2 LIMIT 1")
@@ -1725,7 +1764,7 @@ impl MailStore for SqlStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT q.seq, q.kind, q.group_id, q.sender_device, q.epoch, p.data, q.received_at \
+            "SELECT q.seq, q.kind, q.group_id, q.sender_device, q.epoch, p.data, p.label, q.received_at \
              FROM queue q JOIN queue_payloads p ON p.payload_id = q.payload_id \
              WHERE q.device_id = $1 AND q.seq > $2 AND q.seq <= $3 ORDER BY q.seq",
         )
@@ -1748,6 +1787,7 @@ impl MailStore for SqlStore {
                     epoch: epoch as u64,
                     payload: row.try_get("data").map_err(backend)?,
                     received_at: row.try_get("received_at").map_err(backend)?,
+                    label: row.try_get("label").map_err(backend)?,
                 })
             })
             .collect()
@@ -2036,6 +2076,34 @@ async fn insert_list(
         .await
         .map_err(unique_is_conflict)?;
     Ok(())
+}
+
+/// Where an officer's statements about `subject` are filed in `log_entries`
+/// (beside accounts' entries, which are filed by address: no address
+/// begins so).
+fn officer_column(subject: &str) -> String {
+    format!("officer:{subject}")
+}
+
+impl SqlStore {
+    /// The log entries filed under `column`, oldest first.
+    async fn logged_under(&self, column: &str) -> Result<Vec<LoggedEntry>> {
+        let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT idx, data, entry FROM log_entries WHERE address = $1 ORDER BY idx",
+        )
+        .bind(column)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(index, leaf, entry)| LoggedEntry {
+                index: index as u64,
+                leaf,
+                entry,
+            })
+            .collect())
+    }
 }
 
 /// Appends one entry to the transparency log in the caller's transaction:

@@ -225,6 +225,7 @@ async fn payloads_are_stored_once(store: &SqlStore) {
             payload: &[b'm'; 1000],
             blob: None,
             max_queued_bytes: u64::MAX,
+            label: None,
             now: 0,
         })
         .await
@@ -349,6 +350,7 @@ async fn concurrent_acknowledgements_leave_no_payload_behind_on_postgres() {
                 payload: &round.to_be_bytes(),
                 blob: None,
                 max_queued_bytes: u64::MAX,
+                label: None,
                 now: 0,
             })
             .await

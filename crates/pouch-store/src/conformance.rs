@@ -73,7 +73,55 @@ pub async fn run(store: &dyn Store) {
     mail(store, now).await;
     submissions(store, now).await;
     log(store, now).await;
+    officer_statements(store).await;
     admins(store, now).await;
+}
+
+/// [`crate::LogStore::append_officer_statement`]: a security officer's
+/// statements are log entries filed by subject, each version once and in
+/// order; a version taken or skipped appends nothing.
+pub async fn officer_statements(store: &dyn Store) {
+    let subject = "conformance-policy";
+    let start = store.log_size().await.unwrap();
+    assert!(store.officer_statements(subject).await.unwrap().is_empty());
+    let first = store
+        .append_officer_statement(subject, 1, &record("officer-v1"))
+        .await
+        .unwrap();
+    assert_eq!(first, start);
+    for (version, why) in [(1, "a version taken twice"), (3, "a version skipped")] {
+        assert!(
+            matches!(
+                store
+                    .append_officer_statement(subject, version, &record("officer-bad"))
+                    .await,
+                Err(StoreError::Conflict)
+            ),
+            "{why}"
+        );
+    }
+    assert_eq!(
+        store.log_size().await.unwrap(),
+        start + 1,
+        "a refused statement left an entry"
+    );
+    store
+        .append_officer_statement(subject, 2, &record("officer-v2"))
+        .await
+        .unwrap();
+    let found = store.officer_statements(subject).await.unwrap();
+    assert_eq!(
+        found.iter().map(|e| (e.index, e.leaf.clone())).collect::<Vec<_>>(),
+        vec![(start, b"officer-v1".to_vec()), (start + 1, b"officer-v2".to_vec())]
+    );
+    assert_eq!(found[1].entry.as_deref(), Some(&b"officer-v2-full"[..]));
+    assert!(
+        store.officer_statements("another").await.unwrap().is_empty(),
+        "statements are filed by subject"
+    );
+    // An account whose address looks like a subject sees none of them.
+    let lookalike = addr("conformance-policy@officer.example");
+    assert!(store.log_entries_of(&lookalike).await.unwrap().is_empty());
 }
 
 /// [`crate::MailStore::submit_message_once`]: a message sent again under
@@ -106,6 +154,7 @@ pub async fn submissions(store: &dyn Store, now: UnixTime) {
         payload,
         blob: None,
         max_queued_bytes: max,
+        label: None,
         now,
     };
     let queued = || async { store.fetch_queue(&b, 0, 100, u64::MAX).await.unwrap().len() };
@@ -1046,6 +1095,21 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
         Some((1, Some(b"public-state-1".to_vec()))),
         "the checked public state is stored with its epoch"
     );
+    assert_eq!(
+        store.group_member_addresses(&g).await.unwrap(),
+        Some(vec![
+            addr("mail-alice@mfa.example"),
+            addr("mail-bob@embassy.example")
+        ]),
+        "each member account once, sorted"
+    );
+    assert_eq!(
+        store
+            .group_member_addresses(&GroupId("cd".repeat(16)))
+            .await
+            .unwrap(),
+        None
+    );
     let stale = store
         .submit_message(&Message {
             group_id: &g,
@@ -1054,6 +1118,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
             payload: b"m0",
             blob: None,
             max_queued_bytes: u64::MAX,
+            label: None,
             now,
         })
         .await;
@@ -1072,6 +1137,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
                 payload: b"m1",
                 blob: None,
                 max_queued_bytes: u64::MAX,
+                label: None,
                 now
             })
             .await
@@ -1087,6 +1153,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
                 payload: b"m2",
                 blob: None,
                 max_queued_bytes: u64::MAX,
+                label: None,
                 now
             })
             .await
@@ -1101,6 +1168,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
             payload: b"m",
             blob: None,
             max_queued_bytes: u64::MAX,
+            label: None,
             now,
         })
         .await;
@@ -1261,6 +1329,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
                 payload: b"after",
                 blob: None,
                 max_queued_bytes: u64::MAX,
+                label: None,
                 now
             })
             .await
@@ -1344,6 +1413,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
         payload,
         blob,
         max_queued_bytes: max,
+        label: None,
         now,
     };
     assert!(matches!(
@@ -1586,6 +1656,7 @@ async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
             payload: b"circular",
             blob: None,
             max_queued_bytes: u64::MAX,
+            label: None,
             now,
         })
         .await

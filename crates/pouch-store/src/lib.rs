@@ -290,6 +290,9 @@ pub struct Message<'a> {
     pub blob: Option<&'a str>,
     /// The most a recipient's queue may hold, this message included.
     pub max_queued_bytes: u64,
+    /// The outer copy of the message's classification label, delivered
+    /// beside it (the server checked it against the recipients' clearances).
+    pub label: Option<&'a str>,
     pub now: UnixTime,
 }
 
@@ -434,6 +437,18 @@ pub trait LogStore: Send + Sync + 'static {
     /// its index. A `Conflict` if the log holds a different one (the log's
     /// key was replaced: commitments made under the old one would not open).
     async fn log_commitment_key(&self, leaf: &[u8]) -> Result<u64>;
+    /// Appends a security officer's statement about `subject` (see
+    /// `pouch_log::OfficerEntry`) as its `version`, which must be the one
+    /// after the newest stored: a `Conflict` otherwise (another publisher
+    /// came first), and nothing is appended.
+    async fn append_officer_statement(
+        &self,
+        subject: &str,
+        version: u64,
+        record: &LogRecord,
+    ) -> Result<u64>;
+    /// The officer's statements about `subject`, oldest first.
+    async fn officer_statements(&self, subject: &str) -> Result<Vec<LoggedEntry>>;
     /// The newest signed checkpoint: (tree size, note).
     async fn checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>>;
     /// Stores a checkpoint if it is for a larger tree than the stored one.
@@ -572,6 +587,9 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> Result<Option<(u64, Option<Vec<u8>>)>>;
     /// A group's current epoch and member devices (None: no such group).
     async fn group_members(&self, group_id: &GroupId) -> Result<Option<(u64, Vec<DeviceId>)>>;
+    /// The accounts whose devices are members of the group (each once,
+    /// sorted); `None` for an unknown group. (The server's label check.)
+    async fn group_member_addresses(&self, group_id: &GroupId) -> Result<Option<Vec<Address>>>;
     /// The device's queue after `after`, in order: at most `limit` items,
     /// and no more than `max_bytes` of payload (but always the first item),
     /// so one fetch never holds more than that in memory.

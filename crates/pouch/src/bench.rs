@@ -245,6 +245,48 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Puts labels in force as a ministry would: a security officer whose
+    /// key the security administrator registers, the example policy
+    /// published, and every one of `addresses` cleared up to SECRET for
+    /// CZE — all signed by the officer, handed in from the device at
+    /// `officer_device`.
+    pub(crate) fn deploy_labels(&self, officer_device: &Path, addresses: &[String]) -> Result<()> {
+        let home = officer_device.with_extension("officer");
+        let officer =
+            pouch_client::officer::OfficerIdentity::create(&home, "Bench Officer", PASSPHRASE)?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let card = officer.card(now);
+        let api = pouch_client::net::Api::new(&self.url, &self.fingerprint)?;
+        self.security.sign_in(&api)?;
+        let _: pouch_proto::api::OfficerRegistered = api.post(
+            "/v1/admin/security-officer",
+            &pouch_proto::api::RegisterOfficerRequest {
+                card: pouch_proto::api::OfficerStatement {
+                    body: card.body,
+                    signature: card.signature,
+                },
+            },
+        )?;
+        let text = include_str!("../../../dist/labels/ministry-example.toml");
+        let policy = pouch_label::LabelPolicy::from_toml(text)?;
+        let mut device = Device::open(officer_device, PASSPHRASE)?;
+        device.publish_statement(&officer.sign(&pouch_label::statement::Statement::Policy {
+            sequence: 1,
+            version: 1,
+            policy: text.to_string(),
+            issued_at: now,
+        }))?;
+        let clearance = policy.clearance("SECRET", &["REL TO CZE".to_string()], None)?;
+        for a in addresses {
+            device.publish_statement(
+                &officer.sign(&pouch_label::statement::Statement::clearance(a, &clearance, 1, now)),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> {
     std::fs::create_dir_all(data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -186,7 +186,12 @@ enum Command {
     /// (a local index, encrypted with the rest of this device's state).
     Search {
         /// Words to find (all of them).
+        #[arg(required_unless_present = "label", default_value = "")]
         query: String,
+        /// Only mail with this label: its classification and at least its
+        /// category values (SECRET, or SECRET//REL TO CZE).
+        #[arg(long)]
+        label: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -250,6 +255,11 @@ enum Command {
         /// With --workload: Pouch alone, without starting Postfix + Dovecot.
         #[arg(long, requires = "workload")]
         no_compare: bool,
+        /// With --workload: a label policy in force, every user cleared, and
+        /// every mail labelled by its subject marking (to measure what label
+        /// checks cost; compare with a run without).
+        #[arg(long, requires = "workload")]
+        labels: bool,
         /// With --workload: seconds between each bridge's syncs (the bridge's default).
         #[arg(long, default_value_t = 10, requires = "workload")]
         sync_secs: u64,
@@ -293,6 +303,37 @@ enum SecurityCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Trust a changed security officer key (after comparing its
+    /// fingerprint with your security officer's own).
+    Accept {
+        /// The new key's fingerprint (64 hex digits).
+        fingerprint: String,
+    },
+    /// Clear a person for labelled mail, signed with the officer's key and
+    /// published in the transparency log (run from the officer's device).
+    Clear {
+        /// Their address.
+        address: String,
+        /// The highest classification they may read.
+        #[arg(long)]
+        max: String,
+        /// A category value they hold, TAG:VALUE[,VALUE] or the policy's
+        /// marking (REL TO CZE); repeat for several.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// When the clearance ends (YYYY-MM-DD, end of that day UTC, or RFC 3339).
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        officer: OfficerArgs,
+    },
+    /// Revoke a person's clearance (signed and published like a clearance).
+    Revoke {
+        /// Their address.
+        address: String,
+        #[command(flatten)]
+        officer: OfficerArgs,
+    },
     /// A label as the policy reads it: its marking, or its STANAG 4774 XML.
     Label {
         /// The label: a marking (SECRET//REL TO CZE, SVK) or typed (SECRET REL:CZE,SVK).
@@ -313,6 +354,26 @@ enum PolicyCommand {
         /// The policy file (TOML; see dist/labels/ministry-example.toml).
         file: PathBuf,
     },
+    /// Sign the policy with the officer's key and publish it in the
+    /// transparency log (run from the officer's device): every device
+    /// enforces it from its next look at the log.
+    Publish {
+        /// The policy file (TOML).
+        file: PathBuf,
+        /// The policy's version; one more than the published one when absent.
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        officer: OfficerArgs,
+    },
+}
+
+/// Where the security officer's key is (its passphrase: POUCH_OFFICER_PASSPHRASE, else asked).
+#[derive(Args)]
+struct OfficerArgs {
+    /// The officer's key home (default: the user's data directory, pouch/officer).
+    #[arg(long, env = "POUCH_OFFICER_HOME")]
+    officer_home: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -533,6 +594,13 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register the security officer's key (security administrators), from
+    /// the card their `pouch security init` wrote. Devices pin it; a change
+    /// later needs every user's acceptance.
+    SecurityOfficer {
+        /// The officer's card (officer-card.json in their key home).
+        card: PathBuf,
+    },
     /// Resets and revocations waiting for a second administrator.
     Approvals {
         /// Print JSON instead of a table.
@@ -663,11 +731,19 @@ struct SendArgs {
     #[arg(long)]
     body: Option<String>,
     /// Send this complete RFC 5322 message as it is.
-    #[arg(long, conflicts_with_all = ["to", "cc", "subject", "attach", "body", "reply_to"])]
+    #[arg(long, conflicts_with_all = ["to", "cc", "subject", "attach", "body", "reply_to", "label", "downgrade"])]
     eml: Option<PathBuf>,
     /// Answer message ID in its conversation.
     #[arg(long)]
     reply_to: Option<i64>,
+    /// The classification label, as a marking (SECRET//REL TO CZE, SVK) or
+    /// typed (SECRET REL:CZE,SVK); the label policy's default when absent.
+    #[arg(long)]
+    label: Option<String>,
+    /// Send a reply with a lower label than what it answers, saying why
+    /// (recorded for the security team).
+    #[arg(long, value_name = "REASON")]
+    downgrade: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -844,7 +920,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
-        Command::Security { command } => security(command),
+        Command::Security { command } => security(command, cli.home),
         Command::TrustAnchor { command } => {
             let home = home(cli.home)?;
             match command {
@@ -1095,6 +1171,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             no_compare,
             sync_secs,
             postgres,
+            labels,
             ..
         } => {
             let variants = variants
@@ -1114,6 +1191,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                 postgres,
                 sync_secs,
                 compare: !no_compare,
+                labels,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -1169,8 +1247,13 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { json } => list(open(cli.home)?.inbox()?, json, Person::Sender),
-        Command::Search { query, json } => {
-            list(open(cli.home)?.search(&query)?, json, Person::Sender)
+        Command::Search { query, label, json } => {
+            let mut device = open(cli.home)?;
+            let found = match label {
+                Some(label) => device.search_labelled(&query, &label)?,
+                None => device.search(&query)?,
+            };
+            list(found, json, Person::Sender)
         }
         Command::Sent { json } => list(open(cli.home)?.sent()?, json, Person::Recipients),
         Command::Read {
@@ -1215,6 +1298,9 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                 writeln!(out, "To:      {}", s.to.join(", "))?;
                 if !s.cc.is_empty() {
                     writeln!(out, "Cc:      {}", s.cc.join(", "))?;
+                }
+                if let Some(marking) = &s.marking {
+                    writeln!(out, "Label:   {}", marking_for_terminal(marking))?;
                 }
                 writeln!(out, "Subject: {}", s.subject)?;
                 writeln!(out, "Date:    {}", format_date(s.date))?;
@@ -1364,6 +1450,19 @@ fn recipients_column(m: &MessageSummary) -> String {
     }
 }
 
+/// A label's marking, in reverse video when standard output is a terminal
+/// (colour is a hint; the words are what count). The marking is the
+/// policy's text, stripped of control characters all the same.
+fn marking_for_terminal(marking: &str) -> String {
+    use std::io::IsTerminal;
+    let clean: String = marking.chars().filter(|c| !c.is_control()).collect();
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[7m{clean}\x1b[0m")
+    } else {
+        clean
+    }
+}
+
 fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<ExitCode> {
     if json {
         outln!("{}", serde_json::to_string_pretty(&messages)?);
@@ -1376,8 +1475,13 @@ fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<Exi
                 Person::Sender => m.from.clone(),
                 Person::Recipients => recipients_column(&m),
             };
+            let marking = m
+                .marking
+                .as_deref()
+                .map(|l| format!("{} ", marking_for_terminal(&format!("[{l}]"))))
+                .unwrap_or_default();
             outln!(
-                "{:>5} {} {} {:<28} {}",
+                "{:>5} {} {} {:<28} {marking}{}",
                 m.id,
                 format_date(m.date),
                 clip,
@@ -1443,6 +1547,9 @@ fn send(home_arg: Option<PathBuf>, args: SendArgs) -> Result<ExitCode> {
             body,
             attachments,
             reply_to: args.reply_to,
+            label: args.label,
+            downgrade: args.downgrade,
+            ..Default::default()
         })?
     };
     let sent = match submitted {
@@ -2052,25 +2159,147 @@ fn label_policy(path: &Path) -> Result<pouch_label::LabelPolicy> {
     pouch_label::LabelPolicy::from_toml(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-fn security(command: SecurityCommand) -> Result<ExitCode> {
+/// The security officer's key home: the one given, else the user's data directory's.
+fn officer_home_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(h) => Ok(h),
+        None => directories::ProjectDirs::from("", "", "pouch")
+            .map(|d| d.data_dir().join("officer"))
+            .ok_or_else(|| anyhow!("cannot find a data directory: pass --officer-home DIR")),
+    }
+}
+
+/// Opens the officer's key (passphrase: POUCH_OFFICER_PASSPHRASE, else asked).
+fn open_officer(args: OfficerArgs) -> Result<pouch_client::officer::OfficerIdentity> {
+    let home = officer_home_dir(args.officer_home)?;
+    let pass = match std::env::var("POUCH_OFFICER_PASSPHRASE") {
+        Ok(p) => p,
+        Err(_) => rpassword::prompt_password("Passphrase for the security officer's key: ")
+            .map_err(|_| anyhow!("the officer's passphrase is required: set POUCH_OFFICER_PASSPHRASE or run in a terminal"))?,
+    };
+    Ok(pouch_client::officer::OfficerIdentity::open(&home, &pass)?)
+}
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// `--expires`: a date (the end of that day, UTC) or an RFC 3339 time.
+fn parse_expiry(text: &str) -> Result<i64> {
+    let text = text.trim();
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    let bad = || anyhow!("--expires takes a date (2027-06-30) or RFC 3339 (2027-06-30T17:00:00Z)");
+    let parts: Vec<&str> = text.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let month = m
+        .parse::<u8>()
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or_else(bad)?;
+    let day = time::Date::from_calendar_date(
+        y.parse().map_err(|_| bad())?,
+        month,
+        d.parse().map_err(|_| bad())?,
+    )
+    .map_err(|_| bad())?;
+    Ok(day.next_day().unwrap_or(day).midnight().assume_utc().unix_timestamp())
+}
+
+fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitCode> {
     match command {
         SecurityCommand::Init { name, officer_home } => {
-            let home = match officer_home {
-                Some(h) => h,
-                None => directories::ProjectDirs::from("", "", "pouch")
-                    .map(|d| d.data_dir().join("officer"))
-                    .ok_or_else(|| {
-                        anyhow!("cannot find a data directory: pass --officer-home DIR")
-                    })?,
+            let home = officer_home_dir(officer_home)?;
+            let passphrase = match std::env::var("POUCH_OFFICER_PASSPHRASE") {
+                Ok(p) => p,
+                Err(_) => new_passphrase()?,
             };
-            let passphrase = new_passphrase()?;
             let me = pouch_client::officer::OfficerIdentity::create(&home, &name, &passphrase)?;
+            let card = me.write_card(&home, now_secs())?;
             eprintln!("the security officer's key is in {}", home.display());
+            eprintln!(
+                "give {} to a security administrator, who registers it with 'pouch admin security-officer FILE'",
+                card.display()
+            );
             outln!(
                 "security officer {}: key fingerprint {}",
                 me.name,
                 me.fingerprint()
             );
+        }
+        SecurityCommand::Policy {
+            command: PolicyCommand::Publish { file, version, officer },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the label policy {}", file.display()))?;
+            let policy = pouch_label::LabelPolicy::from_toml(&text)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let me = open_officer(officer)?;
+            let mut device = open(home_arg)?;
+            let version = match version {
+                Some(v) => v,
+                None => device.published_policy_version()? + 1,
+            };
+            let statement = pouch_label::statement::Statement::Policy {
+                sequence: device.next_statement_number(pouch_log::OfficerEntry::POLICY)?,
+                version,
+                policy: text,
+                issued_at: now_secs(),
+            };
+            let done = device.publish_statement(&me.sign(&statement))?;
+            outln!(
+                "published label policy {} version {version} (log entry {})",
+                policy.id,
+                done.index
+            );
+        }
+        SecurityCommand::Clear {
+            address,
+            max,
+            categories,
+            expires,
+            officer,
+        } => {
+            let address = Address::parse(&address)?;
+            let expires = expires.as_deref().map(parse_expiry).transpose()?;
+            let me = open_officer(officer)?;
+            let mut device = open(home_arg)?;
+            let policy = device.published_policy()?.ok_or_else(|| {
+                anyhow!("no label policy is published yet: run 'pouch security policy publish FILE' first")
+            })?;
+            let clearance = policy.clearance(&max, &categories, expires)?;
+            let statement = pouch_label::statement::Statement::clearance(
+                address.as_str(),
+                &clearance,
+                device.next_statement_number(address.as_str())?,
+                now_secs(),
+            );
+            let done = device.publish_statement(&me.sign(&statement))?;
+            outln!(
+                "{address} is cleared up to {} (log entry {})",
+                clearance.max_classification,
+                done.index
+            );
+        }
+        SecurityCommand::Revoke { address, officer } => {
+            let address = Address::parse(&address)?;
+            let me = open_officer(officer)?;
+            let mut device = open(home_arg)?;
+            let statement = pouch_label::statement::Statement::Revocation {
+                sequence: device.next_statement_number(address.as_str())?,
+                address: address.as_str().to_string(),
+                issued_at: now_secs(),
+            };
+            let done = device.publish_statement(&me.sign(&statement))?;
+            outln!("{address}'s clearance is revoked (log entry {})", done.index);
+        }
+        SecurityCommand::Accept { fingerprint } => {
+            let mut device = open(home_arg)?;
+            let accepted = device.accept_officer_key(&fingerprint)?;
+            outln!("this device now trusts the security officer key {accepted}");
         }
         SecurityCommand::Policy {
             command: PolicyCommand::Check { file },
@@ -2497,6 +2726,27 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     print_invite(&api, &fingerprint, invite, "new invite");
                 }
                 None => outln!("{}: {}", done.subject(), done.detail),
+            }
+        }
+        AdminCommand::SecurityOfficer { card } => {
+            let text = std::fs::read_to_string(&card)
+                .with_context(|| format!("cannot read the officer's card {}", card.display()))?;
+            let card: pouch_proto::api::OfficerStatement = serde_json::from_str(&text)
+                .map_err(|_| anyhow!("{} is not an officer's card (officer-card.json from 'pouch security init')", card.display()))?;
+            let done: pouch_proto::api::OfficerRegistered = api.post(
+                "/v1/admin/security-officer",
+                &pouch_proto::api::RegisterOfficerRequest { card },
+            )?;
+            outln!(
+                "security officer {} registered: key fingerprint {}",
+                done.name,
+                done.fingerprint
+            );
+            if let Some(old) = done.replaced {
+                eprintln!(
+                    "it replaces key {old}: every device refuses labelled mail until its user runs 'pouch security accept {}'",
+                    done.fingerprint
+                );
             }
         }
         AdminCommand::Approvals { json } => {

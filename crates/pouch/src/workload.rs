@@ -66,7 +66,14 @@ pub struct WorkloadArgs {
     pub sync_secs: u64,
     /// Also run Postfix + Dovecot (needs root and the Debian packages).
     pub compare: bool,
+    /// Pouch with a label policy in force: every user cleared, every mail
+    /// labelled by its subject marking (checked by sender, server and
+    /// receivers; shown to the IMAP clients with an SIO-Label header).
+    pub labels: bool,
 }
+
+/// The label every mail of a labelled run carries (its subject marking).
+const LABEL_MARKING: &str = "[RESTRICTED//REL TO CZE]";
 
 /// How one user's mail client reaches its system.
 #[derive(Clone)]
@@ -79,6 +86,8 @@ struct Account {
     /// Whether submission needs SMTP AUTH (the bridge does; the private
     /// Postfix relays for loopback).
     auth: bool,
+    /// Put before each subject (a label's marking, in a labelled run).
+    subject_prefix: &'static str,
 }
 
 /// What one run measured.
@@ -282,7 +291,12 @@ fn pouch_run(args: &WorkloadArgs, variant: Variant, tag: &str, body: &str) -> Re
                 smtp,
                 imap,
                 auth: true,
+                subject_prefix: if args.labels { LABEL_MARKING } else { "" },
             });
+        }
+        if args.labels {
+            let addresses: Vec<String> = accounts.iter().map(|a| a.address.clone()).collect();
+            server.deploy_labels(&dir.join("u0"), &addresses)?;
         }
         let before = server.alerts()?.len();
         let mut outcome = drive(&accounts, "pouch.local", variant, tag, args.mails, body)?;
@@ -337,6 +351,7 @@ fn postfix_run(args: &WorkloadArgs, variant: Variant, tag: &str, body: &str) -> 
             smtp: SocketAddr::from(([127, 0, 0, 1], smtp)),
             imap: SocketAddr::from(([127, 0, 0, 1], imap)),
             auth: false,
+            subject_prefix: if args.labels { LABEL_MARKING } else { "" },
         })
         .collect();
     let result = drive(&accounts, "bench.test", variant, tag, args.mails, body);
@@ -368,8 +383,9 @@ fn message(
 ) -> String {
     let to_header: Vec<&str> = to.iter().map(|&r| accounts[r].address.as_str()).collect();
     let mut m = format!(
-        "From: {}\r\nTo: {}\r\nSubject: workload {id}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{id}@{domain}>\r\n",
+        "From: {}\r\nTo: {}\r\nSubject: {}workload {id}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{id}@{domain}>\r\n",
         accounts[from].address,
+        accounts[from].subject_prefix,
         to_header.join(", ")
     );
     if let Some(parent) = in_reply_to {

@@ -201,6 +201,7 @@ impl ModifiedClient {
                 message: sealed,
                 blob: None,
                 submission: None,
+                label: None,
             },
         }
     }

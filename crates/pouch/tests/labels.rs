@@ -1,7 +1,10 @@
-//! Classification labels (issue 13), as far as they are built: the policy
-//! file is checked, and a label's STANAG 4774 XML is read by an independent
-//! XML parser (Python's `xml.etree`) with the namespace, policy identifier,
-//! classification and categories as issued.
+//! Classification labels (issue 13), end to end: the policy file and the
+//! label's STANAG 4774 XML (read by Python's `xml.etree`); the security
+//! officer's key, policy and clearances in the transparency log; every
+//! refusal on sending, the server's check of a modified sender, the
+//! receiver's inner/outer comparison; a hostile server replaying or
+//! slipping in statements; and labels through the bridge with Python's
+//! smtplib/imaplib and Thunderbird.
 
 mod common;
 use common::*;
@@ -169,4 +172,469 @@ fn the_security_officer_makes_a_key_of_their_own() {
     assert_one_line_error(&init(&home), "already holds a security officer's key");
     std::fs::write(dir.path("notes.txt"), "x").unwrap();
     assert_one_line_error(&init(&dir.0), "is not empty");
+}
+
+/// A deployment with labels in force: a security officer whose key a
+/// security administrator registered, the example policy published, and
+/// people cleared (all signed by the officer and logged).
+struct Labelled {
+    dir: Scratch,
+    server: Server,
+    officer_home: std::path::PathBuf,
+    /// The officer's own device (also an ordinary user).
+    alice: Client,
+    bob: Client,
+}
+
+fn officer_cmd(device: &Client, home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = device
+        .cmd()
+        .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
+        .env("POUCH_OFFICER_HOME", home)
+        .args(["security"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_no_panic(&out);
+    out
+}
+
+fn officer_ok(device: &Client, home: &std::path::Path, args: &[&str]) -> String {
+    let out = officer_cmd(device, home, args);
+    assert!(
+        out.status.success(),
+        "`pouch security {}`: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn labelled(tag: &str) -> Labelled {
+    let dir = Scratch::new(tag);
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let bob = user(&dir, &server, "bob");
+    let officer_home = dir.path("officer");
+    let out = pouch()
+        .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
+        .args(["security", "init", "--name", "Security Officer", "--officer-home"])
+        .arg(&officer_home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An operator may not register the officer: that is the security team's.
+    let card = officer_home.join("officer-card.json");
+    let card_arg = card.to_str().unwrap();
+    let refused = server.admin(&server.data_dir, &["security-officer", card_arg]);
+    assert!(!refused.status.success());
+    let sec = server.add_admin("sec", "security");
+    let out = server.admin_as(&sec, &["security-officer", card_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = officer_ok(
+        &alice,
+        &officer_home,
+        &["policy", "publish", example_policy().to_str().unwrap()],
+    );
+    assert!(said.starts_with("published label policy MFA-EXAMPLE version 1"), "{said}");
+    officer_ok(
+        &alice,
+        &officer_home,
+        &["clear", "alice@pouch.local", "--max", "SECRET", "--category", "REL TO CZE, SVK", "--category", "COMPARTMENT:TREATY"],
+    );
+    officer_ok(
+        &alice,
+        &officer_home,
+        &["clear", "bob@pouch.local", "--max", "CONFIDENTIAL", "--category", "REL TO CZE"],
+    );
+    Labelled {
+        dir,
+        server,
+        officer_home,
+        alice,
+        bob,
+    }
+}
+
+/// Done-when 1: each refusal is one line and sends nothing; allowed mail
+/// arrives with its label, which `read --json` shows byte for byte.
+#[test]
+fn labelled_mail_reaches_only_the_cleared_and_every_refusal_is_one_line() {
+    let l = labelled("labels-e2e");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let carol = user(&l.dir, &l.server, "carol");
+    let dave = user(&l.dir, &l.server, "dave");
+    let erin = user(&l.dir, &l.server, "erin");
+    let home = &l.officer_home;
+    officer_ok(alice, home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO SVK"]);
+    officer_ok(alice, home, &["clear", "dave@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    officer_ok(alice, home, &["revoke", "dave@pouch.local"]);
+    officer_ok(
+        alice,
+        home,
+        &["clear", "erin@pouch.local", "--max", "SECRET", "--category", "REL TO CZE", "--expires", "2020-01-01"],
+    );
+    let send = |from: &Client, to: &str, label: &str| {
+        from.run(&["send", "--to", to, "--subject", "Talks", "--body", "text", "--label", label])
+    };
+    for (to, label, why) in [
+        ("bob@pouch.local", "SECRET//REL TO CZE", "bob@pouch.local may not receive SECRET//REL TO CZE mail: cleared only up to CONFIDENTIAL"),
+        ("carol@pouch.local", "SECRET//TREATY//REL TO SVK", "not cleared for COMPARTMENT TREATY"),
+        ("bob@pouch.local", "CONFIDENTIAL//REL TO SVK", "not releasable"),
+        ("erin@pouch.local", "RESTRICTED//REL TO CZE", "the clearance expired"),
+        ("dave@pouch.local", "RESTRICTED//REL TO CZE", "the clearance was revoked"),
+        ("bob@pouch.local", "TOP SECRET", "accredited only up to SECRET"),
+        ("bob@pouch.local", "SEKRET", "unknown classification"),
+    ] {
+        assert_one_line_error(&send(alice, to, label), why);
+    }
+    // Nobody received anything, and no Sent copy was kept.
+    for c in [bob, &carol, &dave, &erin] {
+        c.sync();
+        assert!(c.inbox().is_empty(), "{} received a refused mail", c.address);
+    }
+    assert!(alice.sent().is_empty());
+
+    // Allowed: it arrives with its label, the very bytes the sender wrote.
+    let out = send(alice, "bob@pouch.local", "CONFIDENTIAL//REL TO CZE");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bob.sync();
+    // (The inbox also holds the notice naming the officer key the device pinned.)
+    let inbox: Vec<_> = bob.inbox().into_iter().filter(|m| m["subject"] == "Talks").collect();
+    assert_eq!(inbox.len(), 1);
+    let sent = alice.sent();
+    assert_eq!(inbox[0]["marking"], "CONFIDENTIAL//REL TO CZE");
+    let label = inbox[0]["label"].as_str().expect("a label");
+    assert_eq!(label, sent[0]["label"].as_str().unwrap(), "the receiver's label is the sender's, byte for byte");
+    let read = bob.json(&["read", &inbox[0]["id"].to_string(), "--json"]);
+    assert_eq!(read["message"]["label"].as_str(), Some(label));
+    let parsed = python_json(READ_LABEL, label.as_bytes(), "XML");
+    assert_eq!(parsed["classification"], "CONFIDENTIAL");
+    // Mail sent without a label carries the policy's default.
+    alice.ok(&["send", "--to", "carol@pouch.local", "--subject", "Lunch", "--body", "x"]);
+    carol.sync();
+    let lunch: Vec<_> = carol.inbox().into_iter().filter(|m| m["subject"] == "Lunch").collect();
+    assert_eq!(lunch[0]["marking"], "UNCLASSIFIED");
+    // Search by label finds the one and not the other.
+    let found = bob.json(&["search", "--label", "CONFIDENTIAL", "--json"]);
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    assert!(bob.json(&["search", "--label", "SECRET", "--json"]).as_array().unwrap().is_empty());
+
+    // A reply carries at least the label of what it answers; lowering it
+    // needs a reason, and is reported to the security team.
+    let id = inbox[0]["id"].to_string();
+    let reply = |extra: &[&str]| {
+        let mut args = vec!["send", "--reply-to", id.as_str(), "--to", "alice@pouch.local", "--body", "noted", "--label", "RESTRICTED"];
+        args.extend_from_slice(extra);
+        bob.run(&args)
+    };
+    assert_one_line_error(&reply(&[]), "this answers a CONFIDENTIAL//REL TO CZE mail");
+    assert_one_line_error(&reply(&["--downgrade", " "]), "--downgrade needs a reason");
+    let out = reply(&["--downgrade", "declassified by the originator"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alerts = l.server.alerts();
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "label_change"
+            && a["summary"].as_str().unwrap().contains("declassified by the originator")),
+        "{alerts:?}"
+    );
+
+    // A statement signed by another key than the registered officer's is
+    // refused by the server; a replaced officer key is refused by devices
+    // until their user accepts it.
+    let rogue = l.dir.path("rogue-officer");
+    let out = pouch()
+        .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
+        .args(["security", "init", "--name", "Mallory", "--officer-home"])
+        .arg(&rogue)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = officer_cmd(bob, &rogue, &["clear", "bob@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    assert_one_line_error(&out, "not signed by the security officer");
+    let sec = std::path::PathBuf::from(format!("{}-admin-sec", l.server.data_dir.display()));
+    let out = l.server.admin_as(&sec, &["security-officer", rogue.join("officer-card.json").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_one_line_error(
+        &send(alice, "bob@pouch.local", "RESTRICTED//REL TO CZE"),
+        "the security officer's key changed to",
+    );
+    assert!(
+        l.server.alerts().iter().any(|a| a["rule"] == "label_change" && a["severity"] == "high"),
+        "registering another officer key is a high alert"
+    );
+}
+
+/// Done-when 2: a modified sender is stopped by the server (above a
+/// recipient's clearance) and by the receiver (inner and outer labels
+/// differ, a critical alert).
+#[test]
+fn a_modified_sender_is_refused_by_the_server_and_a_relabelled_message_by_the_receiver() {
+    let l = labelled("labels-modified");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let xml = |label: &str| {
+        let out = pouch()
+            .args(["security", "label", label, "--xml", "--policy"])
+            .arg(example_policy())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    };
+    let mut device = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
+    let mail = |subject: &str| pouch_client::Compose {
+        to: vec![pouch_proto::Address::parse("bob@pouch.local").unwrap()],
+        subject: subject.into(),
+        body: "body".into(),
+        ..Default::default()
+    };
+    // Above bob's clearance, the client's checks skipped: the server refuses.
+    let secret = xml("SECRET//REL TO CZE");
+    device.play_modified_client(Some(secret.clone()), Some(secret.clone()));
+    for _ in 0..3 {
+        let err = device.send(mail("Above clearance")).unwrap_err().to_string();
+        assert!(err.contains("bob@pouch.local may not receive SECRET//REL TO CZE mail"), "{err}");
+    }
+    let alerts = l.server.alerts();
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "label_refused" && a["severity"] == "high"),
+        "three refused attempts are an alert: {alerts:?}"
+    );
+    // Outer label allowed, inner one different: the receiver refuses it.
+    device.play_modified_client(Some(xml("CONFIDENTIAL//REL TO CZE")), Some(xml("RESTRICTED//REL TO CZE")));
+    device.send(mail("Relabelled")).unwrap();
+    drop(device);
+    // A refused item is a security signal: `pouch sync` exits with 3.
+    let out = bob.run(&["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rejected"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["rejected"][0][1].as_str().unwrap().contains("differs from the one the server delivered"), "{report}");
+    assert!(bob.inbox().iter().all(|m| m["subject"] != "Relabelled"));
+    let alerts = l.server.alerts();
+    assert!(
+        alerts.iter().any(|a| a["rule"] == "label_mismatch" && a["severity"] == "critical"),
+        "{alerts:?}"
+    );
+}
+
+const SUBMIT: &str = r#"
+import smtplib, sys
+port, password, sender, rcpt, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+raw = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s@pouch.local>\r\n\r\nAbout the talks.\r\n"
+       % (sender, rcpt, subject, abs(hash(subject)))).encode()
+with smtplib.SMTP('127.0.0.1', port) as s:
+    s.login(sender, password)
+    try:
+        s.sendmail(sender, [rcpt], raw)
+        print("accepted")
+    except smtplib.SMTPDataError as e:
+        print(e.smtp_code, e.smtp_error.decode())
+"#;
+
+const READ_IMAP: &str = r#"
+import imaplib, json, sys, email, base64, time
+port, user, password, wanted = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+m = imaplib.IMAP4('127.0.0.1', port)
+m.login(user, password)
+deadline = time.time() + 30
+while True:
+    m.select('INBOX')
+    typ, data = m.search(None, 'SUBJECT', '"%s"' % wanted)
+    ids = data[0].split()
+    if ids or time.time() > deadline:
+        break
+    time.sleep(0.3)
+typ, data = m.fetch(ids[-1], '(RFC822.SIZE RFC822)')
+size = int(data[0][0].decode().split('RFC822.SIZE ')[1].split()[0])
+raw = data[0][1]
+msg = email.message_from_bytes(raw)
+sio = msg['SIO-Label']
+params = dict(p.strip().split('=', 1) for p in sio.split(';'))
+xml = base64.b64decode(''.join(params['label'].strip('"').split())).decode()
+print(json.dumps({"subject": msg['Subject'], "size": size, "len": len(raw),
+                  "marking": params['marking'].strip('"'), "type": params['type'].strip('"'),
+                  "bgcolor": params.get('bgcolor', '').strip('"'), "xml": xml,
+                  "sio_fields": len(msg.get_all('SIO-Label'))}))
+"#;
+
+/// Done-when 3 (Python's mail clients): a mail submitted with a subject
+/// marking reaches Bob with that label; Bob's mail client is shown the
+/// marking and the `SIO-Label` header; a submission to someone not cleared
+/// is answered 550 and nothing is sent.
+#[test]
+fn mail_clients_send_and_read_labels_through_the_bridge() {
+    let l = labelled("labels-bridge");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let carol = user(&l.dir, &l.server, "carol");
+    let alice_bridge = Bridge::start(alice);
+    let bob_bridge = Bridge::start(bob);
+    let submit = |rcpt: &str, subject: &str| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", SUBMIT, &alice_bridge.smtp_port.to_string(), &alice_bridge.password])
+            .args(["alice@pouch.local", rcpt, subject])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // Refused at DATA, naming the recipient and the reason; nothing sent.
+    let refused = submit("carol@pouch.local", "[CONFIDENTIAL//REL TO CZE] Talks");
+    assert!(
+        refused.starts_with("550 5.7.1 Not sent: carol@pouch.local may not receive CONFIDENTIAL//REL TO CZE mail: no clearance on record"),
+        "{refused}"
+    );
+    let refused = submit("bob@pouch.local", "[SECRET//REL TO CZE] Talks");
+    assert!(refused.starts_with("550 5.7.1") && refused.contains("cleared only up to CONFIDENTIAL"), "{refused}");
+    // Allowed: the subject marking is the label.
+    assert_eq!(submit("bob@pouch.local", "[CONFIDENTIAL//REL TO CZE] Talks"), "accepted");
+    let seen: serde_json::Value = {
+        let out = std::process::Command::new("python3")
+            .args(["-c", READ_IMAP, &bob_bridge.imap_port.to_string(), "bob@pouch.local", &bob_bridge.password, "Talks"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(seen["subject"], "[CONFIDENTIAL//REL TO CZE] Talks");
+    assert_eq!(seen["type"], ":xml");
+    assert_eq!(seen["marking"], "CONFIDENTIAL//REL TO CZE");
+    assert_eq!(seen["bgcolor"], "#0072b2");
+    assert_eq!(seen["sio_fields"], 1);
+    assert_eq!(seen["size"], seen["len"], "RFC822.SIZE counts what is served");
+    let inbox: Vec<_> = bob.inbox().into_iter().filter(|m| m["subject"] == "[CONFIDENTIAL//REL TO CZE] Talks").collect();
+    assert_eq!(inbox[0]["label"].as_str(), seen["xml"].as_str(), "the header carries the verified label");
+    // The stored mail is still the sender's bytes (no SIO-Label was added to it).
+    let raw = bob.raw(inbox[0]["id"].as_i64().unwrap());
+    assert!(!contains(&raw, b"SIO-Label"));
+    // Carol got nothing.
+    carol.sync();
+    assert!(carol.inbox().iter().all(|m| m["subject"] != "[CONFIDENTIAL//REL TO CZE] Talks"));
+}
+
+/// Done-when 3 (Thunderbird, headless): Alice's Thunderbird shows the
+/// marking of a labelled mail in its subject and keeps its `SIO-Label`
+/// header; a mail she composes with a subject marking reaches Bob with that
+/// label; sent to someone not cleared, Thunderbird is told no (550) and
+/// nothing is sent.
+#[test]
+fn thunderbird_shows_labels_and_sends_a_marked_mail() {
+    let l = labelled("labels-thunderbird");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let carol = user(&l.dir, &l.server, "carol");
+    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Agenda", "--body", "x", "--label", "CONFIDENTIAL//REL TO CZE"]);
+    let bridge = Bridge::start(alice);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/thunderbird.py");
+    let marked = "[RESTRICTED//REL TO CZE] Written in Thunderbird";
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(l.dir.path("thunderbird-profile"))
+        .args([
+            &bridge.imap_port.to_string(),
+            &bridge.smtp_port.to_string(),
+            &bridge.password,
+            "[CONFIDENTIAL//REL TO CZE] Agenda",
+            "bob@pouch.local",
+            marked,
+            "carol@pouch.local",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "thunderbird: {}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let header = seen["labels"]["[CONFIDENTIAL//REL TO CZE] Agenda"].as_str().unwrap_or_default();
+    assert!(header.contains("type=\":xml\"") && header.contains("marking=\"CONFIDENTIAL//REL TO CZE\""), "{seen}");
+    assert_eq!(seen["sent"], "sent", "{seen}");
+    assert!(seen["refused"].as_str().unwrap().starts_with("failed"), "{seen}");
+    // Bob has it, with the label the subject marking named.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let got = loop {
+        bob.sync();
+        if let Some(m) = bob.inbox().into_iter().find(|m| m["subject"] == marked) {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "Bob did not get Thunderbird's mail");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(got["marking"], "RESTRICTED//REL TO CZE");
+    // Carol has nothing.
+    carol.sync();
+    assert!(carol.inbox().iter().all(|m| m["subject"] != marked));
+}
+
+/// A hostile server appends to its own log (it holds the log's keys): it
+/// can file an old statement again as the newest, or a statement nobody
+/// signed. Devices refuse both, in one line, and send nothing.
+#[test]
+fn a_hostile_server_cannot_replay_a_revoked_clearance_or_slip_in_a_policy() {
+    let l = labelled("labels-hostile");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let carol = user(&l.dir, &l.server, "carol");
+    let home = &l.officer_home;
+    officer_ok(alice, home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    officer_ok(alice, home, &["revoke", "carol@pouch.local"]);
+    let send = |to: &str| alice.run(&["send", "--to", to, "--subject", "Brief", "--body", "x", "--label", "RESTRICTED//REL TO CZE"]);
+    assert_one_line_error(&send("carol@pouch.local"), "the clearance was revoked");
+
+    let key = {
+        let mut d = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
+        pouch_log::CommitmentKey::from_bytes(&d.log_commitment_key().unwrap()).unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(pouch_store_sql::SqlStore::open_sqlite(&l.server.data_dir.join("pouch.db")))
+        .unwrap();
+    use pouch_store::LogStore;
+    let append = |subject: &str, entry: pouch_log::OfficerEntry| {
+        let record = pouch_store::LogRecord {
+            leaf: key.commit_officer_entry(&entry),
+            entry: entry.to_bytes(),
+        };
+        rt.block_on(store.append_officer_statement(subject, entry.version, &record))
+            .unwrap();
+    };
+    // Carol's clearance (number 1), filed again as number 3, after its revocation.
+    let filed = rt.block_on(store.officer_statements("carol@pouch.local")).unwrap();
+    let mut replayed = pouch_log::OfficerEntry::from_bytes(filed[0].entry.as_deref().unwrap()).unwrap();
+    replayed.version = 3;
+    append("carol@pouch.local", replayed);
+    // The server signs a checkpoint over it at its next append (an enrolment).
+    user(&l.dir, &l.server, "dave");
+    assert_one_line_error(&send("carol@pouch.local"), "a statement replayed");
+
+    // A policy nobody signed, filed as the newest: labelled sending stops
+    // (it is not switched off).
+    let policies = rt.block_on(store.officer_statements(pouch_log::OfficerEntry::POLICY)).unwrap();
+    let mut junk = pouch_log::OfficerEntry::from_bytes(policies[0].entry.as_deref().unwrap()).unwrap();
+    junk.version = 2;
+    junk.body = junk.body.replace("\"sequence\":1", "\"sequence\":2").replace("SECRET", "UNCLASSIFIED");
+    append(pouch_log::OfficerEntry::POLICY, junk);
+    user(&l.dir, &l.server, "erin");
+    assert_one_line_error(&send("bob@pouch.local"), "does not verify");
+    // The officer publishes the policy again: labelled mail flows again.
+    officer_ok(alice, home, &["policy", "publish", example_policy().to_str().unwrap()]);
+    assert!(send("bob@pouch.local").status.success());
+    carol.sync();
+    bob.sync();
+    assert!(carol.inbox().iter().all(|m| m["subject"] != "Brief"));
+    assert_eq!(bob.inbox().iter().filter(|m| m["subject"] == "Brief").count(), 1);
+}
+
+/// A reply goes to the whole conversation: a member the reply does not
+/// name is checked too.
+#[test]
+fn every_member_of_the_conversation_is_checked_not_only_those_named() {
+    let l = labelled("labels-members");
+    let (alice, bob) = (&l.alice, &l.bob);
+    let carol = user(&l.dir, &l.server, "carol");
+    officer_ok(alice, &l.officer_home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO SVK"]);
+    alice.ok(&["send", "--to", "bob@pouch.local,carol@pouch.local", "--subject", "Plan", "--body", "x"]);
+    bob.sync();
+    let plan = bob.inbox().into_iter().find(|m| m["subject"] == "Plan").unwrap();
+    let out = bob.run(&[
+        "send", "--reply-to", &plan["id"].to_string(), "--to", "alice@pouch.local", "--body", "y",
+        "--label", "CONFIDENTIAL//REL TO CZE",
+    ]);
+    assert_one_line_error(&out, "carol@pouch.local, a member of this conversation, may not receive CONFIDENTIAL//REL TO CZE mail");
+    carol.sync();
+    assert_eq!(carol.inbox().iter().filter(|m| m["subject"] == "Re: Plan").count(), 0);
 }

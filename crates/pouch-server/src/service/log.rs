@@ -415,7 +415,7 @@ fn list_version(leaf: &[u8]) -> Option<u64> {
 }
 
 /// The inclusion proof of leaf `index` in the tree of `size` (checkpoint `note`).
-async fn prove(
+pub(crate) async fn prove(
     s: &AppState,
     size: u64,
     note: &[u8],

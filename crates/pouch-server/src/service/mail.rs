@@ -213,6 +213,13 @@ pub async fn send(
     if let Some(b) = &req.blob {
         blob_id(b)?;
     }
+    if req.label.as_ref().is_some_and(|l| l.len() > pouch_label::MAX_LABEL_BYTES) {
+        return Err(ServiceError::bad_request(format!(
+            "a label is at most {} bytes",
+            pouch_label::MAX_LABEL_BYTES
+        )));
+    }
+    super::security::check_delivery(s, caller, group_id, req.label.as_deref()).await?;
     let message = pouch_store::Message {
         group_id,
         sender: &caller.device,
@@ -220,6 +227,7 @@ pub async fn send(
         payload: &req.message,
         blob: req.blob.as_deref(),
         max_queued_bytes: s.limits.queue_bytes,
+        label: req.label.as_deref(),
         now: now(),
     };
     let recipients = match &req.submission {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod links;
 pub mod log;
 pub mod mail;
+pub mod security;
 
 pub use error::ServiceError;
 

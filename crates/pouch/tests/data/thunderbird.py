@@ -2,12 +2,20 @@
 discovers the folders, downloads the inbox, and sends a mail over SMTP.
 
 usage: thunderbird.py PROFILE_DIR IMAP_PORT SMTP_PORT PASSWORD EXPECTED_SUBJECT
-Prints one JSON line with what Thunderbird saw.
+                      [SEND_TO SEND_SUBJECT [REFUSED_TO]]
+Sends "Written in Thunderbird" to bob@pouch.local unless SEND_TO and
+SEND_SUBJECT say otherwise; with REFUSED_TO, sends the same mail there too
+(a recipient the bridge should refuse). Prints one JSON line with what
+Thunderbird saw: folders, inbox subjects, each inbox mail's SIO-Label header
+(kept in Thunderbird's message database), and how each send ended.
 """
 import json, os, socket, subprocess, sys, time
 from marionette_driver.marionette import Marionette
 
 profile, imap_port, smtp_port, password, expected = sys.argv[1:6]
+send_to = sys.argv[6] if len(sys.argv) > 6 else 'bob@pouch.local'
+send_subject = sys.argv[7] if len(sys.argv) > 7 else 'Written in Thunderbird'
+refused_to = sys.argv[8] if len(sys.argv) > 8 else None
 
 
 def free_port():
@@ -60,6 +68,8 @@ prefs = {
     'datareporting.policy.dataSubmissionEnabled': False,
     'toolkit.telemetry.reportingpolicy.firstRun': False,
     'signon.rememberSignons': True,
+    # Keep the SIO-Label header (RFC 7444) in the message database.
+    'mailnews.customDBHeaders': 'sio-label',
 }
 os.makedirs(profile, exist_ok=True)
 with open(os.path.join(profile, 'user.js'), 'w') as f:
@@ -119,12 +129,16 @@ try:
           const inbox = root.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
           const folders = root.subFolders.map(f => decodeURIComponent(f.URI.split("/").pop()));
           const subjects = [];
+          const labels = {};
           if (inbox) {
             try { inbox.updateFolder(null); } catch (e) {}
-            for (const hdr of inbox.messages) subjects.push(hdr.mime2DecodedSubject);
+            for (const hdr of inbox.messages) {
+              subjects.push(hdr.mime2DecodedSubject);
+              labels[hdr.mime2DecodedSubject] = hdr.getStringProperty("sio-label");
+            }
           }
           if ((subjects.includes(expected) && folders.length >= 6) || Date.now() - started > 90000) {
-            resolve({ folders, subjects });
+            resolve({ folders, subjects, labels });
           } else {
             setTimeout(poll, 500);
           }
@@ -133,14 +147,15 @@ try:
     ''', script_args=[expected])
 
     # Compose and send a mail, as the Send button does.
-    sent = m.execute_async_script('''
-        const [resolve] = arguments;
+    def send_mail(to, subject):
+        return m.execute_async_script('''
+        const [to, subject, resolve] = arguments;
         const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
         const identity = MailServices.accounts.getIdentity("id1");
         const fields = Cc["@mozilla.org/messengercompose/composefields;1"].createInstance(Ci.nsIMsgCompFields);
         fields.from = "Alice <alice@pouch.local>";
-        fields.to = "bob@pouch.local";
-        fields.subject = "Written in Thunderbird";
+        fields.to = to;
+        fields.subject = subject;
         fields.body = "Sent by Thunderbird through the Pouch bridge.\\r\\n";
         // What the compose window does with the identity's "place a copy in
         // Sent" (on by default): the copy goes to the identity's Sent folder.
@@ -158,8 +173,12 @@ try:
         send.createAndSendMessage(null, identity, "account1", fields, false, false,
           Ci.nsIMsgSend.nsMsgDeliverNow, null, "text/plain", fields.body, null, null,
           listener, null, "", Ci.nsIMsgCompType.New);
-    ''')
-    print(json.dumps({'folders': seen['folders'], 'subjects': seen['subjects'], 'sent': sent}), flush=True)
+    ''', script_args=[to, subject])
+
+    sent = send_mail(send_to, send_subject)
+    refused = send_mail(refused_to, send_subject) if refused_to else None
+    print(json.dumps({'folders': seen['folders'], 'subjects': seen['subjects'],
+                      'labels': seen['labels'], 'sent': sent, 'refused': refused}), flush=True)
     try:
         m.delete_session()
     except Exception:

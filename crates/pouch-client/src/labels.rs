@@ -1,0 +1,779 @@
+//! Classification labels on this device: the security officer's statements
+//! as this device verified them, the label a mail carries, and the checks
+//! on sending and on receipt.
+//!
+//! Trust: the officer's key is pinned on first sight from the transparency
+//! log (every device of the domain sees the same entry), or accepted by the
+//! user after a change (`pouch security accept FINGERPRINT`); every policy,
+//! clearance and revocation must be signed by it and proven in the log.
+//! The server serves statements but cannot make one: a statement it
+//! withholds (an older clearance served after a revocation) is caught by
+//! the directory scan, which notes the log index of every officer leaf
+//! (`officer_statements.floor_index`), and a rollback by the stored index.
+//!
+//! Sending: the label comes from the mail itself — an RFC 7444 `SIO-Label`
+//! header (what `pouch send --label` writes, and what a mail client may
+//! send), else a subject marking the policy knows (`[SECRET] …`), else the
+//! policy's default — so a mail kept in the outbox keeps its label. It must
+//! be within the deployment's ceiling, at least the label of what it
+//! answers (unless `Pouch-Label-Downgrade: REASON`, an audited event), and
+//! every recipient — and the sender's own account, whose other devices
+//! receive it — must be cleared for it. The label rides inside the MLS
+//! envelope (bound to content and sender by the sender's signature) and as
+//! an outer copy for the server's own check.
+//!
+//! Receipt: the inner and outer labels must be byte-identical (else a
+//! critical report), and the account must be cleared for the label (else
+//! the mail is refused, not stored).
+
+use crate::error::{ClientError, Result};
+use crate::local::LocalStore;
+use crate::{Device, now};
+use ed25519_dalek::VerifyingKey;
+use pouch_label::statement::{
+    SignedStatement, Statement, StatementError, officer_fingerprint, open_officer_card,
+};
+use pouch_label::{Clearance, Label, LabelPolicy};
+use pouch_log::OfficerEntry;
+use pouch_mail_proto::mime::Parsed;
+use pouch_proto::Address;
+use pouch_proto::api;
+use rusqlite::OptionalExtension;
+
+fn security(msg: String) -> ClientError {
+    ClientError::Security(msg)
+}
+
+/// Statements this process verified, by key and signature (with the body,
+/// compared in full): a sender checks the same clearances mail after mail.
+#[derive(Default)]
+pub(crate) struct Verified(std::collections::HashMap<String, (String, Statement)>);
+
+impl Verified {
+    fn verify(
+        &mut self,
+        signed: &SignedStatement,
+        key: &VerifyingKey,
+    ) -> std::result::Result<Statement, StatementError> {
+        let k = format!("{}{}", hex::encode(key.as_bytes()), signed.signature);
+        if let Some((body, st)) = self.0.get(&k)
+            && *body == signed.body
+        {
+            return Ok(st.clone());
+        }
+        let st = signed.verify(key)?;
+        if self.0.len() > 10_000 {
+            self.0.clear();
+        }
+        self.0.insert(k, (signed.body.clone(), st.clone()));
+        Ok(st)
+    }
+}
+
+/// The policy in force and the key that signed it.
+#[derive(Clone)]
+pub(crate) struct LabelContext {
+    pub policy: LabelPolicy,
+    pub key: VerifyingKey,
+    /// The policy statement's log index (the parsed policy is kept per index).
+    index: u64,
+}
+
+impl Device {
+    /// The newest statement about `subject` this device can rely on: from
+    /// its store when the log shows nothing newer, else fetched, proven in
+    /// the log and kept. `None`: the log holds no statement about it.
+    fn officer_statement(&mut self, subject: &str) -> Result<Option<(u64, u64, SignedStatement)>> {
+        self.refresh_directory()?;
+        let commitment = self.commitments()?.key.commit_officer(subject);
+        type Row = (Option<i64>, Option<i64>, i64, Option<String>, Option<String>, bool);
+        let held: Option<Row> = self
+            .local
+            .conn
+            .prepare_cached(
+                "SELECT log_index, version, floor_index, body, signature, stale FROM officer_statements WHERE commitment = ?1",
+            )?
+            .query_row([&commitment], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .optional()?;
+        let (held_index, floor) = match &held {
+            Some((Some(index), Some(version), floor, Some(body), Some(signature), stale)) => {
+                if !stale && index >= floor {
+                    return Ok(Some((
+                        *index as u64,
+                        *version as u64,
+                        SignedStatement {
+                            body: body.clone(),
+                            signature: signature.clone(),
+                        },
+                    )));
+                }
+                (Some(*index as u64), *floor as u64)
+            }
+            // Known to have no statement at the last look, and the log
+            // showed none since: no request.
+            Some((None, _, 0, None, _, false)) => return Ok(None),
+            Some((_, _, floor, ..)) => (None, *floor as u64),
+            None => (None, 0),
+        };
+        let fetched: std::result::Result<api::LogInclusion, ClientError> =
+            self.api.get(&format!("/v1/security/statements/{subject}"));
+        let inc = match fetched {
+            Ok(inc) => inc,
+            Err(ClientError::Server { status: 404, .. }) => {
+                if held_index.is_some() || floor > 0 {
+                    return Err(security(format!(
+                        "the server no longer shows the security officer's statement about {subject} that its transparency log holds"
+                    )));
+                }
+                // Remembered as absent until the scan sees a leaf for it.
+                self.local.conn.execute(
+                    "INSERT INTO officer_statements (commitment, subject, floor_index, stale) VALUES (?1, ?2, 0, 0) \
+                     ON CONFLICT (commitment) DO UPDATE SET stale = 0",
+                    rusqlite::params![commitment, subject],
+                )?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.prove_in_log(&inc, &format!("the security officer's statement about {subject}"))?;
+        let entry = self
+            .commitments()?
+            .open_officer(inc.index, &inc.entry, &inc.full, subject)
+            .map_err(|e| {
+                security(format!(
+                    "the security officer's statement about {subject} is not the one the log holds: {e}"
+                ))
+            })?;
+        if inc.index < floor || held_index.is_some_and(|h| inc.index < h) {
+            return Err(security(format!(
+                "the server served an older statement about {subject} than its transparency log holds (a withheld update)"
+            )));
+        }
+        self.local.conn.execute(
+            "INSERT INTO officer_statements (commitment, subject, log_index, version, floor_index, body, signature, stale) \
+             VALUES (?1, ?2, ?3, ?6, ?3, ?4, ?5, 0) \
+             ON CONFLICT (commitment) DO UPDATE SET subject = ?2, log_index = ?3, version = ?6, floor_index = MAX(floor_index, ?3), body = ?4, signature = ?5, stale = 0",
+            rusqlite::params![commitment, subject, inc.index as i64, entry.body, entry.signature, entry.version as i64],
+        )?;
+        Ok(Some((
+            inc.index,
+            entry.version,
+            SignedStatement {
+                body: entry.body,
+                signature: entry.signature,
+            },
+        )))
+    }
+
+    /// The security officer's key: pinned on first sight (with a notice),
+    /// refused when it changes until the user accepts the new one.
+    fn officer_key(&mut self) -> Result<Option<VerifyingKey>> {
+        let pinned = self.local.meta("officer_key")?;
+        let Some((_, key_number, card)) = self.officer_statement(OfficerEntry::KEY)? else {
+            if pinned.is_some() {
+                return Err(security(
+                    "the server no longer shows the security officer's key this device pinned".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let (key, name) = match &self.officer_card {
+            Some((body, signature, key, name)) if *body == card.body && *signature == card.signature => {
+                (*key, name.clone())
+            }
+            _ => {
+                let (key, name, _) = open_officer_card(&card).map_err(|e| {
+                    security(format!("the security officer's key in the log is not valid: {e}"))
+                })?;
+                self.officer_card = Some((card.body.clone(), card.signature.clone(), key, name.clone()));
+                (key, name)
+            }
+        };
+        let key_hex = hex::encode(key.as_bytes());
+        let fingerprint = officer_fingerprint(&key);
+        match pinned {
+            Some(p) if p == key_hex => {}
+            Some(_) if self.local.meta("officer_key_accepted")?.as_deref() == Some(fingerprint.as_str()) => {
+                self.local.set_meta("officer_key", &key_hex)?;
+                self.local.notice(
+                    "Your domain's security officer key changed (accepted)",
+                    &format!("This device now trusts security officer {name}, key fingerprint {fingerprint}, as you accepted."),
+                )?;
+            }
+            Some(_) => {
+                return Err(security(format!(
+                    "the security officer's key changed to {fingerprint} (officer {name}): compare it with your security officer, then run 'pouch security accept {fingerprint}'"
+                )));
+            }
+            // Only the domain's first officer key is taken on first sight: a
+            // later one (a replacement, or an old card registered again) is
+            // this device's to accept.
+            None if key_number > 1
+                && self.local.meta("officer_key_accepted")?.as_deref() != Some(fingerprint.as_str()) =>
+            {
+                return Err(security(format!(
+                    "this domain's security officer key has been replaced since it was first registered; the one in force is {fingerprint} (officer {name}): compare it with your security officer, then run 'pouch security accept {fingerprint}'"
+                )));
+            }
+            None => {
+                self.local.set_meta("officer_key", &key_hex)?;
+                self.local.notice(
+                    "Your domain's security officer",
+                    &format!(
+                        "Classification labels are in use. This device trusts security officer {name}, key fingerprint {fingerprint} (from the transparency log). Compare it with what your security officer announced; a different one means someone else registered it."
+                    ),
+                )?;
+            }
+        }
+        Ok(Some(key))
+    }
+
+    /// Lets this device trust a changed officer key (after the user
+    /// compared its fingerprint with the officer's own).
+    pub fn accept_officer_key(&mut self, fingerprint: &str) -> Result<String> {
+        let fingerprint = fingerprint.trim().to_ascii_lowercase();
+        if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Invalid(
+                "an officer key fingerprint is 64 hex digits, as 'pouch security init' printed it".into(),
+            ));
+        }
+        self.sign_in()?;
+        // Only the key the log shows now, and only if it is the one named.
+        let Some((_, _, card)) = self.officer_statement(OfficerEntry::KEY)? else {
+            return Err(ClientError::Invalid(
+                "no security officer is registered on this server: nothing to accept".into(),
+            ));
+        };
+        let (key, _, _) = open_officer_card(&card).map_err(|e| {
+            security(format!("the security officer's key in the log is not valid: {e}"))
+        })?;
+        if officer_fingerprint(&key) != fingerprint {
+            return Err(ClientError::Invalid(format!(
+                "the key in force is {}, not {fingerprint}: nothing changed",
+                officer_fingerprint(&key)
+            )));
+        }
+        self.local.set_meta("officer_key_accepted", &fingerprint)?;
+        self.officer_key()?;
+        Ok(fingerprint)
+    }
+
+    /// Hands a statement the officer signed to the server, which files it
+    /// in the transparency log.
+    pub fn publish_statement(&mut self, signed: &SignedStatement) -> Result<api::StatementPublished> {
+        self.sign_in()?;
+        self.api.post(
+            "/v1/security/statements",
+            &api::PublishStatementRequest {
+                statement: api::OfficerStatement {
+                    body: signed.body.clone(),
+                    signature: signed.signature.clone(),
+                },
+            },
+        )
+    }
+
+    /// The label policy in force, as this device verified it.
+    pub fn published_policy(&mut self) -> Result<Option<LabelPolicy>> {
+        self.sign_in()?;
+        Ok(self.label_context()?.map(|c| c.policy))
+    }
+
+    /// The version of the label policy in force (0: none yet).
+    pub fn published_policy_version(&mut self) -> Result<u64> {
+        self.sign_in()?;
+        // Read, not verified: only to number the next one (under a new
+        // officer key too); the server refuses a version that does not grow.
+        match self.officer_statement(OfficerEntry::POLICY)? {
+            Some((_, _, signed)) => match serde_json::from_str(&signed.body) {
+                Ok(Statement::Policy { version, .. }) => Ok(version),
+                _ => Ok(0),
+            },
+            None => Ok(0),
+        }
+    }
+
+    /// The label policy in force, if the officer published one.
+    pub(crate) fn label_context(&mut self) -> Result<Option<LabelContext>> {
+        let Some(key) = self.officer_key()? else {
+            return Ok(None);
+        };
+        let Some((index, number, signed)) = self.officer_statement(OfficerEntry::POLICY)? else {
+            return Ok(None);
+        };
+        if let Some(ctx) = &self.labels
+            && ctx.index == index
+            && ctx.key == key
+        {
+            return Ok(Some(ctx.clone()));
+        }
+        // Fails closed: a policy entry that does not verify (junk, or one
+        // signed by an earlier officer and not yet published again under
+        // the new key) stops labelled sending rather than switching it off.
+        let text = match self.in_log(OfficerEntry::POLICY, number, &signed, &key)? {
+            Statement::Policy { policy, .. } => policy,
+            _ => {
+                return Err(security(
+                    "the log's label policy entry holds another kind of statement".into(),
+                ));
+            }
+        };
+        let policy = LabelPolicy::from_toml(&text)
+            .map_err(|e| security(format!("the published label policy is not valid: {e}")))?;
+        let ctx = LabelContext { policy, key, index };
+        self.labels = Some(ctx.clone());
+        Ok(Some(ctx))
+    }
+
+    /// A statement from the log, checked: signed by `key`, about `subject`,
+    /// and signed as the very number the log files it under (`number`), so
+    /// one appended again elsewhere in the log does not verify there.
+    fn in_log(
+        &mut self,
+        subject: &str,
+        number: u64,
+        signed: &SignedStatement,
+        key: &VerifyingKey,
+    ) -> Result<Statement> {
+        let st = self.verified.verify(signed, key).map_err(|e| {
+            security(format!(
+                "the newest statement about {subject} in the transparency log does not verify: {e}"
+            ))
+        })?;
+        if st.subject() != subject {
+            return Err(security(format!(
+                "the log's statement filed under {subject} is about {}",
+                st.subject()
+            )));
+        }
+        if st.sequence() != Some(number) {
+            return Err(security(format!(
+                "the log files a statement about {subject} as number {number} but the officer signed it as number {} (a statement replayed)",
+                st.sequence().map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+            )));
+        }
+        Ok(st)
+    }
+
+    /// The log's commitment key, as this signed-in device holds it (for
+    /// tests that play a hostile server appending to its own log).
+    #[doc(hidden)]
+    pub fn log_commitment_key(&mut self) -> Result<[u8; 32]> {
+        self.sign_in()?;
+        Ok(*self.commitments()?.key.as_bytes())
+    }
+
+    /// The number the next statement about `subject` takes (one more than
+    /// the newest in the log), for the officer's commands.
+    pub fn next_statement_number(&mut self, subject: &str) -> Result<u64> {
+        self.sign_in()?;
+        Ok(self
+            .officer_statement(subject)?
+            .map(|(_, number, _)| number)
+            .unwrap_or(0)
+            + 1)
+    }
+
+    /// What `address` is cleared for now, as the officer signed it.
+    pub(crate) fn clearance_of(
+        &mut self,
+        address: &Address,
+        ctx: &LabelContext,
+    ) -> Result<Option<Clearance>> {
+        let subject = OfficerEntry::person(address);
+        let Some((_, number, signed)) = self.officer_statement(&subject)? else {
+            return Ok(None);
+        };
+        match self.in_log(&subject, number, &signed, &ctx.key) {
+            Ok(st) => Ok(st.clearance_state()),
+            // Signed by an earlier officer: not in force under this one
+            // (refused as no clearance: fails closed).
+            Err(_) if signed.verify(&ctx.key).is_err() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The label `parsed` is sent with to `recipients` (canonical XML), or
+    /// `None` when no policy is in force; a refusal names the recipient and
+    /// why, and nothing is sent.
+    pub(crate) fn outgoing_label(
+        &mut self,
+        parsed: &Parsed,
+        recipients: &[Address],
+    ) -> Result<Option<String>> {
+        let Some(ctx) = self.label_context()? else {
+            return Ok(None);
+        };
+        let policy = &ctx.policy;
+        let at = now();
+        let label = mail_label(parsed, policy, at)?;
+        let marking = policy.marking(&label);
+        policy
+            .within_ceiling(&label)
+            .map_err(|r| ClientError::Label(r.to_string()))?;
+        if let Some((answered, answered_marking)) = self.answered_label(parsed, policy)?
+            && !label.dominates(&answered, policy)
+        {
+            match &parsed.label_downgrade {
+                None => {
+                    return Err(ClientError::Label(format!(
+                        "this answers a {answered_marking} mail: label it at least so, or lower it with --downgrade \"REASON\""
+                    )));
+                }
+                Some(reason) => self.downgraded = Some(format!(
+                    "{}: {answered_marking} lowered to {marking} because \"{}\"",
+                    parsed.message_id.as_deref().unwrap_or("a mail"),
+                    reason.chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+                )),
+            }
+        }
+        let me = self.address.clone();
+        let mut everyone: Vec<&Address> = recipients.iter().collect();
+        if !everyone.contains(&&me) {
+            everyone.push(&me);
+        }
+        for address in everyone {
+            let clearance = self.clearance_of(address, &ctx)?;
+            if let Err(why) = policy.check(&label, clearance.as_ref(), at) {
+                return Err(ClientError::Label(if *address == me {
+                    format!("you may not send {marking} mail: {why}")
+                } else {
+                    format!("{address} may not receive {marking} mail: {why}")
+                }));
+            }
+        }
+        let xml = label.to_xml(policy);
+        self.sending_label = Some((label, ctx.policy.clone()));
+        Ok(Some(xml))
+    }
+
+    /// Checks the clearance of every member of `group` the mail did not
+    /// name (`named`; the sender's own account was checked too) for the
+    /// label being sent: a reply goes to the whole conversation.
+    pub(crate) fn check_members_cleared(
+        &mut self,
+        group: &pouch_mls::MlsGroup,
+        named: &[Address],
+    ) -> Result<()> {
+        let Some((label, policy)) = self.sending_label.clone() else {
+            return Ok(());
+        };
+        let Some(ctx) = self.label_context()? else {
+            return Ok(());
+        };
+        let me = self.address.clone();
+        for address in pouch_mls::member_addresses(group) {
+            if address == me || named.contains(&address) {
+                continue;
+            }
+            let clearance = self.clearance_of(&address, &ctx)?;
+            if let Err(why) = policy.check(&label, clearance.as_ref(), now()) {
+                return Err(ClientError::Label(format!(
+                    "{address}, a member of this conversation, may not receive {} mail: {why}",
+                    policy.marking(&label)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns `pouch send --label/--downgrade` into the header fields the
+    /// mail carries them in (so a mail kept in the outbox keeps them).
+    pub(crate) fn label_headers(&mut self, compose: &mut crate::Compose) -> Result<()> {
+        if compose.label.is_none() && compose.downgrade.is_none() {
+            return Ok(());
+        }
+        self.sign_in()?;
+        let Some(ctx) = self.label_context()? else {
+            return Err(ClientError::Label(
+                "this domain has no label policy yet: send without --label".into(),
+            ));
+        };
+        if let Some(text) = &compose.label {
+            let label = ctx
+                .policy
+                .parse(text, now())
+                .map_err(|e| ClientError::Label(e.to_string()))?;
+            compose.headers.push((
+                pouch_label::sio::HEADER.to_string(),
+                pouch_label::sio::header_value(&label, &ctx.policy),
+            ));
+        }
+        if let Some(reason) = &compose.downgrade {
+            let reason: String = reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+                .trim()
+                .chars()
+                .take(200)
+                .collect();
+            if reason.is_empty() {
+                return Err(ClientError::Label(
+                    "--downgrade needs a reason, e.g. --downgrade \"declassified by the originator\"".into(),
+                ));
+            }
+            compose.headers.push((
+                "Pouch-Label-Downgrade".to_string(),
+                crate::mail::encode_header_text(&reason),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a mail submitted through the bridge may go, label-wise, to
+    /// `envelope` and the recipients its head names (checked before it is
+    /// accepted into the outbox, so a refusal reaches the mail client as an
+    /// SMTP error). `Ok(Err(why))`: it may not; `Err`: the check could not
+    /// be made now.
+    pub fn check_submission_label(
+        &mut self,
+        head: &[u8],
+        envelope: &[Address],
+    ) -> Result<std::result::Result<(), String>> {
+        self.sign_in()?;
+        let parsed = pouch_mail_proto::mime::parse(head)?;
+        let mut everyone: Vec<Address> = envelope
+            .iter()
+            .chain(&parsed.to)
+            .chain(&parsed.cc)
+            .chain(&parsed.bcc)
+            .cloned()
+            .collect();
+        everyone.sort();
+        everyone.dedup();
+        let checked = self.outgoing_label(&parsed, &everyone);
+        self.sending_label = None;
+        self.downgraded = None;
+        match checked {
+            Ok(_) => Ok(Ok(())),
+            Err(ClientError::Label(why)) => Ok(Err(why)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The label of the stored mail `parsed` answers, if it has one.
+    fn answered_label(
+        &self,
+        parsed: &Parsed,
+        policy: &LabelPolicy,
+    ) -> Result<Option<(Label, String)>> {
+        let Some(parent) = &parsed.in_reply_to else {
+            return Ok(None);
+        };
+        let xml: Option<String> = self
+            .local
+            .conn
+            .query_row(
+                "SELECT label FROM messages WHERE message_id = ?1 AND label IS NOT NULL LIMIT 1",
+                [parent],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(xml
+            .and_then(|x| policy.read_xml(&x).ok())
+            .map(|l| {
+                let m = policy.marking(&l);
+                (l, m)
+            }))
+    }
+
+    /// Before a page of queue items is applied: when any carries a label,
+    /// this device's policy and own clearance are brought up to the log
+    /// (network), so the receipt check reads them from the store.
+    pub(crate) fn prepare_label_receipt(&mut self, items: &[api::QueueItem]) -> Result<()> {
+        if items.iter().all(|i| i.label.is_none()) {
+            return Ok(());
+        }
+        if let Some(ctx) = self.label_context()? {
+            let me = self.address.clone();
+            self.clearance_of(&me, &ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// The label a mail names: its `SIO-Label` header, or a subject marking
+/// the policy knows (both, if given, must agree), else the policy's default.
+pub(crate) fn mail_label(parsed: &Parsed, policy: &LabelPolicy, at: i64) -> Result<Label> {
+    let from_subject = pouch_label::sio::subject_label(&parsed.subject, policy, at)
+        .map_err(|e| ClientError::Label(format!("the subject's marking: {e}")))?;
+    let from_header = match parsed.sio_labels.as_slice() {
+        [] => None,
+        [one] => Some(
+            pouch_label::sio::read_header(one, policy)
+                .map_err(|e| ClientError::Label(format!("{e}: give the label again")))?,
+        ),
+        _ => {
+            return Err(ClientError::Label(
+                "the mail has more than one SIO-Label header: give it one label".into(),
+            ));
+        }
+    };
+    match (from_header, from_subject) {
+        (Some(h), Some(s))
+            if h.classification != s.classification || h.categories != s.categories =>
+        {
+            Err(ClientError::Label(format!(
+                "the SIO-Label header says {} but the subject's marking says {}: make them agree",
+                policy.marking(&h),
+                policy.marking(&s)
+            )))
+        }
+        (Some(h), _) => Ok(h),
+        (None, Some(s)) => Ok(s),
+        (None, None) => Ok(policy.default_label(at)),
+    }
+}
+
+/// What the receipt check needs, read from this device's store (the policy
+/// and own clearance it verified; see [`Device::prepare_label_receipt`]).
+struct ReceiptLabels {
+    policy: LabelPolicy,
+    own: Option<Clearance>,
+}
+
+/// The label policy this device last verified, from its store (no network).
+pub(crate) fn stored_policy(l: &LocalStore) -> Result<Option<LabelPolicy>> {
+    Ok(receipt_labels(l)?.map(|r| r.policy.clone()))
+}
+
+thread_local! {
+    /// The last [`ReceiptLabels`] read, by the exact rows it was read from:
+    /// a busy receiver checks many labelled mails under one policy, and
+    /// verifying two signatures and parsing the policy for each would cost
+    /// more than the check itself.
+    static RECEIPT_LABELS: std::cell::RefCell<Option<(String, std::rc::Rc<ReceiptLabels>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> {
+    let Some(key_hex) = l.meta("officer_key")? else {
+        return Ok(None);
+    };
+    let row = |subject: &str| -> Result<Option<(String, String)>> {
+        Ok(l
+            .conn
+            .prepare_cached(
+                "SELECT body, signature FROM officer_statements WHERE subject = ?1 AND body IS NOT NULL",
+            )?
+            .query_row([subject], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    };
+    let Some(policy_row) = row(OfficerEntry::POLICY)? else {
+        return Ok(None);
+    };
+    let me = l.require_meta("address")?.to_ascii_lowercase();
+    let own_row = row(&me)?;
+    let cache_key = format!(
+        "{key_hex}\0{}\0{}\0{me}\0{}\0{}",
+        policy_row.0,
+        policy_row.1,
+        own_row.as_ref().map(|r| r.0.as_str()).unwrap_or_default(),
+        own_row.as_ref().map(|r| r.1.as_str()).unwrap_or_default()
+    );
+    if let Some(hit) = RECEIPT_LABELS.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(k, _)| *k == cache_key)
+            .map(|(_, v)| v.clone())
+    }) {
+        return Ok(Some(hit));
+    }
+    let key = pouch_label::statement::parse_key(&key_hex)
+        .map_err(|e| ClientError::Local(format!("the pinned officer key: {e}")))?;
+    let verify = |(body, signature): (String, String)| {
+        SignedStatement { body, signature }.verify(&key).ok()
+    };
+    let Some(Statement::Policy { policy, .. }) = verify(policy_row) else {
+        return Ok(None);
+    };
+    let Ok(policy) = LabelPolicy::from_toml(&policy) else {
+        return Ok(None);
+    };
+    let own = own_row
+        .and_then(verify)
+        .filter(|s| s.subject() == me)
+        .and_then(|s| s.clearance_state());
+    let found = std::rc::Rc::new(ReceiptLabels { policy, own });
+    RECEIPT_LABELS.with(|c| *c.borrow_mut() = Some((cache_key, found.clone())));
+    Ok(Some(found))
+}
+
+/// A mail's label as it is stored with the mail.
+pub(crate) struct StoredLabel {
+    pub xml: String,
+    pub marking: String,
+    /// What the bridge shows in place of the first `.1` bytes (the header
+    /// section), when the header section ends within the bytes at hand.
+    pub bridge_head: Option<(Vec<u8>, usize)>,
+}
+
+impl StoredLabel {
+    pub(crate) fn new(l: &LocalStore, label: &Label, policy: &LabelPolicy, head: &[u8]) -> Result<Self> {
+        let subject_marking = l.meta("bridge_subject_marking")?.as_deref() != Some("off");
+        Ok(StoredLabel {
+            xml: label.to_xml(policy),
+            marking: policy.marking(label),
+            // A mail with no blank line is all header (when it was read whole).
+            bridge_head: pouch_label::sio::head_end(head)
+                .or((head.len() < pouch_mail_proto::mime::HEAD_LIMIT).then_some(head.len()))
+                .map(|end| {
+                (
+                    pouch_label::sio::label_head(&head[..end], label, policy, subject_marking),
+                    end,
+                )
+            }),
+        })
+    }
+}
+
+/// The receipt check of an application message's labels (inner: in the
+/// envelope; outer: the server's copy): the label and the policy it is read
+/// under, to store with the mail.
+pub(crate) fn check_received(
+    l: &LocalStore,
+    inner: Option<&str>,
+    outer: Option<&str>,
+) -> Result<Option<(Label, LabelPolicy)>> {
+    if inner != outer {
+        return Err(ClientError::LabelMismatch(format!(
+            "the label inside the message ({}) differs from the one the server delivered beside it ({}): a modified client or server",
+            describe(inner),
+            describe(outer)
+        )));
+    }
+    let Some(xml) = inner else {
+        return Ok(None);
+    };
+    let Some(ctx) = receipt_labels(l)? else {
+        return Err(ClientError::Label(
+            "a labelled mail arrived but this device knows no label policy: it was refused, not stored".into(),
+        ));
+    };
+    let label = ctx
+        .policy
+        .read_xml(xml)
+        .map_err(|e| ClientError::Label(format!("the mail's label: {e}")))?;
+    let marking = ctx.policy.marking(&label);
+    ctx.policy
+        .check(&label, ctx.own.as_ref(), now())
+        .map_err(|why| {
+            ClientError::Label(format!(
+                "this account may not hold {marking} mail ({why}): it was refused, not stored"
+            ))
+        })?;
+    Ok(Some((label, ctx.policy.clone())))
+}
+
+fn describe(label: Option<&str>) -> String {
+    match label {
+        None => "none".into(),
+        Some(xml) => {
+            let short: String = xml.chars().filter(|c| !c.is_control()).take(120).collect();
+            format!("{} bytes: {short}…", xml.len())
+        }
+    }
+}
