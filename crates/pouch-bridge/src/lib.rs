@@ -119,6 +119,8 @@ pub struct Shared {
     reachable: Arc<std::sync::Mutex<RecentlyReachable>>,
     /// Mail accepted over SMTP, waiting to be sent (written without the device's thread).
     pub outbox: Arc<pouch_client::outbox::Outbox>,
+    /// Labels a submission is checked against without the device's thread.
+    pub label_gate: pouch_client::labels::LabelGate,
     /// Whether a task is sending the outbox, and whether one is wanted
     /// ([`Shared::send_queued`]).
     sender_running: Arc<std::sync::atomic::AtomicBool>,
@@ -177,7 +179,8 @@ impl Shared {
             .spawn(
                 move || match open().and_then(|d| Ok((d.bridge_login()?, d.outbox()?, d))) {
                     Ok((login, outbox, mut device)) => {
-                        let _ = ready.send(Ok((device.address().clone(), login, outbox)));
+                        let gate = device.label_gate();
+                        let _ = ready.send(Ok((device.address().clone(), login, outbox, gate)));
                         run_jobs(&mut device, queue);
                     }
                     Err(e) => {
@@ -186,7 +189,7 @@ impl Shared {
                 },
             )
             .map_err(|e| BridgeError::Listen("device thread".into(), e.to_string()))?;
-        let (address, login, outbox) = opened
+        let (address, login, outbox, label_gate) = opened
             .recv()
             .map_err(|_| BridgeError::Listen("device thread".into(), "stopped".into()))??;
         let (changes, _) = tokio::sync::broadcast::channel(64);
@@ -198,6 +201,7 @@ impl Shared {
             reachable: Default::default(),
             login: Arc::new(login),
             outbox,
+            label_gate,
             sender_running: Default::default(),
             sender_wanted: Default::default(),
         })
@@ -440,6 +444,10 @@ pub async fn serve(
                     // a transaction per arriving mail.
                     if full && let Err(e) = d.update_search_index() {
                         tracing::warn!(error = %e, "cannot index new mail");
+                    }
+                    // The SMTP sessions' early label check follows the log.
+                    if full && let Err(e) = d.refresh_label_gate() {
+                        tracing::warn!(error = %e, "cannot bring the label check up to the log");
                     }
                     ((report, filed), ack, d.mail_waiter(secs))
                 })

@@ -254,12 +254,19 @@ impl Session {
         // A mail its label does not allow to go is refused now, naming the
         // recipient and why, and nothing is queued.
         let head = raw[..raw.len().min(pouch_mail_proto::mime::HEAD_LIMIT)].to_vec();
-        let recipients = envelope.clone();
-        match self
-            .shared
-            .with(move |d| d.check_submission_label(&head, &recipients))
-            .await
-        {
+        // First from what the device last verified (no wait for its
+        // thread); the device itself only when that is not enough.
+        let early = match self.shared.label_gate.check(&head, &envelope) {
+            pouch_client::labels::GateAnswer::Go => Ok(Ok(())),
+            pouch_client::labels::GateAnswer::Refused(why) => Ok(Err(why)),
+            pouch_client::labels::GateAnswer::AskTheDevice => {
+                let recipients = envelope.clone();
+                self.shared
+                    .with(move |d| d.check_submission_label(&head, &recipients))
+                    .await
+            }
+        };
+        match early {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 self.reply(550, "5.7.1", &format!("Not sent: {why}"));

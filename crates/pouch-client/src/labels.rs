@@ -44,6 +44,85 @@ fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
 }
 
+/// What a submission through the bridge's SMTP is checked against without
+/// waiting for the device's thread (which may be busy receiving a page):
+/// the policy and the clearances the device last verified, kept up to date
+/// by the device as it sends and at each full sync. It answers only what it
+/// knows; anything else goes to the device ([`Device::check_submission_label`]).
+/// Sending checks everything again against the log: this is the early
+/// answer a mail client gets, not the decision.
+#[derive(Clone, Default)]
+pub struct LabelGate(std::sync::Arc<std::sync::Mutex<GateState>>);
+
+#[derive(Default)]
+struct GateState {
+    /// Whether the device has looked at all (else every answer is "ask").
+    known: bool,
+    policy: Option<LabelPolicy>,
+    me: Option<Address>,
+    clearances: std::collections::HashMap<Address, Option<Clearance>>,
+}
+
+/// The gate's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GateAnswer {
+    /// Labels allow it (or none are in use).
+    Go,
+    /// It may not go, and why (naming the recipient).
+    Refused(String),
+    /// The gate does not know enough: ask the device.
+    AskTheDevice,
+}
+
+impl LabelGate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The early answer for a submission with this `head` to `envelope`.
+    pub fn check(&self, head: &[u8], envelope: &[Address]) -> GateAnswer {
+        let st = self.state();
+        if !st.known {
+            return GateAnswer::AskTheDevice;
+        }
+        let (Some(policy), Some(me)) = (&st.policy, &st.me) else {
+            return GateAnswer::Go;
+        };
+        let Ok(parsed) = pouch_mail_proto::mime::parse(head) else {
+            return GateAnswer::AskTheDevice;
+        };
+        let at = now();
+        let label = match mail_label(&parsed, policy, at) {
+            Ok(l) => l,
+            Err(ClientError::Label(why)) => return GateAnswer::Refused(why),
+            Err(_) => return GateAnswer::AskTheDevice,
+        };
+        if let Err(r) = policy.within_ceiling(&label) {
+            return GateAnswer::Refused(r.to_string());
+        }
+        let marking = policy.marking(&label);
+        let everyone = envelope
+            .iter()
+            .chain(&parsed.to)
+            .chain(&parsed.cc)
+            .chain(&parsed.bcc)
+            .chain(std::iter::once(me));
+        for address in everyone {
+            let Some(clearance) = st.clearances.get(address) else {
+                return GateAnswer::AskTheDevice;
+            };
+            if let Err(why) = policy.check(&label, clearance.as_ref(), at) {
+                return GateAnswer::Refused(if address == me {
+                    format!("you may not send {marking} mail: {why}")
+                } else {
+                    format!("{address} may not receive {marking} mail: {why}")
+                });
+            }
+        }
+        GateAnswer::Go
+    }
+}
+
 /// Statements this process verified, by key and signature (with the body,
 /// compared in full): a sender checks the same clearances mail after mail.
 #[derive(Default)]
@@ -260,6 +339,15 @@ impl Device {
         Ok(fingerprint)
     }
 
+    /// The display colours (`#rrggbb` foreground, background) the label
+    /// policy gives a stored mail's label, if it gives any (no network).
+    pub fn label_colours(&self, label_xml: &str) -> Option<(String, String)> {
+        let policy = stored_policy(&self.local).ok()??;
+        let label = policy.read_xml(label_xml).ok()?;
+        let c = policy.classification(&label.classification)?;
+        Some((c.fgcolor.clone()?, c.bgcolor.clone()?))
+    }
+
     /// Hands a statement the officer signed to the server, which files it
     /// in the transparency log.
     pub fn publish_statement(&mut self, signed: &SignedStatement) -> Result<api::StatementPublished> {
@@ -297,6 +385,30 @@ impl Device {
 
     /// The label policy in force, if the officer published one.
     pub(crate) fn label_context(&mut self) -> Result<Option<LabelContext>> {
+        let found = self.find_label_context();
+        let mut gate = self.gate.state();
+        match &found {
+            Ok(Some(ctx)) => {
+                if gate.policy.as_ref() != Some(&ctx.policy) {
+                    gate.clearances.clear();
+                }
+                gate.policy = Some(ctx.policy.clone());
+                gate.me = Some(self.address.clone());
+                gate.known = true;
+            }
+            Ok(None) => {
+                gate.policy = None;
+                gate.clearances.clear();
+                gate.known = true;
+            }
+            // Nothing is known for sure: every submission asks the device.
+            Err(_) => gate.known = false,
+        }
+        drop(gate);
+        found
+    }
+
+    fn find_label_context(&mut self) -> Result<Option<LabelContext>> {
         let Some(key) = self.officer_key()? else {
             return Ok(None);
         };
@@ -384,15 +496,18 @@ impl Device {
     ) -> Result<Option<Clearance>> {
         let subject = OfficerEntry::person(address);
         let Some((_, number, signed)) = self.officer_statement(&subject)? else {
+            self.gate.state().clearances.insert(address.clone(), None);
             return Ok(None);
         };
-        match self.in_log(&subject, number, &signed, &ctx.key) {
-            Ok(st) => Ok(st.clearance_state()),
+        let found = match self.in_log(&subject, number, &signed, &ctx.key) {
+            Ok(st) => st.clearance_state(),
             // Signed by an earlier officer: not in force under this one
             // (refused as no clearance: fails closed).
-            Err(_) if signed.verify(&ctx.key).is_err() => Ok(None),
-            Err(e) => Err(e),
-        }
+            Err(_) if signed.verify(&ctx.key).is_err() => None,
+            Err(e) => return Err(e),
+        };
+        self.gate.state().clearances.insert(address.clone(), found.clone());
+        Ok(found)
     }
 
     /// The label `parsed` is sent with to `recipients` (canonical XML), or
@@ -523,6 +638,27 @@ impl Device {
         Ok(())
     }
 
+    /// The gate the bridge's SMTP sessions check submissions at.
+    pub fn label_gate(&self) -> LabelGate {
+        self.gate.clone()
+    }
+
+    /// Brings the gate up to the log: the policy, and every clearance it
+    /// holds (each from this device's store unless the log moved).
+    pub fn refresh_label_gate(&mut self) -> Result<()> {
+        self.sign_in()?;
+        let Some(ctx) = self.label_context()? else {
+            return Ok(());
+        };
+        let known: Vec<Address> = self.gate.state().clearances.keys().cloned().collect();
+        for address in known {
+            self.clearance_of(&address, &ctx)?;
+        }
+        let me = self.address.clone();
+        self.clearance_of(&me, &ctx)?;
+        Ok(())
+    }
+
     /// Whether a mail submitted through the bridge may go, label-wise, to
     /// `envelope` and the recipients its head names (checked before it is
     /// accepted into the outbox, so a refusal reaches the mail client as an
@@ -567,7 +703,7 @@ impl Device {
             .local
             .conn
             .query_row(
-                "SELECT label FROM messages WHERE message_id = ?1 AND label IS NOT NULL LIMIT 1",
+                "SELECT l.label FROM messages m JOIN message_labels l ON l.message = m.id WHERE m.message_id = ?1 LIMIT 1",
                 [parent],
                 |r| r.get(0),
             )
@@ -587,9 +723,22 @@ impl Device {
         if items.iter().all(|i| i.label.is_none()) {
             return Ok(());
         }
-        if let Some(ctx) = self.label_context()? {
-            let me = self.address.clone();
-            self.clearance_of(&me, &ctx)?;
+        let me = self.address.clone();
+        let looked = match self.label_context()? {
+            Some(ctx) => self.clearance_of(&me, &ctx)?.is_some(),
+            None => false,
+        };
+        if !looked {
+            // Labelled mail, and no policy or clearance known here: the
+            // officer may have published since this device last looked.
+            // Look at the log again now rather than refuse the mail.
+            self.local
+                .conn
+                .execute("DELETE FROM officer_statements WHERE body IS NULL", [])?;
+            self.directory_checked = None;
+            if let Some(ctx) = self.label_context()? {
+                self.clearance_of(&me, &ctx)?;
+            }
         }
         Ok(())
     }
@@ -749,8 +898,10 @@ pub(crate) fn check_received(
         return Ok(None);
     };
     let Some(ctx) = receipt_labels(l)? else {
-        return Err(ClientError::Label(
-            "a labelled mail arrived but this device knows no label policy: it was refused, not stored".into(),
+        // Not a refusal: the mail stays in the queue, unacknowledged, and
+        // is read once the policy can be (a `Local` error stops the sync).
+        return Err(ClientError::Local(
+            "a labelled mail arrived but this device cannot read the label policy yet; it stays on the server and is read at the next sync".into(),
         ));
     };
     let label = ctx

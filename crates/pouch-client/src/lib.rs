@@ -11,7 +11,7 @@ pub mod blob;
 pub mod devices;
 pub mod error;
 mod history;
-mod labels;
+pub mod labels;
 pub mod local;
 pub mod mail;
 pub mod mailboxes;
@@ -295,6 +295,10 @@ pub struct Device {
     /// A reply being sent with a lower label than what it answers, and why
     /// (reported to the security team once it is sent).
     downgraded: Option<String>,
+    /// The early check of the bridge's SMTP submissions ([`labels::LabelGate`]).
+    gate: labels::LabelGate,
+    /// The log's commitment key once read from the store (it never changes).
+    commitments_pinned: Option<pouch_log::Commitments>,
     /// Officer statements this process verified ([`labels`]).
     verified: labels::Verified,
     /// The officer's card last verified: (body, signature, key, name).
@@ -643,6 +647,8 @@ impl Device {
             modified_labels: None,
             verified: Default::default(),
             officer_card: None,
+            commitments_pinned: None,
+            gate: Default::default(),
             duplicate_possible: false,
         })
     }
@@ -2391,7 +2397,8 @@ impl Device {
 
     fn list(&self, filter: &str) -> Result<Vec<MessageSummary>> {
         let mut stmt = self.local.conn.prepare(&format!(
-            "SELECT id, sender, recipients, cc, subject, date, size, attachments, group_id, label, label_marking FROM messages WHERE {filter} ORDER BY id"
+            "SELECT id, sender, recipients, cc, subject, date, size, attachments, group_id, l.label, l.marking \
+             FROM messages LEFT JOIN message_labels l ON l.message = messages.id WHERE {filter} ORDER BY id"
         ))?;
         let rows = stmt.query_map([self.address.as_str()], |r| {
             Ok(MessageSummary {
@@ -2464,7 +2471,7 @@ impl Device {
             .local
             .conn
             .query_row(
-                "SELECT bridge_head, head_len FROM messages WHERE id = ?1 AND bridge_head IS NOT NULL",
+                "SELECT bridge_head, head_len FROM message_labels WHERE message = ?1 AND bridge_head IS NOT NULL",
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -2820,7 +2827,7 @@ fn set_label(l: &LocalStore, id: i64, label: &labels::StoredLabel) -> Result<()>
         None => (None, None),
     };
     l.conn.execute(
-        "UPDATE messages SET label = ?1, label_marking = ?2, bridge_head = ?3, head_len = ?4 WHERE id = ?5",
+        "INSERT OR REPLACE INTO message_labels (label, marking, bridge_head, head_len, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![label.xml, label.marking, head, len, id],
     )?;
     Ok(())

@@ -162,9 +162,10 @@ impl Device {
     pub fn entries_between(&self, mailbox: i64, first: u32, last: u32) -> Result<Vec<Entry>> {
         let mut stmt = self.local.conn.prepare_cached(
             "SELECT mm.uid, mm.message_id, mm.flags, \
-               CASE WHEN m.bridge_head IS NULL THEN m.size ELSE m.size - m.head_len + length(m.bridge_head) END, \
+               CASE WHEN l.bridge_head IS NULL THEN m.size ELSE m.size - l.head_len + length(l.bridge_head) END, \
                m.stored_at FROM mailbox_messages mm \
              JOIN messages m ON m.id = mm.message_id \
+             LEFT JOIN message_labels l ON l.message = mm.message_id \
              WHERE mm.mailbox_id = ?1 AND mm.uid BETWEEN ?2 AND ?3 ORDER BY mm.uid",
         )?;
         let rows = stmt

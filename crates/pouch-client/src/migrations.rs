@@ -252,15 +252,20 @@ CREATE TABLE officer_statements (
     signature TEXT,
     stale INTEGER NOT NULL DEFAULT 0
 );
--- Each mail's classification label (canonical STANAG 4774 XML) and its
--- marking as the policy wrote it when the mail was stored.
-ALTER TABLE messages ADD COLUMN label TEXT;
-ALTER TABLE messages ADD COLUMN label_marking TEXT;
--- What the bridge shows mail clients of a labelled mail's header section
--- (the verified label as an SIO-Label field, the subject marked), in place
--- of the first head_len bytes the sender wrote (kept as they are).
-ALTER TABLE messages ADD COLUMN bridge_head BLOB;
-ALTER TABLE messages ADD COLUMN head_len INTEGER;
+-- Each labelled mail's classification label (canonical STANAG 4774 XML),
+-- its marking as the policy wrote it when the mail was stored, and what the
+-- bridge shows mail clients of its header section (the verified label as
+-- an SIO-Label field, the subject marked) in place of the first head_len
+-- bytes the sender wrote (kept as they are). A table of its own: columns
+-- appended to `messages` would sit behind each row's raw mail, and every
+-- listing would read through it to reach them.
+CREATE TABLE message_labels (
+    message INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    marking TEXT NOT NULL,
+    bridge_head BLOB,
+    head_len INTEGER
+);
 ";
 
 #[cfg(test)]

@@ -167,6 +167,10 @@ impl Device {
     pub(crate) fn commitments(&mut self) -> Result<Commitments> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
+        // Pinned once, never changed: kept in memory after the first read.
+        if let Some(known) = &self.commitments_pinned {
+            return Ok(known.clone());
+        }
         if let (Some(key), Some(index)) = (
             self.local.meta("log_commitment_key")?,
             self.local.meta("log_commitment_index")?,
@@ -176,7 +180,9 @@ impl Device {
             let key_index = index
                 .parse()
                 .map_err(|_| ClientError::Local("the pinned commitment key is damaged".into()))?;
-            return Ok(Commitments { key, key_index });
+            let known = Commitments { key, key_index };
+            self.commitments_pinned = Some(known.clone());
+            return Ok(known);
         }
         let served: api::LogCommitmentKey = self.api.get("/v1/log/commitment-key")?;
         let key = decode_commitment_key(&served.key)

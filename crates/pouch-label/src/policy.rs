@@ -473,6 +473,67 @@ impl LabelPolicy {
         out
     }
 
+    /// Whether this policy can replace `older` without making mail
+    /// labelled under `older` unreadable: the same identifier and URI,
+    /// every classification kept in the same order, every category kept
+    /// (same tag, type and URI, in the same order) with every value in the
+    /// same order. New levels, categories and values may be added. Mail in
+    /// queues and in people's stores carries labels in the canonical form
+    /// the older policy wrote; this is what keeps them reading the same.
+    pub fn keeps(&self, older: &LabelPolicy) -> Result<(), String> {
+        if self.id != older.id || self.uri != older.uri {
+            return Err(format!(
+                "it changes the policy identifier or URI (from {}): labelled mail already sent would no longer read; publish a new policy only as an extension",
+                older.id
+            ));
+        }
+        let rank = |p: &LabelPolicy, name: &str| p.classification(name).map(|c| c.rank);
+        for (i, a) in older.classifications.iter().enumerate() {
+            let Some(ra) = rank(self, &a.name) else {
+                return Err(format!("it drops the classification {}", a.name));
+            };
+            for b in &older.classifications[i + 1..] {
+                match rank(self, &b.name) {
+                    Some(rb) if (rb > ra) == (b.rank > a.rank) => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "it changes the order of {} and {}",
+                            a.name, b.name
+                        ));
+                    }
+                    None => return Err(format!("it drops the classification {}", b.name)),
+                }
+            }
+        }
+        let mut from = 0;
+        for old in &older.categories {
+            let Some(pos) = self.categories[from..].iter().position(|c| c.tag == old.tag) else {
+                return Err(format!(
+                    "it drops the category {} or changes the categories' order",
+                    old.tag
+                ));
+            };
+            let new = &self.categories[from + pos];
+            from += pos + 1;
+            if new.kind != old.kind || new.uri != old.uri {
+                return Err(format!("it changes the type or URI of the category {}", old.tag));
+            }
+            let mut at = 0;
+            for v in &old.values {
+                match new.values[at..].iter().position(|n| n == v) {
+                    Some(p) => at += p + 1,
+                    None => {
+                        return Err(format!(
+                            "it drops {} {v} or changes the order of its values",
+                            old.tag
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether mail with this label may enter this deployment at all.
     pub fn within_ceiling(&self, label: &Label) -> Result<(), Refusal> {
         let rank = self.classification(&label.classification).map(|c| c.rank);

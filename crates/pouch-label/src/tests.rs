@@ -585,3 +585,24 @@ fn mail_clients_are_shown_the_verified_label_and_the_subject_marking() {
     let none = String::from_utf8(sio::label_head(b"From: <a@x.y>\r\n\r\n", &l, &p, true)).unwrap();
     assert!(none.contains("Subject: [CONFIDENTIAL//REL TO CZE]\r\n"), "{none}");
 }
+
+#[test]
+fn a_new_policy_may_extend_the_old_but_not_make_its_labels_unreadable() {
+    let old = policy();
+    assert_eq!(old.keeps(&old), Ok(()));
+    let extended = LabelPolicy::from_toml(&EXAMPLE.replace(
+        r#"values = ["CZE", "SVK", "POL", "DEU", "FRA", "EU", "NATO"]"#,
+        r#"values = ["CZE", "SVK", "POL", "DEU", "FRA", "EU", "NATO", "AUT"]"#,
+    ))
+    .unwrap();
+    assert_eq!(extended.keeps(&old), Ok(()));
+    for (what, text) in [
+        ("identifier", EXAMPLE.replace(r#"id = "MFA-EXAMPLE""#, r#"id = "MFA-2""#)),
+        ("drops REL", EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK","#)),
+        ("order of its values", EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK", "CZE","#)),
+    ] {
+        let new = LabelPolicy::from_toml(&text).unwrap();
+        let e = new.keeps(&old).unwrap_err();
+        assert!(e.contains(what), "{what}: {e}");
+    }
+}

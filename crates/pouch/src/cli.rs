@@ -1184,6 +1184,9 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                     )),
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // The bridges' warnings (a mail postponed, a check that failed)
+            // explain a slow run; the server's own log is kept quiet.
+            init_logging(&cli.log_format, "pouch_bridge=info,pouch_server=error");
             crate::workload::run(crate::workload::WorkloadArgs {
                 mails: messages,
                 runs,
@@ -1246,16 +1249,22 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inbox { json } => list(open(cli.home)?.inbox()?, json, Person::Sender),
+        Command::Inbox { json } => {
+            let device = open(cli.home)?;
+            list(&device, device.inbox()?, json, Person::Sender)
+        }
         Command::Search { query, label, json } => {
             let mut device = open(cli.home)?;
             let found = match label {
                 Some(label) => device.search_labelled(&query, &label)?,
                 None => device.search(&query)?,
             };
-            list(found, json, Person::Sender)
+            list(&device, found, json, Person::Sender)
         }
-        Command::Sent { json } => list(open(cli.home)?.sent()?, json, Person::Recipients),
+        Command::Sent { json } => {
+            let device = open(cli.home)?;
+            list(&device, device.sent()?, json, Person::Recipients)
+        }
         Command::Read {
             id,
             raw,
@@ -1300,7 +1309,8 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                     writeln!(out, "Cc:      {}", s.cc.join(", "))?;
                 }
                 if let Some(marking) = &s.marking {
-                    writeln!(out, "Label:   {}", marking_for_terminal(marking))?;
+                    let colours = s.label.as_deref().and_then(|x| device.label_colours(x));
+                    writeln!(out, "Label:   {}", marking_for_terminal(marking, colours))?;
                 }
                 writeln!(out, "Subject: {}", s.subject)?;
                 writeln!(out, "Date:    {}", format_date(s.date))?;
@@ -1453,17 +1463,29 @@ fn recipients_column(m: &MessageSummary) -> String {
 /// A label's marking, in reverse video when standard output is a terminal
 /// (colour is a hint; the words are what count). The marking is the
 /// policy's text, stripped of control characters all the same.
-fn marking_for_terminal(marking: &str) -> String {
+fn marking_for_terminal(marking: &str, colours: Option<(String, String)>) -> String {
     use std::io::IsTerminal;
     let clean: String = marking.chars().filter(|c| !c.is_control()).collect();
-    if std::io::stdout().is_terminal() {
-        format!("\x1b[7m{clean}\x1b[0m")
-    } else {
-        clean
+    if !std::io::stdout().is_terminal() {
+        return clean;
+    }
+    let rgb = |hex: &str| -> Option<String> {
+        let v = u32::from_str_radix(hex.strip_prefix('#')?, 16).ok()?;
+        Some(format!("{};{};{}", v >> 16, (v >> 8) & 0xff, v & 0xff))
+    };
+    match colours.and_then(|(fg, bg)| Some((rgb(&fg)?, rgb(&bg)?))) {
+        Some((fg, bg)) => format!("\x1b[38;2;{fg}m\x1b[48;2;{bg}m{clean}\x1b[0m"),
+        None => format!("\x1b[7m{clean}\x1b[0m"),
     }
 }
 
-fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<ExitCode> {
+fn list(
+    device: &Device,
+    messages: Vec<MessageSummary>,
+    json: bool,
+    person: Person,
+) -> Result<ExitCode> {
+    let colours_of = |m: &MessageSummary| m.label.as_deref().and_then(|x| device.label_colours(x));
     if json {
         outln!("{}", serde_json::to_string_pretty(&messages)?);
     } else if messages.is_empty() {
@@ -1478,7 +1500,10 @@ fn list(messages: Vec<MessageSummary>, json: bool, person: Person) -> Result<Exi
             let marking = m
                 .marking
                 .as_deref()
-                .map(|l| format!("{} ", marking_for_terminal(&format!("[{l}]"))))
+                .map(|l| {
+                    let colours = colours_of(&m);
+                    format!("{} ", marking_for_terminal(&format!("[{l}]"), colours))
+                })
                 .unwrap_or_default();
             outln!(
                 "{:>5} {} {} {:<28} {marking}{}",
@@ -2239,6 +2264,12 @@ fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitC
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             let me = open_officer(officer)?;
             let mut device = open(home_arg)?;
+            // Mail labelled under the policy in force must read the same under the new one.
+            if let Ok(Some(current)) = device.published_policy() {
+                policy.keeps(&current).map_err(|why| {
+                    anyhow!("{} cannot replace the policy in force: {why}", file.display())
+                })?;
+            }
             let version = match version {
                 Some(v) => v,
                 None => device.published_policy_version()? + 1,

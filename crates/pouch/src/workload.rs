@@ -385,8 +385,8 @@ fn message(
     let mut m = format!(
         "From: {}\r\nTo: {}\r\nSubject: {}workload {id}\r\nDate: Fri, 04 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{id}@{domain}>\r\n",
         accounts[from].address,
+        to_header.join(", "),
         accounts[from].subject_prefix,
-        to_header.join(", ")
     );
     if let Some(parent) = in_reply_to {
         m.push_str(&format!(

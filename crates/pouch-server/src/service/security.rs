@@ -220,13 +220,20 @@ pub async fn publish(
         Statement::Policy { version, policy, .. } => {
             let parsed = LabelPolicy::from_toml(policy)
                 .map_err(|e| ServiceError::bad_request(format!("the policy is not valid: {e}")))?;
-            if let Some((_, Statement::Policy { version: v, .. })) = &in_force
-                && version <= v
-            {
-                return Err(ServiceError::new(
-                    ErrorCode::Conflict,
-                    format!("policy version {version} is not newer than version {v} in force"),
-                ));
+            if let Some((_, Statement::Policy { version: v, policy: text, .. })) = &in_force {
+                if version <= v {
+                    return Err(ServiceError::new(
+                        ErrorCode::Conflict,
+                        format!("policy version {version} is not newer than version {v} in force"),
+                    ));
+                }
+                if let Ok(current) = LabelPolicy::from_toml(text)
+                    && let Err(why) = parsed.keeps(&current)
+                {
+                    return Err(ServiceError::bad_request(format!(
+                        "the new policy cannot replace version {v}: {why}"
+                    )));
+                }
             }
             format!("label policy {} version {version}", parsed.id)
         }
