@@ -211,10 +211,17 @@ fn officer_ok(device: &Client, home: &std::path::Path, args: &[&str]) -> String 
 }
 
 fn labelled(tag: &str) -> Labelled {
+    labelled_after(tag, |_, _| {})
+}
+
+/// [`labelled`], with `before` run between the enrolments and the
+/// officer's registration.
+fn labelled_after(tag: &str, before: impl Fn(&Client, &Client)) -> Labelled {
     let dir = Scratch::new(tag);
     let server = Server::start(&dir.path("server"), None);
     let alice = user(&dir, &server, "alice");
     let bob = user(&dir, &server, "bob");
+    before(&alice, &bob);
     let officer_home = dir.path("officer");
     let out = pouch()
         .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
@@ -637,4 +644,27 @@ fn every_member_of_the_conversation_is_checked_not_only_those_named() {
     assert_one_line_error(&out, "carol@pouch.local, a member of this conversation, may not receive CONFIDENTIAL//REL TO CZE mail");
     carol.sync();
     assert_eq!(carol.inbox().iter().filter(|m| m["subject"] == "Re: Plan").count(), 0);
+}
+
+/// Devices that looked for the officer's statements before there were any
+/// (mail went both ways unlabelled, so each remembers "none") receive the
+/// first labelled mail after the officer publishes: not refused, not lost.
+/// (The workload benchmark found it refused inside one long-running bridge,
+/// whose last look at the log was under two seconds old; that race is
+/// handled in `prepare_label_receipt` and not reproduced here.)
+#[test]
+fn a_device_that_looked_before_the_officer_published_receives_labelled_mail() {
+    let l = labelled_after("labels-late", |alice, bob| {
+        alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "Early", "--body", "x"]);
+        bob.sync();
+        bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Early too", "--body", "y"]);
+        alice.sync();
+    });
+    let (alice, bob) = (&l.alice, &l.bob);
+    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "First labelled", "--body", "z", "--label", "CONFIDENTIAL//REL TO CZE"]);
+    let out = alice.run(&["sync", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<_> = alice.inbox().into_iter().filter(|m| m["subject"] == "First labelled").collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["marking"], "CONFIDENTIAL//REL TO CZE");
 }
