@@ -273,7 +273,11 @@ impl Session {
                 return;
             }
             Err(e) => {
-                self.reply(451, "4.7.0", &format!("The label cannot be checked now, try again: {e}"));
+                self.reply(
+                    451,
+                    "4.7.0",
+                    &format!("The label cannot be checked now, try again: {e}"),
+                );
                 return;
             }
         }

@@ -165,7 +165,14 @@ impl Device {
     fn officer_statement(&mut self, subject: &str) -> Result<Option<(u64, u64, SignedStatement)>> {
         self.refresh_directory()?;
         let commitment = self.commitments()?.key.commit_officer(subject);
-        type Row = (Option<i64>, Option<i64>, i64, Option<String>, Option<String>, bool);
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            i64,
+            Option<String>,
+            Option<String>,
+            bool,
+        );
         let held: Option<Row> = self
             .local
             .conn
@@ -216,7 +223,10 @@ impl Device {
             }
             Err(e) => return Err(e),
         };
-        self.prove_in_log(&inc, &format!("the security officer's statement about {subject}"))?;
+        self.prove_in_log(
+            &inc,
+            &format!("the security officer's statement about {subject}"),
+        )?;
         let entry = self
             .commitments()?
             .open_officer(inc.index, &inc.entry, &inc.full, subject)
@@ -253,20 +263,26 @@ impl Device {
         let Some((_, key_number, card)) = self.officer_statement(OfficerEntry::KEY)? else {
             if pinned.is_some() {
                 return Err(security(
-                    "the server no longer shows the security officer's key this device pinned".into(),
+                    "the server no longer shows the security officer's key this device pinned"
+                        .into(),
                 ));
             }
             return Ok(None);
         };
         let (key, name) = match &self.officer_card {
-            Some((body, signature, key, name)) if *body == card.body && *signature == card.signature => {
+            Some((body, signature, key, name))
+                if *body == card.body && *signature == card.signature =>
+            {
                 (*key, name.clone())
             }
             _ => {
                 let (key, name, _) = open_officer_card(&card).map_err(|e| {
-                    security(format!("the security officer's key in the log is not valid: {e}"))
+                    security(format!(
+                        "the security officer's key in the log is not valid: {e}"
+                    ))
                 })?;
-                self.officer_card = Some((card.body.clone(), card.signature.clone(), key, name.clone()));
+                self.officer_card =
+                    Some((card.body.clone(), card.signature.clone(), key, name.clone()));
                 (key, name)
             }
         };
@@ -274,7 +290,10 @@ impl Device {
         let fingerprint = officer_fingerprint(&key);
         match pinned {
             Some(p) if p == key_hex => {}
-            Some(_) if self.local.meta("officer_key_accepted")?.as_deref() == Some(fingerprint.as_str()) => {
+            Some(_)
+                if self.local.meta("officer_key_accepted")?.as_deref()
+                    == Some(fingerprint.as_str()) =>
+            {
                 self.local.set_meta("officer_key", &key_hex)?;
                 self.local.notice(
                     "Your domain's security officer key changed (accepted)",
@@ -290,7 +309,8 @@ impl Device {
             // later one (a replacement, or an old card registered again) is
             // this device's to accept.
             None if key_number > 1
-                && self.local.meta("officer_key_accepted")?.as_deref() != Some(fingerprint.as_str()) =>
+                && self.local.meta("officer_key_accepted")?.as_deref()
+                    != Some(fingerprint.as_str()) =>
             {
                 return Err(security(format!(
                     "this domain's security officer key has been replaced since it was first registered; the one in force is {fingerprint} (officer {name}): compare it with your security officer, then run 'pouch security accept {fingerprint}'"
@@ -315,7 +335,8 @@ impl Device {
         let fingerprint = fingerprint.trim().to_ascii_lowercase();
         if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ClientError::Invalid(
-                "an officer key fingerprint is 64 hex digits, as 'pouch security init' printed it".into(),
+                "an officer key fingerprint is 64 hex digits, as 'pouch security init' printed it"
+                    .into(),
             ));
         }
         self.sign_in()?;
@@ -326,7 +347,9 @@ impl Device {
             ));
         };
         let (key, _, _) = open_officer_card(&card).map_err(|e| {
-            security(format!("the security officer's key in the log is not valid: {e}"))
+            security(format!(
+                "the security officer's key in the log is not valid: {e}"
+            ))
         })?;
         if officer_fingerprint(&key) != fingerprint {
             return Err(ClientError::Invalid(format!(
@@ -350,7 +373,10 @@ impl Device {
 
     /// Hands a statement the officer signed to the server, which files it
     /// in the transparency log.
-    pub fn publish_statement(&mut self, signed: &SignedStatement) -> Result<api::StatementPublished> {
+    pub fn publish_statement(
+        &mut self,
+        signed: &SignedStatement,
+    ) -> Result<api::StatementPublished> {
         self.sign_in()?;
         self.api.post(
             "/v1/security/statements",
@@ -463,7 +489,9 @@ impl Device {
         if st.sequence() != Some(number) {
             return Err(security(format!(
                 "the log files a statement about {subject} as number {number} but the officer signed it as number {} (a statement replayed)",
-                st.sequence().map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+                st.sequence()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "none".into())
             )));
         }
         Ok(st)
@@ -506,7 +534,10 @@ impl Device {
             Err(_) if signed.verify(&ctx.key).is_err() => None,
             Err(e) => return Err(e),
         };
-        self.gate.state().clearances.insert(address.clone(), found.clone());
+        self.gate
+            .state()
+            .clearances
+            .insert(address.clone(), found.clone());
         Ok(found)
     }
 
@@ -537,11 +568,17 @@ impl Device {
                         "this answers a {answered_marking} mail: label it at least so, or lower it with --downgrade \"REASON\""
                     )));
                 }
-                Some(reason) => self.downgraded = Some(format!(
-                    "{}: {answered_marking} lowered to {marking} because \"{}\"",
-                    parsed.message_id.as_deref().unwrap_or("a mail"),
-                    reason.chars().filter(|c| !c.is_control()).take(200).collect::<String>()
-                )),
+                Some(reason) => {
+                    self.downgraded = Some(format!(
+                        "{}: {answered_marking} lowered to {marking} because \"{}\"",
+                        parsed.message_id.as_deref().unwrap_or("a mail"),
+                        reason
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(200)
+                            .collect::<String>()
+                    ))
+                }
             }
         }
         let me = self.address.clone();
@@ -708,12 +745,10 @@ impl Device {
                 |r| r.get(0),
             )
             .optional()?;
-        Ok(xml
-            .and_then(|x| policy.read_xml(&x).ok())
-            .map(|l| {
-                let m = policy.marking(&l);
-                (l, m)
-            }))
+        Ok(xml.and_then(|x| policy.read_xml(&x).ok()).map(|l| {
+            let m = policy.marking(&l);
+            (l, m)
+        }))
     }
 
     /// Before a page of queue items is applied: when any carries a label,
@@ -833,9 +868,8 @@ fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> 
     }
     let key = pouch_label::statement::parse_key(&key_hex)
         .map_err(|e| ClientError::Local(format!("the pinned officer key: {e}")))?;
-    let verify = |(body, signature): (String, String)| {
-        SignedStatement { body, signature }.verify(&key).ok()
-    };
+    let verify =
+        |(body, signature): (String, String)| SignedStatement { body, signature }.verify(&key).ok();
     let Some(Statement::Policy { policy, .. }) = verify(policy_row) else {
         return Ok(None);
     };
@@ -861,7 +895,12 @@ pub(crate) struct StoredLabel {
 }
 
 impl StoredLabel {
-    pub(crate) fn new(l: &LocalStore, label: &Label, policy: &LabelPolicy, head: &[u8]) -> Result<Self> {
+    pub(crate) fn new(
+        l: &LocalStore,
+        label: &Label,
+        policy: &LabelPolicy,
+        head: &[u8],
+    ) -> Result<Self> {
         let subject_marking = l.meta("bridge_subject_marking")?.as_deref() != Some("off");
         Ok(StoredLabel {
             xml: label.to_xml(policy),
@@ -870,11 +909,11 @@ impl StoredLabel {
             bridge_head: pouch_label::sio::head_end(head)
                 .or((head.len() < pouch_mail_proto::mime::HEAD_LIMIT).then_some(head.len()))
                 .map(|end| {
-                (
-                    pouch_label::sio::label_head(&head[..end], label, policy, subject_marking),
-                    end,
-                )
-            }),
+                    (
+                        pouch_label::sio::label_head(&head[..end], label, policy, subject_marking),
+                        end,
+                    )
+                }),
         })
     }
 }

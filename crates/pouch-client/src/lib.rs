@@ -945,15 +945,13 @@ impl Device {
         // Only now, with the server's acceptance, is the mail recorded as sent.
         let body = self.keep_body(out)?;
         let head = self.labelled_head(out)?;
-        let id = self
-            .local
-            .atomically(|l| {
-                let id = store_message(l, &group_id, None, true, &out.parsed, &body)?;
-                if let Some((label, policy)) = &self.sending_label {
-                    set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
-                }
-                Ok(id)
-            })?;
+        let id = self.local.atomically(|l| {
+            let id = store_message(l, &group_id, None, true, &out.parsed, &body)?;
+            if let Some((label, policy)) = &self.sending_label {
+                set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+            }
+            Ok(id)
+        })?;
         Ok(Sent {
             id,
             message_id: out.parsed.message_id.clone().unwrap_or_default(),
@@ -1028,15 +1026,13 @@ impl Device {
         let (group_id, _) = first.expect("at least one recipient");
         let body = self.keep_body(original)?;
         let head = self.labelled_head(original)?;
-        let id = self
-            .local
-            .atomically(|l| {
-                let id = store_message(l, &group_id, None, true, &original.parsed, &body)?;
-                if let Some((label, policy)) = &self.sending_label {
-                    set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
-                }
-                Ok(id)
-            })?;
+        let id = self.local.atomically(|l| {
+            let id = store_message(l, &group_id, None, true, &original.parsed, &body)?;
+            if let Some((label, policy)) = &self.sending_label {
+                set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+            }
+            Ok(id)
+        })?;
         Ok(Sent {
             id,
             message_id: original.parsed.message_id.clone().unwrap_or_default(),

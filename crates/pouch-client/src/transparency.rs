@@ -210,7 +210,11 @@ impl Device {
 
     /// Accepts the checkpoint an inclusion proof comes with (it must extend
     /// the pinned one) and checks that the proven leaf is in its tree.
-    pub(crate) fn prove_in_log(&mut self, inc: &api::LogInclusion, what: &str) -> Result<Checkpoint> {
+    pub(crate) fn prove_in_log(
+        &mut self,
+        inc: &api::LogInclusion,
+        what: &str,
+    ) -> Result<Checkpoint> {
         let cp = self.accept_checkpoint(inc.checkpoint.as_bytes())?;
         pouch_log::verify_inclusion(
             &hashes(&inc.proof)?,

@@ -496,10 +496,7 @@ impl LabelPolicy {
                 match rank(self, &b.name) {
                     Some(rb) if (rb > ra) == (b.rank > a.rank) => {}
                     Some(_) => {
-                        return Err(format!(
-                            "it changes the order of {} and {}",
-                            a.name, b.name
-                        ));
+                        return Err(format!("it changes the order of {} and {}", a.name, b.name));
                     }
                     None => return Err(format!("it drops the classification {}", b.name)),
                 }
@@ -507,7 +504,10 @@ impl LabelPolicy {
         }
         let mut from = 0;
         for old in &older.categories {
-            let Some(pos) = self.categories[from..].iter().position(|c| c.tag == old.tag) else {
+            let Some(pos) = self.categories[from..]
+                .iter()
+                .position(|c| c.tag == old.tag)
+            else {
                 return Err(format!(
                     "it drops the category {} or changes the categories' order",
                     old.tag
@@ -516,7 +516,10 @@ impl LabelPolicy {
             let new = &self.categories[from + pos];
             from += pos + 1;
             if new.kind != old.kind || new.uri != old.uri {
-                return Err(format!("it changes the type or URI of the category {}", old.tag));
+                return Err(format!(
+                    "it changes the type or URI of the category {}",
+                    old.tag
+                ));
             }
             let mut at = 0;
             for v in &old.values {

@@ -144,7 +144,11 @@ pub fn strip_reply_prefixes(subject: &str) -> &str {
 /// classifications, as in "[draft]"); an error: it begins with a
 /// classification but does not read as a label ("[SECRET//REL TO XXX]") —
 /// refused rather than taken as the default.
-pub fn subject_label(subject: &str, policy: &LabelPolicy, now: i64) -> Result<Option<Label>, LabelError> {
+pub fn subject_label(
+    subject: &str,
+    policy: &LabelPolicy,
+    now: i64,
+) -> Result<Option<Label>, LabelError> {
     let rest = strip_reply_prefixes(subject);
     let Some(inner) = rest.strip_prefix('[') else {
         return Ok(None);
@@ -162,7 +166,9 @@ pub fn subject_label(subject: &str, policy: &LabelPolicy, now: i64) -> Result<Op
         Err(e) => {
             let names_a_level = policy.classifications.iter().any(|c| {
                 let m = c.marking().to_uppercase();
-                upper == m || upper.starts_with(&format!("{m}/")) || upper.starts_with(&format!("{m} "))
+                upper == m
+                    || upper.starts_with(&format!("{m}/"))
+                    || upper.starts_with(&format!("{m} "))
             });
             if names_a_level { Err(e) } else { Ok(None) }
         }
@@ -185,7 +191,12 @@ pub fn head_end(raw: &[u8]) -> Option<usize> {
 /// by one for `label` (the label Pouch verified), and, with
 /// `subject_marking`, the subject prefixed with the marking unless it
 /// already carries it.
-pub fn label_head(head: &[u8], label: &Label, policy: &LabelPolicy, subject_marking: bool) -> Vec<u8> {
+pub fn label_head(
+    head: &[u8],
+    label: &Label,
+    policy: &LabelPolicy,
+    subject_marking: bool,
+) -> Vec<u8> {
     let text = String::from_utf8_lossy(head);
     let body_start = text.trim_end_matches(['\r', '\n']).len();
     let fields_text = &text[..body_start];
@@ -201,7 +212,13 @@ pub fn label_head(head: &[u8], label: &Label, policy: &LabelPolicy, subject_mark
             fields.push(line.to_string());
         }
     }
-    let name_of = |f: &str| f.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let name_of = |f: &str| {
+        f.split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
     let mark = format!("[{}]", policy.marking(label));
     let mut out = String::with_capacity(head.len() + 1024);
     let mut had_subject = false;
@@ -211,7 +228,10 @@ pub fn label_head(head: &[u8], label: &Label, policy: &LabelPolicy, subject_mark
             // Every Subject field (a mail client may show either of two).
             "subject" if subject_marking => {
                 had_subject = true;
-                let value = f.split_once(':').map(|(_, v)| v.trim_start()).unwrap_or_default();
+                let value = f
+                    .split_once(':')
+                    .map(|(_, v)| v.trim_start())
+                    .unwrap_or_default();
                 let marked = strip_reply_prefixes(value).starts_with(&mark);
                 if marked {
                     out.push_str(f);

@@ -133,7 +133,9 @@ impl SignedStatement {
 
 /// The public key an [`Statement::OfficerKey`] card names, if the card is
 /// signed by that very key (proof the registrant holds it).
-pub fn open_officer_card(card: &SignedStatement) -> Result<(VerifyingKey, String, i64), StatementError> {
+pub fn open_officer_card(
+    card: &SignedStatement,
+) -> Result<(VerifyingKey, String, i64), StatementError> {
     #[derive(Deserialize)]
     struct Peek {
         key: String,

@@ -507,7 +507,10 @@ fn the_sio_label_header_carries_one_label_both_ways() {
     let value = sio::header_value(&l, &p);
     // Folded into lines a mail client accepts, with the display hints.
     assert!(value.lines().all(|line| line.len() <= 78), "{value}");
-    assert!(value.contains("marking=\"SECRET//REL TO CZE, SVK\""), "{value}");
+    assert!(
+        value.contains("marking=\"SECRET//REL TO CZE, SVK\""),
+        "{value}"
+    );
     assert!(value.contains("bgcolor=\"#d55e00\""), "{value}");
     assert_eq!(sio::read_header(&value, &p).unwrap(), l);
     // Unfolded, parameters reordered, names in another case: the same label.
@@ -542,8 +545,18 @@ fn a_subject_marking_names_a_label_only_when_the_policy_knows_it() {
     let l = label("RESTRICTED");
     let subject = sio::marked_subject("Visit of the delegation", &l, &p);
     assert_eq!(subject, "[RESTRICTED] Visit of the delegation");
-    assert_eq!(sio::marked_subject(&subject, &l, &p), subject, "marked once");
-    assert_eq!(sio::subject_label(&subject, &p, NOW).unwrap().unwrap().classification, "RESTRICTED");
+    assert_eq!(
+        sio::marked_subject(&subject, &l, &p),
+        subject,
+        "marked once"
+    );
+    assert_eq!(
+        sio::subject_label(&subject, &p, NOW)
+            .unwrap()
+            .unwrap()
+            .classification,
+        "RESTRICTED"
+    );
     for forwarded in [
         "Re: [SECRET//REL TO CZE] Talks",
         "FW: RE: [SECRET//REL TO CZE] Talks",
@@ -572,18 +585,38 @@ fn mail_clients_are_shown_the_verified_label_and_the_subject_marking() {
     assert_eq!(sio::head_end(b"A: b\r\n\r\nbody"), Some(8));
     assert_eq!(sio::head_end(b"A: b\n\nbody"), Some(6));
     let shown = String::from_utf8(sio::label_head(head, &l, &p, true)).unwrap();
-    assert!(shown.starts_with("From: <a@x.y>\r\nSubject: [CONFIDENTIAL//REL TO CZE] Talks\r\n on Tuesday\r\n"), "{shown}");
-    assert!(!shown.contains("forged"), "the sender's own SIO-Label is replaced: {shown}");
+    assert!(
+        shown.starts_with(
+            "From: <a@x.y>\r\nSubject: [CONFIDENTIAL//REL TO CZE] Talks\r\n on Tuesday\r\n"
+        ),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("forged"),
+        "the sender's own SIO-Label is replaced: {shown}"
+    );
     assert!(shown.ends_with("\r\n\r\n"));
     let value = shown.split("SIO-Label: ").nth(1).unwrap().trim_end();
-    assert_eq!(sio::read_header(&value.replace("\r\n ", " "), &p).unwrap(), l);
+    assert_eq!(
+        sio::read_header(&value.replace("\r\n ", " "), &p).unwrap(),
+        l
+    );
     // Marked once; no subject marking when not asked; a subject made when absent.
     let again = sio::label_head(shown.as_bytes(), &l, &p, true);
-    assert_eq!(String::from_utf8(again).unwrap().matches("[CONFIDENTIAL//REL TO CZE]").count(), 1);
+    assert_eq!(
+        String::from_utf8(again)
+            .unwrap()
+            .matches("[CONFIDENTIAL//REL TO CZE]")
+            .count(),
+        1
+    );
     let plain = String::from_utf8(sio::label_head(head, &l, &p, false)).unwrap();
     assert!(plain.contains("Subject: Talks\r\n"), "{plain}");
     let none = String::from_utf8(sio::label_head(b"From: <a@x.y>\r\n\r\n", &l, &p, true)).unwrap();
-    assert!(none.contains("Subject: [CONFIDENTIAL//REL TO CZE]\r\n"), "{none}");
+    assert!(
+        none.contains("Subject: [CONFIDENTIAL//REL TO CZE]\r\n"),
+        "{none}"
+    );
 }
 
 #[test]
@@ -597,9 +630,18 @@ fn a_new_policy_may_extend_the_old_but_not_make_its_labels_unreadable() {
     .unwrap();
     assert_eq!(extended.keeps(&old), Ok(()));
     for (what, text) in [
-        ("identifier", EXAMPLE.replace(r#"id = "MFA-EXAMPLE""#, r#"id = "MFA-2""#)),
-        ("drops REL", EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK","#)),
-        ("order of its values", EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK", "CZE","#)),
+        (
+            "identifier",
+            EXAMPLE.replace(r#"id = "MFA-EXAMPLE""#, r#"id = "MFA-2""#),
+        ),
+        (
+            "drops REL",
+            EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK","#),
+        ),
+        (
+            "order of its values",
+            EXAMPLE.replace(r#""CZE", "SVK","#, r#""SVK", "CZE","#),
+        ),
     ] {
         let new = LabelPolicy::from_toml(&text).unwrap();
         let e = new.keeps(&old).unwrap_err();

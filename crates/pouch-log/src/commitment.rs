@@ -398,16 +398,26 @@ mod tests {
         let leaf = k.commit_officer_entry(&entry);
         let full = entry.to_bytes();
         assert_eq!(
-            c.open_officer(2, &leaf, &full, OfficerEntry::POLICY).unwrap(),
+            c.open_officer(2, &leaf, &full, OfficerEntry::POLICY)
+                .unwrap(),
             entry
         );
         assert!(c.open_officer(2, &leaf, &full, OfficerEntry::KEY).is_err());
-        assert!(c.open_officer(0, &leaf, &full, OfficerEntry::POLICY).is_err());
+        assert!(
+            c.open_officer(0, &leaf, &full, OfficerEntry::POLICY)
+                .is_err()
+        );
         let other = OfficerEntry::new(OfficerEntry::POLICY, 2, "{}".into(), "00".into());
-        assert!(c.open_officer(2, &leaf, &other.to_bytes(), OfficerEntry::POLICY).is_err());
+        assert!(
+            c.open_officer(2, &leaf, &other.to_bytes(), OfficerEntry::POLICY)
+                .is_err()
+        );
         // A person's clearance subject is not their account.
         let alice = Address::parse("alice@pouch.local").unwrap();
-        assert_ne!(k.commit_officer(&OfficerEntry::person(&alice)), k.commit(&alice));
+        assert_ne!(
+            k.commit_officer(&OfficerEntry::person(&alice)),
+            k.commit(&alice)
+        );
         assert!(c.open(2, &leaf, &full, &alice).is_err());
     }
 

@@ -89,7 +89,9 @@ fn raw_values(msg: &mail_parser::Message<'_>, name: &str) -> Vec<String> {
         .iter()
         .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
         .filter_map(|h| {
-            let raw = msg.raw_message().get(h.offset_start as usize..h.offset_end as usize)?;
+            let raw = msg
+                .raw_message()
+                .get(h.offset_start as usize..h.offset_end as usize)?;
             let text = String::from_utf8_lossy(raw);
             Some(
                 text.split(['\r', '\n'])

@@ -65,5 +65,7 @@ async fn statement(
     if subject.len() > 320 {
         return Err(ApiError::bad_request("no such subject"));
     }
-    Ok(Json(security::statement(&s, &subject.to_ascii_lowercase()).await?))
+    Ok(Json(
+        security::statement(&s, &subject.to_ascii_lowercase()).await?,
+    ))
 }

@@ -91,13 +91,14 @@ async fn enqueue_many(
         }
         seqs.push(seq);
     }
-    let payload_id: i64 =
-        sqlx::query_scalar("INSERT INTO queue_payloads (data, label) VALUES ($1, $2) RETURNING payload_id")
-            .bind(item.payload)
-            .bind(item.label)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(backend)?;
+    let payload_id: i64 = sqlx::query_scalar(
+        "INSERT INTO queue_payloads (data, label) VALUES ($1, $2) RETURNING payload_id",
+    )
+    .bind(item.payload)
+    .bind(item.label)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(backend)?;
     const COLUMNS: usize = 10;
     const ROWS_PER_INSERT: usize = 200;
     for (chunk, chunk_seqs) in devices
@@ -1141,13 +1142,12 @@ impl LogStore for SqlStore {
         // append_log's first statement locks the log's size row, so the
         // count below sees every statement committed before this one.
         let index = append_log(&mut tx, &column, version, record).await?;
-        let (newest, count): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT MAX(version), COUNT(*) FROM log_entries WHERE address = $1",
-        )
-        .bind(&column)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let (newest, count): (Option<i64>, i64) =
+            sqlx::query_as("SELECT MAX(version), COUNT(*) FROM log_entries WHERE address = $1")
+                .bind(&column)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
         if newest != Some(version as i64) || count as u64 != version {
             return Err(StoreError::Conflict);
         }

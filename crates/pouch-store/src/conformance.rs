@@ -111,12 +111,22 @@ pub async fn officer_statements(store: &dyn Store) {
         .unwrap();
     let found = store.officer_statements(subject).await.unwrap();
     assert_eq!(
-        found.iter().map(|e| (e.index, e.leaf.clone())).collect::<Vec<_>>(),
-        vec![(start, b"officer-v1".to_vec()), (start + 1, b"officer-v2".to_vec())]
+        found
+            .iter()
+            .map(|e| (e.index, e.leaf.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (start, b"officer-v1".to_vec()),
+            (start + 1, b"officer-v2".to_vec())
+        ]
     );
     assert_eq!(found[1].entry.as_deref(), Some(&b"officer-v2-full"[..]));
     assert!(
-        store.officer_statements("another").await.unwrap().is_empty(),
+        store
+            .officer_statements("another")
+            .await
+            .unwrap()
+            .is_empty(),
         "statements are filed by subject"
     );
     // An account whose address looks like a subject sees none of them.

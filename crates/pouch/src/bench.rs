@@ -279,9 +279,9 @@ impl Running {
         }))?;
         let clearance = policy.clearance("SECRET", &["REL TO CZE".to_string()], None)?;
         for a in addresses {
-            device.publish_statement(
-                &officer.sign(&pouch_label::statement::Statement::clearance(a, &clearance, 1, now)),
-            )?;
+            device.publish_statement(&officer.sign(
+                &pouch_label::statement::Statement::clearance(a, &clearance, 1, now),
+            ))?;
         }
         Ok(())
     }

@@ -2212,7 +2212,8 @@ fn now_secs() -> i64 {
 /// `--expires`: a date (the end of that day, UTC) or an RFC 3339 time.
 fn parse_expiry(text: &str) -> Result<i64> {
     let text = text.trim();
-    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+    if let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
         return Ok(t.unix_timestamp());
     }
     let bad = || anyhow!("--expires takes a date (2027-06-30) or RFC 3339 (2027-06-30T17:00:00Z)");
@@ -2231,7 +2232,12 @@ fn parse_expiry(text: &str) -> Result<i64> {
         d.parse().map_err(|_| bad())?,
     )
     .map_err(|_| bad())?;
-    Ok(day.next_day().unwrap_or(day).midnight().assume_utc().unix_timestamp())
+    Ok(day
+        .next_day()
+        .unwrap_or(day)
+        .midnight()
+        .assume_utc()
+        .unix_timestamp())
 }
 
 fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitCode> {
@@ -2256,7 +2262,12 @@ fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitC
             );
         }
         SecurityCommand::Policy {
-            command: PolicyCommand::Publish { file, version, officer },
+            command:
+                PolicyCommand::Publish {
+                    file,
+                    version,
+                    officer,
+                },
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read the label policy {}", file.display()))?;
@@ -2267,7 +2278,10 @@ fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitC
             // Mail labelled under the policy in force must read the same under the new one.
             if let Ok(Some(current)) = device.published_policy() {
                 policy.keeps(&current).map_err(|why| {
-                    anyhow!("{} cannot replace the policy in force: {why}", file.display())
+                    anyhow!(
+                        "{} cannot replace the policy in force: {why}",
+                        file.display()
+                    )
                 })?;
             }
             let version = match version {
@@ -2325,7 +2339,10 @@ fn security(command: SecurityCommand, home_arg: Option<PathBuf>) -> Result<ExitC
                 issued_at: now_secs(),
             };
             let done = device.publish_statement(&me.sign(&statement))?;
-            outln!("{address}'s clearance is revoked (log entry {})", done.index);
+            outln!(
+                "{address}'s clearance is revoked (log entry {})",
+                done.index
+            );
         }
         SecurityCommand::Accept { fingerprint } => {
             let mut device = open(home_arg)?;

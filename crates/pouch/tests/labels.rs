@@ -225,11 +225,21 @@ fn labelled_after(tag: &str, before: impl Fn(&Client, &Client)) -> Labelled {
     let officer_home = dir.path("officer");
     let out = pouch()
         .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
-        .args(["security", "init", "--name", "Security Officer", "--officer-home"])
+        .args([
+            "security",
+            "init",
+            "--name",
+            "Security Officer",
+            "--officer-home",
+        ])
         .arg(&officer_home)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An operator may not register the officer: that is the security team's.
     let card = officer_home.join("officer-card.json");
     let card_arg = card.to_str().unwrap();
@@ -237,22 +247,45 @@ fn labelled_after(tag: &str, before: impl Fn(&Client, &Client)) -> Labelled {
     assert!(!refused.status.success());
     let sec = server.add_admin("sec", "security");
     let out = server.admin_as(&sec, &["security-officer", card_arg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = officer_ok(
         &alice,
         &officer_home,
         &["policy", "publish", example_policy().to_str().unwrap()],
     );
-    assert!(said.starts_with("published label policy MFA-EXAMPLE version 1"), "{said}");
-    officer_ok(
-        &alice,
-        &officer_home,
-        &["clear", "alice@pouch.local", "--max", "SECRET", "--category", "REL TO CZE, SVK", "--category", "COMPARTMENT:TREATY"],
+    assert!(
+        said.starts_with("published label policy MFA-EXAMPLE version 1"),
+        "{said}"
     );
     officer_ok(
         &alice,
         &officer_home,
-        &["clear", "bob@pouch.local", "--max", "CONFIDENTIAL", "--category", "REL TO CZE"],
+        &[
+            "clear",
+            "alice@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO CZE, SVK",
+            "--category",
+            "COMPARTMENT:TREATY",
+        ],
+    );
+    officer_ok(
+        &alice,
+        &officer_home,
+        &[
+            "clear",
+            "bob@pouch.local",
+            "--max",
+            "CONFIDENTIAL",
+            "--category",
+            "REL TO CZE",
+        ],
     );
     Labelled {
         dir,
@@ -273,24 +306,89 @@ fn labelled_mail_reaches_only_the_cleared_and_every_refusal_is_one_line() {
     let dave = user(&l.dir, &l.server, "dave");
     let erin = user(&l.dir, &l.server, "erin");
     let home = &l.officer_home;
-    officer_ok(alice, home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO SVK"]);
-    officer_ok(alice, home, &["clear", "dave@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    officer_ok(
+        alice,
+        home,
+        &[
+            "clear",
+            "carol@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO SVK",
+        ],
+    );
+    officer_ok(
+        alice,
+        home,
+        &[
+            "clear",
+            "dave@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO CZE",
+        ],
+    );
     officer_ok(alice, home, &["revoke", "dave@pouch.local"]);
     officer_ok(
         alice,
         home,
-        &["clear", "erin@pouch.local", "--max", "SECRET", "--category", "REL TO CZE", "--expires", "2020-01-01"],
+        &[
+            "clear",
+            "erin@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO CZE",
+            "--expires",
+            "2020-01-01",
+        ],
     );
     let send = |from: &Client, to: &str, label: &str| {
-        from.run(&["send", "--to", to, "--subject", "Talks", "--body", "text", "--label", label])
+        from.run(&[
+            "send",
+            "--to",
+            to,
+            "--subject",
+            "Talks",
+            "--body",
+            "text",
+            "--label",
+            label,
+        ])
     };
     for (to, label, why) in [
-        ("bob@pouch.local", "SECRET//REL TO CZE", "bob@pouch.local may not receive SECRET//REL TO CZE mail: cleared only up to CONFIDENTIAL"),
-        ("carol@pouch.local", "SECRET//TREATY//REL TO SVK", "not cleared for COMPARTMENT TREATY"),
-        ("bob@pouch.local", "CONFIDENTIAL//REL TO SVK", "not releasable"),
-        ("erin@pouch.local", "RESTRICTED//REL TO CZE", "the clearance expired"),
-        ("dave@pouch.local", "RESTRICTED//REL TO CZE", "the clearance was revoked"),
-        ("bob@pouch.local", "TOP SECRET", "accredited only up to SECRET"),
+        (
+            "bob@pouch.local",
+            "SECRET//REL TO CZE",
+            "bob@pouch.local may not receive SECRET//REL TO CZE mail: cleared only up to CONFIDENTIAL",
+        ),
+        (
+            "carol@pouch.local",
+            "SECRET//TREATY//REL TO SVK",
+            "not cleared for COMPARTMENT TREATY",
+        ),
+        (
+            "bob@pouch.local",
+            "CONFIDENTIAL//REL TO SVK",
+            "not releasable",
+        ),
+        (
+            "erin@pouch.local",
+            "RESTRICTED//REL TO CZE",
+            "the clearance expired",
+        ),
+        (
+            "dave@pouch.local",
+            "RESTRICTED//REL TO CZE",
+            "the clearance was revoked",
+        ),
+        (
+            "bob@pouch.local",
+            "TOP SECRET",
+            "accredited only up to SECRET",
+        ),
         ("bob@pouch.local", "SEKRET", "unknown classification"),
     ] {
         assert_one_line_error(&send(alice, to, label), why);
@@ -298,51 +396,101 @@ fn labelled_mail_reaches_only_the_cleared_and_every_refusal_is_one_line() {
     // Nobody received anything, and no Sent copy was kept.
     for c in [bob, &carol, &dave, &erin] {
         c.sync();
-        assert!(c.inbox().is_empty(), "{} received a refused mail", c.address);
+        assert!(
+            c.inbox().is_empty(),
+            "{} received a refused mail",
+            c.address
+        );
     }
     assert!(alice.sent().is_empty());
 
     // Allowed: it arrives with its label, the very bytes the sender wrote.
     let out = send(alice, "bob@pouch.local", "CONFIDENTIAL//REL TO CZE");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bob.sync();
     // (The inbox also holds the notice naming the officer key the device pinned.)
-    let inbox: Vec<_> = bob.inbox().into_iter().filter(|m| m["subject"] == "Talks").collect();
+    let inbox: Vec<_> = bob
+        .inbox()
+        .into_iter()
+        .filter(|m| m["subject"] == "Talks")
+        .collect();
     assert_eq!(inbox.len(), 1);
     let sent = alice.sent();
     assert_eq!(inbox[0]["marking"], "CONFIDENTIAL//REL TO CZE");
     let label = inbox[0]["label"].as_str().expect("a label");
-    assert_eq!(label, sent[0]["label"].as_str().unwrap(), "the receiver's label is the sender's, byte for byte");
+    assert_eq!(
+        label,
+        sent[0]["label"].as_str().unwrap(),
+        "the receiver's label is the sender's, byte for byte"
+    );
     let read = bob.json(&["read", &inbox[0]["id"].to_string(), "--json"]);
     assert_eq!(read["message"]["label"].as_str(), Some(label));
     let parsed = python_json(READ_LABEL, label.as_bytes(), "XML");
     assert_eq!(parsed["classification"], "CONFIDENTIAL");
     // Mail sent without a label carries the policy's default.
-    alice.ok(&["send", "--to", "carol@pouch.local", "--subject", "Lunch", "--body", "x"]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "carol@pouch.local",
+        "--subject",
+        "Lunch",
+        "--body",
+        "x",
+    ]);
     carol.sync();
-    let lunch: Vec<_> = carol.inbox().into_iter().filter(|m| m["subject"] == "Lunch").collect();
+    let lunch: Vec<_> = carol
+        .inbox()
+        .into_iter()
+        .filter(|m| m["subject"] == "Lunch")
+        .collect();
     assert_eq!(lunch[0]["marking"], "UNCLASSIFIED");
     // Search by label finds the one and not the other.
     let found = bob.json(&["search", "--label", "CONFIDENTIAL", "--json"]);
     assert_eq!(found.as_array().unwrap().len(), 1);
-    assert!(bob.json(&["search", "--label", "SECRET", "--json"]).as_array().unwrap().is_empty());
+    assert!(
+        bob.json(&["search", "--label", "SECRET", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A reply carries at least the label of what it answers; lowering it
     // needs a reason, and is reported to the security team.
     let id = inbox[0]["id"].to_string();
     let reply = |extra: &[&str]| {
-        let mut args = vec!["send", "--reply-to", id.as_str(), "--to", "alice@pouch.local", "--body", "noted", "--label", "RESTRICTED"];
+        let mut args = vec![
+            "send",
+            "--reply-to",
+            id.as_str(),
+            "--to",
+            "alice@pouch.local",
+            "--body",
+            "noted",
+            "--label",
+            "RESTRICTED",
+        ];
         args.extend_from_slice(extra);
         bob.run(&args)
     };
     assert_one_line_error(&reply(&[]), "this answers a CONFIDENTIAL//REL TO CZE mail");
     assert_one_line_error(&reply(&["--downgrade", " "]), "--downgrade needs a reason");
     let out = reply(&["--downgrade", "declassified by the originator"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let alerts = l.server.alerts();
     assert!(
         alerts.iter().any(|a| a["rule"] == "label_change"
-            && a["summary"].as_str().unwrap().contains("declassified by the originator")),
+            && a["summary"]
+                .as_str()
+                .unwrap()
+                .contains("declassified by the originator")),
         "{alerts:?}"
     );
 
@@ -357,17 +505,41 @@ fn labelled_mail_reaches_only_the_cleared_and_every_refusal_is_one_line() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let out = officer_cmd(bob, &rogue, &["clear", "bob@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    let out = officer_cmd(
+        bob,
+        &rogue,
+        &[
+            "clear",
+            "bob@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO CZE",
+        ],
+    );
     assert_one_line_error(&out, "not signed by the security officer");
     let sec = std::path::PathBuf::from(format!("{}-admin-sec", l.server.data_dir.display()));
-    let out = l.server.admin_as(&sec, &["security-officer", rogue.join("officer-card.json").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = l.server.admin_as(
+        &sec,
+        &[
+            "security-officer",
+            rogue.join("officer-card.json").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_one_line_error(
         &send(alice, "bob@pouch.local", "RESTRICTED//REL TO CZE"),
         "the security officer's key changed to",
     );
     assert!(
-        l.server.alerts().iter().any(|a| a["rule"] == "label_change" && a["severity"] == "high"),
+        l.server
+            .alerts()
+            .iter()
+            .any(|a| a["rule"] == "label_change" && a["severity"] == "high"),
         "registering another officer key is a high alert"
     );
 }
@@ -385,7 +557,10 @@ fn a_modified_sender_is_refused_by_the_server_and_a_relabelled_message_by_the_re
             .arg(example_policy())
             .output()
             .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
     };
     let mut device = pouch_client::Device::open(&alice.home, PASSPHRASE).unwrap();
     let mail = |subject: &str| pouch_client::Compose {
@@ -398,28 +573,52 @@ fn a_modified_sender_is_refused_by_the_server_and_a_relabelled_message_by_the_re
     let secret = xml("SECRET//REL TO CZE");
     device.play_modified_client(Some(secret.clone()), Some(secret.clone()));
     for _ in 0..3 {
-        let err = device.send(mail("Above clearance")).unwrap_err().to_string();
-        assert!(err.contains("bob@pouch.local may not receive SECRET//REL TO CZE mail"), "{err}");
+        let err = device
+            .send(mail("Above clearance"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bob@pouch.local may not receive SECRET//REL TO CZE mail"),
+            "{err}"
+        );
     }
     let alerts = l.server.alerts();
     assert!(
-        alerts.iter().any(|a| a["rule"] == "label_refused" && a["severity"] == "high"),
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "label_refused" && a["severity"] == "high"),
         "three refused attempts are an alert: {alerts:?}"
     );
     // Outer label allowed, inner one different: the receiver refuses it.
-    device.play_modified_client(Some(xml("CONFIDENTIAL//REL TO CZE")), Some(xml("RESTRICTED//REL TO CZE")));
+    device.play_modified_client(
+        Some(xml("CONFIDENTIAL//REL TO CZE")),
+        Some(xml("RESTRICTED//REL TO CZE")),
+    );
     device.send(mail("Relabelled")).unwrap();
     drop(device);
     // A refused item is a security signal: `pouch sync` exits with 3.
     let out = bob.run(&["sync", "--json"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rejected"].as_array().unwrap().len(), 1, "{report}");
-    assert!(report["rejected"][0][1].as_str().unwrap().contains("differs from the one the server delivered"), "{report}");
+    assert!(
+        report["rejected"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("differs from the one the server delivered"),
+        "{report}"
+    );
     assert!(bob.inbox().iter().all(|m| m["subject"] != "Relabelled"));
     let alerts = l.server.alerts();
     assert!(
-        alerts.iter().any(|a| a["rule"] == "label_mismatch" && a["severity"] == "critical"),
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "label_mismatch" && a["severity"] == "critical"),
         "{alerts:?}"
     );
 }
@@ -477,11 +676,20 @@ fn mail_clients_send_and_read_labels_through_the_bridge() {
     let bob_bridge = Bridge::start(bob);
     let submit = |rcpt: &str, subject: &str| {
         let out = std::process::Command::new("python3")
-            .args(["-c", SUBMIT, &alice_bridge.smtp_port.to_string(), &alice_bridge.password])
+            .args([
+                "-c",
+                SUBMIT,
+                &alice_bridge.smtp_port.to_string(),
+                &alice_bridge.password,
+            ])
             .args(["alice@pouch.local", rcpt, subject])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     // Refused at DATA, naming the recipient and the reason; nothing sent.
@@ -491,15 +699,32 @@ fn mail_clients_send_and_read_labels_through_the_bridge() {
         "{refused}"
     );
     let refused = submit("bob@pouch.local", "[SECRET//REL TO CZE] Talks");
-    assert!(refused.starts_with("550 5.7.1") && refused.contains("cleared only up to CONFIDENTIAL"), "{refused}");
+    assert!(
+        refused.starts_with("550 5.7.1") && refused.contains("cleared only up to CONFIDENTIAL"),
+        "{refused}"
+    );
     // Allowed: the subject marking is the label.
-    assert_eq!(submit("bob@pouch.local", "[CONFIDENTIAL//REL TO CZE] Talks"), "accepted");
+    assert_eq!(
+        submit("bob@pouch.local", "[CONFIDENTIAL//REL TO CZE] Talks"),
+        "accepted"
+    );
     let seen: serde_json::Value = {
         let out = std::process::Command::new("python3")
-            .args(["-c", READ_IMAP, &bob_bridge.imap_port.to_string(), "bob@pouch.local", &bob_bridge.password, "Talks"])
+            .args([
+                "-c",
+                READ_IMAP,
+                &bob_bridge.imap_port.to_string(),
+                "bob@pouch.local",
+                &bob_bridge.password,
+                "Talks",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
     assert_eq!(seen["subject"], "[CONFIDENTIAL//REL TO CZE] Talks");
@@ -507,15 +732,31 @@ fn mail_clients_send_and_read_labels_through_the_bridge() {
     assert_eq!(seen["marking"], "CONFIDENTIAL//REL TO CZE");
     assert_eq!(seen["bgcolor"], "#0072b2");
     assert_eq!(seen["sio_fields"], 1);
-    assert_eq!(seen["size"], seen["len"], "RFC822.SIZE counts what is served");
-    let inbox: Vec<_> = bob.inbox().into_iter().filter(|m| m["subject"] == "[CONFIDENTIAL//REL TO CZE] Talks").collect();
-    assert_eq!(inbox[0]["label"].as_str(), seen["xml"].as_str(), "the header carries the verified label");
+    assert_eq!(
+        seen["size"], seen["len"],
+        "RFC822.SIZE counts what is served"
+    );
+    let inbox: Vec<_> = bob
+        .inbox()
+        .into_iter()
+        .filter(|m| m["subject"] == "[CONFIDENTIAL//REL TO CZE] Talks")
+        .collect();
+    assert_eq!(
+        inbox[0]["label"].as_str(),
+        seen["xml"].as_str(),
+        "the header carries the verified label"
+    );
     // The stored mail is still the sender's bytes (no SIO-Label was added to it).
     let raw = bob.raw(inbox[0]["id"].as_i64().unwrap());
     assert!(!contains(&raw, b"SIO-Label"));
     // Carol got nothing.
     carol.sync();
-    assert!(carol.inbox().iter().all(|m| m["subject"] != "[CONFIDENTIAL//REL TO CZE] Talks"));
+    assert!(
+        carol
+            .inbox()
+            .iter()
+            .all(|m| m["subject"] != "[CONFIDENTIAL//REL TO CZE] Talks")
+    );
 }
 
 /// Done-when 3 (Thunderbird, headless): Alice's Thunderbird shows the
@@ -528,7 +769,17 @@ fn thunderbird_shows_labels_and_sends_a_marked_mail() {
     let l = labelled("labels-thunderbird");
     let (alice, bob) = (&l.alice, &l.bob);
     let carol = user(&l.dir, &l.server, "carol");
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Agenda", "--body", "x", "--label", "CONFIDENTIAL//REL TO CZE"]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "Agenda",
+        "--body",
+        "x",
+        "--label",
+        "CONFIDENTIAL//REL TO CZE",
+    ]);
     let bridge = Bridge::start(alice);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/thunderbird.py");
     let marked = "[RESTRICTED//REL TO CZE] Written in Thunderbird";
@@ -546,12 +797,24 @@ fn thunderbird_shows_labels_and_sends_a_marked_mail() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "thunderbird: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "thunderbird: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let header = seen["labels"]["[CONFIDENTIAL//REL TO CZE] Agenda"].as_str().unwrap_or_default();
-    assert!(header.contains("type=\":xml\"") && header.contains("marking=\"CONFIDENTIAL//REL TO CZE\""), "{seen}");
+    let header = seen["labels"]["[CONFIDENTIAL//REL TO CZE] Agenda"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        header.contains("type=\":xml\"") && header.contains("marking=\"CONFIDENTIAL//REL TO CZE\""),
+        "{seen}"
+    );
     assert_eq!(seen["sent"], "sent", "{seen}");
-    assert!(seen["refused"].as_str().unwrap().starts_with("failed"), "{seen}");
+    assert!(
+        seen["refused"].as_str().unwrap().starts_with("failed"),
+        "{seen}"
+    );
     // Bob has it, with the label the subject marking named.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let got = loop {
@@ -559,7 +822,10 @@ fn thunderbird_shows_labels_and_sends_a_marked_mail() {
         if let Some(m) = bob.inbox().into_iter().find(|m| m["subject"] == marked) {
             break m;
         }
-        assert!(std::time::Instant::now() < deadline, "Bob did not get Thunderbird's mail");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Bob did not get Thunderbird's mail"
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     assert_eq!(got["marking"], "RESTRICTED//REL TO CZE");
@@ -577,9 +843,32 @@ fn a_hostile_server_cannot_replay_a_revoked_clearance_or_slip_in_a_policy() {
     let (alice, bob) = (&l.alice, &l.bob);
     let carol = user(&l.dir, &l.server, "carol");
     let home = &l.officer_home;
-    officer_ok(alice, home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO CZE"]);
+    officer_ok(
+        alice,
+        home,
+        &[
+            "clear",
+            "carol@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO CZE",
+        ],
+    );
     officer_ok(alice, home, &["revoke", "carol@pouch.local"]);
-    let send = |to: &str| alice.run(&["send", "--to", to, "--subject", "Brief", "--body", "x", "--label", "RESTRICTED//REL TO CZE"]);
+    let send = |to: &str| {
+        alice.run(&[
+            "send",
+            "--to",
+            to,
+            "--subject",
+            "Brief",
+            "--body",
+            "x",
+            "--label",
+            "RESTRICTED//REL TO CZE",
+        ])
+    };
     assert_one_line_error(&send("carol@pouch.local"), "the clearance was revoked");
 
     let key = {
@@ -588,7 +877,9 @@ fn a_hostile_server_cannot_replay_a_revoked_clearance_or_slip_in_a_policy() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt
-        .block_on(pouch_store_sql::SqlStore::open_sqlite(&l.server.data_dir.join("pouch.db")))
+        .block_on(pouch_store_sql::SqlStore::open_sqlite(
+            &l.server.data_dir.join("pouch.db"),
+        ))
         .unwrap();
     use pouch_store::LogStore;
     let append = |subject: &str, entry: pouch_log::OfficerEntry| {
@@ -600,8 +891,11 @@ fn a_hostile_server_cannot_replay_a_revoked_clearance_or_slip_in_a_policy() {
             .unwrap();
     };
     // Carol's clearance (number 1), filed again as number 3, after its revocation.
-    let filed = rt.block_on(store.officer_statements("carol@pouch.local")).unwrap();
-    let mut replayed = pouch_log::OfficerEntry::from_bytes(filed[0].entry.as_deref().unwrap()).unwrap();
+    let filed = rt
+        .block_on(store.officer_statements("carol@pouch.local"))
+        .unwrap();
+    let mut replayed =
+        pouch_log::OfficerEntry::from_bytes(filed[0].entry.as_deref().unwrap()).unwrap();
     replayed.version = 3;
     append("carol@pouch.local", replayed);
     // The server signs a checkpoint over it at its next append (an enrolment).
@@ -610,20 +904,36 @@ fn a_hostile_server_cannot_replay_a_revoked_clearance_or_slip_in_a_policy() {
 
     // A policy nobody signed, filed as the newest: labelled sending stops
     // (it is not switched off).
-    let policies = rt.block_on(store.officer_statements(pouch_log::OfficerEntry::POLICY)).unwrap();
-    let mut junk = pouch_log::OfficerEntry::from_bytes(policies[0].entry.as_deref().unwrap()).unwrap();
+    let policies = rt
+        .block_on(store.officer_statements(pouch_log::OfficerEntry::POLICY))
+        .unwrap();
+    let mut junk =
+        pouch_log::OfficerEntry::from_bytes(policies[0].entry.as_deref().unwrap()).unwrap();
     junk.version = 2;
-    junk.body = junk.body.replace("\"sequence\":1", "\"sequence\":2").replace("SECRET", "UNCLASSIFIED");
+    junk.body = junk
+        .body
+        .replace("\"sequence\":1", "\"sequence\":2")
+        .replace("SECRET", "UNCLASSIFIED");
     append(pouch_log::OfficerEntry::POLICY, junk);
     user(&l.dir, &l.server, "erin");
     assert_one_line_error(&send("bob@pouch.local"), "does not verify");
     // The officer publishes the policy again: labelled mail flows again.
-    officer_ok(alice, home, &["policy", "publish", example_policy().to_str().unwrap()]);
+    officer_ok(
+        alice,
+        home,
+        &["policy", "publish", example_policy().to_str().unwrap()],
+    );
     assert!(send("bob@pouch.local").status.success());
     carol.sync();
     bob.sync();
     assert!(carol.inbox().iter().all(|m| m["subject"] != "Brief"));
-    assert_eq!(bob.inbox().iter().filter(|m| m["subject"] == "Brief").count(), 1);
+    assert_eq!(
+        bob.inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Brief")
+            .count(),
+        1
+    );
 }
 
 /// A reply goes to the whole conversation: a member the reply does not
@@ -633,17 +943,57 @@ fn every_member_of_the_conversation_is_checked_not_only_those_named() {
     let l = labelled("labels-members");
     let (alice, bob) = (&l.alice, &l.bob);
     let carol = user(&l.dir, &l.server, "carol");
-    officer_ok(alice, &l.officer_home, &["clear", "carol@pouch.local", "--max", "SECRET", "--category", "REL TO SVK"]);
-    alice.ok(&["send", "--to", "bob@pouch.local,carol@pouch.local", "--subject", "Plan", "--body", "x"]);
-    bob.sync();
-    let plan = bob.inbox().into_iter().find(|m| m["subject"] == "Plan").unwrap();
-    let out = bob.run(&[
-        "send", "--reply-to", &plan["id"].to_string(), "--to", "alice@pouch.local", "--body", "y",
-        "--label", "CONFIDENTIAL//REL TO CZE",
+    officer_ok(
+        alice,
+        &l.officer_home,
+        &[
+            "clear",
+            "carol@pouch.local",
+            "--max",
+            "SECRET",
+            "--category",
+            "REL TO SVK",
+        ],
+    );
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@pouch.local,carol@pouch.local",
+        "--subject",
+        "Plan",
+        "--body",
+        "x",
     ]);
-    assert_one_line_error(&out, "carol@pouch.local, a member of this conversation, may not receive CONFIDENTIAL//REL TO CZE mail");
+    bob.sync();
+    let plan = bob
+        .inbox()
+        .into_iter()
+        .find(|m| m["subject"] == "Plan")
+        .unwrap();
+    let out = bob.run(&[
+        "send",
+        "--reply-to",
+        &plan["id"].to_string(),
+        "--to",
+        "alice@pouch.local",
+        "--body",
+        "y",
+        "--label",
+        "CONFIDENTIAL//REL TO CZE",
+    ]);
+    assert_one_line_error(
+        &out,
+        "carol@pouch.local, a member of this conversation, may not receive CONFIDENTIAL//REL TO CZE mail",
+    );
     carol.sync();
-    assert_eq!(carol.inbox().iter().filter(|m| m["subject"] == "Re: Plan").count(), 0);
+    assert_eq!(
+        carol
+            .inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Re: Plan")
+            .count(),
+        0
+    );
 }
 
 /// Devices that looked for the officer's statements before there were any
@@ -655,16 +1005,50 @@ fn every_member_of_the_conversation_is_checked_not_only_those_named() {
 #[test]
 fn a_device_that_looked_before_the_officer_published_receives_labelled_mail() {
     let l = labelled_after("labels-late", |alice, bob| {
-        alice.ok(&["send", "--to", "bob@pouch.local", "--subject", "Early", "--body", "x"]);
+        alice.ok(&[
+            "send",
+            "--to",
+            "bob@pouch.local",
+            "--subject",
+            "Early",
+            "--body",
+            "x",
+        ]);
         bob.sync();
-        bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "Early too", "--body", "y"]);
+        bob.ok(&[
+            "send",
+            "--to",
+            "alice@pouch.local",
+            "--subject",
+            "Early too",
+            "--body",
+            "y",
+        ]);
         alice.sync();
     });
     let (alice, bob) = (&l.alice, &l.bob);
-    bob.ok(&["send", "--to", "alice@pouch.local", "--subject", "First labelled", "--body", "z", "--label", "CONFIDENTIAL//REL TO CZE"]);
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@pouch.local",
+        "--subject",
+        "First labelled",
+        "--body",
+        "z",
+        "--label",
+        "CONFIDENTIAL//REL TO CZE",
+    ]);
     let out = alice.run(&["sync", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got: Vec<_> = alice.inbox().into_iter().filter(|m| m["subject"] == "First labelled").collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<_> = alice
+        .inbox()
+        .into_iter()
+        .filter(|m| m["subject"] == "First labelled")
+        .collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["marking"], "CONFIDENTIAL//REL TO CZE");
 }

@@ -213,7 +213,11 @@ pub async fn send(
     if let Some(b) = &req.blob {
         blob_id(b)?;
     }
-    if req.label.as_ref().is_some_and(|l| l.len() > pouch_label::MAX_LABEL_BYTES) {
+    if req
+        .label
+        .as_ref()
+        .is_some_and(|l| l.len() > pouch_label::MAX_LABEL_BYTES)
+    {
         return Err(ServiceError::bad_request(format!(
             "a label is at most {} bytes",
             pouch_label::MAX_LABEL_BYTES

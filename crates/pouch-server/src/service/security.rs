@@ -87,7 +87,10 @@ async fn newest_statement(
         Ok(st) => Ok(Some((entry.version, st))),
         // Signed by an earlier officer key: not in force under this one.
         Err(StatementError::WrongSigner(_)) => Ok(None),
-        Err(e) => Err(ServiceError::internal(&e.to_string(), "a stored statement is damaged")),
+        Err(e) => Err(ServiceError::internal(
+            &e.to_string(),
+            "a stored statement is damaged",
+        )),
     }
 }
 
@@ -97,7 +100,11 @@ async fn append(
     subject: &str,
     statement: &OfficerStatement,
 ) -> Result<StatementPublished> {
-    let version = newest(s, subject).await?.map(|(_, e)| e.version).unwrap_or(0) + 1;
+    let version = newest(s, subject)
+        .await?
+        .map(|(_, e)| e.version)
+        .unwrap_or(0)
+        + 1;
     let entry = OfficerEntry::new(
         subject,
         version,
@@ -149,10 +156,11 @@ pub async fn register_officer(
     tracing::warn!(admin = %by.name, %fingerprint, "security officer key registered");
     record(
         s,
-        by.event(Action::SecurityOfficerRegistered).detail(match &replaced {
-            Some(old) => format!("officer {name}, key {fingerprint}, replacing key {old}"),
-            None => format!("officer {name}, key {fingerprint}"),
-        }),
+        by.event(Action::SecurityOfficerRegistered)
+            .detail(match &replaced {
+                Some(old) => format!("officer {name}, key {fingerprint}, replacing key {old}"),
+                None => format!("officer {name}, key {fingerprint}"),
+            }),
     )
     .await;
     Ok(OfficerRegistered {
@@ -202,13 +210,19 @@ pub async fn publish(
     let in_force = newest_statement(s, &subject, &key).await?;
     // Each statement is signed with its place among those about its
     // subject; devices check it against the log entry's number.
-    let next = newest(s, &subject).await?.map(|(_, e)| e.version).unwrap_or(0) + 1;
+    let next = newest(s, &subject)
+        .await?
+        .map(|(_, e)| e.version)
+        .unwrap_or(0)
+        + 1;
     if let Some(n) = said.sequence()
         && n != next
     {
         return Err(ServiceError::new(
             ErrorCode::Conflict,
-            format!("the statement is signed as number {n} about {subject}, but the next is number {next}: sign it again"),
+            format!(
+                "the statement is signed as number {n} about {subject}, but the next is number {next}: sign it again"
+            ),
         ));
     }
     let detail = match &said {
@@ -217,10 +231,20 @@ pub async fn publish(
                 "a new officer key is registered by a security administrator ('pouch admin security-officer CARD')",
             ));
         }
-        Statement::Policy { version, policy, .. } => {
+        Statement::Policy {
+            version, policy, ..
+        } => {
             let parsed = LabelPolicy::from_toml(policy)
                 .map_err(|e| ServiceError::bad_request(format!("the policy is not valid: {e}")))?;
-            if let Some((_, Statement::Policy { version: v, policy: text, .. })) = &in_force {
+            if let Some((
+                _,
+                Statement::Policy {
+                    version: v,
+                    policy: text,
+                    ..
+                },
+            )) = &in_force
+            {
                 if version <= v {
                     return Err(ServiceError::new(
                         ErrorCode::Conflict,
@@ -238,7 +262,10 @@ pub async fn publish(
             format!("label policy {} version {version}", parsed.id)
         }
         Statement::Clearance {
-            address, policy, max, ..
+            address,
+            policy,
+            max,
+            ..
         } => {
             let address = Address::parse(address)
                 .map_err(|e| ServiceError::bad_request(format!("the clearance's address: {e}")))?;
