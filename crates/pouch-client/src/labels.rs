@@ -101,22 +101,14 @@ impl LabelGate {
             return GateAnswer::Refused(r.to_string());
         }
         let marking = policy.marking(&label);
-        let everyone = envelope
-            .iter()
-            .chain(&parsed.to)
-            .chain(&parsed.cc)
-            .chain(&parsed.bcc)
-            .chain(std::iter::once(me));
-        for address in everyone {
+        let mut everyone = submission_recipients(envelope, &parsed);
+        everyone.push(me.clone());
+        for address in &everyone {
             let Some(clearance) = st.clearances.get(address) else {
                 return GateAnswer::AskTheDevice;
             };
             if let Err(why) = policy.check(&label, clearance.as_ref(), at) {
-                return GateAnswer::Refused(if address == me {
-                    format!("you may not send {marking} mail: {why}")
-                } else {
-                    format!("{address} may not receive {marking} mail: {why}")
-                });
+                return GateAnswer::Refused(refusal(address, me, &marking, &why));
             }
         }
         GateAnswer::Go
@@ -589,11 +581,7 @@ impl Device {
         for address in everyone {
             let clearance = self.clearance_of(address, &ctx)?;
             if let Err(why) = policy.check(&label, clearance.as_ref(), at) {
-                return Err(ClientError::Label(if *address == me {
-                    format!("you may not send {marking} mail: {why}")
-                } else {
-                    format!("{address} may not receive {marking} mail: {why}")
-                }));
+                return Err(ClientError::Label(refusal(address, &me, &marking, &why)));
             }
         }
         let xml = label.to_xml(policy);
@@ -708,15 +696,7 @@ impl Device {
     ) -> Result<std::result::Result<(), String>> {
         self.sign_in()?;
         let parsed = pouch_mail_proto::mime::parse(head)?;
-        let mut everyone: Vec<Address> = envelope
-            .iter()
-            .chain(&parsed.to)
-            .chain(&parsed.cc)
-            .chain(&parsed.bcc)
-            .cloned()
-            .collect();
-        everyone.sort();
-        everyone.dedup();
+        let everyone = submission_recipients(envelope, &parsed);
         let checked = self.outgoing_label(&parsed, &everyone);
         self.sending_label = None;
         self.downgraded = None;
@@ -776,6 +756,30 @@ impl Device {
             }
         }
         Ok(())
+    }
+}
+
+/// Everyone a submission reaches: its envelope and the To, Cc and Bcc it
+/// names (each once).
+fn submission_recipients(envelope: &[Address], parsed: &Parsed) -> Vec<Address> {
+    let mut everyone: Vec<Address> = envelope
+        .iter()
+        .chain(&parsed.to)
+        .chain(&parsed.cc)
+        .chain(&parsed.bcc)
+        .cloned()
+        .collect();
+    everyone.sort();
+    everyone.dedup();
+    everyone
+}
+
+/// The one-line refusal for `address` (the sender's own account: `me`).
+fn refusal(address: &Address, me: &Address, marking: &str, why: &pouch_label::Refusal) -> String {
+    if address == me {
+        format!("you may not send {marking} mail: {why}")
+    } else {
+        format!("{address} may not receive {marking} mail: {why}")
     }
 }
 

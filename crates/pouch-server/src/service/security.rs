@@ -94,17 +94,22 @@ async fn newest_statement(
     }
 }
 
-/// Appends a statement about `subject` to the log, as the next version.
-async fn append(
-    s: &AppState,
-    subject: &str,
-    statement: &OfficerStatement,
-) -> Result<StatementPublished> {
-    let version = newest(s, subject)
+/// The number the next statement about `subject` takes.
+async fn next_number(s: &AppState, subject: &str) -> Result<u64> {
+    Ok(newest(s, subject)
         .await?
         .map(|(_, e)| e.version)
         .unwrap_or(0)
-        + 1;
+        + 1)
+}
+
+/// Appends a statement about `subject` to the log as its `version`.
+async fn append(
+    s: &AppState,
+    subject: &str,
+    version: u64,
+    statement: &OfficerStatement,
+) -> Result<StatementPublished> {
     let entry = OfficerEntry::new(
         subject,
         version,
@@ -151,7 +156,13 @@ pub async fn register_officer(
             format!("officer key {fingerprint} is already the one in force"),
         ));
     }
-    append(s, OfficerEntry::KEY, &card).await?;
+    append(
+        s,
+        OfficerEntry::KEY,
+        next_number(s, OfficerEntry::KEY).await?,
+        &card,
+    )
+    .await?;
     let replaced = previous.map(|k| officer_fingerprint(&k));
     tracing::warn!(admin = %by.name, %fingerprint, "security officer key registered");
     record(
@@ -210,11 +221,7 @@ pub async fn publish(
     let in_force = newest_statement(s, &subject, &key).await?;
     // Each statement is signed with its place among those about its
     // subject; devices check it against the log entry's number.
-    let next = newest(s, &subject)
-        .await?
-        .map(|(_, e)| e.version)
-        .unwrap_or(0)
-        + 1;
+    let next = next_number(s, &subject).await?;
     if let Some(n) = said.sequence()
         && n != next
     {
@@ -289,7 +296,7 @@ pub async fn publish(
             format!("the revocation of {address}'s clearance")
         }
     };
-    let done = append(s, &subject, &statement).await?;
+    let done = append(s, &subject, next, &statement).await?;
     let mut ev = Ev::new(Action::SecurityStatement)
         .device(&caller.device)
         .source_opt(caller.source)
