@@ -39,6 +39,8 @@ use pouch_mail_proto::mime::Parsed;
 use pouch_proto::Address;
 use pouch_proto::api;
 use rusqlite::OptionalExtension;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
@@ -58,7 +60,7 @@ pub struct LabelGate(std::sync::Arc<std::sync::Mutex<GateState>>);
 struct GateState {
     /// Whether the device has looked at all (else every answer is "ask").
     known: bool,
-    policy: Option<LabelPolicy>,
+    policy: Option<Arc<LabelPolicy>>,
     me: Option<Address>,
     clearances: std::collections::HashMap<Address, Option<Clearance>>,
 }
@@ -81,16 +83,21 @@ impl LabelGate {
 
     /// The early answer for a submission with this `head` to `envelope`.
     pub fn check(&self, head: &[u8], envelope: &[Address]) -> GateAnswer {
-        let st = self.state();
-        if !st.known {
-            return GateAnswer::AskTheDevice;
-        }
-        let (Some(policy), Some(me)) = (&st.policy, &st.me) else {
-            return GateAnswer::Go;
+        let (policy, me) = {
+            let st = self.state();
+            if !st.known {
+                return GateAnswer::AskTheDevice;
+            }
+            match (&st.policy, &st.me) {
+                (Some(policy), Some(me)) => (policy.clone(), me.clone()),
+                _ => return GateAnswer::Go,
+            }
         };
+        // Parsed outside the lock: a mail client's other sessions wait on it.
         let Ok(parsed) = pouch_mail_proto::mime::parse(head) else {
             return GateAnswer::AskTheDevice;
         };
+        let (policy, me) = (&*policy, &me);
         let at = now();
         let label = match mail_label(&parsed, policy, at) {
             Ok(l) => l,
@@ -100,15 +107,24 @@ impl LabelGate {
         if let Err(r) = policy.within_ceiling(&label) {
             return GateAnswer::Refused(r.to_string());
         }
-        let marking = policy.marking(&label);
         let mut everyone = submission_recipients(envelope, &parsed);
         everyone.push(me.clone());
+        let st = self.state();
+        // The device moved to another policy meanwhile: ask it.
+        if !st.known
+            || !st
+                .policy
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(&**p, policy))
+        {
+            return GateAnswer::AskTheDevice;
+        }
         for address in &everyone {
             let Some(clearance) = st.clearances.get(address) else {
                 return GateAnswer::AskTheDevice;
             };
             if let Err(why) = policy.check(&label, clearance.as_ref(), at) {
-                return GateAnswer::Refused(refusal(address, me, &marking, &why));
+                return GateAnswer::Refused(refusal(address, me, &policy.marking(&label), &why));
             }
         }
         GateAnswer::Go
@@ -141,10 +157,43 @@ impl Verified {
     }
 }
 
+/// What this device last found about the officer's statements, held in
+/// memory so that a sender checking a dozen clearances per mail does not
+/// read each from its store and commit to its subject again.
+///
+/// It holds only what the store holds: it is emptied whenever the store's
+/// statements may have changed — the directory scan saw new leaves or
+/// started over, a receipt looked again, a key was pinned or accepted, or
+/// another process using this home wrote to it (SQLite's `data_version`).
+#[derive(Default)]
+pub(crate) struct OfficerMemo {
+    data_version: Option<i64>,
+    statements: HashMap<String, Option<(u64, u64, SignedStatement)>>,
+    /// The label context, once found (`Some(None)`: no policy in force).
+    context: Option<Option<LabelContext>>,
+    /// People's clearances under that context (also in the gate).
+    clearances: HashMap<Address, Option<Clearance>>,
+}
+
+impl OfficerMemo {
+    /// Forgets everything (the store's statements may have changed).
+    pub(crate) fn forget(&mut self) {
+        self.statements.clear();
+        self.context = None;
+        self.clearances.clear();
+    }
+}
+
+/// The label of the mail being sent, under the policy it was checked with.
+pub(crate) struct Sending {
+    pub policy: Arc<LabelPolicy>,
+    pub shown: ShownLabel,
+}
+
 /// The policy in force and the key that signed it.
 #[derive(Clone)]
 pub(crate) struct LabelContext {
-    pub policy: LabelPolicy,
+    pub policy: Arc<LabelPolicy>,
     pub key: VerifyingKey,
     /// The policy statement's log index (the parsed policy is kept per index).
     index: u64,
@@ -156,6 +205,38 @@ impl Device {
     /// the log and kept. `None`: the log holds no statement about it.
     fn officer_statement(&mut self, subject: &str) -> Result<Option<(u64, u64, SignedStatement)>> {
         self.refresh_directory()?;
+        if let Some(known) = self.officer_memo.statements.get(subject) {
+            return Ok(known.clone());
+        }
+        let found = self.look_up_officer_statement(subject)?;
+        self.officer_memo
+            .statements
+            .insert(subject.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// The store's officer statements may have changed: what was read of
+    /// them is read again.
+    pub(crate) fn officer_store_changed(&mut self) {
+        self.officer_memo.forget();
+        self.local.receipt_cache.recheck();
+    }
+
+    /// Empties the memo if another process wrote to this home since (once
+    /// per check of a mail, in [`Self::label_context`]).
+    fn check_officer_memo(&mut self) -> Result<()> {
+        let version = self.local.data_version()?;
+        if self.officer_memo.data_version != Some(version) {
+            self.officer_store_changed();
+            self.officer_memo.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn look_up_officer_statement(
+        &mut self,
+        subject: &str,
+    ) -> Result<Option<(u64, u64, SignedStatement)>> {
         let commitment = self.commitments()?.key.commit_officer(subject);
         type Row = (
             Option<i64>,
@@ -206,6 +287,7 @@ impl Device {
                     )));
                 }
                 // Remembered as absent until the scan sees a leaf for it.
+                self.local.receipt_cache.recheck();
                 self.local.conn.execute(
                     "INSERT INTO officer_statements (commitment, subject, floor_index, stale) VALUES (?1, ?2, 0, 0) \
                      ON CONFLICT (commitment) DO UPDATE SET stale = 0",
@@ -232,6 +314,7 @@ impl Device {
                 "the server served an older statement about {subject} than its transparency log holds (a withheld update)"
             )));
         }
+        self.local.receipt_cache.recheck();
         self.local.conn.execute(
             "INSERT INTO officer_statements (commitment, subject, log_index, version, floor_index, body, signature, stale) \
              VALUES (?1, ?2, ?3, ?6, ?3, ?4, ?5, 0) \
@@ -287,6 +370,7 @@ impl Device {
                     == Some(fingerprint.as_str()) =>
             {
                 self.local.set_meta("officer_key", &key_hex)?;
+                self.officer_store_changed();
                 self.local.notice(
                     "Your domain's security officer key changed (accepted)",
                     &format!("This device now trusts security officer {name}, key fingerprint {fingerprint}, as you accepted."),
@@ -310,6 +394,7 @@ impl Device {
             }
             None => {
                 self.local.set_meta("officer_key", &key_hex)?;
+                self.officer_store_changed();
                 self.local.notice(
                     "Your domain's security officer",
                     &format!(
@@ -350,6 +435,7 @@ impl Device {
             )));
         }
         self.local.set_meta("officer_key_accepted", &fingerprint)?;
+        self.officer_store_changed();
         self.officer_key()?;
         Ok(fingerprint)
     }
@@ -384,7 +470,7 @@ impl Device {
     /// The label policy in force, as this device verified it.
     pub fn published_policy(&mut self) -> Result<Option<LabelPolicy>> {
         self.sign_in()?;
-        Ok(self.label_context()?.map(|c| c.policy))
+        Ok(self.label_context()?.map(|c| (*c.policy).clone()))
     }
 
     /// The version of the label policy in force (0: none yet).
@@ -403,11 +489,25 @@ impl Device {
 
     /// The label policy in force, if the officer published one.
     pub(crate) fn label_context(&mut self) -> Result<Option<LabelContext>> {
+        self.refresh_directory()?;
+        self.check_officer_memo()?;
+        if let Some(known) = &self.officer_memo.context {
+            return Ok(known.clone());
+        }
+        // Clearances are read under a context: found again with it.
+        self.officer_memo.clearances.clear();
         let found = self.find_label_context();
+        if let Ok(ctx) = &found {
+            self.officer_memo.context = Some(ctx.clone());
+        }
         let mut gate = self.gate.state();
         match &found {
             Ok(Some(ctx)) => {
-                if gate.policy.as_ref() != Some(&ctx.policy) {
+                if !gate
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p, &ctx.policy))
+                {
                     gate.clearances.clear();
                 }
                 gate.policy = Some(ctx.policy.clone());
@@ -452,7 +552,11 @@ impl Device {
         };
         let policy = LabelPolicy::from_toml(&text)
             .map_err(|e| security(format!("the published label policy is not valid: {e}")))?;
-        let ctx = LabelContext { policy, key, index };
+        let ctx = LabelContext {
+            policy: Arc::new(policy),
+            key,
+            index,
+        };
         self.labels = Some(ctx.clone());
         Ok(Some(ctx))
     }
@@ -514,18 +618,24 @@ impl Device {
         address: &Address,
         ctx: &LabelContext,
     ) -> Result<Option<Clearance>> {
+        self.refresh_directory()?;
+        if let Some(known) = self.officer_memo.clearances.get(address) {
+            return Ok(known.clone());
+        }
         let subject = OfficerEntry::person(address);
-        let Some((_, number, signed)) = self.officer_statement(&subject)? else {
-            self.gate.state().clearances.insert(address.clone(), None);
-            return Ok(None);
+        let found = match self.officer_statement(&subject)? {
+            None => None,
+            Some((_, number, signed)) => match self.in_log(&subject, number, &signed, &ctx.key) {
+                Ok(st) => st.clearance_state(),
+                // Signed by an earlier officer: not in force under this one
+                // (refused as no clearance: fails closed).
+                Err(_) if signed.verify(&ctx.key).is_err() => None,
+                Err(e) => return Err(e),
+            },
         };
-        let found = match self.in_log(&subject, number, &signed, &ctx.key) {
-            Ok(st) => st.clearance_state(),
-            // Signed by an earlier officer: not in force under this one
-            // (refused as no clearance: fails closed).
-            Err(_) if signed.verify(&ctx.key).is_err() => None,
-            Err(e) => return Err(e),
-        };
+        self.officer_memo
+            .clearances
+            .insert(address.clone(), found.clone());
         self.gate
             .state()
             .clearances
@@ -585,7 +695,10 @@ impl Device {
             }
         }
         let xml = label.to_xml(policy);
-        self.sending_label = Some((label, ctx.policy.clone()));
+        self.sending_label = Some(Sending {
+            policy: ctx.policy.clone(),
+            shown: ShownLabel::new(label, xml.clone(), policy),
+        });
         Ok(Some(xml))
     }
 
@@ -597,9 +710,10 @@ impl Device {
         group: &pouch_mls::MlsGroup,
         named: &[Address],
     ) -> Result<()> {
-        let Some((label, policy)) = self.sending_label.clone() else {
+        let Some(Sending { policy, shown }) = &self.sending_label else {
             return Ok(());
         };
+        let (policy, label) = (policy.clone(), shown.label.clone());
         let Some(ctx) = self.label_context()? else {
             return Ok(());
         };
@@ -750,6 +864,7 @@ impl Device {
             self.local
                 .conn
                 .execute("DELETE FROM officer_statements WHERE body IS NULL", [])?;
+            self.officer_store_changed();
             self.directory_checked = None;
             if let Some(ctx) = self.label_context()? {
                 self.clearance_of(&me, &ctx)?;
@@ -818,29 +933,75 @@ pub(crate) fn mail_label(parsed: &Parsed, policy: &LabelPolicy, at: i64) -> Resu
 
 /// What the receipt check needs, read from this device's store (the policy
 /// and own clearance it verified; see [`Device::prepare_label_receipt`]).
-struct ReceiptLabels {
+pub(crate) struct ReceiptLabels {
     policy: LabelPolicy,
     own: Option<Clearance>,
+    /// Whether mail clients are shown the subject marking.
+    subject_marking: bool,
+    /// Labels already read under this policy, by their XML: a busy receiver
+    /// reads many mails under the same few labels.
+    seen: std::cell::RefCell<HashMap<String, std::rc::Rc<ShownLabel>>>,
+}
+
+/// Which rows [`ReceiptLabels`] was read from: the pinned key, the log
+/// positions of the policy and of this account's clearance (an entry's
+/// content is fixed by its position in the log), and the bridge setting.
+type ReceiptKey = (Option<String>, Option<i64>, Option<i64>, Option<String>);
+
+/// [`ReceiptLabels`] as last read, by the rows it was read from (kept in the
+/// store's handle: verifying two signatures and parsing the policy for
+/// each mail would cost more than the check itself).
+#[derive(Default)]
+pub(crate) struct ReceiptCache {
+    held: std::cell::RefCell<Option<(ReceiptKey, std::rc::Rc<ReceiptLabels>)>>,
+    /// Whether what is held was compared with the store since the officer's
+    /// statements last may have changed: a page of mail is checked against
+    /// the store once, not once per mail.
+    checked: std::cell::Cell<bool>,
+}
+
+impl ReceiptCache {
+    /// The store's statements may have changed: compare again before use.
+    pub(crate) fn recheck(&self) {
+        self.checked.set(false);
+    }
 }
 
 /// The label policy this device last verified, from its store (no network).
 pub(crate) fn stored_policy(l: &LocalStore) -> Result<Option<LabelPolicy>> {
+    l.receipt_cache.recheck();
     Ok(receipt_labels(l)?.map(|r| r.policy.clone()))
 }
 
-thread_local! {
-    /// The last [`ReceiptLabels`] read, by the exact rows it was read from:
-    /// a busy receiver checks many labelled mails under one policy, and
-    /// verifying two signatures and parsing the policy for each would cost
-    /// more than the check itself.
-    static RECEIPT_LABELS: std::cell::RefCell<Option<(String, std::rc::Rc<ReceiptLabels>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
 fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> {
-    let Some(key_hex) = l.meta("officer_key")? else {
+    let cache = &l.receipt_cache;
+    if cache.checked.get()
+        && let Some((_, found)) = &*cache.held.borrow()
+    {
+        return Ok(Some(found.clone()));
+    }
+    // One query says whether what is held is still what the store holds.
+    let key: ReceiptKey = l
+        .conn
+        .prepare_cached(
+            "SELECT (SELECT value FROM meta WHERE key = 'officer_key'), \
+                    (SELECT log_index FROM officer_statements WHERE subject = ?1 AND body IS NOT NULL), \
+                    (SELECT log_index FROM officer_statements WHERE body IS NOT NULL \
+                        AND subject = lower((SELECT value FROM meta WHERE key = 'address'))), \
+                    (SELECT value FROM meta WHERE key = 'bridge_subject_marking')",
+        )?
+        .query_row([OfficerEntry::POLICY], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    let (Some(key_hex), Some(_), _, _) = &key else {
         return Ok(None);
     };
+    if let Some((held, found)) = &*cache.held.borrow()
+        && *held == key
+    {
+        cache.checked.set(true);
+        return Ok(Some(found.clone()));
+    }
     let row = |subject: &str| -> Result<Option<(String, String)>> {
         Ok(l
             .conn
@@ -855,25 +1016,11 @@ fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> 
     };
     let me = l.require_meta("address")?.to_ascii_lowercase();
     let own_row = row(&me)?;
-    let cache_key = format!(
-        "{key_hex}\0{}\0{}\0{me}\0{}\0{}",
-        policy_row.0,
-        policy_row.1,
-        own_row.as_ref().map(|r| r.0.as_str()).unwrap_or_default(),
-        own_row.as_ref().map(|r| r.1.as_str()).unwrap_or_default()
-    );
-    if let Some(hit) = RECEIPT_LABELS.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(k, _)| *k == cache_key)
-            .map(|(_, v)| v.clone())
-    }) {
-        return Ok(Some(hit));
-    }
-    let key = pouch_label::statement::parse_key(&key_hex)
+    let officer = pouch_label::statement::parse_key(key_hex)
         .map_err(|e| ClientError::Local(format!("the pinned officer key: {e}")))?;
-    let verify =
-        |(body, signature): (String, String)| SignedStatement { body, signature }.verify(&key).ok();
+    let verify = |(body, signature): (String, String)| {
+        SignedStatement { body, signature }.verify(&officer).ok()
+    };
     let Some(Statement::Policy { policy, .. }) = verify(policy_row) else {
         return Ok(None);
     };
@@ -884,52 +1031,79 @@ fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> 
         .and_then(verify)
         .filter(|s| s.subject() == me)
         .and_then(|s| s.clearance_state());
-    let found = std::rc::Rc::new(ReceiptLabels { policy, own });
-    RECEIPT_LABELS.with(|c| *c.borrow_mut() = Some((cache_key, found.clone())));
+    let found = std::rc::Rc::new(ReceiptLabels {
+        policy,
+        own,
+        subject_marking: key.3.as_deref() != Some("off"),
+        seen: Default::default(),
+    });
+    *cache.held.borrow_mut() = Some((key, found.clone()));
+    cache.checked.set(true);
     Ok(Some(found))
 }
 
-/// A mail's label as it is stored with the mail.
-pub(crate) struct StoredLabel {
+/// A label as this device shows it, worked out once per label and policy.
+pub(crate) struct ShownLabel {
+    pub label: Label,
+    /// Canonical STANAG 4774 XML.
     pub xml: String,
     pub marking: String,
+    /// What the bridge's mail clients are shown of it.
+    head: pouch_label::sio::HeadMarking,
+}
+
+impl ShownLabel {
+    /// `label`, whose canonical XML under `policy` is `xml`.
+    pub(crate) fn new(label: Label, xml: String, policy: &LabelPolicy) -> Self {
+        ShownLabel {
+            xml,
+            marking: policy.marking(&label),
+            head: pouch_label::sio::HeadMarking::new(&label, policy),
+            label,
+        }
+    }
+}
+
+/// Whether mail clients are shown the subject marking (the bridge's setting).
+pub(crate) fn subject_marking(l: &LocalStore) -> Result<bool> {
+    Ok(l.meta("bridge_subject_marking")?.as_deref() != Some("off"))
+}
+
+/// A mail's label as it is stored with the mail.
+pub(crate) struct StoredLabel<'a> {
+    pub xml: &'a str,
+    pub marking: &'a str,
     /// What the bridge shows in place of the first `.1` bytes (the header
     /// section), when the header section ends within the bytes at hand.
     pub bridge_head: Option<(Vec<u8>, usize)>,
 }
 
-impl StoredLabel {
-    pub(crate) fn new(
-        l: &LocalStore,
-        label: &Label,
-        policy: &LabelPolicy,
-        head: &[u8],
-    ) -> Result<Self> {
-        let subject_marking = l.meta("bridge_subject_marking")?.as_deref() != Some("off");
-        Ok(StoredLabel {
-            xml: label.to_xml(policy),
-            marking: policy.marking(label),
+impl<'a> StoredLabel<'a> {
+    pub(crate) fn new(shown: &'a ShownLabel, subject_marking: bool, head: &[u8]) -> Self {
+        StoredLabel {
+            xml: &shown.xml,
+            marking: &shown.marking,
             // A mail with no blank line is all header (when it was read whole).
             bridge_head: pouch_label::sio::head_end(head)
                 .or((head.len() < pouch_mail_proto::mime::HEAD_LIMIT).then_some(head.len()))
-                .map(|end| {
-                    (
-                        pouch_label::sio::label_head(&head[..end], label, policy, subject_marking),
-                        end,
-                    )
-                }),
-        })
+                .map(|end| (shown.head.apply(&head[..end], subject_marking), end)),
+        }
     }
 }
 
+/// A received mail's label, checked: what to store with the mail.
+pub(crate) struct ReceivedLabel {
+    pub shown: std::rc::Rc<ShownLabel>,
+    pub subject_marking: bool,
+}
+
 /// The receipt check of an application message's labels (inner: in the
-/// envelope; outer: the server's copy): the label and the policy it is read
-/// under, to store with the mail.
+/// envelope; outer: the server's copy).
 pub(crate) fn check_received(
     l: &LocalStore,
     inner: Option<&str>,
     outer: Option<&str>,
-) -> Result<Option<(Label, LabelPolicy)>> {
+) -> Result<Option<ReceivedLabel>> {
     if inner != outer {
         return Err(ClientError::LabelMismatch(format!(
             "the label inside the message ({}) differs from the one the server delivered beside it ({}): a modified client or server",
@@ -947,19 +1121,36 @@ pub(crate) fn check_received(
             "a labelled mail arrived but this device cannot read the label policy yet; it stays on the server and is read at the next sync".into(),
         ));
     };
-    let label = ctx
-        .policy
-        .read_xml(xml)
-        .map_err(|e| ClientError::Label(format!("the mail's label: {e}")))?;
-    let marking = ctx.policy.marking(&label);
+    let held = ctx.seen.borrow().get(xml).cloned();
+    let shown = match held {
+        Some(shown) => shown,
+        None => {
+            let label = ctx
+                .policy
+                .read_xml(xml)
+                .map_err(|e| ClientError::Label(format!("the mail's label: {e}")))?;
+            // read_xml takes only the canonical form: `xml` is it.
+            let shown = std::rc::Rc::new(ShownLabel::new(label, xml.to_string(), &ctx.policy));
+            let mut seen = ctx.seen.borrow_mut();
+            if seen.len() >= 256 {
+                seen.clear();
+            }
+            seen.insert(xml.to_string(), shown.clone());
+            shown
+        }
+    };
     ctx.policy
-        .check(&label, ctx.own.as_ref(), now())
+        .check(&shown.label, ctx.own.as_ref(), now())
         .map_err(|why| {
             ClientError::Label(format!(
-                "this account may not hold {marking} mail ({why}): it was refused, not stored"
+                "this account may not hold {} mail ({why}): it was refused, not stored",
+                shown.marking
             ))
         })?;
-    Ok(Some((label, ctx.policy.clone())))
+    Ok(Some(ReceivedLabel {
+        shown,
+        subject_marking: ctx.subject_marking,
+    }))
 }
 
 fn describe(label: Option<&str>) -> String {

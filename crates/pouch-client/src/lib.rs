@@ -290,8 +290,10 @@ pub struct Device {
     duplicate_possible: bool,
     /// The label policy in force, as last verified ([`labels`]).
     labels: Option<labels::LabelContext>,
-    /// The label of the mail being sent and its policy, for its Sent copy.
-    sending_label: Option<(pouch_label::Label, pouch_label::LabelPolicy)>,
+    /// The officer's statements as last looked up ([`labels::OfficerMemo`]).
+    officer_memo: labels::OfficerMemo,
+    /// The label of the mail being sent and its policy.
+    sending_label: Option<labels::Sending>,
     /// A reply being sent with a lower label than what it answers, and why
     /// (reported to the security team once it is sent).
     downgraded: Option<String>,
@@ -643,6 +645,7 @@ impl Device {
             submission_base: None,
             labels: None,
             sending_label: None,
+            officer_memo: Default::default(),
             downgraded: None,
             modified_labels: None,
             verified: Default::default(),
@@ -947,8 +950,13 @@ impl Device {
         let head = self.labelled_head(out)?;
         let id = self.local.atomically(|l| {
             let id = store_message(l, &group_id, None, true, &out.parsed, &body)?;
-            if let Some((label, policy)) = &self.sending_label {
-                set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+            if let Some(sending) = &self.sending_label {
+                let marking = labels::subject_marking(l)?;
+                set_label(
+                    l,
+                    id,
+                    &labels::StoredLabel::new(&sending.shown, marking, &head),
+                )?;
             }
             Ok(id)
         })?;
@@ -1028,8 +1036,13 @@ impl Device {
         let head = self.labelled_head(original)?;
         let id = self.local.atomically(|l| {
             let id = store_message(l, &group_id, None, true, &original.parsed, &body)?;
-            if let Some((label, policy)) = &self.sending_label {
-                set_label(l, id, &labels::StoredLabel::new(l, label, policy, &head)?)?;
+            if let Some(sending) = &self.sending_label {
+                let marking = labels::subject_marking(l)?;
+                set_label(
+                    l,
+                    id,
+                    &labels::StoredLabel::new(&sending.shown, marking, &head),
+                )?;
             }
             Ok(id)
         })?;
@@ -1766,6 +1779,9 @@ impl Device {
         touched: &mut Touched,
         deferred: &local::Deferred,
     ) -> Result<u64> {
+        // The label policy and own clearance are compared with the store
+        // once per page (not per mail).
+        self.local.receipt_cache.recheck();
         self.prepare_label_receipt(&items)?;
         let cursor = queue_cursor(&self.local)?;
         // Queue numbers are per device and gap-free: a gap means another
@@ -2421,11 +2437,8 @@ impl Device {
         let row: Option<Row> = self
             .local
             .conn
-            .query_row(
-                "SELECT raw, raw_file, raw_key, size FROM messages WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
+            .prepare_cached("SELECT raw, raw_file, raw_key, size FROM messages WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         match row.ok_or(ClientError::NoSuchMessage(id))? {
             (Some(raw), _, _, _) => {
@@ -2466,17 +2479,18 @@ impl Device {
         let view: Option<(Vec<u8>, i64)> = self
             .local
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT bridge_head, head_len FROM message_labels WHERE message = ?1 AND bridge_head IS NOT NULL",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let raw = self.raw(id)?;
         Ok(match view {
-            Some((mut head, len)) if (len as usize) <= raw.len() => {
-                head.extend_from_slice(&raw[len as usize..]);
-                head
+            Some((head, len)) if (len as usize) <= raw.len() => {
+                let mut shown = Vec::with_capacity(head.len() + raw.len() - len as usize);
+                shown.extend_from_slice(&head);
+                shown.extend_from_slice(&raw[len as usize..]);
+                shown
             }
             _ => raw,
         })
@@ -2809,8 +2823,12 @@ fn finish_application(
         return Ok(Step::Ignored);
     }
     let id = store_message(l, &item.group_id, Some(item.seq), false, &parsed, body)?;
-    if let Some((label, policy)) = &label {
-        set_label(l, id, &labels::StoredLabel::new(l, label, policy, head)?)?;
+    if let Some(label) = &label {
+        set_label(
+            l,
+            id,
+            &labels::StoredLabel::new(&label.shown, label.subject_marking, head),
+        )?;
     }
     Ok(Step::Stored(id))
 }
@@ -2822,10 +2840,11 @@ fn set_label(l: &LocalStore, id: i64, label: &labels::StoredLabel) -> Result<()>
         Some((h, n)) => (Some(h.as_slice()), Some(*n as i64)),
         None => (None, None),
     };
-    l.conn.execute(
-        "INSERT OR REPLACE INTO message_labels (label, marking, bridge_head, head_len, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![label.xml, label.marking, head, len, id],
-    )?;
+    l.conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO message_labels (label, marking, bridge_head, head_len, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![label.xml, label.marking, head, len, id])?;
     Ok(())
 }
 

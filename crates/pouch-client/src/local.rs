@@ -250,6 +250,8 @@ pub struct LocalStore {
     /// Whether a batch is open ([`Self::begin_batch`]): transactions are
     /// then savepoints inside it.
     batch: std::cell::Cell<bool>,
+    /// The label policy and own clearance as last read for receipts.
+    pub(crate) receipt_cache: crate::labels::ReceiptCache,
 }
 
 /// Conversations' MLS state kept in memory between operations, so that each
@@ -381,6 +383,7 @@ impl LocalStore {
             conn,
             home: home.to_path_buf(),
             groups: Default::default(),
+            receipt_cache: Default::default(),
             key: Zeroizing::new(*key),
             batch: Default::default(),
         })

@@ -295,6 +295,9 @@ impl Device {
         {
             return Ok(());
         }
+        // What was looked up of the officer's statements is looked up again
+        // (from the store, unless the scan below finds newer ones).
+        self.officer_store_changed();
         let size = self.check_log()?;
         let from: Option<u64> = self
             .local

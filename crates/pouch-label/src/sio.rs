@@ -178,12 +178,21 @@ pub fn subject_label(
 /// Where a message's header section ends (after its blank line), if it
 /// ends within `raw`.
 pub fn head_end(raw: &[u8]) -> Option<usize> {
-    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // One pass, stopping at the first blank line (CRLF or bare LF): the
+    // bytes after it may be a whole mail's body.
+    let mut from = 0;
+    while let Some(i) = raw[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| from + i)
+    {
+        match &raw[i + 1..] {
+            [b'\n', ..] => return Some(i + 2),
+            [b'\r', b'\n', ..] if i > 0 && raw[i - 1] == b'\r' => return Some(i + 3),
+            _ => from = i + 1,
+        }
     }
+    None
 }
 
 /// The header section (`head`, up to and with its blank line) as mail
@@ -197,58 +206,76 @@ pub fn label_head(
     policy: &LabelPolicy,
     subject_marking: bool,
 ) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let body_start = text.trim_end_matches(['\r', '\n']).len();
-    let fields_text = &text[..body_start];
-    // Header fields with their folded lines.
-    let mut fields: Vec<String> = Vec::new();
-    for line in fields_text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with([' ', '\t']) && !fields.is_empty() {
-            let last = fields.last_mut().expect("not empty");
-            last.push_str("\r\n");
-            last.push_str(line);
-        } else {
-            fields.push(line.to_string());
+    HeadMarking::new(label, policy).apply(head, subject_marking)
+}
+
+/// What [`label_head`] writes for one label, worked out once: a receiver
+/// shows many mails under the same few labels.
+#[derive(Debug, Clone)]
+pub struct HeadMarking {
+    /// `[MARKING]`, the subject's prefix.
+    mark: String,
+    /// The `SIO-Label` field's value.
+    field: String,
+}
+
+impl HeadMarking {
+    pub fn new(label: &Label, policy: &LabelPolicy) -> Self {
+        HeadMarking {
+            mark: format!("[{}]", policy.marking(label)),
+            field: header_value(label, policy),
         }
     }
-    let name_of = |f: &str| {
-        f.split(':')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
-    };
-    let mark = format!("[{}]", policy.marking(label));
-    let mut out = String::with_capacity(head.len() + 1024);
-    let mut had_subject = false;
-    for f in fields.iter().filter(|f| !f.is_empty()) {
-        match name_of(f).as_str() {
-            "sio-label" => continue,
+
+    /// `head` as [`label_head`] shows it.
+    pub fn apply(&self, head: &[u8], subject_marking: bool) -> Vec<u8> {
+        let mark = &self.mark;
+        let text = String::from_utf8_lossy(head);
+        let body_start = text.trim_end_matches(['\r', '\n']).len();
+        let fields_text = &text[..body_start];
+        // Header fields with their folded lines.
+        let mut fields: Vec<String> = Vec::new();
+        for line in fields_text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.starts_with([' ', '\t']) && !fields.is_empty() {
+                let last = fields.last_mut().expect("not empty");
+                last.push_str("\r\n");
+                last.push_str(line);
+            } else {
+                fields.push(line.to_string());
+            }
+        }
+        let mut out = String::with_capacity(head.len() + self.field.len() + 64);
+        let mut had_subject = false;
+        for f in fields.iter().filter(|f| !f.is_empty()) {
+            let name = f.split(':').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case(HEADER) {
+                continue;
+            }
             // Every Subject field (a mail client may show either of two).
-            "subject" if subject_marking => {
+            if subject_marking && name.eq_ignore_ascii_case("subject") {
                 had_subject = true;
                 let value = f
                     .split_once(':')
                     .map(|(_, v)| v.trim_start())
                     .unwrap_or_default();
-                let marked = strip_reply_prefixes(value).starts_with(&mark);
-                if marked {
+                if strip_reply_prefixes(value).starts_with(mark.as_str()) {
                     out.push_str(f);
                 } else {
                     out.push_str(&format!("Subject: {mark} {value}"));
                 }
+            } else {
+                out.push_str(f);
             }
-            _ => out.push_str(f),
+            out.push_str("\r\n");
         }
-        out.push_str("\r\n");
+        if subject_marking && !had_subject {
+            out.push_str(&format!("Subject: {mark}\r\n"));
+        }
+        out.push_str(HEADER);
+        out.push_str(": ");
+        out.push_str(&self.field);
+        out.push_str("\r\n\r\n");
+        out.into_bytes()
     }
-    if subject_marking && !had_subject {
-        out.push_str(&format!("Subject: {mark}\r\n"));
-    }
-    out.push_str(HEADER);
-    out.push_str(": ");
-    out.push_str(&header_value(label, policy));
-    out.push_str("\r\n\r\n");
-    out.into_bytes()
 }

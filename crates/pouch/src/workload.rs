@@ -97,6 +97,22 @@ struct Outcome {
     latencies: Vec<f64>,
     /// Alerts the Pouch server raised during the run (None for Postfix).
     alerts: Option<usize>,
+    /// CPU time this process spent per mail while the mails were measured:
+    /// Pouch's server, devices and bridges, with the SMTP and IMAP clients
+    /// (None for Postfix, which runs in processes of its own). Steadier
+    /// than throughput on a shared machine.
+    cpu_ms_per_mail: Option<f64>,
+}
+
+/// CPU seconds (user and system, every thread) this process has used.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 pub fn run(args: WorkloadArgs) -> Result<()> {
@@ -115,9 +131,9 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         }
     );
     println!(
-        "| run | system | variant | submit (msg/s) | all delivered (s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | alerts |"
+        "| run | system | variant | submit (msg/s) | all delivered (s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | alerts |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut results: Vec<(&str, Variant, Outcome)> = Vec::new();
     for run in 0..args.runs {
         for &variant in &args.variants {
@@ -146,7 +162,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                 }
                 .with_context(|| format!("{system}, {}, run {}", variant.name(), run + 1))?;
                 println!(
-                    "| {} | {system} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
+                    "| {} | {system} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
                     run + 1,
                     variant.name(),
                     args.mails as f64 / outcome.submit_s,
@@ -154,6 +170,10 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                     args.mails as f64 / outcome.delivered_s,
                     percentile(&outcome.latencies, 0.50),
                     percentile(&outcome.latencies, 0.99),
+                    outcome
+                        .cpu_ms_per_mail
+                        .map(|c| format!("{c:.2}"))
+                        .unwrap_or_else(|| "–".into()),
                     outcome
                         .alerts
                         .map(|a| a.to_string())
@@ -165,9 +185,9 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
     }
     println!();
     println!(
-        "| system | variant | submit (msg/s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | Pouch ÷ Postfix + Dovecot (end to end) |"
+        "| system | variant | submit (msg/s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | Pouch ÷ Postfix + Dovecot (end to end) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for &variant in &args.variants {
         let median_of = |system: &str, f: &dyn Fn(&Outcome) -> f64| {
             let v: Vec<f64> = results
@@ -185,13 +205,19 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
             systems.push("Postfix + Dovecot");
         }
         for system in systems {
+            let cpu = median_of(system, &|o| o.cpu_ms_per_mail.unwrap_or(f64::NAN));
             println!(
-                "| {system} (median) | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
+                "| {system} (median) | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
                 variant.name(),
                 median_of(system, &|o| args.mails as f64 / o.submit_s),
                 median_of(system, &e2e),
                 median_of(system, &|o| percentile(&o.latencies, 0.50)),
                 median_of(system, &|o| percentile(&o.latencies, 0.99)),
+                if cpu.is_nan() {
+                    "–".to_string()
+                } else {
+                    format!("{cpu:.2}")
+                },
                 match (system, postfix_e2e) {
                     ("Pouch", Some(p)) => format!("{:.2}×", pouch_e2e / p),
                     _ => String::new(),
@@ -354,7 +380,11 @@ fn postfix_run(args: &WorkloadArgs, variant: Variant, tag: &str, body: &str) -> 
             subject_prefix: if args.labels { LABEL_MARKING } else { "" },
         })
         .collect();
-    let result = drive(&accounts, "bench.test", variant, tag, args.mails, body);
+    // This process's CPU is only the mail clients' here.
+    let result = drive(&accounts, "bench.test", variant, tag, args.mails, body).map(|o| Outcome {
+        cpu_ms_per_mail: None,
+        ..o
+    });
     let _ = std::process::Command::new("bash")
         .arg(&script)
         .arg("stop")
@@ -440,6 +470,7 @@ fn drive(
             .collect::<Vec<_>>()
     });
     let t0 = Instant::now();
+    let cpu0 = process_cpu_s();
     let submitted = Arc::new(Mutex::new(HashMap::new()));
     let collector = {
         let accounts = accounts.to_vec();
@@ -460,11 +491,16 @@ fn drive(
     let (delivered_s, latencies) = collector
         .join()
         .map_err(|_| anyhow!("the IMAP clients' thread failed"))??;
+    let cpu_ms_per_mail = match (cpu0, process_cpu_s()) {
+        (Some(a), Some(b)) => Some((b - a) * 1000.0 / mails as f64),
+        _ => None,
+    };
     Ok(Outcome {
         submit_s,
         delivered_s,
         latencies,
         alerts: None,
+        cpu_ms_per_mail,
     })
 }
 
