@@ -882,7 +882,12 @@ mod anchor_tests {
         let cert = leaf(&own, &["localhost"], 90);
         let v = verifier(&cert);
         assert_eq!(
-            check(&v, &[cert.clone()], "anything.example", SystemTime::now()),
+            check(
+                &v,
+                std::slice::from_ref(&cert),
+                "anything.example",
+                SystemTime::now()
+            ),
             Ok(())
         );
         let e = check(

@@ -734,6 +734,9 @@ pub enum ApprovalAction {
     AddOperator,
     /// Remove an operator (once there are two).
     RemoveOperator,
+    /// Register the security officer's key (once there are two security
+    /// administrators: the key signs every clearance and the label policy).
+    RegisterOfficer,
 }
 
 impl ApprovalAction {
@@ -743,6 +746,7 @@ impl ApprovalAction {
             ApprovalAction::Revoke => "revoke",
             ApprovalAction::AddOperator => "add_operator",
             ApprovalAction::RemoveOperator => "remove_operator",
+            ApprovalAction::RegisterOfficer => "register_officer",
         }
     }
 
@@ -752,6 +756,7 @@ impl ApprovalAction {
             ApprovalAction::Revoke,
             ApprovalAction::AddOperator,
             ApprovalAction::RemoveOperator,
+            ApprovalAction::RegisterOfficer,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
@@ -772,8 +777,9 @@ pub struct PendingApproval {
     /// The operator to add or remove.
     #[serde(default)]
     pub admin: Option<String>,
-    /// The SHA-256 (hex) of the key an operator would be added with: the
-    /// approver compares it with the person's own before approving.
+    /// The SHA-256 (hex) of the key an operator would be added with, or of
+    /// the security officer's key to register: the approver compares it
+    /// with the person's own before approving.
     #[serde(default)]
     pub key_fingerprint: Option<String>,
     pub requested_by: String,
@@ -799,8 +805,9 @@ impl PendingApproval {
 /// `POST /v1/admin/approvals/{id}`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ApproveRequest {
-    /// To add an operator: their key's fingerprint as the approver got it
-    /// from the person (not from the requester).
+    /// To add an operator or register the security officer's key: the
+    /// key's fingerprint as the approver got it from the person (not from
+    /// the requester).
     #[serde(default)]
     pub key_fingerprint: Option<String>,
 }
@@ -860,6 +867,17 @@ pub struct OfficerStatement {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterOfficerRequest {
     pub card: OfficerStatement,
+}
+
+/// The answer to `POST /v1/admin/security-officer`: the key registered, or
+/// (once there are two security administrators) the request a second one
+/// must approve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterOfficerResponse {
+    #[serde(default)]
+    pub registered: Option<OfficerRegistered>,
+    #[serde(default)]
+    pub pending: Option<PendingApproval>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -209,6 +209,8 @@ vocabulary! {
         AdminUnknown = "admin_unknown",
         /// An administrator tried to approve their own request.
         SameAdministrator = "same_administrator",
+        /// An administrator tried to approve what their role may not.
+        WrongRole = "wrong_role",
         /// The server could not complete it (storage).
         ServerFailure = "server_failure",
     }

@@ -3,7 +3,7 @@
 //! Each handler extracts, calls one operation of
 //! [`crate::service::administrators`], and answers.
 
-use crate::extract::{Admin, AnyAdmin, Operators, RoleSet, TINY_LIMIT};
+use crate::extract::{Admin, AnyAdmin, Approvers, Operators, RoleSet, TINY_LIMIT};
 use crate::routes::{Access, Routes};
 use crate::service::administrators;
 use crate::{AppState, error::ApiError};
@@ -60,7 +60,7 @@ pub fn routes() -> Routes {
         )
         .route(
             "/v1/admin/approvals/{id}",
-            &[(Method::POST, Access::Admin(Operators::ROLES))],
+            &[(Method::POST, Access::Admin(Approvers::ROLES))],
             post(approve).layer(DefaultBodyLimit::max(TINY_LIMIT)),
         )
 }
@@ -120,7 +120,7 @@ async fn approvals(State(s): St, _: Admin<AnyAdmin>) -> ApiResult<Vec<PendingApp
 
 async fn approve(
     State(s): St,
-    by: Admin<Operators>,
+    by: Admin<Approvers>,
     Path(id): Path<String>,
     Json(req): Json<ApproveRequest>,
 ) -> ApiResult<ApprovalDone> {

@@ -98,6 +98,14 @@ impl RoleSet for SecurityAdmins {
     const ROLES: &'static [AdminRole] = &[AdminRole::Security];
 }
 
+/// Those who approve what another asked (the two-person rule): operators
+/// for users, devices and operators, security administrators for the
+/// security officer's key (each approval checks the role it needs).
+pub struct Approvers;
+impl RoleSet for Approvers {
+    const ROLES: &'static [AdminRole] = &[AdminRole::Operator, AdminRole::Security];
+}
+
 /// Every administrator: reading accounts, administrators, approvals, metrics.
 pub struct AnyAdmin;
 impl RoleSet for AnyAdmin {

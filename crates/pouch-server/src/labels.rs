@@ -45,8 +45,14 @@ async fn register_officer(
     State(s): St,
     by: Admin<SecurityAdmins>,
     Json(req): Json<RegisterOfficerRequest>,
-) -> ApiResult<OfficerRegistered> {
-    Ok(Json(security::register_officer(&s, &by, req.card).await?))
+) -> Result<(axum::http::StatusCode, Json<RegisterOfficerResponse>), ApiError> {
+    let done = security::register_officer(&s, &by, req.card).await?;
+    let status = if done.pending.is_some() {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(done)))
 }
 
 async fn publish(

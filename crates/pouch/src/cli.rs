@@ -2452,9 +2452,20 @@ fn print_pending(p: &pouch_proto::api::PendingApproval) {
     );
     match &p.key_fingerprint {
         Some(fp) => {
+            let (who, init, role) = match p.action {
+                pouch_proto::api::ApprovalAction::RegisterOfficer => (
+                    p.admin.as_deref().unwrap_or("the security officer"),
+                    "pouch security init",
+                    "a second security administrator",
+                ),
+                _ => (
+                    p.admin.as_deref().unwrap_or("the new operator"),
+                    "pouch admin init",
+                    "a second operator",
+                ),
+            };
             eprintln!(
-                "(after comparing the key fingerprint {fp} with the one {} reads them from their own 'pouch admin init')",
-                p.admin.as_deref().unwrap_or("the new operator")
+                "({role}, after comparing the key fingerprint {fp} with the one {who} reads them from their own '{init}')"
             );
             outln!("pouch admin approve {} --fingerprint {fp}", p.id);
         }
@@ -2781,10 +2792,23 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read the officer's card {}", card.display()))?;
             let card: pouch_proto::api::OfficerStatement = serde_json::from_str(&text)
                 .map_err(|_| anyhow!("{} is not an officer's card (officer-card.json from 'pouch security init')", card.display()))?;
-            let done: pouch_proto::api::OfficerRegistered = api.post(
+            let answer: pouch_proto::api::RegisterOfficerResponse = api.post(
                 "/v1/admin/security-officer",
                 &pouch_proto::api::RegisterOfficerRequest { card },
             )?;
+            let done = match answer {
+                pouch_proto::api::RegisterOfficerResponse {
+                    registered: Some(done),
+                    ..
+                } => done,
+                pouch_proto::api::RegisterOfficerResponse {
+                    pending: Some(p), ..
+                } => {
+                    print_pending(&p);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                _ => bail!("the server answered neither registered nor waiting: nothing to report"),
+            };
             outln!(
                 "security officer {} registered: key fingerprint {}",
                 done.name,

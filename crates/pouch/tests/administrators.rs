@@ -217,7 +217,7 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     assert!(done.contains("operator pat: added as operator"), "{done}");
     assert_one_line_error(
         &server.admin_as(&puppet, &["approve", &id]),
-        "needs an operator who was one before it was asked and whom olga did not add",
+        "needs an administrator who was one before it was asked and whom olga did not add",
     );
     assert_one_line_error(&server.admin_as(&sam, &["approve", &id]), "may not do this");
     assert_one_line_error(

@@ -210,6 +210,27 @@ fn officer_ok(device: &Client, home: &std::path::Path, args: &[&str]) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `pouch security init` in `officer_home` (its card: officer-card.json).
+fn init_officer(officer_home: &std::path::Path) {
+    let out = pouch()
+        .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
+        .args([
+            "security",
+            "init",
+            "--name",
+            "Security Officer",
+            "--officer-home",
+        ])
+        .arg(officer_home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn labelled(tag: &str) -> Labelled {
     labelled_after(tag, |_, _| {})
 }
@@ -223,23 +244,7 @@ fn labelled_after(tag: &str, before: impl Fn(&Client, &Client)) -> Labelled {
     let bob = user(&dir, &server, "bob");
     before(&alice, &bob);
     let officer_home = dir.path("officer");
-    let out = pouch()
-        .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
-        .args([
-            "security",
-            "init",
-            "--name",
-            "Security Officer",
-            "--officer-home",
-        ])
-        .arg(&officer_home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_officer(&officer_home);
     // An operator may not register the officer: that is the security team's.
     let card = officer_home.join("officer-card.json");
     let card_arg = card.to_str().unwrap();
@@ -1051,4 +1056,92 @@ fn a_device_that_looked_before_the_officer_published_receives_labelled_mail() {
         .collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["marking"], "CONFIDENTIAL//REL TO CZE");
+}
+
+/// Once there are two security administrators, the officer's key waits for
+/// the second: one administrator's token alone cannot choose the key that
+/// signs every clearance and the policy. The approver must give the key's
+/// fingerprint as the officer read it to them; neither the requester nor
+/// an operator may approve.
+#[test]
+fn the_officer_key_takes_a_second_security_administrator_once_there_are_two() {
+    let dir = Scratch::new("labels-two-person");
+    let server = Server::start(&dir.path("server"), None);
+    let alice = user(&dir, &server, "alice");
+    let officer_home = dir.path("officer");
+    init_officer(&officer_home);
+    let card = officer_home.join("officer-card.json");
+    let card = card.to_str().unwrap();
+    let sec = server.add_admin("sec", "security");
+    let sec2 = server.add_admin("sec2", "security");
+    // An approver added in the second of the request (or later) is refused
+    // as one made for it: the request comes a clock second later.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let out = server.admin_as(&sec, &["security-officer", card]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("register_officer") && said.contains("pouch security init"),
+        "{said}"
+    );
+    // "pouch admin approve ID --fingerprint FP"
+    let line = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&words[..3], ["pouch", "admin", "approve"], "{line}");
+    let (id, fingerprint) = (words[3], words[5]);
+
+    // Nothing is in force yet: the officer cannot publish.
+    let early = officer_cmd(
+        &alice,
+        &officer_home,
+        &["policy", "publish", example_policy().to_str().unwrap()],
+    );
+    assert_one_line_error(&early, "no security officer is registered");
+
+    let own = server.admin_as(&sec, &["approve", id, "--fingerprint", fingerprint]);
+    assert_one_line_error(&own, "yourself");
+    let operator = server.admin(
+        &server.data_dir,
+        &["approve", id, "--fingerprint", fingerprint],
+    );
+    assert_one_line_error(&operator, "needs the approval of a security administrator");
+    let wrong = server.admin_as(&sec2, &["approve", id, "--fingerprint", &"0".repeat(64)]);
+    assert_one_line_error(&wrong, "pouch security init");
+
+    let out = server.admin_as(&sec2, &["approve", id, "--fingerprint", fingerprint]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("security officer key {fingerprint} registered")),
+        "{said}"
+    );
+    let again = server.admin_as(&sec2, &["approve", id, "--fingerprint", fingerprint]);
+    assert_one_line_error(&again, "approved already");
+
+    // In force: the officer publishes, and the device pins the approved key.
+    let said = officer_ok(
+        &alice,
+        &officer_home,
+        &["policy", "publish", example_policy().to_str().unwrap()],
+    );
+    assert!(
+        said.starts_with("published label policy MFA-EXAMPLE version 1"),
+        "{said}"
+    );
+    let events = String::from_utf8(server.admin_as(&sec, &["events", "export"]).stdout).unwrap();
+    assert!(
+        events.contains(&format!(
+            "key {fingerprint} (asked by sec, approved by sec2"
+        )),
+        "the registration's event names both administrators: {events}"
+    );
 }

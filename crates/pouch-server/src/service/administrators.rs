@@ -405,13 +405,20 @@ pub async fn list(s: &AppState) -> Result<Vec<AdminSummary>> {
 }
 
 fn pending(a: Approval) -> PendingApproval {
+    let key_fingerprint = match a.action {
+        ApprovalAction::RegisterOfficer => a
+            .admin_key
+            .as_deref()
+            .and_then(|card| super::security::card_fingerprint(card).ok()),
+        _ => a.admin_key.as_deref().map(|k| hex::encode(sha256(k))),
+    };
     PendingApproval {
         id: a.id,
         action: a.action,
         address: a.address,
         device: a.device,
         admin: a.admin_name,
-        key_fingerprint: a.admin_key.as_deref().map(|k| hex::encode(sha256(k))),
+        key_fingerprint,
         requested_by: a.requested_by,
         requested_at: a.requested_at,
         expires_at: a.expires_at,
@@ -465,6 +472,11 @@ pub async fn request(
                 "operators are added and removed with 'pouch admin add' and 'remove'",
             ));
         }
+        (ApprovalAction::RegisterOfficer, _) => {
+            return Err(ServiceError::bad_request(
+                "the security officer's key is registered with 'pouch admin security-officer'",
+            ));
+        }
     }
     let at = now();
     let approval = Approval {
@@ -495,7 +507,10 @@ pub async fn request(
 
 /// Records the addition or removal of operator `name`, to be carried out
 /// when a second operator approves it.
-async fn request_for_operator(
+/// Records a request about a person who is not an account (an operator
+/// to add or remove, the security officer whose key `key` holds), to be
+/// carried out when a second administrator approves it.
+pub(crate) async fn request_for_operator(
     s: &AppState,
     by: &AdminCaller,
     action: ApprovalAction,
@@ -517,7 +532,7 @@ async fn request_for_operator(
         approved_at: None,
     };
     s.store.create_approval(&approval).await?;
-    tracing::warn!(admin = %by.name, id = %approval.id, action = action.as_str(), operator = %name, "ADMIN asked for a second operator's approval");
+    tracing::warn!(admin = %by.name, id = %approval.id, action = action.as_str(), operator = %name, "ADMIN asked for a second administrator's approval");
     record(
         s,
         by.event(Action::AdminApprovalRequested).detail(format!(
@@ -570,6 +585,34 @@ pub async fn approve(
             format!("you asked for {id} yourself: a second administrator must approve it"),
         ));
     }
+    // Each request needs the role of what it does: operators approve what
+    // operators do, security administrators the officer's key.
+    let needed = match approval.action {
+        ApprovalAction::RegisterOfficer => AdminRole::Security,
+        _ => AdminRole::Operator,
+    };
+    if by.role != needed {
+        record(
+            s,
+            about(by.event(Action::AdminApproved)).failed(
+                Reason::WrongRole,
+                format!("approval {id} by a {} administrator", by.role.as_str()),
+            ),
+        )
+        .await;
+        let who = match needed {
+            AdminRole::Security => "a security administrator",
+            _ => "an operator",
+        };
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} administrators may not do this: {id} ({}) needs the approval of {who}",
+                by.role.as_str(),
+                approval.action.as_str()
+            ),
+        ));
+    }
     // A second person, not a second name: an operator the requester added,
     // or one added after the request, is refused (a name made for the
     // purpose). The security team sees every operator added (High), and
@@ -598,7 +641,7 @@ pub async fn approve(
         return Err(ServiceError::new(
             ErrorCode::Forbidden,
             format!(
-                "{id} needs an operator who was one before it was asked and whom {} did not add",
+                "{id} needs an administrator who was one before it was asked and whom {} did not add",
                 approval.requested_by
             ),
         ));
@@ -615,11 +658,12 @@ pub async fn approve(
     // Adding an operator: the approver vouches for the key being the
     // person's, so they must have it from the person (a requester could
     // otherwise add a name with a key of their own).
-    if approval.action == ApprovalAction::AddOperator {
-        let expected = approval
-            .admin_key
-            .as_deref()
-            .map(|k| hex::encode(sha256(k)))
+    if matches!(
+        approval.action,
+        ApprovalAction::AddOperator | ApprovalAction::RegisterOfficer
+    ) {
+        let expected = pending(approval.clone())
+            .key_fingerprint
             .unwrap_or_default();
         let given = req
             .key_fingerprint
@@ -629,8 +673,13 @@ pub async fn approve(
             return Err(ServiceError::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "ask {} for the key fingerprint their 'pouch admin init' printed, compare, then run: pouch admin approve {id} --fingerprint FINGERPRINT",
-                    approval.admin_name.as_deref().unwrap_or("the new operator")
+                    "ask {} for the key fingerprint their '{}' printed, compare, then run: pouch admin approve {id} --fingerprint FINGERPRINT",
+                    approval.admin_name.as_deref().unwrap_or("the new operator"),
+                    if approval.action == ApprovalAction::RegisterOfficer {
+                        "pouch security init"
+                    } else {
+                        "pouch admin init"
+                    }
                 ),
             ));
         }
@@ -685,6 +734,21 @@ pub async fn approve(
             let name = approval.admin_name.clone().ok_or_else(damaged)?;
             delete_admin(s, by, &name, &format!(" ({because})")).await?;
             ("removed: their key no longer signs in".to_string(), None)
+        }
+        ApprovalAction::RegisterOfficer => {
+            let card = approval.admin_key.as_deref().ok_or_else(damaged)?;
+            let card = serde_json::from_slice(card).map_err(|_| damaged())?;
+            let done = super::security::register_now(s, by, card, Some(&because)).await?;
+            (
+                match &done.replaced {
+                    Some(old) => format!(
+                        "security officer key {} registered, replacing {old}: every device refuses labelled mail until its user runs 'pouch security accept {}'",
+                        done.fingerprint, done.fingerprint
+                    ),
+                    None => format!("security officer key {} registered", done.fingerprint),
+                },
+                None,
+            )
         }
     };
     Ok(ApprovalDone {

@@ -366,7 +366,7 @@ pub async fn deny(s: &AppState, d: &DeviceId, code: &str) -> Result<LinkInfo, Se
             .account(&r.device.address)
             .device(&r.device.device_id)
             .source(&r.source)
-            .by(&d)
+            .by(d)
             .detail(format!("denied by {d}")),
     )
     .await;

@@ -24,7 +24,8 @@ use pouch_label::statement::{
 use pouch_label::{Clearance, Label, LabelPolicy};
 use pouch_log::OfficerEntry;
 use pouch_proto::api::{
-    ErrorCode, LogInclusion, OfficerRegistered, OfficerStatement, StatementPublished,
+    AdminRole, ApprovalAction, ErrorCode, LogInclusion, OfficerRegistered, OfficerStatement,
+    RegisterOfficerResponse, StatementPublished,
 };
 use pouch_proto::security::{Action, Reason};
 use pouch_proto::{Address, GroupId};
@@ -141,11 +142,67 @@ async fn append(
 
 /// A security administrator registers the officer's key from the card the
 /// officer's `pouch security init` wrote (signed by that key: the registrant
-/// cannot name a key nobody holds).
+/// cannot name a key nobody holds). Once there are two security
+/// administrators it waits for the second (the key signs every clearance
+/// and the policy: one administrator's token alone must not choose it).
 pub async fn register_officer(
     s: &AppState,
     by: &AdminCaller,
     card: OfficerStatement,
+) -> Result<RegisterOfficerResponse> {
+    let (key, name, _) = open_officer_card(&signed(&card)).map_err(refused)?;
+    if officer_key(s).await? == Some(key) {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            format!(
+                "officer key {} is already the one in force",
+                officer_fingerprint(&key)
+            ),
+        ));
+    }
+    let security_admins = s
+        .store
+        .list_admins()
+        .await?
+        .iter()
+        .filter(|a| a.role == AdminRole::Security)
+        .count();
+    if security_admins >= 2 {
+        let card = serde_json::to_vec(&card)
+            .map_err(|e| ServiceError::internal(&e.to_string(), "the card could not be kept"))?;
+        let pending = super::administrators::request_for_operator(
+            s,
+            by,
+            ApprovalAction::RegisterOfficer,
+            &name,
+            Some(card),
+        )
+        .await?;
+        return Ok(RegisterOfficerResponse {
+            registered: None,
+            pending: Some(pending),
+        });
+    }
+    Ok(RegisterOfficerResponse {
+        registered: Some(register_now(s, by, card, None).await?),
+        pending: None,
+    })
+}
+
+/// The fingerprint of the officer's key a card (as JSON) holds.
+pub(crate) fn card_fingerprint(card: &[u8]) -> std::result::Result<String, String> {
+    let card: OfficerStatement = serde_json::from_slice(card).map_err(|e| e.to_string())?;
+    let (key, _, _) = open_officer_card(&signed(&card)).map_err(|e| e.to_string())?;
+    Ok(officer_fingerprint(&key))
+}
+
+/// Files the officer's key card in the log (`approved`: who asked and who
+/// approved, when a second administrator did).
+pub(crate) async fn register_now(
+    s: &AppState,
+    by: &AdminCaller,
+    card: OfficerStatement,
+    approved: Option<&str>,
 ) -> Result<OfficerRegistered> {
     let (key, name, _) = open_officer_card(&signed(&card)).map_err(refused)?;
     let fingerprint = officer_fingerprint(&key);
@@ -165,13 +222,16 @@ pub async fn register_officer(
     .await?;
     let replaced = previous.map(|k| officer_fingerprint(&k));
     tracing::warn!(admin = %by.name, %fingerprint, "security officer key registered");
+    let mut detail = match &replaced {
+        Some(old) => format!("officer {name}, key {fingerprint}, replacing key {old}"),
+        None => format!("officer {name}, key {fingerprint}"),
+    };
+    if let Some(approved) = approved {
+        detail.push_str(&format!(" ({approved})"));
+    }
     record(
         s,
-        by.event(Action::SecurityOfficerRegistered)
-            .detail(match &replaced {
-                Some(old) => format!("officer {name}, key {fingerprint}, replacing key {old}"),
-                None => format!("officer {name}, key {fingerprint}"),
-            }),
+        by.event(Action::SecurityOfficerRegistered).detail(detail),
     )
     .await;
     Ok(OfficerRegistered {
