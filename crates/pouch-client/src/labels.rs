@@ -958,6 +958,10 @@ pub(crate) struct ReceiptCache {
     /// statements last may have changed: a page of mail is checked against
     /// the store once, not once per mail.
     checked: std::cell::Cell<bool>,
+    /// SQLite's `data_version` at that comparison: another process writing
+    /// to this home (a `pouch sync` or `pouch security accept` beside a
+    /// bridge) makes it compare again.
+    data_version: std::cell::Cell<Option<i64>>,
 }
 
 impl ReceiptCache {
@@ -975,11 +979,14 @@ pub(crate) fn stored_policy(l: &LocalStore) -> Result<Option<LabelPolicy>> {
 
 fn receipt_labels(l: &LocalStore) -> Result<Option<std::rc::Rc<ReceiptLabels>>> {
     let cache = &l.receipt_cache;
+    let version = l.data_version()?;
     if cache.checked.get()
+        && cache.data_version.get() == Some(version)
         && let Some((_, found)) = &*cache.held.borrow()
     {
         return Ok(Some(found.clone()));
     }
+    cache.data_version.set(Some(version));
     // One query says whether what is held is still what the store holds.
     let key: ReceiptKey = l
         .conn

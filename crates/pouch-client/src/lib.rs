@@ -2083,6 +2083,8 @@ impl Device {
     /// Tries the held items again (the user may have accepted a new key), in
     /// queue order. An item that is still blocked stays held.
     fn replay_held(&mut self, report: &mut SyncReport) -> Result<()> {
+        // Held mail is checked against the store as it is now (see apply_page).
+        self.local.receipt_cache.recheck();
         let held: Vec<(i64, String)> = {
             let mut stmt = self
                 .local

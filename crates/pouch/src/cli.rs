@@ -2450,26 +2450,24 @@ fn print_pending(p: &pouch_proto::api::PendingApproval) {
         p.subject(),
         format_date(p.expires_at)
     );
-    match &p.key_fingerprint {
-        Some(fp) => {
-            let (who, init, role) = match p.action {
-                pouch_proto::api::ApprovalAction::RegisterOfficer => (
-                    p.admin.as_deref().unwrap_or("the security officer"),
-                    "pouch security init",
-                    "a second security administrator",
-                ),
-                _ => (
-                    p.admin.as_deref().unwrap_or("the new operator"),
-                    "pouch admin init",
-                    "a second operator",
-                ),
-            };
+    match (p.action, &p.key_fingerprint) {
+        // The approver vouches for the officer's key: they take its
+        // fingerprint from the officer, not from this screen.
+        (pouch_proto::api::ApprovalAction::RegisterOfficer, _) => {
             eprintln!(
-                "({role}, after comparing the key fingerprint {fp} with the one {who} reads them from their own '{init}')"
+                "(a second security administrator, with the key fingerprint {} reads them from their own 'pouch security init')",
+                p.admin.as_deref().unwrap_or("the security officer")
+            );
+            outln!("pouch admin approve {} --fingerprint FINGERPRINT", p.id);
+        }
+        (_, Some(fp)) => {
+            eprintln!(
+                "(after comparing the key fingerprint {fp} with the one {} reads them from their own 'pouch admin init')",
+                p.admin.as_deref().unwrap_or("the new operator")
             );
             outln!("pouch admin approve {} --fingerprint {fp}", p.id);
         }
-        None => outln!("pouch admin approve {}", p.id),
+        (_, None) => outln!("pouch admin approve {}", p.id),
     }
 }
 

@@ -210,8 +210,9 @@ fn officer_ok(device: &Client, home: &std::path::Path, args: &[&str]) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `pouch security init` in `officer_home` (its card: officer-card.json).
-fn init_officer(officer_home: &std::path::Path) {
+/// `pouch security init` in `officer_home` (its card: officer-card.json);
+/// the key's fingerprint, as the officer reads it out.
+fn init_officer(officer_home: &std::path::Path) -> String {
     let out = pouch()
         .env("POUCH_OFFICER_PASSPHRASE", PASSPHRASE)
         .args([
@@ -229,6 +230,12 @@ fn init_officer(officer_home: &std::path::Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // "security officer NAME: key fingerprint FP"
+    let said = String::from_utf8(out.stdout).unwrap();
+    said.split_whitespace()
+        .last()
+        .expect("a fingerprint")
+        .to_string()
 }
 
 fn labelled(tag: &str) -> Labelled {
@@ -244,7 +251,7 @@ fn labelled_after(tag: &str, before: impl Fn(&Client, &Client)) -> Labelled {
     let bob = user(&dir, &server, "bob");
     before(&alice, &bob);
     let officer_home = dir.path("officer");
-    init_officer(&officer_home);
+    let _ = init_officer(&officer_home);
     // An operator may not register the officer: that is the security team's.
     let card = officer_home.join("officer-card.json");
     let card_arg = card.to_str().unwrap();
@@ -1069,7 +1076,8 @@ fn the_officer_key_takes_a_second_security_administrator_once_there_are_two() {
     let server = Server::start(&dir.path("server"), None);
     let alice = user(&dir, &server, "alice");
     let officer_home = dir.path("officer");
-    init_officer(&officer_home);
+    let fingerprint = init_officer(&officer_home);
+    let fingerprint = fingerprint.as_str();
     let card = officer_home.join("officer-card.json");
     let card = card.to_str().unwrap();
     let sec = server.add_admin("sec", "security");
@@ -1089,11 +1097,21 @@ fn the_officer_key_takes_a_second_security_administrator_once_there_are_two() {
         said.contains("register_officer") && said.contains("pouch security init"),
         "{said}"
     );
-    // "pouch admin approve ID --fingerprint FP"
+    // "pouch admin approve ID --fingerprint FINGERPRINT": the approver takes
+    // the fingerprint from the officer; no listing shows it.
     let line = String::from_utf8(out.stdout).unwrap();
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&words[..3], ["pouch", "admin", "approve"], "{line}");
-    let (id, fingerprint) = (words[3], words[5]);
+    assert!(
+        !line.contains(fingerprint) && !said.contains(fingerprint),
+        "{line}{said}"
+    );
+    let id = words[3];
+    let listed = String::from_utf8(server.admin_as(&sec2, &["approvals"]).stdout).unwrap();
+    assert!(
+        listed.contains(id) && !listed.contains(fingerprint),
+        "{listed}"
+    );
 
     // Nothing is in force yet: the officer cannot publish.
     let early = officer_cmd(
@@ -1144,4 +1162,18 @@ fn the_officer_key_takes_a_second_security_administrator_once_there_are_two() {
         )),
         "the registration's event names both administrators: {events}"
     );
+
+    // Removing security administrators does not switch the rule off: with
+    // one left, a new key cannot be registered at all.
+    let out = server.admin(&server.data_dir, &["remove", "sec2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other_home = dir.path("officer-2");
+    let _ = init_officer(&other_home);
+    let other = other_home.join("officer-card.json");
+    let alone = server.admin_as(&sec, &["security-officer", other.to_str().unwrap()]);
+    assert_one_line_error(&alone, "needs a second security administrator");
 }

@@ -321,6 +321,9 @@ async fn insert(
         Err(e) => return Err(e.into()),
     }
     tracing::warn!(admin = %by.name, added = %name, %role, "ADMIN added an administrator");
+    if role == AdminRole::Security {
+        super::security::note_security_administrators(s).await?;
+    }
     let action = if role == AdminRole::Operator {
         Action::OperatorAdded
     } else {
@@ -406,11 +409,10 @@ pub async fn list(s: &AppState) -> Result<Vec<AdminSummary>> {
 
 fn pending(a: Approval) -> PendingApproval {
     let key_fingerprint = match a.action {
-        ApprovalAction::RegisterOfficer => a
-            .admin_key
-            .as_deref()
-            .and_then(|card| super::security::card_fingerprint(card).ok()),
-        _ => a.admin_key.as_deref().map(|k| hex::encode(sha256(k))),
+        // Not shown: the approver takes it from the officer, not from a
+        // listing the requester also reads.
+        ApprovalAction::RegisterOfficer => None,
+        _ => expected_fingerprint(&a),
     };
     PendingApproval {
         id: a.id,
@@ -422,6 +424,16 @@ fn pending(a: Approval) -> PendingApproval {
         requested_by: a.requested_by,
         requested_at: a.requested_at,
         expires_at: a.expires_at,
+    }
+}
+
+/// The key fingerprint an approver must give (adding an operator,
+/// registering the officer's key), from what the request holds.
+fn expected_fingerprint(a: &Approval) -> Option<String> {
+    let key = a.admin_key.as_deref()?;
+    match a.action {
+        ApprovalAction::RegisterOfficer => super::security::card_fingerprint(key).ok(),
+        _ => Some(hex::encode(sha256(key))),
     }
 }
 
@@ -662,9 +674,12 @@ pub async fn approve(
         approval.action,
         ApprovalAction::AddOperator | ApprovalAction::RegisterOfficer
     ) {
-        let expected = pending(approval.clone())
-            .key_fingerprint
-            .unwrap_or_default();
+        let expected = expected_fingerprint(&approval).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::Conflict,
+                format!("request {id} holds no valid key: it cannot be approved; ask again"),
+            )
+        })?;
         let given = req
             .key_fingerprint
             .as_deref()

@@ -160,14 +160,19 @@ pub async fn register_officer(
             ),
         ));
     }
-    let security_admins = s
+    let security_admins = note_security_administrators(s).await?;
+    let two_person = s
         .store
-        .list_admins()
+        .get_setting(TWO_SECURITY_ADMINISTRATORS)
         .await?
-        .iter()
-        .filter(|a| a.role == AdminRole::Security)
-        .count();
-    if security_admins >= 2 {
+        .is_some();
+    if two_person && security_admins < 2 {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "registering the security officer's key needs a second security administrator, and this server has fewer than two now: an operator adds one ('pouch admin add NAME --role security KEY'), then ask again",
+        ));
+    }
+    if two_person {
         let card = serde_json::to_vec(&card)
             .map_err(|e| ServiceError::internal(&e.to_string(), "the card could not be kept"))?;
         let pending = super::administrators::request_for_operator(
@@ -187,6 +192,29 @@ pub async fn register_officer(
         registered: Some(register_now(s, by, card, None).await?),
         pending: None,
     })
+}
+
+/// Set (never unset) once the server has had two security administrators:
+/// from then on the officer's key takes two of them, however many remain
+/// (removing administrators must not switch the rule off).
+const TWO_SECURITY_ADMINISTRATORS: &str = "officer_key_two_person";
+
+/// Counts the security administrators, and switches the two-person rule for
+/// the officer's key on for good once there are two.
+pub(crate) async fn note_security_administrators(s: &AppState) -> Result<usize> {
+    let count = s
+        .store
+        .list_admins()
+        .await?
+        .iter()
+        .filter(|a| a.role == AdminRole::Security)
+        .count();
+    if count >= 2 {
+        s.store
+            .init_setting(TWO_SECURITY_ADMINISTRATORS, "on")
+            .await?;
+    }
+    Ok(count)
 }
 
 /// The fingerprint of the officer's key a card (as JSON) holds.
