@@ -737,6 +737,9 @@ pub enum ApprovalAction {
     /// Register the security officer's key (once there are two security
     /// administrators: the key signs every clearance and the label policy).
     RegisterOfficer,
+    /// Add a security administrator (once there are two operators: else one
+    /// operator could make up both people of the officer key's rule).
+    AddSecurityAdmin,
 }
 
 impl ApprovalAction {
@@ -747,6 +750,7 @@ impl ApprovalAction {
             ApprovalAction::AddOperator => "add_operator",
             ApprovalAction::RemoveOperator => "remove_operator",
             ApprovalAction::RegisterOfficer => "register_officer",
+            ApprovalAction::AddSecurityAdmin => "add_security_admin",
         }
     }
 
@@ -757,6 +761,7 @@ impl ApprovalAction {
             ApprovalAction::AddOperator,
             ApprovalAction::RemoveOperator,
             ApprovalAction::RegisterOfficer,
+            ApprovalAction::AddSecurityAdmin,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)

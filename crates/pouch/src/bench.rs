@@ -259,7 +259,7 @@ impl Running {
         let card = officer.card(now);
         let api = pouch_client::net::Api::new(&self.url, &self.fingerprint)?;
         self.security.sign_in(&api)?;
-        let _: pouch_proto::api::OfficerRegistered = api.post(
+        let answer: pouch_proto::api::RegisterOfficerResponse = api.post(
             "/v1/admin/security-officer",
             &pouch_proto::api::RegisterOfficerRequest {
                 card: pouch_proto::api::OfficerStatement {
@@ -268,6 +268,12 @@ impl Running {
                 },
             },
         )?;
+        // One security administrator here: registered at once.
+        anyhow::ensure!(
+            answer.registered.is_some(),
+            "the officer's key was not registered: {:?}",
+            answer.pending.map(|p| p.id)
+        );
         let text = include_str!("../../../dist/labels/ministry-example.toml");
         let policy = pouch_label::LabelPolicy::from_toml(text)?;
         let mut device = Device::open(officer_device, PASSPHRASE)?;

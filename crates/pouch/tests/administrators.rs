@@ -106,8 +106,10 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
     let alice = user(&dir, &server, "alice");
     let bob = user(&dir, &server, "bob");
     let ops = admin_home_of(&server.data_dir);
-    let olga = server.add_admin("olga", "operator");
+    // The security administrator first: once there are two operators, one
+    // is added only with a second operator's approval.
     let sam = server.add_admin("sam", "security");
+    let olga = server.add_admin("olga", "operator");
     let audrey = server.add_admin("audrey", "auditor");
 
     // Olga asks for Bob's reset: nothing happens yet.

@@ -77,6 +77,9 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
     let carol_token = carol.token();
     let dave = RawDevice::enroll(&server, "dave@pouch.local");
     let dave_token = dave.token();
+    // Added before the second operator (made by admin_approved): after it,
+    // a security administrator waits for a second operator's approval.
+    let sam = server.add_admin("sam", "security");
     let out = server.admin_approved(&["device", "revoke", "dave@pouch.local", &dave.device_id.0]);
     assert!(
         out.status.success(),
@@ -87,10 +90,7 @@ fn every_route_refuses_whoever_its_rule_does_not_admit() {
     use pouch_proto::api::AdminRole;
     let admins = [
         (AdminRole::Operator, server.ops_token()),
-        (
-            AdminRole::Security,
-            server.admin_token(&server.add_admin("sam", "security")),
-        ),
+        (AdminRole::Security, server.admin_token(&sam)),
         (
             AdminRole::Auditor,
             server.admin_token(&server.add_admin("audrey", "auditor")),

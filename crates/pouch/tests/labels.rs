@@ -1176,4 +1176,29 @@ fn the_officer_key_takes_a_second_security_administrator_once_there_are_two() {
     let other = other_home.join("officer-card.json");
     let alone = server.admin_as(&sec, &["security-officer", other.to_str().unwrap()]);
     assert_one_line_error(&alone, "needs a second security administrator");
+
+    // Nor can one operator make up both people: once there are two
+    // operators, a security administrator is added only with the second's
+    // approval (here it waits; nothing is added).
+    let _ops2 = server.add_admin("ops2", "operator");
+    let home = dir.path("sec3-admin");
+    let out = server.admin_init_as(&home, "sec3", "security", &home.join("no-setup-secret"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&words[..3], ["pouch", "admin", "add"], "{line}");
+    let out = server.admin(&server.data_dir, &words[2..]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("pouch admin approve "), "{said}");
+    let listed = String::from_utf8(server.admin(&server.data_dir, &["list"]).stdout).unwrap();
+    assert!(!listed.contains("sec3"), "{listed}");
 }

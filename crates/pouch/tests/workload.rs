@@ -39,3 +39,37 @@ fn the_mail_workload_runs_beside_postfix_and_dovecot_and_raises_no_alert() {
         }
     }
 }
+
+/// The same with labels in force (`--labels`: an officer registered, the
+/// example policy published, everyone cleared, every mail marked): it
+/// completes, every copy arrives checked, and no alert is raised.
+#[test]
+fn the_mail_workload_runs_with_labels_in_force_and_raises_no_alert() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pouch"))
+        .args([
+            "bench",
+            "--workload",
+            "mail",
+            "--messages",
+            "20",
+            "--runs",
+            "1",
+            "--no-compare",
+            "--variants",
+            "replies",
+            "--labels",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 1 | Pouch | replies |"))
+        .unwrap_or_else(|| panic!("no labelled run in:\n{stdout}"));
+    assert!(row.ends_with("| 0 |"), "alerts under load: {row}");
+}

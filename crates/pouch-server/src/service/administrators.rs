@@ -246,10 +246,11 @@ async fn operators(s: &AppState) -> Result<usize> {
         .count())
 }
 
-/// An operator adds an administrator. An operator, once there are two, is
-/// only asked for: a second operator approves it (else one person could
-/// make up the second person of the two-person rule, and the second's
-/// second, and approve their own resets through them).
+/// An operator adds an administrator. An operator or a security
+/// administrator, once there are two operators, is only asked for: a second
+/// operator approves it (else one person could make up the second person of
+/// the two-person rule, and the second's second, and approve their own
+/// resets — or register an officer key — through them).
 pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result<AddAdminResponse> {
     checked_key(&req.name, &req.public_key)?;
     // One key, one person: a key an administrator already signs with is
@@ -265,18 +266,20 @@ pub async fn add(s: &AppState, by: &AdminCaller, req: AddAdminRequest) -> Result
             "that key is already an administrator's: each person makes their own with 'pouch admin init'",
         ));
     }
-    if req.role == AdminRole::Operator && operators(s).await? >= 2 {
+    // Operators and security administrators (the two people of the officer
+    // key's rule), once there are two operators, wait for the second.
+    let waits = match req.role {
+        AdminRole::Operator => Some(ApprovalAction::AddOperator),
+        AdminRole::Security => Some(ApprovalAction::AddSecurityAdmin),
+        AdminRole::Auditor => None,
+    };
+    if let Some(action) = waits
+        && operators(s).await? >= 2
+    {
         if s.store.admin_name_taken(&req.name).await? {
             return Err(name_taken(&req.name));
         }
-        let pending = request_for_operator(
-            s,
-            by,
-            ApprovalAction::AddOperator,
-            &req.name,
-            Some(req.public_key),
-        )
-        .await?;
+        let pending = request_for_operator(s, by, action, &req.name, Some(req.public_key)).await?;
         return Ok(AddAdminResponse {
             added: None,
             pending: Some(pending),
@@ -479,9 +482,14 @@ pub async fn request(
         (ApprovalAction::Revoke, None) => {
             return Err(ServiceError::bad_request("a revocation names a device"));
         }
-        (ApprovalAction::AddOperator | ApprovalAction::RemoveOperator, _) => {
+        (
+            ApprovalAction::AddOperator
+            | ApprovalAction::RemoveOperator
+            | ApprovalAction::AddSecurityAdmin,
+            _,
+        ) => {
             return Err(ServiceError::bad_request(
-                "operators are added and removed with 'pouch admin add' and 'remove'",
+                "administrators are added and removed with 'pouch admin add' and 'remove'",
             ));
         }
         (ApprovalAction::RegisterOfficer, _) => {
@@ -672,7 +680,9 @@ pub async fn approve(
     // otherwise add a name with a key of their own).
     if matches!(
         approval.action,
-        ApprovalAction::AddOperator | ApprovalAction::RegisterOfficer
+        ApprovalAction::AddOperator
+            | ApprovalAction::AddSecurityAdmin
+            | ApprovalAction::RegisterOfficer
     ) {
         let expected = expected_fingerprint(&approval).ok_or_else(|| {
             ServiceError::new(
@@ -725,21 +735,18 @@ pub async fn approve(
             let done = super::admin::revoke_device(s, by, address, device, &because).await?;
             (done.detail, None)
         }
-        ApprovalAction::AddOperator => {
+        ApprovalAction::AddOperator | ApprovalAction::AddSecurityAdmin => {
             let name = approval.admin_name.clone().ok_or_else(damaged)?;
             let key = approval.admin_key.clone().ok_or_else(damaged)?;
-            let added = insert(
-                s,
-                by,
-                &name,
-                AdminRole::Operator,
-                key,
-                Some((&approval.requested_by, id)),
-            )
-            .await?;
+            let role = if approval.action == ApprovalAction::AddOperator {
+                AdminRole::Operator
+            } else {
+                AdminRole::Security
+            };
+            let added = insert(s, by, &name, role, key, Some((&approval.requested_by, id))).await?;
             (
                 format!(
-                    "added as operator; their key fingerprint is {} (compare it with theirs)",
+                    "added as {role}; their key fingerprint is {} (compare it with theirs)",
                     added.key_fingerprint
                 ),
                 None,
