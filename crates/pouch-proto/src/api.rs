@@ -792,18 +792,28 @@ pub struct PendingApproval {
     pub expires_at: i64,
 }
 
-/// What an approval is about, for people: the account, or "operator NAME".
-pub fn approval_subject(address: Option<&Address>, admin: Option<&str>) -> String {
+/// What an approval is about, for people: the account, or the person
+/// ("operator NAME", "security administrator NAME", "security officer NAME").
+pub fn approval_subject(
+    action: ApprovalAction,
+    address: Option<&Address>,
+    admin: Option<&str>,
+) -> String {
+    let who = match action {
+        ApprovalAction::AddSecurityAdmin => "security administrator",
+        ApprovalAction::RegisterOfficer => "security officer",
+        _ => "operator",
+    };
     match (address, admin) {
         (Some(a), _) => a.to_string(),
-        (None, Some(name)) => format!("operator {name}"),
+        (None, Some(name)) => format!("{who} {name}"),
         (None, None) => "(nothing)".to_string(),
     }
 }
 
 impl PendingApproval {
     pub fn subject(&self) -> String {
-        approval_subject(self.address.as_ref(), self.admin.as_deref())
+        approval_subject(self.action, self.address.as_ref(), self.admin.as_deref())
     }
 }
 
@@ -852,7 +862,7 @@ pub struct ApprovalDone {
 
 impl ApprovalDone {
     pub fn subject(&self) -> String {
-        approval_subject(self.address.as_ref(), self.admin.as_deref())
+        approval_subject(self.action, self.address.as_ref(), self.admin.as_deref())
     }
 }
 

@@ -310,6 +310,20 @@ async fn insert(
     public_key: Vec<u8>,
     approved: Option<(&str, &str)>,
 ) -> Result<AdminSummary> {
+    // One key, one person, checked again when an approval adds them: two
+    // requests with the same key under two names would otherwise make one
+    // person two approvers.
+    if s.store
+        .list_admins()
+        .await?
+        .iter()
+        .any(|a| a.public_key == public_key)
+    {
+        return Err(ServiceError::new(
+            ErrorCode::Conflict,
+            "that key is already an administrator's: each person makes their own with 'pouch admin init'",
+        ));
+    }
     let added_by = approved.map_or(by.name.as_str(), |(requester, _)| requester);
     let admin = AdminRecord {
         name: name.to_string(),
@@ -386,6 +400,10 @@ pub async fn remove(s: &AppState, by: &AdminCaller, name: &str) -> Result<Option
 
 /// Removes an administrator and records who did (`because`: the approval).
 async fn delete_admin(s: &AppState, by: &AdminCaller, name: &str, because: &str) -> Result<()> {
+    // Counted before a removal: a server that had two security
+    // administrators keeps the officer key's rule however many remain
+    // (one upgraded from before the rule has not recorded it yet).
+    super::security::note_security_administrators(s).await?;
     if !s.store.remove_admin(name, now()).await? {
         return Err(ServiceError::not_found(format!(
             "no administrator '{name}'"
