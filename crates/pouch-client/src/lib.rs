@@ -946,20 +946,7 @@ impl Device {
         }
         let (group_id, recipient_devices) = self.deliver_to(out, group, &wanted, None)?;
         // Only now, with the server's acceptance, is the mail recorded as sent.
-        let body = self.keep_body(out)?;
-        let head = self.labelled_head(out)?;
-        let id = self.local.atomically(|l| {
-            let id = store_message(l, &group_id, None, true, &out.parsed, &body)?;
-            if let Some(sending) = &self.sending_label {
-                let marking = labels::subject_marking(l)?;
-                set_label(
-                    l,
-                    id,
-                    &labels::StoredLabel::new(&sending.shown, marking, &head),
-                )?;
-            }
-            Ok(id)
-        })?;
+        let id = self.store_sent_copy(&group_id, out)?;
         Ok(Sent {
             id,
             message_id: out.parsed.message_id.clone().unwrap_or_default(),
@@ -1032,20 +1019,7 @@ impl Device {
             self.delivered.push(format!("{b} (blind copy)"));
         }
         let (group_id, _) = first.expect("at least one recipient");
-        let body = self.keep_body(original)?;
-        let head = self.labelled_head(original)?;
-        let id = self.local.atomically(|l| {
-            let id = store_message(l, &group_id, None, true, &original.parsed, &body)?;
-            if let Some(sending) = &self.sending_label {
-                let marking = labels::subject_marking(l)?;
-                set_label(
-                    l,
-                    id,
-                    &labels::StoredLabel::new(&sending.shown, marking, &head),
-                )?;
-            }
-            Ok(id)
-        })?;
+        let id = self.store_sent_copy(&group_id, original)?;
         Ok(Sent {
             id,
             message_id: original.parsed.message_id.clone().unwrap_or_default(),
@@ -1241,6 +1215,25 @@ impl Device {
             }
         }
         Ok((group_id, recipient_devices))
+    }
+
+    /// Records a mail the server accepted as sent (with its label, if it
+    /// carries one): the Sent copy.
+    fn store_sent_copy(&mut self, group_id: &GroupId, out: &Outgoing) -> Result<i64> {
+        let body = self.keep_body(out)?;
+        let head = self.labelled_head(out)?;
+        self.local.atomically(|l| {
+            let id = store_message(l, group_id, None, true, &out.parsed, &body)?;
+            if let Some(sending) = &self.sending_label {
+                let marking = labels::subject_marking(l)?;
+                set_label(
+                    l,
+                    id,
+                    &labels::StoredLabel::new(&sending.shown, marking, &head),
+                )?;
+            }
+            Ok(id)
+        })
     }
 
     /// The header section of a labelled mail being sent (for the bridge's
