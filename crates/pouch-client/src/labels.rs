@@ -42,6 +42,8 @@ use rusqlite::OptionalExtension;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod meter;
+
 fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
 }
@@ -83,6 +85,7 @@ impl LabelGate {
 
     /// The early answer for a submission with this `head` to `envelope`.
     pub fn check(&self, head: &[u8], envelope: &[Address]) -> GateAnswer {
+        let _metered = meter::start();
         let (policy, me) = {
             let st = self.state();
             if !st.known {
@@ -489,6 +492,7 @@ impl Device {
 
     /// The label policy in force, if the officer published one.
     pub(crate) fn label_context(&mut self) -> Result<Option<LabelContext>> {
+        let _metered = meter::start();
         self.refresh_directory()?;
         self.check_officer_memo()?;
         if let Some(known) = &self.officer_memo.context {
@@ -618,6 +622,7 @@ impl Device {
         address: &Address,
         ctx: &LabelContext,
     ) -> Result<Option<Clearance>> {
+        let _metered = meter::start();
         self.refresh_directory()?;
         if let Some(known) = self.officer_memo.clearances.get(address) {
             return Ok(known.clone());
@@ -651,6 +656,7 @@ impl Device {
         parsed: &Parsed,
         recipients: &[Address],
     ) -> Result<Option<String>> {
+        let _metered = meter::start();
         let Some(ctx) = self.label_context()? else {
             return Ok(None);
         };
@@ -710,6 +716,7 @@ impl Device {
         group: &pouch_mls::MlsGroup,
         named: &[Address],
     ) -> Result<()> {
+        let _metered = meter::start();
         let Some(Sending { policy, shown }) = &self.sending_label else {
             return Ok(());
         };
@@ -808,6 +815,7 @@ impl Device {
         head: &[u8],
         envelope: &[Address],
     ) -> Result<std::result::Result<(), String>> {
+        let _metered = meter::start();
         self.sign_in()?;
         let parsed = pouch_mail_proto::mime::parse(head)?;
         let everyone = submission_recipients(envelope, &parsed);
@@ -849,6 +857,7 @@ impl Device {
     /// this device's policy and own clearance are brought up to the log
     /// (network), so the receipt check reads them from the store.
     pub(crate) fn prepare_label_receipt(&mut self, items: &[api::QueueItem]) -> Result<()> {
+        let _metered = meter::start();
         if items.iter().all(|i| i.label.is_none()) {
             return Ok(());
         }
@@ -967,6 +976,7 @@ pub(crate) struct ReceiptCache {
 impl ReceiptCache {
     /// The store's statements may have changed: compare again before use.
     pub(crate) fn recheck(&self) {
+        let _metered = meter::start();
         self.checked.set(false);
     }
 }
@@ -1111,6 +1121,7 @@ pub(crate) fn check_received(
     inner: Option<&str>,
     outer: Option<&str>,
 ) -> Result<Option<ReceivedLabel>> {
+    let _metered = meter::start();
     if inner != outer {
         return Err(ClientError::LabelMismatch(format!(
             "the label inside the message ({}) differs from the one the server delivered beside it ({}): a modified client or server",

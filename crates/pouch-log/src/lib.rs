@@ -399,6 +399,20 @@ impl LogKey {
     }
 }
 
+/// Checks that `vkey` is a checkpoint verifier key (a C2SP signed-note
+/// Ed25519 key) named `origin`, as a log's key must be.
+pub fn check_log_key(vkey: &str, origin: &str) -> Result<(), LogError> {
+    StandardVerifier::new(vkey.trim())
+        .map_err(|_| LogError::Malformed("not a log verifier key (NAME+ID+KEY)".into()))?;
+    let name = vkey.trim().split('+').next().unwrap_or_default();
+    if name != origin {
+        return Err(LogError::Malformed(format!(
+            "the key is named {name}, not {origin}"
+        )));
+    }
+    Ok(())
+}
+
 /// Verifies a signed checkpoint from the log with verifier key `vkey`.
 pub fn open_checkpoint(note: &[u8], vkey: &str, origin: &str) -> Result<Checkpoint, LogError> {
     let verifier =

@@ -884,6 +884,32 @@ pub struct RegisterOfficerRequest {
     pub card: OfficerStatement,
 }
 
+/// `GET /v1/admin/federation/card`: what a partner ministry's operator puts
+/// in their `pouch.toml` as one `[[federation.peers]]` entry (the keys are
+/// those of the file).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederationCard {
+    pub domain: String,
+    /// The federation listener (mutual TLS), `https://HOST:PORT`.
+    pub url: String,
+    /// The TLS trust anchor certificate (DER, base64): peers trust only it.
+    pub tls_anchor: String,
+    /// Its SHA-256 (hex), for the two operators to compare by voice.
+    pub tls_anchor_sha256: String,
+    /// The transparency log's checkpoint verifier key.
+    pub log_key: String,
+    /// This server's witness (it cosigns its peers' checkpoints).
+    pub witness_key: String,
+}
+
+/// `GET /federation/v1/hello` on the federation listener: who answered and
+/// whom it recognised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FederationHello {
+    pub domain: String,
+    pub peer: String,
+}
+
 /// The answer to `POST /v1/admin/security-officer`: the key registered, or
 /// (once there are two security administrators) the request a second one
 /// must approve.

@@ -151,6 +151,11 @@ vocabulary! {
         /// A device sent a reply or forward with a lower label than what it
         /// answers (the sender's reason in the detail).
         ReportLabelDowngrade = "client_report_label_downgrade",
+        /// A server that is not a configured peer tried the federation
+        /// listener (refused in the TLS handshake).
+        PeerRefused = "federation_peer_refused",
+        /// A peer asked this server's witness to cosign its log's checkpoint.
+        PeerCheckpoint = "federation_peer_checkpoint",
     }
 }
 
@@ -213,6 +218,13 @@ vocabulary! {
         WrongRole = "wrong_role",
         /// The server could not complete it (storage).
         ServerFailure = "server_failure",
+        /// A server that is not a configured federation peer.
+        NotAPeer = "not_a_peer",
+        /// A peer's log showed this server's witness a split view, a
+        /// rollback or a fork.
+        PeerLogMisbehaved = "peer_log_misbehaved",
+        /// A peer asked for what its role does not allow.
+        PeerRequestRefused = "peer_request_refused",
     }
 }
 
@@ -245,6 +257,13 @@ vocabulary! {
         LabelRefused = "label_refused",
         /// The security officer's key or statements changed, or a label was lowered.
         LabelChange = "label_change",
+        /// A server that is not a configured peer tried to federate.
+        UnknownPeer = "unknown_peer",
+        /// A peer's transparency log is not one consistent history (split
+        /// view, rollback, fork), as this server's witness saw it.
+        PeerLogSplit = "peer_log_split",
+        /// A peer asked for what its role does not allow.
+        PeerOutOfRole = "peer_out_of_role",
     }
 }
 

@@ -156,6 +156,7 @@ fn routes() -> Routes {
         .merge(crate::events::routes())
         .merge(crate::admins::routes())
         .merge(crate::labels::routes())
+        .merge(crate::federation::admin_routes())
 }
 
 async fn info(State(s): St) -> Json<ServerInfo> {

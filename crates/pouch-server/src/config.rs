@@ -23,6 +23,33 @@ pub struct ConfigFile {
     pub detection: Thresholds,
     pub alerts: AlertOutputs,
     pub response: Response,
+    pub federation: FederationSettings,
+}
+
+/// `[federation]`: this server's federation listener and its peers — other
+/// ministries' Pouch servers, each added from its operator's card
+/// (`pouch admin federation card`). Changes take a restart.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSettings {
+    /// Where peers connect (mutual TLS), `HOST:PORT`. Without it the server
+    /// does not federate.
+    pub listen: Option<String>,
+    /// How peers reach that listener, as the card says (`https://HOST:PORT`);
+    /// by default `https://` and the address bound.
+    pub url: Option<String>,
+    pub peers: Vec<PeerSettings>,
+}
+
+/// One `[[federation.peers]]` entry: a partner's card, as printed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSettings {
+    pub domain: String,
+    pub url: String,
+    pub tls_anchor: String,
+    pub log_key: String,
+    pub witness_key: String,
 }
 
 /// `[server]`: the settings `pouch server` also takes as flags, each under

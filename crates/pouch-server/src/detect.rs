@@ -363,6 +363,37 @@ async fn evaluate(
                 }
             }
         }
+        // Federation. A stranger at the federation listener: one alert per
+        // source and window (a scanner makes one, not a flood).
+        Action::PeerRefused => {
+            let name = format!("peer refused {src}");
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(alert(
+                    Rule::UnknownPeer,
+                    High,
+                    ev,
+                    seq,
+                    format!("a server that is not a configured peer tried the federation listener from {src}: {}", ev.detail),
+                ));
+            }
+        }
+        // A peer's log that is not one history, as this server's witness
+        // saw it: the peer shows someone else another log.
+        // The misbehaving log asks again every few seconds: one alert per
+        // peer address and window, every attempt an event.
+        Action::PeerCheckpoint if ev.reason == Some(Reason::PeerLogMisbehaved) => {
+            let name = format!("peer log split {src}");
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(reported(Rule::PeerLogSplit, Critical))
+            }
+        }
+        Action::PeerCheckpoint if ev.reason == Some(Reason::PeerRequestRefused) => {
+            out.push(reported(Rule::PeerOutOfRole, Medium))
+        }
         Action::QueueFetch => {
             if let (Some(_), Some(device)) = (&ev.account, &ev.device) {
                 s.store.count_fetch(device, this_window, ev.count).await?;

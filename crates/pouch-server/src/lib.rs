@@ -15,11 +15,13 @@ mod admins;
 mod api;
 pub mod config;
 pub mod conncap;
+mod cpu_meter;
 pub mod detect;
 mod devices;
 mod error;
 pub mod events;
 mod extract;
+pub mod federation;
 mod groups;
 mod labels;
 pub mod log;
@@ -112,6 +114,8 @@ pub struct ServerConfig {
     pub witnesses: Vec<service::log::WitnessConfig>,
     /// Retention, detection thresholds, alert outputs, responses.
     pub policy: config::Policy,
+    /// The federation listener and peers (`[federation]` in `pouch.toml`).
+    pub federation: config::FederationSettings,
 }
 
 /// Shared state of the request handlers.
@@ -143,6 +147,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// The label policy and clearances in force, for the delivery check.
     pub labels: service::security::LabelState,
+    /// Peers, when this server federates ([`federation`]).
+    pub federation: Option<Arc<federation::Federation>>,
 }
 
 /// What start-up prepared, for the caller to print.
@@ -342,6 +348,14 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         }
         Err(e) => return Err(e.into()),
     };
+    let federation = federation::Federation::start(
+        &config.federation,
+        &domain,
+        &config.data_dir,
+        &tls,
+        &key.verifier_key,
+    )?
+    .map(Arc::new);
     let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;
     let (recorder, recorder_tasks) = recorder::Recorder::new();
     let state = Arc::new(AppState {
@@ -364,6 +378,7 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         data_dir: config.data_dir.clone(),
         metrics: Default::default(),
         labels: Default::default(),
+        federation,
     });
     recorder_tasks.start(&state, Arc::new(Detection));
     service::log::refresh_checkpoint(&state)
@@ -485,6 +500,12 @@ pub async fn serve(
             }
         }
     });
+    // Federation peers have a listener of their own (mutual TLS).
+    let federation = tokio::spawn(federation::serve(
+        prepared.state.clone(),
+        prepared.connections,
+        handle.clone(),
+    ));
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(prepared.tls.config.clone());
     let app = router(prepared.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // Connections are counted before the TLS handshake (conncap.rs).
@@ -503,5 +524,11 @@ pub async fn serve(
     server
         .serve(app)
         .await
-        .map_err(|e| StartError::Io(format!("server stopped: {e}")))
+        .map_err(|e| StartError::Io(format!("server stopped: {e}")))?;
+    match federation.await {
+        Ok(result) => result,
+        Err(e) => Err(StartError::Io(format!(
+            "the federation listener failed: {e}"
+        ))),
+    }
 }

@@ -97,6 +97,7 @@ pub struct TlsIdentity {
     serving: Arc<ServingCertificate>,
     /// Present when Pouch issues its own serving certificates.
     issuer: Option<Issuer>,
+    anchor: CertificateDer<'static>,
 }
 
 /// Hands every handshake the current serving certificate; renewal swaps it.
@@ -106,6 +107,22 @@ struct ServingCertificate(RwLock<Arc<CertifiedKey>>);
 impl ResolvesServerCert for ServingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// The same certificate, presented when this server calls a federation
+/// peer (it is issued for client authentication too).
+impl rustls::client::ResolvesClientCert for ServingCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -299,7 +316,24 @@ impl TlsIdentity {
             warnings,
             serving,
             issuer,
+            anchor,
         })
+    }
+
+    /// The anchor certificate (DER): what federation peers trust.
+    pub fn anchor_der(&self) -> &CertificateDer<'static> {
+        &self.anchor
+    }
+
+    /// The current serving certificate, for another listener (federation).
+    pub fn cert_resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        self.serving.clone()
+    }
+
+    /// The current serving certificate as this server's client
+    /// certificate, when it calls a federation peer.
+    pub fn client_cert_resolver(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        self.serving.clone()
     }
 
     /// Issues and starts using a new serving certificate if the one in use
@@ -339,8 +373,11 @@ impl Issuer {
             return Ok(None);
         };
         let leaf = &chain[0];
+        // Certificates from before federation were for servers only:
+        // issued again, for clients too.
         if chains_to(leaf, &[], &self.anchor_der, until_now(RENEW_DAYS)).is_err()
             || !covers(leaf, &self.names)
+            || !for_clients_too(leaf, &self.anchor_der)
         {
             return Ok(None);
         }
@@ -369,7 +406,12 @@ impl Issuer {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "Pouch server");
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        // Client authentication too: the same identity is what this server
+        // presents to its federation peers (federation/peer_tls.rs).
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.anchor, &self.anchor_key)
@@ -678,6 +720,28 @@ fn chains_to(
         )
         .map(|_| at)
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Whether the leaf may also authenticate this server as a client (to
+/// federation peers).
+fn for_clients_too(leaf: &CertificateDer<'_>, anchor: &CertificateDer<'_>) -> bool {
+    let Ok(anchors) = webpki::anchor_from_trusted_cert(anchor).map(|a| [a]) else {
+        return false;
+    };
+    let Ok(end_entity) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    end_entity
+        .verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            &anchors,
+            &[],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
 }
 
 /// When the leaf stops being valid, found by asking the same checker the

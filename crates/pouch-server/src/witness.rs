@@ -117,76 +117,147 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response {
-    let req = match AddCheckpoint::decode(&body) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
-    };
-    // The origin is the checkpoint's first line.
-    let origin =
-        String::from_utf8_lossy(req.note.split(|b| *b == b'\n').next().unwrap_or_default())
-            .into_owned();
-    let Some(log) = w.logs.iter().find(|l| l.origin == origin) else {
-        return text(StatusCode::NOT_FOUND, format!("unknown log {origin}\n"));
-    };
-    // One request at a time: decide, persist, then answer.
-    let mut state = w.state.lock().await;
-    let stored = state
-        .logs
-        .get(&origin)
-        .and_then(|(size, root)| pouch_log::hash_from_b64(root).ok().map(|h| (*size, h)));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    match witness_decide(&req, &log.vkey, &origin, stored, &w.key, now) {
-        WitnessAnswer::Cosign { size, root, line } => {
-            state
-                .logs
-                .insert(origin.clone(), (size, pouch_log::hash_to_b64(&root)));
-            state.notes.insert(
-                origin.clone(),
-                String::from_utf8_lossy(&req.note).into_owned(),
-            );
-            let bytes = serde_json::to_vec_pretty(&*state).expect("state serialises");
-            if let Err(e) = write_private_file(&w.state_path, &bytes) {
-                tracing::error!(error = %e, "cannot persist witness state");
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot persist state\n".into(),
+    w.add_checkpoint(&body, None).await.0
+}
+
+/// What became of one `add-checkpoint` request, for whoever records it.
+#[derive(Debug)]
+pub enum Decision {
+    Cosigned {
+        origin: String,
+        size: u64,
+    },
+    /// The log's own misbehaviour, provable or not: two trees of one size
+    /// (a split view), a smaller tree than already cosigned (a rollback),
+    /// or a proof that does not hold (a fork, or a bad proof).
+    Misbehaved {
+        origin: String,
+        why: String,
+    },
+    /// Not signed by the log, malformed, unknown log, or a stale size the
+    /// asker corrects (409): nothing about the log.
+    Other,
+}
+
+impl Witness {
+    /// Decides on an `add-checkpoint` body, persists before answering, and
+    /// says what happened. `only_origin`: the one log this asker may submit
+    /// (a federation peer submits its own log only).
+    pub async fn add_checkpoint(
+        &self,
+        body: &[u8],
+        only_origin: Option<&str>,
+    ) -> (Response, Decision) {
+        let req = match AddCheckpoint::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    Decision::Other,
                 );
             }
-            tracing::info!(%origin, size, "cosigned");
-            text(StatusCode::OK, line)
+        };
+        // The origin is the checkpoint's first line.
+        let origin =
+            String::from_utf8_lossy(req.note.split(|b| *b == b'\n').next().unwrap_or_default())
+                .into_owned();
+        if only_origin.is_some_and(|o| o != origin) {
+            return (
+                text(
+                    StatusCode::FORBIDDEN,
+                    format!("this witness takes your own log only, not {origin}\n"),
+                ),
+                Decision::Other,
+            );
         }
-        WitnessAnswer::Conflict { current } => (
-            StatusCode::CONFLICT,
-            [(header::CONTENT_TYPE, "text/x.tlog.size")],
-            format!("{current}\n"),
-        )
-            .into_response(),
-        WitnessAnswer::Refused(Refusal::NotTheLogs(why)) => {
-            tracing::warn!(%origin, %why, "refused a checkpoint the log did not sign");
-            text(StatusCode::FORBIDDEN, format!("{why}\n"))
-        }
-        WitnessAnswer::Refused(Refusal::SplitView(why)) => {
-            tracing::error!(%origin, %why, "SPLIT VIEW: the log signed two trees of one size");
-            let cosigned = state.notes.get(&origin).cloned().unwrap_or_default();
-            let (dir, note) = (w.evidence_dir.clone(), req.note.clone());
-            let kept = tokio::task::spawn_blocking(move || {
-                keep_evidence(&dir, &origin, &why, &cosigned, &note)
-            })
-            .await;
-            if !matches!(kept, Ok(Ok(()))) {
-                tracing::error!("cannot keep the split-view evidence: {kept:?}");
+        let Some(log) = self.logs.iter().find(|l| l.origin == origin) else {
+            return (
+                text(StatusCode::NOT_FOUND, format!("unknown log {origin}\n")),
+                Decision::Other,
+            );
+        };
+        // One request at a time: decide, persist, then answer.
+        let mut state = self.state.lock().await;
+        let stored = state
+            .logs
+            .get(&origin)
+            .and_then(|(size, root)| pouch_log::hash_from_b64(root).ok().map(|h| (*size, h)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        match witness_decide(&req, &log.vkey, &origin, stored, &self.key, now) {
+            WitnessAnswer::Cosign { size, root, line } => {
+                state
+                    .logs
+                    .insert(origin.clone(), (size, pouch_log::hash_to_b64(&root)));
+                state.notes.insert(
+                    origin.clone(),
+                    String::from_utf8_lossy(&req.note).into_owned(),
+                );
+                let bytes = serde_json::to_vec_pretty(&*state).expect("state serialises");
+                if let Err(e) = write_private_file(&self.state_path, &bytes) {
+                    tracing::error!(error = %e, "cannot persist witness state");
+                    return (
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cannot persist state\n".into(),
+                        ),
+                        Decision::Other,
+                    );
+                }
+                tracing::info!(%origin, size, "cosigned");
+                (
+                    text(StatusCode::OK, line),
+                    Decision::Cosigned { origin, size },
+                )
             }
-            text(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "another root for the tree size already witnessed\n".into(),
-            )
-        }
-        WitnessAnswer::Refused(Refusal::Stale(why) | Refusal::Inconsistent(why)) => {
-            tracing::warn!(%origin, %why, "refused a checkpoint");
-            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n"))
+            WitnessAnswer::Conflict { current } => (
+                (
+                    StatusCode::CONFLICT,
+                    [(header::CONTENT_TYPE, "text/x.tlog.size")],
+                    format!("{current}\n"),
+                )
+                    .into_response(),
+                Decision::Other,
+            ),
+            WitnessAnswer::Refused(Refusal::NotTheLogs(why)) => {
+                tracing::warn!(%origin, %why, "refused a checkpoint the log did not sign");
+                (
+                    text(StatusCode::FORBIDDEN, format!("{why}\n")),
+                    Decision::Other,
+                )
+            }
+            WitnessAnswer::Refused(Refusal::SplitView(why)) => {
+                tracing::error!(%origin, %why, "SPLIT VIEW: the log signed two trees of one size");
+                let cosigned = state.notes.get(&origin).cloned().unwrap_or_default();
+                let (dir, note, o) = (self.evidence_dir.clone(), req.note.clone(), origin.clone());
+                let w = why.clone();
+                let kept = tokio::task::spawn_blocking(move || {
+                    keep_evidence(&dir, &o, &w, &cosigned, &note)
+                })
+                .await;
+                if !matches!(kept, Ok(Ok(()))) {
+                    tracing::error!("cannot keep the split-view evidence: {kept:?}");
+                }
+                (
+                    text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "another root for the tree size already witnessed\n".into(),
+                    ),
+                    Decision::Misbehaved {
+                        origin,
+                        why: format!("split view: {why}"),
+                    },
+                )
+            }
+            WitnessAnswer::Refused(Refusal::Stale(why) | Refusal::Inconsistent(why)) => {
+                tracing::warn!(%origin, %why, "refused a checkpoint");
+                (
+                    text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")),
+                    Decision::Misbehaved { origin, why },
+                )
+            }
         }
     }
 }

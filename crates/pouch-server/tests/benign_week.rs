@@ -110,6 +110,7 @@ async fn a_benign_week_raises_at_most_one_false_alert_per_thousand_mailboxes_a_d
         limits: Default::default(),
         witnesses: Vec::new(),
         policy: Default::default(),
+        federation: Default::default(),
     };
     let prepared = pouch_server::prepare(&config, store.clone()).await.unwrap();
     let s = prepared.state.clone();

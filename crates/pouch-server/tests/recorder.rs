@@ -31,6 +31,7 @@ async fn server_state(name: &str) -> (Arc<pouch_server::AppState>, std::path::Pa
         limits: Default::default(),
         witnesses: Vec::new(),
         policy: Default::default(),
+        federation: Default::default(),
     };
     let prepared = pouch_server::prepare(&config, store).await.unwrap();
     (prepared.state.clone(), dir)

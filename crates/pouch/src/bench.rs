@@ -322,6 +322,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
             limits: Default::default(),
             witnesses: Vec::new(),
             policy: Default::default(),
+            federation: Default::default(),
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let setup = std::fs::read_to_string(&prepared.admin_setup_path)?;

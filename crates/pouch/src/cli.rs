@@ -601,6 +601,11 @@ enum AdminCommand {
         /// The officer's card (officer-card.json in their key home).
         card: PathBuf,
     },
+    /// Federation with allied ministries' Pouch servers.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
     /// Resets and revocations waiting for a second administrator.
     Approvals {
         /// Print JSON instead of a table.
@@ -653,6 +658,19 @@ enum AdminCommand {
         #[arg(long, required = true)]
         stale: bool,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// Print this server's card: the `[[federation.peers]]` entry a
+    /// partner's operator adds to their pouch.toml (domain, URL, TLS
+    /// anchor, log key, witness key). Compare the anchor's SHA-256 with
+    /// them by voice.
+    Card {
+        /// Print JSON instead of the config block.
         #[arg(long)]
         json: bool,
     },
@@ -1807,18 +1825,24 @@ impl Given<'_> {
     }
 }
 
+/// What the config file adds to `pouch server`'s flags.
+struct MergedConfig {
+    policy: pouch_server::config::Policy,
+    federation: pouch_server::config::FederationSettings,
+    /// The file read, if one was.
+    path: Option<PathBuf>,
+    /// Where each setting came from, for `--check`.
+    sources: std::collections::BTreeMap<&'static str, &'static str>,
+}
+
 /// Reads the config file and fills every server setting the command line
-/// left at its default from it. Returns the policy, the file read (if any),
-/// and where each setting came from.
+/// left at its default from it. Returns the policy and federation, the file
+/// read (if any), and where each setting came from.
 fn merge_config_file(
     args: &mut ServerArgs,
     log_format: &mut String,
     given: &Given,
-) -> Result<(
-    pouch_server::config::Policy,
-    Option<PathBuf>,
-    std::collections::BTreeMap<&'static str, &'static str>,
-)> {
+) -> Result<MergedConfig> {
     use pouch_server::config::ConfigFile;
     let (path, explicit) = match &args.config {
         Some(path) => (path.clone(), true),
@@ -1945,7 +1969,12 @@ fn merge_config_file(
             origin("database_url")
         );
     }
-    Ok((file.policy(), found.then_some(path), sources))
+    Ok(MergedConfig {
+        policy: file.policy(),
+        federation: file.federation.clone(),
+        path: found.then_some(path),
+        sources,
+    })
 }
 
 /// `pouch server --check`: the settings in effect as a config file would
@@ -2039,7 +2068,12 @@ fn redact_password(url: &str) -> String {
 }
 
 fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<ExitCode> {
-    let (policy, config_file, sources) = merge_config_file(&mut args, &mut log_format, &given)?;
+    let MergedConfig {
+        policy,
+        federation,
+        path: config_file,
+        sources,
+    } = merge_config_file(&mut args, &mut log_format, &given)?;
     if args.check {
         print_settings(&args, &log_format, config_file.as_deref(), &sources);
         return Ok(ExitCode::SUCCESS);
@@ -2072,6 +2106,7 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
         };
         let config = pouch_server::ServerConfig {
             policy,
+            federation,
             data_dir: args.data_dir.clone(),
             domain: args.domain.clone(),
             tls: pouch_server::tls::TlsSettings {
@@ -2126,6 +2161,23 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
             "trust anchor SHA-256 fingerprint: {}",
             prepared.tls.anchor_fingerprint
         );
+        if let Some(fed) = &prepared.state.federation {
+            outln!(
+                "federation listening on https://{} ({} peer{}: {})",
+                fed.addr,
+                fed.peers.len(),
+                if fed.peers.len() == 1 { "" } else { "s" },
+                if fed.peers.is_empty() {
+                    "none yet; give partners 'pouch admin federation card'".to_string()
+                } else {
+                    fed.peers
+                        .iter()
+                        .map(|p| p.domain.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+        }
         if !prepared.tls.serving_names.is_empty() {
             let days = prepared
                 .tls
@@ -2175,6 +2227,30 @@ fn server(mut args: ServerArgs, mut log_format: String, given: Given) -> Result<
         pouch_server::serve(&prepared, listener, shutdown).await?;
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+/// A federation card as the `[[federation.peers]]` block of `pouch.toml`.
+fn federation_card_block(card: &pouch_proto::api::FederationCard) -> String {
+    // Every value is quoted by TOML's own rules (serialised, not pasted).
+    let quoted = |v: &str| toml::Value::String(v.to_string()).to_string();
+    format!(
+        "# Pouch federation card of @{domain}: give it to the partner's operator, who adds it\n\
+         # to their pouch.toml and restarts. Compare the TLS anchor's SHA-256 by voice:\n\
+         # {sha}\n\
+         [[federation.peers]]\n\
+         domain = {d}\n\
+         url = {u}\n\
+         tls_anchor = {a}\n\
+         log_key = {l}\n\
+         witness_key = {w}",
+        domain = card.domain,
+        sha = card.tls_anchor_sha256,
+        d = quoted(&card.domain),
+        u = quoted(&card.url),
+        a = quoted(&card.tls_anchor),
+        l = quoted(&card.log_key),
+        w = quoted(&card.witness_key),
+    )
 }
 
 /// A label policy file, read and checked.
@@ -2817,6 +2893,16 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                     "it replaces key {old}: every device refuses labelled mail until its user runs 'pouch security accept {}'",
                     done.fingerprint
                 );
+            }
+        }
+        AdminCommand::Federation {
+            command: FederationCommand::Card { json },
+        } => {
+            let card: pouch_proto::api::FederationCard = api.get("/v1/admin/federation/card")?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&card)?);
+            } else {
+                outln!("{}", federation_card_block(&card));
             }
         }
         AdminCommand::Approvals { json } => {

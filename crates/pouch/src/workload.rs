@@ -102,6 +102,51 @@ struct Outcome {
     /// (None for Postfix, which runs in processes of its own). Steadier
     /// than throughput on a shared machine.
     cpu_ms_per_mail: Option<f64>,
+    /// The label checks' share of that, per mail (None for Postfix): the
+    /// CPU time the devices spent in them (`pouch_client::labels::meter`)
+    /// and the server in its delivery check (`delivery_check_time`).
+    label_checks: Option<LabelChecks>,
+}
+
+#[derive(Clone, Copy)]
+struct LabelChecks {
+    devices_ms_per_mail: f64,
+    server_ms_per_mail: f64,
+}
+
+impl LabelChecks {
+    fn now() -> (Duration, Duration) {
+        (
+            pouch_client::labels::meter::spent(),
+            pouch_server::service::security::delivery_check_time(),
+        )
+    }
+
+    fn since(before: (Duration, Duration), mails: usize) -> Self {
+        let (devices, server) = Self::now();
+        let per_mail = |d: Duration| d.as_secs_f64() * 1000.0 / mails as f64;
+        LabelChecks {
+            devices_ms_per_mail: per_mail(devices.saturating_sub(before.0)),
+            server_ms_per_mail: per_mail(server.saturating_sub(before.1)),
+        }
+    }
+
+    fn total(self) -> f64 {
+        self.devices_ms_per_mail + self.server_ms_per_mail
+    }
+}
+
+/// "devices + server (share of the CPU per mail)", or a dash.
+fn describe_checks(checks: Option<LabelChecks>, cpu: Option<f64>) -> String {
+    match (checks, cpu) {
+        (Some(c), Some(cpu)) if cpu > 0.0 => format!(
+            "{:.3} + {:.3} ({:.1} %)",
+            c.devices_ms_per_mail,
+            c.server_ms_per_mail,
+            c.total() * 100.0 / cpu
+        ),
+        _ => "–".into(),
+    }
 }
 
 /// CPU seconds (user and system, every thread) this process has used.
@@ -131,9 +176,9 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         }
     );
     println!(
-        "| run | system | variant | submit (msg/s) | all delivered (s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | alerts |"
+        "| run | system | variant | submit (msg/s) | all delivered (s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | label checks: devices + server (ms/mail, share of CPU) | alerts |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut results: Vec<(&str, Variant, Outcome)> = Vec::new();
     for run in 0..args.runs {
         for &variant in &args.variants {
@@ -162,7 +207,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                 }
                 .with_context(|| format!("{system}, {}, run {}", variant.name(), run + 1))?;
                 println!(
-                    "| {} | {system} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
+                    "| {} | {system} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} |",
                     run + 1,
                     variant.name(),
                     args.mails as f64 / outcome.submit_s,
@@ -174,6 +219,7 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                         .cpu_ms_per_mail
                         .map(|c| format!("{c:.2}"))
                         .unwrap_or_else(|| "–".into()),
+                    describe_checks(outcome.label_checks, outcome.cpu_ms_per_mail),
                     outcome
                         .alerts
                         .map(|a| a.to_string())
@@ -185,9 +231,9 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
     }
     println!();
     println!(
-        "| system | variant | submit (msg/s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | Pouch ÷ Postfix + Dovecot (end to end) |"
+        "| system | variant | submit (msg/s) | end to end (msg/s) | latency p50 (s) | latency p99 (s) | CPU (ms/mail) | label checks (ms/mail, share of CPU) | Pouch ÷ Postfix + Dovecot (end to end) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for &variant in &args.variants {
         let median_of = |system: &str, f: &dyn Fn(&Outcome) -> f64| {
             let v: Vec<f64> = results
@@ -206,8 +252,11 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
         }
         for system in systems {
             let cpu = median_of(system, &|o| o.cpu_ms_per_mail.unwrap_or(f64::NAN));
+            let checks = median_of(system, &|o| {
+                o.label_checks.map(LabelChecks::total).unwrap_or(f64::NAN)
+            });
             println!(
-                "| {system} (median) | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
+                "| {system} (median) | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} |",
                 variant.name(),
                 median_of(system, &|o| args.mails as f64 / o.submit_s),
                 median_of(system, &e2e),
@@ -217,6 +266,11 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
                     "–".to_string()
                 } else {
                     format!("{cpu:.2}")
+                },
+                if checks.is_nan() || cpu.is_nan() {
+                    "–".to_string()
+                } else {
+                    format!("{checks:.3} ({:.1} %)", checks * 100.0 / cpu)
                 },
                 match (system, postfix_e2e) {
                     ("Pouch", Some(p)) => format!("{:.2}×", pouch_e2e / p),
@@ -383,6 +437,7 @@ fn postfix_run(args: &WorkloadArgs, variant: Variant, tag: &str, body: &str) -> 
     // This process's CPU is only the mail clients' here.
     let result = drive(&accounts, "bench.test", variant, tag, args.mails, body).map(|o| Outcome {
         cpu_ms_per_mail: None,
+        label_checks: None,
         ..o
     });
     let _ = std::process::Command::new("bash")
@@ -471,6 +526,7 @@ fn drive(
     });
     let t0 = Instant::now();
     let cpu0 = process_cpu_s();
+    let checks0 = LabelChecks::now();
     let submitted = Arc::new(Mutex::new(HashMap::new()));
     let collector = {
         let accounts = accounts.to_vec();
@@ -501,6 +557,7 @@ fn drive(
         latencies,
         alerts: None,
         cpu_ms_per_mail,
+        label_checks: Some(LabelChecks::since(checks0, mails)),
     })
 }
 

@@ -62,6 +62,7 @@ impl LogState {
 /// Asks one witness to cosign checkpoint `note` of `size`; returns its cosignature line.
 async fn ask_witness(
     s: &AppState,
+    http: &reqwest::Client,
     w: &WitnessConfig,
     size: u64,
     note: &[u8],
@@ -96,9 +97,7 @@ async fn ask_witness(
             note: note.to_vec(),
         }
         .encode();
-        let resp = s
-            .log
-            .http
+        let resp = http
             .post(format!("{}/add-checkpoint", w.url.trim_end_matches('/')))
             .body(body)
             .send()
@@ -202,13 +201,74 @@ async fn cosign(s: &AppState) -> Result<(), ServiceError> {
         if opened.cosignatures.iter().any(|(n, _)| n == name) {
             continue;
         }
-        match ask_witness(s, w, size, &note).await {
+        match ask_witness(s, &s.log.http, w, size, &note).await {
             Ok(line) => lines.push(line),
             Err(e) => tracing::warn!(witness = %w.url, size, error = %e, "witness did not cosign"),
         }
     }
     if !lines.is_empty() {
         let cosigned = pouch_log::witness::add_cosignatures(&note, &lines)
+            .map_err(|e| log_failure(&e.to_string()))?;
+        s.store.replace_checkpoint(size, &cosigned).await?;
+    }
+    Ok(())
+}
+
+/// What the background loop knows of the peers' witnesses.
+#[derive(Default)]
+pub struct PeerWitnessing {
+    /// Peer domain → the checkpoint size its witness cosigned.
+    cosigned: std::collections::HashMap<String, u64>,
+    /// Peers whose last attempt failed (said once, not every round).
+    failing: std::collections::HashSet<String>,
+}
+
+/// Asks each federation peer's witness to cosign the stored checkpoint
+/// when it grew past what that witness cosigned, and adds their lines to
+/// it. The peers' witnesses are not this log's announced witnesses: a
+/// partner's outage never makes this ministry's own log look unwitnessed.
+pub async fn cosign_with_peers(
+    s: &AppState,
+    fed: &crate::federation::Federation,
+    known: &mut PeerWitnessing,
+) -> Result<(), ServiceError> {
+    refresh_checkpoint(s).await?;
+    let Some((size, note)) = s.store.checkpoint().await? else {
+        return Ok(());
+    };
+    let mut lines = Vec::new();
+    for peer in &fed.peers {
+        if known.cosigned.get(&peer.domain) == Some(&size) {
+            continue;
+        }
+        let w = WitnessConfig {
+            url: format!("{}/federation/v1/witness", peer.url),
+            vkey: peer.witness_key.clone(),
+        };
+        match ask_witness(s, &peer.http, &w, size, &note).await {
+            Ok(line) => {
+                lines.push(line);
+                known.cosigned.insert(peer.domain.clone(), size);
+                if known.failing.remove(&peer.domain) {
+                    tracing::info!(peer = %peer.domain, size, "the peer's witness cosigns again");
+                }
+            }
+            Err(e) => {
+                if known.failing.insert(peer.domain.clone()) {
+                    tracing::warn!(peer = %peer.domain, size, error = %e, "the peer's witness did not cosign; asking again every few seconds");
+                }
+            }
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    // Onto the checkpoint as stored now: this node's own witnesses may have
+    // added theirs meanwhile.
+    if let Some((now_size, now_note)) = s.store.checkpoint().await?
+        && now_size == size
+    {
+        let cosigned = pouch_log::witness::add_cosignatures(&now_note, &lines)
             .map_err(|e| log_failure(&e.to_string()))?;
         s.store.replace_checkpoint(size, &cosigned).await?;
     }

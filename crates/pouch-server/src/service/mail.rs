@@ -223,7 +223,7 @@ pub async fn send(
             pouch_label::MAX_LABEL_BYTES
         )));
     }
-    super::security::check_delivery(s, caller, group_id, req.label.as_deref()).await?;
+    super::security::check_delivery(s, caller, group_id, req.epoch, req.label.as_deref()).await?;
     let message = pouch_store::Message {
         group_id,
         sender: &caller.device,

@@ -132,6 +132,8 @@ pub struct Server {
     pub fingerprint: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// The federation listener (`https://…`), when `pouch.toml` sets one.
+    pub federation: Option<String>,
 }
 
 impl Server {
@@ -186,16 +188,23 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
         let mut fingerprint = None;
-        while url.is_none() || fingerprint.is_none() {
+        let mut federation = None;
+        // "storage: …" is the last line the server prints before serving.
+        loop {
             let line = lines
                 .next()
                 .expect("server exited before it was ready")
                 .unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
+            if let Some(rest) = line.strip_prefix("federation listening on ") {
+                federation = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some(rest) = line.split("listening on ").nth(1) {
                 url = Some(rest.trim().to_string());
             }
             if let Some(rest) = line.strip_prefix("trust anchor SHA-256 fingerprint: ") {
                 fingerprint = Some(rest.trim().to_string());
+            }
+            if line.starts_with("storage: ") && url.is_some() && fingerprint.is_some() {
+                break;
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -206,6 +215,7 @@ impl Server {
             fingerprint: fingerprint.unwrap(),
             data_dir: data_dir.to_path_buf(),
             database_url: database_url.map(str::to_string),
+            federation,
         }
     }
 

@@ -1,0 +1,400 @@
+//! Federation between ministries' servers (issue 14), first steps: peers by
+//! explicit agreement (each operator prints a card, the other adds it to
+//! `pouch.toml` and restarts), a federation listener that refuses any
+//! server not configured as a peer during the TLS handshake, and
+//! cross-witnessing: each server's checkpoints carry its peers' witnesses'
+//! cosignatures, and a peer that shows a witness a split view of its log
+//! is caught, with a critical alert.
+//!
+//! Three real servers on loopback, three domains, SQLite.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const DOMAINS: [&str; 3] = ["mfa-a.test", "mfa-b.test", "hq-c.test"];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path, domain: &str) -> Server {
+    Server::start_with(dir, None, "127.0.0.1:0", &["--domain", domain])
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Three servers, each with a federation listener on a port of its own and
+/// the other two as peers (from their cards), restarted to read them.
+struct Federated {
+    servers: Vec<Server>,
+    dirs: Vec<std::path::PathBuf>,
+    cards: Vec<String>,
+    ports: Vec<u16>,
+}
+
+fn federate(scratch: &Scratch) -> Federated {
+    let dirs: Vec<_> = DOMAINS.iter().map(|d| scratch.path(d)).collect();
+    let ports: Vec<u16> = DOMAINS.iter().map(|_| free_port()).collect();
+    let mut servers = Vec::new();
+    for (i, domain) in DOMAINS.iter().enumerate() {
+        std::fs::create_dir_all(&dirs[i]).unwrap();
+        std::fs::write(
+            dirs[i].join("pouch.toml"),
+            format!("[federation]\nlisten = \"127.0.0.1:{}\"\n", ports[i]),
+        )
+        .unwrap();
+        servers.push(start(&dirs[i], domain));
+    }
+    let cards: Vec<String> = servers
+        .iter()
+        .map(|s| ok(s.admin(&s.data_dir, &["federation", "card"])))
+        .collect();
+    for (i, domain) in DOMAINS.iter().enumerate() {
+        let mut config = format!("[federation]\nlisten = \"127.0.0.1:{}\"\n\n", ports[i]);
+        for (j, card) in cards.iter().enumerate() {
+            if j != i {
+                config.push_str(card);
+                config.push('\n');
+            }
+        }
+        std::fs::write(dirs[i].join("pouch.toml"), config).unwrap();
+        servers[i].stop();
+        servers[i] = start(&dirs[i], domain);
+    }
+    Federated {
+        servers,
+        dirs,
+        cards,
+        ports,
+    }
+}
+
+/// The card, read back by TOML's own parser: one `[[federation.peers]]`
+/// entry with exactly the keys the config file takes.
+fn card_entry(card: &str) -> toml::Table {
+    let parsed: toml::Table = toml::from_str(card).expect("the card is TOML");
+    let peers = parsed["federation"]["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1);
+    peers[0].as_table().unwrap().clone()
+}
+
+fn info(server: &Server) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sSfk", &format!("{}/v1/info", server.url)])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn checkpoint(server: &Server) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sSfk", &format!("{}/checkpoint", server.url)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// curl against a federation listener, with a client certificate (chain
+/// and key files) or none; the server's anchor is trusted (no `-k`: the
+/// peer is checked as peers check each other).
+fn curl_federation(
+    url: &str,
+    anchor_pem: &Path,
+    client: Option<&Path>,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(anchor_pem);
+    if let Some(dir) = client {
+        cmd.arg("--cert")
+            .arg(dir.join("tls-cert.pem"))
+            .arg("--key")
+            .arg(dir.join("tls-key.pem"));
+    }
+    cmd.args(extra).arg(url).output().unwrap()
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn peers_by_card_cross_witness_and_strangers_are_refused_in_the_handshake() {
+    let scratch = Scratch::new("federation-peers");
+    let f = federate(&scratch);
+
+    // The card: what the config file takes, and true.
+    for (i, card) in f.cards.iter().enumerate() {
+        let entry = card_entry(card);
+        let mut keys: Vec<&str> = entry.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["domain", "log_key", "tls_anchor", "url", "witness_key"]
+        );
+        assert_eq!(entry["domain"].as_str(), Some(DOMAINS[i]));
+        assert_eq!(
+            entry["url"].as_str().unwrap(),
+            format!("https://127.0.0.1:{}", f.ports[i])
+        );
+        assert_eq!(
+            entry["log_key"].as_str(),
+            info(&f.servers[i])["log_key"].as_str()
+        );
+        assert!(
+            entry["witness_key"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}/witness+", DOMAINS[i]))
+        );
+        // The anchor is the one devices pin, and the card says its SHA-256.
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(entry["tls_anchor"].as_str().unwrap())
+            .unwrap();
+        let sha: String = <sha2::Sha256 as sha2::Digest>::digest(&der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(sha, f.servers[i].fingerprint);
+        assert!(card.contains(&format!("# {sha}")), "{card}");
+        assert_eq!(
+            f.servers[i].federation.as_deref(),
+            Some(format!("https://127.0.0.1:{}", f.ports[i]).as_str())
+        );
+    }
+
+    // Cross-witnessing: each server's checkpoint carries both peers'
+    // witnesses' cosignatures, each valid for that very checkpoint.
+    for (i, server) in f.servers.iter().enumerate() {
+        let log_key = info(server)["log_key"].as_str().unwrap().to_string();
+        let witnesses: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| {
+                card_entry(&f.cards[j])["witness_key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let names: Vec<String> = wait_for("the peers' cosignatures", || {
+            let note = checkpoint(server);
+            let opened = pouch_log::witness::open_cosigned(
+                &note,
+                &log_key,
+                &format!("{}/log", DOMAINS[i]),
+                &witnesses,
+            )
+            .unwrap();
+            let mut names: Vec<String> =
+                opened.cosignatures.iter().map(|(n, _)| n.clone()).collect();
+            names.sort();
+            names.dedup();
+            (names.len() == 2).then_some(names)
+        });
+        let mut expected: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("{}/witness", DOMAINS[j]))
+            .collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        // Peers are not this log's announced witnesses: the ministry's own
+        // devices never depend on a partner being up.
+        assert_eq!(info(server)["witnesses"], serde_json::json!([]));
+    }
+
+    let a = &f.servers[0];
+    let a_fed = a.federation.clone().unwrap();
+    let a_anchor = f.dirs[0].join("tls-anchor.pem");
+
+    // A peer is recognised by its certificate (B calling A).
+    let hello = curl_federation(
+        &format!("{a_fed}/federation/v1/hello"),
+        &a_anchor,
+        Some(&f.dirs[1]),
+        &["-f"],
+    );
+    assert!(
+        hello.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hello.stderr)
+    );
+    let hello: serde_json::Value = serde_json::from_slice(&hello.stdout).unwrap();
+    assert_eq!(hello["domain"], "mfa-a.test");
+    assert_eq!(hello["peer"], "mfa-b.test");
+
+    // A client with no certificate, and a server that is not a peer (its
+    // own anchor, its own certificate): refused in the handshake, no HTTP.
+    let stranger_dir = scratch.path("stranger.test");
+    let _stranger = start(&stranger_dir, "stranger.test");
+    for client in [None, Some(stranger_dir.as_path())] {
+        let out = curl_federation(
+            &format!("{a_fed}/federation/v1/hello"),
+            &a_anchor,
+            client,
+            &["-o", "/dev/null", "-w", "%{http_code}"],
+        );
+        assert!(!out.status.success(), "a stranger got through");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "000",
+            "no HTTP answer at all"
+        );
+    }
+    // The devices' listener does not serve federation routes, nor the
+    // federation listener the devices' API.
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/federation/v1/hello", a.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let out = curl_federation(
+        &format!("{a_fed}/v1/info"),
+        &a_anchor,
+        Some(&f.dirs[1]),
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // A peer may have its own log cosigned, no one else's: B submitting
+    // C's checkpoint to A's witness is refused, and an event.
+    let c_checkpoint = checkpoint(&f.servers[2]);
+    let mut body = b"old 0\n\n".to_vec();
+    body.extend_from_slice(&c_checkpoint);
+    std::fs::write(scratch.path("c-checkpoint"), &body).unwrap();
+    let out = curl_federation(
+        &format!("{a_fed}/federation/v1/witness/add-checkpoint"),
+        &a_anchor,
+        Some(&f.dirs[1]),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &format!("@{}", scratch.path("c-checkpoint").display()),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+
+    // The security team sees both: a stranger (one alert per source and
+    // window, not one per attempt) and a peer out of its role.
+    let alerts = wait_for("the federation alerts", || {
+        let alerts = a.alerts();
+        let unknown = alerts
+            .iter()
+            .filter(|x| x["rule"] == "unknown_peer")
+            .count();
+        let out_of_role = alerts
+            .iter()
+            .filter(|x| x["rule"] == "peer_out_of_role")
+            .count();
+        (unknown >= 1 && out_of_role >= 1).then_some(alerts)
+    });
+    let unknown: Vec<_> = alerts
+        .iter()
+        .filter(|x| x["rule"] == "unknown_peer")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0]["severity"], "high");
+    let events = ok(a.admin(&a.data_dir, &["events", "export"]));
+    let refused = events
+        .lines()
+        .filter(|l| l.contains("federation_peer_refused"))
+        .count();
+    assert_eq!(refused, 2, "each refused handshake is an event: {events}");
+    assert!(events.contains("federation_peer_checkpoint"));
+}
+
+#[test]
+fn a_peer_that_shows_a_split_view_of_its_log_is_caught_by_the_other_peers_witness() {
+    let scratch = Scratch::new("federation-split");
+    let mut f = federate(&scratch);
+    // A's checkpoints are cosigned by B's witness.
+    wait_for("B's cosignature on A's log", || {
+        let note = String::from_utf8(checkpoint(&f.servers[0])).unwrap();
+        note.contains("— mfa-b.test/witness ").then_some(())
+    });
+    // A's operator forks A: a copy of its data directory (same keys, same
+    // log) run beside it, each then growing its log differently — what a
+    // server showing two views does.
+    f.servers[0].stop();
+    let fork_dir = scratch.path("mfa-a-fork");
+    copy_dir(&f.dirs[0], &fork_dir);
+    let fork_port = free_port();
+    let config = std::fs::read_to_string(f.dirs[0].join("pouch.toml"))
+        .unwrap()
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", f.ports[0]),
+            &format!("listen = \"127.0.0.1:{fork_port}\""),
+        );
+    std::fs::write(fork_dir.join("pouch.toml"), config).unwrap();
+    let a = start(&f.dirs[0], "mfa-a.test");
+    let fork = start(&fork_dir, "mfa-a.test");
+    // Each appends one different entry: a user enrolled on each (their
+    // first device list). The fork holds A's database, and so A's operator.
+    for (server, who) in [(&a, "alice"), (&fork, "mallory")] {
+        let address = format!("{who}@mfa-a.test");
+        let invite = server.invite_with(&f.dirs[0], &address, &[]);
+        let _ = Client::enroll(scratch.path(&format!("{who}-home")), &invite, &address);
+    }
+    let b = &f.servers[1];
+    let alert = wait_for("B's critical alert", || {
+        b.alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_log_split")
+    });
+    assert_eq!(alert["severity"], "critical");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("mfa-a.test"),
+        "{alert}"
+    );
+    // The fork keeps asking every 2 s: every attempt is an event, the alert
+    // is raised once (per peer address and window), not every 2 s.
+    std::thread::sleep(Duration::from_secs(5));
+    let split_alerts = b
+        .alerts()
+        .into_iter()
+        .filter(|x| x["rule"] == "peer_log_split")
+        .count();
+    assert_eq!(split_alerts, 1);
+    let events = ok(b.admin(&b.data_dir, &["events", "export"]));
+    assert!(
+        events
+            .lines()
+            .filter(|l| l.contains("peer_log_misbehaved"))
+            .count()
+            >= 2,
+        "{events}"
+    );
+    // B's witness kept the two signed checkpoints as evidence.
+    let evidence = std::fs::read_dir(f.dirs[1].join("federation").join("evidence"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(evidence >= 1 || alert["summary"].as_str().unwrap().contains("consistent"));
+}
