@@ -902,6 +902,35 @@ pub struct FederationCard {
     pub witness_key: String,
 }
 
+/// `GET /v1/admin/federation/status`: this server's peers as this node sees
+/// them (`pouch admin federation status`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FederationStatus {
+    pub domain: String,
+    /// This server's federation listener, as its card says.
+    pub url: String,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub domain: String,
+    pub url: String,
+    /// When the peer last answered (Unix seconds); None: not since this
+    /// node started.
+    pub last_contact: Option<i64>,
+    /// Why the last exchange failed (None once one works again).
+    pub last_error: Option<String>,
+    /// The size of the peer's log at its newest checkpoint this server's
+    /// witness cosigned.
+    pub log_size: Option<u64>,
+    /// How long ago this server's witness last cosigned the peer's
+    /// checkpoint (it does every few seconds while the peer answers).
+    pub cosigned_age_secs: Option<u64>,
+    /// The size of this server's log the peer's witness last cosigned.
+    pub ours_cosigned: Option<u64>,
+}
+
 /// `GET /federation/v1/hello` on the federation listener: who answered and
 /// whom it recognised.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -218,6 +218,11 @@ async fn metrics(
         now: crate::now(),
         checkpoint_size,
         witnesses,
+        peers: s
+            .federation
+            .as_ref()
+            .map(|f| f.status(&s.domain).peers)
+            .unwrap_or_default(),
     };
     Ok((
         [(

@@ -366,7 +366,7 @@ async fn evaluate(
         // Federation. A stranger at the federation listener: one alert per
         // source and window (a scanner makes one, not a flood).
         Action::PeerRefused => {
-            let name = format!("peer refused {src}");
+            let name = format!("peer refused {}", network_of(&src));
             let this_one = s.store.count(&name, this_window, 1).await?;
             let before = s.store.counted(&name, this_window - window, this_window).await?;
             if this_one + before == 1 {
@@ -392,7 +392,12 @@ async fn evaluate(
             }
         }
         Action::PeerCheckpoint if ev.reason == Some(Reason::PeerRequestRefused) => {
-            out.push(reported(Rule::PeerOutOfRole, Medium))
+            let name = format!("peer out of role {src}");
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(reported(Rule::PeerOutOfRole, Medium))
+            }
         }
         Action::QueueFetch => {
             if let (Some(_), Some(device)) = (&ev.account, &ev.device) {
@@ -675,5 +680,17 @@ pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
         Ok(0) => {}
         Ok(n) => tracing::info!(pruned = n, "events past the retention period deleted"),
         Err(e) => tracing::error!(error = %e, "cannot prune old events"),
+    }
+}
+
+/// The network a source address stands for in a count: the address
+/// itself for IPv4, its /64 for IPv6 (one host holds a whole /64).
+fn network_of(source: &str) -> String {
+    match source.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => source.to_string(),
     }
 }

@@ -354,6 +354,11 @@ pub async fn prepare(config: &ServerConfig, store: Arc<dyn Store>) -> Result<Pre
         &config.data_dir,
         &tls,
         &key.verifier_key,
+        &config
+            .witnesses
+            .iter()
+            .map(|w| w.vkey.clone())
+            .collect::<Vec<_>>(),
     )?
     .map(Arc::new);
     let sinks = sinks::Sinks::start(&config.policy.alerts, &domain).map_err(StartError::Config)?;

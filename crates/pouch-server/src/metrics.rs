@@ -53,6 +53,8 @@ pub struct Gauges {
     /// with the time of its valid cosignature on it, if it has one.
     pub checkpoint_size: u64,
     pub witnesses: Vec<(String, Option<u64>)>,
+    /// Federation peers as this node sees them (empty without federation).
+    pub peers: Vec<pouch_proto::api::PeerStatus>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -188,6 +190,27 @@ impl Metrics {
                     "pouch_witness_cosignature_age_seconds{{witness=\"{}\"}} {}",
                     escape(name),
                     (g.now - *at as i64).max(0)
+                );
+            }
+        }
+        out.push_str("# HELP pouch_federation_peer_up Whether the federation peer's last exchange worked (1) or failed (0).\n");
+        out.push_str("# TYPE pouch_federation_peer_up gauge\n");
+        for p in &g.peers {
+            let _ = writeln!(
+                out,
+                "pouch_federation_peer_up{{peer=\"{}\"}} {}",
+                escape(&p.domain),
+                u8::from(p.last_contact.is_some() && p.last_error.is_none())
+            );
+        }
+        out.push_str("# HELP pouch_federation_peer_cosigned_age_seconds How long ago this server's witness last cosigned the peer's log.\n");
+        out.push_str("# TYPE pouch_federation_peer_cosigned_age_seconds gauge\n");
+        for p in &g.peers {
+            if let Some(age) = p.cosigned_age_secs {
+                let _ = writeln!(
+                    out,
+                    "pouch_federation_peer_cosigned_age_seconds{{peer=\"{}\"}} {age}",
+                    escape(&p.domain),
                 );
             }
         }

@@ -320,6 +320,21 @@ impl TlsIdentity {
         })
     }
 
+    /// Whether the serving certificate may also authenticate this server
+    /// as a client (what federation peers require).
+    pub fn for_clients_too(&self) -> bool {
+        let current = self
+            .serving
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match current.cert.split_first() {
+            Some((leaf, rest)) => for_clients_too(leaf, rest, &self.anchor),
+            None => false,
+        }
+    }
+
     /// The anchor certificate (DER): what federation peers trust.
     pub fn anchor_der(&self) -> &CertificateDer<'static> {
         &self.anchor
@@ -377,7 +392,7 @@ impl Issuer {
         // issued again, for clients too.
         if chains_to(leaf, &[], &self.anchor_der, until_now(RENEW_DAYS)).is_err()
             || !covers(leaf, &self.names)
-            || !for_clients_too(leaf, &self.anchor_der)
+            || !for_clients_too(leaf, &[], &self.anchor_der)
         {
             return Ok(None);
         }
@@ -724,7 +739,11 @@ fn chains_to(
 
 /// Whether the leaf may also authenticate this server as a client (to
 /// federation peers).
-fn for_clients_too(leaf: &CertificateDer<'_>, anchor: &CertificateDer<'_>) -> bool {
+fn for_clients_too(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchor: &CertificateDer<'_>,
+) -> bool {
     let Ok(anchors) = webpki::anchor_from_trusted_cert(anchor).map(|a| [a]) else {
         return false;
     };
@@ -735,7 +754,7 @@ fn for_clients_too(leaf: &CertificateDer<'_>, anchor: &CertificateDer<'_>) -> bo
         .verify_for_usage(
             provider().signature_verification_algorithms.all,
             &anchors,
-            &[],
+            intermediates,
             UnixTime::now(),
             webpki::KeyUsage::client_auth(),
             None,

@@ -99,6 +99,17 @@ impl Witness {
     pub fn verifier_key(&self) -> String {
         self.key.verifier_key()
     }
+
+    /// The tree size this witness last cosigned for `origin` (0: none).
+    pub async fn cosigned_size(&self, origin: &str) -> u64 {
+        self.state
+            .lock()
+            .await
+            .logs
+            .get(origin)
+            .map(|(size, _)| *size)
+            .unwrap_or(0)
+    }
 }
 
 pub fn router(w: Arc<Witness>) -> Router {
@@ -107,17 +118,36 @@ pub fn router(w: Arc<Witness>) -> Router {
         .with_state(w)
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
+/// A witness's answer, as tlog-witness sends it (a cosignature line, a
+/// size, or why not), for HTTP or for this server's own use.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: String,
+    content_type: &'static str,
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Reply {
+    Reply {
         status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         body,
-    )
-        .into_response()
+        content_type: "text/plain; charset=utf-8",
+    }
 }
 
 async fn add_checkpoint(State(w): State<Arc<Witness>>, body: Bytes) -> Response {
-    w.add_checkpoint(&body, None).await.0
+    w.add_checkpoint(&body, None).await.0.into_response()
 }
 
 /// What became of one `add-checkpoint` request, for whoever records it.
@@ -147,7 +177,7 @@ impl Witness {
         &self,
         body: &[u8],
         only_origin: Option<&str>,
-    ) -> (Response, Decision) {
+    ) -> (Reply, Decision) {
         let req = match AddCheckpoint::decode(body) {
             Ok(r) => r,
             Err(e) => {
@@ -213,12 +243,11 @@ impl Witness {
                 )
             }
             WitnessAnswer::Conflict { current } => (
-                (
-                    StatusCode::CONFLICT,
-                    [(header::CONTENT_TYPE, "text/x.tlog.size")],
-                    format!("{current}\n"),
-                )
-                    .into_response(),
+                Reply {
+                    status: StatusCode::CONFLICT,
+                    body: format!("{current}\n"),
+                    content_type: "text/x.tlog.size",
+                },
                 Decision::Other,
             ),
             WitnessAnswer::Refused(Refusal::NotTheLogs(why)) => {

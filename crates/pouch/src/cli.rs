@@ -674,6 +674,14 @@ enum FederationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Each peer as this server sees it: last contact (and the last error),
+    /// the size of its log this server's witness cosigned and how long ago,
+    /// and how much of this server's log its witness cosigned.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -2903,6 +2911,44 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&card)?);
             } else {
                 outln!("{}", federation_card_block(&card));
+            }
+        }
+        AdminCommand::Federation {
+            command: FederationCommand::Status { json },
+        } => {
+            let status: pouch_proto::api::FederationStatus =
+                api.get("/v1/admin/federation/status")?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                outln!("@{} federates at {}", status.domain, status.url);
+                if status.peers.is_empty() {
+                    outln!("no peers yet: add a partner's card to pouch.toml and restart");
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default();
+                for p in &status.peers {
+                    let contact = match p.last_contact {
+                        Some(t) => format!("answered {} s ago", (now - t).max(0)),
+                        None => "not reached since this server started".into(),
+                    };
+                    let theirs = match (p.log_size, p.cosigned_age_secs) {
+                        (Some(size), Some(age)) => {
+                            format!("its log: {size} entries, cosigned here {age} s ago")
+                        }
+                        _ => "its log: not cosigned here yet".into(),
+                    };
+                    let ours = match p.ours_cosigned {
+                        Some(size) => format!("ours cosigned by it up to {size}"),
+                        None => "ours not cosigned by it yet".into(),
+                    };
+                    outln!("{}  {contact}; {theirs}; {ours}", p.domain);
+                    if let Some(e) = &p.last_error {
+                        outln!("    last error: {e}");
+                    }
+                }
             }
         }
         AdminCommand::Approvals { json } => {

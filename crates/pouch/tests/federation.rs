@@ -6,7 +6,7 @@
 //! cosignatures, and a peer that shows a witness a split view of its log
 //! is caught, with a critical alert.
 //!
-//! Three real servers on loopback, three domains, SQLite.
+//! Three real servers on loopback, three domains, SQLite. Operators see each peer (`pouch admin federation status`).
 
 mod common;
 use common::*;
@@ -397,4 +397,99 @@ fn a_peer_that_shows_a_split_view_of_its_log_is_caught_by_the_other_peers_witnes
         .map(|d| d.count())
         .unwrap_or(0);
     assert!(evidence >= 1 || alert["summary"].as_str().unwrap().contains("consistent"));
+}
+
+fn status(server: &Server) -> serde_json::Value {
+    let out = ok(server.admin(&server.data_dir, &["federation", "status", "--json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn peer_status(server: &Server, domain: &str) -> serde_json::Value {
+    status(server)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["domain"] == domain)
+        .cloned()
+        .unwrap_or_else(|| panic!("{domain} is not in the status"))
+}
+
+/// The size of a server's log at its checkpoint.
+fn log_size(server: &Server) -> u64 {
+    let note = String::from_utf8(checkpoint(server)).unwrap();
+    note.lines().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn operators_see_each_peer_and_a_peer_that_is_down_holds_up_nothing() {
+    let scratch = Scratch::new("federation-status");
+    let mut f = federate(&scratch);
+    // Each peer followed: its log as this server's witness cosigned it,
+    // and this server's log as the peer's witness did.
+    for (i, server) in f.servers.iter().enumerate() {
+        for j in (0..3).filter(|j| *j != i) {
+            let peer = &f.servers[j];
+            let st = wait_for("both ways cosigned", || {
+                let st = peer_status(server, DOMAINS[j]);
+                (st["log_size"].as_u64() == Some(log_size(peer))
+                    && st["ours_cosigned"].as_u64() == Some(log_size(server)))
+                .then_some(st)
+            });
+            assert!(st["last_error"].is_null(), "{st}");
+            assert!(st["last_contact"].as_i64().is_some());
+            assert!(st["cosigned_age_secs"].as_u64().unwrap() < 60, "{st}");
+        }
+    }
+    let text = ok(f.servers[0].admin(&f.dirs[0], &["federation", "status"]));
+    assert!(
+        text.contains("mfa-b.test  answered") && text.contains("hq-c.test  answered"),
+        "{text}"
+    );
+
+    // C goes down. A's own work goes on at once (a user enrolls, its log
+    // grows), B's witness cosigns A's new checkpoint, and A says what is
+    // wrong with C.
+    f.servers[2].stop();
+    let started = Instant::now();
+    let invite = f.servers[0].invite("carol@mfa-a.test");
+    let _carol = Client::enroll(scratch.path("carol"), &invite, "carol@mfa-a.test");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a peer down held up local work"
+    );
+    let grown = log_size(&f.servers[0]);
+    wait_for("B cosigning A's grown log", || {
+        (peer_status(&f.servers[0], "mfa-b.test")["ours_cosigned"].as_u64() == Some(grown))
+            .then_some(())
+    });
+    let down = wait_for("C reported down", || {
+        let st = peer_status(&f.servers[0], "hq-c.test");
+        st["last_error"].as_str().map(str::to_string)
+    });
+    assert!(down.contains("unreachable"), "{down}");
+    let text = ok(f.servers[0].admin(&f.dirs[0], &["federation", "status"]));
+    assert!(text.contains("last error: "), "{text}");
+    // And Prometheus sees it (read by its own parser).
+    let metrics = f.servers[0].metrics();
+    assert_eq!(
+        metrics[r#"pouch_federation_peer_up{"peer": "hq-c.test"}"#],
+        0.0
+    );
+    assert_eq!(
+        metrics[r#"pouch_federation_peer_up{"peer": "mfa-b.test"}"#],
+        1.0
+    );
+    assert!(
+        metrics[r#"pouch_federation_peer_cosigned_age_seconds{"peer": "mfa-b.test"}"#]
+            .as_f64()
+            .unwrap()
+            < 60.0
+    );
+
+    // C comes back (same data, same port): A catches up with it by itself.
+    f.servers[2] = start(&f.dirs[2], DOMAINS[2]);
+    wait_for("C back, A's grown log cosigned by it", || {
+        let st = peer_status(&f.servers[0], "hq-c.test");
+        (st["last_error"].is_null() && st["ours_cosigned"].as_u64() == Some(grown)).then_some(())
+    });
 }

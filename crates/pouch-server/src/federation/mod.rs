@@ -13,14 +13,17 @@
 //!   under a configured peer's anchor. A separate port lets the handshake
 //!   itself refuse strangers, and keeps federation's routes out of the
 //!   devices' API (and the devices' routes out of reach of peers).
-//! - **Cross-witnessing** ([`witness_peers`]). Each server runs a witness
-//!   (C2SP tlog-witness) for its peers' logs and asks each peer's witness to
+//! - **Cross-witnessing** ([`keep_up`]). Each server runs a witness
+//!   (C2SP tlog-witness) for its peers' logs — it follows each peer's log,
+//!   cosigning only consistent extensions — and asks each peer's witness to
 //!   cosign its own checkpoints. A peer that shows this server one log and
 //!   its own users another cannot get both cosigned by the same witness: the
 //!   witness keeps the largest tree it cosigned and refuses anything not
 //!   consistent with it — a split view or a rollback is a critical alert.
-//!   Clients (a later step) accept a remote domain's checkpoint only with
-//!   their own domain's witness's cosignature.
+//!   The peer's checkpoint as this server's witness cosigned it
+//!   ([`Followed`]) is what devices will check remote accounts against (a
+//!   later step: they accept a remote domain's checkpoint only with their
+//!   own domain's witness's cosignature).
 //! - **Peers are not announced as this log's witnesses** to its own
 //!   devices: a partner's outage must not make this ministry's own log look
 //!   unwitnessed.
@@ -46,6 +49,9 @@ pub struct Peer {
     pub domain: String,
     /// Its federation listener (`https://HOST:PORT`).
     pub url: String,
+    /// That URL's host: the name its certificate must be valid for, when
+    /// it connects here as when this server connects to it.
+    pub host: String,
     /// SHA-256 (hex) of its TLS trust anchor.
     pub anchor_sha256: String,
     pub(crate) anchor: CertificateDer<'static>,
@@ -81,11 +87,39 @@ pub struct Federation {
     /// without peers (then nothing could connect).
     pub(crate) listener_tls: Option<Arc<rustls::ServerConfig>>,
     identify: peer_tls::PeerIdentifier,
+    /// What this node knows of each peer (by domain), for the operators.
+    states: std::sync::Mutex<std::collections::HashMap<String, PeerState>>,
 }
 
-/// The most peers one server takes: each is a TLS client, a witness entry
-/// and, later, an outbox.
-pub const MAX_PEERS: usize = 64;
+/// What this node knows of one peer, as its background task goes.
+#[derive(Clone, Debug, Default)]
+pub struct PeerState {
+    /// When the peer last answered (Unix seconds).
+    pub last_contact: Option<i64>,
+    /// Why the last exchange with it failed (cleared by the next success).
+    pub last_error: Option<String>,
+    /// The peer's newest checkpoint this server's witness cosigned.
+    pub followed: Option<Followed>,
+    /// The size of this server's log the peer's witness last cosigned.
+    pub ours_cosigned: Option<u64>,
+}
+
+/// A peer's checkpoint as this server's witness cosigned it: what this
+/// server's devices will check the peer's accounts against.
+#[derive(Clone, Debug)]
+pub struct Followed {
+    pub size: u64,
+    /// When this server's witness cosigned it (Unix seconds).
+    pub cosigned_at: i64,
+    /// The peer's signed note with this server's witness's cosignature.
+    pub note: Vec<u8>,
+}
+
+/// The most peers one server takes: each is a TLS client, a witness entry,
+/// a cosignature line on every checkpoint (a signed note holds at most 100
+/// signatures, the log's and its own witnesses' included) and, later, an
+/// outbox.
+pub const MAX_PEERS: usize = 32;
 
 impl Federation {
     /// Checks the `[federation]` settings and opens the witness. `None` when
@@ -96,6 +130,7 @@ impl Federation {
         data_dir: &Path,
         tls: &crate::tls::TlsIdentity,
         log_key: &str,
+        own_witnesses: &[String],
     ) -> Result<Option<Federation>, StartError> {
         let Some(listen) = &settings.listen else {
             if !settings.peers.is_empty() {
@@ -124,6 +159,11 @@ impl Federation {
                 "[[federation.peers]]: at most {MAX_PEERS} peers"
             )));
         }
+        if !settings.peers.is_empty() && !tls.for_clients_too() {
+            return Err(StartError::Config(
+                "the serving certificate is not issued for client authentication (extended key usage clientAuth), which federation peers require: issue it with both serverAuth and clientAuth, or let Pouch issue its own".into(),
+            ));
+        }
         let mut peers: Vec<Arc<Peer>> = Vec::new();
         for p in &settings.peers {
             let peer = Peer::check(p, domain, tls).map_err(|e| {
@@ -132,6 +172,15 @@ impl Federation {
                     if p.domain.is_empty() { "(no domain)" } else { &p.domain }
                 ))
             })?;
+            if own_witnesses
+                .iter()
+                .any(|w| w.split('+').next() == Some(peer.witness_name()))
+            {
+                return Err(StartError::Config(format!(
+                    "[[federation.peers]] {}: its witness_key has the name of one of this server's own witnesses",
+                    peer.domain
+                )));
+            }
             if peers.iter().any(|q| q.domain == peer.domain) {
                 return Err(StartError::Config(format!(
                     "[[federation.peers]] {}: listed twice; keep one entry per partner",
@@ -181,6 +230,7 @@ impl Federation {
             witness: Arc::new(witness),
             listener_tls,
             identify,
+            states: Default::default(),
         }))
     }
 
@@ -194,6 +244,203 @@ impl Federation {
 
     pub fn peer(&self, domain: &str) -> Option<&Arc<Peer>> {
         self.peers.iter().find(|p| p.domain == domain)
+    }
+
+    /// What this node knows of `domain` now.
+    pub fn state(&self, domain: &str) -> PeerState {
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn update(&self, domain: &str, f: impl FnOnce(&mut PeerState)) {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        f(states.entry(domain.to_string()).or_default())
+    }
+
+    /// The peer answered: an exchange worked.
+    pub(crate) fn answered(&self, domain: &str, f: impl FnOnce(&mut PeerState)) {
+        self.update(domain, |st| {
+            st.last_contact = Some(crate::now());
+            st.last_error = None;
+            f(st)
+        })
+    }
+
+    /// An exchange with the peer failed (it may be down: nothing else waits).
+    pub(crate) fn failed(&self, domain: &str, why: &str) {
+        self.update(domain, |st| {
+            st.last_error = Some(why.chars().take(300).collect())
+        })
+    }
+
+    /// The operators' view (`pouch admin federation status`).
+    pub fn status(&self, domain: &str) -> pouch_proto::api::FederationStatus {
+        let now = crate::now();
+        pouch_proto::api::FederationStatus {
+            domain: domain.to_string(),
+            url: self.url.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| {
+                    let st = self.state(&p.domain);
+                    pouch_proto::api::PeerStatus {
+                        domain: p.domain.clone(),
+                        url: p.url.clone(),
+                        last_contact: st.last_contact,
+                        last_error: st.last_error,
+                        log_size: st.followed.as_ref().map(|f| f.size),
+                        cosigned_age_secs: st
+                            .followed
+                            .as_ref()
+                            .map(|f| (now - f.cosigned_at).max(0) as u64),
+                        ours_cosigned: st.ours_cosigned,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A peer's log that is not one history, as this server's witness saw it
+/// (the peer `how` it: showed it when asking for a cosignature, served it
+/// when followed): every time an event, a critical alert once per source
+/// and window.
+pub(crate) async fn log_misbehaved(
+    s: &crate::AppState,
+    source: Option<std::net::IpAddr>,
+    peer: &str,
+    origin: &str,
+    why: &str,
+    how: &str,
+) {
+    crate::service::audit::record(
+        s,
+        crate::service::audit::Ev::new(pouch_proto::security::Action::PeerCheckpoint)
+            .source(
+                source
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| peer.to_string()),
+            )
+            .failed(
+                pouch_proto::security::Reason::PeerLogMisbehaved,
+                format!(
+                    "peer {peer} {how} this server's witness a log {origin} it cannot have: {why}"
+                ),
+            ),
+    )
+    .await
+}
+
+/// The most a peer's answer may hold (a checkpoint, a proof, a reply).
+pub const ANSWER_MAX: usize = 64 * 1024;
+
+/// A peer's answer body, read up to `max` bytes (a peer is not trusted
+/// with this server's memory).
+pub(crate) async fn bounded_body(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("its answer is larger than {max} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("its answer is larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Brings this server's witness up to the peer's newest checkpoint: fetches
+/// it and, from the size the witness last cosigned, the consistency proof;
+/// the witness cosigns only a consistent extension. What it cosigned is
+/// kept as the peer's [`Followed`] checkpoint.
+async fn follow(s: &crate::AppState, fed: &Federation, peer: &Peer) -> Result<(), String> {
+    let get = |path: String| async move {
+        let resp = peer
+            .http
+            .get(format!("{}{path}", peer.url))
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let status = resp.status();
+        let body = bounded_body(resp, ANSWER_MAX).await?;
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ));
+        }
+        Ok::<_, String>(body)
+    };
+    let note = get("/federation/v1/checkpoint".into()).await?;
+    let checkpoint = pouch_log::open_checkpoint(&note, &peer.log_key, &peer.log_origin)
+        .map_err(|e| format!("its checkpoint does not verify with its log key: {e}"))?;
+    let size = checkpoint.size();
+    let old = fed.witness.cosigned_size(&peer.log_origin).await;
+    let proof = if old > 0 && old < size {
+        let answer = get(format!(
+            "/federation/v1/log/consistency?from={old}&to={size}"
+        ))
+        .await?;
+        let answer: pouch_proto::api::LogConsistency = serde_json::from_slice(&answer)
+            .map_err(|_| "its consistency proof is not JSON".to_string())?;
+        // A proof holds at most two hashes per level of the tree.
+        if answer.proof.len() > 128 {
+            return Err("its consistency proof is too long".into());
+        }
+        answer
+            .proof
+            .iter()
+            .map(|h| pouch_log::hash_from_b64(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "its consistency proof is malformed".to_string())?
+    } else {
+        Vec::new()
+    };
+    let body = pouch_log::witness::AddCheckpoint {
+        old_size: old,
+        proof,
+        note: note.clone(),
+    }
+    .encode();
+    let (reply, decision) = fed
+        .witness
+        .add_checkpoint(&body, Some(&peer.log_origin))
+        .await;
+    match decision {
+        crate::witness::Decision::Cosigned { size, .. } => {
+            let cosigned = pouch_log::witness::add_cosignatures(&note, &[reply.body])
+                .map_err(|e| format!("cannot add this server's cosignature: {e}"))?;
+            fed.answered(&peer.domain, |st| {
+                st.followed = Some(Followed {
+                    size,
+                    cosigned_at: crate::now(),
+                    note: cosigned,
+                })
+            });
+            Ok(())
+        }
+        crate::witness::Decision::Misbehaved { origin, why } => {
+            log_misbehaved(s, None, &peer.domain, &origin, &why, "served").await;
+            Err(format!("its log is not one history: {why}"))
+        }
+        // A size that moved meanwhile (the peer's own request): next round.
+        crate::witness::Decision::Other => Err(format!(
+            "this server's witness did not cosign its checkpoint ({}: {})",
+            reply.status,
+            reply.body.trim()
+        )),
     }
 }
 
@@ -223,12 +470,20 @@ impl Peer {
         webpki::anchor_from_trusted_cert(&anchor).map_err(|_| {
             "tls_anchor is not a certificate (copy it whole from the card)".to_string()
         })?;
+        let host = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .ok_or_else(|| "url has no host".to_string())?;
         let log_origin = format!("{domain}/log");
         pouch_log::check_log_key(&p.log_key, &log_origin).map_err(|e| format!("log_key: {e}"))?;
-        pouch_log::witness::WitnessVerifier::parse(&p.witness_key)
+        pouch_log::witness::WitnessVerifier::parse(p.witness_key.trim())
             .map_err(|_| "witness_key is not a witness verifier key".to_string())?;
+        if p.witness_key.trim().split('+').next() != Some(format!("{domain}/witness").as_str()) {
+            return Err(format!("witness_key must be named {domain}/witness"));
+        }
         let http = peer_tls::client(tls, &anchor)?;
         Ok(Peer {
+            host,
             anchor_sha256: crate::tls::fingerprint(anchor.as_ref()),
             anchor: anchor.into_owned(),
             domain,
@@ -274,7 +529,7 @@ pub async fn serve(
     listener
         .set_nonblocking(true)
         .map_err(|e| StartError::Io(e.to_string()))?;
-    tokio::spawn(witness_peers(state.clone()));
+    tokio::spawn(keep_up(state.clone()));
     let acceptor = peer_tls::PeerAcceptor {
         inner: axum_server::tls_rustls::RustlsAcceptor::new(
             axum_server::tls_rustls::RustlsConfig::from_config(tls),
@@ -298,20 +553,47 @@ pub async fn serve(
         .map_err(|e| StartError::Io(format!("federation listener stopped: {e}")))
 }
 
-/// Asks each peer's witness to cosign this server's current checkpoint, in
-/// the background: every few seconds while the log grows. A peer that is
-/// down is asked again later and holds up nothing else.
-pub async fn witness_peers(s: Arc<crate::AppState>) {
+/// Keeps up with the peers in the background, one task per peer (a peer
+/// that is slow or down holds up no other): every [`PEER_WITNESS_EVERY`]
+/// has the peer's witness cosign this server's checkpoint if the stored
+/// note lacks its cosignature, and every [`FOLLOW_EVERY`] follows the
+/// peer's log with this server's witness. A failure is tried again later.
+pub async fn keep_up(s: Arc<crate::AppState>) {
     let Some(fed) = s.federation.clone() else {
         return;
     };
-    if fed.peers.is_empty() {
-        return;
+    for peer in fed.peers.clone() {
+        tokio::spawn(keep_up_with(s.clone(), fed.clone(), peer));
     }
-    let mut known = crate::service::log::PeerWitnessing::default();
+}
+
+async fn keep_up_with(s: Arc<crate::AppState>, fed: Arc<Federation>, peer: Arc<Peer>) {
+    let mut followed_at: Option<std::time::Instant> = None;
     loop {
-        if let Err(e) = crate::service::log::cosign_with_peers(&s, &fed, &mut known).await {
-            tracing::warn!(error = %e.message, "cannot ask the peers' witnesses");
+        let was_failing = fed.state(&peer.domain).last_error.is_some();
+        let mut failure = None;
+        match crate::service::log::cosign_with_peer(&s, &peer).await {
+            Ok((size, true)) => fed.answered(&peer.domain, |st| st.ours_cosigned = Some(size)),
+            Ok((size, false)) => fed.update(&peer.domain, |st| st.ours_cosigned = Some(size)),
+            Err(e) => failure = Some(format!("its witness: {e}")),
+        }
+        if failure.is_none() && followed_at.is_none_or(|t| t.elapsed() >= FOLLOW_EVERY) {
+            followed_at = Some(std::time::Instant::now());
+            if let Err(e) = follow(&s, &fed, &peer).await {
+                failure = Some(e);
+            }
+        }
+        match failure {
+            Some(e) => {
+                if !was_failing {
+                    tracing::warn!(peer = %peer.domain, error = %e, "an exchange with the peer failed; trying again every few seconds");
+                }
+                fed.failed(&peer.domain, &e);
+            }
+            None if was_failing && fed.state(&peer.domain).last_error.is_none() => {
+                tracing::info!(peer = %peer.domain, "the peer answers again")
+            }
+            None => {}
         }
         tokio::time::sleep(PEER_WITNESS_EVERY).await;
     }
@@ -319,3 +601,6 @@ pub async fn witness_peers(s: Arc<crate::AppState>) {
 
 /// How often the peers' witnesses are asked for a grown log.
 pub const PEER_WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often each peer's log is followed (its checkpoint fetched and
+/// cosigned by this server's witness).
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(10);

@@ -49,6 +49,9 @@ fn roots(anchors: &[&CertificateDer<'static>]) -> Result<Arc<rustls::RootCertSto
 
 fn verifier(anchors: &[&CertificateDer<'static>]) -> Result<Arc<dyn ClientCertVerifier>, String> {
     WebPkiClientVerifier::builder_with_provider(roots(anchors)?, provider())
+        // The anchors' names would tell any stranger who this server's
+        // partners are.
+        .clear_root_hint_subjects()
         .build()
         .map_err(|e| format!("cannot check peers' certificates ({e})"))
 }
@@ -105,14 +108,22 @@ impl PeerIdentifier {
             .map(PeerIdentifier)
     }
 
-    /// The one peer whose anchor alone the chain verifies under.
+    /// The one peer whose anchor alone the chain verifies under, with a
+    /// certificate valid for the host of that peer's URL (an anchor that is
+    /// a ministry's CA issues certificates to more than its Pouch server).
     pub(crate) fn identify(&self, chain: &[CertificateDer<'static>]) -> Option<Arc<Peer>> {
         let (end_entity, intermediates) = chain.split_first()?;
         let now = UnixTime::now();
-        let mut found = self
-            .0
-            .iter()
-            .filter(|(_, v)| v.verify_client_cert(end_entity, intermediates, now).is_ok());
+        let named = |p: &Peer| {
+            let Ok(name) = rustls::pki_types::ServerName::try_from(p.host.as_str()) else {
+                return false;
+            };
+            webpki::EndEntityCert::try_from(end_entity)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+        };
+        let mut found = self.0.iter().filter(|(p, v)| {
+            v.verify_client_cert(end_entity, intermediates, now).is_ok() && named(p)
+        });
         let (peer, _) = found.next()?;
         // Two anchors over one chain cannot be told apart: refuse.
         if found.next().is_some() {
@@ -192,7 +203,36 @@ fn certificate_refusal(e: &io::Error) -> Option<String> {
     }
 }
 
+/// Refused handshakes recorded per minute at most; the rest are counted
+/// and said in the next one recorded (a stranger with many addresses must
+/// not fill the event log).
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 60;
+
+/// This minute's refusals: (minute, recorded, not recorded).
+static REFUSALS: std::sync::Mutex<(i64, u32, u64)> = std::sync::Mutex::new((0, 0, 0));
+
 async fn refused(state: &crate::AppState, source: Option<std::net::IpAddr>, why: &str) {
+    let suppressed = {
+        let mut r = REFUSALS.lock().unwrap_or_else(|e| e.into_inner());
+        let minute = crate::now() / 60;
+        if r.0 != minute {
+            r.0 = minute;
+            r.1 = 0;
+        }
+        if r.1 >= REFUSALS_RECORDED_PER_MINUTE {
+            r.2 += 1;
+            return;
+        }
+        r.1 += 1;
+        std::mem::take(&mut r.2)
+    };
+    let why = if suppressed > 0 {
+        format!(
+            "{why} ({suppressed} more refusals before this one were not recorded: over {REFUSALS_RECORDED_PER_MINUTE} a minute)"
+        )
+    } else {
+        why.to_string()
+    };
     tracing::warn!(source = ?source, %why, "refused a server that is not a configured peer");
     crate::service::audit::record(
         state,

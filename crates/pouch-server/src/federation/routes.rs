@@ -28,6 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/federation/v1/witness/add-checkpoint",
             post(add_checkpoint),
         )
+        .route("/federation/v1/checkpoint", get(checkpoint))
+        .route("/federation/v1/log/consistency", get(consistency))
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .with_state(state)
 }
@@ -43,6 +45,41 @@ async fn hello(
     })
 }
 
+/// This server's checkpoint, with its witnesses' and peers' cosignatures:
+/// what a peer's witness follows. Public on the devices' listener too, so
+/// not an access event.
+async fn checkpoint(State(s): State<Arc<AppState>>) -> Response {
+    match crate::service::log::checkpoint_note(&s).await {
+        Ok(note) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            note,
+        )
+            .into_response(),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+/// A consistency proof between two sizes of this server's log (public on
+/// the devices' listener too).
+async fn consistency(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<ConsistencyQuery>,
+) -> Response {
+    match crate::service::log::consistency(&s, q.from, q.to).await {
+        Ok(proof) => Json(proof).into_response(),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}
+
 /// The peer asks this server's witness to cosign its log's checkpoint
 /// (C2SP tlog-witness `add-checkpoint`, its own log only).
 async fn add_checkpoint(
@@ -55,10 +92,11 @@ async fn add_checkpoint(
         return StatusCode::NOT_FOUND.into_response();
     };
     let peer = &peer.0;
-    let (response, decision) = fed
+    let (reply, decision) = fed
         .witness
         .add_checkpoint(&body, Some(&peer.log_origin))
         .await;
+    let status = reply.status;
     let ev = Ev::new(Action::PeerCheckpoint).source(from.ip());
     match decision {
         Decision::Cosigned { origin, size } => {
@@ -72,37 +110,25 @@ async fn add_checkpoint(
             .await
         }
         Decision::Misbehaved { origin, why } => {
-            record(
-                &s,
-                ev.failed(
-                    Reason::PeerLogMisbehaved,
-                    format!(
-                        "peer {} showed this server's witness a log {origin} it cannot have: {why}",
-                        peer.domain
-                    ),
-                ),
-            )
-            .await
+            super::log_misbehaved(&s, Some(from.ip()), &peer.domain, &origin, &why, "showed").await
         }
         // A size the peer corrects (409) is the protocol; anything else
         // refused is a peer asking for what it may not.
-        Decision::Other if response.status() == StatusCode::CONFLICT => {}
+        // This server's own failure (it could not keep its state) is not
+        // the peer's doing either.
+        Decision::Other if status == StatusCode::CONFLICT || status.is_server_error() => {}
         Decision::Other => {
             record(
                 &s,
                 ev.failed(
                     Reason::PeerRequestRefused,
-                    format!(
-                        "peer {}: add-checkpoint refused ({})",
-                        peer.domain,
-                        response.status()
-                    ),
+                    format!("peer {}: add-checkpoint refused ({status})", peer.domain),
                 ),
             )
             .await
         }
     }
-    response
+    reply.into_response()
 }
 
 /// The administrators' federation routes, on the devices' listener.
@@ -122,9 +148,28 @@ pub fn admin_routes() -> crate::routes::Routes {
             .into()),
         }
     }
-    crate::routes::Routes::new().route(
-        "/v1/admin/federation/card",
-        &[(axum::http::Method::GET, Access::Admin(Operators::ROLES))],
-        get(card),
-    )
+    async fn status(
+        State(s): State<Arc<AppState>>,
+        _by: Admin<Operators>,
+    ) -> Result<Json<pouch_proto::api::FederationStatus>, crate::error::ApiError> {
+        match &s.federation {
+            Some(fed) => Ok(Json(fed.status(&s.domain))),
+            None => Err(crate::service::ServiceError::new(
+                pouch_proto::api::ErrorCode::NotFound,
+                "this server does not federate: set [federation] listen = \"HOST:PORT\" in pouch.toml and restart",
+            )
+            .into()),
+        }
+    }
+    crate::routes::Routes::new()
+        .route(
+            "/v1/admin/federation/card",
+            &[(axum::http::Method::GET, Access::Admin(Operators::ROLES))],
+            get(card),
+        )
+        .route(
+            "/v1/admin/federation/status",
+            &[(axum::http::Method::GET, Access::Admin(Operators::ROLES))],
+            get(status),
+        )
 }

@@ -24,6 +24,9 @@ pub struct LogState {
     /// When this node last asked the witnesses, so a down witness is not asked on every request.
     last_attempt: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     http: reqwest::Client,
+    /// Held while cosignature lines are added to the stored checkpoint
+    /// (read, add, write), so that one merge never erases another's lines.
+    merging: tokio::sync::Mutex<()>,
 }
 
 /// A witness the log sends its checkpoints to.
@@ -47,6 +50,7 @@ impl LogState {
             witnesses,
             witness_sizes: Default::default(),
             last_attempt: Default::default(),
+            merging: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(5))
                 .build()
@@ -104,7 +108,10 @@ async fn ask_witness(
             .await
             .map_err(|e| format!("unreachable: {e}"))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
+        // A witness answers a line or a size: bounded (a peer's witness is
+        // not trusted with this server's memory).
+        let text = crate::federation::bounded_body(resp, crate::federation::ANSWER_MAX).await?;
+        let text = String::from_utf8_lossy(&text).into_owned();
         match status.as_u16() {
             200 => {
                 s.log
@@ -125,7 +132,15 @@ async fn ask_witness(
                     .expect("not poisoned")
                     .insert(w.url.clone(), theirs);
             }
-            _ => return Err(format!("HTTP {status}: {}", text.trim())),
+            _ => {
+                let shown: String = text
+                    .trim()
+                    .chars()
+                    .take(200)
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                return Err(format!("HTTP {status}: {shown}"));
+            }
         }
     }
     Err("the witness kept changing its size".into())
@@ -202,77 +217,96 @@ async fn cosign(s: &AppState) -> Result<(), ServiceError> {
             continue;
         }
         match ask_witness(s, &s.log.http, w, size, &note).await {
-            Ok(line) => lines.push(line),
+            Ok(line) if is_cosignature(s, &note, &line, &w.vkey) => lines.push(line),
+            Ok(_) => {
+                tracing::warn!(witness = %w.url, size, "the witness's answer is not its valid cosignature of this checkpoint; not kept")
+            }
             Err(e) => tracing::warn!(witness = %w.url, size, error = %e, "witness did not cosign"),
         }
     }
-    if !lines.is_empty() {
-        let cosigned = pouch_log::witness::add_cosignatures(&note, &lines)
-            .map_err(|e| log_failure(&e.to_string()))?;
-        s.store.replace_checkpoint(size, &cosigned).await?;
+    merge_cosignatures(s, size, &lines).await
+}
+
+/// Whether `line` is one valid cosignature of the checkpoint `note` by the
+/// witness `vkey`: nothing else goes into the stored note (a junk line
+/// under a known key's name would make the note fail for every device).
+fn is_cosignature(s: &AppState, note: &[u8], line: &str, vkey: &str) -> bool {
+    valid_cosignature_line(&s.log.key.verifier_key, &s.log.origin, note, line, vkey)
+}
+
+fn valid_cosignature_line(
+    log_vkey: &str,
+    origin: &str,
+    note: &[u8],
+    line: &str,
+    vkey: &str,
+) -> bool {
+    if line.len() > 1024 || line.trim_end().contains('\n') {
+        return false;
     }
-    Ok(())
-}
-
-/// What the background loop knows of the peers' witnesses.
-#[derive(Default)]
-pub struct PeerWitnessing {
-    /// Peer domain → the checkpoint size its witness cosigned.
-    cosigned: std::collections::HashMap<String, u64>,
-    /// Peers whose last attempt failed (said once, not every round).
-    failing: std::collections::HashSet<String>,
-}
-
-/// Asks each federation peer's witness to cosign the stored checkpoint
-/// when it grew past what that witness cosigned, and adds their lines to
-/// it. The peers' witnesses are not this log's announced witnesses: a
-/// partner's outage never makes this ministry's own log look unwitnessed.
-pub async fn cosign_with_peers(
-    s: &AppState,
-    fed: &crate::federation::Federation,
-    known: &mut PeerWitnessing,
-) -> Result<(), ServiceError> {
-    refresh_checkpoint(s).await?;
-    let Some((size, note)) = s.store.checkpoint().await? else {
-        return Ok(());
+    let Ok(candidate) = pouch_log::witness::add_cosignatures(note, &[line.to_string()]) else {
+        return false;
     };
-    let mut lines = Vec::new();
-    for peer in &fed.peers {
-        if known.cosigned.get(&peer.domain) == Some(&size) {
-            continue;
-        }
-        let w = WitnessConfig {
-            url: format!("{}/federation/v1/witness", peer.url),
-            vkey: peer.witness_key.clone(),
-        };
-        match ask_witness(s, &peer.http, &w, size, &note).await {
-            Ok(line) => {
-                lines.push(line);
-                known.cosigned.insert(peer.domain.clone(), size);
-                if known.failing.remove(&peer.domain) {
-                    tracing::info!(peer = %peer.domain, size, "the peer's witness cosigns again");
-                }
-            }
-            Err(e) => {
-                if known.failing.insert(peer.domain.clone()) {
-                    tracing::warn!(peer = %peer.domain, size, error = %e, "the peer's witness did not cosign; asking again every few seconds");
-                }
-            }
-        }
-    }
+    pouch_log::witness::open_cosigned(&candidate, log_vkey, origin, &[vkey.to_string()])
+        .is_ok_and(|c| !c.cosignatures.is_empty())
+}
+
+/// Whether the stored note already carries a valid cosignature of `vkey`.
+fn cosigned_by(s: &AppState, note: &[u8], vkey: &str) -> bool {
+    pouch_log::witness::open_cosigned(
+        note,
+        &s.log.key.verifier_key,
+        &s.log.origin,
+        &[vkey.to_string()],
+    )
+    .is_ok_and(|c| !c.cosignatures.is_empty())
+}
+
+/// Adds checked cosignature lines to the checkpoint as stored now, if it
+/// is still of `size` (read, add and write under [`LogState::merging`]).
+async fn merge_cosignatures(s: &AppState, size: u64, lines: &[String]) -> Result<(), ServiceError> {
     if lines.is_empty() {
         return Ok(());
     }
-    // Onto the checkpoint as stored now: this node's own witnesses may have
-    // added theirs meanwhile.
+    let _merging = s.log.merging.lock().await;
     if let Some((now_size, now_note)) = s.store.checkpoint().await?
         && now_size == size
     {
-        let cosigned = pouch_log::witness::add_cosignatures(&now_note, &lines)
+        let cosigned = pouch_log::witness::add_cosignatures(&now_note, lines)
             .map_err(|e| log_failure(&e.to_string()))?;
         s.store.replace_checkpoint(size, &cosigned).await?;
     }
     Ok(())
+}
+
+/// Has a federation peer's witness cosign this server's stored checkpoint
+/// when the note lacks its valid cosignature; returns the size it is
+/// cosigned at and whether the peer was asked. The peers' witnesses are
+/// not this log's announced witnesses: a partner's outage never makes
+/// this ministry's own log look unwitnessed to its devices.
+pub async fn cosign_with_peer(
+    s: &AppState,
+    peer: &crate::federation::Peer,
+) -> Result<(u64, bool), String> {
+    refresh_checkpoint(s).await.map_err(|e| e.message)?;
+    let Some((size, note)) = s.store.checkpoint().await.map_err(|e| e.to_string())? else {
+        return Ok((0, false));
+    };
+    if cosigned_by(s, &note, &peer.witness_key) {
+        return Ok((size, false));
+    }
+    let w = WitnessConfig {
+        url: format!("{}/federation/v1/witness", peer.url),
+        vkey: peer.witness_key.clone(),
+    };
+    let line = ask_witness(s, &peer.http, &w, size, &note).await?;
+    if !is_cosignature(s, &note, &line, &peer.witness_key) {
+        return Err("its witness answered something other than its valid cosignature of this checkpoint (not kept)".into());
+    }
+    merge_cosignatures(s, size, &[line])
+        .await
+        .map_err(|e| e.message)?;
+    Ok((size, true))
 }
 
 async fn fetched(s: &AppState, indexes: Vec<u64>) -> Result<FetchedHashes, ServiceError> {
@@ -495,4 +529,57 @@ pub(crate) async fn prove(
         checkpoint: String::from_utf8_lossy(note).into_owned(),
         proof: proof.iter().map(pouch_log::hash_to_b64).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_cosignature_line;
+    use pouch_log::witness::{AddCheckpoint, WitnessAnswer, WitnessKey, witness_decide};
+
+    /// A cosignature line of `note` by a fresh witness named `name`, and
+    /// that witness's verifier key.
+    fn cosigned_by(name: &str, note: &[u8], log_vkey: &str, origin: &str) -> (String, String) {
+        let key = WitnessKey::new(name, &[7u8; 32]);
+        let req = AddCheckpoint {
+            old_size: 0,
+            proof: vec![],
+            note: note.to_vec(),
+        };
+        match witness_decide(&req, log_vkey, origin, None, &key, 1_800_000_000) {
+            WitnessAnswer::Cosign { line, .. } => (line, key.verifier_key()),
+            other => panic!("not cosigned: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_named_witnesss_valid_line_for_this_checkpoint_is_kept() {
+        let origin = "mfa-a.test/log";
+        let (_, log) = pouch_log::LogKey::generate(origin);
+        let note = log
+            .sign_checkpoint(origin, 3, pouch_log::Hash([1; 32]))
+            .unwrap();
+        let other = log
+            .sign_checkpoint(origin, 3, pouch_log::Hash([2; 32]))
+            .unwrap();
+        let vkey = &log.verifier_key;
+        let (line, peer) = cosigned_by("mfa-b.test/witness", &note, vkey, origin);
+        assert!(valid_cosignature_line(vkey, origin, &note, &line, &peer));
+        // The same witness's line for another checkpoint: not this one's.
+        let (elsewhere, _) = cosigned_by("mfa-b.test/witness", &other, vkey, origin);
+        assert!(!valid_cosignature_line(
+            vkey, origin, &note, &elsewhere, &peer
+        ));
+        // Another witness's valid line, offered as the peer's.
+        let (foreign, _) = cosigned_by("hq-c.test/witness", &note, vkey, origin);
+        assert!(!valid_cosignature_line(
+            vkey, origin, &note, &foreign, &peer
+        ));
+        // Junk under the peer's name, a huge line, two lines in one.
+        let junk = format!("— mfa-b.test/witness {}\n", "A".repeat(100));
+        assert!(!valid_cosignature_line(vkey, origin, &note, &junk, &peer));
+        let huge = format!("— mfa-b.test/witness {}\n", "A".repeat(4000));
+        assert!(!valid_cosignature_line(vkey, origin, &note, &huge, &peer));
+        let two = format!("{line}{line}");
+        assert!(!valid_cosignature_line(vkey, origin, &note, &two, &peer));
+    }
 }
