@@ -434,9 +434,11 @@ pub struct LabelState(
 /// The accounts in a conversation at an epoch. A message is queued only in
 /// the epoch it names, for the members of that epoch, and membership
 /// changes only by a commit, which starts a new epoch: what is read for an
-/// epoch stays true for it (a device removed without a commit — a
-/// revocation — can only make the cached list longer, so the check
-/// stricter). Bounded: emptied when full.
+/// epoch — with that epoch current before and after the read — stays true
+/// for it (a device removed without a commit — a revocation — can only
+/// make the cached list longer, so the check stricter). A message naming
+/// an epoch other than the current one is refused as stale. Bounded:
+/// emptied when full.
 #[derive(Default)]
 struct MemberCache(std::sync::Mutex<std::collections::HashMap<(GroupId, u64), Members>>);
 
@@ -455,12 +457,31 @@ impl MemberCache {
         if let Some(found) = self.0.lock().expect("not poisoned").get(&key) {
             return Ok(Some(found.clone()));
         }
+        let epoch_now = || async {
+            Ok::<_, ServiceError>(s.store.group_members(group_id).await?.map(|(e, _)| e))
+        };
+        let Some(before) = epoch_now().await? else {
+            return Ok(None); // the store refuses an unknown conversation itself
+        };
+        // A message names the epoch it is sent in; one not yet reached is
+        // refused here (the store would refuse it too, unless the commit
+        // that reaches it landed between this check and the queueing — and
+        // then the members checked would not be those it reaches).
+        if before != epoch {
+            return Err(
+                pouch_store::GroupError::from(pouch_store::GroupRejection::StaleEpoch {
+                    current: before,
+                })
+                .into(),
+            );
+        }
         let Some(addresses) = s.store.group_member_addresses(group_id).await? else {
             return Ok(None);
         };
         let addresses = std::sync::Arc::new(addresses);
-        // Read after the epoch moved on: not that epoch's; not kept.
-        if s.store.group_members(group_id).await?.map(|(e, _)| e) == Some(epoch) {
+        // The same epoch before and after the read: the addresses are that
+        // epoch's (epochs only go up), and stay so.
+        if epoch_now().await? == Some(epoch) {
             let mut cache = self.0.lock().expect("not poisoned");
             if cache.len() >= MEMBER_CACHE_MAX {
                 cache.clear();
