@@ -25,7 +25,11 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &Path, domain: &str) -> Server {
-    Server::start_with(dir, None, "127.0.0.1:0", &["--domain", domain])
+    start_on(dir, domain, None)
+}
+
+fn start_on(dir: &Path, domain: &str, database: Option<&str>) -> Server {
+    Server::start_with(dir, database, "127.0.0.1:0", &["--domain", domain])
 }
 
 fn ok(out: std::process::Output) -> String {
@@ -48,6 +52,11 @@ struct Federated {
 }
 
 fn federate(scratch: &Scratch) -> Federated {
+    federate_on(scratch, &[None, None, None])
+}
+
+/// [`federate`] with each server on its own database (None: SQLite).
+fn federate_on(scratch: &Scratch, databases: &[Option<&str>; 3]) -> Federated {
     let dirs: Vec<_> = DOMAINS.iter().map(|d| scratch.path(d)).collect();
     let ports: Vec<u16> = DOMAINS.iter().map(|_| free_port()).collect();
     let mut servers = Vec::new();
@@ -58,7 +67,7 @@ fn federate(scratch: &Scratch) -> Federated {
             format!("[federation]\nlisten = \"127.0.0.1:{}\"\n", ports[i]),
         )
         .unwrap();
-        servers.push(start(&dirs[i], domain));
+        servers.push(start_on(&dirs[i], domain, databases[i]));
     }
     let cards: Vec<String> = servers
         .iter()
@@ -74,7 +83,7 @@ fn federate(scratch: &Scratch) -> Federated {
         }
         std::fs::write(dirs[i].join("pouch.toml"), config).unwrap();
         servers[i].stop();
-        servers[i] = start(&dirs[i], domain);
+        servers[i] = start_on(&dirs[i], domain, databases[i]);
     }
     Federated {
         servers,
@@ -492,4 +501,39 @@ fn operators_see_each_peer_and_a_peer_that_is_down_holds_up_nothing() {
         let st = peer_status(&f.servers[0], "hq-c.test");
         (st["last_error"].is_null() && st["ours_cosigned"].as_u64() == Some(grown)).then_some(())
     });
+}
+
+#[test]
+fn three_ministries_on_postgresql_witness_each_other() {
+    let scratch = Scratch::new("federation-pg");
+    let databases: Vec<PgDatabase> = ["fed_a", "fed_b", "fed_c"]
+        .iter()
+        .map(|t| PgDatabase::new(t))
+        .collect();
+    let f = federate_on(
+        &scratch,
+        &[
+            Some(&databases[0].url),
+            Some(&databases[1].url),
+            Some(&databases[2].url),
+        ],
+    );
+    for (i, server) in f.servers.iter().enumerate() {
+        for j in (0..3).filter(|j| *j != i) {
+            let peer = &f.servers[j];
+            wait_for("both ways cosigned on PostgreSQL", || {
+                let st = peer_status(server, DOMAINS[j]);
+                (st["log_size"].as_u64() == Some(log_size(peer))
+                    && st["ours_cosigned"].as_u64() == Some(log_size(server))
+                    && st["last_error"].is_null())
+                .then_some(())
+            });
+        }
+        // The stored checkpoint (in PostgreSQL) carries both peers'
+        // cosignatures and still opens for the server's own devices.
+        let note = String::from_utf8(checkpoint(server)).unwrap();
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(note.contains(&format!("— {}/witness ", DOMAINS[j])), "{note}");
+        }
+    }
 }
