@@ -647,6 +647,9 @@ impl Device {
 
     /// `pouch verify ADDRESS`: the account key, device list and its history.
     pub fn verify(&mut self, address: &Address) -> Result<VerifyReport> {
+        if self.is_remote(address) {
+            return self.verify_remote(address);
+        }
         self.sign_in()?;
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
@@ -714,13 +717,60 @@ impl Device {
         })
     }
 
+    /// [`Device::verify`] for an account of another domain: its lists as
+    /// its domain's log records them ([`Device::remote_lists`]), the history
+    /// being the versions themselves.
+    fn verify_remote(&mut self, address: &Address) -> Result<VerifyReport> {
+        let (body, lists) = self.remote_lists(address)?;
+        let pinned: Option<Vec<u8>> = self
+            .local
+            .conn
+            .query_row(
+                "SELECT account_key FROM contacts WHERE address = ?1",
+                [address.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mine = self
+            .local
+            .account_key()?
+            .map(|k| k.public())
+            .unwrap_or_default();
+        let history = lists
+            .iter()
+            .filter_map(|l| l.body_unverified().ok())
+            .map(|b| HistoryEntry {
+                version: b.version,
+                reason: b.reason.clone(),
+                issued_at: b.issued_at,
+                devices: b.devices.len(),
+                account_key_fingerprint: fingerprint(&b.account_key),
+            })
+            .collect();
+        Ok(VerifyReport {
+            address: address.clone(),
+            account_key_fingerprint: fingerprint(&body.account_key),
+            pinned_fingerprint: pinned.as_ref().map(|k| fingerprint(k)),
+            key_changed: pinned.as_ref().is_some_and(|k| k != &body.account_key),
+            version: body.version,
+            devices: body.devices.clone(),
+            history,
+            comparison_code: comparison_code(&mine, &body.account_key),
+        })
+    }
+
     /// `pouch verify ADDRESS --accept`: trust the account key the server now shows.
     pub fn accept_account_key(&mut self, address: &Address) -> Result<VerifyReport> {
         let report = self.verify(address)?;
-        let history: api::DeviceListHistory =
-            self.api.get(&format!("/v1/device-lists/{address}"))?;
-        let body = verify_history(address, &history.lists)?;
-        let hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
+        let lists = if self.is_remote(address) {
+            self.remote_lists(address)?.1
+        } else {
+            let history: api::DeviceListHistory =
+                self.api.get(&format!("/v1/device-lists/{address}"))?;
+            history.lists
+        };
+        let body = verify_history(address, &lists)?;
+        let hash = lists.last().map(|l| l.hash()).unwrap_or_default();
         self.local.conn.execute(
             "INSERT INTO contacts (address, account_key, version, list_hash, first_seen) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (address) DO UPDATE SET account_key = excluded.account_key, version = excluded.version, list_hash = excluded.list_hash",

@@ -20,6 +20,7 @@ pub mod net;
 pub mod officer;
 pub mod outbox;
 mod receipt;
+mod remote;
 mod sealed;
 pub mod search;
 pub mod transparency;

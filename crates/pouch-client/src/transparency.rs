@@ -35,7 +35,7 @@ fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
 }
 
-fn hashes(list: &[String]) -> Result<Vec<Hash>> {
+pub(crate) fn hashes(list: &[String]) -> Result<Vec<Hash>> {
     list.iter()
         .map(|h| pouch_log::hash_from_b64(h).map_err(|e| ClientError::Protocol(e.to_string())))
         .collect()
@@ -601,7 +601,7 @@ pub fn audit(
 }
 
 /// A commitment key as base64 (as served and as pinned).
-fn decode_commitment_key(text: &str) -> Option<pouch_log::CommitmentKey> {
+pub(crate) fn decode_commitment_key(text: &str) -> Option<pouch_log::CommitmentKey> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)

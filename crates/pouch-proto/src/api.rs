@@ -29,6 +29,10 @@ pub struct ServerInfo {
     /// Verifier keys of the witnesses that cosign the log's checkpoints.
     #[serde(default)]
     pub witnesses: Vec<String>,
+    /// The witness this server runs for its federation peers' logs: a
+    /// device accepts another domain's checkpoint only with its cosignature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_witness: Option<String>,
 }
 
 /// `GET /v1/log/inclusion?address=A&version=V`: where a device-list version
@@ -457,6 +461,47 @@ pub struct DirectoryResponse {
     /// Addresses with no account on this server.
     #[serde(default)]
     pub unknown: Vec<Address>,
+    /// Accounts of federated domains, as their servers answered this one
+    /// (one per domain asked about).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<RemoteDirectory>,
+}
+
+/// Another domain's accounts, as its server answered this one: its lists
+/// with the proofs of their newest versions, its commitment key, all
+/// against one checkpoint of its log — which carries this server's
+/// witness's cosignature (the device accepts nothing else).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteDirectory {
+    pub domain: String,
+    /// Why the domain's server could not be asked (then nothing else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Its log's checkpoint key, as this server's configuration has it.
+    #[serde(default)]
+    pub log_key: String,
+    /// The signed checkpoint every proof is for, with this server's
+    /// witness's cosignature.
+    #[serde(default)]
+    pub checkpoint: String,
+    /// Its log's commitment key (base64) and the proof of its leaf.
+    #[serde(default)]
+    pub commitment_key: String,
+    #[serde(default)]
+    pub commitment_key_proof: Option<LeafProof>,
+    #[serde(default)]
+    pub entries: Vec<DirectoryEntry>,
+    #[serde(default)]
+    pub unknown: Vec<Address>,
+}
+
+/// `POST /federation/v1/directory/lists` (a peer asking about this
+/// server's accounts): the directory's answer and the log's commitment key,
+/// against the same checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerDirectory {
+    pub directory: DirectoryResponse,
+    pub commitment_key: LogCommitmentKey,
 }
 
 /// One account's device lists, every version, oldest first, and the proof

@@ -156,6 +156,8 @@ vocabulary! {
         PeerRefused = "federation_peer_refused",
         /// A peer asked this server's witness to cosign its log's checkpoint.
         PeerCheckpoint = "federation_peer_checkpoint",
+        /// A peer asked for this server's accounts' device lists.
+        PeerLookup = "federation_peer_lookup",
     }
 }
 

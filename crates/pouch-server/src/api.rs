@@ -169,6 +169,7 @@ async fn info(State(s): St) -> Json<ServerInfo> {
         log_origin: s.log.origin.clone(),
         log_key: s.log.key.verifier_key.clone(),
         witnesses: s.log.witness_keys(),
+        federation_witness: s.federation.as_ref().map(|f| f.witness.verifier_key()),
     })
 }
 

@@ -391,7 +391,9 @@ async fn evaluate(
                 out.push(reported(Rule::PeerLogSplit, Critical))
             }
         }
-        Action::PeerCheckpoint if ev.reason == Some(Reason::PeerRequestRefused) => {
+        Action::PeerCheckpoint | Action::PeerLookup
+            if ev.reason == Some(Reason::PeerRequestRefused) =>
+        {
             let name = format!("peer out of role {src}");
             let this_one = s.store.count(&name, this_window, 1).await?;
             let before = s.store.counted(&name, this_window - window, this_window).await?;

@@ -533,7 +533,71 @@ fn three_ministries_on_postgresql_witness_each_other() {
         // cosignatures and still opens for the server's own devices.
         let note = String::from_utf8(checkpoint(server)).unwrap();
         for j in (0..3).filter(|j| *j != i) {
-            assert!(note.contains(&format!("— {}/witness ", DOMAINS[j])), "{note}");
+            assert!(
+                note.contains(&format!("— {}/witness ", DOMAINS[j])),
+                "{note}"
+            );
         }
     }
+}
+
+#[test]
+fn an_account_of_another_domain_is_checked_against_its_own_domains_log() {
+    let scratch = Scratch::new("federation-verify");
+    let f = federate(&scratch);
+    let (a, b) = (&f.servers[0], &f.servers[1]);
+    let alice = Client::enroll(
+        scratch.path("alice"),
+        &a.invite("alice@mfa-a.test"),
+        "alice@mfa-a.test",
+    );
+    let bob = Client::enroll(
+        scratch.path("bob"),
+        &b.invite("bob@mfa-b.test"),
+        "bob@mfa-b.test",
+    );
+    // Each sees the other's account as its own domain's log records it,
+    // through its own server only: the same key, and the same comparison
+    // code to read to each other.
+    let bob_seen_by_alice = wait_for("B's log cosigned by A's witness", || {
+        let out = alice.run(&["verify", "bob@mfa-b.test", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    });
+    let alice_seen_by_bob = bob.json(&["verify", "alice@mfa-a.test", "--json"]);
+    let bob_himself = bob.json(&["verify", "bob@mfa-b.test", "--json"]);
+    let alice_herself = alice.json(&["verify", "alice@mfa-a.test", "--json"]);
+    assert_eq!(
+        bob_seen_by_alice["account_key_fingerprint"],
+        bob_himself["account_key_fingerprint"]
+    );
+    assert_eq!(
+        alice_seen_by_bob["account_key_fingerprint"],
+        alice_herself["account_key_fingerprint"]
+    );
+    assert_eq!(
+        bob_seen_by_alice["comparison_code"],
+        alice_seen_by_bob["comparison_code"]
+    );
+    assert_eq!(bob_seen_by_alice["devices"].as_array().unwrap().len(), 1);
+    // B recorded A's question, naming the account asked about.
+    let events = ok(b.admin(&b.data_dir, &["events", "export"]));
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("federation_peer_lookup") && l.contains("bob@mfa-b.test")),
+        "{events}"
+    );
+    // An account the other domain does not have, and a domain this one
+    // does not federate with: one clear line each.
+    let out = alice.run(&["verify", "nobody@mfa-b.test"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a Pouch user at mfa-b.test"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = alice.run(&["verify", "eve@elsewhere.test"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not federate with"), "{err}");
 }

@@ -358,60 +358,125 @@ pub(crate) async fn bounded_body(
     Ok(body)
 }
 
-/// Brings this server's witness up to the peer's newest checkpoint: fetches
-/// it and, from the size the witness last cosigned, the consistency proof;
-/// the witness cosigns only a consistent extension. What it cosigned is
-/// kept as the peer's [`Followed`] checkpoint.
+/// A peer's answer over mutual TLS, read up to `max` bytes; an error
+/// status is an error, with the start of what the peer said.
+async fn peer_answer(
+    peer: &Peer,
+    request: reqwest::RequestBuilder,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| format!("unreachable: {e}"))?;
+    let status = resp.status();
+    let body = bounded_body(resp, max).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "{} answered HTTP {status}: {}",
+            peer.domain,
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        ));
+    }
+    Ok(body)
+}
+
+/// Brings this server's witness up to the peer's newest checkpoint (see
+/// [`cosign_peer_note`]).
 async fn follow(s: &crate::AppState, fed: &Federation, peer: &Peer) -> Result<(), String> {
-    let get = |path: String| async move {
-        let resp = peer
-            .http
-            .get(format!("{}{path}", peer.url))
-            .send()
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        let status = resp.status();
-        let body = bounded_body(resp, ANSWER_MAX).await?;
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
+    let note = peer_answer(
+        peer,
+        peer.http
+            .get(format!("{}/federation/v1/checkpoint", peer.url)),
+        ANSWER_MAX,
+    )
+    .await?;
+    cosign_peer_note(s, fed, peer, &note, true)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Why this server's witness did not cosign a peer's checkpoint.
+#[derive(Debug)]
+enum NotCosigned {
+    /// Smaller than what the witness cosigned already: an answer that
+    /// crossed a newer one (ask again), or a rollback — which following
+    /// the log catches, where it is an alert.
+    Behind,
+    Failed(String),
+}
+
+impl std::fmt::Display for NotCosigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotCosigned::Behind => f.write_str("its checkpoint is older than one already cosigned"),
+            NotCosigned::Failed(why) => f.write_str(why),
         }
-        Ok::<_, String>(body)
-    };
-    let note = get("/federation/v1/checkpoint".into()).await?;
-    let checkpoint = pouch_log::open_checkpoint(&note, &peer.log_key, &peer.log_origin)
-        .map_err(|e| format!("its checkpoint does not verify with its log key: {e}"))?;
+    }
+}
+
+/// Has this server's witness cosign the peer's checkpoint `note`: from the
+/// size it cosigned before, with the consistency proof fetched from the
+/// peer, the witness cosigns only a consistent extension. Returns the note
+/// with the cosignature, kept as the peer's [`Followed`] checkpoint.
+/// `following`: the peer's newest checkpoint as it serves it, so one
+/// smaller than the witnessed one goes to the witness (a rollback alert);
+/// otherwise (an answer that may have crossed a newer checkpoint) it is
+/// [`NotCosigned::Behind`].
+async fn cosign_peer_note(
+    s: &crate::AppState,
+    fed: &Federation,
+    peer: &Peer,
+    note: &[u8],
+    following: bool,
+) -> Result<Vec<u8>, NotCosigned> {
+    let failed = NotCosigned::Failed;
+    let checkpoint =
+        pouch_log::open_checkpoint(note, &peer.log_key, &peer.log_origin).map_err(|e| {
+            failed(format!(
+                "its checkpoint does not verify with its log key: {e}"
+            ))
+        })?;
     let size = checkpoint.size();
     let old = fed.witness.cosigned_size(&peer.log_origin).await;
+    if size < old && !following {
+        return Err(NotCosigned::Behind);
+    }
     let proof = if old > 0 && old < size {
-        let answer = get(format!(
-            "/federation/v1/log/consistency?from={old}&to={size}"
-        ))
-        .await?;
+        let answer = peer_answer(
+            peer,
+            peer.http.get(format!(
+                "{}/federation/v1/log/consistency?from={old}&to={size}",
+                peer.url
+            )),
+            ANSWER_MAX,
+        )
+        .await
+        .map_err(failed)?;
         let answer: pouch_proto::api::LogConsistency = serde_json::from_slice(&answer)
-            .map_err(|_| "its consistency proof is not JSON".to_string())?;
+            .map_err(|_| failed("its consistency proof is not JSON".into()))?;
         // A proof holds at most two hashes per level of the tree.
         if answer.proof.len() > 128 {
-            return Err("its consistency proof is too long".into());
+            return Err(failed("its consistency proof is too long".into()));
         }
         answer
             .proof
             .iter()
             .map(|h| pouch_log::hash_from_b64(h))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| "its consistency proof is malformed".to_string())?
+            .map_err(|_| failed("its consistency proof is malformed".into()))?
     } else {
         Vec::new()
     };
     let body = pouch_log::witness::AddCheckpoint {
         old_size: old,
         proof,
-        note: note.clone(),
+        note: note.to_vec(),
     }
     .encode();
     let (reply, decision) = fed
@@ -420,28 +485,106 @@ async fn follow(s: &crate::AppState, fed: &Federation, peer: &Peer) -> Result<()
         .await;
     match decision {
         crate::witness::Decision::Cosigned { size, .. } => {
-            let cosigned = pouch_log::witness::add_cosignatures(&note, &[reply.body])
-                .map_err(|e| format!("cannot add this server's cosignature: {e}"))?;
+            let cosigned = pouch_log::witness::add_cosignatures(note, &[reply.body])
+                .map_err(|e| failed(format!("cannot add this server's cosignature: {e}")))?;
             fed.answered(&peer.domain, |st| {
-                st.followed = Some(Followed {
-                    size,
-                    cosigned_at: crate::now(),
-                    note: cosigned,
-                })
+                if st.followed.as_ref().is_none_or(|f| f.size <= size) {
+                    st.followed = Some(Followed {
+                        size,
+                        cosigned_at: crate::now(),
+                        note: cosigned.clone(),
+                    })
+                }
             });
-            Ok(())
+            Ok(cosigned)
         }
         crate::witness::Decision::Misbehaved { origin, why } => {
             log_misbehaved(s, None, &peer.domain, &origin, &why, "served").await;
-            Err(format!("its log is not one history: {why}"))
+            Err(failed(format!("its log is not one history: {why}")))
         }
-        // A size that moved meanwhile (the peer's own request): next round.
-        crate::witness::Decision::Other => Err(format!(
+        // A size that moved meanwhile (the peer's own request): next time.
+        crate::witness::Decision::Other => Err(failed(format!(
             "this server's witness did not cosign its checkpoint ({}: {})",
             reply.status,
             reply.body.trim()
-        )),
+        ))),
     }
+}
+
+/// Another domain's accounts for this server's devices: asked of its
+/// server, its checkpoint cosigned by this server's witness (so it extends
+/// every checkpoint of that log this server's devices were shown). A peer
+/// that cannot be asked gives an answer that says why.
+pub async fn remote_lookup(
+    s: &crate::AppState,
+    fed: &Federation,
+    peer: &Peer,
+    addresses: Vec<pouch_proto::Address>,
+) -> pouch_proto::api::RemoteDirectory {
+    match ask_directory(s, fed, peer, addresses).await {
+        Ok(found) => found,
+        Err(why) => {
+            fed.failed(&peer.domain, &why);
+            pouch_proto::api::RemoteDirectory {
+                domain: peer.domain.clone(),
+                error: Some(why),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// The most a peer's directory answer may hold (up to 1,001 accounts'
+/// lists with proofs).
+const DIRECTORY_ANSWER_MAX: usize = 16 << 20;
+
+async fn ask_directory(
+    s: &crate::AppState,
+    fed: &Federation,
+    peer: &Peer,
+    addresses: Vec<pouch_proto::Address>,
+) -> Result<pouch_proto::api::RemoteDirectory, String> {
+    let request = pouch_proto::api::DirectoryRequest { addresses };
+    for _ in 0..2 {
+        let answer = peer_answer(
+            peer,
+            peer.http
+                .post(format!("{}/federation/v1/directory/lists", peer.url))
+                .json(&request),
+            DIRECTORY_ANSWER_MAX,
+        )
+        .await?;
+        let answer: pouch_proto::api::PeerDirectory = serde_json::from_slice(&answer)
+            .map_err(|_| format!("{}'s directory answer is malformed", peer.domain))?;
+        if answer.commitment_key.inclusion.checkpoint != answer.directory.checkpoint {
+            return Err(format!(
+                "{}'s directory answer mixes two checkpoints",
+                peer.domain
+            ));
+        }
+        match cosign_peer_note(s, fed, peer, answer.directory.checkpoint.as_bytes(), false).await {
+            Ok(cosigned) => {
+                let key_proof: pouch_proto::api::LeafProof = answer.commitment_key.inclusion.into();
+                return Ok(pouch_proto::api::RemoteDirectory {
+                    domain: peer.domain.clone(),
+                    error: None,
+                    log_key: peer.log_key.clone(),
+                    checkpoint: String::from_utf8_lossy(&cosigned).into_owned(),
+                    commitment_key: answer.commitment_key.key,
+                    commitment_key_proof: Some(key_proof),
+                    entries: answer.directory.entries,
+                    unknown: answer.directory.unknown,
+                });
+            }
+            // It crossed a newer checkpoint this server's witness saw: again.
+            Err(NotCosigned::Behind) => continue,
+            Err(NotCosigned::Failed(why)) => return Err(why),
+        }
+    }
+    Err(format!(
+        "{}'s log moved on while it answered; try again",
+        peer.domain
+    ))
 }
 
 impl Peer {

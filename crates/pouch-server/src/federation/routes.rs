@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(add_checkpoint),
         )
         .route("/federation/v1/checkpoint", get(checkpoint))
+        .route("/federation/v1/directory/lists", post(directory))
         .route("/federation/v1/log/consistency", get(consistency))
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .with_state(state)
@@ -77,6 +78,58 @@ async fn consistency(
     match crate::service::log::consistency(&s, q.from, q.to).await {
         Ok(proof) => Json(proof).into_response(),
         Err(e) => crate::error::ApiError::from(e).into_response(),
+    }
+}
+
+/// The peer asks for this server's accounts' device lists (its devices
+/// are writing to them): an access event naming the accounts; another
+/// domain's account is refused (out of its role).
+async fn directory(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<pouch_proto::api::DirectoryRequest>,
+) -> Response {
+    let peer = &peer.0;
+    let asked = req.addresses.len();
+    let targets: Vec<pouch_proto::Address> = req
+        .addresses
+        .iter()
+        .take(pouch_proto::api::EVENT_DEVICES_MAX)
+        .cloned()
+        .collect();
+    let answer = crate::service::directory::peer_lookup(&s, req).await;
+    let ev = Ev::new(Action::PeerLookup)
+        .source(from.ip())
+        .targets(targets);
+    match answer {
+        Ok(found) => {
+            record(
+                &s,
+                ev.amount(asked as u64, 0).detail(format!(
+                    "peer {} asked for {asked} device lists",
+                    peer.domain
+                )),
+            )
+            .await;
+            Json(found).into_response()
+        }
+        Err(e) => {
+            let forbidden = e.code == pouch_proto::api::ErrorCode::Forbidden;
+            record(
+                &s,
+                ev.failed(
+                    if forbidden {
+                        Reason::PeerRequestRefused
+                    } else {
+                        Reason::ServerFailure
+                    },
+                    format!("peer {}: {}", peer.domain, e.message),
+                ),
+            )
+            .await;
+            crate::error::ApiError::from(e).into_response()
+        }
     }
 }
 

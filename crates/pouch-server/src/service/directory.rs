@@ -173,6 +173,27 @@ pub async fn lookup(
     let mut addresses = req.addresses;
     addresses.sort();
     addresses.dedup();
+    // Other domains' accounts: asked of their servers (federation peers).
+    let (addresses, elsewhere): (Vec<Address>, Vec<Address>) =
+        addresses.into_iter().partition(|a| a.domain() == s.domain);
+    let mut remote = Vec::new();
+    let mut not_federated = Vec::new();
+    let mut by_domain: std::collections::BTreeMap<String, Vec<Address>> = Default::default();
+    for a in elsewhere {
+        by_domain.entry(a.domain().to_string()).or_default().push(a);
+    }
+    for (domain, asked) in by_domain {
+        match s
+            .federation
+            .as_ref()
+            .and_then(|f| f.peer(&domain).map(|p| (f, p)))
+        {
+            Some((fed, peer)) => {
+                remote.push(crate::federation::remote_lookup(s, fed, peer, asked).await)
+            }
+            None => not_federated.extend(asked),
+        }
+    }
     let (size, note) = super::log::current_checkpoint(s).await?;
     let mut entries = Vec::with_capacity(addresses.len());
     let mut unknown = Vec::new();
@@ -200,11 +221,44 @@ pub async fn lookup(
         s.directory.put(size, &entry);
         entries.push(entry);
     }
+    unknown.extend(not_federated);
     Ok(DirectoryResponse {
         checkpoint: String::from_utf8_lossy(&note).into_owned(),
         entries,
         unknown,
+        remote,
     })
+}
+
+/// A federation peer's question about this server's own accounts: the
+/// directory's answer and the commitment key, proven against one
+/// checkpoint. Only this domain's addresses.
+pub async fn peer_lookup(
+    s: &AppState,
+    req: DirectoryRequest,
+) -> Result<pouch_proto::api::PeerDirectory, ServiceError> {
+    if let Some(a) = req.addresses.iter().find(|a| a.domain() != s.domain) {
+        return Err(ServiceError::new(
+            pouch_proto::api::ErrorCode::Forbidden,
+            format!("{a} is not an account of this server (@{})", s.domain),
+        ));
+    }
+    // The log may grow between the two reads: read again until both are
+    // for one checkpoint (it grows by a few entries a second at most).
+    for _ in 0..3 {
+        let directory = lookup(s, req.clone()).await?;
+        let commitment_key = super::log::commitment_key(s).await?;
+        if commitment_key.inclusion.checkpoint == directory.checkpoint {
+            return Ok(pouch_proto::api::PeerDirectory {
+                directory,
+                commitment_key,
+            });
+        }
+    }
+    Err(ServiceError::new(
+        pouch_proto::api::ErrorCode::Conflict,
+        "the log kept growing while answering; ask again",
+    ))
 }
 
 /// The directory's answers for the current checkpoint size: every receiver

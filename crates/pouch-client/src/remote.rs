@@ -1,0 +1,175 @@
+//! Accounts of other domains (federation). The device talks only to its
+//! own server, which asks the account's server (a federation peer) and
+//! hands back what it answered: the account's signed device lists, the
+//! proof that the newest is in *that* domain's transparency log, and that
+//! log's checkpoint — cosigned by this device's own domain's witness.
+//!
+//! Why the own witness: the device cannot follow every partner's log
+//! itself. Its domain's witness cosigns a partner's checkpoint only as a
+//! consistent extension of the last one it cosigned, so every checkpoint
+//! this device accepts for a partner's log is one history — a partner
+//! that showed this ministry a device list its own log lacks, or one log
+//! here and another at home, is caught by the witness (a critical alert
+//! at this ministry's server) rather than believed. The witness key is
+//! pinned the first time it is needed (like the log key at enrollment).
+//!
+//! The account key is pinned per address as for any contact, and a
+//! changed one is reported the same way.
+
+use crate::Device;
+use crate::error::{ClientError, Result};
+use crate::transparency::{decode_commitment_key, hashes};
+use pouch_log::{AnyEntry, Commitments, Leaf};
+use pouch_proto::Address;
+use pouch_proto::api;
+use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
+
+fn security(msg: String) -> ClientError {
+    ClientError::Security(msg)
+}
+
+impl Device {
+    /// Whether `address` belongs to another domain than this account's.
+    pub(crate) fn is_remote(&self, address: &Address) -> bool {
+        address.domain() != self.address.domain()
+    }
+
+    /// The witness this device's server runs for its peers' logs, pinned on
+    /// first use.
+    fn federation_witness(&mut self) -> Result<String> {
+        if let Some(key) = self.local.meta("federation_witness")? {
+            return Ok(key);
+        }
+        let info: api::ServerInfo = self.api.get("/v1/info")?;
+        let key = info.federation_witness.ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "this server (@{}) does not federate with other domains: check the address",
+                self.address.domain()
+            ))
+        })?;
+        pouch_log::witness::WitnessVerifier::parse(&key)
+            .map_err(|_| ClientError::Protocol("a malformed federation witness key".into()))?;
+        self.local.set_meta("federation_witness", &key)?;
+        Ok(key)
+    }
+
+    /// The device lists of `address`, an account of another domain, every
+    /// version, checked: signed as a history by the account key, the newest
+    /// in that domain's log at a checkpoint this device's own domain's
+    /// witness cosigned.
+    pub(crate) fn remote_lists(
+        &mut self,
+        address: &Address,
+    ) -> Result<(DeviceListBody, Vec<SignedDeviceList>)> {
+        self.sign_in()?;
+        let domain = address.domain().to_string();
+        let answer: api::DirectoryResponse = self.api.post(
+            "/v1/directory/lists",
+            &api::DirectoryRequest {
+                addresses: vec![address.clone()],
+            },
+        )?;
+        let Some(remote) = answer.remote.into_iter().find(|r| r.domain == domain) else {
+            return Err(ClientError::Invalid(format!(
+                "{address} is in {domain}, a domain this server does not federate with; check the address"
+            )));
+        };
+        if let Some(why) = remote.error {
+            return Err(ClientError::Server {
+                status: 502,
+                code: api::ErrorCode::Internal,
+                message: format!("cannot check {address} now, try again later: {why}"),
+            });
+        }
+        if remote.unknown.contains(address) {
+            return Err(ClientError::Server {
+                status: 404,
+                code: api::ErrorCode::UnknownRecipient,
+                message: format!("{address} is not a Pouch user at {domain}; check the address"),
+            });
+        }
+        let witness = self.federation_witness()?;
+        let origin = format!("{domain}/log");
+        let opened = pouch_log::witness::open_cosigned(
+            remote.checkpoint.as_bytes(),
+            &remote.log_key,
+            &origin,
+            std::slice::from_ref(&witness),
+        )
+        .map_err(|e| security(format!("{domain}'s log checkpoint does not verify: {e}")))?;
+        if opened.cosignatures.is_empty() {
+            return Err(security(format!(
+                "{domain}'s log checkpoint is not cosigned by this domain's witness: refusing {address}'s device list"
+            )));
+        }
+        let checkpoint = opened.checkpoint;
+        let included = |index: u64, entry: &[u8], proof: &[String], what: &str| -> Result<()> {
+            pouch_log::verify_inclusion(
+                &hashes(proof)?,
+                checkpoint.size(),
+                *checkpoint.hash(),
+                index,
+                entry,
+            )
+            .map_err(|e| security(format!("{what} is not provably in {domain}'s log: {e}")))
+        };
+        // The commitment key that leaves of that log commit to addresses
+        // under, as its log records it.
+        let key = decode_commitment_key(&remote.commitment_key)
+            .ok_or_else(|| ClientError::Protocol("a malformed commitment key".into()))?;
+        let key_proof = remote
+            .commitment_key_proof
+            .as_ref()
+            .ok_or_else(|| security(format!("{domain}'s commitment key came without its proof")))?;
+        match Leaf::from_bytes(&key_proof.entry) {
+            Ok(Leaf::CommitmentKey(leaf)) if leaf.key_hash == key.key_hash() => {}
+            _ => {
+                return Err(security(format!(
+                    "{domain}'s commitment key is not the one its log records"
+                )));
+            }
+        }
+        included(
+            key_proof.index,
+            &key_proof.entry,
+            &key_proof.proof,
+            &format!("{domain}'s commitment key"),
+        )?;
+        let commitments = Commitments {
+            key,
+            key_index: key_proof.index,
+        };
+        let entry = remote
+            .entries
+            .into_iter()
+            .find(|e| &e.address == address)
+            .ok_or_else(|| {
+                security(format!(
+                    "{domain}'s server left {address} out of its answer"
+                ))
+            })?;
+        let body = crate::devices::verify_history(address, &entry.lists)?;
+        let newest = entry.newest.as_ref().ok_or_else(|| {
+            security(format!(
+                "the newest device list of {address} is not in {domain}'s log yet: refusing to use it"
+            ))
+        })?;
+        included(
+            newest.index,
+            &newest.entry,
+            &newest.proof,
+            &format!("{address}'s device list"),
+        )?;
+        let latest = entry.lists.last().expect("verify_history saw a version");
+        let same = match commitments.open(newest.index, &newest.entry, &newest.full, address) {
+            Ok(AnyEntry::List(e)) => e.version == body.version && &e.list == latest,
+            _ => false,
+        };
+        if !same {
+            return Err(security(format!(
+                "{domain}'s log records another device list for {address} than its server served: refusing it"
+            )));
+        }
+        Ok((body, entry.lists))
+    }
+}
