@@ -158,6 +158,9 @@ vocabulary! {
         PeerCheckpoint = "federation_peer_checkpoint",
         /// A peer asked for this server's accounts' device lists.
         PeerLookup = "federation_peer_lookup",
+        /// This server asked a peer for its accounts' device lists (a
+        /// failure: the peer's answer was not what its log proves).
+        PeerAnswer = "federation_peer_answer",
     }
 }
 
@@ -227,6 +230,9 @@ vocabulary! {
         PeerLogMisbehaved = "peer_log_misbehaved",
         /// A peer asked for what its role does not allow.
         PeerRequestRefused = "peer_request_refused",
+        /// A peer served a device list whose newest version its own log
+        /// does not prove.
+        PeerListUnlogged = "peer_list_unlogged",
     }
 }
 
@@ -266,6 +272,9 @@ vocabulary! {
         PeerLogSplit = "peer_log_split",
         /// A peer asked for what its role does not allow.
         PeerOutOfRole = "peer_out_of_role",
+        /// A peer served one of its accounts' device lists without the
+        /// proof that its log records it (a device slipped into an account).
+        PeerUnloggedList = "peer_unlogged_list",
     }
 }
 

@@ -381,6 +381,11 @@ async fn evaluate(
         }
         // A peer's log that is not one history, as this server's witness
         // saw it: the peer shows someone else another log.
+        // A device list a peer's log does not prove: what a peer slipping a
+        // device into one of its accounts would serve. Devices refuse it.
+        Action::PeerAnswer if ev.reason == Some(Reason::PeerListUnlogged) => {
+            out.push(reported(Rule::PeerUnloggedList, High))
+        }
         // The misbehaving log asks again every few seconds: one alert per
         // peer address and window, every attempt an event.
         Action::PeerCheckpoint if ev.reason == Some(Reason::PeerLogMisbehaved) => {

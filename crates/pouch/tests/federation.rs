@@ -601,3 +601,100 @@ fn an_account_of_another_domain_is_checked_against_its_own_domains_log() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not federate with"), "{err}");
 }
+
+#[test]
+fn a_device_a_peer_slips_into_one_of_its_accounts_without_a_log_entry_is_refused_and_reported() {
+    use ed25519_dalek::Signer as _;
+    let scratch = Scratch::new("federation-injected");
+    let mut f = federate(&scratch);
+    let alice = Client::enroll(
+        scratch.path("alice"),
+        &f.servers[0].invite("alice@mfa-a.test"),
+        "alice@mfa-a.test",
+    );
+    let _bob = Client::enroll(
+        scratch.path("bob"),
+        &f.servers[1].invite("bob@mfa-b.test"),
+        "bob@mfa-b.test",
+    );
+    let honest = wait_for("bob checked once", || {
+        let out = alice.run(&["verify", "bob@mfa-b.test", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
+    });
+    // B turns hostile: it "resets" bob under a key of its own and lists a
+    // device of its own — a version its log does not record (a log entry
+    // would show every device of bob's and every auditor the change).
+    let db = f.servers[1].db();
+    let (body, signature): (Vec<u8>, Vec<u8>) = db
+        .query_row(
+            "SELECT body, signature FROM device_lists WHERE address = 'bob@mfa-b.test' ORDER BY version DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let current = pouch_proto::devices::SignedDeviceList { body, signature };
+    let previous = current.body_unverified().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let forged = pouch_proto::devices::DeviceListBody {
+        address: previous.address.clone(),
+        version: previous.version + 1,
+        previous: Some(current.hash()),
+        account_key: key.verifying_key().to_bytes().to_vec(),
+        devices: vec![pouch_proto::devices::ListedDevice {
+            device_id: pouch_proto::DeviceId("ab".repeat(16)),
+            signature_key: vec![7u8; 32],
+            name: String::new(),
+            added_at: 0,
+            added_from: None,
+            sealed: None,
+        }],
+        issued_at: previous.issued_at + 1,
+        reason: "reset".into(),
+    };
+    let forged_body = serde_json::to_vec(&forged).unwrap();
+    let forged_signature = key
+        .sign(&pouch_proto::devices::SignedDeviceList::signing_payload(
+            &forged_body,
+        ))
+        .to_bytes()
+        .to_vec();
+    db.execute(
+        "INSERT INTO device_lists (address, version, body, signature, created_at) VALUES (?1, ?2, ?3, ?4, 0)",
+        rusqlite::params![
+            "bob@mfa-b.test",
+            forged.version as i64,
+            forged_body,
+            forged_signature
+        ],
+    )
+    .unwrap();
+    drop(db);
+    // (Restarted: its directory keeps answers per log size, and the log
+    // did not grow.)
+    f.servers[1].stop();
+    f.servers[1] = start(&f.dirs[1], DOMAINS[1]);
+    // Alice's device refuses it, in one line.
+    let refused = wait_for("B back and answering", || {
+        let out = alice.run(&["verify", "bob@mfa-b.test"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!out.status.success() && !err.contains("cannot check")).then_some(err)
+    });
+    assert!(refused.contains("not in mfa-b.test's log"), "{refused}");
+    assert_eq!(refused.trim().lines().count(), 1, "{refused}");
+    assert_eq!(honest["devices"].as_array().unwrap().len(), 1);
+    // And A's security team is told, naming the peer and the account.
+    let alert = wait_for("A's alert", || {
+        f.servers[0]
+            .alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_unlogged_list")
+    });
+    assert_eq!(alert["severity"], "high");
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("mfa-b.test") && summary.contains("bob@mfa-b.test"),
+        "{summary}"
+    );
+}

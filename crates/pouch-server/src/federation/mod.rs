@@ -534,6 +534,78 @@ pub async fn remote_lookup(
     }
 }
 
+/// Devices check every list a peer serves against its log and refuse one
+/// it does not prove; the server checks the same, to tell the security
+/// team (a peer slipping a device into one of its accounts would serve
+/// just that): an event and a high alert per account.
+async fn unlogged_lists(
+    s: &crate::AppState,
+    peer: &Peer,
+    answer: &pouch_proto::api::PeerDirectory,
+) {
+    use base64::Engine as _;
+    let Ok(checkpoint) = pouch_log::open_checkpoint(
+        answer.directory.checkpoint.as_bytes(),
+        &peer.log_key,
+        &peer.log_origin,
+    ) else {
+        return; // the witness refused it already
+    };
+    // The key the log's leaves commit to addresses under (its own leaf is
+    // checked by the devices; a wrong one only makes every list unproven).
+    let commitments = base64::engine::general_purpose::STANDARD
+        .decode(&answer.commitment_key.key)
+        .ok()
+        .and_then(|k| pouch_log::CommitmentKey::from_bytes(&k).ok())
+        .map(|key| pouch_log::Commitments {
+            key,
+            key_index: answer.commitment_key.inclusion.index,
+        });
+    for entry in &answer.directory.entries {
+        let Some(latest) = entry.lists.last() else {
+            continue;
+        };
+        let version = latest.body_unverified().map(|b| b.version).unwrap_or(0);
+        let proven = entry.newest.as_ref().is_some_and(|p| {
+            p.proof
+                .iter()
+                .map(|h| pouch_log::hash_from_b64(h))
+                .collect::<Result<Vec<_>, _>>()
+                .is_ok_and(|proof| {
+                    pouch_log::verify_inclusion(
+                        &proof,
+                        checkpoint.size(),
+                        *checkpoint.hash(),
+                        p.index,
+                        &p.entry,
+                    )
+                    .is_ok()
+                }) && commitments.as_ref().is_some_and(|c| {
+                matches!(
+                    c.open(p.index, &p.entry, &p.full, &entry.address),
+                    Ok(pouch_log::AnyEntry::List(e)) if e.version == version && &e.list == latest
+                )
+            })
+        });
+        if !proven {
+            crate::service::audit::record(
+                s,
+                crate::service::audit::Ev::new(pouch_proto::security::Action::PeerAnswer)
+                    .source(&peer.domain)
+                    .targets([entry.address.clone()])
+                    .failed(
+                        pouch_proto::security::Reason::PeerListUnlogged,
+                        format!(
+                            "peer {} served version {version} of {}'s device list without the proof that its log records it; this server's devices refuse it",
+                            peer.domain, entry.address
+                        ),
+                    ),
+            )
+            .await;
+        }
+    }
+}
+
 /// The most a peer's directory answer may hold (up to 1,001 accounts'
 /// lists with proofs).
 const DIRECTORY_ANSWER_MAX: usize = 16 << 20;
@@ -564,6 +636,7 @@ async fn ask_directory(
         }
         match cosign_peer_note(s, fed, peer, answer.directory.checkpoint.as_bytes(), false).await {
             Ok(cosigned) => {
+                unlogged_lists(s, peer, &answer).await;
                 let key_proof: pouch_proto::api::LeafProof = answer.commitment_key.inclusion.into();
                 return Ok(pouch_proto::api::RemoteDirectory {
                     domain: peer.domain.clone(),
