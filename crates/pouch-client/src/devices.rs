@@ -722,6 +722,15 @@ impl Device {
     /// being the versions themselves.
     fn verify_remote(&mut self, address: &Address) -> Result<VerifyReport> {
         let (body, lists) = self.remote_lists(address)?;
+        self.remote_report(address, &body, &lists)
+    }
+
+    fn remote_report(
+        &mut self,
+        address: &Address,
+        body: &DeviceListBody,
+        lists: &[SignedDeviceList],
+    ) -> Result<VerifyReport> {
         let pinned: Option<Vec<u8>> = self
             .local
             .conn
@@ -761,13 +770,15 @@ impl Device {
 
     /// `pouch verify ADDRESS --accept`: trust the account key the server now shows.
     pub fn accept_account_key(&mut self, address: &Address) -> Result<VerifyReport> {
-        let report = self.verify(address)?;
-        let lists = if self.is_remote(address) {
-            self.remote_lists(address)?.1
+        // What is pinned is what is shown: one answer for both.
+        let (report, lists) = if self.is_remote(address) {
+            let (body, lists) = self.remote_lists(address)?;
+            (self.remote_report(address, &body, &lists)?, lists)
         } else {
+            let report = self.verify(address)?;
             let history: api::DeviceListHistory =
                 self.api.get(&format!("/v1/device-lists/{address}"))?;
-            history.lists
+            (report, history.lists)
         };
         let body = verify_history(address, &lists)?;
         let hash = lists.last().map(|l| l.hash()).unwrap_or_default();

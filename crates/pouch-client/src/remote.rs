@@ -7,11 +7,13 @@
 //! Why the own witness: the device cannot follow every partner's log
 //! itself. Its domain's witness cosigns a partner's checkpoint only as a
 //! consistent extension of the last one it cosigned, so every checkpoint
-//! this device accepts for a partner's log is one history — a partner
-//! that showed this ministry a device list its own log lacks, or one log
-//! here and another at home, is caught by the witness (a critical alert
-//! at this ministry's server) rather than believed. The witness key is
-//! pinned the first time it is needed (like the log key at enrollment).
+//! this device accepts for a partner's log belongs to the one history this
+//! ministry was shown (a partner that showed it two is caught by the
+//! witness: a critical alert at this ministry's server). A list that
+//! history does not record is refused (and reported by the server). What
+//! the partner shows its own users is guarded by its own witnesses, not
+//! by this one. The witness key is pinned the first time it is needed
+//! (like the log key at enrollment).
 //!
 //! The account key is pinned per address as for any contact, and a
 //! changed one is reported the same way.
@@ -170,6 +172,57 @@ impl Device {
                 "{domain}'s log records another device list for {address} than its server served: refusing it"
             )));
         }
+        self.no_rollback(address, &body, &entry.lists)?;
         Ok((body, entry.lists))
+    }
+
+    /// A remote account's lists never go back: not to a version older than
+    /// one this device pinned or saw (an older version is still in the log,
+    /// and would hide a revoked device or a reset), nor to another history
+    /// through it. Newer versions under the pinned key are remembered.
+    fn no_rollback(
+        &mut self,
+        address: &Address,
+        body: &DeviceListBody,
+        lists: &[SignedDeviceList],
+    ) -> Result<()> {
+        use rusqlite::OptionalExtension as _;
+        let pinned: Option<(Vec<u8>, i64, Option<String>)> = self
+            .local
+            .conn
+            .query_row(
+                "SELECT account_key, version, list_hash FROM contacts WHERE address = ?1",
+                [address.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((key, version, hash)) = pinned else {
+            return Ok(());
+        };
+        if (body.version as i64) < version {
+            return Err(security(format!(
+                "{address}'s domain shows an older device list (version {} after {version}): refusing it",
+                body.version
+            )));
+        }
+        let at_pinned = usize::try_from(version - 1)
+            .ok()
+            .and_then(|i| lists.get(i))
+            .map(|l| l.hash());
+        if let Some(hash) = hash.filter(|h| !h.is_empty())
+            && at_pinned.as_deref() != Some(hash.as_str())
+        {
+            return Err(security(format!(
+                "{address}'s domain shows another history of their device list than the one seen before: refusing it"
+            )));
+        }
+        if key == body.account_key && (body.version as i64) > version {
+            let latest = lists.last().map(|l| l.hash()).unwrap_or_default();
+            self.local.conn.execute(
+                "UPDATE contacts SET version = ?2, list_hash = ?3 WHERE address = ?1",
+                rusqlite::params![address.as_str(), body.version as i64, latest],
+            )?;
+        }
+        Ok(())
     }
 }

@@ -155,6 +155,27 @@ pub fn open_cosigned(
     })
 }
 
+/// The signed note with only the signature lines of `name` (a log's
+/// note as another server hands it may carry lines under any name; before
+/// cosigning, only the log's own are kept).
+pub fn only_signatures_of(note: &[u8], name: &str) -> Result<Vec<u8>, LogError> {
+    let parsed = Note::from_bytes(note).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+    let text = parsed.text().to_vec();
+    let sigs = note
+        .get(text.len() + 1..)
+        .ok_or_else(|| LogError::Malformed("a note without signatures".into()))?;
+    let prefix = format!("\u{2014} {name} ");
+    let mut out = text;
+    out.push(b'\n');
+    for line in sigs.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(prefix.as_bytes()) {
+            out.extend_from_slice(line);
+        }
+    }
+    Note::from_bytes(&out).map_err(|e| LogError::Malformed(format!("{e:?}")))?;
+    Ok(out)
+}
+
 /// Appends cosignature lines to a signed note.
 pub fn add_cosignatures(note: &[u8], lines: &[String]) -> Result<Vec<u8>, LogError> {
     let parsed = Note::from_bytes(note).map_err(|e| LogError::Malformed(format!("{e:?}")))?;

@@ -384,7 +384,12 @@ async fn evaluate(
         // A device list a peer's log does not prove: what a peer slipping a
         // device into one of its accounts would serve. Devices refuse it.
         Action::PeerAnswer if ev.reason == Some(Reason::PeerListUnlogged) => {
-            out.push(reported(Rule::PeerUnloggedList, High))
+            let name = format!("peer unlogged {src} {}", shown_targets(ev));
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(reported(Rule::PeerUnloggedList, High))
+            }
         }
         // The misbehaving log asks again every few seconds: one alert per
         // peer address and window, every attempt an event.
@@ -700,4 +705,13 @@ fn network_of(source: &str) -> String {
         }
         _ => source.to_string(),
     }
+}
+
+/// An event's target accounts, for a counter's name.
+fn shown_targets(ev: &EventBody) -> String {
+    ev.targets
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }

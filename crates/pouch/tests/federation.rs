@@ -698,3 +698,58 @@ fn a_device_a_peer_slips_into_one_of_its_accounts_without_a_log_entry_is_refused
         "{summary}"
     );
 }
+
+#[test]
+fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
+    let scratch = Scratch::new("federation-rollback");
+    let mut f = federate(&scratch);
+    let alice = Client::enroll(
+        scratch.path("alice"),
+        &f.servers[0].invite("alice@mfa-a.test"),
+        "alice@mfa-a.test",
+    );
+    let bob = Client::enroll(
+        scratch.path("bob"),
+        &f.servers[1].invite("bob@mfa-b.test"),
+        "bob@mfa-b.test",
+    );
+    // Alice pins Bob's key (version 1), then Bob adds a device (version 2)
+    // and Alice's device sees it.
+    wait_for("bob accepted", || {
+        alice
+            .run(&["verify", "bob@mfa-b.test", "--accept"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let _bob2 = link(scratch.path("bob2"), &f.servers[1], &bob);
+    let seen = wait_for("version 2 seen", || {
+        let out = alice.run(&["verify", "bob@mfa-b.test", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["version"] == 2).then_some(v)
+    });
+    assert_eq!(seen["devices"].as_array().unwrap().len(), 2);
+    // B turns hostile and serves version 1 again — in its log, provably,
+    // with one device fewer (as if a revocation were undone, or a reset).
+    let db = f.servers[1].db();
+    db.execute(
+        "DELETE FROM device_lists WHERE address = 'bob@mfa-b.test' AND version = 2",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    f.servers[1].stop();
+    f.servers[1] = start(&f.dirs[1], DOMAINS[1]);
+    let refused = wait_for("B back and answering", || {
+        let out = alice.run(&["verify", "bob@mfa-b.test"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!out.status.success() && !err.contains("did not answer")).then_some(err)
+    });
+    assert!(
+        refused.contains("older device list (version 1 after 2)"),
+        "{refused}"
+    );
+    // And accepting cannot lower the pin either.
+    let out = alice.run(&["verify", "bob@mfa-b.test", "--accept"]);
+    assert!(!out.status.success());
+}

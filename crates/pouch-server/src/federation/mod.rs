@@ -62,6 +62,8 @@ pub struct Peer {
     pub witness_key: String,
     /// Mutual TLS to it: its anchor only, this server's certificate.
     pub(crate) http: reqwest::Client,
+    /// Directory questions to it in flight at once, at most.
+    lookups: tokio::sync::Semaphore,
 }
 
 impl Peer {
@@ -436,6 +438,13 @@ async fn cosign_peer_note(
     following: bool,
 ) -> Result<Vec<u8>, NotCosigned> {
     let failed = NotCosigned::Failed;
+    if note.len() > ANSWER_MAX {
+        return Err(failed("its checkpoint is too large".into()));
+    }
+    // Only the log's own signature goes on: lines under other names (this
+    // server's witness's among them) are the peer's to make up.
+    let note = &pouch_log::witness::only_signatures_of(note, &peer.log_origin)
+        .map_err(|e| failed(format!("its checkpoint is malformed: {e}")))?;
     let checkpoint =
         pouch_log::open_checkpoint(note, &peer.log_key, &peer.log_origin).map_err(|e| {
             failed(format!(
@@ -502,7 +511,11 @@ async fn cosign_peer_note(
             log_misbehaved(s, None, &peer.domain, &origin, &why, "served").await;
             Err(failed(format!("its log is not one history: {why}")))
         }
-        // A size that moved meanwhile (the peer's own request): next time.
+        // The witness's size moved meanwhile (the peer's own request, or a
+        // follow): ask again.
+        crate::witness::Decision::Other if reply.status == axum::http::StatusCode::CONFLICT => {
+            Err(NotCosigned::Behind)
+        }
         crate::witness::Decision::Other => Err(failed(format!(
             "this server's witness did not cosign its checkpoint ({}: {})",
             reply.status,
@@ -521,35 +534,48 @@ pub async fn remote_lookup(
     peer: &Peer,
     addresses: Vec<pouch_proto::Address>,
 ) -> pouch_proto::api::RemoteDirectory {
+    // A few questions to one peer at a time: each may hold a large answer.
+    let Ok(_turn) = peer.lookups.acquire().await else {
+        return pouch_proto::api::RemoteDirectory {
+            domain: peer.domain.clone(),
+            error: Some("this server is stopping".into()),
+            ..Default::default()
+        };
+    };
     match ask_directory(s, fed, peer, addresses).await {
         Ok(found) => found,
         Err(why) => {
+            tracing::warn!(peer = %peer.domain, error = %why, "a directory question to the peer failed");
             fed.failed(&peer.domain, &why);
+            // The details are the operators' (their status shows them),
+            // not words a peer chose put before users.
             pouch_proto::api::RemoteDirectory {
                 domain: peer.domain.clone(),
-                error: Some(why),
+                error: Some(format!(
+                    "the server of {} did not answer as it should; your administrators can see why",
+                    peer.domain
+                )),
                 ..Default::default()
             }
         }
     }
 }
 
-/// Devices check every list a peer serves against its log and refuse one
-/// it does not prove; the server checks the same, to tell the security
-/// team (a peer slipping a device into one of its accounts would serve
-/// just that): an event and a high alert per account.
-async fn unlogged_lists(
-    s: &crate::AppState,
+/// The accounts whose newest list the answer does not prove against its
+/// own checkpoint (no proof, a proof that fails, or a leaf for another
+/// list). Devices refuse those; the server checks the same to tell the
+/// security team ([`report_unproven`]).
+fn unproven_lists(
     peer: &Peer,
     answer: &pouch_proto::api::PeerDirectory,
-) {
+) -> Vec<(pouch_proto::Address, u64)> {
     use base64::Engine as _;
     let Ok(checkpoint) = pouch_log::open_checkpoint(
         answer.directory.checkpoint.as_bytes(),
         &peer.log_key,
         &peer.log_origin,
     ) else {
-        return; // the witness refused it already
+        return Vec::new(); // the witness refused it already
     };
     // The key the log's leaves commit to addresses under (its own leaf is
     // checked by the devices; a wrong one only makes every list unproven).
@@ -561,6 +587,7 @@ async fn unlogged_lists(
             key,
             key_index: answer.commitment_key.inclusion.index,
         });
+    let mut unproven = Vec::new();
     for entry in &answer.directory.entries {
         let Some(latest) = entry.lists.last() else {
             continue;
@@ -588,21 +615,39 @@ async fn unlogged_lists(
             })
         });
         if !proven {
-            crate::service::audit::record(
-                s,
-                crate::service::audit::Ev::new(pouch_proto::security::Action::PeerAnswer)
-                    .source(&peer.domain)
-                    .targets([entry.address.clone()])
-                    .failed(
-                        pouch_proto::security::Reason::PeerListUnlogged,
-                        format!(
-                            "peer {} served version {version} of {}'s device list without the proof that its log records it; this server's devices refuse it",
-                            peer.domain, entry.address
-                        ),
-                    ),
-            )
-            .await;
+            unproven.push((entry.address.clone(), version));
         }
+    }
+    unproven
+}
+
+/// At most this many accounts are reported per answer (a hostile peer's
+/// answer is bounded, but its entries may be many).
+const UNPROVEN_REPORTED_MAX: usize = 10;
+
+/// An event per account (a few per answer), and per peer, account and
+/// window a high alert (detect.rs): what a peer slipping a device into one
+/// of its accounts would serve.
+async fn report_unproven(
+    s: &crate::AppState,
+    peer: &Peer,
+    unproven: &[(pouch_proto::Address, u64)],
+) {
+    for (address, version) in unproven.iter().take(UNPROVEN_REPORTED_MAX) {
+        crate::service::audit::record(
+            s,
+            crate::service::audit::Ev::new(pouch_proto::security::Action::PeerAnswer)
+                .source(&peer.domain)
+                .targets([address.clone()])
+                .failed(
+                    pouch_proto::security::Reason::PeerListUnlogged,
+                    format!(
+                        "peer {} served version {version} of {address}'s device list without the proof that its log records it; this server's devices refuse it",
+                        peer.domain
+                    ),
+                ),
+        )
+        .await;
     }
 }
 
@@ -616,8 +661,16 @@ async fn ask_directory(
     peer: &Peer,
     addresses: Vec<pouch_proto::Address>,
 ) -> Result<pouch_proto::api::RemoteDirectory, String> {
-    let request = pouch_proto::api::DirectoryRequest { addresses };
-    for _ in 0..2 {
+    let asked: std::collections::BTreeSet<pouch_proto::Address> = addresses
+        .iter()
+        .filter(|a| a.domain() == peer.domain)
+        .cloned()
+        .collect();
+    let request = pouch_proto::api::DirectoryRequest {
+        addresses: asked.iter().cloned().collect(),
+    };
+    let mut unproven_before: Option<Vec<(pouch_proto::Address, u64)>> = None;
+    for _ in 0..3 {
         let answer = peer_answer(
             peer,
             peer.http
@@ -626,8 +679,19 @@ async fn ask_directory(
             DIRECTORY_ANSWER_MAX,
         )
         .await?;
-        let answer: pouch_proto::api::PeerDirectory = serde_json::from_slice(&answer)
+        let mut answer: pouch_proto::api::PeerDirectory = serde_json::from_slice(&answer)
             .map_err(|_| format!("{}'s directory answer is malformed", peer.domain))?;
+        // Only what was asked, once each: nothing else reaches the devices
+        // (or the alerts).
+        let mut seen = std::collections::BTreeSet::new();
+        answer
+            .directory
+            .entries
+            .retain(|e| asked.contains(&e.address) && seen.insert(e.address.clone()));
+        answer
+            .directory
+            .unknown
+            .retain(|a| asked.contains(a) && !seen.contains(a));
         if answer.commitment_key.inclusion.checkpoint != answer.directory.checkpoint {
             return Err(format!(
                 "{}'s directory answer mixes two checkpoints",
@@ -636,7 +700,14 @@ async fn ask_directory(
         }
         match cosign_peer_note(s, fed, peer, answer.directory.checkpoint.as_bytes(), false).await {
             Ok(cosigned) => {
-                unlogged_lists(s, peer, &answer).await;
+                // A list published while the peer answered has no proof
+                // yet: asked again once; still unproven, reported.
+                let unproven = unproven_lists(peer, &answer);
+                if !unproven.is_empty() && unproven_before.is_none() {
+                    unproven_before = Some(unproven);
+                    continue;
+                }
+                report_unproven(s, peer, &unproven).await;
                 let key_proof: pouch_proto::api::LeafProof = answer.commitment_key.inclusion.into();
                 return Ok(pouch_proto::api::RemoteDirectory {
                     domain: peer.domain.clone(),
@@ -708,6 +779,7 @@ impl Peer {
             log_origin,
             witness_key: p.witness_key.trim().to_string(),
             http,
+            lookups: tokio::sync::Semaphore::new(4),
         })
     }
 }
