@@ -161,6 +161,8 @@ vocabulary! {
         /// This server asked a peer for its accounts' device lists (a
         /// failure: the peer's answer was not what its log proves).
         PeerAnswer = "federation_peer_answer",
+        /// A device of this server looked up accounts of other domains.
+        RemoteLookup = "federation_remote_lookup",
     }
 }
 
@@ -275,6 +277,9 @@ vocabulary! {
         /// A peer served one of its accounts' device lists without the
         /// proof that its log records it (a device slipped into an account).
         PeerUnloggedList = "peer_unlogged_list",
+        /// A device looked up more accounts of other domains within the
+        /// window than anyone writes to (a partner's staff list scanned).
+        RemoteLookups = "remote_lookups",
     }
 }
 

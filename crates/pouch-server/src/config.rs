@@ -136,6 +136,10 @@ pub struct Thresholds {
     /// window (A→B→A is one, A→B→A→B two) that mean two copies take turns.
     /// Moving on (A→B→C) is a device changing networks, which is normal.
     pub cloned_address_returns: usize,
+    /// Accounts of other domains one device may look up within the window
+    /// (each lookup tells the partner's server which of its accounts were
+    /// asked about): more is a scan of the partner's staff.
+    pub remote_lookups: u64,
     /// How often the stale-device and retention sweeps run.
     #[serde(with = "humantime_serde")]
     pub sweep_every: Duration,
@@ -158,6 +162,7 @@ impl Default for Thresholds {
             baseline: Duration::from_secs(14 * 86_400),
             dormant_after: Duration::from_secs(60 * 86_400),
             cloned_address_returns: 2,
+            remote_lookups: 1000,
             sweep_every: Duration::from_secs(60),
             chain_full_check: Duration::from_secs(300),
         }

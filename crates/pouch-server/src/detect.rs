@@ -363,6 +363,26 @@ async fn evaluate(
                 }
             }
         }
+        // A device looking up accounts of other domains: each lookup tells
+        // the partner which of its people were asked about. The alert fires
+        // on the lookup that passes the threshold (once a window).
+        Action::RemoteLookup => {
+            if let Some(device) = &ev.device {
+                let name = format!("remote lookups {device}");
+                let now = s.store.count(&name, this_window, ev.count).await?
+                    + s.store.counted(&name, this_window - window, this_window).await?;
+                let before = now.saturating_sub(ev.count);
+                if now > t.remote_lookups && before <= t.remote_lookups {
+                    out.push(alert(
+                        Rule::RemoteLookups,
+                        High,
+                        ev,
+                        seq,
+                        format!("device {device} looked up {now} accounts of other domains within {minutes} minutes from {src} (the last: {})", ev.detail),
+                    ));
+                }
+            }
+        }
         // Federation. A stranger at the federation listener: one alert per
         // source and window (a scanner makes one, not a flood).
         Action::PeerRefused => {

@@ -106,10 +106,10 @@ async fn device_lists(
 /// newest version against one checkpoint (see `DirectoryRequest`).
 async fn directory_lists(
     State(s): St,
-    _: AuthDevice,
+    caller: Caller,
     Json(req): Json<DirectoryRequest>,
 ) -> Result<Json<DirectoryResponse>, ApiError> {
-    Ok(Json(directory::lookup(&s, req).await?))
+    Ok(Json(directory::lookup_for(&s, &caller, req).await?))
 }
 
 async fn caller(s: &AppState, d: &DeviceId) -> Result<pouch_store::Device, ApiError> {

@@ -581,7 +581,17 @@ fn an_account_of_another_domain_is_checked_against_its_own_domains_log() {
         alice_seen_by_bob["comparison_code"]
     );
     assert_eq!(bob_seen_by_alice["devices"].as_array().unwrap().len(), 1);
-    // B recorded A's question, naming the account asked about.
+    // A recorded who asked (the device, the account asked about); B that
+    // A asked, naming its account.
+    let events = ok(a.admin(&a.data_dir, &["events", "export"]));
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("federation_remote_lookup")
+                && l.contains("bob@mfa-b.test")
+                && l.contains("alice@mfa-a.test")),
+        "{events}"
+    );
     let events = ok(b.admin(&b.data_dir, &["events", "export"]));
     assert!(
         events
@@ -752,4 +762,46 @@ fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
     // And accepting cannot lower the pin either.
     let out = alice.run(&["verify", "bob@mfa-b.test", "--accept"]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn a_device_scanning_a_partners_accounts_is_an_alert() {
+    let scratch = Scratch::new("federation-scan");
+    let mut f = federate(&scratch);
+    // A's security team lowers the threshold to 3 accounts per window.
+    let config = std::fs::read_to_string(f.dirs[0].join("pouch.toml")).unwrap();
+    std::fs::write(
+        f.dirs[0].join("pouch.toml"),
+        format!("{config}\n[detection]\nremote_lookups = 3\n"),
+    )
+    .unwrap();
+    f.servers[0].stop();
+    f.servers[0] = start(&f.dirs[0], DOMAINS[0]);
+    let mallory = Client::enroll(
+        scratch.path("mallory"),
+        &f.servers[0].invite("mallory@mfa-a.test"),
+        "mallory@mfa-a.test",
+    );
+    // Guessing names at the partner: whether they exist or not, each is a
+    // question the partner's server sees.
+    for name in ["ambassador", "attache", "consul", "cipher-clerk"] {
+        let _ = mallory.run(&["verify", &format!("{name}@mfa-b.test")]);
+    }
+    let alert = wait_for("the scan alert", || {
+        f.servers[0]
+            .alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "remote_lookups")
+    });
+    assert_eq!(alert["severity"], "high");
+    assert_eq!(alert["account"], "mallory@mfa-a.test");
+    let alerts = f.servers[0].alerts();
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|x| x["rule"] == "remote_lookups")
+            .count(),
+        1,
+        "once a window, not per lookup"
+    );
 }

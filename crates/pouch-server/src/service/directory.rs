@@ -230,6 +230,49 @@ pub async fn lookup(
     })
 }
 
+/// A device's question ([`lookup`]): accounts of other domains are asked of
+/// their servers, which learn which of their accounts were asked about
+/// (not by whom), so this server records it — an access event naming the
+/// device and the accounts, counted by the detection rules (a device
+/// scanning a partner's staff list).
+pub async fn lookup_for(
+    s: &AppState,
+    caller: &super::Caller,
+    req: DirectoryRequest,
+) -> Result<DirectoryResponse, ServiceError> {
+    let remote: Vec<Address> = req
+        .addresses
+        .iter()
+        .filter(|a| a.domain() != s.domain)
+        .cloned()
+        .collect();
+    if !remote.is_empty() {
+        let mut domains: Vec<&str> = remote.iter().map(|a| a.domain()).collect();
+        domains.sort();
+        domains.dedup();
+        let mut ev = super::audit::Ev::new(pouch_proto::security::Action::RemoteLookup)
+            .device(&caller.device)
+            .source_opt(caller.source)
+            .amount(remote.len() as u64, 0)
+            .detail(format!(
+                "{} accounts of {}",
+                remote.len(),
+                domains.join(", ")
+            ))
+            .targets(
+                remote
+                    .iter()
+                    .take(pouch_proto::api::EVENT_DEVICES_MAX)
+                    .cloned(),
+            );
+        if let Some(account) = super::audit::account_of(s, &caller.device).await {
+            ev = ev.account(&account);
+        }
+        super::audit::record(s, ev).await;
+    }
+    lookup(s, req).await
+}
+
 /// A federation peer's question about this server's own accounts: the
 /// directory's answer and the commitment key, proven against one
 /// checkpoint. Only this domain's addresses.
