@@ -651,6 +651,11 @@ async fn report_unproven(
     }
 }
 
+/// The longest a device's question waits for federation peers' answers
+/// (each peer's client has its own 15 s timeout per request; a question
+/// may take a few).
+pub const LOOKUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most a peer's directory answer may hold (up to 1,001 accounts'
 /// lists with proofs).
 const DIRECTORY_ANSWER_MAX: usize = 16 << 20;

@@ -182,18 +182,33 @@ pub async fn lookup(
     for a in elsewhere {
         by_domain.entry(a.domain().to_string()).or_default().push(a);
     }
+    // Each peer asked at once, all within one deadline: a slow partner
+    // delays the answer by at most that, never by its own timeouts in turn.
+    let mut questions = Vec::new();
     for (domain, asked) in by_domain {
         match s
             .federation
             .as_ref()
             .and_then(|f| f.peer(&domain).map(|p| (f, p)))
         {
-            Some((fed, peer)) => {
-                remote.push(crate::federation::remote_lookup(s, fed, peer, asked).await)
-            }
+            Some((fed, peer)) => questions.push(async move {
+                let question = crate::federation::remote_lookup(s, fed, peer, asked);
+                match tokio::time::timeout(crate::federation::LOOKUP_DEADLINE, question).await {
+                    Ok(found) => found,
+                    Err(_) => pouch_proto::api::RemoteDirectory {
+                        domain: peer.domain.clone(),
+                        error: Some(format!(
+                            "the server of {} did not answer in time; try again later",
+                            peer.domain
+                        )),
+                        ..Default::default()
+                    },
+                }
+            }),
             None => not_federated.extend(asked),
         }
     }
+    remote.extend(futures_util::future::join_all(questions).await);
     let (size, note) = super::log::current_checkpoint(s).await?;
     let mut entries = Vec::with_capacity(addresses.len());
     let mut unknown = Vec::new();
