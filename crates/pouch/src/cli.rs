@@ -2544,6 +2544,17 @@ fn print_pending(p: &pouch_proto::api::PendingApproval) {
             );
             outln!("pouch admin approve {} --fingerprint FINGERPRINT", p.id);
         }
+        (
+            pouch_proto::api::ApprovalAction::AddOperator
+            | pouch_proto::api::ApprovalAction::AddSecurityAdmin,
+            _,
+        ) => {
+            eprintln!(
+                "(with the key fingerprint {} reads them from their own 'pouch admin init')",
+                p.admin.as_deref().unwrap_or("the new administrator")
+            );
+            outln!("pouch admin approve {} --fingerprint FINGERPRINT", p.id);
+        }
         (_, Some(fp)) => {
             eprintln!(
                 "(after comparing the key fingerprint {fp} with the one {} reads them from their own 'pouch admin init')",

@@ -195,6 +195,13 @@ fn a_reset_waits_for_a_second_administrator_and_each_person_is_named() {
             && pending.contains("operator pat"),
         "{pending}"
     );
+    // Neither the listing nor the requester's screen offers Pat's key
+    // fingerprint to copy: the approver takes it from Pat.
+    assert!(!pending.contains(&pats_fingerprint), "{pending}");
+    assert!(
+        !asked_add.contains(&pats_fingerprint) && asked_add.contains("FINGERPRINT"),
+        "{asked_add}"
+    );
     assert_one_line_error(
         &server.admin_as(&olga, &["approve", &add_id]),
         "a second administrator must approve it",

@@ -429,10 +429,14 @@ pub async fn list(s: &AppState) -> Result<Vec<AdminSummary>> {
 }
 
 fn pending(a: Approval) -> PendingApproval {
+    // Never shown for a key the request adds (an operator's, a security
+    // administrator's, the officer's): the approver vouches for it by
+    // taking its fingerprint from the key's holder, not from a listing the
+    // requester also reads (and could have made up).
     let key_fingerprint = match a.action {
-        // Not shown: the approver takes it from the officer, not from a
-        // listing the requester also reads.
-        ApprovalAction::RegisterOfficer => None,
+        ApprovalAction::RegisterOfficer
+        | ApprovalAction::AddOperator
+        | ApprovalAction::AddSecurityAdmin => None,
         _ => expected_fingerprint(&a),
     };
     PendingApproval {

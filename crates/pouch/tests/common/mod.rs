@@ -347,6 +347,7 @@ print(json.dumps(out))
             "admin init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
         // "pouch admin add NAME --role ROLE --key KEY", for an operator to run.
         let line = String::from_utf8(out.stdout).unwrap();
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -360,7 +361,25 @@ print(json.dumps(out))
             let asked = String::from_utf8(asked.stdout).unwrap();
             let approve: Vec<&str> = asked.split_whitespace().collect();
             assert_eq!(&approve[..3], ["pouch", "admin", "approve"], "{asked}");
-            self.ops(first_node_dir, &approve[2..])
+            // The approver takes the key's fingerprint from its holder's own
+            // `admin init` ("your key: … (fingerprint …)"), not from the request.
+            let fingerprint = said
+                .split("(fingerprint ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .unwrap_or_else(|| panic!("{said}"))
+                .to_string();
+            let approve: Vec<&str> = approve[2..]
+                .iter()
+                .map(|w| {
+                    if *w == "FINGERPRINT" {
+                        fingerprint.as_str()
+                    } else {
+                        w
+                    }
+                })
+                .collect();
+            self.ops(first_node_dir, &approve)
         } else {
             self.ops(first_node_dir, &words[2..])
         };
