@@ -101,6 +101,16 @@ impl Witness {
     }
 
     /// The tree size this witness last cosigned for `origin` (0: none).
+    /// The tree this witness last cosigned for `origin`: its size and root.
+    pub async fn cosigned_tree(&self, origin: &str) -> Option<(u64, pouch_log::Hash)> {
+        self.state
+            .lock()
+            .await
+            .logs
+            .get(origin)
+            .and_then(|(size, root)| pouch_log::hash_from_b64(root).ok().map(|h| (*size, h)))
+    }
+
     pub async fn cosigned_size(&self, origin: &str) -> u64 {
         self.state
             .lock()

@@ -454,7 +454,19 @@ async fn cosign_peer_note(
     let size = checkpoint.size();
     let old = fed.witness.cosigned_size(&peer.log_origin).await;
     if size < old && !following {
-        return Err(NotCosigned::Behind);
+        // An answer that crossed a newer checkpoint is an older one of the
+        // same history: the peer proves it. If it cannot, its log forked.
+        return match older_is_consistent(peer, &checkpoint, fed).await {
+            Ok(true) => Err(NotCosigned::Behind),
+            Ok(false) => {
+                let why = format!(
+                    "a checkpoint of size {size} that the tree of size {old} already cosigned does not extend"
+                );
+                log_misbehaved(s, None, &peer.domain, &peer.log_origin, &why, "served").await;
+                Err(failed(format!("its log is not one history: {why}")))
+            }
+            Err(e) => Err(failed(e)),
+        };
     }
     let proof = if old > 0 && old < size {
         let answer = peer_answer(
@@ -522,6 +534,46 @@ async fn cosign_peer_note(
             reply.body.trim()
         ))),
     }
+}
+
+/// Whether the witnessed tree extends the (smaller) `checkpoint`, by a
+/// consistency proof the peer gives; `Err` when the peer could not be asked.
+async fn older_is_consistent(
+    peer: &Peer,
+    checkpoint: &pouch_log::Checkpoint,
+    fed: &Federation,
+) -> Result<bool, String> {
+    let Some((old, old_root)) = fed.witness.cosigned_tree(&peer.log_origin).await else {
+        return Ok(true);
+    };
+    let size = checkpoint.size();
+    if size == 0 || size >= old {
+        return Ok(true);
+    }
+    let answer = peer_answer(
+        peer,
+        peer.http.get(format!(
+            "{}/federation/v1/log/consistency?from={size}&to={old}",
+            peer.url
+        )),
+        ANSWER_MAX,
+    )
+    .await?;
+    let Ok(answer) = serde_json::from_slice::<pouch_proto::api::LogConsistency>(&answer) else {
+        return Ok(false);
+    };
+    if answer.proof.len() > 128 {
+        return Ok(false);
+    }
+    let Ok(proof) = answer
+        .proof
+        .iter()
+        .map(|h| pouch_log::hash_from_b64(h))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return Ok(false);
+    };
+    Ok(pouch_log::verify_consistency(&proof, old, old_root, size, *checkpoint.hash()).is_ok())
 }
 
 /// Another domain's accounts for this server's devices: asked of its
