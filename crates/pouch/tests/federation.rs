@@ -310,6 +310,23 @@ fn peers_by_card_cross_witness_and_strangers_are_refused_in_the_handshake() {
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    // Nor ask A about another domain's accounts.
+    let out = curl_federation(
+        &format!("{a_fed}/federation/v1/directory/lists"),
+        &a_anchor,
+        Some(&f.dirs[1]),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"addresses":["someone@hq-c.test"]}"#,
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
 
     // The security team sees both: a stranger (one alert per source and
     // window, not one per attempt) and a peer out of its role.
@@ -338,6 +355,12 @@ fn peers_by_card_cross_witness_and_strangers_are_refused_in_the_handshake() {
         .count();
     assert_eq!(refused, 2, "each refused handshake is an event: {events}");
     assert!(events.contains("federation_peer_checkpoint"));
+    assert!(
+        events.lines().any(|l| l.contains("federation_peer_lookup")
+            && l.contains("peer_request_refused")
+            && l.contains("someone@hq-c.test")),
+        "{events}"
+    );
 }
 
 #[test]
