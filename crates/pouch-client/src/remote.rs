@@ -177,9 +177,10 @@ impl Device {
     }
 
     /// A remote account's lists never go back: not to a version older than
-    /// one this device pinned or saw (an older version is still in the log,
-    /// and would hide a revoked device or a reset), nor to another history
-    /// through it. Newer versions under the pinned key are remembered.
+    /// one this device pinned (`--accept`) or saw in any answer it verified
+    /// (an older version is still in the log, and would hide a revoked
+    /// device or a reset), nor to another history through it. Newer
+    /// versions are remembered, under whichever key.
     fn no_rollback(
         &mut self,
         address: &Address,
@@ -187,7 +188,7 @@ impl Device {
         lists: &[SignedDeviceList],
     ) -> Result<()> {
         use rusqlite::OptionalExtension as _;
-        let pinned: Option<(Vec<u8>, i64, Option<String>)> = self
+        let pinned: Option<(Vec<u8>, i64, String)> = self
             .local
             .conn
             .query_row(
@@ -196,28 +197,44 @@ impl Device {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((key, version, hash)) = pinned else {
-            return Ok(());
-        };
-        if (body.version as i64) < version {
-            return Err(security(format!(
-                "{address}'s domain shows an older device list (version {} after {version}): refusing it",
-                body.version
-            )));
+        let seen_key = format!("remote_seen:{address}");
+        let seen: Option<(i64, String)> = self.local.meta(&seen_key)?.and_then(|v| {
+            let (version, hash) = v.split_once(' ')?;
+            Some((version.parse().ok()?, hash.to_string()))
+        });
+        let floors = pinned
+            .iter()
+            .map(|(_, v, h)| (*v, h.clone()))
+            .chain(seen.iter().cloned());
+        for (version, hash) in floors {
+            if (body.version as i64) < version {
+                return Err(security(format!(
+                    "{address}'s domain shows an older device list (version {} after {version}): refusing it",
+                    body.version
+                )));
+            }
+            let at = usize::try_from(version - 1)
+                .ok()
+                .and_then(|i| lists.get(i))
+                .map(|l| l.hash());
+            if !hash.is_empty() && at.as_deref() != Some(hash.as_str()) {
+                return Err(security(format!(
+                    "{address}'s domain shows another history of their device list than the one seen before: refusing it"
+                )));
+            }
         }
-        let at_pinned = usize::try_from(version - 1)
-            .ok()
-            .and_then(|i| lists.get(i))
-            .map(|l| l.hash());
-        if let Some(hash) = hash.filter(|h| !h.is_empty())
-            && at_pinned.as_deref() != Some(hash.as_str())
+        let latest = lists.last().map(|l| l.hash()).unwrap_or_default();
+        if seen
+            .as_ref()
+            .is_none_or(|(v, _)| (body.version as i64) > *v)
         {
-            return Err(security(format!(
-                "{address}'s domain shows another history of their device list than the one seen before: refusing it"
-            )));
+            self.local
+                .set_meta(&seen_key, &format!("{} {latest}", body.version))?;
         }
-        if key == body.account_key && (body.version as i64) > version {
-            let latest = lists.last().map(|l| l.hash()).unwrap_or_default();
+        if let Some((key, version, _)) = &pinned
+            && key == &body.account_key
+            && (body.version as i64) > *version
+        {
             self.local.conn.execute(
                 "UPDATE contacts SET version = ?2, list_hash = ?3 WHERE address = ?1",
                 rusqlite::params![address.as_str(), body.version as i64, latest],

@@ -100,7 +100,6 @@ impl Witness {
         self.key.verifier_key()
     }
 
-    /// The tree size this witness last cosigned for `origin` (0: none).
     /// The tree this witness last cosigned for `origin`: its size and root.
     pub async fn cosigned_tree(&self, origin: &str) -> Option<(u64, pouch_log::Hash)> {
         self.state
@@ -111,6 +110,7 @@ impl Witness {
             .and_then(|(size, root)| pouch_log::hash_from_b64(root).ok().map(|h| (*size, h)))
     }
 
+    /// The tree size this witness last cosigned for `origin` (0: none).
     pub async fn cosigned_size(&self, origin: &str) -> u64 {
         self.state
             .lock()

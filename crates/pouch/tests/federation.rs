@@ -762,6 +762,15 @@ fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
         (v["version"] == 2).then_some(v)
     });
     assert_eq!(seen["devices"].as_array().unwrap().len(), 2);
+    // Carol never accepted anything: she only looked once, at version 2.
+    let carol = Client::enroll(
+        scratch.path("carol"),
+        &f.servers[0].invite("carol@mfa-a.test"),
+        "carol@mfa-a.test",
+    );
+    let carol_saw = carol.json(&["verify", "bob@mfa-b.test", "--json"]);
+    assert_eq!(carol_saw["version"], 2);
+    assert!(carol_saw["pinned_fingerprint"].is_null());
     // B turns hostile and serves version 1 again — in its log, provably,
     // with one device fewer (as if a revocation were undone, or a reset).
     let db = f.servers[1].db();
@@ -785,6 +794,13 @@ fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
     // And accepting cannot lower the pin either.
     let out = alice.run(&["verify", "bob@mfa-b.test", "--accept"]);
     assert!(!out.status.success());
+    // What a device once verified is a floor too, pinned or not.
+    let out = carol.run(&["verify", "bob@mfa-b.test"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("older device list (version 1 after 2)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -559,20 +559,19 @@ async fn older_is_consistent(
         ANSWER_MAX,
     )
     .await?;
-    let Ok(answer) = serde_json::from_slice::<pouch_proto::api::LogConsistency>(&answer) else {
-        return Ok(false);
-    };
+    // A malformed reply is a misbehaving reply, not proof of a fork.
+    let malformed = || format!("{}'s consistency proof is malformed", peer.domain);
+    let answer = serde_json::from_slice::<pouch_proto::api::LogConsistency>(&answer)
+        .map_err(|_| malformed())?;
     if answer.proof.len() > 128 {
-        return Ok(false);
+        return Err(malformed());
     }
-    let Ok(proof) = answer
+    let proof = answer
         .proof
         .iter()
         .map(|h| pouch_log::hash_from_b64(h))
         .collect::<Result<Vec<_>, _>>()
-    else {
-        return Ok(false);
-    };
+        .map_err(|_| malformed())?;
     Ok(pouch_log::verify_consistency(&proof, old, old_root, size, *checkpoint.hash()).is_ok())
 }
 
@@ -718,6 +717,35 @@ async fn ask_directory(
     peer: &Peer,
     addresses: Vec<pouch_proto::Address>,
 ) -> Result<pouch_proto::api::RemoteDirectory, String> {
+    let mut unproven_before: Option<Vec<(pouch_proto::Address, u64)>> = None;
+    let asked = ask_directory_rounds(s, fed, peer, addresses, &mut unproven_before);
+    // Bounded below the devices' deadline, so that what was found unproven
+    // is still reported when the second round fails or stalls.
+    let answered = match tokio::time::timeout(DIRECTORY_ROUNDS_DEADLINE, asked).await {
+        Ok(answered) => answered,
+        Err(_) => Err(format!("{} did not answer in time", peer.domain)),
+    };
+    if answered.is_err()
+        && let Some(unproven) = &unproven_before
+    {
+        // Served unproven, then no answer: a peer that will not show the
+        // proof twice is reported all the same.
+        report_unproven(s, peer, unproven).await;
+    }
+    answered
+}
+
+/// The longest one directory question to a peer takes, its second round
+/// included (within [`LOOKUP_DEADLINE`]).
+const DIRECTORY_ROUNDS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(25);
+
+async fn ask_directory_rounds(
+    s: &crate::AppState,
+    fed: &Federation,
+    peer: &Peer,
+    addresses: Vec<pouch_proto::Address>,
+    unproven_before: &mut Option<Vec<(pouch_proto::Address, u64)>>,
+) -> Result<pouch_proto::api::RemoteDirectory, String> {
     let asked: std::collections::BTreeSet<pouch_proto::Address> = addresses
         .iter()
         .filter(|a| a.domain() == peer.domain)
@@ -726,7 +754,6 @@ async fn ask_directory(
     let request = pouch_proto::api::DirectoryRequest {
         addresses: asked.iter().cloned().collect(),
     };
-    let mut unproven_before: Option<Vec<(pouch_proto::Address, u64)>> = None;
     for _ in 0..3 {
         let answer = peer_answer(
             peer,
@@ -761,9 +788,10 @@ async fn ask_directory(
                 // yet: asked again once; still unproven, reported.
                 let unproven = unproven_lists(peer, &answer);
                 if !unproven.is_empty() && unproven_before.is_none() {
-                    unproven_before = Some(unproven);
+                    *unproven_before = Some(unproven);
                     continue;
                 }
+                *unproven_before = None;
                 report_unproven(s, peer, &unproven).await;
                 let key_proof: pouch_proto::api::LeafProof = answer.commitment_key.inclusion.into();
                 return Ok(pouch_proto::api::RemoteDirectory {

@@ -195,14 +195,18 @@ pub async fn lookup(
                 let question = crate::federation::remote_lookup(s, fed, peer, asked);
                 match tokio::time::timeout(crate::federation::LOOKUP_DEADLINE, question).await {
                     Ok(found) => found,
-                    Err(_) => pouch_proto::api::RemoteDirectory {
+                    Err(_) => {
+                        tracing::warn!(peer = %peer.domain, "a directory question to the peer did not finish in time");
+                        fed.failed(&peer.domain, "a directory question did not finish in time");
+                        pouch_proto::api::RemoteDirectory {
                         domain: peer.domain.clone(),
                         error: Some(format!(
                             "the server of {} did not answer in time; try again later",
                             peer.domain
                         )),
                         ..Default::default()
-                    },
+                    }
+                    }
                 }
             }),
             None => not_federated.extend(asked),
@@ -255,12 +259,24 @@ pub async fn lookup_for(
     caller: &super::Caller,
     req: DirectoryRequest,
 ) -> Result<DirectoryResponse, ServiceError> {
-    let remote: Vec<Address> = req
+    if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
+        return lookup(s, req).await; // refused there, before anyone is asked
+    }
+    // What partners' servers will be asked: each account once, of a peer's
+    // domain (other domains are answered "unknown" and asked of no one).
+    let mut remote: Vec<Address> = req
         .addresses
         .iter()
-        .filter(|a| a.domain() != s.domain)
+        .filter(|a| {
+            a.domain() != s.domain
+                && s.federation
+                    .as_ref()
+                    .is_some_and(|f| f.peer(a.domain()).is_some())
+        })
         .cloned()
         .collect();
+    remote.sort();
+    remote.dedup();
     if !remote.is_empty() {
         let mut domains: Vec<&str> = remote.iter().map(|a| a.domain()).collect();
         domains.sort();
