@@ -280,6 +280,9 @@ vocabulary! {
         /// A device looked up more accounts of other domains within the
         /// window than anyone writes to (a partner's staff list scanned).
         RemoteLookups = "remote_lookups",
+        /// A federation peer asked about more of this server's accounts
+        /// within the window than its users write to.
+        PeerVolume = "peer_volume",
     }
 }
 

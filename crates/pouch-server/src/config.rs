@@ -140,6 +140,9 @@ pub struct Thresholds {
     /// (each lookup tells the partner's server which of its accounts were
     /// asked about): more is a scan of the partner's staff.
     pub remote_lookups: u64,
+    /// Accounts of this server one federation peer may ask about within the
+    /// window (its users writing to this ministry's): more is unusual volume.
+    pub peer_lookups: u64,
     /// How often the stale-device and retention sweeps run.
     #[serde(with = "humantime_serde")]
     pub sweep_every: Duration,
@@ -163,6 +166,7 @@ impl Default for Thresholds {
             dormant_after: Duration::from_secs(60 * 86_400),
             cloned_address_returns: 2,
             remote_lookups: 1000,
+            peer_lookups: 20_000,
             sweep_every: Duration::from_secs(60),
             chain_full_check: Duration::from_secs(300),
         }

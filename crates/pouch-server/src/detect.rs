@@ -383,6 +383,24 @@ async fn evaluate(
                 }
             }
         }
+        // A peer asking about more of this ministry's people than its
+        // users write to: its server (or someone on it) reading the staff
+        // list. Once a window, on the question that passes the threshold.
+        Action::PeerLookup if ok => {
+            let name = format!("peer lookups {src}");
+            let now = s.store.count(&name, this_window, ev.count).await?
+                + s.store.counted(&name, this_window - window, this_window).await?;
+            let before = now.saturating_sub(ev.count);
+            if now > t.peer_lookups && before <= t.peer_lookups {
+                out.push(alert(
+                    Rule::PeerVolume,
+                    High,
+                    ev,
+                    seq,
+                    format!("a federation peer at {src} asked about {now} accounts of this server within {minutes} minutes (the last: {})", ev.detail),
+                ));
+            }
+        }
         // Federation. A stranger at the federation listener: one alert per
         // source and window (a scanner makes one, not a flood).
         Action::PeerRefused => {

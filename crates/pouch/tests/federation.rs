@@ -844,3 +844,37 @@ fn a_device_scanning_a_partners_accounts_is_an_alert() {
         "once a window, not per lookup"
     );
 }
+
+#[test]
+fn unusual_volume_from_a_peer_is_an_alert() {
+    let scratch = Scratch::new("federation-volume");
+    let mut f = federate(&scratch);
+    // A expects at most 3 of its accounts asked about per window.
+    let config = std::fs::read_to_string(f.dirs[0].join("pouch.toml")).unwrap();
+    std::fs::write(
+        f.dirs[0].join("pouch.toml"),
+        format!("{config}\n[detection]\npeer_lookups = 3\n"),
+    )
+    .unwrap();
+    f.servers[0].stop();
+    f.servers[0] = start(&f.dirs[0], DOMAINS[0]);
+    let bob = Client::enroll(
+        scratch.path("bob"),
+        &f.servers[1].invite("bob@mfa-b.test"),
+        "bob@mfa-b.test",
+    );
+    for name in ["minister", "deputy", "spokesperson", "archivist"] {
+        let _ = bob.run(&["verify", &format!("{name}@mfa-a.test")]);
+    }
+    let alert = wait_for("A's volume alert", || {
+        f.servers[0]
+            .alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_volume")
+    });
+    assert_eq!(alert["severity"], "high");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("mfa-b.test"),
+        "{alert}"
+    );
+}
