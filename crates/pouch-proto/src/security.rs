@@ -163,6 +163,9 @@ vocabulary! {
         PeerAnswer = "federation_peer_answer",
         /// A device of this server looked up accounts of other domains.
         RemoteLookup = "federation_remote_lookup",
+        /// A peer went over its request budget and was answered 429 (one
+        /// event a minute per peer).
+        PeerThrottled = "federation_peer_throttled",
     }
 }
 
@@ -235,6 +238,8 @@ vocabulary! {
         /// A peer served a device list whose newest version its own log
         /// does not prove.
         PeerListUnlogged = "peer_list_unlogged",
+        /// A peer went over its request budget.
+        PeerRateLimited = "peer_rate_limited",
     }
 }
 

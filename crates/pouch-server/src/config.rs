@@ -38,6 +38,9 @@ pub struct FederationSettings {
     /// How peers reach that listener, as the card says (`https://HOST:PORT`);
     /// by default `https://` and the address bound.
     pub url: Option<String>,
+    /// Requests one peer may make per minute (a burst of as many, refilled
+    /// steadily); more are answered 429. Default 600.
+    pub peer_requests_per_minute: Option<u32>,
     pub peers: Vec<PeerSettings>,
 }
 

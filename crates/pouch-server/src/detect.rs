@@ -401,6 +401,16 @@ async fn evaluate(
                 ));
             }
         }
+        // A peer over its request budget (recorded once a minute at most):
+        // once a window an alert.
+        Action::PeerThrottled => {
+            let name = format!("peer throttled {src}");
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(reported(Rule::PeerVolume, Medium))
+            }
+        }
         // Federation. A stranger at the federation listener: one alert per
         // source and window (a scanner makes one, not a flood).
         Action::PeerRefused => {

@@ -878,3 +878,63 @@ fn unusual_volume_from_a_peer_is_an_alert() {
         "{alert}"
     );
 }
+
+#[test]
+fn a_peer_over_its_request_budget_is_answered_429_and_reported() {
+    let scratch = Scratch::new("federation-budget");
+    let mut f = federate(&scratch);
+    // B lets each peer make 5 requests a minute.
+    let config = std::fs::read_to_string(f.dirs[1].join("pouch.toml")).unwrap();
+    let listen = format!("listen = \"127.0.0.1:{}\"\n", f.ports[1]);
+    std::fs::write(
+        f.dirs[1].join("pouch.toml"),
+        config.replace(&listen, &format!("{listen}peer_requests_per_minute = 5\n")),
+    )
+    .unwrap();
+    f.servers[1].stop();
+    f.servers[1] = start(&f.dirs[1], DOMAINS[1]);
+    let _bob = Client::enroll(
+        scratch.path("bob"),
+        &f.servers[1].invite("bob@mfa-b.test"),
+        "bob@mfa-b.test",
+    );
+    let alice = Client::enroll(
+        scratch.path("alice"),
+        &f.servers[0].invite("alice@mfa-a.test"),
+        "alice@mfa-a.test",
+    );
+    let refused = (0..10)
+        .filter(|_| !alice.run(&["verify", "bob@mfa-b.test"]).status.success())
+        .count();
+    assert!(refused > 0, "A stayed within 5 requests a minute?");
+    // B says so once, not per request; its security team sees it.
+    let alert = wait_for("B's volume alert", || {
+        f.servers[1]
+            .alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_volume")
+    });
+    assert_eq!(alert["severity"], "medium");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("mfa-a.test"),
+        "{alert}"
+    );
+    let events = ok(f.servers[1].admin(&f.dirs[1], &["events", "export"]));
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("federation_peer_throttled") && l.contains("peer mfa-a.test"))
+            .count(),
+        1,
+        "{events}"
+    );
+    // A's operators see why their devices could not check Bob.
+    let st = peer_status(&f.servers[0], "mfa-b.test");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("429"),
+        "{st}"
+    );
+}

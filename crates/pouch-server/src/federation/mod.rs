@@ -91,7 +91,33 @@ pub struct Federation {
     identify: peer_tls::PeerIdentifier,
     /// What this node knows of each peer (by domain), for the operators.
     states: std::sync::Mutex<std::collections::HashMap<String, PeerState>>,
+    /// Each peer's request budget ([`Federation::admit`]).
+    budgets: std::sync::Mutex<std::collections::HashMap<String, Budget>>,
+    /// Requests per minute one peer may make.
+    per_minute: f64,
 }
+
+/// A token bucket: `tokens` left as of `at`; `said`: when a refusal was
+/// last recorded (one event a minute, not one per refused request).
+struct Budget {
+    tokens: f64,
+    at: std::time::Instant,
+    said: Option<std::time::Instant>,
+}
+
+/// What [`Federation::admit`] decided.
+pub(crate) enum Admission {
+    Go,
+    /// Over its budget; `record`: the first refusal this minute.
+    Refused {
+        record: bool,
+    },
+}
+
+/// Requests per minute a peer may make by default: its witness asks every
+/// 2 s while the log grows, its follower every 10 s, and its devices'
+/// directory questions come on top.
+pub const PEER_REQUESTS_PER_MINUTE: u32 = 600;
 
 /// What this node knows of one peer, as its background task goes.
 #[derive(Clone, Debug, Default)]
@@ -233,6 +259,13 @@ impl Federation {
             listener_tls,
             identify,
             states: Default::default(),
+            budgets: Default::default(),
+            per_minute: f64::from(
+                settings
+                    .peer_requests_per_minute
+                    .unwrap_or(PEER_REQUESTS_PER_MINUTE)
+                    .max(1),
+            ),
         }))
     }
 
@@ -246,6 +279,32 @@ impl Federation {
 
     pub fn peer(&self, domain: &str) -> Option<&Arc<Peer>> {
         self.peers.iter().find(|p| p.domain == domain)
+    }
+
+    /// Whether `domain` may make one more request now: a bucket of
+    /// [`Self::per_minute`] requests, refilled steadily.
+    pub(crate) fn admit(&self, domain: &str) -> Admission {
+        let now = std::time::Instant::now();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = budgets.entry(domain.to_string()).or_insert(Budget {
+            tokens: self.per_minute,
+            at: now,
+            said: None,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.per_minute / 60.0;
+        b.tokens = (b.tokens + refill).min(self.per_minute);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Admission::Go;
+        }
+        let record = b
+            .said
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60));
+        if record {
+            b.said = Some(now);
+        }
+        Admission::Refused { record }
     }
 
     /// What this node knows of `domain` now.

@@ -32,7 +32,47 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/federation/v1/directory/lists", post(directory))
         .route("/federation/v1/log/consistency", get(consistency))
         .layer(DefaultBodyLimit::max(BODY_MAX))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), budget))
         .with_state(state)
+}
+
+/// Each peer within its request budget (`peer_requests_per_minute`): over
+/// it, 429 and — once a minute — an access event (rule: peer volume).
+async fn budget(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (Some(fed), Some(peer)) = (
+        &s.federation,
+        req.extensions().get::<PeerIdentity>().cloned(),
+    ) else {
+        return next.run(req).await;
+    };
+    match fed.admit(&peer.0.domain) {
+        super::Admission::Go => next.run(req).await,
+        super::Admission::Refused { record: recorded } => {
+            if recorded {
+                record(
+                    &s,
+                    Ev::new(Action::PeerThrottled).source(from.ip()).failed(
+                        Reason::PeerRateLimited,
+                        format!(
+                            "peer {} made more than its {} requests a minute; answered 429",
+                            peer.0.domain, fed.per_minute
+                        ),
+                    ),
+                )
+                .await;
+            }
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this peer; try again shortly\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Who this server is and who it sees: a peer checks the connection.
