@@ -659,23 +659,6 @@ impl Device {
         {
             key.open_details(&mut body); // one's own devices, by name
         }
-        let pinned: Option<Vec<u8>> = if address == &self.address {
-            self.local.account_key()?.map(|k| k.public())
-        } else {
-            self.local
-                .conn
-                .query_row(
-                    "SELECT account_key FROM contacts WHERE address = ?1",
-                    [address.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?
-        };
-        let mine = self
-            .local
-            .account_key()?
-            .map(|k| k.public())
-            .unwrap_or_default();
         // The history as the transparency log records it (what everyone sees).
         let logged: api::LogEntries = self.api.get(&format!("/v1/log/entries/{address}"))?;
         let commitments = self.commitments()?;
@@ -705,6 +688,34 @@ impl Device {
                 },
             })
             .collect();
+        self.report(address, &body, entries)
+    }
+
+    /// What `pouch verify` shows of `address`'s list `body`, beside the key
+    /// this device pinned for it (its own account's, for itself).
+    fn report(
+        &mut self,
+        address: &Address,
+        body: &DeviceListBody,
+        history: Vec<HistoryEntry>,
+    ) -> Result<VerifyReport> {
+        let pinned: Option<Vec<u8>> = if address == &self.address {
+            self.local.account_key()?.map(|k| k.public())
+        } else {
+            self.local
+                .conn
+                .query_row(
+                    "SELECT account_key FROM contacts WHERE address = ?1",
+                    [address.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?
+        };
+        let mine = self
+            .local
+            .account_key()?
+            .map(|k| k.public())
+            .unwrap_or_default();
         Ok(VerifyReport {
             address: address.clone(),
             account_key_fingerprint: fingerprint(&body.account_key),
@@ -712,7 +723,7 @@ impl Device {
             key_changed: pinned.as_ref().is_some_and(|k| k != &body.account_key),
             version: body.version,
             devices: body.devices.clone(),
-            history: entries,
+            history,
             comparison_code: comparison_code(&mine, &body.account_key),
         })
     }
@@ -731,20 +742,6 @@ impl Device {
         body: &DeviceListBody,
         lists: &[SignedDeviceList],
     ) -> Result<VerifyReport> {
-        let pinned: Option<Vec<u8>> = self
-            .local
-            .conn
-            .query_row(
-                "SELECT account_key FROM contacts WHERE address = ?1",
-                [address.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let mine = self
-            .local
-            .account_key()?
-            .map(|k| k.public())
-            .unwrap_or_default();
         let history = lists
             .iter()
             .filter_map(|l| l.body_unverified().ok())
@@ -756,16 +753,7 @@ impl Device {
                 account_key_fingerprint: fingerprint(&b.account_key),
             })
             .collect();
-        Ok(VerifyReport {
-            address: address.clone(),
-            account_key_fingerprint: fingerprint(&body.account_key),
-            pinned_fingerprint: pinned.as_ref().map(|k| fingerprint(k)),
-            key_changed: pinned.as_ref().is_some_and(|k| k != &body.account_key),
-            version: body.version,
-            devices: body.devices.clone(),
-            history,
-            comparison_code: comparison_code(&mine, &body.account_key),
-        })
+        self.report(address, body, history)
     }
 
     /// `pouch verify ADDRESS --accept`: trust the account key the server now shows.

@@ -93,6 +93,21 @@ fn federate_on(scratch: &Scratch, databases: &[Option<&str>; 3]) -> Federated {
     }
 }
 
+/// Server `i` restarted with its `pouch.toml` as `edit` makes it.
+fn restart_with(f: &mut Federated, i: usize, edit: impl FnOnce(String) -> String) {
+    let path = f.dirs[i].join("pouch.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(config)).unwrap();
+    f.servers[i].stop();
+    f.servers[i] = start(&f.dirs[i], DOMAINS[i]);
+}
+
+/// A user of `server`, enrolled with a fresh invite, its state in `scratch`.
+fn enroll(scratch: &Scratch, server: &Server, address: &str) -> Client {
+    let name = address.split('@').next().unwrap();
+    Client::enroll(scratch.path(name), &server.invite(address), address)
+}
+
 /// The card, read back by TOML's own parser: one `[[federation.peers]]`
 /// entry with exactly the keys the config file takes.
 fn card_entry(card: &str) -> toml::Table {
@@ -569,16 +584,8 @@ fn an_account_of_another_domain_is_checked_against_its_own_domains_log() {
     let scratch = Scratch::new("federation-verify");
     let f = federate(&scratch);
     let (a, b) = (&f.servers[0], &f.servers[1]);
-    let alice = Client::enroll(
-        scratch.path("alice"),
-        &a.invite("alice@mfa-a.test"),
-        "alice@mfa-a.test",
-    );
-    let bob = Client::enroll(
-        scratch.path("bob"),
-        &b.invite("bob@mfa-b.test"),
-        "bob@mfa-b.test",
-    );
+    let alice = enroll(&scratch, a, "alice@mfa-a.test");
+    let bob = enroll(&scratch, b, "bob@mfa-b.test");
     // Each sees the other's account as its own domain's log records it,
     // through its own server only: the same key, and the same comparison
     // code to read to each other.
@@ -640,16 +647,8 @@ fn a_device_a_peer_slips_into_one_of_its_accounts_without_a_log_entry_is_refused
     use ed25519_dalek::Signer as _;
     let scratch = Scratch::new("federation-injected");
     let mut f = federate(&scratch);
-    let alice = Client::enroll(
-        scratch.path("alice"),
-        &f.servers[0].invite("alice@mfa-a.test"),
-        "alice@mfa-a.test",
-    );
-    let _bob = Client::enroll(
-        scratch.path("bob"),
-        &f.servers[1].invite("bob@mfa-b.test"),
-        "bob@mfa-b.test",
-    );
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
+    let _bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
     let honest = wait_for("bob checked once", || {
         let out = alice.run(&["verify", "bob@mfa-b.test", "--json"]);
         out.status
@@ -736,16 +735,8 @@ fn a_device_a_peer_slips_into_one_of_its_accounts_without_a_log_entry_is_refused
 fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
     let scratch = Scratch::new("federation-rollback");
     let mut f = federate(&scratch);
-    let alice = Client::enroll(
-        scratch.path("alice"),
-        &f.servers[0].invite("alice@mfa-a.test"),
-        "alice@mfa-a.test",
-    );
-    let bob = Client::enroll(
-        scratch.path("bob"),
-        &f.servers[1].invite("bob@mfa-b.test"),
-        "bob@mfa-b.test",
-    );
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
     // Alice pins Bob's key (version 1), then Bob adds a device (version 2)
     // and Alice's device sees it.
     wait_for("bob accepted", || {
@@ -763,11 +754,7 @@ fn a_peer_cannot_take_an_account_back_to_an_older_list_its_log_still_holds() {
     });
     assert_eq!(seen["devices"].as_array().unwrap().len(), 2);
     // Carol never accepted anything: she only looked once, at version 2.
-    let carol = Client::enroll(
-        scratch.path("carol"),
-        &f.servers[0].invite("carol@mfa-a.test"),
-        "carol@mfa-a.test",
-    );
+    let carol = enroll(&scratch, &f.servers[0], "carol@mfa-a.test");
     let carol_saw = carol.json(&["verify", "bob@mfa-b.test", "--json"]);
     assert_eq!(carol_saw["version"], 2);
     assert!(carol_saw["pinned_fingerprint"].is_null());
@@ -808,19 +795,10 @@ fn a_device_scanning_a_partners_accounts_is_an_alert() {
     let scratch = Scratch::new("federation-scan");
     let mut f = federate(&scratch);
     // A's security team lowers the threshold to 3 accounts per window.
-    let config = std::fs::read_to_string(f.dirs[0].join("pouch.toml")).unwrap();
-    std::fs::write(
-        f.dirs[0].join("pouch.toml"),
-        format!("{config}\n[detection]\nremote_lookups = 3\n"),
-    )
-    .unwrap();
-    f.servers[0].stop();
-    f.servers[0] = start(&f.dirs[0], DOMAINS[0]);
-    let mallory = Client::enroll(
-        scratch.path("mallory"),
-        &f.servers[0].invite("mallory@mfa-a.test"),
-        "mallory@mfa-a.test",
-    );
+    restart_with(&mut f, 0, |config| {
+        format!("{config}\n[detection]\nremote_lookups = 3\n")
+    });
+    let mallory = enroll(&scratch, &f.servers[0], "mallory@mfa-a.test");
     // Guessing names at the partner: whether they exist or not, each is a
     // question the partner's server sees.
     for name in ["ambassador", "attache", "consul", "cipher-clerk"] {
@@ -850,19 +828,10 @@ fn unusual_volume_from_a_peer_is_an_alert() {
     let scratch = Scratch::new("federation-volume");
     let mut f = federate(&scratch);
     // A expects at most 3 of its accounts asked about per window.
-    let config = std::fs::read_to_string(f.dirs[0].join("pouch.toml")).unwrap();
-    std::fs::write(
-        f.dirs[0].join("pouch.toml"),
-        format!("{config}\n[detection]\npeer_lookups = 3\n"),
-    )
-    .unwrap();
-    f.servers[0].stop();
-    f.servers[0] = start(&f.dirs[0], DOMAINS[0]);
-    let bob = Client::enroll(
-        scratch.path("bob"),
-        &f.servers[1].invite("bob@mfa-b.test"),
-        "bob@mfa-b.test",
-    );
+    restart_with(&mut f, 0, |config| {
+        format!("{config}\n[detection]\npeer_lookups = 3\n")
+    });
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
     for name in ["minister", "deputy", "spokesperson", "archivist"] {
         let _ = bob.run(&["verify", &format!("{name}@mfa-a.test")]);
     }
@@ -884,25 +853,12 @@ fn a_peer_over_its_request_budget_is_answered_429_and_reported() {
     let scratch = Scratch::new("federation-budget");
     let mut f = federate(&scratch);
     // B lets each peer make 5 requests a minute.
-    let config = std::fs::read_to_string(f.dirs[1].join("pouch.toml")).unwrap();
     let listen = format!("listen = \"127.0.0.1:{}\"\n", f.ports[1]);
-    std::fs::write(
-        f.dirs[1].join("pouch.toml"),
-        config.replace(&listen, &format!("{listen}peer_requests_per_minute = 5\n")),
-    )
-    .unwrap();
-    f.servers[1].stop();
-    f.servers[1] = start(&f.dirs[1], DOMAINS[1]);
-    let _bob = Client::enroll(
-        scratch.path("bob"),
-        &f.servers[1].invite("bob@mfa-b.test"),
-        "bob@mfa-b.test",
-    );
-    let alice = Client::enroll(
-        scratch.path("alice"),
-        &f.servers[0].invite("alice@mfa-a.test"),
-        "alice@mfa-a.test",
-    );
+    restart_with(&mut f, 1, |config| {
+        config.replace(&listen, &format!("{listen}peer_requests_per_minute = 5\n"))
+    });
+    let _bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
     let refused = (0..10)
         .filter(|_| !alice.run(&["verify", "bob@mfa-b.test"]).status.success())
         .count();

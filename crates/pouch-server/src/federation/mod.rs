@@ -20,10 +20,8 @@
 //!   its own users another cannot get both cosigned by the same witness: the
 //!   witness keeps the largest tree it cosigned and refuses anything not
 //!   consistent with it — a split view or a rollback is a critical alert.
-//!   The peer's checkpoint as this server's witness cosigned it
-//!   ([`Followed`]) is what devices will check remote accounts against (a
-//!   later step: they accept a remote domain's checkpoint only with their
-//!   own domain's witness's cosignature).
+//!   Devices accept a peer's checkpoint only with their own domain's
+//!   witness's cosignature (`pouch-client/src/remote.rs`).
 //! - **Peers are not announced as this log's witnesses** to its own
 //!   devices: a partner's outage must not make this ministry's own log look
 //!   unwitnessed.
@@ -132,15 +130,12 @@ pub struct PeerState {
     pub ours_cosigned: Option<u64>,
 }
 
-/// A peer's checkpoint as this server's witness cosigned it: what this
-/// server's devices will check the peer's accounts against.
+/// The peer's newest checkpoint as this server's witness cosigned it.
 #[derive(Clone, Debug)]
 pub struct Followed {
     pub size: u64,
     /// When this server's witness cosigned it (Unix seconds).
     pub cosigned_at: i64,
-    /// The peer's signed note with this server's witness's cosignature.
-    pub note: Vec<u8>,
 }
 
 /// The most peers one server takes: each is a TLS client, a witness entry,
@@ -400,6 +395,17 @@ pub(crate) async fn log_misbehaved(
 /// The most a peer's answer may hold (a checkpoint, a proof, a reply).
 pub const ANSWER_MAX: usize = 64 * 1024;
 
+/// The start of what another server said, fit for a log line or a status:
+/// 200 characters at most, control characters blanked.
+pub(crate) fn shown_answer(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// A peer's answer body, read up to `max` bytes (a peer is not trusted
 /// with this server's memory).
 pub(crate) async fn bounded_body(
@@ -436,11 +442,7 @@ async fn peer_answer(
         return Err(format!(
             "{} answered HTTP {status}: {}",
             peer.domain,
-            String::from_utf8_lossy(&body)
-                .chars()
-                .take(200)
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect::<String>()
+            shown_answer(&body)
         ));
     }
     Ok(body)
@@ -484,7 +486,7 @@ impl std::fmt::Display for NotCosigned {
 /// Has this server's witness cosign the peer's checkpoint `note`: from the
 /// size it cosigned before, with the consistency proof fetched from the
 /// peer, the witness cosigns only a consistent extension. Returns the note
-/// with the cosignature, kept as the peer's [`Followed`] checkpoint.
+/// with the cosignature (its size noted as the peer's [`Followed`] one).
 /// `following`: the peer's newest checkpoint as it serves it, so one
 /// smaller than the witnessed one goes to the witness (a rollback alert);
 /// otherwise (an answer that may have crossed a newer checkpoint) it is
@@ -528,28 +530,7 @@ async fn cosign_peer_note(
         };
     }
     let proof = if old > 0 && old < size {
-        let answer = peer_answer(
-            peer,
-            peer.http.get(format!(
-                "{}/federation/v1/log/consistency?from={old}&to={size}",
-                peer.url
-            )),
-            ANSWER_MAX,
-        )
-        .await
-        .map_err(failed)?;
-        let answer: pouch_proto::api::LogConsistency = serde_json::from_slice(&answer)
-            .map_err(|_| failed("its consistency proof is not JSON".into()))?;
-        // A proof holds at most two hashes per level of the tree.
-        if answer.proof.len() > 128 {
-            return Err(failed("its consistency proof is too long".into()));
-        }
-        answer
-            .proof
-            .iter()
-            .map(|h| pouch_log::hash_from_b64(h))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| failed("its consistency proof is malformed".into()))?
+        consistency_proof(peer, old, size).await.map_err(failed)?
     } else {
         Vec::new()
     };
@@ -572,7 +553,6 @@ async fn cosign_peer_note(
                     st.followed = Some(Followed {
                         size,
                         cosigned_at: crate::now(),
-                        note: cosigned.clone(),
                     })
                 }
             });
@@ -595,6 +575,36 @@ async fn cosign_peer_note(
     }
 }
 
+/// The peer's consistency proof from tree size `from` to `to`, bounded and
+/// parsed (a proof holds at most two hashes per level of the tree).
+async fn consistency_proof(
+    peer: &Peer,
+    from: u64,
+    to: u64,
+) -> Result<Vec<pouch_log::Hash>, String> {
+    let answer = peer_answer(
+        peer,
+        peer.http.get(format!(
+            "{}/federation/v1/log/consistency?from={from}&to={to}",
+            peer.url
+        )),
+        ANSWER_MAX,
+    )
+    .await?;
+    let malformed = || format!("{}'s consistency proof is malformed", peer.domain);
+    let answer = serde_json::from_slice::<pouch_proto::api::LogConsistency>(&answer)
+        .map_err(|_| malformed())?;
+    if answer.proof.len() > 128 {
+        return Err(malformed());
+    }
+    answer
+        .proof
+        .iter()
+        .map(|h| pouch_log::hash_from_b64(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| malformed())
+}
+
 /// Whether the witnessed tree extends the (smaller) `checkpoint`, by a
 /// consistency proof the peer gives; `Err` when the peer could not be asked.
 async fn older_is_consistent(
@@ -609,28 +619,8 @@ async fn older_is_consistent(
     if size == 0 || size >= old {
         return Ok(true);
     }
-    let answer = peer_answer(
-        peer,
-        peer.http.get(format!(
-            "{}/federation/v1/log/consistency?from={size}&to={old}",
-            peer.url
-        )),
-        ANSWER_MAX,
-    )
-    .await?;
-    // A malformed reply is a misbehaving reply, not proof of a fork.
-    let malformed = || format!("{}'s consistency proof is malformed", peer.domain);
-    let answer = serde_json::from_slice::<pouch_proto::api::LogConsistency>(&answer)
-        .map_err(|_| malformed())?;
-    if answer.proof.len() > 128 {
-        return Err(malformed());
-    }
-    let proof = answer
-        .proof
-        .iter()
-        .map(|h| pouch_log::hash_from_b64(h))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| malformed())?;
+    // A malformed reply is a misbehaving reply (an error), not proof of a fork.
+    let proof = consistency_proof(peer, size, old).await?;
     Ok(pouch_log::verify_consistency(&proof, old, old_root, size, *checkpoint.hash()).is_ok())
 }
 

@@ -133,13 +133,10 @@ async fn ask_witness(
                     .insert(w.url.clone(), theirs);
             }
             _ => {
-                let shown: String = text
-                    .trim()
-                    .chars()
-                    .take(200)
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                return Err(format!("HTTP {status}: {shown}"));
+                return Err(format!(
+                    "HTTP {status}: {}",
+                    crate::federation::shown_answer(text.as_bytes())
+                ));
             }
         }
     }
