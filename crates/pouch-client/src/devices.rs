@@ -253,6 +253,18 @@ impl LocalStore {
     }
 }
 
+/// Devices of every version signed by `key`: what a receiver may believe a
+/// member to be (a device removed since was a member then; the commit that
+/// removes it comes from its account's own devices).
+fn under_key(lists: &[SignedDeviceList], key: &[u8]) -> Vec<Vec<u8>> {
+    lists
+        .iter()
+        .filter_map(|l| l.body_unverified().ok())
+        .filter(|b| b.account_key == key)
+        .flat_map(|b| b.devices.into_iter().map(|d| d.signature_key))
+        .collect()
+}
+
 impl Device {
     /// The verified, current device list of `address`: from the directory
     /// cache while the log shows no newer entry for the account, else
@@ -269,6 +281,9 @@ impl Device {
     /// contact (or this account's own). Kept in the directory cache when a
     /// witnessed checkpoint covers it.
     pub(crate) fn fresh_trusted_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        if self.is_remote(address) {
+            return self.trusted_remote_list(address);
+        }
         let watermark = self.directory_watermark()?;
         let history: api::DeviceListHistory =
             self.api.get(&format!("/v1/device-lists/{address}"))?;
@@ -314,6 +329,13 @@ impl Device {
         unique.dedup();
         let mut found: std::collections::BTreeMap<Address, Result<DeviceListBody>> =
             Default::default();
+        // Other domains' accounts: each through this server to its own.
+        let (remote, unique): (Vec<Address>, Vec<Address>) =
+            unique.into_iter().partition(|a| self.is_remote(a));
+        for a in remote {
+            let r = self.trusted_remote_list(&a);
+            found.insert(a, r);
+        }
         for chunk in unique.chunks(pouch_proto::MAX_RECIPIENTS + 1) {
             self.fetch_list_batch(chunk, &mut found)?;
         }
@@ -486,7 +508,6 @@ impl Device {
             .iter()
             .map(|d| d.signature_key.clone())
             .collect();
-        let latest_hash = history.lists.last().map(|l| l.hash()).unwrap_or_default();
         let mut cacheable = None;
         if let Some(latest) = history.lists.last() {
             let included =
@@ -530,30 +551,7 @@ impl Device {
                 body.devices = kept;
             }
         }
-        for version in history
-            .lists
-            .iter()
-            .filter_map(|l| l.body_unverified().ok())
-        {
-            for d in &version.devices {
-                self.local.conn.execute(
-                    "INSERT OR IGNORE INTO device_keys (signature_key, device_id, address) VALUES (?1, ?2, ?3)",
-                    params![d.signature_key, d.device_id.0, address.as_str()],
-                )?;
-            }
-        }
-        // Devices of every version signed by `key`: what a receiver may
-        // believe a member to be (a device removed since was a member then;
-        // the commit that removes it comes from its account's own devices).
-        let under_key = |key: &[u8]| -> Vec<Vec<u8>> {
-            history
-                .lists
-                .iter()
-                .filter_map(|l| l.body_unverified().ok())
-                .filter(|b| b.account_key == key)
-                .flat_map(|b| b.devices.into_iter().map(|d| d.signature_key))
-                .collect()
-        };
+        self.record_device_keys(address, &history.lists)?;
         if address == &self.address {
             let mine = match self.local.account_key()? {
                 Some(k) => k.public(),
@@ -590,7 +588,7 @@ impl Device {
                 &self.local,
                 address,
                 &mine,
-                &under_key(&mine),
+                &under_key(&history.lists, &mine),
                 &newest,
             )?;
             // Cached only once this device holds the account key (a newly
@@ -600,6 +598,39 @@ impl Device {
             }
             return Ok(body);
         }
+        self.trust_contact(address, &body, &history.lists, &newest)?;
+        if let Some(index) = cacheable {
+            self.cache_list(address, index, &body, watermark)?;
+        }
+        Ok(body)
+    }
+
+    /// Every device a verified history of `address` names, by key: whom a
+    /// receiver can tell a member to be.
+    fn record_device_keys(&self, address: &Address, lists: &[SignedDeviceList]) -> Result<()> {
+        for version in lists.iter().filter_map(|l| l.body_unverified().ok()) {
+            for d in &version.devices {
+                self.local.conn.execute(
+                    "INSERT OR IGNORE INTO device_keys (signature_key, device_id, address) VALUES (?1, ?2, ?3)",
+                    params![d.signature_key, d.device_id.0, address.as_str()],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins a contact's account key on first use (a different key later is
+    /// [`ClientError::AccountKeyChanged`], an older version a rollback) and
+    /// remembers which keys speak for it. `newest`: the signature keys of
+    /// the newest version as signed.
+    fn trust_contact(
+        &mut self,
+        address: &Address,
+        body: &DeviceListBody,
+        lists: &[SignedDeviceList],
+        newest: &[Vec<u8>],
+    ) -> Result<()> {
+        let latest_hash = lists.last().map(|l| l.hash()).unwrap_or_default();
         let pinned: Option<(Vec<u8>, i64)> = self
             .local
             .conn
@@ -636,12 +667,24 @@ impl Device {
             &self.local,
             address,
             &body.account_key,
-            &under_key(&body.account_key),
-            &newest,
-        )?;
-        if let Some(index) = cacheable {
-            self.cache_list(address, index, &body, watermark)?;
-        }
+            &under_key(lists, &body.account_key),
+            newest,
+        )
+    }
+
+    /// The verified, current device list of `address`, an account of
+    /// another domain: checked against that domain's log as its server
+    /// answered through this one ([`Device::remote_lists`]), its account key
+    /// pinned as any contact's.
+    pub(crate) fn trusted_remote_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        let (body, lists) = self.remote_lists(address)?;
+        self.record_device_keys(address, &lists)?;
+        let newest: Vec<Vec<u8>> = body
+            .devices
+            .iter()
+            .map(|d| d.signature_key.clone())
+            .collect();
+        self.trust_contact(address, &body, &lists, &newest)?;
         Ok(body)
     }
 

@@ -974,6 +974,85 @@ pub struct PeerStatus {
     pub cosigned_age_secs: Option<u64>,
     /// The size of this server's log the peer's witness last cosigned.
     pub ours_cosigned: Option<u64>,
+    /// Items of conversations hosted here that wait to be forwarded to the
+    /// peer (for its devices), and how long the oldest has waited.
+    #[serde(default)]
+    pub outbox_items: u64,
+    #[serde(default)]
+    pub outbox_oldest_secs: Option<u64>,
+}
+
+/// `POST /federation/v1/key-packages/claim`: one key package of each
+/// device of these accounts (all of the answering peer's domain), for a
+/// send of one of the asking server's devices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerClaimRequest {
+    pub addresses: Vec<Address>,
+    /// When not empty, only these devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only: Vec<DeviceId>,
+    /// Who claims (for the answering server's access events).
+    pub for_address: Address,
+}
+
+/// A device of another domain, as a hub must know it to check the commit
+/// that adds it: its account and its key (the leaf must carry both).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerDevice {
+    pub device_id: DeviceId,
+    pub address: Address,
+    #[serde(with = "b64")]
+    pub signature_key: Vec<u8>,
+}
+
+/// `POST /federation/v1/groups/{group}/commits`: a commit of one of the
+/// asking server's devices into a conversation the answering server hosts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerCommit {
+    pub device: DeviceId,
+    pub request: CommitRequest,
+    /// The devices the commit adds that the hub may not know (other
+    /// domains' devices the asking server claimed key packages of).
+    #[serde(default)]
+    pub devices: Vec<PeerDevice>,
+}
+
+/// `POST /federation/v1/groups/{group}/messages`: a message of one of the
+/// asking server's devices into a conversation the answering server hosts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerSend {
+    pub device: DeviceId,
+    pub request: SendRequest,
+}
+
+/// `POST /federation/v1/deliver`: queue items a hub forwards for the
+/// answering server's devices, in queue order per device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerDelivery {
+    pub items: Vec<ForwardedItem>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedItem {
+    /// One of the answering server's devices.
+    pub device: DeviceId,
+    /// The item as queued at the hub for that device (`seq`: its position
+    /// there, which makes a repeated delivery recognisable).
+    pub item: QueueItem,
+}
+
+/// The answer to a [`PeerDelivery`]: how far each device's items were
+/// received (queued, or dropped as duplicates or refused). Items after
+/// that wait at the hub (a full queue).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerDeliveryAnswer {
+    pub received: Vec<ReceivedUpTo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceivedUpTo {
+    pub device: DeviceId,
+    pub up_to: u64,
 }
 
 /// `GET /federation/v1/hello` on the federation listener: who answered and

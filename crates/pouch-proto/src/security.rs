@@ -166,6 +166,15 @@ vocabulary! {
         /// A peer went over its request budget and was answered 429 (one
         /// event a minute per peer).
         PeerThrottled = "federation_peer_throttled",
+        /// A peer claimed key packages of this server's accounts' devices
+        /// (one of its devices writes to them).
+        PeerClaim = "federation_peer_claim",
+        /// A peer passed on its device's message or commit for a
+        /// conversation hosted here.
+        PeerSubmit = "federation_peer_submit",
+        /// A peer (a conversation's hub) forwarded queue items for this
+        /// server's devices.
+        PeerDelivery = "federation_peer_delivery",
     }
 }
 
@@ -240,6 +249,9 @@ vocabulary! {
         PeerListUnlogged = "peer_list_unlogged",
         /// A peer went over its request budget.
         PeerRateLimited = "peer_rate_limited",
+        /// A peer forwarded items for a conversation it does not host, or
+        /// for a device that is not this server's.
+        PeerForeignWrite = "peer_foreign_write",
     }
 }
 
@@ -288,6 +300,9 @@ vocabulary! {
         /// A federation peer asked about more of this server's accounts
         /// within the window than its users write to.
         PeerVolume = "peer_volume",
+        /// A peer wrote into a conversation it does not host (or for a
+        /// device that is not this server's).
+        PeerForeignWrite = "peer_foreign_write",
     }
 }
 

@@ -219,11 +219,10 @@ async fn metrics(
         now: crate::now(),
         checkpoint_size,
         witnesses,
-        peers: s
-            .federation
-            .as_ref()
-            .map(|f| f.status(&s.domain).peers)
-            .unwrap_or_default(),
+        peers: match &s.federation {
+            Some(f) => f.status(&s.domain, s.store.as_ref()).await?.peers,
+            None => Vec::new(),
+        },
     };
     Ok((
         [(

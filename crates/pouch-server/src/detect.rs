@@ -449,7 +449,18 @@ async fn evaluate(
                 out.push(reported(Rule::PeerLogSplit, Critical))
             }
         }
-        Action::PeerCheckpoint | Action::PeerLookup
+        // A peer putting items into conversations it does not host (or
+        // for devices that are not this server's): refused item by item,
+        // one alert per peer address and window.
+        Action::PeerDelivery if ev.reason == Some(Reason::PeerForeignWrite) => {
+            let name = format!("peer foreign write {src}");
+            let this_one = s.store.count(&name, this_window, 1).await?;
+            let before = s.store.counted(&name, this_window - window, this_window).await?;
+            if this_one + before == 1 {
+                out.push(reported(Rule::PeerForeignWrite, High))
+            }
+        }
+        Action::PeerCheckpoint | Action::PeerLookup | Action::PeerClaim | Action::PeerSubmit
             if ev.reason == Some(Reason::PeerRequestRefused) =>
         {
             let name = format!("peer out of role {src}");
@@ -678,8 +689,8 @@ pub async fn sweep(s: &Arc<AppState>, reported_stale: &mut HashSet<String>) {
                 if !seen.insert(m.device_id.0.clone()) || reported_stale.contains(&m.device_id.0) {
                     continue;
                 }
-                let active =
-                    matches!(s.store.device(&m.device_id).await, Ok(Some(d)) if d.is_active());
+                // Another domain's devices are its own security team's.
+                let active = matches!(s.store.device(&m.device_id).await, Ok(Some(d)) if d.is_active() && d.is_local());
                 if !active {
                     continue;
                 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod admins;
+mod federation;
 mod queries;
 
 use pouch_store::{Result, StoreError};
@@ -112,6 +113,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         16,
         include_str!("../migrations/sqlite_0016_labels.sql"),
         include_str!("../migrations/postgres_0016_labels.sql"),
+    ),
+    (
+        17,
+        include_str!("../migrations/sqlite_0017_federation.sql"),
+        include_str!("../migrations/postgres_0017_federation.sql"),
     ),
 ];
 

@@ -19,7 +19,7 @@ use sqlx::{Any, AnyConnection, Row, any::AnyRow};
 macro_rules! select_devices {
     ($rest:literal) => {
         concat!(
-            "SELECT device_id, address, name, signature_key, created_at, approved_at, revoked_at, revoked_by FROM devices ",
+            "SELECT device_id, address, name, signature_key, created_at, approved_at, revoked_at, revoked_by, home_domain FROM devices ",
             $rest
         )
     };
@@ -36,19 +36,20 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         approved_at: row.try_get("approved_at").map_err(backend)?,
         revoked_at: row.try_get("revoked_at").map_err(backend)?,
         revoked_by: row.try_get("revoked_by").map_err(backend)?,
+        home_domain: row.try_get("home_domain").map_err(backend)?,
     })
 }
 
 /// One item for the queues of several devices.
-struct Enqueue<'a> {
-    kind: QueueKind,
-    group: &'a GroupId,
-    sender: &'a DeviceId,
-    epoch: u64,
-    payload: &'a [u8],
-    blob: Option<&'a str>,
-    label: Option<&'a str>,
-    now: UnixTime,
+pub(crate) struct Enqueue<'a> {
+    pub(crate) kind: QueueKind,
+    pub(crate) group: &'a GroupId,
+    pub(crate) sender: &'a DeviceId,
+    pub(crate) epoch: u64,
+    pub(crate) payload: &'a [u8],
+    pub(crate) blob: Option<&'a str>,
+    pub(crate) label: Option<&'a str>,
+    pub(crate) now: UnixTime,
 }
 
 /// Appends one item to the queue of every device in `devices`. The payload
@@ -63,7 +64,7 @@ struct Enqueue<'a> {
 /// in multi-row inserts, one round trip per 200 devices. Returns the first
 /// device whose queue would then hold more than `max_bytes`, if any (the
 /// caller refuses the whole fan-out; its transaction is rolled back).
-async fn enqueue_many(
+pub(crate) async fn enqueue_many(
     conn: &mut AnyConnection,
     devices: &[DeviceId],
     item: &Enqueue<'_>,
@@ -238,7 +239,7 @@ async fn is_active_device(conn: &mut AnyConnection, device: &DeviceId) -> Result
     Ok(row.is_some())
 }
 
-async fn group_epoch(conn: &mut AnyConnection, group: &GroupId) -> Result<Option<u64>> {
+pub(crate) async fn group_epoch(conn: &mut AnyConnection, group: &GroupId) -> Result<Option<u64>> {
     let row: Option<(i64,)> = sqlx::query_as("SELECT epoch FROM mls_groups WHERE group_id = $1")
         .bind(&group.0)
         .fetch_optional(&mut *conn)
@@ -298,7 +299,7 @@ impl SqlStore {
         Ok(deleted)
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>> {
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>> {
         self.pool.begin().await.map_err(backend)
     }
 
@@ -311,6 +312,18 @@ impl SqlStore {
             None => {
                 if s.base_epoch != 0 {
                     return Err(GroupRejection::UnknownGroup.into());
+                }
+                // A conversation another domain hosts and this server follows
+                // keeps its id: a local one under the same id would take its
+                // members' messages away from the hub.
+                let followed: Option<(String,)> =
+                    sqlx::query_as("SELECT hub FROM federation_groups WHERE group_id = $1")
+                        .bind(&s.group_id.0)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                if followed.is_some() {
+                    return Err(StoreError::Conflict.into());
                 }
                 sqlx::query(
                     "INSERT INTO mls_groups (group_id, epoch, created_at) VALUES ($1, 1, $2)",
@@ -556,7 +569,7 @@ impl DirectoryStore for SqlStore {
         let rows = sqlx::query(
             "SELECT u.address, u.name, u.created_at, \
                (SELECT COUNT(*) FROM devices d WHERE d.address = u.address AND d.revoked_at IS NULL) AS devices \
-             FROM users u ORDER BY u.address",
+             FROM users u WHERE u.home_domain IS NULL ORDER BY u.address",
         )
         .fetch_all(&self.pool)
         .await
@@ -651,6 +664,7 @@ impl DirectoryStore for SqlStore {
             approved_at: Some(now),
             revoked_at: None,
             revoked_by: None,
+            home_domain: None,
         })
     }
 
@@ -2026,7 +2040,7 @@ impl MailStore for SqlStore {
     }
 }
 
-fn unique_is_conflict(e: sqlx::Error) -> StoreError {
+pub(crate) fn unique_is_conflict(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         _ => backend(e),

@@ -57,12 +57,56 @@ pub struct Device {
     pub revoked_at: Option<UnixTime>,
     /// Who revoked it: "account" (a signed device list), "admin", "denied", "expired", "reset".
     pub revoked_by: Option<String>,
+    /// `Some(domain)` for a device of another domain's account that is a
+    /// member of a conversation hosted here (federation): it never signs in
+    /// here; its queue is what this server still owes that domain.
+    pub home_domain: Option<String>,
 }
 
 impl Device {
     pub fn is_active(&self) -> bool {
         self.approved_at.is_some() && self.revoked_at.is_none()
     }
+    /// A device of this server's own accounts (one that may sign in).
+    pub fn is_local(&self) -> bool {
+        self.home_domain.is_none()
+    }
+}
+
+/// A device of another domain's account, as the peer that hosts it
+/// described it (its key package's credential and key say the same, or the
+/// commit adding it does not verify).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteDevice {
+    pub device_id: DeviceId,
+    pub address: Address,
+    pub signature_key: Vec<u8>,
+}
+
+/// One queue item a peer (a conversation's hub) forwards for one of this
+/// server's devices: `seq` is its position in that device's queue at the
+/// peer, what makes a repeated delivery recognisable.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    pub device: DeviceId,
+    pub seq: u64,
+    pub item: QueueItem,
+}
+
+/// What became of one [`Forwarded`] item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForwardedOutcome {
+    /// In the device's queue now.
+    Queued,
+    /// Delivered before (a retry after a lost answer): dropped.
+    Duplicate,
+    /// Not an active device of this server: dropped.
+    NotOurDevice,
+    /// A conversation hosted here, or at another peer, or not known here
+    /// (only a Welcome starts following one): dropped.
+    NotItsConversation { hub: Option<String> },
+    /// The device's queue is full: this item and the rest wait at the peer.
+    QueueFull,
 }
 
 /// One version of an account's signed device list, as stored (opaque to the store).
@@ -706,13 +750,67 @@ pub trait BackupStore: Send + Sync + 'static {
     async fn snapshot_into(&self, dest: &std::path::Path) -> Result<()>;
 }
 
+/// Conversations across domains: the devices of other domains a hub
+/// delivers to, and what a follower received from hubs.
+#[async_trait]
+pub trait FederationStore: Send + Sync + 'static {
+    /// Records devices of `domain`'s accounts (a peer) so that conversations
+    /// hosted here can include them. A device known before must be the same
+    /// (address, key, domain); an id or key of this server's own devices,
+    /// or of another peer's, is [`StoreError::Conflict`] and nothing is
+    /// recorded.
+    async fn register_remote_devices(
+        &self,
+        domain: &str,
+        devices: &[RemoteDevice],
+        now: UnixTime,
+    ) -> Result<()>;
+    /// The devices of `domain` with items queued here, each with the queue
+    /// position that peer acknowledged last.
+    async fn remote_queues(&self, domain: &str) -> Result<Vec<(DeviceId, u64)>>;
+    /// What waits here for `domain`: items, and when the oldest was queued.
+    async fn remote_backlog(&self, domain: &str) -> Result<(u64, Option<UnixTime>)>;
+    /// The peer that hosts a conversation this server follows.
+    async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>>;
+    /// Puts items `origin` forwarded into this server's device queues, in
+    /// one transaction, each at most once: an item at or below the position
+    /// received before from `origin` for its device is a duplicate; a
+    /// Welcome into a conversation neither hosted nor followed here starts
+    /// following it with `origin` as its hub; any other item must be for a
+    /// conversation `origin` hosts. One outcome per item, in order; after a
+    /// [`ForwardedOutcome::QueueFull`] that device's later items are not
+    /// taken either (they wait at the peer). Refused items count as
+    /// received (the peer drops them).
+    async fn receive_forwarded(
+        &self,
+        origin: &str,
+        items: &[Forwarded],
+        max_queued_bytes: u64,
+        now: UnixTime,
+    ) -> Result<Vec<ForwardedOutcome>>;
+}
+
 pub trait Store:
-    SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore + BackupStore
+    SettingsStore
+    + DirectoryStore
+    + LogStore
+    + AuditStore
+    + MailStore
+    + AdminStore
+    + BackupStore
+    + FederationStore
 {
 }
 
 impl<
-    T: SettingsStore + DirectoryStore + LogStore + AuditStore + MailStore + AdminStore + BackupStore,
+    T: SettingsStore
+        + DirectoryStore
+        + LogStore
+        + AuditStore
+        + MailStore
+        + AdminStore
+        + BackupStore
+        + FederationStore,
 > Store for T
 {
 }

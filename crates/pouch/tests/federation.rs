@@ -894,3 +894,97 @@ fn a_peer_over_its_request_budget_is_answered_429_and_reported() {
         "{st}"
     );
 }
+
+/// The mail `client` has received with this subject, once it arrived
+/// (forwarding between servers is asynchronous: it syncs until then).
+fn received(client: &Client, subject: &str) -> serde_json::Value {
+    wait_for(&format!("{subject:?} to arrive"), || {
+        let r = client.sync();
+        assert!(r["rejected"].as_array().unwrap().is_empty(), "{r}");
+        client.inbox().into_iter().find(|m| m["subject"] == subject)
+    })
+}
+
+/// Accounts of the other domains are usable once this domain's witness
+/// has cosigned their logs (a few seconds after the servers start).
+fn wait_until_federated(client: &Client, others: &[&str]) {
+    for address in others {
+        wait_for(&format!("{address}'s domain cosigned"), || {
+            client
+                .run(&["verify", address])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn users_of_three_ministries_write_to_each_other_with_cc_and_reply_in_the_thread() {
+    let scratch = Scratch::new("federation-mail");
+    let f = federate(&scratch);
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    let carol = enroll(&scratch, &f.servers[2], "carol@hq-c.test");
+    wait_until_federated(&alice, &["bob@mfa-b.test", "carol@hq-c.test"]);
+    wait_until_federated(&bob, &["alice@mfa-a.test", "carol@hq-c.test"]);
+    wait_until_federated(&carol, &["alice@mfa-a.test", "bob@mfa-b.test"]);
+
+    // Alice (A hosts the conversation) to Bob, Carol in Cc.
+    let draft = b"From: alice@mfa-a.test\r\nTo: bob@mfa-b.test\r\nCc: carol@hq-c.test\r\n\
+Subject: Joint statement draft\r\nMessage-ID: <draft-1@mfa-a.test>\r\n\
+Date: Sat, 05 Dec 2026 10:00:00 +0000\r\n\r\nMarker-7f3a: the draft text.\r\n";
+    let eml = scratch.path("draft.eml");
+    std::fs::write(&eml, draft).unwrap();
+    alice.ok(&["send", "--eml", eml.to_str().unwrap()]);
+    for reader in [&bob, &carol] {
+        let m = received(reader, "Joint statement draft");
+        assert_eq!(m["from"], "alice@mfa-a.test", "{m}");
+        assert_eq!(reader.raw(m["id"].as_i64().unwrap()), draft);
+    }
+
+    // Bob answers everyone in the thread, through his own server, which
+    // passes the message to the hub (A).
+    let reply = b"From: bob@mfa-b.test\r\nTo: alice@mfa-a.test\r\nCc: carol@hq-c.test\r\n\
+Subject: Re: Joint statement draft\r\nMessage-ID: <reply-1@mfa-b.test>\r\n\
+In-Reply-To: <draft-1@mfa-a.test>\r\nDate: Sat, 05 Dec 2026 10:05:00 +0000\r\n\r\n\
+Marker-91c2: agreed.\r\n";
+    let eml = scratch.path("reply.eml");
+    std::fs::write(&eml, reply).unwrap();
+    bob.ok(&["send", "--eml", eml.to_str().unwrap()]);
+    for reader in [&alice, &carol] {
+        let m = received(reader, "Re: Joint statement draft");
+        assert_eq!(m["from"], "bob@mfa-b.test", "{m}");
+        assert_eq!(reader.raw(m["id"].as_i64().unwrap()), reply);
+    }
+    // One thread: Bob's reply is in the conversation Alice's server hosts
+    // (B passed it to A), not a new one.
+    let events = ok(f.servers[0].admin(&f.servers[0].data_dir, &["events", "export"]));
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("federation_peer_submit") && l.contains("passed on a message")),
+        "{events}"
+    );
+
+    // Nothing waits in any outbox once delivered.
+    for (i, server) in f.servers.iter().enumerate() {
+        wait_for("outboxes empty", || {
+            status(server)["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["outbox_items"] == 0)
+                .then_some(())
+        });
+        // No server holds a subject or body.
+        let tree = read_tree(&f.dirs[i]);
+        for marker in [&b"Joint statement"[..], b"Marker-7f3a", b"Marker-91c2"] {
+            assert!(
+                !contains(&tree, marker),
+                "server {i} holds {:?}",
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
+}

@@ -29,6 +29,7 @@
 //! Still to come (issue 14): remote device lists verified against the
 //! peer's log, the hub per conversation and the durable per-peer outbox.
 
+pub mod mail;
 pub mod peer_tls;
 mod routes;
 
@@ -93,6 +94,8 @@ pub struct Federation {
     budgets: std::sync::Mutex<std::collections::HashMap<String, Budget>>,
     /// Requests per minute one peer may make.
     per_minute: f64,
+    /// Rung when something is queued for a peer's devices (its outbox).
+    bells: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 /// A token bucket: `tokens` left as of `at`; `said`: when a refusal was
@@ -249,10 +252,14 @@ impl Federation {
             addr,
             listener: std::sync::Mutex::new(Some(listener)),
             card,
-            peers,
             witness: Arc::new(witness),
             listener_tls,
             identify,
+            bells: peers
+                .iter()
+                .map(|p| (p.domain.clone(), Arc::new(tokio::sync::Notify::new())))
+                .collect(),
+            peers,
             states: Default::default(),
             budgets: Default::default(),
             per_minute: f64::from(
@@ -262,6 +269,19 @@ impl Federation {
                     .max(1),
             ),
         }))
+    }
+
+    /// The bell of a peer's outbox ([`mail::forward_to`] waits on it).
+    pub(crate) fn outbox_bell(&self, domain: &str) -> Arc<tokio::sync::Notify> {
+        self.bells.get(domain).cloned().unwrap_or_default()
+    }
+
+    /// Something was queued that may be for peers' devices: each peer's
+    /// forwarder looks (a permit is kept when it is busy, so none is lost).
+    pub fn wake_outboxes(&self) {
+        for bell in self.bells.values() {
+            bell.notify_one();
+        }
     }
 
     /// The bound listener, once (for [`serve`]).
@@ -333,16 +353,26 @@ impl Federation {
         })
     }
 
-    /// The operators' view (`pouch admin federation status`).
-    pub fn status(&self, domain: &str) -> pouch_proto::api::FederationStatus {
+    /// The operators' view (`pouch admin federation status`), with what
+    /// waits in the store for each peer (its outbox).
+    pub async fn status(
+        &self,
+        domain: &str,
+        store: &dyn pouch_store::Store,
+    ) -> Result<pouch_proto::api::FederationStatus, pouch_store::StoreError> {
         let now = crate::now();
-        pouch_proto::api::FederationStatus {
+        let mut backlogs = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            backlogs.push(store.remote_backlog(&p.domain).await?);
+        }
+        Ok(pouch_proto::api::FederationStatus {
             domain: domain.to_string(),
             url: self.url.clone(),
             peers: self
                 .peers
                 .iter()
-                .map(|p| {
+                .zip(backlogs)
+                .map(|(p, (outbox_items, oldest))| {
                     let st = self.state(&p.domain);
                     pouch_proto::api::PeerStatus {
                         domain: p.domain.clone(),
@@ -355,10 +385,12 @@ impl Federation {
                             .as_ref()
                             .map(|f| (now - f.cosigned_at).max(0) as u64),
                         ours_cosigned: st.ours_cosigned,
+                        outbox_items,
+                        outbox_oldest_secs: oldest.map(|t| (now - t).max(0) as u64),
                     }
                 })
                 .collect(),
-        }
+        })
     }
 }
 
@@ -985,7 +1017,8 @@ pub async fn keep_up(s: Arc<crate::AppState>) {
         return;
     };
     for peer in fed.peers.clone() {
-        tokio::spawn(keep_up_with(s.clone(), fed.clone(), peer));
+        tokio::spawn(keep_up_with(s.clone(), fed.clone(), peer.clone()));
+        tokio::spawn(mail::forward_to(s.clone(), fed.clone(), peer));
     }
 }
 

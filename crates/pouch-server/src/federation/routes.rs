@@ -31,6 +31,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/federation/v1/checkpoint", get(checkpoint))
         .route("/federation/v1/directory/lists", post(directory))
         .route("/federation/v1/log/consistency", get(consistency))
+        .route(
+            "/federation/v1/key-packages/claim",
+            post(claim).layer(DefaultBodyLimit::max(crate::extract::SMALL_LIMIT)),
+        )
+        .route(
+            "/federation/v1/groups/{group}/commits",
+            post(commit).layer(DefaultBodyLimit::max(
+                crate::extract::BODY_LIMIT + (4 << 20),
+            )),
+        )
+        .route(
+            "/federation/v1/groups/{group}/messages",
+            post(send).layer(DefaultBodyLimit::max(
+                crate::extract::MESSAGE_LIMIT + (1 << 20),
+            )),
+        )
+        .route("/federation/v1/groups/{group}/members", get(members))
+        .route(
+            "/federation/v1/deliver",
+            post(deliver).layer(DefaultBodyLimit::max(DELIVERY_BODY_MAX)),
+        )
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(state.clone(), budget))
         .with_state(state)
@@ -73,6 +94,107 @@ async fn budget(
                 .into_response()
         }
     }
+}
+
+/// A forwarding of queue items: up to 8 MiB of payload in base64, or one
+/// larger commit or Welcome (a device's commit request is at most 16 MiB).
+const DELIVERY_BODY_MAX: usize = 24 << 20;
+
+type Answer<T> = Result<Json<T>, crate::error::ApiError>;
+
+/// A peer claims key packages of this server's accounts (one of its
+/// devices writes to them).
+async fn claim(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<pouch_proto::api::PeerClaimRequest>,
+) -> Answer<pouch_proto::api::ClaimResponse> {
+    let devices = super::mail::claim_for_peer(&s, &peer.0, from.ip(), req).await?;
+    Ok(Json(pouch_proto::api::ClaimResponse { devices }))
+}
+
+/// A peer's device commits into a conversation hosted here.
+async fn commit(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    axum::extract::Path(group): axum::extract::Path<String>,
+    Json(req): Json<pouch_proto::api::PeerCommit>,
+) -> Answer<pouch_proto::api::CommitResponse> {
+    let group = crate::service::mail::group_id(group)?;
+    let device = req.device.clone();
+    let epoch = super::mail::commit_from_peer(&s, &peer.0, from.ip(), &group, req).await?;
+    record(
+        &s,
+        Ev::new(Action::PeerSubmit)
+            .source(from.ip())
+            .devices([&device])
+            .detail(format!(
+                "peer {} passed on a commit of device {device} to conversation {} (epoch {epoch})",
+                peer.0.domain, group.0
+            )),
+    )
+    .await;
+    Ok(Json(pouch_proto::api::CommitResponse { epoch }))
+}
+
+/// A peer's device sends into a conversation hosted here.
+async fn send(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    axum::extract::Path(group): axum::extract::Path<String>,
+    Json(req): Json<pouch_proto::api::PeerSend>,
+) -> Answer<pouch_proto::api::SendResponse> {
+    let group = crate::service::mail::group_id(group)?;
+    let caller = super::mail::peer_caller(&s, &peer.0, from.ip(), &req.device, &group).await?;
+    let sent = crate::service::mail::send_here(&s, &caller, &group, &req.request).await?;
+    record(
+        &s,
+        Ev::new(Action::PeerSubmit)
+            .source(from.ip())
+            .devices([&req.device])
+            .amount(u64::from(sent.recipients), req.request.message.len() as u64)
+            .detail(format!(
+                "peer {} passed on a message of device {} to conversation {}",
+                peer.0.domain, req.device, group.0
+            )),
+    )
+    .await;
+    Ok(Json(sent))
+}
+
+#[derive(serde::Deserialize)]
+struct MembersQuery {
+    device: pouch_proto::DeviceId,
+}
+
+/// Whom a conversation hosted here is delivered to, for a peer's member device.
+async fn members(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    axum::extract::Path(group): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<MembersQuery>,
+) -> Answer<pouch_proto::api::GroupMembers> {
+    let group = crate::service::mail::group_id(group)?;
+    let caller = super::mail::peer_caller(&s, &peer.0, from.ip(), &q.device, &group).await?;
+    Ok(Json(
+        crate::service::mail::members_here(&s, &caller, &group).await?,
+    ))
+}
+
+/// A hub forwards queue items for this server's devices.
+async fn deliver(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(delivery): Json<pouch_proto::api::PeerDelivery>,
+) -> Answer<pouch_proto::api::PeerDeliveryAnswer> {
+    Ok(Json(
+        super::mail::receive(&s, &peer.0, from.ip(), delivery).await?,
+    ))
 }
 
 /// Who this server is and who it sees: a peer checks the connection.
@@ -246,7 +368,11 @@ pub fn admin_routes() -> crate::routes::Routes {
         _by: Admin<Operators>,
     ) -> Result<Json<pouch_proto::api::FederationStatus>, crate::error::ApiError> {
         match &s.federation {
-            Some(fed) => Ok(Json(fed.status(&s.domain))),
+            Some(fed) => Ok(Json(
+                fed.status(&s.domain, s.store.as_ref())
+                    .await
+                    .map_err(crate::service::ServiceError::from)?,
+            )),
             None => Err(crate::service::ServiceError::new(
                 pouch_proto::api::ErrorCode::NotFound,
                 "this server does not federate: set [federation] listen = \"HOST:PORT\" in pouch.toml and restart",

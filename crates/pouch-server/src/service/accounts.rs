@@ -221,7 +221,9 @@ pub async fn sign_in(
         record(s, failed(Reason::DeviceUnknown, "unknown device")).await;
         return Err(refused());
     };
-    if !device.is_active() {
+    // A device of another domain (a member of a conversation hosted here)
+    // signs in at its own server only.
+    if !device.is_active() || !device.is_local() {
         tracing::warn!(device = %device.device_id, peer = %crate::shown(&source), revoked_by = %crate::shown(&device.revoked_by), "inactive device tried to sign in");
         record(
             s,

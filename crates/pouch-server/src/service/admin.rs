@@ -52,7 +52,7 @@ pub async fn revoke_device(
     because: &str,
 ) -> Result<AdminActionDone> {
     match s.store.device(&device).await? {
-        Some(d) if d.address == address => {}
+        Some(d) if d.address == address && d.is_local() => {}
         _ => {
             return Err(ServiceError::not_found(format!(
                 "{address} has no device {device}"

@@ -66,7 +66,10 @@ pub async fn count_key_packages(s: &AppState, caller: &Caller) -> Result<u32> {
 }
 
 /// One key package of every device of these accounts (the recipients of
-/// one mail and the sender's own), all or nothing, in one transaction.
+/// one mail and the sender's own). Accounts of other domains are claimed
+/// from their servers (federation peers) first, so a peer that is down
+/// uses up no package here; this server's own accounts all or nothing, in
+/// one transaction.
 pub async fn claim(
     s: &AppState,
     caller: &Caller,
@@ -79,6 +82,40 @@ pub async fn claim(
             pouch_proto::MAX_RECIPIENTS + 1
         )));
     }
+    let (local, remote): (Vec<Address>, Vec<Address>) = addresses
+        .iter()
+        .cloned()
+        .partition(|a| a.domain() == s.domain);
+    let mut devices = Vec::new();
+    if !remote.is_empty() {
+        let claimer = account_of(s, &caller.device)
+            .await
+            .ok_or_else(|| ServiceError::not_found("unknown device"))?;
+        let mut by_domain: std::collections::BTreeMap<&str, Vec<Address>> = Default::default();
+        for a in &remote {
+            by_domain.entry(a.domain()).or_default().push(a.clone());
+        }
+        for (domain, addresses) in by_domain {
+            devices.extend(
+                crate::federation::mail::claim_remote(s, &claimer, domain, &addresses, only)
+                    .await?,
+            );
+        }
+        if local.is_empty() {
+            return Ok(devices);
+        }
+    }
+    devices.extend(claim_here(s, caller, &local, only).await?);
+    Ok(devices)
+}
+
+/// [`claim`] for this server's own accounts.
+async fn claim_here(
+    s: &AppState,
+    caller: &Caller,
+    addresses: &[Address],
+    only: &[DeviceId],
+) -> Result<Vec<ClaimedDevice>> {
     let mut unique = addresses.to_vec();
     unique.sort();
     unique.dedup();
@@ -141,8 +178,24 @@ pub async fn claim(
 
 /// Orders a commit into its conversation (exactly one per epoch) after
 /// checking it does what the request says; queues it, and its Welcome, for
-/// the members. Returns the new epoch.
+/// the members. Returns the new epoch. A conversation hosted at a peer
+/// gets the commit passed on to it (its hub orders it).
 pub async fn commit(
+    s: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+    req: CommitRequest,
+) -> Result<u64> {
+    if req.base_epoch > 0
+        && let Some(hub) = crate::federation::mail::hub_of(s, group_id).await?
+    {
+        return crate::federation::mail::commit_via_hub(s, caller, &hub, group_id, req).await;
+    }
+    commit_here(s, caller, group_id, req).await
+}
+
+/// [`commit`] for a conversation hosted here.
+pub async fn commit_here(
     s: &AppState,
     caller: &Caller,
     group_id: &GroupId,
@@ -187,12 +240,28 @@ pub async fn commit(
         record(s, ev).await;
     }
     s.waiters.wake(accepted.queued_for.iter());
+    if let Some(fed) = &s.federation {
+        fed.wake_outboxes();
+    }
     Ok(accepted.epoch)
 }
 
 /// The devices the server fans a conversation out to, for its members to
-/// compare with the MLS roster they hold. Only members may ask.
+/// compare with the MLS roster they hold. Only members may ask. (For a
+/// conversation hosted at a peer, the hub answers.)
 pub async fn members(s: &AppState, caller: &Caller, group_id: &GroupId) -> Result<GroupMembers> {
+    if let Some(hub) = crate::federation::mail::hub_of(s, group_id).await? {
+        return crate::federation::mail::members_via_hub(s, caller, &hub, group_id).await;
+    }
+    members_here(s, caller, group_id).await
+}
+
+/// [`members`] of a conversation hosted here.
+pub async fn members_here(
+    s: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+) -> Result<GroupMembers> {
     let (epoch, devices) = s
         .store
         .group_members(group_id)
@@ -203,8 +272,22 @@ pub async fn members(s: &AppState, caller: &Caller, group_id: &GroupId) -> Resul
 }
 
 /// Queues an application message for every other member device; returns
-/// how many (none, and `duplicate`, for a submission accepted before).
+/// how many (none, and `duplicate`, for a submission accepted before). A
+/// conversation hosted at a peer gets the message passed on to it.
 pub async fn send(
+    s: &AppState,
+    caller: &Caller,
+    group_id: &GroupId,
+    req: &SendRequest,
+) -> Result<SendResponse> {
+    if let Some(hub) = crate::federation::mail::hub_of(s, group_id).await? {
+        return crate::federation::mail::send_via_hub(s, caller, &hub, group_id, req).await;
+    }
+    send_here(s, caller, group_id, req).await
+}
+
+/// [`send`] into a conversation hosted here.
+pub async fn send_here(
     s: &AppState,
     caller: &Caller,
     group_id: &GroupId,
@@ -257,6 +340,9 @@ pub async fn send(
         }
     };
     s.waiters.wake(recipients.iter());
+    if let Some(fed) = &s.federation {
+        fed.wake_outboxes();
+    }
     Ok(SendResponse {
         recipients: recipients.len() as u32,
         duplicate: false,

@@ -1,0 +1,267 @@
+//! [`FederationStore`]: the devices of other domains a hub delivers to (rows
+//! of `devices` with a `home_domain`, whose queues are what the hub still owes
+//! that domain), and what a follower received from hubs.
+
+use crate::queries::{Enqueue, enqueue_many, group_epoch};
+use crate::{SqlStore, backend};
+use async_trait::async_trait;
+use pouch_proto::api::QueueKind;
+use pouch_proto::{DeviceId, GroupId};
+use pouch_store::{
+    FederationStore, Forwarded, ForwardedOutcome, RemoteDevice, Result, StoreError, UnixTime,
+};
+use sqlx::AnyConnection;
+
+#[async_trait]
+impl FederationStore for SqlStore {
+    async fn register_remote_devices(
+        &self,
+        domain: &str,
+        devices: &[RemoteDevice],
+        now: UnixTime,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for d in devices {
+            let known: Option<(String, Vec<u8>, Option<String>)> = sqlx::query_as(
+                "SELECT address, signature_key, home_domain FROM devices WHERE device_id = $1",
+            )
+            .bind(&d.device_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+            match known {
+                Some((address, key, home)) => {
+                    if address != d.address.as_str()
+                        || key != d.signature_key
+                        || home.as_deref() != Some(domain)
+                    {
+                        return Err(StoreError::Conflict);
+                    }
+                }
+                None => {
+                    let user: Option<(Option<String>,)> =
+                        sqlx::query_as("SELECT home_domain FROM users WHERE address = $1")
+                            .bind(d.address.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                    match user {
+                        Some((home,)) if home.as_deref() != Some(domain) => {
+                            return Err(StoreError::Conflict);
+                        }
+                        Some(_) => {}
+                        None => {
+                            sqlx::query(
+                                "INSERT INTO users (address, name, created_at, home_domain) VALUES ($1, '', $2, $3)",
+                            )
+                            .bind(d.address.as_str())
+                            .bind(now)
+                            .bind(domain)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                        }
+                    }
+                    // The key is unique among all devices: one of this
+                    // server's own, or another peer's, is a conflict.
+                    sqlx::query(
+                        "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at, home_domain) \
+                         VALUES ($1, $2, '', $3, $4, $4, $5)",
+                    )
+                    .bind(&d.device_id.0)
+                    .bind(d.address.as_str())
+                    .bind(d.signature_key.as_slice())
+                    .bind(now)
+                    .bind(domain)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(crate::queries::unique_is_conflict)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn remote_queues(&self, domain: &str) -> Result<Vec<(DeviceId, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT d.device_id, d.acked_up_to FROM devices d WHERE d.home_domain = $1 \
+             AND EXISTS (SELECT 1 FROM queue q WHERE q.device_id = d.device_id) ORDER BY d.device_id",
+        )
+        .bind(domain)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, acked)| (DeviceId(d), acked.max(0) as u64))
+            .collect())
+    }
+
+    async fn remote_backlog(&self, domain: &str) -> Result<(u64, Option<UnixTime>)> {
+        let (items, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(q.received_at) FROM queue q JOIN devices d ON d.device_id = q.device_id \
+             WHERE d.home_domain = $1",
+        )
+        .bind(domain)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok((items.max(0) as u64, oldest))
+    }
+
+    async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT hub FROM federation_groups WHERE group_id = $1")
+            .bind(&group_id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn receive_forwarded(
+        &self,
+        origin: &str,
+        items: &[Forwarded],
+        max_queued_bytes: u64,
+        now: UnixTime,
+    ) -> Result<Vec<ForwardedOutcome>> {
+        let mut tx = self.begin().await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        // A full queue holds back that device's later items, not others'.
+        let mut full: Vec<&DeviceId> = Vec::new();
+        for f in items {
+            if full.contains(&&f.device) {
+                outcomes.push(ForwardedOutcome::QueueFull);
+                continue;
+            }
+            let outcome = receive_one(&mut *tx, origin, f, max_queued_bytes, now).await?;
+            if outcome == ForwardedOutcome::QueueFull {
+                full.push(&f.device);
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(outcomes)
+    }
+}
+
+async fn receive_one(
+    tx: &mut AnyConnection,
+    origin: &str,
+    f: &Forwarded,
+    max_queued_bytes: u64,
+    now: UnixTime,
+) -> Result<ForwardedOutcome> {
+    let received: Option<i64> = sqlx::query_scalar(
+        "SELECT up_to FROM federation_received WHERE origin = $1 AND device_id = $2",
+    )
+    .bind(origin)
+    .bind(&f.device.0)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if received.is_some_and(|up_to| f.seq as i64 <= up_to) {
+        return Ok(ForwardedOutcome::Duplicate);
+    }
+    let outcome = match check(tx, origin, f, now).await? {
+        Some(refused) => refused,
+        None => {
+            let item = Enqueue {
+                kind: f.item.kind,
+                group: &f.item.group_id,
+                sender: &f.item.sender_device,
+                epoch: f.item.epoch,
+                payload: &f.item.payload,
+                blob: None,
+                label: f.item.label.as_deref(),
+                now,
+            };
+            // Commits are never refused for a full queue (the conversation
+            // would be stuck), as for local senders.
+            let max = if f.item.kind == QueueKind::Commit {
+                u64::MAX
+            } else {
+                max_queued_bytes
+            };
+            if enqueue_many(&mut *tx, std::slice::from_ref(&f.device), &item, max)
+                .await?
+                .is_some()
+            {
+                return Ok(ForwardedOutcome::QueueFull);
+            }
+            ForwardedOutcome::Queued
+        }
+    };
+    // Refused items count as received too: the peer drops them.
+    let updated = sqlx::query(
+        "UPDATE federation_received SET up_to = $3 WHERE origin = $1 AND device_id = $2",
+    )
+    .bind(origin)
+    .bind(&f.device.0)
+    .bind(f.seq as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if updated.rows_affected() == 0 {
+        sqlx::query(
+            "INSERT INTO federation_received (origin, device_id, up_to) VALUES ($1, $2, $3)",
+        )
+        .bind(origin)
+        .bind(&f.device.0)
+        .bind(f.seq as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    Ok(outcome)
+}
+
+/// Why `origin` may not put `f` into a queue here, if it may not: the device
+/// must be an active one of this server's own, and the conversation one
+/// that `origin` hosts (a Welcome into a conversation unknown here makes
+/// `origin` its hub).
+async fn check(
+    tx: &mut AnyConnection,
+    origin: &str,
+    f: &Forwarded,
+    now: UnixTime,
+) -> Result<Option<ForwardedOutcome>> {
+    let device: Option<(Option<i64>, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT approved_at, revoked_at, home_domain FROM devices WHERE device_id = $1",
+    )
+    .bind(&f.device.0)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if !matches!(device, Some((Some(_), None, None))) {
+        return Ok(Some(ForwardedOutcome::NotOurDevice));
+    }
+    if group_epoch(&mut *tx, &f.item.group_id).await?.is_some() {
+        return Ok(Some(ForwardedOutcome::NotItsConversation { hub: None }));
+    }
+    let hub: Option<String> =
+        sqlx::query_scalar("SELECT hub FROM federation_groups WHERE group_id = $1")
+            .bind(&f.item.group_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+    match hub {
+        Some(hub) if hub == origin => Ok(None),
+        Some(hub) => Ok(Some(ForwardedOutcome::NotItsConversation {
+            hub: Some(hub),
+        })),
+        None if f.item.kind == QueueKind::Welcome && f.item.group_id.is_well_formed() => {
+            sqlx::query(
+                "INSERT INTO federation_groups (group_id, hub, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(&f.item.group_id.0)
+            .bind(origin)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            Ok(None)
+        }
+        None => Ok(Some(ForwardedOutcome::NotItsConversation { hub: None })),
+    }
+}
