@@ -398,6 +398,11 @@ pub struct QueueItem {
     /// compares it with the label inside the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The blob the message refers to (large mail): what a conversation's
+    /// hub pushes to a peer before the item (devices learn it from the
+    /// message itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -980,6 +985,13 @@ pub struct PeerStatus {
     pub outbox_items: u64,
     #[serde(default)]
     pub outbox_oldest_secs: Option<u64>,
+}
+
+/// `POST /federation/v1/blobs/{blob}`: the pushing peer's blob, created
+/// here if it is not; `have`: it is here whole already (nothing to push).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerBlobState {
+    pub have: bool,
 }
 
 /// `POST /federation/v1/key-packages/claim`: one key package of each

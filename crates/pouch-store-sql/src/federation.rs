@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use pouch_proto::api::QueueKind;
 use pouch_proto::{DeviceId, GroupId};
 use pouch_store::{
-    FederationStore, Forwarded, ForwardedOutcome, RemoteDevice, Result, StoreError, UnixTime,
+    BlobState, FederationStore, Forwarded, ForwardedOutcome, RemoteDevice, Result, StoreError,
+    UnixTime, peer_stand_in,
 };
 use sqlx::AnyConnection;
 
@@ -110,6 +111,55 @@ impl FederationStore for SqlStore {
         Ok((items.max(0) as u64, oldest))
     }
 
+    async fn ensure_peer_stand_in(&self, domain: &str, now: UnixTime) -> Result<DeviceId> {
+        let id = peer_stand_in(domain);
+        let address = format!("pouch-peer-stand-in@{domain}");
+        // Not a key anyone holds (nor an Ed25519 key's length): unique,
+        // and the row is never active.
+        let key =
+            format!("pouch: the stand-in device of the federation peer {domain}").into_bytes();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (address, name, created_at, home_domain) VALUES ($1, '', $2, $3) \
+             ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(&address)
+        .bind(now)
+        .bind(domain)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO devices (device_id, address, name, signature_key, created_at, home_domain) \
+             VALUES ($1, $2, 'stand-in for the peer', $3, $4, $5) ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(&id.0)
+        .bind(&address)
+        .bind(key)
+        .bind(now)
+        .bind(domain)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(id)
+    }
+
+    async fn blob_state(&self, blob_id: &str) -> Result<Option<BlobState>> {
+        let row: Option<(String, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT owner, chunks, size FROM blobs WHERE blob_id = $1")
+                .bind(blob_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(row.map(|(owner, chunks, size)| BlobState {
+            owner: DeviceId(owner),
+            finished: chunks
+                .zip(size)
+                .map(|(c, s)| (c.max(0) as u32, s.max(0) as u64)),
+        }))
+    }
+
     async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT hub FROM federation_groups WHERE group_id = $1")
             .bind(&group_id.0)
@@ -135,7 +185,10 @@ impl FederationStore for SqlStore {
                 continue;
             }
             let outcome = receive_one(&mut *tx, origin, f, max_queued_bytes, now).await?;
-            if outcome == ForwardedOutcome::QueueFull {
+            if matches!(
+                outcome,
+                ForwardedOutcome::QueueFull | ForwardedOutcome::MissingBlob
+            ) {
                 full.push(&f.device);
             }
             outcomes.push(outcome);
@@ -166,13 +219,28 @@ async fn receive_one(
     let outcome = match check(tx, origin, f, now).await? {
         Some(refused) => refused,
         None => {
+            if let Some(blob) = &f.item.blob {
+                // Here whole (pushed by the peer before the item, or sent
+                // from here in the first place); kept while a queue item
+                // refers to it.
+                let marked = sqlx::query(
+                    "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND chunks IS NOT NULL",
+                )
+                .bind(blob)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                if marked.rows_affected() != 1 {
+                    return Ok(ForwardedOutcome::MissingBlob);
+                }
+            }
             let item = Enqueue {
                 kind: f.item.kind,
                 group: &f.item.group_id,
                 sender: &f.item.sender_device,
                 epoch: f.item.epoch,
                 payload: &f.item.payload,
-                blob: None,
+                blob: f.item.blob.as_deref(),
                 label: f.item.label.as_deref(),
                 now,
             };

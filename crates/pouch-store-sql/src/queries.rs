@@ -460,9 +460,12 @@ impl SqlStore {
             return Err(GroupRejection::NotMember.into());
         }
         if let Some(blob) = m.blob {
-            // Only a finished blob of the sender's own, now kept while referred to.
+            // Only a finished blob of the sender's own (for another
+            // domain's device: one its server pushed, owned by that
+            // server's stand-in), now kept while referred to.
             let marked = sqlx::query(
-                "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND owner = $2 AND chunks IS NOT NULL",
+                "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND chunks IS NOT NULL AND (owner = $2 \
+                 OR owner = (SELECT 'peer:' || home_domain FROM devices WHERE device_id = $2 AND home_domain IS NOT NULL))",
             )
             .bind(blob)
             .bind(&m.sender.0)
@@ -1778,7 +1781,7 @@ impl MailStore for SqlStore {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT q.seq, q.kind, q.group_id, q.sender_device, q.epoch, p.data, p.label, q.received_at \
+            "SELECT q.seq, q.kind, q.group_id, q.sender_device, q.epoch, p.data, p.label, q.received_at, q.blob_id \
              FROM queue q JOIN queue_payloads p ON p.payload_id = q.payload_id \
              WHERE q.device_id = $1 AND q.seq > $2 AND q.seq <= $3 ORDER BY q.seq",
         )
@@ -1802,6 +1805,7 @@ impl MailStore for SqlStore {
                     payload: row.try_get("data").map_err(backend)?,
                     received_at: row.try_get("received_at").map_err(backend)?,
                     label: row.try_get("label").map_err(backend)?,
+                    blob: row.try_get("blob_id").map_err(backend)?,
                 })
             })
             .collect()

@@ -107,6 +107,23 @@ pub enum ForwardedOutcome {
     NotItsConversation { hub: Option<String> },
     /// The device's queue is full: this item and the rest wait at the peer.
     QueueFull,
+    /// The blob it refers to is not here whole (the peer pushes blobs
+    /// before items): it waits at the peer, as for a full queue.
+    MissingBlob,
+}
+
+/// A blob as stored: who owns it, and once finished its chunks and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobState {
+    pub owner: DeviceId,
+    pub finished: Option<(u32, u64)>,
+}
+
+/// The device id that owns the blobs a peer pushes here (and counts their
+/// bytes against the peer's quota): a row of `devices` that is never
+/// active, never signs in, never joins a conversation.
+pub fn peer_stand_in(domain: &str) -> DeviceId {
+    DeviceId(format!("peer:{domain}"))
 }
 
 /// One version of an account's signed device list, as stored (opaque to the store).
@@ -770,6 +787,11 @@ pub trait FederationStore: Send + Sync + 'static {
     async fn remote_queues(&self, domain: &str) -> Result<Vec<(DeviceId, u64)>>;
     /// What waits here for `domain`: items, and when the oldest was queued.
     async fn remote_backlog(&self, domain: &str) -> Result<(u64, Option<UnixTime>)>;
+    /// Creates the stand-in device that owns blobs `domain` pushes here
+    /// ([`peer_stand_in`]), once.
+    async fn ensure_peer_stand_in(&self, domain: &str, now: UnixTime) -> Result<DeviceId>;
+    /// A blob's owner and, once finished, its chunks and size.
+    async fn blob_state(&self, blob_id: &str) -> Result<Option<BlobState>>;
     /// The peer that hosts a conversation this server follows.
     async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>>;
     /// Puts items `origin` forwarded into this server's device queues, in

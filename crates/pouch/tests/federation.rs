@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DOMAINS: [&str; 3] = ["mfa-a.test", "mfa-b.test", "hq-c.test"];
+const ATTACHMENT_MARKER: &[u8] = b"MARKER-ATTACHMENT-fed-3c9e";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -967,6 +968,52 @@ Marker-91c2: agreed.\r\n";
         "{events}"
     );
 
+    // A 20 MB attachment, from a member of another domain than the hub's:
+    // Bob's server pushes it to the hub (A) with his message, the hub to
+    // Carol's server (C) before the item it belongs to.
+    let mut attachment = vec![0u8; 20 * 1024 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut attachment);
+    attachment[..ATTACHMENT_MARKER.len()].copy_from_slice(ATTACHMENT_MARKER);
+    let path = scratch.path("annex-2026.bin");
+    std::fs::write(&path, &attachment).unwrap();
+    let in_thread = received(&bob, "Joint statement draft")["id"].to_string();
+    bob.ok(&[
+        "send",
+        "--reply-to",
+        &in_thread,
+        "--to",
+        "alice@mfa-a.test",
+        "--cc",
+        "carol@hq-c.test",
+        "--body",
+        "The annex.",
+        "--attach",
+        path.to_str().unwrap(),
+    ]);
+    let sent = bob
+        .sent()
+        .into_iter()
+        .find(|m| m["attachments"] == serde_json::json!(["annex-2026.bin"]))
+        .unwrap();
+    let sent_raw = bob.raw(sent["id"].as_i64().unwrap());
+    for reader in [&alice, &carol] {
+        let m = wait_for("the annex", || {
+            reader.sync();
+            reader
+                .inbox()
+                .into_iter()
+                .find(|m| m["attachments"] == serde_json::json!(["annex-2026.bin"]))
+        });
+        let raw = reader.raw(m["id"].as_i64().unwrap());
+        assert!(raw == sent_raw, "the annex did not arrive byte-exact");
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert!(parsed.attachments().next().unwrap().contents() == attachment.as_slice());
+    }
+    let attachment_line = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &attachment[..57],
+    );
+
     // Nothing waits in any outbox once delivered.
     for (i, server) in f.servers.iter().enumerate() {
         wait_for("outboxes empty", || {
@@ -979,7 +1026,13 @@ Marker-91c2: agreed.\r\n";
         });
         // No server holds a subject or body.
         let tree = read_tree(&f.dirs[i]);
-        for marker in [&b"Joint statement"[..], b"Marker-7f3a", b"Marker-91c2"] {
+        for marker in [
+            &b"Joint statement"[..],
+            b"Marker-7f3a",
+            b"Marker-91c2",
+            ATTACHMENT_MARKER,
+            attachment_line.as_bytes(),
+        ] {
             assert!(
                 !contains(&tree, marker),
                 "server {i} holds {:?}",

@@ -296,6 +296,10 @@ pub async fn send_via_hub(
     req: &SendRequest,
 ) -> Result<SendResponse> {
     let peer = hub_peer(s, hub)?;
+    // The hub holds the blob before it queues the message.
+    if let Some(blob) = &req.blob {
+        push_blob(s, peer, blob).await?;
+    }
     ask(
         peer,
         peer.http
@@ -370,6 +374,104 @@ pub async fn members_via_hub(
         super::ANSWER_MAX,
     )
     .await
+}
+
+// ----- blobs (large mail) -----
+
+/// Makes sure the peer holds blob `blob_id` whole before an item that refers
+/// to it goes there: asks, and pushes what it lacks chunk by chunk (a
+/// repeated push replaces chunks; a blob it has whole is not sent again).
+pub async fn push_blob(s: &AppState, peer: &Peer, blob_id: &str) -> Result<()> {
+    let Some(state) = s.store.blob_state(blob_id).await? else {
+        return Err(ServiceError::not_found(
+            "no finished blob with that id: upload it again",
+        ));
+    };
+    let Some((chunks, size)) = state.finished else {
+        return Err(ServiceError::bad_request(
+            "the blob is not complete: upload every chunk, then finish",
+        ));
+    };
+    let url = format!("{}/federation/v1/blobs/{blob_id}", peer.url);
+    let there: pouch_proto::api::PeerBlobState =
+        ask(peer, peer.http.post(&url), super::ANSWER_MAX).await?;
+    if there.have {
+        return Ok(());
+    }
+    for index in 0..chunks {
+        let data = s
+            .store
+            .blob_chunk(blob_id, index)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("a chunk of the blob is missing"))?;
+        let _: serde_json::Value = ask(
+            peer,
+            peer.http.put(format!("{url}/{index}")).body(data),
+            super::ANSWER_MAX,
+        )
+        .await?;
+    }
+    let _: serde_json::Value = ask(
+        peer,
+        peer.http
+            .post(format!("{url}/finish"))
+            .json(&pouch_proto::api::BlobFinish { chunks, size }),
+        super::ANSWER_MAX,
+    )
+    .await?;
+    Ok(())
+}
+
+/// How much a peer's pushed blobs may hold here at once: a peer sends for
+/// many people, so several devices' quotas.
+pub fn peer_blob_quota(s: &AppState) -> u64 {
+    s.limits.blob_bytes.saturating_mul(8)
+}
+
+/// A peer pushes a blob (a first look): created here, owned by the peer's
+/// stand-in, unless it is here already. One being uploaded by someone else
+/// is refused.
+pub async fn blob_from_peer(
+    s: &AppState,
+    peer: &Peer,
+    source: std::net::IpAddr,
+    blob_id: &str,
+) -> Result<pouch_proto::api::PeerBlobState> {
+    let stand_in = s
+        .store
+        .ensure_peer_stand_in(&peer.domain, crate::now())
+        .await?;
+    match s.store.blob_state(blob_id).await? {
+        None => {
+            s.store
+                .create_blob(blob_id, &stand_in, crate::now())
+                .await?;
+            Ok(pouch_proto::api::PeerBlobState { have: false })
+        }
+        Some(state) if state.finished.is_some() => {
+            Ok(pouch_proto::api::PeerBlobState { have: true })
+        }
+        Some(state) if state.owner == stand_in => {
+            Ok(pouch_proto::api::PeerBlobState { have: false })
+        }
+        Some(_) => {
+            record(
+                s,
+                Ev::new(Action::PeerDelivery).source(source).failed(
+                    Reason::PeerForeignWrite,
+                    format!(
+                        "peer {} pushed blob {blob_id}, which a device here is uploading",
+                        peer.domain
+                    ),
+                ),
+            )
+            .await;
+            Err(ServiceError::new(
+                ErrorCode::Conflict,
+                "that blob is being uploaded by someone else here",
+            ))
+        }
+    }
 }
 
 // ----- the hub: a peer's device writing to a conversation hosted here -----
@@ -548,6 +650,14 @@ async fn forward_once(s: &AppState, peer: &Peer) -> std::result::Result<Progress
     if items.is_empty() {
         return Ok(Progress::Idle);
     }
+    // Blobs first: an item reaches the peer's queues only with its blob.
+    let mut pushed: Vec<&str> = Vec::new();
+    for blob in items.iter().filter_map(|i| i.item.blob.as_deref()) {
+        if !pushed.contains(&blob) {
+            push_blob(s, peer, blob).await.map_err(|e| e.message)?;
+            pushed.push(blob);
+        }
+    }
     let answer: PeerDeliveryAnswer = ask(
         peer,
         peer.http
@@ -618,7 +728,7 @@ pub async fn receive(
     let mut queued = 0u64;
     for (f, outcome) in items.iter().zip(&outcomes) {
         match outcome {
-            ForwardedOutcome::QueueFull => {
+            ForwardedOutcome::QueueFull | ForwardedOutcome::MissingBlob => {
                 blocked.insert(f.device.clone());
                 continue;
             }

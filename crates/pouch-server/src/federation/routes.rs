@@ -48,6 +48,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             )),
         )
         .route("/federation/v1/groups/{group}/members", get(members))
+        .route("/federation/v1/blobs/{blob}", post(blob_start))
+        .route(
+            "/federation/v1/blobs/{blob}/{index}",
+            axum::routing::put(blob_chunk)
+                .layer(DefaultBodyLimit::max(pouch_proto::api::MAX_BLOB_CHUNK)),
+        )
+        .route("/federation/v1/blobs/{blob}/finish", post(blob_finish))
         .route(
             "/federation/v1/deliver",
             post(deliver).layer(DefaultBodyLimit::max(DELIVERY_BODY_MAX)),
@@ -183,6 +190,71 @@ async fn members(
     Ok(Json(
         crate::service::mail::members_here(&s, &caller, &group).await?,
     ))
+}
+
+/// A peer starts pushing a blob (or learns it is here already).
+async fn blob_start(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    axum::extract::Path(blob): axum::extract::Path<String>,
+) -> Answer<pouch_proto::api::PeerBlobState> {
+    let blob = crate::service::mail::blob_id(&blob)?;
+    Ok(Json(
+        super::mail::blob_from_peer(&s, &peer.0, from.ip(), blob).await?,
+    ))
+}
+
+/// One chunk of a blob a peer pushes (counted against its quota here).
+async fn blob_chunk(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    axum::extract::Path((blob, index)): axum::extract::Path<(String, u32)>,
+    body: Bytes,
+) -> Answer<serde_json::Value> {
+    let blob = crate::service::mail::blob_id(&blob)?;
+    let stand_in = pouch_store::peer_stand_in(&peer.0.domain);
+    s.store
+        .put_blob_chunk(
+            blob,
+            &stand_in,
+            index,
+            &body,
+            super::mail::peer_blob_quota(&s),
+        )
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::NotFound => crate::service::ServiceError::not_found(
+                "no blob of yours is open here with that id: start it first",
+            ),
+            pouch_store::StoreError::QuotaExceeded => crate::service::ServiceError::new(
+                pouch_proto::api::ErrorCode::QuotaExceeded,
+                "your blobs waiting here passed their quota; try again once devices fetched them",
+            ),
+            other => other.into(),
+        })?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// A peer finishes pushing a blob.
+async fn blob_finish(
+    State(s): State<Arc<AppState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    axum::extract::Path(blob): axum::extract::Path<String>,
+    Json(req): Json<pouch_proto::api::BlobFinish>,
+) -> Answer<serde_json::Value> {
+    let blob = crate::service::mail::blob_id(&blob)?;
+    let stand_in = pouch_store::peer_stand_in(&peer.0.domain);
+    s.store
+        .finish_blob(blob, &stand_in, req.chunks, req.size)
+        .await
+        .map_err(|e| match e {
+            pouch_store::StoreError::NotFound => crate::service::ServiceError::bad_request(
+                "the blob is not complete: push every chunk, then finish",
+            ),
+            other => other.into(),
+        })?;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// A hub forwards queue items for this server's devices.
