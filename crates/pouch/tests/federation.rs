@@ -1041,3 +1041,103 @@ Marker-91c2: agreed.\r\n";
         }
     }
 }
+
+/// Server `i` killed (SIGKILL) if it runs, and started again on the same
+/// addresses (its devices' URL and its federation listener unchanged).
+fn restart(f: &mut Federated, i: usize) {
+    let listen = f.servers[i].url.trim_start_matches("https://").to_string();
+    f.servers[i].stop();
+    f.servers[i] = Server::start_with(&f.dirs[i], None, &listen, &["--domain", DOMAINS[i]]);
+}
+
+/// How many mails with this subject `client` holds, after a sync.
+fn copies(client: &Client, subject: &str) -> usize {
+    let r = client.sync();
+    assert!(r["rejected"].as_array().unwrap().is_empty(), "{r}");
+    client
+        .inbox()
+        .iter()
+        .filter(|m| m["subject"] == subject)
+        .count()
+}
+
+#[test]
+fn a_peer_down_for_a_while_gets_every_mail_once_even_with_the_hub_killed_while_forwarding() {
+    let scratch = Scratch::new("federation-outage");
+    let mut f = federate(&scratch);
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    let carol = enroll(&scratch, &f.servers[2], "carol@hq-c.test");
+    wait_until_federated(&alice, &["bob@mfa-b.test", "carol@hq-c.test"]);
+    wait_until_federated(&bob, &["alice@mfa-a.test"]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@mfa-b.test",
+        "--subject",
+        "Outage thread",
+        "--body",
+        "0",
+    ]);
+    received(&bob, "Outage thread");
+    let thread = alice.sent()[0]["id"].to_string();
+
+    // B goes down. Alice goes on writing in the thread: her server accepts
+    // (it answers for Bob's account with B's last answer, which her device
+    // checks as any) and keeps each mail for Bob's device in its outbox.
+    f.servers[1].stop();
+    const MAILS: usize = 12;
+    let body = "x".repeat(100_000);
+    for n in 1..=MAILS {
+        alice.ok(&[
+            "send",
+            "--reply-to",
+            &thread,
+            "--to",
+            "bob@mfa-b.test",
+            "--subject",
+            &format!("Outage {n}"),
+            "--body",
+            &body,
+        ]);
+    }
+    // Another peer is not held up.
+    alice.ok(&[
+        "send",
+        "--to",
+        "carol@hq-c.test",
+        "--subject",
+        "While B is down",
+        "--body",
+        "1",
+    ]);
+    received(&carol, "While B is down");
+    let waiting = peer_status(&f.servers[0], "mfa-b.test");
+    assert_eq!(waiting["outbox_items"], MAILS as u64, "{waiting}");
+    assert!(waiting["outbox_oldest_secs"].is_u64(), "{waiting}");
+    assert!(waiting["last_error"].is_string(), "{waiting}");
+
+    // The hub is killed with the backlog in its database, started again,
+    // B comes back, and the hub is killed again while it forwards.
+    restart(&mut f, 0);
+    restart(&mut f, 1);
+    for pause in [150, 400] {
+        std::thread::sleep(Duration::from_millis(pause));
+        restart(&mut f, 0);
+    }
+    wait_for("the backlog forwarded", || {
+        (peer_status(&f.servers[0], "mfa-b.test")["outbox_items"] == 0).then_some(())
+    });
+    // Every mail exactly once (a second copy would also be refused by
+    // Bob's device as a replay, which `copies` asserts does not happen).
+    wait_for("every mail", || {
+        (1..=MAILS)
+            .all(|n| copies(&bob, &format!("Outage {n}")) >= 1)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    for n in 1..=MAILS {
+        assert_eq!(copies(&bob, &format!("Outage {n}")), 1, "mail {n}");
+    }
+    assert_eq!(copies(&bob, "Outage thread"), 1);
+}

@@ -63,7 +63,18 @@ pub struct Peer {
     pub(crate) http: reqwest::Client,
     /// Directory questions to it in flight at once, at most.
     lookups: tokio::sync::Semaphore,
+    /// Its last good answer per question (the accounts asked, sorted):
+    /// given again while it cannot be reached, so its users' conversations
+    /// hosted here go on (devices check it as any answer: this server's
+    /// witness cosigned its checkpoint, and they never go back to an older
+    /// list than one they saw).
+    answers: std::sync::Mutex<
+        std::collections::HashMap<Vec<pouch_proto::Address>, pouch_proto::api::RemoteDirectory>,
+    >,
 }
+
+/// Last good answers kept per peer, at most (then all are dropped and kept anew).
+const ANSWERS_KEPT: usize = 10_000;
 
 impl Peer {
     /// The name its witness signs with (the verifier key's first field).
@@ -674,8 +685,31 @@ pub async fn remote_lookup(
             ..Default::default()
         };
     };
+    let mut question = addresses.clone();
+    question.sort();
+    question.dedup();
     match ask_directory(s, fed, peer, addresses).await {
-        Ok(found) => found,
+        Ok(found) => {
+            let mut kept = peer.answers.lock().expect("not poisoned");
+            if kept.len() >= ANSWERS_KEPT {
+                kept.clear();
+            }
+            kept.insert(question, found.clone());
+            found
+        }
+        Err(why)
+            if is_unreachable(&why)
+                && let Some(kept) = peer
+                    .answers
+                    .lock()
+                    .expect("not poisoned")
+                    .get(&question)
+                    .cloned() =>
+        {
+            tracing::info!(peer = %peer.domain, error = %why, "the peer cannot be reached: its last answer is given again");
+            fed.failed(&peer.domain, &why);
+            kept
+        }
         Err(why) => {
             tracing::warn!(peer = %peer.domain, error = %why, "a directory question to the peer failed");
             fed.failed(&peer.domain, &why);
@@ -691,6 +725,12 @@ pub async fn remote_lookup(
             }
         }
     }
+}
+
+/// Whether a failed exchange is the peer being out of reach (not a wrong
+/// answer, after which nothing it said before is given again either).
+fn is_unreachable(why: &str) -> bool {
+    why.starts_with("unreachable") || why.ends_with("did not answer in time")
 }
 
 /// The accounts whose newest list the answer does not prove against its
@@ -946,6 +986,7 @@ impl Peer {
             witness_key: p.witness_key.trim().to_string(),
             http,
             lookups: tokio::sync::Semaphore::new(4),
+            answers: Default::default(),
         })
     }
 }
