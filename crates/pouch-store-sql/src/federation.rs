@@ -301,8 +301,10 @@ async fn check(
     .fetch_optional(&mut *tx)
     .await
     .map_err(backend)?;
-    if !matches!(device, Some((Some(_), None, None))) {
-        return Ok(Some(ForwardedOutcome::NotOurDevice));
+    match device {
+        Some((Some(_), None, None)) => {}
+        Some((_, _, None)) => return Ok(Some(ForwardedOutcome::DeviceGone)),
+        _ => return Ok(Some(ForwardedOutcome::NotOurDevice)),
     }
     if group_epoch(&mut *tx, &f.item.group_id).await?.is_some() {
         return Ok(Some(ForwardedOutcome::NotItsConversation { hub: None }));

@@ -100,7 +100,10 @@ pub enum ForwardedOutcome {
     Queued,
     /// Delivered before (a retry after a lost answer): dropped.
     Duplicate,
-    /// Not an active device of this server: dropped.
+    /// A device of this server that is revoked (or not yet approved): its
+    /// mail goes nowhere, as for a local sender. Dropped.
+    DeviceGone,
+    /// Not a device of this server: dropped.
     NotOurDevice,
     /// A conversation hosted here, or at another peer, or not known here
     /// (only a Welcome starts following one): dropped.

@@ -1141,3 +1141,224 @@ fn a_peer_down_for_a_while_gets_every_mail_once_even_with_the_hub_killed_while_f
     }
     assert_eq!(copies(&bob, "Outage thread"), 1);
 }
+
+#[test]
+fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding_is_queued_once() {
+    let scratch = Scratch::new("federation-hostile-hub");
+    let f = federate(&scratch);
+    let (a, b_dir) = (&f.servers[0], &f.dirs[1]);
+    let alice = enroll(&scratch, a, "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    let carol = enroll(&scratch, &f.servers[2], "carol@hq-c.test");
+    wait_until_federated(&alice, &["bob@mfa-b.test", "carol@hq-c.test"]);
+    wait_until_federated(&carol, &["alice@mfa-a.test"]);
+    // A conversation A hosts (Alice to Bob), and one C hosts (Carol to Alice).
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@mfa-b.test",
+        "--subject",
+        "At A",
+        "--body",
+        "1",
+    ]);
+    received(&bob, "At A");
+    carol.ok(&[
+        "send",
+        "--to",
+        "alice@mfa-a.test",
+        "--subject",
+        "At C",
+        "--body",
+        "2",
+    ]);
+    received(&alice, "At C");
+    let alice_device = device_id_of(&alice);
+    let db = a.db();
+    let hosted_at_a: String = db
+        .query_row("SELECT group_id FROM mls_groups", [], |r| r.get(0))
+        .unwrap();
+    let hosted_at_c: String = db
+        .query_row(
+            "SELECT group_id FROM federation_groups WHERE hub = 'hq-c.test'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let queued = || -> i64 {
+        a.db()
+            .query_row(
+                "SELECT COUNT(*) FROM queue WHERE device_id = ?1",
+                [&alice_device],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // B forwards items to A as if it were their conversations' hub (with
+    // its own certificate: it is a configured peer).
+    let a_fed = a.federation.clone().unwrap();
+    let a_anchor = f.dirs[0].join("tls-anchor.pem");
+    let body = scratch.path("delivery.json");
+    let deliver = |items: Vec<serde_json::Value>| -> serde_json::Value {
+        std::fs::write(&body, serde_json::json!({ "items": items }).to_string()).unwrap();
+        let out = curl_federation(
+            &format!("{a_fed}/federation/v1/deliver"),
+            &a_anchor,
+            Some(b_dir),
+            &[
+                "-f",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", body.display()),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let item = |device: &str, kind: &str, group: &str, seq: u64| {
+        serde_json::json!({
+            "device": device,
+            "item": {
+                "seq": seq, "kind": kind, "group_id": group,
+                "sender_device": "0".repeat(32), "epoch": 1,
+                "payload": "aGVsbG8=", "received_at": 0,
+            }
+        })
+    };
+    let before = queued();
+    // Into the conversation A hosts, one C hosts, one nobody Welcomed
+    // A's devices into, and for a device that is not A's: each refused
+    // (and counted as received, so an honest hub would drop it).
+    let refused = deliver(vec![
+        item(&alice_device, "application", &hosted_at_a, 1000),
+        item(&alice_device, "commit", &hosted_at_c, 1001),
+        item(&alice_device, "application", &"cd".repeat(16), 1002),
+        item(&"ef".repeat(16), "welcome", &"ef".repeat(16), 1),
+    ]);
+    assert_eq!(queued(), before, "{refused}");
+    assert!(
+        refused["received"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["device"] == alice_device.as_str() && r["up_to"] == 1002),
+        "{refused}"
+    );
+    let alert = wait_for("the alert", || {
+        a.alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_foreign_write")
+    });
+    assert_eq!(alert["severity"], "high", "{alert}");
+    let events = ok(a.admin(&a.data_dir, &["events", "export"]));
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("federation_peer_delivery") && l.contains("hosted at hq-c.test")),
+        "{events}"
+    );
+
+    // A conversation B does host (it Welcomed Alice's device first): each
+    // item queued once, however often B forwards it.
+    let hosted_at_b = "ab".repeat(16);
+    let first = vec![
+        item(&alice_device, "welcome", &hosted_at_b, 2000),
+        item(&alice_device, "application", &hosted_at_b, 2001),
+    ];
+    deliver(first.clone());
+    deliver(vec![item(&alice_device, "application", &hosted_at_b, 2001)]);
+    let again = deliver(first);
+    assert_eq!(queued(), before + 2, "{again}");
+    assert!(
+        again["received"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["up_to"] == 2001),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_device_revoked_in_its_own_domain_leaves_the_conversations_another_domain_hosts() {
+    let scratch = Scratch::new("federation-revoke");
+    let f = federate(&scratch);
+    let (a, b) = (&f.servers[0], &f.servers[1]);
+    let alice = enroll(&scratch, a, "alice@mfa-a.test");
+    let bob = enroll(&scratch, b, "bob@mfa-b.test");
+    let bob2 = link(scratch.path("bob2"), b, &bob);
+    wait_until_federated(&alice, &["bob@mfa-b.test"]);
+    wait_until_federated(&bob, &["alice@mfa-a.test"]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@mfa-b.test",
+        "--subject",
+        "Before revocation",
+        "--body",
+        "1",
+    ]);
+    received(&bob, "Before revocation");
+    received(&bob2, "Before revocation");
+    let bob2_id = device_id_of(&bob2);
+    let members_at_a = |device: &str| -> i64 {
+        a.db()
+            .query_row(
+                "SELECT COUNT(*) FROM group_members WHERE device_id = ?1",
+                [device],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(members_at_a(&bob2_id), 1);
+
+    // Bob revokes his second device at his own server (B); his remaining
+    // device removes it from the conversation, which A hosts.
+    bob.ok(&["device", "revoke", &bob2_id]);
+    bob.sync();
+    assert_eq!(
+        members_at_a(&bob2_id),
+        0,
+        "A still delivers to the revoked device"
+    );
+    assert_one_line_error(&bob2.run(&["sync"]), "sign-in failed");
+
+    // Alice's next mail in the thread reaches Bob's remaining device only.
+    let first = alice.sent()[0]["id"].to_string();
+    let after = alice.json(&[
+        "send",
+        "--reply-to",
+        &first,
+        "--to",
+        "bob@mfa-b.test",
+        "--body",
+        "after",
+        "--json",
+    ]);
+    assert_eq!(after["recipient_devices"], 1, "{after}");
+    received(&bob, "Re: Before revocation");
+    let queued_for_bob2: i64 = a
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM queue WHERE device_id = ?1",
+            [&bob2_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued_for_bob2, 0);
+    // The commit removing it still went to it (as to every member the
+    // commit leaves): B drops it for a revoked device, no alert.
+    wait_for("A's outbox drained", || {
+        (peer_status(a, "mfa-b.test")["outbox_items"] == 0).then_some(())
+    });
+    assert!(
+        !b.alerts().iter().any(|x| x["rule"] == "peer_foreign_write"),
+        "{:?}",
+        b.alerts()
+    );
+}

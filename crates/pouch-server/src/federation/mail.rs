@@ -737,13 +737,15 @@ pub async fn receive(
                 queued += 1;
                 woken.push(f.device.clone());
             }
-            ForwardedOutcome::Duplicate => {}
+            // A revoked device's mail goes nowhere, as for a local sender
+            // (the hub learns of it from the commit that removes it).
+            ForwardedOutcome::Duplicate | ForwardedOutcome::DeviceGone => {}
             ForwardedOutcome::NotOurDevice | ForwardedOutcome::NotItsConversation { .. } => {
                 if events.len() < 10 {
                     events.push(Ev::new(Action::PeerDelivery).source(source).failed(
                         Reason::PeerForeignWrite,
                         format!(
-                            "peer {} forwarded a {} for conversation {} to device {}: {}",
+                            "peer {} forwarded an item ({}) for conversation {} to device {}: {}",
                             peer.domain,
                             f.item.kind.as_str(),
                             f.item.group_id.0,
