@@ -184,7 +184,7 @@ impl FederationStore for SqlStore {
                 outcomes.push(ForwardedOutcome::QueueFull);
                 continue;
             }
-            let outcome = receive_one(&mut *tx, origin, f, max_queued_bytes, now).await?;
+            let outcome = receive_one(&mut tx, origin, f, max_queued_bytes, now).await?;
             if matches!(
                 outcome,
                 ForwardedOutcome::QueueFull | ForwardedOutcome::MissingBlob

@@ -934,9 +934,9 @@ fn users_of_three_ministries_write_to_each_other_with_cc_and_reply_in_the_thread
 /// read back byte-exact; then nothing of it in any server's files, nor in
 /// its PostgreSQL database (`databases`, when the servers run on them).
 fn write_across_three_domains(scratch: &Scratch, f: &Federated, databases: &[PgDatabase]) {
-    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
-    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
-    let carol = enroll(&scratch, &f.servers[2], "carol@hq-c.test");
+    let alice = enroll(scratch, &f.servers[0], "alice@mfa-a.test");
+    let bob = enroll(scratch, &f.servers[1], "bob@mfa-b.test");
+    let carol = enroll(scratch, &f.servers[2], "carol@hq-c.test");
     wait_until_federated(&alice, &["bob@mfa-b.test", "carol@hq-c.test"]);
     wait_until_federated(&bob, &["alice@mfa-a.test", "carol@hq-c.test"]);
     wait_until_federated(&carol, &["alice@mfa-a.test", "bob@mfa-b.test"]);
