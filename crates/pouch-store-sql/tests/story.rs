@@ -33,7 +33,7 @@ async fn each_area_alone_on_sqlite() {
     let dir = std::env::temp_dir().join(format!("pouch-areas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let now = 1_700_000_000;
-    for area in ["directory", "mail", "log", "audit", "admins"] {
+    for area in ["directory", "mail", "log", "audit", "admins", "federation"] {
         let path = dir.join(format!("{area}.db"));
         let _ = std::fs::remove_file(&path);
         let store = SqlStore::open_sqlite(&path).await.unwrap();
@@ -42,6 +42,7 @@ async fn each_area_alone_on_sqlite() {
             "mail" => story::mail(&store, now).await,
             "log" => story::log(&store, now).await,
             "admins" => story::admins(&store, now).await,
+            "federation" => story::federation(&store, now).await,
             _ => story::audit(&store, now).await,
         }
         store.close().await;

@@ -75,6 +75,269 @@ pub async fn run(store: &dyn Store) {
     log(store, now).await;
     officer_statements(store).await;
     admins(store, now).await;
+    federation(store, now).await;
+}
+
+/// [`FederationStore`]: other domains' devices as a hub knows them (never
+/// clashing with this server's own), a hub's conversation including them,
+/// and a follower taking forwarded items once each, only for its own
+/// devices and only from the conversation's hub.
+pub async fn federation(store: &dyn Store, now: UnixTime) {
+    let alice = enrolled(store, now, &addr("fed-alice@mfa-a.example"), "fed-a1").await;
+    let bob = RemoteDevice {
+        device_id: DeviceId("fed-b1".into()),
+        address: addr("fed-bob@mfa-b.example"),
+        signature_key: b"fed-b1-key".to_vec(),
+    };
+    store
+        .register_remote_devices("mfa-b.example", std::slice::from_ref(&bob), now)
+        .await
+        .unwrap();
+    // Again, the same: nothing changes. Otherwise (another key, another
+    // domain, one of this server's own ids or keys): refused, nothing kept.
+    store
+        .register_remote_devices("mfa-b.example", std::slice::from_ref(&bob), now)
+        .await
+        .unwrap();
+    let other_key = RemoteDevice {
+        signature_key: b"another-key".to_vec(),
+        ..bob.clone()
+    };
+    let local_id = RemoteDevice {
+        device_id: alice.clone(),
+        address: addr("fed-mallory@mfa-b.example"),
+        signature_key: b"mallory-key".to_vec(),
+    };
+    let local_key = RemoteDevice {
+        device_id: DeviceId("fed-m2".into()),
+        address: addr("fed-mallory@mfa-b.example"),
+        signature_key: b"fed-a1".repeat(2),
+    };
+    for wrong in [other_key, local_id, local_key] {
+        assert!(matches!(
+            store
+                .register_remote_devices("mfa-b.example", &[wrong], now)
+                .await,
+            Err(StoreError::Conflict)
+        ));
+    }
+    assert!(matches!(
+        store
+            .register_remote_devices("hq-c.example", std::slice::from_ref(&bob), now)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    let known = store.device(&bob.device_id).await.unwrap().unwrap();
+    assert_eq!(known.home_domain.as_deref(), Some("mfa-b.example"));
+    assert!(known.is_active() && !known.is_local());
+    assert!(store.device(&alice).await.unwrap().unwrap().is_local());
+    assert!(
+        !store
+            .list_users()
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.address == bob.address),
+        "another domain's account is not one of this server's users"
+    );
+
+    // A conversation hosted here with Bob's device: its queue is what waits
+    // for his domain, until acknowledged.
+    let g = GroupId("fe".repeat(16));
+    store
+        .submit_commit(CommitSubmission {
+            group_id: g.clone(),
+            sender: alice.clone(),
+            base_epoch: 0,
+            commit: None,
+            welcome: Some(b"welcome".to_vec()),
+            added: vec![bob.device_id.clone()],
+            removed: vec![],
+            public_state: None,
+            max_queued_bytes: u64::MAX,
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.remote_queues("mfa-b.example").await.unwrap(),
+        vec![(bob.device_id.clone(), 0)]
+    );
+    assert_eq!(
+        store.remote_backlog("mfa-b.example").await.unwrap(),
+        (1, Some(now))
+    );
+    let waiting = store
+        .fetch_queue(&bob.device_id, 0, 10, u64::MAX)
+        .await
+        .unwrap();
+    store.ack_queue(&bob.device_id, waiting[0].seq).await.unwrap();
+    assert!(store.remote_queues("mfa-b.example").await.unwrap().is_empty());
+    assert_eq!(store.remote_backlog("mfa-b.example").await.unwrap(), (0, None));
+
+    // A follower: items from hubs for its own devices.
+    let item = |kind, group: &GroupId, seq| Forwarded {
+        device: alice.clone(),
+        seq,
+        item: pouch_proto::api::QueueItem {
+            seq,
+            kind,
+            group_id: group.clone(),
+            sender_device: DeviceId("fed-c1".into()),
+            epoch: 1,
+            payload: format!("item-{seq}").into_bytes(),
+            received_at: 0,
+            label: None,
+            blob: None,
+        },
+    };
+    let hosted_at_c = GroupId("c0".repeat(16));
+    let queued = || async {
+        store
+            .fetch_queue(&alice, 0, 100, u64::MAX)
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = queued().await;
+    // Only a Welcome starts following a conversation; the peer that sent
+    // it is its hub from then on.
+    let first = store
+        .receive_forwarded(
+            "hq-c.example",
+            &[
+                item(QueueKind::Application, &hosted_at_c, 1),
+                item(QueueKind::Welcome, &hosted_at_c, 2),
+                item(QueueKind::Application, &hosted_at_c, 3),
+            ],
+            u64::MAX,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        vec![
+            ForwardedOutcome::NotItsConversation { hub: None },
+            ForwardedOutcome::Queued,
+            ForwardedOutcome::Queued
+        ]
+    );
+    assert_eq!(
+        store.group_hub(&hosted_at_c).await.unwrap().as_deref(),
+        Some("hq-c.example")
+    );
+    assert_eq!(queued().await, before + 2);
+    // Forwarded again (an answer lost): dropped; the next one taken.
+    let again = store
+        .receive_forwarded(
+            "hq-c.example",
+            &[
+                item(QueueKind::Application, &hosted_at_c, 3),
+                item(QueueKind::Application, &hosted_at_c, 4),
+            ],
+            u64::MAX,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![ForwardedOutcome::Duplicate, ForwardedOutcome::Queued]
+    );
+    // Another peer writing into it, or into the conversation hosted here,
+    // or for a device that is not this server's: refused.
+    let mut not_ours = item(QueueKind::Welcome, &GroupId("d0".repeat(16)), 1);
+    not_ours.device = bob.device_id.clone();
+    let refused = store
+        .receive_forwarded(
+            "mfa-b.example",
+            &[
+                item(QueueKind::Application, &hosted_at_c, 1),
+                item(QueueKind::Welcome, &g, 2),
+                not_ours,
+            ],
+            u64::MAX,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        vec![
+            ForwardedOutcome::NotItsConversation {
+                hub: Some("hq-c.example".into())
+            },
+            ForwardedOutcome::NotItsConversation { hub: None },
+            ForwardedOutcome::NotOurDevice,
+        ]
+    );
+    assert_eq!(queued().await, before + 3);
+    // A full queue holds back that device's items (they wait at the hub),
+    // a missing blob too; a commit is never held back.
+    let mut with_blob = item(QueueKind::Application, &hosted_at_c, 6);
+    with_blob.item.blob = Some("ab".repeat(16));
+    let held = store
+        .receive_forwarded(
+            "hq-c.example",
+            &[
+                item(QueueKind::Commit, &hosted_at_c, 5),
+                with_blob,
+                item(QueueKind::Application, &hosted_at_c, 7),
+            ],
+            1,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            ForwardedOutcome::Queued,
+            ForwardedOutcome::MissingBlob,
+            ForwardedOutcome::QueueFull
+        ]
+    );
+    assert_eq!(queued().await, before + 4);
+    // A conversation followed from elsewhere keeps its id here.
+    assert!(matches!(
+        store
+            .submit_commit(CommitSubmission {
+                group_id: hosted_at_c.clone(),
+                sender: alice.clone(),
+                base_epoch: 0,
+                commit: None,
+                welcome: None,
+                added: vec![],
+                removed: vec![],
+                public_state: None,
+                max_queued_bytes: u64::MAX,
+                now,
+            })
+            .await,
+        Err(GroupError::Store(StoreError::Conflict))
+    ));
+    // The stand-in that owns a peer's pushed blobs: one, never active.
+    let stand_in = store
+        .ensure_peer_stand_in("hq-c.example", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .ensure_peer_stand_in("hq-c.example", now)
+            .await
+            .unwrap(),
+        stand_in
+    );
+    assert!(!store.device(&stand_in).await.unwrap().unwrap().is_active());
+    store.create_blob(&"ab".repeat(16), &stand_in, now).await.unwrap();
+    assert_eq!(
+        store.blob_state(&"ab".repeat(16)).await.unwrap(),
+        Some(BlobState {
+            owner: stand_in,
+            finished: None
+        })
+    );
 }
 
 /// [`crate::LogStore::append_officer_statement`]: a security officer's
