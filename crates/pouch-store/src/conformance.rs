@@ -171,9 +171,21 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
         .fetch_queue(&bob.device_id, 0, 10, u64::MAX)
         .await
         .unwrap();
-    store.ack_queue(&bob.device_id, waiting[0].seq).await.unwrap();
-    assert!(store.remote_queues("mfa-b.example").await.unwrap().is_empty());
-    assert_eq!(store.remote_backlog("mfa-b.example").await.unwrap(), (0, None));
+    store
+        .ack_queue(&bob.device_id, waiting[0].seq)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .remote_queues("mfa-b.example")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.remote_backlog("mfa-b.example").await.unwrap(),
+        (0, None)
+    );
 
     // A follower: items from hubs for its own devices.
     let item = |kind, group: &GroupId, seq| Forwarded {
@@ -330,7 +342,10 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
         stand_in
     );
     assert!(!store.device(&stand_in).await.unwrap().unwrap().is_active());
-    store.create_blob(&"ab".repeat(16), &stand_in, now).await.unwrap();
+    store
+        .create_blob(&"ab".repeat(16), &stand_in, now)
+        .await
+        .unwrap();
     assert_eq!(
         store.blob_state(&"ab".repeat(16)).await.unwrap(),
         Some(BlobState {

@@ -1375,3 +1375,108 @@ fn a_device_revoked_in_its_own_domain_leaves_the_conversations_another_domain_ho
         b.alerts()
     );
 }
+
+const SMTP_AND_IMAP: &str = r#"
+import imaplib, smtplib, sys, time
+port_smtp, port_imap, password, me, to, expected = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+msg = ('From: %s\r\nTo: %s\r\nSubject: From smtplib\r\n\r\nacross the border\r\n' % (me, to)).encode()
+with smtplib.SMTP('127.0.0.1', int(port_smtp)) as s:
+    s.login(me, password)
+    print('refused', s.sendmail(me, [to], msg))
+m = imaplib.IMAP4('127.0.0.1', int(port_imap))
+m.login(me, password)
+deadline = time.time() + 60
+while True:
+    m.select('INBOX')
+    typ, data = m.search(None, 'SUBJECT', '"%s"' % expected)
+    if data[0]:
+        break
+    if time.time() > deadline:
+        raise SystemExit('never arrived')
+    time.sleep(1)
+typ, data = m.fetch(data[0].split()[-1], '(RFC822)')
+import email
+got = email.message_from_bytes(data[0][1])
+print('from', got['From'])
+print(got.get_payload(decode=True).decode())
+m.logout()
+"#;
+
+#[test]
+fn python_and_thunderbird_write_and_read_across_domains_through_the_bridge() {
+    let scratch = Scratch::new("federation-bridge");
+    let f = federate(&scratch);
+    let alice = enroll(&scratch, &f.servers[0], "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    wait_until_federated(&alice, &["bob@mfa-b.test"]);
+    wait_until_federated(&bob, &["alice@mfa-a.test"]);
+    alice.ok(&[
+        "send",
+        "--to",
+        "bob@mfa-b.test",
+        "--subject",
+        "For the bridge",
+        "--body",
+        "read me in imaplib",
+    ]);
+
+    // Bob's mail client (Python's smtplib and imaplib) through his bridge:
+    // RCPT to Alice's domain is taken, her mail is read.
+    let bridge = Bridge::start(&bob);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SMTP_AND_IMAP)
+        .args([
+            &bridge.smtp_port.to_string(),
+            &bridge.imap_port.to_string(),
+            &bridge.password,
+            "bob@mfa-b.test",
+            "alice@mfa-a.test",
+            "For the bridge",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("refused {}"), "{said}");
+    assert!(said.contains("from <alice@mfa-a.test>"), "{said}");
+    assert!(said.contains("read me in imaplib"), "{said}");
+    let m = received(&alice, "From smtplib");
+    assert_eq!(m["from"], "bob@mfa-b.test");
+    drop(bridge);
+
+    // Alice's Thunderbird (headless) reads Bob's mail and answers him.
+    let bridge = Bridge::start(&alice);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/thunderbird.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(scratch.path("thunderbird-profile"))
+        .args([
+            &bridge.imap_port.to_string(),
+            &bridge.smtp_port.to_string(),
+            &bridge.password,
+            "From smtplib",
+            "bob@mfa-b.test",
+            "Thunderbird across the border",
+        ])
+        .env("POUCH_TB_USER", "alice@mfa-a.test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "thunderbird run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        seen["subjects"].to_string().contains("From smtplib"),
+        "{seen}"
+    );
+    assert_eq!(seen["sent"], "sent", "{seen}");
+    let m = received(&bob, "Thunderbird across the border");
+    assert_eq!(m["from"], "alice@mfa-a.test");
+}

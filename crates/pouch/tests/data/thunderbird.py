@@ -16,6 +16,8 @@ profile, imap_port, smtp_port, password, expected = sys.argv[1:6]
 send_to = sys.argv[6] if len(sys.argv) > 6 else 'bob@pouch.local'
 send_subject = sys.argv[7] if len(sys.argv) > 7 else 'Written in Thunderbird'
 refused_to = sys.argv[8] if len(sys.argv) > 8 else None
+# Whose bridge it is (POUCH_TB_USER; alice@pouch.local by default).
+user = os.environ.get('POUCH_TB_USER', 'alice@pouch.local')
 
 
 def free_port():
@@ -37,7 +39,7 @@ prefs = {
     'mail.server.server1.type': 'imap',
     'mail.server.server1.hostname': '127.0.0.1',
     'mail.server.server1.port': int(imap_port),
-    'mail.server.server1.userName': 'alice@pouch.local',
+    'mail.server.server1.userName': user,
     'mail.server.server1.name': 'Pouch',
     'mail.server.server1.socketType': 0,
     'mail.server.server1.authMethod': 3,
@@ -48,15 +50,15 @@ prefs = {
     'mail.server.server2.hostname': 'Local Folders',
     'mail.server.server2.userName': 'nobody',
     'mail.identity.id1.fullName': 'Alice',
-    'mail.identity.id1.useremail': 'alice@pouch.local',
+    'mail.identity.id1.useremail': user,
     'mail.identity.id1.smtpServer': 'smtp1',
     'mail.identity.id1.valid': True,
-    'mail.identity.id1.fcc_folder': 'imap://alice%40pouch.local@127.0.0.1/Sent',
+    'mail.identity.id1.fcc_folder': 'imap://%s@127.0.0.1/Sent' % user.replace('@', '%40'),
     'mail.smtpservers': 'smtp1',
     'mail.smtp.defaultserver': 'smtp1',
     'mail.smtpserver.smtp1.hostname': '127.0.0.1',
     'mail.smtpserver.smtp1.port': int(smtp_port),
-    'mail.smtpserver.smtp1.username': 'alice@pouch.local',
+    'mail.smtpserver.smtp1.username': user,
     'mail.smtpserver.smtp1.authMethod': 3,
     'mail.smtpserver.smtp1.try_ssl': 0,
     'marionette.port': mport,
@@ -106,16 +108,16 @@ try:
 
     # Store the bridge password, as a user ticking "remember" would.
     m.execute_async_script('''
-        const [password, resolve] = arguments;
+        const [password, user, resolve] = arguments;
         (async () => {
           for (const origin of ["imap://127.0.0.1", "smtp://127.0.0.1"]) {
             const li = Cc["@mozilla.org/login-manager/loginInfo;1"].createInstance(Ci.nsILoginInfo);
-            li.init(origin, null, origin, "alice@pouch.local", password, "", "");
+            li.init(origin, null, origin, user, password, "", "");
             await Services.logins.addLoginAsync(li);
           }
           resolve(true);
         })();
-    ''', script_args=[password])
+    ''', script_args=[password, user])
 
     # Discover the folders and download the inbox.
     seen = m.execute_async_script('''
@@ -149,11 +151,11 @@ try:
     # Compose and send a mail, as the Send button does.
     def send_mail(to, subject):
         return m.execute_async_script('''
-        const [to, subject, resolve] = arguments;
+        const [to, subject, user, resolve] = arguments;
         const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
         const identity = MailServices.accounts.getIdentity("id1");
         const fields = Cc["@mozilla.org/messengercompose/composefields;1"].createInstance(Ci.nsIMsgCompFields);
-        fields.from = "Alice <alice@pouch.local>";
+        fields.from = "Alice <" + user + ">";
         fields.to = to;
         fields.subject = subject;
         fields.body = "Sent by Thunderbird through the Pouch bridge.\\r\\n";
@@ -173,7 +175,7 @@ try:
         send.createAndSendMessage(null, identity, "account1", fields, false, false,
           Ci.nsIMsgSend.nsMsgDeliverNow, null, "text/plain", fields.body, null, null,
           listener, null, "", Ci.nsIMsgCompType.New);
-    ''', script_args=[to, subject])
+    ''', script_args=[to, subject, user])
 
     sent = send_mail(send_to, send_subject)
     refused = send_mail(refused_to, send_subject) if refused_to else None
