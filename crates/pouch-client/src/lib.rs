@@ -302,6 +302,10 @@ pub struct Device {
     gate: labels::LabelGate,
     /// The log's commitment key once read from the store (it never changes).
     commitments_pinned: Option<pouch_log::Commitments>,
+    /// Other domains' accounts this process verified: the SHA-256 of the
+    /// answer checked, and the list it gave ([`remote`]). The same answer
+    /// again is not checked again.
+    remote_verified: std::collections::HashMap<Address, remote::Verified>,
     /// Officer statements this process verified ([`labels`]).
     verified: labels::Verified,
     /// The officer's card last verified: (body, signature, key, name).
@@ -652,6 +656,7 @@ impl Device {
             verified: Default::default(),
             officer_card: None,
             commitments_pinned: None,
+            remote_verified: Default::default(),
             gate: Default::default(),
             duplicate_possible: false,
         })

@@ -26,6 +26,14 @@ use pouch_proto::Address;
 use pouch_proto::api;
 use pouch_proto::devices::{DeviceListBody, SignedDeviceList};
 
+/// An answer about another domain's account this process checked: its
+/// SHA-256, and the device lists it proved.
+pub(crate) struct Verified {
+    pub(crate) digest: [u8; 32],
+    pub(crate) body: DeviceListBody,
+    pub(crate) lists: Vec<SignedDeviceList>,
+}
+
 fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
 }
@@ -63,6 +71,13 @@ impl Device {
         &mut self,
         address: &Address,
     ) -> Result<(DeviceListBody, Vec<SignedDeviceList>)> {
+        let remote = self.remote_answer(address)?;
+        self.check_remote_answer(address, remote)
+    }
+
+    /// What this device's server answers about `address`, an account of
+    /// another domain (as its domain's server answered it).
+    pub(crate) fn remote_answer(&mut self, address: &Address) -> Result<api::RemoteDirectory> {
         self.sign_in()?;
         let domain = address.domain().to_string();
         let answer: api::DirectoryResponse = self.api.post(
@@ -90,6 +105,16 @@ impl Device {
                 message: format!("{address} is not a Pouch user at {domain}; check the address"),
             });
         }
+        Ok(remote)
+    }
+
+    /// [`Device::remote_lists`]' checks of one answer.
+    pub(crate) fn check_remote_answer(
+        &mut self,
+        address: &Address,
+        remote: api::RemoteDirectory,
+    ) -> Result<(DeviceListBody, Vec<SignedDeviceList>)> {
+        let domain = remote.domain.clone();
         let witness = self.federation_witness()?;
         let origin = format!("{domain}/log");
         let opened = pouch_log::witness::open_cosigned(
@@ -181,7 +206,7 @@ impl Device {
     /// (an older version is still in the log, and would hide a revoked
     /// device or a reset), nor to another history through it. Newer
     /// versions are remembered, under whichever key.
-    fn no_rollback(
+    pub(crate) fn no_rollback(
         &mut self,
         address: &Address,
         body: &DeviceListBody,

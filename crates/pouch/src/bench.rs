@@ -293,7 +293,58 @@ impl Running {
     }
 }
 
+/// The federation card of a server for `domain` in `data_dir` (SQLite),
+/// federating on `listen`: its keys are made (prepared, not served), so a
+/// partner can be configured before either starts.
+fn federation_card(
+    data_dir: &Path,
+    domain: &str,
+    listen: &str,
+) -> Result<pouch_proto::api::FederationCard> {
+    std::fs::create_dir_all(data_dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store: Arc<dyn pouch_store::Store> =
+            Arc::new(pouch_store_sql::SqlStore::open_sqlite(&data_dir.join("pouch.db")).await?);
+        let config = pouch_server::ServerConfig {
+            data_dir: data_dir.to_path_buf(),
+            domain: domain.into(),
+            tls: Default::default(),
+            ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
+            rotation_secs: 24 * 3600,
+            link_ttl_secs: 600,
+            token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
+            connections: Default::default(),
+            limits: Default::default(),
+            witnesses: Vec::new(),
+            policy: Default::default(),
+            federation: pouch_server::config::FederationSettings {
+                listen: Some(listen.to_string()),
+                ..Default::default()
+            },
+        };
+        let prepared = pouch_server::prepare(&config, store).await?;
+        let card = prepared
+            .state
+            .federation
+            .as_ref()
+            .map(|f| f.card.clone())
+            .ok_or_else(|| anyhow!("the server does not federate"))?;
+        Ok(card)
+    })
+}
+
 pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Result<Running> {
+    start_server_as(data_dir, database_url, "pouch.local", Default::default())
+}
+
+/// A server for `domain` in this process, federating as `federation` says.
+pub(crate) fn start_server_as(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    domain: &str,
+    federation: pouch_server::config::FederationSettings,
+) -> Result<Running> {
     std::fs::create_dir_all(data_dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let (url, fingerprint, setup) = rt.block_on(async {
@@ -305,7 +356,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
         };
         let config = pouch_server::ServerConfig {
             data_dir: data_dir.to_path_buf(),
-            domain: "pouch.local".into(),
+            domain: domain.into(),
             tls: Default::default(),
             ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
             rotation_secs: 24 * 3600,
@@ -322,7 +373,7 @@ pub(crate) fn start_server(data_dir: &Path, database_url: Option<&str>) -> Resul
             limits: Default::default(),
             witnesses: Vec::new(),
             policy: Default::default(),
-            federation: Default::default(),
+            federation,
         };
         let prepared = pouch_server::prepare(&config, store).await?;
         let setup = std::fs::read_to_string(&prepared.admin_setup_path)?;
@@ -1010,4 +1061,141 @@ pub fn circular(postgres: Option<String>, n: usize, size: usize) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Cross-domain mail beside same-domain mail: two servers in this process
+/// (`mfa-a.test` and `mfa-b.test`) federating on loopback, a sender at A
+/// writing to a colleague at A and to a partner at B. For each: `messages`
+/// replies in one conversation (sent, then read by the recipient: mails/s),
+/// and `samples` single mails each timed from the send until the recipient
+/// has it (the delivery latency; for B: A's server forwards to B's).
+pub fn federation(messages: usize, size: usize, samples: usize) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("pouch-bench-fed-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = (|| {
+        let domains = ["mfa-a.test", "mfa-b.test"];
+        let mut listens = Vec::new();
+        for _ in domains {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listens.push(l.local_addr()?.to_string());
+        }
+        let dirs: Vec<std::path::PathBuf> = domains.iter().map(|d| scratch.join(d)).collect();
+        let cards = (0..2)
+            .map(|i| federation_card(&dirs[i], domains[i], &listens[i]))
+            .collect::<Result<Vec<_>>>()?;
+        let servers = (0..2)
+            .map(|i| {
+                let partner = &cards[1 - i];
+                start_server_as(
+                    &dirs[i],
+                    None,
+                    domains[i],
+                    pouch_server::config::FederationSettings {
+                        listen: Some(listens[i].clone()),
+                        peers: vec![pouch_server::config::PeerSettings {
+                            domain: partner.domain.clone(),
+                            url: partner.url.clone(),
+                            tls_anchor: partner.tls_anchor.clone(),
+                            log_key: partner.log_key.clone(),
+                            witness_key: partner.witness_key.clone(),
+                        }],
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut sender = enroll(&servers[0], &scratch.join("sender"), "sender@mfa-a.test")?;
+        let mut near = enroll(&servers[0], &scratch.join("near"), "near@mfa-a.test")?;
+        let mut far = enroll(&servers[1], &scratch.join("far"), "far@mfa-b.test")?;
+        // Usable once A's witness has cosigned B's log (a few seconds).
+        let far_address = Address::parse("far@mfa-b.test")?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while let Err(e) = sender.verify(&far_address) {
+            if Instant::now() > deadline {
+                bail!("mfa-b.test never became usable from mfa-a.test: {e}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let body: String = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+            .chars()
+            .cycle()
+            .take(size)
+            .collect();
+        println!(
+            "two servers in this process on SQLite, federating over loopback (mutual TLS); {messages} replies of {size} bytes, then {samples} single mails timed"
+        );
+        println!(
+            "| recipient | new conversation (ms) | send (mails/s) | end to end (mails/s) | delivery latency median (ms) | p95 (ms) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (label, address, reader) in [
+            ("same domain (A to A)", "near@mfa-a.test", &mut near),
+            ("other domain (A to B)", "far@mfa-b.test", &mut far),
+        ] {
+            let to = vec![Address::parse(address)?];
+            let t0 = Instant::now();
+            let first = sender.send(Compose {
+                to: to.clone(),
+                subject: format!("bench {label}"),
+                body: body.clone(),
+                ..Default::default()
+            })?;
+            let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            until_received(reader, 1)?;
+            let reply = |sender: &mut Device, i: usize| {
+                sender.send(Compose {
+                    to: to.clone(),
+                    subject: format!("bench {label} #{i}"),
+                    body: body.clone(),
+                    reply_to: Some(first.id),
+                    ..Default::default()
+                })
+            };
+            let t_send = Instant::now();
+            for i in 0..messages {
+                reply(&mut sender, i)?;
+            }
+            let send_s = t_send.elapsed().as_secs_f64();
+            until_received(reader, messages)?;
+            let total_s = t_send.elapsed().as_secs_f64();
+            let mut latencies = Vec::with_capacity(samples);
+            for i in 0..samples {
+                let t = Instant::now();
+                reply(&mut sender, messages + i)?;
+                until_received(reader, 1)?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "| {label} | {create_ms:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                messages as f64 / send_s,
+                messages as f64 / total_s,
+                at(0.5),
+                at(0.95)
+            );
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Syncs `reader` until `n` new mails arrived (a minute at most).
+fn until_received(reader: &mut Device, n: usize) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let mut got = 0;
+    while got < n {
+        got += reader.sync()?.new_messages.len();
+        if got < n {
+            if Instant::now() > deadline {
+                bail!("{got} of {n} mails arrived within a minute");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    if got > n {
+        bail!("{got} mails arrived where {n} were sent");
+    }
+    Ok(())
 }

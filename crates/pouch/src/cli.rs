@@ -267,6 +267,11 @@ enum Command {
         /// the time until every device has it, new conversation and reply.
         #[arg(long, value_name = "RECIPIENTS")]
         circular: Option<usize>,
+        /// Benchmark mail to another domain instead, beside mail within one:
+        /// two federating servers, --messages replies each way, then this
+        /// many single mails timed from send to arrival.
+        #[arg(long, value_name = "SAMPLES")]
+        federation: Option<usize>,
     },
     /// Show one mail.
     Read {
@@ -1222,6 +1227,16 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
                 compare: !no_compare,
                 labels,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            federation: Some(samples),
+            messages,
+            size,
+            ..
+        } => {
+            init_logging(&cli.log_format, "pouch_server=error");
+            crate::bench::federation(messages, size, samples)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

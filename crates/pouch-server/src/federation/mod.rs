@@ -64,17 +64,28 @@ pub struct Peer {
     /// Directory questions to it in flight at once, at most.
     lookups: tokio::sync::Semaphore,
     /// Its last good answer per question (the accounts asked, sorted):
-    /// given again while it cannot be reached, so its users' conversations
-    /// hosted here go on (devices check it as any answer: this server's
-    /// witness cosigned its checkpoint, and they never go back to an older
-    /// list than one they saw).
-    answers: std::sync::Mutex<
-        std::collections::HashMap<Vec<pouch_proto::Address>, pouch_proto::api::RemoteDirectory>,
-    >,
+    /// given again while its log has not grown since (this server's witness
+    /// follows it every few seconds), and while it cannot be reached, so its
+    /// users' conversations hosted here go on. Devices check it as any
+    /// answer: this server's witness cosigned its checkpoint, and they never
+    /// go back to an older list than one they saw.
+    answers: std::sync::Mutex<std::collections::HashMap<Vec<pouch_proto::Address>, Kept>>,
+}
+
+/// A peer's directory answer kept, and the size of its log it is for.
+#[derive(Clone)]
+struct Kept {
+    answer: pouch_proto::api::RemoteDirectory,
+    size: u64,
 }
 
 /// Last good answers kept per peer, at most (then all are dropped and kept anew).
 const ANSWERS_KEPT: usize = 10_000;
+/// How recently this server's witness must have seen the peer's log at the
+/// size of a kept answer for the answer to be given again without asking
+/// (its follow runs every [`FOLLOW_EVERY`]): a change to a partner's
+/// device list reaches this domain's devices within about this long.
+const ANSWER_FRESH_SECS: i64 = 15;
 
 impl Peer {
     /// The name its witness signs with (the verifier key's first field).
@@ -688,27 +699,42 @@ pub async fn remote_lookup(
     let mut question = addresses.clone();
     question.sort();
     question.dedup();
+    let kept = peer
+        .answers
+        .lock()
+        .expect("not poisoned")
+        .get(&question)
+        .cloned();
+    // The peer's log has not grown since that answer, as this server's
+    // witness saw it lately: the answer is still the peer's newest word.
+    if let (Some(k), Some(followed)) = (&kept, fed.state(&peer.domain).followed)
+        && followed.size == k.size
+        && crate::now() - followed.cosigned_at <= ANSWER_FRESH_SECS
+    {
+        return k.answer.clone();
+    }
     match ask_directory(s, fed, peer, addresses).await {
         Ok(found) => {
-            let mut kept = peer.answers.lock().expect("not poisoned");
-            if kept.len() >= ANSWERS_KEPT {
-                kept.clear();
+            let size = found.checkpoint.lines().nth(1).and_then(|l| l.parse().ok());
+            if let Some(size) = size {
+                let mut kept = peer.answers.lock().expect("not poisoned");
+                if kept.len() >= ANSWERS_KEPT {
+                    kept.clear();
+                }
+                kept.insert(
+                    question,
+                    Kept {
+                        answer: found.clone(),
+                        size,
+                    },
+                );
             }
-            kept.insert(question, found.clone());
             found
         }
-        Err(why)
-            if is_unreachable(&why)
-                && let Some(kept) = peer
-                    .answers
-                    .lock()
-                    .expect("not poisoned")
-                    .get(&question)
-                    .cloned() =>
-        {
+        Err(why) if is_unreachable(&why) && kept.is_some() => {
             tracing::info!(peer = %peer.domain, error = %why, "the peer cannot be reached: its last answer is given again");
             fed.failed(&peer.domain, &why);
-            kept
+            kept.expect("checked").answer
         }
         Err(why) => {
             tracing::warn!(peer = %peer.domain, error = %why, "a directory question to the peer failed");
