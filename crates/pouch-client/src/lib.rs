@@ -1359,11 +1359,14 @@ impl Device {
             addresses.push(self.address.clone()); // the sender's own other devices
         }
         let (packages, devices) = self.claim(&addresses, only)?;
+        // Its own server is the conversation's hub: the id says so.
+        let hub_nonce: [u8; 16] = rand::random();
         let (mut group, out) = pouch_mls::create_conversation(
             &self.local.provider,
             self.suite,
             &self.signer,
             &self.address,
+            &pouch_proto::hub_group_id(self.address.domain(), &hub_nonce),
             &packages,
         )?;
         let gid = GroupId::from_bytes(&pouch_mls::group_id_bytes(&group));
@@ -1376,6 +1379,7 @@ impl Device {
                 added: devices,
                 removed: vec![],
                 group_info: out.group_info,
+                hub_nonce: Some(hub_nonce.to_vec()),
             },
         );
         match submitted {
@@ -1414,6 +1418,7 @@ impl Device {
                 added,
                 removed,
                 group_info: None,
+                hub_nonce: None,
             },
         );
         match submitted {

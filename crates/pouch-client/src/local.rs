@@ -913,6 +913,7 @@ mod tests {
             suite,
             &alice_signer,
             &alice,
+            &rand::random::<[u8; 32]>(),
             &[validated(&packages.remove(0), &bob_key)],
         )
         .unwrap();
@@ -982,6 +983,7 @@ mod tests {
             suite,
             &alice_signer,
             &alice,
+            &rand::random::<[u8; 32]>(),
             &[validated(&packages.remove(0), &bob_key)],
         )
         .unwrap();
@@ -1049,6 +1051,7 @@ mod tests {
             suite,
             &alice_signer,
             &alice,
+            &rand::random::<[u8; 32]>(),
             &[validated(&packages.remove(0))],
         )
         .unwrap();
@@ -1088,6 +1091,7 @@ mod tests {
             suite,
             &alice_signer,
             &alice,
+            &rand::random::<[u8; 32]>(),
             &[validated(&packages.remove(0))],
         )
         .unwrap();
@@ -1182,6 +1186,7 @@ mod tests {
             suite,
             &alice_signer,
             &alice,
+            &rand::random::<[u8; 32]>(),
             &[package],
         )
         .unwrap();

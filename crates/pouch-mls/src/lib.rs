@@ -207,19 +207,22 @@ pub struct CommitOut {
     pub group_info: Option<Vec<u8>>,
 }
 
-/// Creates a conversation with the given members. Returns the group (at
-/// epoch 1 after merging) and the Welcome for the added devices.
+/// Creates a conversation with the given members, under `group_id` (see
+/// `pouch_proto::hub_group_id`). Returns the group (at epoch 1 after
+/// merging) and the Welcome for the added devices.
 pub fn create_conversation<P: OpenMlsProvider>(
     provider: &P,
     suite: Ciphersuite,
     signer: &SignatureKeyPair,
     address: &Address,
+    group_id: &[u8],
     members: &[KeyPackage],
 ) -> Result<(MlsGroup, CommitOut), MlsError> {
-    let mut group = MlsGroup::new(
+    let mut group = MlsGroup::new_with_group_id(
         provider,
         signer,
         &create_config(suite),
+        GroupId::from_slice(group_id),
         credential(address, signer),
     )
     .map_err(op)?;
@@ -511,6 +514,10 @@ pub fn group_id_bytes(group: &MlsGroup) -> Vec<u8> {
     group.group_id().as_slice().to_vec()
 }
 
+/// A conversation id for tests (each test's providers are its own).
+#[cfg(test)]
+pub(crate) const TEST_GROUP: &[u8] = b"a test conversation's 32-byte id";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,7 +566,8 @@ mod tests {
             signature_key: bob.public(),
         };
         let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
-        let (mut group, out) = create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
+        let (mut group, out) =
+            create_conversation(&alice_p, suite, &alice, &a, TEST_GROUP, &[bob_kp]).unwrap();
         merge_pending(&alice_p, &mut group).unwrap();
         assert_eq!(epoch(&group), 1);
         let (mut bob_group, adder) = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
@@ -629,8 +637,15 @@ mod tests {
                 validate_key_package(&providers[0], suite, &claimed).unwrap()
             })
             .collect();
-        let (mut alice, out) =
-            create_conversation(&providers[0], suite, &signers[0], &addrs[0], &packages).unwrap();
+        let (mut alice, out) = create_conversation(
+            &providers[0],
+            suite,
+            &signers[0],
+            &addrs[0],
+            TEST_GROUP,
+            &packages,
+        )
+        .unwrap();
         merge_pending(&providers[0], &mut alice).unwrap();
         let mut joined: Vec<MlsGroup> = (1..4)
             .map(|i| {
@@ -683,7 +698,7 @@ mod tests {
         for _ in 0..2 {
             let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
             let (mut group, out) =
-                create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
+                create_conversation(&alice_p, suite, &alice, &a, TEST_GROUP, &[bob_kp]).unwrap();
             merge_pending(&alice_p, &mut group).unwrap();
             let (mut bob_group, _) = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
             let sealed = seal(&alice_p, &alice, &mut group, b"reachable").unwrap();

@@ -230,7 +230,8 @@ mod tests {
             },
         )
         .unwrap();
-        let (mut group, out) = create_conversation(&alice_p, suite, &alice, &a, &[bob_kp]).unwrap();
+        let (mut group, out) =
+            create_conversation(&alice_p, suite, &alice, &a, crate::TEST_GROUP, &[bob_kp]).unwrap();
         merge_pending(&alice_p, &mut group).unwrap();
 
         // The view starts from the creator's GroupInfo: Alice alone at epoch 0.

@@ -298,6 +298,11 @@ pub struct CommitRequest {
     /// public state it checks every commit against.
     #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
     pub group_info: Option<Vec<u8>>,
+    /// For a new conversation: the nonce its id was made from with the
+    /// server's domain ([`crate::hub_group_id`]); without it (a device of
+    /// an earlier release) the conversation cannot include other domains.
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub hub_nonce: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1048,6 +1053,11 @@ pub struct PeerDelivery {
 pub struct ForwardedItem {
     /// One of the answering server's devices.
     pub device: DeviceId,
+    /// With a Welcome: the nonce the conversation's id was made from with
+    /// the forwarding hub's domain ([`crate::hub_group_id`]), its proof of
+    /// being the hub.
+    #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]
+    pub hub_nonce: Option<Vec<u8>>,
     /// The item as queued at the hub for that device (`seq`: its position
     /// there, which makes a repeated delivery recognisable).
     pub item: QueueItem,

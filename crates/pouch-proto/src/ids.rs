@@ -89,6 +89,21 @@ impl GroupId {
     }
 }
 
+/// The id of a conversation hosted by `hub` (its creator's domain): the
+/// SHA-256 of the domain and a random nonce the creator chose. Bound to its
+/// hub this way, a conversation's id cannot be claimed by another server: a
+/// follower takes the first Welcome into a conversation it does not know
+/// only from the peer whose domain, with the nonce, gives that id.
+pub fn hub_group_id(hub: &str, nonce: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"pouch-hub-group-v1\0");
+    h.update(hub.as_bytes());
+    h.update(b"\0");
+    h.update(nonce);
+    h.finalize().to_vec()
+}
+
 impl fmt::Display for GroupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -520,7 +520,8 @@ async fn evaluate(
         }
         // The rules' counters, kept as events arrive: claims of an account's
         // key packages and Welcomes to its devices, per claiming device.
-        Action::KeyPackageClaim if ok => {
+        // A peer's claims for its users count as its stand-in's.
+        Action::KeyPackageClaim | Action::PeerClaim if ok => {
             if let Some(claimer) = &ev.device {
                 let names: Vec<String> =
                     ev.targets.iter().map(|t| claims_counter(claimer, t)).collect();

@@ -26,3 +26,8 @@ CREATE TABLE federation_received (
     up_to BIGINT NOT NULL,
     PRIMARY KEY (origin, device_id)
 );
+-- The nonce a conversation's id was made from with this server's domain
+-- (its proof of being the hub, shown to peers with each Welcome); NULL for
+-- a conversation begun by a device of an earlier release, which stays
+-- within this domain.
+ALTER TABLE mls_groups ADD COLUMN hub_nonce BLOB;

@@ -160,6 +160,16 @@ impl FederationStore for SqlStore {
         }))
     }
 
+    async fn group_hub_nonce(&self, group_id: &GroupId) -> Result<Option<Vec<u8>>> {
+        let nonce: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT hub_nonce FROM mls_groups WHERE group_id = $1")
+                .bind(&group_id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(nonce.flatten())
+    }
+
     async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT hub FROM federation_groups WHERE group_id = $1")
             .bind(&group_id.0)
@@ -176,12 +186,18 @@ impl FederationStore for SqlStore {
         now: UnixTime,
     ) -> Result<Vec<ForwardedOutcome>> {
         let mut tx = self.begin().await?;
-        let mut outcomes = Vec::with_capacity(items.len());
+        // Rows are locked in one order (device, then position), whatever
+        // order the peer sent, so two deliveries at once cannot deadlock.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            (&items[a].device, items[a].seq).cmp(&(&items[b].device, items[b].seq))
+        });
+        let mut outcomes = vec![ForwardedOutcome::QueueFull; items.len()];
         // A full queue holds back that device's later items, not others'.
         let mut full: Vec<&DeviceId> = Vec::new();
-        for f in items {
+        for i in order {
+            let f = &items[i];
             if full.contains(&&f.device) {
-                outcomes.push(ForwardedOutcome::QueueFull);
                 continue;
             }
             let outcome = receive_one(&mut tx, origin, f, max_queued_bytes, now).await?;
@@ -191,7 +207,7 @@ impl FederationStore for SqlStore {
             ) {
                 full.push(&f.device);
             }
-            outcomes.push(outcome);
+            outcomes[i] = outcome;
         }
         tx.commit().await.map_err(backend)?;
         Ok(outcomes)
@@ -205,95 +221,8 @@ async fn receive_one(
     max_queued_bytes: u64,
     now: UnixTime,
 ) -> Result<ForwardedOutcome> {
-    let received: Option<i64> = sqlx::query_scalar(
-        "SELECT up_to FROM federation_received WHERE origin = $1 AND device_id = $2",
-    )
-    .bind(origin)
-    .bind(&f.device.0)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(backend)?;
-    if received.is_some_and(|up_to| f.seq as i64 <= up_to) {
-        return Ok(ForwardedOutcome::Duplicate);
-    }
-    let outcome = match check(tx, origin, f, now).await? {
-        Some(refused) => refused,
-        None => {
-            if let Some(blob) = &f.item.blob {
-                // Here whole (pushed by the peer before the item, or sent
-                // from here in the first place); kept while a queue item
-                // refers to it.
-                let marked = sqlx::query(
-                    "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND chunks IS NOT NULL",
-                )
-                .bind(blob)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-                if marked.rows_affected() != 1 {
-                    return Ok(ForwardedOutcome::MissingBlob);
-                }
-            }
-            let item = Enqueue {
-                kind: f.item.kind,
-                group: &f.item.group_id,
-                sender: &f.item.sender_device,
-                epoch: f.item.epoch,
-                payload: &f.item.payload,
-                blob: f.item.blob.as_deref(),
-                label: f.item.label.as_deref(),
-                now,
-            };
-            // Commits are never refused for a full queue (the conversation
-            // would be stuck), as for local senders.
-            let max = if f.item.kind == QueueKind::Commit {
-                u64::MAX
-            } else {
-                max_queued_bytes
-            };
-            if enqueue_many(&mut *tx, std::slice::from_ref(&f.device), &item, max)
-                .await?
-                .is_some()
-            {
-                return Ok(ForwardedOutcome::QueueFull);
-            }
-            ForwardedOutcome::Queued
-        }
-    };
-    // Refused items count as received too: the peer drops them.
-    let updated = sqlx::query(
-        "UPDATE federation_received SET up_to = $3 WHERE origin = $1 AND device_id = $2",
-    )
-    .bind(origin)
-    .bind(&f.device.0)
-    .bind(f.seq as i64)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
-    if updated.rows_affected() == 0 {
-        sqlx::query(
-            "INSERT INTO federation_received (origin, device_id, up_to) VALUES ($1, $2, $3)",
-        )
-        .bind(origin)
-        .bind(&f.device.0)
-        .bind(f.seq as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    }
-    Ok(outcome)
-}
-
-/// Why `origin` may not put `f` into a queue here, if it may not: the device
-/// must be an active one of this server's own, and the conversation one
-/// that `origin` hosts (a Welcome into a conversation unknown here makes
-/// `origin` its hub).
-async fn check(
-    tx: &mut AnyConnection,
-    origin: &str,
-    f: &Forwarded,
-    now: UnixTime,
-) -> Result<Option<ForwardedOutcome>> {
+    // Only this server's own active devices (positions are kept for them
+    // alone: a peer naming made-up devices adds no rows).
     let device: Option<(Option<i64>, Option<i64>, Option<String>)> = sqlx::query_as(
         "SELECT approved_at, revoked_at, home_domain FROM devices WHERE device_id = $1",
     )
@@ -303,9 +232,116 @@ async fn check(
     .map_err(backend)?;
     match device {
         Some((Some(_), None, None)) => {}
-        Some((_, _, None)) => return Ok(Some(ForwardedOutcome::DeviceGone)),
-        _ => return Ok(Some(ForwardedOutcome::NotOurDevice)),
+        Some((_, _, None)) => return Ok(ForwardedOutcome::DeviceGone),
+        _ => return Ok(ForwardedOutcome::NotOurDevice),
     }
+    // Everything this item changes can be undone alone (a full queue, a
+    // missing blob: it waits at the peer, and nothing it counted stays).
+    execute(tx, "SAVEPOINT forwarded").await?;
+    let outcome = receive_in_savepoint(tx, origin, f, max_queued_bytes, now).await;
+    match &outcome {
+        Ok(ForwardedOutcome::QueueFull | ForwardedOutcome::MissingBlob) | Err(_) => {
+            execute(tx, "ROLLBACK TO SAVEPOINT forwarded").await?;
+        }
+        Ok(_) => {}
+    }
+    execute(tx, "RELEASE SAVEPOINT forwarded").await?;
+    outcome
+}
+
+async fn execute(tx: &mut AnyConnection, sql: &'static str) -> Result<()> {
+    sqlx::query(sql).execute(&mut *tx).await.map_err(backend)?;
+    Ok(())
+}
+
+async fn receive_in_savepoint(
+    tx: &mut AnyConnection,
+    origin: &str,
+    f: &Forwarded,
+    max_queued_bytes: u64,
+    now: UnixTime,
+) -> Result<ForwardedOutcome> {
+    // The position first, as a compare-and-set: its row lock orders two
+    // deliveries of the same item (several hub nodes, a retry while the
+    // first attempt still runs) and the later one finds it received.
+    sqlx::query(
+        "INSERT INTO federation_received (origin, device_id, up_to) VALUES ($1, $2, -1) \
+         ON CONFLICT (origin, device_id) DO NOTHING",
+    )
+    .bind(origin)
+    .bind(&f.device.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let moved = sqlx::query(
+        "UPDATE federation_received SET up_to = $3 WHERE origin = $1 AND device_id = $2 AND up_to < $3",
+    )
+    .bind(origin)
+    .bind(&f.device.0)
+    .bind(f.seq as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if moved.rows_affected() == 0 {
+        return Ok(ForwardedOutcome::Duplicate);
+    }
+    // Refused items count as received (the peer drops them).
+    if let Some(refused) = check_conversation(tx, origin, f, now).await? {
+        return Ok(refused);
+    }
+    if let Some(blob) = &f.item.blob {
+        // Here whole, pushed by this peer before the item (or sent from
+        // here in the first place); kept while a queue item refers to it.
+        // Another peer's blob of that id is not this one's.
+        let marked = sqlx::query(
+            "UPDATE blobs SET referenced = TRUE WHERE blob_id = $1 AND chunks IS NOT NULL AND (owner = $2 \
+             OR EXISTS (SELECT 1 FROM devices d WHERE d.device_id = blobs.owner AND d.home_domain IS NULL))",
+        )
+        .bind(blob)
+        .bind(&peer_stand_in(origin).0)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if marked.rows_affected() != 1 {
+            return Ok(ForwardedOutcome::MissingBlob);
+        }
+    }
+    let item = Enqueue {
+        kind: f.item.kind,
+        group: &f.item.group_id,
+        sender: &f.item.sender_device,
+        epoch: f.item.epoch,
+        payload: &f.item.payload,
+        blob: f.item.blob.as_deref(),
+        label: f.item.label.as_deref(),
+        now,
+    };
+    // Every kind within the quota (a commit too: held back, it waits at
+    // the hub until the device has fetched its queue; a hub cannot fill a
+    // device's queue past it).
+    if enqueue_many(
+        &mut *tx,
+        std::slice::from_ref(&f.device),
+        &item,
+        max_queued_bytes,
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(ForwardedOutcome::QueueFull);
+    }
+    Ok(ForwardedOutcome::Queued)
+}
+
+/// Why `origin` may not put `f` into a queue here, if it may not: the
+/// conversation must be one that `origin` hosts (a Welcome into a
+/// conversation unknown here makes `origin` its hub).
+async fn check_conversation(
+    tx: &mut AnyConnection,
+    origin: &str,
+    f: &Forwarded,
+    now: UnixTime,
+) -> Result<Option<ForwardedOutcome>> {
     if group_epoch(&mut *tx, &f.item.group_id).await?.is_some() {
         return Ok(Some(ForwardedOutcome::NotItsConversation { hub: None }));
     }
@@ -320,7 +356,14 @@ async fn check(
         Some(hub) => Ok(Some(ForwardedOutcome::NotItsConversation {
             hub: Some(hub),
         })),
-        None if f.item.kind == QueueKind::Welcome && f.item.group_id.is_well_formed() => {
+        // A conversation's id is its hub's (made from the hub's domain and
+        // a nonce): another peer cannot make itself its hub here first.
+        None if f.item.kind == QueueKind::Welcome
+            && f.hub_nonce.as_ref().is_some_and(|nonce| {
+                f.item.group_id.to_bytes().as_deref()
+                    == Some(pouch_proto::hub_group_id(origin, nonce).as_slice())
+            }) =>
+        {
             sqlx::query(
                 "INSERT INTO federation_groups (group_id, hub, created_at) VALUES ($1, $2, $3)",
             )

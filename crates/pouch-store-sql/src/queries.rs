@@ -326,10 +326,11 @@ impl SqlStore {
                     return Err(StoreError::Conflict.into());
                 }
                 sqlx::query(
-                    "INSERT INTO mls_groups (group_id, epoch, created_at) VALUES ($1, 1, $2)",
+                    "INSERT INTO mls_groups (group_id, epoch, created_at, hub_nonce) VALUES ($1, 1, $2, $3)",
                 )
                 .bind(&s.group_id.0)
                 .bind(s.now)
+                .bind(s.hub_nonce.as_deref())
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;

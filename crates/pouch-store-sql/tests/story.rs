@@ -188,6 +188,7 @@ async fn conversation_of(
             public_state: None,
             max_queued_bytes: u64::MAX,
             now: 0,
+            hub_nonce: None,
         })
         .await
         .unwrap();
@@ -450,5 +451,93 @@ async fn queued_mail_survives_the_payload_migration_on_postgres() {
         .await
         .expect("PostgreSQL must be running at POUCH_TEST_PG");
     queued_mail_survives_the_payload_migration(&url, |s| format!("'{s}'::bytea")).await;
+    drop.await;
+}
+
+/// Several hub nodes (or a retry while the first attempt still runs)
+/// forwarding the same items at once: each is queued once.
+#[tokio::test]
+async fn the_same_forwarded_items_delivered_at_once_are_queued_once_on_postgres() {
+    use pouch_proto::api::{QueueItem, QueueKind};
+    use pouch_proto::{Address, DeviceId, GroupId};
+    use pouch_store::prelude::*;
+    use pouch_store::{Forwarded, ForwardedOutcome, NewDevice};
+    let (url, drop) = pouch_store_sql::testing::fresh_postgres_database(&pg_base(), "fwdonce")
+        .await
+        .expect("PostgreSQL must be running at POUCH_TEST_PG");
+    let store = std::sync::Arc::new(SqlStore::connect(&url).await.unwrap());
+    let address = Address::parse("ana@mfa-a.test").unwrap();
+    store.create_user(&address, None, 0).await.unwrap();
+    store
+        .create_invite(&address, b"invite", i64::MAX)
+        .await
+        .unwrap();
+    let device = DeviceId("a".repeat(32));
+    store
+        .enroll(
+            b"invite",
+            NewDevice {
+                device_id: device.clone(),
+                address,
+                name: "d".into(),
+                signature_key: vec![7; 32],
+                key_packages: vec![],
+                last_resort: b"last-resort".to_vec(),
+                device_list: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let group = GroupId::from_bytes(&pouch_proto::hub_group_id("mfa-b.test", b"nonce"));
+    let items: Vec<Forwarded> = (1..=20u64)
+        .map(|seq| Forwarded {
+            device: device.clone(),
+            seq,
+            hub_nonce: (seq == 1).then(|| b"nonce".to_vec()),
+            item: QueueItem {
+                seq,
+                kind: if seq == 1 {
+                    QueueKind::Welcome
+                } else {
+                    QueueKind::Application
+                },
+                group_id: group.clone(),
+                sender_device: DeviceId("c".repeat(32)),
+                epoch: 1,
+                payload: format!("item {seq}").into_bytes(),
+                received_at: 0,
+                label: None,
+                blob: None,
+            },
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let (store, items) = (store.clone(), items.clone());
+        runs.push(tokio::spawn(async move {
+            store
+                .receive_forwarded("mfa-b.test", &items, u64::MAX, 0)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut queued = 0;
+    for run in runs {
+        queued += run
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| **o == ForwardedOutcome::Queued)
+            .count();
+    }
+    assert_eq!(queued, 20, "each item queued once");
+    let in_queue = store.fetch_queue(&device, 0, 100, u64::MAX).await.unwrap();
+    assert_eq!(in_queue.len(), 20);
+    std::sync::Arc::try_unwrap(store)
+        .ok()
+        .unwrap()
+        .close()
+        .await;
     drop.await;
 }

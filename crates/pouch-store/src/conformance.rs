@@ -156,6 +156,7 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
             public_state: None,
             max_queued_bytes: u64::MAX,
             now,
+            hub_nonce: None,
         })
         .await
         .unwrap();
@@ -191,6 +192,7 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
     let item = |kind, group: &GroupId, seq| Forwarded {
         device: alice.clone(),
         seq,
+        hub_nonce: (kind == QueueKind::Welcome).then(|| b"nonce-c".to_vec()),
         item: pouch_proto::api::QueueItem {
             seq,
             kind,
@@ -203,7 +205,7 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
             blob: None,
         },
     };
-    let hosted_at_c = GroupId("c0".repeat(16));
+    let hosted_at_c = GroupId::from_bytes(&pouch_proto::hub_group_id("hq-c.example", b"nonce-c"));
     let queued = || async {
         store
             .fetch_queue(&alice, 0, 100, u64::MAX)
@@ -212,8 +214,22 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
             .len()
     };
     let before = queued().await;
-    // Only a Welcome starts following a conversation; the peer that sent
-    // it is its hub from then on.
+    // Only a Welcome starts following a conversation, and only from the
+    // peer whose domain and nonce make its id: that peer is its hub.
+    let not_bs = store
+        .receive_forwarded(
+            "mfa-b.example",
+            &[item(QueueKind::Welcome, &hosted_at_c, 1)],
+            u64::MAX,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        not_bs,
+        vec![ForwardedOutcome::NotItsConversation { hub: None }]
+    );
+    assert_eq!(store.group_hub(&hosted_at_c).await.unwrap(), None);
     let first = store
         .receive_forwarded(
             "hq-c.example",
@@ -265,8 +281,8 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
         .receive_forwarded(
             "mfa-b.example",
             &[
-                item(QueueKind::Application, &hosted_at_c, 1),
-                item(QueueKind::Welcome, &g, 2),
+                item(QueueKind::Application, &hosted_at_c, 2),
+                item(QueueKind::Welcome, &g, 3),
                 not_ours,
             ],
             u64::MAX,
@@ -285,30 +301,48 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
         ]
     );
     assert_eq!(queued().await, before + 3);
-    // A full queue holds back that device's items (they wait at the hub),
-    // a missing blob too; a commit is never held back.
-    let mut with_blob = item(QueueKind::Application, &hosted_at_c, 6);
+    // A missing blob holds back that device's later items (they wait at
+    // the hub), and so does a full queue — for every kind — without
+    // counting what it held back: once there is room, the item is taken.
+    let mut with_blob = item(QueueKind::Application, &hosted_at_c, 5);
     with_blob.item.blob = Some("ab".repeat(16));
     let held = store
         .receive_forwarded(
             "hq-c.example",
-            &[
-                item(QueueKind::Commit, &hosted_at_c, 5),
-                with_blob,
-                item(QueueKind::Application, &hosted_at_c, 7),
-            ],
-            1,
+            &[with_blob, item(QueueKind::Application, &hosted_at_c, 6)],
+            u64::MAX,
             now,
         )
         .await
         .unwrap();
     assert_eq!(
         held,
-        vec![
-            ForwardedOutcome::Queued,
-            ForwardedOutcome::MissingBlob,
-            ForwardedOutcome::QueueFull
-        ]
+        vec![ForwardedOutcome::MissingBlob, ForwardedOutcome::QueueFull]
+    );
+    let queued_bytes: u64 = store
+        .fetch_queue(&alice, 0, 100, u64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.payload.len() as u64)
+        .sum();
+    let commit = item(QueueKind::Commit, &hosted_at_c, 5);
+    let room = queued_bytes + commit.item.payload.len() as u64;
+    for _ in 0..3 {
+        assert_eq!(
+            store
+                .receive_forwarded("hq-c.example", std::slice::from_ref(&commit), room - 1, now)
+                .await
+                .unwrap(),
+            vec![ForwardedOutcome::QueueFull]
+        );
+    }
+    assert_eq!(
+        store
+            .receive_forwarded("hq-c.example", std::slice::from_ref(&commit), room, now)
+            .await
+            .unwrap(),
+        vec![ForwardedOutcome::Queued]
     );
     assert_eq!(queued().await, before + 4);
     // A conversation followed from elsewhere keeps its id here.
@@ -325,6 +359,7 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
                 public_state: None,
                 max_queued_bytes: u64::MAX,
                 now,
+                hub_nonce: None,
             })
             .await,
         Err(GroupError::Store(StoreError::Conflict))
@@ -432,6 +467,7 @@ pub async fn submissions(store: &dyn Store, now: UnixTime) {
             public_state: None,
             max_queued_bytes: u64::MAX,
             now,
+            hub_nonce: None,
         })
         .await
         .unwrap();
@@ -503,6 +539,7 @@ pub async fn submissions(store: &dyn Store, now: UnixTime) {
             public_state: None,
             max_queued_bytes: u64::MAX,
             now,
+            hub_nonce: None,
         })
         .await
         .unwrap();
@@ -1369,6 +1406,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
         public_state: Some(b"public-state-1".to_vec()),
         max_queued_bytes: u64::MAX,
         now,
+        hub_nonce: None,
     };
     assert_eq!(store.group_public_state(&g).await.unwrap(), None);
     let created = store.submit_commit(create).await.unwrap();
@@ -1476,6 +1514,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
         public_state: None,
         max_queued_bytes: u64::MAX,
         now,
+        hub_nonce: None,
     };
     assert_eq!(
         store
@@ -1646,6 +1685,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
             public_state: None,
             max_queued_bytes: u64::MAX,
             now,
+            hub_nonce: None,
         })
         .await
         .unwrap();
@@ -1669,6 +1709,7 @@ pub async fn mail(store: &dyn Store, now: UnixTime) {
                 public_state: None,
                 max_queued_bytes: 1,
                 now,
+                hub_nonce: None,
             })
             .await,
         Err(GroupError::Rejected(GroupRejection::QueueFull { .. }))
@@ -1933,6 +1974,7 @@ async fn wide_fan_out(store: &dyn Store, now: UnixTime) {
             public_state: None,
             max_queued_bytes: u64::MAX,
             now,
+            hub_nonce: None,
         })
         .await
         .unwrap();

@@ -16,7 +16,9 @@ pub mod conformance;
 
 /// The store traits, for code that calls a concrete backend's methods.
 pub mod prelude {
-    pub use super::{AuditStore, DirectoryStore, LogStore, MailStore, SettingsStore, Store};
+    pub use super::{
+        AuditStore, DirectoryStore, FederationStore, LogStore, MailStore, SettingsStore, Store,
+    };
 }
 
 use async_trait::async_trait;
@@ -91,6 +93,9 @@ pub struct Forwarded {
     pub device: DeviceId,
     pub seq: u64,
     pub item: QueueItem,
+    /// With a Welcome: the nonce that makes the conversation's id the
+    /// forwarding peer's (`pouch_proto::hub_group_id`).
+    pub hub_nonce: Option<Vec<u8>>,
 }
 
 /// What became of one [`Forwarded`] item.
@@ -304,6 +309,9 @@ pub struct CommitSubmission {
     /// The conversation's public MLS state after this commit, as the server
     /// checked it; stored with the epoch it belongs to.
     pub public_state: Option<Vec<u8>>,
+    /// For a new conversation: the nonce its id was made from with this
+    /// server's domain (`pouch_proto::hub_group_id`), kept to show peers.
+    pub hub_nonce: Option<Vec<u8>>,
     /// The most an added device's queue may hold, its Welcome included: a
     /// Welcome to a full queue is refused with the commit (whereas commits to
     /// existing members always pass, or the conversation would be stuck).
@@ -795,13 +803,17 @@ pub trait FederationStore: Send + Sync + 'static {
     async fn ensure_peer_stand_in(&self, domain: &str, now: UnixTime) -> Result<DeviceId>;
     /// A blob's owner and, once finished, its chunks and size.
     async fn blob_state(&self, blob_id: &str) -> Result<Option<BlobState>>;
+    /// The nonce a conversation hosted here was begun with (None: unknown
+    /// conversation, or one begun without).
+    async fn group_hub_nonce(&self, group_id: &GroupId) -> Result<Option<Vec<u8>>>;
     /// The peer that hosts a conversation this server follows.
     async fn group_hub(&self, group_id: &GroupId) -> Result<Option<String>>;
     /// Puts items `origin` forwarded into this server's device queues, in
     /// one transaction, each at most once: an item at or below the position
     /// received before from `origin` for its device is a duplicate; a
-    /// Welcome into a conversation neither hosted nor followed here starts
-    /// following it with `origin` as its hub; any other item must be for a
+    /// Welcome into a conversation neither hosted nor followed here, whose
+    /// id is `origin`'s by its nonce, starts following it with `origin` as
+    /// its hub; any other item must be for a
     /// conversation `origin` hosts. One outcome per item, in order; after a
     /// [`ForwardedOutcome::QueueFull`] that device's later items are not
     /// taken either (they wait at the peer). Refused items count as

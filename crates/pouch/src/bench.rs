@@ -613,7 +613,14 @@ fn raw_mls_seals_per_s(messages: usize, size: usize) -> Result<f64> {
             signature_key: bob.public(),
         },
     )?;
-    let (mut group, _) = pouch_mls::create_conversation(&a_p, suite, &alice, &a, &[kp])?;
+    let (mut group, _) = pouch_mls::create_conversation(
+        &a_p,
+        suite,
+        &alice,
+        &a,
+        b"the benchmark's one conversation",
+        &[kp],
+    )?;
     pouch_mls::merge_pending(&a_p, &mut group)?;
     let payload = vec![b'x'; size];
     let t = Instant::now();

@@ -170,6 +170,7 @@ impl ModifiedClient {
             self.suite,
             signer,
             &Address::parse(claimed).unwrap(),
+            &rand::random::<[u8; 32]>(),
             &[kp],
         )
         .unwrap();
@@ -181,6 +182,7 @@ impl ModifiedClient {
             added: vec![d.device_id.clone()],
             removed: vec![],
             group_info: out.group_info,
+            hub_nonce: None,
         };
         pouch_mls::merge_pending(&self.provider, &mut group).unwrap();
         let mut envelope = Envelope::new(Content::Inline {
@@ -439,6 +441,7 @@ fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
             added: vec![],
             removed: vec![bob_device.clone()],
             group_info: None,
+            hub_nonce: None,
         },
     );
     let err = refused.unwrap_err().to_string();
@@ -464,6 +467,7 @@ fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
                 added: vec![],
                 removed: vec![bob_device.clone()],
                 group_info: None,
+                hub_nonce: None,
             },
         );
         let err = refused.unwrap_err().to_string();
@@ -481,6 +485,7 @@ fn a_credential_for_a_device_on_no_signed_list_is_refused_and_reported() {
                 added: vec![],
                 removed: vec![],
                 group_info: None,
+                hub_nonce: None,
             },
         )
         .unwrap();

@@ -502,6 +502,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
             device.suite,
             &device.signer,
             &me,
+            &rand::random::<[u8; 32]>(),
             &packages,
         )
         .unwrap();
@@ -521,6 +522,7 @@ fn claim_rounds(device: &RawDevice, address: &str, rounds: usize, converse: bool
                         .collect(),
                     removed: vec![],
                     group_info: out.group_info,
+                    hub_nonce: None,
                 },
             )
             .unwrap();

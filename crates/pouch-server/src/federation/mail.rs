@@ -190,13 +190,20 @@ pub async fn claim_for_peer(
     source: std::net::IpAddr,
     req: PeerClaimRequest,
 ) -> Result<Vec<ClaimedDevice>> {
+    // The peer is the claimer (its stand-in's id), as a device is for its
+    // own claims: the drain rule counts its claims against the Welcomes it
+    // then forwards to the same devices.
+    let claimer = pouch_store::peer_stand_in(&peer.domain);
     let ev = || {
-        Ev::new(Action::PeerClaim).source(source).targets(
-            req.addresses
-                .iter()
-                .take(pouch_proto::api::EVENT_DEVICES_MAX)
-                .cloned(),
-        )
+        Ev::new(Action::PeerClaim)
+            .device(&claimer)
+            .source(source)
+            .targets(
+                req.addresses
+                    .iter()
+                    .take(pouch_proto::api::EVENT_DEVICES_MAX)
+                    .cloned(),
+            )
     };
     if req.addresses.len() > pouch_proto::MAX_RECIPIENTS + 1 {
         return Err(ServiceError::bad_request(format!(
@@ -246,6 +253,7 @@ pub async fn claim_for_peer(
             Ev::new(Action::KeyPackageExhausted)
                 .account(&c.device.address)
                 .devices([&c.device.device_id])
+                .by(&claimer)
                 .source(source)
                 .detail(format!(
                     "device {} of {}, claimed by peer {} for {}",
@@ -569,11 +577,12 @@ pub async fn commit_from_peer(
 pub async fn forward_to(s: Arc<AppState>, fed: Arc<Federation>, peer: Arc<Peer>) {
     let bell = fed.outbox_bell(&peer.domain);
     let mut backoff = FORWARD_BACKOFF_MIN;
+    let mut held = Held::default();
     loop {
         let rung = bell.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
-        match forward_once(&s, &peer).await {
+        match forward_once(&s, &peer, &mut held).await {
             Ok(Progress::More) => {
                 backoff = FORWARD_BACKOFF_MIN;
                 fed.answered(&peer.domain, |_| {});
@@ -612,19 +621,34 @@ enum Progress {
     Idle,
 }
 
-async fn forward_once(s: &AppState, peer: &Peer) -> std::result::Result<Progress, String> {
+/// How long a device the peer would not take items for (its queue full, a
+/// blob refused) waits before it is tried again; the peer's other devices
+/// go on meanwhile.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Devices held back from forwarding, and since when.
+type Held = std::collections::HashMap<DeviceId, std::time::Instant>;
+
+async fn forward_once(
+    s: &AppState,
+    peer: &Peer,
+    held: &mut Held,
+) -> std::result::Result<Progress, String> {
     let queues = s
         .store
         .remote_queues(&peer.domain)
         .await
         .map_err(|e| e.to_string())?;
-    if queues.is_empty() {
-        return Ok(Progress::Idle);
-    }
+    held.retain(|_, since| since.elapsed() < HOLD);
     let mut items = Vec::new();
     let mut bytes = 0u64;
-    let mut sent_up_to: std::collections::HashMap<DeviceId, u64> = Default::default();
-    for (device, acked) in queues {
+    let mut sent: std::collections::HashMap<DeviceId, (u64, u64)> = Default::default();
+    let mut pushed: Vec<String> = Vec::new();
+    let mut nonces: std::collections::HashMap<GroupId, Option<Vec<u8>>> = Default::default();
+    'devices: for (device, acked) in queues {
+        if held.contains_key(&device) {
+            continue;
+        }
         if bytes >= DELIVERY_BYTES || items.len() as u32 >= DELIVERY_ITEMS {
             break;
         }
@@ -639,24 +663,58 @@ async fn forward_once(s: &AppState, peer: &Peer) -> std::result::Result<Progress
             .await
             .map_err(|e| e.to_string())?;
         for item in page {
-            bytes += item.payload.len() as u64;
-            sent_up_to.insert(device.clone(), item.seq);
+            let size = item.payload.len() as u64;
+            // The batch stays within its budget: an item larger than what
+            // is left goes in a round of its own.
+            if !items.is_empty() && bytes + size > DELIVERY_BYTES {
+                break 'devices;
+            }
+            // Its blob first: an item reaches the peer's queues only with it.
+            if let Some(blob) = &item.blob
+                && !pushed.contains(blob)
+            {
+                match push_blob(s, peer, blob).await {
+                    Ok(()) => pushed.push(blob.clone()),
+                    // The peer is out of reach: the whole round waits.
+                    Err(e) if e.code == ErrorCode::Internal => return Err(e.message),
+                    // Refused (its quota for blobs full, an id taken there):
+                    // this device's items wait, the others go on.
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.domain, device = %device, error = %e.message, "the peer refused a blob; that device's mail waits");
+                        held.insert(device.clone(), std::time::Instant::now());
+                        continue 'devices;
+                    }
+                }
+            }
+            bytes += size;
+            sent.entry(device.clone())
+                .and_modify(|(_, last)| *last = item.seq)
+                .or_insert((item.seq, item.seq));
+            // A Welcome shows the conversation's nonce: the proof that its
+            // id is this server's (a follower takes it from its hub only).
+            let hub_nonce = match item.kind {
+                pouch_proto::api::QueueKind::Welcome => {
+                    if !nonces.contains_key(&item.group_id) {
+                        let nonce = s
+                            .store
+                            .group_hub_nonce(&item.group_id)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        nonces.insert(item.group_id.clone(), nonce);
+                    }
+                    nonces[&item.group_id].clone()
+                }
+                _ => None,
+            };
             items.push(ForwardedItem {
                 device: device.clone(),
+                hub_nonce,
                 item,
             });
         }
     }
     if items.is_empty() {
         return Ok(Progress::Idle);
-    }
-    // Blobs first: an item reaches the peer's queues only with its blob.
-    let mut pushed: Vec<&str> = Vec::new();
-    for blob in items.iter().filter_map(|i| i.item.blob.as_deref()) {
-        if !pushed.contains(&blob) {
-            push_blob(s, peer, blob).await.map_err(|e| e.message)?;
-            pushed.push(blob);
-        }
     }
     let answer: PeerDeliveryAnswer = ask(
         peer,
@@ -668,21 +726,29 @@ async fn forward_once(s: &AppState, peer: &Peer) -> std::result::Result<Progress
     .await
     .map_err(|e| e.message)?;
     let mut progress = false;
+    let mut moved: Vec<DeviceId> = Vec::new();
     for ReceivedUpTo { device, up_to } in answer.received {
         // Only what was sent: a peer cannot drop items it never saw.
-        let Some(sent) = sent_up_to.get(&device) else {
+        let Some((first, last)) = sent.get(&device) else {
             continue;
         };
-        let up_to = up_to.min(*sent);
+        if up_to < *first {
+            continue;
+        }
         if !s
             .store
-            .ack_queue(&device, up_to)
+            .ack_queue(&device, up_to.min(*last))
             .await
             .map_err(|e| e.to_string())?
             .is_empty()
         {
             progress = true;
         }
+        moved.push(device);
+    }
+    // A device the peer took nothing for (its queue full there) waits.
+    for device in sent.into_keys().filter(|d| !moved.contains(d)) {
+        held.insert(device, std::time::Instant::now());
     }
     Ok(if progress {
         Progress::More
@@ -714,6 +780,7 @@ pub async fn receive(
         .map(|f| Forwarded {
             device: f.device,
             seq: f.item.seq,
+            hub_nonce: f.hub_nonce,
             item: f.item,
         })
         .collect();
@@ -726,6 +793,7 @@ pub async fn receive(
     let mut woken = Vec::new();
     let mut events = Vec::new();
     let mut queued = 0u64;
+    let mut welcomed = Vec::new();
     for (f, outcome) in items.iter().zip(&outcomes) {
         match outcome {
             ForwardedOutcome::QueueFull | ForwardedOutcome::MissingBlob => {
@@ -736,6 +804,9 @@ pub async fn receive(
             ForwardedOutcome::Queued => {
                 queued += 1;
                 woken.push(f.device.clone());
+                if f.item.kind == pouch_proto::api::QueueKind::Welcome {
+                    welcomed.push(f.device.clone());
+                }
             }
             // A revoked device's mail goes nowhere, as for a local sender
             // (the hub learns of it from the commit that removes it).
@@ -763,6 +834,17 @@ pub async fn receive(
             }
         }
         received.insert(f.device.clone(), f.seq);
+    }
+    // Welcomes the peer's users sent this server's devices: what turns the
+    // peer's key-package claims into conversations (the drain rule).
+    if !welcomed.is_empty() {
+        events.push(
+            Ev::new(Action::Welcome)
+                .device(&pouch_store::peer_stand_in(&peer.domain))
+                .source(source)
+                .devices(&welcomed)
+                .amount(welcomed.len() as u64, 0),
+        );
     }
     if queued > 0 {
         events.push(

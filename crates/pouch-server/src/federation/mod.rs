@@ -77,6 +77,8 @@ pub struct Peer {
 struct Kept {
     answer: pouch_proto::api::RemoteDirectory,
     size: u64,
+    /// When the peer gave it (Unix seconds).
+    at: i64,
 }
 
 /// Last good answers kept per peer, at most (then all are dropped and kept anew).
@@ -86,6 +88,8 @@ const ANSWERS_KEPT: usize = 10_000;
 /// (its follow runs every [`FOLLOW_EVERY`]): a change to a partner's
 /// device list reaches this domain's devices within about this long.
 const ANSWER_FRESH_SECS: i64 = 15;
+/// Answers kept only for questions about at most this many accounts.
+const ANSWER_KEPT_ACCOUNTS: usize = 4;
 
 impl Peer {
     /// The name its witness signs with (the verifier key's first field).
@@ -707,16 +711,21 @@ pub async fn remote_lookup(
         .cloned();
     // The peer's log has not grown since that answer, as this server's
     // witness saw it lately: the answer is still the peer's newest word.
+    // (And asked again every so often all the same: what a peer serves
+    // without its log growing — a device slipped in — is seen then.)
     if let (Some(k), Some(followed)) = (&kept, fed.state(&peer.domain).followed)
         && followed.size == k.size
         && crate::now() - followed.cosigned_at <= ANSWER_FRESH_SECS
+        && crate::now() - k.at <= ANSWER_FRESH_SECS
     {
         return k.answer.clone();
     }
     match ask_directory(s, fed, peer, addresses).await {
         Ok(found) => {
             let size = found.checkpoint.lines().nth(1).and_then(|l| l.parse().ok());
-            if let Some(size) = size {
+            // Devices ask about one account at a time; larger questions
+            // (up to 16 MiB of answer) are not kept.
+            if let Some(size) = size.filter(|_| question.len() <= ANSWER_KEPT_ACCOUNTS) {
                 let mut kept = peer.answers.lock().expect("not poisoned");
                 if kept.len() >= ANSWERS_KEPT {
                     kept.clear();
@@ -726,6 +735,7 @@ pub async fn remote_lookup(
                     Kept {
                         answer: found.clone(),
                         size,
+                        at: crate::now(),
                     },
                 );
             }

@@ -207,6 +207,7 @@ pub async fn commit_here(
         ));
     }
     let d = &caller.device;
+    check_hub_nonce(s, group_id, &req).await?;
     // Every change to a conversation's members comes with the MLS commit
     // that its members apply, and the server checks that commit first: no
     // fan-out change that the commit does not make.
@@ -227,6 +228,7 @@ pub async fn commit_here(
             public_state,
             max_queued_bytes: s.limits.queue_bytes,
             now: now(),
+            hub_nonce: req.hub_nonce,
         })
         .await?;
     if let Some(added) = welcomed {
@@ -244,6 +246,46 @@ pub async fn commit_here(
         fed.wake_outboxes();
     }
     Ok(accepted.epoch)
+}
+
+/// A new conversation's id must be this server's (made from its domain and
+/// the nonce given); one begun without (a device of an earlier release)
+/// cannot include other domains' devices, which would have no way to know
+/// this server as its hub.
+async fn check_hub_nonce(s: &AppState, group_id: &GroupId, req: &CommitRequest) -> Result<()> {
+    if req.base_epoch == 0
+        && let Some(nonce) = &req.hub_nonce
+        && group_id.to_bytes().as_deref()
+            != Some(pouch_proto::hub_group_id(&s.domain, nonce).as_slice())
+    {
+        return Err(ServiceError::bad_request(format!(
+            "a new conversation's id must be made from {}'s domain and the nonce given",
+            s.domain
+        )));
+    }
+    let mut remote = None;
+    for d in &req.added {
+        if let Some(device) = s.store.device(d).await?
+            && !device.is_local()
+        {
+            remote = Some(device.address);
+            break;
+        }
+    }
+    let Some(address) = remote else {
+        return Ok(());
+    };
+    let has_nonce = if req.base_epoch == 0 {
+        req.hub_nonce.is_some()
+    } else {
+        s.store.group_hub_nonce(group_id).await?.is_some()
+    };
+    if !has_nonce {
+        return Err(ServiceError::bad_request(format!(
+            "this conversation began before it could include other domains: start a new one to write to {address}"
+        )));
+    }
+    Ok(())
 }
 
 /// The devices the server fans a conversation out to, for its members to
