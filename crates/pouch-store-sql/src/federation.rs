@@ -23,6 +23,44 @@ impl FederationStore for SqlStore {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         for d in devices {
+            // Inserted if new (two claims of one account at once both
+            // succeed), then compared: a device or account known otherwise
+            // (another key, account or domain, one of this server's own) is
+            // a conflict.
+            sqlx::query(
+                "INSERT INTO users (address, name, created_at, home_domain) VALUES ($1, '', $2, $3) \
+                 ON CONFLICT (address) DO NOTHING",
+            )
+            .bind(d.address.as_str())
+            .bind(now)
+            .bind(domain)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let home: Option<String> =
+                sqlx::query_scalar("SELECT home_domain FROM users WHERE address = $1")
+                    .bind(d.address.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            if home.as_deref() != Some(domain) {
+                return Err(StoreError::Conflict);
+            }
+            // The key is unique among all devices: one taken (a device of
+            // this server's, or another peer's) inserts nothing, and the
+            // comparison below fails.
+            sqlx::query(
+                "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at, home_domain) \
+                 VALUES ($1, $2, '', $3, $4, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&d.device_id.0)
+            .bind(d.address.as_str())
+            .bind(d.signature_key.as_slice())
+            .bind(now)
+            .bind(domain)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
             let known: Option<(String, Vec<u8>, Option<String>)> = sqlx::query_as(
                 "SELECT address, signature_key, home_domain FROM devices WHERE device_id = $1",
             )
@@ -31,53 +69,11 @@ impl FederationStore for SqlStore {
             .await
             .map_err(backend)?;
             match known {
-                Some((address, key, home)) => {
-                    if address != d.address.as_str()
-                        || key != d.signature_key
-                        || home.as_deref() != Some(domain)
-                    {
-                        return Err(StoreError::Conflict);
-                    }
-                }
-                None => {
-                    let user: Option<(Option<String>,)> =
-                        sqlx::query_as("SELECT home_domain FROM users WHERE address = $1")
-                            .bind(d.address.as_str())
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(backend)?;
-                    match user {
-                        Some((home,)) if home.as_deref() != Some(domain) => {
-                            return Err(StoreError::Conflict);
-                        }
-                        Some(_) => {}
-                        None => {
-                            sqlx::query(
-                                "INSERT INTO users (address, name, created_at, home_domain) VALUES ($1, '', $2, $3)",
-                            )
-                            .bind(d.address.as_str())
-                            .bind(now)
-                            .bind(domain)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(backend)?;
-                        }
-                    }
-                    // The key is unique among all devices: one of this
-                    // server's own, or another peer's, is a conflict.
-                    sqlx::query(
-                        "INSERT INTO devices (device_id, address, name, signature_key, created_at, approved_at, home_domain) \
-                         VALUES ($1, $2, '', $3, $4, $4, $5)",
-                    )
-                    .bind(&d.device_id.0)
-                    .bind(d.address.as_str())
-                    .bind(d.signature_key.as_slice())
-                    .bind(now)
-                    .bind(domain)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(crate::queries::unique_is_conflict)?;
-                }
+                Some((address, key, home))
+                    if address == d.address.as_str()
+                        && key == d.signature_key
+                        && home.as_deref() == Some(domain) => {}
+                _ => return Err(StoreError::Conflict),
             }
         }
         tx.commit().await.map_err(backend)?;

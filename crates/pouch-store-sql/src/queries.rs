@@ -594,11 +594,14 @@ impl DirectoryStore for SqlStore {
     }
 
     async fn user_exists(&self, address: &Address) -> Result<bool> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT address FROM users WHERE address = $1")
-            .bind(address.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
+        // Another domain's accounts known here (members of conversations
+        // hosted here) are not this server's users.
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT address FROM users WHERE address = $1 AND home_domain IS NULL")
+                .bind(address.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
         Ok(row.is_some())
     }
 

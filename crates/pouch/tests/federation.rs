@@ -17,12 +17,20 @@ use std::time::{Duration, Instant};
 const DOMAINS: [&str; 3] = ["mfa-a.test", "mfa-b.test", "hq-c.test"];
 const ATTACHMENT_MARKER: &[u8] = b"MARKER-ATTACHMENT-fed-3c9e";
 
+/// A port for a federation listener, chosen below the range the system
+/// hands out for port 0 (32768 and up on Linux), so that no other server
+/// of these tests, started on port 0, can take it between this choice and
+/// the listener's start (or a restart); each one once per test process.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 60) * 200;
+    loop {
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::SeqCst)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn start(dir: &Path, domain: &str) -> Server {
@@ -1308,6 +1316,59 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
             .any(|r| r["up_to"] == 2001),
         "{again}"
     );
+
+    // B, speaking for Bob's device in the conversation A hosts, names a
+    // device under Carol's account (C's domain) that is not on her list
+    // as C serves it: refused before anything is recorded.
+    let planted = "ab".repeat(16);
+    let post = |path: &str, body: serde_json::Value| -> (String, String) {
+        let file = scratch.path("peer-request.json");
+        std::fs::write(&file, body.to_string()).unwrap();
+        let out = curl_federation(
+            &format!("{a_fed}{path}"),
+            &a_anchor,
+            Some(b_dir),
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", file.display()),
+                "-w",
+                "\n%{http_code}",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, said) = post(
+        &format!("/federation/v1/groups/{hosted_at_a}/commits"),
+        serde_json::json!({
+            "device": device_id_of(&bob),
+            "request": {"base_epoch": 1, "added": [planted], "welcome": "AAAA", "commit": "AAAA"},
+            "devices": [{"device_id": planted, "address": "carol@hq-c.test", "signature_key": "AAAA"}],
+        }),
+    );
+    assert_eq!(code, "400", "{said}");
+    assert!(
+        said.contains("not on carol@hq-c.test's device list"),
+        "{said}"
+    );
+    let known: i64 = a
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM devices WHERE device_id = ?1",
+            [&planted],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(known, 0);
+    // Nor may B claim key packages on behalf of another domain's account.
+    let (code, said) = post(
+        "/federation/v1/key-packages/claim",
+        serde_json::json!({"addresses": ["alice@mfa-a.test"], "for_address": "carol@hq-c.test"}),
+    );
+    assert_eq!(code, "403", "{said}");
 }
 
 #[test]

@@ -155,6 +155,15 @@ pub async fn claim_remote(
 /// Records devices of `domain`; one that clashes with a device known here
 /// (an id or key of another account or domain) refuses them all.
 async fn register(s: &AppState, domain: &str, devices: &[RemoteDevice]) -> Result<()> {
+    if let Some(d) = devices
+        .iter()
+        .find(|d| !well_formed_device_id(&d.device_id))
+    {
+        return Err(ServiceError::bad_request(format!(
+            "{domain} named a malformed device id {}",
+            shown_answer(d.device_id.0.as_bytes())
+        )));
+    }
     match s
         .store
         .register_remote_devices(domain, devices, crate::now())
@@ -210,6 +219,18 @@ pub async fn claim_for_peer(
             "claim for at most {} addresses at once",
             pouch_proto::MAX_RECIPIENTS + 1
         )));
+    }
+    if req.for_address.domain() != peer.domain {
+        let why = format!(
+            "peer {} claimed key packages for {}, not one of its accounts",
+            peer.domain,
+            shown_answer(req.for_address.as_str().as_bytes())
+        );
+        record(s, ev().failed(Reason::PeerRequestRefused, why)).await;
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            "claim for your own domain's accounts only",
+        ));
     }
     if let Some(foreign) = req.addresses.iter().find(|a| a.domain() != s.domain) {
         let why = format!(
@@ -304,8 +325,21 @@ pub async fn send_via_hub(
     req: &SendRequest,
 ) -> Result<SendResponse> {
     let peer = hub_peer(s, hub)?;
-    // The hub holds the blob before it queues the message.
+    // The hub holds the blob before it queues the message: only the
+    // sender's own finished blob, only once the hub says it is a member
+    // (others would fill this domain's blob quota at the hub).
     if let Some(blob) = &req.blob {
+        let owned = s
+            .store
+            .blob_state(blob)
+            .await?
+            .is_some_and(|b| b.owner == caller.device && b.finished.is_some());
+        if !owned {
+            return Err(ServiceError::not_found(
+                "no finished blob with that id belongs to this device",
+            ));
+        }
+        members_via_hub(s, caller, hub, group).await?;
         push_blob(s, peer, blob).await?;
     }
     ask(
@@ -562,10 +596,56 @@ pub async fn commit_from_peer(
             });
     }
     for (domain, devices) in &by_domain {
+        // The peer vouches for its own domain's devices only; another
+        // domain's must be on that account's list as its own server serves
+        // it (else a peer could plant devices under a third domain's
+        // accounts, which would clash with the real ones later).
+        if domain != &peer.domain {
+            listed_at_home(s, domain, devices).await?;
+        }
         register(s, domain, devices).await?;
     }
     let epoch = crate::service::mail::commit_here(s, &caller, group, req.request).await?;
     Ok(epoch)
+}
+
+/// Whether each of `devices` (of `domain`'s accounts) is on its account's
+/// newest device list as `domain`'s server answers for it.
+async fn listed_at_home(s: &AppState, domain: &str, devices: &[RemoteDevice]) -> Result<()> {
+    let (fed, home) = peer_of(s, domain).ok_or_else(|| {
+        ServiceError::new(
+            ErrorCode::UnknownRecipient,
+            format!("{domain} is a domain this server does not federate with"),
+        )
+    })?;
+    let mut addresses: Vec<Address> = devices.iter().map(|d| d.address.clone()).collect();
+    addresses.sort();
+    addresses.dedup();
+    let answer = super::remote_lookup(s, fed, home, addresses).await;
+    if let Some(why) = answer.error {
+        return Err(ServiceError::new(ErrorCode::Internal, why));
+    }
+    for d in devices {
+        let listed = answer
+            .entries
+            .iter()
+            .filter(|e| e.address == d.address)
+            .filter_map(|e| e.lists.last()?.body_unverified().ok())
+            .any(|body| body.lists(&d.device_id, &d.signature_key));
+        if !listed {
+            return Err(ServiceError::bad_request(format!(
+                "device {} is not on {}'s device list at {domain}",
+                d.device_id, d.address
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A device id as devices choose them (16 random bytes, hex): anything
+/// else a peer names is refused.
+fn well_formed_device_id(d: &DeviceId) -> bool {
+    d.0.len() == 32 && d.0.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 // ----- the hub forwarding to followers -----

@@ -63,6 +63,9 @@ pub struct Peer {
     pub(crate) http: reqwest::Client,
     /// Directory questions to it in flight at once, at most.
     lookups: tokio::sync::Semaphore,
+    /// Its requests that carry mail (forwardings, messages, commits, blob
+    /// chunks: megabytes each) being read here at once, at most.
+    pub(crate) bulk: tokio::sync::Semaphore,
     /// Its last good answer per question (the accounts asked, sorted):
     /// given again while its log has not grown since (this server's witness
     /// follows it every few seconds), and while it cannot be reached, so its
@@ -80,6 +83,11 @@ struct Kept {
     /// When the peer gave it (Unix seconds).
     at: i64,
 }
+
+/// A peer's requests carrying mail read at once, at most (each up to
+/// 24 MiB): the rest wait their turn, so one peer cannot fill this server's
+/// memory.
+pub const BULK_AT_ONCE: usize = 4;
 
 /// Last good answers kept per peer, at most (then all are dropped and kept anew).
 const ANSWERS_KEPT: usize = 10_000;
@@ -1022,6 +1030,7 @@ impl Peer {
             witness_key: p.witness_key.trim().to_string(),
             http,
             lookups: tokio::sync::Semaphore::new(4),
+            bulk: tokio::sync::Semaphore::new(BULK_AT_ONCE),
             answers: Default::default(),
         })
     }

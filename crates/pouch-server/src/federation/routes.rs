@@ -37,27 +37,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route(
             "/federation/v1/groups/{group}/commits",
-            post(commit).layer(DefaultBodyLimit::max(
-                crate::extract::BODY_LIMIT + (4 << 20),
-            )),
+            post(commit)
+                .layer(DefaultBodyLimit::max(
+                    crate::extract::BODY_LIMIT + (4 << 20),
+                ))
+                .layer(axum::middleware::from_fn(bulk)),
         )
         .route(
             "/federation/v1/groups/{group}/messages",
-            post(send).layer(DefaultBodyLimit::max(
-                crate::extract::MESSAGE_LIMIT + (1 << 20),
-            )),
+            post(send)
+                .layer(DefaultBodyLimit::max(
+                    crate::extract::MESSAGE_LIMIT + (1 << 20),
+                ))
+                .layer(axum::middleware::from_fn(bulk)),
         )
         .route("/federation/v1/groups/{group}/members", get(members))
         .route("/federation/v1/blobs/{blob}", post(blob_start))
         .route(
             "/federation/v1/blobs/{blob}/{index}",
             axum::routing::put(blob_chunk)
-                .layer(DefaultBodyLimit::max(pouch_proto::api::MAX_BLOB_CHUNK)),
+                .layer(DefaultBodyLimit::max(pouch_proto::api::MAX_BLOB_CHUNK))
+                .layer(axum::middleware::from_fn(bulk)),
         )
         .route("/federation/v1/blobs/{blob}/finish", post(blob_finish))
         .route(
             "/federation/v1/deliver",
-            post(deliver).layer(DefaultBodyLimit::max(DELIVERY_BODY_MAX)),
+            post(deliver)
+                .layer(DefaultBodyLimit::max(DELIVERY_BODY_MAX))
+                .layer(axum::middleware::from_fn(bulk)),
         )
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(state.clone(), budget))
@@ -267,6 +274,18 @@ async fn deliver(
     Ok(Json(
         super::mail::receive(&s, &peer.0, from.ip(), delivery).await?,
     ))
+}
+
+/// A peer's requests that carry mail take turns ([`super::BULK_AT_ONCE`]
+/// at once), before their bodies are read.
+async fn bulk(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
+        return next.run(req).await;
+    };
+    let Ok(_turn) = peer.0.bulk.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    next.run(req).await
 }
 
 /// Who this server is and who it sees: a peer checks the connection.
