@@ -681,6 +681,11 @@ impl Device {
     /// trusted before gives the same list without checking it again (its
     /// partner's log has not grown since: the server gives its kept answer).
     pub(crate) fn trusted_remote_list(&mut self, address: &Address) -> Result<DeviceListBody> {
+        if let Some(seen) = self.remote_verified.get(address)
+            && seen.at.elapsed() < crate::remote::REMOTE_FRESH
+        {
+            return Ok(seen.body.clone());
+        }
         let remote = self.remote_answer(address)?;
         let digest: [u8; 32] = {
             use sha2::Digest as _;
@@ -688,9 +693,10 @@ impl Device {
                 serde_json::to_vec(&remote).map_err(|e| ClientError::Protocol(e.to_string()))?;
             sha2::Sha256::digest(bytes).into()
         };
-        if let Some(seen) = self.remote_verified.get(address)
+        if let Some(seen) = self.remote_verified.get_mut(address)
             && seen.digest == digest
         {
+            seen.at = std::time::Instant::now();
             // Still never below what another process of this device saw since.
             let (body, lists) = (seen.body.clone(), seen.lists.clone());
             self.no_rollback(address, &body, &lists)?;
@@ -710,6 +716,7 @@ impl Device {
                 digest,
                 body: body.clone(),
                 lists,
+                at: std::time::Instant::now(),
             },
         );
         Ok(body)

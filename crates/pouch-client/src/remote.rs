@@ -32,7 +32,15 @@ pub(crate) struct Verified {
     pub(crate) digest: [u8; 32],
     pub(crate) body: DeviceListBody,
     pub(crate) lists: Vec<SignedDeviceList>,
+    /// When this process last had it from its server.
+    pub(crate) at: std::time::Instant,
 }
+
+/// How long a remote account's list this process verified is used without
+/// asking again: as long as the directory cache goes without looking at
+/// the log ([`crate::transparency::DIRECTORY_FRESHNESS`]), so a burst of mail to one partner is
+/// one question, and a change reaches the device as soon after.
+pub(crate) const REMOTE_FRESH: std::time::Duration = crate::transparency::DIRECTORY_FRESHNESS;
 
 fn security(msg: String) -> ClientError {
     ClientError::Security(msg)
