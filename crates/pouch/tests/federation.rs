@@ -1369,6 +1369,108 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
         serde_json::json!({"addresses": ["alice@mfa-a.test"], "for_address": "carol@hq-c.test"}),
     );
     assert_eq!(code, "403", "{said}");
+    // Nor speak for a device of A's in the conversation A hosts.
+    let (code, said) = post(
+        &format!("/federation/v1/groups/{hosted_at_a}/messages"),
+        serde_json::json!({"device": alice_device, "request": {"epoch": 1, "message": "AAAA"}}),
+    );
+    assert_eq!(code, "403", "{said}");
+    wait_for("the out-of-role alert", || {
+        a.alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "peer_out_of_role")
+    });
+}
+
+#[test]
+fn a_message_a_hub_forwards_again_under_a_new_position_is_refused_by_the_device_with_an_alert() {
+    let scratch = Scratch::new("federation-replay");
+    let f = federate(&scratch);
+    let (a, b_dir) = (&f.servers[0], &f.dirs[1]);
+    let alice = enroll(&scratch, a, "alice@mfa-a.test");
+    let bob = enroll(&scratch, &f.servers[1], "bob@mfa-b.test");
+    wait_until_federated(&bob, &["alice@mfa-a.test"]);
+    wait_until_federated(&alice, &["bob@mfa-b.test"]);
+    // A conversation B hosts: its message reaches Alice's queue at A.
+    bob.ok(&[
+        "send",
+        "--to",
+        "alice@mfa-a.test",
+        "--subject",
+        "Hosted at B",
+        "--body",
+        "once",
+    ]);
+    let alice_device = device_id_of(&alice);
+    let (group, sender, epoch, payload): (String, String, i64, Vec<u8>) =
+        wait_for("the message at A", || {
+            a.db()
+                .query_row(
+                    "SELECT q.group_id, q.sender_device, q.epoch, p.data FROM queue q \
+                     JOIN queue_payloads p ON p.payload_id = q.payload_id \
+                     WHERE q.device_id = ?1 AND q.kind = 'application'",
+                    [&alice_device],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .ok()
+        });
+    received(&alice, "Hosted at B");
+    // B, the conversation's hub, forwards the same ciphertext again under a
+    // new queue position: A queues it (B does host that conversation), and
+    // Alice's device refuses it as a replay and tells A's security team.
+    use base64::Engine as _;
+    let body = scratch.path("replay.json");
+    std::fs::write(
+        &body,
+        serde_json::json!({"items": [{
+            "device": alice_device,
+            "item": {
+                "seq": 1_000_000, "kind": "application", "group_id": group,
+                "sender_device": sender, "epoch": epoch,
+                "payload": base64::engine::general_purpose::STANDARD.encode(&payload),
+                "received_at": 0,
+            }
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = curl_federation(
+        &format!("{}/federation/v1/deliver", a.federation.clone().unwrap()),
+        &f.dirs[0].join("tls-anchor.pem"),
+        Some(b_dir),
+        &[
+            "-f",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = alice.run(&["sync", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !report["rejected"].as_array().unwrap().is_empty(),
+        "the replay was not refused: {report}"
+    );
+    assert_eq!(
+        alice
+            .inbox()
+            .iter()
+            .filter(|m| m["subject"] == "Hosted at B")
+            .count(),
+        1
+    );
+    let alert = wait_for("the alert at A", || {
+        a.alerts()
+            .into_iter()
+            .find(|x| x["rule"] == "rejected_item")
+    });
+    assert!(alert["summary"].is_string(), "{alert}");
 }
 
 #[test]
