@@ -695,10 +695,10 @@ mod tests {
             signature_key: bob.public(),
         };
         // Offline Bob's pool ran dry: every new conversation gets this one.
-        for _ in 0..2 {
+        for n in 0..2u8 {
             let bob_kp = validate_key_package(&alice_p, suite, &claimed).unwrap();
             let (mut group, out) =
-                create_conversation(&alice_p, suite, &alice, &a, TEST_GROUP, &[bob_kp]).unwrap();
+                create_conversation(&alice_p, suite, &alice, &a, &[n; 32], &[bob_kp]).unwrap();
             merge_pending(&alice_p, &mut group).unwrap();
             let (mut bob_group, _) = join(&bob_p, out.welcome.as_ref().unwrap()).unwrap();
             let sealed = seal(&alice_p, &alice, &mut group, b"reachable").unwrap();

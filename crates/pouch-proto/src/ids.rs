@@ -89,6 +89,9 @@ impl GroupId {
     }
 }
 
+/// The length of a hub nonce ([`hub_group_id`]): 16 random bytes.
+pub const HUB_NONCE_LEN: usize = 16;
+
 /// The id of a conversation hosted by `hub` (its creator's domain): the
 /// SHA-256 of the domain and a random nonce the creator chose. Bound to its
 /// hub this way, a conversation's id cannot be claimed by another server: a
@@ -96,6 +99,8 @@ impl GroupId {
 /// only from the peer whose domain, with the nonce, gives that id.
 pub fn hub_group_id(hub: &str, nonce: &[u8]) -> Vec<u8> {
     use sha2::Digest as _;
+    // A domain as DNS compares it (however a config file spelled it).
+    let hub = hub.trim_end_matches('.').to_ascii_lowercase();
     let mut h = sha2::Sha256::new();
     h.update(b"pouch-hub-group-v1\0");
     h.update(hub.as_bytes());

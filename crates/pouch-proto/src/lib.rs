@@ -16,7 +16,7 @@ pub mod invite;
 pub mod ocsf;
 pub mod security;
 
-pub use ids::{Address, AddressError, DeviceId, GroupId, hub_group_id};
+pub use ids::{Address, AddressError, DeviceId, GroupId, HUB_NONCE_LEN, hub_group_id};
 
 /// The MLS ciphersuite Pouch uses unless the server is configured otherwise:
 /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519` (X-Wing = ML-KEM-768 + X25519),

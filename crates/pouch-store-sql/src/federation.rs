@@ -356,12 +356,15 @@ async fn check_conversation(
         // a nonce): another peer cannot make itself its hub here first.
         None if f.item.kind == QueueKind::Welcome
             && f.hub_nonce.as_ref().is_some_and(|nonce| {
-                f.item.group_id.to_bytes().as_deref()
-                    == Some(pouch_proto::hub_group_id(origin, nonce).as_slice())
+                nonce.len() == pouch_proto::HUB_NONCE_LEN
+                    && f.item.group_id.to_bytes().as_deref()
+                        == Some(pouch_proto::hub_group_id(origin, nonce).as_slice())
             }) =>
         {
+            // Two deliveries of its first Welcome at once: one inserts.
             sqlx::query(
-                "INSERT INTO federation_groups (group_id, hub, created_at) VALUES ($1, $2, $3)",
+                "INSERT INTO federation_groups (group_id, hub, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (group_id) DO NOTHING",
             )
             .bind(&f.item.group_id.0)
             .bind(origin)

@@ -489,12 +489,15 @@ async fn the_same_forwarded_items_delivered_at_once_are_queued_once_on_postgres(
         )
         .await
         .unwrap();
-    let group = GroupId::from_bytes(&pouch_proto::hub_group_id("mfa-b.test", b"nonce"));
+    let group = GroupId::from_bytes(&pouch_proto::hub_group_id(
+        "mfa-b.test",
+        b"sixteen-bytes-b!",
+    ));
     let items: Vec<Forwarded> = (1..=20u64)
         .map(|seq| Forwarded {
             device: device.clone(),
             seq,
-            hub_nonce: (seq == 1).then(|| b"nonce".to_vec()),
+            hub_nonce: (seq == 1).then(|| b"sixteen-bytes-b!".to_vec()),
             item: QueueItem {
                 seq,
                 kind: if seq == 1 {

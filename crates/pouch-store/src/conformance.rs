@@ -192,7 +192,7 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
     let item = |kind, group: &GroupId, seq| Forwarded {
         device: alice.clone(),
         seq,
-        hub_nonce: (kind == QueueKind::Welcome).then(|| b"nonce-c".to_vec()),
+        hub_nonce: (kind == QueueKind::Welcome).then(|| b"sixteen-bytes-c!".to_vec()),
         item: pouch_proto::api::QueueItem {
             seq,
             kind,
@@ -205,7 +205,10 @@ pub async fn federation(store: &dyn Store, now: UnixTime) {
             blob: None,
         },
     };
-    let hosted_at_c = GroupId::from_bytes(&pouch_proto::hub_group_id("hq-c.example", b"nonce-c"));
+    let hosted_at_c = GroupId::from_bytes(&pouch_proto::hub_group_id(
+        "hq-c.example",
+        b"sixteen-bytes-c!",
+    ));
     let queued = || async {
         store
             .fetch_queue(&alice, 0, 100, u64::MAX)

@@ -1247,7 +1247,7 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
         serde_json::from_slice(&out.stdout).unwrap()
     };
     // B's nonce, shown with every item (only a Welcome's is read).
-    let nonce_b64 = "Yi1ub25jZQ=="; // "b-nonce"
+    let nonce_b64 = "c2l4dGVlbi1ieXRlcy1iIQ=="; // "sixteen-bytes-b!"
     let item = |device: &str, kind: &str, group: &str, seq: u64| {
         serde_json::json!({
             "device": device,
@@ -1259,11 +1259,17 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
             }
         })
     };
-    let hosted_at_b =
-        pouch_proto::GroupId::from_bytes(&pouch_proto::hub_group_id("mfa-b.test", b"b-nonce")).0;
+    let hosted_at_b = pouch_proto::GroupId::from_bytes(&pouch_proto::hub_group_id(
+        "mfa-b.test",
+        b"sixteen-bytes-b!",
+    ))
+    .0;
     // An id made for C's domain with that nonce: B cannot be its hub.
-    let made_for_c =
-        pouch_proto::GroupId::from_bytes(&pouch_proto::hub_group_id("hq-c.test", b"b-nonce")).0;
+    let made_for_c = pouch_proto::GroupId::from_bytes(&pouch_proto::hub_group_id(
+        "hq-c.test",
+        b"sixteen-bytes-b!",
+    ))
+    .0;
     let before = queued();
     // Into the conversation A hosts, one C hosts, one nobody Welcomed
     // A's devices into, and for a device that is not A's: each refused

@@ -483,37 +483,48 @@ pub async fn blob_from_peer(
         .store
         .ensure_peer_stand_in(&peer.domain, crate::now())
         .await?;
-    match s.store.blob_state(blob_id).await? {
-        None => {
-            s.store
-                .create_blob(blob_id, &stand_in, crate::now())
-                .await?;
-            Ok(pouch_proto::api::PeerBlobState { have: false })
-        }
-        Some(state) if state.finished.is_some() => {
-            Ok(pouch_proto::api::PeerBlobState { have: true })
-        }
-        Some(state) if state.owner == stand_in => {
-            Ok(pouch_proto::api::PeerBlobState { have: false })
-        }
-        Some(_) => {
-            record(
-                s,
-                Ev::new(Action::PeerDelivery).source(source).failed(
-                    Reason::PeerForeignWrite,
-                    format!(
-                        "peer {} pushed blob {blob_id}, which a device here is uploading",
-                        peer.domain
-                    ),
-                ),
-            )
-            .await;
-            Err(ServiceError::new(
-                ErrorCode::Conflict,
-                "that blob is being uploaded by someone else here",
-            ))
-        }
+    let Some(state) = s.store.blob_state(blob_id).await? else {
+        s.store
+            .create_blob(blob_id, &stand_in, crate::now())
+            .await?;
+        return Ok(pouch_proto::api::PeerBlobState { have: false });
+    };
+    if state.owner == stand_in {
+        return Ok(pouch_proto::api::PeerBlobState {
+            have: state.finished.is_some(),
+        });
     }
+    // Sent from here in the first place (one of this server's devices
+    // uploaded it, and the peer forwards it back to other devices here).
+    let local_owner = s
+        .store
+        .device(&state.owner)
+        .await?
+        .is_some_and(|d| d.is_local());
+    if local_owner && state.finished.is_some() {
+        return Ok(pouch_proto::api::PeerBlobState { have: true });
+    }
+    // Another's blob under that id: a device here still uploading it, or
+    // another peer that pushed it first (one of the two reuses an id it saw:
+    // items that refer to it from this peer wait; the blob collection frees
+    // the id within a day of its last use).
+    let whose = if local_owner {
+        "a device here is still uploading".to_string()
+    } else {
+        format!("{} pushed here first", state.owner)
+    };
+    record(
+        s,
+        Ev::new(Action::PeerDelivery).source(source).detail(format!(
+            "peer {} pushed blob {blob_id}, which {whose}",
+            peer.domain
+        )),
+    )
+    .await;
+    Err(ServiceError::new(
+        ErrorCode::Conflict,
+        "a blob with that id is someone else's here",
+    ))
 }
 
 // ----- the hub: a peer's device writing to a conversation hosted here -----

@@ -90,14 +90,20 @@ struct Kept {
 pub const BULK_AT_ONCE: usize = 4;
 
 /// Last good answers kept per peer, at most (then all are dropped and kept anew).
-const ANSWERS_KEPT: usize = 10_000;
+const ANSWERS_KEPT: usize = 4_096;
 /// How recently this server's witness must have seen the peer's log at the
 /// size of a kept answer for the answer to be given again without asking
 /// (its follow runs every [`FOLLOW_EVERY`]): a change to a partner's
 /// device list reaches this domain's devices within about this long.
 const ANSWER_FRESH_SECS: i64 = 15;
-/// Answers kept only for questions about at most this many accounts.
+/// Answers kept only for questions about at most this many accounts, and
+/// of at most this many bytes: with [`ANSWERS_KEPT`], at most 256 MiB for
+/// all of a peer's if every answer were that large (one account's lists,
+/// every version, are a few kilobytes).
 const ANSWER_KEPT_ACCOUNTS: usize = 4;
+const ANSWER_KEPT_BYTES: usize = 64 << 10;
+/// How long a peer's last answer is given again while it cannot be reached.
+const UNREACHABLE_ANSWER_SECS: i64 = 3600;
 
 impl Peer {
     /// The name its witness signs with (the verifier key's first field).
@@ -732,8 +738,13 @@ pub async fn remote_lookup(
         Ok(found) => {
             let size = found.checkpoint.lines().nth(1).and_then(|l| l.parse().ok());
             // Devices ask about one account at a time; larger questions
-            // (up to 16 MiB of answer) are not kept.
-            if let Some(size) = size.filter(|_| question.len() <= ANSWER_KEPT_ACCOUNTS) {
+            // (up to 16 MiB of answer), and large answers, are not kept.
+            let bytes = serde_json::to_vec(&found)
+                .map(|b| b.len())
+                .unwrap_or(usize::MAX);
+            if let Some(size) = size
+                .filter(|_| question.len() <= ANSWER_KEPT_ACCOUNTS && bytes <= ANSWER_KEPT_BYTES)
+            {
                 let mut kept = peer.answers.lock().expect("not poisoned");
                 if kept.len() >= ANSWERS_KEPT {
                     kept.clear();
@@ -749,7 +760,15 @@ pub async fn remote_lookup(
             }
             found
         }
-        Err(why) if is_unreachable(&why) && kept.is_some() => {
+        // For an hour at most: a partner out of reach for longer (or made
+        // to look so) does not keep this domain's devices on its lists of
+        // then; their mail to its users waits in their outboxes instead.
+        Err(why)
+            if is_unreachable(&why)
+                && kept
+                    .as_ref()
+                    .is_some_and(|k| crate::now() - k.at <= UNREACHABLE_ANSWER_SECS) =>
+        {
             tracing::info!(peer = %peer.domain, error = %why, "the peer cannot be reached: its last answer is given again");
             fed.failed(&peer.domain, &why);
             kept.expect("checked").answer

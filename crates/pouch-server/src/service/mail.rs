@@ -255,8 +255,9 @@ pub async fn commit_here(
 async fn check_hub_nonce(s: &AppState, group_id: &GroupId, req: &CommitRequest) -> Result<()> {
     if req.base_epoch == 0
         && let Some(nonce) = &req.hub_nonce
-        && group_id.to_bytes().as_deref()
-            != Some(pouch_proto::hub_group_id(&s.domain, nonce).as_slice())
+        && (nonce.len() != pouch_proto::HUB_NONCE_LEN
+            || group_id.to_bytes().as_deref()
+                != Some(pouch_proto::hub_group_id(&s.domain, nonce).as_slice()))
     {
         return Err(ServiceError::bad_request(format!(
             "a new conversation's id must be made from {}'s domain and the nonce given",
