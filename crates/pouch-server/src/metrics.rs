@@ -214,6 +214,26 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# HELP pouch_federation_outbox_items Items of conversations hosted here waiting to be forwarded to the peer.\n");
+        out.push_str("# TYPE pouch_federation_outbox_items gauge\n");
+        for p in &g.peers {
+            let _ = writeln!(
+                out,
+                "pouch_federation_outbox_items{{peer=\"{}\"}} {}",
+                escape(&p.domain),
+                p.outbox_items
+            );
+        }
+        out.push_str("# HELP pouch_federation_outbox_oldest_seconds How long the oldest item for the peer has waited.\n");
+        out.push_str("# TYPE pouch_federation_outbox_oldest_seconds gauge\n");
+        for p in &g.peers {
+            let _ = writeln!(
+                out,
+                "pouch_federation_outbox_oldest_seconds{{peer=\"{}\"}} {}",
+                escape(&p.domain),
+                p.outbox_oldest_secs.unwrap_or(0)
+            );
+        }
         out
     }
 }

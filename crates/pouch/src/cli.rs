@@ -2971,6 +2971,13 @@ fn admin(args: AdminArgs) -> Result<ExitCode> {
                         None => "ours not cosigned by it yet".into(),
                     };
                     outln!("{}  {contact}; {theirs}; {ours}", p.domain);
+                    match p.outbox_oldest_secs {
+                        Some(age) if p.outbox_items > 0 => outln!(
+                            "    outbox: {} item(s) waiting, the oldest for {age} s",
+                            p.outbox_items
+                        ),
+                        _ => outln!("    outbox: empty"),
+                    }
                     if let Some(e) = &p.last_error {
                         outln!("    last error: {e}");
                     }

@@ -1141,6 +1141,16 @@ fn a_peer_down_for_a_while_gets_every_mail_once_even_with_the_hub_killed_while_f
     let waiting = peer_status(&f.servers[0], "mfa-b.test");
     assert_eq!(waiting["outbox_items"], MAILS as u64, "{waiting}");
     assert!(waiting["outbox_oldest_secs"].is_u64(), "{waiting}");
+    let text = ok(f.servers[0].admin(&f.dirs[0], &["federation", "status"]));
+    assert!(
+        text.contains(&format!("outbox: {MAILS} item(s) waiting")),
+        "{text}"
+    );
+    let metrics = f.servers[0].metrics();
+    assert_eq!(
+        metrics[r#"pouch_federation_outbox_items{"peer": "mfa-b.test"}"#],
+        MAILS as f64
+    );
     assert!(waiting["last_error"].is_string(), "{waiting}");
 
     // The hub is killed with the backlog in its database, started again,
