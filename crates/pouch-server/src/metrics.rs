@@ -193,47 +193,46 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP pouch_federation_peer_up Whether the federation peer's last exchange worked (1) or failed (0).\n");
-        out.push_str("# TYPE pouch_federation_peer_up gauge\n");
-        for p in &g.peers {
-            let _ = writeln!(
-                out,
-                "pouch_federation_peer_up{{peer=\"{}\"}} {}",
-                escape(&p.domain),
-                u8::from(p.last_contact.is_some() && p.last_error.is_none())
-            );
-        }
-        out.push_str("# HELP pouch_federation_peer_cosigned_age_seconds How long ago this server's witness last cosigned the peer's log.\n");
-        out.push_str("# TYPE pouch_federation_peer_cosigned_age_seconds gauge\n");
-        for p in &g.peers {
-            if let Some(age) = p.cosigned_age_secs {
-                let _ = writeln!(
-                    out,
-                    "pouch_federation_peer_cosigned_age_seconds{{peer=\"{}\"}} {age}",
-                    escape(&p.domain),
-                );
-            }
-        }
-        out.push_str("# HELP pouch_federation_outbox_items Items of conversations hosted here waiting to be forwarded to the peer.\n");
-        out.push_str("# TYPE pouch_federation_outbox_items gauge\n");
-        for p in &g.peers {
-            let _ = writeln!(
-                out,
-                "pouch_federation_outbox_items{{peer=\"{}\"}} {}",
-                escape(&p.domain),
-                p.outbox_items
-            );
-        }
-        out.push_str("# HELP pouch_federation_outbox_oldest_seconds How long the oldest item for the peer has waited.\n");
-        out.push_str("# TYPE pouch_federation_outbox_oldest_seconds gauge\n");
-        for p in &g.peers {
-            let _ = writeln!(
-                out,
-                "pouch_federation_outbox_oldest_seconds{{peer=\"{}\"}} {}",
-                escape(&p.domain),
-                p.outbox_oldest_secs.unwrap_or(0)
-            );
-        }
+        let peer_gauge =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             value: &dyn Fn(&pouch_proto::api::PeerStatus) -> Option<u64>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for p in &g.peers {
+                    if let Some(v) = value(p) {
+                        let _ = writeln!(out, "{name}{{peer=\"{}\"}} {v}", escape(&p.domain));
+                    }
+                }
+            };
+        peer_gauge(
+            &mut out,
+            "pouch_federation_peer_up",
+            "Whether the federation peer's last exchange worked (1) or failed (0).",
+            &|p| {
+                Some(u64::from(
+                    p.last_contact.is_some() && p.last_error.is_none(),
+                ))
+            },
+        );
+        peer_gauge(
+            &mut out,
+            "pouch_federation_peer_cosigned_age_seconds",
+            "How long ago this server's witness last cosigned the peer's log.",
+            &|p| p.cosigned_age_secs,
+        );
+        peer_gauge(
+            &mut out,
+            "pouch_federation_outbox_items",
+            "Items of conversations hosted here waiting to be forwarded to the peer.",
+            &|p| Some(p.outbox_items),
+        );
+        peer_gauge(
+            &mut out,
+            "pouch_federation_outbox_oldest_seconds",
+            "How long the oldest item for the peer has waited.",
+            &|p| Some(p.outbox_oldest_secs.unwrap_or(0)),
+        );
         out
     }
 }

@@ -293,6 +293,35 @@ impl Running {
     }
 }
 
+/// The server configuration every benchmark server runs with.
+fn bench_config(
+    data_dir: &Path,
+    domain: &str,
+    federation: pouch_server::config::FederationSettings,
+) -> pouch_server::ServerConfig {
+    pouch_server::ServerConfig {
+        data_dir: data_dir.to_path_buf(),
+        domain: domain.into(),
+        tls: Default::default(),
+        ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
+        rotation_secs: 24 * 3600,
+        link_ttl_secs: 600,
+        token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
+        // Every benchmark device connects from 127.0.0.1: a thousand
+        // devices' pooled connections would pass the per-address cap
+        // meant for one client (256), which a real deployment's devices,
+        // each from its own address, never share.
+        connections: pouch_server::conncap::ConnectionLimits {
+            total: 4096,
+            per_source: 4096,
+        },
+        limits: Default::default(),
+        witnesses: Vec::new(),
+        policy: Default::default(),
+        federation,
+    }
+}
+
 /// The federation card of a server for `domain` in `data_dir` (SQLite),
 /// federating on `listen`: its keys are made (prepared, not served), so a
 /// partner can be configured before either starts.
@@ -306,23 +335,14 @@ fn federation_card(
     rt.block_on(async {
         let store: Arc<dyn pouch_store::Store> =
             Arc::new(pouch_store_sql::SqlStore::open_sqlite(&data_dir.join("pouch.db")).await?);
-        let config = pouch_server::ServerConfig {
-            data_dir: data_dir.to_path_buf(),
-            domain: domain.into(),
-            tls: Default::default(),
-            ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
-            rotation_secs: 24 * 3600,
-            link_ttl_secs: 600,
-            token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
-            connections: Default::default(),
-            limits: Default::default(),
-            witnesses: Vec::new(),
-            policy: Default::default(),
-            federation: pouch_server::config::FederationSettings {
+        let config = bench_config(
+            data_dir,
+            domain,
+            pouch_server::config::FederationSettings {
                 listen: Some(listen.to_string()),
                 ..Default::default()
             },
-        };
+        );
         let prepared = pouch_server::prepare(&config, store).await?;
         let card = prepared
             .state
@@ -354,27 +374,7 @@ pub(crate) fn start_server_as(
                 Arc::new(pouch_store_sql::SqlStore::open_sqlite(&data_dir.join("pouch.db")).await?)
             }
         };
-        let config = pouch_server::ServerConfig {
-            data_dir: data_dir.to_path_buf(),
-            domain: domain.into(),
-            tls: Default::default(),
-            ciphersuite: pouch_proto::DEFAULT_CIPHERSUITE,
-            rotation_secs: 24 * 3600,
-            link_ttl_secs: 600,
-            token_ttl_secs: pouch_server::TOKEN_TTL_SECS,
-            // Every benchmark device connects from 127.0.0.1: a thousand
-            // devices' pooled connections would pass the per-address cap
-            // meant for one client (256), which a real deployment's devices,
-            // each from its own address, never share.
-            connections: pouch_server::conncap::ConnectionLimits {
-                total: 4096,
-                per_source: 4096,
-            },
-            limits: Default::default(),
-            witnesses: Vec::new(),
-            policy: Default::default(),
-            federation,
-        };
+        let config = bench_config(data_dir, domain, federation);
         let prepared = pouch_server::prepare(&config, store).await?;
         let setup = std::fs::read_to_string(&prepared.admin_setup_path)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

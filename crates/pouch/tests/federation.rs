@@ -164,6 +164,13 @@ fn curl_federation(
     cmd.args(extra).arg(url).output().unwrap()
 }
 
+/// The first alert of `rule` at `server`, once it is raised.
+fn raised(server: &Server, rule: &str) -> serde_json::Value {
+    wait_for(&format!("a {rule} alert"), || {
+        server.alerts().into_iter().find(|x| x["rule"] == rule)
+    })
+}
+
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -420,11 +427,7 @@ fn a_peer_that_shows_a_split_view_of_its_log_is_caught_by_the_other_peers_witnes
         let _ = Client::enroll(scratch.path(&format!("{who}-home")), &invite, &address);
     }
     let b = &f.servers[1];
-    let alert = wait_for("B's critical alert", || {
-        b.alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_log_split")
-    });
+    let alert = raised(b, "peer_log_split");
     assert_eq!(alert["severity"], "critical");
     assert!(
         alert["summary"].as_str().unwrap().contains("mfa-a.test"),
@@ -728,12 +731,7 @@ fn a_device_a_peer_slips_into_one_of_its_accounts_without_a_log_entry_is_refused
     assert_eq!(refused.trim().lines().count(), 1, "{refused}");
     assert_eq!(honest["devices"].as_array().unwrap().len(), 1);
     // And A's security team is told, naming the peer and the account.
-    let alert = wait_for("A's alert", || {
-        f.servers[0]
-            .alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_unlogged_list")
-    });
+    let alert = raised(&f.servers[0], "peer_unlogged_list");
     assert_eq!(alert["severity"], "high");
     let summary = alert["summary"].as_str().unwrap();
     assert!(
@@ -815,12 +813,7 @@ fn a_device_scanning_a_partners_accounts_is_an_alert() {
     for name in ["ambassador", "attache", "consul", "cipher-clerk"] {
         let _ = mallory.run(&["verify", &format!("{name}@mfa-b.test")]);
     }
-    let alert = wait_for("the scan alert", || {
-        f.servers[0]
-            .alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "remote_lookups")
-    });
+    let alert = raised(&f.servers[0], "remote_lookups");
     assert_eq!(alert["severity"], "high");
     assert_eq!(alert["account"], "mallory@mfa-a.test");
     let alerts = f.servers[0].alerts();
@@ -846,12 +839,7 @@ fn unusual_volume_from_a_peer_is_an_alert() {
     for name in ["minister", "deputy", "spokesperson", "archivist"] {
         let _ = bob.run(&["verify", &format!("{name}@mfa-a.test")]);
     }
-    let alert = wait_for("A's volume alert", || {
-        f.servers[0]
-            .alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_volume")
-    });
+    let alert = raised(&f.servers[0], "peer_volume");
     assert_eq!(alert["severity"], "high");
     assert!(
         alert["summary"].as_str().unwrap().contains("mfa-b.test"),
@@ -880,12 +868,7 @@ fn a_peer_over_its_request_budget_is_answered_429_and_reported() {
         .count();
     assert!(refused > 0, "A stayed within 5 requests a minute?");
     // B says so once, not per request; its security team sees it.
-    let alert = wait_for("B's volume alert", || {
-        f.servers[1]
-            .alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_volume")
-    });
+    let alert = raised(&f.servers[1], "peer_volume");
     assert_eq!(alert["severity"], "medium");
     assert!(
         alert["summary"].as_str().unwrap().contains("mfa-a.test"),
@@ -1300,11 +1283,7 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
             .any(|r| r["device"] == alice_device.as_str() && r["up_to"] == 1003),
         "{refused}"
     );
-    let alert = wait_for("the alert", || {
-        a.alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_foreign_write")
-    });
+    let alert = raised(a, "peer_foreign_write");
     assert_eq!(alert["severity"], "high", "{alert}");
     let events = ok(a.admin(&a.data_dir, &["events", "export"]));
     assert!(
@@ -1391,11 +1370,7 @@ fn a_peer_writing_outside_its_conversations_is_refused_and_a_repeated_forwarding
         serde_json::json!({"device": alice_device, "request": {"epoch": 1, "message": "AAAA"}}),
     );
     assert_eq!(code, "403", "{said}");
-    wait_for("the out-of-role alert", || {
-        a.alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "peer_out_of_role")
-    });
+    raised(a, "peer_out_of_role");
 }
 
 #[test]
@@ -1481,11 +1456,7 @@ fn a_message_a_hub_forwards_again_under_a_new_position_is_refused_by_the_device_
             .count(),
         1
     );
-    let alert = wait_for("the alert at A", || {
-        a.alerts()
-            .into_iter()
-            .find(|x| x["rule"] == "rejected_item")
-    });
+    let alert = raised(a, "rejected_item");
     assert!(alert["summary"].is_string(), "{alert}");
 }
 
